@@ -1,0 +1,1 @@
+"""worm-pipeline: tamper-evident audit logs."""

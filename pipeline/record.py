@@ -1,0 +1,206 @@
+"""The record line format and its hash chain: the specification in code.
+
+docs/FORMAT.md describes the same bytes in prose; tests/test_format_doc.py checks the
+worked example in that document against this module.
+
+A record line is one JSON object, UTF-8, terminated by a single ``\\n``::
+
+    {"v":1,"stream":S,"seq":N,"ts":T,"kind":K,"prev":P,"data":D,"hash":H}\\n
+
+with the keys in exactly this order.  ``H`` is the lowercase hex SHA-256 of the line's
+bytes from the opening ``{`` up to, and not including, the 9 bytes ``,"hash":"``.  The hash
+therefore covers the exact bytes written, and verification never re-serialises JSON.
+``P`` is the previous record's ``H`` (the genesis value, 64 zeros, for ``seq`` 0), which
+chains records across segment files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+FORMAT_VERSION = 1
+GENESIS_HASH = "0" * 64
+HASH_FIELD = b',"hash":"'
+# ,"hash":"  + 64 hex + "}  + \n
+SUFFIX_LEN = len(HASH_FIELD) + 64 + 2 + 1
+KEY_ORDER = ("v", "stream", "seq", "ts", "kind", "prev", "data")
+STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+HEX64_RE = re.compile(rb"^[0-9a-f]{64}$")
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+# seq is an unsigned integer that fits in 63 bits; JSON integers only, no sign, no leading zero
+MAX_SEQ = 2**63 - 1
+
+
+class Kind(str, Enum):
+    """What a record is.  ``event`` carries an application event; the others are the log's own."""
+
+    EVENT = "event"
+    SEAL = "seal"
+    HEARTBEAT = "heartbeat"
+    RECOVERY = "recovery"
+
+
+KINDS = frozenset(k.value for k in Kind)
+
+
+class RecordError(ValueError):
+    """A line is not a well-formed record.  ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A parsed record line.  ``line`` keeps the exact bytes (with the trailing newline)."""
+
+    stream: str
+    seq: int
+    ts: str
+    kind: str
+    prev: str
+    data: dict[str, Any]
+    hash: str
+    line: bytes
+
+    @property
+    def leaf(self) -> bytes:
+        """The Merkle leaf bytes: the record line without its trailing newline."""
+        return self.line[:-1]
+
+
+def validate_stream_name(name: str) -> str:
+    if not isinstance(name, str) or not STREAM_NAME_RE.match(name):
+        raise ValueError(
+            f"invalid stream name {name!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class UtcClock:
+    """RFC 3339 UTC timestamps with microseconds, cheaply.
+
+    ``datetime.now().isoformat()`` costs about a microsecond; formatting the seconds part
+    once per second and appending the microseconds is several times cheaper on the
+    append path.
+    """
+
+    __slots__ = ("_prefix", "_sec")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._prefix = b""
+
+    def now(self) -> bytes:
+        ns = time.time_ns()
+        sec, rem = divmod(ns, 1_000_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+        return b"%s.%06dZ" % (self._prefix, rem // 1000)
+
+
+def encode_record(
+    stream: str | bytes, seq: int, ts: bytes, kind: str, prev: bytes, data_json: bytes
+) -> tuple[bytes, bytes]:
+    """Build one record line.  Returns ``(line, hash_hex)``; both are bytes.
+
+    ``data_json`` must already be the compact JSON serialisation of a JSON object, and
+    ``prev`` the previous record's lowercase hex hash.  This is the only place the line
+    layout is written.
+    """
+    sb = stream.encode() if isinstance(stream, str) else stream
+    body = b'{"v":1,"stream":"%s","seq":%d,"ts":"%s","kind":"%s","prev":"%s","data":%s' % (
+        sb,
+        seq,
+        ts,
+        kind.encode(),
+        prev,
+        data_json,
+    )
+    digest = hashlib.sha256(body).hexdigest().encode()
+    return body + HASH_FIELD + digest + b'"}\n', digest
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise RecordError("duplicate-key", f"key {key!r} appears more than once")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise RecordError("bad-json", f"non-standard JSON constant {name}")
+
+
+def parse_record(line: bytes) -> Record:
+    """Parse and self-check one record line (with its trailing newline).
+
+    Checks the layout and that the hash matches the bytes; does not check the chain
+    (``prev``) or ``seq`` continuity, which need the previous record.
+    """
+    import json
+
+    if not line.endswith(b"\n"):
+        raise RecordError("torn", "line has no terminating newline")
+    if b"\n" in line[:-1]:
+        raise RecordError("bad-line", "embedded newline")
+    if len(line) < SUFFIX_LEN + 2:
+        raise RecordError("bad-line", "line too short to be a record")
+    body_end = len(line) - SUFFIX_LEN
+    if line[body_end : body_end + len(HASH_FIELD)] != HASH_FIELD or line[-3:] != b'"}\n':
+        raise RecordError("bad-line", 'line does not end with ,"hash":"<64 hex>"}')
+    claimed = line[body_end + len(HASH_FIELD) : -3]
+    if not HEX64_RE.match(claimed):
+        raise RecordError("bad-line", "hash field is not 64 lowercase hex digits")
+    body = line[:body_end]
+    actual = hashlib.sha256(body).hexdigest().encode()
+    if actual != claimed:
+        raise RecordError("hash-mismatch", "record hash does not match its bytes")
+    try:
+        text = (body + b"}").decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise RecordError("bad-utf8", str(exc)) from exc
+    try:
+        obj = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except RecordError:
+        raise
+    except ValueError as exc:
+        raise RecordError("bad-json", str(exc)) from exc
+    if not isinstance(obj, dict) or tuple(obj.keys()) != KEY_ORDER:
+        raise RecordError("bad-layout", f"keys must be exactly {', '.join(KEY_ORDER)} in order")
+    if obj["v"] != FORMAT_VERSION or isinstance(obj["v"], bool):
+        raise RecordError("bad-version", f"unsupported format version {obj['v']!r}")
+    stream, seq, ts, kind, prev, data = (obj[k] for k in KEY_ORDER[1:])
+    if not isinstance(stream, str) or not STREAM_NAME_RE.match(stream):
+        raise RecordError("bad-field", "stream is not a valid stream name")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise RecordError("bad-field", "seq is not a non-negative integer")
+    if not isinstance(ts, str) or not TS_RE.match(ts):
+        raise RecordError("bad-field", "ts is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    if kind not in KINDS:
+        raise RecordError("bad-field", f"unknown kind {kind!r}")
+    if not isinstance(prev, str) or not HEX64_RE.match(prev.encode()):
+        raise RecordError("bad-field", "prev is not 64 lowercase hex digits")
+    if not isinstance(data, dict):
+        raise RecordError("bad-field", "data is not a JSON object")
+    return Record(stream, seq, ts, kind, prev, data, claimed.decode(), line)
+
+
+def dumps_data(data: dict[str, Any]) -> bytes:
+    """Serialise the writer's own (trusted) data objects: seals, heartbeats, recoveries."""
+    return orjson.dumps(data)

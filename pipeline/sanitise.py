@@ -1,0 +1,233 @@
+"""Validate and sanitise an event before anything is written.
+
+A mistake in an immutable log is permanent, so this stage runs before the record is
+built: bad input raises ``InvalidEvent`` (nothing is written), and secret-looking fields
+and values are replaced by a marker that does not reveal them (no hash of the value
+either: a hash of a low-entropy secret can be brute-forced).
+
+The common case is made cheap: the event is serialised once with orjson and a single
+prefilter regex over those bytes decides whether the slower exact walk is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+DEFAULT_MAX_DEPTH = 64
+REDACTED = "[REDACTED]"
+
+DEFAULT_SECRET_KEYS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "authorization",
+    "api_key",
+    "apikey",
+    "api-key",
+    "private_key",
+    "privatekey",
+    "credential",
+    "cookie",
+    "session_id",
+    "client_secret",
+)
+
+_ORJSON_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+class InvalidEvent(ValueError):
+    """The event was refused; nothing was written.  ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"invalid event ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def diagnostics(self) -> str:
+        return f"The event was not written: {self.detail}. Fix the event and send it again."
+
+
+# --- value detectors ---------------------------------------------------------------------
+
+_AWS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b")
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*")
+_PRIVATE_KEY_RE = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)",
+    re.DOTALL,
+)
+# card candidates: 13-19 digits, optionally grouped by single spaces or hyphens, with a
+# known issuer prefix (Visa, Mastercard, Amex, Discover, JCB, Diners) so that epoch
+# timestamps and ids are not mistaken for cards; then Luhn decides.
+_CARD_RE = re.compile(
+    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ -]?\d){11,17}(?![\d])"
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i & 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _redact_cards(text: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        digits = re.sub(r"[ -]", "", m.group(0))
+        if 13 <= len(digits) <= 19 and luhn_ok(digits):
+            return "[REDACTED:card-number]"
+        return m.group(0)
+
+    return _CARD_RE.sub(sub, text)
+
+
+def redact_value(text: str) -> str:
+    """Replace secret-looking parts of one string value."""
+    out = _PRIVATE_KEY_RE.sub("[REDACTED:private-key]", text)
+    out = _AWS_KEY_RE.sub("[REDACTED:aws-access-key-id]", out)
+    out = _BEARER_RE.sub(lambda m: f"{m.group(1)} [REDACTED:credential]", out)
+    return _redact_cards(out)
+
+
+@dataclass
+class Sanitiser:
+    """Validation limits and redaction rules.  ``redact=False`` turns redaction off entirely."""
+
+    secret_keys: Iterable[str] = DEFAULT_SECRET_KEYS
+    redact: bool = True
+    redact_values: bool = True
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    _key_re: re.Pattern[str] = field(init=False, repr=False)
+    _prefilter: re.Pattern[bytes] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        keys = sorted({k.lower() for k in self.secret_keys if k}, key=len, reverse=True)
+        alternatives = [re.escape(k) for k in keys]
+        self._key_re = re.compile("|".join(alternatives) if alternatives else r"(?!x)x", re.IGNORECASE)
+        pre = [re.escape(k).encode() for k in keys]
+        if self.redact_values:
+            pre += [
+                rb"A[KSGIRNP][A-Z0-9]{2}[A-Z0-9]{16}",
+                rb"bearer|basic\s",
+                rb"-----BEGIN",
+                rb"\d(?:[ -]?\d){12}",
+            ]
+        self._prefilter = re.compile(b"|".join(pre) if pre else rb"(?!x)x", re.IGNORECASE)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def prepare(self, event: Any) -> bytes:
+        """Return the compact JSON bytes to store for ``event``, or raise InvalidEvent."""
+        if not isinstance(event, dict):
+            raise InvalidEvent("not-an-object", f"an event must be a JSON object, got {type(event).__name__}")
+        try:
+            out = orjson.dumps(event, option=_ORJSON_OPTS)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidEvent(*_classify_encode_error(exc)) from None
+        except RecursionError:
+            raise InvalidEvent("too-deep", f"nesting deeper than {self.max_depth} levels") from None
+        if len(out) > self.max_event_bytes:
+            raise InvalidEvent(
+                "too-large", f"event is {len(out)} bytes serialised, over the limit of {self.max_event_bytes}"
+            )
+        # orjson writes NaN/Infinity as null: look for them only when a null is present.
+        # Nesting cannot exceed the number of opening brackets, so count those first.
+        if b"null" in out or out.count(b"{") + out.count(b"[") > self.max_depth:
+            self._check_structure(event)
+        if self.redact and self._prefilter.search(out):
+            cleaned, changed = self._redact(event)
+            if changed:
+                out = orjson.dumps(cleaned, option=_ORJSON_OPTS)
+        return out
+
+    def prepare_json(self, raw: bytes | str) -> bytes:
+        """Validate one NDJSON line (bytes from a socket or stdin) and prepare it."""
+        if isinstance(raw, str):
+            try:
+                raw = raw.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidEvent("bad-utf8", f"lone surrogate in input: {exc.reason}") from None
+        if len(raw) > self.max_event_bytes * 2:
+            raise InvalidEvent("too-large", f"line is {len(raw)} bytes, over the limit")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent("bad-json", str(exc)) from None
+        return self.prepare(obj)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_structure(self, event: Any) -> None:
+        stack: list[tuple[Any, int]] = [(event, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                if depth > self.max_depth:
+                    raise InvalidEvent("too-deep", f"nesting deeper than {self.max_depth} levels")
+                stack.extend((v, depth + 1) for v in node.values())
+            elif isinstance(node, list | tuple):
+                if depth > self.max_depth:
+                    raise InvalidEvent("too-deep", f"nesting deeper than {self.max_depth} levels")
+                stack.extend((v, depth + 1) for v in node)
+            elif isinstance(node, float) and not math.isfinite(node):
+                raise InvalidEvent("not-finite", f"{node!r} is not a JSON number (NaN and Infinity are refused)")
+
+    def _redact(self, node: Any) -> tuple[Any, bool]:
+        if isinstance(node, dict):
+            changed = False
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                if self._key_re.search(k):
+                    out[k] = REDACTED
+                    changed = True
+                else:
+                    nv, c = self._redact(v)
+                    out[k] = nv
+                    changed |= c
+            return out, changed
+        if isinstance(node, list | tuple):
+            items = [self._redact(v) for v in node]
+            return [v for v, _ in items], any(c for _, c in items)
+        if self.redact_values:
+            if isinstance(node, str):
+                cleaned = redact_value(node)
+                return cleaned, cleaned != node
+            if isinstance(node, int) and not isinstance(node, bool) and node >= 10**12:
+                text = str(node)
+                cleaned = _redact_cards(text)
+                if cleaned != text:
+                    return cleaned, True
+        return node, False
+
+
+def _classify_encode_error(exc: Exception) -> tuple[str, str]:
+    msg = str(exc)
+    low = msg.lower()
+    if "dict key must be str" in low:
+        return "non-string-key", "object keys must be strings"
+    if "surrogates not allowed" in low or "utf-8" in low:
+        return "bad-utf8", "a string contains a lone surrogate or invalid UTF-8"
+    if "recursion limit" in low:
+        return "too-deep", "nesting is too deep"
+    if "integer exceeds" in low:
+        return "int-range", "integers must fit in 64 bits"
+    if "not json serializable" in low:
+        return "not-serialisable", msg.replace("Type is not JSON serializable", "value of type is not JSON")
+    return "not-serialisable", msg
+
+
+DEFAULT_SANITISER = Sanitiser()
