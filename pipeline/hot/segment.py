@@ -1,0 +1,202 @@
+"""Segment files: naming, listing, reading lines, and the segment manifest.
+
+A stream directory ``<hot>/<stream>/`` holds segment files named
+``seg-<first_seq, 20 digits>.jsonl``.  If a file of that name already exists when a
+segment must start at the same seq (only after a crash tore the very first line of a
+segment), the writer uses ``seg-<first_seq>.<attempt>.jsonl`` with attempt 1, 2, ...
+Segments sort by (first_seq, attempt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import merkle
+from pipeline.record import Kind, RecordError, parse_record
+
+SEGMENT_RE = re.compile(r"^seg-(\d{20})(?:\.(\d{1,6}))?\.jsonl$")
+READ_CHUNK = 1 << 20
+
+
+def segment_name(first_seq: int, attempt: int = 0) -> str:
+    if attempt:
+        return f"seg-{first_seq:020d}.{attempt}.jsonl"
+    return f"seg-{first_seq:020d}.jsonl"
+
+
+def parse_segment_name(name: str) -> tuple[int, int] | None:
+    m = SEGMENT_RE.match(name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def list_segments(stream_dir: str | os.PathLike[str]) -> list[Path]:
+    """Segment files of a stream in stream order."""
+    d = Path(stream_dir)
+    found: list[tuple[tuple[int, int], Path]] = []
+    try:
+        entries = list(os.scandir(d))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        key = parse_segment_name(entry.name)
+        if key is not None and entry.is_file(follow_symlinks=False):
+            found.append((key, d / entry.name))
+    found.sort(key=lambda x: x[0])
+    return [p for _, p in found]
+
+
+def list_streams(hot_dir: str | os.PathLike[str]) -> list[str]:
+    d = Path(hot_dir)
+    if not d.is_dir():
+        return []
+    out = []
+    for entry in sorted(os.scandir(d), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            out.append(entry.name)
+    return out
+
+
+def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(offset, line)`` for each ``\\n``-terminated line, then the unterminated
+    tail (if any) as a final line without a newline.  Reads in bounded chunks."""
+    with open(path, "rb") as f:
+        offset = 0
+        pending = b""
+        while True:
+            chunk = f.read(READ_CHUNK)
+            if not chunk:
+                break
+            buf = pending + chunk if pending else chunk
+            start = 0
+            while True:
+                nl = buf.find(b"\n", start)
+                if nl < 0:
+                    break
+                yield offset, buf[start : nl + 1]
+                offset += nl + 1 - start
+                start = nl + 1
+            pending = buf[start:]
+        if pending:
+            yield offset, pending
+
+
+def read_last_line(path: str | os.PathLike[str], max_len: int = 1 << 22) -> bytes | None:
+    """The last complete line of a file, or None.  Reads backwards from the end."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return None
+        step = 8192
+        pos = size
+        buf = b""
+        while pos > 0 and len(buf) <= max_len:
+            read = min(step, pos)
+            pos -= read
+            f.seek(pos)
+            buf = f.read(read) + buf
+            if not buf.endswith(b"\n"):
+                return None  # torn tail: caller scans the segment instead
+            nl = buf.rfind(b"\n", 0, len(buf) - 1)
+            if nl >= 0:
+                return buf[nl + 1 :]
+            step *= 2
+        return buf if pos == 0 else None
+
+
+@dataclass(frozen=True)
+class SegmentManifest:
+    """What a third party needs to find and check one sealed segment.
+
+    Written as JSON beside cold objects and into cold object metadata; see
+    docs/FORMAT.md, "Segment manifest".
+    """
+
+    stream: str
+    segment: str
+    first_seq: int
+    last_seq: int  # seq of the last record in the file (the seal, when sealed)
+    records: int
+    size: int
+    sha256: str
+    merkle_root: str  # RFC 6962 root over the record lines before the seal (the seal's merkle_root)
+    first_prev: str  # prev hash of the first record: links to the previous segment
+    last_hash: str  # hash of the last record in the file
+    sealed: bool
+    first_ts: str
+    last_ts: str
+    torn_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmentManifest:
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**fields)
+
+
+def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
+    """Read a segment once and describe it.  Raises RecordError on a malformed record;
+    chain links inside the segment are checked, the link to the previous segment is not."""
+    p = Path(path)
+    parsed = parse_segment_name(p.name)
+    if parsed is None:
+        raise ValueError(f"{p.name} is not a segment file name")
+    sha = hashlib.sha256()
+    cr = merkle.CompactRange()
+    stream = ""
+    first_seq = last_seq = -1
+    first_prev = last_hash = first_ts = last_ts = ""
+    count = 0
+    sealed = False
+    torn = 0
+    size = 0
+    for _offset, line in iter_lines(p):
+        sha.update(line)
+        size += len(line)
+        if not line.endswith(b"\n"):
+            torn = len(line)
+            break
+        rec = parse_record(line)
+        if count == 0:
+            stream, first_seq, first_prev, first_ts = rec.stream, rec.seq, rec.prev, rec.ts
+        else:
+            if sealed:
+                raise RecordError("after-seal", f"record seq {rec.seq} follows the seal in {p.name}")
+            if rec.seq != last_seq + 1:
+                raise RecordError("seq-gap", f"seq {rec.seq} follows {last_seq} in {p.name}")
+            if rec.prev != last_hash:
+                raise RecordError("broken-link", f"seq {rec.seq} does not link to seq {last_seq} in {p.name}")
+        last_seq, last_hash, last_ts = rec.seq, rec.hash, rec.ts
+        count += 1
+        if rec.kind == Kind.SEAL.value:
+            sealed = True
+        else:
+            cr.append(merkle.leaf_hash(line[:-1]))
+    if count == 0:
+        raise RecordError("empty", f"{p.name} holds no complete record")
+    return SegmentManifest(
+        stream=stream,
+        segment=p.name,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        records=count,
+        size=size,
+        sha256=sha.hexdigest(),
+        merkle_root=cr.root().hex(),
+        first_prev=first_prev,
+        last_hash=last_hash,
+        sealed=sealed,
+        first_ts=first_ts,
+        last_ts=last_ts,
+        torn_bytes=torn,
+    )
