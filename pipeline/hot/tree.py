@@ -24,7 +24,6 @@ import bisect
 import hashlib
 import mmap
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -32,12 +31,12 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline import merkle
+from pipeline.hot.segment import list_segments, parse_segment_name
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
 HASH_SIZE = 32
 MAX_LEVEL = 63
-SEGMENT_RE = re.compile(r"^seg-(\d{20})\.jsonl$")
 _SEQ_FIELD = b',"seq":'
 
 
@@ -81,18 +80,15 @@ class SegmentLeafSource:
         self._names: list[str] = []
 
     def _refresh(self) -> None:
-        found: list[tuple[int, str]] = []
-        try:
-            names = os.listdir(self.stream_dir)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            m = SEGMENT_RE.match(name)
-            if m:
-                found.append((int(m.group(1)), name))
-        found.sort()
-        self._firsts = [f for f, _ in found]
-        self._names = [n for _, n in found]
+        # seg-<first>.<attempt>.jsonl: a higher attempt replaces a segment whose first line
+        # was torn by a crash, so for equal first_seq the last one listed wins
+        by_first: dict[int, str] = {}
+        for path in list_segments(self.stream_dir):
+            parsed = parse_segment_name(path.name)
+            if parsed is not None:
+                by_first[parsed[0]] = path.name
+        self._firsts = sorted(by_first)
+        self._names = [by_first[f] for f in self._firsts]
 
     def _segment_for(self, seq: int, refreshed: bool = False) -> tuple[int, Path]:
         i = bisect.bisect_right(self._firsts, seq) - 1
