@@ -72,6 +72,27 @@ _CARD_RE = re.compile(
 )
 
 
+def _value_hint(v: str) -> bool:
+    return (
+        "-----BEGIN" in v
+        or "earer" in v
+        or "EARER" in v
+        or "asic " in v
+        or "ASIC " in v
+        or ("A" in v and _AWS_KEY_RE.search(v) is not None)
+        or _digit_count(v) >= 13
+    )
+
+
+_DIGITS = b"0123456789"
+
+
+def _digit_count(v: str) -> int:
+    # bytes.translate with a delete set is a tight C loop, unlike regex scanning for \d
+    raw = v.encode("utf-8", "surrogatepass")
+    return len(raw) - len(raw.translate(None, _DIGITS))
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -111,22 +132,25 @@ class Sanitiser:
     redact_values: bool = True
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
-    _key_re: re.Pattern[str] = field(init=False, repr=False)
-    _prefilter: re.Pattern[bytes] = field(init=False, repr=False)
+    _keys: tuple[str, ...] = field(init=False, repr=False)
+    _key_cache: dict[str, bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys = sorted({k.lower() for k in self.secret_keys if k}, key=len, reverse=True)
-        alternatives = [re.escape(k) for k in keys]
-        self._key_re = re.compile("|".join(alternatives) if alternatives else r"(?!x)x", re.IGNORECASE)
-        pre = [re.escape(k).encode() for k in keys]
-        if self.redact_values:
-            pre += [
-                rb"A[KSGIRNP][A-Z0-9]{2}[A-Z0-9]{16}",
-                rb"bearer|basic\s",
-                rb"-----BEGIN",
-                rb"\d(?:[ -]?\d){12}",
-            ]
-        self._prefilter = re.compile(b"|".join(pre) if pre else rb"(?!x)x", re.IGNORECASE)
+        self._keys = tuple(keys)
+        self._key_cache = {}
+
+    def is_secret_key(self, key: str) -> bool:
+        """Whether a field name looks secret (case-insensitive substring match), cached:
+        events of one application reuse a small set of field names."""
+        hit = self._key_cache.get(key)
+        if hit is None:
+            low = key.lower()
+            hit = any(k in low for k in self._keys)
+            if len(self._key_cache) >= 65536:
+                self._key_cache.clear()
+            self._key_cache[key] = hit
+        return hit
 
     # -- public ---------------------------------------------------------------------------
 
@@ -148,7 +172,7 @@ class Sanitiser:
         # Nesting cannot exceed the number of opening brackets, so count those first.
         if b"null" in out or out.count(b"{") + out.count(b"[") > self.max_depth:
             self._check_structure(event)
-        if self.redact and self._prefilter.search(out):
+        if self.redact and self._suspect(event, 0):
             cleaned, changed = self._redact(event)
             if changed:
                 out = orjson.dumps(cleaned, option=_ORJSON_OPTS)
@@ -171,6 +195,35 @@ class Sanitiser:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _suspect(self, node: Any, depth: int) -> bool:
+        """Cheap walk: could anything in ``node`` need redaction?  False negatives are not
+        allowed (the exact rules run only when this says yes); false positives only cost time."""
+        if depth > 256:
+            return True
+        values: Iterable[Any]
+        if type(node) is dict:
+            for k in node:
+                if self.is_secret_key(k):
+                    return True
+            values = node.values()
+        else:
+            values = node
+        if not self.redact_values:
+            return any(type(v) in (dict, list, tuple) and self._suspect(v, depth + 1) for v in values)
+        for v in values:
+            t = type(v)
+            if t is str:
+                if len(v) >= 13 and _value_hint(v):
+                    return True
+            elif t is dict or t is list or t is tuple:
+                if self._suspect(v, depth + 1):
+                    return True
+            elif t is int and v >= 10**12:
+                return True
+            elif (isinstance(v, str) and _value_hint(v)) or isinstance(v, dict | list | tuple):
+                return True  # subclasses: take the exact path
+        return False
+
     def _check_structure(self, event: Any) -> None:
         stack: list[tuple[Any, int]] = [(event, 1)]
         while stack:
@@ -191,7 +244,7 @@ class Sanitiser:
             changed = False
             out: dict[str, Any] = {}
             for k, v in node.items():
-                if self._key_re.search(k):
+                if self.is_secret_key(k):
                     out[k] = REDACTED
                     changed = True
                 else:

@@ -1,0 +1,959 @@
+"""The hot-tier writer: append, group commit, rotation, seals, heartbeats and recovery.
+
+One ``HotLog`` owns one stream directory ``<hot>/<stream>/`` (enforced with ``flock`` on
+``LOCK``).  Appends build record lines under a lock and queue them; the bytes reach the
+file through ``_flush``, which is called
+
+- by the appending thread itself in ``fsync`` mode (and fsyncs before returning),
+- by the appending thread in ``os`` mode (a ``write`` per append, fsync every
+  ``os_sync_interval`` seconds by the background thread),
+- by the background thread in ``group`` mode, at most every ``group_interval`` seconds,
+  covering every append queued so far with one fsync; ``append`` waits for it.
+
+Failure model.  If a write or fsync fails (ENOSPC, EIO), the in-memory chain is rolled back
+to the last durable record, every waiter of a record that was not durable gets
+``HotLogError``, and the segment being written is abandoned: it may hold torn bytes, and a
+file under the append-only attribute cannot be truncated.  The next append starts a new
+segment whose first record is a ``recovery`` record naming each abandoned segment, how many
+of its bytes are valid, and the length and SHA-256 of the rest.  Startup after a crash does
+the same for a torn tail.  ``pipeline verify`` accepts exactly such explained tails.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from pipeline import merkle
+from pipeline.hot import attr
+from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line, segment_name
+from pipeline.record import (
+    GENESIS_HASH,
+    Kind,
+    RecordError,
+    UtcClock,
+    encode_record,
+    parse_record,
+    validate_stream_name,
+)
+from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
+
+DURABILITY_MODES = ("fsync", "group", "os")
+DEFAULT_SEGMENT_WINDOW = 300.0
+DEFAULT_SEGMENT_MAX_BYTES = 64 << 20
+DEFAULT_HEARTBEAT_INTERVAL = 60.0
+DEFAULT_GROUP_INTERVAL = 0.010
+HEAD_FILE = "head.json"
+LOCK_FILE = "LOCK"
+
+__all__ = [
+    "DURABILITY_MODES",
+    "HotLog",
+    "HotLogError",
+    "InvalidEvent",
+    "Receipt",
+    "SealInfo",
+    "WriterLockedError",
+]
+
+
+class HotLogError(RuntimeError):
+    """An append could not be made durable, or the log is closed.  Nothing is half-written:
+    the chain stays verifiable and later appends continue it."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+class WriterLockedError(HotLogError):
+    """Another writer holds the stream directory."""
+
+
+class TreeStoreLike(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def append(self, leaf_hashes: list[bytes]) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def truncate(self, size: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof of acceptance: the record's seq and hash.  In ``group``/``fsync`` mode an
+    ``append`` that returned a receipt (with ``wait=True``) is durable."""
+
+    seq: int
+    hash: str
+    segment: str
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SealInfo:
+    stream: str
+    segment_path: Path
+    seal_seq: int
+    tree_size_after: int
+    tree_root_after: bytes
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    fd: int
+    first_seq: int
+    window: int
+    first_ts: str
+    size: int = 0  # bytes queued so far (written + pending)
+    count: int = 0
+    cr: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    dir_synced: bool = False
+    append_only: bool = False
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
+    seg: _Segment
+    chunks: list[bytes] = field(default_factory=list)
+    leaves: list[bytes] = field(default_factory=list)
+    finalize: bool = False
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    next_seq: int
+    prev: bytes
+    cr_size: int
+    cr_stack: list[bytes]
+    seg: _Segment | None
+    seg_size: int
+    seg_count: int
+    seg_cr: merkle.CompactRange | None
+
+
+def _window_of(epoch_s: float, window: float) -> int:
+    return int(epoch_s // window) if window > 0 else 0
+
+
+def _ts_to_epoch(ts: str) -> float:
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HotLog:
+    """Append-only, hash-chained, durable log of one stream.  Thread-safe."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        stream: str,
+        *,
+        durability: str = "group",
+        segment_window: float = DEFAULT_SEGMENT_WINDOW,
+        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        group_interval: float = DEFAULT_GROUP_INTERVAL,
+        os_sync_interval: float = 1.0,
+        max_pending_bytes: int = 32 << 20,
+        sanitiser: Sanitiser | None = None,
+        immutable: str | None = None,
+        tree_store: TreeStoreLike | None = None,
+        seal_extension: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        background: bool = True,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
+        if segment_max_bytes < 4096:
+            raise ValueError("segment_max_bytes must be at least 4096")
+        if segment_window < 0 or heartbeat_interval < 0 or group_interval < 0:
+            raise ValueError("intervals must not be negative")
+        self.stream = validate_stream_name(stream)
+        self.hot_dir = Path(directory)
+        self.dir = self.hot_dir / stream
+        self.durability = durability
+        self.segment_window = float(segment_window)
+        self.segment_max_bytes = int(segment_max_bytes)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.group_interval = float(group_interval)
+        self.os_sync_interval = float(os_sync_interval)
+        self.max_pending_bytes = int(max_pending_bytes)
+        self._sanitiser = sanitiser or DEFAULT_SANITISER
+        self._policy = attr.immutable_policy(immutable)
+        self._tree = tree_store
+        self._seal_extension = seal_extension
+        self._stream_b = stream.encode()
+        self._clock = UtcClock()
+
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._io_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._seal_listeners: list[Callable[[SealInfo], None]] = []
+
+        # chain state (guarded by _lock)
+        self._seq = 0
+        self._prev = GENESIS_HASH.encode()
+        self._cr = merkle.CompactRange()
+        self._seg: _Segment | None = None
+        self._runs: list[_Run] = []
+        self._pending_bytes = 0
+        self._pending_seals: list[tuple[_Segment, int, bytes]] = []
+        self._durable_seq = -1
+        self._written_seq = -1
+        self._gen = 0
+        self._rollbacks: dict[int, int] = {}
+        self._failure: BaseException | None = None
+        self._abandoned: list[tuple[Path, int]] = []
+        self._explained_at: int | None = None
+        self._last_record_mono = time.monotonic()
+        self._last_flush_mono = 0.0
+        self._last_os_sync = time.monotonic()
+        self._closed = False
+        self._durable: _Snapshot
+        self._written: _Snapshot
+        self.append_only_active = False
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._policy == "require" and not attr.probe(self.dir):
+            raise attr.AppendOnlyError(
+                errno.EPERM,
+                f"PIPELINE_HOT_IMMUTABLE=require but the append-only attribute cannot be set in {self.dir}: "
+                "grant CAP_LINUX_IMMUTABLE and use a filesystem with inode flags (ext4, xfs, btrfs)",
+            )
+        self._lock_fd = self._acquire_lock()
+        try:
+            self._recover()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._durable = self._written = self._snapshot()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._background, name=f"hotlog-{stream}", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def append(self, event: Any, *, wait: bool = True) -> Receipt:
+        """Sanitise and append one event.  Raises ``InvalidEvent`` (nothing written) or
+        ``HotLogError``.  With ``wait=False`` in group mode the call returns before the
+        record is durable; use ``wait_durable(receipt)`` or ``sync()`` to wait."""
+        data = self._sanitiser.prepare(event)
+        return self.append_prepared(data, wait=wait)
+
+    def append_prepared(self, data_json: bytes, *, wait: bool = True) -> Receipt:
+        """Append an event already validated by ``Sanitiser.prepare`` (JSON object bytes)."""
+        with self._lock:
+            receipt = self._append_locked(Kind.EVENT.value, data_json)
+            pending = self._pending_bytes
+        self._after_append(receipt, wait, pending)
+        return receipt
+
+    def append_many(self, events: Iterable[Any]) -> list[Receipt]:
+        """Append several events and wait once for all of them to be durable.  Every event is
+        validated first: if one is invalid, none is written."""
+        prepared = [self._sanitiser.prepare(e) for e in events]
+        receipts: list[Receipt] = []
+        with self._lock:
+            for data in prepared:
+                receipts.append(self._append_locked(Kind.EVENT.value, data))
+            pending = self._pending_bytes
+        if receipts:
+            self._after_append(receipts[-1], True, pending)
+        return receipts
+
+    def wait_durable(self, receipt: Receipt, timeout: float | None = None) -> None:
+        """Block until ``receipt`` is covered by an fsync (or written, in ``os`` mode)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._check_discarded(receipt)
+                target = self._written_seq if self.durability == "os" else self._durable_seq
+                if target >= receipt.seq and receipt.generation == self._gen:
+                    return
+                if receipt.generation != self._gen and receipt.seq < self._rollbacks.get(receipt.generation, 0):
+                    return
+                if self._closed and not self._runs:
+                    raise HotLogError("the log was closed before the record became durable")
+                self._wake.set()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"seq {receipt.seq} not durable within {timeout} s")
+                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync), whatever the mode."""
+        self._flush(sync=True)
+        with self._lock:
+            failure = self._failure
+        if failure is not None:
+            raise HotLogError(self._failure_message(failure), cause=failure)
+
+    def seal(self) -> Path | None:
+        """Seal the active segment now.  Returns its path, or None if there was nothing to seal."""
+        with self._lock:
+            self._ensure_usable_locked()
+            seg = self._seal_locked()
+        self._flush(sync=True)
+        self._raise_if_failed()
+        return seg.path if seg else None
+
+    def heartbeat(self) -> Receipt:
+        with self._lock:
+            r = self._append_locked(Kind.HEARTBEAT.value, orjson.dumps({"interval_s": self.heartbeat_interval}))
+        self._after_append(r, True, 0)
+        return r
+
+    def add_seal_listener(self, fn: Callable[[SealInfo], None]) -> None:
+        self._seal_listeners.append(fn)
+
+    def durable_tree_head(self) -> tuple[int, bytes]:
+        """(size, root) of the durable prefix of the stream's Merkle tree."""
+        with self._lock:
+            snap = self._durable
+        return snap.cr_size, merkle.CompactRange(snap.cr_size, snap.cr_stack).root()
+
+    @property
+    def next_seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    @property
+    def last_hash(self) -> str:
+        with self._lock:
+            return self._prev.decode()
+
+    @property
+    def active_segment(self) -> Path | None:
+        with self._lock:
+            return self._seg.path if self._seg else None
+
+    def close(self, *, seal: bool = True) -> None:
+        """Stop the background thread, optionally seal the active segment, flush, unlock."""
+        if self._closed:
+            return
+        try:
+            if seal:
+                with self._lock:
+                    if self._failure is None:
+                        self._seal_locked()
+            self._flush(sync=True)
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._wake.set()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(timeout=5)
+            with self._lock:
+                if self._seg is not None and not self._seg.closed:
+                    os.close(self._seg.fd)
+                    self._seg.closed = True
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+
+    def __enter__(self) -> HotLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ append path
+
+    def _after_append(self, receipt: Receipt, wait: bool, pending: int) -> None:
+        mode = self.durability
+        if mode == "fsync":
+            self._flush(sync=True)
+            self.wait_durable(receipt)
+        elif mode == "os":
+            self._flush(sync=False)
+            self._raise_if_failed()
+        else:
+            if pending >= self.max_pending_bytes:
+                self._flush(sync=True)
+            if wait:
+                self._wake.set()
+                self.wait_durable(receipt)
+
+    def _append_locked(self, kind: str, data_json: bytes) -> Receipt:
+        self._ensure_usable_locked()
+        ts = self._clock.now()
+        seg = self._seg
+        if seg is None:
+            seg = self._open_segment_locked(ts)
+        line, digest = encode_record(self._stream_b, self._seq, ts, kind, self._prev, data_json)
+        # keep room for the seal (its frontier grows with log2 of the stream)
+        if seg.count and seg.size + len(line) + 4096 > self.segment_max_bytes:
+            self._seal_locked()
+            seg = self._open_segment_locked(ts)
+            line, digest = encode_record(self._stream_b, self._seq, ts, kind, self._prev, data_json)
+        self._queue_line_locked(seg, line, in_segment_tree=True)
+        seq = self._seq - 1
+        self._prev = digest
+        return Receipt(seq, digest.decode(), seg.path.name, self._gen)
+
+    def _queue_line_locked(self, seg: _Segment, line: bytes, *, in_segment_tree: bool) -> None:
+        lh = hashlib.sha256(b"\x00" + line[:-1]).digest()
+        if in_segment_tree:
+            seg.cr.append(lh)
+        self._cr.append(lh)
+        runs = self._runs
+        if runs and runs[-1].seg is seg and not runs[-1].finalize:
+            run = runs[-1]
+        else:
+            run = _Run(seg)
+            runs.append(run)
+        run.chunks.append(line)
+        run.leaves.append(lh)
+        seg.size += len(line)
+        seg.count += 1
+        self._pending_bytes += len(line)
+        self._seq += 1
+        self._last_record_mono = time.monotonic()
+
+    def _ensure_usable_locked(self) -> None:
+        if self._closed:
+            raise HotLogError(f"stream {self.stream!r} is closed")
+        if self._failure is not None or (self._abandoned and self._explained_at is None):
+            self._start_recovery_segment_locked("write-error")
+
+    def _open_segment_locked(self, ts: bytes) -> _Segment:
+        attempt = 0
+        while True:
+            path = self.dir / segment_name(self._seq, attempt)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+                break
+            except FileExistsError:
+                attempt += 1
+            except OSError as exc:
+                raise HotLogError(
+                    f"cannot create segment {path}: {exc.strerror}; the event was not stored", cause=exc
+                ) from exc
+        try:
+            append_only = attr.protect_append_only(path, self._policy)
+        except attr.AppendOnlyError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        self.append_only_active = append_only
+        ts_s = ts.decode()
+        seg = _Segment(path, fd, self._seq, _window_of(_ts_to_epoch(ts_s), self.segment_window), ts_s,
+                       append_only=append_only)
+        self._seg = seg
+        return seg
+
+    def _seal_locked(self) -> _Segment | None:
+        seg = self._seg
+        if seg is None or seg.count == 0:
+            return None
+        ts = self._clock.now()
+        data: dict[str, Any] = {
+            "segment": seg.path.name,
+            "first_seq": seg.first_seq,
+            "last_seq": self._seq - 1,
+            "count": seg.count,
+            "last_hash": self._prev.decode(),
+            "merkle_root": seg.cr.root().hex(),
+            "opened": seg.first_ts,
+            "tree_size": self._cr.size,
+            "tree_root": self._cr.root().hex(),
+            "frontier": [h.hex() for h in self._cr.stack],
+        }
+        if self._seal_extension is not None:
+            data["fss"] = self._seal_extension(dict(data))
+        line, digest = encode_record(self._stream_b, self._seq, ts, Kind.SEAL.value, self._prev,
+                                     orjson.dumps(data))
+        self._queue_line_locked(seg, line, in_segment_tree=False)
+        self._prev = digest
+        self._runs[-1].finalize = True
+        self._pending_seals.append((seg, self._seq - 1, self._cr.root()))
+        self._seg = None
+        return seg
+
+    # ------------------------------------------------------------------ flushing
+
+    def _snapshot(self) -> _Snapshot:
+        seg = self._seg
+        return _Snapshot(
+            self._seq,
+            self._prev,
+            self._cr.size,
+            self._cr.stack,
+            seg,
+            seg.size if seg else 0,
+            seg.count if seg else 0,
+            seg.cr.copy() if seg else None,
+        )
+
+    def _flush(self, *, sync: bool) -> None:
+        with self._io_lock:
+            with self._lock:
+                if self._failure is not None:
+                    return
+                runs = self._runs
+                self._runs = []
+                self._pending_bytes = 0
+                upto = self._seq - 1
+                candidate = self._snapshot()
+                seals = self._pending_seals
+                self._pending_seals = []
+                seg_now = self._seg
+            if not runs and not sync:
+                return
+            try:
+                for run in runs:
+                    seg = run.seg
+                    _write_all(seg.fd, b"".join(run.chunks))
+                    if self._tree is not None:
+                        self._tree.append(run.leaves)
+                    if run.finalize or sync:
+                        os.fsync(seg.fd)
+                        if not seg.dir_synced:
+                            _fsync_dir(self.dir)
+                            seg.dir_synced = True
+                    if run.finalize:
+                        os.close(seg.fd)
+                        seg.closed = True
+                        attr.protect_immutable(seg.path, self._policy)
+                if sync and not runs and seg_now is not None and not seg_now.closed:
+                    os.fsync(seg_now.fd)
+                if sync and self._tree is not None:
+                    self._tree.sync()
+                if seals:
+                    self._write_head(candidate)
+            except (OSError, attr.AppendOnlyError) as exc:
+                with self._cond:
+                    self._fail_locked(exc, runs)
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._written_seq = upto
+                self._written = candidate
+                if sync:
+                    self._durable_seq = upto
+                    self._durable = candidate
+                    if self._explained_at is not None and upto >= self._explained_at:
+                        self._abandoned = []
+                        self._explained_at = None
+                self._last_flush_mono = time.monotonic()
+                self._cond.notify_all()
+        if seals and self._seal_listeners:
+            self._notify_seals(seals)
+
+    def _notify_seals(self, seals: list[tuple[_Segment, int, bytes]]) -> None:
+        for seg, seal_seq, root in seals:
+            info = SealInfo(self.stream, seg.path, seal_seq, seal_seq + 1, root)
+            for fn in list(self._seal_listeners):
+                try:
+                    fn(info)
+                except Exception as exc:  # a listener must never break the writer
+                    import logging
+
+                    logging.getLogger("pipeline.hot").warning("seal listener failed: %s", exc)
+
+    def _write_head(self, snap: _Snapshot) -> None:
+        head = {
+            "stream": self.stream,
+            "next_seq": snap.next_seq,
+            "last_hash": snap.prev.decode(),
+            "tree_size": snap.cr_size,
+            "frontier": [h.hex() for h in snap.cr_stack],
+        }
+        tmp = self.dir / f".{HEAD_FILE}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(head))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / HEAD_FILE)
+
+    def _fail_locked(self, exc: BaseException, runs: list[_Run]) -> None:
+        """Roll the chain back to the last durable record and abandon touched segments."""
+        # os mode acknowledged what reached the page cache; the other modes only what was fsynced
+        snap = self._written if self.durability == "os" else self._durable
+        touched: list[_Segment] = []
+        for seg in [snap.seg, *(r.seg for r in runs), *(r.seg for r in self._runs), self._seg]:
+            if seg is not None and all(seg is not t for t in touched):
+                touched.append(seg)
+        for seg in touched:
+            valid = snap.seg_size if seg is snap.seg else 0
+            if seg is snap.seg or (valid == 0 and seg.first_seq >= snap.next_seq):
+                if not seg.closed:
+                    with contextlib.suppress(OSError):
+                        os.close(seg.fd)
+                    seg.closed = True
+                if all(p != seg.path for p, _ in self._abandoned):
+                    self._abandoned.append((seg.path, valid))
+        self._rollbacks[self._gen] = snap.next_seq
+        self._gen += 1
+        self._seq = snap.next_seq
+        self._prev = snap.prev
+        self._cr = merkle.CompactRange(snap.cr_size, snap.cr_stack)
+        self._seg = None
+        self._runs = []
+        self._pending_bytes = 0
+        self._pending_seals = []
+        self._failure = exc
+        self._explained_at = None
+        if self._tree is not None:
+            with contextlib.suppress(Exception):
+                self._tree.truncate(snap.cr_size)
+
+    def _failure_message(self, exc: BaseException) -> str:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            what = "no space left on device (ENOSPC)"
+        elif isinstance(exc, OSError):
+            what = f"{exc.strerror or exc} (errno {exc.errno})"
+        else:
+            what = str(exc)
+        return (f"append to stream {self.stream!r} in {self.hot_dir} failed: {what}; the record was not "
+                "stored, records acknowledged before it are intact, and appends resume once the cause is fixed")
+
+    def _check_discarded(self, receipt: Receipt) -> None:
+        if receipt.generation != self._gen:
+            cut = self._rollbacks.get(receipt.generation)
+            if cut is not None and receipt.seq >= cut:
+                failure = self._failure
+                raise HotLogError(self._failure_message(failure) if failure else
+                                  "the record was discarded after a write failure", cause=failure)
+
+    def _raise_if_failed(self) -> None:
+        with self._lock:
+            failure = self._failure
+        if failure is not None:
+            raise HotLogError(self._failure_message(failure), cause=failure)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _start_recovery_segment_locked(self, reason: str) -> None:
+        """Begin a new segment with a recovery record naming every abandoned segment."""
+        failure = self._failure
+        entries: list[dict[str, Any]] = []
+        keep: list[tuple[Path, int]] = []
+        for path, valid in self._abandoned:
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            if size == 0 and valid == 0:
+                # nothing was ever written there: remove the empty file rather than explain it
+                try:
+                    attr.clear_protection(path)
+                    os.unlink(path)
+                    continue
+                except OSError:
+                    pass
+            with open(path, "rb") as f:
+                f.seek(valid)
+                torn = f.read()
+            with contextlib.suppress(OSError, attr.AppendOnlyError):
+                attr.protect_immutable(path, self._policy)
+            entries.append({
+                "segment": path.name,
+                "valid_bytes": valid,
+                "torn_bytes": len(torn),
+                "torn_sha256": hashlib.sha256(torn).hexdigest(),
+            })
+            keep.append((path, valid))
+        self._abandoned = keep
+        data: dict[str, Any] = {"reason": reason, "abandoned": entries}
+        if failure is not None:
+            data["error"] = self._failure_message(failure).split(";")[0]
+        self._failure = None
+        ts = self._clock.now()
+        seg = self._open_segment_locked(ts)
+        line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,
+                                     orjson.dumps(data))
+        self._queue_line_locked(seg, line, in_segment_tree=True)
+        self._prev = digest
+        self._explained_at = self._seq - 1
+
+    def _acquire_lock(self) -> int:
+        path = self.dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise WriterLockedError(
+                f"stream {self.stream!r} in {self.hot_dir} is already open by another writer (pid {holder}); "
+                "one writer per stream directory: stop the other writer or use another stream name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def _recover(self) -> None:
+        """Rebuild the chain state from disk; explain or continue an unclean tail."""
+        segments = list_segments(self.dir)
+        head = self._read_head()
+        # find the newest sealed segment: its seal carries the stream's tree frontier
+        start_idx = 0
+        base: dict[str, Any] | None = None
+        for i in range(len(segments) - 1, -1, -1):
+            last = read_last_line(segments[i])
+            if last is None:
+                continue
+            try:
+                rec = parse_record(last)
+            except RecordError:
+                continue
+            if rec.kind == Kind.SEAL.value:
+                base = {"next_seq": rec.seq + 1, "last_hash": rec.hash, "tree_size": rec.data["tree_size"],
+                        "frontier": rec.data["frontier"], "seal_leaf": rec.leaf}
+                start_idx = i + 1
+                with contextlib.suppress(OSError, attr.AppendOnlyError):
+                    if not attr.is_immutable(segments[i]):
+                        attr.protect_immutable(segments[i], self._policy)
+                break
+        if base is not None:
+            cr = merkle.CompactRange(base["tree_size"], [bytes.fromhex(h) for h in base["frontier"]])
+            cr.append(merkle.leaf_hash(base["seal_leaf"]))
+            self._seq, self._prev, self._cr = base["next_seq"], base["last_hash"].encode(), cr
+        if head is not None and head.get("next_seq", 0) > self._seq and start_idx >= len(segments):
+            # every segment up to the head was evicted: continue from the head record
+            self._seq = int(head["next_seq"])
+            self._prev = str(head["last_hash"]).encode()
+            self._cr = merkle.CompactRange(int(head["tree_size"]), [bytes.fromhex(h) for h in head["frontier"]])
+        elif base is None and segments:
+            first = parse_segment_name(segments[0].name)
+            if first and first[0] != 0:
+                raise HotLogError(
+                    f"stream {self.stream!r} in {self.hot_dir} starts at seq {first[0]} with no sealed segment "
+                    f"or {HEAD_FILE} to continue from: refusing to guess the chain; restore the missing segments"
+                )
+        tail = segments[start_idx:]
+        if not tail:
+            self._sync_tree_store(segments)
+            return
+        # a recovery record at the start of a segment says where earlier abandoned segments
+        # stop being valid; honour it instead of re-deriving from the bytes
+        explained: dict[str, int] = {}
+        for path in tail:
+            first_rec = read_first_record(path)
+            if first_rec is not None and first_rec.kind == Kind.RECOVERY.value:
+                for e in first_rec.data.get("abandoned", []):
+                    if isinstance(e, dict) and isinstance(e.get("valid_bytes"), int):
+                        explained[str(e.get("segment"))] = e["valid_bytes"]
+        # replay unsealed segments after the last seal (normally just one, after a crash)
+        last_valid_seg: Path | None = None
+        last_valid_seg_state: tuple[int, int, merkle.CompactRange, str] | None = None
+        for path in tail:
+            valid_bytes = 0
+            seg_cr = merkle.CompactRange()
+            count = 0
+            first_ts = ""
+            torn = False
+            limit = explained.get(path.name)
+            for offset, line in iter_lines(path):
+                if limit is not None and offset >= limit:
+                    torn = True
+                    break
+                try:
+                    rec = parse_record(line)
+                except RecordError:
+                    torn = True
+                    break
+                if rec.seq != self._seq or rec.prev.encode() != self._prev or rec.stream != self.stream:
+                    torn = True
+                    break
+                if rec.kind == Kind.SEAL.value:
+                    torn = True  # a seal here would have been found above; treat as torn
+                    break
+                lh = merkle.leaf_hash(rec.leaf)
+                seg_cr.append(lh)
+                self._cr.append(lh)
+                self._seq += 1
+                self._prev = rec.hash.encode()
+                count += 1
+                first_ts = first_ts or rec.ts
+                valid_bytes = offset + len(line)
+            size = path.stat().st_size
+            if torn or size != valid_bytes:
+                self._abandoned.append((path, valid_bytes))
+                last_valid_seg = None
+            else:
+                last_valid_seg = path
+                last_valid_seg_state = (valid_bytes, count, seg_cr, first_ts)
+            # segments explained by a recovery record at the start of this one are settled
+            self._drop_explained(path)
+        self._sync_tree_store(segments)
+        if last_valid_seg is not None and last_valid_seg == tail[-1] and not self._abandoned:
+            # clean tail after an unclean shutdown: continue in the same segment
+            assert last_valid_seg_state is not None
+            valid_bytes, count, seg_cr, first_ts = last_valid_seg_state
+            if count:
+                fd = os.open(last_valid_seg, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                ao = attr.is_append_only(last_valid_seg) or attr.protect_append_only(last_valid_seg, self._policy)
+                self._seg = _Segment(last_valid_seg, fd, self._seq - count,
+                                     _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
+                                     size=valid_bytes, count=count, cr=seg_cr, dir_synced=True, append_only=ao)
+                self.append_only_active = ao
+                ts = self._clock.now()
+                line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,
+                                             orjson.dumps({"reason": "unclean-shutdown", "abandoned": []}))
+                self._queue_line_locked(self._seg, line, in_segment_tree=True)
+                self._prev = digest
+                self._flush_recovery_now()
+                return
+        if self._abandoned:
+            self._start_recovery_segment_locked("unclean-shutdown")
+            self._flush_recovery_now()
+
+    def _drop_explained(self, path: Path) -> None:
+        first = read_first_record(path)
+        if first is None or first.kind != Kind.RECOVERY.value:
+            return
+        named = {e.get("segment") for e in first.data.get("abandoned", []) if isinstance(e, dict)}
+        self._abandoned = [(p, v) for p, v in self._abandoned if p.name not in named or p == path]
+
+    def _flush_recovery_now(self) -> None:
+        # called during __init__ before the background thread exists; no concurrency yet
+        self._durable = self._written = self._snapshot()
+        self._flush(sync=True)
+        if self._failure is not None:
+            raise HotLogError(self._failure_message(self._failure), cause=self._failure)
+
+    def _sync_tree_store(self, segments: list[Path]) -> None:
+        tree = self._tree
+        if tree is None:
+            return
+        have = tree.size
+        want = self._cr.size
+        if have > want:
+            tree.truncate(want)
+        elif have < want:
+            batch: list[bytes] = []
+            for path in segments:
+                for _off, line in iter_lines(path):
+                    if not line.endswith(b"\n"):
+                        break
+                    try:
+                        rec = parse_record(line)
+                    except RecordError:
+                        break
+                    if have <= rec.seq < want:
+                        batch.append(merkle.leaf_hash(rec.leaf))
+                        if len(batch) >= 65536:
+                            tree.append(batch)
+                            batch = []
+            if batch:
+                tree.append(batch)
+            tree.sync()
+
+    def _read_head(self) -> dict[str, Any] | None:
+        try:
+            with open(self.dir / HEAD_FILE, "rb") as f:
+                head = orjson.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise HotLogError(f"cannot read {self.dir / HEAD_FILE}: {exc}") from exc
+        return head if isinstance(head, dict) else None
+
+    # ------------------------------------------------------------------ background
+
+    def _background(self) -> None:
+        while True:
+            timeout = self._next_timeout()
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self._tick()
+            except Exception as exc:  # keep the thread alive; failures surface to appenders
+                with self._cond:
+                    if self._failure is None:
+                        self._failure = exc
+                    self._cond.notify_all()
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            pending = bool(self._runs)
+            has_seg = self._seg is not None
+        if pending and self.durability != "fsync":
+            return max(0.0, self._last_flush_mono + self.group_interval - now)
+        waits = [1.0]
+        if self.heartbeat_interval > 0:
+            waits.append(max(0.0, self._last_record_mono + self.heartbeat_interval - now))
+        if has_seg and self.segment_window > 0:
+            wall = time.time()
+            waits.append(max(0.0, (int(wall // self.segment_window) + 1) * self.segment_window - wall + 0.001))
+        if self.durability == "os":
+            waits.append(max(0.0, self._last_os_sync + self.os_sync_interval - now))
+        return min(waits)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            failed = self._failure is not None
+            if not failed:
+                seg = self._seg
+                if seg is not None and self.segment_window > 0 and \
+                        _window_of(time.time(), self.segment_window) != seg.window:
+                    self._seal_locked()
+                if self.heartbeat_interval > 0 and now - self._last_record_mono >= self.heartbeat_interval:
+                    self._append_locked(Kind.HEARTBEAT.value,
+                                        orjson.dumps({"interval_s": self.heartbeat_interval}))
+            pending = bool(self._runs)
+            seals = bool(self._pending_seals)
+        if failed:
+            return
+        if self.durability == "os":
+            if seals or now - self._last_os_sync >= self.os_sync_interval:
+                self._flush(sync=True)
+                self._last_os_sync = now
+            elif pending:
+                self._flush(sync=False)
+        elif pending:
+            self._flush(sync=True)
+
+
+def read_first_record(path: Path) -> Any:
+    """The first record of a segment, or None if its first line is not a valid record."""
+    for _off, line in iter_lines(path):
+        try:
+            return parse_record(line)
+        except RecordError:
+            return None
+    return None
