@@ -144,6 +144,10 @@ class SegmentLeafSource:
         raise LeafUnavailable(f"seq {target} not found in {path}")
 
     def leaf_hashes(self, lo: int, hi: int) -> list[bytes]:
+        return [hashlib.sha256(b"\x00" + line).digest() for line in self.lines(lo, hi)]
+
+    def lines(self, lo: int, hi: int) -> list[bytes]:
+        """Record lines ``[lo, hi)`` without their newline (the Merkle leaves)."""
         out: list[bytes] = []
         seq = lo
         exhausted: int | None = None  # first_seq of a segment already read to its end
@@ -166,7 +170,7 @@ class SegmentLeafSource:
                             nl = mm.find(b"\n", pos)
                             if nl < 0:
                                 break  # a torn tail: the line is not part of the tree
-                            out.append(hashlib.sha256(b"\x00" + mm[pos:nl]).digest())
+                            out.append(mm[pos:nl])
                             last_start = pos
                             seq += 1
                             pos = nl + 1
@@ -197,10 +201,14 @@ class TreeStore:
         leaf_source: LeafSource | None = None,
         store_leaves: bool = False,
         tile_cache: int = 8,
+        readonly: bool = False,
     ) -> None:
         self.stream_dir = Path(stream_dir)
         self.dir = self.stream_dir / "tree"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # readonly: a reader (prove CLI, verifier) beside a live writer never repairs files
+        self.readonly = readonly
+        if not readonly:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.store_leaves = store_leaves
         self._source: LeafSource = leaf_source if leaf_source is not None else SegmentLeafSource(self.stream_dir)
         self._lock = threading.RLock()
@@ -221,7 +229,8 @@ class TreeStore:
         fd = self._fds.get(level)
         if fd is None:
             path = self.dir / f"L{level:02d}.hashes"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            flags = os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT
+            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
             self._fds[level] = fd
             self._counts[level] = os.fstat(fd).st_size // HASH_SIZE
         return fd
@@ -243,6 +252,8 @@ class TreeStore:
         return [buf[i : i + HASH_SIZE] for i in range(0, len(buf), HASH_SIZE)]
 
     def _write(self, level: int, hashes: list[bytes]) -> None:
+        if self.readonly:
+            raise TreeStoreError("tree store was opened read-only")
         fd = self._fd(level)
         data = b"".join(hashes)
         off = self._counts[level] * HASH_SIZE
@@ -264,6 +275,11 @@ class TreeStore:
             want = size >> level
             have = self._count(level)
             if level == 0 or (level == TILE_HEIGHT and not self.store_leaves):
+                continue
+            if self.readonly:
+                if have < want:
+                    # the writer is between two level writes of one append: use a smaller tree
+                    size = min(size, ((have + 1) << level) - 1) >> TILE_HEIGHT << TILE_HEIGHT
                 continue
             if have > want:
                 os.ftruncate(self._fd(level), want * HASH_SIZE)
@@ -375,6 +391,20 @@ class TreeStore:
             return cached[lo - tlo : hi - tlo]
         return self._source.leaf_hashes(lo, hi)
 
+    def _nodes(self, level: int, start: int, count: int, limit: int) -> list[bytes]:
+        """Nodes ``start..start+count`` of a stored level; any not stored yet (a reader ahead
+        of the writer's tiles, see ``extend_readonly``) are recomputed from the level below."""
+        if level == 0 and not self.store_leaves:
+            return self._leaves(start, start + count, limit)
+        stored = self._count(level)
+        have = max(0, min(count, stored - start))
+        out = self._read(level, start, have) if have else []
+        if have < count:
+            below = level - TILE_HEIGHT
+            for k in range(start + have, start + count):
+                out.append(fold_perfect(self._nodes(below, k * TILE_WIDTH, TILE_WIDTH, limit)))
+        return out
+
     def _perfect(self, level: int, index: int, size: int | None = None) -> bytes:
         """Hash of the complete subtree ``(level, index)`` from the nearest stored level below."""
         limit = self._size if size is None else size
@@ -382,12 +412,20 @@ class TreeStore:
             raise TreeStoreError(f"subtree at level {level} index {index} is beyond tree size {limit}")
         base = level - level % TILE_HEIGHT
         width = 1 << (level - base)
-        if base == 0:
-            if self.store_leaves:
-                return fold_perfect(self._read(0, index * width, width))
-            lo = index << level
-            return fold_perfect(self._leaves(lo, lo + width, limit))
-        return fold_perfect(self._read(base, index * width, width))
+        return fold_perfect(self._nodes(base, index * width, width, limit))
+
+    def extend_readonly(self, size: int) -> None:
+        """Let a read-only store answer for ``size`` leaves when its tiles lag behind the
+        segments (the writer has not stored the last tile yet): the missing part is read
+        from the segment lines."""
+        with self._lock:
+            if size <= self._size:
+                return
+            if not self.readonly:
+                raise TreeStoreError("extend_readonly is for read-only stores; a writer appends")
+            self._source.leaf_hashes(size - 1, size)  # raises LeafUnavailable if not on disk
+            self._stack = self._frontier(size)
+            self._size = size
 
     def subtree_hash(self, lo: int, hi: int) -> bytes:
         """``MTH(leaves[lo:hi])`` (RFC 6962 §2.1) from stored complete subtrees, O(log n) reads."""

@@ -1,0 +1,213 @@
+"""Checkpoint emitter: signs the durable tree head on each seal and every interval, off the append path.
+
+Storage (``<stream_dir>/checkpoints/``):
+
+- ``latest.note``: the newest signed checkpoint (with any witness cosignatures), replaced
+  atomically (temp file, fsync, rename, directory fsync).
+- ``history.jsonl``: one line per checkpoint, appended and fsynced:
+  ``{"size":N,"root":"<hex>","time":<unix s>,"note":"<note text>"}``.  ``size`` comes first
+  so a checkpoint of one exact size is found by a byte search, without parsing the file.
+
+The emitter runs on its own thread.  The writer's seal listener only sets an event, so
+signing (and witness round trips) never delay an append.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.checkpoint import Checkpoint, NoteError, Signer, Verifier, add_signature_lines, open_checkpoint
+from pipeline.hot.tree import TreeStore
+from pipeline.witness import Witness, WitnessError
+from pipeline.witness._common import atomic_write, fsync_dir
+
+log = logging.getLogger(__name__)
+DEFAULT_INTERVAL = 60.0
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.note"
+HISTORY = "history.jsonl"
+
+
+class HotLogLike(Protocol):
+    stream: str
+
+    def add_seal_listener(self, fn: Any) -> None: ...
+
+    def durable_tree_head(self) -> tuple[int, bytes]: ...
+
+
+class CheckpointStore:
+    def __init__(self, stream_dir: Path) -> None:
+        self.dir = Path(stream_dir) / CHECKPOINT_DIR
+
+    def save(self, checkpoint: Checkpoint, note: bytes) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        entry = json.dumps({"size": checkpoint.size, "root": checkpoint.root.hex(), "time": int(time.time()),
+                            "note": note.decode()}, separators=(",", ":"))
+        new = not (self.dir / HISTORY).exists()
+        fd = os.open(self.dir / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, entry.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            fsync_dir(self.dir)
+        atomic_write(self.dir / LATEST, note)
+
+    def update_latest(self, note: bytes) -> None:
+        """Replace latest.note with the same checkpoint carrying more (co)signatures."""
+        atomic_write(self.dir / LATEST, note)
+
+    def latest(self) -> bytes | None:
+        try:
+            return (self.dir / LATEST).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def by_size(self, size: int) -> bytes | None:
+        """The last stored checkpoint of exactly ``size`` leaves, or None."""
+        try:
+            data = (self.dir / HISTORY).read_bytes()
+        except FileNotFoundError:
+            return None
+        i = data.rfind(b'{"size":%d,' % size)
+        if i < 0:
+            return None
+        end = data.find(b"\n", i)
+        entry = json.loads(data[i : end if end >= 0 else len(data)])
+        note: str = entry["note"]
+        return note.encode()
+
+    def sizes(self) -> list[int]:
+        try:
+            lines = (self.dir / HISTORY).read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        return [int(json.loads(ln)["size"]) for ln in lines if ln.strip()]
+
+
+def default_origin(stream: str, prefix: str | None = None) -> str:
+    """The checkpoint origin: the stream name, or ``<prefix>/<stream>`` (e.g. example.com/worm/app)."""
+    return f"{prefix.rstrip('/')}/{stream}" if prefix else stream
+
+
+class CheckpointEmitter:
+    def __init__(
+        self,
+        log_: HotLogLike,
+        stream_dir: Path,
+        signer: Signer,
+        *,
+        tree_store: TreeStore | None = None,
+        origin: str | None = None,
+        witnesses: Sequence[Witness] = (),
+        interval: float = DEFAULT_INTERVAL,
+        fss_tick: Any = None,
+    ) -> None:
+        if witnesses and tree_store is None:
+            raise ValueError("witnesses need consistency proofs: pass the writer's tree_store")
+        self.log = log_
+        self.store = CheckpointStore(stream_dir)
+        self.signer = signer
+        self.tree = tree_store
+        self.origin = origin or log_.stream
+        self.witnesses = list(witnesses)
+        self.interval = interval
+        self._fss_tick = fss_tick
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._emit_lock = threading.Lock()
+        self.last_size = -1
+        self.errors: list[str] = []
+        latest = self.store.latest()
+        if latest is not None:
+            try:
+                cp, _ = open_checkpoint(latest, [signer.verifier()])
+                self.last_size = cp.size
+            except NoteError as exc:
+                log.warning("checkpoints: ignoring unreadable %s: %s", self.store.dir / LATEST, exc)
+
+    def start(self) -> CheckpointEmitter:
+        self.log.add_seal_listener(self._on_seal)
+        self._thread = threading.Thread(target=self._run, name=f"checkpoints-{self.origin}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _on_seal(self, _info: Any) -> None:
+        # called on the writer's background thread: only signal, never sign here
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if self._fss_tick is not None:
+                    self._fss_tick()
+                self.emit()
+            except Exception as exc:  # keep the thread alive; the next round retries
+                log.exception("checkpoints: emission failed")
+                self.errors.append(str(exc))
+
+    def stop(self, *, final: bool = True) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if final:
+            self.emit()
+
+    def emit(self, *, force: bool = False) -> bytes | None:
+        """Sign, store and publish a checkpoint of the durable tree head (if it grew)."""
+        with self._emit_lock:
+            size, root = self.log.durable_tree_head()
+            if size == self.last_size and not force:
+                return None
+            if self.tree is not None and self.tree.size >= size and self.tree.root(size) != root:
+                # never sign a root our own proofs could not back
+                raise RuntimeError(
+                    f"tree store root at size {size} differs from the writer's: rebuild {self.tree.dir}"
+                )
+            cp = Checkpoint(self.origin, size, root)
+            note = cp.sign([self.signer])
+            self.store.save(cp, note)
+            self.last_size = size
+            note = self._publish(cp, note)
+            return note
+
+    def _publish(self, cp: Checkpoint, note: bytes) -> bytes:
+        cosigs: list[str] = []
+        for w in self.witnesses:
+            try:
+                assert self.tree is not None
+                cosigs += w.add_checkpoint(note, cp, self.tree.consistency_proof)
+            except WitnessError as exc:
+                level = logging.ERROR if exc.fork else logging.WARNING
+                log.log(level, "checkpoints: witness %s refused size %d: %s", w.name, cp.size, exc)
+                self.errors.append(str(exc))
+            except Exception as exc:
+                log.warning("checkpoints: witness %s failed for size %d: %s", w.name, cp.size, exc)
+                self.errors.append(str(exc))
+        if cosigs:
+            note = add_signature_lines(note, cosigs)
+            self.store.update_latest(note)
+        return note
+
+
+def load_latest_checkpoint(stream_dir: Path, verifiers: Sequence[Verifier]) -> tuple[Checkpoint, bytes]:
+    note = CheckpointStore(stream_dir).latest()
+    if note is None:
+        raise NoteError(f"no checkpoint stored under {Path(stream_dir) / CHECKPOINT_DIR}")
+    cp, _ = open_checkpoint(note, verifiers)
+    return cp, note
