@@ -1,0 +1,38 @@
+"""``pipeline fss-setup --hot DIR --stream NAME``: create the forward-secure seal key.
+
+Prints the verification key once; the host never stores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.fss import DEFAULT_INTERVAL, FssError, FssSealer
+
+
+def run(args: argparse.Namespace) -> int:
+    stream_dir = Path(args.hot) / args.stream
+    try:
+        vk = FssSealer.setup(stream_dir, interval=args.epoch_seconds)
+    except (FssError, OSError) as exc:
+        print(f"fss-setup: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print("Forward-secure seal key created. Verification key (shown ONCE; store it offline, e.g. on paper):")
+    print()
+    print(vk.to_string())
+    print()
+    print("Anyone holding it can verify AND forge seals (symmetric scheme): give it only to auditors.")
+    print(f"Check seals with: pipeline verify --fss-key '<key>' --hot {args.hot}")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("fss-setup", help="create the forward-secure sealing key for a stream")
+    p.add_argument("--hot", required=True, help="hot-tier directory")
+    p.add_argument("--stream", required=True)
+    p.add_argument("--epoch-seconds", type=int, default=DEFAULT_INTERVAL,
+                   help=f"epoch length in seconds (default {DEFAULT_INTERVAL})")
+    p.set_defaults(func=run)

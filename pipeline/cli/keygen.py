@@ -1,0 +1,36 @@
+"""``pipeline keygen --name NAME --out DIR``: an Ed25519 note key pair (NAME.key mode 0600, NAME.pub)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.checkpoint import NoteError, Signer, write_key_pair
+from pipeline.cli import EXIT_ERROR, EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        signer = Signer.generate(args.name, cosigner=args.witness)
+        key_path, pub_path = write_key_pair(signer, Path(args.out))
+    except FileExistsError:
+        print(f"keygen: a key named {args.name} already exists in {args.out}; not overwriting", file=sys.stderr)
+        return EXIT_ERROR
+    except (NoteError, OSError) as exc:
+        print(f"keygen: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    # the private key is never printed: only where it went and the public verifier key
+    print(f"signer key:   {key_path} (mode 0600, keep secret)")
+    print(f"verifier key: {pub_path}")
+    print(pub_path.read_text().strip())
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("keygen", help="generate an Ed25519 signing key pair for checkpoints or a witness")
+    p.add_argument("--name", required=True, help="key name, e.g. example.com/worm (no spaces or '+')")
+    p.add_argument("--out", required=True, help="directory for NAME.key and NAME.pub ('/' in NAME becomes '_')")
+    p.add_argument("--witness", action="store_true",
+                   help="make a witness cosigner key (tlog-cosignature, alg 0x04) instead of a log key")
+    p.set_defaults(func=run)
