@@ -123,6 +123,7 @@ class _Segment:
     first_seq: int
     window: int
     first_ts: str
+    start_frontier: list[bytes] = field(default_factory=list)
     size: int = 0  # bytes queued so far (written + pending)
     count: int = 0
     cr: merkle.CompactRange = field(default_factory=merkle.CompactRange)
@@ -372,6 +373,12 @@ class HotLog:
                     if self._failure is None:
                         self._seal_locked()
             self._flush(sync=True)
+            with self._lock:
+                clean = self._failure is None and not self._runs
+                snap = self._snapshot()
+            if clean:
+                # lets the next writer continue the open segment without a recovery record
+                self._write_head(snap, clean=True)
         finally:
             with self._cond:
                 self._closed = True
@@ -474,7 +481,7 @@ class HotLog:
         self.append_only_active = append_only
         ts_s = ts.decode()
         seg = _Segment(path, fd, self._seq, _window_of(_ts_to_epoch(ts_s), self.segment_window), ts_s,
-                       append_only=append_only)
+                       start_frontier=self._cr.stack, append_only=append_only)
         self._seg = seg
         return seg
 
@@ -494,6 +501,7 @@ class HotLog:
             "tree_size": self._cr.size,
             "tree_root": self._cr.root().hex(),
             "frontier": [h.hex() for h in self._cr.stack],
+            "start_frontier": [h.hex() for h in seg.start_frontier],
         }
         if self._seal_extension is not None:
             data["fss"] = self._seal_extension(dict(data))
@@ -587,14 +595,16 @@ class HotLog:
 
                     logging.getLogger("pipeline.hot").warning("seal listener failed: %s", exc)
 
-    def _write_head(self, snap: _Snapshot) -> None:
-        head = {
+    def _write_head(self, snap: _Snapshot, *, clean: bool = False) -> None:
+        head: dict[str, Any] = {
             "stream": self.stream,
             "next_seq": snap.next_seq,
             "last_hash": snap.prev.decode(),
             "tree_size": snap.cr_size,
             "frontier": [h.hex() for h in snap.cr_stack],
         }
+        if clean:
+            head["closed_cleanly"] = True
         tmp = self.dir / f".{HEAD_FILE}.tmp"
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(head))
@@ -775,10 +785,11 @@ class HotLog:
                         explained[str(e.get("segment"))] = e["valid_bytes"]
         # replay unsealed segments after the last seal (normally just one, after a crash)
         last_valid_seg: Path | None = None
-        last_valid_seg_state: tuple[int, int, merkle.CompactRange, str] | None = None
+        last_valid_seg_state: tuple[int, int, merkle.CompactRange, str, list[bytes]] | None = None
         for path in tail:
             valid_bytes = 0
             seg_cr = merkle.CompactRange()
+            seg_start_frontier = self._cr.stack
             count = 0
             first_ts = ""
             torn = False
@@ -812,20 +823,29 @@ class HotLog:
                 last_valid_seg = None
             else:
                 last_valid_seg = path
-                last_valid_seg_state = (valid_bytes, count, seg_cr, first_ts)
+                last_valid_seg_state = (valid_bytes, count, seg_cr, first_ts, seg_start_frontier)
             # segments explained by a recovery record at the start of this one are settled
             self._drop_explained(path)
         self._sync_tree_store(segments)
         if last_valid_seg is not None and last_valid_seg == tail[-1] and not self._abandoned:
             # clean tail after an unclean shutdown: continue in the same segment
             assert last_valid_seg_state is not None
-            valid_bytes, count, seg_cr, first_ts = last_valid_seg_state
+            valid_bytes, count, seg_cr, first_ts, seg_start_frontier = last_valid_seg_state
+            if count and head is not None and head.get("closed_cleanly") and head.get("next_seq") == self._seq \
+                    and str(head.get("last_hash")).encode() == self._prev:
+                fd = os.open(last_valid_seg, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                self._seg = _Segment(last_valid_seg, fd, self._seq - count,
+                                     _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
+                                     start_frontier=seg_start_frontier, size=valid_bytes, count=count, cr=seg_cr,
+                                     dir_synced=True, append_only=attr.is_append_only(last_valid_seg))
+                self.append_only_active = self._seg.append_only
+                return
             if count:
                 fd = os.open(last_valid_seg, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
                 ao = attr.is_append_only(last_valid_seg) or attr.protect_append_only(last_valid_seg, self._policy)
                 self._seg = _Segment(last_valid_seg, fd, self._seq - count,
                                      _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
-                                     size=valid_bytes, count=count, cr=seg_cr, dir_synced=True, append_only=ao)
+                                     start_frontier=seg_start_frontier, size=valid_bytes, count=count, cr=seg_cr, dir_synced=True, append_only=ao)
                 self.append_only_active = ao
                 ts = self._clock.now()
                 line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,

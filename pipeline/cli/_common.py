@@ -1,0 +1,25 @@
+"""Helpers shared by CLI verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.hot.segment import list_streams
+
+
+def add_hot_args(p: argparse.ArgumentParser, *, stream_required: bool = False) -> None:
+    p.add_argument("--hot", required=True, type=Path, help="hot-tier directory")
+    p.add_argument("--stream", required=stream_required, help="stream name" + ("" if stream_required else
+                                                                               " (default: every stream)"))
+
+
+def streams_of(hot: Path, stream: str | None) -> list[str]:
+    if stream:
+        return [stream]
+    return list_streams(hot)
+
+
+def err(message: str) -> None:
+    print(f"pipeline: {message}", file=sys.stderr)

@@ -1,0 +1,57 @@
+"""``pipeline append``: append NDJSON events from standard input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_hot_args, err
+from pipeline.hot.writer import DURABILITY_MODES, HotLog, HotLogError
+from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("append", help="append NDJSON events from stdin to a stream")
+    add_hot_args(p, stream_required=True)
+    p.add_argument("--durability", choices=DURABILITY_MODES, default="group")
+    p.add_argument("--seal", action="store_true", help="seal the segment after appending")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        log = HotLog(args.hot, args.stream, durability=args.durability, heartbeat_interval=0)
+    except (HotLogError, OSError, ValueError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    accepted = rejected = 0
+    last = None
+    try:
+        for lineno, raw in enumerate(sys.stdin.buffer, start=1):
+            if not raw.strip():
+                continue
+            try:
+                data = DEFAULT_SANITISER.prepare_json(raw)
+            except InvalidEvent as exc:
+                rejected += 1
+                err(f"line {lineno}: {exc}")
+                continue
+            last = log.append_prepared(data, wait=False)
+            accepted += 1
+        log.sync()
+        if args.seal:
+            log.seal()
+    except HotLogError as exc:
+        err(exc.diagnostics())
+        log.close(seal=False)
+        return EXIT_ERROR
+    log.close(seal=False)
+    summary = {"accepted": accepted, "rejected": rejected}
+    if last is not None:
+        summary["last_seq"] = last.seq
+        summary["last_hash"] = last.hash
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    return EXIT_FINDINGS if rejected else EXIT_OK

@@ -1,0 +1,32 @@
+"""``pipeline seal``: seal the active segment of a stream."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_hot_args, err
+from pipeline.hot.writer import HotLog, HotLogError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("seal", help="seal the active segment so it can be shipped")
+    add_hot_args(p, stream_required=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        log = HotLog(args.hot, args.stream, heartbeat_interval=0)
+    except (HotLogError, OSError, ValueError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    try:
+        path = log.seal()
+    except HotLogError as exc:
+        err(exc.diagnostics())
+        return EXIT_ERROR
+    finally:
+        log.close(seal=False)
+    print(f"sealed {path.name}" if path else "nothing to seal")
+    return EXIT_OK

@@ -1,0 +1,69 @@
+"""``pipeline status``: streams, segments, sizes and append-only state of the hot tier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_hot_args, err, streams_of
+from pipeline.hot import attr
+from pipeline.hot.segment import list_segments
+from pipeline.verify.chain import read_head
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show streams, segments, sizes and append-only state")
+    add_hot_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def stream_status(hot: Any, name: str) -> dict[str, Any]:
+    d = hot / name
+    segs = []
+    for path in list_segments(d):
+        try:
+            flags = attr.get_flags(path)
+        except OSError:
+            flags = 0
+        segs.append({
+            "segment": path.name,
+            "bytes": path.stat().st_size,
+            "append_only": bool(flags & attr.FS_APPEND_FL),
+            "immutable": bool(flags & attr.FS_IMMUTABLE_FL),
+        })
+    head = read_head(d) or {}
+    return {
+        "stream": name,
+        "segments": segs,
+        "bytes": sum(s["bytes"] for s in segs),
+        "sealed_segments": sum(1 for s in segs if s["immutable"]),
+        "next_seq_at_last_seal": head.get("next_seq"),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.hot.is_dir():
+        err(f"hot directory {args.hot} does not exist")
+        return EXIT_ERROR
+    doc = {"hot": str(args.hot), "platform": attr.platform_support_info(),
+           "streams": [stream_status(args.hot, s) for s in streams_of(args.hot, args.stream)]}
+    if args.json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    plat = doc["platform"]
+    print(f"hot tier {args.hot}  platform {plat['platform']}  append-only supported={plat['supported']} "
+          f"capability={plat['has_capability']} policy={plat['policy']}")
+    for note in plat["notes"]:
+        print(f"  note: {note}")
+    for st in doc["streams"]:
+        print(f"stream {st['stream']}: {len(st['segments'])} segments, {st['bytes']} bytes, "
+              f"{st['sealed_segments']} sealed (immutable)")
+        for s in st["segments"]:
+            state = "immutable" if s["immutable"] else "append-only" if s["append_only"] else "UNPROTECTED"
+            print(f"  {s['segment']}  {s['bytes']:>12} bytes  {state}")
+    return EXIT_OK

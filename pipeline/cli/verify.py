@@ -1,0 +1,73 @@
+"""``pipeline verify``: check every record, link, seq and seal of the hot tier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_hot_args, err, streams_of
+from pipeline.verify.chain import StreamReport, verify_stream
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("verify", help="verify hash chains, seals and Merkle roots in the hot tier")
+    add_hot_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def render(report: StreamReport) -> str:
+    lines = [f"stream {report.stream}"]
+    by_segment: dict[str, list[str]] = {}
+    for f in report.findings:
+        where = f" at seq {f.seq}" if f.seq is not None else ""
+        off = f" (offset {f.offset})" if f.offset is not None else ""
+        by_segment.setdefault(f.segment, []).append(f"{f.reason}{where}{off}: {f.message}")
+    for s in report.segments:
+        status = report.segment_status(s)
+        span = f"seq {s.first_seq}..{s.last_seq}" if s.first_seq is not None else "no records"
+        lines.append(f"  {status:<10} {s.name}  {span}  {s.records} records  {s.size} bytes")
+        for msg in by_segment.pop(s.name, []):
+            lines.append(f"      {msg}")
+        for n in report.notes:
+            if n.segment == s.name:
+                lines.append(f"      note: {n.message}")
+    for seg, msgs in by_segment.items():
+        for msg in msgs:
+            lines.append(f"  INVALID    {seg or '(stream)'}: {msg}")
+    verdict = "OK" if report.ok else f"{len(report.findings)} finding(s)"
+    lines.append(f"  total: {len(report.segments)} segments, {report.records} records, {verdict}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.hot.is_dir():
+        err(f"hot directory {args.hot} does not exist")
+        return EXIT_ERROR
+    streams = streams_of(args.hot, args.stream)
+    if args.stream and not (args.hot / args.stream).is_dir():
+        err(f"stream {args.stream!r} not found in {args.hot}")
+        return EXIT_ERROR
+    if not streams:
+        err(f"no streams in {args.hot}")
+        return EXIT_ERROR
+    reports = []
+    for name in streams:
+        try:
+            reports.append(verify_stream(args.hot / name, workers=args.workers))
+        except OSError as exc:
+            err(f"cannot read stream {name!r}: {exc}")
+            return EXIT_ERROR
+    ok = all(r.ok for r in reports)
+    if args.json:
+        doc: dict[str, Any] = {"ok": ok, "streams": [r.to_dict() for r in reports]}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for r in reports:
+            print(render(r))
+    return EXIT_OK if ok else EXIT_FINDINGS

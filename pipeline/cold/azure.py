@@ -1,0 +1,349 @@
+"""Azure Blob backend: create-only upload with a Locked immutability policy.
+
+``upload_blob(overwrite=False)`` (the SDK sends ``If-None-Match: *``) with
+``ImmutabilityPolicy(expiry_time, policy_mode=Locked)`` and an optional legal hold, so the
+REST request carries ``x-ms-immutability-policy-until-date``,
+``x-ms-immutability-policy-mode: Locked`` and ``x-ms-legal-hold``.  Every request body is
+MD5-validated in transit (``validate_content=True``); Azure keeps no SHA-256, so
+copy-then-verify reads the blob back and re-hashes it: 1 upload + 2 reads per segment
+(properties, then the streaming download).
+
+Endpoints that accept the immutability headers without enforcing them (Azurite) are
+recognised from what they report -- the container's version-level immutability flag and
+the blob's policy expiry come back empty -- never from an upload failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import (
+    BlobImmutabilityPolicyMode,
+    BlobServiceClient,
+    ContainerClient,
+    ImmutabilityPolicy,
+    StandardBlobTier,
+)
+
+from pipeline.cold.base import (
+    Capabilities,
+    ColdSettings,
+    ObjectInfo,
+    ObjectStat,
+    PutResult,
+    ReadStream,
+    VerifyResult,
+    encode_metadata,
+    manifest_from_metadata,
+    object_key,
+    required_retain_until,
+    segment_of_key,
+)
+from pipeline.cold.checks import evaluate_stat
+from pipeline.cold.codec import CHUNK, deep_check, hash_stream, prepare_body
+from pipeline.cold.errors import (
+    ColdError,
+    ColdRequestError,
+    ColdUnavailableError,
+    ObjectArchivedError,
+    ObjectConflictError,
+    ObjectNotFoundError,
+    VerificationError,
+    WormNotEnforcedError,
+    redact_endpoint,
+)
+from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable
+from pipeline.hot.segment import SegmentManifest
+
+log = logging.getLogger("pipeline.cold.azure")
+T = TypeVar("T")
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+
+
+def make_container_client(
+    account: str,
+    container: str,
+    settings: ColdSettings,
+    *,
+    endpoint_url: str | None = None,
+    transport: Any = None,
+    raw_request_hook: Callable[[Any], None] | None = None,
+) -> ContainerClient:
+    """A container client from ``AZURE_STORAGE_CONNECTION_STRING`` if set, otherwise
+    DefaultAzureCredential (environment, workload identity, managed identity, CLI...).
+
+    azure-core's retries are set to ``settings.azure_retry_total`` (0 by default) so the
+    tenacity policy in ``pipeline.cold.retry`` is the only one; crc64 is never requested
+    (Azurite cannot do it) -- integrity comes from MD5 in transit and SHA-256 on read-back.
+    """
+    kwargs: dict[str, Any] = {
+        "retry_total": settings.azure_retry_total,
+        "max_single_put_size": settings.multipart_threshold,
+        "max_block_size": settings.part_size,
+        "max_chunk_get_size": settings.part_size,
+        "connection_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+    }
+    if transport is not None:
+        kwargs["transport"] = transport
+    if raw_request_hook is not None:
+        kwargs["raw_request_hook"] = raw_request_hook
+    conn = os.environ.get(CONNECTION_STRING_ENV)
+    if conn:
+        service = BlobServiceClient.from_connection_string(conn, **kwargs)
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        url = endpoint_url or f"https://{account}.blob.core.windows.net"
+        service = BlobServiceClient(url, credential=DefaultAzureCredential(), **kwargs)
+    return service.get_container_client(container)
+
+
+class _DownloadStream:
+    """A StorageStreamDownloader as a plain ``read``/``close`` stream."""
+
+    def __init__(self, downloader: Any) -> None:
+        self._dl = downloader
+
+    def read(self, size: int = -1, /) -> bytes:
+        data: bytes = self._dl.read(size if size and size > 0 else CHUNK)
+        return data
+
+    def close(self) -> None:
+        self._dl = None
+
+
+class AzureStore:
+    backend = "az"
+
+    def __init__(self, container_client: ContainerClient, prefix: str, settings: ColdSettings) -> None:
+        self.settings = settings
+        self.prefix = prefix.strip("/")
+        self._cc = container_client
+        self.container = container_client.container_name
+        self.endpoint = redact_endpoint(container_client.url)
+        self._caps: Capabilities | None = None
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"AzureStore(container={self.container!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
+
+    def count_request(self, request: Any) -> None:
+        """``raw_request_hook`` for request accounting (bench, tests)."""
+        with self._lock:
+            self.requests[request.http_request.method] += 1
+
+    def close(self) -> None:
+        self._cc.close()
+
+    def key_for(self, stream: str, segment_name: str) -> str:
+        return object_key(self.prefix, stream, segment_name, self.settings.compression)
+
+    def _where(self) -> str:
+        return self.endpoint
+
+    def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
+        def on_retry(exc: BaseException, attempt: int) -> None:
+            code, status = error_code_and_status(exc)
+            log.warning("cold azure %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
+                        code or status or type(exc).__name__)
+
+        try:
+            return call_with_retry(fn, self.settings, on_retry)
+        except (AzureError, OSError) as exc:
+            raise self._translate(what, exc, segment) from exc
+
+    def _translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
+        code, status = error_code_and_status(exc)
+        kw: dict[str, Any] = {"segment": segment, "endpoint": self._where(), "code": code or type(exc).__name__}
+        if isinstance(exc, ResourceNotFoundError):
+            return ObjectNotFoundError(f"{what}: not found", **kw)
+        if code == "BlobArchived":
+            return ObjectArchivedError(f"{what}: blob is in the Archive tier", **kw)
+        if status in (401, 403):
+            return ColdRequestError(f"{what}: not authorised", action="give the identity the Storage Blob Data "
+                                    "Contributor role (and Storage Blob Data Owner for legal holds) on the "
+                                    "container; the hot copy is untouched", **kw)
+        if status == 501 or code == "APINotImplemented":
+            return ColdRequestError(f"{what}: the endpoint does not implement this operation",
+                                    action="this endpoint is an emulator (Azurite answers 501 for immutability "
+                                    "and legal-hold calls); use real Azure Blob Storage", **kw)
+        if code == "Md5Mismatch":
+            return ColdRequestError(f"{what}: the service received bytes whose MD5 differs from the one sent",
+                                    action="run `pipeline verify` on the hot segment, then ship again", **kw)
+        if is_retryable(exc):
+            return ColdUnavailableError(
+                f"{what}: still failing after retrying for up to {self.settings.retry_max_seconds:g} s", **kw)
+        return ColdRequestError(f"{what}: {type(exc).__name__} {status or ''}".rstrip(), **kw)
+
+    # ---- capabilities ------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        if self._caps is not None:
+            return self._caps
+        props = self._call("read container properties", self._cc.get_container_properties)
+        flag = getattr(props, "immutable_storage_with_versioning_enabled", None)
+        if flag is True:
+            notes = (f"container {self.container} has version-level immutability: Locked policies are enforced",)
+        elif flag is None:
+            notes = (f"WORM not enforced: container {self.container} does not report version-level "
+                     "immutability (Azurite accepts immutability headers but does not enforce them)",)
+        else:
+            notes = (f"WORM not enforced: container {self.container} has no version-level immutability",)
+        self._caps = Capabilities("az", self.endpoint, flag is True, flag is True, False, notes)
+        return self._caps
+
+    # ---- put ---------------------------------------------------------------------------------
+
+    def put_segment(
+        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
+    ) -> PutResult:
+        key = self.key_for(stream, segment_name)
+        caps = self.capabilities()
+        if not caps.worm_enforced and not self.settings.allow_unlocked:
+            raise WormNotEnforcedError(
+                "refusing to upload to a container that does not enforce immutability (fail closed)",
+                segment=segment_name, endpoint=self._where(), action=caps.reason + "; enable version-level "
+                "immutability on the container, or set allow_unlocked for development only")
+        before = sum(self.requests.values())
+        body = prepare_body(source_path, manifest, self.settings)
+        try:
+            retain_until = required_retain_until(self.settings)
+            meta = encode_metadata(manifest, body.compression, body.size, body.sha256)
+            blob = self._cc.get_blob_client(key)
+            kwargs: dict[str, Any] = {
+                "overwrite": False, "metadata": meta, "validate_content": True, "max_concurrency": 1,
+                "length": body.size,
+                # Sent even where the container cannot enforce them (allowed only with
+                # allow_unlocked): on an enforcing endpoint they are what makes the blob WORM.
+                "immutability_policy": ImmutabilityPolicy(expiry_time=retain_until,
+                                                          policy_mode=BlobImmutabilityPolicyMode.LOCKED),
+            }
+            if self.settings.legal_hold:
+                kwargs["legal_hold"] = True
+            if self.settings.storage_class:
+                kwargs["standard_blob_tier"] = StandardBlobTier(self.settings.storage_class)
+
+            def attempt() -> bool:
+                with open(body.path, "rb") as f:
+                    try:
+                        blob.upload_blob(f, **kwargs)
+                        return True
+                    except ResourceExistsError:
+                        return False
+
+            created = self._call("upload", attempt, segment_name)
+            result = self.verify(key, manifest, expected_stored_sha256=body.sha256 if created else None,
+                                 expected_stored_size=body.size if created else None,
+                                 min_retain_until=retain_until - dt.timedelta(seconds=1) if created else None)
+            if not created and not result.ok:
+                raise ObjectConflictError("create-only upload found an existing blob that does not match",
+                                          result, segment=segment_name, endpoint=self._where())
+            if not result.ok:
+                raise VerificationError("uploaded blob failed copy-then-verify", result, segment=segment_name,
+                                        endpoint=self._where())
+            return PutResult(key, created, body.size, body.sha256, body.compression, result,
+                             multipart=body.size > self.settings.multipart_threshold,
+                             requests=sum(self.requests.values()) - before)
+        finally:
+            body.cleanup()
+
+    # ---- read side ---------------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectStat:
+        seg = segment_of_key(key)
+        props = self._call("read blob properties", self._cc.get_blob_client(key).get_blob_properties,
+                           seg[1] if seg else key)
+        policy = getattr(props, "immutability_policy", None)
+        expiry = getattr(policy, "expiry_time", None)
+        mode = getattr(policy, "policy_mode", None)
+        tier = getattr(props, "blob_tier", None)
+        archived = str(tier) == "Archive" and not getattr(props, "archive_status", None)
+        return ObjectStat(
+            key=key,
+            size=int(props.size),
+            sha256=None,  # Azure stores no SHA-256; verify re-hashes on read-back
+            lock_mode=str(mode) if expiry is not None and mode else None,
+            retain_until=expiry,
+            legal_hold=getattr(props, "has_legal_hold", None),
+            metadata=dict(props.metadata or {}),
+            storage_class=str(tier) if tier else None,
+            last_modified=props.last_modified,
+            version_id=getattr(props, "version_id", None),
+            archived=archived,
+        )
+
+    def open(self, key: str) -> ReadStream:
+        seg = segment_of_key(key)
+        dl = self._call("download",
+                        lambda: self._cc.get_blob_client(key).download_blob(max_concurrency=1),
+                        seg[1] if seg else key)
+        return _DownloadStream(dl)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        for page in self._cc.list_blobs(name_starts_with=full, results_per_page=1000).by_page():
+            for b in page:
+                yield ObjectInfo(b.name, int(b.size), b.last_modified)
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        seg = segment_of_key(key)
+        self._call(f"turn legal hold {'on' if on else 'off'}",
+                   lambda: self._cc.get_blob_client(key).set_legal_hold(on), seg[1] if seg else key)
+
+    def verify(
+        self,
+        key: str,
+        manifest: SegmentManifest | None = None,
+        deep: bool = False,
+        *,
+        expected_stored_sha256: str | None = None,
+        expected_stored_size: int | None = None,
+        min_retain_until: dt.datetime | None = None,
+    ) -> VerifyResult:
+        result = VerifyResult(key, deep=deep)
+        caps = self.capabilities()
+        before = sum(self.requests.values())
+        seg = segment_of_key(key)
+        compression = seg[2] if seg else self.settings.compression
+        try:
+            st = self.stat(key)
+        except ObjectNotFoundError:
+            result.add("exists", False, "no such blob", "missing")
+            return result
+        if manifest is None:
+            try:
+                manifest = manifest_from_metadata(st.metadata)
+            except ValueError as exc:
+                result.add("metadata", False, str(exc), "metadata-mismatch")
+                return result
+        if st.archived:
+            result.add("readable", False, "blob is in the Archive tier: rehydrate it first", "archived")
+        elif not deep:
+            # Normal verification still needs the bytes: Azure keeps no SHA-256 to ask for.
+            sha, _ = hash_stream(lambda: self.open(key))
+            st = dataclasses.replace(st, sha256=sha)
+        evaluate_stat(st, manifest, compression, self.settings, result,
+                      expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
+                      min_retain_until=min_retain_until, worm_enforced=caps.worm_enforced,
+                      worm_note=caps.reason,
+                      expect_legal_hold=self.settings.legal_hold if expected_stored_sha256 else None)
+        if deep and not st.archived:
+            deep_check(lambda: self.open(key), manifest, compression,
+                       expected_stored_sha256 or st.segment_metadata.get("stored_sha256"), st.size, result)
+        result.requests = sum(self.requests.values()) - before
+        return result
+

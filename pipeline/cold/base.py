@@ -1,0 +1,340 @@
+"""The cold-store protocol, its result types, settings, object naming and metadata.
+
+One small protocol (in the spirit of Litestream's ReplicaClient) with one module per
+backend.  Every backend stores a sealed segment as ONE object, named
+``<prefix>/<stream>/<segment file name>`` (plus ``.zst`` when compressed), so listing a
+stream's prefix returns its segments in seq order.  The segment manifest travels as
+object metadata (keys in ``METADATA_KEYS``), not as a second object: one PUT per
+segment, and a single HEAD returns everything normal verification needs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from pipeline.hot.segment import SegmentManifest, parse_segment_name
+from pipeline.record import validate_stream_name
+
+Compression = Literal["none", "zstd"]
+COMPRESSION_SUFFIX = {"none": "", "zstd": ".zst"}
+MiB = 1 << 20
+
+# Metadata keys: lowercase, underscores only, so the same names are valid S3 user metadata
+# (x-amz-meta-*) and Azure metadata (which must be C# identifiers: no hyphens).
+META_PREFIX = "worm_"
+METADATA_FORMAT = "1"
+METADATA_KEYS = (
+    "format",
+    "stream",
+    "segment",
+    "first_seq",
+    "last_seq",
+    "records",
+    "size",  # uncompressed segment size
+    "sha256",  # uncompressed segment SHA-256 (hex)
+    "merkle_root",
+    "first_prev",
+    "last_hash",
+    "sealed",
+    "first_ts",
+    "last_ts",
+    "compression",
+    "stored_size",  # size of the stored (possibly compressed) bytes
+    "stored_sha256",  # SHA-256 (hex) of the stored bytes
+)
+# S3 limits user metadata to 2 KB (keys + values); the longest possible set here is ~1 KB.
+S3_METADATA_LIMIT = 2048
+
+
+@dataclass(frozen=True)
+class ColdSettings:
+    """Policy and tuning for a cold store.  Holds no credentials: those come from the
+    standard chains (boto3's default chain, azure-identity) at client construction."""
+
+    retention_days: int = 2555  # seven years
+    allow_unlocked: bool = False  # fail closed: unlocked storage is an error unless allowed
+    legal_hold: bool = False  # place a legal hold on every new object
+    sse: str | None = "AES256"  # S3: "AES256" or "aws:kms" (with kms_key_id); None to send nothing
+    kms_key_id: str | None = None
+    storage_class: str | None = None  # S3 StorageClass, Azure access tier (Hot, Cool, Cold)
+    compression: Compression = "zstd"
+    compression_level: int = 3
+    compression_threads: int = 0  # zstd worker threads; 0 = compress on the calling thread
+    multipart_threshold: int = 64 * MiB  # segments at or above this size go multipart (S3)
+    part_size: int = 8 * MiB  # multipart part size / Azure block size: bounds client memory
+    retry_max_seconds: float = 60.0  # total time budget for retrying one operation
+    retry_initial_backoff: float = 0.2
+    retry_max_backoff: float = 5.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    azure_retry_total: int = 0  # azure-core's own retries: off, tenacity is the one policy
+    max_segment_size: int = 1 << 34  # refuse to decompress or accept segments larger than this
+    spool_dir: str | None = None  # where compressed bodies are staged (default: system temp)
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 1:
+            raise ValueError("retention_days must be at least 1")
+        if self.compression not in COMPRESSION_SUFFIX:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSION_SUFFIX)}")
+        if self.part_size < 5 * MiB:
+            raise ValueError("part_size must be at least 5 MiB (the S3 minimum part size)")
+        if self.multipart_threshold < self.part_size:
+            raise ValueError("multipart_threshold must be at least part_size")
+        if self.sse not in (None, "AES256", "aws:kms"):
+            raise ValueError("sse must be AES256, aws:kms or None")
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("kms_key_id needs sse='aws:kms'")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    backend: str
+    endpoint: str  # redacted
+    worm_enforced: bool
+    legal_hold: bool  # legal holds can be set and are enforced
+    native_sha256: bool  # the service itself stores and reports a SHA-256 of the object
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.notes)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    key: str
+    size: int
+    sha256: str | None  # hex SHA-256 of the stored bytes when the service reports one
+    lock_mode: str | None  # "COMPLIANCE", "GOVERNANCE", "Locked", "IMMUTABLE", None
+    retain_until: dt.datetime | None
+    legal_hold: bool | None  # None: the endpoint does not report it
+    metadata: Mapping[str, str]
+    storage_class: str | None = None
+    last_modified: dt.datetime | None = None
+    version_id: str | None = None
+    checksum_parts: int = 0  # >0: S3 composite (multipart) checksum over this many parts
+    archived: bool = False  # must be restored before it can be read
+
+    @property
+    def segment_metadata(self) -> dict[str, str]:
+        return decode_metadata(self.metadata)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    key: str
+    ok: bool = True
+    checks: list[Check] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # machine-readable failure codes, in order
+    lock_status: str = "unknown"  # e.g. "COMPLIANCE until 2033-11-20T...", "UNLOCKED (allowed for development)"
+    deep: bool = False
+    requests: int = 0  # read requests spent on this verification
+
+    def add(self, name: str, ok: bool, detail: str, reason: str | None = None) -> None:
+        self.checks.append(Check(name, ok, detail))
+        if not ok:
+            self.ok = False
+            code = reason or name
+            if code not in self.reasons:
+                self.reasons.append(code)
+
+    def describe(self, indent: str = "") -> str:
+        lines = [f"{indent}{'OK' if self.ok else 'FAILED'} {self.key} ({'deep' if self.deep else 'normal'})",
+                 f"{indent}  lock: {self.lock_status}"]
+        for c in self.checks:
+            lines.append(f"{indent}  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    key: str
+    created: bool  # False: the object already existed (create-only) and was verified instead
+    stored_size: int
+    stored_sha256: str
+    compression: str
+    verify: VerifyResult
+    multipart: bool = False
+    requests: int = 0  # all requests for this segment: PUT(s) + verification reads
+
+    @property
+    def lock_status(self) -> str:
+        return self.verify.lock_status
+
+
+class ReadStream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ColdStore(Protocol):
+    """What the shipper and verify-tier need from write-once storage."""
+
+    settings: ColdSettings
+
+    def put_segment(
+        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
+    ) -> PutResult:
+        """Create-only upload followed by copy-then-verify.  Never overwrites: when the object
+        exists it is verified against ``manifest`` instead (``created`` is False).  Raises
+        ObjectConflictError when an existing object differs, VerificationError when the stored
+        object does not prove the segment safe (e.g. unlocked and not allowed)."""
+        ...
+
+    def stat(self, key: str) -> ObjectStat: ...
+
+    def open(self, key: str) -> ReadStream: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def set_legal_hold(self, key: str, on: bool) -> None: ...
+
+    def capabilities(self) -> Capabilities: ...
+
+    def verify(
+        self,
+        key: str,
+        manifest: SegmentManifest | None = None,
+        deep: bool = False,
+        *,
+        expected_stored_sha256: str | None = None,
+        expected_stored_size: int | None = None,
+        min_retain_until: dt.datetime | None = None,
+    ) -> VerifyResult:
+        """Copy-then-verify.  Normal: one metadata read (size, checksum, metadata, lock).
+        Deep: also download, re-hash and (for zstd) decompress and re-check every record.
+        Failed checks are reported in the result, not raised; transport failures raise."""
+        ...
+
+    def key_for(self, stream: str, segment_name: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def object_key(prefix: str, stream: str, segment_name: str, compression: str) -> str:
+    validate_stream_name(stream)
+    if parse_segment_name(segment_name) is None:
+        raise ValueError(f"{segment_name!r} is not a segment file name")
+    base = f"{stream}/{segment_name}{COMPRESSION_SUFFIX[compression]}"
+    prefix = prefix.strip("/")
+    return f"{prefix}/{base}" if prefix else base
+
+
+def stream_prefix(prefix: str, stream: str) -> str:
+    validate_stream_name(stream)
+    prefix = prefix.strip("/")
+    return f"{prefix}/{stream}/" if prefix else f"{stream}/"
+
+
+def segment_of_key(key: str) -> tuple[str, str, str] | None:
+    """``(stream, segment_name, compression)`` for a cold object key, or None."""
+    parts = key.rsplit("/", 2)
+    if len(parts) < 2:
+        return None
+    stream, name = parts[-2], parts[-1]
+    compression = "none"
+    if name.endswith(".zst"):
+        name, compression = name[: -len(".zst")], "zstd"
+    if parse_segment_name(name) is None:
+        return None
+    return stream, name, compression
+
+
+def encode_metadata(
+    manifest: SegmentManifest,
+    compression: str,
+    stored_size: int,
+    stored_sha256: str,
+    stored_sha256_composite: str | None = None,
+) -> dict[str, str]:
+    values = {
+        "format": METADATA_FORMAT,
+        "stream": manifest.stream,
+        "segment": manifest.segment,
+        "first_seq": str(manifest.first_seq),
+        "last_seq": str(manifest.last_seq),
+        "records": str(manifest.records),
+        "size": str(manifest.size),
+        "sha256": manifest.sha256,
+        "merkle_root": manifest.merkle_root,
+        "first_prev": manifest.first_prev,
+        "last_hash": manifest.last_hash,
+        "sealed": "true" if manifest.sealed else "false",
+        "first_ts": manifest.first_ts,
+        "last_ts": manifest.last_ts,
+        "compression": compression,
+        "stored_size": str(stored_size),
+        "stored_sha256": stored_sha256,
+    }
+    out = {META_PREFIX + k: values[k] for k in METADATA_KEYS}
+    if stored_sha256_composite:
+        # Multipart S3 objects carry a checksum of the part checksums, not of the whole
+        # body; recording it lets a single HEAD verify them too.
+        out[META_PREFIX + "stored_sha256_composite"] = stored_sha256_composite
+    total = sum(len(k) + len(v) for k, v in out.items())
+    if total > S3_METADATA_LIMIT:  # only an absurd stream name could do this; refuse, do not truncate
+        raise ValueError(f"segment metadata is {total} bytes, over the 2 KB S3 limit")
+    return out
+
+
+def decode_metadata(raw: Mapping[str, str]) -> dict[str, str]:
+    """Our keys without the prefix.  Case-insensitive: some services lowercase metadata names."""
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        lk = k.lower()
+        if lk.startswith(META_PREFIX):
+            out[lk[len(META_PREFIX):]] = v
+    return out
+
+
+def manifest_from_metadata(meta: Mapping[str, str]) -> SegmentManifest:
+    """Rebuild a manifest from object metadata (for auditors without the hot copy)."""
+    m = decode_metadata(meta)
+    try:
+        return SegmentManifest(
+            stream=m["stream"],
+            segment=m["segment"],
+            first_seq=int(m["first_seq"]),
+            last_seq=int(m["last_seq"]),
+            records=int(m["records"]),
+            size=int(m["size"]),
+            sha256=m["sha256"],
+            merkle_root=m["merkle_root"],
+            first_prev=m["first_prev"],
+            last_hash=m["last_hash"],
+            sealed=m["sealed"] == "true",
+            first_ts=m["first_ts"],
+            last_ts=m["last_ts"],
+        )
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"object metadata does not describe a segment ({exc})") from exc
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def required_retain_until(settings: ColdSettings, now: dt.datetime | None = None) -> dt.datetime:
+    # Whole seconds: services store retain-until with second (S3) or millisecond precision,
+    # and a comparison must not fail on a truncated fraction.
+    t = (now or utcnow()) + dt.timedelta(days=settings.retention_days)
+    return t.replace(microsecond=0)

@@ -1,0 +1,361 @@
+"""Preparing upload bodies (optional zstd) and deep verification of stored bytes.
+
+Two layers are checked (issue 8): the stored bytes (what the object checksum covers) and
+what they decompress to (the segment: its SHA-256, its records and their Merkle root).
+Everything streams: memory stays bounded by the chunk size and zstd's window, never by
+the segment size, and decompression stops at the size the manifest declares, so a
+decompression bomb is refused after reading at most ``limit + 1`` bytes of output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import zstandard
+
+from pipeline import merkle
+from pipeline.cold.base import ColdSettings, ReadStream, VerifyResult
+from pipeline.cold.errors import SourceMismatchError
+from pipeline.hot.segment import SegmentManifest
+from pipeline.record import Kind, RecordError, parse_record
+
+CHUNK = 1 << 20
+# zstd level 3 on segments uses windows of a few MiB; refusing frames that ask for more
+# than 64 MiB bounds decompressor memory whatever the object claims.
+MAX_WINDOW = 1 << 26
+
+
+@dataclass
+class PreparedBody:
+    """The bytes to upload: either the hot file itself or a compressed spool file."""
+
+    path: str
+    size: int
+    sha256: str  # hex, of the stored bytes
+    compression: str
+    part_size: int = 0
+    part_digests: list[bytes] | None = None  # SHA-256 of each part_size slice, for multipart
+    _temp: bool = False
+
+    @property
+    def composite_sha256(self) -> str | None:
+        """S3's checksum of a multipart object: SHA-256 over the concatenated part digests."""
+        if not self.part_digests:
+            return None
+        return hashlib.sha256(b"".join(self.part_digests)).hexdigest()
+
+    def cleanup(self) -> None:
+        if self._temp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def prepare_body(source_path: str, manifest: SegmentManifest, settings: ColdSettings) -> PreparedBody:
+    """Hash (and compress) the hot segment, checking it against its manifest first.
+
+    The hot file is read exactly once: the same pass that checks it against the manifest
+    produces the compressed body and the stored-bytes hash, which S3 needs up front.
+    """
+    content = hashlib.sha256()
+    size = 0
+    # Part digests are only worth computing for bodies that may go multipart.
+    part_size = settings.part_size if manifest.size >= settings.multipart_threshold else 0
+    if settings.compression == "none":
+        ph = PartHasher(part_size)
+        with open(source_path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                ph.update(chunk)
+                size += len(chunk)
+        _check_source(source_path, manifest, size, ph.hexdigest())
+        return PreparedBody(source_path, size, ph.hexdigest(), "none", part_size, ph.finish())
+
+    stored = PartHasher(part_size)
+    spool_dir = settings.spool_dir or tempfile.gettempdir()
+    fd, spool = tempfile.mkstemp(prefix=f".{manifest.segment}.", suffix=".zst.tmp", dir=spool_dir)
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            sink = _HashingWriter(raw, stored)
+            params: dict[str, Any] = {"level": settings.compression_level, "write_content_size": True}
+            if settings.compression_threads:
+                params["threads"] = settings.compression_threads
+            cctx = zstandard.ZstdCompressor(**params)
+            # closefd=False: we close ``raw`` ourselves after fsync-free flush (the spool is
+            # temporary; durability comes from the hot copy until the upload verifies).
+            with cctx.stream_writer(cast(IO[bytes], sink), size=manifest.size, closefd=False) as zw, \
+                    open(source_path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    content.update(chunk)
+                    size += len(chunk)
+                    zw.write(chunk)
+        _check_source(source_path, manifest, size, content.hexdigest())
+        ok = True
+        return PreparedBody(spool, sink.count, stored.hexdigest(), "zstd", part_size, stored.finish(), _temp=True)
+    finally:
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)
+
+
+def _check_source(path: str, manifest: SegmentManifest, size: int, sha: str) -> None:
+    if size != manifest.size or sha != manifest.sha256:
+        raise SourceMismatchError(
+            f"hot file {Path(path).name} is {size} bytes with sha256 {sha[:16]}…, manifest says "
+            f"{manifest.size} bytes with sha256 {manifest.sha256[:16]}…",
+            segment=manifest.segment,
+        )
+
+
+class PartHasher:
+    """SHA-256 of the whole byte stream and of each ``part_size`` slice of it."""
+
+    def __init__(self, part_size: int) -> None:
+        self.whole = hashlib.sha256()
+        self.part_size = part_size
+        self.parts: list[bytes] = []
+        self._cur = hashlib.sha256()
+        self._cur_len = 0
+
+    def update(self, data: bytes) -> None:
+        self.whole.update(data)
+        if not self.part_size:
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self._cur_len)
+            self._cur.update(view[:take])
+            self._cur_len += take
+            view = view[take:]
+            if self._cur_len == self.part_size:
+                self.parts.append(self._cur.digest())
+                self._cur, self._cur_len = hashlib.sha256(), 0
+
+    def finish(self) -> list[bytes] | None:
+        if not self.part_size:
+            return None
+        if self._cur_len:
+            self.parts.append(self._cur.digest())
+            self._cur, self._cur_len = hashlib.sha256(), 0
+        return self.parts
+
+    def hexdigest(self) -> str:
+        return self.whole.hexdigest()
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, raw: Any, h: Any) -> None:
+        self._raw = raw
+        self._h = h
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self._h.update(data)
+        self.count += len(data)
+        n: int = self._raw.write(data)
+        return n
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+class _HashingReader:
+    """Hashes and counts the stored bytes as the decompressor pulls them."""
+
+    def __init__(self, stream: ReadStream) -> None:
+        self._stream = stream
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size if size and size > 0 else CHUNK)
+        self.sha.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+class SegmentScanner:
+    """``pipeline.hot.segment.build_manifest`` over a byte stream instead of a path.
+
+    Applies the same rules (record self-check, seq continuity, prev links, nothing after
+    the seal, Merkle root over the records before the seal) to decompressed bytes, so
+    that deep verification never needs the segment on local disk.
+    """
+
+    def __init__(self, segment: str) -> None:
+        self.segment = segment
+        self.sha = hashlib.sha256()
+        self.cr = merkle.CompactRange()
+        self.size = 0
+        self.count = 0
+        self.pending = b""
+        self.stream = ""
+        self.first_seq = self.last_seq = -1
+        self.first_prev = self.last_hash = self.first_ts = self.last_ts = ""
+        self.sealed = False
+
+    def feed(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.size += len(data)
+        buf = self.pending + data if self.pending else data
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            self._line(buf[start : nl + 1])
+            start = nl + 1
+        self.pending = buf[start:]
+
+    def _line(self, line: bytes) -> None:
+        rec = parse_record(line)
+        if self.count == 0:
+            self.stream, self.first_seq, self.first_prev, self.first_ts = rec.stream, rec.seq, rec.prev, rec.ts
+        else:
+            if self.sealed:
+                raise RecordError("after-seal", f"record seq {rec.seq} follows the seal")
+            if rec.seq != self.last_seq + 1:
+                raise RecordError("seq-gap", f"seq {rec.seq} follows {self.last_seq}")
+            if rec.prev != self.last_hash:
+                raise RecordError("broken-link", f"seq {rec.seq} does not link to seq {self.last_seq}")
+        self.last_seq, self.last_hash, self.last_ts = rec.seq, rec.hash, rec.ts
+        self.count += 1
+        if rec.kind == Kind.SEAL.value:
+            self.sealed = True
+        else:
+            self.cr.append(merkle.leaf_hash(line[:-1]))
+
+    def finish(self) -> SegmentManifest:
+        if self.count == 0:
+            raise RecordError("empty", "no complete record")
+        return SegmentManifest(
+            stream=self.stream,
+            segment=self.segment,
+            first_seq=self.first_seq,
+            last_seq=self.last_seq,
+            records=self.count,
+            size=self.size,
+            sha256=self.sha.hexdigest(),
+            merkle_root=self.cr.root().hex(),
+            first_prev=self.first_prev,
+            last_hash=self.last_hash,
+            sealed=self.sealed,
+            first_ts=self.first_ts,
+            last_ts=self.last_ts,
+            torn_bytes=len(self.pending),
+        )
+
+
+def hash_stream(opener: Callable[[], ReadStream]) -> tuple[str, int]:
+    """SHA-256 (hex) and length of a stored object, streamed."""
+    stream = opener()
+    try:
+        reader = _HashingReader(stream)
+        reader.drain()
+        return reader.sha.hexdigest(), reader.count
+    finally:
+        stream.close()
+
+
+_COMPARED = ("stream", "first_seq", "last_seq", "records", "first_prev", "last_hash", "sealed")
+
+
+def deep_check(
+    opener: Callable[[], ReadStream],
+    manifest: SegmentManifest,
+    compression: str,
+    expected_stored_sha256: str | None,
+    expected_stored_size: int | None,
+    result: VerifyResult,
+) -> None:
+    """Download, re-hash the stored bytes, decompress (bounded) and re-verify every record.
+
+    Adds checks to ``result`` with distinct reasons: ``stored-sha256-mismatch`` (the stored
+    bytes are not what was uploaded), ``decompress-failed``, ``decompression-bomb``,
+    ``record-invalid``, ``content-sha256-mismatch`` and ``merkle-root-mismatch`` (the stored
+    bytes are intact but decode to a segment other than the manifest's).
+    """
+    limit = manifest.size
+    stream = opener()
+    reader = _HashingReader(stream)
+    scanner = SegmentScanner(manifest.segment)
+    content_problem: tuple[str, str] | None = None
+    try:
+        if compression == "zstd":
+            dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+            try:
+                with dctx.stream_reader(cast(IO[bytes], reader), read_size=CHUNK, read_across_frames=True,
+                                        closefd=False) as zr:
+                    while True:
+                        # Never ask for more than one byte past the declared size: a bomb is
+                        # caught after producing at most limit + 1 bytes.
+                        want = min(CHUNK, limit + 1 - scanner.size)
+                        chunk = zr.read(want)
+                        if not chunk:
+                            break
+                        if scanner.size + len(chunk) > limit:
+                            content_problem = ("decompression-bomb",
+                                               f"decompresses past the declared {limit} bytes; refused")
+                            break
+                        scanner.feed(chunk)
+            except zstandard.ZstdError as exc:
+                content_problem = ("decompress-failed", f"zstd: {exc}")
+            except RecordError as exc:
+                content_problem = ("record-invalid", f"{exc.reason}: {exc.detail}")
+        else:
+            try:
+                while chunk := reader.read(CHUNK):
+                    if scanner.size + len(chunk) > max(limit, 0) + CHUNK:
+                        content_problem = ("size-mismatch", f"object is larger than the declared {limit} bytes")
+                        break
+                    scanner.feed(chunk)
+            except RecordError as exc:
+                content_problem = ("record-invalid", f"{exc.reason}: {exc.detail}")
+        # Hash every stored byte, even after a content problem, so the two layers are
+        # reported independently (bounded: the object size was checked by stat first).
+        reader.drain()
+    finally:
+        stream.close()
+
+    stored_hex = reader.sha.hexdigest()
+    if expected_stored_sha256 is not None:
+        result.add("deep stored sha256", stored_hex == expected_stored_sha256,
+                   f"downloaded {reader.count} bytes, sha256 {stored_hex}"
+                   + ("" if stored_hex == expected_stored_sha256 else f", expected {expected_stored_sha256}"),
+                   "stored-sha256-mismatch")
+    if expected_stored_size is not None and reader.count != expected_stored_size:
+        result.add("deep stored size", False, f"downloaded {reader.count} bytes, expected {expected_stored_size}",
+                   "stored-size-mismatch")
+
+    if content_problem is not None:
+        result.add("deep content", False, content_problem[1], content_problem[0])
+        return
+    try:
+        got = scanner.finish()
+    except RecordError as exc:
+        result.add("deep content", False, f"{exc.reason}: {exc.detail}", "record-invalid")
+        return
+    if got.torn_bytes:
+        result.add("deep content", False, f"{got.torn_bytes} bytes after the last complete record",
+                   "record-invalid")
+    result.add("deep content sha256", got.sha256 == manifest.sha256 and got.size == manifest.size,
+               f"{got.size} bytes, sha256 {got.sha256}"
+               + ("" if got.sha256 == manifest.sha256 else f", manifest says {manifest.sha256}"),
+               "content-sha256-mismatch")
+    result.add("deep merkle root", got.merkle_root == manifest.merkle_root,
+               f"{got.records} records, root {got.merkle_root}"
+               + ("" if got.merkle_root == manifest.merkle_root else f", manifest says {manifest.merkle_root}"),
+               "merkle-root-mismatch")
+    diffs = [f"{k}={getattr(got, k)!r} (manifest {getattr(manifest, k)!r})"
+             for k in _COMPARED if getattr(got, k) != getattr(manifest, k)]
+    result.add("deep records", not diffs, "; ".join(diffs) or f"seq {got.first_seq}..{got.last_seq} chained",
+               "manifest-mismatch")

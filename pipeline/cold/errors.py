@@ -1,0 +1,155 @@
+"""Typed cold-tier errors.  Every one names the segment, the endpoint and what to do.
+
+Like sigstore-python's errors, each carries a short summary for logs and a longer
+``diagnostics()`` text for people.  Endpoints are always shown through
+``redact_endpoint`` so that credentials (URL user-info, SAS tokens, connection-string
+keys) never reach a log line, an exception message or a metric label.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from pipeline.cold.base import VerifyResult
+
+
+def redact_endpoint(url: str | None) -> str:
+    """Scheme, host, port and path only: no user-info and no query string (SAS tokens live there)."""
+    if not url:
+        return "<default endpoint>"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable endpoint>"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class ColdError(Exception):
+    """Base of every cold-tier failure."""
+
+    default_action = "check the cold store configuration and retry; the hot copy is kept until a verified upload"
+
+    def __init__(
+        self,
+        summary: str,
+        *,
+        segment: str | None = None,
+        endpoint: str | None = None,
+        action: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.summary = summary
+        self.segment = segment
+        self.endpoint = redact_endpoint(endpoint) if endpoint is not None else None
+        self.action = action or self.default_action
+        self.code = code
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.segment:
+            where.append(f"segment {self.segment}")
+        if self.endpoint:
+            where.append(f"endpoint {self.endpoint}")
+        loc = f" [{', '.join(where)}]" if where else ""
+        code = f" ({self.code})" if self.code else ""
+        return f"{self.summary}{code}{loc}: {self.action}"
+
+    def diagnostics(self) -> str:
+        lines = [f"{type(self).__name__}: {self.summary}"]
+        if self.code:
+            lines.append(f"  error code: {self.code}")
+        if self.segment:
+            lines.append(f"  segment:    {self.segment}")
+        if self.endpoint:
+            lines.append(f"  endpoint:   {self.endpoint}")
+        lines.append(f"  what to do: {self.action}")
+        return "\n".join(lines)
+
+
+class ColdConfigError(ColdError):
+    """The store URL or settings are unusable."""
+
+    default_action = "fix the --cold URL or the cold settings"
+
+
+class WormNotEnforcedError(ColdError):
+    """The endpoint (bucket, container, directory) does not enforce write-once storage."""
+
+    default_action = (
+        "use a bucket created with Object Lock enabled (or an Azure container with version-level "
+        "immutability); only for development, set allow_unlocked to store without a lock"
+    )
+
+
+class ColdRequestError(ColdError):
+    """A request failed for a reason that retrying will not fix (access denied, bad request, bad digest)."""
+
+    default_action = "check credentials, permissions and the request; the hot copy is untouched"
+
+
+class ColdUnavailableError(ColdError):
+    """Retryable failures went on past the retry budget (throttling, 5xx, resets, timeouts)."""
+
+    default_action = (
+        "the endpoint is unreachable or overloaded; the hot copy is untouched and the shipper will "
+        "try again later (raise retry_max_seconds for long outages)"
+    )
+
+
+class SourceMismatchError(ColdError):
+    """The hot segment file does not match the manifest it is being shipped with."""
+
+    default_action = (
+        "the hot copy changed after it was sealed or the manifest is stale: run `pipeline verify` on "
+        "the hot tier before shipping; nothing was uploaded"
+    )
+
+
+class ObjectNotFoundError(ColdError):
+    default_action = "the segment has not been shipped (or the prefix is wrong): ship it again from the hot tier"
+
+
+class ObjectArchivedError(ColdError):
+    """The object sits in an archive class and must be restored (thawed) before it can be read."""
+
+    default_action = (
+        "restore the object first (S3 RestoreObject, or rehydrate the Azure blob to Hot/Cool), "
+        "then verify again"
+    )
+
+
+class ObjectConflictError(ColdError):
+    """A create-only put found an object of that name whose contents differ from the segment."""
+
+    default_action = (
+        "an object with this name already exists and does not match the hot segment: do NOT delete "
+        "either copy; investigate (a second writer, a restored hot tier, or tampering) with "
+        "`pipeline verify-cold`"
+    )
+
+    def __init__(self, summary: str, result: VerifyResult, **kw: str | None) -> None:
+        self.result = result
+        super().__init__(summary, **kw)
+
+    def diagnostics(self) -> str:
+        return super().diagnostics() + "\n" + self.result.describe(indent="  ")
+
+
+class VerificationError(ColdError):
+    """Copy-then-verify failed: the stored object does not prove the segment is safe."""
+
+    default_action = "the segment is NOT confirmed in cold storage; keep the hot copy and investigate"
+
+    def __init__(self, summary: str, result: VerifyResult, **kw: str | None) -> None:
+        self.result = result
+        kw.setdefault("code", ",".join(result.reasons) or None)
+        super().__init__(summary, **kw)
+
+    def diagnostics(self) -> str:
+        return super().diagnostics() + "\n" + self.result.describe(indent="  ")

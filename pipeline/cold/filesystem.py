@@ -1,0 +1,302 @@
+"""file:// backend for development, tests and air-gapped copies.
+
+Layout under the root directory::
+
+    <root>/<prefix>/<stream>/<segment>[.zst]        the object, create-only, immutable attribute
+    <root>/.meta/<key>.json                          its metadata (same keys as S3/Azure)
+    <root>/.holds/<key>                              present while a legal hold is on
+
+Create-only: the body is written to a temporary file, fsynced, then hard-linked to its
+final name (``link`` fails with EEXIST instead of replacing, unlike ``rename``).  The
+immutable attribute (``chattr +i``) is the only WORM this backend has; capabilities say
+``worm_enforced`` only when setting it really works here, and note that root with
+CAP_LINUX_IMMUTABLE can clear it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from pipeline.cold.base import (
+    Capabilities,
+    ColdSettings,
+    ObjectInfo,
+    ObjectStat,
+    PutResult,
+    ReadStream,
+    VerifyResult,
+    encode_metadata,
+    manifest_from_metadata,
+    object_key,
+    required_retain_until,
+    segment_of_key,
+)
+from pipeline.cold.checks import evaluate_stat
+from pipeline.cold.codec import CHUNK, deep_check, prepare_body
+from pipeline.cold.errors import (
+    ColdConfigError,
+    ColdRequestError,
+    ObjectConflictError,
+    ObjectNotFoundError,
+    VerificationError,
+    WormNotEnforcedError,
+)
+from pipeline.hot import attr
+from pipeline.hot.segment import SegmentManifest
+
+META_DIR = ".meta"
+HOLD_DIR = ".holds"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    backend = "file"
+
+    def __init__(self, root: str | os.PathLike[str], prefix: str, settings: ColdSettings) -> None:
+        self.root = Path(root)
+        self.prefix = prefix.strip("/")
+        self.settings = settings
+        self.endpoint = f"file://{self.root}"
+        self._caps: Capabilities | None = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ColdConfigError(f"cannot create cold directory ({exc.strerror})", endpoint=self.endpoint) from exc
+
+    def __repr__(self) -> str:
+        return f"FileStore(root={str(self.root)!r}, prefix={self.prefix!r})"
+
+    def close(self) -> None:
+        pass
+
+    def key_for(self, stream: str, segment_name: str) -> str:
+        return object_key(self.prefix, stream, segment_name, self.settings.compression)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/") or key.split("/", 1)[0] in (META_DIR, HOLD_DIR):
+            raise ColdRequestError(f"invalid object key {key!r}", endpoint=self.endpoint)
+        return self.root / key
+
+    def _meta_path(self, key: str) -> Path:
+        return self.root / META_DIR / f"{key}.json"
+
+    def _hold_path(self, key: str) -> Path:
+        return self.root / HOLD_DIR / key
+
+    def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            enforced = self._probe_immutable()
+            notes = ["immutable file attribute set on every stored file; root with CAP_LINUX_IMMUTABLE can "
+                     "clear it, so this is tamper-resistance, not compliance-grade WORM"]
+            if not enforced:
+                notes = ["WORM not enforced: the immutable attribute cannot be set here (needs "
+                         "CAP_LINUX_IMMUTABLE and a filesystem with inode flags)"]
+            self._caps = Capabilities("file", self.endpoint, enforced, True, False, tuple(notes))
+        return self._caps
+
+    def _probe_immutable(self) -> bool:
+        fd, probe = tempfile.mkstemp(prefix=".worm-probe-", dir=self.root)
+        os.close(fd)
+        try:
+            attr.protect_immutable(probe, policy="require")
+            ok = attr.is_immutable(probe)
+            attr.clear_protection(probe)
+            return ok
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+
+    # ---- put ---------------------------------------------------------------------------------
+
+    def put_segment(
+        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
+    ) -> PutResult:
+        key = self.key_for(stream, segment_name)
+        caps = self.capabilities()
+        if not caps.worm_enforced and not self.settings.allow_unlocked:
+            raise WormNotEnforcedError("refusing to store without the immutable attribute (fail closed)",
+                                       segment=segment_name, endpoint=self.endpoint)
+        body = prepare_body(source_path, manifest, self.settings)
+        try:
+            dest = self._path(key)
+            meta = encode_metadata(manifest, body.compression, body.size, body.sha256)
+            sidecar = {"metadata": meta, "retain_until": required_retain_until(self.settings).isoformat()}
+            created = self._create(dest, key, body.path, sidecar, segment_name)
+            result = self.verify(key, manifest, expected_stored_sha256=body.sha256 if created else None,
+                                 expected_stored_size=body.size if created else None)
+            if not created and not result.ok:
+                raise ObjectConflictError("create-only put found an existing object that does not match",
+                                          result, segment=segment_name, endpoint=self.endpoint)
+            if not result.ok:
+                raise VerificationError("stored file failed copy-then-verify", result, segment=segment_name,
+                                        endpoint=self.endpoint)
+            return PutResult(key, created, body.size, body.sha256, body.compression, result, requests=2)
+        finally:
+            body.cleanup()
+
+    def _create(self, dest: Path, key: str, src: str, sidecar: Mapping[str, object], segment: str) -> bool:
+        if dest.exists():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        meta_path = self._meta_path(key)
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        # The metadata goes first (replaceable while the object does not exist), then the
+        # object is linked into place: the link is the commit point and never replaces.
+        self._write_replace(meta_path, json.dumps(sidecar, sort_keys=True).encode())
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, dest)
+            except FileExistsError:
+                return False
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return False
+            raise ColdRequestError(f"cannot write the cold copy ({exc.strerror})", segment=segment,
+                                   endpoint=self.endpoint, action="check free space and permissions of the "
+                                   "cold directory; the hot copy is untouched") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(dest.parent)
+        for p in (dest, meta_path):
+            # capabilities() already said whether this works; verify reports the outcome
+            with contextlib.suppress(OSError):
+                attr.protect_immutable(p, policy="require")
+        if self.settings.legal_hold:
+            self.set_legal_hold(key, True)
+        return True
+
+    @staticmethod
+    def _write_replace(path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # ---- read side ---------------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectStat:
+        path = self._path(key)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError("object not found", segment=key, endpoint=self.endpoint) from exc
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+        meta: dict[str, str] = {}
+        retain: dt.datetime | None = None
+        try:
+            side = json.loads(self._meta_path(key).read_bytes())
+            meta = {str(k): str(v) for k, v in side.get("metadata", {}).items()}
+            retain = dt.datetime.fromisoformat(side["retain_until"]) if side.get("retain_until") else None
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        immutable = attr.is_immutable(path)
+        return ObjectStat(
+            key=key, size=st.st_size, sha256=sha.hexdigest(),
+            lock_mode="IMMUTABLE" if immutable else None, retain_until=retain,
+            legal_hold=self._hold_path(key).exists(), metadata=meta,
+            storage_class=None, last_modified=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
+        )
+
+    def open(self, key: str) -> ReadStream:
+        try:
+            return open(self._path(key), "rb")  # the caller closes the stream
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError("object not found", segment=key, endpoint=self.endpoint) from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        out: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d not in (META_DIR, HOLD_DIR)]
+                rel_dir = ""
+            for name in filenames:
+                if name.startswith("."):
+                    continue  # temporaries and probes
+                key = f"{rel_dir}/{name}" if rel_dir else name
+                if key.startswith(base):
+                    st = os.stat(os.path.join(dirpath, name))
+                    out.append(ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)))
+        out.sort(key=lambda o: o.key)  # the same lexicographic order S3 listings have
+        yield from out
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        if not self._path(key).exists():
+            raise ObjectNotFoundError("object not found", segment=key, endpoint=self.endpoint)
+        hold = self._hold_path(key)
+        if on:
+            hold.parent.mkdir(parents=True, exist_ok=True)
+            hold.touch()
+        else:
+            hold.unlink(missing_ok=True)
+
+    def verify(
+        self,
+        key: str,
+        manifest: SegmentManifest | None = None,
+        deep: bool = False,
+        *,
+        expected_stored_sha256: str | None = None,
+        expected_stored_size: int | None = None,
+        min_retain_until: dt.datetime | None = None,
+    ) -> VerifyResult:
+        result = VerifyResult(key, deep=deep)
+        caps = self.capabilities()
+        seg = segment_of_key(key)
+        compression = seg[2] if seg else self.settings.compression
+        try:
+            st = self.stat(key)
+        except ObjectNotFoundError:
+            result.add("exists", False, "no such object", "missing")
+            return result
+        if manifest is None:
+            try:
+                manifest = manifest_from_metadata(st.metadata)
+            except ValueError as exc:
+                result.add("metadata", False, str(exc), "metadata-mismatch")
+                return result
+        evaluate_stat(st, manifest, compression, self.settings, result,
+                      expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
+                      min_retain_until=min_retain_until, worm_enforced=caps.worm_enforced,
+                      worm_note=caps.reason,
+                      expect_legal_hold=self.settings.legal_hold if expected_stored_sha256 else None)
+        if deep:
+            deep_check(lambda: self.open(key), manifest, compression,
+                       expected_stored_sha256 or st.segment_metadata.get("stored_sha256"), st.size, result)
+        result.requests = 2 if deep else 1
+        return result

@@ -1,0 +1,448 @@
+"""S3 backend: PutObject into an Object Lock bucket, COMPLIANCE mode, create-only.
+
+Requests per segment in the normal case: 1 PutObject + 1 HeadObject (ChecksumMode
+ENABLED returns size, SHA-256, lock mode, retain-until, legal hold, metadata and storage
+class in one answer).  The bucket's Object Lock configuration is read once per store.
+Large bodies go multipart, read part by part from disk, with the lock headers on
+CreateMultipartUpload and an abort on any failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline.cold.base import (
+    Capabilities,
+    ColdSettings,
+    ObjectInfo,
+    ObjectStat,
+    PutResult,
+    ReadStream,
+    VerifyResult,
+    encode_metadata,
+    manifest_from_metadata,
+    object_key,
+    required_retain_until,
+    segment_of_key,
+)
+from pipeline.cold.checks import evaluate_stat
+from pipeline.cold.codec import PreparedBody, deep_check, prepare_body
+from pipeline.cold.errors import (
+    ColdError,
+    ColdRequestError,
+    ColdUnavailableError,
+    ObjectArchivedError,
+    ObjectConflictError,
+    ObjectNotFoundError,
+    VerificationError,
+    WormNotEnforcedError,
+    redact_endpoint,
+)
+from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable
+from pipeline.hot.segment import SegmentManifest
+
+log = logging.getLogger("pipeline.cold.s3")
+T = TypeVar("T")
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _checksum_to_hex(value: str | None) -> tuple[str | None, int]:
+    """S3's base64 checksum (``b64`` or composite ``b64-N``) as hex plus the part count."""
+    if not value:
+        return None, 0
+    b64, _, parts = value.partition("-")
+    try:
+        return base64.b64decode(b64).hex(), int(parts) if parts else 0
+    except ValueError:
+        return None, 0
+
+
+def make_client(
+    settings: ColdSettings,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+) -> Any:
+    """A boto3 S3 client from the default credential chain (or a named profile).
+
+    botocore's own retries are off: ``pipeline.cold.retry`` is the single, time-bounded
+    policy.  Path-style addressing when an endpoint is given (emulators, most S3-compatible
+    services); virtual-hosted style on AWS.
+    """
+    session = boto3.session.Session(profile_name=profile, region_name=region)
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        # Checksums are computed by us (SHA-256, before the request) and validated by us.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+class S3Store:
+    backend = "s3"
+
+    def __init__(self, bucket: str, prefix: str, settings: ColdSettings, *, client: Any) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.settings = settings
+        self._client = client
+        self.endpoint = redact_endpoint(getattr(client.meta, "endpoint_url", None))
+        self._caps: Capabilities | None = None
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()  # HTTP requests sent, by operation (incl. retries)
+        client.meta.events.register("before-send.s3", self._count_request)
+
+    def __repr__(self) -> str:
+        return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
+
+    def _count_request(self, **kwargs: Any) -> None:
+        name = str(kwargs.get("event_name", "")).rsplit(".", 1)[-1]
+        with self._lock:
+            self.requests[name] += 1
+
+    def close(self) -> None:
+        self._client.meta.events.unregister("before-send.s3", self._count_request)
+        self._client.close()
+
+    # ---- naming -------------------------------------------------------------------------
+
+    def key_for(self, stream: str, segment_name: str) -> str:
+        return object_key(self.prefix, stream, segment_name, self.settings.compression)
+
+    def _where(self) -> str:
+        # path-style form, whatever addressing the client uses: it names endpoint and bucket
+        return f"{self.endpoint.rstrip('/')}/{self.bucket}"
+
+    # ---- error translation -----------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
+        def on_retry(exc: BaseException, attempt: int) -> None:
+            code, status = error_code_and_status(exc)
+            log.warning("cold s3 %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
+                        code or status or type(exc).__name__)
+
+        try:
+            return call_with_retry(fn, self.settings, on_retry)
+        except ClientError as exc:
+            raise self._translate(what, exc, segment) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise self._translate(what, exc, segment) from exc
+
+    def _translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
+        code, status = error_code_and_status(exc)
+        kw: dict[str, Any] = {"segment": segment, "endpoint": self._where(), "code": code or type(exc).__name__}
+        if code in NOT_FOUND_CODES or (status == 404 and code not in ("NoSuchBucket", "NoSuchUpload")):
+            return ObjectNotFoundError(f"{what}: object not found", **kw)
+        if code == "InvalidObjectState":
+            return ObjectArchivedError(f"{what}: object is in an archive storage class", **kw)
+        if code == "AccessDenied":
+            return ColdRequestError(
+                f"{what}: access denied", action="grant s3:PutObject, s3:PutObjectRetention, "
+                "s3:PutObjectLegalHold, s3:GetObject, s3:GetObjectRetention, s3:GetObjectLegalHold, "
+                "s3:GetBucketObjectLockConfiguration and s3:ListBucket on the bucket; the hot copy is untouched",
+                **kw)
+        if code == "BadDigest" or code == "InvalidDigest" or code == "XAmzContentSHA256Mismatch":
+            return ColdRequestError(
+                f"{what}: the service received bytes whose checksum differs from the one sent",
+                action="the body changed in transit or on disk during upload; run `pipeline verify` on the hot "
+                "segment, then ship again (nothing was stored)", **kw)
+        if is_retryable(exc):
+            return ColdUnavailableError(
+                f"{what}: still failing after retrying for up to {self.settings.retry_max_seconds:g} s", **kw)
+        return ColdRequestError(f"{what}: {type(exc).__name__} {status or ''}".rstrip(), **kw)
+
+    # ---- capabilities ------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        if self._caps is not None:
+            return self._caps
+
+        def get() -> dict[str, Any] | None:
+            try:
+                resp: dict[str, Any] = self._client.get_object_lock_configuration(Bucket=self.bucket)
+                return resp
+            except ClientError as exc:
+                code, _ = error_code_and_status(exc)
+                if code == "ObjectLockConfigurationNotFoundError":
+                    return None
+                raise
+
+        conf = self._call("read the bucket's Object Lock configuration", get)
+        enabled = conf is not None and \
+            conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        notes: list[str] = []
+        if enabled:
+            rule = (conf or {}).get("ObjectLockConfiguration", {}).get("Rule", {}).get("DefaultRetention")
+            notes.append(f"Object Lock enabled on bucket {self.bucket}"
+                         + (f" (default retention {rule})" if rule else ""))
+        else:
+            notes.append(f"bucket {self.bucket} has no Object Lock configuration: WORM not enforced, "
+                         "objects can be overwritten or deleted")
+        self._caps = Capabilities("s3", self.endpoint, enabled, enabled, True, tuple(notes))
+        return self._caps
+
+    # ---- put ---------------------------------------------------------------------------------
+
+    def put_segment(
+        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
+    ) -> PutResult:
+        key = self.key_for(stream, segment_name)
+        caps = self.capabilities()
+        if not caps.worm_enforced and not self.settings.allow_unlocked:
+            raise WormNotEnforcedError(
+                "refusing to upload into a bucket without Object Lock (fail closed)",
+                segment=segment_name, endpoint=self._where())
+        before = sum(self.requests.values())
+        body = prepare_body(source_path, manifest, self.settings)
+        try:
+            retain_until = required_retain_until(self.settings)
+            meta = encode_metadata(manifest, body.compression, body.size, body.sha256,
+                                   body.composite_sha256 if self._multipart(body) else None)
+            extra = self._common_args(meta, caps.worm_enforced, retain_until)
+            if self._multipart(body):
+                created = self._put_multipart(key, body, extra, segment_name)
+                expected_sha = body.composite_sha256
+            else:
+                created = self._put_single(key, body, extra, segment_name)
+                expected_sha = body.sha256
+            result = self.verify(
+                key, manifest, expected_stored_sha256=expected_sha if created else None,
+                expected_stored_size=body.size if created else None,
+                min_retain_until=retain_until - dt.timedelta(seconds=1) if created else None,
+            )
+            if not created and not result.ok:
+                raise ObjectConflictError("create-only put found an existing object that does not match",
+                                          result, segment=segment_name, endpoint=self._where())
+            if not result.ok:
+                raise VerificationError("uploaded object failed copy-then-verify", result,
+                                        segment=segment_name, endpoint=self._where())
+            return PutResult(key, created, body.size, body.sha256, body.compression, result,
+                             multipart=self._multipart(body), requests=sum(self.requests.values()) - before)
+        finally:
+            body.cleanup()
+
+    def _multipart(self, body: PreparedBody) -> bool:
+        return body.size >= self.settings.multipart_threshold and bool(body.part_digests)
+
+    def _common_args(self, meta: dict[str, str], locked: bool, retain_until: dt.datetime) -> dict[str, Any]:
+        s = self.settings
+        args: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
+        if locked:
+            # AWS refuses lock headers on a bucket without Object Lock (400 InvalidRequest),
+            # so they are only sent where the bucket can enforce them.
+            args["ObjectLockMode"] = "COMPLIANCE"
+            args["ObjectLockRetainUntilDate"] = retain_until
+            if s.legal_hold:
+                args["ObjectLockLegalHoldStatus"] = "ON"
+        if s.sse:
+            args["ServerSideEncryption"] = s.sse
+            if s.kms_key_id:
+                args["SSEKMSKeyId"] = s.kms_key_id
+        if s.storage_class:
+            args["StorageClass"] = s.storage_class
+        return args
+
+    def _put_single(self, key: str, body: PreparedBody, extra: dict[str, Any], segment: str) -> bool:
+        checksum = _b64(bytes.fromhex(body.sha256))
+
+        def attempt() -> bool:
+            # Reopened on every attempt: a retry must send the body from its first byte.
+            with open(body.path, "rb") as f:
+                try:
+                    self._client.put_object(
+                        Bucket=self.bucket, Key=key, Body=f, ContentLength=body.size,
+                        ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum, IfNoneMatch="*", **extra)
+                    return True
+                except ClientError as exc:
+                    code, status = error_code_and_status(exc)
+                    if status == 412 or code == "PreconditionFailed":
+                        return False  # exists: verify it instead of overwriting
+                    raise
+
+        return self._call("upload", attempt, segment)
+
+    def _put_multipart(self, key: str, body: PreparedBody, extra: dict[str, Any], segment: str) -> bool:
+        # A HEAD first: do not send hundreds of MiB only to learn the object exists.
+        try:
+            self.stat(key)
+            return False
+        except ObjectNotFoundError:
+            pass
+        digests = body.part_digests or []
+        upload_id: str = self._call("start multipart upload", lambda: self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **extra)["UploadId"], segment)
+        completed = False
+        try:
+            parts: list[dict[str, Any]] = []
+            with open(body.path, "rb") as f:
+                for number, digest in enumerate(digests, start=1):
+                    f.seek((number - 1) * body.part_size)
+                    data = f.read(body.part_size)  # one part in memory at a time
+                    checksum = _b64(digest)
+
+                    def upload_part(data: bytes = data, number: int = number, checksum: str = checksum) -> str:
+                        resp = self._client.upload_part(
+                            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+                            ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                        return str(resp["ETag"])
+
+                    etag = self._call(f"upload part {number}/{len(digests)}", upload_part, segment)
+                    parts.append({"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum})
+                    del data
+
+            def complete() -> bool:
+                try:
+                    self._client.complete_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                        IfNoneMatch="*")
+                    return True
+                except ClientError as exc:
+                    code, status = error_code_and_status(exc)
+                    if status == 412 or code == "PreconditionFailed":
+                        return False
+                    if code == "NoSuchUpload":
+                        # A retried Complete whose first attempt succeeded but lost its
+                        # response: the upload is gone because it completed.  Verification
+                        # below decides whether the object is ours.
+                        return True
+                    raise
+
+            created = self._call("complete multipart upload", complete, segment)
+            completed = True
+            return created
+        finally:
+            if not completed:
+                try:
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except (ClientError, BotoCoreError, OSError) as exc:
+                    log.warning("cold s3: could not abort multipart upload of %s (%s); a bucket lifecycle "
+                                "rule AbortIncompleteMultipartUpload cleans it up", segment,
+                                type(exc).__name__)
+
+    # ---- read side ---------------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectStat:
+        seg = segment_of_key(key)
+        segment = seg[1] if seg else key
+        resp: dict[str, Any] = self._call(
+            "read object attributes",
+            lambda: self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"), segment)
+        sha, parts = _checksum_to_hex(resp.get("ChecksumSHA256"))
+        hold = resp.get("ObjectLockLegalHoldStatus")
+        storage_class = resp.get("StorageClass") or "STANDARD"
+        restore = resp.get("Restore") or ""
+        archived = storage_class in ARCHIVE_CLASSES and 'ongoing-request="false"' not in restore
+        caps = self._caps
+        return ObjectStat(
+            key=key,
+            size=int(resp.get("ContentLength", 0)),
+            sha256=sha,
+            lock_mode=resp.get("ObjectLockMode"),
+            retain_until=resp.get("ObjectLockRetainUntilDate"),
+            # Absent header on a lock-enabled bucket means "no hold"; elsewhere it is unknown.
+            legal_hold=(hold == "ON") if hold else (False if caps and caps.worm_enforced else None),
+            metadata=dict(resp.get("Metadata") or {}),
+            storage_class=storage_class,
+            last_modified=resp.get("LastModified"),
+            version_id=resp.get("VersionId"),
+            checksum_parts=parts,
+            archived=archived,
+        )
+
+    def open(self, key: str) -> ReadStream:
+        seg = segment_of_key(key)
+        resp = self._call("download", lambda: self._client.get_object(Bucket=self.bucket, Key=key),
+                          seg[1] if seg else key)
+        body: ReadStream = resp["Body"]
+        return body
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                args["ContinuationToken"] = token
+            page: dict[str, Any] = self._call("list", self._lister(args))
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("LastModified"))
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def _lister(self, args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+        def page() -> dict[str, Any]:
+            resp: dict[str, Any] = self._client.list_objects_v2(**args)
+            return resp
+
+        return page
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        seg = segment_of_key(key)
+        self._call(
+            f"turn legal hold {'on' if on else 'off'}",
+            lambda: self._client.put_object_legal_hold(
+                Bucket=self.bucket, Key=key, LegalHold={"Status": "ON" if on else "OFF"}),
+            seg[1] if seg else key)
+
+    def verify(
+        self,
+        key: str,
+        manifest: SegmentManifest | None = None,
+        deep: bool = False,
+        *,
+        expected_stored_sha256: str | None = None,
+        expected_stored_size: int | None = None,
+        min_retain_until: dt.datetime | None = None,
+    ) -> VerifyResult:
+        result = VerifyResult(key, deep=deep)
+        caps = self.capabilities()
+        before = sum(self.requests.values())
+        seg = segment_of_key(key)
+        compression = seg[2] if seg else self.settings.compression
+        try:
+            st = self.stat(key)
+        except ObjectNotFoundError:
+            result.add("exists", False, "no such object", "missing")
+            return result
+        if manifest is None:
+            try:
+                manifest = manifest_from_metadata(st.metadata)
+            except ValueError as exc:
+                result.add("metadata", False, str(exc), "metadata-mismatch")
+                return result
+        evaluate_stat(
+            st, manifest, compression, self.settings, result,
+            expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
+            min_retain_until=min_retain_until, worm_enforced=caps.worm_enforced, worm_note=caps.reason,
+            expect_legal_hold=self.settings.legal_hold if expected_stored_sha256 else None,
+        )
+        if deep:
+            if st.archived:
+                result.add("deep", False, f"object is in {st.storage_class}: restore it first", "archived")
+            else:
+                meta = st.segment_metadata
+                full_sha = meta.get("stored_sha256") if st.checksum_parts else (
+                    expected_stored_sha256 or meta.get("stored_sha256"))
+                deep_check(lambda: self.open(key), manifest, compression, full_sha, st.size, result)
+        result.requests = sum(self.requests.values()) - before
+        return result

@@ -1,0 +1,499 @@
+"""Verification of hash-chained segments: one segment at a time, then stitched in order.
+
+``scan_segment`` checks everything that one file can prove alone (record hashes, links
+and seq inside it, its seal: counts, Merkle root, stream tree frontier); ``stitch``
+checks what connects files (links across segments, gaps, recoveries of torn tails,
+the head of the stream).  Scans are independent, so ``verify_stream`` runs them in
+parallel processes to use every core.
+
+Every problem is a ``Finding`` naming the segment, the seq (when known), the byte offset
+and a reason code from ``REASONS``.  Expected irregularities that are not tampering
+(a torn tail explained by a recovery record, the active segment) are ``Note``s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline import merkle
+from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
+from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
+
+REASONS = {
+    "hash-mismatch": "a record's hash does not match its bytes (the record was altered)",
+    "bad-line": "a line is not a record line",
+    "bad-json": "a record is not valid JSON",
+    "bad-layout": "a record's keys or header bytes are not in the required layout",
+    "bad-field": "a record field has the wrong type or form",
+    "bad-version": "unsupported record format version",
+    "wrong-stream": "a record names another stream",
+    "broken-link": "a record's prev does not equal the previous record's hash",
+    "seq-gap": "records are missing (seq jumps forward)",
+    "seq-regression": "a seq repeats or goes backwards (duplicated or reordered records)",
+    "after-seal": "bytes follow the seal of a segment",
+    "seal-mismatch": "a seal's counts, hashes or Merkle roots do not match the segment",
+    "name-mismatch": "a segment's file name does not match its first seq",
+    "truncated": "a segment ends without a seal and no recovery record explains it",
+    "recovery-mismatch": "a recovery record does not match the abandoned segment it names",
+    "missing-segment": "a whole segment is missing between two others",
+    "missing-start": "the stream does not start at seq 0 and nothing records the eviction",
+    "missing-tail": "the stream head records more than the segments hold (segments removed or truncated)",
+    "empty-segment": "a segment file holds no complete record",
+    "fss-invalid": "a forward-secure seal MAC does not verify",
+    "witness-mismatch": "the log disagrees with a witnessed checkpoint",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    stream: str
+    segment: str
+    reason: str
+    message: str
+    seq: int | None = None
+    offset: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Note:
+    stream: str
+    segment: str
+    kind: str  # recovered | active | torn-tail | evicted
+    message: str
+
+
+@dataclass
+class SegmentScan:
+    """What one segment file proves on its own.  Picklable (crosses process boundaries)."""
+
+    path: str
+    name: str
+    size: int = 0
+    sha256: str = ""
+    records: int = 0
+    first_seq: int | None = None
+    first_prev: str | None = None
+    first_ts: str | None = None
+    first_recovery: dict[str, Any] | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    last_ts: str | None = None
+    valid_bytes: int = 0
+    sealed: bool = False
+    seal: dict[str, Any] | None = None
+    seal_leaf_hash: bytes | None = None
+    merkle_root: str = ""
+    findings: list[Finding] = field(default_factory=list)
+    # end offset -> (seq, hash) of every valid record, kept only for unsealed segments so a
+    # later recovery record's valid_bytes can be matched to the record ending there
+    boundaries: dict[int, tuple[int, str]] = field(default_factory=dict)
+    max_gap_s: float = 0.0
+    max_gap_after_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def _ts_seconds(ts: str) -> float:
+    # YYYY-MM-DDTHH:MM:SS.ffffffZ -> seconds; only differences are used
+    import calendar
+    import time
+
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
+
+
+def scan_segment(path: str | os.PathLike[str], stream: str | None = None) -> SegmentScan:
+    """Check one segment file completely.  Reads it once, sequentially."""
+    p = Path(path)
+    scan = SegmentScan(path=str(p), name=p.name)
+    sha = hashlib.sha256()
+    seg_cr = merkle.CompactRange()
+    expected_seq: int | None = None
+    prev_hash: str | None = None
+    prev_ts: float | None = None
+    stop = False
+    stream_cr = _initial_stream_range(p)
+
+    def add(reason: str, message: str, seq: int | None, offset: int | None) -> None:
+        scan.findings.append(Finding(stream or "", p.name, reason, message, seq, offset))
+
+    for offset, line in iter_lines(p):
+        sha.update(line)
+        scan.size += len(line)
+        if stop:
+            continue
+        if scan.sealed:
+            add("after-seal", f"{scan.size - offset} bytes follow the seal at offset {offset}", scan.last_seq, offset)
+            stop = True
+            continue
+        try:
+            rec = parse_record(line)
+        except RecordError as exc:
+            if exc.reason == "torn":
+                # unterminated tail: judged by stitch (recovery record, or active segment)
+                stop = True
+                continue
+            add(exc.reason, f"{exc.detail} (line at offset {offset})", expected_seq, offset)
+            stop = True
+            continue
+        if stream is None:
+            stream = rec.stream
+        if rec.stream != stream:
+            add("wrong-stream", f"record at offset {offset} belongs to stream {rec.stream!r}", rec.seq, offset)
+            stop = True
+            continue
+        if expected_seq is None:
+            scan.first_seq, scan.first_prev, scan.first_ts = rec.seq, rec.prev, rec.ts
+            if rec.kind == Kind.RECOVERY.value:
+                scan.first_recovery = rec.data
+            parsed = parse_segment_name(p.name)
+            if parsed is None or parsed[0] != rec.seq:
+                add("name-mismatch", f"file name says seq {parsed[0] if parsed else '?'} but the first record "
+                    f"is seq {rec.seq}", rec.seq, offset)
+        else:
+            if rec.seq != expected_seq:
+                reason = "seq-gap" if rec.seq > expected_seq else "seq-regression"
+                add(reason, f"seq {rec.seq} where {expected_seq} was expected", rec.seq, offset)
+                stop = True
+                continue
+            if rec.prev != prev_hash:
+                add("broken-link", f"seq {rec.seq} does not link to seq {expected_seq - 1}", rec.seq, offset)
+                stop = True
+                continue
+        t = _ts_seconds(rec.ts)
+        if prev_ts is not None and t - prev_ts > scan.max_gap_s:
+            scan.max_gap_s = t - prev_ts
+            scan.max_gap_after_seq = expected_seq - 1 if expected_seq is not None else None
+        prev_ts = t
+        lh = merkle.leaf_hash(rec.leaf)
+        if rec.kind == Kind.SEAL.value:
+            scan.sealed = True
+            scan.seal = rec.data
+            scan.seal_leaf_hash = lh
+            _check_seal(scan, rec.seq, rec.prev, rec.data, seg_cr, add, offset)
+        else:
+            seg_cr.append(lh)
+            if stream_cr is not None:
+                stream_cr.append(lh)
+            scan.boundaries[offset + len(line)] = (rec.seq, rec.hash)
+        scan.records += 1
+        scan.last_seq, scan.last_hash, scan.last_ts = rec.seq, rec.hash, rec.ts
+        scan.valid_bytes = offset + len(line)
+        expected_seq = rec.seq + 1
+        prev_hash = rec.hash
+    scan.sha256 = sha.hexdigest()
+    scan.merkle_root = seg_cr.root().hex()
+    if scan.sealed:
+        scan.boundaries = {}
+        if scan.seal is not None:
+            _check_tree(scan, stream_cr, add)
+    if scan.records == 0 and not scan.findings:
+        scan.boundaries = {}
+    return scan
+
+
+def _initial_stream_range(path: Path) -> merkle.CompactRange | None:
+    """The stream tree just before this segment, from its own seal's start_frontier.
+
+    Read from the last line first so the scan stays a single pass with O(log n) state."""
+    last = read_last_line(path)
+    if last is None:
+        return None
+    try:
+        rec = parse_record(last)
+        if rec.kind != Kind.SEAL.value:
+            return None
+        first = int(rec.data["first_seq"])
+        return merkle.CompactRange(first, [bytes.fromhex(h) for h in rec.data["start_frontier"]])
+    except (RecordError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _check_seal(scan: SegmentScan, seal_seq: int, seal_prev: str, data: dict[str, Any],
+                seg_cr: merkle.CompactRange, add: Callable[[str, str, int | None, int | None], None],
+                offset: int) -> None:
+    count = scan.records
+    expected = {
+        "segment": scan.name,
+        "first_seq": scan.first_seq,
+        "last_seq": seal_seq - 1,
+        "count": count,
+        "last_hash": seal_prev,
+        "merkle_root": seg_cr.root().hex(),
+        "opened": scan.first_ts,
+        "tree_size": seal_seq,
+    }
+    for key, want in expected.items():
+        if data.get(key) != want:
+            add("seal-mismatch", f"seal field {key} is {data.get(key)!r}, the segment says {want!r}", seal_seq, offset)
+            return
+    if count == 0:
+        add("seal-mismatch", "a seal must follow at least one record", seal_seq, offset)
+
+
+def _check_tree(scan: SegmentScan, cr: merkle.CompactRange | None,
+                add: Callable[[str, str, int | None, int | None], None]) -> None:
+    seal = scan.seal or {}
+    if cr is None or cr.size != seal.get("tree_size"):
+        add("seal-mismatch", "seal start_frontier does not describe the stream tree at the segment start",
+            scan.last_seq, None)
+        return
+    try:
+        end = [bytes.fromhex(h) for h in seal.get("frontier", [])]
+    except (ValueError, TypeError) as exc:
+        add("seal-mismatch", f"seal frontier is malformed: {exc}", scan.last_seq, None)
+        return
+    if cr.stack != end:
+        add("seal-mismatch", "seal frontier does not extend start_frontier by this segment's records",
+            scan.last_seq, None)
+        return
+    if cr.root().hex() != seal.get("tree_root"):
+        add("seal-mismatch", "seal tree_root does not match its frontier", scan.last_seq, None)
+
+
+@dataclass
+class StreamReport:
+    stream: str
+    segments: list[SegmentScan] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def segment_status(self, scan: SegmentScan) -> str:
+        if any(f.segment == scan.name for f in self.findings):
+            return "INVALID"
+        kinds = {n.kind for n in self.notes if n.segment == scan.name}
+        if "recovered" in kinds:
+            return "recovered"
+        if "active" in kinds or "torn-tail" in kinds:
+            return "active"
+        return "valid"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "ok": self.ok,
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "segments": [
+                {
+                    "segment": s.name,
+                    "status": self.segment_status(s),
+                    "first_seq": s.first_seq,
+                    "last_seq": s.last_seq,
+                    "records": s.records,
+                    "bytes": s.size,
+                    "sealed": s.sealed,
+                    "sha256": s.sha256,
+                    "merkle_root": (s.seal or {}).get("merkle_root", s.merkle_root),
+                }
+                for s in self.segments
+            ],
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": [asdict(n) for n in self.notes],
+        }
+
+
+def _torn_region(path: str, start: int) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None = None,
+           start_seq: int = 0, start_hash: str | None = None) -> StreamReport:
+    """Connect per-segment scans into a verdict on the whole stream.
+
+    ``start_seq``/``start_hash`` give where the first present segment must begin: seq 0
+    with the genesis hash by default, or the last record of segments that were evicted
+    (known from the shipper's ledger or cold storage).
+    """
+    rep = StreamReport(stream, scans)
+    for s in scans:
+        rep.findings.extend(Finding(stream, f.segment, f.reason, f.message, f.seq, f.offset) for f in s.findings)
+    exp_seq: int | None = start_seq
+    exp_hash: str | None = start_hash if start_hash is not None else (GENESIS_HASH if start_seq == 0 else None)
+    unexplained: list[SegmentScan] = []  # unsealed segments waiting for a recovery record
+    prev_scan: SegmentScan | None = None
+    for i, s in enumerate(scans):
+        last = i == len(scans) - 1
+        if s.first_seq is None:
+            if s.findings:
+                prev_scan = s
+                continue
+            if s.size == 0 and last:
+                rep.notes.append(Note(stream, s.name, "active", "empty segment file (just created)"))
+                continue
+            unexplained.append(s)  # nothing valid: only a recovery record can explain it
+            continue
+        rec = s.first_recovery
+        if unexplained:
+            _apply_recovery(rep, stream, s, rec, unexplained)
+            # the chain continues from the last valid record the recovery acknowledged
+            exp_seq, exp_hash = _recovery_continuation(rep, unexplained, rec, exp_seq, exp_hash)
+            unexplained = []
+        if exp_seq is not None:
+            if s.first_seq > exp_seq:
+                what = "missing-segment" if prev_scan is not None else "missing-start"
+                rep.findings.append(Finding(stream, s.name, what,
+                                            f"records {exp_seq}..{s.first_seq - 1} are missing before {s.name}",
+                                            s.first_seq, 0))
+            elif s.first_seq < exp_seq:
+                rep.findings.append(Finding(stream, s.name, "seq-regression",
+                                            f"{s.name} starts at seq {s.first_seq}, expected {exp_seq}",
+                                            s.first_seq, 0))
+            elif exp_hash is not None and s.first_prev != exp_hash:
+                rep.findings.append(Finding(stream, s.name, "broken-link",
+                                            f"first record of {s.name} does not link to the previous segment",
+                                            s.first_seq, 0))
+        if s.sealed and prev_scan is not None and prev_scan.sealed and prev_scan.seal and s.seal \
+                and prev_scan.seal_leaf_hash is not None and prev_scan.last_seq is not None \
+                and s.first_seq == prev_scan.last_seq + 1:
+            cr = merkle.CompactRange(prev_scan.last_seq, [bytes.fromhex(h) for h in prev_scan.seal["frontier"]])
+            cr.append(prev_scan.seal_leaf_hash)
+            if [h.hex() for h in cr.stack] != s.seal.get("start_frontier"):
+                rep.findings.append(Finding(stream, s.name, "seal-mismatch",
+                                            "seal start_frontier does not continue the previous seal's tree",
+                                            s.last_seq, None))
+        if not s.sealed and not s.findings:
+            torn = s.size - s.valid_bytes
+            if last:
+                if torn:
+                    rep.notes.append(Note(stream, s.name, "torn-tail",
+                                          f"{torn} bytes after the last complete record at offset {s.valid_bytes}: "
+                                          "a write in progress or a crash; the writer recovers it on its next start"))
+                else:
+                    rep.notes.append(Note(stream, s.name, "active", "active segment (not yet sealed)"))
+            else:
+                unexplained.append(s)
+        if rep.first_seq is None:
+            rep.first_seq = s.first_seq
+        rep.records += s.records
+        exp_seq = (s.last_seq + 1) if s.last_seq is not None else exp_seq
+        exp_hash = s.last_hash if s.last_hash is not None else exp_hash
+        rep.last_seq, rep.last_hash = s.last_seq, s.last_hash
+        prev_scan = s
+    for s in unexplained:
+        rep.findings.append(Finding(stream, s.name, "truncated",
+                                    f"{s.name} ends without a seal at offset {s.valid_bytes} and no recovery record "
+                                    "explains it", s.last_seq, s.valid_bytes))
+    if head is not None and isinstance(head.get("next_seq"), int):
+        have = (rep.last_seq + 1) if rep.last_seq is not None else start_seq
+        if head["next_seq"] > have:
+            rep.findings.append(Finding(stream, scans[-1].name if scans else "", "missing-tail",
+                                        f"the stream head records seq {head['next_seq'] - 1} as written but the "
+                                        f"segments end at seq {have - 1}", have, None))
+    return rep
+
+
+def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[str, Any] | None,
+                    pending: list[SegmentScan]) -> None:
+    entries = {}
+    if rec is not None:
+        for e in rec.get("abandoned", []):
+            if isinstance(e, dict) and isinstance(e.get("segment"), str):
+                entries[e["segment"]] = e
+    for a in pending:
+        e = entries.get(a.name)
+        if e is None:
+            rep.findings.append(Finding(stream, a.name, "truncated",
+                                        f"{a.name} ends without a seal and the next segment {s.name} does not "
+                                        "explain it with a recovery record", a.last_seq, a.valid_bytes))
+            continue
+        valid = e.get("valid_bytes")
+        if not isinstance(valid, int) or valid < 0 or valid > a.size:
+            rep.findings.append(Finding(stream, a.name, "recovery-mismatch",
+                                        f"recovery record in {s.name} gives impossible valid_bytes {valid!r}",
+                                        None, None))
+            continue
+        if valid > a.valid_bytes or (valid and valid not in a.boundaries and valid != a.valid_bytes):
+            rep.findings.append(Finding(stream, a.name, "recovery-mismatch",
+                                        f"recovery record says {valid} valid bytes but complete records end at "
+                                        f"{a.valid_bytes}", None, valid))
+            continue
+        n, digest = _torn_region(a.path, valid)
+        if n != e.get("torn_bytes") or digest != e.get("torn_sha256"):
+            rep.findings.append(Finding(stream, a.name, "recovery-mismatch",
+                                        f"the {n} bytes after offset {valid} do not match the recovery record "
+                                        "(the torn tail was changed)", None, valid))
+            continue
+        rep.notes.append(Note(stream, a.name, "recovered",
+                              f"{n} torn bytes after offset {valid} kept as evidence; recovered by {s.name}"))
+
+
+def _recovery_continuation(rep: StreamReport, pending: list[SegmentScan], rec: dict[str, Any] | None,
+                           exp_seq: int | None, exp_hash: str | None) -> tuple[int | None, str | None]:
+    entries = {e.get("segment"): e for e in (rec or {}).get("abandoned", []) if isinstance(e, dict)}
+    seq, h = exp_seq, exp_hash
+    for a in pending:
+        e = entries.get(a.name)
+        valid = e.get("valid_bytes") if e else None
+        if isinstance(valid, int) and valid in a.boundaries:
+            last_seq, last_hash = a.boundaries[valid]
+            seq, h = last_seq + 1, last_hash
+            # records past valid_bytes were never acknowledged: do not count them
+            a.last_seq, a.last_hash = last_seq, last_hash
+        elif a.last_seq is not None and (not isinstance(valid, int) or valid == a.valid_bytes):
+            seq, h = a.last_seq + 1, a.last_hash
+    for a in pending:
+        if a.first_seq is not None:
+            if rep.first_seq is None:
+                rep.first_seq = a.first_seq
+            if a.last_seq is not None:
+                rep.records += a.last_seq - a.first_seq + 1
+    return seq, h
+
+
+def read_head(stream_dir: Path) -> dict[str, Any] | None:
+    try:
+        head = orjson.loads((stream_dir / "head.json").read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def scan_all(paths: Iterable[Path], workers: int | None = None) -> list[SegmentScan]:
+    paths = list(paths)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    total = sum(p.stat().st_size for p in paths)
+    if workers <= 1 or len(paths) < 2 or total < (8 << 20):
+        return [scan_segment(p) for p in paths]
+    with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as pool:
+        return list(pool.map(scan_segment, paths, chunksize=1))
+
+
+def verify_stream(stream_dir: str | os.PathLike[str], *, workers: int | None = None,
+                  start_seq: int = 0, start_hash: str | None = None) -> StreamReport:
+    d = Path(stream_dir)
+    paths = list_segments(d)
+    scans = scan_all(paths, workers)
+    return stitch(d.name, scans, head=read_head(d), start_seq=start_seq, start_hash=start_hash)

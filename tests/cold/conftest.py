@@ -1,0 +1,263 @@
+"""Fixtures for the cold tier: real endpoints started by the suite, on free local ports.
+
+- moto's ThreadedMotoServer (HTTP, real boto3 clients, path-style, dummy credentials)
+- LocalStack on the host via localstack/run-host.sh (marker ``localstack``: these FAIL,
+  not skip, when LocalStack cannot be installed or started in time)
+- Azurite from node_modules (marker ``azurite``; ``npm install`` at the repo root)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/faultproxy.py
+
+from faultproxy import FaultProxy
+
+from pipeline import merkle
+from pipeline.hot import attr
+from pipeline.hot.segment import SegmentManifest, build_manifest, segment_name
+from pipeline.record import GENESIS_HASH, encode_record
+
+REPO = Path(__file__).resolve().parents[2]
+LOCALSTACK_START_TIMEOUT = 120.0
+AZURITE_START_TIMEOUT = 30.0
+DUMMY_SECRET = "cold-test-secret-DO-NOT-LEAK-1234567890"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- segments ---------------------------------------------------------------------------------
+
+def write_segment(
+    directory: Path,
+    stream: str = "app",
+    first_seq: int = 0,
+    records: int = 200,
+    prev: str = GENESIS_HASH,
+    payload: int = 200,
+    seal: bool = True,
+    salt: str = "",
+) -> tuple[Path, SegmentManifest]:
+    """A real chained segment: event records, then a seal-like record carrying the Merkle root."""
+    d = directory / stream
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / segment_name(first_seq)
+    prev_b = prev.encode()
+    cr = merkle.CompactRange()
+    filler = ("x" * payload).encode()
+    with open(path, "wb") as f:
+        for i in range(records):
+            seq = first_seq + i
+            ts = b"2026-11-21T12:%02d:%02d.%06dZ" % ((seq // 60) % 60, seq % 60, seq % 1000000)
+            data = b'{"i":%d,"user":"u%d","msg":"%s%s"}' % (seq, seq % 97, salt.encode(), filler)
+            line, h = encode_record(stream, seq, ts, "event", prev_b, data)
+            cr.append(merkle.leaf_hash(line[:-1]))
+            f.write(line)
+            prev_b = h
+        if seal:
+            seq = first_seq + records
+            data = b'{"merkle_root":"%s","records":%d}' % (cr.root().hex().encode(), records)
+            line, _ = encode_record(stream, seq, b"2026-11-21T13:00:00.000000Z", "seal", prev_b, data)
+            f.write(line)
+    return path, build_manifest(path)
+
+
+@pytest.fixture
+def segment_factory(tmp_path: Path) -> Callable[..., tuple[Path, SegmentManifest]]:
+    hot = tmp_path / "hot"
+
+    def make(**kw: Any) -> tuple[Path, SegmentManifest]:
+        return write_segment(hot, **kw)
+
+    return make
+
+
+def clear_immutable_tree(root: Path) -> None:
+    """Stored files get chattr +i; clear it so pytest can remove its temporary directories."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                attr.clear_protection(os.path.join(dirpath, name))
+
+
+# ---- environment ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_dummy_env() -> Iterator[None]:
+    """Dummy credentials for the emulators, via the environment (boto3's default chain)."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
+                                            "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
+                      AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
+                      AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    os.environ.pop("AWS_PROFILE", None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# ---- moto ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def new_bucket(endpoint: str, lock: bool = True) -> str:
+    from pipeline.cold.base import ColdSettings
+    from pipeline.cold.s3 import make_client
+
+    name = f"cold-{uuid.uuid4().hex[:16]}"
+    client = make_client(ColdSettings(), endpoint, "us-east-1")
+    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+    client.close()
+    return name
+
+
+@pytest.fixture
+def raw_s3(moto_endpoint: str) -> Any:
+    from pipeline.cold.base import ColdSettings
+    from pipeline.cold.s3 import make_client
+
+    client = make_client(ColdSettings(), moto_endpoint, "us-east-1")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
+    host, port = moto_endpoint.removeprefix("http://").split(":")
+    p = FaultProxy(host, int(port))
+    yield p
+    p.close()
+
+
+# ---- LocalStack ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def localstack_endpoint() -> Iterator[str]:
+    script = REPO / "localstack" / "run-host.sh"
+    if not script.exists():
+        pytest.fail(f"{script} is missing: LocalStack tests cannot run (deselect with -m 'not localstack')")
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="localstack-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(["bash", str(script), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + LOCALSTACK_START_TIMEOUT
+    ready = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/_localstack/health", timeout=2) as r:
+                health = json.loads(r.read())
+            if health.get("services", {}).get("s3") in ("available", "running"):
+                ready = True
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        tail = Path(log.name).read_text(errors="replace")[-2000:]
+        pytest.fail(f"LocalStack did not become ready on {url} within {LOCALSTACK_START_TIMEOUT:.0f} s "
+                    f"(exit {proc.poll()}); install log tail:\n{tail}\n"
+                    "run `localstack/run-host.sh --install-only` or deselect with -m 'not localstack'")
+    yield url
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    with contextlib.suppress(OSError):
+        os.unlink(log.name)
+
+
+# ---- Azurite ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def azurite_connection_string() -> Iterator[str]:
+    binary = REPO / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: run `npm install` at the repository root "
+                    "(or deselect with -m 'not azurite')")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="azurite-")
+    proc = subprocess.Popen(
+        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workdir,
+         "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + AZURITE_START_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    else:
+        proc.terminate()
+        pytest.fail(f"Azurite did not listen on 127.0.0.1:{port} within {AZURITE_START_TIMEOUT:.0f} s")
+    if proc.poll() is not None:
+        pytest.fail(f"Azurite exited with {proc.returncode}")
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    yield conn
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def azure_env(azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string)
+    return azurite_connection_string
+
+
+@pytest.fixture
+def azure_container(azure_env: str) -> str:
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"cold{uuid.uuid4().hex[:16]}"
+    svc = BlobServiceClient.from_connection_string(azure_env, retry_total=0)
+    svc.create_container(name)
+    svc.close()
+    return name
