@@ -166,6 +166,7 @@ class SegmentLeafSource:
                     with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
                         pos = self._find_line(mm, seq, path)
                         last_start = pos
+                        seg_lo = seq
                         while seq < hi:
                             nl = mm.find(b"\n", pos)
                             if nl < 0:
@@ -178,7 +179,7 @@ class SegmentLeafSource:
                                 break
                         # the first line was found by its seq; check the last one too, so a
                         # gap or duplicate inside the range cannot go unnoticed
-                        if self._seq_at(mm, last_start) != seq - 1:
+                        if seq > seg_lo and self._seq_at(mm, last_start) != seq - 1:
                             raise TreeStoreError(f"lines of {path} are not contiguous in seq before {seq}")
             except FileNotFoundError as exc:
                 raise LeafUnavailable(f"segment {path} disappeared while reading seq {seq}") from exc
