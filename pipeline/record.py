@@ -28,12 +28,13 @@ import orjson
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64
 HASH_FIELD = b',"hash":"'
+DATA_FIELD = b',"data":'
 # ,"hash":"  + 64 hex + "}  + \n
 SUFFIX_LEN = len(HASH_FIELD) + 64 + 2 + 1
 KEY_ORDER = ("v", "stream", "seq", "ts", "kind", "prev", "data")
-STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-HEX64_RE = re.compile(rb"^[0-9a-f]{64}$")
-TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+HEX64_RE = re.compile(rb"^[0-9a-f]{64}\Z")
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 # seq is an unsigned integer that fits in 63 bits; JSON integers only, no sign, no leading zero
 MAX_SEQ = 2**63 - 1
 
@@ -156,13 +157,29 @@ def parse_record(line: bytes) -> Record:
         raise RecordError("hash-mismatch", "record hash does not match its bytes")
     if b"\n" in body:
         raise RecordError("bad-line", "embedded newline")
-    try:
-        obj = orjson.loads(body + b"}")
-    except orjson.JSONDecodeError as exc:
-        raise RecordError("bad-json", str(exc)) from None
-    if type(obj) is not dict or tuple(obj) != KEY_ORDER:
+    # The header (every key before "data") and the data value are parsed separately, so that
+    # nothing can follow the data value: a second "data" (or any) key after it would be
+    # invisible to one JSON parser (last key wins) and visible to another (first key wins).
+    # Stream names, timestamps, kinds and hashes cannot contain '"', so the first ',"data":'
+    # ends the header of any record that passes the header comparison below.
+    data_at = body.find(DATA_FIELD)
+    if data_at < 0:
         raise RecordError("bad-layout", f"keys must be exactly {', '.join(KEY_ORDER)} in this order")
-    stream, seq, ts, kind, prev, data = (obj[k] for k in KEY_ORDER[1:])
+    try:
+        obj = orjson.loads(body[:data_at] + b"}")
+        data = orjson.loads(body[data_at + len(DATA_FIELD) :])
+    except orjson.JSONDecodeError as exc:
+        try:
+            whole = orjson.loads(body + b"}")
+        except orjson.JSONDecodeError:
+            raise RecordError("bad-json", str(exc)) from None
+        if type(whole) is dict:
+            raise RecordError("bad-layout", "the data value must be the last key of the record, "
+                              "and appear once") from None
+        raise RecordError("bad-json", str(exc)) from None
+    if type(obj) is not dict or tuple(obj) != KEY_ORDER[:-1]:
+        raise RecordError("bad-layout", f"keys must be exactly {', '.join(KEY_ORDER)} in this order")
+    stream, seq, ts, kind, prev = (obj[k] for k in KEY_ORDER[1:-1])
     if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
         raise RecordError("bad-version", f"unsupported format version {obj['v']!r}")
     if type(stream) is not str or not STREAM_NAME_RE.match(stream):
