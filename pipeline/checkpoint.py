@@ -85,7 +85,7 @@ class Verifier:
     def from_string(cls, vkey: str) -> Verifier:
         """Parse ``name+hash+base64`` (note.NewVerifier's format)."""
         vkey = vkey.strip()
-        parts = vkey.split("+")
+        parts = vkey.split("+", 2)  # base64 may contain "+": split off name and hash only
         if len(parts) != 3:
             raise NoteError("verifier key must look like name+<8 hex digits>+<base64>")
         name, hash16, b64 = parts
@@ -170,7 +170,7 @@ class Signer:
 
     @classmethod
     def from_string(cls, skey: str) -> Signer:
-        parts = skey.strip().split("+")
+        parts = skey.strip().split("+", 4)
         if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
             raise NoteError("signer key must look like PRIVATE+KEY+name+<8 hex digits>+<base64>")
         name, hash16, b64 = parts[2], parts[3], parts[4]
