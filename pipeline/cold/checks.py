@@ -30,6 +30,7 @@ def evaluate_stat(
     *,
     expected_stored_sha256: str | None,
     expected_stored_size: int | None,
+    expected_composite: str | None = None,
     min_retain_until: dt.datetime | None,
     worm_enforced: bool,
     worm_note: str,
@@ -48,13 +49,15 @@ def evaluate_stat(
     if st.sha256 is None:
         result.add("stored sha256", True, "the service reports no SHA-256; deep verification re-hashes")
     else:
+        # A multipart S3 object's checksum is SHA-256 over its part digests (composite);
+        # it was computed before upload and recorded in the metadata.
+        composite = expected_composite or meta.get("stored_sha256_composite")
+        accepted = {x for x in (want_sha, composite) if x}
         detail = f"service checksum {st.sha256}" + (f" over {st.checksum_parts} parts" if st.checksum_parts else "")
-        want = want_sha
-        if st.checksum_parts:
-            want = meta.get("stored_sha256_composite") if expected_stored_sha256 is None else want_sha
-        result.add("stored sha256", want is not None and st.sha256 == want,
-                   detail + ("" if st.sha256 == want else f", expected {want}"), "stored-sha256-mismatch")
-    if expected_stored_sha256 and meta.get("stored_sha256") and not st.checksum_parts:
+        ok = st.sha256 in accepted
+        result.add("stored sha256", ok, detail + ("" if ok else f", expected one of {sorted(accepted)}"),
+                   "stored-sha256-mismatch")
+    if expected_stored_sha256 and meta.get("stored_sha256"):
         # Also catches metadata that was written for some other body.
         result.add("metadata stored sha256", meta["stored_sha256"] == expected_stored_sha256,
                    meta["stored_sha256"], "metadata-mismatch")

@@ -65,6 +65,10 @@ def prepare_body(source_path: str, manifest: SegmentManifest, settings: ColdSett
     """
     content = hashlib.sha256()
     size = 0
+    on_disk = os.stat(source_path).st_size
+    if on_disk != manifest.size:
+        # Checked before compressing: zstd is told the size up front and would fail obscurely.
+        _check_source(source_path, manifest, on_disk, "(not hashed)")
     # Part digests are only worth computing for bodies that may go multipart.
     part_size = settings.part_size if manifest.size >= settings.multipart_threshold else 0
     if settings.compression == "none":
@@ -106,6 +110,8 @@ def prepare_body(source_path: str, manifest: SegmentManifest, settings: ColdSett
 
 def _check_source(path: str, manifest: SegmentManifest, size: int, sha: str) -> None:
     if size != manifest.size or sha != manifest.sha256:
+        # The hot file is sealed (immutable attribute) and must match the manifest the
+        # shipper built; anything else is a local problem to investigate before shipping.
         raise SourceMismatchError(
             f"hot file {Path(path).name} is {size} bytes with sha256 {sha[:16]}…, manifest says "
             f"{manifest.size} bytes with sha256 {manifest.sha256[:16]}…",

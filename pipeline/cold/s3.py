@@ -220,12 +220,10 @@ class S3Store:
             extra = self._common_args(meta, caps.worm_enforced, retain_until)
             if self._multipart(body):
                 created = self._put_multipart(key, body, extra, segment_name)
-                expected_sha = body.composite_sha256
             else:
                 created = self._put_single(key, body, extra, segment_name)
-                expected_sha = body.sha256
             result = self.verify(
-                key, manifest, expected_stored_sha256=expected_sha if created else None,
+                key, manifest, expected_stored_sha256=body.sha256 if created else None,
                 expected_stored_size=body.size if created else None,
                 min_retain_until=retain_until - dt.timedelta(seconds=1) if created else None,
             )
@@ -440,9 +438,7 @@ class S3Store:
             if st.archived:
                 result.add("deep", False, f"object is in {st.storage_class}: restore it first", "archived")
             else:
-                meta = st.segment_metadata
-                full_sha = meta.get("stored_sha256") if st.checksum_parts else (
-                    expected_stored_sha256 or meta.get("stored_sha256"))
+                full_sha = expected_stored_sha256 or st.segment_metadata.get("stored_sha256")
                 deep_check(lambda: self.open(key), manifest, compression, full_sha, st.size, result)
         result.requests = sum(self.requests.values()) - before
         return result
