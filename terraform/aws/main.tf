@@ -1,0 +1,537 @@
+# Locked storage for worm-pipeline on AWS S3.
+#
+#   logs     sealed segments, manifests          Object Lock COMPLIANCE, retention_days
+#   witness  signed checkpoints (external witness) Object Lock COMPLIANCE, witness_retention_days
+#   access   S3 server access logs of both buckets
+#
+# Both locked buckets: versioning, default COMPLIANCE retention, SSE-KMS with a
+# rotating customer-managed key, every public access block setting on, a bucket
+# policy denying non-TLS access, deletion, retention downgrades and lock changes,
+# lifecycle transitions to STANDARD_IA and GLACIER_IR, access logging and
+# EventBridge notifications.  The shipper gets an IAM policy with only what it calls.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+data "aws_region" "current" {}
+
+locals {
+  account_id        = data.aws_caller_identity.current.account_id
+  partition         = data.aws_partition.current.partition
+  access_log_bucket = coalesce(var.access_log_bucket_name, "${var.bucket_name}-access-logs")
+
+  locked_buckets = {
+    logs = {
+      name           = var.bucket_name
+      retention_days = var.retention_days
+    }
+    witness = {
+      name           = var.witness_bucket_name
+      retention_days = coalesce(var.witness_retention_days, var.retention_days + 365)
+    }
+  }
+
+  # Explicit retention shorter than this (one day of slack for rounding) is refused
+  # by the bucket policy; the shipper always writes at least the bucket default.
+  min_remaining_retention_days = {
+    for k, b in local.locked_buckets : k => max(b.retention_days - 1, 1)
+  }
+}
+
+# ---------------------------------------------------------------------------
+# KMS key for SSE-KMS on both locked buckets
+# ---------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "kms" {
+  #checkov:skip=CKV_AWS_109:A KMS key policy's Resource "*" means "this key"; account-root administration is the AWS default that keeps the key manageable through IAM.
+  #checkov:skip=CKV_AWS_111:A KMS key policy's Resource "*" means "this key"; write access is limited to IAM principals of this account.
+  #checkov:skip=CKV_AWS_356:Resource "*" is the only valid resource in a KMS key policy (it refers to the key itself).
+  statement {
+    sid       = "AccountAdministration"
+    effect    = "Allow"
+    actions   = ["kms:*"]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid       = "DenyKeyDeletionExceptBreakGlass"
+    effect    = "Deny"
+    actions   = ["kms:ScheduleKeyDeletion", "kms:DisableKey"]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+
+    dynamic "condition" {
+      for_each = length(var.break_glass_role_arns) > 0 ? [1] : []
+      content {
+        test     = "ArnNotLike"
+        variable = "aws:PrincipalArn"
+        values   = var.break_glass_role_arns
+      }
+    }
+  }
+}
+
+resource "aws_kms_key" "logs" {
+  description             = "worm-pipeline: SSE-KMS for the locked log and witness buckets"
+  enable_key_rotation     = true
+  rotation_period_in_days = 365
+  deletion_window_in_days = var.kms_deletion_window_in_days
+  policy                  = data.aws_iam_policy_document.kms.json
+  tags                    = var.tags
+}
+
+resource "aws_kms_alias" "logs" {
+  name          = "alias/${var.bucket_name}"
+  target_key_id = aws_kms_key.logs.key_id
+}
+
+# ---------------------------------------------------------------------------
+# The locked buckets: logs and witness
+# ---------------------------------------------------------------------------
+
+resource "aws_s3_bucket" "locked" {
+  #checkov:skip=CKV_AWS_144:Cross-region replication is a deployment choice (a second region and key); the witness bucket already keeps an independent copy of every checkpoint.
+  for_each = local.locked_buckets
+
+  bucket = each.value.name
+  # Object Lock can only be enabled at creation; it also forces versioning on.
+  object_lock_enabled = true
+  # Never let `terraform destroy` empty a bucket (it could not delete locked versions anyway).
+  force_destroy = false
+  tags          = merge(var.tags, { "worm-pipeline/role" = each.key })
+}
+
+resource "aws_s3_bucket_versioning" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_object_lock_configuration" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+  rule {
+    default_retention {
+      mode = "COMPLIANCE"
+      days = local.locked_buckets[each.key].retention_days
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.locked]
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.logs.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket                  = each.value.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+
+  # Storage-class transitions keep each version's Object Lock retention.
+  rule {
+    id     = "colder-storage"
+    status = "Enabled"
+
+    filter {}
+
+    transition {
+      days          = var.transition_to_standard_ia_days
+      storage_class = "STANDARD_IA"
+    }
+
+    transition {
+      days          = var.transition_to_glacier_ir_days
+      storage_class = "GLACIER_IR"
+    }
+
+    noncurrent_version_transition {
+      noncurrent_days = var.transition_to_standard_ia_days
+      storage_class   = "STANDARD_IA"
+    }
+
+    noncurrent_version_transition {
+      noncurrent_days = var.transition_to_glacier_ir_days
+      storage_class   = "GLACIER_IR"
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+
+  dynamic "rule" {
+    for_each = var.expire_after_days == null ? [] : [var.expire_after_days]
+    content {
+      id     = "expire-after-retention"
+      status = "Enabled"
+
+      filter {}
+
+      expiration {
+        days = rule.value
+      }
+
+      noncurrent_version_expiration {
+        noncurrent_days = 1
+      }
+
+      abort_incomplete_multipart_upload {
+        days_after_initiation = 7
+      }
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.locked]
+}
+
+resource "aws_s3_bucket_logging" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket        = each.value.id
+  target_bucket = aws_s3_bucket.access_logs.id
+  target_prefix = "${each.value.id}/"
+}
+
+resource "aws_s3_bucket_notification" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+  # Object-level events (created, delete-marker created, lock changes) go to
+  # EventBridge, where an alerting rule can page on anything but ObjectCreated.
+  eventbridge = true
+}
+
+data "aws_iam_policy_document" "bucket" {
+  for_each = local.locked_buckets
+
+  statement {
+    sid     = "DenyInsecureTransport"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    resources = [
+      "arn:${local.partition}:s3:::${each.value.name}",
+      "arn:${local.partition}:s3:::${each.value.name}/*",
+    ]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+
+  statement {
+    sid    = "DenyDeletionAndLockChanges"
+    effect = "Deny"
+    actions = [
+      "s3:DeleteObject*",
+      "s3:BypassGovernanceRetention",
+      "s3:PutBucketObjectLockConfiguration",
+      "s3:DeleteBucket",
+    ]
+    resources = [
+      "arn:${local.partition}:s3:::${each.value.name}",
+      "arn:${local.partition}:s3:::${each.value.name}/*",
+    ]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    dynamic "condition" {
+      for_each = length(var.break_glass_role_arns) > 0 ? [1] : []
+      content {
+        test     = "ArnNotLike"
+        variable = "aws:PrincipalArn"
+        values   = var.break_glass_role_arns
+      }
+    }
+  }
+
+  statement {
+    sid       = "DenyGovernanceModeRetention"
+    effect    = "Deny"
+    actions   = ["s3:PutObject", "s3:PutObjectRetention"]
+    resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "s3:object-lock-mode"
+      values   = ["GOVERNANCE"]
+    }
+  }
+
+  statement {
+    sid       = "DenyShortRetention"
+    effect    = "Deny"
+    actions   = ["s3:PutObject", "s3:PutObjectRetention"]
+    resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "NumericLessThan"
+      variable = "s3:object-lock-remaining-retention-days"
+      values   = [tostring(local.min_remaining_retention_days[each.key])]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "locked" {
+  for_each = aws_s3_bucket.locked
+
+  bucket = each.value.id
+  policy = data.aws_iam_policy_document.bucket[each.key].json
+
+  # The policy denies s3:PutBucketObjectLockConfiguration: set the lock first.
+  depends_on = [
+    aws_s3_bucket_object_lock_configuration.locked,
+    aws_s3_bucket_public_access_block.locked,
+  ]
+}
+
+# ---------------------------------------------------------------------------
+# Access-log bucket (S3 server access logs of both locked buckets)
+# ---------------------------------------------------------------------------
+
+resource "aws_s3_bucket" "access_logs" {
+  #checkov:skip=CKV_AWS_18:This is the access-log target; logging it to itself would loop and logging it elsewhere needs yet another bucket.
+  #checkov:skip=CKV_AWS_144:Cross-region replication of access logs is out of scope for this module.
+  #checkov:skip=CKV_AWS_145:S3 server access logging only delivers to buckets encrypted with SSE-S3, not SSE-KMS.
+  #checkov:skip=CKV_AWS_143:S3 server access logging does not deliver to a bucket with a default Object Lock retention.
+  bucket        = local.access_log_bucket
+  force_destroy = false
+  tags          = merge(var.tags, { "worm-pipeline/role" = "access-logs" })
+}
+
+resource "aws_s3_bucket_versioning" "access_logs" {
+  bucket = aws_s3_bucket.access_logs.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "access_logs" {
+  bucket = aws_s3_bucket.access_logs.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "AES256"
+    }
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "access_logs" {
+  bucket                  = aws_s3_bucket.access_logs.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "access_logs" {
+  bucket = aws_s3_bucket.access_logs.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "access_logs" {
+  bucket = aws_s3_bucket.access_logs.id
+
+  rule {
+    id     = "expire-access-logs"
+    status = "Enabled"
+
+    filter {}
+
+    expiration {
+      days = var.access_log_retention_days
+    }
+
+    noncurrent_version_expiration {
+      noncurrent_days = 30
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.access_logs]
+}
+
+resource "aws_s3_bucket_notification" "access_logs" {
+  bucket      = aws_s3_bucket.access_logs.id
+  eventbridge = true
+}
+
+data "aws_iam_policy_document" "access_logs" {
+  statement {
+    sid       = "S3ServerAccessLogsDelivery"
+    effect    = "Allow"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.access_logs.arn}/*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["logging.s3.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = [for b in aws_s3_bucket.locked : b.arn]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+
+  statement {
+    sid     = "DenyInsecureTransport"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    resources = [
+      aws_s3_bucket.access_logs.arn,
+      "${aws_s3_bucket.access_logs.arn}/*",
+    ]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "access_logs" {
+  bucket     = aws_s3_bucket.access_logs.id
+  policy     = data.aws_iam_policy_document.access_logs.json
+  depends_on = [aws_s3_bucket_public_access_block.access_logs]
+}
+
+# ---------------------------------------------------------------------------
+# IAM policy for the shipper: only the calls pipeline/cold/s3.py makes
+# ---------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "shipper" {
+  statement {
+    sid = "WriteAndVerifySegments"
+    # PutObject covers CreateMultipartUpload/UploadPart/CompleteMultipartUpload.
+    # PutObjectRetention is needed because uploads carry explicit COMPLIANCE
+    # retain-until headers; the bucket policy refuses GOVERNANCE mode and anything
+    # shorter than the bucket default, and S3 itself refuses to shorten COMPLIANCE.
+    # AbortMultipartUpload discards the parts of a failed upload, never a stored object.
+    effect = "Allow"
+    actions = [
+      "s3:PutObject",
+      "s3:PutObjectRetention",
+      "s3:PutObjectLegalHold",
+      "s3:AbortMultipartUpload",
+      "s3:GetObject",
+      "s3:GetObjectAttributes",
+      "s3:GetObjectRetention",
+      "s3:GetObjectLegalHold",
+    ]
+    resources = [for b in aws_s3_bucket.locked : "${b.arn}/*"]
+  }
+
+  statement {
+    sid    = "ListAndCheckLock"
+    effect = "Allow"
+    actions = [
+      "s3:ListBucket",
+      "s3:GetBucketObjectLockConfiguration",
+    ]
+    resources = [for b in aws_s3_bucket.locked : b.arn]
+  }
+
+  statement {
+    sid    = "UseTheBucketKey"
+    effect = "Allow"
+    actions = [
+      "kms:GenerateDataKey",
+      "kms:Decrypt",
+    ]
+    resources = [aws_kms_key.logs.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${data.aws_region.current.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "shipper" {
+  name        = var.shipper_policy_name
+  description = "worm-pipeline shipper: write, verify and legal-hold segments and checkpoints; no delete, no governance bypass, no bucket configuration"
+  policy      = data.aws_iam_policy_document.shipper.json
+  tags        = var.tags
+}
