@@ -80,7 +80,7 @@ def _value_hint(v: str) -> bool:
         or "asic " in v
         or "ASIC " in v
         or ("A" in v and _AWS_KEY_RE.search(v) is not None)
-        or _digit_count(v) >= 13
+        or (_digit_count(v) >= 13 and _CARD_RE.search(v) is not None)
     )
 
 

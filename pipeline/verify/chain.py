@@ -106,12 +106,23 @@ class SegmentScan:
         return not self.findings
 
 
-def _ts_seconds(ts: str) -> float:
-    # YYYY-MM-DDTHH:MM:SS.ffffffZ -> seconds; only differences are used
-    import calendar
-    import time
+_TS_CACHE: dict[str, float] = {}
 
-    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
+
+def _ts_seconds(ts: str) -> float:
+    """YYYY-MM-DDTHH:MM:SS.ffffffZ -> epoch seconds.  Records of one second share the
+    prefix, so the slow calendar conversion runs about once per second of log."""
+    prefix = ts[:19]
+    base = _TS_CACHE.get(prefix)
+    if base is None:
+        import calendar
+        import time
+
+        base = float(calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S")))
+        if len(_TS_CACHE) > 4096:
+            _TS_CACHE.clear()
+        _TS_CACHE[prefix] = base
+    return base + int(ts[20:26]) / 1e6
 
 
 def scan_segment(path: str | os.PathLike[str], stream: str | None = None) -> SegmentScan:
