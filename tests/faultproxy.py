@@ -171,13 +171,25 @@ class FaultProxy:
 
         t = threading.Thread(target=c2s, daemon=True)
         t.start()
+        pending = b""
+        final = False
         try:
             while chunk := upstream.recv(1 << 16):
                 if not drop_response:
                     client.sendall(chunk)
-                elif b"\r\n\r\n" in chunk or len(chunk) > 0:
-                    # The server has started answering: it has processed the request.  Keep
-                    # reading a moment so the whole answer is consumed, then cut the client.
+                    continue
+                if final:
+                    continue
+                pending += chunk
+                # Interim "100 Continue" answers are passed on (the client waits for them
+                # before sending a body); the final answer is swallowed.
+                while pending.startswith(b"HTTP/1.1 100") and b"\r\n\r\n" in pending:
+                    head, _, pending = pending.partition(b"\r\n\r\n")
+                    client.sendall(head + b"\r\n\r\n")
+                if len(pending) >= 12 and not pending.startswith(b"HTTP/1.1 100"):
+                    # The server has answered: it processed the request.  Read on briefly
+                    # so the whole answer is consumed, then cut the client off.
+                    final = True
                     upstream.settimeout(0.5)
         except OSError:
             pass
