@@ -219,7 +219,7 @@ class TreeStore:
         self._stack: list[bytes] = []
         self._size = 0
         self._tiles: OrderedDict[int, list[bytes]] = OrderedDict()
-        self._tile_cache = tile_cache
+        self._tile_cache = max(2, tile_cache)  # a proof touches at most two tiles
         self._load()
 
     # ------------------------------------------------------------------ storage
@@ -380,17 +380,18 @@ class TreeStore:
         tlo = tile << TILE_HEIGHT
         if hi > tlo + TILE_WIDTH:
             raise TreeStoreError("leaf range crosses a tile")  # callers never ask for this
-        if tlo + TILE_WIDTH <= size:
-            cached = self._tiles.get(tile)
-            if cached is None:
-                cached = self._source.leaf_hashes(tlo, tlo + TILE_WIDTH)
-                self._tiles[tile] = cached
-                while len(self._tiles) > self._tile_cache:
-                    self._tiles.popitem(last=False)
-            else:
-                self._tiles.move_to_end(tile)
-            return cached[lo - tlo : hi - tlo]
-        return self._source.leaf_hashes(lo, hi)
+        # one proof needs up to 8 sibling subtrees from the same tile (and the right edge's
+        # partial tile): fetch each tile once.  Leaves never change, so a cached prefix of
+        # a partial tile stays valid; it is refetched only when more of it is needed.
+        cached = self._tiles.get(tile)
+        if cached is None or len(cached) < hi - tlo:
+            cached = self._source.leaf_hashes(tlo, min(tlo + TILE_WIDTH, max(size, hi)))
+            self._tiles[tile] = cached
+            while len(self._tiles) > self._tile_cache:
+                self._tiles.popitem(last=False)
+        else:
+            self._tiles.move_to_end(tile)
+        return cached[lo - tlo : hi - tlo]
 
     def _nodes(self, level: int, start: int, count: int, limit: int) -> list[bytes]:
         """Nodes ``start..start+count`` of a stored level; any not stored yet (a reader ahead
