@@ -240,10 +240,12 @@ def azurite_connection_string() -> Iterator[str]:
                     "(or deselect with -m 'not azurite')")
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="azurite-")
+    errlog = open(os.path.join(workdir, "stderr.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workdir,
+        # --inMemoryPersistence excludes --location; cwd keeps any stray files in workdir.
+        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port),
          "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=errlog, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + AZURITE_START_TIMEOUT
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -255,7 +257,9 @@ def azurite_connection_string() -> Iterator[str]:
         proc.terminate()
         pytest.fail(f"Azurite did not listen on 127.0.0.1:{port} within {AZURITE_START_TIMEOUT:.0f} s")
     if proc.poll() is not None:
-        pytest.fail(f"Azurite exited with {proc.returncode}")
+        errlog.close()
+        err = Path(workdir, "stderr.log").read_text(errors="replace")[-1500:]
+        pytest.fail(f"Azurite exited with {proc.returncode}: {err}")
     conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
     yield conn
@@ -265,6 +269,7 @@ def azurite_connection_string() -> Iterator[str]:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    errlog.close()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
