@@ -10,7 +10,8 @@ import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_hot_args, err, streams_of
-from pipeline.verify.chain import StreamReport, verify_stream
+from pipeline.ship.ledger import open_ledger_readonly
+from pipeline.verify.chain import Note, StreamReport, verify_stream
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +38,9 @@ def render(report: StreamReport) -> str:
         for n in report.notes:
             if n.segment == s.name:
                 lines.append(f"      note: {n.message}")
+    for n in report.notes:
+        if not n.segment:
+            lines.append(f"  note: {n.message}")
     for seg, msgs in by_segment.items():
         for msg in msgs:
             lines.append(f"  INVALID    {seg or '(stream)'}: {msg}")
@@ -57,12 +61,25 @@ def run(args: argparse.Namespace) -> int:
         err(f"no streams in {args.hot}")
         return EXIT_ERROR
     reports = []
+    ledger = open_ledger_readonly(args.hot)
     for name in streams:
+        # segments the shipper evicted after confirming their cold copies are not missing:
+        # the hot tier legitimately starts after them (pipeline verify-tier checks the cold side)
+        start = ledger.evicted_prefix(name) if ledger else None
         try:
-            reports.append(verify_stream(args.hot / name, workers=args.workers))
+            reports.append(verify_stream(args.hot / name, workers=args.workers,
+                                         start_seq=start[0] if start else 0,
+                                         start_hash=start[1] if start else None))
         except OSError as exc:
             err(f"cannot read stream {name!r}: {exc}")
             return EXIT_ERROR
+    for name, r in zip(streams, reports, strict=True):
+        start = ledger.evicted_prefix(name) if ledger else None
+        if start:
+            r.notes.append(Note(name, "", "evicted", f"records before seq {start[0]} were shipped, confirmed "
+                                "and evicted (see the shipper ledger)"))
+    if ledger:
+        ledger.close()
     ok = all(r.ok for r in reports)
     if args.json:
         doc: dict[str, Any] = {"ok": ok, "streams": [r.to_dict() for r in reports]}

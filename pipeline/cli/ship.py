@@ -1,0 +1,104 @@
+"""``pipeline ship``: move sealed segments from the hot tier to the cold tier."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+import orjson
+
+from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import err
+from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.ship.ledger import Entry
+from pipeline.ship.shipper import Shipper
+
+
+def parse_duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(t[: -len(unit)]) * units[unit]
+    if t.replace(".", "", 1).isdigit():
+        return float(t)
+    raise argparse.ArgumentTypeError(f"expected a duration like 30s, 5m, 24h, got {text!r}")
+
+
+def add_cold_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cold", required=True, help="s3://bucket/prefix, az://account/container/prefix or file:///path")
+    p.add_argument("--retention-days", type=int, default=2555)
+    p.add_argument("--allow-unlocked", action="store_true",
+                   help="development only: accept storage that does not enforce WORM (reported as UNLOCKED)")
+    p.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    p.add_argument("--storage-class", default=None)
+
+
+def settings_from(args: argparse.Namespace) -> ColdSettings:
+    return ColdSettings(retention_days=args.retention_days, allow_unlocked=args.allow_unlocked,
+                        compression=args.compression, storage_class=args.storage_class)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("ship", help="upload sealed segments to locked cold storage, verify, confirm, evict")
+    p.add_argument("--hot", required=True, help="hot-tier directory")
+    p.add_argument("--stream", action="append", help="only these streams (repeatable)")
+    add_cold_args(p)
+    p.add_argument("--once", action="store_true", help="ship what is sealed now and exit")
+    p.add_argument("--hot-retention", type=parse_duration, default=24 * 3600.0,
+                   help="keep confirmed segments on the hot disk this long (default 24h)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        store = open_store(args.cold, settings_from(args))
+    except (ColdError, ValueError) as exc:
+        err(exc.diagnostics() if isinstance(exc, ColdError) else str(exc))
+        return EXIT_ERROR
+    shipper = Shipper(args.hot, store, hot_retention=args.hot_retention, concurrency=args.concurrency,
+                      streams=args.stream)
+    tty = sys.stderr.isatty() and not args.json
+    done = [0]
+
+    def progress(entry: Entry, state: str) -> None:
+        done[0] += 1
+        if tty:
+            sys.stderr.write(f"\r[{done[0]}] {entry.stream}/{entry.segment} {state}\033[K")
+            sys.stderr.flush()
+        elif not args.json:
+            print(f"{entry.stream}/{entry.segment} {state}", flush=True)
+
+    if not args.once:
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        shipper.run_forever(stop)
+        return EXIT_OK
+    summary = shipper.run_once(progress)
+    if tty:
+        sys.stderr.write("\n")
+    status = shipper.status()
+    if args.json:
+        doc = {"confirmed": summary.confirmed, "failed": summary.failed, "quarantined": summary.quarantined,
+               "evicted": summary.evicted, "pending": summary.pending, "errors": summary.errors,
+               "status": status}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for seg, key, lock in summary.confirmed_keys:
+            print(f"confirmed {seg} -> {key}  [{lock}]")
+        for e in summary.errors:
+            print(f"FAILED {e}")
+        print(f"confirmed {summary.confirmed}, failed {summary.failed}, quarantined {summary.quarantined}, "
+              f"evicted {summary.evicted}, pending {summary.pending}")
+    store.close()
+    return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS

@@ -1,0 +1,223 @@
+"""The shipper's durable ledger of segment states (SQLite, WAL mode, synchronous=FULL).
+
+Lifecycle of one segment::
+
+    sealed -> uploading -> uploaded -> verified -> confirmed -> evicted
+                  \\-> (failure: stays, retried with backoff)      quarantined (kept, reported)
+
+Every state is written (and committed durably) *before* the step it announces is acted
+on, and every step is idempotent, so a restart after ``kill -9`` at any moment converges:
+a segment in ``uploading`` is uploaded again with a create-only put, which finds the object
+already there and verifies it instead of writing a second one; eviction happens only from
+``confirmed``.  The ledger lives in ``<hot>/.ship/ledger.sqlite``: the shipper's own state,
+separate from the writer's stream directories.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
+ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
+LEDGER_DIR = ".ship"
+LEDGER_FILE = "ledger.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    stream         TEXT NOT NULL,
+    segment        TEXT NOT NULL,
+    first_seq      INTEGER NOT NULL,
+    last_seq       INTEGER NOT NULL,
+    records        INTEGER NOT NULL,
+    size           INTEGER NOT NULL,
+    sha256         TEXT NOT NULL,
+    merkle_root    TEXT NOT NULL,
+    first_prev     TEXT NOT NULL,
+    last_hash      TEXT NOT NULL,
+    sealed         INTEGER NOT NULL,
+    state          TEXT NOT NULL,
+    cold_key       TEXT,
+    stored_sha256  TEXT,
+    stored_size    INTEGER,
+    lock_status    TEXT,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    next_attempt   REAL NOT NULL DEFAULT 0,
+    discovered_at  REAL NOT NULL,
+    confirmed_at   REAL,
+    evicted_at     REAL,
+    updated_at     REAL NOT NULL,
+    PRIMARY KEY (stream, segment)
+);
+CREATE INDEX IF NOT EXISTS segments_state ON segments(state, first_seq);
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       REAL NOT NULL,
+    stream   TEXT NOT NULL,
+    segment  TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    detail   TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    stream: str
+    segment: str
+    first_seq: int
+    last_seq: int
+    records: int
+    size: int
+    sha256: str
+    merkle_root: str
+    first_prev: str
+    last_hash: str
+    sealed: bool
+    state: str
+    cold_key: str | None
+    stored_sha256: str | None
+    stored_size: int | None
+    lock_status: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt: float
+    discovered_at: float
+    confirmed_at: float | None
+    evicted_at: float | None
+    updated_at: float
+
+
+class Ledger:
+    """Thread-safe; one connection guarded by a lock (SQLite serialises writers anyway)."""
+
+    def __init__(self, hot_dir: str | Path) -> None:
+        self.path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed state survives power loss, which is what "written before it is
+        # acted on" needs (NORMAL in WAL mode may lose the last commits).
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def add(self, manifest: Any, now: float | None = None) -> bool:
+        """Record a newly sealed segment.  Returns False if it was already known."""
+        t = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO segments (stream, segment, first_seq, last_seq, records, size, sha256, "
+                "merkle_root, first_prev, last_hash, sealed, state, discovered_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'sealed',?,?)",
+                (manifest.stream, manifest.segment, manifest.first_seq, manifest.last_seq, manifest.records,
+                 manifest.size, manifest.sha256, manifest.merkle_root, manifest.first_prev, manifest.last_hash,
+                 int(manifest.sealed), t, t),
+            )
+            if cur.rowcount:
+                db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
+                           (t, manifest.stream, manifest.segment, "sealed", None))
+            return bool(cur.rowcount)
+
+    def set_state(self, stream: str, segment: str, state: str, *, detail: str | None = None,
+                  **fields: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        allowed = {"cold_key", "stored_sha256", "stored_size", "lock_status", "attempts", "last_error",
+                   "next_attempt", "confirmed_at", "evicted_at"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"unknown ledger fields {bad}")
+        t = time.time()
+        cols = ["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields]
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE segments SET {', '.join(cols)} WHERE stream = ? AND segment = ?",  # noqa: S608
+                             (state, t, *fields.values(), stream, segment))
+            if not cur.rowcount:
+                raise KeyError(f"{stream}/{segment} is not in the ledger")
+            db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
+                       (t, stream, segment, state, detail))
+
+    def record_failure(self, stream: str, segment: str, error: str, next_attempt: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE segments SET attempts = attempts + 1, last_error = ?, next_attempt = ?, "
+                       "updated_at = ? WHERE stream = ? AND segment = ?",
+                       (error, next_attempt, time.time(), stream, segment))
+            db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
+                       (time.time(), stream, segment, "retry", error))
+
+    def get(self, stream: str, segment: str) -> Entry | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM segments WHERE stream = ? AND segment = ?",
+                                   (stream, segment)).fetchone()
+        return _entry(row) if row else None
+
+    def entries(self, *, states: tuple[str, ...] | None = None, stream: str | None = None) -> list[Entry]:
+        q = "SELECT * FROM segments"
+        args: list[Any] = []
+        where = []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if stream:
+            where.append("stream = ?")
+            args.append(stream)
+        if where:
+            q += " WHERE " + " AND ".join(where)
+        q += " ORDER BY first_seq, segment"
+        with self._lock:
+            rows = self._db.execute(q, args).fetchall()
+        return [_entry(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM segments GROUP BY state").fetchall()
+        out = dict.fromkeys(STATES, 0)
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def evicted_prefix(self, stream: str) -> tuple[int, str] | None:
+        """(next seq, last hash) after the evicted segments at the start of ``stream``:
+        where the hot tier legitimately begins.  None if nothing was evicted."""
+        last: tuple[int, str] | None = None
+        for e in self.entries(stream=stream):
+            if e.state != "evicted":
+                break
+            last = (e.last_seq + 1, e.last_hash)
+        return last
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    d = dict(row)
+    d["sealed"] = bool(d["sealed"])
+    return Entry(**d)
+
+
+def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
+    path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
+    if not path.exists():
+        return None
+    return Ledger(hot_dir)

@@ -1,0 +1,282 @@
+"""The shipper: seal -> upload -> verify -> confirm -> evict, crash-safe.
+
+The shipper reads the hot tier (never writes a stream directory except to evict a
+confirmed segment), keeps its state in the ledger, and talks to one ``ColdStore``.
+Segments go oldest first, in parallel up to ``concurrency``; a failed segment backs off
+on its own and is retried forever with the reason in the ledger; a segment whose cold
+copy cannot be proven (verification failure, conflicting object, hot copy changed after
+its seal) is quarantined: kept, reported, never evicted.  Disk pressure never causes
+deletion: above the high-water mark the shipper reports backpressure for ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.cold.base import ColdStore
+from pipeline.cold.errors import ObjectConflictError, SourceMismatchError, VerificationError
+from pipeline.hot import attr
+from pipeline.hot.segment import SegmentManifest, build_manifest, list_segments, list_streams, read_last_line
+from pipeline.record import Kind, RecordError, parse_record
+from pipeline.ship.ledger import ACTIVE_STATES, Entry, Ledger
+
+log = logging.getLogger("pipeline.ship")
+
+QUARANTINE_ERRORS = (VerificationError, ObjectConflictError, SourceMismatchError)
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class ShipSummary:
+    discovered: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    evicted: int = 0
+    pending: int = 0
+    errors: list[str] = field(default_factory=list)
+    confirmed_keys: list[tuple[str, str, str]] = field(default_factory=list)  # (segment, key, lock status)
+
+
+@dataclass
+class Listener:
+    """Optional callbacks for metrics and progress; every one defaults to a no-op."""
+
+    on_state: Callable[[Entry, str], None] = lambda entry, state: None
+    on_upload: Callable[[float, int], None] = lambda seconds, nbytes: None
+    on_failure: Callable[[Entry, str], None] = lambda entry, reason: None
+
+
+def manifest_of(entry: Entry) -> SegmentManifest:
+    return SegmentManifest(
+        stream=entry.stream, segment=entry.segment, first_seq=entry.first_seq, last_seq=entry.last_seq,
+        records=entry.records, size=entry.size, sha256=entry.sha256, merkle_root=entry.merkle_root,
+        first_prev=entry.first_prev, last_hash=entry.last_hash, sealed=entry.sealed, first_ts="", last_ts="",
+    )
+
+
+def is_sealed_file(path: Path) -> bool:
+    last = read_last_line(path)
+    if last is None:
+        return False
+    try:
+        return parse_record(last).kind == Kind.SEAL.value
+    except RecordError:
+        return False
+
+
+class Shipper:
+    def __init__(
+        self,
+        hot_dir: str | os.PathLike[str],
+        store: ColdStore,
+        *,
+        ledger: Ledger | None = None,
+        hot_retention: float = 24 * 3600.0,
+        concurrency: int = 4,
+        high_water_percent: float = 85.0,
+        streams: list[str] | None = None,
+        listener: Listener | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hot_dir = Path(hot_dir)
+        self.store = store
+        self.ledger = ledger or Ledger(self.hot_dir)
+        self.hot_retention = float(hot_retention)
+        self.concurrency = max(1, int(concurrency))
+        self.high_water_percent = float(high_water_percent)
+        self.streams = streams
+        self.listener = listener or Listener()
+        self.clock = clock
+        self._manifests: dict[tuple[str, str], SegmentManifest] = {}
+        self._unshippable: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ discovery
+
+    def discover(self) -> int:
+        """Add every shippable hot segment the ledger does not know yet.  A segment is
+        shippable when it is sealed, or when it is not the newest segment of its stream
+        (an abandoned segment whose torn tail a recovery record explains: kept as evidence)."""
+        added = 0
+        for stream in self.streams or list_streams(self.hot_dir):
+            segs = list_segments(self.hot_dir / stream)
+            for i, path in enumerate(segs):
+                if self.ledger.get(stream, path.name) is not None:
+                    continue
+                newest = i == len(segs) - 1
+                if newest and not is_sealed_file(path):
+                    continue
+                try:
+                    manifest = build_manifest(path)
+                except (RecordError, ValueError, OSError) as exc:
+                    self._unshippable[f"{stream}/{path.name}"] = str(exc)
+                    log.error("cannot describe %s/%s for shipping: %s", stream, path.name, exc)
+                    continue
+                if self.ledger.add(manifest, self.clock()):
+                    added += 1
+        return added
+
+    # ------------------------------------------------------------------ shipping
+
+    def due(self) -> list[Entry]:
+        now = self.clock()
+        return [e for e in self.ledger.entries(states=ACTIVE_STATES) if e.next_attempt <= now]
+
+    def ship_one(self, entry: Entry) -> str:
+        """Take one segment as far as it can go.  Returns the state it ends in."""
+        path = self.hot_dir / entry.stream / entry.segment
+        manifest = manifest_of(entry)
+        try:
+            if entry.state in ("sealed", "uploading"):
+                self._set(entry, "uploading")
+                t0 = time.monotonic()
+                result = self.store.put_segment(entry.stream, entry.segment, str(path), manifest)
+                self.listener.on_upload(time.monotonic() - t0, result.stored_size)
+                self._set(entry, "uploaded", cold_key=result.key, stored_sha256=result.stored_sha256,
+                          stored_size=result.stored_size,
+                          detail="created" if result.created else "already present; verified instead")
+                verify = result.verify
+            else:
+                key = entry.cold_key or self.store.key_for(entry.stream, entry.segment)
+                verify = self.store.verify(key, manifest, expected_stored_sha256=entry.stored_sha256,
+                                           expected_stored_size=entry.stored_size)
+                if not verify.ok:
+                    raise VerificationError("stored object failed verification", verify, segment=entry.segment)
+            self._set(entry, "verified", lock_status=verify.lock_status)
+            self._set(entry, "confirmed", confirmed_at=self.clock(), last_error=None)
+            return "confirmed"
+        except QUARANTINE_ERRORS as exc:
+            reason = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
+            self._set(entry, "quarantined", last_error=str(exc), detail=reason)
+            self.listener.on_failure(entry, "quarantined")
+            log.error("quarantined %s/%s: %s", entry.stream, entry.segment, exc)
+            return "quarantined"
+        except Exception as exc:  # transient or configuration: retry with backoff, forever
+            current = self.ledger.get(entry.stream, entry.segment)
+            attempts = (current.attempts if current else entry.attempts) + 1
+            backoff = min(MAX_BACKOFF, 2.0 ** min(attempts, 10)) * (0.5 + random.random() / 2)
+            self.ledger.record_failure(entry.stream, entry.segment, str(exc), self.clock() + backoff)
+            self.listener.on_failure(entry, type(exc).__name__)
+            log.warning("shipping %s/%s failed (attempt %d, next in %.0fs): %s", entry.stream, entry.segment,
+                        attempts, backoff, exc)
+            return "failed"
+
+    def _set(self, entry: Entry, state: str, *, detail: str | None = None, **fields: Any) -> None:
+        self.ledger.set_state(entry.stream, entry.segment, state, detail=detail, **fields)
+        self.listener.on_state(entry, state)
+
+    # ------------------------------------------------------------------ eviction
+
+    def evict(self) -> int:
+        """Delete hot copies of confirmed segments older than the hot retention."""
+        now = self.clock()
+        n = 0
+        for e in self.ledger.entries(states=("confirmed", "evicted")):
+            path = self.hot_dir / e.stream / e.segment
+            if e.state == "confirmed":
+                if e.confirmed_at is None or e.confirmed_at + self.hot_retention > now:
+                    continue
+                self._set(e, "evicted", evicted_at=now)  # written before acting: a crash re-runs the unlink
+            if path.exists():
+                try:
+                    attr.clear_protection(path)
+                    path.unlink()
+                except OSError as exc:
+                    log.error("cannot evict %s: %s (CAP_LINUX_IMMUTABLE is needed to clear the attribute)",
+                              path, exc)
+                    continue
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ pressure
+
+    def disk_used_ratio(self) -> float:
+        st = os.statvfs(self.hot_dir)
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        return 0.0 if total == 0 else 1.0 - free / total
+
+    def backpressure(self) -> str | None:
+        """A reason string while the hot disk is above the high-water mark, else None."""
+        used = self.disk_used_ratio() * 100
+        if used >= self.high_water_percent:
+            return (f"hot disk {used:.0f}% used, above the high-water mark of {self.high_water_percent:.0f}%: "
+                    "unconfirmed segments are never deleted; wait for shipping or add space")
+        return None
+
+    def cold_lag(self) -> float:
+        """Seconds since the oldest segment that is not yet confirmed was discovered."""
+        pending = self.ledger.entries(states=(*ACTIVE_STATES, "quarantined"))
+        if not pending:
+            return 0.0
+        return max(0.0, self.clock() - min(e.discovered_at for e in pending))
+
+    # ------------------------------------------------------------------ loops
+
+    def run_once(self, progress: Callable[[Entry, str], None] | None = None,
+                 deadline: float | None = None) -> ShipSummary:
+        summary = ShipSummary()
+        summary.discovered = self.discover()
+        entries = self.due()
+        results: list[tuple[Entry, str]] = []
+
+        def work(e: Entry) -> tuple[Entry, str]:
+            if deadline is not None and time.monotonic() > deadline:
+                return e, "skipped"
+            state = self.ship_one(e)
+            if progress is not None:
+                progress(e, state)
+            return e, state
+
+        if entries:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(entries))) as pool:
+                results = list(pool.map(work, entries))
+        for e, state in results:
+            if state == "confirmed":
+                summary.confirmed += 1
+                cur = self.ledger.get(e.stream, e.segment)
+                if cur is not None:
+                    summary.confirmed_keys.append((e.segment, cur.cold_key or "", cur.lock_status or ""))
+            elif state == "quarantined":
+                summary.quarantined += 1
+            elif state == "failed":
+                summary.failed += 1
+                cur = self.ledger.get(e.stream, e.segment)
+                if cur and cur.last_error:
+                    summary.errors.append(f"{e.stream}/{e.segment}: {cur.last_error}")
+        summary.evicted = self.evict()
+        summary.pending = len(self.ledger.entries(states=ACTIVE_STATES))
+        return summary
+
+    def run_forever(self, stop: threading.Event, poll_interval: float = 2.0) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # never let one bad pass kill the sidecar
+                log.exception("shipper pass failed")
+            stop.wait(poll_interval)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "segments": self.ledger.counts(),
+            "cold_lag_seconds": round(self.cold_lag(), 3),
+            "hot_disk_used_ratio": round(self.disk_used_ratio(), 4),
+            "backpressure": self.backpressure(),
+            "unshippable": dict(self._unshippable),
+            "failing": [
+                {"segment": f"{e.stream}/{e.segment}", "state": e.state, "attempts": e.attempts,
+                 "last_error": e.last_error}
+                for e in self.ledger.entries(states=(*ACTIVE_STATES, "quarantined"))
+                if e.last_error
+            ],
+        }
