@@ -123,8 +123,9 @@ def _apply(path: str | os.PathLike[str], set_bits: int, clear_bits: int, policy:
                 f"cannot make {os.fspath(path)} {what} ({exc.strerror}); PIPELINE_HOT_IMMUTABLE=require "
                 "needs CAP_LINUX_IMMUTABLE and a filesystem with inode flags (ext4, xfs, btrfs)",
             ) from exc
-        _warn_once(f"cannot make hot segments {what} ({exc.strerror}); continuing without the OS attribute "
-                   "(set PIPELINE_HOT_IMMUTABLE=require to refuse instead)")
+        # one warning for the missing capability, not one per attribute (append-only, immutable)
+        _warn_once(f"cannot make hot segments append-only or immutable ({exc.strerror}); continuing without "
+                   "the OS attribute (set PIPELINE_HOT_IMMUTABLE=require to refuse instead)")
         return False
 
 
