@@ -1,0 +1,86 @@
+"""Helpers shared by the hot-tier tests (writer, tamper, crash, ENOSPC)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.hot import attr
+from pipeline.hot.segment import iter_lines, list_segments
+from pipeline.record import Record, RecordError, parse_record
+from pipeline.verify.chain import StreamReport, verify_stream
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def records(stream_dir: Path) -> list[Record]:
+    """Every complete, valid record of every segment, in file order (torn tails skipped)."""
+    out: list[Record] = []
+    for path in list_segments(stream_dir):
+        for _off, line in iter_lines(path):
+            try:
+                out.append(parse_record(line))
+            except RecordError:
+                break
+    return out
+
+
+def segment_records(path: Path) -> list[Record]:
+    return [parse_record(line) for _off, line in iter_lines(path) if line.endswith(b"\n")]
+
+
+def verify(stream_dir: Path) -> StreamReport:
+    return verify_stream(stream_dir, workers=1)
+
+
+def assert_clean(stream_dir: Path) -> StreamReport:
+    rep = verify(stream_dir)
+    assert rep.findings == [], [f.to_dict() for f in rep.findings]
+    return rep
+
+
+def snapshot_files(stream_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(stream_dir.iterdir()) if p.is_file() and p.name != "LOCK"}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Bounded poll for an event driven by a background thread (rotation, heartbeat)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def unprotect(path: Path) -> None:
+    attr.clear_protection(path)
+
+
+def rewrite(path: Path, data: bytes) -> None:
+    """Replace a segment's bytes (tampering): clear the attribute first."""
+    attr.clear_protection(path)
+    path.write_bytes(data)
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+               drop_immutable_cap: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (optionally without CAP_LINUX_IMMUTABLE)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+    cmd = [PYTHON, "-c", code, *args]
+    if drop_immutable_cap:
+        quoted = " ".join("'" + c.replace("'", "'\\''") + "'" for c in cmd)
+        cmd = ["capsh", "--drop=cap_linux_immutable", "--", "-c", f"exec {quoted}"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+
+
+def pipeline_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
