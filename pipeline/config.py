@@ -1,0 +1,625 @@
+"""Sidecar configuration: a TOML file plus ``PIPELINE_<SECTION>_<KEY>`` environment variables.
+
+Precedence is default < file < environment, so one file (a ConfigMap) can serve several
+containers that differ only in a variable or two (``PIPELINE_HOT_STREAM`` per pod).
+
+Everything is validated up front and every problem is reported at once: a sidecar that
+starts with a half-valid configuration fails later, at 3 a.m., on the first upload.  Each
+message names the key exactly as the user wrote it (``hot.durability`` in the file,
+``PIPELINE_HOT_DURABILITY`` in the environment) and the value that was expected.
+
+Secrets are never held here: ``ingest.token_file`` is a path, read by ``IngestConfig.read_token``
+when the server starts, so printing a ``Config`` (``redacted_dict``) cannot leak it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "ENV_PREFIX",
+    "NON_CONFIG_ENV",
+    "ColdConfig",
+    "Config",
+    "ConfigError",
+    "HotConfig",
+    "IngestConfig",
+    "OpsConfig",
+    "SigningConfig",
+    "load_config",
+    "parse_duration",
+    "parse_listen",
+]
+
+ENV_PREFIX = "PIPELINE_"
+# PIPELINE_* variables that are not configuration keys.  They are skipped rather than
+# rejected as unknown; PIPELINE_SIGNING_KEY carries key material (pipeline.checkpoint) and
+# must never be echoed, not even in an "unknown key" message.
+NON_CONFIG_ENV = frozenset({"PIPELINE_SIGNING_KEY", "PIPELINE_CONFIG"})
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_EXPECTED = "a duration like 30s, 5m, 1h (units ms, s, m, h, d)"
+_ALLOWED_URL_QUERY = {"s3": {"endpoint_url", "region", "profile"}, "az": {"endpoint_url"}, "file": set()}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid.  ``problems`` holds one message per problem found."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        n = len(self.problems)
+        head = "invalid configuration" if n == 1 else f"invalid configuration ({n} problems)"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+    def diagnostics(self) -> str:
+        """Every problem, one per line, for a person reading the sidecar's startup output."""
+        return str(self) + "\nFix these settings (file or PIPELINE_* environment variables) and start again."
+
+
+class _Bad(Exception):
+    """A value did not parse.  ``expected`` completes "expected ...", ``shown`` the "got ..."."""
+
+    def __init__(self, expected: str, shown: str | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.shown = shown
+
+
+# ------------------------------------------------------------------------------ parsers
+
+
+def parse_duration(text: str) -> float:
+    """``"30s"`` -> 30.0 seconds.  Raises ValueError on anything else."""
+    m = _DURATION_RE.match(text)
+    if m is None:
+        raise ValueError(f"expected {_DURATION_EXPECTED}, got {json.dumps(text)}")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` or ``"[::1]:9464"`` -> (host, port).  Raises ValueError."""
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise ValueError(f"expected host:port like 127.0.0.1:9464, got {json.dumps(text)}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"expected an IPv6 host in brackets like [::1]:9464, got {json.dumps(text)}")
+    port = int(port_s)
+    if port > 65535:
+        raise ValueError(f"expected a port between 0 and 65535, got {json.dumps(text)}")
+    return host, port
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+_Parser = Callable[[Any, bool], Any]  # (value, from_env) -> typed value, or raise _Bad
+
+
+def _string(*, nonempty: bool = True) -> _Parser:
+    def p(v: Any, env: bool) -> str:
+        if not isinstance(v, str):
+            raise _Bad("a string")
+        if nonempty and not v.strip():
+            raise _Bad("a non-empty string")
+        return v
+
+    return p
+
+
+def _optional(inner: _Parser) -> _Parser:
+    # TOML has no null: "none" (or an empty value, handy for unsetting via the environment)
+    # means "not set", which is how the defaults in the documentation are spelled.
+    def p(v: Any, env: bool) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("", "none"):
+            return None
+        return inner(v, env)
+
+    return p
+
+
+def _choice(*options: str) -> _Parser:
+    def p(v: Any, env: bool) -> str:
+        if not isinstance(v, str) or v not in options:
+            raise _Bad(f"one of {', '.join(options)}")
+        return v
+
+    return p
+
+
+def _integer(lo: int | None = None, hi: int | None = None) -> _Parser:
+    if lo is not None and hi is not None:
+        expected = f"an integer from {lo} to {hi}"
+    elif lo is not None:
+        expected = f"an integer of at least {lo}"
+    else:
+        expected = "an integer"
+
+    def p(v: Any, env: bool) -> int:
+        if env and isinstance(v, str) and re.fullmatch(r"\s*[+-]?\d+\s*", v):
+            v = int(v)
+        # bool is an int subclass: `retention_days = true` is a mistake, not 1
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise _Bad(expected)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise _Bad(expected)
+        return v
+
+    return p
+
+
+def _boolean(v: Any, env: bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    if env and isinstance(v, str):
+        low = v.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+    raise _Bad("true or false")
+
+
+def _duration(*, allow_zero: bool = True) -> _Parser:
+    def p(v: Any, env: bool) -> float:
+        # A bare number is refused on purpose: "60" could mean seconds or milliseconds.
+        if not isinstance(v, str):
+            raise _Bad(_DURATION_EXPECTED)
+        try:
+            seconds = parse_duration(v)
+        except ValueError:
+            raise _Bad(_DURATION_EXPECTED) from None
+        if not math.isfinite(seconds) or (not allow_zero and seconds <= 0):
+            raise _Bad("a duration greater than zero like 30s, 5m, 1h")
+        return seconds
+
+    return p
+
+
+def _octal_mode(v: Any, env: bool) -> int:
+    # A string, because TOML's 660 would silently be decimal 660 = 0o1224.
+    if not isinstance(v, str) or not re.fullmatch(r"0?[0-7]{3}", v.strip()):
+        raise _Bad('an octal permission string like "0660"')
+    return int(v.strip(), 8)
+
+
+def _listen(v: Any, env: bool) -> str:
+    if not isinstance(v, str):
+        raise _Bad("host:port like 127.0.0.1:9464")
+    try:
+        host, _port = parse_listen(v.strip())
+    except ValueError as exc:
+        raise _Bad(str(exc).removeprefix("expected ").rsplit(", got ", 1)[0]) from None
+    if host not in ("localhost", "*"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+                raise _Bad("host:port with an IP address or host name") from None
+    return v.strip()
+
+
+def _path(v: Any, env: bool) -> Path:
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad("a file system path")
+    if "\x00" in v:
+        raise _Bad("a file system path without NUL characters")
+    return Path(v).expanduser()
+
+
+def _cold_url(v: Any, env: bool) -> str:
+    expected = "a URL like s3://bucket/prefix?region=eu-west-1, az://account/container/prefix or file:///path"
+    if not isinstance(v, str):
+        raise _Bad(expected)
+    try:
+        parts = urlsplit(v.strip())
+    except ValueError:
+        raise _Bad(expected) from None
+    scheme = parts.scheme.lower()
+    if scheme not in _ALLOWED_URL_QUERY:
+        raise _Bad(expected)
+    if parts.username or parts.password:
+        # shown without the value: it would print the credentials we are refusing
+        raise _Bad(expected + " without credentials (use the standard credential chains)", "a URL with credentials")
+    if scheme == "file":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise _Bad("an absolute file URL like file:///var/lib/cold")
+    elif not parts.netloc:
+        raise _Bad(expected)
+    elif scheme == "az" and len([s for s in parts.path.split("/") if s]) < 1:
+        raise _Bad("az://account/container[/prefix]")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - _ALLOWED_URL_QUERY[scheme])
+    if unknown:
+        allowed = ", ".join(sorted(_ALLOWED_URL_QUERY[scheme])) or "none"
+        raise _Bad(f"{scheme}:// URL parameters from: {allowed} (unknown: {', '.join(unknown)})")
+    return v.strip()
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+@dataclass(frozen=True)
+class _Key:
+    parse: _Parser
+    default: Any  # the raw (unparsed) default, exactly as documented; None = not set
+    required: bool = False
+
+
+_SCHEMA: dict[str, dict[str, _Key]] = {
+    "hot": {
+        "dir": _Key(_path, None, required=True),
+        "stream": _Key(_string(), "app"),
+        "durability": _Key(_choice("fsync", "group", "os"), "group"),
+        "segment_window": _Key(_duration(), "5m"),
+        "segment_max_bytes": _Key(_integer(4096), 67108864),
+        "heartbeat_interval": _Key(_duration(), "60s"),
+        "immutable": _Key(_choice("auto", "require", "off"), "auto"),
+        "hot_retention": _Key(_duration(), "24h"),
+        "high_water_percent": _Key(_integer(1, 99), 85),
+    },
+    "cold": {
+        "url": _Key(_optional(_cold_url), None),
+        "retention_days": _Key(_integer(1, 36500), 2555),
+        "allow_unlocked": _Key(_boolean, False),
+        "compression": _Key(_choice("zstd", "none"), "zstd"),
+        "compression_level": _Key(_integer(1, 22), 3),
+        "storage_class": _Key(_optional(_string()), None),
+        "sse": _Key(_optional(_choice("AES256", "aws:kms")), "AES256"),
+        "kms_key_id": _Key(_optional(_string()), None),
+        "upload_concurrency": _Key(_integer(1, 256), 4),
+        "legal_hold": _Key(_boolean, False),
+    },
+    "ingest": {
+        "socket": _Key(_optional(_path), None),
+        "socket_mode": _Key(_octal_mode, "0660"),
+        "http": _Key(_optional(_listen), None),
+        "token_file": _Key(_optional(_path), None),
+        "max_request_bytes": _Key(_integer(1024), 10485760),
+        "max_event_bytes": _Key(_integer(64), 1048576),
+    },
+    "ops": {
+        "listen": _Key(_listen, "127.0.0.1:9464"),
+        "shutdown_grace": _Key(_duration(), "60s"),
+        "log_format": _Key(_choice("json", "text"), "json"),
+    },
+    "signing": {
+        "key_file": _Key(_optional(_path), None),
+        "checkpoint_interval": _Key(_duration(allow_zero=False), "60s"),
+    },
+}
+
+
+# ------------------------------------------------------------------------------ dataclasses
+
+
+@dataclass(frozen=True)
+class HotConfig:
+    dir: Path
+    stream: str = "app"
+    durability: str = "group"
+    segment_window: float = 300.0  # seconds; 0 = no time-based rotation
+    segment_max_bytes: int = 67108864
+    heartbeat_interval: float = 60.0  # seconds; 0 = no heartbeats
+    immutable: str = "auto"
+    hot_retention: float = 86400.0  # seconds a confirmed segment stays on the hot disk
+    high_water_percent: int = 85
+
+    def hotlog_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``HotLog(dir, stream, **kwargs)``."""
+        return {
+            "durability": self.durability,
+            "segment_window": self.segment_window,
+            "segment_max_bytes": self.segment_max_bytes,
+            "heartbeat_interval": self.heartbeat_interval,
+            "immutable": self.immutable,
+        }
+
+
+@dataclass(frozen=True)
+class ColdConfig:
+    url: str | None = None
+    retention_days: int = 2555
+    allow_unlocked: bool = False
+    compression: str = "zstd"
+    compression_level: int = 3
+    storage_class: str | None = None
+    sse: str | None = "AES256"
+    kms_key_id: str | None = None
+    upload_concurrency: int = 4
+    legal_hold: bool = False
+
+    def settings(self) -> Any:
+        """The cold tier's ``ColdSettings`` for these values (imported lazily: the cold
+        backends pull in boto3 and azure, which config loading should not pay for)."""
+        from pipeline.cold.base import ColdSettings
+
+        return ColdSettings(
+            retention_days=self.retention_days,
+            allow_unlocked=self.allow_unlocked,
+            legal_hold=self.legal_hold,
+            sse=self.sse,
+            kms_key_id=self.kms_key_id,
+            storage_class=self.storage_class,
+            compression=self.compression,  # type: ignore[arg-type]  # validated: zstd | none
+            compression_level=self.compression_level,
+        )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    socket: Path | None = None
+    socket_mode: int = 0o660
+    http: str | None = None
+    token_file: Path | None = None
+    max_request_bytes: int = 10485760
+    max_event_bytes: int = 1048576
+
+    def read_token(self) -> str | None:
+        """The bearer token from ``token_file`` (surrounding whitespace stripped), or None."""
+        if self.token_file is None:
+            return None
+        token = self.token_file.read_text(encoding="utf-8").strip()
+        if not token:
+            raise ConfigError([f"ingest.token_file: expected a file holding a token, {self.token_file} is empty"])
+        return token
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.http) if self.http else None
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    listen: str = "127.0.0.1:9464"
+    shutdown_grace: float = 60.0
+    log_format: str = "json"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    key_file: Path | None = None
+    checkpoint_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    hot: HotConfig
+    cold: ColdConfig
+    ingest: IngestConfig
+    ops: OpsConfig
+    signing: SigningConfig
+    source: Path | None = None  # the file read, if any
+    # where each key's value came from: "default", "file" or the environment variable name
+    origins: tuple[tuple[str, str], ...] = ()
+
+    def origin(self, dotted: str) -> str:
+        return dict(self.origins).get(dotted, "default")
+
+    def require(self, *dotted_keys: str) -> None:
+        """Raise ConfigError naming every key in ``dotted_keys`` that is not set.  Commands
+        call this for what they need: ``pipeline run`` and ``ship`` need ``cold.url``."""
+        missing = []
+        for dotted in dotted_keys:
+            section, key = dotted.split(".", 1)
+            if getattr(getattr(self, section), key) is None:
+                env = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+                missing.append(f"{dotted}: required here, set it in [{section}] or with {env}")
+        if missing:
+            raise ConfigError(missing)
+
+    def redacted_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain data for printing (``pipeline config``, startup log).  Paths and durations are
+        rendered as text; secrets are not in the config, and the token file's contents are
+        never read here: only whether one is configured."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in _SCHEMA:
+            obj = getattr(self, section)
+            entries: dict[str, Any] = {}
+            for f in fields(obj):
+                v = getattr(obj, f.name)
+                if f.name == "socket_mode":
+                    v = f"{v:04o}"
+                elif isinstance(v, Path):
+                    v = str(v)
+                elif isinstance(_SCHEMA[section][f.name].default, str) and isinstance(v, float):
+                    v = _format_duration(v)
+                entries[f.name] = v
+            out[section] = entries
+        if self.ingest.token_file is not None:
+            out["ingest"]["token"] = "<redacted>"  # noqa: S105 - a placeholder, not a secret
+        return out
+
+
+def _format_duration(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        n = seconds / _UNIT_SECONDS[unit]
+        if seconds and n == int(n):
+            return f"{int(n)}{unit}"
+    if seconds == 0:
+        return "0s"
+    return f"{round(seconds * 1000, 3):g}ms"
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read ``path`` (optional), apply ``PIPELINE_<SECTION>_<KEY>`` from ``environ``, validate.
+
+    Raises ConfigError listing every problem.  ``cold.url`` may be unset here (``pipeline
+    verify`` and friends need no cold store); callers that need it use ``Config.require``."""
+    problems: list[str] = []
+    # section -> key -> (raw value, label used in messages, origin, from_env)
+    raw: dict[str, dict[str, tuple[Any, str, str, bool]]] = {s: {} for s in _SCHEMA}
+
+    if path is not None:
+        data = _read_file(path, problems)
+        for section, table in data.items():
+            if section not in _SCHEMA:
+                problems.append(f"[{section}]: unknown section{_suggest(section, _SCHEMA)}; "
+                                f"expected one of {', '.join(_SCHEMA)}")
+                continue
+            if not isinstance(table, dict):
+                problems.append(f"{section}: expected a [{section}] table, got {_show(table)}")
+                continue
+            for key, value in table.items():
+                label = f"{section}.{key}"
+                if key not in _SCHEMA[section]:
+                    problems.append(f"{label}: unknown key{_suggest(key, _SCHEMA[section])}")
+                    continue
+                raw[section][key] = (value, label, "file", False)
+
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in NON_CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX):]
+        section_u, sep, key_u = rest.partition("_")
+        section, key = section_u.lower(), key_u.lower()
+        if section not in _SCHEMA or not sep:
+            env_sections = [f"{ENV_PREFIX}{s.upper()}_" for s in _SCHEMA]
+            hint = _suggest(f"{ENV_PREFIX}{section_u}_", env_sections)
+            problems.append(f"{name}: unknown section {section_u!r}{hint}; "
+                            f"expected PIPELINE_<SECTION>_<KEY> with SECTION one of "
+                            f"{', '.join(s.upper() for s in _SCHEMA)}")
+            continue
+        if key not in _SCHEMA[section]:
+            env_keys = [f"{ENV_PREFIX}{section_u}_{k.upper()}" for k in _SCHEMA[section]]
+            problems.append(f"{name}: unknown key{_suggest(name, env_keys)}")
+            continue
+        raw[section][key] = (environ[name], name, name, True)
+
+    values: dict[str, dict[str, Any]] = {s: {} for s in _SCHEMA}
+    origins: list[tuple[str, str]] = []
+    for section, keys in _SCHEMA.items():
+        for key, spec in keys.items():
+            label_default = f"{section}.{key}"
+            if key in raw[section]:
+                value, label, origin, from_env = raw[section][key]
+                origins.append((label_default, origin))
+            elif spec.required:
+                problems.append(f"{label_default}: required, set it in [{section}] or with "
+                                f"{ENV_PREFIX}{section.upper()}_{key.upper()}")
+                continue
+            else:
+                value, label, from_env = spec.default, label_default, False
+            if value is None:
+                values[section][key] = None
+                continue
+            try:
+                values[section][key] = spec.parse(value, from_env)
+            except _Bad as bad:
+                shown = bad.shown if bad.shown is not None else _show(value)
+                problems.append(f"{label}: expected {bad.expected}, got {shown}")
+
+    # keys that failed to parse are absent from `values`; the cross checks skip them so that
+    # one bad value does not hide an unrelated cross-key problem
+    _cross_checks(values, raw, problems)
+    if problems:
+        raise ConfigError(problems)
+
+    return Config(
+        hot=HotConfig(**values["hot"]),
+        cold=ColdConfig(**values["cold"]),
+        ingest=IngestConfig(**values["ingest"]),
+        ops=OpsConfig(**values["ops"]),
+        signing=SigningConfig(**values["signing"]),
+        source=path,
+        origins=tuple(origins),
+    )
+
+
+def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        problems.append(f"{path}: configuration file not found")
+    except IsADirectoryError:
+        problems.append(f"{path}: expected a TOML file, got a directory")
+    except PermissionError:
+        problems.append(f"{path}: configuration file is not readable by this user (uid {os.getuid()})")
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: not valid TOML: {exc}")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not valid UTF-8 TOML: {exc}")
+    return {}
+
+
+def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tuple[Any, str, str, bool]]],
+                  problems: list[str]) -> None:
+    """Rules that involve more than one key, or the file system."""
+
+    def label(section: str, key: str) -> str:
+        entry = raw[section].get(key)
+        return entry[1] if entry else f"{section}.{key}"
+
+    cold, ingest, hot = values["cold"], values["ingest"], values["hot"]
+    if cold.get("kms_key_id") is not None and "sse" in cold and cold["sse"] != "aws:kms":
+        problems.append(f"{label('cold', 'kms_key_id')}: needs cold.sse = \"aws:kms\", got sse {_show(cold['sse'])}")
+    if "max_event_bytes" in ingest and "max_request_bytes" in ingest \
+            and ingest["max_event_bytes"] > ingest["max_request_bytes"]:
+        problems.append(f"{label('ingest', 'max_event_bytes')}: expected at most ingest.max_request_bytes "
+                        f"({ingest['max_request_bytes']}), got {ingest['max_event_bytes']}")
+    if "stream" in hot:
+        try:
+            from pipeline.record import validate_stream_name
+
+            validate_stream_name(hot["stream"])
+        except ValueError:
+            problems.append(f"{label('hot', 'stream')}: expected a stream name of 1-128 characters from "
+                            f"A-Z a-z 0-9 . _ - starting with a letter or digit, got {_show(hot['stream'])}")
+    hot_dir: Path | None = hot.get("dir")
+    if hot_dir is not None and hot_dir.exists() and not hot_dir.is_dir():
+        problems.append(f"{label('hot', 'dir')}: expected a directory, got a file at {hot_dir}")
+    for section, key in (("ingest", "token_file"), ("signing", "key_file")):
+        p = values[section].get(key)
+        if p is None:
+            continue
+        try:
+            st = p.stat()
+        except OSError as exc:
+            problems.append(f"{label(section, key)}: expected a readable file, got {_show(str(p))} "
+                            f"({exc.strerror or exc})")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{label(section, key)}: expected a regular file, got {_show(str(p))}")
+        elif not os.access(p, os.R_OK):
+            problems.append(f"{label(section, key)}: expected a file readable by uid {os.getuid()}, "
+                            f"got {_show(str(p))}")
+    sock = ingest.get("socket")
+    if sock is not None and not sock.parent.is_dir():
+        problems.append(f"{label('ingest', 'socket')}: expected a path in an existing directory, "
+                        f"{sock.parent} does not exist")
