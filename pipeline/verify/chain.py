@@ -420,6 +420,13 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
             rep.findings.append(Finding(stream, scans[-1].name if scans else "", "missing-tail",
                                         f"the stream head records seq {head['next_seq'] - 1} as written but the "
                                         f"segments end at seq {have - 1}", have, None))
+        elif head["next_seq"] == have and rep.last_hash is not None and isinstance(head.get("last_hash"), str) \
+                and head["last_hash"] != rep.last_hash:
+            # nothing links to the newest record but the head: without this check the last
+            # record could be edited and its hash recomputed unnoticed
+            rep.findings.append(Finding(stream, scans[-1].name if scans else "", "broken-link",
+                                        f"the last record (seq {have - 1}) does not match the hash the stream head "
+                                        "records for it", have - 1, None))
     return rep
 
 
