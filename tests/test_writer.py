@@ -13,14 +13,6 @@ from typing import Any
 
 import orjson
 import pytest
-from hotutil import (
-    assert_clean,
-    records,
-    run_python,
-    segment_records,
-    snapshot_files,
-    wait_for,
-)
 
 from pipeline import merkle
 from pipeline.hot import attr
@@ -28,6 +20,14 @@ from pipeline.hot.segment import iter_lines, list_segments
 from pipeline.hot.writer import HotLog, HotLogError, Receipt, WriterLockedError
 from pipeline.record import GENESIS_HASH, Kind, parse_record
 from pipeline.sanitise import InvalidEvent
+from tests.hotutil import (
+    assert_clean,
+    records,
+    run_python,
+    segment_records,
+    snapshot_files,
+    wait_for,
+)
 
 STREAM = "app"
 
@@ -356,7 +356,7 @@ def test_second_writer_other_process_is_refused(hot_dir: Path) -> None:
 def test_cli_append_refused_while_writer_holds_lock(hot_dir: Path) -> None:
     import subprocess
 
-    from hotutil import PYTHON, REPO
+    from tests.hotutil import PYTHON, REPO
 
     with open_log(hot_dir) as log:
         log.append({"i": 0})
@@ -416,7 +416,7 @@ def test_bad_input_on_empty_log_creates_no_segment(hot_dir: Path) -> None:
 def test_cli_append_rejects_bad_lines_and_keeps_good_ones(hot_dir: Path) -> None:
     import subprocess
 
-    from hotutil import PYTHON, REPO
+    from tests.hotutil import PYTHON, REPO
 
     stdin = b'{"a":1}\n[1,2]\n{"b":NaN}\n{"c":"\xff"}\n{"d":2}\n'
     res = subprocess.run([PYTHON, "-m", "pipeline", "append", "--hot", str(hot_dir), "--stream", STREAM],
