@@ -128,3 +128,29 @@ def test_run_host_arguments() -> None:
     assert usage.returncode == 0 and "--install-only" in usage.stdout
     bad = subprocess.run(["bash", str(RUN_HOST), "--bogus"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
+
+
+@pytest.mark.parametrize("which", ["kubernetes", "localstack"])
+def test_configs_load_with_the_real_loader(which: str, tmp_path: Path) -> None:
+    """Both shipped configs pass pipeline.config's validation (secrets stubbed)."""
+    from pipeline.config import load_config
+
+    if which == "kubernetes":
+        configmap = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())
+        text = configmap["data"]["pipeline.toml"]
+    else:
+        text = (LS / "pipeline.toml").read_text()
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    (tmp_path / "ingest-token").write_text("token\n")
+    (tmp_path / "app.key").write_text("key\n")
+    environ = {
+        "PIPELINE_INGEST_TOKEN_FILE": str(tmp_path / "ingest-token"),
+        "PIPELINE_SIGNING_KEY_FILE": str(tmp_path / "app.key"),
+        "PIPELINE_INGEST_SOCKET": str(tmp_path / "ingest.sock"),
+        "PIPELINE_HOT_DIR": str(tmp_path / "hot"),
+        "PIPELINE_HOT_STREAM": "shop-0",
+        "PIPELINE_HOT_IMMUTABLE": "require",
+    }
+    config = load_config(path, environ)
+    assert config is not None
