@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def write_segments(d: Path, n: int, cuts: list[int], stream: str = "s") -> list[
                                    b'{"x":"%s"}' % (b"y" * rng.randint(0, 300)))
         lines.append(line)
     bounds = [0, *cuts, n]
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         (d / f"seg-{a:020d}.jsonl").write_bytes(b"".join(lines[a:b]))
     return lines
 
