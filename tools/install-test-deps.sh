@@ -3,4 +3,15 @@
 # is skipped when already done.  Called by `make test` (and so by .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "test deps: nothing extra yet"
+
+# Azurite (Azure Blob emulator) from npm, pinned in package.json / package-lock.json
+if [ ! -x node_modules/.bin/azurite-blob ]; then
+  echo "test deps: npm ci (azurite)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# checkov in its own virtual environment (its pins conflict with ours)
+bash tools/install-checkov.sh
+
+# LocalStack in its own virtual environment, run on the host without Docker
+bash localstack/run-host.sh --install-only

@@ -1,0 +1,53 @@
+"""Fixtures for shipper and sidecar tests: moto's server over HTTP, real boto3 clients."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+
+
+def make_bucket(endpoint: str, *, lock: bool = True) -> str:
+    name = f"ship-{uuid.uuid4().hex[:12]}"
+    c = s3_client(endpoint)
+    c.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+    if lock:
+        c.put_object_lock_configuration(
+            Bucket=name,
+            ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
+                                     "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
+    return name
+
+
+@pytest.fixture
+def locked_bucket(s3_endpoint: str) -> str:
+    return make_bucket(s3_endpoint)
