@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Azurite (Azure Blob emulator) from npm, pinned in package.json / package-lock.json
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   echo "test deps: npm ci (azurite)"
-  npm ci --no-audit --no-fund --loglevel=error
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
 fi
 
 # checkov in its own virtual environment (its pins conflict with ours)
