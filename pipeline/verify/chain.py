@@ -386,9 +386,13 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
         if s.sealed and prev_scan is not None and prev_scan.sealed and prev_scan.seal and s.seal \
                 and prev_scan.seal_leaf_hash is not None and prev_scan.last_seq is not None \
                 and s.first_seq == prev_scan.last_seq + 1:
-            cr = merkle.CompactRange(prev_scan.last_seq, [bytes.fromhex(h) for h in prev_scan.seal["frontier"]])
-            cr.append(prev_scan.seal_leaf_hash)
-            if [h.hex() for h in cr.stack] != s.seal.get("start_frontier"):
+            try:
+                cr = merkle.CompactRange(prev_scan.last_seq, [bytes.fromhex(h) for h in prev_scan.seal["frontier"]])
+                cr.append(prev_scan.seal_leaf_hash)
+                continues = [h.hex() for h in cr.stack] == s.seal.get("start_frontier")
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continues = False  # a forged seal without a usable frontier
+            if not continues:
                 rep.findings.append(Finding(stream, s.name, "seal-mismatch",
                                             "seal start_frontier does not continue the previous seal's tree",
                                             s.last_seq, None))
@@ -430,11 +434,17 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
     return rep
 
 
+def _abandoned_entries(rec: dict[str, Any] | None) -> list[Any]:
+    """The ``abandoned`` list of a recovery record; anything else (a forged record) reads as empty."""
+    entries = (rec or {}).get("abandoned")
+    return entries if isinstance(entries, list) else []
+
+
 def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[str, Any] | None,
                     pending: list[SegmentScan]) -> None:
     entries = {}
     if rec is not None:
-        for e in rec.get("abandoned", []):
+        for e in _abandoned_entries(rec):
             if isinstance(e, dict) and isinstance(e.get("segment"), str):
                 entries[e["segment"]] = e
     for a in pending:
@@ -467,7 +477,7 @@ def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[st
 
 def _recovery_continuation(rep: StreamReport, pending: list[SegmentScan], rec: dict[str, Any] | None,
                            exp_seq: int | None, exp_hash: str | None) -> tuple[int | None, str | None]:
-    entries = {e.get("segment"): e for e in (rec or {}).get("abandoned", []) if isinstance(e, dict)}
+    entries = {e.get("segment"): e for e in _abandoned_entries(rec) if isinstance(e, dict)}
     seq, h = exp_seq, exp_hash
     for a in pending:
         e = entries.get(a.name)
