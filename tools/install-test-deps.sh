@@ -15,3 +15,12 @@ bash tools/install-checkov.sh
 
 # LocalStack in its own virtual environment, run on the host without Docker
 bash localstack/run-host.sh --install-only
+
+# Go toolchain + golang.org/x/mod (Debian packages it) for the interoperability tests that
+# check our checkpoints and proofs with Go's sumdb/note and sumdb/tlog
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/golang.org/x/mod ]; then
+  echo "test deps: apt-get install golang-go golang-golang-x-mod-dev"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends golang-go golang-golang-x-mod-dev >/dev/null
+fi
