@@ -1,0 +1,185 @@
+"""``AuditLogHandler``: send Python ``logging`` records to the audit log.
+
+Two ways to reach the log:
+
+- ``socket_path=``: the sidecar's ingest socket (``pipeline.ingest.server``).  Each record
+  is one NDJSON line; ``emit`` waits for the server's answer, so when a ``logger.info``
+  call returns the event is durable in the hot tier.  A broken connection is reopened
+  once per record; on failure ``handleError`` runs (logging's convention: the application
+  keeps going, the error is printed when ``logging.raiseExceptions`` is true) unless
+  ``raise_on_error=True``, for applications that must not continue without their audit
+  trail.
+- ``log=``: a ``HotLog`` in the same process: the record is appended directly.
+
+The event stored::
+
+    {"ts": "2024-05-01T12:00:00.123456Z", "level": "INFO", "logger": "shop.orders",
+     "message": "order placed", "audit": {...}, "exception": "Traceback ..."}
+
+``audit`` is the caller's ``extra={"audit": {...}}`` (a dict), ``exception`` is present
+when the record carries exception info.  Secrets are redacted by the sanitiser like any
+other event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import orjson
+
+from pipeline.sanitise import DEFAULT_SANITISER, Sanitiser
+
+__all__ = ["AuditLogError", "AuditLogHandler", "record_to_event"]
+
+
+class AuditLogError(RuntimeError):
+    """A record could not be stored in the audit log (refused, or the log is unreachable)."""
+
+
+def _rfc3339(created: float) -> str:
+    return dt.datetime.fromtimestamp(created, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_to_event(record: logging.LogRecord, formatter: logging.Formatter | None = None) -> dict[str, Any]:
+    """The audit event for a log record (see the module docstring)."""
+    event: dict[str, Any] = {
+        "ts": _rfc3339(record.created),
+        "level": record.levelname,
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    audit = getattr(record, "audit", None)
+    if isinstance(audit, dict):
+        event["audit"] = audit
+    elif audit is not None:
+        # keep it rather than drop it silently; the sanitiser refuses what JSON cannot hold
+        event["audit"] = {"value": audit}
+    if record.exc_info and record.exc_info[0] is not None:
+        fmt = formatter or logging.Formatter()
+        if not record.exc_text:
+            record.exc_text = fmt.formatException(record.exc_info)
+        event["exception"] = record.exc_text
+    elif record.exc_text:
+        event["exception"] = record.exc_text
+    if record.stack_info:
+        event["stack"] = record.stack_info
+    return event
+
+
+class AuditLogHandler(logging.Handler):
+    """A ``logging.Handler`` writing each record as an audit event.  Thread-safe: logging
+    serialises ``emit`` per handler with the handler lock."""
+
+    def __init__(
+        self,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        log: Any = None,
+        level: int = logging.NOTSET,
+        timeout: float = 30.0,
+        raise_on_error: bool = False,
+        sanitiser: Sanitiser | None = None,
+    ) -> None:
+        super().__init__(level)
+        if (socket_path is None) == (log is None):
+            raise ValueError("AuditLogHandler needs exactly one of socket_path= or log=")
+        self.socket_path = os.fspath(socket_path) if socket_path is not None else None
+        self.log = log
+        self.timeout = timeout
+        self.raise_on_error = raise_on_error
+        self.sanitiser = sanitiser or DEFAULT_SANITISER
+        self.last_receipt: dict[str, Any] | None = None  # the last answer: {"seq": .., "hash": ..}
+        self._sock: socket.socket | None = None
+        self._rfile: Any = None
+        # logging.Handler.handle() already takes self.lock around emit; this one also
+        # guards the connection against close() racing an emit from another thread.
+        self._conn_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ logging API
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = record_to_event(record, self.formatter)
+            if self.log is not None:
+                receipt = self.log.append(event)
+                self.last_receipt = {"seq": receipt.seq, "hash": receipt.hash}
+            else:
+                data = self.sanitiser.prepare(event)  # refuse bad events before they travel
+                self.last_receipt = self._send(data)
+        except RecursionError:
+            raise
+        except Exception as exc:
+            if self.raise_on_error:
+                if isinstance(exc, AuditLogError):
+                    raise
+                raise AuditLogError(f"audit event not stored: {exc}") from exc
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self._conn_lock:
+            self._disconnect()
+        super().close()
+
+    # ------------------------------------------------------------------ socket
+
+    def _connect(self) -> None:
+        assert self.socket_path is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._rfile = sock.makefile("rb")
+
+    def _disconnect(self) -> None:
+        if self._rfile is not None:
+            with contextlib.suppress(OSError):
+                self._rfile.close()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        self._sock = None
+        self._rfile = None
+
+    def _send(self, data: bytes) -> dict[str, Any]:
+        with self._conn_lock:
+            answer = None
+            for attempt in (1, 2):
+                fresh = False
+                try:
+                    if self._sock is None:
+                        self._connect()
+                        fresh = True
+                    assert self._sock is not None
+                    self._sock.sendall(data + b"\n")
+                    answer = self._rfile.readline()
+                    if not answer:
+                        raise ConnectionResetError("the ingest server closed the connection")
+                    break
+                except OSError as exc:
+                    self._disconnect()
+                    # One retry on a connection that was already open: it may have gone
+                    # stale (sidecar restarted).  A fresh connection that fails is reported.
+                    # The event may then be stored twice (sent, server durable, answer lost);
+                    # a duplicate in an audit log is visible, a loss is not.
+                    if fresh or attempt == 2:
+                        raise AuditLogError(f"ingest socket {self.socket_path}: {exc}") from exc
+            assert answer is not None
+        try:
+            result = orjson.loads(answer)
+        except orjson.JSONDecodeError as exc:
+            with self._conn_lock:
+                self._disconnect()  # out of step with the server: start over next time
+            raise AuditLogError(f"unexpected answer from the ingest server: {answer[:200]!r}") from exc
+        if not result.get("ok"):
+            raise AuditLogError(f"the ingest server refused the event: {result.get('error')}")
+        return {"seq": result["seq"], "hash": result["hash"]}
