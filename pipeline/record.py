@@ -20,7 +20,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 MAX_SEQ = 2**63 - 1
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What a record is.  ``event`` carries an application event; the others are the log's own."""
 
     EVENT = "event"

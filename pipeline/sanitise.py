@@ -134,11 +134,13 @@ class Sanitiser:
     max_depth: int = DEFAULT_MAX_DEPTH
     _keys: tuple[str, ...] = field(init=False, repr=False)
     _key_cache: dict[str, bool] = field(init=False, repr=False)
+    _keyset_cache: dict[tuple[str, ...], bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys = sorted({k.lower() for k in self.secret_keys if k}, key=len, reverse=True)
         self._keys = tuple(keys)
         self._key_cache = {}
+        self._keyset_cache = {}
 
     def is_secret_key(self, key: str) -> bool:
         """Whether a field name looks secret (case-insensitive substring match), cached:
@@ -202,9 +204,16 @@ class Sanitiser:
             return True
         values: Iterable[Any]
         if type(node) is dict:
-            for k in node:
-                if self.is_secret_key(k):
-                    return True
+            # events of one application repeat a few key sets: cache the verdict per key set
+            keys = tuple(node)
+            hit = self._keyset_cache.get(keys)
+            if hit is None:
+                hit = any(self.is_secret_key(k) for k in keys)
+                if len(self._keyset_cache) >= 4096:
+                    self._keyset_cache.clear()
+                self._keyset_cache[keys] = hit
+            if hit:
+                return True
             values = node.values()
         else:
             values = node

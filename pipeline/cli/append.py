@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         log.close(seal=False)
         return EXIT_ERROR
     log.close(seal=False)
-    summary = {"accepted": accepted, "rejected": rejected}
+    summary: dict[str, int | str] = {"accepted": accepted, "rejected": rejected}
     if last is not None:
         summary["last_seq"] = last.seq
         summary["last_hash"] = last.hash

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -22,7 +23,7 @@ from pipeline.hot.writer import HotLog, HotLogError
 from pipeline.record import parse_record
 from pipeline.verify.chain import verify_stream
 
-SAMPLE_EVENTS = [
+SAMPLE_EVENTS: list[dict[str, Any]] = [
     {"actor": "alice", "action": "login", "source_ip": "203.0.113.7", "outcome": "success"},
     {"actor": "alice", "action": "read", "resource": "customers/4711", "outcome": "success"},
     {"actor": "bob", "action": "login", "source_ip": "198.51.100.23", "password": "hunter2", "outcome": "failure"},

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.hot.is_dir():
         err(f"hot directory {args.hot} does not exist")
         return EXIT_ERROR
-    doc = {"hot": str(args.hot), "platform": attr.platform_support_info(),
+    doc: dict[str, Any] = {"hot": str(args.hot), "platform": attr.platform_support_info(),
            "streams": [stream_status(args.hot, s) for s in streams_of(args.hot, args.stream)]}
     if args.json:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -11,6 +11,7 @@ when the capability is missing), ``require`` (refuse to start) or ``off``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -225,7 +226,5 @@ def probe(directory: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -96,10 +96,10 @@ class TreeStoreLike(Protocol):
     def truncate(self, size: int) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """Proof of acceptance: the record's seq and hash.  In ``group``/``fsync`` mode an
-    ``append`` that returned a receipt (with ``wait=True``) is durable."""
+    ``append`` that returned a receipt (with ``wait=True``) is durable.  (A NamedTuple:
+    built once per append, it must be cheap.)"""
 
     seq: int
     hash: str
@@ -421,7 +421,8 @@ class HotLog:
                 self.wait_durable(receipt)
 
     def _append_locked(self, kind: str, data_json: bytes) -> Receipt:
-        self._ensure_usable_locked()
+        if self._closed or self._failure is not None or self._abandoned:
+            self._ensure_usable_locked()
         ts = self._clock.now()
         seg = self._seg
         if seg is None:
@@ -859,7 +860,8 @@ class HotLog:
                 ao = attr.is_append_only(last_valid_seg) or attr.protect_append_only(last_valid_seg, self._policy)
                 self._seg = _Segment(last_valid_seg, fd, self._seq - count,
                                      _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
-                                     start_frontier=seg_start_frontier, size=valid_bytes, count=count, cr=seg_cr, dir_synced=True, append_only=ao)
+                                     start_frontier=seg_start_frontier, size=valid_bytes, count=count,
+                                     cr=seg_cr, dir_synced=True, append_only=ao)
                 self.append_only_active = ao
                 ts = self._clock.now()
                 line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,

@@ -1,0 +1,140 @@
+"""``pipeline verify-tier``: prove that nothing is missing, altered or unlocked between hot and cold.
+
+See docs/VERIFY-TIER.md for every check, finding code and the JSON schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from pipeline.checkpoint import NoteError, load_verifiers
+from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import err
+from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("verify-tier", help="reconcile hot and cold tiers: nothing missing, altered or unlocked",
+                       description=__doc__)
+    p.add_argument("--hot", type=Path, help="hot-tier directory (with the shipper ledger)")
+    p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
+    p.add_argument("--cold-only", action="store_true",
+                   help="auditor mode: no hot tier, only read access to the store and the verifier key")
+    p.add_argument("--vkey", action="append", type=Path, default=[],
+                   help="verifier key file(s) for checkpoint signatures (required with --cold-only)")
+    p.add_argument("--stream", help="stream name (default: every stream)")
+    p.add_argument("--since", help="only segments with records at or after T (ISO 8601, or 7d/12h/30m ago)")
+    p.add_argument("--until", help="only segments with records at or before T")
+    p.add_argument("--deep", action="store_true", help="download, decompress and re-verify every record")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (docs/VERIFY-TIER.md)")
+    p.add_argument("--expiry-warning-days", type=float, default=30.0,
+                   help="list objects whose retention ends within N days (default 30)")
+    p.add_argument("--heartbeat-interval", type=float, default=60.0,
+                   help="the writer's heartbeat interval in seconds; silences over twice this are findings "
+                   "(0 disables; default 60)")
+    p.add_argument("--retention-days", type=int, default=None,
+                   help="required retention from upload (default: the cold settings' 2555 days)")
+    p.add_argument("--allow-unlocked", action="store_true",
+                   help="development only: unlocked objects and short retention are not findings")
+    p.add_argument("--witness-dir", action="append", type=Path, default=[],
+                   help="a directory witness to compare checkpoints with (repeatable)")
+    p.add_argument("--witness-s3", action="append", default=[],
+                   help="an S3 witness s3://bucket/prefix[?endpoint_url=...] (repeatable)")
+    p.add_argument("--checkpoint", action="append", type=Path, default=[],
+                   help="a signed checkpoint note to check (repeatable)")
+    p.add_argument("--origin", help="checkpoint origin (default: found from the log or the witness)")
+    p.add_argument("--witness-max-lag", type=float, default=3600.0,
+                   help="seconds of records a witness may lag behind before it is stale (default 3600)")
+    p.add_argument("--workers", type=int, default=16, help="parallel requests (default 16)")
+    p.set_defaults(func=run)
+
+
+class _Progress:
+    """One self-overwriting line on stderr, only on a terminal, at most 10 times a second."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done != total:
+            return
+        self.last = now
+        sys.stderr.write(f"\r  {phase} {done}/{total}\x1b[K")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.last:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _s3_witness(url: str) -> tuple[Any, str, str]:
+    from pipeline.cold.s3 import make_client
+
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.hostname:
+        raise ValueError(f"--witness-s3 {url!r}: use s3://bucket/prefix[?endpoint_url=...]")
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    client = make_client(ColdSettings(), q.get("endpoint_url"), q.get("region"), q.get("profile"))
+    return client, parts.hostname, parts.path.strip("/") or "witness"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cold_only and not args.vkey:
+        err("verify-tier --cold-only needs --vkey (the log's verifier key)")
+        return EXIT_ERROR
+    if not args.cold_only and args.hot is None:
+        err("verify-tier needs --hot DIR, or --cold-only --vkey FILE for an auditor without the host")
+        return EXIT_ERROR
+    if args.hot is not None and not args.cold_only and not args.hot.is_dir():
+        err(f"hot directory {args.hot} does not exist")
+        return EXIT_ERROR
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+        verifiers = load_verifiers(args.vkey) if args.vkey else []
+        witness_s3 = [_s3_witness(u) for u in args.witness_s3]
+    except (ValueError, OSError, NoteError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    progress = _Progress() if sys.stderr.isatty() else None
+    opts = TierOptions(
+        hot=None if args.cold_only else args.hot, stream=args.stream, since=since, until=until, deep=args.deep,
+        expiry_warning_days=args.expiry_warning_days, heartbeat_interval=args.heartbeat_interval,
+        allow_unlocked=args.allow_unlocked, retention_days=args.retention_days, workers=args.workers,
+        verifiers=verifiers, witness_dirs=args.witness_dir, witness_s3=witness_s3, checkpoint_files=args.checkpoint,
+        origin=args.origin, witness_max_lag=args.witness_max_lag, cold_only=args.cold_only, progress=progress)
+    try:
+        # allow_unlocked here only lets the store open an unlocked bucket for reading; the
+        # lock judgement is verify-tier's own (opts.allow_unlocked)
+        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        try:
+            report = verify_tier(store, opts)
+        finally:
+            store.close()
+    except ColdError as exc:
+        if progress:
+            progress.end()
+        print(exc.diagnostics(), file=sys.stderr)
+        return EXIT_ERROR
+    except (TierError, OSError) as exc:
+        if progress:
+            progress.end()
+        err(str(exc))
+        return EXIT_ERROR
+    if progress:
+        progress.end()
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(report))
+    return EXIT_OK if report.ok else EXIT_FINDINGS
