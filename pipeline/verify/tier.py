@@ -1,0 +1,1209 @@
+"""``pipeline verify-tier``: reconcile the hot tier, the shipper's ledger and cold storage.
+
+Modelled on ``aws cloudtrail validate-logs`` and stricter.  CloudTrail follows a chain of
+digest files backwards, so deleting two consecutive digests (or everything after one)
+makes whole periods silently unvalidated, and appended or truncated log files pass when
+their digest is gone too.  Here continuity never depends on one object pointing at
+another: every object's own metadata says which seqs it holds (``first_seq..last_seq``)
+and which hash it links to (``first_prev``), so ANY missing run of segments is a seq gap
+with its exact range, however many segments it spans, and the object's size and SHA-256
+(as the service reports them) are compared with what was uploaded, so appended or
+truncated bytes are caught without downloading anything.
+
+Cost model (docs/VERIFY-TIER.md):
+
+- default mode: one listing of the stream prefix + at most ONE request per segment (HEAD:
+  size, service SHA-256, lock mode, retain-until, legal hold, storage class and the
+  segment manifest in the metadata), plus at most one GET per checkpoint source (the
+  newest checkpoint of the log and of each witness is recomputed from the segment that
+  covers it);
+- ``--deep``: also streams every object (in parallel, bounded memory), decompresses it
+  with the metadata's size as the limit and re-verifies every record, seal and link with
+  ``pipeline.verify.chain``; every checkpoint is recomputed from the leaves.
+
+Memory grows with the number of segments only by one ``SegmentLine`` (a few hundred
+bytes); object metadata is dropped as soon as it has been judged.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from pipeline import merkle
+from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
+from pipeline.cold.base import (
+    ColdStore,
+    ObjectInfo,
+    ObjectStat,
+    decode_metadata,
+    manifest_from_metadata,
+    segment_of_key,
+    stream_prefix,
+)
+from pipeline.cold.checks import LOCK_MODES_ACCEPTED
+from pipeline.cold.errors import ColdError, ObjectNotFoundError
+from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
+from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
+from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
+from pipeline.ship.ledger import Entry, open_ledger_readonly
+from pipeline.verify import chain
+from pipeline.verify.coldread import discard, fetch_segment
+
+SCHEMA = "worm-pipeline/verify-tier/v1"
+ERROR, WARNING = "error", "warning"
+
+# Every finding code verify-tier emits, its severity and meaning (docs/VERIFY-TIER.md lists
+# the same table; tests/test_verify_tier.py checks the two agree).  Errors make the exit
+# code 1; warnings are listed but do not fail the run.
+CODES: dict[str, tuple[str, str]] = {
+    # presence and identity
+    "missing-object": (ERROR, "a segment the ledger records as shipped (or the hot tier holds sealed) is not in "
+                              "cold storage"),
+    "evicted-without-cold-copy": (ERROR, "a segment was evicted from the hot tier but has no valid cold copy"),
+    "duplicate-object": (ERROR, "one segment is stored under more than one key (e.g. compressed and not)"),
+    "renamed-object": (ERROR, "an object's key does not match the segment its metadata describes (renamed, "
+                              "reordered or copied over another)"),
+    "unexpected-object": (WARNING, "a key under the prefix is not a segment object"),
+    "metadata-invalid": (ERROR, "an object's metadata does not describe a segment"),
+    "unreadable-object": (ERROR, "an object could not be read (permissions, service error)"),
+    # the stored bytes
+    "appended-bytes": (ERROR, "the object is larger than the bytes uploaded (data appended after the seal)"),
+    "truncated-object": (ERROR, "the object is smaller than the bytes uploaded"),
+    "object-replaced": (ERROR, "the object's SHA-256 differs from the bytes uploaded (replaced or altered)"),
+    "hot-cold-mismatch": (ERROR, "the cold object describes a different segment than the hot tier / ledger "
+                                 "(size, SHA-256, Merkle root or links differ)"),
+    "quarantined": (ERROR, "the shipper quarantined this segment: its cold copy could not be proven"),
+    # deep
+    "content-invalid": (ERROR, "--deep: the object does not decompress/verify (reason in the message)"),
+    "content-mismatch": (ERROR, "--deep: the decompressed segment's SHA-256, size or Merkle root differs from "
+                                "the metadata"),
+    "archived": (WARNING, "--deep/export: the object is in an archive storage class and must be thawed first"),
+    # lock
+    "not-locked": (ERROR, "the object is not locked in COMPLIANCE mode (or an enforced immutability policy)"),
+    "retention-too-short": (ERROR, "the object's retain-until is earlier than the retention policy requires"),
+    "expiring-soon": (WARNING, "the object's retention ends within the warning window"),
+    "worm-not-enforced": (WARNING, "the bucket/container reports no Object Lock (WORM) configuration"),
+    # continuity (from metadata; --deep adds the record-level codes of `pipeline verify`)
+    "missing-start": (ERROR, "the stream in cold storage does not start at seq 0 with the genesis hash"),
+    "missing-segment": (ERROR, "a run of seqs is missing between two cold objects (one or more whole segments, "
+                               "however many)"),
+    "overlapping-segment": (ERROR, "two cold objects claim the same seqs"),
+    "broken-link": (ERROR, "a segment's first record does not link to the previous segment's last hash"),
+    "unsealed-segment": (ERROR, "a segment that is not the newest ends without a seal and the next segment does "
+                                "not start at its last record"),
+    "missing-tail": (ERROR, "the hot tier's head records more than the hot and cold tiers hold"),
+    "time-gap": (ERROR, "no record for longer than the heartbeat allows: possible suppression"),
+    # checkpoints and witnesses
+    "checkpoint-signature-invalid": (ERROR, "a checkpoint does not verify with the verifier key(s)"),
+    "checkpoint-fork": (ERROR, "two checkpoints of the same size carry different roots"),
+    "checkpoint-root-mismatch": (ERROR, "the log's own checkpoint does not match the tree recomputed from the "
+                                        "segments"),
+    "witness-root-mismatch": (ERROR, "a witnessed checkpoint does not match the tree recomputed from the "
+                                     "segments: the chain was rebuilt after it was witnessed"),
+    "witness-ahead": (ERROR, "a witness holds a checkpoint larger than the log: records were removed after they "
+                             "were witnessed"),
+    "checkpoint-rollback": (ERROR, "the log's latest checkpoint is smaller than one a witness holds"),
+    "witness-stale": (ERROR, "a witness's newest checkpoint lags the log by more than the allowed time"),
+    "checkpoint-unchecked": (WARNING, "a checkpoint could not be recomputed (covering segment unavailable)"),
+}
+# record-level reasons from pipeline.verify.chain (deep mode) are errors too
+for _code, _what in chain.REASONS.items():
+    CODES.setdefault(_code, (ERROR, f"--deep: {_what}"))
+
+
+class TierError(RuntimeError):
+    """verify-tier could not run (exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TierFinding:
+    code: str
+    stream: str
+    segment: str
+    message: str
+    seq: int | None = None
+    key: str | None = None
+
+    @property
+    def severity(self) -> str:
+        return CODES.get(self.code, (ERROR, ""))[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "stream": self.stream, "segment": self.segment,
+                "key": self.key, "seq": self.seq, "message": self.message}
+
+
+@dataclass(slots=True)
+class SegmentLine:
+    """The per-segment record kept for the report: small on purpose (scale)."""
+
+    segment: str
+    key: str | None = None
+    status: str = "valid"  # valid | INVALID | missing | pending
+    first_seq: int | None = None
+    last_seq: int | None = None
+    records: int | None = None
+    size: int | None = None  # uncompressed segment bytes
+    stored_size: int | None = None
+    sealed: bool | None = None
+    compression: str | None = None
+    lock: str | None = None
+    retain_until: str | None = None
+    legal_hold: bool | None = None
+    storage_class: str | None = None
+    hot_state: str | None = None
+    first_ts: str | None = None
+    last_ts: str | None = None
+    first_prev: str | None = None
+    last_hash: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "key": self.key, "status": self.status, "first_seq": self.first_seq,
+                "last_seq": self.last_seq, "records": self.records, "size": self.size,
+                "stored_size": self.stored_size, "sealed": self.sealed, "compression": self.compression,
+                "lock": self.lock, "retain_until": self.retain_until, "legal_hold": self.legal_hold,
+                "storage_class": self.storage_class, "hot_state": self.hot_state, "first_ts": self.first_ts,
+                "last_ts": self.last_ts, "reasons": list(self.reasons)}
+
+
+@dataclass
+class Gap:
+    kind: str  # seq | time
+    after: str | None
+    before: str | None
+    from_seq: int | None = None
+    to_seq: int | None = None
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "after_segment": self.after, "before_segment": self.before,
+                "from_seq": self.from_seq, "to_seq": self.to_seq,
+                "seconds": None if self.seconds is None else round(self.seconds, 3)}
+
+
+@dataclass
+class CheckpointSummary:
+    sources: list[str] = field(default_factory=list)
+    notes: int = 0
+    signatures_verified: int = 0
+    recomputed: int = 0
+    not_recomputed: int = 0
+    log_latest: int | None = None
+    witness_latest: dict[str, int | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sources": self.sources, "notes": self.notes, "signatures_verified": self.signatures_verified,
+                "recomputed": self.recomputed, "not_recomputed": self.not_recomputed,
+                "log_latest_size": self.log_latest, "witness_latest_size": dict(self.witness_latest)}
+
+
+@dataclass
+class StreamTier:
+    stream: str
+    segments: list[SegmentLine] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    findings: list[TierFinding] = field(default_factory=list)
+    checkpoints: CheckpointSummary = field(default_factory=CheckpointSummary)
+    records: int = 0
+    outside_window: int = 0
+    log_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    def totals(self) -> dict[str, int]:
+        c = {"segments": len(self.segments), "valid": 0, "invalid": 0, "missing": 0, "pending": 0}
+        for s in self.segments:
+            k = s.status.lower()
+            c[k] = c.get(k, 0) + 1
+        c["records"] = self.records
+        c["bytes_stored"] = sum(s.stored_size or 0 for s in self.segments)
+        c["errors"] = sum(1 for f in self.findings if f.severity == ERROR)
+        c["warnings"] = sum(1 for f in self.findings if f.severity == WARNING)
+        c["outside_window"] = self.outside_window
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream, "ok": self.ok, "segments": [s.to_dict() for s in self.segments],
+                "gaps": [g.to_dict() for g in self.gaps], "checkpoints": self.checkpoints.to_dict(),
+                "totals": self.totals()}
+
+
+@dataclass
+class TierReport:
+    mode: str
+    cold: str
+    hot: str | None
+    cold_only: bool
+    since: float | None
+    until: float | None
+    streams: list[StreamTier] = field(default_factory=list)
+    global_findings: list[TierFinding] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def findings(self) -> list[TierFinding]:
+        out = list(self.global_findings)
+        for s in self.streams:
+            out.extend(s.findings)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.streams:
+            for k, v in s.totals().items():
+                out[k] = out.get(k, 0) + v
+        for k in ("segments", "valid", "invalid", "missing", "pending", "records", "bytes_stored", "errors",
+                  "warnings", "outside_window"):
+            out.setdefault(k, 0)
+        out["errors"] += sum(1 for f in self.global_findings if f.severity == ERROR)
+        out["warnings"] += sum(1 for f in self.global_findings if f.severity == WARNING)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "ok": self.ok,
+            "mode": self.mode,
+            "cold": self.cold,
+            "hot": self.hot,
+            "cold_only": self.cold_only,
+            "window": {"since": _iso(self.since), "until": _iso(self.until)},
+            "streams": [s.to_dict() for s in self.streams],
+            "findings": [f.to_dict() for f in self.findings],
+            "totals": self.totals(),
+            "requests": dict(self.requests),
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass
+class TierOptions:
+    hot: Path | None = None
+    stream: str | None = None
+    since: float | None = None  # epoch seconds
+    until: float | None = None
+    deep: bool = False
+    expiry_warning_days: float = 30.0
+    heartbeat_interval: float = 60.0  # 0 disables the time-gap check
+    allow_unlocked: bool = False
+    retention_days: int | None = None  # None: the store settings' retention
+    workers: int = 16
+    verifiers: list[Verifier] = field(default_factory=list)
+    witness_dirs: list[Path] = field(default_factory=list)
+    witness_s3: list[tuple[Any, str, str]] = field(default_factory=list)  # (client, bucket, prefix)
+    checkpoint_files: list[Path] = field(default_factory=list)
+    origin: str | None = None
+    witness_max_lag: float = 3600.0
+    cold_only: bool = False
+    progress: Callable[[str, int, int], None] | None = None
+    temp_dir: str | None = None
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def ts_epoch(ts: str) -> float:
+    """Record timestamp (YYYY-MM-DDTHH:MM:SS.ffffffZ) -> epoch seconds."""
+    return float(calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S"))) + int(ts[20:26] or 0) / 1e6
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """ISO 8601 date or date-time (UTC unless an offset is given), or a duration ago:
+    ``90s``, ``30m``, ``12h``, ``7d``."""
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return (time.time() if now is None else now) - float(text[:-1]) * units[text[-1]]
+    try:
+        d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"cannot parse time {text!r}: use ISO 8601 (2026-11-21T10:00:00Z) or 7d/12h/30m") from exc
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.UTC)
+    return d.timestamp()
+
+
+def _requests_of(store: ColdStore) -> dict[str, int]:
+    counter = getattr(store, "requests", None)
+    return dict(counter) if counter is not None else {}
+
+
+def summarise_requests(before: dict[str, int], after: dict[str, int], segments: int) -> dict[str, int]:
+    diff = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    lst = sum(v for k, v in diff.items() if k.lower().startswith("list"))
+    head = sum(v for k, v in diff.items() if k in ("HeadObject", "HEAD"))
+    get = sum(v for k, v in diff.items() if k in ("GetObject", "GET"))
+    total = sum(diff.values())
+    return {"total": total, "list": lst, "head": head, "get": get, "other": total - lst - head - get,
+            "segments": segments}
+
+
+def _bind(add: Callable[..., None], name: str, key: str) -> Callable[[str, str, int | None], None]:
+    def bound(code: str, message: str, seq: int | None) -> None:
+        add(code, name, message, seq, key)
+
+    return bound
+
+
+def _seg_sort_key(name: str) -> tuple[int, int]:
+    return parse_segment_name(name) or (1 << 62, 0)
+
+
+# ---------------------------------------------------------------------------- per object
+
+
+@dataclass(slots=True)
+class _Obj:
+    """One cold object while a stream is judged (dropped after)."""
+
+    name: str
+    key: str
+    compression: str
+    listed_size: int
+    last_modified: dt.datetime | None
+
+
+def _judge_stat(line: SegmentLine, st: ObjectStat, stream: str, name: str, entry: Entry | None,
+                opts: TierOptions, retention_days: int, worm_enforced: bool | None, now: dt.datetime,
+                add: Callable[[str, str, int | None], None]) -> SegmentManifest | None:
+    """Everything one HEAD proves.  Returns the manifest from metadata (None if unusable)."""
+    meta = decode_metadata(st.metadata)
+    line.stored_size = st.size
+    line.storage_class = st.storage_class
+    line.legal_hold = st.legal_hold
+    line.compression = meta.get("compression")
+    try:
+        m = manifest_from_metadata(st.metadata)
+    except ValueError as exc:
+        add("metadata-invalid", str(exc), None)
+        m = None
+    if m is not None:
+        line.first_seq, line.last_seq, line.records, line.size = m.first_seq, m.last_seq, m.records, m.size
+        line.sealed, line.first_ts, line.last_ts = m.sealed, m.first_ts or None, m.last_ts or None
+        line.first_prev, line.last_hash = m.first_prev, m.last_hash
+        parsed = parse_segment_name(name)
+        if m.segment != name or m.stream != stream or parsed is None or parsed[0] != m.first_seq:
+            add("renamed-object", f"key names {stream}/{name} but the metadata describes "
+                f"{m.stream}/{m.segment} (seq {m.first_seq}..{m.last_seq})", m.first_seq)
+
+    # Layer 1: the stored bytes, as the service reports them, against what was uploaded.
+    # The ledger's record of the upload is authoritative; the metadata is the fallback for
+    # auditors without the host (it is written by the same create-only PUT).
+    want_size: int | None = entry.stored_size if entry and entry.stored_size is not None else None
+    if want_size is None and meta.get("stored_size", "").isdigit():
+        want_size = int(meta["stored_size"])
+    if want_size is not None and st.size != want_size:
+        code = "appended-bytes" if st.size > want_size else "truncated-object"
+        add(code, f"object is {st.size} bytes, {want_size} were uploaded "
+            f"({'+' if st.size > want_size else ''}{st.size - want_size} bytes)", None)
+    want_sha = entry.stored_sha256 if entry and entry.stored_sha256 else meta.get("stored_sha256")
+    if st.sha256 is not None and want_sha:
+        accepted = {want_sha, meta.get("stored_sha256_composite")}
+        if st.sha256 not in accepted:
+            add("object-replaced", f"service SHA-256 {st.sha256[:16]}… differs from the uploaded "
+                f"{want_sha[:16]}…", None)
+    if entry is not None and meta.get("stored_sha256") and entry.stored_sha256 \
+            and meta["stored_sha256"] != entry.stored_sha256:
+        add("object-replaced", "the object's metadata records other stored bytes than the shipper uploaded", None)
+    if entry is not None and m is not None:
+        diffs = [f"{k} {getattr(m, k)!r} != {getattr(entry, k)!r}"
+                 for k in ("size", "sha256", "merkle_root", "first_seq", "last_seq", "first_prev", "last_hash")
+                 if getattr(m, k) != getattr(entry, k)]
+        if diffs:
+            add("hot-cold-mismatch", "cold metadata differs from the shipped segment: " + "; ".join(diffs[:3]),
+                m.first_seq)
+
+    # The lock.
+    mode = (st.lock_mode or "").upper()
+    line.lock = st.lock_mode
+    line.retain_until = st.retain_until.isoformat() if st.retain_until else None
+    if worm_enforced is False and not mode:
+        mode = ""
+    if mode not in LOCK_MODES_ACCEPTED:
+        if not opts.allow_unlocked:
+            add("not-locked", f"lock mode is {st.lock_mode or 'none'}: the object can be overwritten or deleted",
+                None)
+    elif mode != "IMMUTABLE":
+        uploaded = st.last_modified or now
+        required = uploaded + dt.timedelta(days=retention_days) - dt.timedelta(days=1)  # a day of slack
+        if st.retain_until is None or st.retain_until < required:
+            if not opts.allow_unlocked:
+                add("retention-too-short", f"retain-until {line.retain_until} is before the policy's "
+                    f"{required.date().isoformat()} ({retention_days} days from upload)", None)
+        elif st.retain_until < now + dt.timedelta(days=opts.expiry_warning_days):
+            add("expiring-soon", f"retention ends {line.retain_until}", None)
+    return m
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class _CpNote:
+    source: str  # "log" | witness name | file
+    note: bytes
+    cp: Checkpoint | None = None
+    witness: bool = False
+
+
+def _origin_matches(origin: str, stream: str) -> bool:
+    return origin == stream or origin.endswith("/" + stream)
+
+
+def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSummary,
+                         add: Callable[..., None]) -> list[_CpNote]:
+    notes: list[_CpNote] = []
+    origin = opts.origin
+    if opts.hot is not None:
+        d = opts.hot / stream / CHECKPOINT_DIR
+        hist = d / HISTORY
+        if hist.exists():
+            import json
+
+            summary.sources.append(str(d))
+            for ln in hist.read_bytes().splitlines():
+                if ln.strip():
+                    try:
+                        notes.append(_CpNote("log", str(json.loads(ln)["note"]).encode()))
+                    except (ValueError, KeyError):
+                        add("checkpoint-signature-invalid", "unreadable line in checkpoint history", None)
+        latest = d / LATEST
+        if latest.exists():
+            notes.append(_CpNote("log", latest.read_bytes()))
+        if origin is None:
+            for n in notes:
+                try:
+                    origin = Checkpoint.parse(split_note(n.note)[0]).origin
+                    break
+                except NoteError:
+                    continue
+    for f in opts.checkpoint_files:
+        summary.sources.append(str(f))
+        notes.append(_CpNote("log", f.read_bytes()))
+    for wdir in opts.witness_dirs:
+        name = f"dir:{wdir}"
+        summary.sources.append(name)
+        summary.witness_latest[name] = None
+        if not wdir.is_dir():
+            continue
+        for sub in sorted(wdir.iterdir()):
+            o = unquote(sub.name)
+            if not sub.is_dir() or not (o == origin if origin else _origin_matches(o, stream)):
+                continue
+            for p in sorted(sub.glob("[0-9]*.note")):
+                notes.append(_CpNote(name, p.read_bytes(), witness=True))
+            if (sub / "latest.note").exists():
+                notes.append(_CpNote(name, (sub / "latest.note").read_bytes(), witness=True))
+    for client, bucket, prefix in opts.witness_s3:
+        from pipeline.witness.s3 import S3Witness
+
+        w = S3Witness(client, bucket, prefix)
+        summary.sources.append(w.name)
+        summary.witness_latest[w.name] = None
+        origins: set[str] = set()
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=w.prefix + "/", Delimiter="/"):
+            for cp_ in page.get("CommonPrefixes", []):
+                origins.add(unquote(cp_["Prefix"].rstrip("/").rsplit("/", 1)[-1]))
+        for o in sorted(origins):
+            if o == origin if origin else _origin_matches(o, stream):
+                notes.extend(_CpNote(w.name, n, witness=True) for n in w.checkpoints(o))
+    return notes
+
+
+class _RootSource:
+    """Recomputes the stream tree's root at a given size from the segment that covers it.
+
+    A sealed segment's seal carries ``start_frontier`` (the compact range at its first
+    seq); appending the segment's leaf hashes to it gives the root at every size inside the
+    segment.  scan_segment checks the segment's frontiers against each other first, and
+    --deep also checks them against the previous segment (chain.stitch), so the
+    recomputation is only as trusted as the mode that produced it (documented)."""
+
+    def __init__(self, store: ColdStore, tmp: Path) -> None:
+        self.store = store
+        self.tmp = tmp
+        # (first_seq, attempt, name, hot path or None, key or None)
+        self.index: list[tuple[int, int, str, Path | None, str | None]] = []
+        self.fetches = 0
+
+    def add(self, name: str, hot: Path | None, key: str | None) -> None:
+        p = parse_segment_name(name)
+        if p is not None:
+            self.index.append((p[0], p[1], name, hot, key))
+
+    def finish(self) -> None:
+        self.index.sort(key=lambda x: (x[0], x[1]))
+
+    def covering(self, size: int) -> tuple[int, int, str, Path | None, str | None] | None:
+        best = None
+        for item in self.index:  # few checkpoints are looked up; a linear scan keeps this simple
+            if item[0] <= size - 1:
+                best = item
+        return best
+
+    def local(self, size: int) -> bool:
+        c = self.covering(size)
+        return c is not None and c[3] is not None and c[3].exists()
+
+    def roots(self, wanted: Sequence[int], allow_fetch: bool) -> dict[int, bytes | str]:
+        """size -> root bytes, or a reason string when it cannot be recomputed."""
+        out: dict[int, bytes | str] = {}
+        by_seg: dict[str, list[int]] = {}
+        segs: dict[str, tuple[int, int, str, Path | None, str | None]] = {}
+        for n in wanted:
+            if n == 0:
+                out[n] = merkle.root_from_leaf_hashes([])
+                continue
+            c = self.covering(n)
+            if c is None:
+                out[n] = "no segment covers it"
+                continue
+            by_seg.setdefault(c[2], []).append(n)
+            segs[c[2]] = c
+        for name, sizes in by_seg.items():
+            _f, _a, _n, hot, key = segs[name]
+            path: Path | None = hot if hot is not None and hot.exists() else None
+            fetched: Path | None = None
+            if path is None and key is not None and allow_fetch:
+                try:
+                    st = self.store.stat(key)
+                    d = Path(tempfile.mkdtemp(dir=self.tmp))
+                    fr = fetch_segment(self.store, st, d)
+                    self.fetches += 1
+                    if fr.ok:
+                        path = fetched = fr.path
+                except ColdError as exc:
+                    for n in sizes:
+                        out[n] = f"cannot read {key}: {exc.summary}"
+                    continue
+            if path is None:
+                for n in sizes:
+                    out[n] = f"segment {name} is not available locally (--deep recomputes it)"
+                continue
+            try:
+                out.update(roots_in_segment(path, sizes))
+            finally:
+                if fetched is not None:
+                    shutil.rmtree(fetched.parent, ignore_errors=True)
+        return out
+
+
+def roots_in_segment(path: Path, sizes: Iterable[int]) -> dict[int, bytes | str]:
+    """Tree roots at ``sizes`` (each in (first_seq, seal_seq + 1]) from one sealed segment."""
+    wanted = set(sizes)
+    out: dict[int, bytes | str] = {}
+    scan = chain.scan_segment(path)
+    if scan.findings:
+        for n in wanted:
+            out[n] = f"segment {path.name} does not verify ({scan.findings[0].reason})"
+        return out
+    last = read_last_line(path)
+    try:
+        seal = parse_record(last) if last else None
+    except RecordError:
+        seal = None
+    if seal is None or seal.kind != Kind.SEAL.value:
+        for n in wanted:
+            out[n] = f"segment {path.name} has no seal to start the tree from"
+        return out
+    cr = merkle.CompactRange(int(seal.data["first_seq"]), [bytes.fromhex(h) for h in seal.data["start_frontier"]])
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            cr.append(merkle.leaf_hash(raw[:-1]))
+            if cr.size in wanted:
+                out[cr.size] = cr.root()
+    for n in wanted:
+        out.setdefault(n, f"size {n} is not inside segment {path.name}")
+    return out
+
+
+# ---------------------------------------------------------------------------- the verifier
+
+
+class TierVerifier:
+    def __init__(self, store: ColdStore, opts: TierOptions) -> None:
+        self.store = store
+        self.opts = opts
+        self.retention_days = opts.retention_days or store.settings.retention_days
+        self.now = dt.datetime.now(dt.UTC)
+        self._lock = threading.Lock()
+        self._done = 0
+        self._total = 0
+
+    # -- progress ----------------------------------------------------------------------
+    def _tick(self, phase: str, n: int = 1) -> None:
+        if self.opts.progress is None:
+            return
+        with self._lock:
+            self._done += n
+            done, total = self._done, self._total
+        self.opts.progress(phase, done, total)
+
+    def run(self) -> TierReport:
+        t0 = time.monotonic()
+        opts = self.opts
+        before = _requests_of(self.store)
+        report = TierReport("deep" if opts.deep else "default", getattr(self.store, "endpoint", ""),
+                            str(opts.hot) if opts.hot else None, opts.cold_only, opts.since, opts.until)
+        worm: bool | None = None
+        try:
+            caps = self.store.capabilities()
+            worm = caps.worm_enforced
+            if not worm:
+                report.global_findings.append(TierFinding("worm-not-enforced", "", "", caps.reason))
+        except ColdError:
+            worm = None  # an auditor's read-only role may not read the bucket configuration
+        listing = self._list(opts.stream)
+        ledger = open_ledger_readonly(opts.hot) if opts.hot is not None and not opts.cold_only else None
+        streams: set[str] = set(listing)
+        if opts.stream:
+            streams = {opts.stream}
+        elif opts.hot is not None and not opts.cold_only:
+            streams |= set(list_streams(opts.hot))
+            if ledger is not None:
+                streams |= {e.stream for e in ledger.entries()}
+        for key in listing.pop("", []):
+            report.global_findings.append(TierFinding("unexpected-object", "", "", f"{key.key} is not a segment "
+                                                      "object", key=key.key))
+        tmp_root = Path(tempfile.mkdtemp(prefix="verify-tier-", dir=opts.temp_dir))
+        try:
+            for stream in sorted(streams):
+                entries = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
+                report.streams.append(self._stream(stream, listing.get(stream, []), entries, worm, tmp_root))
+        finally:
+            if ledger is not None:
+                ledger.close()
+            shutil.rmtree(tmp_root, ignore_errors=True)
+        report.requests = summarise_requests(before, _requests_of(self.store),
+                                             sum(len(s.segments) for s in report.streams))
+        report.elapsed_s = time.monotonic() - t0
+        return report
+
+    def _list(self, stream: str | None) -> dict[str, list[_Obj]]:
+        out: dict[str, list[_Obj]] = {}
+        prefix = stream_prefix("", stream) if stream else ""
+        try:
+            infos: Iterator[ObjectInfo] = self.store.list(prefix)
+            for info in infos:
+                parsed = segment_of_key(info.key)
+                if parsed is None:
+                    out.setdefault("", []).append(_Obj("", info.key, "", info.size, info.last_modified))
+                    continue
+                s, name, comp = parsed
+                if stream and s != stream:
+                    continue
+                out.setdefault(s, []).append(_Obj(name, info.key, comp, info.size, info.last_modified))
+        except ColdError as exc:
+            raise TierError(f"cannot list the cold store: {exc}") from exc
+        return out
+
+    # -- one stream ---------------------------------------------------------------------
+    def _stream(self, stream: str, objs: list[_Obj], entries: dict[str, Entry], worm: bool | None,
+                tmp_root: Path) -> StreamTier:
+        opts = self.opts
+        res = StreamTier(stream)
+        lines: dict[str, SegmentLine] = {}
+        manifests: dict[str, SegmentManifest] = {}
+        stats: dict[str, ObjectStat] = {}  # kept only for deep mode / checkpoints (keys, not metadata)
+
+        def add(code: str, segment: str, message: str, seq: int | None = None, key: str | None = None) -> None:
+            res.findings.append(TierFinding(code, stream, segment, message, seq, key))
+            ln = lines.get(segment)
+            if ln is not None and CODES.get(code, (ERROR,))[0] == ERROR:
+                ln.status = "INVALID" if ln.status != "missing" else ln.status
+                if code not in ln.reasons:
+                    ln.reasons.append(code)
+            elif ln is not None and code not in ln.reasons:
+                ln.reasons.append(code)
+
+        # since: objects uploaded (LastModified) a day before the window cannot hold records in it
+        if opts.since is not None:
+            cutoff = opts.since - 86400
+            keep = [o for o in objs if o.last_modified is None or o.last_modified.timestamp() >= cutoff]
+            res.outside_window += len(objs) - len(keep)
+            objs = keep
+        by_name: dict[str, list[_Obj]] = {}
+        for o in objs:
+            by_name.setdefault(o.name, []).append(o)
+        for name, group in by_name.items():
+            if len(group) > 1:
+                lines[name] = SegmentLine(name, group[0].key)
+                add("duplicate-object", name, "stored under " + ", ".join(o.key for o in group),
+                    key=group[0].key)
+
+        # one HEAD per object, in parallel
+        self._total += len(by_name)
+        todo = [group[0] for group in by_name.values()]
+
+        def head(o: _Obj) -> tuple[_Obj, ObjectStat | None, str | None]:
+            try:
+                st = self.store.stat(o.key)
+                return o, st, None
+            except ObjectNotFoundError:
+                return o, None, "deleted between listing and reading"
+            except ColdError as exc:
+                return o, None, exc.summary
+            finally:
+                self._tick("stat")
+
+        with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+            for o, st, problem in pool.map(head, todo):
+                ln = lines.setdefault(o.name, SegmentLine(o.name, o.key))
+                ln.key = o.key
+                entry = entries.get(o.name)
+                ln.hot_state = entry.state if entry else None
+                if st is None:
+                    add("unreadable-object", o.name, f"{o.key}: {problem}", key=o.key)
+                    continue
+                m = _judge_stat(ln, st, stream, o.name, entry, opts, self.retention_days, worm, self.now,
+                                _bind(add, o.name, o.key))
+                if m is not None:
+                    manifests[o.name] = m
+                if opts.deep or st.archived:
+                    stats[o.name] = st
+
+        # time window (after the HEADs: only the metadata knows the record times)
+        if opts.since is not None or opts.until is not None:
+            for name in list(manifests):
+                m = manifests[name]
+                if not m.first_ts or not m.last_ts:
+                    continue
+                if (opts.since is not None and ts_epoch(m.last_ts) < opts.since) or \
+                        (opts.until is not None and ts_epoch(m.first_ts) > opts.until):
+                    del manifests[name]
+                    if lines.get(name) is not None and not lines[name].reasons:
+                        del lines[name]
+                    stats.pop(name, None)
+                    res.outside_window += 1
+        window = opts.since is not None or opts.until is not None
+        lo = min((m.first_seq for m in manifests.values()), default=None)
+        hi = max((m.last_seq for m in manifests.values()), default=None)
+
+        # hot tier and ledger: what should be in cold storage
+        hot_dir = opts.hot / stream if opts.hot is not None and not opts.cold_only else None
+        hot_files = {p.name: p for p in list_segments(hot_dir)} if hot_dir else {}
+        for name, e in entries.items():
+            if window and (lo is None or hi is None or e.last_seq < lo or e.first_seq > hi):
+                continue
+            shipped = e.state in ("uploaded", "verified", "confirmed", "evicted", "quarantined")
+            if name not in lines:
+                if e.state == "quarantined":
+                    lines[name] = SegmentLine(name, e.cold_key, "INVALID", e.first_seq, e.last_seq, e.records,
+                                              e.size, hot_state=e.state)
+                    add("quarantined", name, e.last_error or "quarantined by the shipper", e.first_seq)
+                elif shipped:
+                    lines[name] = SegmentLine(name, e.cold_key, "missing", e.first_seq, e.last_seq, e.records,
+                                              e.size, hot_state=e.state)
+                    code = "evicted-without-cold-copy" if e.state == "evicted" else "missing-object"
+                    add("missing-object", name, f"the ledger records {name} as {e.state} but it is not in cold "
+                        "storage (deleted?)", e.first_seq, e.cold_key)
+                    if code != "missing-object":
+                        add(code, name, "its hot copy was evicted: these records survive nowhere else",
+                            e.first_seq, e.cold_key)
+                else:
+                    lines[name] = SegmentLine(name, None, "pending", e.first_seq, e.last_seq, e.records, e.size,
+                                              hot_state=e.state)
+            elif e.state == "evicted" and lines[name].status != "valid":
+                add("evicted-without-cold-copy", name, "its hot copy was evicted and the cold copy is not valid",
+                    e.first_seq, lines[name].key)
+            elif e.state == "quarantined":
+                add("quarantined", name, e.last_error or "quarantined by the shipper", e.first_seq)
+        if hot_files and not window:
+            newest = max(hot_files, key=_seg_sort_key)
+            for name in hot_files:
+                if name in lines:
+                    continue
+                # not yet known to the ledger: pending (the newest may be the active segment)
+                lines[name] = SegmentLine(name, None, "pending", hot_state="hot" if name != newest else "active")
+
+        # continuity from metadata, in key order
+        ordered = sorted(manifests.values(), key=lambda m: _seg_sort_key(m.segment))
+        self._continuity(res, ordered, add, window)
+        if hot_dir is not None and not window:
+            self._tail(res, ordered, entries, hot_dir, add)
+
+        # deep: every object streamed, decompressed, re-verified record by record
+        roots: _RootSource = _RootSource(self.store, tmp_root)
+        for name in hot_files:
+            roots.add(name, hot_files[name], lines[name].key if name in lines else None)
+        for m in ordered:
+            if m.segment not in hot_files:
+                roots.add(m.segment, None, lines[m.segment].key)
+        roots.finish()
+        deep_roots: dict[int, bytes | str] = {}
+        notes = _collect_checkpoints(stream, opts, res.checkpoints,
+                                     lambda code, msg, seq: add(code, "", msg, seq))
+        cps = self._open_checkpoints(res, notes, add)
+        wanted = sorted({c.cp.size for c in cps if c.cp is not None})
+        if opts.deep:
+            deep_roots = self._deep(res, ordered, stats, entries, add, tmp_root, wanted, window)
+        for name, st in stats.items():
+            if st.archived and not opts.deep:
+                add("archived", name, f"in storage class {st.storage_class}: thaw it before --deep, export or "
+                    "restore", key=st.key)
+        res.log_size = max([m.last_seq + 1 for m in ordered] + [self._hot_next_seq(hot_dir)])
+        self._checkpoints(res, cps, roots, deep_roots, ordered, add)
+
+        res.records = sum(m.records for m in ordered)
+        res.segments = sorted(lines.values(), key=lambda s: _seg_sort_key(s.segment))
+        return res
+
+    def _hot_next_seq(self, hot_dir: Path | None) -> int:
+        if hot_dir is None:
+            return 0
+        head = chain.read_head(hot_dir)
+        v = head.get("next_seq") if head else None
+        return v if isinstance(v, int) else 0
+
+    def _continuity(self, res: StreamTier, ordered: list[SegmentManifest],
+                    add: Callable[..., None], window: bool) -> None:
+        prev: SegmentManifest | None = None
+        hb = self.opts.heartbeat_interval
+        for m in ordered:
+            if prev is None:
+                if not window and (m.first_seq != 0 or m.first_prev != GENESIS_HASH):
+                    res.gaps.append(Gap("seq", None, m.segment, 0, m.first_seq - 1))
+                    add("missing-start", m.segment, f"the first cold object starts at seq {m.first_seq}: records "
+                        f"0..{m.first_seq - 1} are not in cold storage", m.first_seq)
+            else:
+                exp = prev.last_seq + 1
+                if m.first_seq > exp:
+                    res.gaps.append(Gap("seq", prev.segment, m.segment, exp, m.first_seq - 1))
+                    add("missing-segment", m.segment, f"records {exp}..{m.first_seq - 1} "
+                        f"({m.first_seq - exp} records) are missing between {prev.segment} and {m.segment}",
+                        exp)
+                elif m.first_seq < exp and not prev.sealed:
+                    # an abandoned segment: records past its acknowledged end are reused by the
+                    # recovery that follows; --deep checks the recovery record itself
+                    pass
+                elif m.first_seq < exp:
+                    add("overlapping-segment", m.segment, f"{m.segment} starts at seq {m.first_seq} but "
+                        f"{prev.segment} already holds up to {prev.last_seq}", m.first_seq)
+                elif m.first_prev != prev.last_hash:
+                    add("broken-link", m.segment, f"first record of {m.segment} does not link to the last "
+                        f"record of {prev.segment}", m.first_seq)
+                if not prev.sealed and m.first_seq > prev.last_seq + 1:
+                    add("unsealed-segment", prev.segment, f"{prev.segment} ends unsealed at seq {prev.last_seq}",
+                        prev.last_seq)
+                if hb > 0 and prev.last_ts and m.first_ts:
+                    gap = ts_epoch(m.first_ts) - ts_epoch(prev.last_ts)
+                    if gap > 2 * hb:
+                        res.gaps.append(Gap("time", prev.segment, m.segment, prev.last_seq, m.first_seq,
+                                            seconds=gap))
+                        add("time-gap", m.segment, f"no record for {gap:.0f} s between {prev.last_ts} and "
+                            f"{m.first_ts} (heartbeat interval {hb:g} s): possible suppression", m.first_seq)
+            prev = m
+
+    def _tail(self, res: StreamTier, ordered: list[SegmentManifest], entries: dict[str, Entry], hot_dir: Path,
+              add: Callable[..., None]) -> None:
+        """The newest records: the hot head must not record more than hot + cold hold."""
+        head = chain.read_head(hot_dir)
+        if not head or not isinstance(head.get("next_seq"), int):
+            return
+        have = max([m.last_seq + 1 for m in ordered] + [e.last_seq + 1 for e in entries.values()] + [0])
+        for p in list_segments(hot_dir):
+            last = read_last_line(p)
+            if last:
+                with contextlib.suppress(RecordError):
+                    have = max(have, parse_record(last).seq + 1)
+        if head["next_seq"] > have:
+            add("missing-tail", "", f"the hot head records seq {head['next_seq'] - 1} as written but hot and cold "
+                f"end at seq {have - 1}", have)
+
+    # -- deep ---------------------------------------------------------------------------
+    def _deep(self, res: StreamTier, ordered: list[SegmentManifest], stats: dict[str, ObjectStat],
+              entries: dict[str, Entry], add: Callable[..., None], tmp_root: Path, wanted: list[int],
+              window: bool) -> dict[int, bytes | str]:
+        opts = self.opts
+        roots: dict[int, bytes | str] = {}
+        keep: dict[str, Path] = {}
+        wanted_set = set(wanted)
+        self._total += len(ordered)
+
+        def work(m: SegmentManifest) -> tuple[SegmentManifest, chain.SegmentScan | None, list[tuple[str, str]],
+                                               dict[int, bytes | str], Path | None]:
+            problems: list[tuple[str, str]] = []
+            st = stats.get(m.segment)
+            sroots: dict[int, bytes | str] = {}
+            if st is None:
+                return m, None, problems, sroots, None
+            if st.archived:
+                problems.append(("archived", f"in storage class {st.storage_class}: thaw it first"))
+                return m, None, problems, sroots, None
+            d = Path(tempfile.mkdtemp(dir=tmp_root))
+            try:
+                fr = fetch_segment(self.store, st, d)
+                meta = decode_metadata(st.metadata)
+                want = meta.get("stored_sha256")
+                if want and fr.stored_sha256 != want:
+                    problems.append(("object-replaced", f"downloaded bytes hash to {fr.stored_sha256[:16]}…, "
+                                     f"uploaded {want[:16]}…"))
+                if not fr.ok:
+                    problems.append(("content-invalid", f"{fr.problem}: {fr.detail}"))
+                    shutil.rmtree(d, ignore_errors=True)
+                    return m, None, problems, sroots, None
+                if fr.sha256 != m.sha256 or fr.size != m.size:
+                    problems.append(("content-mismatch", f"decompresses to {fr.size} bytes with SHA-256 "
+                                     f"{fr.sha256[:16]}…; the metadata says {m.size} bytes, {m.sha256[:16]}…"))
+                scan = chain.scan_segment(fr.path, stream=res.stream)
+                if not scan.findings and (scan.seal or {}).get("merkle_root", scan.merkle_root) != m.merkle_root:
+                    problems.append(("content-mismatch", f"Merkle root {scan.merkle_root[:16]}… differs from the "
+                                     f"metadata's {m.merkle_root[:16]}…"))
+                first = scan.first_seq if scan.first_seq is not None else m.first_seq
+                inside = [n for n in wanted_set if first < n <= (scan.last_seq or -1) + 1]
+                if inside:
+                    sroots = roots_in_segment(fr.path, inside)
+                if scan.sealed:
+                    shutil.rmtree(d, ignore_errors=True)
+                    return m, scan, problems, sroots, None
+                # unsealed (abandoned) segments are kept: stitch re-reads their torn tail
+                return m, scan, problems, sroots, fr.path
+            except ColdError as exc:
+                shutil.rmtree(d, ignore_errors=True)
+                problems.append(("unreadable-object", exc.summary))
+                return m, None, problems, sroots, None
+            finally:
+                self._tick("deep")
+
+        scans: list[chain.SegmentScan] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(opts.workers, os.cpu_count() or 1) * 2)) as pool:
+            for m, scan, problems, sroots, kept in pool.map(work, ordered):
+                for code, msg in problems:
+                    add(code, m.segment, msg, m.first_seq, stats[m.segment].key if m.segment in stats else None)
+                roots.update(sroots)
+                if kept is not None:
+                    keep[m.segment] = kept
+                if scan is not None:
+                    scan.boundaries = {} if scan.sealed else scan.boundaries
+                    scans.append(scan)
+        if scans:
+            start = scans[0].first_seq or 0
+            rep = chain.stitch(res.stream, scans, start_seq=start if window else 0,
+                               start_hash=scans[0].first_prev if window else None)
+            seen = {(f.code, f.segment) for f in res.findings}
+            for f in rep.findings:
+                if (f.reason, f.segment) not in seen:
+                    add(f.reason, f.segment, f.message, f.seq)
+                    seen.add((f.reason, f.segment))
+            # intra-segment silences (heartbeats make long ones impossible in an honest log)
+            hb = opts.heartbeat_interval
+            for s in scans:
+                if hb > 0 and s.max_gap_s > 2 * hb:
+                    res.gaps.append(Gap("time", s.name, s.name, s.max_gap_after_seq, None, seconds=s.max_gap_s))
+                    add("time-gap", s.name, f"no record for {s.max_gap_s:.0f} s inside {s.name} after seq "
+                        f"{s.max_gap_after_seq} (heartbeat interval {hb:g} s): possible suppression",
+                        s.max_gap_after_seq)
+        for p in keep.values():
+            discard(p)
+        return roots
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _open_checkpoints(self, res: StreamTier, notes: list[_CpNote], add: Callable[..., None]) -> list[_CpNote]:
+        summary = res.checkpoints
+        seen: set[tuple[str, bytes]] = set()
+        out: list[_CpNote] = []
+        for n in notes:
+            ident = (n.source, hashlib.sha256(n.note).digest())
+            if ident in seen:
+                continue
+            seen.add(ident)
+            summary.notes += 1
+            try:
+                if self.opts.verifiers:
+                    n.cp, _ = open_checkpoint(n.note, self.opts.verifiers)
+                    summary.signatures_verified += 1
+                else:
+                    n.cp = Checkpoint.parse(split_note(n.note)[0])
+            except NoteError as exc:
+                add("checkpoint-signature-invalid", "", f"a checkpoint from {n.source} does not verify: {exc}")
+                continue
+            out.append(n)
+        return out
+
+    def _checkpoints(self, res: StreamTier, cps: list[_CpNote], roots: _RootSource,
+                     deep_roots: dict[int, bytes | str], ordered: list[SegmentManifest],
+                     add: Callable[..., None]) -> None:
+        summary = res.checkpoints
+        if not cps and not summary.witness_latest:
+            return
+        # forks: one size, two roots, wherever they were found
+        by_size: dict[int, dict[bytes, list[str]]] = {}
+        for c in cps:
+            assert c.cp is not None
+            by_size.setdefault(c.cp.size, {}).setdefault(c.cp.root, []).append(c.source)
+        for size, variants in sorted(by_size.items()):
+            if len(variants) > 1:
+                desc = "; ".join(f"{r.hex()[:16]}… from {', '.join(sorted(set(s)))}" for r, s in variants.items())
+                add("checkpoint-fork", "", f"size {size} was signed with {len(variants)} different roots: {desc}",
+                    size)
+        log_cps = [c for c in cps if not c.witness]
+        if log_cps:
+            summary.log_latest = max(c.cp.size for c in log_cps if c.cp is not None)
+        latest_by_source: dict[str, int] = {}
+        for c in cps:
+            if c.witness and c.cp is not None:
+                latest_by_source[c.source] = max(latest_by_source.get(c.source, -1), c.cp.size)
+        for w in summary.witness_latest:
+            summary.witness_latest[w] = latest_by_source.get(w)
+
+        # which sizes are recomputed: all in --deep; otherwise those whose segment is local
+        # (free) plus the newest of each source (at most one GET each)
+        select: set[int] = set()
+        if self.opts.deep:
+            select = set(by_size)
+        else:
+            select = {s for s in by_size if roots.local(s)}
+            if summary.log_latest is not None:
+                select.add(summary.log_latest)
+            select |= set(latest_by_source.values())
+        select = {s for s in select if s <= res.log_size}
+        computed: dict[int, bytes | str] = {}
+        if self.opts.deep:
+            computed.update({s: r for s, r in deep_roots.items() if s in select})
+        rest = sorted(s for s in select if s not in computed)
+        if rest:
+            computed.update(roots.roots(rest, allow_fetch=True))
+        for size, variants in sorted(by_size.items()):
+            if size > res.log_size:
+                for _root, sources in variants.items():
+                    if any(s != "log" for s in sources):
+                        add("witness-ahead", "", f"{', '.join(sorted(set(sources)))} holds a checkpoint of size "
+                            f"{size} but the log holds only {res.log_size} records: records were removed after "
+                            "they were witnessed", size)
+                    else:
+                        add("checkpoint-root-mismatch", "", f"the log signed a checkpoint of size {size} but "
+                            f"holds only {res.log_size} records", size)
+                continue
+            got = computed.get(size)
+            if got is None:
+                summary.not_recomputed += 1
+                continue
+            if isinstance(got, str):
+                add("checkpoint-unchecked", "", f"checkpoint of size {size}: {got}", size)
+                continue
+            summary.recomputed += 1
+            for root, sources in variants.items():
+                if root == got:
+                    continue
+                wit = sorted({s for s in sources if s != "log"})
+                if wit:
+                    add("witness-root-mismatch", "", f"the segments give root {got.hex()[:16]}… at size {size} "
+                        f"but {', '.join(wit)} witnessed {root.hex()[:16]}…: records before seq {size} were "
+                        "rewritten after they were witnessed (the chain was rebuilt)", size)
+                if "log" in sources:
+                    add("checkpoint-root-mismatch", "", f"the log's checkpoint of size {size} has root "
+                        f"{root.hex()[:16]}… but the segments give {got.hex()[:16]}…", size)
+        # rollback: the log now claims less than a witness saw
+        if summary.log_latest is not None:
+            for w, size in latest_by_source.items():
+                if size > summary.log_latest:
+                    add("checkpoint-rollback", "", f"the log's latest checkpoint is size {summary.log_latest} "
+                        f"but {w} holds size {size}", size)
+        # staleness: the newest witnessed size must be recent relative to the newest record
+        newest_ts = max((ts_epoch(m.last_ts) for m in ordered if m.last_ts), default=None)
+        for w in summary.witness_latest:
+            wsize = latest_by_source.get(w)
+            if wsize is None:
+                add("witness-stale", "", f"{w} holds no checkpoint of this stream")
+                continue
+            size = wsize
+            if newest_ts is None or size >= res.log_size:
+                continue
+            uncovered = next((m for m in ordered if m.last_seq >= size), None)
+            if uncovered is None or not uncovered.first_ts:
+                continue
+            # the first record the witness has not seen is no older than its segment's start
+            lag = newest_ts - ts_epoch(uncovered.first_ts)
+            if lag > self.opts.witness_max_lag:
+                add("witness-stale", "", f"{w}'s newest checkpoint covers {size} of {res.log_size} records; records "
+                    f"written over the last {lag:.0f} s since {uncovered.first_ts} are unwitnessed (allowed "
+                    f"{self.opts.witness_max_lag:g} s)", size)
+
+
+def verify_tier(store: ColdStore, opts: TierOptions) -> TierReport:
+    return TierVerifier(store, opts).run()
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def render(report: TierReport) -> str:
+    out: list[str] = []
+    for f in report.global_findings:
+        out.append(f"{'INVALID' if f.severity == ERROR else 'warning'}: {f.code}: {f.message}")
+    for s in report.streams:
+        out.append(f"stream {s.stream}")
+        by_seg: dict[str, list[TierFinding]] = {}
+        for f in s.findings:
+            by_seg.setdefault(f.segment, []).append(f)
+        for ln in s.segments:
+            span = f"seq {ln.first_seq}..{ln.last_seq}" if ln.first_seq is not None else ""
+            lock = ""
+            if ln.lock or ln.retain_until:
+                lock = f"  {ln.lock or 'unlocked'} until {ln.retain_until}"
+            elif ln.status in ("valid", "INVALID"):
+                lock = "  unlocked"
+            hold = "  legal hold" if ln.legal_hold else ""
+            cls = f"  {ln.storage_class}" if ln.storage_class and ln.storage_class != "STANDARD" else ""
+            label = ln.key or ln.segment
+            out.append(f"  {ln.status:<8} {label}  {span}{lock}{hold}{cls}".rstrip())
+            for f in by_seg.pop(ln.segment, []):
+                out.append(f"      {f.severity}: {f.code}: {f.message}")
+        for g in s.gaps:
+            if g.kind == "seq":
+                out.append(f"  gap: seq {g.from_seq}..{g.to_seq} missing between {g.after or '(stream start)'} and "
+                           f"{g.before}")
+            else:
+                out.append(f"  gap: {g.seconds:.0f} s without records after {g.after} (seq {g.from_seq})")
+        for seg, fs in by_seg.items():
+            for f in fs:
+                where = f"{seg}: " if seg else ""
+                out.append(f"  {f.severity}: {f.code}: {where}{f.message}")
+        c = s.checkpoints
+        if c.notes or c.witness_latest:
+            out.append(f"  checkpoints: {c.notes} read, {c.signatures_verified} signatures verified, "
+                       f"{c.recomputed} recomputed from the segments, {c.not_recomputed} not recomputed "
+                       "(--deep recomputes all)")
+        t = s.totals()
+        out.append(f"  total: {t['segments']} segments ({t['valid']} valid, {t['invalid']} invalid, "
+                   f"{t['missing']} missing, {t['pending']} pending), {t['records']} records, "
+                   f"{t['errors']} error(s), {t['warnings']} warning(s)")
+    t = report.totals()
+    r = report.requests
+    verdict = "OK" if report.ok else "FAILED"
+    out.append(f"{verdict}: {t['segments']} segments, {t['valid']} valid, {t['invalid']} invalid, {t['missing']} "
+               f"missing, {t['errors']} error(s), {t['warnings']} warning(s); {r.get('total', 0)} requests "
+               f"({r.get('list', 0)} list, {r.get('head', 0)} head, {r.get('get', 0)} get) in "
+               f"{report.elapsed_s:.1f} s [{report.mode}]")
+    return "\n".join(out)

@@ -1,0 +1,152 @@
+"""Helpers for verify-tier / export / restore tests: moto's server over HTTP, a real shipped pipeline.
+
+The moto server and bucket helpers mirror tests/cold/conftest.py (same names) without
+depending on that directory's conftest, which pytest only applies below tests/cold/.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from pipeline.checkpoint import Signer
+from pipeline.cold import ColdSettings, open_store
+from pipeline.hot.checkpoints import CheckpointEmitter
+from pipeline.hot.tree import TreeStore
+from pipeline.hot.writer import HotLog
+from pipeline.ship.shipper import Shipper
+from pipeline.witness.directory import DirectoryWitness
+
+ORIGIN_PREFIX = "example.com/worm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
+                      AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def s3_client(endpoint: str) -> Any:
+    from pipeline.cold.s3 import make_client
+
+    return make_client(ColdSettings(), endpoint, "us-east-1")
+
+
+def new_bucket(endpoint: str, lock: bool = False) -> str:
+    name = f"tier-{uuid.uuid4().hex[:16]}"
+    c = s3_client(endpoint)
+    c.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+    if lock:
+        c.put_object_lock_configuration(
+            Bucket=name, ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
+    c.close()
+    return name
+
+
+@dataclass
+class Pipeline:
+    hot: Path
+    url: str
+    bucket: str
+    prefix: str
+    client: Any
+    signer: Signer
+    vkey: Path
+    witness: Path
+    stream: str = "app"
+
+    def keys(self) -> list[str]:
+        out: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=f"{self.prefix}/"):
+            out.extend(o["Key"] for o in page.get("Contents", []))
+        return sorted(out)
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+    def head(self, key: str) -> dict[str, Any]:
+        resp: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
+        return resp
+
+    def segment_bytes(self, key: str) -> bytes:
+        raw = self.get(key)
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read() if key.endswith(".zst") else raw
+
+    def put(self, key: str, body: bytes, metadata: dict[str, str]) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata,
+                               ChecksumAlgorithm="SHA256")
+
+    def base_args(self) -> list[str]:
+        return ["verify-tier", "--hot", str(self.hot), "--cold", self.url, "--allow-unlocked",
+                "--vkey", str(self.vkey), "--witness-dir", str(self.witness), "--heartbeat-interval", "0"]
+
+
+def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: bool = False,
+                  evict: bool = False, retention_days: int = 1, events_per_segment: int = 40,
+                  witness_every_seal: bool = True) -> Pipeline:
+    """A real HotLog (tree store, signed checkpoints, directory witness) shipped by the real
+    Shipper into a bucket on moto's server."""
+    hot = tmp_path / "hot"
+    stream_dir = hot / "app"
+    signer = Signer.generate(ORIGIN_PREFIX)
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    vkey = keydir / "log.pub"
+    vkey.write_text(signer.verifier().to_string() + "\n")
+    witness_dir = tmp_path / "witness"
+    tree = TreeStore(stream_dir)
+    log = HotLog(hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
+    witness = DirectoryWitness(witness_dir, verifiers=[signer.verifier()])
+    em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin=f"{ORIGIN_PREFIX}/app",
+                           witnesses=[witness], interval=3600)
+    n = 0
+    for _ in range(segments):
+        for _i in range(events_per_segment):
+            log.append({"user": f"u{n % 7}", "action": "read" if n % 3 else "write", "n": n, "pad": "x" * 50})
+            n += 1
+        log.seal()
+        if witness_every_seal:
+            em.emit()
+    log.close()
+    em.emit()
+    bucket = new_bucket(endpoint, lock=lock)
+    url = f"s3://{bucket}/audit?endpoint_url={endpoint}&region=us-east-1"
+    settings = ColdSettings(allow_unlocked=not lock, retention_days=retention_days)
+    store = open_store(url, settings)
+    summary = Shipper(hot, store, hot_retention=0.0 if evict else 1e9, concurrency=4).run_once()
+    assert summary.failed == 0 and summary.quarantined == 0, summary.errors
+    store.close()
+    return Pipeline(hot, url, bucket, "audit", s3_client(endpoint), signer, vkey, witness_dir)
