@@ -9,7 +9,8 @@ import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_hot_args, err
-from pipeline.hot.writer import DURABILITY_MODES, HotLog, HotLogError
+from pipeline.hot.factory import open_hotlog
+from pipeline.hot.writer import DURABILITY_MODES, HotLogError
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent
 
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        log = HotLog(args.hot, args.stream, durability=args.durability, heartbeat_interval=0)
+        log = open_hotlog(args.hot, args.stream, durability=args.durability, heartbeat_interval=0)
     except (HotLogError, OSError, ValueError) as exc:
         err(str(exc))
         return EXIT_ERROR

@@ -6,7 +6,8 @@ import argparse
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_hot_args, err
-from pipeline.hot.writer import HotLog, HotLogError
+from pipeline.hot.factory import open_hotlog
+from pipeline.hot.writer import HotLogError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        log = HotLog(args.hot, args.stream, heartbeat_interval=0)
+        log = open_hotlog(args.hot, args.stream, heartbeat_interval=0)
     except (HotLogError, OSError, ValueError) as exc:
         err(str(exc))
         return EXIT_ERROR

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ import orjson
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_hot_args, err, streams_of
 from pipeline.ship.ledger import open_ledger_readonly
-from pipeline.verify.chain import Note, StreamReport, verify_stream
+from pipeline.verify.chain import Finding, Note, StreamReport, verify_stream
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_hot_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--fss-key", help="forward-secure seal verification key (fss-v1:...) or a file holding it")
+    p.add_argument("--witness-dir", type=Path, action="append", default=[],
+                   help="a directory witness: compare the log with the checkpoints it holds (repeatable)")
+    p.add_argument("--vkey", type=Path, help="the log's checkpoint verifier key file (needed with --witness-dir)")
+    p.add_argument("--origin", help="checkpoint origin (default: the stream name)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +53,44 @@ def render(report: StreamReport) -> str:
     verdict = "OK" if report.ok else f"{len(report.findings)} finding(s)"
     lines.append(f"  total: {len(report.segments)} segments, {report.records} records, {verdict}")
     return "\n".join(lines)
+
+
+def check_fss(report: StreamReport, key_arg: str) -> None:
+    """Every seal made after the FSS key's start must carry a valid forward-secure MAC, in
+    strictly increasing (epoch, index) order (docs/PROOFS.md)."""
+    from pipeline.fss import FssVerifier
+
+    text = Path(key_arg).read_text().strip() if Path(key_arg).is_file() else key_arg
+    verifier = FssVerifier(text)
+    for s in report.segments:
+        if not s.sealed or s.seal is None or s.last_ts is None:
+            continue
+        if "fss" not in s.seal and _epoch_seconds(s.last_ts) < verifier.key.start:
+            continue  # sealed before forward-secure sealing was set up
+        problem = verifier.check(s.seal, s.last_ts)
+        if problem:
+            report.findings.append(Finding(report.stream, s.name, "fss-invalid", problem, s.last_seq, None))
+
+
+def _epoch_seconds(ts: str) -> float:
+    from datetime import UTC, datetime
+
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vkey: Path, origin: str) -> None:
+    """A witnessed checkpoint fixes the root of a prefix of the log: a chain rebuilt after it
+    (even re-signed with a stolen key) no longer matches."""
+    from pipeline.proofs import verify_against_witnesses
+    from pipeline.witness.directory import read_witness_checkpoints
+
+    notes = read_witness_checkpoints(witness_dir, origin)
+    for f in verify_against_witnesses(stream_dir, notes, vkey):
+        if f.get("severity") == "error":
+            report.findings.append(Finding(report.stream, "", "witness-mismatch",
+                                           f"{f['code']}: {f['message']}", f.get("size"), None))
+        else:
+            report.notes.append(Note(report.stream, "", "witness", f"{f['code']}: {f['message']}"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +124,18 @@ def run(args: argparse.Namespace) -> int:
                                 "and evicted (see the shipper ledger)"))
     if ledger:
         ledger.close()
+    if args.witness_dir and not args.vkey:
+        err("--witness-dir needs --vkey (the log's verifier key) to check the witnessed checkpoints")
+        return EXIT_ERROR
+    try:
+        for r in reports:
+            if args.fss_key:
+                check_fss(r, args.fss_key)
+            for wdir in args.witness_dir:
+                check_witness(r, args.hot / r.stream, wdir, args.vkey, args.origin or r.stream)
+    except (OSError, ValueError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
     ok = all(r.ok for r in reports)
     if args.json:
         doc: dict[str, Any] = {"ok": ok, "streams": [r.to_dict() for r in reports]}
