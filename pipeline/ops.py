@@ -1,0 +1,246 @@
+"""Operations endpoints: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
+
+``Metrics`` owns a dedicated ``CollectorRegistry``: the global default registry would mix
+in whatever the embedding application registers, and two pipelines in one process (tests,
+``pipeline quickstart``) would collide on metric names.
+
+Probes.  ``/healthz`` answers "is this process working at all" (liveness: a failing answer
+gets the container restarted), ``/readyz`` answers "should traffic be sent here now"
+(readiness: under backpressure or while the cold tier is unreachable the sidecar can be
+alive but not ready).  Both are callables supplied by the process that wires things up;
+they return ``(ok, reason)`` and the reason is the 503 body, so that ``kubectl describe``
+shows why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+__all__ = ["SEGMENT_STATES", "Metrics", "OpsServer"]
+
+log = logging.getLogger("pipeline.ops")
+
+SEGMENT_STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
+# Uploads of segments up to 64 MiB over a WAN: tens of milliseconds to minutes.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+Check = Callable[[], tuple[bool, str]]
+
+
+class Metrics:
+    """Every metric of the pipeline, in one registry.  Thread-safe (prometheus_client's
+    metrics are).  Implements ``pipeline.ingest.server.IngestMetrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_appended = Counter("worm_events_appended_total", "Events appended to the hot tier.",
+                                       registry=r)
+        self.bytes_appended = Counter("worm_bytes_appended_total",
+                                      "Bytes of event JSON appended to the hot tier.", registry=r)
+        self.events_rejected = Counter("worm_events_rejected_total", "Events refused, by reason.",
+                                       ["reason"], registry=r)
+        self.segments = Gauge("worm_segments", "Segments known to the shipper, by state.", ["state"], registry=r)
+        self.upload_seconds = Histogram("worm_upload_seconds", "Time to upload one segment to the cold tier.",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.verify_seconds = Histogram("worm_verify_seconds", "Time to verify one uploaded segment.",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.upload_retries = Counter("worm_upload_retries_total", "Segment uploads retried after a failure.",
+                                      registry=r)
+        self.cold_lag_seconds = Gauge("worm_cold_lag_seconds",
+                                      "Age of the oldest sealed segment not yet confirmed in the cold tier "
+                                      "(0 when none).", registry=r)
+        self.verification_failures = Counter("worm_verification_failures_total",
+                                             "Uploaded segments whose cold copy did not verify.", registry=r)
+        self.hot_disk_used_ratio = Gauge("worm_hot_disk_used_ratio",
+                                         "Fraction of the hot tier's file system in use (0..1).", registry=r)
+        self.ingest_requests = Counter("worm_ingest_requests_total",
+                                       "Ingest requests (HTTP) and batches (Unix socket), by transport and result.",
+                                       ["transport", "code"], registry=r)
+        self.backpressure_active = Gauge("worm_backpressure_active",
+                                         "1 while ingest is held back (hot disk above high water), else 0.",
+                                         registry=r)
+        # present from the first scrape, so that dashboards and alerts see 0, not "no data"
+        for state in SEGMENT_STATES:
+            self.segments.labels(state=state)
+
+    # -- ingest (IngestMetrics) ---------------------------------------------------------
+
+    def observe_appended(self, events: int, nbytes: int) -> None:
+        self.events_appended.inc(events)
+        self.bytes_appended.inc(nbytes)
+
+    def observe_rejected(self, reason: str, count: int = 1) -> None:
+        self.events_rejected.labels(reason=reason).inc(count)
+
+    def observe_request(self, transport: str, code: str) -> None:
+        self.ingest_requests.labels(transport=transport, code=code).inc()
+
+    # -- shipper ------------------------------------------------------------------------
+
+    def set_segments(self, counts: Mapping[str, int]) -> None:
+        """Set every state's count (states missing from ``counts`` are 0)."""
+        unknown = set(counts) - set(SEGMENT_STATES)
+        if unknown:
+            raise ValueError(f"unknown segment state(s): {', '.join(sorted(unknown))}")
+        for state in SEGMENT_STATES:
+            self.segments.labels(state=state).set(counts.get(state, 0))
+
+    def observe_upload(self, seconds: float) -> None:
+        self.upload_seconds.observe(seconds)
+
+    def observe_verify(self, seconds: float, *, ok: bool = True) -> None:
+        self.verify_seconds.observe(seconds)
+        if not ok:
+            self.verification_failures.inc()
+
+    def observe_upload_retry(self) -> None:
+        self.upload_retries.inc()
+
+    def set_cold_lag(self, seconds: float) -> None:
+        self.cold_lag_seconds.set(max(0.0, seconds))
+
+    def set_hot_disk_used(self, ratio: float) -> None:
+        self.hot_disk_used_ratio.set(ratio)
+
+    def set_backpressure(self, active: bool) -> None:
+        self.backpressure_active.set(1 if active else 0)
+
+    def track(self, gauge: Gauge, fn: Callable[[], float]) -> None:
+        """Compute ``gauge`` at scrape time (e.g. cold lag from the ledger, disk use from
+        statvfs) instead of pushing values: the scrape then never shows a stale value."""
+        gauge.set_function(fn)
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition for an ``Accept`` header: (body, content type)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], ops: OpsServer) -> None:
+        self.ops = ops
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "worm-pipeline-ops"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("ops http: " + format, *args)  # probes every few seconds: not INFO noise
+
+    def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+               headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _probe(self, check: Check, name: str) -> None:
+        try:
+            ok, reason = check()
+        except Exception as exc:  # a crashing check is a failing check, not a 500 with a traceback
+            log.warning("ops: %s check raised", name, exc_info=True)
+            ok, reason = False, f"{name} check failed: {type(exc).__name__}: {exc}"
+        if ok:
+            self._reply(200, b"ok\n")
+        else:
+            self._reply(503, (reason or "not ok").encode("utf-8", "replace") + b"\n")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        ops = self.server.ops
+        if path == "/metrics":
+            try:
+                body, ctype = ops.metrics.render(self.headers.get("Accept", ""))
+            except Exception as exc:  # a failing set_function callback must not kill the scrape thread
+                log.warning("ops: rendering metrics failed", exc_info=True)
+                self._reply(500, f"metrics failed: {exc}\n".encode())
+                return
+            self._reply(200, body, ctype)
+        elif path == "/healthz":
+            self._probe(ops.health, "health")
+        elif path == "/readyz":
+            self._probe(ops.ready, "readiness")
+        else:
+            self._reply(404, b"not found: try /metrics, /healthz, /readyz\n")
+
+    do_HEAD = do_GET
+
+    def _not_allowed(self) -> None:
+        self._reply(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+
+class OpsServer:
+    """HTTP server for ``/metrics``, ``/healthz`` and ``/readyz`` on ``listen``
+    ("host:port" or a tuple; port 0 picks a free port, see ``address``)."""
+
+    def __init__(self, listen: str | tuple[str, int], metrics: Metrics, health: Check, ready: Check) -> None:
+        if isinstance(listen, str):
+            from pipeline.config import parse_listen
+
+            listen = parse_listen(listen)
+        self.metrics = metrics
+        self.health = health
+        self.ready = ready
+        self._listen = listen
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> OpsServer:
+        if self._server is not None:
+            raise RuntimeError("OpsServer already started")
+        self._server = _Server(self._listen, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="ops-http", daemon=True)
+        self._thread.start()
+        host, port = self.address
+        log.info("ops endpoints listening", extra={"address": f"{host}:{port}"})
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("OpsServer not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            with contextlib.suppress(RuntimeError):
+                self._thread.join(5)
+
+    def __enter__(self) -> OpsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
