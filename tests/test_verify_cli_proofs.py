@@ -92,7 +92,7 @@ def test_witnessed_checkpoint_catches_a_rebuilt_chain(hot_dir: Path, tmp_path: P
     _key_path, pub_path = write_key_pair(signer, tmp_path / "keys")
     witness_dir = tmp_path / "witness"
     log = open_hotlog(hot_dir, "app", heartbeat_interval=0)
-    emitter = CheckpointEmitter(log, hot_dir / "app", signer, tree_store=log._tree,  # noqa: SLF001
+    emitter = CheckpointEmitter(log, hot_dir / "app", signer, tree_store=log.tree_store,  # type: ignore[arg-type]
                                 witnesses=[DirectoryWitness(witness_dir)], interval=3600)
     for i in range(50):
         log.append({"i": i}, wait=False)

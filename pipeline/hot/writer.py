@@ -351,6 +351,11 @@ class HotLog:
         return snap.cr_size, merkle.CompactRange(snap.cr_size, snap.cr_stack).root()
 
     @property
+    def tree_store(self) -> TreeStoreLike | None:
+        """The Merkle tile store fed by this writer (for checkpoints and proofs), if any."""
+        return self._tree
+
+    @property
     def next_seq(self) -> int:
         with self._lock:
             return self._seq

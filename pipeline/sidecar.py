@@ -1,0 +1,274 @@
+"""The sidecar process: writer, ingest, shipper, checkpoints and ops endpoints together.
+
+``pipeline run --config FILE`` builds a ``Sidecar`` from the validated configuration and
+runs it until SIGTERM (drain: stop accepting, seal, ship within the grace period, exit 0)
+or SIGINT.  SIGHUP reloads the configuration: settings that can change live are applied
+(hot retention, high-water mark, upload concurrency, log format); the others need a
+restart and are reported as such.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pipeline.cold import open_store
+from pipeline.cold.base import ColdStore
+from pipeline.config import Config, load_config
+from pipeline.hot.factory import open_hotlog
+from pipeline.hot.writer import HotLog
+from pipeline.ops import Metrics, OpsServer
+from pipeline.ship.ledger import Entry
+from pipeline.ship.shipper import Listener, Shipper
+
+log = logging.getLogger("pipeline.sidecar")
+
+LIVE_KEYS = {"hot.hot_retention", "hot.high_water_percent", "cold.upload_concurrency", "ops.log_format",
+             "ops.shutdown_grace", "signing.checkpoint_interval"}
+
+
+class Sidecar:
+    def __init__(self, config: Config, *, store: ColdStore | None = None, ship_interval: float = 1.0) -> None:
+        config.require("cold.url")
+        self.config = config
+        self.ship_interval = ship_interval
+        self.metrics = Metrics()
+        self._store = store
+        self._stop_shipping = threading.Event()
+        self._stopped = threading.Event()
+        self._draining = False
+        self._started = False
+        self.hotlog: HotLog | None = None
+        self.shipper: Shipper | None = None
+        self.ingest: Any = None
+        self.ops: OpsServer | None = None
+        self.emitter: Any = None
+        self._ship_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Sidecar:
+        try:
+            return self._start()
+        except BaseException:
+            # leave nothing half-started: no bound sockets, the stream unlocked and clean
+            ingest, ops, emitter, hotlog = self.ingest, self.ops, self.emitter, self.hotlog
+            steps: list[Callable[[], object]] = []
+            if ingest is not None:
+                steps.append(lambda: ingest.stop(grace=0.5))
+            if ops is not None:
+                steps.append(ops.stop)
+            if emitter is not None:
+                steps.append(lambda: emitter.stop(final=False))
+            if hotlog is not None:
+                steps.append(lambda: hotlog.close(seal=False))
+            for step in steps:
+                try:
+                    step()
+                except Exception:
+                    log.exception("cleanup after a failed start")
+            raise
+
+    def _start(self) -> Sidecar:
+        cfg = self.config
+        self.hotlog = open_hotlog(cfg.hot.dir, cfg.hot.stream, **cfg.hot.hotlog_kwargs())
+        store = self._store or open_store(str(cfg.cold.url), cfg.cold.settings())
+        self._store = store
+        m = self.metrics
+        listener = Listener(
+            on_state=lambda entry, state: None,
+            on_upload=lambda seconds, nbytes: m.observe_upload(seconds),
+            on_failure=self._on_failure,
+        )
+        self.shipper = Shipper(cfg.hot.dir, store, hot_retention=cfg.hot.hot_retention,
+                               concurrency=cfg.cold.upload_concurrency,
+                               high_water_percent=cfg.hot.high_water_percent, streams=[cfg.hot.stream],
+                               listener=listener)
+        shipper = self.shipper
+        m.track(m.cold_lag_seconds, shipper.cold_lag)
+        m.track(m.hot_disk_used_ratio, shipper.disk_used_ratio)
+        if cfg.signing.key_file is not None:
+            from pipeline.checkpoint import load_signer
+            from pipeline.hot.checkpoints import CheckpointEmitter
+
+            signer = load_signer(cfg.signing.key_file)
+            self.emitter = CheckpointEmitter(self.hotlog, Path(cfg.hot.dir) / cfg.hot.stream, signer,
+                                             tree_store=self.hotlog.tree_store,  # type: ignore[arg-type]
+                                             interval=cfg.signing.checkpoint_interval).start()
+        if cfg.ingest.socket is not None or cfg.ingest.http is not None:
+            from pipeline.ingest.server import IngestServer
+
+            self.ingest = IngestServer(
+                self.hotlog, socket_path=cfg.ingest.socket, socket_mode=cfg.ingest.socket_mode,
+                http_listen=cfg.ingest.http, token=cfg.ingest.read_token(),
+                max_request_bytes=cfg.ingest.max_request_bytes, max_event_bytes=cfg.ingest.max_event_bytes,
+                backpressure=self.backpressure, metrics=m,
+            ).start()
+        self.ops = OpsServer(cfg.ops.listen, m, health=self.health, ready=self.ready).start()
+        self._ship_thread = threading.Thread(target=self._ship_loop, name="shipper", daemon=True)
+        self._ship_thread.start()
+        self._started = True
+        log.info("sidecar started", extra={"stream": cfg.hot.stream, "hot": str(cfg.hot.dir),
+                                           "durability": cfg.hot.durability})
+        return self
+
+    def _on_failure(self, entry: Entry, reason: str) -> None:
+        if reason == "quarantined":
+            self.metrics.observe_verify(0.0, ok=False)
+        else:
+            self.metrics.observe_upload_retry()
+
+    def _ship_loop(self) -> None:
+        assert self.shipper is not None
+        while not self._stop_shipping.is_set():
+            try:
+                self.shipper.run_once()
+                self.metrics.set_segments(self.shipper.ledger.counts())
+            except Exception:
+                log.exception("shipper pass failed; retrying")
+            self._stop_shipping.wait(self.ship_interval)
+
+    def backpressure(self) -> str | None:
+        reason = self.shipper.backpressure() if self.shipper else None
+        self.metrics.set_backpressure(reason is not None)
+        return reason
+
+    def health(self) -> tuple[bool, str]:
+        if self.hotlog is None:
+            return False, "writer not started"
+        if self._ship_thread is not None and not self._ship_thread.is_alive() and not self._draining:
+            return False, "shipper thread stopped"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
+        if self._draining:
+            return False, "draining: not accepting events"
+        reason = self.backpressure()
+        if reason:
+            return False, reason
+        return True, "ok"
+
+    def drain(self, grace: float | None = None) -> bool:
+        """Stop accepting, seal the active segment, ship what can be shipped within the
+        grace period.  Returns True when nothing was left pending."""
+        grace = self.config.ops.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        self._draining = True
+        log.info("draining", extra={"grace_seconds": grace})
+        if self.ingest is not None:
+            self.ingest.stop(grace=min(5.0, grace / 4))
+        if self.hotlog is not None:
+            try:
+                self.hotlog.seal()
+            except Exception:
+                log.exception("could not seal the active segment during drain")
+        self._stop_shipping.set()
+        if self._ship_thread is not None:
+            self._ship_thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        pending = 1
+        if self.shipper is not None:
+            while time.monotonic() < deadline:
+                summary = self.shipper.run_once(deadline=deadline)
+                pending = summary.pending
+                if pending == 0:
+                    break
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            self.metrics.set_segments(self.shipper.ledger.counts())
+        if self.emitter is not None:
+            try:
+                self.emitter.stop(final=True)
+            except Exception:
+                log.exception("final checkpoint failed")
+        if self.hotlog is not None:
+            self.hotlog.close(seal=False)
+        if self.ops is not None:
+            self.ops.stop()
+        if self._store is not None:
+            self._store.close()
+        self._stopped.set()
+        log.info("drained", extra={"pending_segments": pending})
+        return pending == 0
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply what can change live; return the keys that need a restart."""
+        old = self.config
+        changed = [k for k, v in _flatten(new).items() if _flatten(old).get(k) != v]
+        needs_restart = [k for k in changed if k not in LIVE_KEYS]
+        if self.shipper is not None:
+            self.shipper.hot_retention = new.hot.hot_retention
+            self.shipper.high_water_percent = float(new.hot.high_water_percent)
+            self.shipper.concurrency = new.cold.upload_concurrency
+        if self.emitter is not None:
+            self.emitter.interval = new.signing.checkpoint_interval
+        from pipeline.logsetup import setup_logging
+
+        setup_logging(new.ops.log_format)
+        self.config = _merge_live(old, new)
+        log.info("configuration reloaded", extra={"changed": changed, "need_restart": needs_restart})
+        return needs_restart
+
+
+def _flatten(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section in ("hot", "cold", "ingest", "ops", "signing"):
+        obj = getattr(cfg, section)
+        for k, v in vars(obj).items():
+            out[f"{section}.{k}"] = v
+    return out
+
+
+def _merge_live(old: Config, new: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(
+        old,
+        hot=dataclasses.replace(old.hot, hot_retention=new.hot.hot_retention,
+                                high_water_percent=new.hot.high_water_percent),
+        cold=dataclasses.replace(old.cold, upload_concurrency=new.cold.upload_concurrency),
+        ops=dataclasses.replace(old.ops, log_format=new.ops.log_format, shutdown_grace=new.ops.shutdown_grace),
+        signing=dataclasses.replace(old.signing, checkpoint_interval=new.signing.checkpoint_interval),
+    )
+
+
+def run(config_path: Path | None) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    from pipeline.logsetup import setup_logging
+
+    config = load_config(config_path)
+    setup_logging(config.ops.log_format)
+    sidecar = Sidecar(config).start()
+    stop = threading.Event()
+    reload_wanted = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_wanted.set()
+        stop.set()  # wake the wait below; cleared again if it was only a reload
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    while True:
+        stop.wait()
+        if reload_wanted.is_set():
+            reload_wanted.clear()
+            stop.clear()
+            try:
+                sidecar.reload(load_config(config_path))
+            except Exception as exc:  # a bad reload keeps the running configuration
+                log.error("configuration reload refused: %s", exc)
+            continue
+        break
+    if not sidecar.drain():
+        log.warning("grace period over with segments still pending; the next start resumes them")
+    return 0
