@@ -232,10 +232,12 @@ def main() -> int:
                             f"{m['tracemalloc_peak_mib']:.1f} MiB | {m['rss_growth_mib']:.0f} MiB | "
                             f"{m['upload_s']:.1f} s | {m['deep_s']:.1f} s |")
         cpu = os.cpu_count()
+        load = os.getloadavg()[0]
         text = "\n".join([
             f"`bench/bench_cold.py`: {args.segments} sealed segments of {args.segment_mib:g} MiB "
             f"({total / MiB:.0f} MiB of ~200-byte records), moto server {'' if aws else '(no aws cli found) '}"
-            f"in a separate process on 127.0.0.1, {cpu} cores. Throughput counts uncompressed segment bytes "
+            f"in a separate process on 127.0.0.1, {cpu} cores (1-minute load {load:.1f} at the end of the run: "
+            "client, server and compression share them). Throughput counts uncompressed segment bytes "
             "per second, including copy-then-verify (HEAD: size, SHA-256, lock, metadata) for ours; "
             "`aws s3 cp` uploads without any verification, lock or compression.",
             "",
