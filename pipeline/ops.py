@@ -115,6 +115,17 @@ class Metrics:
     def set_backpressure(self, active: bool) -> None:
         self.backpressure_active.set(1 if active else 0)
 
+    def watch_backpressure(self, source: Callable[[], str | None]) -> Callable[[], str | None]:
+        """Wrap a backpressure source (as given to ``IngestServer``) so that every answer
+        also sets ``worm_backpressure_active``."""
+
+        def wrapped() -> str | None:
+            reason = source()
+            self.backpressure_active.set(0 if reason is None else 1)
+            return reason
+
+        return wrapped
+
     def track(self, gauge: Gauge, fn: Callable[[], float]) -> None:
         """Compute ``gauge`` at scrape time (e.g. cold lag from the ledger, disk use from
         statvfs) instead of pushing values: the scrape then never shows a stale value."""

@@ -535,3 +535,21 @@ def test_constructor_checks(hotlog: HotLog) -> None:
         IngestServer(hotlog)
     with pytest.raises(ValueError, match="empty bearer token"):
         IngestServer(hotlog, http_listen="127.0.0.1:0", token="")
+
+
+def test_from_config(hot_dir: Path, hotlog: HotLog, tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    token = tmp_path / "token"
+    token.write_text("abc123\n")
+    cfg = load_config(None, {"PIPELINE_HOT_DIR": str(hot_dir), "PIPELINE_INGEST_SOCKET": str(tmp_path / "i.sock"),
+                             "PIPELINE_INGEST_SOCKET_MODE": "0600", "PIPELINE_INGEST_HTTP": "127.0.0.1:0",
+                             "PIPELINE_INGEST_TOKEN_FILE": str(token), "PIPELINE_INGEST_MAX_REQUEST_BYTES": "2048",
+                             "PIPELINE_INGEST_MAX_EVENT_BYTES": "1024"})
+    with IngestServer.from_config(hotlog, cfg.ingest) as srv:
+        assert stat.S_IMODE(os.stat(tmp_path / "i.sock").st_mode) == 0o600
+        addr = srv.http_address
+        assert addr is not None
+        assert post(addr, b'{"a":1}\n')[0] == 401
+        assert post(addr, b'{"a":1}\n', {"Authorization": "Bearer abc123"})[0] == 200
+        assert post(addr, b"x" * 3000, {"Authorization": "Bearer abc123"})[0] == 413

@@ -112,6 +112,16 @@ def test_scrape_time_gauges_and_openmetrics(ops: tuple[OpsServer, Metrics, Probe
     assert b"worm_cold_lag_seconds 90.0" in body and body.rstrip().endswith(b"# EOF")
 
 
+def test_watch_backpressure_sets_gauge() -> None:
+    m = Metrics()
+    reason: list[str | None] = [None]
+    fn = m.watch_backpressure(lambda: reason[0])
+    assert fn() is None and m.registry.get_sample_value("worm_backpressure_active") == 0
+    reason[0] = "hot disk above high-water mark"
+    assert fn() == "hot disk above high-water mark"
+    assert m.registry.get_sample_value("worm_backpressure_active") == 1
+
+
 def test_two_metrics_objects_do_not_collide() -> None:
     a, b = Metrics(), Metrics()
     a.observe_appended(1, 1)

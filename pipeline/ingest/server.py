@@ -125,7 +125,10 @@ class IngestServer:
     """NDJSON ingest over a Unix socket and/or localhost HTTP, acknowledging durable events.
 
     ``start()`` binds and serves on background threads; ``stop(grace)`` stops accepting and
-    lets in-flight batches finish (up to ``grace`` seconds).  Thread-safe."""
+    lets in-flight batches finish (up to ``grace`` seconds).  Thread-safe.
+
+    ``backpressure`` is called before every socket read and HTTP request (and every 50 ms
+    per blocked connection): it must be cheap, e.g. return a flag the shipper maintains."""
 
     def __init__(
         self,
@@ -174,6 +177,17 @@ class IngestServer:
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._http: _HTTPServer | None = None
+
+    @classmethod
+    def from_config(cls, appender: Appender, config: Any, *,
+                    backpressure: Callable[[], str | None] = lambda: None,
+                    metrics: IngestMetrics | None = None) -> IngestServer:
+        """Build from a ``pipeline.config.IngestConfig`` (reads the token file now, so that
+        a missing or empty token fails at start, not on the first request)."""
+        return cls(appender, socket_path=config.socket, socket_mode=config.socket_mode,
+                   http_listen=config.http, token=config.read_token(),
+                   max_request_bytes=config.max_request_bytes, max_event_bytes=config.max_event_bytes,
+                   backpressure=backpressure, metrics=metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
