@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import ContainerClient
-from conftest import AZURITE_KEY, write_segment
+from coldutil import AZURITE_KEY, write_segment
 
 from pipeline.cold import ColdRequestError, ColdSettings, WormNotEnforcedError, open_store
 from pipeline.cold.azure import AzureStore

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import new_bucket, write_segment
+from coldutil import new_bucket, write_segment
 from faultproxy import FaultProxy
 
 from pipeline.cold import ColdRequestError, ColdSettings, ColdUnavailableError, open_store

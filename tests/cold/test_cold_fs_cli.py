@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clear_immutable_tree, new_bucket, write_segment
+from coldutil import clear_immutable_tree, new_bucket, write_segment
 
 from pipeline.cli import main
 from pipeline.cold import ColdSettings, ObjectConflictError, WormNotEnforcedError, open_store

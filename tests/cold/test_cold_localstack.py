@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import new_bucket, write_segment
+from coldutil import new_bucket, write_segment
 
 from pipeline.cold import ColdRequestError, ColdSettings, open_store
 from pipeline.cold import codec as codec_mod

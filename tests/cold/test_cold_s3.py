@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import DUMMY_SECRET, new_bucket, write_segment
+from coldutil import DUMMY_SECRET, new_bucket, write_segment
 
 from pipeline.cold import (
     ColdConfigError,
