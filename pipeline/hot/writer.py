@@ -286,6 +286,26 @@ class HotLog:
         self._after_append(receipt, wait, pending)
         return receipt
 
+    def append_prepared_many(self, items: list[bytes]) -> list[Receipt | HotLogError]:
+        """Append already-prepared events under one lock acquisition, without waiting.
+
+        Never raises for an individual item: each result is its Receipt, or the HotLogError
+        that kept it out of the log (later items are still tried).  Ingest uses this to
+        answer every line of a batch."""
+        out: list[Receipt | HotLogError] = []
+        with self._lock:
+            for data in items:
+                try:
+                    out.append(self._append_locked(Kind.EVENT.value, data))
+                except HotLogError as exc:
+                    out.append(exc)
+            pending = self._pending_bytes
+        last = next((r for r in reversed(out) if isinstance(r, Receipt)), None)
+        if last is not None:
+            with contextlib.suppress(HotLogError):  # reported per receipt by wait_durable
+                self._after_append(last, False, pending)
+        return out
+
     def append_many(self, events: Iterable[Any]) -> list[Receipt]:
         """Append several events and wait once for all of them to be durable.  Every event is
         validated first: if one is invalid, none is written."""
@@ -807,6 +827,12 @@ class HotLog:
         last_valid_seg: Path | None = None
         last_valid_seg_state: tuple[int, int, merkle.CompactRange, str, list[bytes]] | None = None
         for path in tail:
+            if last_valid_seg is not None and last_valid_seg_state is not None:
+                # an unsealed segment followed by another one: the crash came after the next
+                # segment file was created but before the seal reached the disk.  It can no
+                # longer be continued or sealed in place, so the recovery record must name it.
+                self._abandoned.append((last_valid_seg, last_valid_seg_state[0]))
+                last_valid_seg = None
             valid_bytes = 0
             seg_cr = merkle.CompactRange()
             seg_start_frontier = self._cr.stack
@@ -838,7 +864,8 @@ class HotLog:
                 first_ts = first_ts or rec.ts
                 valid_bytes = offset + len(line)
             size = path.stat().st_size
-            if torn or size != valid_bytes:
+            if torn or size != valid_bytes or count == 0:
+                # (an empty file: created just before the crash; the recovery removes it)
                 self._abandoned.append((path, valid_bytes))
                 last_valid_seg = None
             else:

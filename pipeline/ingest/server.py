@@ -279,6 +279,7 @@ class IngestServer:
         durable, and return one result per pair.  Exposed for tests and embedding."""
         batch = _Batch()
         pending: list[tuple[int, Any, int]] = []  # (index in results, receipt, data bytes)
+        prepared: list[tuple[int, int, bytes]] = []  # (index in results, line_no, data)
         for line_no, raw in lines:
             try:
                 data = self.sanitiser.prepare_json(raw)
@@ -288,17 +289,29 @@ class IngestServer:
                 if self.metrics is not None:
                     self.metrics.observe_rejected(exc.reason)
                 continue
-            try:
-                receipt = self.appender.append_prepared(data, wait=False)
-            except Exception as exc:  # HotLogError and anything else: this line is not in the log
-                batch.results.append(_err(line_no, "unavailable", _describe(exc)))
+            prepared.append((len(batch.results), line_no, data))
+            batch.results.append(b"")  # filled in once durable
+        many = getattr(self.appender, "append_prepared_many", None)
+        outcomes: list[Any]
+        if many is not None:
+            # one lock acquisition for the whole batch instead of one per event
+            outcomes = list(many([d for _i, _l, d in prepared]))
+        else:
+            outcomes = []
+            for _i, _l, d in prepared:
+                try:
+                    outcomes.append(self.appender.append_prepared(d, wait=False))
+                except Exception as exc:  # HotLogError and anything else: not in the log
+                    outcomes.append(exc)
+        for (idx, line_no, data), outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                batch.results[idx] = _err(line_no, "unavailable", _describe(outcome))
                 batch.rejected += 1
                 batch.storage_failures += 1
                 if self.metrics is not None:
                     self.metrics.observe_rejected("unavailable")
                 continue
-            pending.append((len(batch.results), receipt, len(data)))
-            batch.results.append(b"")  # filled in once durable
+            pending.append((idx, outcome, len(data)))
         if pending:
             self._wait_durable(batch, lines, pending)
         return batch
