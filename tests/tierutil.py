@@ -6,7 +6,9 @@ depending on that directory's conftest, which pytest only applies below tests/co
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
 import socket
 import uuid
@@ -27,6 +29,7 @@ from pipeline.ship.shipper import Shipper
 from pipeline.witness.directory import DirectoryWitness
 
 ORIGIN_PREFIX = "example.com/worm"
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto server access lines drown test output
 
 
 def free_port() -> int:
@@ -86,7 +89,7 @@ class Pipeline:
     witness: Path
     stream: str = "app"
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         out: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                           Prefix=f"{self.prefix}/"):
@@ -116,14 +119,15 @@ class Pipeline:
 
 def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: bool = False,
                   evict: bool = False, retention_days: int = 1, events_per_segment: int = 40,
-                  witness_every_seal: bool = True) -> Pipeline:
+                  witness_upto: int | None = None, salt: str = "", prefix: str = "audit",
+                  bucket: str | None = None) -> Pipeline:
     """A real HotLog (tree store, signed checkpoints, directory witness) shipped by the real
     Shipper into a bucket on moto's server."""
     hot = tmp_path / "hot"
     stream_dir = hot / "app"
     signer = Signer.generate(ORIGIN_PREFIX)
     keydir = tmp_path / "keys"
-    keydir.mkdir()
+    keydir.mkdir(parents=True)
     vkey = keydir / "log.pub"
     vkey.write_text(signer.verifier().to_string() + "\n")
     witness_dir = tmp_path / "witness"
@@ -133,20 +137,47 @@ def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: boo
     em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin=f"{ORIGIN_PREFIX}/app",
                            witnesses=[witness], interval=3600)
     n = 0
-    for _ in range(segments):
+    for seg_i in range(segments):
         for _i in range(events_per_segment):
-            log.append({"user": f"u{n % 7}", "action": "read" if n % 3 else "write", "n": n, "pad": "x" * 50})
+            log.append({"user": f"u{n % 7}", "action": "read" if n % 3 else "write", "n": n,
+                        "pad": salt + "x" * 50})
             n += 1
         log.seal()
-        if witness_every_seal:
+        if witness_upto is None or seg_i < witness_upto:
             em.emit()
     log.close()
-    em.emit()
-    bucket = new_bucket(endpoint, lock=lock)
-    url = f"s3://{bucket}/audit?endpoint_url={endpoint}&region=us-east-1"
+    if witness_upto is None:
+        em.emit()
+    bucket = bucket or new_bucket(endpoint, lock=lock)
+    url = f"s3://{bucket}/{prefix}?endpoint_url={endpoint}&region=us-east-1"
     settings = ColdSettings(allow_unlocked=not lock, retention_days=retention_days)
     store = open_store(url, settings)
     summary = Shipper(hot, store, hot_retention=0.0 if evict else 1e9, concurrency=4).run_once()
     assert summary.failed == 0 and summary.quarantined == 0, summary.errors
     store.close()
-    return Pipeline(hot, url, bucket, "audit", s3_client(endpoint), signer, vkey, witness_dir)
+    return Pipeline(hot, url, bucket, prefix, s3_client(endpoint), signer, vkey, witness_dir)
+
+
+def compress(segment: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=3, write_content_size=True).compress(segment)
+
+
+def rewrite_object(pl: Pipeline, key: str, segment: bytes, *, update_content: bool = True) -> None:
+    """The attacker with write access to an unlocked bucket: replace an object by ``segment``
+    (compressed like the shipper does) with metadata made consistent with the new bytes."""
+    meta = dict(pl.head(key)["Metadata"])
+    body = compress(segment) if key.endswith(".zst") else segment
+    meta["worm_stored_sha256"] = hashlib.sha256(body).hexdigest()
+    meta["worm_stored_size"] = str(len(body))
+    if update_content:
+        meta["worm_sha256"] = hashlib.sha256(segment).hexdigest()
+        meta["worm_size"] = str(len(segment))
+    pl.put(key, body, meta)
+
+
+def alter_record(segment: bytes, index: int, old: bytes, new: bytes) -> bytes:
+    """Change bytes inside record line ``index`` without re-hashing it (same length)."""
+    lines = segment.splitlines(keepends=True)
+    assert old in lines[index], (old, lines[index][:120])
+    lines[index] = lines[index].replace(old, new, 1)
+    return b"".join(lines)

@@ -25,7 +25,7 @@ import orjson
 
 from pipeline import merkle
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
-from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
+from pipeline.record import GENESIS_HASH, Kind, Record, RecordError, parse_record
 
 REASONS = {
     "hash-mismatch": "a record's hash does not match its bytes (the record was altered)",
@@ -125,8 +125,13 @@ def _ts_seconds(ts: str) -> float:
     return base + int(ts[20:26]) / 1e6
 
 
-def scan_segment(path: str | os.PathLike[str], stream: str | None = None) -> SegmentScan:
-    """Check one segment file completely.  Reads it once, sequentially."""
+def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
+                 on_record: Callable[[Record], None] | None = None) -> SegmentScan:
+    """Check one segment file completely.  Reads it once, sequentially.
+
+    ``on_record`` sees every record that passed its checks so far, in order (used by
+    ``pipeline export`` to spool records from the same single pass that verifies them;
+    the caller discards what it spooled if the scan ends with findings)."""
     p = Path(path)
     scan = SegmentScan(path=str(p), name=p.name)
     sha = hashlib.sha256()
@@ -199,6 +204,8 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None) -> Seg
             if stream_cr is not None:
                 stream_cr.append(lh)
             scan.boundaries[offset + len(line)] = (rec.seq, rec.hash)
+        if on_record is not None:
+            on_record(rec)
         scan.records += 1
         scan.last_seq, scan.last_hash, scan.last_ts = rec.seq, rec.hash, rec.ts
         scan.valid_bytes = offset + len(line)
@@ -414,6 +421,19 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
         exp_hash = s.last_hash if s.last_hash is not None else exp_hash
         rep.last_seq, rep.last_hash = s.last_seq, s.last_hash
         prev_scan = s
+    if unexplained:
+        # After a crash and before the writer restarts, the newest segment may be unsealed and
+        # followed only by files without a complete record: the next segment was created (and
+        # perhaps torn) before the seal reached the disk.  That is the active tail, which the
+        # writer's next start explains with a recovery record, not a truncation.
+        at = next(i for i, x in enumerate(scans) if x is unexplained[0])
+        if all(x.first_seq is None and not x.findings for x in scans[at + 1 :]):
+            for s in unexplained:
+                rep.notes.append(Note(stream, s.name, "torn-tail",
+                                      f"{s.size - s.valid_bytes} bytes after the last complete record at offset "
+                                      f"{s.valid_bytes}, no seal: a crash during rotation; the writer recovers it "
+                                      "on its next start"))
+            unexplained = []
     for s in unexplained:
         rep.findings.append(Finding(stream, s.name, "truncated",
                                     f"{s.name} ends without a seal at offset {s.valid_bytes} and no recovery record "

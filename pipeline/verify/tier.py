@@ -120,6 +120,8 @@ CODES: dict[str, tuple[str, str]] = {
     "witness-stale": (ERROR, "a witness's newest checkpoint lags the log by more than the allowed time"),
     "checkpoint-unchecked": (WARNING, "a checkpoint could not be recomputed (covering segment unavailable)"),
 }
+# findings about what lies BETWEEN segments: listed as gaps, they do not mark a segment INVALID
+GAP_CODES = frozenset({"missing-segment", "missing-start", "time-gap"})
 # record-level reasons from pipeline.verify.chain (deep mode) are errors too
 for _code, _what in chain.REASONS.items():
     CODES.setdefault(_code, (ERROR, f"--deep: {_what}"))
@@ -170,6 +172,7 @@ class SegmentLine:
     last_ts: str | None = None
     first_prev: str | None = None
     last_hash: str | None = None
+    uploaded: float | None = None  # LastModified (epoch s): a time axis when metadata lacks record times
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -740,6 +743,8 @@ class TierVerifier:
         def add(code: str, segment: str, message: str, seq: int | None = None, key: str | None = None) -> None:
             res.findings.append(TierFinding(code, stream, segment, message, seq, key))
             ln = lines.get(segment)
+            if code in GAP_CODES:
+                return  # a gap is reported between segments, not against the one after it
             if ln is not None and CODES.get(code, (ERROR,))[0] == ERROR:
                 ln.status = "INVALID" if ln.status != "missing" else ln.status
                 if code not in ln.reasons:
@@ -781,6 +786,7 @@ class TierVerifier:
             for o, st, problem in pool.map(head, todo):
                 ln = lines.setdefault(o.name, SegmentLine(o.name, o.key))
                 ln.key = o.key
+                ln.uploaded = o.last_modified.timestamp() if o.last_modified else None
                 entry = entries.get(o.name)
                 ln.hot_state = entry.state if entry else None
                 if st is None:
@@ -873,7 +879,7 @@ class TierVerifier:
                 add("archived", name, f"in storage class {st.storage_class}: thaw it before --deep, export or "
                     "restore", key=st.key)
         res.log_size = max([m.last_seq + 1 for m in ordered] + [self._hot_next_seq(hot_dir)])
-        self._checkpoints(res, cps, roots, deep_roots, ordered, add)
+        self._checkpoints(res, cps, roots, deep_roots, ordered, add, lines)
 
         res.records = sum(m.records for m in ordered)
         res.segments = sorted(lines.values(), key=lambda s: _seg_sort_key(s.segment))
@@ -1053,7 +1059,7 @@ class TierVerifier:
 
     def _checkpoints(self, res: StreamTier, cps: list[_CpNote], roots: _RootSource,
                      deep_roots: dict[int, bytes | str], ordered: list[SegmentManifest],
-                     add: Callable[..., None]) -> None:
+                     add: Callable[..., None], lines: dict[str, SegmentLine]) -> None:
         summary = res.checkpoints
         if not cps and not summary.witness_latest:
             return
@@ -1130,25 +1136,33 @@ class TierVerifier:
                 if size > summary.log_latest:
                     add("checkpoint-rollback", "", f"the log's latest checkpoint is size {summary.log_latest} "
                         f"but {w} holds size {size}", size)
-        # staleness: the newest witnessed size must be recent relative to the newest record
-        newest_ts = max((ts_epoch(m.last_ts) for m in ordered if m.last_ts), default=None)
+        # staleness: how long have records gone unwitnessed?  Record times come from the
+        # metadata; objects whose metadata carries none fall back to their upload times.
+        def when(m: SegmentManifest, first: bool) -> float | None:
+            ts = m.first_ts if first else m.last_ts
+            if ts:
+                return ts_epoch(ts)
+            ln = lines.get(m.segment)
+            return ln.uploaded if ln is not None else None
+
+        newest = max((t for m in ordered if (t := when(m, False)) is not None), default=None)
         for w in summary.witness_latest:
             wsize = latest_by_source.get(w)
             if wsize is None:
                 add("witness-stale", "", f"{w} holds no checkpoint of this stream")
                 continue
-            size = wsize
-            if newest_ts is None or size >= res.log_size:
+            if newest is None or wsize >= res.log_size:
                 continue
-            uncovered = next((m for m in ordered if m.last_seq >= size), None)
-            if uncovered is None or not uncovered.first_ts:
+            uncovered = next((m for m in ordered if m.last_seq >= wsize), None)
+            start = when(uncovered, True) if uncovered is not None else None
+            if start is None:
                 continue
             # the first record the witness has not seen is no older than its segment's start
-            lag = newest_ts - ts_epoch(uncovered.first_ts)
-            if lag > self.opts.witness_max_lag:
-                add("witness-stale", "", f"{w}'s newest checkpoint covers {size} of {res.log_size} records; records "
-                    f"written over the last {lag:.0f} s since {uncovered.first_ts} are unwitnessed (allowed "
-                    f"{self.opts.witness_max_lag:g} s)", size)
+            lag = newest - start
+            if lag >= self.opts.witness_max_lag:
+                add("witness-stale", "", f"{w}'s newest checkpoint covers {wsize} of {res.log_size} records; "
+                    f"records of the last {lag:.0f} s are unwitnessed (allowed {self.opts.witness_max_lag:g} s)",
+                    wsize)
 
 
 def verify_tier(store: ColdStore, opts: TierOptions) -> TierReport:
