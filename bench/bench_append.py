@@ -33,12 +33,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import merkle  # noqa: E402
-from pipeline.hot import attr  # noqa: E402
-from pipeline.hot.segment import list_segments  # noqa: E402
-from pipeline.hot.writer import HotLog  # noqa: E402
-from pipeline.sanitise import Sanitiser  # noqa: E402
-from pipeline.verify.chain import verify_stream  # noqa: E402
+import contextlib
+
+from pipeline import merkle
+from pipeline.hot import attr
+from pipeline.hot.segment import list_segments
+from pipeline.hot.writer import HotLog
+from pipeline.sanitise import Sanitiser
+from pipeline.verify.chain import verify_stream
 
 EVENT = {
     "actor": "svc-orders",
@@ -54,10 +56,8 @@ EVENT = {
 def rm_tree(path: Path) -> None:
     for dirpath, _d, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 attr.clear_protection(Path(dirpath) / f)
-            except OSError:
-                pass
     shutil.rmtree(path, ignore_errors=True)
 
 

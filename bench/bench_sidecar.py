@@ -11,6 +11,7 @@ to a plain Unix-socket sink that only counts newlines (the transport's ceiling h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -181,10 +182,8 @@ def rss_mb(pid: int) -> float:
 def rm(path: Path) -> None:
     for d, _s, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 attr.clear_protection(Path(d) / f)
-            except OSError:
-                pass
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -219,7 +218,6 @@ def main() -> None:
         # wait until everything acknowledged is confirmed in cold storage
         ledger = Ledger(base / "hot")
         max_seq = max(s for _t, s in acks)
-        confirmed_at: dict[int, float] = {}
         deadline = time.time() + 120 + 3 * float(args.window.rstrip("s"))
         while time.time() < deadline:
             done = [e for e in ledger.entries() if e.state in ("confirmed", "evicted") and e.confirmed_at]
