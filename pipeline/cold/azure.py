@@ -238,7 +238,7 @@ class AzureStore:
                 kwargs["standard_blob_tier"] = StandardBlobTier(self.settings.storage_class)
 
             def attempt() -> bool:
-                with open(body.path, "rb") as f:
+                with body.open() as f:
                     try:
                         blob.upload_blob(f, **kwargs)
                         return True
@@ -271,7 +271,10 @@ class AzureStore:
         expiry = getattr(policy, "expiry_time", None)
         mode = getattr(policy, "policy_mode", None)
         tier = getattr(props, "blob_tier", None)
-        archived = str(tier) == "Archive" and not getattr(props, "archive_status", None)
+        status = getattr(props, "archive_status", None)
+        # Still unreadable while a rehydration is pending (archive_status
+        # "rehydrate-pending-to-…"): the tier changes only when it completes.
+        archived = str(tier) == "Archive"
         return ObjectStat(
             key=key,
             size=int(props.size),
@@ -284,14 +287,38 @@ class AzureStore:
             last_modified=props.last_modified,
             version_id=getattr(props, "version_id", None),
             archived=archived,
+            restore=str(status) if status else None,
         )
 
     def open(self, key: str) -> ReadStream:
         seg = segment_of_key(key)
-        dl = self._call("download",
-                        lambda: self._cc.get_blob_client(key).download_blob(max_concurrency=1),
-                        seg[1] if seg else key)
+        segment = seg[1] if seg else key
+        try:
+            dl = self._call("download", lambda: self._cc.get_blob_client(key).download_blob(max_concurrency=1),
+                            segment)
+        except ObjectArchivedError as exc:
+            # The 409 only says BlobArchived; the properties say whether a rehydration runs.
+            try:
+                st = self.stat(key)
+            except ColdError:
+                raise exc from None
+            raise self.archived_error("download", st, segment) from exc
         return _DownloadStream(dl)
+
+    def archived_error(self, what: str, st: ObjectStat, segment: str | None) -> ObjectArchivedError:
+        """The error for reading a blob in the Archive tier, with the rehydrate command."""
+        pending = bool(st.restore and st.restore.startswith("rehydrate-pending"))
+        account = self._cc.account_name or "<account>"
+        action = (
+            (f"wait for the running rehydration ({st.restore}) to finish" if pending else
+             f"rehydrate it first: az storage blob set-tier --account-name {account} --container-name "
+             f"{self.container} --name {st.key} --tier Cool --rehydrate-priority Standard")
+            + "; rehydration takes up to 15 hours (Standard) or under 1 hour for blobs under 10 GB (High); "
+            "the blob is readable once its tier is no longer Archive, then run the command again")
+        state = "rehydration pending" if pending else "no rehydration requested"
+        return ObjectArchivedError(f"{what}: blob is in the Archive tier and cannot be read until rehydrated "
+                                   f"({state})", segment=segment, endpoint=self._where(), code="BlobArchived",
+                                   action=action)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
@@ -331,7 +358,8 @@ class AzureStore:
                 result.add("metadata", False, str(exc), "metadata-mismatch")
                 return result
         if st.archived:
-            result.add("readable", False, "blob is in the Archive tier: rehydrate it first", "archived")
+            err = self.archived_error("verification", st, seg[1] if seg else key)
+            result.add("readable", False, f"{err.summary}: {err.action}", "archived")
         elif not deep:
             # Normal verification still needs the bytes: Azure keeps no SHA-256 to ask for.
             sha, _ = hash_stream(lambda: self.open(key))

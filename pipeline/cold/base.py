@@ -124,6 +124,7 @@ class ObjectStat:
     version_id: str | None = None
     checksum_parts: int = 0  # >0: S3 composite (multipart) checksum over this many parts
     archived: bool = False  # must be restored before it can be read
+    restore: str | None = None  # S3 x-amz-restore / Azure archive status, as reported
 
     @property
     def segment_metadata(self) -> dict[str, str]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, BinaryIO, cast
 
 import zstandard
 
@@ -34,14 +35,16 @@ MAX_WINDOW = 1 << 26
 
 @dataclass
 class PreparedBody:
-    """The bytes to upload: either the hot file itself or a compressed spool file."""
+    """The bytes to upload: the hot file itself, or the compressed body (in memory when it
+    fits ``memory_limit``, otherwise in a spool file)."""
 
-    path: str
+    path: str | None
     size: int
     sha256: str  # hex, of the stored bytes
     compression: str
     part_size: int = 0
     part_digests: list[bytes] | None = None  # SHA-256 of each part_size slice, for multipart
+    data: bytes | None = None  # the compressed body when it was kept in memory
     _temp: bool = False
 
     @property
@@ -51,8 +54,18 @@ class PreparedBody:
             return None
         return hashlib.sha256(b"".join(self.part_digests)).hexdigest()
 
+    def open(self) -> BinaryIO:
+        """A fresh reader positioned at the first byte (one per upload attempt: a retry must
+        send the body from its start).  The caller closes it."""
+        if self.data is not None:
+            # BytesIO over immutable bytes shares the buffer: no copy per attempt.
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return open(self.path, "rb")
+
     def cleanup(self) -> None:
-        if self._temp:
+        self.data = None
+        if self._temp and self.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
@@ -61,51 +74,123 @@ def prepare_body(source_path: str, manifest: SegmentManifest, settings: ColdSett
     """Hash (and compress) the hot segment, checking it against its manifest first.
 
     The hot file is read exactly once: the same pass that checks it against the manifest
-    produces the compressed body and the stored-bytes hash, which S3 needs up front.
+    produces the compressed body and the stored-bytes hash, which S3 needs up front (the
+    ``ChecksumSHA256`` header and the create-only PUT cover the stored bytes, so they must
+    be known before the first byte is sent).
     """
-    content = hashlib.sha256()
-    size = 0
     on_disk = os.stat(source_path).st_size
     if on_disk != manifest.size:
         # Checked before compressing: zstd is told the size up front and would fail obscurely.
         _check_source(source_path, manifest, on_disk, "(not hashed)")
-    # Part digests are only worth computing for bodies that may go multipart.
-    part_size = settings.part_size if manifest.size >= settings.multipart_threshold else 0
     if settings.compression == "none":
+        # Part digests are only worth computing for bodies that may go multipart.
+        part_size = settings.part_size if manifest.size >= settings.multipart_threshold else 0
         ph = PartHasher(part_size)
+        size = 0
         with open(source_path, "rb") as f:
             while chunk := f.read(CHUNK):
                 ph.update(chunk)
                 size += len(chunk)
         _check_source(source_path, manifest, size, ph.hexdigest())
         return PreparedBody(source_path, size, ph.hexdigest(), "none", part_size, ph.finish())
+    return _prepare_zstd(source_path, manifest, settings)
 
+
+def zstd_compressor(settings: ColdSettings, size: int) -> zstandard.ZstdCompressor:
+    """The compressor every backend uses (see docs/FORMAT.md section 10): one frame, with
+    the content size in its header (so ``zstd -l`` shows it and a decoder can refuse a
+    frame that claims more than the manifest) and zstd's own XXH64 content checksum (so
+    ``zstd -t`` detects a damaged object without the metadata)."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        settings.compression_level, source_size=size, write_content_size=1, write_checksum=1,
+        threads=settings.compression_threads)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+def _prepare_zstd(source_path: str, manifest: SegmentManifest, settings: ColdSettings) -> PreparedBody:
+    content = hashlib.sha256()
+    size = 0
+    # The compressed size is unknown until the end; a body that may reach the multipart
+    # threshold is hashed per part as it is produced (cheap: it is the smaller stream).
+    part_size = settings.part_size if manifest.size >= settings.multipart_threshold else 0
     stored = PartHasher(part_size)
-    spool_dir = settings.spool_dir or tempfile.gettempdir()
-    fd, spool = tempfile.mkstemp(prefix=f".{manifest.segment}.", suffix=".zst.tmp", dir=spool_dir)
+    sink = _SpoolWriter(stored, settings.part_size, settings.spool_dir, manifest.segment)
     ok = False
     try:
-        with os.fdopen(fd, "wb") as raw:
-            sink = _HashingWriter(raw, stored)
-            params: dict[str, Any] = {"level": settings.compression_level, "write_content_size": True}
-            if settings.compression_threads:
-                params["threads"] = settings.compression_threads
-            cctx = zstandard.ZstdCompressor(**params)
-            # closefd=False: we close ``raw`` ourselves after fsync-free flush (the spool is
-            # temporary; durability comes from the hot copy until the upload verifies).
-            with cctx.stream_writer(cast(IO[bytes], sink), size=manifest.size, closefd=False) as zw, \
-                    open(source_path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    content.update(chunk)
-                    size += len(chunk)
-                    zw.write(chunk)
+        cctx = zstd_compressor(settings, manifest.size)
+        # Where the time goes (bench/bench_compression.py): compressing dominates, then the
+        # SHA-256 of the segment; hashing the ~6x smaller output and copying it are minor.
+        # With compression_threads > 0 zstd compresses on its own worker threads and
+        # write() only hands the input over, so the SHA-256 below runs alongside it.
+        with cctx.stream_writer(cast(IO[bytes], sink), size=manifest.size, write_size=CHUNK,
+                                closefd=False) as zw, open(source_path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                zw.write(chunk)
+                content.update(chunk)
+                size += len(chunk)
         _check_source(source_path, manifest, size, content.hexdigest())
         ok = True
-        return PreparedBody(spool, sink.count, stored.hexdigest(), "zstd", part_size, stored.finish(), _temp=True)
+        return PreparedBody(sink.path, sink.count, stored.hexdigest(), "zstd", part_size, stored.finish(),
+                            data=sink.getvalue(), _temp=sink.path is not None)
     finally:
+        sink.close()
         if not ok:
+            sink.discard()
+
+
+class _SpoolWriter:
+    """Write-only sink for the compressed body: hashes and counts what passes through, keeps
+    it in memory up to ``memory_limit`` bytes and spills to a temporary file beyond that.
+
+    A compressed segment of a few minutes is a few MiB, so the usual body never touches
+    the disk (no temp file to create, write, re-read and unlink); memory per concurrent
+    upload stays bounded by ``memory_limit`` (the multipart part size), whatever the
+    segment size."""
+
+    def __init__(self, h: PartHasher, memory_limit: int, spool_dir: str | None, segment: str) -> None:
+        self._h = h
+        self._limit = memory_limit
+        self._dir = spool_dir or tempfile.gettempdir()
+        self._segment = segment
+        self._buf: bytearray | None = bytearray()
+        self._file: IO[bytes] | None = None
+        self.path: str | None = None
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self._h.update(data)
+        self.count += len(data)
+        if self._buf is not None:
+            if len(self._buf) + len(data) <= self._limit:
+                self._buf += data
+                return len(data)
+            # Spill: the body outgrew the memory budget.
+            fd, self.path = tempfile.mkstemp(prefix=f".{self._segment}.", suffix=".zst.tmp", dir=self._dir)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(self._buf)
+            self._buf = None
+        assert self._file is not None
+        self._file.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def getvalue(self) -> bytes | None:
+        return bytes(self._buf) if self._buf is not None else None
+
+    def close(self) -> None:
+        # No fsync: the spool is temporary; durability comes from the hot copy until the
+        # upload verifies.
+        if self._file is not None:
+            self._file.close()
+
+    def discard(self) -> None:
+        self._buf = None
+        if self.path:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(spool)
+                os.unlink(self.path)
 
 
 def _check_source(path: str, manifest: SegmentManifest, size: int, sha: str) -> None:
@@ -153,24 +238,6 @@ class PartHasher:
 
     def hexdigest(self) -> str:
         return self.whole.hexdigest()
-
-
-class _HashingWriter:
-    """A write-only file object that hashes and counts what passes through it."""
-
-    def __init__(self, raw: Any, h: Any) -> None:
-        self._raw = raw
-        self._h = h
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self._h.update(data)
-        self.count += len(data)
-        n: int = self._raw.write(data)
-        return n
-
-    def flush(self) -> None:
-        self._raw.flush()
 
 
 class _HashingReader:

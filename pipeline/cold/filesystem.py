@@ -41,7 +41,7 @@ from pipeline.cold.base import (
     segment_of_key,
 )
 from pipeline.cold.checks import evaluate_stat
-from pipeline.cold.codec import CHUNK, deep_check, prepare_body
+from pipeline.cold.codec import CHUNK, PreparedBody, deep_check, prepare_body
 from pipeline.cold.errors import (
     ColdConfigError,
     ColdRequestError,
@@ -139,7 +139,7 @@ class FileStore:
             dest = self._path(key)
             meta = encode_metadata(manifest, body.compression, body.size, body.sha256)
             sidecar = {"metadata": meta, "retain_until": required_retain_until(self.settings).isoformat()}
-            created = self._create(dest, key, body.path, sidecar, segment_name)
+            created = self._create(dest, key, body, sidecar, segment_name)
             result = self.verify(key, manifest, expected_stored_sha256=body.sha256 if created else None,
                                  expected_stored_size=body.size if created else None)
             if not created and not result.ok:
@@ -152,7 +152,7 @@ class FileStore:
         finally:
             body.cleanup()
 
-    def _create(self, dest: Path, key: str, src: str, sidecar: Mapping[str, object], segment: str) -> bool:
+    def _create(self, dest: Path, key: str, body: PreparedBody, sidecar: Mapping[str, object], segment: str) -> bool:
         if dest.exists():
             return False
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ class FileStore:
         self._write_replace(meta_path, json.dumps(sidecar, sort_keys=True).encode())
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            with os.fdopen(fd, "wb") as out, body.open() as inp:
                 shutil.copyfileobj(inp, out, CHUNK)
                 out.flush()
                 os.fsync(out.fileno())

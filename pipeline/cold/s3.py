@@ -264,7 +264,7 @@ class S3Store:
 
         def attempt() -> bool:
             # Reopened on every attempt: a retry must send the body from its first byte.
-            with open(body.path, "rb") as f:
+            with body.open() as f:
                 try:
                     self._client.put_object(
                         Bucket=self.bucket, Key=key, Body=f, ContentLength=body.size,
@@ -291,7 +291,7 @@ class S3Store:
         completed = False
         try:
             parts: list[dict[str, Any]] = []
-            with open(body.path, "rb") as f:
+            with body.open() as f:
                 for number, digest in enumerate(digests, start=1):
                     f.seek((number - 1) * body.part_size)
                     data = f.read(body.part_size)  # one part in memory at a time
@@ -364,14 +364,42 @@ class S3Store:
             version_id=resp.get("VersionId"),
             checksum_parts=parts,
             archived=archived,
+            restore=restore or None,
         )
 
     def open(self, key: str) -> ReadStream:
         seg = segment_of_key(key)
-        resp = self._call("download", lambda: self._client.get_object(Bucket=self.bucket, Key=key),
-                          seg[1] if seg else key)
+        segment = seg[1] if seg else key
+        try:
+            resp = self._call("download", lambda: self._client.get_object(Bucket=self.bucket, Key=key), segment)
+        except ObjectArchivedError as exc:
+            # GetObject only says InvalidObjectState; one HEAD (on this failure path only)
+            # names the class and whether a restore is already running, so the message can
+            # say exactly what to do.
+            try:
+                st = self.stat(key)
+            except ColdError:
+                raise exc from None
+            raise self.archived_error("download", st, segment) from exc
         body: ReadStream = resp["Body"]
         return body
+
+    def archived_error(self, what: str, st: ObjectStat, segment: str | None) -> ObjectArchivedError:
+        """The error for reading an object in GLACIER / DEEP_ARCHIVE, with the restore command."""
+        running = 'ongoing-request="true"' in (st.restore or "")
+        hours = "within 12 hours (Standard tier; Bulk up to 48)" if st.storage_class == "DEEP_ARCHIVE" else \
+            "3-5 hours (Standard tier; Expedited 1-5 minutes, Bulk 5-12 hours)"
+        state = "a restore is already in progress" if running else "no restore has been requested"
+        action = (
+            ("wait for the running restore to finish" if running else
+             f"restore it first: aws s3api restore-object --bucket {self.bucket} --key {st.key} "
+             "--restore-request '{\"Days\":7,\"GlacierJobParameters\":{\"Tier\":\"Standard\"}}'")
+            + f"; a restore takes {hours}; `aws s3api head-object --bucket {self.bucket} --key {st.key}` shows "
+            "Restore: ongoing-request=\"false\" when the copy is readable, then run the command again. "
+            "The restore makes a temporary readable copy; the locked object keeps its class and retention")
+        return ObjectArchivedError(f"{what}: object is in the {st.storage_class} archive class and cannot be read "
+                                   f"until restored ({state})", segment=segment, endpoint=self._where(),
+                                   code="InvalidObjectState", action=action)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
@@ -436,7 +464,8 @@ class S3Store:
         )
         if deep:
             if st.archived:
-                result.add("deep", False, f"object is in {st.storage_class}: restore it first", "archived")
+                err = self.archived_error("deep verification", st, seg[1] if seg else key)
+                result.add("deep", False, f"{err.summary}: {err.action}", "archived")
             else:
                 full_sha = expected_stored_sha256 or st.segment_metadata.get("stored_sha256")
                 deep_check(lambda: self.open(key), manifest, compression, full_sha, st.size, result)
