@@ -61,8 +61,12 @@ class ColdSettings:
     kms_key_id: str | None = None
     storage_class: str | None = None  # S3 StorageClass, Azure access tier (Hot, Cool, Cold)
     compression: Compression = "zstd"
-    compression_level: int = 3
-    compression_threads: int = 0  # zstd worker threads; 0 = compress on the calling thread
+    # Level 1 with two worker threads: on ~313-byte chained audit records level 1 measured
+    # both faster and smaller than 3 (5.5x vs 5.0x), and with worker threads the segment's
+    # SHA-256 and other segments' uploads run alongside compression; level 3 shipped slower
+    # than no compression at all.  Figures: docs/BENCHMARKS.md "Compression".
+    compression_level: int = 1
+    compression_threads: int = 2  # zstd worker threads; 0 = compress on the calling thread
     multipart_threshold: int = 64 * MiB  # segments at or above this size go multipart (S3)
     part_size: int = 8 * MiB  # multipart part size / Azure block size: bounds client memory
     retry_max_seconds: float = 60.0  # total time budget for retrying one operation
@@ -79,6 +83,8 @@ class ColdSettings:
             raise ValueError("retention_days must be at least 1")
         if self.compression not in COMPRESSION_SUFFIX:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSION_SUFFIX)}")
+        if self.compression_threads < -1:
+            raise ValueError("compression_threads must be -1 (one per core), 0 (calling thread) or more")
         if self.part_size < 5 * MiB:
             raise ValueError("part_size must be at least 5 MiB (the S3 minimum part size)")
         if self.multipart_threshold < self.part_size:
