@@ -24,3 +24,12 @@ if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/golang.org/x/
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends golang-go golang-golang-x-mod-dev >/dev/null
 fi
+
+# zstd and openssl command-line tools: tests/cold/test_format_cold.py runs the auditor's
+# commands of docs/FORMAT.md section 10 (zstd -lv / -t / -d, openssl dgst) on a stored object
+if ! command -v zstd >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "test deps: apt-get install zstd openssl"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends zstd openssl >/dev/null
+fi
