@@ -133,6 +133,48 @@ def encode_record(
     return body + HASH_FIELD + digest + b'"}\n', digest
 
 
+# The canonical header, exactly: a line whose body starts with this is in the required
+# layout by construction (no escapes, whitespace, duplicate keys or alternative spellings).
+_HEADER_RE = re.compile(
+    rb'\{"v":1,"stream":"([A-Za-z0-9][A-Za-z0-9._-]{0,127})","seq":(0|[1-9][0-9]{0,18}),'
+    rb'"ts":"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)","kind":"(event|seal|heartbeat|recovery)",'
+    rb'"prev":"([0-9a-f]{64})","data":'
+)
+
+RecordFields = tuple[str, int, str, str, str, dict[str, Any], str]
+
+
+def parse_fields(line: bytes) -> RecordFields | None:
+    """The fast path of ``parse_record`` for verifiers that read millions of lines:
+    ``(stream, seq, ts, kind, prev, data, hash)`` for a valid line, or None, in which case
+    ``parse_record`` gives the precise reason.  Accepts exactly the lines ``parse_record``
+    accepts."""
+    n = len(line)
+    if n < SUFFIX_LEN + 2 or line[-3:] != b'"}\n':
+        return None
+    body_end = n - SUFFIX_LEN
+    if line[body_end : body_end + 9] != HASH_FIELD:
+        return None
+    body = line[:body_end]
+    claimed = line[body_end + 9 : -3]
+    if hashlib.sha256(body).hexdigest().encode() != claimed:
+        return None
+    m = _HEADER_RE.match(body)
+    if m is None or b"\n" in body:
+        return None
+    seq = int(m.group(2))
+    if seq > MAX_SEQ:
+        return None
+    try:
+        data = orjson.loads(body[m.end() :])
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict:
+        return None
+    return (m.group(1).decode(), seq, m.group(3).decode(), m.group(4).decode(), m.group(5).decode(), data,
+            claimed.decode())
+
+
 def parse_record(line: bytes) -> Record:
     """Parse and self-check one record line (with its trailing newline).
 
@@ -142,6 +184,9 @@ def parse_record(line: bytes) -> Record:
     duplicate keys, reordering, whitespace and alternative number spellings without a
     general-purpose canonicaliser.
     """
+    fields = parse_fields(line)
+    if fields is not None:
+        return Record(*fields, line)
     if not line.endswith(b"\n"):
         raise RecordError("torn", "line has no terminating newline")
     if len(line) < SUFFIX_LEN + 2:

@@ -25,7 +25,9 @@ import orjson
 
 from pipeline import merkle
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
-from pipeline.record import GENESIS_HASH, Kind, Record, RecordError, parse_record
+from pipeline.record import GENESIS_HASH, Kind, Record, RecordError, parse_fields, parse_record
+
+_LEAF0 = hashlib.sha256(b"\x00")  # RFC 6962 leaf prefix, copied per leaf
 
 REASONS = {
     "hash-mismatch": "a record's hash does not match its bytes (the record was altered)",
@@ -154,63 +156,71 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
             add("after-seal", f"{scan.size - offset} bytes follow the seal at offset {offset}", scan.last_seq, offset)
             stop = True
             continue
-        try:
-            rec = parse_record(line)
-        except RecordError as exc:
-            if exc.reason == "torn":
-                # unterminated tail: judged by stitch (recovery record, or active segment)
+        fields = parse_fields(line)
+        if fields is None:
+            try:
+                rec = parse_record(line)  # slow path: only to name what is wrong
+            except RecordError as exc:
+                if exc.reason == "torn":
+                    # unterminated tail: judged by stitch (recovery record, or active segment)
+                    stop = True
+                    continue
+                add(exc.reason, f"{exc.detail} (line at offset {offset})", expected_seq, offset)
                 stop = True
                 continue
-            add(exc.reason, f"{exc.detail} (line at offset {offset})", expected_seq, offset)
-            stop = True
-            continue
+            fields = (rec.stream, rec.seq, rec.ts, rec.kind, rec.prev, rec.data, rec.hash)
+        r_stream, r_seq, r_ts, r_kind, r_prev, r_data, r_hash = fields
         if stream is None:
-            stream = rec.stream
-        if rec.stream != stream:
-            add("wrong-stream", f"record at offset {offset} belongs to stream {rec.stream!r}", rec.seq, offset)
+            stream = r_stream
+        if r_stream != stream:
+            add("wrong-stream", f"record at offset {offset} belongs to stream {r_stream!r}", r_seq, offset)
             stop = True
             continue
         if expected_seq is None:
-            scan.first_seq, scan.first_prev, scan.first_ts = rec.seq, rec.prev, rec.ts
-            if rec.kind == Kind.RECOVERY.value:
-                scan.first_recovery = rec.data
+            scan.first_seq, scan.first_prev, scan.first_ts = r_seq, r_prev, r_ts
+            if r_kind == "recovery":
+                scan.first_recovery = r_data
             parsed = parse_segment_name(p.name)
-            if parsed is None or parsed[0] != rec.seq:
+            if parsed is None or parsed[0] != r_seq:
                 add("name-mismatch", f"file name says seq {parsed[0] if parsed else '?'} but the first record "
-                    f"is seq {rec.seq}", rec.seq, offset)
+                    f"is seq {r_seq}", r_seq, offset)
         else:
-            if rec.seq != expected_seq:
-                reason = "seq-gap" if rec.seq > expected_seq else "seq-regression"
-                add(reason, f"seq {rec.seq} where {expected_seq} was expected", rec.seq, offset)
+            if r_seq != expected_seq:
+                reason = "seq-gap" if r_seq > expected_seq else "seq-regression"
+                add(reason, f"seq {r_seq} where {expected_seq} was expected", r_seq, offset)
                 stop = True
                 continue
-            if rec.prev != prev_hash:
-                add("broken-link", f"seq {rec.seq} does not link to seq {expected_seq - 1}", rec.seq, offset)
+            if r_prev != prev_hash:
+                add("broken-link", f"seq {r_seq} does not link to seq {expected_seq - 1}", r_seq, offset)
                 stop = True
                 continue
-        t = _ts_seconds(rec.ts)
+        t = _ts_seconds(r_ts)
         if prev_ts is not None and t - prev_ts > scan.max_gap_s:
             scan.max_gap_s = t - prev_ts
             scan.max_gap_after_seq = expected_seq - 1 if expected_seq is not None else None
         prev_ts = t
-        lh = merkle.leaf_hash(rec.leaf)
-        if rec.kind == Kind.SEAL.value:
+        h = _LEAF0.copy()
+        h.update(memoryview(line)[:-1])
+        lh = h.digest()
+        if r_kind == "seal":
             scan.sealed = True
-            scan.seal = rec.data
+            scan.seal = r_data
             scan.seal_leaf_hash = lh
-            _check_seal(scan, rec.seq, rec.prev, rec.data, seg_cr, add, offset)
+            _check_seal(scan, r_seq, r_prev, r_data, seg_cr, add, offset)
         else:
             seg_cr.append(lh)
             if stream_cr is not None:
                 stream_cr.append(lh)
-            scan.boundaries[offset + len(line)] = (rec.seq, rec.hash)
+            # where records end, in case a later recovery record names this segment (cleared
+            # at the end when the segment is sealed)
+            scan.boundaries[offset + len(line)] = (r_seq, r_hash)
         if on_record is not None:
-            on_record(rec)
+            on_record(Record(*fields, line))
         scan.records += 1
-        scan.last_seq, scan.last_hash, scan.last_ts = rec.seq, rec.hash, rec.ts
+        scan.last_seq, scan.last_hash, scan.last_ts = r_seq, r_hash, r_ts
         scan.valid_bytes = offset + len(line)
-        expected_seq = rec.seq + 1
-        prev_hash = rec.hash
+        expected_seq = r_seq + 1
+        prev_hash = r_hash
     scan.sha256 = sha.hexdigest()
     scan.merkle_root = seg_cr.root().hex()
     if scan.sealed:
