@@ -326,3 +326,18 @@ def test_checkov_passes(module: Path) -> None:
     assert passed > 10, "checkov evaluated (almost) nothing"
     skipped = {c["check_id"] for r in reports for c in r["results"]["skipped_checks"]}
     assert skipped <= set(_skips(module)), "every skip comes from a justified comment"
+
+
+def test_aws_lifecycle_aborts_incomplete_multipart_and_never_archives(aws: dict[str, Any]) -> None:
+    """Leftover parts of an upload the shipper could not abort are removed, and no
+    transition goes to a class that would need a restore before verification (issue 8)."""
+    lifecycle = _one(aws, "resource", "aws_s3_bucket_lifecycle_configuration", "locked")
+    (rule,) = [r for r in lifecycle["rule"] if r["id"] == "colder-storage"]
+    abort = rule["abort_incomplete_multipart_upload"]
+    abort = abort[0] if isinstance(abort, list) else abort
+    assert 1 <= abort["days_after_initiation"] <= 7
+    classes = {t["storage_class"] for t in rule["transition"]}
+    classes |= {t["storage_class"] for t in rule["noncurrent_version_transition"]}
+    assert not classes & {"GLACIER", "DEEP_ARCHIVE"}
+    # The lifecycle rule must not expire anything inside the retention period.
+    assert "expiration" not in rule

@@ -171,7 +171,12 @@ resource "aws_s3_bucket_lifecycle_configuration" "locked" {
 
   bucket = each.value.id
 
-  # Storage-class transitions keep each version's Object Lock retention.
+  # Storage-class transitions keep each version's Object Lock retention: S3 changes the
+  # class of the locked version in place (same version ID, same COMPLIANCE retain-until
+  # date and legal hold), it does not copy or delete it.  The rule stops at GLACIER_IR
+  # on purpose: it is read in milliseconds, so `pipeline verify-tier --deep`, export and
+  # restore work without a thaw; GLACIER/DEEP_ARCHIVE would need a RestoreObject first
+  # (the cold tier reports ObjectArchivedError with the command).  Costs: docs/COSTS.md.
   rule {
     id     = "colder-storage"
     status = "Enabled"
@@ -198,6 +203,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "locked" {
       storage_class   = "GLACIER_IR"
     }
 
+    # Multipart uploads (segments >= cold multipart_threshold) are aborted by the shipper
+    # on failure; this removes the parts an abort could not reach (an outage), which are
+    # otherwise billed as storage forever and invisible to listings.
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
     }
