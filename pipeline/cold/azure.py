@@ -46,12 +46,11 @@ from pipeline.cold.base import (
     ReadStream,
     VerifyResult,
     encode_metadata,
-    manifest_from_metadata,
     object_key,
     required_retain_until,
     segment_of_key,
 )
-from pipeline.cold.checks import evaluate_stat
+from pipeline.cold.checks import evaluate_stat, start_verify
 from pipeline.cold.codec import CHUNK, deep_check, hash_stream, prepare_body
 from pipeline.cold.errors import (
     ColdError,
@@ -341,24 +340,16 @@ class AzureStore:
         expected_stored_size: int | None = None,
         min_retain_until: dt.datetime | None = None,
     ) -> VerifyResult:
-        result = VerifyResult(key, deep=deep)
         caps = self.capabilities()
         before = sum(self.requests.values())
-        seg = segment_of_key(key)
-        compression = seg[2] if seg else self.settings.compression
-        try:
-            st = self.stat(key)
-        except ObjectNotFoundError:
-            result.add("exists", False, "no such blob", "missing")
+        start = start_verify(key, manifest, deep, self.settings, self.stat, missing="no such blob")
+        result = start.result
+        if start.done:
             return result
-        if manifest is None:
-            try:
-                manifest = manifest_from_metadata(st.metadata)
-            except ValueError as exc:
-                result.add("metadata", False, str(exc), "metadata-mismatch")
-                return result
+        st, manifest, compression = start.stat, start.manifest, start.compression
+        assert st is not None and manifest is not None
         if st.archived:
-            err = self.archived_error("verification", st, seg[1] if seg else key)
+            err = self.archived_error("verification", st, start.segment)
             result.add("readable", False, f"{err.summary}: {err.action}", "archived")
         elif not deep:
             # Normal verification still needs the bytes: Azure keeps no SHA-256 to ask for.

@@ -8,8 +8,11 @@ answer into an ``ObjectStat``; the judgement is made here once, the same way for
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult
+from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult, manifest_from_metadata, segment_of_key
+from pipeline.cold.errors import ObjectNotFoundError
 from pipeline.hot.segment import SegmentManifest
 
 # For a standalone verification the required retain-until is derived from the object's
@@ -110,3 +113,41 @@ def evaluate_stat(
             result.add("lock", False, f"{why}; unlocked storage is refused (fail closed)", "not-locked")
     if expect_legal_hold:
         result.add("legal hold", st.legal_hold is True, f"legal hold is {st.legal_hold}", "legal-hold-missing")
+
+
+@dataclass
+class VerifyStart:
+    """What every backend's ``verify`` needs before its own checks: the result being built,
+    the object's attributes and the manifest to compare with (from the caller, or rebuilt
+    from the object's metadata for an auditor without the hot copy)."""
+
+    result: VerifyResult
+    stat: ObjectStat | None
+    manifest: SegmentManifest | None
+    compression: str
+    segment: str
+
+    @property
+    def done(self) -> bool:
+        """True when the object is missing or its metadata unusable: nothing more to check."""
+        return self.stat is None or self.manifest is None
+
+
+def start_verify(key: str, manifest: SegmentManifest | None, deep: bool, settings: ColdSettings,
+                 stat: Callable[[str], ObjectStat], *, missing: str = "no such object") -> VerifyStart:
+    result = VerifyResult(key, deep=deep)
+    seg = segment_of_key(key)
+    compression = seg[2] if seg else settings.compression
+    name = seg[1] if seg else key
+    try:
+        st = stat(key)
+    except ObjectNotFoundError:
+        result.add("exists", False, missing, "missing")
+        return VerifyStart(result, None, manifest, compression, name)
+    if manifest is None:
+        try:
+            manifest = manifest_from_metadata(st.metadata)
+        except ValueError as exc:
+            result.add("metadata", False, str(exc), "metadata-mismatch")
+            return VerifyStart(result, st, None, compression, name)
+    return VerifyStart(result, st, manifest, compression, name)

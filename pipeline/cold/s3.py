@@ -30,12 +30,11 @@ from pipeline.cold.base import (
     ReadStream,
     VerifyResult,
     encode_metadata,
-    manifest_from_metadata,
     object_key,
     required_retain_until,
     segment_of_key,
 )
-from pipeline.cold.checks import evaluate_stat
+from pipeline.cold.checks import evaluate_stat, start_verify
 from pipeline.cold.codec import PreparedBody, deep_check, prepare_body
 from pipeline.cold.errors import (
     ColdError,
@@ -440,22 +439,14 @@ class S3Store:
         expected_stored_size: int | None = None,
         min_retain_until: dt.datetime | None = None,
     ) -> VerifyResult:
-        result = VerifyResult(key, deep=deep)
         caps = self.capabilities()
         before = sum(self.requests.values())
-        seg = segment_of_key(key)
-        compression = seg[2] if seg else self.settings.compression
-        try:
-            st = self.stat(key)
-        except ObjectNotFoundError:
-            result.add("exists", False, "no such object", "missing")
+        start = start_verify(key, manifest, deep, self.settings, self.stat, missing="no such object")
+        result = start.result
+        if start.done:
             return result
-        if manifest is None:
-            try:
-                manifest = manifest_from_metadata(st.metadata)
-            except ValueError as exc:
-                result.add("metadata", False, str(exc), "metadata-mismatch")
-                return result
+        st, manifest, compression = start.stat, start.manifest, start.compression
+        assert st is not None and manifest is not None
         evaluate_stat(
             st, manifest, compression, self.settings, result,
             expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
@@ -464,7 +455,7 @@ class S3Store:
         )
         if deep:
             if st.archived:
-                err = self.archived_error("deep verification", st, seg[1] if seg else key)
+                err = self.archived_error("deep verification", st, start.segment)
                 result.add("deep", False, f"{err.summary}: {err.action}", "archived")
             else:
                 full_sha = expected_stored_sha256 or st.segment_metadata.get("stored_sha256")
