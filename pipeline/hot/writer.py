@@ -130,6 +130,10 @@ class _Segment:
     dir_synced: bool = False
     append_only: bool = False
     closed: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.path.name
 
 
 @dataclass(slots=True)
@@ -242,7 +246,10 @@ class HotLog:
         self._failure: BaseException | None = None
         self._abandoned: list[tuple[Path, int]] = []
         self._explained_at: int | None = None
+        # idle detection for heartbeats: the background thread notes when seq last moved
+        # (no clock read on the append path)
         self._last_record_mono = time.monotonic()
+        self._hb_seq = -1
         self._last_flush_mono = 0.0
         self._last_os_sync = time.monotonic()
         self._closed = False
@@ -461,7 +468,7 @@ class HotLog:
         self._queue_line_locked(seg, line, in_segment_tree=True)
         seq = self._seq - 1
         self._prev = digest
-        return Receipt(seq, digest.decode(), seg.path.name, self._gen)
+        return Receipt(seq, digest.decode(), seg.name, self._gen)
 
     def _encode(self, seq: int, ts: bytes, kind: str, data_json: bytes) -> tuple[bytes, bytes]:
         # the same bytes as pipeline.record.encode_record, with the per-stream prefix
@@ -490,7 +497,6 @@ class HotLog:
         seg.count += 1
         self._pending_bytes += len(line)
         self._seq += 1
-        self._last_record_mono = time.monotonic()
 
     def _ensure_usable_locked(self) -> None:
         if self._closed:
@@ -974,9 +980,15 @@ class HotLog:
                         self._failure = exc
                     self._cond.notify_all()
 
+    def _note_activity_locked(self, now: float) -> None:
+        if self._seq != self._hb_seq:
+            self._hb_seq = self._seq
+            self._last_record_mono = now
+
     def _next_timeout(self) -> float:
         now = time.monotonic()
         with self._lock:
+            self._note_activity_locked(now)
             pending = bool(self._runs)
             has_seg = self._seg is not None
         if pending and self.durability != "fsync":
@@ -994,6 +1006,7 @@ class HotLog:
     def _tick(self) -> None:
         now = time.monotonic()
         with self._lock:
+            self._note_activity_locked(now)
             failed = self._failure is not None
             if not failed:
                 seg = self._seg
