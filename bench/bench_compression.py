@@ -188,17 +188,20 @@ def breakdown(path: Path, man: SegmentManifest, reps: int) -> list[str]:
     return rows
 
 
+BEGIN, END = "<!-- bench_compression:begin -->", "<!-- bench_compression:end -->"
+
+
 def write_doc(text: str) -> None:
+    """Replace the generated part of the Compression section (between the markers), so the
+    hand-written reading of the figures above it survives a re-run."""
     doc = REPO / "docs" / "BENCHMARKS.md"
     current = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    section = f"{HEADING}\n\n{text.strip()}\n"
-    if HEADING + "\n" in current:
-        start = current.index(HEADING + "\n")
-        nxt = current.find("\n## ", start + len(HEADING))
-        rest = current[nxt + 1:] if nxt >= 0 else ""
-        current = current[:start] + section + ("\n" + rest if rest else "")
+    block = f"{BEGIN}\n{text.strip()}\n{END}"
+    if BEGIN in current and END in current:
+        start, end = current.index(BEGIN), current.index(END) + len(END)
+        current = current[:start] + block + current[end:]
     else:
-        current = current.rstrip("\n") + "\n\n" + section
+        current = current.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
     doc.write_text(current)
 
 
