@@ -302,3 +302,15 @@ def test_docs_list_every_finding_code() -> None:
     doc = (REPO / "docs" / "VERIFY-TIER.md").read_text()
     missing = [c for c in CODES if f"`{c}`" not in doc]
     assert not missing, missing
+
+
+def test_evicted_segments_need_their_cold_copies(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10, evict=True)
+    code, doc = run(pl.base_args(), capsys)
+    assert code == 0, doc["findings"]
+    assert {s["hot_state"] for s in doc["streams"][0]["segments"]} == {"evicted"}
+    pl.client.delete_object(Bucket=pl.bucket, Key=pl.object_keys()[0])
+    code, doc = run(pl.base_args(), capsys)
+    assert code == 1
+    assert {"missing-object", "evicted-without-cold-copy", "missing-start"} <= set(codes(doc, None))

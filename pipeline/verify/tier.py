@@ -27,6 +27,7 @@ bytes); object metadata is dropped as soon as it has been judged.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import contextlib
 import datetime as dt
@@ -557,6 +558,7 @@ class _RootSource:
         # (first_seq, attempt, name, hot path or None, key or None)
         self.index: list[tuple[int, int, str, Path | None, str | None]] = []
         self.fetches = 0
+        self._firsts: list[int] = []
 
     def add(self, name: str, hot: Path | None, key: str | None) -> None:
         p = parse_segment_name(name)
@@ -565,13 +567,12 @@ class _RootSource:
 
     def finish(self) -> None:
         self.index.sort(key=lambda x: (x[0], x[1]))
+        self._firsts = [x[0] for x in self.index]
 
     def covering(self, size: int) -> tuple[int, int, str, Path | None, str | None] | None:
-        best = None
-        for item in self.index:  # few checkpoints are looked up; a linear scan keeps this simple
-            if item[0] <= size - 1:
-                best = item
-        return best
+        # the last segment (highest attempt among equal first seqs) starting at or before leaf size-1
+        i = bisect.bisect_right(self._firsts, size - 1)
+        return self.index[i - 1] if i else None
 
     def local(self, size: int) -> bool:
         c = self.covering(size)
