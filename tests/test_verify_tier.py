@@ -314,3 +314,25 @@ def test_evicted_segments_need_their_cold_copies(tmp_path: Path, moto_endpoint: 
     code, doc = run(pl.base_args(), capsys)
     assert code == 1
     assert {"missing-object", "evicted-without-cold-copy", "missing-start"} <= set(codes(doc, None))
+
+
+def test_time_gap_reported_as_possible_suppression(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10, pause_after=0)
+    base = [a if a != "0" else "0.3" for a in cold_only(pl)]  # heartbeat 0.3 s: silences over 0.6 s count
+    # from the records (--deep): the 1 s pause after the first segment
+    code, doc = run([*base, "--deep"], capsys)
+    assert code == 1 and codes(doc) == ["time-gap"]
+    gap = next(g for g in doc["streams"][0]["gaps"] if g["kind"] == "time")
+    assert gap["after_segment"] == "seg-00000000000000000000.jsonl" and gap["seconds"] >= 1.0
+    # from the metadata alone (default mode), when objects carry record times
+    keys = pl.object_keys()
+    for i, k in enumerate(keys):
+        meta = dict(pl.head(k)["Metadata"])
+        meta["worm_first_ts"] = f"2026-11-21T10:{i:02d}:00.000000Z"
+        meta["worm_last_ts"] = f"2026-11-21T10:{i:02d}:00.100000Z" if i != 1 else "2026-11-21T10:01:00.200000Z"
+        pl.put(k, pl.get(k), meta)
+    code, doc = run(base, capsys)
+    assert code == 1 and codes(doc) == ["time-gap", "time-gap"]
+    code, doc = run([*base[:-1], "100"], capsys)  # a 100 s heartbeat: a minute between segments is fine
+    assert code == 0, doc["findings"]

@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ class Pipeline:
 def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: bool = False,
                   evict: bool = False, retention_days: int = 1, events_per_segment: int = 40,
                   witness_upto: int | None = None, salt: str = "", prefix: str = "audit",
-                  bucket: str | None = None) -> Pipeline:
+                  bucket: str | None = None, pause_after: int | None = None) -> Pipeline:
     """A real HotLog (tree store, signed checkpoints, directory witness) shipped by the real
     Shipper into a bucket on moto's server."""
     hot = tmp_path / "hot"
@@ -143,6 +144,8 @@ def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: boo
                         "pad": salt + "x" * 50})
             n += 1
         log.seal()
+        if pause_after is not None and seg_i == pause_after:
+            time.sleep(1.0)  # a silence in the log (no heartbeats are written: interval 0)
         if witness_upto is None or seg_i < witness_upto:
             em.emit()
     log.close()

@@ -32,6 +32,7 @@ import calendar
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -1023,8 +1024,16 @@ class TierVerifier:
                 if (f.reason, f.segment) not in seen:
                     add(f.reason, f.segment, f.message, f.seq)
                     seen.add((f.reason, f.segment))
-            # intra-segment silences (heartbeats make long ones impossible in an honest log)
+            # silences from the record times themselves: between segments (the metadata may
+            # carry no times) and inside them; heartbeats make long ones impossible in an honest log
             hb = opts.heartbeat_interval
+            for a, b in itertools.pairwise(scans):
+                if hb > 0 and a.last_ts and b.first_ts and ("time-gap", b.name) not in seen:
+                    gap = ts_epoch(b.first_ts) - ts_epoch(a.last_ts)
+                    if gap > 2 * hb:
+                        res.gaps.append(Gap("time", a.name, b.name, a.last_seq, b.first_seq, seconds=gap))
+                        add("time-gap", b.name, f"no record for {gap:.1f} s between {a.last_ts} and {b.first_ts} "
+                            f"(heartbeat interval {hb:g} s): possible suppression", b.first_seq)
             for s in scans:
                 if hb > 0 and s.max_gap_s > 2 * hb:
                     res.gaps.append(Gap("time", s.name, s.name, s.max_gap_after_seq, None, seconds=s.max_gap_s))
