@@ -336,3 +336,30 @@ def test_time_gap_reported_as_possible_suppression(tmp_path: Path, moto_endpoint
     assert code == 1 and codes(doc) == ["time-gap", "time-gap"]
     code, doc = run([*base[:-1], "100"], capsys)  # a 100 s heartbeat: a minute between segments is fine
     assert code == 0, doc["findings"]
+
+
+def test_s3_witness_and_time_window(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from tierutil import new_bucket
+
+    wbucket = new_bucket(moto_endpoint)
+    pl = ship_pipeline(tmp_path, moto_endpoint, segments=4, events_per_segment=10,
+                       s3_witness=(moto_endpoint, wbucket))
+    args = ["verify-tier", "--cold-only", "--cold", pl.url, "--vkey", str(pl.vkey), "--allow-unlocked",
+            "--heartbeat-interval", "0", "--witness-s3", f"s3://{wbucket}/witness?endpoint_url={moto_endpoint}"]
+    code, doc = run(args, capsys)
+    assert code == 0, doc["findings"]
+    cps = doc["streams"][0]["checkpoints"]
+    assert cps["recomputed"] == 1 and list(cps["witness_latest_size"].values()) == [44]
+    # the window: objects whose metadata records times outside it are left out, and continuity is
+    # checked inside it (the first segment in the window need not start at seq 0)
+    for i, k in enumerate(pl.object_keys()):
+        meta = dict(pl.head(k)["Metadata"])
+        meta["worm_first_ts"] = f"2026-11-2{i}T10:00:00.000000Z"
+        meta["worm_last_ts"] = f"2026-11-2{i}T10:00:30.000000Z"
+        pl.put(k, pl.get(k), meta)
+    code, doc = run([*args, "--since", "2026-11-21T00:00:00Z", "--until", "2026-11-22T23:00:00Z"], capsys)
+    assert code == 0, doc["findings"]
+    segs = doc["streams"][0]["segments"]
+    assert [s["first_seq"] for s in segs] == [11, 22] and doc["totals"]["outside_window"] == 2
+    assert doc["window"]["since"] == "2026-11-21T00:00:00Z"

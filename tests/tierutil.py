@@ -121,7 +121,8 @@ class Pipeline:
 def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: bool = False,
                   evict: bool = False, retention_days: int = 1, events_per_segment: int = 40,
                   witness_upto: int | None = None, salt: str = "", prefix: str = "audit",
-                  bucket: str | None = None, pause_after: int | None = None) -> Pipeline:
+                  bucket: str | None = None, pause_after: int | None = None,
+                  s3_witness: tuple[str, str] | None = None) -> Pipeline:
     """A real HotLog (tree store, signed checkpoints, directory witness) shipped by the real
     Shipper into a bucket on moto's server."""
     hot = tmp_path / "hot"
@@ -134,9 +135,13 @@ def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: boo
     witness_dir = tmp_path / "witness"
     tree = TreeStore(stream_dir)
     log = HotLog(hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
-    witness = DirectoryWitness(witness_dir, verifiers=[signer.verifier()])
+    witnesses: list[Any] = [DirectoryWitness(witness_dir, verifiers=[signer.verifier()])]
+    if s3_witness is not None:  # (endpoint, bucket): checkpoints as create-only objects under witness/
+        from pipeline.witness.s3 import S3Witness
+
+        witnesses.append(S3Witness(s3_client(s3_witness[0]), s3_witness[1], "witness"))
     em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin=f"{ORIGIN_PREFIX}/app",
-                           witnesses=[witness], interval=3600)
+                           witnesses=witnesses, interval=3600)
     n = 0
     for seg_i in range(segments):
         for _i in range(events_per_segment):

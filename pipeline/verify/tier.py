@@ -801,6 +801,8 @@ class TierVerifier:
                 if opts.deep or st.archived:
                     stats[o.name] = st
 
+        # the log's size is the whole stream's, whatever the window
+        full_size = max([m.last_seq + 1 for m in manifests.values()] + [0])
         # time window (after the HEADs: only the metadata knows the record times)
         if opts.since is not None or opts.until is not None:
             for name in list(manifests):
@@ -880,8 +882,9 @@ class TierVerifier:
             if st.archived and not opts.deep:
                 add("archived", name, f"in storage class {st.storage_class}: thaw it before --deep, export or "
                     "restore", key=st.key)
-        res.log_size = max([m.last_seq + 1 for m in ordered] + [self._hot_next_seq(hot_dir)])
-        self._checkpoints(res, cps, roots, deep_roots, ordered, add, lines)
+        res.log_size = max(full_size, self._hot_next_seq(hot_dir))
+        span = (lo, hi) if window and lo is not None and hi is not None else None
+        self._checkpoints(res, cps, roots, deep_roots, ordered, add, lines, span)
 
         res.records = sum(m.records for m in ordered)
         res.segments = sorted(lines.values(), key=lambda s: _seg_sort_key(s.segment))
@@ -1069,7 +1072,8 @@ class TierVerifier:
 
     def _checkpoints(self, res: StreamTier, cps: list[_CpNote], roots: _RootSource,
                      deep_roots: dict[int, bytes | str], ordered: list[SegmentManifest],
-                     add: Callable[..., None], lines: dict[str, SegmentLine]) -> None:
+                     add: Callable[..., None], lines: dict[str, SegmentLine],
+                     span: tuple[int, int] | None = None) -> None:
         summary = res.checkpoints
         if not cps and not summary.witness_latest:
             return
@@ -1104,6 +1108,9 @@ class TierVerifier:
                 select.add(summary.log_latest)
             select |= set(latest_by_source.values())
         select = {s for s in select if s <= res.log_size}
+        if span is not None:
+            # in a time window only the window's segments were judged: recompute what they cover
+            select = {s for s in select if span[0] < s <= span[1] + 1}
         computed: dict[int, bytes | str] = {}
         if self.opts.deep:
             computed.update({s: r for s, r in deep_roots.items() if s in select})
