@@ -72,25 +72,30 @@ _CARD_RE = re.compile(
 )
 
 
-def _value_hint(v: str) -> bool:
-    return (
-        "-----BEGIN" in v
-        or "earer" in v
-        or "EARER" in v
-        or "asic " in v
-        or "ASIC " in v
-        or ("A" in v and _AWS_KEY_RE.search(v) is not None)
-        or (_digit_count(v) >= 13 and _CARD_RE.search(v) is not None)
-    )
+# Screening on the serialised event.  AWS key ids start with "A" and one of these.  For card
+# numbers the bytes are translated (digits to "0", spaces and hyphens to "-"), separators
+# dropped, and a run of 13 digits looked for: a superset of the shapes _CARD_RE matches,
+# found with two C-level passes; only then do the issuer-prefix and Luhn checks run.
+_AWS_PREFILTER = re.compile(rb"A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)")
+_DIGIT_CLASS = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x2D if b in (0x20, 0x2D) else 0x78 for b in range(256)
+)
+_THIRTEEN_DIGITS = b"0" * 13
 
 
-_DIGITS = b"0123456789"
-
-
-def _digit_count(v: str) -> int:
-    # bytes.translate with a delete set is a tight C loop, unlike regex scanning for \d
-    raw = v.encode("utf-8", "surrogatepass")
-    return len(raw) - len(raw.translate(None, _DIGITS))
+def _bytes_hint(out: bytes) -> bool:
+    if b"-----BEGIN" in out or _AWS_PREFILTER.search(out) is not None:
+        return True
+    low = out.lower()  # the credential scheme names match in any letter case
+    if b"bearer" in low or b"basic" in low:
+        return True
+    if _THIRTEEN_DIGITS not in out.translate(_DIGIT_CLASS).replace(b"-", b""):
+        return False
+    for m in _CARD_RE.finditer(out.decode("utf-8", "replace")):
+        digits = re.sub(r"[ -]", "", m.group(0))
+        if 13 <= len(digits) <= 19 and luhn_ok(digits):
+            return True
+    return False
 
 
 def luhn_ok(digits: str) -> bool:
@@ -172,9 +177,10 @@ class Sanitiser:
             )
         # orjson writes NaN/Infinity as null: look for them only when a null is present.
         # Nesting cannot exceed the number of opening brackets, so count those first.
-        if b"null" in out or out.count(b"{") + out.count(b"[") > self.max_depth:
+        braces, brackets = out.count(b"{"), out.count(b"[")
+        if b"null" in out or braces + brackets > self.max_depth:
             self._check_structure(event)
-        if self.redact and self._suspect(event, 0):
+        if self.redact and self._needs_redaction(event, out, braces == 1 and brackets == 0):
             cleaned, changed = self._redact(event)
             if changed:
                 out = orjson.dumps(cleaned, option=_ORJSON_OPTS)
@@ -197,40 +203,46 @@ class Sanitiser:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _suspect(self, node: Any, depth: int) -> bool:
-        """Cheap walk: could anything in ``node`` need redaction?  False negatives are not
-        allowed (the exact rules run only when this says yes); false positives only cost time."""
+    def _needs_redaction(self, event: dict[str, Any], out: bytes, flat: bool) -> bool:
+        """Could anything need redaction?  No false negatives (the exact rules run only when
+        this says yes); false positives only cost time.  Values are screened on the
+        serialised bytes with a few C-level scans instead of a Python walk over strings;
+        keys through a per-key-set cache.  ``flat``: one object, no arrays (so no nested keys)."""
+        if self.redact_values and _bytes_hint(out):
+            return True
+        if flat and type(event) is dict:
+            return self._keyset_secret(event)
+        return self._keys_suspect(event, 0)
+
+    def _keyset_secret(self, node: dict[str, Any]) -> bool:
+        # events of one application repeat a few key sets: cache the verdict per key set
+        keys = tuple(node)
+        hit = self._keyset_cache.get(keys)
+        if hit is None:
+            hit = any(self.is_secret_key(k) for k in keys)
+            if len(self._keyset_cache) >= 4096:
+                self._keyset_cache.clear()
+            self._keyset_cache[keys] = hit
+        return hit
+
+    def _keys_suspect(self, node: Any, depth: int) -> bool:
         if depth > 256:
             return True
-        values: Iterable[Any]
         if type(node) is dict:
-            # events of one application repeat a few key sets: cache the verdict per key set
-            keys = tuple(node)
-            hit = self._keyset_cache.get(keys)
-            if hit is None:
-                hit = any(self.is_secret_key(k) for k in keys)
-                if len(self._keyset_cache) >= 4096:
-                    self._keyset_cache.clear()
-                self._keyset_cache[keys] = hit
-            if hit:
+            if self._keyset_secret(node):
                 return True
-            values = node.values()
-        else:
+            values: Iterable[Any] = node.values()
+        elif type(node) is list or type(node) is tuple:
             values = node
-        if not self.redact_values:
-            return any(type(v) in (dict, list, tuple) and self._suspect(v, depth + 1) for v in values)
+        else:
+            return isinstance(node, dict | list | tuple)  # container subclasses: take the exact path
         for v in values:
             t = type(v)
-            if t is str:
-                if len(v) >= 13 and _value_hint(v):
+            if t is dict or t is list or t is tuple:
+                if self._keys_suspect(v, depth + 1):
                     return True
-            elif t is dict or t is list or t is tuple:
-                if self._suspect(v, depth + 1):
-                    return True
-            elif t is int and v >= 10**12:
+            elif t is not str and isinstance(v, dict | list | tuple):
                 return True
-            elif (isinstance(v, str) and _value_hint(v)) or isinstance(v, dict | list | tuple):
-                return True  # subclasses: take the exact path
         return False
 
     def _check_structure(self, event: Any) -> None:
