@@ -26,7 +26,7 @@ EVENTS_PER_S = 1000  # per sidecar
 RECORD_BYTES = 313  # a realistic chained record line (docs/BENCHMARKS.md "Compression")
 # Stored/segment bytes at zstd level 1, the default: measured by bench/bench_compression.py
 # on HotLog records of this size (docs/BENCHMARKS.md "Compression").
-COMPRESSION_RATIO = 5.49
+COMPRESSION_RATIO = 5.50
 SEGMENT_MAX_BYTES = 64 << 20  # hot.segment_max_bytes default: a segment is cut at this size too
 SIDECARS = (1, 100, 10_000)
 WINDOWS_MIN = (1, 5, 15)
