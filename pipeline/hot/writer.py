@@ -452,21 +452,45 @@ class HotLog:
                 self._wake.set()
                 self.wait_durable(receipt)
 
-    def _append_locked(self, kind: str, data_json: bytes) -> Receipt:
+    def _append_locked(self, kind: str, data_json: bytes, ts: bytes | None = None) -> Receipt:
+        # The hottest path of the writer: encoding (the same bytes as
+        # pipeline.record.encode_record, with the per-stream prefix precomputed), chaining,
+        # leaf hashing and queueing are inlined here on purpose.
         if self._closed or self._failure is not None or self._abandoned:
             self._ensure_usable_locked()
-        ts = self._clock.now()
+        if ts is None:
+            ts = self._clock.now()
         seg = self._seg
         if seg is None:
             seg = self._open_segment_locked(ts)
-        line, digest = self._encode(self._seq, ts, kind, data_json)
+        body = b"".join((self._prefix, b"%d" % self._seq, b',"ts":"', ts, b'","kind":"', kind.encode(),
+                         b'","prev":"', self._prev, b'","data":', data_json))
+        digest = hashlib.sha256(body).hexdigest().encode()
+        line = b"".join((body, b',"hash":"', digest, b'"}\n'))
+        n = len(line)
         # keep room for the seal (its frontier grows with log2 of the stream)
-        if seg.count and seg.size + len(line) + 4096 > self.segment_max_bytes:
+        if seg.count and seg.size + n + 4096 > self.segment_max_bytes:
             self._seal_locked()
-            seg = self._open_segment_locked(ts)
-            line, digest = self._encode(self._seq, ts, kind, data_json)
-        self._queue_line_locked(seg, line, in_segment_tree=True)
-        seq = self._seq - 1
+            self._open_segment_locked(ts)
+            return self._append_locked(kind, data_json, ts)  # the new segment's first record
+        h = self._leaf0.copy()
+        h.update(memoryview(line)[:-1])
+        lh = h.digest()
+        seg.cr.append(lh)
+        self._cr.append(lh)
+        runs = self._runs
+        if runs and runs[-1].seg is seg and not runs[-1].finalize:
+            run = runs[-1]
+        else:
+            run = _Run(seg)
+            runs.append(run)
+        run.chunks.append(line)
+        run.leaves.append(lh)
+        seg.size += n
+        seg.count += 1
+        self._pending_bytes += n
+        seq = self._seq
+        self._seq = seq + 1
         self._prev = digest
         return Receipt(seq, digest.decode(), seg.name, self._gen)
 

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS segments (
     first_prev     TEXT NOT NULL,
     last_hash      TEXT NOT NULL,
     sealed         INTEGER NOT NULL,
+    first_ts       TEXT NOT NULL DEFAULT '',
+    last_ts        TEXT NOT NULL DEFAULT '',
     state          TEXT NOT NULL,
     cold_key       TEXT,
     stored_sha256  TEXT,
@@ -81,6 +83,8 @@ class Entry:
     first_prev: str
     last_hash: str
     sealed: bool
+    first_ts: str
+    last_ts: str
     state: str
     cold_key: str | None
     stored_sha256: str | None
@@ -131,11 +135,11 @@ class Ledger:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO segments (stream, segment, first_seq, last_seq, records, size, sha256, "
-                "merkle_root, first_prev, last_hash, sealed, state, discovered_at, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'sealed',?,?)",
+                "merkle_root, first_prev, last_hash, sealed, first_ts, last_ts, state, discovered_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'sealed',?,?)",
                 (manifest.stream, manifest.segment, manifest.first_seq, manifest.last_seq, manifest.records,
                  manifest.size, manifest.sha256, manifest.merkle_root, manifest.first_prev, manifest.last_hash,
-                 int(manifest.sealed), t, t),
+                 int(manifest.sealed), manifest.first_ts, manifest.last_ts, t, t),
             )
             if cur.rowcount:
                 db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",

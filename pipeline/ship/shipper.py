@@ -60,7 +60,8 @@ def manifest_of(entry: Entry) -> SegmentManifest:
     return SegmentManifest(
         stream=entry.stream, segment=entry.segment, first_seq=entry.first_seq, last_seq=entry.last_seq,
         records=entry.records, size=entry.size, sha256=entry.sha256, merkle_root=entry.merkle_root,
-        first_prev=entry.first_prev, last_hash=entry.last_hash, sealed=entry.sealed, first_ts="", last_ts="",
+        first_prev=entry.first_prev, last_hash=entry.last_hash, sealed=entry.sealed, first_ts=entry.first_ts,
+        last_ts=entry.last_ts,
     )
 
 
