@@ -3,6 +3,7 @@ root cannot unlink without clearing it first; every test directory is cleared on
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,8 @@ def clear_tree_attributes(root: Path) -> None:
             p = Path(dirpath) / name
             if p.is_symlink():
                 continue
-            try:
+            with contextlib.suppress(OSError):
                 attr.clear_protection(p)
-            except OSError:
-                pass
 
 
 @pytest.fixture
