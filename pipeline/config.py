@@ -130,6 +130,21 @@ def _string(*, nonempty: bool = True) -> _Parser:
     return p
 
 
+def _witness_list(v: Any, env: bool) -> tuple[str, ...]:
+    # a TOML array of strings, or (from the environment) a comma-separated list
+    items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+        raise _Bad("a list of witness locations (file:///dir, s3://bucket/prefix, https://host/path)")
+    out = []
+    for x in items:
+        if not x:
+            continue
+        if not x.startswith(("file:///", "s3://", "http://", "https://")):
+            raise _Bad("witness locations starting with file:///, s3://, http:// or https://", repr(x))
+        out.append(x)
+    return tuple(out)
+
+
 def _optional(inner: _Parser) -> _Parser:
     # TOML has no null: "none" (or an empty value, handy for unsetting via the environment)
     # means "not set", which is how the defaults in the documentation are spelled.
@@ -310,6 +325,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "signing": {
         "key_file": _Key(_optional(_path), None),
         "checkpoint_interval": _Key(_duration(allow_zero=False), "60s"),
+        "origin": _Key(_optional(_string()), None),
+        "witnesses": _Key(_witness_list, ()),
     },
 }
 
@@ -410,6 +427,8 @@ class OpsConfig:
 class SigningConfig:
     key_file: Path | None = None
     checkpoint_interval: float = 60.0
+    origin: str | None = None  # checkpoint origin line; default: the stream name
+    witnesses: tuple[str, ...] = ()  # file:///dir, s3://bucket/prefix, https://witness/path
 
 
 @dataclass(frozen=True)

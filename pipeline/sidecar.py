@@ -100,6 +100,8 @@ class Sidecar:
             signer = load_signer(cfg.signing.key_file)
             self.emitter = CheckpointEmitter(self.hotlog, Path(cfg.hot.dir) / cfg.hot.stream, signer,
                                              tree_store=self.hotlog.tree_store,  # type: ignore[arg-type]
+                                             origin=cfg.signing.origin,
+                                             witnesses=open_witnesses(cfg.signing.witnesses),
                                              interval=cfg.signing.checkpoint_interval).start()
         if cfg.ingest.socket is not None or cfg.ingest.http is not None:
             from pipeline.ingest.server import IngestServer
@@ -214,6 +216,35 @@ class Sidecar:
         self.config = _merge_live(old, new)
         log.info("configuration reloaded", extra={"changed": changed, "need_restart": needs_restart})
         return needs_restart
+
+
+def open_witnesses(locations: tuple[str, ...]) -> list[Any]:
+    """Witnesses from their configured locations: ``file:///dir`` (a directory the host
+    cannot rewrite, e.g. another mount), ``s3://bucket/prefix[?endpoint_url=..&region=..]``
+    (credentials from the standard chain: give the witness bucket its own role), or an
+    ``http(s)://`` C2SP tlog-witness endpoint."""
+    from urllib.parse import parse_qs, urlsplit
+
+    out: list[Any] = []
+    for loc in locations:
+        parts = urlsplit(loc)
+        if parts.scheme == "file":
+            from pipeline.witness.directory import DirectoryWitness
+
+            out.append(DirectoryWitness(Path(parts.path)))
+        elif parts.scheme == "s3":
+            import boto3
+
+            from pipeline.witness.s3 import S3Witness
+
+            q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            client = boto3.client("s3", endpoint_url=q.get("endpoint_url"), region_name=q.get("region"))
+            out.append(S3Witness(client, parts.hostname or "", parts.path.strip("/") or "witness"))
+        else:
+            from pipeline.witness.http import HttpWitness
+
+            out.append(HttpWitness(loc))
+    return out
 
 
 def _flatten(cfg: Config) -> dict[str, Any]:

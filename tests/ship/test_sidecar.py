@@ -274,3 +274,29 @@ def test_bad_config_is_refused_with_the_key_named(tmp_path: Path, bad: str) -> N
                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
     assert p.returncode == 2
     assert bad.split()[0].encode() in p.stderr
+
+
+def test_checkpoints_signed_and_published_to_a_witness(tmp_path: Path, s3_endpoint: str,
+                                                      locked_bucket: str) -> None:
+    from pipeline.checkpoint import Signer, write_key_pair
+    from pipeline.witness.directory import read_witness_checkpoints
+
+    signer = Signer.generate("example.com/audit")
+    key_path, pub_path = write_key_pair(signer, tmp_path / "keys")
+    witness = tmp_path / "witness"
+    sc = Sidecar(tmp_path, s3_endpoint, locked_bucket, hot={"hot_retention": "1h"})
+    sc.sections["signing"] = {"key_file": str(key_path), "checkpoint_interval": "1s",
+                              "origin": "example.com/audit/app", "witnesses": [f"file://{witness}"]}
+    sc.write_config()
+    sc.start()
+    for batch in range(3):
+        assert sc.post([{"batch": batch, "i": i} for i in range(30)])[0] == 200
+        time.sleep(1.2)
+    assert sc.stop() == 0
+    notes = read_witness_checkpoints(witness, "example.com/audit/app")
+    assert notes, "no checkpoint reached the witness"
+    assert all(n.startswith(b"example.com/audit/app\n") for n in notes)
+    p = subprocess.run([sys.executable, "-m", "pipeline", "verify", "--hot", str(sc.hot), "--witness-dir",
+                        str(witness), "--vkey", str(pub_path), "--origin", "example.com/audit/app", "--json"],
+                       capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert p.returncode == 0, p.stdout.decode()[-2000:] + p.stderr.decode()[-2000:]
