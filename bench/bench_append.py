@@ -83,6 +83,40 @@ def bench_hotlog(base: Path, n: int, durability: str = "group", redact: bool = T
     return n / dt
 
 
+class _NoLeaf:
+    """Stands in for the leaf hasher when measuring the writer without Merkle maintenance."""
+
+    def copy(self) -> _NoLeaf:
+        return self
+
+    def update(self, data: object) -> None:
+        pass
+
+    def digest(self) -> bytes:
+        return b"\0" * 32
+
+
+def bench_hotlog_without_merkle(base: Path, n: int) -> float:
+    """The same append loop with leaf hashing and both compact ranges stubbed out: the A side
+    of the Merkle-overhead comparison (the log it writes has wrong roots; benchmark only)."""
+    original = merkle.CompactRange.append
+    merkle.CompactRange.append = lambda self, lh: None  # type: ignore[method-assign]
+    try:
+        d = base / "hot-nomerkle"
+        log = HotLog(d, "bench", heartbeat_interval=0, segment_max_bytes=1 << 40)
+        log._leaf0 = _NoLeaf()  # type: ignore[assignment]
+        events = [dict(EVENT, n=i) for i in range(n)]
+        t0 = time.perf_counter()
+        for e in events:
+            log.append(e, wait=False)
+        log.sync()
+        dt = time.perf_counter() - t0
+        log.close(seal=False)
+    finally:
+        merkle.CompactRange.append = original  # type: ignore[method-assign]
+    return n / dt
+
+
 def bench_naive(base: Path, n: int) -> float:
     path = base / "naive.jsonl"
     events = [dict(EVENT, n=i) for i in range(n)]
@@ -214,12 +248,21 @@ def main() -> None:
     ap.add_argument("--memory-events", type=int, default=10_000_000)
     ap.add_argument("--verify-mb", type=int, default=256)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the RSS run, in a fresh process (nothing else allocated before it)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-append-", dir=args.dir))
     ev_len = len(orjson.dumps(EVENT))
     print(f"# hot-tier benchmark  ({os.cpu_count()} cores, event {ev_len} bytes of JSON, "
           f"record line ~{ev_len + 215} bytes)")
     try:
+        if args.memory_only:
+            samples = bench_memory(base, args.memory_events)
+            print(f"\n## writer RSS over {args.memory_events:,} events (MB), fresh process")
+            print("  " + "  ".join(f"{k // 1000}k:{m:.0f}" for k, m in samples))
+            print(f"  max {max(m for _, m in samples):.0f} MB, growth after first sample "
+                  f"{samples[-1][1] - samples[1][1]:+.1f} MB")
+            return
         n = args.events
         rows = [
             ("HotLog group (default, redaction on)", bench_hotlog(base, n, "group", True)),
@@ -237,9 +280,13 @@ def main() -> None:
         print(f"  p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {pmax:.2f} ms   ({rate:,.0f} events/s)")
         per_event = 1e6 / rows[0][1]
         merkle_us, _ = bench_merkle_share(200_000)
+        with_m = bench_hotlog(base, n, "group", True)
+        without_m = bench_hotlog_without_merkle(base, n)
         print("\n## Merkle maintenance (leaf hash + segment and stream compact ranges)")
-        print(f"  {merkle_us:.2f} us of {per_event:.2f} us per event = {100 * merkle_us / per_event:.1f}% "
-              "of group-mode append cost")
+        print(f"  isolated cost {merkle_us:.2f} us of {per_event:.2f} us per event "
+              f"= {100 * merkle_us / per_event:.1f}% of group-mode append cost")
+        print(f"  A/B: group mode {with_m:,.0f} events/s with, {without_m:,.0f} without "
+              f"-> maintenance costs {100 * (1 - with_m / without_m):.1f}% of throughput")
         v, o, mb = bench_verify(base, args.verify_mb)
         print(f"\n## verify, {mb:.0f} MB of segments, page cache warm")
         print(f"  pipeline verify (all cores)  {v:8.1f} MB/s")
