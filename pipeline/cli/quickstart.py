@@ -122,6 +122,13 @@ def _ship_if_available(hot: Path, stream: str, base: Path) -> int:
         print(f"   evicted from the hot tier after confirmation: {summary.evicted} segment(s)")
         for e in summary.errors:
             print(f"   FAILED {e}")
+        from pipeline.verify.tier import TierOptions, render, verify_tier
+
+        report = verify_tier(store, TierOptions(hot=hot, stream=stream, deep=True,
+                                                retention_days=settings.retention_days,
+                                                allow_unlocked=settings.allow_unlocked))
+        print("6. pipeline verify-tier --deep (hot, ledger and cold reconciled, every record re-verified):")
+        print("   " + render(report).replace("\n", "\n   "))
         return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS
     except ColdError as exc:
         err(exc.diagnostics())
