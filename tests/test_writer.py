@@ -112,7 +112,8 @@ def test_rotation_by_time_window(hot_dir: Path) -> None:
             return bool(lines) and parse_record(lines[-1]).kind == "seal"
 
         wait_for(sealed, timeout=5, what="time-window rotation")
-        assert attr.is_immutable(first)
+        # the seal line is visible once written; the attribute is set right after its fsync
+        wait_for(lambda: attr.is_immutable(first), timeout=5, what="immutable attribute after the seal")
         r2 = log.append({"i": 1})
         assert r2.segment != r.segment
         assert r2.seq == 2  # seq 1 is the seal

@@ -240,7 +240,7 @@ class PartHasher:
         return self.whole.hexdigest()
 
 
-class _HashingReader:
+class HashingReader:
     """Hashes and counts the stored bytes as the decompressor pulls them."""
 
     def __init__(self, stream: ReadStream) -> None:
@@ -332,7 +332,7 @@ def hash_stream(opener: Callable[[], ReadStream]) -> tuple[str, int]:
     """SHA-256 (hex) and length of a stored object, streamed."""
     stream = opener()
     try:
-        reader = _HashingReader(stream)
+        reader = HashingReader(stream)
         reader.drain()
         return reader.sha.hexdigest(), reader.count
     finally:
@@ -359,7 +359,7 @@ def deep_check(
     """
     limit = manifest.size
     stream = opener()
-    reader = _HashingReader(stream)
+    reader = HashingReader(stream)
     scanner = SegmentScanner(manifest.segment)
     content_problem: tuple[str, str] | None = None
     try:

@@ -494,14 +494,6 @@ class HotLog:
         self._prev = digest
         return Receipt(seq, digest.decode(), seg.name, self._gen)
 
-    def _encode(self, seq: int, ts: bytes, kind: str, data_json: bytes) -> tuple[bytes, bytes]:
-        # the same bytes as pipeline.record.encode_record, with the per-stream prefix
-        # precomputed: this is the hottest path of the writer
-        body = b"".join((self._prefix, b"%d" % seq, b',"ts":"', ts, b'","kind":"', kind.encode(),
-                         b'","prev":"', self._prev, b'","data":', data_json))
-        digest = hashlib.sha256(body).hexdigest().encode()
-        return b"".join((body, b',"hash":"', digest, b'"}\n')), digest
-
     def _queue_line_locked(self, seg: _Segment, line: bytes, *, in_segment_tree: bool) -> None:
         h = self._leaf0.copy()
         h.update(memoryview(line)[:-1])

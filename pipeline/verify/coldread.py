@@ -20,8 +20,8 @@ from typing import IO, cast
 
 import zstandard
 
-from pipeline.cold.base import ColdStore, ObjectStat, ReadStream, decode_metadata, segment_of_key
-from pipeline.cold.codec import MAX_WINDOW
+from pipeline.cold.base import ColdStore, ObjectStat, decode_metadata, segment_of_key
+from pipeline.cold.codec import MAX_WINDOW, HashingReader
 
 CHUNK = 1 << 20
 
@@ -44,23 +44,6 @@ class Fetched:
         return self.problem is None
 
 
-class _Hashing:
-    def __init__(self, stream: ReadStream) -> None:
-        self._s = stream
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._s.read(size if size and size > 0 else CHUNK)
-        self.sha.update(data)
-        self.count += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-
 def declared_size(st: ObjectStat) -> int | None:
     """The uncompressed segment size the metadata declares (the decompression limit)."""
     v = decode_metadata(st.metadata).get("size", "")
@@ -80,7 +63,7 @@ def fetch_segment(store: ColdStore, st: ObjectStat, dest_dir: Path, *, max_size:
     limit = declared if declared is not None else (max_size or store.settings.max_segment_size)
     content = hashlib.sha256()
     stream = store.open(st.key)
-    reader = _Hashing(stream)
+    reader = HashingReader(stream)
     try:
         with open(out.path, "wb") as f:
             if compression == "zstd":
