@@ -34,7 +34,7 @@ SUFFIX_LEN = len(HASH_FIELD) + 64 + 2 + 1
 KEY_ORDER = ("v", "stream", "seq", "ts", "kind", "prev", "data")
 STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 HEX64_RE = re.compile(rb"^[0-9a-f]{64}\Z")
-TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z", re.ASCII)  # ASCII digits only
 # seq is an unsigned integer that fits in 63 bits; JSON integers only, no sign, no leading zero
 MAX_SEQ = 2**63 - 1
 

@@ -176,7 +176,11 @@ class Sidecar:
         if self._ship_thread is not None:
             self._ship_thread.join(timeout=max(0.0, deadline - time.monotonic()))
         pending = 1
-        if self.shipper is not None:
+        if self._ship_thread is not None and self._ship_thread.is_alive():
+            # the loop is still inside an upload: a second shipper on the same segments would
+            # race it; what is left is resumed by the next start
+            log.warning("grace period used up by an upload in progress")
+        elif self.shipper is not None:
             while time.monotonic() < deadline:
                 summary = self.shipper.run_once(deadline=deadline)
                 pending = summary.pending
@@ -276,30 +280,28 @@ def run(config_path: Path | None) -> int:
     config = load_config(config_path)
     setup_logging(config.ops.log_format)
     sidecar = Sidecar(config).start()
-    stop = threading.Event()
-    reload_wanted = threading.Event()
+    # Signal handlers only set plain flags: a handler runs on the main thread between two
+    # bytecodes, possibly inside threading.Event.wait() while it holds the Event's lock, so
+    # calling Event.set() from a handler can deadlock (two signals back to back did).
+    flags = {"terminate": False, "reload": False}
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        flags["terminate"] = True
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        reload_wanted.set()
-        stop.set()  # wake the wait below; cleared again if it was only a reload
+        flags["reload"] = True
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    while True:
-        stop.wait()
-        if reload_wanted.is_set():
-            reload_wanted.clear()
-            stop.clear()
+    while not flags["terminate"]:
+        time.sleep(0.2)
+        if flags["reload"] and not flags["terminate"]:
+            flags["reload"] = False
             try:
                 sidecar.reload(load_config(config_path))
             except Exception as exc:  # a bad reload keeps the running configuration
                 log.error("configuration reload refused: %s", exc)
-            continue
-        break
     if not sidecar.drain():
         log.warning("grace period over with segments still pending; the next start resumes them")
     return 0

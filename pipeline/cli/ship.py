@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 import orjson
@@ -75,14 +76,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"{entry.stream}/{entry.segment} {state}", flush=True)
 
     if not args.once:
+        # the handler only sets a flag (see pipeline/sidecar.py: no threading locks in
+        # signal handlers); the main thread stops the loop
         stop = threading.Event()
+        flags = {"stop": False}
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
+            flags["stop"] = True
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        shipper.run_forever(stop)
+        loop = threading.Thread(target=shipper.run_forever, args=(stop,), name="shipper", daemon=True)
+        loop.start()
+        while not flags["stop"] and loop.is_alive():
+            time.sleep(0.2)
+        stop.set()
+        loop.join()
+        store.close()
         return EXIT_OK
     summary = shipper.run_once(progress)
     if tty:

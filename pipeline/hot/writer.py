@@ -26,6 +26,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -142,6 +143,7 @@ class _Run:
     chunks: list[bytes] = field(default_factory=list)
     leaves: list[bytes] = field(default_factory=list)
     finalize: bool = False
+    after: _Snapshot | None = None  # the chain state right after this run's seal
 
 
 @dataclass(slots=True)
@@ -161,7 +163,10 @@ def _window_of(epoch_s: float, window: float) -> int:
 
 
 def _ts_to_epoch(ts: str) -> float:
-    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
+    try:
+        return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
+    except ValueError:  # a well-formed but impossible time (only a forged record has one)
+        return time.time()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -219,6 +224,7 @@ class HotLog:
         self._sanitiser = sanitiser or DEFAULT_SANITISER
         self._policy = attr.immutable_policy(immutable)
         self._tree = tree_store
+        self._tree_broken = False
         self._seal_extension = seal_extension
         self._stream_b = stream.encode()
         self._prefix = b'{"v":1,"stream":"%s","seq":' % self._stream_b
@@ -306,6 +312,8 @@ class HotLog:
                     out.append(self._append_locked(Kind.EVENT.value, data))
                 except HotLogError as exc:
                     out.append(exc)
+                except Exception as exc:  # e.g. rotation's seal failing: this item is not in the log
+                    out.append(HotLogError(self._failure_message(exc), cause=exc))
             pending = self._pending_bytes
         last = next((r for r in reversed(out) if isinstance(r, Receipt)), None)
         if last is not None:
@@ -337,7 +345,9 @@ class HotLog:
                     return
                 if receipt.generation != self._gen and receipt.seq < self._rollbacks.get(receipt.generation, 0):
                     return
-                if self._closed and not self._runs:
+                if self._closed and not self._runs and self._io_lock.acquire(blocking=False):
+                    # closed, nothing queued and no flush in progress: it will never be durable
+                    self._io_lock.release()
                     raise HotLogError("the log was closed before the record became durable")
                 self._wake.set()
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -399,8 +409,12 @@ class HotLog:
 
     def close(self, *, seal: bool = True) -> None:
         """Stop the background thread, optionally seal the active segment, flush, unlock."""
-        if self._closed:
-            return
+        with self._lock:
+            if self._closed:
+                return
+            # refuse appends (and heartbeats) from here on, so the final flush below covers
+            # everything that was accepted and no waiter is left behind
+            self._closed = True
         try:
             if seal:
                 with self._lock:
@@ -415,7 +429,6 @@ class HotLog:
                 self._write_head(snap, clean=True)
         finally:
             with self._cond:
-                self._closed = True
                 self._cond.notify_all()
             self._wake.set()
             if self._thread is not None and self._thread is not threading.current_thread():
@@ -446,7 +459,8 @@ class HotLog:
                 self._flush(sync=False)
             self._raise_if_failed()
         else:
-            if pending >= self.max_pending_bytes:
+            if pending >= self.max_pending_bytes or (wait and self._thread is None):
+                # without the background thread (background=False) the caller flushes
                 self._flush(sync=True)
             if wait:
                 self._wake.set()
@@ -574,6 +588,9 @@ class HotLog:
         self._runs[-1].finalize = True
         self._pending_seals.append((seg, self._seq - 1, self._cr.root()))
         self._seg = None
+        # once this run is fsynced the seal is durable: a later failure in the same flush must
+        # roll back to here, not before it (that would re-use the sealed seqs: a fork)
+        self._runs[-1].after = self._snapshot()
         return seg
 
     # ------------------------------------------------------------------ flushing
@@ -610,8 +627,7 @@ class HotLog:
                 for run in runs:
                     seg = run.seg
                     _write_all(seg.fd, b"".join(run.chunks))
-                    if self._tree is not None:
-                        self._tree.append(run.leaves)
+                    self._feed_tree(run.leaves)
                     if run.finalize or sync:
                         os.fsync(seg.fd)
                         if not seg.dir_synced:
@@ -620,13 +636,22 @@ class HotLog:
                     if run.finalize:
                         os.close(seg.fd)
                         seg.closed = True
+                        if run.after is not None:
+                            with self._cond:
+                                self._durable = self._written = run.after
+                                self._durable_seq = max(self._durable_seq, run.after.next_seq - 1)
+                                self._written_seq = max(self._written_seq, run.after.next_seq - 1)
+                                self._cond.notify_all()
                         attr.protect_immutable(seg.path, self._policy)
                 if sync and not runs and seg_now is not None and not seg_now.closed:
                     os.fsync(seg_now.fd)
-                if sync and self._tree is not None:
-                    self._tree.sync()
+                if sync:
+                    self._sync_tree()
                 if seals:
-                    self._write_head(candidate)
+                    try:
+                        self._write_head(candidate)
+                    except OSError as exc:  # advisory: rewritten at the next seal
+                        logging.getLogger("pipeline.hot").warning("cannot write %s: %s", HEAD_FILE, exc)
             except (OSError, attr.AppendOnlyError) as exc:
                 with self._cond:
                     self._fail_locked(exc, runs)
@@ -656,6 +681,26 @@ class HotLog:
                     import logging
 
                     logging.getLogger("pipeline.hot").warning("seal listener failed: %s", exc)
+
+    def _feed_tree(self, leaves: list[bytes]) -> None:
+        # the tile store is derived data (rebuilt from the segments at the next start): a
+        # failure there must never fail, or fork, the chain
+        if self._tree is None or self._tree_broken:
+            return
+        try:
+            self._tree.append(leaves)
+        except Exception as exc:
+            self._tree_broken = True
+            logging.getLogger("pipeline.hot").error("Merkle tile store disabled until restart: %s", exc)
+
+    def _sync_tree(self) -> None:
+        if self._tree is None or self._tree_broken:
+            return
+        try:
+            self._tree.sync()
+        except Exception as exc:
+            self._tree_broken = True
+            logging.getLogger("pipeline.hot").error("Merkle tile store disabled until restart: %s", exc)
 
     def _write_head(self, snap: _Snapshot, *, clean: bool = False) -> None:
         head: dict[str, Any] = {
@@ -991,9 +1036,11 @@ class HotLog:
             try:
                 self._tick()
             except Exception as exc:  # keep the thread alive; failures surface to appenders
+                # the same path as a write failure: roll back to the last durable record,
+                # abandon the segment, release every waiter with an error
                 with self._cond:
                     if self._failure is None:
-                        self._failure = exc
+                        self._fail_locked(exc, [])
                     self._cond.notify_all()
 
     def _note_activity_locked(self, now: float) -> None:
@@ -1022,6 +1069,8 @@ class HotLog:
     def _tick(self) -> None:
         now = time.monotonic()
         with self._lock:
+            if self._closed:
+                return
             self._note_activity_locked(now)
             failed = self._failure is not None
             if not failed:

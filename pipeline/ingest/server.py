@@ -231,7 +231,8 @@ class IngestServer:
         """Stop accepting, let in-flight batches finish within ``grace`` seconds, then close
         every connection.  Events acknowledged before are durable; events read but not yet
         answered when grace runs out may or may not be in the log (the client retries)."""
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         deadline = time.monotonic() + max(0.0, grace)
         if self._http is not None:
             self._http.shutdown()  # stops serve_forever: no new connections
@@ -264,9 +265,15 @@ class IngestServer:
 
     # ------------------------------------------------------------------ the batch path
 
-    def _enter(self) -> None:
+    def _enter(self) -> bool:
+        """Register a batch.  False once stop() began: checked and counted under the same lock
+        as stop() sets the flag, so no batch can slip in after stop() saw zero in flight (it
+        would be appended after the drain sealed the segment, and never acknowledged)."""
         with self._lock:
+            if self._stopping.is_set():
+                return False
             self._inflight += 1
+            return True
 
     def _leave(self) -> None:
         with self._idle:
@@ -517,7 +524,11 @@ class IngestServer:
                 self._answer(conn, lines)
 
     def _answer(self, conn: socket.socket, lines: list[tuple[int, bytes]]) -> None:
-        self._enter()
+        if not self._enter():
+            with contextlib.suppress(OSError):
+                conn.sendall(b"\n".join(_err(n, "unavailable", "stopping: the sidecar is shutting down")
+                                        for n, _raw in lines) + b"\n")
+            return
         try:
             oversize = [(i, n) for i, (n, raw) in enumerate(lines) if raw == b""]
             batch = self.process([p for p in lines if p[1] != b""])
@@ -674,7 +685,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reason is not None:
             self._send(429, {"error": f"backpressure: {reason}"}, {"Retry-After": "1"}, close=True)
             return
-        ingest._enter()
+        if not ingest._enter():
+            self._send(503, {"error": "stopping: the sidecar is shutting down"}, {"Retry-After": "5"}, close=True)
+            return
         try:
             body = self.rfile.read(length)
             if len(body) != length:

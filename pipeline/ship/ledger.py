@@ -99,6 +99,11 @@ class Entry:
     updated_at: float
 
 
+class StateConflict(RuntimeError):
+    """The segment was not in the state this step expected: another shipper (a second
+    process, or a slow thread) moved it first.  The step must not be acted on."""
+
+
 class Ledger:
     """Thread-safe; one connection guarded by a lock (SQLite serialises writers anyway)."""
 
@@ -147,7 +152,9 @@ class Ledger:
             return bool(cur.rowcount)
 
     def set_state(self, stream: str, segment: str, state: str, *, detail: str | None = None,
-                  **fields: Any) -> None:
+                  expect: tuple[str, ...] | None = None, **fields: Any) -> None:
+        """Move a segment to ``state``.  With ``expect``, only from one of those states (a
+        compare-and-set inside the transaction), else StateConflict."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         allowed = {"cold_key", "stored_sha256", "stored_size", "lock_status", "attempts", "last_error",
@@ -157,11 +164,20 @@ class Ledger:
             raise ValueError(f"unknown ledger fields {bad}")
         t = time.time()
         cols = ["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields]
+        where = "stream = ? AND segment = ?"
+        args: list[Any] = [state, t, *fields.values(), stream, segment]
+        if expect:
+            where += f" AND state IN ({','.join('?' * len(expect))})"
+            args.extend(expect)
         with self._tx() as db:
-            cur = db.execute(f"UPDATE segments SET {', '.join(cols)} WHERE stream = ? AND segment = ?",  # noqa: S608
-                             (state, t, *fields.values(), stream, segment))
+            cur = db.execute(f"UPDATE segments SET {', '.join(cols)} WHERE {where}", args)  # noqa: S608
             if not cur.rowcount:
-                raise KeyError(f"{stream}/{segment} is not in the ledger")
+                row = db.execute("SELECT state FROM segments WHERE stream = ? AND segment = ?",
+                                 (stream, segment)).fetchone()
+                if row is None:
+                    raise KeyError(f"{stream}/{segment} is not in the ledger")
+                raise StateConflict(f"{stream}/{segment} is {row[0]}, not {' or '.join(expect or ())}: "
+                                    f"another shipper moved it; not setting {state}")
             db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                        (t, stream, segment, state, detail))
 

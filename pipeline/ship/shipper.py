@@ -11,6 +11,7 @@ deletion: above the high-water mark the shipper reports backpressure for ingest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cold.base import ColdStore
-from pipeline.cold.errors import ObjectConflictError, SourceMismatchError, VerificationError
+from pipeline.cold.errors import ObjectConflictError, ObjectNotFoundError, SourceMismatchError, VerificationError
 from pipeline.hot import attr
 from pipeline.hot.segment import SegmentManifest, build_manifest, list_segments, list_streams, read_last_line
+from pipeline.hot.writer import read_first_record
 from pipeline.record import Kind, RecordError, parse_record
-from pipeline.ship.ledger import ACTIVE_STATES, Entry, Ledger
+from pipeline.ship.ledger import ACTIVE_STATES, Entry, Ledger, StateConflict
 
 log = logging.getLogger("pipeline.ship")
 
@@ -65,6 +67,23 @@ def manifest_of(entry: Entry) -> SegmentManifest:
     )
 
 
+def abandoned_and_explained(segs: list[Path], i: int) -> bool:
+    """Whether segment ``i`` was abandoned by the writer (torn tail, write error): the next
+    segment holding a record starts with a recovery record naming it.  Only then is an
+    unsealed segment complete, and shipped as evidence."""
+    name = segs[i].name
+    for later in segs[i + 1:]:
+        first = read_first_record(later)
+        if first is None:
+            continue  # empty, or itself torn at the first line: look further
+        if first.kind != Kind.RECOVERY.value:
+            return False
+        abandoned = first.data.get("abandoned", [])
+        return isinstance(abandoned, list) and any(
+            isinstance(e, dict) and e.get("segment") == name for e in abandoned)
+    return False
+
+
 def is_sealed_file(path: Path) -> bool:
     last = read_last_line(path)
     if last is None:
@@ -73,6 +92,26 @@ def is_sealed_file(path: Path) -> bool:
         return parse_record(last).kind == Kind.SEAL.value
     except RecordError:
         return False
+
+
+def _differs_from_ledger(path: Path, e: Entry) -> str | None:
+    """Why the hot file is not the segment the ledger confirmed, or None when it is (or is
+    already gone).  Read once before eviction: the file must be byte-for-byte what was shipped."""
+    import hashlib
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size != e.size:
+        return f"hot copy is {size} bytes but {e.size} were shipped and confirmed"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    if h.hexdigest() != e.sha256:
+        return "hot copy's SHA-256 differs from the shipped and confirmed segment"
+    return None
 
 
 class Shipper:
@@ -114,8 +153,9 @@ class Shipper:
             for i, path in enumerate(segs):
                 if self.ledger.get(stream, path.name) is not None:
                     continue
-                newest = i == len(segs) - 1
-                if newest and not is_sealed_file(path):
+                if not is_sealed_file(path) and not abandoned_and_explained(segs, i):
+                    # the active segment, or one whose last records and seal the writer has
+                    # queued but not yet flushed (rotation opens the next file first): wait
                     continue
                 try:
                     manifest = build_manifest(path)
@@ -138,27 +178,49 @@ class Shipper:
         path = self.hot_dir / entry.stream / entry.segment
         manifest = manifest_of(entry)
         try:
+            verify = None
+            key = entry.cold_key
             if entry.state in ("sealed", "uploading"):
-                self._set(entry, "uploading")
-                t0 = time.monotonic()
-                result = self.store.put_segment(entry.stream, entry.segment, str(path), manifest)
-                self.listener.on_upload(time.monotonic() - t0, result.stored_size)
-                self._set(entry, "uploaded", cold_key=result.key, stored_sha256=result.stored_sha256,
-                          stored_size=result.stored_size,
-                          detail="created" if result.created else "already present; verified instead")
-                verify = result.verify
-            else:
-                key = entry.cold_key or self.store.key_for(entry.stream, entry.segment)
+                key_now = self.store.key_for(entry.stream, entry.segment)
+                if key and key != key_now:
+                    # an earlier attempt chose another name (the compression setting changed
+                    # since): if that object exists it is the cold copy; never write a second
+                    verify = self._verify_existing(key, manifest)
+                if verify is None:
+                    key = key_now
+                    # the key is recorded before the upload, so a retry finds the same object
+                    self._set(entry, "uploading", cold_key=key, expect=("sealed", "uploading"))
+                    t0 = time.monotonic()
+                    result = self.store.put_segment(entry.stream, entry.segment, str(path), manifest)
+                    self.listener.on_upload(time.monotonic() - t0, result.stored_size)
+                    # when the object already existed, what we just compressed need not be
+                    # byte-identical to it (zstd version, level, threads): keep the object's
+                    # own values (None: read from its metadata when verifying again)
+                    self._set(entry, "uploaded", cold_key=result.key,
+                              stored_sha256=result.stored_sha256 if result.created else None,
+                              stored_size=result.stored_size if result.created else None,
+                              detail="created" if result.created else "already present; verified instead",
+                              expect=("uploading",))
+                    verify = result.verify
+            if verify is None:
+                key = key or self.store.key_for(entry.stream, entry.segment)
                 verify = self.store.verify(key, manifest, expected_stored_sha256=entry.stored_sha256,
                                            expected_stored_size=entry.stored_size)
                 if not verify.ok:
                     raise VerificationError("stored object failed verification", verify, segment=entry.segment)
-            self._set(entry, "verified", lock_status=verify.lock_status)
-            self._set(entry, "confirmed", confirmed_at=self.clock(), last_error=None)
+            self._set(entry, "verified", lock_status=verify.lock_status, cold_key=key,
+                      expect=("uploading", "uploaded", "verified"))
+            self._set(entry, "confirmed", confirmed_at=self.clock(), last_error=None, expect=("verified",))
             return "confirmed"
+        except StateConflict as exc:
+            log.warning("%s", exc)
+            return "skipped"
         except QUARANTINE_ERRORS as exc:
             reason = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
-            self._set(entry, "quarantined", last_error=str(exc), detail=reason)
+            try:
+                self._set(entry, "quarantined", last_error=str(exc), detail=reason, expect=ACTIVE_STATES)
+            except StateConflict:
+                return "skipped"
             self.listener.on_failure(entry, "quarantined")
             log.error("quarantined %s/%s: %s", entry.stream, entry.segment, exc)
             return "quarantined"
@@ -172,8 +234,22 @@ class Shipper:
                         attempts, backoff, exc)
             return "failed"
 
-    def _set(self, entry: Entry, state: str, *, detail: str | None = None, **fields: Any) -> None:
-        self.ledger.set_state(entry.stream, entry.segment, state, detail=detail, **fields)
+    def _verify_existing(self, key: str, manifest: SegmentManifest) -> Any:
+        """The verification of an object stored under ``key`` by an earlier attempt, or None
+        when there is no such object (then nothing was stored there)."""
+        try:
+            self.store.stat(key)
+        except ObjectNotFoundError:
+            return None
+        verify = self.store.verify(key, manifest)
+        if not verify.ok:
+            raise VerificationError("the object an earlier attempt stored does not verify", verify,
+                                    segment=manifest.segment)
+        return verify
+
+    def _set(self, entry: Entry, state: str, *, detail: str | None = None,
+             expect: tuple[str, ...] | None = None, **fields: Any) -> None:
+        self.ledger.set_state(entry.stream, entry.segment, state, detail=detail, expect=expect, **fields)
         self.listener.on_state(entry, state)
 
     # ------------------------------------------------------------------ eviction
@@ -187,7 +263,17 @@ class Shipper:
             if e.state == "confirmed":
                 if e.confirmed_at is None or e.confirmed_at + self.hot_retention > now:
                     continue
-                self._set(e, "evicted", evicted_at=now)  # written before acting: a crash re-runs the unlink
+                problem = _differs_from_ledger(path, e)
+                if problem is not None:
+                    # the hot file is not what was shipped: keep it, and say so
+                    with contextlib.suppress(StateConflict):
+                        self._set(e, "quarantined", last_error=problem, detail=problem, expect=("confirmed",))
+                    log.error("not evicting %s/%s: %s", e.stream, e.segment, problem)
+                    continue
+                try:  # written before acting: a crash re-runs the unlink
+                    self._set(e, "evicted", evicted_at=now, expect=("confirmed",))
+                except StateConflict:
+                    continue
             if path.exists():
                 try:
                     attr.clear_protection(path)

@@ -194,7 +194,12 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
                 add("broken-link", f"seq {r_seq} does not link to seq {expected_seq - 1}", r_seq, offset)
                 stop = True
                 continue
-        t = _ts_seconds(r_ts)
+        try:
+            t = _ts_seconds(r_ts)
+        except ValueError:
+            add("bad-field", f"ts {r_ts!r} is not a valid UTC time (line at offset {offset})", r_seq, offset)
+            stop = True
+            continue
         if prev_ts is not None and t - prev_ts > scan.max_gap_s:
             scan.max_gap_s = t - prev_ts
             scan.max_gap_after_seq = expected_seq - 1 if expected_seq is not None else None
@@ -512,19 +517,23 @@ def _recovery_continuation(rep: StreamReport, pending: list[SegmentScan], rec: d
     for a in pending:
         e = entries.get(a.name)
         valid = e.get("valid_bytes") if e else None
-        if isinstance(valid, int) and valid in a.boundaries:
+        if not isinstance(valid, int):
+            continue  # not explained: _apply_recovery reports it
+        if valid == 0:
+            # none of it is part of the stream (it was fresh when the failure hit): the chain
+            # continues from the record before it, and its records are not counted
+            if a.first_seq is not None and a.last_seq is not None:
+                rep.records -= a.last_seq - a.first_seq + 1
+                seq, h = a.first_seq, a.first_prev
+            a.last_seq = a.last_hash = None
+        elif valid in a.boundaries:
             last_seq, last_hash = a.boundaries[valid]
-            seq, h = last_seq + 1, last_hash
-            # records past valid_bytes were never acknowledged: do not count them
-            a.last_seq, a.last_hash = last_seq, last_hash
-        elif a.last_seq is not None and (not isinstance(valid, int) or valid == a.valid_bytes):
-            seq, h = a.last_seq + 1, a.last_hash
-    for a in pending:
-        if a.first_seq is not None:
-            if rep.first_seq is None:
-                rep.first_seq = a.first_seq
             if a.last_seq is not None:
-                rep.records += a.last_seq - a.first_seq + 1
+                rep.records -= a.last_seq - last_seq  # records past valid_bytes were never acknowledged
+            seq, h = last_seq + 1, last_hash
+            a.last_seq, a.last_hash = last_seq, last_hash
+        elif valid == a.valid_bytes and a.last_seq is not None:
+            seq, h = a.last_seq + 1, a.last_hash
     return seq, h
 
 

@@ -300,3 +300,14 @@ def test_checkpoints_signed_and_published_to_a_witness(tmp_path: Path, s3_endpoi
                         str(witness), "--vkey", str(pub_path), "--origin", "example.com/audit/app", "--json"],
                        capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert p.returncode == 0, p.stdout.decode()[-2000:] + p.stderr.decode()[-2000:]
+
+
+def test_sighup_and_sigterm_back_to_back_still_drain(tmp_path: Path, s3_endpoint: str, locked_bucket: str) -> None:
+    # regression: the handlers used to set threading Events, which can deadlock when a
+    # second signal arrives inside Event.wait(); the SIGTERM was then lost
+    sc = Sidecar(tmp_path, s3_endpoint, locked_bucket)
+    sc.start()
+    assert sc.proc is not None
+    time.sleep(0.5)
+    sc.proc.send_signal(signal.SIGHUP)
+    assert sc.stop(signal.SIGTERM, timeout=30) == 0
