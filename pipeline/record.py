@@ -245,8 +245,3 @@ def parse_record(line: bytes) -> Record:
         raise RecordError("bad-layout", "record header is not in the canonical layout (duplicate keys, spacing "
                           "or number spelling differ from the fields)")
     return Record(stream, seq, ts, kind, prev, data, claimed.decode(), line)
-
-
-def dumps_data(data: dict[str, Any]) -> bytes:
-    """Serialise the writer's own (trusted) data objects: seals, heartbeats, recoveries."""
-    return orjson.dumps(data)

@@ -206,7 +206,8 @@ class Sidecar:
     def reload(self, new: Config) -> list[str]:
         """Apply what can change live; return the keys that need a restart."""
         old = self.config
-        changed = [k for k, v in _flatten(new).items() if _flatten(old).get(k) != v]
+        before = _flatten(old)
+        changed = [k for k, v in _flatten(new).items() if before.get(k) != v]
         needs_restart = [k for k in changed if k not in LIVE_KEYS]
         if self.shipper is not None:
             self.shipper.hot_retention = new.hot.hot_retention

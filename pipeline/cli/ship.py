@@ -19,14 +19,13 @@ from pipeline.ship.shipper import Shipper
 
 
 def parse_duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    t = text.strip().lower()
-    for unit in ("ms", "s", "m", "h", "d"):
-        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(t[: -len(unit)]) * units[unit]
-    if t.replace(".", "", 1).isdigit():
-        return float(t)
-    raise argparse.ArgumentTypeError(f"expected a duration like 30s, 5m, 24h, got {text!r}")
+    """argparse type for durations, the same syntax as the configuration file."""
+    from pipeline.config import parse_duration as parse
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_cold_args(p: argparse.ArgumentParser) -> None:

@@ -130,7 +130,7 @@ class ObjectConflictError(ColdError):
     default_action = (
         "an object with this name already exists and does not match the hot segment: do NOT delete "
         "either copy; investigate (a second writer, a restored hot tier, or tampering) with "
-        "`pipeline verify-cold`"
+        "`pipeline verify-tier --deep`"
     )
 
     def __init__(self, summary: str, result: VerifyResult, **kw: str | None) -> None:
