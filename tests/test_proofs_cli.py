@@ -179,3 +179,40 @@ def test_seal_listener_emits_in_background(tmp_path: Path) -> None:
     assert em.last_size == 21
     log.close()
     em.stop(final=False)
+
+
+def test_seal_checkpoint_lands_on_the_seal_even_when_the_thread_runs_late(tmp_path: Path) -> None:
+    """The emitter thread may run after more records became durable; the checkpoint it signs
+    for a seal must still be the head right after that seal (a segment boundary)."""
+    from pipeline.hot.writer import SealInfo
+
+    leaves = [b"leaf %d" % i for i in range(40)]
+
+    class FakeLog:
+        stream = "app"
+
+        def __init__(self) -> None:
+            self.listeners: list[Any] = []
+
+        def add_seal_listener(self, fn: Any) -> None:
+            self.listeners.append(fn)
+
+        def durable_tree_head(self) -> tuple[int, bytes]:
+            return 40, merkle.root_from_leaves(leaves)  # the writer has moved on
+
+    fake = FakeLog()
+    signer = Signer.generate("k")
+    em = CheckpointEmitter(fake, tmp_path / "app", signer, interval=3600)
+    em.start()
+    seal = SealInfo("app", tmp_path / "seg", 20, 21, merkle.root_from_leaves(leaves[:21]))
+    fake.listeners[0](seal)
+    deadline = time.monotonic() + 10
+    while em.last_size < 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    em.stop(final=False)
+    assert em.last_size == 21
+    cp, _ = open_checkpoint(CheckpointStore(tmp_path / "app").latest() or b"", [signer.verifier()])
+    assert (cp.size, cp.root) == (21, merkle.root_from_leaves(leaves[:21]))
+    # an older seal arriving after a newer checkpoint never signs a smaller tree
+    assert em._emit_head(21, seal.tree_root_after) is None
+    assert em.emit() is not None and em.last_size == 40

@@ -126,6 +126,8 @@ class CheckpointEmitter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._emit_lock = threading.Lock()
+        self._pending_lock = threading.Lock()  # never held while signing or publishing
+        self._pending_seal: tuple[int, bytes] | None = None
         self.last_size = -1
         self.errors: list[str] = []
         latest = self.store.latest()
@@ -142,8 +144,13 @@ class CheckpointEmitter:
         self._thread.start()
         return self
 
-    def _on_seal(self, _info: Any) -> None:
-        # called on the writer's background thread: only signal, never sign here
+    def _on_seal(self, info: Any) -> None:
+        # called on the writer's background thread: only note the head and signal, never sign
+        # here.  The head is the one right after the seal, so the checkpoint lands exactly on
+        # the segment boundary however late this thread runs (appends may follow the seal).
+        with self._pending_lock:
+            if self._pending_seal is None or info.tree_size_after > self._pending_seal[0]:
+                self._pending_seal = (info.tree_size_after, info.tree_root_after)
         self._wake.set()
 
     def _run(self) -> None:
@@ -155,7 +162,12 @@ class CheckpointEmitter:
             try:
                 if self._fss_tick is not None:
                     self._fss_tick()
-                self.emit()
+                with self._pending_lock:
+                    head, self._pending_seal = self._pending_seal, None
+                if head is not None:
+                    self._emit_head(*head)
+                else:
+                    self.emit()
             except Exception as exc:  # keep the thread alive; the next round retries
                 log.exception("checkpoints: emission failed")
                 self.errors.append(str(exc))
@@ -170,9 +182,12 @@ class CheckpointEmitter:
 
     def emit(self, *, force: bool = False) -> bytes | None:
         """Sign, store and publish a checkpoint of the durable tree head (if it grew)."""
+        size, root = self.log.durable_tree_head()
+        return self._emit_head(size, root, force=force)
+
+    def _emit_head(self, size: int, root: bytes, *, force: bool = False) -> bytes | None:
         with self._emit_lock:
-            size, root = self.log.durable_tree_head()
-            if size == self.last_size and not force:
+            if size <= self.last_size and not force:
                 return None
             if self.tree is not None and self.tree.size >= size and self.tree.root(size) != root:
                 # never sign a root our own proofs could not back
