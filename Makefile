@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 
 .PHONY: demo test test-fast lint typecheck bench install clean
 
-$(BIN)/pipeline: pyproject.toml
+$(BIN)/pipeline: pyproject.toml setup.py pipeline/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from pipeline._accel import native
 
 HashFn = Callable[[int, int], bytes]
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -53,7 +56,7 @@ def root_from_leaves(leaves: Iterable[bytes]) -> bytes:
     return root_from_leaf_hashes([leaf_hash(x) for x in leaves])
 
 
-class CompactRange:
+class PyCompactRange:
     """Incremental tree state for leaves [0, size): one hash per set bit of ``size``.
 
     Appending is amortised O(1) hashing and the state is O(log n), as required for the
@@ -93,8 +96,17 @@ class CompactRange:
     def stack(self) -> list[bytes]:
         return list(self._stack)
 
-    def copy(self) -> CompactRange:
-        return CompactRange(self.size, self._stack)
+    def copy(self) -> PyCompactRange:
+        return PyCompactRange(self.size, self._stack)
+
+
+
+# The C accelerator's CompactRange has the same interface and gives the same hashes (the
+# equivalence is tested); it is used when built.  Type checkers see the Python class.
+if TYPE_CHECKING:
+    CompactRange = PyCompactRange
+else:
+    CompactRange = native.CompactRange if native is not None else PyCompactRange
 
 
 def _subproof(m: int, lo: int, hi: int, b: bool, subtree: HashFn, out: list[bytes]) -> None:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
+
+from pipeline._accel import native
 
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64
@@ -96,13 +99,15 @@ class UtcClock:
     append path.
     """
 
-    __slots__ = ("_prefix", "_sec")
+    __slots__ = ("_prefix", "_sec", "now")
 
     def __init__(self) -> None:
         self._sec = -1
         self._prefix = b""
+        # the C accelerator formats the same bytes from clock_gettime, without the interpreter
+        self.now: Callable[[], bytes] = native.utc_now if native is not None else self.now_python
 
-    def now(self) -> bytes:
+    def now_python(self) -> bytes:
         ns = time.time_ns()
         sec, rem = divmod(ns, 1_000_000_000)
         if sec != self._sec:

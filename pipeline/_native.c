@@ -1,0 +1,1257 @@
+/*
+ * pipeline._native: optional C accelerator for the three per-record hot paths.
+ *
+ * Everything here has a pure-Python reference next to it (pipeline.merkle.CompactRange,
+ * pipeline.record.encode_record, pipeline.sanitise._bytes_hint, pipeline.verify.chain's
+ * per-line checks); the package works without this module, and the test suite checks that
+ * both give the same bytes and the same verdicts.  It exists because the hot tier's
+ * throughput targets (issue 2) cannot be met with per-record work in the interpreter.
+ *
+ * SHA-256 comes from OpenSSL's libcrypto, the same library hashlib uses; nothing
+ * cryptographic is implemented here.  Tree hashing follows RFC 6962 section 2.1:
+ * leaf = SHA-256(0x00 || line), node = SHA-256(0x01 || left || right).
+ *
+ * The verifier's fast path (scan_lines) only ever accepts a line that the Python verifier
+ * would accept with the same result; anything unusual (a seal, a recovery record, the first
+ * record of a segment, any deviation at all) stops it, and the Python code judges that line
+ * with its full rules.  Its JSON check is a strict subset of what orjson.loads accepts.
+ */
+#define PY_SSIZE_T_CLEAN
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co: see sha256() below */
+#include <Python.h>
+#include <openssl/sha.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define HASH_LEN 32
+#define HEX_LEN 64
+#define MAX_LEVELS 64
+
+static const char HEX[] = "0123456789abcdef";
+
+/* decimal digits of v into out (no terminator); returns the length */
+static int put_u64(unsigned long long v, char *out)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (int i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static void to_hex(const unsigned char *in, char *out)
+{
+    for (int i = 0; i < HASH_LEN; i++) {
+        out[2 * i] = HEX[in[i] >> 4];
+        out[2 * i + 1] = HEX[in[i] & 15];
+    }
+}
+
+/*
+ * SHA-256 through OpenSSL's SHA256_Init/Update/Final.  These are deprecated in OpenSSL 3 in
+ * favour of EVP, but remain in every 3.x release; they are used on purpose: the one-shot
+ * SHA256() does an implicit algorithm fetch per call in 3.x (about 1 us, twice the cost of
+ * hashing a 470-byte line), and a reused EVP context still adds ~0.06 us per call, which is
+ * measurable at hundreds of thousands of records per second (three to four hashes each).
+ */
+static void sha256(const unsigned char *data, size_t n, unsigned char *out)
+{
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, data, n);
+    SHA256_Final(out, &ctx);
+}
+
+/* RFC 6962 leaf hash: SHA-256(0x00 || data[0:n]). */
+static void leaf_hash(const unsigned char *data, size_t n, unsigned char *out)
+{
+    static const unsigned char zero = 0;
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, &zero, 1);
+    SHA256_Update(&ctx, data, n);
+    SHA256_Final(out, &ctx);
+}
+
+/* RFC 6962 node hash: SHA-256(0x01 || left || right). */
+static void node_hash(const unsigned char *left, const unsigned char *right, unsigned char *out)
+{
+    unsigned char buf[1 + 2 * HASH_LEN];
+    buf[0] = 1;
+    memcpy(buf + 1, left, HASH_LEN);
+    memcpy(buf + 1 + HASH_LEN, right, HASH_LEN);
+    sha256(buf, sizeof buf, out);
+}
+
+/* ---------------------------------------------------------------- CompactRange ------ */
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t size;
+    int depth; /* popcount(size): number of perfect subtrees held */
+    unsigned char stack[MAX_LEVELS][HASH_LEN];
+} CompactRangeObject;
+
+static PyTypeObject CompactRangeType;
+
+#define CR_MAX_SIZE ((uint64_t)1 << 62)
+
+/* Callers check size < CR_MAX_SIZE first (this may run without the GIL: it cannot raise). */
+static void cr_push(CompactRangeObject *self, const unsigned char *lh)
+{
+    unsigned char h[HASH_LEN];
+    memcpy(h, lh, HASH_LEN);
+    uint64_t n = self->size;
+    while (n & 1) {
+        self->depth--;
+        node_hash(self->stack[self->depth], h, h);
+        n >>= 1;
+    }
+    memcpy(self->stack[self->depth], h, HASH_LEN);
+    self->depth++;
+    self->size++;
+}
+
+static int cr_init(CompactRangeObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", "stack", NULL};
+    unsigned long long size = 0;
+    PyObject *stack = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|KO", kwlist, &size, &stack))
+        return -1;
+    Py_ssize_t n = 0;
+    PyObject *seq = NULL;
+    if (stack != NULL) {
+        seq = PySequence_Fast(stack, "stack must be a sequence of 32-byte hashes");
+        if (seq == NULL)
+            return -1;
+        n = PySequence_Fast_GET_SIZE(seq);
+    }
+    if (size >= CR_MAX_SIZE || n != __builtin_popcountll(size)) {
+        Py_XDECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "compact range needs exactly one hash per set bit of size");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) != HASH_LEN) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "compact range hashes must be 32-byte bytes");
+            return -1;
+        }
+        memcpy(self->stack[i], PyBytes_AS_STRING(item), HASH_LEN);
+    }
+    Py_XDECREF(seq);
+    self->size = size;
+    self->depth = (int)n;
+    return 0;
+}
+
+static PyObject *cr_append(CompactRangeObject *self, PyObject *lh)
+{
+    if (!PyBytes_Check(lh) || PyBytes_GET_SIZE(lh) != HASH_LEN) {
+        PyErr_SetString(PyExc_ValueError, "a leaf hash is 32 bytes");
+        return NULL;
+    }
+    if (self->size >= CR_MAX_SIZE) {
+        PyErr_SetString(PyExc_OverflowError, "compact range is full");
+        return NULL;
+    }
+    cr_push(self, (const unsigned char *)PyBytes_AS_STRING(lh));
+    Py_RETURN_NONE;
+}
+
+static void cr_root_into(CompactRangeObject *self, unsigned char *out)
+{
+    if (self->depth == 0) {
+        sha256((const unsigned char *)"", 0, out);
+        return;
+    }
+    unsigned char h[HASH_LEN];
+    memcpy(h, self->stack[self->depth - 1], HASH_LEN);
+    for (int i = self->depth - 2; i >= 0; i--)
+        node_hash(self->stack[i], h, h);
+    memcpy(out, h, HASH_LEN);
+}
+
+static PyObject *cr_root(CompactRangeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    unsigned char h[HASH_LEN];
+    cr_root_into(self, h);
+    return PyBytes_FromStringAndSize((const char *)h, HASH_LEN);
+}
+
+static PyObject *cr_copy(CompactRangeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CompactRangeObject *c = PyObject_New(CompactRangeObject, &CompactRangeType);
+    if (c == NULL)
+        return NULL;
+    c->size = self->size;
+    c->depth = self->depth;
+    memcpy(c->stack, self->stack, (size_t)self->depth * HASH_LEN);
+    return (PyObject *)c;
+}
+
+static PyObject *cr_get_stack(CompactRangeObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *list = PyList_New(self->depth);
+    if (list == NULL)
+        return NULL;
+    for (int i = 0; i < self->depth; i++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)self->stack[i], HASH_LEN);
+        if (b == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, b);
+    }
+    return list;
+}
+
+static PyObject *cr_get_size(CompactRangeObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->size);
+}
+
+static PyObject *cr_reduce(CompactRangeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *stack = cr_get_stack(self, NULL);
+    if (stack == NULL)
+        return NULL;
+    return Py_BuildValue("O(KN)", (PyObject *)Py_TYPE(self), (unsigned long long)self->size, stack);
+}
+
+static PyObject *cr_repr(CompactRangeObject *self)
+{
+    return PyUnicode_FromFormat("CompactRange(size=%llu)", (unsigned long long)self->size);
+}
+
+static PyMethodDef cr_methods[] = {
+    {"append", (PyCFunction)cr_append, METH_O, "Append one leaf hash (already leaf-hashed)."},
+    {"root", (PyCFunction)cr_root, METH_NOARGS, "RFC 6962 root of the leaves appended so far."},
+    {"copy", (PyCFunction)cr_copy, METH_NOARGS, "An independent copy."},
+    {"__reduce__", (PyCFunction)cr_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef cr_getset[] = {
+    {"size", (getter)cr_get_size, NULL, "number of leaves", NULL},
+    {"stack", (getter)cr_get_stack, NULL, "perfect-subtree hashes, largest (leftmost) first", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CompactRangeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pipeline._native.CompactRange",
+    .tp_basicsize = sizeof(CompactRangeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Merkle compact range (RFC 6962 tree frontier): O(log n) state, append-only.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cr_init,
+    .tp_methods = cr_methods,
+    .tp_getset = cr_getset,
+    .tp_repr = (reprfunc)cr_repr,
+};
+
+static int as_cr(PyObject *o, CompactRangeObject **out)
+{
+    if (o == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(o, &CompactRangeType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a native CompactRange or None");
+        return -1;
+    }
+    *out = (CompactRangeObject *)o;
+    return 0;
+}
+
+/* ----------------------------------------------------------------- append_record ---- */
+
+static const char TS_KEY[] = ",\"ts\":\"";
+static const char KIND_KEY[] = "\",\"kind\":\"";
+static const char PREV_KEY[] = "\",\"prev\":\"";
+static const char DATA_KEY[] = "\",\"data\":";
+static const char HASH_KEY[] = ",\"hash\":\"";
+static const char TAIL[] = "\"}\n";
+#define LIT(s) (sizeof(s) - 1)
+
+/* Build one record line for ``data`` into a new bytes object and hash it.  *hex_out gets the
+ * record hash in hex, lh the leaf hash.  NULL (and no exception) when longer than limit. */
+static PyObject *build_line(const char *prefix, Py_ssize_t lp, unsigned long long seq, const char *ts, Py_ssize_t lt,
+                            const char *kind, Py_ssize_t lk, const char *prev, const char *data, Py_ssize_t ld,
+                            Py_ssize_t limit, char *hex_out, unsigned char *lh, Py_ssize_t *n_out)
+{
+    char seqbuf[24];
+    int seqlen = put_u64(seq, seqbuf);
+    Py_ssize_t body_len = lp + seqlen + LIT(TS_KEY) + lt + LIT(KIND_KEY) + lk + LIT(PREV_KEY) + HEX_LEN +
+                          LIT(DATA_KEY) + ld;
+    Py_ssize_t n = body_len + LIT(HASH_KEY) + HEX_LEN + LIT(TAIL);
+    *n_out = n;
+    if (n > limit)
+        return NULL;
+    PyObject *line = PyBytes_FromStringAndSize(NULL, n);
+    if (line == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(line);
+#define PUT(src, len) do { memcpy(p, (src), (size_t)(len)); p += (len); } while (0)
+    PUT(prefix, lp);
+    PUT(seqbuf, seqlen);
+    PUT(TS_KEY, LIT(TS_KEY));
+    PUT(ts, lt);
+    PUT(KIND_KEY, LIT(KIND_KEY));
+    PUT(kind, lk);
+    PUT(PREV_KEY, LIT(PREV_KEY));
+    PUT(prev, HEX_LEN);
+    PUT(DATA_KEY, LIT(DATA_KEY));
+    PUT(data, ld);
+    unsigned char digest[HASH_LEN];
+    sha256((const unsigned char *)PyBytes_AS_STRING(line), (size_t)body_len, digest);
+    PUT(HASH_KEY, LIT(HASH_KEY));
+    to_hex(digest, p);
+    memcpy(hex_out, p, HEX_LEN);
+    p += HEX_LEN;
+    PUT(TAIL, LIT(TAIL));
+#undef PUT
+    leaf_hash((const unsigned char *)PyBytes_AS_STRING(line), (size_t)(n - 1), lh);
+    return line;
+}
+
+/* receipt_type((seq, hash_hex, segment_name, generation)), built the way tuple.__new__ does
+ * for a NamedTuple, and untracked by the cyclic GC (it holds only ints and strings). */
+static PyObject *make_receipt(PyObject *rtype, unsigned long long seq, const char *hex, PyObject *seg_name, PyObject *gen)
+{
+    PyObject *hexstr = PyUnicode_FromStringAndSize(hex, HEX_LEN);
+    PyObject *seqobj = PyLong_FromUnsignedLongLong(seq);
+    PyObject *fields = (hexstr && seqobj) ? PyTuple_Pack(4, seqobj, hexstr, seg_name, gen) : NULL;
+    PyObject *targs = fields ? PyTuple_Pack(1, fields) : NULL;
+    PyObject *receipt = targs ? PyTuple_Type.tp_new((PyTypeObject *)rtype, targs, NULL) : NULL;
+    Py_XDECREF(hexstr);
+    Py_XDECREF(seqobj);
+    Py_XDECREF(fields);
+    Py_XDECREF(targs);
+    if (receipt != NULL && PyObject_GC_IsTracked(receipt))
+        PyObject_GC_UnTrack(receipt);
+    return receipt;
+}
+
+static int check_receipt_type(PyObject *rtype, const char *fn)
+{
+    if (!PyType_Check(rtype) || !PyType_IsSubtype((PyTypeObject *)rtype, &PyTuple_Type) ||
+        ((PyTypeObject *)rtype)->tp_dictoffset != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: receipt_type must be a tuple subclass without __dict__", fn);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_bytes_args(PyObject *const *args, const int *which, int count, const char *fn)
+{
+    for (int i = 0; i < count; i++) {
+        if (!PyBytes_Check(args[which[i]])) {
+            PyErr_Format(PyExc_TypeError, "%s: argument %d must be bytes", fn, which[i]);
+            return -1;
+        }
+    }
+    if (PyBytes_GET_SIZE(args[4]) != HEX_LEN) {
+        PyErr_Format(PyExc_ValueError, "%s: prev must be 64 hex characters", fn);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * append_record(prefix, seq, ts, kind, prev, data, seg_cr, stream_cr, chunks, leaves, limit,
+ *               receipt_type, segment_name, generation)
+ *   -> (receipt, hash_hex: bytes, line_len: int) or None
+ *
+ * Builds the record line exactly as pipeline.record.encode_record does (prefix is
+ * b'{"v":1,"stream":"<name>","seq":'), hashes it, leaf-hashes it into both compact ranges
+ * (either may be None) and appends the line to ``chunks`` and the leaf hash to ``leaves``.
+ * Returns None, with nothing changed, when the line is longer than ``limit`` bytes.  The
+ * receipt is built as in append_records.
+ */
+static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int bytes_args[] = {0, 2, 3, 4, 5};
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "append_record takes 14 arguments");
+        return NULL;
+    }
+    if (check_bytes_args(args, bytes_args, 5, "append_record") < 0 || check_receipt_type(args[11], "append_record") < 0)
+        return NULL;
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[1]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    CompactRangeObject *seg_cr, *stream_cr;
+    if (as_cr(args[6], &seg_cr) < 0 || as_cr(args[7], &stream_cr) < 0)
+        return NULL;
+    if (!PyList_Check(args[8]) || !PyList_Check(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "append_record: chunks and leaves must be lists");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[10]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if ((seg_cr && seg_cr->size >= CR_MAX_SIZE) || (stream_cr && stream_cr->size >= CR_MAX_SIZE)) {
+        PyErr_SetString(PyExc_OverflowError, "compact range is full");
+        return NULL;
+    }
+    char hex[HEX_LEN];
+    unsigned char lh[HASH_LEN];
+    Py_ssize_t n;
+    PyObject *line = build_line(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), seq, PyBytes_AS_STRING(args[2]),
+                                PyBytes_GET_SIZE(args[2]), PyBytes_AS_STRING(args[3]), PyBytes_GET_SIZE(args[3]),
+                                PyBytes_AS_STRING(args[4]), PyBytes_AS_STRING(args[5]), PyBytes_GET_SIZE(args[5]), limit,
+                                hex, lh, &n);
+    if (line == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *leaf = PyBytes_FromStringAndSize((const char *)lh, HASH_LEN);
+    PyObject *receipt = make_receipt(args[11], seq, hex, args[12], args[13]);
+    PyObject *result = NULL;
+    if (leaf == NULL || receipt == NULL)
+        goto done;
+    result = Py_BuildValue("(Oy#n)", receipt, hex, (Py_ssize_t)HEX_LEN, n);
+    if (result == NULL)
+        goto done;
+    if (PyList_Append(args[8], line) < 0) {
+        Py_CLEAR(result);
+        goto done;
+    }
+    if (PyList_Append(args[9], leaf) < 0) {
+        PyList_SetSlice(args[8], PyList_GET_SIZE(args[8]) - 1, PyList_GET_SIZE(args[8]), NULL);
+        Py_CLEAR(result);
+        goto done;
+    }
+    if (seg_cr)
+        cr_push(seg_cr, lh);
+    if (stream_cr)
+        cr_push(stream_cr, lh);
+done:
+    Py_DECREF(line);
+    Py_XDECREF(leaf);
+    Py_XDECREF(receipt);
+    return result;
+}
+
+/*
+ * append_records(prefix, seq, ts, kind, prev, datas, start, seg_cr, stream_cr, chunks, leaves,
+ *                room, seg_count, receipt_type, segment_name, generation)
+ *   -> (count, bytes_added, last_hash_hex: bytes, receipts: list)
+ *
+ * append_record for datas[start:], all with the same timestamp, as long as they fit in the
+ * segment: a record is refused when the segment already holds one and the line is longer
+ * than the ``room`` left (which shrinks as lines are added).  Each receipt is
+ * receipt_type((seq, hash_hex_str, segment_name, generation)) built as a tuple subclass.
+ * Stops early, with what was appended so far applied, on an exception (re-raised).
+ */
+static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int bytes_args[] = {0, 2, 3, 4};
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "append_records takes 16 arguments");
+        return NULL;
+    }
+    if (check_bytes_args(args, bytes_args, 4, "append_records") < 0)
+        return NULL;
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[1]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *datas = args[5];
+    if (!PyList_Check(datas) || !PyList_Check(args[9]) || !PyList_Check(args[10])) {
+        PyErr_SetString(PyExc_TypeError, "append_records: datas, chunks and leaves must be lists");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t room = PyLong_AsSsize_t(args[11]);
+    Py_ssize_t seg_count = PyLong_AsSsize_t(args[12]);
+    if (PyErr_Occurred())
+        return NULL;
+    CompactRangeObject *seg_cr, *stream_cr;
+    if (as_cr(args[7], &seg_cr) < 0 || as_cr(args[8], &stream_cr) < 0)
+        return NULL;
+    PyObject *rtype = args[13];
+    if (check_receipt_type(rtype, "append_records") < 0)
+        return NULL;
+    PyObject *seg_name = args[14], *gen = args[15];
+    PyObject *receipts = PyList_New(0);
+    if (receipts == NULL)
+        return NULL;
+    char prev[HEX_LEN];
+    memcpy(prev, PyBytes_AS_STRING(args[4]), HEX_LEN);
+    const char *prefix = PyBytes_AS_STRING(args[0]), *ts = PyBytes_AS_STRING(args[2]), *kind = PyBytes_AS_STRING(args[3]);
+    Py_ssize_t lp = PyBytes_GET_SIZE(args[0]), lt = PyBytes_GET_SIZE(args[2]), lk = PyBytes_GET_SIZE(args[3]);
+    Py_ssize_t count = 0, added = 0;
+    int failed = 0;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(datas); i++) {
+        PyObject *data = PyList_GET_ITEM(datas, i);
+        if (!PyBytes_Check(data)) {
+            PyErr_SetString(PyExc_TypeError, "append_records: every item must be bytes");
+            failed = 1;
+            break;
+        }
+        if ((seg_cr && seg_cr->size >= CR_MAX_SIZE) || (stream_cr && stream_cr->size >= CR_MAX_SIZE)) {
+            PyErr_SetString(PyExc_OverflowError, "compact range is full");
+            failed = 1;
+            break;
+        }
+        char hex[HEX_LEN];
+        unsigned char lh[HASH_LEN];
+        Py_ssize_t n;
+        Py_ssize_t limit = seg_count > 0 ? room : PY_SSIZE_T_MAX;
+        PyObject *line = build_line(prefix, lp, seq, ts, lt, kind, lk, prev, PyBytes_AS_STRING(data),
+                                    PyBytes_GET_SIZE(data), limit, hex, lh, &n);
+        if (line == NULL) {
+            failed = PyErr_Occurred() != NULL;
+            break; /* full: the caller rotates */
+        }
+        PyObject *leaf = PyBytes_FromStringAndSize((const char *)lh, HASH_LEN);
+        PyObject *receipt = make_receipt(rtype, seq, hex, seg_name, gen);
+        int ok = leaf && receipt && PyList_Append(args[9], line) == 0;
+        if (ok && PyList_Append(args[10], leaf) < 0) {
+            PyList_SetSlice(args[9], PyList_GET_SIZE(args[9]) - 1, PyList_GET_SIZE(args[9]), NULL);
+            ok = 0;
+        }
+        if (ok && PyList_Append(receipts, receipt) < 0) {
+            PyList_SetSlice(args[9], PyList_GET_SIZE(args[9]) - 1, PyList_GET_SIZE(args[9]), NULL);
+            PyList_SetSlice(args[10], PyList_GET_SIZE(args[10]) - 1, PyList_GET_SIZE(args[10]), NULL);
+            ok = 0;
+        }
+        Py_DECREF(line);
+        Py_XDECREF(leaf);
+        Py_XDECREF(receipt);
+        if (!ok) {
+            failed = 1;
+            break;
+        }
+        if (seg_cr)
+            cr_push(seg_cr, lh);
+        if (stream_cr)
+            cr_push(stream_cr, lh);
+        memcpy(prev, hex, HEX_LEN);
+        seq++;
+        count++;
+        added += n;
+        room -= n;
+        seg_count++;
+    }
+    if (failed && count == 0) {
+        Py_DECREF(receipts);
+        return NULL;
+    }
+    if (failed)
+        PyErr_Clear(); /* report what was applied; the caller retries the failing item alone */
+    return Py_BuildValue("(nny#N)", count, added, prev, (Py_ssize_t)HEX_LEN, receipts);
+}
+
+/* ------------------------------------------------------------------------ utc_now ---- */
+
+static time_t now_sec = -1;
+static char now_prefix[20];
+
+/* utc_now() -> b"YYYY-MM-DDTHH:MM:SS.ffffffZ" (the record timestamp, microseconds, UTC). */
+static PyObject *utc_now(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    /* the GIL serialises callers, so the one-second cache needs no lock */
+    if (ts.tv_sec != now_sec) {
+        struct tm tm;
+        if (gmtime_r(&ts.tv_sec, &tm) == NULL || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) {
+            PyErr_SetString(PyExc_OverflowError, "system clock outside years 0000-9999");
+            return NULL;
+        }
+        snprintf(now_prefix, sizeof now_prefix, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        now_sec = ts.tv_sec;
+    }
+    char out[27];
+    memcpy(out, now_prefix, 19);
+    out[19] = '.';
+    long us = ts.tv_nsec / 1000;
+    for (int i = 25; i >= 20; i--) {
+        out[i] = (char)('0' + us % 10);
+        us /= 10;
+    }
+    out[26] = 'Z';
+    return PyBytes_FromStringAndSize(out, 27);
+}
+
+/* ------------------------------------------------------------------------- screen ---- */
+
+#define SCREEN_NULL 1      /* b"null" occurs (NaN/Infinity are serialised as null by orjson) */
+#define SCREEN_HINT 2      /* a PEM block, AWS key id prefix or credential scheme name */
+#define SCREEN_DIGITS 4    /* 13+ digits in a run (spaces/hyphens allowed): card candidate */
+#define SCREEN_FLAT 8      /* exactly one '{' and no '[': a flat object */
+#define SCREEN_SHIFT 8     /* count of '{' plus '[' above this bit */
+
+static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + 32);
+        if (c != (unsigned char)lower[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* byte classes for screen_bytes: 0 = nothing to do (most letters and punctuation) */
+enum { C_NONE = 0, C_DIGIT, C_SEP, C_BRACE, C_BRACKET, C_N, C_A, C_B };
+static unsigned char screen_class[256];
+
+static void screen_init(void)
+{
+    for (int c = '0'; c <= '9'; c++)
+        screen_class[c] = C_DIGIT;
+    screen_class[' '] = C_SEP;
+    screen_class['-'] = C_SEP;
+    screen_class['{'] = C_BRACE;
+    screen_class['['] = C_BRACKET;
+    screen_class['n'] = C_N;
+    screen_class['A'] = C_A;
+    screen_class['b'] = C_B;
+    screen_class['B'] = C_B;
+}
+
+static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
+{
+    long long braces = 0, brackets = 0;
+    int flags = 0, run = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!screen_class[s[i]]) {
+            /* most bytes are letters and punctuation with nothing to check: skip them */
+            run = 0;
+            do
+                i++;
+            while (i < n && !screen_class[s[i]]);
+            if (i >= n)
+                break;
+        }
+        unsigned char c = s[i];
+        switch (screen_class[c]) {
+        case C_NONE:
+            run = 0;
+            break;
+        case C_DIGIT:
+            if (++run >= 13)
+                flags |= SCREEN_DIGITS;
+            break;
+        case C_SEP: /* separators neither count nor break a digit run */
+            if (c == '-' && n - i >= 10 && memcmp(s + i, "-----BEGIN", 10) == 0)
+                flags |= SCREEN_HINT;
+            break;
+        case C_BRACE:
+            run = 0;
+            braces++;
+            break;
+        case C_BRACKET:
+            run = 0;
+            brackets++;
+            break;
+        case C_N:
+            run = 0;
+            if (n - i >= 4 && memcmp(s + i, "null", 4) == 0)
+                flags |= SCREEN_NULL;
+            break;
+        case C_A:
+            run = 0;
+            if (n - i >= 4) {
+                const unsigned char *t = s + i + 1;
+                if (!memcmp(t, "KIA", 3) || !memcmp(t, "SIA", 3) || !memcmp(t, "GPA", 3) || !memcmp(t, "IDA", 3) ||
+                    !memcmp(t, "ROA", 3) || !memcmp(t, "NPA", 3) || !memcmp(t, "NVA", 3) || !memcmp(t, "IPA", 3))
+                    flags |= SCREEN_HINT;
+            }
+            break;
+        case C_B:
+            run = 0;
+            if (n - i >= 5 && (ci_eq(s + i, "basic", 5) || (n - i >= 6 && ci_eq(s + i, "bearer", 6))))
+                flags |= SCREEN_HINT;
+            break;
+        }
+    }
+    if (braces == 1 && brackets == 0)
+        flags |= SCREEN_FLAT;
+    return ((braces + brackets) << SCREEN_SHIFT) | flags;
+}
+
+/*
+ * screen(data: bytes) -> int
+ *
+ * One pass over the serialised event for the sanitiser: the same screening as
+ * pipeline.sanitise._bytes_hint (PEM, AWS key-id prefixes, bearer/basic in any case, and a
+ * 13-digit run as card candidate, whose issuer and Luhn checks stay in Python), plus the
+ * bracket counts the depth check needs.  Flags as defined above; bracket count << 8.
+ */
+static PyObject *screen(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "screen takes bytes");
+        return NULL;
+    }
+    return PyLong_FromLongLong(screen_bytes((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
+}
+
+/*
+ * prepare_fast(event, dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
+ *              redact_values, keyset_verdicts) -> bytes or None
+ *
+ * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
+ * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
+ * deeper than max_depth, shows no secret-looking value, is flat, and whose key set is already
+ * known to hold no secret-looking key (keyset_verdicts[tuple(keys)] is False).  Returns the
+ * serialised bytes, or None whenever any of that does not hold: the Python sanitiser then
+ * decides (and raises InvalidEvent, redacts, or records the key-set verdict).
+ */
+static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 9 arguments");
+        return NULL;
+    }
+    PyObject *event = args[0];
+    if (!PyDict_CheckExact(event) || !PyDict_CheckExact(args[8]))
+        Py_RETURN_NONE;
+    PyObject *call_args[2] = {event, args[3]};
+    PyObject *out = PyObject_Vectorcall(args[1], call_args, 1, args[2]);
+    if (out == NULL) {
+        PyErr_Clear(); /* the Python path raises the precise InvalidEvent */
+        Py_RETURN_NONE;
+    }
+    if (!PyBytes_Check(out))
+        goto slow;
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[4]);
+    long long max_depth = PyLong_AsLongLong(args[5]);
+    int redact = PyObject_IsTrue(args[6]), redact_values = PyObject_IsTrue(args[7]);
+    if (PyErr_Occurred() || redact < 0 || redact_values < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(out) > max_bytes)
+        goto slow;
+    long long r = screen_bytes((const unsigned char *)PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out));
+    if ((r & SCREEN_NULL) || (r >> SCREEN_SHIFT) > max_depth)
+        goto slow;
+    if (!redact)
+        return out;
+    if (redact_values && (r & (SCREEN_HINT | SCREEN_DIGITS)))
+        goto slow;
+    if (!(r & SCREEN_FLAT))
+        goto slow;
+    PyObject *keys = PyTuple_New(PyDict_GET_SIZE(event));
+    if (keys == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(event, &pos, &k, &v)) {
+        if (i >= PyTuple_GET_SIZE(keys))
+            break;
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(keys, i++, k);
+    }
+    if (i != PyTuple_GET_SIZE(keys)) {
+        Py_DECREF(keys);
+        goto slow;
+    }
+    PyObject *verdict = PyDict_GetItemWithError(args[8], keys); /* borrowed */
+    Py_DECREF(keys);
+    if (verdict == Py_False)
+        return out;
+    if (verdict == NULL && PyErr_Occurred())
+        PyErr_Clear();
+slow:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------- scan_lines ---- */
+
+/* Strict-subset JSON validation (see the file comment): compact JSON as orjson writes it. */
+
+typedef struct {
+    const unsigned char *p, *end;
+} Cursor;
+
+static int json_value(Cursor *c, int depth);
+
+static int json_string(Cursor *c)
+{
+    /* at the opening quote */
+    c->p++;
+    while (c->p < c->end) {
+        unsigned char ch = *c->p;
+        if (ch == '"') {
+            c->p++;
+            return 1;
+        }
+        if (ch < 0x20)
+            return 0;
+        if (ch == '\\') {
+            if (c->end - c->p < 2)
+                return 0;
+            unsigned char e = c->p[1];
+            if (e == 'u') {
+                if (c->end - c->p < 6)
+                    return 0;
+                unsigned v = 0;
+                for (int i = 2; i < 6; i++) {
+                    unsigned char h = c->p[i];
+                    v <<= 4;
+                    if (h >= '0' && h <= '9')
+                        v |= (unsigned)(h - '0');
+                    else if (h >= 'a' && h <= 'f')
+                        v |= (unsigned)(h - 'a' + 10);
+                    else if (h >= 'A' && h <= 'F')
+                        v |= (unsigned)(h - 'A' + 10);
+                    else
+                        return 0;
+                }
+                if (v >= 0xD800 && v <= 0xDFFF)
+                    return 0; /* surrogates: leave to orjson */
+                c->p += 6;
+                continue;
+            }
+            if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+                c->p += 2;
+                continue;
+            }
+            return 0;
+        }
+        if (ch < 0x80) {
+            c->p++;
+            continue;
+        }
+        /* strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF */
+        Py_ssize_t left = c->end - c->p;
+        if (ch >= 0xC2 && ch <= 0xDF) {
+            if (left < 2 || (c->p[1] & 0xC0) != 0x80)
+                return 0;
+            c->p += 2;
+        } else if (ch >= 0xE0 && ch <= 0xEF) {
+            if (left < 3 || (c->p[1] & 0xC0) != 0x80 || (c->p[2] & 0xC0) != 0x80)
+                return 0;
+            if (ch == 0xE0 && c->p[1] < 0xA0)
+                return 0;
+            if (ch == 0xED && c->p[1] >= 0xA0)
+                return 0;
+            c->p += 3;
+        } else if (ch >= 0xF0 && ch <= 0xF4) {
+            if (left < 4 || (c->p[1] & 0xC0) != 0x80 || (c->p[2] & 0xC0) != 0x80 || (c->p[3] & 0xC0) != 0x80)
+                return 0;
+            if (ch == 0xF0 && c->p[1] < 0x90)
+                return 0;
+            if (ch == 0xF4 && c->p[1] >= 0x90)
+                return 0;
+            c->p += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static int json_number(Cursor *c)
+{
+    const unsigned char *start = c->p;
+    int digits = 0;
+    if (c->p < c->end && *c->p == '-')
+        c->p++;
+    if (c->p >= c->end)
+        return 0;
+    if (*c->p == '0') {
+        c->p++;
+        digits++;
+    } else if (*c->p >= '1' && *c->p <= '9') {
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+            c->p++;
+            digits++;
+        }
+    } else {
+        return 0;
+    }
+    if (c->p < c->end && *c->p == '.') {
+        c->p++;
+        int frac = 0;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+            c->p++;
+            frac++;
+        }
+        if (frac == 0)
+            return 0;
+        digits += frac;
+    }
+    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+        c->p++;
+        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
+            c->p++;
+        int exp = 0;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+            c->p++;
+            exp++;
+        }
+        if (exp == 0 || exp > 2)
+            return 0; /* large exponents may overflow to infinity, which orjson refuses */
+    }
+    (void)start;
+    return digits <= 40; /* longer numbers: leave to orjson */
+}
+
+static int json_value(Cursor *c, int depth)
+{
+    if (c->p >= c->end)
+        return 0;
+    unsigned char ch = *c->p;
+    if (ch == '"')
+        return json_string(c);
+    if (ch == '{' || ch == '[') {
+        if (depth >= 128)
+            return 0;
+        unsigned char close = ch == '{' ? '}' : ']';
+        c->p++;
+        if (c->p < c->end && *c->p == close) {
+            c->p++;
+            return 1;
+        }
+        for (;;) {
+            if (ch == '{') {
+                if (c->p >= c->end || *c->p != '"' || !json_string(c))
+                    return 0;
+                if (c->p >= c->end || *c->p != ':')
+                    return 0;
+                c->p++;
+            }
+            if (!json_value(c, depth + 1))
+                return 0;
+            if (c->p >= c->end)
+                return 0;
+            if (*c->p == ',') {
+                c->p++;
+                continue;
+            }
+            if (*c->p == close) {
+                c->p++;
+                return 1;
+            }
+            return 0;
+        }
+    }
+    if (ch == 't')
+        return c->end - c->p >= 4 && memcmp(c->p, "true", 4) == 0 ? (c->p += 4, 1) : 0;
+    if (ch == 'f')
+        return c->end - c->p >= 5 && memcmp(c->p, "false", 5) == 0 ? (c->p += 5, 1) : 0;
+    if (ch == 'n')
+        return c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0 ? (c->p += 4, 1) : 0;
+    if (ch == '-' || (ch >= '0' && ch <= '9'))
+        return json_number(c);
+    return 0;
+}
+
+static int json_object_exact(const unsigned char *s, Py_ssize_t n)
+{
+    if (n < 2 || s[0] != '{')
+        return 0;
+    Cursor c = {s, s + n};
+    return json_value(&c, 0) && c.p == c.end;
+}
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+static int two(const unsigned char *s) { return (s[0] - '0') * 10 + (s[1] - '0'); }
+
+/* days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's days_from_civil) */
+static long long days_from_civil(long long y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const long long era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (long long)doe - 719468;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.ffffffZ" -> epoch seconds, as pipeline.verify.chain._ts_seconds
+ * computes it; 0 for anything outside 1970..9999 or not a real calendar time. */
+static int ts_seconds(const unsigned char *t, double *out)
+{
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    for (int i = 0; i < 26; i++) {
+        if (i == 4 || i == 7 || i == 10 || i == 13 || i == 16 || i == 19)
+            continue;
+        if (!is_digit(t[i]))
+            return 0;
+    }
+    if (t[4] != '-' || t[7] != '-' || t[10] != 'T' || t[13] != ':' || t[16] != ':' || t[19] != '.' || t[26] != 'Z')
+        return 0;
+    int year = two(t) * 100 + two(t + 2), mon = two(t + 5), day = two(t + 8);
+    int hh = two(t + 11), mm = two(t + 14), ss = two(t + 17);
+    if (year < 1970 || mon < 1 || mon > 12 || day < 1 || hh > 23 || mm > 59 || ss > 59)
+        return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > mdays[mon - 1] + (mon == 2 && leap))
+        return 0;
+    long long secs = days_from_civil(year, (unsigned)mon, (unsigned)day) * 86400LL + hh * 3600 + mm * 60 + ss;
+    long micro = 0;
+    for (int i = 20; i < 26; i++)
+        micro = micro * 10 + (t[i] - '0');
+    *out = (double)secs + (double)micro / 1e6;
+    return 1;
+}
+
+static int hex_lower(const unsigned char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+typedef struct {
+    const unsigned char *stream;
+    Py_ssize_t stream_len;
+    unsigned long long expected_seq;
+    unsigned char prev[HEX_LEN];
+    double prev_ts;
+    int have_prev_ts;
+    double max_gap;
+    long long max_gap_after; /* -1: none recorded */
+    long long records;
+    CompactRangeObject *seg_cr, *stream_cr;
+} ScanState;
+
+#define MAX_SEQ_VALUE 999999999999999999ULL
+
+/* One line (with its newline) checked as the Python verifier checks an event or heartbeat
+ * record that follows another record of the same segment.  1: accepted and applied. */
+static int scan_one(ScanState *st, const unsigned char *s, Py_ssize_t n)
+{
+    static const char V1[] = "{\"v\":1,\"stream\":\"";
+    static const char SEQ_KEY[] = "\",\"seq\":";
+    Py_ssize_t suffix = LIT(HASH_KEY) + HEX_LEN + LIT(TAIL);
+    if (n < suffix + 2 || memcmp(s + n - 3, TAIL, 3) != 0)
+        return 0;
+    Py_ssize_t body_end = n - suffix;
+    if (memcmp(s + body_end, HASH_KEY, LIT(HASH_KEY)) != 0)
+        return 0;
+    const unsigned char *claimed = s + body_end + LIT(HASH_KEY);
+    if (!hex_lower(claimed, HEX_LEN))
+        return 0;
+    if (memchr(s, '\n', (size_t)body_end) != NULL)
+        return 0;
+    const unsigned char *p = s, *end = s + body_end;
+    if (end - p < (Py_ssize_t)LIT(V1) || memcmp(p, V1, LIT(V1)) != 0)
+        return 0;
+    p += LIT(V1);
+    if (end - p < st->stream_len || memcmp(p, st->stream, (size_t)st->stream_len) != 0)
+        return 0;
+    p += st->stream_len;
+    if (end - p < (Py_ssize_t)LIT(SEQ_KEY) || memcmp(p, SEQ_KEY, LIT(SEQ_KEY)) != 0)
+        return 0;
+    p += LIT(SEQ_KEY);
+    unsigned long long seq = 0;
+    int nd = 0;
+    while (p < end && is_digit(*p) && nd < 19) {
+        seq = seq * 10 + (unsigned)(*p - '0');
+        p++;
+        nd++;
+    }
+    if (nd == 0 || (nd > 1 && p[-nd] == '0') || seq > MAX_SEQ_VALUE || seq != st->expected_seq)
+        return 0;
+    if (end - p < (Py_ssize_t)LIT(TS_KEY) + 27 || memcmp(p, TS_KEY, LIT(TS_KEY)) != 0)
+        return 0;
+    p += LIT(TS_KEY);
+    double t;
+    if (!ts_seconds(p, &t))
+        return 0;
+    p += 27;
+    if (end - p < (Py_ssize_t)LIT(KIND_KEY) || memcmp(p, KIND_KEY, LIT(KIND_KEY)) != 0)
+        return 0;
+    p += LIT(KIND_KEY);
+    if (end - p >= 5 && memcmp(p, "event", 5) == 0)
+        p += 5;
+    else if (end - p >= 9 && memcmp(p, "heartbeat", 9) == 0)
+        p += 9;
+    else
+        return 0; /* seals and recoveries are judged in Python */
+    if (end - p < (Py_ssize_t)LIT(PREV_KEY) + HEX_LEN || memcmp(p, PREV_KEY, LIT(PREV_KEY)) != 0)
+        return 0;
+    p += LIT(PREV_KEY);
+    if (memcmp(p, st->prev, HEX_LEN) != 0)
+        return 0;
+    p += HEX_LEN;
+    if (end - p < (Py_ssize_t)LIT(DATA_KEY) || memcmp(p, DATA_KEY, LIT(DATA_KEY)) != 0)
+        return 0;
+    p += LIT(DATA_KEY);
+    if (!json_object_exact(p, end - p))
+        return 0;
+    unsigned char digest[HASH_LEN];
+    char hex[HEX_LEN];
+    sha256(s, (size_t)body_end, digest);
+    to_hex(digest, hex);
+    if (memcmp(hex, claimed, HEX_LEN) != 0)
+        return 0;
+    if (st->seg_cr->size >= CR_MAX_SIZE || (st->stream_cr && st->stream_cr->size >= CR_MAX_SIZE))
+        return 0;
+    /* accepted: apply exactly what the Python loop does for such a record */
+    if (st->have_prev_ts && t - st->prev_ts > st->max_gap) {
+        st->max_gap = t - st->prev_ts;
+        st->max_gap_after = (long long)st->expected_seq - 1;
+    }
+    st->prev_ts = t;
+    st->have_prev_ts = 1;
+    unsigned char lh[HASH_LEN];
+    leaf_hash(s, (size_t)(n - 1), lh);
+    cr_push(st->seg_cr, lh);
+    if (st->stream_cr)
+        cr_push(st->stream_cr, lh);
+    memcpy(st->prev, claimed, HEX_LEN);
+    st->expected_seq = seq + 1;
+    st->records++;
+    return 1;
+}
+
+/*
+ * scan_lines(buf, pos, stream, expected_seq, prev_hash, prev_ts, max_gap, max_gap_after,
+ *            seg_cr, stream_cr)
+ *   -> (pos, last_line_start, count, expected_seq, prev_hash, prev_ts, max_gap, max_gap_after)
+ *
+ * Checks consecutive complete lines of ``buf`` from ``pos`` while each is an event or
+ * heartbeat record that the Python verifier would accept after the previous one, and stops
+ * at the first line it does not fully accept (or at the end of the last complete line),
+ * returning where it stopped (and where the last accepted line began, or -1) and the updated state.  prev_ts: float or None;
+ * max_gap_after: int or None.  Runs without the GIL.  The compact ranges must not be used
+ * by another thread meanwhile.
+ */
+static PyObject *scan_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan_lines takes 10 arguments");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    ScanState st;
+    memset(&st, 0, sizeof st);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        goto out;
+    if (pos < 0 || pos > view.len) {
+        PyErr_SetString(PyExc_ValueError, "pos outside the buffer");
+        goto out;
+    }
+    if (!PyBytes_Check(args[2]) || !PyBytes_Check(args[4]) || PyBytes_GET_SIZE(args[4]) != HEX_LEN) {
+        PyErr_SetString(PyExc_TypeError, "scan_lines: stream must be bytes, prev_hash 64 hex bytes");
+        goto out;
+    }
+    st.stream = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    st.stream_len = PyBytes_GET_SIZE(args[2]);
+    st.expected_seq = PyLong_AsUnsignedLongLong(args[3]);
+    if (st.expected_seq == (unsigned long long)-1 && PyErr_Occurred())
+        goto out;
+    memcpy(st.prev, PyBytes_AS_STRING(args[4]), HEX_LEN);
+    if (args[5] != Py_None) {
+        st.prev_ts = PyFloat_AsDouble(args[5]);
+        if (st.prev_ts == -1.0 && PyErr_Occurred())
+            goto out;
+        st.have_prev_ts = 1;
+    }
+    st.max_gap = PyFloat_AsDouble(args[6]);
+    if (st.max_gap == -1.0 && PyErr_Occurred())
+        goto out;
+    st.max_gap_after = -1;
+    if (args[7] != Py_None) {
+        st.max_gap_after = PyLong_AsLongLong(args[7]);
+        if (st.max_gap_after == -1 && PyErr_Occurred())
+            goto out;
+    }
+    if (as_cr(args[8], &st.seg_cr) < 0 || as_cr(args[9], &st.stream_cr) < 0)
+        goto out;
+    if (st.seg_cr == NULL) {
+        PyErr_SetString(PyExc_TypeError, "scan_lines needs the segment's compact range");
+        goto out;
+    }
+    const unsigned char *base = (const unsigned char *)view.buf;
+    Py_ssize_t len = view.len;
+    Py_ssize_t last_start = -1;
+    Py_BEGIN_ALLOW_THREADS
+    while (pos < len) {
+        const unsigned char *nl = memchr(base + pos, '\n', (size_t)(len - pos));
+        if (nl == NULL)
+            break;
+        Py_ssize_t n = nl - (base + pos) + 1;
+        if (!scan_one(&st, base + pos, n))
+            break;
+        last_start = pos;
+        pos += n;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *prev_ts = st.have_prev_ts ? PyFloat_FromDouble(st.prev_ts) : (Py_INCREF(Py_None), Py_None);
+    PyObject *gap_after = st.max_gap_after >= 0 ? PyLong_FromLongLong(st.max_gap_after) : (Py_INCREF(Py_None), Py_None);
+    if (prev_ts == NULL || gap_after == NULL) {
+        Py_XDECREF(prev_ts);
+        Py_XDECREF(gap_after);
+        goto out;
+    }
+    result = Py_BuildValue("(nnLKy#NdN)", pos, last_start, st.records, st.expected_seq, (const char *)st.prev,
+                           (Py_ssize_t)HEX_LEN, prev_ts, st.max_gap, gap_after);
+out:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* -------------------------------------------------------------------------- module ---- */
+
+static PyMethodDef module_methods[] = {
+    {"append_record", (PyCFunction)(void (*)(void))append_record, METH_FASTCALL,
+     "Build, hash and queue one record line (see pipeline.record.encode_record)."},
+    {"append_records", (PyCFunction)(void (*)(void))append_records, METH_FASTCALL,
+     "append_record for a list of prepared events (one timestamp), building receipts."},
+    {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
+    {"screen", (PyCFunction)screen, METH_O, "Screen serialised event bytes for the sanitiser."},
+    {"prepare_fast", (PyCFunction)(void (*)(void))prepare_fast, METH_FASTCALL,
+     "The sanitiser's common case in one call, or None."},
+    {"scan_lines", (PyCFunction)(void (*)(void))scan_lines, METH_FASTCALL,
+     "Verifier fast path over consecutive event/heartbeat lines."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "pipeline._native", "C accelerator for the hot paths (optional).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    screen_init();
+    if (PyType_Ready(&CompactRangeType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CompactRangeType);
+    if (PyModule_AddObject(m, "CompactRange", (PyObject *)&CompactRangeType) < 0 ||
+        PyModule_AddIntConstant(m, "SCREEN_NULL", SCREEN_NULL) < 0 ||
+        PyModule_AddIntConstant(m, "SCREEN_HINT", SCREEN_HINT) < 0 ||
+        PyModule_AddIntConstant(m, "SCREEN_DIGITS", SCREEN_DIGITS) < 0 ||
+        PyModule_AddIntConstant(m, "SCREEN_FLAT", SCREEN_FLAT) < 0 ||
+        PyModule_AddIntConstant(m, "SCREEN_SHIFT", SCREEN_SHIFT) < 0) {
+        Py_DECREF(&CompactRangeType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

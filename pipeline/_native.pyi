@@ -1,0 +1,83 @@
+# Type stub for the optional C accelerator (pipeline/_native.c).
+from collections.abc import Sequence
+from typing import Any
+
+SCREEN_NULL: int
+SCREEN_HINT: int
+SCREEN_DIGITS: int
+SCREEN_FLAT: int
+SCREEN_SHIFT: int
+
+class CompactRange:
+    def __init__(self, size: int = 0, stack: Sequence[bytes] = ()) -> None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def stack(self) -> list[bytes]: ...
+    def append(self, lh: bytes) -> None: ...
+    def root(self) -> bytes: ...
+    def copy(self) -> CompactRange: ...
+
+def append_record(
+    prefix: bytes,
+    seq: int,
+    ts: bytes,
+    kind: bytes,
+    prev: bytes,
+    data: bytes,
+    seg_cr: object,
+    stream_cr: object,
+    chunks: list[bytes],
+    leaves: list[bytes],
+    limit: int,
+    receipt_type: type,
+    segment_name: str,
+    generation: int,
+    /,
+) -> tuple[Any, bytes, int] | None: ...
+def utc_now() -> bytes: ...
+def screen(data: bytes, /) -> int: ...
+def scan_lines(
+    buf: bytes | memoryview,
+    pos: int,
+    stream: bytes,
+    expected_seq: int,
+    prev_hash: bytes,
+    prev_ts: float | None,
+    max_gap: float,
+    max_gap_after: int | None,
+    seg_cr: object,
+    stream_cr: object,
+    /,
+) -> tuple[int, int, int, int, bytes, float | None, float, int | None]: ...
+def append_records(
+    prefix: bytes,
+    seq: int,
+    ts: bytes,
+    kind: bytes,
+    prev: bytes,
+    datas: list[bytes],
+    start: int,
+    seg_cr: object,
+    stream_cr: object,
+    chunks: list[bytes],
+    leaves: list[bytes],
+    room: int,
+    seg_count: int,
+    receipt_type: type,
+    segment_name: str,
+    generation: int,
+    /,
+) -> tuple[int, int, bytes, list[Any]]: ...
+def prepare_fast(
+    event: object,
+    dumps: Any,
+    dumps_kwnames: tuple[str, ...],
+    dumps_option: int,
+    max_bytes: int,
+    max_depth: int,
+    redact: bool,
+    redact_values: bool,
+    keyset_verdicts: dict[tuple[str, ...], bool],
+    /,
+) -> bytes | None: ...
