@@ -33,3 +33,16 @@ if ! command -v zstd >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; th
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends zstd openssl >/dev/null
 fi
+
+# the C accelerator (pipeline/_native.c) needs OpenSSL's headers; pip skipped it (it is
+# optional) if they were missing when the virtual environment was made: add them, rebuild
+if [ ! -f /usr/include/openssl/sha.h ]; then
+  echo "test deps: apt-get install libssl-dev (C accelerator)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends libssl-dev >/dev/null
+fi
+if ! .venv/bin/python -c "import pipeline._native" 2>/dev/null; then
+  echo "test deps: building the C accelerator"
+  .venv/bin/pip install --quiet --no-deps -e .
+fi
