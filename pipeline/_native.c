@@ -44,12 +44,20 @@ static int put_u64(unsigned long long v, char *out)
     return n;
 }
 
+static char hex_pairs[256][2];
+
+static void hex_init(void)
+{
+    for (int i = 0; i < 256; i++) {
+        hex_pairs[i][0] = HEX[i >> 4];
+        hex_pairs[i][1] = HEX[i & 15];
+    }
+}
+
 static void to_hex(const unsigned char *in, char *out)
 {
-    for (int i = 0; i < HASH_LEN; i++) {
-        out[2 * i] = HEX[in[i] >> 4];
-        out[2 * i + 1] = HEX[in[i] & 15];
-    }
+    for (int i = 0; i < HASH_LEN; i++)
+        memcpy(out + 2 * i, hex_pairs[in[i]], 2);
 }
 
 /*
@@ -283,7 +291,8 @@ static const char TAIL[] = "\"}\n";
 #define LIT(s) (sizeof(s) - 1)
 
 /* Build one record line for ``data`` into a new bytes object and hash it.  *hex_out gets the
- * record hash in hex, lh the leaf hash.  NULL (and no exception) when longer than limit. */
+ * record hash in hex, lh (unless NULL) the leaf hash.  NULL (and no exception) when longer
+ * than limit. */
 static PyObject *build_line(const char *prefix, Py_ssize_t lp, unsigned long long seq, const char *ts, Py_ssize_t lt,
                             const char *kind, Py_ssize_t lk, const char *prev, const char *data, Py_ssize_t ld,
                             Py_ssize_t limit, char *hex_out, unsigned char *lh, Py_ssize_t *n_out)
@@ -319,7 +328,8 @@ static PyObject *build_line(const char *prefix, Py_ssize_t lp, unsigned long lon
     p += HEX_LEN;
     PUT(TAIL, LIT(TAIL));
 #undef PUT
-    leaf_hash((const unsigned char *)PyBytes_AS_STRING(line), (size_t)(n - 1), lh);
+    if (lh != NULL)
+        leaf_hash((const unsigned char *)PyBytes_AS_STRING(line), (size_t)(n - 1), lh);
     return line;
 }
 
@@ -392,8 +402,11 @@ static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     CompactRangeObject *seg_cr, *stream_cr;
     if (as_cr(args[6], &seg_cr) < 0 || as_cr(args[7], &stream_cr) < 0)
         return NULL;
-    if (!PyList_Check(args[8]) || !PyList_Check(args[9])) {
-        PyErr_SetString(PyExc_TypeError, "append_record: chunks and leaves must be lists");
+    /* leaves=None (with both ranges None): no Merkle work at all, for benchmarks that
+     * measure what the tree maintenance costs */
+    int merkle = args[9] != Py_None;
+    if (!PyList_Check(args[8]) || (merkle && !PyList_Check(args[9])) || (!merkle && (seg_cr || stream_cr))) {
+        PyErr_SetString(PyExc_TypeError, "append_record: chunks must be a list, leaves a list (or None with no ranges)");
         return NULL;
     }
     Py_ssize_t limit = PyLong_AsSsize_t(args[10]);
@@ -409,16 +422,16 @@ static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     PyObject *line = build_line(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), seq, PyBytes_AS_STRING(args[2]),
                                 PyBytes_GET_SIZE(args[2]), PyBytes_AS_STRING(args[3]), PyBytes_GET_SIZE(args[3]),
                                 PyBytes_AS_STRING(args[4]), PyBytes_AS_STRING(args[5]), PyBytes_GET_SIZE(args[5]), limit,
-                                hex, lh, &n);
+                                hex, merkle ? lh : NULL, &n);
     if (line == NULL) {
         if (PyErr_Occurred())
             return NULL;
         Py_RETURN_NONE;
     }
-    PyObject *leaf = PyBytes_FromStringAndSize((const char *)lh, HASH_LEN);
+    PyObject *leaf = merkle ? PyBytes_FromStringAndSize((const char *)lh, HASH_LEN) : NULL;
     PyObject *receipt = make_receipt(args[11], seq, hex, args[12], args[13]);
     PyObject *result = NULL;
-    if (leaf == NULL || receipt == NULL)
+    if ((merkle && leaf == NULL) || receipt == NULL)
         goto done;
     result = Py_BuildValue("(Oy#n)", receipt, hex, (Py_ssize_t)HEX_LEN, n);
     if (result == NULL)
@@ -427,7 +440,7 @@ static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, 
         Py_CLEAR(result);
         goto done;
     }
-    if (PyList_Append(args[9], leaf) < 0) {
+    if (merkle && PyList_Append(args[9], leaf) < 0) {
         PyList_SetSlice(args[8], PyList_GET_SIZE(args[8]) - 1, PyList_GET_SIZE(args[8]), NULL);
         Py_CLEAR(result);
         goto done;
@@ -787,11 +800,36 @@ typedef struct {
 
 static int json_value(Cursor *c, int depth);
 
+/* 1 for bytes a JSON string may hold as they are: printable ASCII other than '"' and '\\' */
+static unsigned char json_plain[256];
+
+static void json_init(void)
+{
+    for (int c = 0x20; c < 0x80; c++)
+        json_plain[c] = c != '"' && c != '\\';
+}
+
 static int json_string(Cursor *c)
 {
     /* at the opening quote */
     c->p++;
     while (c->p < c->end) {
+        /* eight bytes at a time while none is a quote, backslash, control byte or non-ASCII
+         * (the classic SWAR zero-byte tests); then byte by byte */
+        while (c->end - c->p >= 8) {
+            uint64_t x;
+            memcpy(&x, c->p, 8);
+            const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+            uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+            uint64_t special = ((q - ones) & ~q) | ((b - ones) & ~b) | (x - ones * 0x20) | x;
+            if (special & highs)
+                break;
+            c->p += 8;
+        }
+        while (c->p < c->end && json_plain[*c->p])
+            c->p++;
+        if (c->p >= c->end)
+            return 0;
         unsigned char ch = *c->p;
         if (ch == '"') {
             c->p++;
@@ -1010,14 +1048,6 @@ static int ts_seconds(const unsigned char *t, double *out)
     return 1;
 }
 
-static int hex_lower(const unsigned char *s, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return 0;
-    return 1;
-}
-
 typedef struct {
     const unsigned char *stream;
     Py_ssize_t stream_len;
@@ -1045,9 +1075,9 @@ static int scan_one(ScanState *st, const unsigned char *s, Py_ssize_t n)
     Py_ssize_t body_end = n - suffix;
     if (memcmp(s + body_end, HASH_KEY, LIT(HASH_KEY)) != 0)
         return 0;
+    /* the claimed hash is compared with the computed lowercase hex below, which also
+     * rejects any other spelling */
     const unsigned char *claimed = s + body_end + LIT(HASH_KEY);
-    if (!hex_lower(claimed, HEX_LEN))
-        return 0;
     if (memchr(s, '\n', (size_t)body_end) != NULL)
         return 0;
     const unsigned char *p = s, *end = s + body_end;
@@ -1237,6 +1267,8 @@ static struct PyModuleDef native_module = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     screen_init();
+    json_init();
+    hex_init();
     if (PyType_Ready(&CompactRangeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);

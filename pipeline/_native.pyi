@@ -28,7 +28,7 @@ def append_record(
     seg_cr: object,
     stream_cr: object,
     chunks: list[bytes],
-    leaves: list[bytes],
+    leaves: list[bytes] | None,
     limit: int,
     receipt_type: type,
     segment_name: str,

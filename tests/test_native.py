@@ -125,6 +125,14 @@ def test_append_record_matches_encode_record(seq: int, ts: bytes, prev: str, dat
     assert native.append_record(b'{"v":1,"stream":"app","seq":', seq, ts, kind.encode(), prev.encode(), data,
                                 c1, None, chunks, leaves, len(line) - 1, Receipt, "seg", 7) is None
     assert (len(chunks), len(leaves), c1.size) == (1, 1, 1)
+    # no Merkle work at all (leaves=None, no ranges): the same line
+    plain: list[bytes] = []
+    out2 = native.append_record(b'{"v":1,"stream":"app","seq":', seq, ts, kind.encode(), prev.encode(), data,
+                                None, None, plain, None, 1 << 40, Receipt, "seg", 7)
+    assert out2 is not None and plain == [line] and out2[1] == digest
+    with pytest.raises(TypeError):
+        native.append_record(b'{"v":1,"stream":"app","seq":', seq, ts, kind.encode(), prev.encode(), data,
+                             c1, None, plain, None, 1 << 40, Receipt, "seg", 7)
 
 
 @needs_native
@@ -286,3 +294,118 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
     fast, slow = write(tmp_path / "a", True), write(tmp_path / "b", False)
     assert len(fast) > 3 and fast == slow
     assert hashlib.sha256(b"".join(fast)).digest() == hashlib.sha256(b"".join(slow)).digest()
+
+
+# --- the verifier's fast path ------------------------------------------------------------------
+
+from pipeline.verify import chain as chain_mod  # noqa: E402
+from tests.test_tamper import apply_mutation, build_random, events_st, mutation_st  # noqa: E402
+
+
+def _report(d: Path, use_native: bool) -> Any:
+    with pytest.MonkeyPatch.context() as m:
+        if not use_native:
+            m.setattr(chain_mod, "_native", None)
+        rep = chain_mod.verify_stream(d, workers=1)
+    return rep
+
+
+@needs_native
+@settings(max_examples=int(os.environ.get("TAMPER_EXAMPLES", "60")), deadline=None)
+@given(events=events_st, seal_every=st.integers(0, 12), seal_last=st.booleans(),
+       mutation=st.one_of(st.none(), mutation_st))
+def test_verify_fast_path_reaches_the_same_report(events: list[dict[str, Any]], seal_every: int, seal_last: bool,
+                                                   mutation: tuple[str, int, int, int, int] | None) -> None:
+    import shutil
+    import tempfile
+
+    hot = Path(tempfile.mkdtemp(prefix="native-verify-"))
+    try:
+        d = build_random(hot, events, seal_every, seal_last)
+        if mutation is not None:
+            apply_mutation(d, mutation)
+        fast, slow = _report(d, True), _report(d, False)
+        assert fast == slow  # every field of every segment scan, every finding and note
+    finally:
+        shutil.rmtree(hot, ignore_errors=True)
+
+
+# data parts a forger could write (each record re-hashed and chained, so only the JSON rules
+# and the layout decide): some valid JSON objects, some not, some that only orjson decides
+data_pieces = [b'{"a":"\\u00e9"}', b'{"a":"\\ud83d\\ude00"}', b'{"a":"\\ud800"}', b'{"a":"\\udc00\\ud800"}',
+               b'{"a":1e5}', b'{"a":1E-07}', b'{"a":1e400}', b'{"a":123456789012345678901234567890123456789012}',
+               b'{"a": 1}', b' {"a":1}', b'{"a":1} ', b'{"a":[1,2,{"b":null}],"c":{}}', b'{"a":"\xff"}',
+               b'{"a":"\xed\xa0\x80"}', b'{"a":"\xf0\x9f\x98\x80"}', b'{"a":"\xc0\xaf"}', b'{"a":01}', b'{"a":-0.0}',
+               b"{}", b"[1]", b'{"a":1}{"b":2}', b'{"a":"\t"}', b'{"a":tru}', b'{"a":1,}', b'{"a":"\\x"}',
+               b'{"a":"\\/\\b\\f\\n\\r\\t\\"\\\\"}', b'{"a":-}', b'{"a":1.}', b'{"a":.5}', b'{"a":"x\x7f"}',
+               b'{"a":' + b"[" * 130 + b"]" * 130 + b"}", b'{"a":{"a":{"a":[true,false,null,0,-1.5e+10]}}}',
+               b'{"a":1}\n', b"{\"a\":\"" + "é".encode() * 3 + b"\"}"]
+
+
+@needs_native
+@settings(max_examples=150, deadline=None)
+@given(picks=st.lists(st.sampled_from(data_pieces), min_size=1, max_size=6),
+       kinds=st.lists(st.sampled_from(["event", "heartbeat", "seal", "recovery"]), min_size=6, max_size=6),
+       ts_choice=st.sampled_from([b"2026-11-22T00:00:00.000001Z", b"2026-02-29T00:00:00.000001Z",
+                                  b"2024-02-29T23:59:59.999999Z", b"2026-11-22T24:00:00.000000Z",
+                                  b"2026-11-22T00:00:60.000000Z", b"1969-12-31T23:59:59.000000Z"]))
+def test_verify_fast_path_judges_forged_lines_like_python(picks: list[bytes], kinds: list[str],
+                                                          ts_choice: bytes, tmp_path_factory: Any) -> None:
+    from pipeline.hot.segment import segment_name
+
+    d = tmp_path_factory.mktemp("forged") / "app"
+    d.mkdir()
+    first, prev = encode_record("app", 0, b"2026-11-22T00:00:00.000000Z", "event", GENESIS_HASH.encode(), b"{}")
+    out = [first]
+    for i, data in enumerate(picks, start=1):
+        line, prev = encode_record("app", i, ts_choice if i % 2 else b"2026-11-22T00:00:01.000000Z",
+                                   kinds[i - 1], prev, data)
+        out.append(line)
+    (d / segment_name(0)).write_bytes(b"".join(out))
+    fast, slow = _report(d, True), _report(d, False)
+    assert fast == slow
+
+
+def _manifest_outcome(path: Path, use_native: bool, chunk: int | None = None) -> Any:
+    from pipeline.cold import codec
+    from pipeline.hot import segment as segment_mod
+    from pipeline.record import RecordError
+
+    with pytest.MonkeyPatch.context() as m:
+        if not use_native:
+            m.setattr(segment_mod, "_native", None)
+            m.setattr(codec, "_native", None)
+        try:
+            if chunk is None:
+                return segment_mod.build_manifest(path).to_dict()
+            scanner = codec.SegmentScanner(path.name)
+            data = path.read_bytes()
+            for i in range(0, len(data), chunk):
+                scanner.feed(data[i : i + chunk])
+            out = scanner.finish().to_dict()
+            return out
+        except RecordError as exc:
+            return ("error", exc.reason)
+
+
+@needs_native
+@settings(max_examples=int(os.environ.get("TAMPER_EXAMPLES", "60")), deadline=None)
+@given(events=events_st, seal_every=st.integers(0, 12), seal_last=st.booleans(),
+       mutation=st.one_of(st.none(), mutation_st), chunk=st.integers(1, 4000))
+def test_manifest_fast_paths_reach_the_same_result(events: list[dict[str, Any]], seal_every: int,
+                                                    seal_last: bool, mutation: tuple[str, int, int, int, int] | None,
+                                                    chunk: int) -> None:
+    import shutil
+    import tempfile
+
+    hot = Path(tempfile.mkdtemp(prefix="native-manifest-"))
+    try:
+        d = build_random(hot, events, seal_every, seal_last)
+        if mutation is not None:
+            apply_mutation(d, mutation)
+        for seg in list_segments(d):
+            reference = _manifest_outcome(seg, False)
+            assert _manifest_outcome(seg, True) == reference
+            assert _manifest_outcome(seg, True, chunk) == _manifest_outcome(seg, False, chunk)
+    finally:
+        shutil.rmtree(hot, ignore_errors=True)

@@ -10,6 +10,7 @@ Segments sort by (first_seq, attempt).
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import merkle
+from pipeline._accel import native as _native
 from pipeline.record import Kind, RecordError, parse_record
 
 SEGMENT_RE = re.compile(r"^seg-(\d{20})(?:\.(\d{1,6}))?\.jsonl$")
@@ -159,29 +161,50 @@ def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
     count = 0
     sealed = False
     torn = 0
-    size = 0
-    for _offset, line in iter_lines(p):
-        sha.update(line)
-        size += len(line)
-        if not line.endswith(b"\n"):
-            torn = len(line)
-            break
-        rec = parse_record(line)
-        if count == 0:
-            stream, first_seq, first_prev, first_ts = rec.stream, rec.seq, rec.prev, rec.ts
-        else:
-            if sealed:
-                raise RecordError("after-seal", f"record seq {rec.seq} follows the seal in {p.name}")
-            if rec.seq != last_seq + 1:
-                raise RecordError("seq-gap", f"seq {rec.seq} follows {last_seq} in {p.name}")
-            if rec.prev != last_hash:
-                raise RecordError("broken-link", f"seq {rec.seq} does not link to seq {last_seq} in {p.name}")
-        last_seq, last_hash, last_ts = rec.seq, rec.hash, rec.ts
-        count += 1
-        if rec.kind == Kind.SEAL.value:
-            sealed = True
-        else:
-            cr.append(merkle.leaf_hash(line[:-1]))
+    with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf: bytes | mmap.mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    try:
+        sha.update(buf)
+        pos = 0
+        while pos < size:
+            if _native is not None and count and not sealed:
+                # runs of events and heartbeats: checked and leaf-hashed in C (the same
+                # rules as below, and stricter; anything else is left to the loop below)
+                new_pos, last_start, n, _next, _prev, _ts, _gap, _after = _native.scan_lines(
+                    buf, pos, stream.encode(), last_seq + 1, last_hash.encode(), None, 0.0, None, cr, None)
+                if n:
+                    last = parse_record(buf[last_start:new_pos])
+                    last_seq, last_hash, last_ts = last.seq, last.hash, last.ts
+                    count += n
+                    pos = new_pos
+                    if pos >= size:
+                        break
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                torn = size - pos
+                break
+            line = buf[pos : nl + 1]
+            pos = nl + 1
+            rec = parse_record(line)
+            if count == 0:
+                stream, first_seq, first_prev, first_ts = rec.stream, rec.seq, rec.prev, rec.ts
+            else:
+                if sealed:
+                    raise RecordError("after-seal", f"record seq {rec.seq} follows the seal in {p.name}")
+                if rec.seq != last_seq + 1:
+                    raise RecordError("seq-gap", f"seq {rec.seq} follows {last_seq} in {p.name}")
+                if rec.prev != last_hash:
+                    raise RecordError("broken-link", f"seq {rec.seq} does not link to seq {last_seq} in {p.name}")
+            last_seq, last_hash, last_ts = rec.seq, rec.hash, rec.ts
+            count += 1
+            if rec.kind == Kind.SEAL.value:
+                sealed = True
+            else:
+                cr.append(merkle.leaf_hash(line[:-1]))
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
     if count == 0:
         raise RecordError("empty", f"{p.name} holds no complete record")
     return SegmentManifest(
