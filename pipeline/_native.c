@@ -16,6 +16,7 @@
  * record of a segment, any deviation at all) stops it, and the Python code judges that line
  * with its full rules.  Its JSON check is a strict subset of what orjson.loads accepts.
  */
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co: see sha256() below */
 #include <Python.h>
@@ -620,8 +621,8 @@ static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t n)
     return 1;
 }
 
-/* byte classes for screen_bytes: 0 = nothing to do (most letters and punctuation) */
-enum { C_NONE = 0, C_DIGIT, C_SEP, C_BRACE, C_BRACKET, C_N, C_A, C_B };
+/* byte classes for screen_bytes' counting pass */
+enum { C_OTHER = 0, C_DIGIT = 1, C_SEP = 2, C_BRACE = 3, C_BRACKET = 4 };
 static unsigned char screen_class[256];
 
 static void screen_init(void)
@@ -632,68 +633,59 @@ static void screen_init(void)
     screen_class['-'] = C_SEP;
     screen_class['{'] = C_BRACE;
     screen_class['['] = C_BRACKET;
-    screen_class['n'] = C_N;
-    screen_class['A'] = C_A;
-    screen_class['b'] = C_B;
-    screen_class['B'] = C_B;
+}
+
+/* whether `needle` (lowercase ASCII) occurs in s in any letter case, trying each position
+ * where its first letter occurs (found with memchr, in both cases) */
+static int contains_ci(const unsigned char *s, Py_ssize_t n, const char *needle, Py_ssize_t k)
+{
+    const unsigned char firsts[2] = {(unsigned char)needle[0], (unsigned char)(needle[0] - 32)};
+    for (int f = 0; f < 2; f++) {
+        const unsigned char *p = s, *end = s + n;
+        while (end - p >= k && (p = memchr(p, firsts[f], (size_t)(end - p - k + 1))) != NULL) {
+            if (ci_eq(p, needle, k))
+                return 1;
+            p++;
+        }
+    }
+    return 0;
 }
 
 static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
 {
-    long long braces = 0, brackets = 0;
-    int flags = 0, run = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!screen_class[s[i]]) {
-            /* most bytes are letters and punctuation with nothing to check: skip them */
-            run = 0;
-            do
-                i++;
-            while (i < n && !screen_class[s[i]]);
-            if (i >= n)
+    int flags = 0;
+    /* substring tests with the C library's vectorised searches */
+    if (memmem(s, (size_t)n, "null", 4) != NULL)
+        flags |= SCREEN_NULL;
+    if (memmem(s, (size_t)n, "-----BEGIN", 10) != NULL)
+        flags |= SCREEN_HINT;
+    if (!(flags & SCREEN_HINT)) {
+        const unsigned char *p = s, *end = s + n;
+        while (end - p >= 4 && (p = memchr(p, 'A', (size_t)(end - p - 3))) != NULL) {
+            const unsigned char *t = p + 1;
+            if (!memcmp(t, "KIA", 3) || !memcmp(t, "SIA", 3) || !memcmp(t, "GPA", 3) || !memcmp(t, "IDA", 3) ||
+                !memcmp(t, "ROA", 3) || !memcmp(t, "NPA", 3) || !memcmp(t, "NVA", 3) || !memcmp(t, "IPA", 3)) {
+                flags |= SCREEN_HINT;
                 break;
-        }
-        unsigned char c = s[i];
-        switch (screen_class[c]) {
-        case C_NONE:
-            run = 0;
-            break;
-        case C_DIGIT:
-            if (++run >= 13)
-                flags |= SCREEN_DIGITS;
-            break;
-        case C_SEP: /* separators neither count nor break a digit run */
-            if (c == '-' && n - i >= 10 && memcmp(s + i, "-----BEGIN", 10) == 0)
-                flags |= SCREEN_HINT;
-            break;
-        case C_BRACE:
-            run = 0;
-            braces++;
-            break;
-        case C_BRACKET:
-            run = 0;
-            brackets++;
-            break;
-        case C_N:
-            run = 0;
-            if (n - i >= 4 && memcmp(s + i, "null", 4) == 0)
-                flags |= SCREEN_NULL;
-            break;
-        case C_A:
-            run = 0;
-            if (n - i >= 4) {
-                const unsigned char *t = s + i + 1;
-                if (!memcmp(t, "KIA", 3) || !memcmp(t, "SIA", 3) || !memcmp(t, "GPA", 3) || !memcmp(t, "IDA", 3) ||
-                    !memcmp(t, "ROA", 3) || !memcmp(t, "NPA", 3) || !memcmp(t, "NVA", 3) || !memcmp(t, "IPA", 3))
-                    flags |= SCREEN_HINT;
             }
-            break;
-        case C_B:
-            run = 0;
-            if (n - i >= 5 && (ci_eq(s + i, "basic", 5) || (n - i >= 6 && ci_eq(s + i, "bearer", 6))))
-                flags |= SCREEN_HINT;
-            break;
+            p++;
         }
     }
+    if (!(flags & SCREEN_HINT) && (contains_ci(s, n, "basic", 5) || contains_ci(s, n, "bearer", 6)))
+        flags |= SCREEN_HINT;
+    /* one branch-free counting pass: brackets, and the longest run of digits where spaces
+     * and hyphens neither count nor break the run */
+    long long braces = 0, brackets = 0;
+    unsigned run = 0, longest = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned cls = screen_class[s[i]];
+        braces += cls == C_BRACE;
+        brackets += cls == C_BRACKET;
+        run = cls == C_DIGIT ? run + 1 : (cls == C_SEP ? run : 0);
+        longest = run > longest ? run : longest;
+    }
+    if (longest >= 13)
+        flags |= SCREEN_DIGITS;
     if (braces == 1 && brackets == 0)
         flags |= SCREEN_FLAT;
     return ((braces + brackets) << SCREEN_SHIFT) | flags;
@@ -716,49 +708,54 @@ static PyObject *screen(PyObject *Py_UNUSED(mod), PyObject *arg)
     return PyLong_FromLongLong(screen_bytes((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
 }
 
-/*
- * prepare_fast(event, dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
- *              redact_values, keyset_verdicts) -> bytes or None
- *
- * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
- * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
- * deeper than max_depth, shows no secret-looking value, is flat, and whose key set is already
- * known to hold no secret-looking key (keyset_verdicts[tuple(keys)] is False).  Returns the
- * serialised bytes, or None whenever any of that does not hold: the Python sanitiser then
- * decides (and raises InvalidEvent, redacts, or records the key-set verdict).
- */
-static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+typedef struct {
+    PyObject *dumps, *kwnames, *option, *keyset_verdicts;
+    Py_ssize_t max_bytes;
+    long long max_depth;
+    int redact, redact_values;
+} PrepareArgs;
+
+/* args[first..first+8]: dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
+ * redact_values, keyset_verdicts */
+static int prepare_args(PyObject *const *args, PrepareArgs *pa)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 9 arguments");
-        return NULL;
+    pa->dumps = args[0];
+    pa->kwnames = args[1];
+    pa->option = args[2];
+    pa->max_bytes = PyLong_AsSsize_t(args[3]);
+    pa->max_depth = PyLong_AsLongLong(args[4]);
+    pa->redact = PyObject_IsTrue(args[5]);
+    pa->redact_values = PyObject_IsTrue(args[6]);
+    pa->keyset_verdicts = args[7];
+    if (PyErr_Occurred() || pa->redact < 0 || pa->redact_values < 0)
+        return -1;
+    if (!PyTuple_Check(pa->kwnames) || !PyDict_CheckExact(pa->keyset_verdicts)) {
+        PyErr_SetString(PyExc_TypeError, "prepare: kwnames must be a tuple, keyset_verdicts a dict");
+        return -1;
     }
-    PyObject *event = args[0];
-    if (!PyDict_CheckExact(event) || !PyDict_CheckExact(args[8]))
+    return 0;
+}
+
+/* The sanitiser's common case (see prepare_fast): a new reference to the serialised bytes,
+ * a new reference to None when the Python sanitiser must decide, NULL on a hard error. */
+static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
+{
+    if (!PyDict_CheckExact(event))
         Py_RETURN_NONE;
-    PyObject *call_args[2] = {event, args[3]};
-    PyObject *out = PyObject_Vectorcall(args[1], call_args, 1, args[2]);
+    PyObject *call_args[2] = {event, pa->option};
+    PyObject *out = PyObject_Vectorcall(pa->dumps, call_args, 1, pa->kwnames);
     if (out == NULL) {
         PyErr_Clear(); /* the Python path raises the precise InvalidEvent */
         Py_RETURN_NONE;
     }
-    if (!PyBytes_Check(out))
-        goto slow;
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[4]);
-    long long max_depth = PyLong_AsLongLong(args[5]);
-    int redact = PyObject_IsTrue(args[6]), redact_values = PyObject_IsTrue(args[7]);
-    if (PyErr_Occurred() || redact < 0 || redact_values < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    if (PyBytes_GET_SIZE(out) > max_bytes)
+    if (!PyBytes_Check(out) || PyBytes_GET_SIZE(out) > pa->max_bytes)
         goto slow;
     long long r = screen_bytes((const unsigned char *)PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out));
-    if ((r & SCREEN_NULL) || (r >> SCREEN_SHIFT) > max_depth)
+    if ((r & SCREEN_NULL) || (r >> SCREEN_SHIFT) > pa->max_depth)
         goto slow;
-    if (!redact)
+    if (!pa->redact)
         return out;
-    if (redact_values && (r & (SCREEN_HINT | SCREEN_DIGITS)))
+    if (pa->redact_values && (r & (SCREEN_HINT | SCREEN_DIGITS)))
         goto slow;
     if (!(r & SCREEN_FLAT))
         goto slow;
@@ -779,7 +776,7 @@ static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, P
         Py_DECREF(keys);
         goto slow;
     }
-    PyObject *verdict = PyDict_GetItemWithError(args[8], keys); /* borrowed */
+    PyObject *verdict = PyDict_GetItemWithError(pa->keyset_verdicts, keys); /* borrowed */
     Py_DECREF(keys);
     if (verdict == Py_False)
         return out;
@@ -788,6 +785,84 @@ static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, P
 slow:
     Py_DECREF(out);
     Py_RETURN_NONE;
+}
+
+/*
+ * prepare_fast(event, dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
+ *              redact_values, keyset_verdicts) -> bytes or None
+ *
+ * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
+ * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
+ * deeper than max_depth, shows no secret-looking value, is flat, and whose key set is already
+ * known to hold no secret-looking key (keyset_verdicts[tuple(keys)] is False).  Returns the
+ * serialised bytes, or None whenever any of that does not hold: the Python sanitiser then
+ * decides (and raises InvalidEvent, redacts, or records the key-set verdict).
+ */
+static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 9 arguments");
+        return NULL;
+    }
+    PrepareArgs pa;
+    if (prepare_args(args + 1, &pa) < 0)
+        return NULL;
+    return prepare_core(args[0], &pa);
+}
+
+/*
+ * prepare_json_many(raws, loads, max_line, dumps, dumps_kwnames, dumps_option, max_bytes,
+ *                   max_depth, redact, redact_values, keyset_verdicts) -> list
+ *
+ * For NDJSON lines: each item is prepare_fast(loads(raw)), or None when the line is not bytes,
+ * is longer than max_line, does not parse, or the Python sanitiser must decide (it then
+ * gives the exact result or InvalidEvent).
+ */
+static PyObject *prepare_json_many(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "prepare_json_many takes 11 arguments");
+        return NULL;
+    }
+    PyObject *raws = args[0], *loads = args[1];
+    if (!PyList_Check(raws)) {
+        PyErr_SetString(PyExc_TypeError, "prepare_json_many: raws must be a list");
+        return NULL;
+    }
+    Py_ssize_t max_line = PyLong_AsSsize_t(args[2]);
+    if (max_line == -1 && PyErr_Occurred())
+        return NULL;
+    PrepareArgs pa;
+    if (prepare_args(args + 3, &pa) < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(raws);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        PyObject *item;
+        if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) > max_line) {
+            item = Py_None;
+            Py_INCREF(item);
+        } else {
+            PyObject *obj = PyObject_Vectorcall(loads, &raw, 1, NULL);
+            if (obj == NULL) {
+                PyErr_Clear();
+                item = Py_None;
+                Py_INCREF(item);
+            } else {
+                item = prepare_core(obj, &pa);
+                Py_DECREF(obj);
+                if (item == NULL) {
+                    Py_DECREF(out);
+                    return NULL;
+                }
+            }
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
 }
 
 /* ---------------------------------------------------------------------- scan_lines ---- */
@@ -1254,6 +1329,8 @@ static PyMethodDef module_methods[] = {
     {"screen", (PyCFunction)screen, METH_O, "Screen serialised event bytes for the sanitiser."},
     {"prepare_fast", (PyCFunction)(void (*)(void))prepare_fast, METH_FASTCALL,
      "The sanitiser's common case in one call, or None."},
+    {"prepare_json_many", (PyCFunction)(void (*)(void))prepare_json_many, METH_FASTCALL,
+     "prepare_fast over parsed NDJSON lines; None where Python must decide."},
     {"scan_lines", (PyCFunction)(void (*)(void))scan_lines, METH_FASTCALL,
      "Verifier fast path over consecutive event/heartbeat lines."},
     {NULL, NULL, 0, NULL},

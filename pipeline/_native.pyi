@@ -81,3 +81,17 @@ def prepare_fast(
     keyset_verdicts: dict[tuple[str, ...], bool],
     /,
 ) -> bytes | None: ...
+def prepare_json_many(
+    raws: list[bytes],
+    loads: Any,
+    max_line: int,
+    dumps: Any,
+    dumps_kwnames: tuple[str, ...],
+    dumps_option: int,
+    max_bytes: int,
+    max_depth: int,
+    redact: bool,
+    redact_values: bool,
+    keyset_verdicts: dict[tuple[str, ...], bool],
+    /,
+) -> list[bytes | None]: ...

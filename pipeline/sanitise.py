@@ -228,6 +228,26 @@ class Sanitiser:
             raise InvalidEvent("bad-json", str(exc)) from None
         return self.prepare(obj)
 
+    def prepare_json_many(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
+        """``prepare_json`` for each line: its prepared bytes, or the InvalidEvent it raised.
+        With the C accelerator the common case is one call for the whole batch."""
+        if _native is not None:
+            fast: list[bytes | None] = _native.prepare_json_many(
+                raws, orjson.loads, self.max_event_bytes * 2, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS,
+                self.max_event_bytes, self.max_depth, self.redact, self.redact_values, self._keyset_cache)
+        else:
+            fast = [None] * len(raws)
+        out: list[bytes | InvalidEvent] = []
+        for raw, done in zip(raws, fast, strict=True):
+            if done is None:
+                try:
+                    done = self.prepare_json(raw)
+                except InvalidEvent as exc:
+                    out.append(exc)
+                    continue
+            out.append(done)
+        return out
+
     # -- internals ------------------------------------------------------------------------
 
     def _needs_redaction(self, event: dict[str, Any], out: bytes, flat: bool) -> bool:

@@ -409,3 +409,42 @@ def test_manifest_fast_paths_reach_the_same_result(events: list[dict[str, Any]],
             assert _manifest_outcome(seg, True, chunk) == _manifest_outcome(seg, False, chunk)
     finally:
         shutil.rmtree(hot, ignore_errors=True)
+
+
+raw_lines = st.one_of(
+    events.map(lambda e: orjson.dumps(e) if _dumpable(e) else b"{}"),
+    st.sampled_from([b"", b"[1,2]", b'"text"', b"{bad json", b'{"a":NaN}', b'{"a":1e999}', b'{"a":"\\ud800"}',
+                     b'{"a":"\xff"}', b'{"password":"x"}', b'{"a":{"b":[1,{"c":null}]}}', b" " * 10,
+                     b'{"a":1}' + b" " * 3, b'{"k":"' + b"x" * 5000 + b'"}']),
+)
+
+
+def _dumpable(e: Any) -> bool:
+    try:
+        orjson.dumps(e)
+        return True
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+@needs_native
+@settings(max_examples=200, deadline=None)
+@given(raws=st.lists(raw_lines, max_size=8), redact=st.booleans(), max_bytes=st.sampled_from([100, 4096, 1 << 20]))
+def test_prepare_json_many_gives_the_python_results(raws: list[bytes], redact: bool, max_bytes: int) -> None:
+    def outcomes(s: Sanitiser, items: list[Any]) -> list[Any]:
+        return [x if isinstance(x, bytes) else ("invalid", x.reason) for x in items]
+
+    fast = Sanitiser(redact=redact, max_event_bytes=max_bytes)
+    first = outcomes(fast, fast.prepare_json_many(raws))
+    second = outcomes(fast, fast.prepare_json_many(raws))  # key-set verdicts cached now
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sanitise, "_native", None)
+        slow = Sanitiser(redact=redact, max_event_bytes=max_bytes)
+        reference = outcomes(slow, slow.prepare_json_many(raws))
+        one_by_one = []
+        for raw in raws:
+            try:
+                one_by_one.append(slow.prepare_json(raw))
+            except InvalidEvent as exc:
+                one_by_one.append(("invalid", exc.reason))
+    assert first == second == reference == one_by_one

@@ -287,14 +287,13 @@ class IngestServer:
         batch = _Batch()
         pending: list[tuple[int, Any, int]] = []  # (index in results, receipt, data bytes)
         prepared: list[tuple[int, int, bytes]] = []  # (index in results, line_no, data)
-        for line_no, raw in lines:
-            try:
-                data = self.sanitiser.prepare_json(raw)
-            except InvalidEvent as exc:
-                batch.results.append(_err(line_no, exc.reason, exc.detail))
+        checked = self.sanitiser.prepare_json_many([raw for _n, raw in lines])
+        for (line_no, _raw), data in zip(lines, checked, strict=True):
+            if isinstance(data, InvalidEvent):
+                batch.results.append(_err(line_no, data.reason, data.detail))
                 batch.rejected += 1
                 if self.metrics is not None:
-                    self.metrics.observe_rejected(exc.reason)
+                    self.metrics.observe_rejected(data.reason)
                 continue
             prepared.append((len(batch.results), line_no, data))
             batch.results.append(b"")  # filled in once durable
