@@ -41,6 +41,7 @@ import contextlib
 from pipeline import _accel
 from pipeline._accel import native
 from pipeline.hot import attr
+from pipeline.hot.factory import open_hotlog
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt, _Run
 from pipeline.sanitise import Sanitiser
@@ -77,8 +78,9 @@ def bench_hotlog(base: Path, n: int, durability: str = "group", redact: bool = T
     """One thread appending n events with ``append(wait=False)`` (or ``append_many`` in
     batches of ``batch``), then one ``sync()``: events/s."""
     d = Path(tempfile.mkdtemp(prefix=f"hot-{durability}-", dir=base))
-    log = HotLog(d, "bench", durability=durability, heartbeat_interval=0,
-                 sanitiser=Sanitiser(redact=redact))
+    # as `pipeline run` opens it: with the Merkle tile store that proofs are served from
+    log = open_hotlog(d, "bench", durability=durability, heartbeat_interval=0,
+                      sanitiser=Sanitiser(redact=redact))
     events = [dict(EVENT, n=i) for i in range(n)]
     t0 = time.perf_counter()
     if batch:
@@ -138,10 +140,12 @@ def _timed_appends(log: HotLog, n: int) -> float:
 
 
 def bench_merkle_ab(base: Path, n: int) -> tuple[float, float]:
-    """(events/s without the tree, with it): the same loop, one segment, interleaved by the caller."""
+    """(events/s without the tree, with it): the same loop, one segment, interleaved by the
+    caller.  "With" is the writer as deployed: leaf hashes, the segment and stream compact
+    ranges, and the Merkle tile store (TreeStore) that proofs are served from."""
     d = Path(tempfile.mkdtemp(prefix="hot-ab-", dir=base))
     without = _timed_appends(_NoMerkleLog(d / "a", "bench", heartbeat_interval=0, segment_max_bytes=1 << 40), n)
-    with_tree = _timed_appends(HotLog(d / "b", "bench", heartbeat_interval=0, segment_max_bytes=1 << 40), n)
+    with_tree = _timed_appends(open_hotlog(d / "b", "bench", heartbeat_interval=0, segment_max_bytes=1 << 40), n)
     rm_tree(d)
     return without, with_tree
 

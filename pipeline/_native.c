@@ -281,6 +281,101 @@ static int as_cr(PyObject *o, CompactRangeObject **out)
     return 0;
 }
 
+/*
+ * append_collect(cr, leaf_hashes, tile_height) -> dict[int, list[bytes]]
+ *
+ * Appends each 32-byte leaf hash to ``cr`` (as CompactRange.append does) and returns the
+ * node hashes completed on the way at every level that is a multiple of ``tile_height``,
+ * in order: what a tiled store persists (pipeline.hot.tree.TreeStore.append).  Validates
+ * every leaf before changing anything.  Hashes without the GIL: ``cr`` must not be used by
+ * another thread meanwhile (TreeStore passes a private copy).
+ */
+static PyObject *append_collect(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyObject_TypeCheck(args[0], &CompactRangeType) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "append_collect(cr: CompactRange, leaf_hashes: list, tile_height: int)");
+        return NULL;
+    }
+    CompactRangeObject *cr = (CompactRangeObject *)args[0];
+    PyObject *leaves = args[1];
+    long tile = PyLong_AsLong(args[2]);
+    if (tile == -1 && PyErr_Occurred())
+        return NULL;
+    if (tile < 1 || tile > MAX_LEVELS) {
+        PyErr_SetString(PyExc_ValueError, "tile_height must be between 1 and 64");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(leaves);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *lh = PyList_GET_ITEM(leaves, i);
+        if (!PyBytes_Check(lh) || PyBytes_GET_SIZE(lh) != HASH_LEN) {
+            PyErr_SetString(PyExc_ValueError, "leaf hash must be 32 bytes");
+            return NULL;
+        }
+    }
+    if (cr->size + (uint64_t)count >= CR_MAX_SIZE) {
+        PyErr_SetString(PyExc_OverflowError, "compact range is full");
+        return NULL;
+    }
+    /* copy the leaves out, then hash without the GIL: TreeStore.append runs on the writer's
+     * flush thread, so this work overlaps the appending threads */
+    unsigned char *in = PyMem_RawMalloc((size_t)(count ? count : 1) * HASH_LEN);
+    size_t cap = (size_t)count + MAX_LEVELS;
+    unsigned char *nodes = PyMem_RawMalloc(cap * HASH_LEN);
+    int *levels = PyMem_RawMalloc(cap * sizeof(int));
+    if (in == NULL || nodes == NULL || levels == NULL) {
+        PyMem_RawFree(in);
+        PyMem_RawFree(nodes);
+        PyMem_RawFree(levels);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        memcpy(in + i * HASH_LEN, PyBytes_AS_STRING(PyList_GET_ITEM(leaves, i)), HASH_LEN);
+    size_t produced = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned char h[HASH_LEN];
+        memcpy(h, in + i * HASH_LEN, HASH_LEN);
+        uint64_t n = cr->size;
+        int level = 0;
+        while (n & 1) {
+            cr->depth--;
+            node_hash(cr->stack[cr->depth], h, h);
+            n >>= 1;
+            level++;
+            if (level % tile == 0 && produced < cap) { /* at most one per tile-level merge */
+                memcpy(nodes + produced * HASH_LEN, h, HASH_LEN);
+                levels[produced++] = level;
+            }
+        }
+        memcpy(cr->stack[cr->depth], h, HASH_LEN);
+        cr->depth++;
+        cr->size++;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(in);
+    PyObject *out = PyDict_New();
+    for (size_t j = 0; out != NULL && j < produced; j++) {
+        PyObject *key = PyLong_FromLong(levels[j]);
+        PyObject *node = PyBytes_FromStringAndSize((const char *)(nodes + j * HASH_LEN), HASH_LEN);
+        PyObject *lst = key ? PyDict_GetItemWithError(out, key) : NULL; /* borrowed */
+        int bad = key == NULL || node == NULL || PyErr_Occurred();
+        if (!bad && lst == NULL) {
+            lst = PyList_New(0);
+            bad = lst == NULL || PyDict_SetItem(out, key, lst) < 0;
+            Py_XDECREF(lst); /* the dict holds it */
+        }
+        bad = bad || PyList_Append(lst, node) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(node);
+        if (bad)
+            Py_CLEAR(out); /* memory exhaustion: the caller's range is a private copy */
+    }
+    PyMem_RawFree(nodes);
+    PyMem_RawFree(levels);
+    return out;
+}
+
 /* ----------------------------------------------------------------- append_record ---- */
 
 static const char TS_KEY[] = ",\"ts\":\"";
@@ -621,8 +716,8 @@ static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t n)
     return 1;
 }
 
-/* byte classes for screen_bytes' counting pass */
-enum { C_OTHER = 0, C_DIGIT = 1, C_SEP = 2, C_BRACE = 3, C_BRACKET = 4 };
+/* byte classes for screen_bytes' digit-run scan */
+enum { C_OTHER = 0, C_DIGIT = 1, C_SEP = 2 };
 static unsigned char screen_class[256];
 
 static void screen_init(void)
@@ -631,8 +726,17 @@ static void screen_init(void)
         screen_class[c] = C_DIGIT;
     screen_class[' '] = C_SEP;
     screen_class['-'] = C_SEP;
-    screen_class['{'] = C_BRACE;
-    screen_class['['] = C_BRACKET;
+}
+
+static long long count_byte(const unsigned char *s, Py_ssize_t n, int c)
+{
+    long long k = 0;
+    const unsigned char *p = s, *end = s + n;
+    while (p < end && (p = memchr(p, c, (size_t)(end - p))) != NULL) {
+        k++;
+        p++;
+    }
+    return k;
 }
 
 /* whether `needle` (lowercase ASCII) occurs in s in any letter case, trying each position
@@ -651,14 +755,48 @@ static int contains_ci(const unsigned char *s, Py_ssize_t n, const char *needle,
     return 0;
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* nonzero when some byte of the 8 at p may be an ASCII digit (never zero when one is) */
+static inline uint64_t maybe_digit8(const unsigned char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    uint64_t y = x ^ (ONES * '0');
+    return (y - ONES * 10) & ~y & HIGHS;
+}
+
+/*
+ * Every search anchors on a byte that is rare in ordinary JSON and is found with the C
+ * library's vectorised memchr: 'u' for "null", 'G' for "-----BEGIN", 'A' for AWS key ids,
+ * 'b'/'B' for the credential schemes; the digit-run scan skips eight bytes at a time while
+ * none of them can be a digit.
+ */
 static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
 {
     int flags = 0;
-    /* substring tests with the C library's vectorised searches */
-    if (memmem(s, (size_t)n, "null", 4) != NULL)
-        flags |= SCREEN_NULL;
-    if (memmem(s, (size_t)n, "-----BEGIN", 10) != NULL)
-        flags |= SCREEN_HINT;
+    long long braces = count_byte(s, n, '{'), brackets = count_byte(s, n, '[');
+    {
+        const unsigned char *p = s + 1, *end = s + n;
+        while (end - p >= 3 && (p = memchr(p, 'u', (size_t)(end - p - 2))) != NULL) {
+            if (p[-1] == 'n' && p[1] == 'l' && p[2] == 'l') {
+                flags |= SCREEN_NULL;
+                break;
+            }
+            p++;
+        }
+    }
+    if (n >= 10) {
+        const unsigned char *p = s + 7, *end = s + n;
+        while (end - p >= 3 && (p = memchr(p, 'G', (size_t)(end - p - 2))) != NULL) {
+            if (memcmp(p - 7, "-----BE", 7) == 0 && p[1] == 'I' && p[2] == 'N') {
+                flags |= SCREEN_HINT;
+                break;
+            }
+            p++;
+        }
+    }
     if (!(flags & SCREEN_HINT)) {
         const unsigned char *p = s, *end = s + n;
         while (end - p >= 4 && (p = memchr(p, 'A', (size_t)(end - p - 3))) != NULL) {
@@ -673,19 +811,31 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
     }
     if (!(flags & SCREEN_HINT) && (contains_ci(s, n, "basic", 5) || contains_ci(s, n, "bearer", 6)))
         flags |= SCREEN_HINT;
-    /* one branch-free counting pass: brackets, and the longest run of digits where spaces
-     * and hyphens neither count nor break the run */
-    long long braces = 0, brackets = 0;
-    unsigned run = 0, longest = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned cls = screen_class[s[i]];
-        braces += cls == C_BRACE;
-        brackets += cls == C_BRACKET;
-        run = cls == C_DIGIT ? run + 1 : (cls == C_SEP ? run : 0);
-        longest = run > longest ? run : longest;
+    /* the longest run of digits where spaces and hyphens neither count nor break the run */
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (n - i >= 8 && !maybe_digit8(s + i)) {
+            i += 8;
+            continue;
+        }
+        if (screen_class[s[i]] != C_DIGIT) {
+            i++;
+            continue;
+        }
+        unsigned run = 0;
+        while (i < n) {
+            unsigned c = screen_class[s[i]];
+            if (c == C_DIGIT)
+                run++;
+            else if (c != C_SEP)
+                break;
+            i++;
+        }
+        if (run >= 13) {
+            flags |= SCREEN_DIGITS;
+            break;
+        }
     }
-    if (longest >= 13)
-        flags |= SCREEN_DIGITS;
     if (braces == 1 && brackets == 0)
         flags |= SCREEN_FLAT;
     return ((braces + brackets) << SCREEN_SHIFT) | flags;
@@ -709,14 +859,14 @@ static PyObject *screen(PyObject *Py_UNUSED(mod), PyObject *arg)
 }
 
 typedef struct {
-    PyObject *dumps, *kwnames, *option, *keyset_verdicts;
+    PyObject *dumps, *kwnames, *option, *keyset_verdicts, *last_clean; /* last_clean: [tuple | None] */
     Py_ssize_t max_bytes;
     long long max_depth;
     int redact, redact_values;
 } PrepareArgs;
 
-/* args[first..first+8]: dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
- * redact_values, keyset_verdicts */
+/* args[0..8]: dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
+ * redact_values, keyset_verdicts, last_clean */
 static int prepare_args(PyObject *const *args, PrepareArgs *pa)
 {
     pa->dumps = args[0];
@@ -727,10 +877,13 @@ static int prepare_args(PyObject *const *args, PrepareArgs *pa)
     pa->redact = PyObject_IsTrue(args[5]);
     pa->redact_values = PyObject_IsTrue(args[6]);
     pa->keyset_verdicts = args[7];
+    pa->last_clean = args[8];
     if (PyErr_Occurred() || pa->redact < 0 || pa->redact_values < 0)
         return -1;
-    if (!PyTuple_Check(pa->kwnames) || !PyDict_CheckExact(pa->keyset_verdicts)) {
-        PyErr_SetString(PyExc_TypeError, "prepare: kwnames must be a tuple, keyset_verdicts a dict");
+    if (!PyTuple_Check(pa->kwnames) || !PyDict_CheckExact(pa->keyset_verdicts) || !PyList_Check(pa->last_clean) ||
+        PyList_GET_SIZE(pa->last_clean) != 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "prepare: kwnames must be a tuple, keyset_verdicts a dict, last_clean a one-item list");
         return -1;
     }
     return 0;
@@ -759,6 +912,24 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
         goto slow;
     if (!(r & SCREEN_FLAT))
         goto slow;
+    /* the key set seen last and known clean, compared by identity: an application's
+     * events reuse the same key objects (literals, orjson's key cache), so this usually
+     * answers without building a tuple */
+    PyObject *last = PyList_GET_ITEM(pa->last_clean, 0);
+    if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == PyDict_GET_SIZE(event)) {
+        Py_ssize_t pos = 0, i = 0;
+        PyObject *k, *v;
+        int same = 1;
+        while (PyDict_Next(event, &pos, &k, &v)) {
+            if (i >= PyTuple_GET_SIZE(last) || PyTuple_GET_ITEM(last, i) != k) {
+                same = 0;
+                break;
+            }
+            i++;
+        }
+        if (same && i == PyTuple_GET_SIZE(last))
+            return out;
+    }
     PyObject *keys = PyTuple_New(PyDict_GET_SIZE(event));
     if (keys == NULL) {
         Py_DECREF(out);
@@ -777,9 +948,11 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
         goto slow;
     }
     PyObject *verdict = PyDict_GetItemWithError(pa->keyset_verdicts, keys); /* borrowed */
-    Py_DECREF(keys);
-    if (verdict == Py_False)
+    if (verdict == Py_False) {
+        PyList_SetItem(pa->last_clean, 0, keys); /* steals keys */
         return out;
+    }
+    Py_DECREF(keys);
     if (verdict == NULL && PyErr_Occurred())
         PyErr_Clear();
 slow:
@@ -789,19 +962,20 @@ slow:
 
 /*
  * prepare_fast(event, dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
- *              redact_values, keyset_verdicts) -> bytes or None
+ *              redact_values, keyset_verdicts, last_clean) -> bytes or None
  *
  * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
  * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
  * deeper than max_depth, shows no secret-looking value, is flat, and whose key set is already
- * known to hold no secret-looking key (keyset_verdicts[tuple(keys)] is False).  Returns the
+ * known to hold no secret-looking key (keyset_verdicts[tuple(keys)] is False; the last such
+ * key tuple is kept in last_clean[0] for an identity check).  Returns the
  * serialised bytes, or None whenever any of that does not hold: the Python sanitiser then
  * decides (and raises InvalidEvent, redacts, or records the key-set verdict).
  */
 static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 9 arguments");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 10 arguments");
         return NULL;
     }
     PrepareArgs pa;
@@ -811,22 +985,24 @@ static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, P
 }
 
 /*
- * prepare_json_many(raws, loads, max_line, dumps, dumps_kwnames, dumps_option, max_bytes,
- *                   max_depth, redact, redact_values, keyset_verdicts) -> list
+ * prepare_many(items, loads, max_line, dumps, dumps_kwnames, dumps_option, max_bytes,
+ *              max_depth, redact, redact_values, keyset_verdicts, last_clean) -> list
  *
- * For NDJSON lines: each item is prepare_fast(loads(raw)), or None when the line is not bytes,
- * is longer than max_line, does not parse, or the Python sanitiser must decide (it then
- * gives the exact result or InvalidEvent).
+ * prepare_fast for each item.  With ``loads`` (NDJSON lines) each item is first parsed:
+ * prepare_fast(loads(raw)); the result is None when the line is not bytes, is longer than
+ * max_line, or does not parse.  Without (``loads`` None) the items are the events.  None
+ * also wherever the Python sanitiser must decide (it then gives the exact result or
+ * InvalidEvent).
  */
-static PyObject *prepare_json_many(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+static PyObject *prepare_many(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "prepare_json_many takes 11 arguments");
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "prepare_many takes 12 arguments");
         return NULL;
     }
     PyObject *raws = args[0], *loads = args[1];
     if (!PyList_Check(raws)) {
-        PyErr_SetString(PyExc_TypeError, "prepare_json_many: raws must be a list");
+        PyErr_SetString(PyExc_TypeError, "prepare_many: items must be a list");
         return NULL;
     }
     Py_ssize_t max_line = PyLong_AsSsize_t(args[2]);
@@ -842,7 +1018,13 @@ static PyObject *prepare_json_many(PyObject *Py_UNUSED(mod), PyObject *const *ar
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *raw = PyList_GET_ITEM(raws, i);
         PyObject *item;
-        if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) > max_line) {
+        if (loads == Py_None) {
+            item = prepare_core(raw, &pa);
+            if (item == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        } else if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) > max_line) {
             item = Py_None;
             Py_INCREF(item);
         } else {
@@ -1323,14 +1505,16 @@ out:
 static PyMethodDef module_methods[] = {
     {"append_record", (PyCFunction)(void (*)(void))append_record, METH_FASTCALL,
      "Build, hash and queue one record line (see pipeline.record.encode_record)."},
+    {"append_collect", (PyCFunction)(void (*)(void))append_collect, METH_FASTCALL,
+     "Append leaf hashes to a compact range, returning the tile-level nodes completed."},
     {"append_records", (PyCFunction)(void (*)(void))append_records, METH_FASTCALL,
      "append_record for a list of prepared events (one timestamp), building receipts."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
     {"screen", (PyCFunction)screen, METH_O, "Screen serialised event bytes for the sanitiser."},
     {"prepare_fast", (PyCFunction)(void (*)(void))prepare_fast, METH_FASTCALL,
      "The sanitiser's common case in one call, or None."},
-    {"prepare_json_many", (PyCFunction)(void (*)(void))prepare_json_many, METH_FASTCALL,
-     "prepare_fast over parsed NDJSON lines; None where Python must decide."},
+    {"prepare_many", (PyCFunction)(void (*)(void))prepare_many, METH_FASTCALL,
+     "prepare_fast over events, or over parsed NDJSON lines; None where Python must decide."},
     {"scan_lines", (PyCFunction)(void (*)(void))scan_lines, METH_FASTCALL,
      "Verifier fast path over consecutive event/heartbeat lines."},
     {NULL, NULL, 0, NULL},

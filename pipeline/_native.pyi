@@ -79,10 +79,11 @@ def prepare_fast(
     redact: bool,
     redact_values: bool,
     keyset_verdicts: dict[tuple[str, ...], bool],
+    last_clean: list[tuple[str, ...] | None],
     /,
 ) -> bytes | None: ...
-def prepare_json_many(
-    raws: list[bytes],
+def prepare_many(
+    items: list[Any],
     loads: Any,
     max_line: int,
     dumps: Any,
@@ -93,5 +94,7 @@ def prepare_json_many(
     redact: bool,
     redact_values: bool,
     keyset_verdicts: dict[tuple[str, ...], bool],
+    last_clean: list[tuple[str, ...] | None],
     /,
 ) -> list[bytes | None]: ...
+def append_collect(cr: CompactRange, leaf_hashes: list[bytes], tile_height: int, /) -> dict[int, list[bytes]]: ...

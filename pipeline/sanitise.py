@@ -54,6 +54,7 @@ class InvalidEvent(ValueError):
         super().__init__(f"invalid event ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
+        self.index: int | None = None  # position in a batch, when raised for one
 
     def diagnostics(self) -> str:
         return f"The event was not written: {self.detail}. Fix the event and send it again."
@@ -153,12 +154,14 @@ class Sanitiser:
     _keys: tuple[str, ...] = field(init=False, repr=False)
     _key_cache: dict[str, bool] = field(init=False, repr=False)
     _keyset_cache: dict[tuple[str, ...], bool] = field(init=False, repr=False)
+    _last_clean: list[tuple[str, ...] | None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys = sorted({k.lower() for k in self.secret_keys if k}, key=len, reverse=True)
         self._keys = tuple(keys)
         self._key_cache = {}
         self._keyset_cache = {}
+        self._last_clean = [None]  # the C fast path's last clean key set (identity check)
 
     def is_secret_key(self, key: str) -> bool:
         """Whether a field name looks secret (case-insensitive substring match), cached:
@@ -180,7 +183,8 @@ class Sanitiser:
             # the common case (a flat, clean event with a known key set) in one C call; None
             # means "decide below", where every rule is applied exactly
             fast = _native.prepare_fast(event, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes,
-                                        self.max_depth, self.redact, self.redact_values, self._keyset_cache)
+                                        self.max_depth, self.redact, self.redact_values, self._keyset_cache,
+                                        self._last_clean)
             if type(fast) is bytes:
                 return fast
         if not isinstance(event, dict):
@@ -231,12 +235,7 @@ class Sanitiser:
     def prepare_json_many(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
         """``prepare_json`` for each line: its prepared bytes, or the InvalidEvent it raised.
         With the C accelerator the common case is one call for the whole batch."""
-        if _native is not None:
-            fast: list[bytes | None] = _native.prepare_json_many(
-                raws, orjson.loads, self.max_event_bytes * 2, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS,
-                self.max_event_bytes, self.max_depth, self.redact, self.redact_values, self._keyset_cache)
-        else:
-            fast = [None] * len(raws)
+        fast = self._fast_many(raws, orjson.loads)
         out: list[bytes | InvalidEvent] = []
         for raw, done in zip(raws, fast, strict=True):
             if done is None:
@@ -247,6 +246,30 @@ class Sanitiser:
                     continue
             out.append(done)
         return out
+
+    def prepare_many(self, events: list[Any]) -> list[bytes]:
+        """``prepare`` for each event; raises the first InvalidEvent (with its index in
+        ``index``).  With the C accelerator the common case is one call for the batch."""
+        fast = self._fast_many(events, None)
+        out: list[bytes] = []
+        for i, (event, done) in enumerate(zip(events, fast, strict=True)):
+            if done is None:
+                try:
+                    done = self.prepare(event)
+                except InvalidEvent as exc:
+                    exc.index = i
+                    raise
+            out.append(done)
+        return out
+
+    def _fast_many(self, items: list[Any], loads: Any) -> list[bytes | None]:
+        if _native is None:
+            return [None] * len(items)
+        fast: list[bytes | None] = _native.prepare_many(
+            items, loads, self.max_event_bytes * 2, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS,
+            self.max_event_bytes, self.max_depth, self.redact, self.redact_values, self._keyset_cache,
+            self._last_clean)
+        return fast
 
     # -- internals ------------------------------------------------------------------------
 

@@ -448,3 +448,32 @@ def test_prepare_json_many_gives_the_python_results(raws: list[bytes], redact: b
             except InvalidEvent as exc:
                 one_by_one.append(("invalid", exc.reason))
     assert first == second == reference == one_by_one
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.integers(0, 700), min_size=1, max_size=8), store_leaves=st.booleans())
+def test_tree_store_append_is_the_same_in_c(batches: list[int], store_leaves: bool, tmp_path_factory: Any) -> None:
+    from pipeline.hot import tree as tree_mod
+
+    leaves = [merkle.leaf_hash(b"leaf %d" % i) for i in range(sum(batches))]
+
+    def build(d: Path, use_native: bool) -> tuple[dict[str, bytes], bytes, int]:
+        with pytest.MonkeyPatch.context() as m:
+            if not use_native:
+                m.setattr(tree_mod, "_native", None)
+            ts = tree_mod.TreeStore(d, store_leaves=store_leaves)
+            at = 0
+            for k in batches:
+                ts.append(leaves[at : at + k])
+                at += k
+            ts.sync()
+            root, size = ts.root(), ts.size
+            ts.close()
+        files = {p.name: p.read_bytes() for p in sorted((d / "tree").glob("*"))} if (d / "tree").exists() else {}
+        return files, root, size
+
+    base = tmp_path_factory.mktemp("trees")
+    fast, slow = build(base / "c", True), build(base / "py", False)
+    assert fast == slow
+    assert fast[1] == merkle.root_from_leaf_hashes(leaves) and fast[2] == len(leaves)

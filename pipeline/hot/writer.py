@@ -60,6 +60,7 @@ DEFAULT_GROUP_INTERVAL = 0.010
 HEAD_FILE = "head.json"
 LOCK_FILE = "LOCK"
 _KIND_BYTES = {k.value: k.value.encode() for k in Kind}
+_EVENT = Kind.EVENT.value  # a plain str: Enum.value is a Python-level property
 _NO_LIMIT = 1 << 62
 
 __all__ = [
@@ -241,6 +242,8 @@ class HotLog:
         self.hot_dir = Path(directory)
         self.dir = self.hot_dir / stream
         self.durability = durability
+        # fsync and os modes act after every append; group mode only to wait, or when much is queued
+        self._after_every_append = durability != "group"
         self.segment_window = float(segment_window)
         self.segment_max_bytes = int(segment_max_bytes)
         self.heartbeat_interval = float(heartbeat_interval)
@@ -316,12 +319,18 @@ class HotLog:
         ``HotLogError``.  With ``wait=False`` in group mode the call returns before the
         record is durable; use ``wait_durable(receipt)`` or ``sync()`` to wait."""
         data = self._sanitiser.prepare(event)
-        return self.append_prepared(data, wait=wait)
+        # append_prepared, inlined: this is the per-event hot path
+        with self._lock:
+            receipt = self._append_locked(_EVENT, data)
+            pending = self._pending_bytes
+        if wait or self._after_every_append or pending >= self.max_pending_bytes:
+            self._after_append(receipt, wait, pending)
+        return receipt
 
     def append_prepared(self, data_json: bytes, *, wait: bool = True) -> Receipt:
         """Append an event already validated by ``Sanitiser.prepare`` (JSON object bytes)."""
         with self._lock:
-            receipt = self._append_locked(Kind.EVENT.value, data_json)
+            receipt = self._append_locked(_EVENT, data_json)
             pending = self._pending_bytes
         self._after_append(receipt, wait, pending)
         return receipt
@@ -341,7 +350,7 @@ class HotLog:
                     i += done
                     continue
                 try:  # the item the batch path could not take: the full path, and its error
-                    out.append(self._append_locked(Kind.EVENT.value, items[i]))
+                    out.append(self._append_locked(_EVENT, items[i]))
                 except HotLogError as exc:
                     out.append(exc)
                 except Exception as exc:  # e.g. rotation's seal failing: this item is not in the log
@@ -359,8 +368,7 @@ class HotLog:
         all of them to be durable.  Every event is validated first: if one is invalid, none is
         written.  All records of one call may share a timestamp.  The fastest way in: with
         the C accelerator the records are built, hashed and queued in one call."""
-        prepare = self._sanitiser.prepare
-        prepared = [prepare(e) for e in events]
+        prepared = self._sanitiser.prepare_many(list(events))
         receipts: list[Receipt] = []
         with self._lock:
             i = 0
@@ -369,7 +377,7 @@ class HotLog:
                 if done:
                     i += done
                 else:
-                    receipts.append(self._append_locked(Kind.EVENT.value, prepared[i]))
+                    receipts.append(self._append_locked(_EVENT, prepared[i]))
                     i += 1
             pending = self._pending_bytes
         if receipts:
