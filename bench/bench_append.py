@@ -121,6 +121,7 @@ class _NoMerkleLog(HotLog):
                                       run.chunks, None, limit, Receipt, seg.name, self._gen)
         assert queued is not None
         receipt, self._prev, n = queued
+        run.hashed += 1  # and never leaf-hashed later either
         seg.size += n
         seg.count += 1
         self._pending_bytes += n

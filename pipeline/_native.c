@@ -282,6 +282,85 @@ static int as_cr(PyObject *o, CompactRangeObject **out)
 }
 
 /*
+ * hash_lines(lines, start, seg_cr, stream_cr) -> list[bytes]
+ *
+ * RFC 6962 leaf hashes of lines[start:] (each a record line; its trailing newline is not
+ * part of the leaf), appended in order to both compact ranges (either may be None).  The
+ * writer's Merkle maintenance, done by whichever thread flushes or seals: the hashing runs
+ * without the GIL, so it overlaps appends on another core.  The list and the ranges must
+ * not be changed by another thread meanwhile (the writer's _merkle_lock guarantees it).
+ */
+static PyObject *hash_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "hash_lines(lines: list, start: int, seg_cr, stream_cr)");
+        return NULL;
+    }
+    PyObject *lines = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    CompactRangeObject *seg_cr, *stream_cr;
+    if (as_cr(args[2], &seg_cr) < 0 || as_cr(args[3], &stream_cr) < 0)
+        return NULL;
+    Py_ssize_t total = PyList_GET_SIZE(lines);
+    if (start < 0 || start > total) {
+        PyErr_SetString(PyExc_ValueError, "hash_lines: start outside the list");
+        return NULL;
+    }
+    Py_ssize_t count = total - start;
+    if ((seg_cr && seg_cr->size + (uint64_t)count >= CR_MAX_SIZE) ||
+        (stream_cr && stream_cr->size + (uint64_t)count >= CR_MAX_SIZE)) {
+        PyErr_SetString(PyExc_OverflowError, "compact range is full");
+        return NULL;
+    }
+    const unsigned char **ptrs = PyMem_RawMalloc((size_t)(count ? count : 1) * sizeof(*ptrs));
+    size_t *lens = PyMem_RawMalloc((size_t)(count ? count : 1) * sizeof(*lens));
+    unsigned char *out = PyMem_RawMalloc((size_t)(count ? count : 1) * HASH_LEN);
+    if (ptrs == NULL || lens == NULL || out == NULL) {
+        PyMem_RawFree(ptrs);
+        PyMem_RawFree(lens);
+        PyMem_RawFree(out);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *line = PyList_GET_ITEM(lines, start + i);
+        if (!PyBytes_Check(line) || PyBytes_GET_SIZE(line) < 1) {
+            PyMem_RawFree(ptrs);
+            PyMem_RawFree(lens);
+            PyMem_RawFree(out);
+            PyErr_SetString(PyExc_TypeError, "hash_lines: every line must be non-empty bytes");
+            return NULL;
+        }
+        ptrs[i] = (const unsigned char *)PyBytes_AS_STRING(line);
+        lens[i] = (size_t)PyBytes_GET_SIZE(line) - 1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned char *lh = out + i * HASH_LEN;
+        leaf_hash(ptrs[i], lens[i], lh);
+        if (seg_cr)
+            cr_push(seg_cr, lh);
+        if (stream_cr)
+            cr_push(stream_cr, lh);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(ptrs);
+    PyMem_RawFree(lens);
+    PyObject *result = PyList_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)(out + i * HASH_LEN), HASH_LEN);
+        if (b == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, b);
+    }
+    PyMem_RawFree(out);
+    return result;
+}
+
+/*
  * append_collect(cr, leaf_hashes, tile_height) -> dict[int, list[bytes]]
  *
  * Appends each 32-byte leaf hash to ``cr`` (as CompactRange.append does) and returns the
@@ -429,20 +508,28 @@ static PyObject *build_line(const char *prefix, Py_ssize_t lp, unsigned long lon
     return line;
 }
 
-/* receipt_type((seq, hash_hex, segment_name, generation)), built the way tuple.__new__ does
- * for a NamedTuple, and untracked by the cyclic GC (it holds only ints and strings). */
+/* receipt_type((seq, hash_hex, segment_name, generation)): a tuple subclass allocated and
+ * filled as tuple.__new__ would (check_receipt_type ensures it has no __dict__), untracked
+ * by the cyclic GC (it holds only ints and strings). */
 static PyObject *make_receipt(PyObject *rtype, unsigned long long seq, const char *hex, PyObject *seg_name, PyObject *gen)
 {
-    PyObject *hexstr = PyUnicode_FromStringAndSize(hex, HEX_LEN);
+    PyTypeObject *type = (PyTypeObject *)rtype;
+    PyObject *hexstr = PyUnicode_New(HEX_LEN, 127);
     PyObject *seqobj = PyLong_FromUnsignedLongLong(seq);
-    PyObject *fields = (hexstr && seqobj) ? PyTuple_Pack(4, seqobj, hexstr, seg_name, gen) : NULL;
-    PyObject *targs = fields ? PyTuple_Pack(1, fields) : NULL;
-    PyObject *receipt = targs ? PyTuple_Type.tp_new((PyTypeObject *)rtype, targs, NULL) : NULL;
-    Py_XDECREF(hexstr);
-    Py_XDECREF(seqobj);
-    Py_XDECREF(fields);
-    Py_XDECREF(targs);
-    if (receipt != NULL && PyObject_GC_IsTracked(receipt))
+    PyObject *receipt = (hexstr && seqobj) ? type->tp_alloc(type, 4) : NULL;
+    if (receipt == NULL) {
+        Py_XDECREF(hexstr);
+        Py_XDECREF(seqobj);
+        return NULL;
+    }
+    memcpy(PyUnicode_DATA(hexstr), hex, HEX_LEN);
+    Py_INCREF(seg_name);
+    Py_INCREF(gen);
+    PyTuple_SET_ITEM(receipt, 0, seqobj);
+    PyTuple_SET_ITEM(receipt, 1, hexstr);
+    PyTuple_SET_ITEM(receipt, 2, seg_name);
+    PyTuple_SET_ITEM(receipt, 3, gen);
+    if (PyObject_GC_IsTracked(receipt))
         PyObject_GC_UnTrack(receipt);
     return receipt;
 }
@@ -576,8 +663,9 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
     if (seq == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     PyObject *datas = args[5];
-    if (!PyList_Check(datas) || !PyList_Check(args[9]) || !PyList_Check(args[10])) {
-        PyErr_SetString(PyExc_TypeError, "append_records: datas, chunks and leaves must be lists");
+    int merkle = args[10] != Py_None; /* leaves=None with no ranges: lines only (see hash_lines) */
+    if (!PyList_Check(datas) || !PyList_Check(args[9]) || (merkle && !PyList_Check(args[10]))) {
+        PyErr_SetString(PyExc_TypeError, "append_records: datas and chunks must be lists, leaves a list or None");
         return NULL;
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[6]);
@@ -588,6 +676,10 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
     CompactRangeObject *seg_cr, *stream_cr;
     if (as_cr(args[7], &seg_cr) < 0 || as_cr(args[8], &stream_cr) < 0)
         return NULL;
+    if (!merkle && (seg_cr || stream_cr)) {
+        PyErr_SetString(PyExc_TypeError, "append_records: leaves=None needs both ranges None");
+        return NULL;
+    }
     PyObject *rtype = args[13];
     if (check_receipt_type(rtype, "append_records") < 0)
         return NULL;
@@ -618,21 +710,22 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
         Py_ssize_t n;
         Py_ssize_t limit = seg_count > 0 ? room : PY_SSIZE_T_MAX;
         PyObject *line = build_line(prefix, lp, seq, ts, lt, kind, lk, prev, PyBytes_AS_STRING(data),
-                                    PyBytes_GET_SIZE(data), limit, hex, lh, &n);
+                                    PyBytes_GET_SIZE(data), limit, hex, merkle ? lh : NULL, &n);
         if (line == NULL) {
             failed = PyErr_Occurred() != NULL;
             break; /* full: the caller rotates */
         }
-        PyObject *leaf = PyBytes_FromStringAndSize((const char *)lh, HASH_LEN);
+        PyObject *leaf = merkle ? PyBytes_FromStringAndSize((const char *)lh, HASH_LEN) : NULL;
         PyObject *receipt = make_receipt(rtype, seq, hex, seg_name, gen);
-        int ok = leaf && receipt && PyList_Append(args[9], line) == 0;
-        if (ok && PyList_Append(args[10], leaf) < 0) {
+        int ok = (leaf || !merkle) && receipt && PyList_Append(args[9], line) == 0;
+        if (ok && merkle && PyList_Append(args[10], leaf) < 0) {
             PyList_SetSlice(args[9], PyList_GET_SIZE(args[9]) - 1, PyList_GET_SIZE(args[9]), NULL);
             ok = 0;
         }
         if (ok && PyList_Append(receipts, receipt) < 0) {
             PyList_SetSlice(args[9], PyList_GET_SIZE(args[9]) - 1, PyList_GET_SIZE(args[9]), NULL);
-            PyList_SetSlice(args[10], PyList_GET_SIZE(args[10]) - 1, PyList_GET_SIZE(args[10]), NULL);
+            if (merkle)
+                PyList_SetSlice(args[10], PyList_GET_SIZE(args[10]) - 1, PyList_GET_SIZE(args[10]), NULL);
             ok = 0;
         }
         Py_DECREF(line);
@@ -1505,6 +1598,8 @@ out:
 static PyMethodDef module_methods[] = {
     {"append_record", (PyCFunction)(void (*)(void))append_record, METH_FASTCALL,
      "Build, hash and queue one record line (see pipeline.record.encode_record)."},
+    {"hash_lines", (PyCFunction)(void (*)(void))hash_lines, METH_FASTCALL,
+     "Leaf-hash record lines into compact ranges, without the GIL."},
     {"append_collect", (PyCFunction)(void (*)(void))append_collect, METH_FASTCALL,
      "Append leaf hashes to a compact range, returning the tile-level nodes completed."},
     {"append_records", (PyCFunction)(void (*)(void))append_records, METH_FASTCALL,

@@ -61,7 +61,7 @@ def append_records(
     seg_cr: object,
     stream_cr: object,
     chunks: list[bytes],
-    leaves: list[bytes],
+    leaves: list[bytes] | None,
     room: int,
     seg_count: int,
     receipt_type: type,
@@ -98,3 +98,4 @@ def prepare_many(
     /,
 ) -> list[bytes | None]: ...
 def append_collect(cr: CompactRange, leaf_hashes: list[bytes], tile_height: int, /) -> dict[int, list[bytes]]: ...
+def hash_lines(lines: list[bytes], start: int, seg_cr: object, stream_cr: object, /) -> list[bytes]: ...

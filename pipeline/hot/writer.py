@@ -145,9 +145,10 @@ class _Segment:
 class _Run:
     seg: _Segment
     chunks: list[bytes] = field(default_factory=list)
-    leaves: list[bytes] = field(default_factory=list)
+    leaves: list[bytes] = field(default_factory=list)  # leaf hashes of chunks[:hashed]
     finalize: bool = False
     after: _Snapshot | None = None  # the chain state right after this run's seal
+    hashed: int = 0  # chunks already in the Merkle trees (see HotLog._hash_runs)
 
 
 @dataclass(slots=True)
@@ -264,6 +265,11 @@ class HotLog:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._io_lock = threading.Lock()
+        # Merkle maintenance of event lines is deferred: appends queue lines, and the thread
+        # that flushes (or seals) leaf-hashes them into the trees, in order, in C without the
+        # GIL, so that it overlaps appends on another core.  _merkle_lock serialises that
+        # hashing; it is taken after _lock (never the other way round).
+        self._merkle_lock = threading.RLock()
         self._wake = threading.Event()
         self._seal_listeners: list[Callable[[SealInfo], None]] = []
 
@@ -401,8 +407,8 @@ class HotLog:
             runs.append(run)
         try:
             count, added, last, receipts = _native.append_records(
-                self._prefix, self._seq, self._now(), b"event", self._prev, items, start, seg.cr, self._cr,
-                run.chunks, run.leaves, self.segment_max_bytes - 4096 - seg.size, seg.count, Receipt, seg.name,
+                self._prefix, self._seq, self._now(), b"event", self._prev, items, start, None, None,
+                run.chunks, None, self.segment_max_bytes - 4096 - seg.size, seg.count, Receipt, seg.name,
                 self._gen)
         except Exception:  # nothing was queued; the per-record path raises the precise error
             return 0
@@ -569,9 +575,9 @@ class HotLog:
         # record always fits
         limit = self.segment_max_bytes - 4096 - seg.size if seg.count else _NO_LIMIT
         if _native is not None:
+            # the line and its hash only: its leaf hash joins the trees later (_hash_runs)
             queued = _native.append_record(self._prefix, self._seq, ts, _KIND_BYTES[kind], self._prev, data_json,
-                                           seg.cr, self._cr, run.chunks, run.leaves, limit, Receipt, seg.name,
-                                           self._gen)
+                                           None, None, run.chunks, None, limit, Receipt, seg.name, self._gen)
             if queued is None:
                 return self._rotate_and_append_locked(kind, data_json, ts)
             receipt, self._prev, n = queued
@@ -588,6 +594,8 @@ class HotLog:
             n = len(line)
             if n > limit:
                 return self._rotate_and_append_locked(kind, data_json, ts)
+            if run.hashed < len(run.chunks):
+                self._catch_up_merkle_locked()
             h = self._leaf0.copy()
             h.update(memoryview(line)[:-1])
             lh = h.digest()
@@ -595,6 +603,7 @@ class HotLog:
             self._cr.append(lh)
             run.chunks.append(line)
             run.leaves.append(lh)
+            run.hashed += 1
         seg.size += n
         seg.count += 1
         self._pending_bytes += n
@@ -609,6 +618,9 @@ class HotLog:
         return self._append_locked(kind, data_json, ts)  # the new segment's first record
 
     def _queue_line_locked(self, seg: _Segment, line: bytes, *, in_segment_tree: bool) -> None:
+        # seals, heartbeats, recovery records: rare, so their leaf is hashed at once, after
+        # the event lines queued before them (tree order is seq order)
+        self._catch_up_merkle_locked()
         h = self._leaf0.copy()
         h.update(memoryview(line)[:-1])
         lh = h.digest()
@@ -623,10 +635,34 @@ class HotLog:
             runs.append(run)
         run.chunks.append(line)
         run.leaves.append(lh)
+        run.hashed = len(run.chunks)
         seg.size += len(line)
         seg.count += 1
         self._pending_bytes += len(line)
         self._seq += 1
+
+    def _hash_runs(self, runs: list[_Run]) -> None:
+        """Leaf-hash every queued line not yet in the Merkle trees into its segment's tree and
+        the stream tree, in order.  Caller holds _merkle_lock; the lines are event records
+        (the rare other kinds are hashed as they are queued)."""
+        for run in runs:
+            if run.hashed == len(run.chunks):
+                continue
+            if _native is not None:
+                run.leaves += _native.hash_lines(run.chunks, run.hashed, run.seg.cr, self._cr)
+            else:
+                for line in run.chunks[run.hashed :]:
+                    lh = merkle.leaf_hash(line[:-1])
+                    run.seg.cr.append(lh)
+                    self._cr.append(lh)
+                    run.leaves.append(lh)
+            run.hashed = len(run.chunks)
+
+    def _catch_up_merkle_locked(self) -> None:
+        """Bring the Merkle trees up to every queued line (caller holds _lock): waits for a
+        flush that is hashing the lines before them, then hashes the rest here."""
+        with self._merkle_lock:
+            self._hash_runs(self._runs)
 
     def _ensure_usable_locked(self) -> None:
         if self._closed:
@@ -656,6 +692,7 @@ class HotLog:
             raise
         self.append_only_active = append_only
         ts_s = ts.decode()
+        self._catch_up_merkle_locked()  # the stream tree's frontier at this segment's start
         seg = _Segment(path, fd, self._seq, _window_of(_ts_to_epoch(ts_s), self.segment_window), ts_s,
                        start_frontier=self._cr.stack, append_only=append_only)
         self._seg = seg
@@ -665,6 +702,7 @@ class HotLog:
         seg = self._seg
         if seg is None or seg.count == 0:
             return None
+        self._catch_up_merkle_locked()  # the roots below cover every record before the seal
         ts = self._now()
         data: dict[str, Any] = {
             "segment": seg.path.name,
@@ -695,7 +733,12 @@ class HotLog:
 
     # ------------------------------------------------------------------ flushing
 
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self, *, tree: bool = True) -> _Snapshot:
+        """The chain state now (caller holds _lock).  ``tree=False`` skips bringing the Merkle
+        trees up to date: the caller (a flush) fills cr_size, cr_stack and seg_cr in itself
+        once it has hashed the lines it took."""
+        if tree:
+            self._catch_up_merkle_locked()
         seg = self._seg
         return _Snapshot(
             self._seq,
@@ -717,10 +760,20 @@ class HotLog:
                 self._runs = []
                 self._pending_bytes = 0
                 upto = self._seq - 1
-                candidate = self._snapshot()
+                candidate = self._snapshot(tree=False)
                 seals = self._pending_seals
                 self._pending_seals = []
                 seg_now = self._seg
+                # taken before _lock is let go, so that a seal cannot hash later lines first
+                self._merkle_lock.acquire()
+            try:
+                # off _lock: appends go on meanwhile (the hashing in C drops the GIL)
+                self._hash_runs(runs)
+                candidate.cr_size, candidate.cr_stack = self._cr.size, self._cr.stack
+                if candidate.seg is not None:
+                    candidate.seg_cr = candidate.seg.cr.copy()
+            finally:
+                self._merkle_lock.release()
             if not runs and not sync:
                 return
             try:
@@ -821,6 +874,10 @@ class HotLog:
 
     def _fail_locked(self, exc: BaseException, runs: list[_Run]) -> None:
         """Roll the chain back to the last durable record and abandon touched segments."""
+        with self._merkle_lock:
+            self._fail_merkle_held(exc, runs)
+
+    def _fail_merkle_held(self, exc: BaseException, runs: list[_Run]) -> None:
         # os mode acknowledged what reached the page cache; the other modes only what was fsynced
         snap = self._written if self.durability == "os" else self._durable
         touched: list[_Segment] = []
