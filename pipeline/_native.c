@@ -1054,8 +1054,10 @@ slow:
 }
 
 /*
- * prepare_fast(event, dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
- *              redact_values, keyset_verdicts, last_clean) -> bytes or None
+ * prepare_fast(dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
+ *              redact_values, keyset_verdicts, last_clean, event) -> bytes or None
+ *
+ * (The event comes last so that functools.partial can bind the settings once.)
  *
  * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
  * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
@@ -1072,9 +1074,9 @@ static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, P
         return NULL;
     }
     PrepareArgs pa;
-    if (prepare_args(args + 1, &pa) < 0)
+    if (prepare_args(args, &pa) < 0)
         return NULL;
-    return prepare_core(args[0], &pa);
+    return prepare_core(args[9], &pa);
 }
 
 /*

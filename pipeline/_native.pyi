@@ -70,7 +70,6 @@ def append_records(
     /,
 ) -> tuple[int, int, bytes, list[Any]]: ...
 def prepare_fast(
-    event: object,
     dumps: Any,
     dumps_kwnames: tuple[str, ...],
     dumps_option: int,
@@ -80,6 +79,7 @@ def prepare_fast(
     redact_values: bool,
     keyset_verdicts: dict[tuple[str, ...], bool],
     last_clean: list[tuple[str, ...] | None],
+    event: object,
     /,
 ) -> bytes | None: ...
 def prepare_many(

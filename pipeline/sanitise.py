@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -142,9 +143,10 @@ def redact_value(text: str) -> str:
     return _redact_cards(out)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sanitiser:
-    """Validation limits and redaction rules.  ``redact=False`` turns redaction off entirely."""
+    """Validation limits and redaction rules.  ``redact=False`` turns redaction off entirely.
+    Frozen: the settings are bound into the C fast path when the sanitiser is made."""
 
     secret_keys: Iterable[str] = DEFAULT_SECRET_KEYS
     redact: bool = True
@@ -155,13 +157,23 @@ class Sanitiser:
     _key_cache: dict[str, bool] = field(init=False, repr=False)
     _keyset_cache: dict[tuple[str, ...], bool] = field(init=False, repr=False)
     _last_clean: list[tuple[str, ...] | None] = field(init=False, repr=False)
+    fast_prepare: Callable[[Any], bytes | None] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # frozen: the derived state is set once, here
         keys = sorted({k.lower() for k in self.secret_keys if k}, key=len, reverse=True)
-        self._keys = tuple(keys)
-        self._key_cache = {}
-        self._keyset_cache = {}
-        self._last_clean = [None]  # the C fast path's last clean key set (identity check)
+        setattr_ = object.__setattr__
+        setattr_(self, "_keys", tuple(keys))
+        setattr_(self, "_key_cache", {})
+        setattr_(self, "_keyset_cache", {})
+        setattr_(self, "_last_clean", [None])  # the C fast path's last clean key set (identity check)
+        # the C accelerator's common case with these settings bound (callers on hot paths use
+        # it directly; None from it means "call prepare")
+        setattr_(self, "fast_prepare", (
+            partial(_native.prepare_fast, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes,
+                    self.max_depth, self.redact, self.redact_values, self._keyset_cache, self._last_clean)
+            if _native is not None else None
+        ))
 
     def is_secret_key(self, key: str) -> bool:
         """Whether a field name looks secret (case-insensitive substring match), cached:
@@ -179,12 +191,10 @@ class Sanitiser:
 
     def prepare(self, event: Any) -> bytes:
         """Return the compact JSON bytes to store for ``event``, or raise InvalidEvent."""
-        if _native is not None:
+        if self.fast_prepare is not None:
             # the common case (a flat, clean event with a known key set) in one C call; None
             # means "decide below", where every rule is applied exactly
-            fast = _native.prepare_fast(event, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes,
-                                        self.max_depth, self.redact, self.redact_values, self._keyset_cache,
-                                        self._last_clean)
+            fast = self.fast_prepare(event)
             if type(fast) is bytes:
                 return fast
         if not isinstance(event, dict):

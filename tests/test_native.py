@@ -502,7 +502,7 @@ def test_deferred_merkle_under_concurrent_appends_seals_and_rotation(tmp_path: P
                     log.append_many([{"t": k, "i": i, "j": j} for j in range(5)], wait=i % 2 == 0)
                 else:
                     log.append({"t": k, "i": i, "pad": "z" * (i % 90)}, wait=i % 50 == 0)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     def sealer() -> None:

@@ -252,6 +252,7 @@ class HotLog:
         self.os_sync_interval = float(os_sync_interval)
         self.max_pending_bytes = int(max_pending_bytes)
         self._sanitiser = sanitiser or DEFAULT_SANITISER
+        self._fast_prepare = self._sanitiser.fast_prepare
         self._policy = attr.immutable_policy(immutable)
         self._tree = tree_store
         self._tree_broken = False
@@ -324,7 +325,10 @@ class HotLog:
         """Sanitise and append one event.  Raises ``InvalidEvent`` (nothing written) or
         ``HotLogError``.  With ``wait=False`` in group mode the call returns before the
         record is durable; use ``wait_durable(receipt)`` or ``sync()`` to wait."""
-        data = self._sanitiser.prepare(event)
+        fast = self._fast_prepare  # the sanitiser's C fast path (None: use prepare)
+        data = fast(event) if fast is not None else None
+        if data is None:
+            data = self._sanitiser.prepare(event)
         # append_prepared, inlined: this is the per-event hot path
         with self._lock:
             receipt = self._append_locked(_EVENT, data)
