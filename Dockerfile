@@ -5,10 +5,11 @@
 #   docker build -t worm-pipeline:dev .
 #   docker run --rm worm-pipeline:dev --help
 #
-# Two stages: the builder turns the source tree into a wheel and installs it, with its
-# dependencies, into a self-contained virtual environment at /opt/worm-pipeline; the
-# runtime stage copies only that venv onto a fresh base.  No compiler, no pip cache,
-# no source tree and no build tooling reach the final image.
+# Two stages: the builder compiles the C accelerator, turns the source tree into a wheel
+# and installs it, with its dependencies, into a self-contained virtual environment at
+# /opt/worm-pipeline; the runtime stage copies only that venv onto a fresh base (whose
+# libcrypto the accelerator links).  No compiler, no pip cache, no source tree and no
+# build tooling reach the final image.
 #
 # Capabilities (see docs/DEPLOYMENT.md, "Container and capabilities"):
 # setting the append-only attribute (chattr +a) on hot segments needs CAP_LINUX_IMMUTABLE.
@@ -38,9 +39,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
+# A C compiler and OpenSSL's headers for the C accelerator (pipeline/_native.c); only
+# this stage has them.  Versions come with the base image's Debian release (pin the base
+# image's digest for reproducible builds, as noted above).  tests/test_dockerfile.py does
+# not replay this step on the host: it checks that the host has the same tools instead.
+# (The import check below runs with -P so that it sees the installed wheel, not /src.)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what the wheel is built from; everything else stays out of the build context
 # (.dockerignore) and out of the image.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY pipeline/ pipeline/
 
 # tests/test_dockerfile.py replays these steps in a fresh venv: keep them plain
@@ -48,6 +59,7 @@ COPY pipeline/ pipeline/
 RUN python -m venv /opt/worm-pipeline \
     && /opt/worm-pipeline/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
     && /opt/worm-pipeline/bin/pip install --no-cache-dir /tmp/wheels/worm_pipeline-*.whl \
+    && /opt/worm-pipeline/bin/python -P -c "import pipeline._native" \
     && /opt/worm-pipeline/bin/pipeline --help
 
 FROM ${PYTHON_IMAGE} AS runtime

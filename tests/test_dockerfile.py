@@ -164,12 +164,17 @@ def test_builder_steps_install_a_working_cli(
                 if origin.is_dir():  # a directory's contents go into dest
                     shutil.copytree(
                         origin, workdir / dest, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"),  # as .dockerignore
                     )
                 else:
                     target = workdir / dest / origin.name if dest.endswith("/") else workdir / dest
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(origin, target)
+        elif word == "RUN" and rest.startswith("apt-get "):
+            # system packages for the build: not installed on the host by a test; the host
+            # must already have what they provide (tools/install-test-deps.sh sees to it)
+            assert shutil.which("gcc"), "the builder installs gcc: the host needs it too"
+            assert Path("/usr/include/openssl/sha.h").is_file(), "the builder installs libssl-dev"
         elif word == "RUN":
             copied = copied or sorted(p.name for p in context.iterdir())
             command = rest.replace(VENV_IN_IMAGE, str(venv)).replace(WHEELS_IN_IMAGE, str(wheels))
@@ -183,7 +188,7 @@ def test_builder_steps_install_a_working_cli(
             assert proc.returncode == 0, f"RUN {rest}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
             runs += 1
     assert runs >= 1
-    assert copied == ["README.md", "pipeline", "pyproject.toml"], "the build sees only what COPY brings"
+    assert copied == ["README.md", "pipeline", "pyproject.toml", "setup.py"], "the build sees only what COPY brings"
 
     built = list(wheels.glob("worm_pipeline-*.whl"))
     assert len(built) == 1, built
@@ -198,4 +203,10 @@ def test_builder_steps_install_a_working_cli(
     )
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout).is_relative_to(venv)
+    # and the wheel carries the compiled accelerator
+    native = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from pipeline import _accel; print(_accel.describe())"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert native.returncode == 0 and native.stdout.startswith("native"), native.stdout + native.stderr
     assert time.monotonic() - started < 240
