@@ -208,5 +208,7 @@ def test_builder_steps_install_a_working_cli(
         [str(venv / "bin" / "python"), "-c", "from pipeline import _accel; print(_accel.describe())"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
-    assert native.returncode == 0 and native.stdout.startswith("native"), native.stdout + native.stderr
+    assert native.returncode == 0, native.stderr
+    if os.environ.get("PIPELINE_NO_NATIVE") != "1":  # (which also skips building it)
+        assert native.stdout.startswith("native"), native.stdout
     assert time.monotonic() - started < 240

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from pipeline import _accel
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_hot_args, err, streams_of
 from pipeline.hot import attr
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         err(f"hot directory {args.hot} does not exist")
         return EXIT_ERROR
     doc: dict[str, Any] = {"hot": str(args.hot), "platform": attr.platform_support_info(),
+           "accelerator": _accel.describe(),
            "streams": [stream_status(args.hot, s) for s in streams_of(args.hot, args.stream)]}
     if args.json:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
           f"capability={plat['has_capability']} policy={plat['policy']}")
     for note in plat["notes"]:
         print(f"  note: {note}")
+    print(f"  per-record work: {doc['accelerator']}")
     for st in doc["streams"]:
         print(f"stream {st['stream']}: {len(st['segments'])} segments, {st['bytes']} bytes, "
               f"{st['sealed_segments']} sealed (immutable)")
