@@ -47,7 +47,7 @@ ENV_PREFIX = "PIPELINE_"
 # PIPELINE_* variables that are not configuration keys.  They are skipped rather than
 # rejected as unknown; PIPELINE_SIGNING_KEY carries key material (pipeline.checkpoint) and
 # must never be echoed, not even in an "unknown key" message.
-NON_CONFIG_ENV = frozenset({"PIPELINE_SIGNING_KEY", "PIPELINE_CONFIG"})
+NON_CONFIG_ENV = frozenset({"PIPELINE_SIGNING_KEY", "PIPELINE_CONFIG", "PIPELINE_NO_NATIVE"})
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

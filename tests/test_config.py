@@ -131,6 +131,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         "PIPELINE_COLD_SSE": "none",
         "PIPELINE_INGEST_SOCKET_MODE": "0600",
         "PIPELINE_SIGNING_KEY": "never-parsed-as-config",  # key material for pipeline.checkpoint
+        "PIPELINE_NO_NATIVE": "1",  # the accelerator switch (pipeline._accel), not configuration
         "HOME": "/root",
     }
     cfg = load_config(path, env)
