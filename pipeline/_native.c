@@ -616,7 +616,11 @@ static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     PyObject *result = NULL;
     if ((merkle && leaf == NULL) || receipt == NULL)
         goto done;
-    result = Py_BuildValue("(Oy#n)", receipt, hex, (Py_ssize_t)HEX_LEN, n);
+    PyObject *hexb = PyBytes_FromStringAndSize(hex, HEX_LEN);
+    PyObject *nobj = hexb ? PyLong_FromSsize_t(n) : NULL;
+    result = nobj ? PyTuple_Pack(3, receipt, hexb, nobj) : NULL;
+    Py_XDECREF(hexb);
+    Py_XDECREF(nobj);
     if (result == NULL)
         goto done;
     if (PyList_Append(args[8], line) < 0) {

@@ -330,9 +330,31 @@ class HotLog:
         if data is None:
             data = self._sanitiser.prepare(event)
         # append_prepared, inlined: this is the per-event hot path
+        receipt: Receipt
         with self._lock:
-            receipt = self._append_locked(_EVENT, data)
-            pending = self._pending_bytes
+            runs = self._runs
+            run = runs[-1] if runs else None
+            seg = self._seg
+            if (_native is not None and run is not None and run.seg is seg and seg is not None and seg.count
+                    and not run.finalize and not self._closed and self._failure is None and not self._abandoned):
+                # _append_locked's accelerated path for the common case (an open run in the
+                # current segment of a usable log), without its extra frame
+                ts = self._now()
+                queued = _native.append_record(self._prefix, self._seq, ts, b"event", self._prev, data,
+                                               None, None, run.chunks, None,
+                                               self.segment_max_bytes - 4096 - seg.size, Receipt, seg.name, self._gen)
+                if queued is not None:
+                    receipt, self._prev, n = queued
+                    seg.size += n
+                    seg.count += 1
+                    pending = self._pending_bytes = self._pending_bytes + n
+                    self._seq += 1
+                else:
+                    receipt = self._rotate_and_append_locked(_EVENT, data, ts)
+                    pending = self._pending_bytes
+            else:
+                receipt = self._append_locked(_EVENT, data)
+                pending = self._pending_bytes
         if wait or self._after_every_append or pending >= self.max_pending_bytes:
             self._after_append(receipt, wait, pending)
         return receipt
