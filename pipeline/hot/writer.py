@@ -226,7 +226,7 @@ class HotLog:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         group_interval: float = DEFAULT_GROUP_INTERVAL,
         os_sync_interval: float = 1.0,
-        max_pending_bytes: int = 32 << 20,
+        max_pending_bytes: int = 8 << 20,
         sanitiser: Sanitiser | None = None,
         immutable: str | None = None,
         tree_store: TreeStoreLike | None = None,
