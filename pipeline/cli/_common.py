@@ -23,3 +23,17 @@ def streams_of(hot: Path, stream: str | None) -> list[str]:
 
 def err(message: str) -> None:
     print(f"pipeline: {message}", file=sys.stderr)
+
+
+def report_read_failure(exc: BaseException) -> int:
+    """Print why reading cold storage back could not go on (export, restore) and return
+    exit code 2: a ColdError with its diagnostics, anything else (ReadbackError, OSError)
+    with its message."""
+    from pipeline.cli import EXIT_ERROR
+    from pipeline.cold import ColdError
+
+    if isinstance(exc, ColdError):
+        print(exc.diagnostics(), file=sys.stderr)
+    else:
+        err(str(exc))
+    return EXIT_ERROR

@@ -27,7 +27,7 @@ from typing import IO, Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import err, report_read_failure
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.hot.segment import list_segments, list_streams
 from pipeline.record import GENESIS_HASH, Kind, Record
@@ -271,14 +271,7 @@ def run(args: argparse.Namespace) -> int:
         err(f"export stopped: segment {exc.segment}{where} does not verify ({exc.reason}): {exc}; nothing from "
             "this segment or later was emitted")
         return EXIT_FINDINGS
-    except ReadbackError as exc:
-        err(str(exc))
-        return EXIT_ERROR
-    except ColdError as exc:
-        print(exc.diagnostics(), file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        err(str(exc))
-        return EXIT_ERROR
+    except (ReadbackError, ColdError, OSError) as exc:
+        return report_read_failure(exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,7 @@ import orjson
 
 from pipeline import merkle
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import err, report_read_failure
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments, read_last_line
@@ -150,14 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except RestoreFailed as exc:
         err(f"restore refused: {exc}; nothing was written to {args.to}")
         return EXIT_FINDINGS
-    except ReadbackError as exc:
-        err(str(exc))
-        return EXIT_ERROR
-    except ColdError as exc:
-        print(exc.diagnostics(), file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        err(str(exc))
-        return EXIT_ERROR
+    except (ReadbackError, ColdError, OSError) as exc:
+        return report_read_failure(exc)
     finally:
         store.close()

@@ -22,10 +22,9 @@ from typing import IO, BinaryIO, cast
 import zstandard
 
 from pipeline import merkle
-from pipeline._accel import native as _native
 from pipeline.cold.base import ColdSettings, ReadStream, VerifyResult
 from pipeline.cold.errors import SourceMismatchError
-from pipeline.hot.segment import SegmentManifest
+from pipeline.hot.segment import SegmentManifest, fast_record_run
 from pipeline.record import Kind, RecordError, parse_record
 
 CHUNK = 1 << 20
@@ -286,17 +285,12 @@ class SegmentScanner:
         buf = self.pending + data if self.pending else data
         start = 0
         while True:
-            if _native is not None and self.count and not self.sealed:
-                # runs of events and heartbeats checked in C (the same rules, and stricter;
-                # anything else is left to _line), as in build_manifest
-                new_pos, last_start, n, _next, _prev, _ts, _gap, _after = _native.scan_lines(
-                    buf, start, self.stream.encode(), self.last_seq + 1, self.last_hash.encode(), None, 0.0, None,
-                    self.cr, None)
-                if n:
-                    last = parse_record(buf[last_start:new_pos])
+            if self.count and not self.sealed:
+                run = fast_record_run(buf, start, self.stream, self.last_seq, self.last_hash, self.cr)
+                if run is not None:
+                    start, n, last = run
                     self.last_seq, self.last_hash, self.last_ts = last.seq, last.hash, last.ts
                     self.count += n
-                    start = new_pos
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import merkle
 from pipeline._accel import native as _native
-from pipeline.record import Kind, RecordError, parse_record
+from pipeline.record import Kind, Record, RecordError, parse_record
 
 SEGMENT_RE = re.compile(r"^seg-(\d{20})(?:\.(\d{1,6}))?\.jsonl$")
 READ_CHUNK = 1 << 20
@@ -146,6 +146,22 @@ class SegmentManifest:
         return cls(**fields)
 
 
+def fast_record_run(buf: bytes | mmap.mmap, pos: int, stream: str, last_seq: int, last_hash: str,
+                    cr: merkle.CompactRange) -> tuple[int, int, Record] | None:
+    """The manifest rules for a run of ordinary records, in C: the event and heartbeat
+    lines from ``pos`` that each follow the previous record (seq and prev), self-checked
+    and leaf-hashed into ``cr``.  ``(end, count, last record)``, or None when the
+    accelerator is not built or the line at ``pos`` is not such a record (the caller's
+    line-by-line loop then judges it; the C checks are the same rules and stricter)."""
+    if _native is None:
+        return None
+    end, last_start, n, _next, _prev, _ts, _gap, _after = _native.scan_lines(
+        buf, pos, stream.encode(), last_seq + 1, last_hash.encode(), None, 0.0, None, cr, None)
+    if not n:
+        return None
+    return end, n, parse_record(buf[last_start:end])
+
+
 def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
     """Read a segment once and describe it.  Raises RecordError on a malformed record;
     chain links inside the segment are checked, the link to the previous segment is not."""
@@ -168,16 +184,12 @@ def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
         sha.update(buf)
         pos = 0
         while pos < size:
-            if _native is not None and count and not sealed:
-                # runs of events and heartbeats: checked and leaf-hashed in C (the same
-                # rules as below, and stricter; anything else is left to the loop below)
-                new_pos, last_start, n, _next, _prev, _ts, _gap, _after = _native.scan_lines(
-                    buf, pos, stream.encode(), last_seq + 1, last_hash.encode(), None, 0.0, None, cr, None)
-                if n:
-                    last = parse_record(buf[last_start:new_pos])
+            if count and not sealed:
+                run = fast_record_run(buf, pos, stream, last_seq, last_hash, cr)
+                if run is not None:
+                    pos, n, last = run
                     last_seq, last_hash, last_ts = last.seq, last.hash, last.ts
                     count += n
-                    pos = new_pos
                     if pos >= size:
                         break
             nl = buf.find(b"\n", pos)

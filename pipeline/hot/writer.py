@@ -375,19 +375,7 @@ class HotLog:
         answer every line of a batch."""
         out: list[Receipt | HotLogError] = []
         with self._lock:
-            i = 0
-            while i < len(items):
-                done = self._append_batch_locked(items, i, out)
-                if done:
-                    i += done
-                    continue
-                try:  # the item the batch path could not take: the full path, and its error
-                    out.append(self._append_locked(_EVENT, items[i]))
-                except HotLogError as exc:
-                    out.append(exc)
-                except Exception as exc:  # e.g. rotation's seal failing: this item is not in the log
-                    out.append(HotLogError(self._failure_message(exc), cause=exc))
-                i += 1
+            self._append_all_locked(items, out, errors_as_results=True)
             pending = self._pending_bytes
         last = next((r for r in reversed(out) if isinstance(r, Receipt)), None)
         if last is not None:
@@ -401,20 +389,35 @@ class HotLog:
         written.  All records of one call may share a timestamp.  The fastest way in: with
         the C accelerator the records are built, hashed and queued in one call."""
         prepared = self._sanitiser.prepare_many(list(events))
-        receipts: list[Receipt] = []
+        receipts: list[Any] = []
         with self._lock:
-            i = 0
-            while i < len(prepared):
-                done = self._append_batch_locked(prepared, i, receipts)
-                if done:
-                    i += done
-                else:
-                    receipts.append(self._append_locked(_EVENT, prepared[i]))
-                    i += 1
+            self._append_all_locked(prepared, receipts, errors_as_results=False)
             pending = self._pending_bytes
         if receipts:
             self._after_append(receipts[-1], wait, pending)
         return receipts
+
+    def _append_all_locked(self, items: list[bytes], out: list[Any], *, errors_as_results: bool) -> None:
+        """Queue every prepared item in order, appending each receipt to ``out``: runs that
+        fit in the current segment through the batch path, anything else one at a time.
+        With ``errors_as_results`` an item that fails gets its HotLogError in ``out`` and
+        later items are still tried; otherwise the error propagates."""
+        i = 0
+        while i < len(items):
+            done = self._append_batch_locked(items, i, out)
+            if done:
+                i += done
+                continue
+            if not errors_as_results:
+                out.append(self._append_locked(_EVENT, items[i]))
+            else:
+                try:  # the item the batch path could not take: the full path, and its error
+                    out.append(self._append_locked(_EVENT, items[i]))
+                except HotLogError as exc:
+                    out.append(exc)
+                except Exception as exc:  # e.g. rotation's seal failing: this item is not in the log
+                    out.append(HotLogError(self._failure_message(exc), cause=exc))
+            i += 1
 
     def _append_batch_locked(self, items: list[bytes], start: int, out: list[Any]) -> int:
         """Queue as many of ``items[start:]`` as fit in the current segment through the C
