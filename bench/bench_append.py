@@ -43,7 +43,7 @@ from pipeline._accel import native
 from pipeline.hot import attr
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.segment import list_segments
-from pipeline.hot.writer import HotLog, Receipt, _Run
+from pipeline.hot.writer import HotLog, _Run
 from pipeline.sanitise import Sanitiser
 from pipeline.verify.chain import verify_stream
 
@@ -97,36 +97,13 @@ def bench_hotlog(base: Path, n: int, durability: str = "group", redact: bool = T
 
 
 class _NoMerkleLog(HotLog):
-    """The writer with the Merkle work taken out: no leaf hashes, no compact ranges (the log
-    it writes has wrong roots; benchmark only).  Its ``_append_locked`` is the writer's
-    accelerated path with the tree arguments set to None."""
+    """The writer with the Merkle work taken out: queued lines are never leaf-hashed into
+    the segment and stream compact ranges (so its seals carry wrong roots; benchmark only).
+    Everything else, the append path included, is the writer's own."""
 
-    def _append_locked(self, kind: str, data_json: bytes, ts: bytes | None = None) -> Receipt:
-        assert native is not None
-        if self._closed or self._failure is not None or self._abandoned:
-            self._ensure_usable_locked()
-        if ts is None:
-            ts = self._now()
-        seg = self._seg
-        if seg is None:
-            seg = self._open_segment_locked(ts)
-        runs = self._runs
-        if runs and runs[-1].seg is seg and not runs[-1].finalize:
-            run = runs[-1]
-        else:
-            run = _Run(seg)
-            runs.append(run)
-        limit = self.segment_max_bytes - 4096 - seg.size if seg.count else 1 << 62
-        queued = native.append_record(self._prefix, self._seq, ts, b"event", self._prev, data_json, None, None,
-                                      run.chunks, None, limit, Receipt, seg.name, self._gen)
-        assert queued is not None
-        receipt, self._prev, n = queued
-        run.hashed += 1  # and never leaf-hashed later either
-        seg.size += n
-        seg.count += 1
-        self._pending_bytes += n
-        self._seq += 1
-        return receipt  # type: ignore[no-any-return]
+    def _hash_runs(self, runs: list[_Run]) -> None:
+        for run in runs:
+            run.hashed = len(run.chunks)
 
 
 def _timed_appends(log: HotLog, n: int) -> float:

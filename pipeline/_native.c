@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co: see sha256() below */
 #include <Python.h>
+#include <pythread.h>
 #include <openssl/sha.h>
 #include <stdint.h>
 #include <string.h>
@@ -465,6 +466,23 @@ static const char HASH_KEY[] = ",\"hash\":\"";
 static const char TAIL[] = "\"}\n";
 #define LIT(s) (sizeof(s) - 1)
 
+static int u64_digits(unsigned long long v)
+{
+    int n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+/* the length of a record line with these part lengths */
+static Py_ssize_t line_length(Py_ssize_t lp, unsigned long long seq, Py_ssize_t lt, Py_ssize_t lk, Py_ssize_t ld)
+{
+    return lp + u64_digits(seq) + LIT(TS_KEY) + lt + LIT(KIND_KEY) + lk + LIT(PREV_KEY) + HEX_LEN + LIT(DATA_KEY) + ld +
+           LIT(HASH_KEY) + HEX_LEN + LIT(TAIL);
+}
+
 /* Build one record line for ``data`` into a new bytes object and hash it.  *hex_out gets the
  * record hash in hex, lh (unless NULL) the leaf hash.  NULL (and no exception) when longer
  * than limit. */
@@ -801,142 +819,193 @@ static PyObject *utc_now(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
 #define SCREEN_FLAT 8      /* exactly one '{' and no '[': a flat object */
 #define SCREEN_SHIFT 8     /* count of '{' plus '[' above this bit */
 
-static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t n)
+/* whether s[0:k] equals `lower` (lowercase ASCII letters) in any letter case: for a letter,
+ * c | 0x20 is its lowercase form, and no other byte maps onto a lowercase letter */
+static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t k)
 {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c + 32);
-        if (c != (unsigned char)lower[i])
+    for (Py_ssize_t i = 0; i < k; i++)
+        if ((s[i] | 0x20) != (unsigned char)lower[i])
             return 0;
-    }
     return 1;
 }
 
-/* byte classes for screen_bytes' digit-run scan */
-enum { C_OTHER = 0, C_DIGIT = 1, C_SEP = 2 };
+/* byte classes for the scalar screen; 0 for every byte of no interest */
+enum { K_NONE = 0, K_DIGIT, K_SEP, K_BRACE, K_BRACKET, K_N, K_A, K_B };
 static unsigned char screen_class[256];
 
 static void screen_init(void)
 {
     for (int c = '0'; c <= '9'; c++)
-        screen_class[c] = C_DIGIT;
-    screen_class[' '] = C_SEP;
-    screen_class['-'] = C_SEP;
+        screen_class[c] = K_DIGIT;
+    screen_class[' '] = K_SEP;
+    screen_class['-'] = K_SEP;
+    screen_class['{'] = K_BRACE;
+    screen_class['['] = K_BRACKET;
+    screen_class['n'] = K_N;
+    screen_class['A'] = K_A;
+    screen_class['b'] = K_B;
+    screen_class['B'] = K_B;
 }
 
-static long long count_byte(const unsigned char *s, Py_ssize_t n, int c)
+static const char AWS_IDS[][3] = {"KIA", "SIA", "GPA", "IDA", "ROA", "NPA", "NVA", "IPA"};
+
+/* The patterns that start at s[i] (one of n, A, b, B): "null", an AWS key-id prefix, the
+ * credential schemes in any case, and "-----BEGIN" (anchored on its B). */
+static int screen_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int flags)
 {
-    long long k = 0;
-    const unsigned char *p = s, *end = s + n;
-    while (p < end && (p = memchr(p, c, (size_t)(end - p))) != NULL) {
-        k++;
-        p++;
+    Py_ssize_t left = n - i - 1; /* bytes after s[i] */
+    switch (s[i]) {
+    case 'n':
+        if (left >= 3 && s[i + 1] == 'u' && s[i + 2] == 'l' && s[i + 3] == 'l')
+            flags |= SCREEN_NULL;
+        break;
+    case 'A':
+        if (left >= 3 && !(flags & SCREEN_HINT))
+            for (size_t j = 0; j < sizeof AWS_IDS / sizeof AWS_IDS[0]; j++)
+                if (memcmp(s + i + 1, AWS_IDS[j], 3) == 0) {
+                    flags |= SCREEN_HINT;
+                    break;
+                }
+        break;
+    case 'b':
+    case 'B':
+        if (flags & SCREEN_HINT)
+            break;
+        if ((left >= 4 && ci_eq(s + i + 1, "asic", 4)) || (left >= 5 && ci_eq(s + i + 1, "earer", 5)) ||
+            (s[i] == 'B' && i >= 5 && left >= 4 && memcmp(s + i - 5, "-----", 5) == 0 &&
+             memcmp(s + i + 1, "EGIN", 4) == 0))
+            flags |= SCREEN_HINT;
+        break;
     }
-    return k;
+    return flags;
 }
 
-/* whether `needle` (lowercase ASCII) occurs in s in any letter case, trying each position
- * where its first letter occurs (found with memchr, in both cases) */
-static int contains_ci(const unsigned char *s, Py_ssize_t n, const char *needle, Py_ssize_t k)
+/* whether some run of digits, in which spaces and hyphens neither count nor break the run,
+ * holds 13 or more digits */
+static int thirteen_digits(const unsigned char *s, Py_ssize_t n)
 {
-    const unsigned char firsts[2] = {(unsigned char)needle[0], (unsigned char)(needle[0] - 32)};
-    for (int f = 0; f < 2; f++) {
-        const unsigned char *p = s, *end = s + n;
-        while (end - p >= k && (p = memchr(p, firsts[f], (size_t)(end - p - k + 1))) != NULL) {
-            if (ci_eq(p, needle, k))
+    unsigned run = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned k = screen_class[s[i]];
+        if (k == K_DIGIT) {
+            if (++run >= 13)
                 return 1;
-            p++;
+        } else if (k != K_SEP) {
+            run = 0;
         }
     }
     return 0;
 }
 
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-
-/* nonzero when some byte of the 8 at p may be an ASCII digit (never zero when one is) */
-static inline uint64_t maybe_digit8(const unsigned char *p)
-{
-    uint64_t x;
-    memcpy(&x, p, 8);
-    uint64_t y = x ^ (ONES * '0');
-    return (y - ONES * 10) & ~y & HIGHS;
-}
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+#include <emmintrin.h>
 
 /*
- * Every search anchors on a byte that is rare in ordinary JSON and is found with the C
- * library's vectorised memchr: 'u' for "null", 'G' for "-----BEGIN", 'A' for AWS key ids,
- * 'b'/'B' for the credential schemes; the digit-run scan skips eight bytes at a time while
- * none of them can be a digit.
+ * Sixteen bytes at a time with SSE2 (every x86-64 has it): the brace and bracket counts
+ * are popcounts of byte masks; the few places where a pattern can start ("nu", an 'A',
+ * "ba"/"be" in any case, which covers the B of BEGIN) are checked one by one with
+ * screen_at; and the digit-run rule is only evaluated exactly (thirteen_digits) when some
+ * stretch of 13 or more bytes holds nothing but digits, spaces and hyphens, which ordinary
+ * events rarely have.
  */
 static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
 {
     int flags = 0;
-    long long braces = count_byte(s, n, '{'), brackets = count_byte(s, n, '[');
-    {
-        const unsigned char *p = s + 1, *end = s + n;
-        while (end - p >= 3 && (p = memchr(p, 'u', (size_t)(end - p - 2))) != NULL) {
-            if (p[-1] == 'n' && p[1] == 'l' && p[2] == 'l') {
-                flags |= SCREEN_NULL;
-                break;
-            }
-            p++;
+    long long braces = 0, brackets = 0;
+    unsigned carry = 0; /* digits/spaces/hyphens in a row up to the current block */
+    int digit_candidate = 0;
+    const __m128i c_lbrace = _mm_set1_epi8('{'), c_lbracket = _mm_set1_epi8('['), c_n = _mm_set1_epi8('n'),
+                  c_u = _mm_set1_epi8('u'), c_A = _mm_set1_epi8('A'), c_b = _mm_set1_epi8('b'),
+                  c_a = _mm_set1_epi8('a'), c_e = _mm_set1_epi8('e'), c_lower = _mm_set1_epi8(0x20),
+                  c_0 = _mm_set1_epi8('0'), c_9 = _mm_set1_epi8(9), c_space = _mm_set1_epi8(' '),
+                  c_hyphen = _mm_set1_epi8('-');
+    for (Py_ssize_t b = 0; b < n; b += 16) {
+        __m128i x, next; /* s[b:b+16] and s[b+1:b+17] */
+        unsigned valid = 0xFFFF;
+        if (n - b >= 17) {
+            x = _mm_loadu_si128((const __m128i *)(s + b));
+            next = _mm_loadu_si128((const __m128i *)(s + b + 1));
+        } else { /* the tail, zero-padded: a zero byte is of no interest and ends a run */
+            unsigned char tail[32] = {0};
+            memcpy(tail, s + b, (size_t)(n - b));
+            x = _mm_loadu_si128((const __m128i *)tail);
+            next = _mm_loadu_si128((const __m128i *)(tail + 1));
+            if (n - b < 16)
+                valid = (1u << (n - b)) - 1;
         }
-    }
-    if (n >= 10) {
-        const unsigned char *p = s + 7, *end = s + n;
-        while (end - p >= 3 && (p = memchr(p, 'G', (size_t)(end - p - 2))) != NULL) {
-            if (memcmp(p - 7, "-----BE", 7) == 0 && p[1] == 'I' && p[2] == 'N') {
-                flags |= SCREEN_HINT;
-                break;
-            }
-            p++;
+        unsigned open_braces = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, c_lbrace));
+        unsigned open_brackets = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, c_lbracket));
+        /* few bits are ever set: count them one by one (a popcount instruction is not part
+         * of baseline x86-64, and GCC's generic one is a library call) */
+        for (; open_braces; open_braces &= open_braces - 1)
+            braces++;
+        for (; open_brackets; open_brackets &= open_brackets - 1)
+            brackets++;
+        __m128i next_low = _mm_or_si128(next, c_lower); /* a letter's lowercase form */
+        __m128i nu = _mm_and_si128(_mm_cmpeq_epi8(x, c_n), _mm_cmpeq_epi8(next, c_u));
+        __m128i bx = _mm_and_si128(_mm_cmpeq_epi8(_mm_or_si128(x, c_lower), c_b),
+                                   _mm_or_si128(_mm_cmpeq_epi8(next_low, c_a), _mm_cmpeq_epi8(next_low, c_e)));
+        unsigned starts = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(nu, bx), _mm_cmpeq_epi8(x, c_A)));
+        starts &= valid;
+        while (starts) {
+            flags = screen_at(s, n, b + __builtin_ctz(starts), flags);
+            starts &= starts - 1;
         }
-    }
-    if (!(flags & SCREEN_HINT)) {
-        const unsigned char *p = s, *end = s + n;
-        while (end - p >= 4 && (p = memchr(p, 'A', (size_t)(end - p - 3))) != NULL) {
-            const unsigned char *t = p + 1;
-            if (!memcmp(t, "KIA", 3) || !memcmp(t, "SIA", 3) || !memcmp(t, "GPA", 3) || !memcmp(t, "IDA", 3) ||
-                !memcmp(t, "ROA", 3) || !memcmp(t, "NPA", 3) || !memcmp(t, "NVA", 3) || !memcmp(t, "IPA", 3)) {
-                flags |= SCREEN_HINT;
-                break;
-            }
-            p++;
-        }
-    }
-    if (!(flags & SCREEN_HINT) && (contains_ci(s, n, "basic", 5) || contains_ci(s, n, "bearer", 6)))
-        flags |= SCREEN_HINT;
-    /* the longest run of digits where spaces and hyphens neither count nor break the run */
-    Py_ssize_t i = 0;
-    while (i < n) {
-        if (n - i >= 8 && !maybe_digit8(s + i)) {
-            i += 8;
+        if (digit_candidate)
+            continue;
+        __m128i t = _mm_sub_epi8(x, c_0);
+        __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(t, c_9), t);
+        __m128i sep = _mm_or_si128(_mm_cmpeq_epi8(x, c_space), _mm_cmpeq_epi8(x, c_hyphen));
+        unsigned r = (unsigned)_mm_movemask_epi8(_mm_or_si128(digit, sep)) & valid;
+        if (r == 0xFFFF) {
+            carry += 16;
+            if (carry >= 13)
+                digit_candidate = 1;
             continue;
         }
-        if (screen_class[s[i]] != C_DIGIT) {
-            i++;
-            continue;
-        }
-        unsigned run = 0;
-        while (i < n) {
-            unsigned c = screen_class[s[i]];
-            if (c == C_DIGIT)
-                run++;
-            else if (c != C_SEP)
-                break;
-            i++;
-        }
-        if (run >= 13) {
-            flags |= SCREEN_DIGITS;
-            break;
-        }
+        unsigned inv = ~r & 0xFFFF;
+        unsigned low = (unsigned)__builtin_ctz(inv);   /* ones at the low end continue the run */
+        unsigned high = (unsigned)__builtin_clz(inv) - 16; /* ones at the high end start the next */
+        unsigned w = r; /* some 13 ones in a row inside the block: w keeps bit i iff r[i..i+12] */
+        w &= w >> 1;
+        w &= w >> 2;
+        w &= w >> 4;
+        w &= w >> 5;
+        if (carry + low >= 13 || w)
+            digit_candidate = 1;
+        carry = high;
     }
+    if (digit_candidate && thirteen_digits(s, n))
+        flags |= SCREEN_DIGITS;
     if (braces == 1 && brackets == 0)
         flags |= SCREEN_FLAT;
     return ((braces + brackets) << SCREEN_SHIFT) | flags;
 }
+
+#else
+
+/* One pass, one table lookup per byte (no SSE2). */
+static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
+{
+    int flags = 0;
+    long long braces = 0, brackets = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned k = screen_class[s[i]];
+        if (k == K_BRACE)
+            braces++;
+        else if (k == K_BRACKET)
+            brackets++;
+        else if (k >= K_N)
+            flags = screen_at(s, n, i, flags);
+    }
+    if (thirteen_digits(s, n))
+        flags |= SCREEN_DIGITS;
+    if (braces == 1 && brackets == 0)
+        flags |= SCREEN_FLAT;
+    return ((braces + brackets) << SCREEN_SHIFT) | flags;
+}
+
+#endif
 
 /*
  * screen(data: bytes) -> int
@@ -1599,6 +1668,463 @@ out:
     return result;
 }
 
+/* --------------------------------------------------------------------------- Lane ---- */
+
+/*
+ * Lane: the writer's lock and its per-event fast path in one object.
+ *
+ * HotLog uses a Lane as its ``_lock`` (it has acquire/release/__enter__/__exit__, so
+ * threading.Condition works over it) and as the home of its chain state: ``seq``, ``prev``
+ * and ``pending`` here are HotLog's _seq, _prev and _pending_bytes (properties there).
+ * ``append(event)`` is HotLog.append's common case in one call: the sanitiser's fast path
+ * (prepare_core, before the lock is taken), then under the lock the record line, its hash,
+ * the receipt, the line queued on the current run, the chain state advanced and the current
+ * segment's size and count updated, exactly as HotLog._append_locked does.
+ *
+ * The fast path only runs while the lane is *armed*, and the lane disarms itself whenever
+ * the lock is acquired from Python (acquire / __enter__, which is how every other path of
+ * the writer takes it).  So any code that might change what the fast path relies on (the
+ * run list, the segment, a failure, closing) has disarmed it first, and only
+ * HotLog._arm_lane_locked re-arms it, right before the slow path lets the lock go, from
+ * the state as it then is.  Missing a re-arm costs speed; it can never let the fast path
+ * write on stale state.
+ *
+ * append returns the Receipt; the prepared event bytes when the lane is disarmed or the
+ * line does not fit in the segment (the caller takes the slow path with them); or None
+ * when the sanitiser's Python code must decide (redaction, an invalid event, ...).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    int held;
+    /* the chain state (HotLog._seq, _prev, _pending_bytes), whether armed or not */
+    unsigned long long seq;
+    char prev[HEX_LEN];
+    Py_ssize_t pending;
+    PyObject *prefix;       /* bytes: b'{"v":1,"stream":"<name>","seq":' */
+    PyObject *receipt_type; /* the Receipt NamedTuple class */
+    PyObject *settings;     /* tuple of the nine prepare settings (see prepare_args) */
+    PyObject *clock;        /* NULL: utc_now; else a callable returning the timestamp bytes */
+    PrepareArgs pa;         /* borrowed from settings */
+    int armed;
+    PyObject *chunks;       /* the current run's line list (armed only) */
+    PyObject *seg;          /* the current _Segment (armed only) */
+    PyObject *seg_name;
+    PyObject *gen;
+    Py_ssize_t seg_size, seg_count, room;
+} LaneObject;
+
+static PyTypeObject LaneType;
+static PyObject *str_size, *str_count;
+
+static void lane_disarm(LaneObject *self)
+{
+    self->armed = 0;
+    Py_CLEAR(self->chunks);
+    Py_CLEAR(self->seg);
+    Py_CLEAR(self->seg_name);
+    Py_CLEAR(self->gen);
+}
+
+static int lane_traverse(LaneObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->settings);
+    Py_VISIT(self->receipt_type);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->chunks);
+    Py_VISIT(self->seg);
+    return 0;
+}
+
+static int lane_clear(LaneObject *self)
+{
+    lane_disarm(self);
+    Py_CLEAR(self->prefix);
+    Py_CLEAR(self->receipt_type);
+    Py_CLEAR(self->settings);
+    Py_CLEAR(self->clock);
+    return 0;
+}
+
+static void lane_dealloc(LaneObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    if (self->lock != NULL) {
+        if (self->held)
+            PyThread_release_lock(self->lock);
+        PyThread_free_lock(self->lock);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *lane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    LaneObject *self = (LaneObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    memset(self->prev, '0', HEX_LEN);
+    self->lock = PyThread_allocate_lock();
+    if (self->lock == NULL) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_MemoryError, "cannot allocate lock");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* Lane(prefix, receipt_type, prepare_settings, clock=None) */
+static int lane_init(LaneObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *prefix, *rtype, *settings, *clock = Py_None;
+    static char *kwlist[] = {"prefix", "receipt_type", "prepare_settings", "clock", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SOO!|O:Lane", kwlist, &prefix, &rtype, &PyTuple_Type, &settings,
+                                     &clock))
+        return -1;
+    if (clock != Py_None && !PyCallable_Check(clock)) {
+        PyErr_SetString(PyExc_TypeError, "Lane: clock must be callable or None");
+        return -1;
+    }
+    if (check_receipt_type(rtype, "Lane") < 0)
+        return -1;
+    if (PyTuple_GET_SIZE(settings) != 9) {
+        PyErr_SetString(PyExc_TypeError, "Lane: prepare_settings must hold the nine prepare_fast settings");
+        return -1;
+    }
+    PrepareArgs pa;
+    if (prepare_args(&PyTuple_GET_ITEM(settings, 0), &pa) < 0)
+        return -1;
+    lane_clear(self);
+    Py_INCREF(prefix);
+    Py_INCREF(rtype);
+    Py_INCREF(settings);
+    self->prefix = prefix;
+    self->receipt_type = rtype;
+    self->settings = settings;
+    if (clock != Py_None) {
+        Py_INCREF(clock);
+        self->clock = clock;
+    }
+    self->pa = pa;
+    return 0;
+}
+
+/* Take the lock: at once if free, else waiting without the GIL (signal handlers run while
+ * waiting, as for threading.Lock).  timeout_us < 0: no limit.  1 taken, 0 timed out or
+ * would block, -1 with an exception set. */
+static int lane_lock(LaneObject *self, int blocking, long long timeout_us)
+{
+    if (PyThread_acquire_lock_timed(self->lock, 0, 0) == PY_LOCK_ACQUIRED)
+        goto taken;
+    if (!blocking)
+        return 0;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        long long wait_us = timeout_us;
+        if (timeout_us >= 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long long spent = (long long)(now.tv_sec - start.tv_sec) * 1000000LL + (now.tv_nsec - start.tv_nsec) / 1000;
+            wait_us = timeout_us - spent;
+            if (wait_us < 0)
+                wait_us = 0;
+        }
+        PyLockStatus r;
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(self->lock, wait_us, 1);
+        Py_END_ALLOW_THREADS
+        if (r == PY_LOCK_ACQUIRED)
+            goto taken;
+        if (r == PY_LOCK_FAILURE)
+            return 0;
+        if (Py_MakePendingCalls() < 0) /* interrupted: run the signal handlers */
+            return -1;
+    }
+taken:
+    self->held = 1;
+    return 1;
+}
+
+static void lane_unlock(LaneObject *self)
+{
+    self->held = 0;
+    PyThread_release_lock(self->lock);
+}
+
+/* acquire(blocking=True, timeout=-1) -> bool, as threading.Lock; disarms the fast path */
+static PyObject *lane_acquire(LaneObject *self, PyObject *args, PyObject *kwds)
+{
+    int blocking = 1;
+    double timeout = -1;
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd:acquire", kwlist, &blocking, &timeout))
+        return NULL;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    if (timeout > (double)PY_TIMEOUT_MAX / 1e6) {
+        PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+        return NULL;
+    }
+    int r = lane_lock(self, blocking, timeout < 0 ? -1 : (long long)(timeout * 1e6));
+    if (r < 0)
+        return NULL;
+    if (r)
+        lane_disarm(self);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *lane_enter(LaneObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int r = lane_lock(self, 1, -1);
+    if (r < 0)
+        return NULL;
+    lane_disarm(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *lane_release(LaneObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->held) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    lane_unlock(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_exit(LaneObject *self, PyObject *Py_UNUSED(args))
+{
+    return lane_release(self, NULL);
+}
+
+static PyObject *lane_locked(LaneObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->held);
+}
+
+/* arm(chunks, seg, seg_name, gen, seg_size, seg_count, room): the caller holds the lock
+ * and passes the current run's line list and segment (see HotLog._arm_lane_locked) */
+static PyObject *lane_arm(LaneObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "arm takes 7 arguments");
+        return NULL;
+    }
+    if (!self->held) {
+        PyErr_SetString(PyExc_RuntimeError, "arm: the lock is not held");
+        return NULL;
+    }
+    if (!PyList_Check(args[0]) || !PyUnicode_Check(args[2]) || !PyLong_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "arm: chunks must be a list, seg_name a str, gen an int");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[4]), count = PyLong_AsSsize_t(args[5]), room = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (count < 1) {
+        PyErr_SetString(PyExc_ValueError, "arm: the segment must already hold a record");
+        return NULL;
+    }
+    lane_disarm(self);
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
+    Py_INCREF(args[3]);
+    self->chunks = args[0];
+    self->seg = args[1];
+    self->seg_name = args[2];
+    self->gen = args[3];
+    self->seg_size = size;
+    self->seg_count = count;
+    self->room = room;
+    self->armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_disarm_method(LaneObject *self, PyObject *Py_UNUSED(ignored))
+{
+    lane_disarm(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_append(LaneObject *self, PyObject *event)
+{
+    if (self->prefix == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane not initialised");
+        return NULL;
+    }
+    PyObject *data = prepare_core(event, &self->pa);
+    if (data == NULL || data == Py_None)
+        return data; /* an error, or None: the sanitiser's Python code decides */
+    int r = lane_lock(self, 1, -1);
+    if (r < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    if (!self->armed)
+        goto slow;
+    /* a line that cannot fit with a timestamp of the usual 27 bytes goes to the slow path
+     * before the clock is read (which then reads it once, as without the lane) */
+    if (line_length(PyBytes_GET_SIZE(self->prefix), self->seq, 27, 5, PyBytes_GET_SIZE(data)) > self->room)
+        goto slow;
+    PyObject *ts = self->clock ? PyObject_CallNoArgs(self->clock) : utc_now(NULL, NULL);
+    if (ts == NULL)
+        goto fail;
+    if (!PyBytes_Check(ts)) {
+        Py_DECREF(ts);
+        PyErr_SetString(PyExc_TypeError, "Lane: the clock must return bytes");
+        goto fail;
+    }
+    char hex[HEX_LEN];
+    Py_ssize_t n;
+    PyObject *line = build_line(PyBytes_AS_STRING(self->prefix), PyBytes_GET_SIZE(self->prefix), self->seq,
+                                PyBytes_AS_STRING(ts), PyBytes_GET_SIZE(ts), "event", 5, self->prev,
+                                PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), self->room, hex, NULL, &n);
+    Py_DECREF(ts);
+    if (line == NULL) {
+        if (PyErr_Occurred())
+            goto fail;
+        goto slow; /* does not fit: the slow path seals and rotates */
+    }
+    PyObject *receipt = make_receipt(self->receipt_type, self->seq, hex, self->seg_name, self->gen);
+    PyObject *size = receipt ? PyLong_FromSsize_t(self->seg_size + n) : NULL;
+    PyObject *count = size ? PyLong_FromSsize_t(self->seg_count + 1) : NULL;
+    if (count == NULL || PyList_Append(self->chunks, line) < 0) {
+        Py_DECREF(line);
+        Py_XDECREF(receipt);
+        Py_XDECREF(size);
+        Py_XDECREF(count);
+        goto fail;
+    }
+    Py_DECREF(line);
+    Py_DECREF(data);
+    /* the line is queued: the state advances with it (a segment's size and count are slots
+     * of a dataclass; setting them allocates nothing and cannot fail) */
+    self->seq++;
+    memcpy(self->prev, hex, HEX_LEN);
+    self->pending += n;
+    self->seg_size += n;
+    self->seg_count++;
+    self->room -= n;
+    if (PyObject_SetAttr(self->seg, str_size, size) < 0 || PyObject_SetAttr(self->seg, str_count, count) < 0) {
+        lane_disarm(self);
+        lane_unlock(self);
+        Py_DECREF(size);
+        Py_DECREF(count);
+        Py_DECREF(receipt);
+        return NULL;
+    }
+    Py_DECREF(size);
+    Py_DECREF(count);
+    lane_unlock(self);
+    return receipt;
+slow:
+    lane_unlock(self);
+    return data;
+fail:
+    lane_unlock(self);
+    Py_DECREF(data);
+    return NULL;
+}
+
+static PyObject *lane_get_armed(LaneObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->armed);
+}
+
+static PyObject *lane_get_seq(LaneObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->seq);
+}
+
+static int lane_set_seq(LaneObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "seq must be an int");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    self->seq = v;
+    return 0;
+}
+
+static PyObject *lane_get_prev(LaneObject *self, void *Py_UNUSED(closure))
+{
+    return PyBytes_FromStringAndSize(self->prev, HEX_LEN);
+}
+
+static int lane_set_prev(LaneObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != HEX_LEN) {
+        PyErr_SetString(PyExc_TypeError, "prev must be 64 bytes (a hex SHA-256)");
+        return -1;
+    }
+    memcpy(self->prev, PyBytes_AS_STRING(value), HEX_LEN);
+    return 0;
+}
+
+static PyObject *lane_get_pending(LaneObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->pending);
+}
+
+static int lane_set_pending(LaneObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "pending must be an int");
+        return -1;
+    }
+    Py_ssize_t v = PyLong_AsSsize_t(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    self->pending = v;
+    return 0;
+}
+
+static PyMethodDef lane_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))lane_acquire, METH_VARARGS | METH_KEYWORDS,
+     "Take the lock (as threading.Lock.acquire); disarms the fast path."},
+    {"release", (PyCFunction)lane_release, METH_NOARGS, "Release the lock."},
+    {"__enter__", (PyCFunction)lane_enter, METH_NOARGS, "acquire()"},
+    {"__exit__", (PyCFunction)lane_exit, METH_VARARGS, "release()"},
+    {"locked", (PyCFunction)lane_locked, METH_NOARGS, "Whether the lock is held."},
+    {"arm", (PyCFunction)(void (*)(void))lane_arm, METH_FASTCALL, "Enable the fast path with this state."},
+    {"disarm", (PyCFunction)lane_disarm_method, METH_NOARGS, "Disable the fast path."},
+    {"append", (PyCFunction)lane_append, METH_O, "HotLog.append's common case: Receipt, bytes or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef lane_getset[] = {
+    {"armed", (getter)lane_get_armed, NULL, "whether the fast path may run", NULL},
+    {"seq", (getter)lane_get_seq, (setter)lane_set_seq, "the next record's seq", NULL},
+    {"prev", (getter)lane_get_prev, (setter)lane_set_prev, "the last record's hash (64 hex bytes)", NULL},
+    {"pending", (getter)lane_get_pending, (setter)lane_set_pending, "bytes queued and not yet written", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pipeline._native.Lane",
+    .tp_basicsize = sizeof(LaneObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The writer's lock and its per-event fast path (see pipeline/_native.c).",
+    .tp_new = lane_new,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_methods = lane_methods,
+    .tp_getset = lane_getset,
+};
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -1631,13 +2157,19 @@ PyMODINIT_FUNC PyInit__native(void)
     screen_init();
     json_init();
     hex_init();
-    if (PyType_Ready(&CompactRangeType) < 0)
+    if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&LaneType) < 0)
+        return NULL;
+    str_size = PyUnicode_InternFromString("size");
+    str_count = PyUnicode_InternFromString("count");
+    if (!str_size || !str_count)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&CompactRangeType);
+    Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "CompactRange", (PyObject *)&CompactRangeType) < 0 ||
+        PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_NULL", SCREEN_NULL) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_HINT", SCREEN_HINT) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_DIGITS", SCREEN_DIGITS) < 0 ||

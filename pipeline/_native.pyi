@@ -1,5 +1,5 @@
 # Type stub for the optional C accelerator (pipeline/_native.c).
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SCREEN_NULL: int
@@ -99,3 +99,37 @@ def prepare_many(
 ) -> list[bytes | None]: ...
 def append_collect(cr: CompactRange, leaf_hashes: list[bytes], tile_height: int, /) -> dict[int, list[bytes]]: ...
 def hash_lines(lines: list[bytes], start: int, seg_cr: object, stream_cr: object, /) -> list[bytes]: ...
+
+class Lane:
+    """The writer's lock and its per-event fast path (see _native.c)."""
+
+    def __init__(
+        self,
+        prefix: bytes,
+        receipt_type: type,
+        prepare_settings: tuple[Any, ...],
+        clock: Callable[[], bytes] | None = None,
+    ) -> None: ...
+    @property
+    def armed(self) -> bool: ...
+    seq: int
+    prev: bytes
+    pending: int
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def locked(self) -> bool: ...
+    def arm(
+        self,
+        chunks: list[bytes],
+        seg: object,
+        seg_name: str,
+        gen: int,
+        seg_size: int,
+        seg_count: int,
+        room: int,
+        /,
+    ) -> None: ...
+    def disarm(self) -> None: ...
+    def append(self, event: Any, /) -> Any: ...

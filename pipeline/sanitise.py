@@ -157,6 +157,7 @@ class Sanitiser:
     _key_cache: dict[str, bool] = field(init=False, repr=False)
     _keyset_cache: dict[tuple[str, ...], bool] = field(init=False, repr=False)
     _last_clean: list[tuple[str, ...] | None] = field(init=False, repr=False)
+    fast_settings: tuple[Any, ...] | None = field(init=False, repr=False, compare=False)
     fast_prepare: Callable[[Any], bytes | None] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -169,11 +170,11 @@ class Sanitiser:
         setattr_(self, "_last_clean", [None])  # the C fast path's last clean key set (identity check)
         # the C accelerator's common case with these settings bound (callers on hot paths use
         # it directly; None from it means "call prepare")
-        setattr_(self, "fast_prepare", (
-            partial(_native.prepare_fast, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes,
-                    self.max_depth, self.redact, self.redact_values, self._keyset_cache, self._last_clean)
-            if _native is not None else None
-        ))
+        # (the settings are also handed to the writer's C fast lane, which runs the same check)
+        settings = (orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes, self.max_depth,
+                    self.redact, self.redact_values, self._keyset_cache, self._last_clean)
+        setattr_(self, "fast_settings", settings if _native is not None else None)
+        setattr_(self, "fast_prepare", partial(_native.prepare_fast, *settings) if _native is not None else None)
 
     def is_secret_key(self, key: str) -> bool:
         """Whether a field name looks secret (case-insensitive substring match), cached:

@@ -179,7 +179,7 @@ screen_bytes = st.lists(st.sampled_from([b"a", b"0", b"7", b" ", b"-", b"{", b"[
 
 
 @needs_native
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("SCREEN_EXAMPLES", "300")), deadline=None)
 @given(data=screen_bytes)
 def test_screen_matches_python_screening(data: bytes) -> None:
     assert native is not None
@@ -247,8 +247,10 @@ def _write(tmp: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool) -> list
         if not use_native:
             m.setattr(writer_mod, "_native", None)
             m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
-        log = HotLog(tmp, "app", heartbeat_interval=0, segment_max_bytes=20_000, immutable="off")
-        log._now = _Ticks()  # type: ignore[method-assign]
+        # no time-window rotation: the fake clock's window is not the real one, and the
+        # background thread would seal on its first tick
+        log = HotLog(tmp, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
+                     clock=_Ticks())
         receipts = [log.append({"i": i, "pad": "x" * (i % 50)}, wait=False) for i in range(150)]
         receipts += log.append_many([{"batch": i} for i in range(300)], wait=False)
         out = log.append_prepared_many([b'{"p":%d}' % i for i in range(100)])
@@ -284,8 +286,8 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
             if not use_native:
                 m.setattr(writer_mod, "_native", None)
                 m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
-            log = HotLog(d, "app", heartbeat_interval=0, segment_max_bytes=20_000, immutable="off")
-            log._now = _Ticks()  # type: ignore[method-assign]
+            log = HotLog(d, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0,
+                         immutable="off", clock=_Ticks())
             for i in range(400):
                 log.append({"i": i, "pad": "y" * (i % 70)}, wait=False)
             log.close()

@@ -212,8 +212,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _ChainStateLike(Protocol):
+    seq: int
+    prev: bytes
+    pending: int
+
+
+class _ChainState:
+    """The chain state when the C accelerator is not built (with it, the Lane holds it)."""
+
+    __slots__ = ("pending", "prev", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.prev = GENESIS_HASH.encode()
+        self.pending = 0
+
+
 class HotLog:
     """Append-only, hash-chained, durable log of one stream.  Thread-safe."""
+
+    # The chain state lives in self._state (guarded by _lock): the next seq, the last
+    # record's hash (hex bytes) and the bytes queued but not yet written.
+    @property
+    def _seq(self) -> int:
+        return self._state.seq
+
+    @_seq.setter
+    def _seq(self, value: int) -> None:
+        self._state.seq = value
+
+    @property
+    def _prev(self) -> bytes:
+        return self._state.prev
+
+    @_prev.setter
+    def _prev(self, value: bytes) -> None:
+        self._state.prev = value
+
+    @property
+    def _pending_bytes(self) -> int:
+        return self._state.pending
+
+    @_pending_bytes.setter
+    def _pending_bytes(self, value: int) -> None:
+        self._state.pending = value
 
     def __init__(
         self,
@@ -232,6 +275,7 @@ class HotLog:
         tree_store: TreeStoreLike | None = None,
         seal_extension: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         background: bool = True,
+        clock: Callable[[], bytes] | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
@@ -252,7 +296,6 @@ class HotLog:
         self.os_sync_interval = float(os_sync_interval)
         self.max_pending_bytes = int(max_pending_bytes)
         self._sanitiser = sanitiser or DEFAULT_SANITISER
-        self._fast_prepare = self._sanitiser.fast_prepare
         self._policy = attr.immutable_policy(immutable)
         self._tree = tree_store
         self._tree_broken = False
@@ -260,10 +303,17 @@ class HotLog:
         self._stream_b = stream.encode()
         self._prefix = b'{"v":1,"stream":"%s","seq":' % self._stream_b
         self._leaf0 = hashlib.sha256(b"\x00")
-        self._clock = UtcClock()
-        self._now = self._clock.now
+        # the record timestamp source: RFC 3339 UTC bytes (tests inject a deterministic one)
+        self._now: Callable[[], bytes] = clock if clock is not None else UtcClock().now
 
-        self._lock = threading.Lock()
+        # With the C accelerator the lock is a Lane: the lock, the chain state (_seq, _prev,
+        # _pending_bytes) and append()'s common case in one C call (see _native.c).  It
+        # disarms itself whenever the lock is taken from Python, and only _arm_lane_locked
+        # re-arms it, so the fast path never runs on state that other code may have changed.
+        settings = self._sanitiser.fast_settings
+        self._lane = _native.Lane(self._prefix, Receipt, settings, clock) if _native and settings else None
+        self._lock: Any = self._lane if self._lane is not None else threading.Lock()
+        self._state: _ChainStateLike = self._lane if self._lane is not None else _ChainState()
         self._cond = threading.Condition(self._lock)
         self._io_lock = threading.Lock()
         # Merkle maintenance of event lines is deferred: appends queue lines, and the thread
@@ -325,39 +375,42 @@ class HotLog:
         """Sanitise and append one event.  Raises ``InvalidEvent`` (nothing written) or
         ``HotLogError``.  With ``wait=False`` in group mode the call returns before the
         record is durable; use ``wait_durable(receipt)`` or ``sync()`` to wait."""
-        fast = self._fast_prepare  # the sanitiser's C fast path (None: use prepare)
-        data = fast(event) if fast is not None else None
-        if data is None:
+        lane = self._lane
+        if lane is not None:
+            # the common case in one C call: sanitise, build, hash and queue the record
+            out = lane.append(event)
+            if out.__class__ is Receipt:
+                if wait or self._after_every_append or lane.pending >= self.max_pending_bytes:
+                    self._after_append(out, wait, lane.pending)
+                return out
+            # bytes: prepared, but the lane is disarmed or the segment is full; None: the
+            # sanitiser's Python code decides (redaction, or the precise InvalidEvent)
+            data = out if out is not None else self._sanitiser.prepare(event)
+        else:
             data = self._sanitiser.prepare(event)
-        # append_prepared, inlined: this is the per-event hot path
-        receipt: Receipt
         with self._lock:
-            runs = self._runs
-            run = runs[-1] if runs else None
-            seg = self._seg
-            if (_native is not None and run is not None and run.seg is seg and seg is not None and seg.count
-                    and not run.finalize and not self._closed and self._failure is None and not self._abandoned):
-                # _append_locked's accelerated path for the common case (an open run in the
-                # current segment of a usable log), without its extra frame
-                ts = self._now()
-                queued = _native.append_record(self._prefix, self._seq, ts, b"event", self._prev, data,
-                                               None, None, run.chunks, None,
-                                               self.segment_max_bytes - 4096 - seg.size, Receipt, seg.name, self._gen)
-                if queued is not None:
-                    receipt, self._prev, n = queued
-                    seg.size += n
-                    seg.count += 1
-                    pending = self._pending_bytes = self._pending_bytes + n
-                    self._seq += 1
-                else:
-                    receipt = self._rotate_and_append_locked(_EVENT, data, ts)
-                    pending = self._pending_bytes
-            else:
-                receipt = self._append_locked(_EVENT, data)
-                pending = self._pending_bytes
+            receipt = self._append_locked(_EVENT, data)
+            pending = self._pending_bytes
+            self._arm_lane_locked()
         if wait or self._after_every_append or pending >= self.max_pending_bytes:
             self._after_append(receipt, wait, pending)
         return receipt
+
+    def _arm_lane_locked(self) -> None:
+        """Hand append()'s C fast path the chain state as it is now, if the next event could
+        take that path (an open run on the current segment, which already holds a record, of
+        a usable log).  Called only right before the lock is released: any later taking of
+        the lock from Python disarms the lane again."""
+        lane = self._lane
+        runs = self._runs
+        seg = self._seg
+        if (lane is None or not runs or seg is None or not seg.count or self._closed or self._failure is not None
+                or self._abandoned):
+            return
+        run = runs[-1]
+        if run.seg is seg and not run.finalize:
+            lane.arm(run.chunks, seg, seg.name, self._gen, seg.size, seg.count,
+                     self.segment_max_bytes - 4096 - seg.size)
 
     def append_prepared(self, data_json: bytes, *, wait: bool = True) -> Receipt:
         """Append an event already validated by ``Sanitiser.prepare`` (JSON object bytes)."""
@@ -428,12 +481,7 @@ class HotLog:
         seg = self._seg
         if seg is None or not seg.count:
             return 0
-        runs = self._runs
-        if runs and runs[-1].seg is seg and not runs[-1].finalize:
-            run = runs[-1]
-        else:
-            run = _Run(seg)
-            runs.append(run)
+        run = self._tail_run_locked(seg)
         try:
             count, added, last, receipts = _native.append_records(
                 self._prefix, self._seq, self._now(), b"event", self._prev, items, start, None, None,
@@ -594,12 +642,7 @@ class HotLog:
         seg = self._seg
         if seg is None:
             seg = self._open_segment_locked(ts)
-        runs = self._runs
-        if runs and runs[-1].seg is seg and not runs[-1].finalize:
-            run = runs[-1]
-        else:
-            run = _Run(seg)
-            runs.append(run)
+        run = self._tail_run_locked(seg)
         # keep room for the seal (its frontier grows with log2 of the stream); a first
         # record always fits
         limit = self.segment_max_bytes - 4096 - seg.size if seg.count else _NO_LIMIT
@@ -641,6 +684,22 @@ class HotLog:
         self._prev = digest
         return Receipt(seq, digest.decode(), seg.name, self._gen)
 
+    def _tail_run_locked(self, seg: _Segment) -> _Run:
+        """The run that lines for ``seg`` are queued on: the last one, or a new one."""
+        runs = self._runs
+        if runs:
+            run = runs[-1]
+            if run.seg is seg and not run.finalize:
+                return run
+        else:
+            # the first line queued since the last flush: the background thread may be
+            # sleeping for up to a second (nothing was pending); have it flush within
+            # group_interval rather than leave that work to the appending thread
+            self._wake.set()
+        run = _Run(seg)
+        runs.append(run)
+        return run
+
     def _rotate_and_append_locked(self, kind: str, data_json: bytes, ts: bytes) -> Receipt:
         self._seal_locked()
         self._open_segment_locked(ts)
@@ -656,12 +715,7 @@ class HotLog:
         if in_segment_tree:
             seg.cr.append(lh)
         self._cr.append(lh)
-        runs = self._runs
-        if runs and runs[-1].seg is seg and not runs[-1].finalize:
-            run = runs[-1]
-        else:
-            run = _Run(seg)
-            runs.append(run)
+        run = self._tail_run_locked(seg)
         run.chunks.append(line)
         run.leaves.append(lh)
         run.hashed = len(run.chunks)
