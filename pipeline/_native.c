@@ -23,8 +23,12 @@
 #include <pythread.h>
 #include <openssl/sha.h>
 #include <stdint.h>
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #define HASH_LEN 32
 #define HEX_LEN 64
@@ -2125,6 +2129,98 @@ static PyTypeObject LaneType = {
     .tp_getset = lane_getset,
 };
 
+/* -------------------------------------------------------------------- write_lines ---- */
+
+/*
+ * write_lines(fd, lines) -> None
+ *
+ * Write the byte strings in order to fd with writev, all of them in one call that lets go
+ * of the GIL once (os.writev takes the GIL back after every 1024 lines; each time the
+ * appending thread may hold it for a whole switch interval, 5 ms, which starved the
+ * writer's background flush).  Short writes continue where they stopped; EINTR runs the
+ * signal handlers and goes on; any other error raises OSError with what was written so far
+ * left in the file, exactly as a loop of os.writev would.
+ */
+static PyObject *write_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "write_lines takes 2 arguments");
+        return NULL;
+    }
+    long fd_long = PyLong_AsLong(args[0]);
+    if (fd_long == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd_long < 0 || fd_long > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "write_lines: bad file descriptor");
+        return NULL;
+    }
+    int fd = (int)fd_long;
+    /* a tuple holds every line alive and unchanged while the GIL is released */
+    PyObject *lines = PySequence_Tuple(args[1]);
+    if (lines == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(lines);
+    struct iovec *iov = PyMem_New(struct iovec, n > 0 ? n : 1);
+    if (iov == NULL) {
+        Py_DECREF(lines);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *line = PyTuple_GET_ITEM(lines, i);
+        if (!PyBytes_Check(line)) {
+            PyMem_Free(iov);
+            Py_DECREF(lines);
+            PyErr_SetString(PyExc_TypeError, "write_lines: every line must be bytes");
+            return NULL;
+        }
+        iov[i].iov_base = PyBytes_AS_STRING(line);
+        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(line);
+    }
+    Py_ssize_t at = 0; /* the first iovec not yet fully written */
+    int err = 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        while (at < n) {
+            if (iov[at].iov_len == 0) {
+                at++;
+                continue;
+            }
+            int count = n - at > IOV_MAX ? IOV_MAX : (int)(n - at);
+            ssize_t w = writev(fd, iov + at, count);
+            if (w < 0) {
+                err = errno;
+                break;
+            }
+            size_t left = (size_t)w;
+            while (at < n && left >= iov[at].iov_len) {
+                left -= iov[at].iov_len;
+                at++;
+            }
+            if (left) {
+                iov[at].iov_base = (char *)iov[at].iov_base + left;
+                iov[at].iov_len -= left;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (err == EINTR) {
+            err = 0;
+            if (PyErr_CheckSignals() < 0)
+                break;
+            continue;
+        }
+        break;
+    }
+    PyMem_Free(iov);
+    Py_DECREF(lines);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -2136,6 +2232,8 @@ static PyMethodDef module_methods[] = {
      "Append leaf hashes to a compact range, returning the tile-level nodes completed."},
     {"append_records", (PyCFunction)(void (*)(void))append_records, METH_FASTCALL,
      "append_record for a list of prepared events (one timestamp), building receipts."},
+    {"write_lines", (PyCFunction)(void (*)(void))write_lines, METH_FASTCALL,
+     "Write byte strings in order with writev, letting go of the GIL once."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
     {"screen", (PyCFunction)screen, METH_O, "Screen serialised event bytes for the sanitiser."},
     {"prepare_fast", (PyCFunction)(void (*)(void))prepare_fast, METH_FASTCALL,

@@ -26,7 +26,6 @@ from pipeline.sanitise import Sanitiser
 from pipeline.verify.chain import verify_stream
 
 needs_native = pytest.mark.skipif(native is None, reason="C accelerator not built (see test_accelerator_is_built)")
-pytestmark = needs_native
 
 
 def _lane() -> Any:
@@ -36,6 +35,7 @@ def _lane() -> Any:
     return native.Lane(b'{"v":1,"stream":"s","seq":', Receipt, sanitiser.fast_settings)
 
 
+@needs_native
 def test_lane_behaves_as_a_lock() -> None:
     lane = _lane()
     assert lane.acquire() is True and lane.locked()
@@ -54,6 +54,7 @@ def test_lane_behaves_as_a_lock() -> None:
         lane.acquire(False, 1.0)
 
 
+@needs_native
 def test_condition_over_a_lane_hands_over_between_threads() -> None:
     lane = _lane()
     cond = threading.Condition(lane)
@@ -74,6 +75,7 @@ def test_condition_over_a_lane_hands_over_between_threads() -> None:
     assert box == list(range(50))
 
 
+@needs_native
 def test_other_threads_wait_for_the_lock() -> None:
     lane = _lane()
     order: list[str] = []
@@ -92,6 +94,7 @@ def test_other_threads_wait_for_the_lock() -> None:
     assert order == ["holder", "other"]
 
 
+@needs_native
 def test_state_attributes_are_checked() -> None:
     lane = _lane()
     assert lane.seq == 0 and lane.pending == 0 and lane.prev == b"0" * 64
@@ -107,6 +110,7 @@ def test_state_attributes_are_checked() -> None:
         lane.pending = "1"
 
 
+@needs_native
 def test_arm_needs_the_lock_and_a_started_segment() -> None:
     lane = _lane()
     with pytest.raises(RuntimeError, match="not held"):
@@ -123,6 +127,7 @@ def test_arm_needs_the_lock_and_a_started_segment() -> None:
     lane.release()
 
 
+@needs_native
 def test_a_disarmed_lane_hands_back_the_prepared_event() -> None:
     lane = _lane()
     assert lane.append({"a": 1}) == b'{"a":1}'
@@ -137,6 +142,7 @@ def _log(tmp_path: Path, **kw: Any) -> HotLog:
     return HotLog(tmp_path, "app", heartbeat_interval=0, immutable="off", **kw)
 
 
+@needs_native
 def test_the_common_case_takes_the_fast_path(tmp_path: Path) -> None:
     log = _log(tmp_path, background=False, max_pending_bytes=1 << 30)
     slow_calls = 0
@@ -159,6 +165,7 @@ def test_the_common_case_takes_the_fast_path(tmp_path: Path) -> None:
     assert verify_stream(tmp_path / "app").ok
 
 
+@needs_native
 def test_taking_the_writer_lock_disarms_and_the_slow_path_rearms(tmp_path: Path) -> None:
     log = _log(tmp_path, background=False)
     lane = log._lane
@@ -234,3 +241,98 @@ def test_queued_events_become_durable_without_anyone_waiting(tmp_path: Path) -> 
         time.sleep(0.005)
     assert log.durable_tree_head()[0] == 1
     log.close()
+
+
+# --- write_lines: the background flush's one GIL-free writev loop ---------------------------
+
+
+@needs_native
+def test_write_lines_writes_everything_in_order(tmp_path: Path) -> None:
+    import os
+
+    assert native is not None
+    lines = [b"%d:" % i + b"x" * (i % 300) + b"\n" if i % 7 else b"" for i in range(5000)]  # > IOV_MAX
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        native.write_lines(fd, lines)
+        native.write_lines(fd, [])
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(lines)
+
+
+@needs_native
+def test_write_lines_reports_errors_as_oserror(tmp_path: Path) -> None:
+    import errno
+    import os
+
+    assert native is not None
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as exc:
+            native.write_lines(fd, [b"a" * 100])
+        assert exc.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as exc:
+        native.write_lines(w, [b"x"])
+    assert exc.value.errno == errno.EBADF
+    with pytest.raises(TypeError):
+        native.write_lines(1, ["not bytes"])
+
+
+# --- a full queue: the appending thread hands over instead of flushing -------------------------
+
+
+def test_a_full_queue_waits_for_the_background_flush(tmp_path: Path) -> None:
+    """With max_pending_bytes reached, the appending thread lets the background thread take
+    the queue (its flush swaps it out) instead of hashing, writing and syncing it itself."""
+    log = _log(tmp_path, max_pending_bytes=64 * 1024)
+    flushed_by: list[str] = []
+    real = log._flush
+
+    def recording(*, sync: bool) -> None:
+        flushed_by.append(threading.current_thread().name)
+        real(sync=sync)
+
+    log._flush = recording  # type: ignore[method-assign]
+    receipts = [log.append({"i": i, "pad": "q" * 300}, wait=False) for i in range(3000)]  # ~2 MB
+    me = threading.current_thread().name
+    assert me not in flushed_by and len(flushed_by) >= 10
+    log.wait_durable(receipts[-1], timeout=10)
+    log.close()
+    report = verify_stream(tmp_path / "app")
+    assert report.ok and report.records >= 3000
+
+
+def test_a_full_queue_is_flushed_here_when_the_background_thread_does_not_come(tmp_path: Path) -> None:
+    log = _log(tmp_path, max_pending_bytes=16 * 1024)
+    stuck = threading.Event()
+
+    def stuck_tick() -> None:
+        stuck.wait(10)
+
+    log._tick = stuck_tick  # type: ignore[method-assign]
+    log._wake.set()
+    time.sleep(0.05)  # the background thread is now stuck in its tick
+    t0 = time.monotonic()
+    for i in range(100):  # ~25 KB: past the limit once
+        log.append({"i": i, "pad": "s" * 200}, wait=False)
+    assert 0.9 <= time.monotonic() - t0 < 4  # one second of waiting, then it flushed itself
+    assert log._pending_bytes < 16 * 1024 + 1024
+    stuck.set()
+    log.close()
+    assert verify_stream(tmp_path / "app").ok
+
+
+def test_without_a_background_thread_the_appender_flushes(tmp_path: Path) -> None:
+    log = _log(tmp_path, background=False, max_pending_bytes=16 * 1024)
+    for i in range(500):
+        log.append({"i": i, "pad": "b" * 200}, wait=False)
+        assert log._pending_bytes < 16 * 1024 + 1024
+    log.close()
+    assert verify_stream(tmp_path / "app").ok

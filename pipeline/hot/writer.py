@@ -186,7 +186,12 @@ _IOV_MAX = 1024  # Linux's limit on iovecs per writev
 
 def _write_chunks(fd: int, chunks: list[bytes]) -> None:
     """Write the lines in order with writev, without joining them into one large buffer
-    (whose allocation, page faults and copy cost more than the write itself)."""
+    (whose allocation, page faults and copy cost more than the write itself).  With the C
+    accelerator in one call that lets go of the GIL once: the background flush must not
+    wait for the GIL again after every 1024 lines while an appending thread holds it."""
+    if _native is not None:
+        _native.write_lines(fd, chunks)
+        return
     i = 0
     count = len(chunks)
     while i < count:
@@ -618,17 +623,41 @@ class HotLog:
             self._flush(sync=True)
             self.wait_durable(receipt)
         elif mode == "os":
-            # the background thread writes every group_interval; append never blocks
+            # the background thread writes every group_interval; append blocks only when
+            # more than max_pending_bytes are queued
             if pending >= self.max_pending_bytes:
-                self._flush(sync=False)
+                self._make_room(sync=False)
             self._raise_if_failed()
         else:
-            if pending >= self.max_pending_bytes or (wait and self._thread is None):
+            if wait and self._thread is None:
                 # without the background thread (background=False) the caller flushes
                 self._flush(sync=True)
+            elif pending >= self.max_pending_bytes:
+                self._make_room(sync=True)
             if wait:
                 self._wake.set()
                 self.wait_durable(receipt)
+
+    def _make_room(self, *, sync: bool) -> None:
+        """More than max_pending_bytes are queued: have the background thread take the queue
+        (it swaps it out at the start of its flush) and wait for that with the GIL let go,
+        rather than flush here.  Flushing here would mean waiting for its flush in progress
+        and then hashing, writing and syncing on this thread; waiting hands the GIL to the
+        background thread at once, which otherwise waits up to a switch interval for it
+        each time it comes back from I/O.  Without a background thread, or if it does not
+        take the queue within a second, this thread flushes itself."""
+        if self._thread is not None:
+            self._wake.set()
+            deadline = time.monotonic() + 1.0
+            with self._cond:
+                while self._pending_bytes >= self.max_pending_bytes and self._failure is None and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                else:
+                    return
+        self._flush(sync=sync)
 
     def _append_locked(self, kind: str, data_json: bytes, ts: bytes | None = None) -> Receipt:
         # The hottest path of the writer: encoding (the same bytes as
@@ -842,6 +871,7 @@ class HotLog:
                 runs = self._runs
                 self._runs = []
                 self._pending_bytes = 0
+                self._cond.notify_all()  # appenders waiting in _make_room
                 upto = self._seq - 1
                 candidate = self._snapshot(tree=False)
                 seals = self._pending_seals
