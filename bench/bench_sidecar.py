@@ -231,10 +231,23 @@ def main() -> None:
         t0 = time.time()
         n1, _ = run_clients(sock, args.clients, args.seconds / 2, 1)
         rate_closed = n1 / (time.time() - t0)
+        samples: list[float] = []
+        sampling = threading.Event()
+
+        def sample_rss() -> None:  # the sidecar's RSS every 0.2 s while the clients run
+            while not sampling.wait(0.2):
+                with contextlib.suppress(OSError, ValueError):
+                    samples.append(rss_mb(proc.pid))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
         t0 = time.time()
         n, acks = run_clients(sock, args.clients, args.seconds, args.in_flight)
         rate = n / (time.time() - t0)
-        peak = rss_mb(proc.pid)
+        sampling.set()
+        sampler.join()
+        peak = max(samples, default=rss_mb(proc.pid))
+        median_rss = sorted(samples)[len(samples) // 2] if samples else peak
         # wait until everything acknowledged is confirmed in cold storage
         ledger = Ledger(base / "hot")
         max_seq = max(s for _t, s in acks)
@@ -261,7 +274,7 @@ def main() -> None:
         print(f"  pipeline run, {args.in_flight} batches in flight per client   {rate:>10,.0f} events/s")
         print(f"  pipeline run, 1 batch at a time per client       {rate_closed:>10,.0f} events/s")
         print(f"  baseline: socket sink that only counts lines      {sink_rate:>10,.0f} events/s")
-        print(f"  sidecar RSS during ingest                          {peak:>10.0f} MB")
+        print(f"  sidecar RSS during ingest, peak / median of {len(samples)} samples  {peak:.0f} / {median_rss:.0f} MB")
         if lat:
             p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
             print(f"\n## acknowledged -> confirmed in cold storage ({len(lat)} batches)")
