@@ -118,13 +118,21 @@ class Pipeline:
                 "--vkey", str(self.vkey), "--witness-dir", str(self.witness), "--heartbeat-interval", "0"]
 
 
-def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: bool = False,
-                  evict: bool = False, retention_days: int = 1, events_per_segment: int = 40,
-                  witness_upto: int | None = None, salt: str = "", prefix: str = "audit",
-                  bucket: str | None = None, pause_after: int | None = None,
-                  s3_witness: tuple[str, str] | None = None) -> Pipeline:
-    """A real HotLog (tree store, signed checkpoints, directory witness) shipped by the real
-    Shipper into a bucket on moto's server."""
+@dataclass
+class HotSide:
+    """A hot directory written by a real HotLog, with its signing key and witness."""
+
+    hot: Path
+    signer: Signer
+    vkey: Path
+    witness: Path
+
+
+def build_hot(tmp_path: Path, *, segments: int = 6, events_per_segment: int = 40, witness_upto: int | None = None,
+              salt: str = "", pause_after: int | None = None,
+              s3_witness: tuple[str, str] | None = None) -> HotSide:
+    """A real HotLog (tree store, signed checkpoints, directory witness): ``segments`` sealed
+    segments of ``events_per_segment`` events each."""
     hot = tmp_path / "hot"
     stream_dir = hot / "app"
     signer = Signer.generate(ORIGIN_PREFIX)
@@ -156,14 +164,30 @@ def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: boo
     log.close()
     if witness_upto is None:
         em.emit()
-    bucket = bucket or new_bucket(endpoint, lock=lock)
-    url = f"s3://{bucket}/{prefix}?endpoint_url={endpoint}&region=us-east-1"
-    settings = ColdSettings(allow_unlocked=not lock, retention_days=retention_days)
-    store = open_store(url, settings)
-    summary = Shipper(hot, store, hot_retention=0.0 if evict else 1e9, concurrency=4).run_once()
+    return HotSide(hot, signer, vkey, witness_dir)
+
+
+def ship_hot(side: HotSide, url: str, settings: ColdSettings, *, evict: bool = False, transport: Any = None) -> None:
+    """Ship every sealed segment with the real Shipper (copy, read back, confirm)."""
+    store = open_store(url, settings, transport=transport)
+    summary = Shipper(side.hot, store, hot_retention=0.0 if evict else 1e9, concurrency=4).run_once()
     assert summary.failed == 0 and summary.quarantined == 0, summary.errors
     store.close()
-    return Pipeline(hot, url, bucket, prefix, s3_client(endpoint), signer, vkey, witness_dir)
+
+
+def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: bool = False,
+                  evict: bool = False, retention_days: int = 1, events_per_segment: int = 40,
+                  witness_upto: int | None = None, salt: str = "", prefix: str = "audit",
+                  bucket: str | None = None, pause_after: int | None = None,
+                  s3_witness: tuple[str, str] | None = None) -> Pipeline:
+    """A real HotLog (tree store, signed checkpoints, directory witness) shipped by the real
+    Shipper into a bucket on moto's server."""
+    side = build_hot(tmp_path, segments=segments, events_per_segment=events_per_segment, witness_upto=witness_upto,
+                     salt=salt, pause_after=pause_after, s3_witness=s3_witness)
+    bucket = bucket or new_bucket(endpoint, lock=lock)
+    url = f"s3://{bucket}/{prefix}?endpoint_url={endpoint}&region=us-east-1"
+    ship_hot(side, url, ColdSettings(allow_unlocked=not lock, retention_days=retention_days), evict=evict)
+    return Pipeline(side.hot, url, bucket, prefix, s3_client(endpoint), side.signer, side.vkey, side.witness)
 
 
 def compress(segment: bytes) -> bytes:

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -141,9 +142,21 @@ class AzureStore:
         return f"AzureStore(container={self.container!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
 
     def count_request(self, request: Any) -> None:
-        """``raw_request_hook`` for request accounting (bench, tests)."""
+        """``raw_request_hook`` for request accounting (bench, tests, verify-tier's report).
+        Counted by HTTP method, except that a listing (a GET with ``comp=list``) counts as
+        ``ListBlobs`` and a container query (``restype=container``) as ``GetContainer``:
+        reports count lists and blob GETs separately."""
+        http = request.http_request
+        query = urllib.parse.urlsplit(http.url).query
+        params = urllib.parse.parse_qs(query)
+        if params.get("comp") == ["list"]:
+            kind = "ListBlobs"
+        elif params.get("restype") == ["container"]:
+            kind = "GetContainer"
+        else:
+            kind = http.method
         with self._lock:
-            self.requests[request.http_request.method] += 1
+            self.requests[kind] += 1
 
     def close(self) -> None:
         self._cc.close()
