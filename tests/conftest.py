@@ -1,9 +1,12 @@
 """Shared fixtures.  Segment files carry the append-only/immutable attribute, which even
-root cannot unlink without clearing it first; every test directory is cleared on teardown."""
+root cannot unlink without clearing it first; every test directory is cleared on teardown.
+Every test process gets dummy AWS credentials (never the developer's), and one moto server
+over HTTP for the whole session (``moto_endpoint``)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.hot import attr
+from tests.netutil import DUMMY_SECRET, free_port
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto server access lines drown test output
 
 
 def clear_tree_attributes(root: Path) -> None:
@@ -35,3 +41,33 @@ def hot_dir(tmp_path: Path) -> Iterator[Path]:
 def _clear_tmp_attributes(tmp_path: Path) -> Iterator[None]:
     yield
     clear_tree_attributes(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_dummy_env() -> Iterator[None]:
+    """Dummy credentials for the emulators, via the environment (boto3's default chain)."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
+                                            "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
+                      AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
+                      AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    os.environ.pop("AWS_PROFILE", None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's ThreadedMotoServer: HTTP, real boto3 clients, path-style, dummy credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

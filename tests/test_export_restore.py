@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tierutil import (
     Pipeline,
     alter_record,
-    moto_endpoint,  # noqa: F401  (fixture)
     rewrite_object,
     ship_pipeline,
 )
@@ -29,7 +28,7 @@ EVENTS = 30
 
 
 @pytest.fixture
-def pl(tmp_path: Path, moto_endpoint: str) -> Pipeline:  # noqa: F811
+def pl(tmp_path: Path, moto_endpoint: str) -> Pipeline:
     return ship_pipeline(tmp_path, moto_endpoint, segments=SEGMENTS, events_per_segment=EVENTS)
 
 

@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tierutil import (
     Pipeline,
     alter_record,
-    moto_endpoint,  # noqa: F401  (fixture)
     rewrite_object,
     ship_pipeline,
 )
@@ -53,7 +52,7 @@ def finding(doc: dict[str, Any], code: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def pl(tmp_path: Path, moto_endpoint: str) -> Pipeline:  # noqa: F811
+def pl(tmp_path: Path, moto_endpoint: str) -> Pipeline:
     return ship_pipeline(tmp_path, moto_endpoint, segments=SEGMENTS, events_per_segment=EVENTS)
 
 
@@ -111,7 +110,7 @@ def test_cold_only_with_only_the_verifier_key(pl: Pipeline, capsys: pytest.Captu
     assert code == 1 and "checkpoint-signature-invalid" in codes(doc)
 
 
-def test_missing_bucket_exit_2(tmp_path: Path, moto_endpoint: str) -> None:  # noqa: F811
+def test_missing_bucket_exit_2(tmp_path: Path, moto_endpoint: str) -> None:
     hot = tmp_path / "hot"
     hot.mkdir()
     url = f"s3://no-such-bucket/p?endpoint_url={moto_endpoint}"
@@ -240,7 +239,7 @@ def test_object_without_lock(pl: Pipeline, capsys: pytest.CaptureFixture[str]) -
     assert all(s["status"] == "INVALID" and s["lock"] is None for s in doc["streams"][0]["segments"])
 
 
-def test_short_retention_and_expiry_warning(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+def test_short_retention_and_expiry_warning(tmp_path: Path, moto_endpoint: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10, lock=True, retention_days=30)
     def args(retention: str = "30", warn: str = "7") -> list[str]:
@@ -265,7 +264,7 @@ def test_short_retention_and_expiry_warning(tmp_path: Path, moto_endpoint: str, 
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def test_chain_rebuilt_after_witnessed_checkpoint(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+def test_chain_rebuilt_after_witnessed_checkpoint(tmp_path: Path, moto_endpoint: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     victim = ship_pipeline(tmp_path / "v", moto_endpoint, segments=4, events_per_segment=20)
     # the attacker writes a whole new, internally perfect chain (valid hashes, seals, frontiers,
@@ -284,7 +283,7 @@ def test_chain_rebuilt_after_witnessed_checkpoint(tmp_path: Path, moto_endpoint:
     assert doc["streams"][0]["checkpoints"]["recomputed"] == 4
 
 
-def test_stale_witness(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+def test_stale_witness(tmp_path: Path, moto_endpoint: str,
                        capsys: pytest.CaptureFixture[str]) -> None:
     pl = ship_pipeline(tmp_path, moto_endpoint, segments=4, events_per_segment=20, witness_upto=1)
     code, doc = run([*cold_only(pl), "--witness-max-lag", "0"], capsys)
@@ -304,7 +303,7 @@ def test_docs_list_every_finding_code() -> None:
     assert not missing, missing
 
 
-def test_evicted_segments_need_their_cold_copies(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+def test_evicted_segments_need_their_cold_copies(tmp_path: Path, moto_endpoint: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10, evict=True)
     code, doc = run(pl.base_args(), capsys)
@@ -316,7 +315,7 @@ def test_evicted_segments_need_their_cold_copies(tmp_path: Path, moto_endpoint: 
     assert {"missing-object", "evicted-without-cold-copy", "missing-start"} <= set(codes(doc, None))
 
 
-def test_time_gap_reported_as_possible_suppression(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+def test_time_gap_reported_as_possible_suppression(tmp_path: Path, moto_endpoint: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10, pause_after=0)
     base = [a if a != "0" else "0.3" for a in cold_only(pl)]  # heartbeat 0.3 s: silences over 0.6 s count
@@ -338,7 +337,7 @@ def test_time_gap_reported_as_possible_suppression(tmp_path: Path, moto_endpoint
     assert code == 0, doc["findings"]
 
 
-def test_s3_witness_and_time_window(tmp_path: Path, moto_endpoint: str,  # noqa: F811
+def test_s3_witness_and_time_window(tmp_path: Path, moto_endpoint: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     from tierutil import new_bucket
 

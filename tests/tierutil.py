@@ -1,24 +1,16 @@
-"""Helpers for verify-tier / export / restore tests: moto's server over HTTP, a real shipped pipeline.
-
-The moto server and bucket helpers mirror tests/cold/conftest.py (same names) without
-depending on that directory's conftest, which pytest only applies below tests/cold/.
-"""
+"""Helpers for verify-tier / export / restore tests: a real shipped pipeline (into moto's
+server over HTTP, the ``moto_endpoint`` fixture of tests/conftest.py, or any cold store URL)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import logging
-import os
-import socket
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import zstandard
 
 from pipeline.checkpoint import Signer
@@ -30,34 +22,6 @@ from pipeline.ship.shipper import Shipper
 from pipeline.witness.directory import DirectoryWitness
 
 ORIGIN_PREFIX = "example.com/worm"
-logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto server access lines drown test output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
-                      AWS_SHARED_CREDENTIALS_FILE="/dev/null")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def s3_client(endpoint: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -14,14 +13,7 @@ from pipeline.hot import attr
 from pipeline.hot.segment import SegmentManifest, build_manifest, segment_name
 from pipeline.record import GENESIS_HASH, encode_record
 
-DUMMY_SECRET = "cold-test-secret-DO-NOT-LEAK-1234567890"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_segment(

@@ -28,10 +28,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/faultproxy.py
 
-from coldutil import AZURITE_KEY, DUMMY_SECRET, free_port, write_segment
+from coldutil import AZURITE_KEY, write_segment
 from faultproxy import FaultProxy
 
 from pipeline.hot.segment import SegmentManifest
+from tests.netutil import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LOCALSTACK_START_TIMEOUT = 120.0
@@ -50,38 +51,7 @@ def segment_factory(tmp_path: Path) -> Callable[..., tuple[Path, SegmentManifest
     return make
 
 
-# ---- environment ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session", autouse=True)
-def _aws_dummy_env() -> Iterator[None]:
-    """Dummy credentials for the emulators, via the environment (boto3's default chain)."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
-                                            "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
-                      AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
-                      AWS_SHARED_CREDENTIALS_FILE="/dev/null")
-    os.environ.pop("AWS_PROFILE", None)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-# ---- moto ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
+# ---- moto (the in-process server, moto_endpoint, is in tests/conftest.py) -------------------
 
 @pytest.fixture(scope="session")
 def moto_process_endpoint() -> Iterator[str]:

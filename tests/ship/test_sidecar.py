@@ -23,16 +23,11 @@ import pytest
 
 from pipeline.ship.ledger import Ledger
 from pipeline.verify.chain import verify_stream
+from tests.netutil import free_port
 from tests.ship.conftest import s3_client
 from tests.ship.test_shipper import download_stream
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sidecar:
