@@ -24,6 +24,8 @@
 #include <openssl/sha.h>
 #include <stdint.h>
 #include <errno.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -35,6 +37,21 @@
 #define MAX_LEVELS 64
 
 static const char HEX[] = "0123456789abcdef";
+
+/*
+ * Handing the GIL to the writer's background work.  An appending thread holds the GIL
+ * almost all the time, so a thread coming back from GIL-free work waits for it until the
+ * interpreter's switch interval (5 ms) forces a switch, every time; the writer's flush
+ * comes back several times per cycle (hashing, writing, syncing), and those waits, not the
+ * work, made its cycle long enough for the queue to fill.  The writer's GIL-free calls
+ * (hash_lines, append_collect, write_lines, fsync) count themselves in gil_waiters while
+ * they wait for the GIL, and Lane.append, seeing the count, lets the GIL go at once
+ * (lane_yield).  Other code is unaffected: it keeps the interpreter's own scheduling.
+ */
+static atomic_int gil_waiters;
+#define END_ALLOW_THREADS_HANDED_OVER                                                                                 \
+    atomic_fetch_add_explicit(&gil_waiters, 1, memory_order_relaxed);                                                  \
+    Py_END_ALLOW_THREADS atomic_fetch_sub_explicit(&gil_waiters, 1, memory_order_relaxed);
 
 /* decimal digits of v into out (no terminator); returns the length */
 static int put_u64(unsigned long long v, char *out)
@@ -349,7 +366,7 @@ static PyObject *hash_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         if (stream_cr)
             cr_push(stream_cr, lh);
     }
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_HANDED_OVER
     PyMem_RawFree(ptrs);
     PyMem_RawFree(lens);
     PyObject *result = PyList_New(count);
@@ -436,7 +453,7 @@ static PyObject *append_collect(PyObject *Py_UNUSED(mod), PyObject *const *args,
         cr->depth++;
         cr->size++;
     }
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_HANDED_OVER
     PyMem_RawFree(in);
     PyObject *out = PyDict_New();
     for (size_t j = 0; out != NULL && j < produced; j++) {
@@ -1958,8 +1975,27 @@ static PyObject *lane_disarm_method(LaneObject *self, PyObject *Py_UNUSED(ignore
     Py_RETURN_NONE;
 }
 
+/* Let go of the GIL for a thread counted in gil_waiters (the writer's background work
+ * coming back from hashing, writing or syncing): wait until it has taken the GIL, at most
+ * a millisecond, then queue for the GIL again. */
+static void lane_yield(void)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    Py_BEGIN_ALLOW_THREADS
+    while (atomic_load_explicit(&gil_waiters, memory_order_relaxed) > 0) {
+        sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000000000LL + (now.tv_nsec - start.tv_nsec) > 1000000LL)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+}
+
 static PyObject *lane_append(LaneObject *self, PyObject *event)
 {
+    if (atomic_load_explicit(&gil_waiters, memory_order_relaxed) > 0)
+        lane_yield();
     if (self->prefix == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Lane not initialised");
         return NULL;
@@ -2201,7 +2237,7 @@ static PyObject *write_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py
                 iov[at].iov_len -= left;
             }
         }
-        Py_END_ALLOW_THREADS
+        END_ALLOW_THREADS_HANDED_OVER
         if (err == EINTR) {
             err = 0;
             if (PyErr_CheckSignals() < 0)
@@ -2221,6 +2257,46 @@ static PyObject *write_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py
     Py_RETURN_NONE;
 }
 
+/*
+ * fsync(fd, data_only=False) -> None
+ *
+ * os.fsync / os.fdatasync for the writer's flush, handing the GIL back through
+ * gil_waiters (see the top of this file).  EINTR runs the signal handlers and retries; any
+ * other error raises OSError.
+ */
+static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "fsync(fd, data_only=False)");
+        return NULL;
+    }
+    long fd_long = PyLong_AsLong(args[0]);
+    if (fd_long == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd_long < 0 || fd_long > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fsync: bad file descriptor");
+        return NULL;
+    }
+    int data_only = nargs == 2 ? PyObject_IsTrue(args[1]) : 0;
+    if (data_only < 0)
+        return NULL;
+    int fd = (int)fd_long, r, err;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = data_only ? fdatasync(fd) : fsync(fd);
+        err = errno;
+        END_ALLOW_THREADS_HANDED_OVER
+        if (r == 0)
+            Py_RETURN_NONE;
+        if (err != EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -2232,6 +2308,8 @@ static PyMethodDef module_methods[] = {
      "Append leaf hashes to a compact range, returning the tile-level nodes completed."},
     {"append_records", (PyCFunction)(void (*)(void))append_records, METH_FASTCALL,
      "append_record for a list of prepared events (one timestamp), building receipts."},
+    {"fsync", (PyCFunction)(void (*)(void))fsync_fd, METH_FASTCALL,
+     "os.fsync (or fdatasync), handing the GIL back from appending threads at once."},
     {"write_lines", (PyCFunction)(void (*)(void))write_lines, METH_FASTCALL,
      "Write byte strings in order with writev, letting go of the GIL once."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},

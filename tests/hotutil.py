@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pipeline.hot import attr
+from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import iter_lines, list_segments
 from pipeline.record import Record, RecordError, parse_record
 from pipeline.verify.chain import StreamReport, verify_stream
@@ -84,3 +88,30 @@ def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout
 def pipeline_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO)
+
+
+class FsyncSpy:
+    """Record, for every fsync of the writer, the file and its size at that moment (to
+    prove that acknowledgements follow fsyncs).  Replaces os.fsync and the writer's own
+    fsync (which, with the C accelerator, is _native.fsync)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self._real = os.fsync
+        self._lock = threading.Lock()
+        monkeypatch.setattr(os, "fsync", self)
+        monkeypatch.setattr(writer_mod, "_fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            size = os.fstat(fd).st_size
+        except OSError:
+            path, size = "?", -1
+        self._real(fd)
+        with self._lock:
+            self.calls.append((path, size))
+
+    def covered(self, path: Path, end: int) -> bool:
+        with self._lock:
+            return any(p == str(path) and s >= end for p, s in self.calls)

@@ -20,35 +20,12 @@ import pytest
 from pipeline.hot.segment import iter_lines
 from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
-from tests.hotutil import records
+from tests.hotutil import FsyncSpy, records
 
 STREAM = "app"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-class FsyncSpy:
-    """Every fsync with the file and its size at that moment (to prove acks follow fsyncs)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[str, int]] = []
-        self._real = os.fsync
-        self._lock = threading.Lock()
-        monkeypatch.setattr(os, "fsync", self)
-
-    def __call__(self, fd: int) -> None:
-        try:
-            path, size = os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size
-        except OSError:
-            path, size = "?", -1
-        self._real(fd)
-        with self._lock:
-            self.calls.append((path, size))
-
-    def covered(self, path: Path, end: int) -> bool:
-        with self._lock:
-            return any(p == str(path) and s >= end for p, s in self.calls)
 
 
 class Flag:

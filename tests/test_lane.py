@@ -336,3 +336,47 @@ def test_without_a_background_thread_the_appender_flushes(tmp_path: Path) -> Non
         assert log._pending_bytes < 16 * 1024 + 1024
     log.close()
     assert verify_stream(tmp_path / "app").ok
+
+
+@needs_native
+def test_native_fsync(tmp_path: Path) -> None:
+    import errno
+    import os
+
+    assert native is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"x")
+        native.fsync(fd)
+        native.fsync(fd, True)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as exc:
+        native.fsync(fd)
+    assert exc.value.errno == errno.EBADF
+
+
+def test_a_busy_log_is_flushed_at_the_group_interval_not_per_append(tmp_path: Path) -> None:
+    """Only the first line queued while the background thread is idle wakes it early; under
+    a steady stream it flushes (and fsyncs) once per group_interval, not once per handful
+    of appends."""
+    log = _log(tmp_path, group_interval=0.01)
+    flushes = 0
+    real = log._flush
+
+    def counting(*, sync: bool) -> None:
+        nonlocal flushes
+        if threading.current_thread() is not threading.main_thread():
+            flushes += 1
+        real(sync=sync)
+
+    log._flush = counting  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 0.5:
+        log.append({"i": i}, wait=False)
+        i += 1
+    elapsed = time.monotonic() - t0
+    log.close()
+    assert i > 1000
+    assert flushes <= elapsed / 0.01 * 2 + 10, (flushes, i)

@@ -21,6 +21,7 @@ from pipeline.hot.writer import HotLog, HotLogError, Receipt, WriterLockedError
 from pipeline.record import GENESIS_HASH, Kind, parse_record
 from pipeline.sanitise import InvalidEvent
 from tests.hotutil import (
+    FsyncSpy,
     assert_clean,
     records,
     run_python,
@@ -171,30 +172,6 @@ def test_no_heartbeats_when_disabled(hot_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ durability
-
-
-class FsyncSpy:
-    """Record, for every fsync, the file and its size at that moment."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[str, int]] = []
-        self._real = os.fsync
-        self._lock = threading.Lock()
-        monkeypatch.setattr(os, "fsync", self)
-
-    def __call__(self, fd: int) -> None:
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            size = os.fstat(fd).st_size
-        except OSError:
-            path, size = "?", -1
-        self._real(fd)
-        with self._lock:
-            self.calls.append((path, size))
-
-    def covered(self, path: Path, end: int) -> bool:
-        with self._lock:
-            return any(p == str(path) and s >= end for p, s in self.calls)
 
 
 def end_offset(path: Path, seq: int) -> int:

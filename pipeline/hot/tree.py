@@ -355,7 +355,10 @@ class TreeStore:
         """Make the stored levels durable (called right after the writer's segment fsync)."""
         with self._lock:
             for level in sorted(self._dirty):
-                os.fdatasync(self._fds[level])
+                if _native is not None:  # hands the GIL back from appending threads at once
+                    _native.fsync(self._fds[level], True)
+                else:
+                    os.fdatasync(self._fds[level])
             self._dirty.clear()
 
     def truncate(self, n: int) -> None:
