@@ -537,11 +537,11 @@ class IngestServer:
                 results.insert(i, _err(n, "too-large", detail))
                 if self.metrics is not None:
                     self.metrics.observe_rejected("too-large")
-            try:
-                conn.sendall(b"\n".join(results) + b"\n")
-            finally:
-                if self.metrics is not None:
-                    self.metrics.observe_request("unix", "ok")
+            # counted before the answer goes out: a client that reads the metrics after its
+            # acknowledgement must find its request there
+            if self.metrics is not None:
+                self.metrics.observe_request("unix", "ok")
+            conn.sendall(b"\n".join(results) + b"\n")
         finally:
             self._leave()
 
@@ -589,6 +589,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None,
               *, close: bool = False) -> None:
         payload = orjson.dumps(body) + b"\n"
+        # counted before the answer goes out: a client that reads the metrics after its
+        # answer must find its request there
+        metrics = self.server.ingest.metrics
+        if metrics is not None:
+            metrics.observe_request("http", str(code))
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -601,9 +606,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
-        metrics = self.server.ingest.metrics
-        if metrics is not None:
-            metrics.observe_request("http", str(code))
 
     def _path(self) -> str:
         return self.path.split("?", 1)[0]
