@@ -29,3 +29,15 @@ def describe() -> str:
     if os.environ.get("PIPELINE_NO_NATIVE") == "1":
         return "pure Python (PIPELINE_NO_NATIVE=1)"
     return "pure Python (C accelerator not built)"
+
+
+def fsync(fd: int, data_only: bool = False) -> None:
+    """``os.fsync`` (``os.fdatasync`` with ``data_only``).  With the accelerator, the C one,
+    which hands the GIL back from appending threads at once (see _native.c, gil_waiters):
+    the writer's background flush must not wait a switch interval after every sync."""
+    if native is not None:
+        native.fsync(fd, data_only)
+    elif data_only:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)

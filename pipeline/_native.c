@@ -21,6 +21,8 @@
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co: see sha256() below */
 #include <Python.h>
 #include <pythread.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <openssl/sha.h>
 #include <stdint.h>
 #include <errno.h>
@@ -2079,24 +2081,6 @@ static PyObject *lane_get_armed(LaneObject *self, void *Py_UNUSED(closure))
     return PyBool_FromLong(self->armed);
 }
 
-static PyObject *lane_get_seq(LaneObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromUnsignedLongLong(self->seq);
-}
-
-static int lane_set_seq(LaneObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    if (value == NULL || !PyLong_Check(value)) {
-        PyErr_SetString(PyExc_TypeError, "seq must be an int");
-        return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(value);
-    if (v == (unsigned long long)-1 && PyErr_Occurred())
-        return -1;
-    self->seq = v;
-    return 0;
-}
-
 static PyObject *lane_get_prev(LaneObject *self, void *Py_UNUSED(closure))
 {
     return PyBytes_FromStringAndSize(self->prev, HEX_LEN);
@@ -2109,24 +2093,6 @@ static int lane_set_prev(LaneObject *self, PyObject *value, void *Py_UNUSED(clos
         return -1;
     }
     memcpy(self->prev, PyBytes_AS_STRING(value), HEX_LEN);
-    return 0;
-}
-
-static PyObject *lane_get_pending(LaneObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromSsize_t(self->pending);
-}
-
-static int lane_set_pending(LaneObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    if (value == NULL || !PyLong_Check(value)) {
-        PyErr_SetString(PyExc_TypeError, "pending must be an int");
-        return -1;
-    }
-    Py_ssize_t v = PyLong_AsSsize_t(value);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    self->pending = v;
     return 0;
 }
 
@@ -2145,10 +2111,15 @@ static PyMethodDef lane_methods[] = {
 
 static PyGetSetDef lane_getset[] = {
     {"armed", (getter)lane_get_armed, NULL, "whether the fast path may run", NULL},
-    {"seq", (getter)lane_get_seq, (setter)lane_set_seq, "the next record's seq", NULL},
     {"prev", (getter)lane_get_prev, (setter)lane_set_prev, "the last record's hash (64 hex bytes)", NULL},
-    {"pending", (getter)lane_get_pending, (setter)lane_set_pending, "bytes queued and not yet written", NULL},
     {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* plain C fields, read and written from Python with the usual int checks */
+static PyMemberDef lane_members[] = {
+    {"seq", T_ULONGLONG, offsetof(LaneObject, seq), 0, "the next record's seq"},
+    {"pending", T_PYSSIZET, offsetof(LaneObject, pending), 0, "bytes queued and not yet written"},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject LaneType = {
@@ -2163,6 +2134,7 @@ static PyTypeObject LaneType = {
     .tp_clear = (inquiry)lane_clear,
     .tp_methods = lane_methods,
     .tp_getset = lane_getset,
+    .tp_members = lane_members,
 };
 
 /* -------------------------------------------------------------------- write_lines ---- */

@@ -12,13 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import _accel
+from pipeline._accel import native
 from pipeline.hot import attr
-from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import iter_lines, list_segments
 from pipeline.record import Record, RecordError, parse_record
 from pipeline.verify.chain import StreamReport, verify_stream
 
 REPO = Path(__file__).resolve().parents[1]
+
+# tests of the C accelerator itself (there is nothing to compare or call without it)
+needs_native = pytest.mark.skipif(native is None, reason="C accelerator not built (see test_accelerator_is_built)")
 PYTHON = sys.executable
 
 
@@ -93,16 +97,16 @@ def pipeline_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess
 class FsyncSpy:
     """Record, for every fsync of the writer, the file and its size at that moment (to
     prove that acknowledgements follow fsyncs).  Replaces os.fsync and the writer's own
-    fsync (which, with the C accelerator, is _native.fsync)."""
+    fsync (pipeline._accel.fsync, the C one when the accelerator is built)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, int]] = []
         self._real = os.fsync
         self._lock = threading.Lock()
         monkeypatch.setattr(os, "fsync", self)
-        monkeypatch.setattr(writer_mod, "_fsync", self)
+        monkeypatch.setattr(_accel, "fsync", self)
 
-    def __call__(self, fd: int) -> None:
+    def __call__(self, fd: int, data_only: bool = False) -> None:
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
             size = os.fstat(fd).st_size

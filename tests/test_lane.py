@@ -24,8 +24,7 @@ from pipeline.hot.writer import HotLog, Receipt
 from pipeline.record import GENESIS_HASH
 from pipeline.sanitise import Sanitiser
 from pipeline.verify.chain import verify_stream
-
-needs_native = pytest.mark.skipif(native is None, reason="C accelerator not built (see test_accelerator_is_built)")
+from tests.hotutil import needs_native
 
 
 def _lane() -> Any:

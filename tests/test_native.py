@@ -26,9 +26,9 @@ from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
 from pipeline.record import GENESIS_HASH, TS_RE, encode_record
 from pipeline.sanitise import InvalidEvent, Sanitiser
+from tests.hotutil import needs_native
 
 native = _accel.native
-needs_native = pytest.mark.skipif(native is None, reason="C accelerator not built (see test_accelerator_is_built)")
 
 
 def test_accelerator_is_built() -> None:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pipeline import merkle
+from pipeline import _accel, merkle
 from pipeline._accel import native as _native
 from pipeline.hot.segment import list_segments, parse_segment_name
 
@@ -355,10 +355,7 @@ class TreeStore:
         """Make the stored levels durable (called right after the writer's segment fsync)."""
         with self._lock:
             for level in sorted(self._dirty):
-                if _native is not None:  # hands the GIL back from appending threads at once
-                    _native.fsync(self._fds[level], True)
-                else:
-                    os.fdatasync(self._fds[level])
+                _accel.fsync(self._fds[level], data_only=True)
             self._dirty.clear()
 
     def truncate(self, n: int) -> None:

@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from pipeline import merkle
+from pipeline import _accel, merkle
 from pipeline._accel import native as _native
 from pipeline.hot import attr
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line, segment_name
@@ -62,6 +62,7 @@ LOCK_FILE = "LOCK"
 _KIND_BYTES = {k.value: k.value.encode() for k in Kind}
 _EVENT = Kind.EVENT.value  # a plain str: Enum.value is a Python-level property
 _NO_LIMIT = 1 << 62
+_T = TypeVar("_T")
 
 __all__ = [
     "DURABILITY_MODES",
@@ -209,15 +210,6 @@ def _write_chunks(fd: int, chunks: list[bytes]) -> None:
             written = 0
 
 
-def _fsync(fd: int) -> None:
-    """os.fsync; with the C accelerator one that hands the GIL back from appending threads
-    at once (see _native.c, gil_waiters)."""
-    if _native is not None:
-        _native.fsync(fd)
-    else:
-        os.fsync(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -230,6 +222,20 @@ class _ChainStateLike(Protocol):
     seq: int
     prev: bytes
     pending: int
+
+
+class _InState(Generic[_T]):
+    """A HotLog attribute that lives in its chain state object, ``self._state``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, log: HotLog, owner: type | None = None) -> _T:
+        value: _T = getattr(log._state, self.name)
+        return value
+
+    def __set__(self, log: HotLog, value: _T) -> None:
+        setattr(log._state, self.name, value)
 
 
 class _ChainState:
@@ -248,29 +254,9 @@ class HotLog:
 
     # The chain state lives in self._state (guarded by _lock): the next seq, the last
     # record's hash (hex bytes) and the bytes queued but not yet written.
-    @property
-    def _seq(self) -> int:
-        return self._state.seq
-
-    @_seq.setter
-    def _seq(self, value: int) -> None:
-        self._state.seq = value
-
-    @property
-    def _prev(self) -> bytes:
-        return self._state.prev
-
-    @_prev.setter
-    def _prev(self, value: bytes) -> None:
-        self._state.prev = value
-
-    @property
-    def _pending_bytes(self) -> int:
-        return self._state.pending
-
-    @_pending_bytes.setter
-    def _pending_bytes(self, value: int) -> None:
-        self._state.pending = value
+    _seq = _InState[int]("seq")
+    _prev = _InState[bytes]("prev")
+    _pending_bytes = _InState[int]("pending")
 
     def __init__(
         self,
@@ -907,7 +893,7 @@ class HotLog:
                     _write_chunks(seg.fd, run.chunks)
                     self._feed_tree(run.leaves)
                     if run.finalize or sync:
-                        _fsync(seg.fd)
+                        _accel.fsync(seg.fd)
                         if not seg.dir_synced:
                             _fsync_dir(self.dir)
                             seg.dir_synced = True
@@ -922,7 +908,7 @@ class HotLog:
                                 self._cond.notify_all()
                         attr.protect_immutable(seg.path, self._policy)
                 if sync and not runs and seg_now is not None and not seg_now.closed:
-                    _fsync(seg_now.fd)
+                    _accel.fsync(seg_now.fd)
                 if sync:
                     self._sync_tree()
                 if seals:
