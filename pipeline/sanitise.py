@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from pipeline import strictjson
 from pipeline._accel import native as _native
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
@@ -162,6 +163,8 @@ class Sanitiser:
 
     def __post_init__(self) -> None:
         # frozen: the derived state is set once, here
+        if not 1 <= self.max_depth <= strictjson.MAX_DEPTH:  # deeper records would not verify
+            raise ValueError(f"max_depth must be 1..{strictjson.MAX_DEPTH}, got {self.max_depth}")
         keys = sorted({k.lower() for k in self.secret_keys if k}, key=len, reverse=True)
         setattr_ = object.__setattr__
         setattr_(self, "_keys", tuple(keys))
@@ -238,15 +241,17 @@ class Sanitiser:
         if len(raw) > self.max_event_bytes * 2:
             raise InvalidEvent("too-large", f"line is {len(raw)} bytes, over the limit")
         try:
-            obj = orjson.loads(raw)
+            obj = strictjson.loads(raw)  # the log's JSON profile: docs/FORMAT.md §1.1
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("bad-json", str(exc)) from None
+        except strictjson.ProfileError as exc:
+            raise InvalidEvent(exc.reason, exc.detail) from None
         return self.prepare(obj)
 
     def prepare_json_many(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
         """``prepare_json`` for each line: its prepared bytes, or the InvalidEvent it raised.
         With the C accelerator the common case is one call for the whole batch."""
-        fast = self._fast_many(raws, orjson.loads)
+        fast = self._fast_many(raws, strictjson.fast_loads)
         out: list[bytes | InvalidEvent] = []
         for raw, done in zip(raws, fast, strict=True):
             if done is None:

@@ -28,14 +28,15 @@ import orjson
 from pipeline import merkle
 from pipeline._accel import native as _native
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
-from pipeline.record import GENESIS_HASH, Kind, Record, RecordError, parse_fields, parse_record
+from pipeline.record import GENESIS_HASH, HEX64_RE, Kind, Record, RecordError, parse_fields, parse_record
 
 _LEAF0 = hashlib.sha256(b"\x00")  # RFC 6962 leaf prefix, copied per leaf
 
 REASONS = {
     "hash-mismatch": "a record's hash does not match its bytes (the record was altered)",
     "bad-line": "a line is not a record line",
-    "bad-json": "a record is not valid JSON",
+    "bad-json": "a record is not JSON within the format's profile (syntax, UTF-8, whitespace, duplicate keys, "
+                "number range, depth)",
     "bad-layout": "a record's keys or header bytes are not in the required layout",
     "bad-field": "a record field has the wrong type or form",
     "bad-version": "unsupported record format version",
@@ -46,12 +47,11 @@ REASONS = {
     "after-seal": "bytes follow the seal of a segment",
     "seal-mismatch": "a seal's counts, hashes or Merkle roots do not match the segment",
     "name-mismatch": "a segment's file name does not match its first seq",
-    "truncated": "a segment ends without a seal and no recovery record explains it",
+    "truncated": "a segment ends without a seal (or holds no complete record) and no recovery record explains it",
     "recovery-mismatch": "a recovery record does not match the abandoned segment it names",
     "missing-segment": "a whole segment is missing between two others",
     "missing-start": "the stream does not start at seq 0 and nothing records the eviction",
     "missing-tail": "the stream head records more than the segments hold (segments removed or truncated)",
-    "empty-segment": "a segment file holds no complete record",
     "fss-invalid": "a forward-secure seal MAC does not verify",
     "witness-mismatch": "the log disagrees with a witnessed checkpoint",
 }
@@ -312,12 +312,24 @@ def _initial_stream_range(path: Path) -> merkle.CompactRange | None:
         return None
     try:
         rec = parse_record(last)
-        if rec.kind != Kind.SEAL.value:
-            return None
-        first = int(rec.data["first_seq"])
-        return merkle.CompactRange(first, [bytes.fromhex(h) for h in rec.data["start_frontier"]])
-    except (RecordError, KeyError, ValueError, TypeError):
+    except RecordError:
         return None
+    first, frontier = rec.data.get("first_seq"), _hashes(rec.data.get("start_frontier"))
+    if rec.kind != Kind.SEAL.value or type(first) is not int or frontier is None:
+        return None
+    try:
+        return merkle.CompactRange(first, frontier)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _hashes(value: Any) -> list[bytes] | None:
+    """A seal's list of hashes (``frontier``, ``start_frontier``): each 64 lowercase hex
+    digits, as FORMAT §4 writes them; anything else is no list (bytes.fromhex alone would
+    also take upper case and spaces, which another verifier would refuse)."""
+    if type(value) is not list or not all(type(h) is str and HEX64_RE.match(h.encode()) for h in value):
+        return None
+    return [bytes.fromhex(h) for h in value]
 
 
 def _check_seal(scan: SegmentScan, seal_seq: int, seal_prev: str, data: dict[str, Any],
@@ -335,8 +347,9 @@ def _check_seal(scan: SegmentScan, seal_seq: int, seal_prev: str, data: dict[str
         "tree_size": seal_seq,
     }
     for key, want in expected.items():
-        if data.get(key) != want:
-            add("seal-mismatch", f"seal field {key} is {data.get(key)!r}, the segment says {want!r}", seal_seq, offset)
+        got = data.get(key)
+        if type(got) is not type(want) or got != want:  # 3.0 or true is not the integer 3 or 1
+            add("seal-mismatch", f"seal field {key} is {got!r}, the segment says {want!r}", seal_seq, offset)
             return
     if count == 0:
         add("seal-mismatch", "a seal must follow at least one record", seal_seq, offset)
@@ -349,10 +362,9 @@ def _check_tree(scan: SegmentScan, cr: merkle.CompactRange | None,
         add("seal-mismatch", "seal start_frontier does not describe the stream tree at the segment start",
             scan.last_seq, None)
         return
-    try:
-        end = [bytes.fromhex(h) for h in seal.get("frontier", [])]
-    except (ValueError, TypeError) as exc:
-        add("seal-mismatch", f"seal frontier is malformed: {exc}", scan.last_seq, None)
+    end = _hashes(seal.get("frontier"))
+    if end is None:
+        add("seal-mismatch", "seal frontier is not a list of 64-digit lowercase hex hashes", scan.last_seq, None)
         return
     if cr.stack != end:
         add("seal-mismatch", "seal frontier does not extend start_frontier by this segment's records",
