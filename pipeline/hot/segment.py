@@ -22,7 +22,9 @@ from pipeline import merkle
 from pipeline._accel import native as _native
 from pipeline.record import Kind, Record, RecordError, parse_record
 
-SEGMENT_RE = re.compile(r"^seg-(\d{20})(?:\.(\d{1,6}))?\.jsonl$")
+# ASCII digits only (\d would take other scripts' digits), no attempt 0 or leading zero (one name
+# per (first seq, attempt)), and \Z: "$" would also match before a trailing newline
+SEGMENT_RE = re.compile(r"^seg-([0-9]{20})(?:\.([1-9][0-9]{0,5}))?\.jsonl\Z")
 READ_CHUNK = 1 << 20
 
 

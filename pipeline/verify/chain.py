@@ -639,7 +639,8 @@ def file_sha256(path: str | os.PathLike[str], size: int | None = None) -> tuple[
     return limit, sha.hexdigest()
 
 
-def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: bool = True) -> list[SegmentScan]:
+def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: bool = True,
+             stream: str | None = None) -> list[SegmentScan]:
     """Scan every segment, in parallel where it pays.  ``file_hashes=False`` skips the
     whole-file SHA-256 (``sha256`` stays empty): it identifies a file, for comparison with a
     manifest or a cold copy, but adds nothing to what the scan proves (every byte of a
@@ -650,20 +651,20 @@ def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: 
         workers = os.cpu_count() or 1
     total = sum(p.stat().st_size for p in paths)
     if workers <= 1 or len(paths) < 2 or total < (8 << 20):
-        return [scan_segment(p, file_hash=file_hashes) for p in paths]
+        return [scan_segment(p, stream, file_hash=file_hashes) for p in paths]
     if _native is None:
         # the pure-Python scan holds the GIL: one process per core
         with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as procs:
-            return list(procs.map(partial(scan_segment, file_hash=file_hashes), paths, chunksize=1))
+            return list(procs.map(partial(scan_segment, stream=stream, file_hash=file_hashes), paths, chunksize=1))
     if not file_hashes:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(partial(scan_segment, file_hash=False), paths))
+            return list(pool.map(partial(scan_segment, stream=stream, file_hash=False), paths))
     # The C accelerator's scan and hashlib's file hash run without the GIL, so threads use
     # every core without the start-up and pickling cost of processes.  Each file is two
     # tasks (its records, and its whole-file SHA-256), so that the cores stay evenly busy
     # even when there are few, large segments.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        scans = [pool.submit(scan_segment, p, file_hash=False) for p in paths]
+        scans = [pool.submit(scan_segment, p, stream, file_hash=False) for p in paths]
         hashes = [pool.submit(file_sha256, p) for p in paths]
         out = []
         for p, scan_f, hash_f in zip(paths, scans, hashes, strict=True):
@@ -680,5 +681,6 @@ def verify_stream(stream_dir: str | os.PathLike[str], *, workers: int | None = N
                   start_seq: int = 0, start_hash: str | None = None, file_hashes: bool = True) -> StreamReport:
     d = Path(stream_dir)
     paths = list_segments(d)
-    scans = scan_all(paths, workers, file_hashes=file_hashes)
+    # the directory names the stream: a record that names another is wrong-stream (FORMAT §2)
+    scans = scan_all(paths, workers, file_hashes=file_hashes, stream=d.name)
     return stitch(d.name, scans, head=read_head(d), start_seq=start_seq, start_hash=start_hash)
