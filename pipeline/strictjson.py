@@ -59,7 +59,11 @@ def loads(raw: bytes, *, compact: bool = False, max_depth: int = MAX_DEPTH) -> A
     """Parse ``raw`` under the profile.  Raises ``orjson.JSONDecodeError`` for what is not
     RFC 8259 JSON in UTF-8 (or holds a lone surrogate, NaN, or a number that overflows a
     double) and ``ProfileError`` for the rest of the profile."""
-    obj = orjson.loads(raw)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _integer_overflow(raw, exc)
+        raise
     if _native is not None and _native.profile_ok(raw, obj, compact, max_depth):
         return obj  # the common case, shown in one pass in C; else the rules below decide
     if compact and any(w in raw for w in _WS) and _COMPACT.fullmatch(raw) is None:
@@ -77,6 +81,19 @@ def loads(raw: bytes, *, compact: bool = False, max_depth: int = MAX_DEPTH) -> A
 # screen; a ValueError there sends the line to ``Sanitiser.prepare_json`` (and so to ``loads``).
 fast_loads: Callable[[bytes], Any] | None = (
     partial(_native.profile_loads, orjson.loads, MAX_DEPTH) if _native is not None else None)
+
+
+_INTEGER_TOKEN = re.compile(r"-?(?:0|[1-9][0-9]*)(?![0-9.eE])")
+
+
+def _integer_overflow(raw: bytes, exc: orjson.JSONDecodeError) -> None:
+    """orjson reads an integer too long for a double as infinity and refuses it as such; by
+    the profile that is an integer out of range (rule 5), so say so."""
+    if "infinity" in exc.msg:
+        m = _INTEGER_TOKEN.match(raw.decode("utf-8", "replace"), exc.pos)
+        if m is not None:
+            raise ProfileError("int-range", f"integer of {len(m.group().lstrip('-'))} digits is outside "
+                               "[-2^63, 2^64-1]") from None
 
 
 def _keys_unique_screen(raw: bytes, obj: Any) -> bool:
