@@ -254,6 +254,7 @@ class Seg:
     findings: list[tuple[str, str]] = field(default_factory=list)
     torn: bool = False
     size: int = 0
+    leaves: list[bytes] = field(default_factory=list)
 
 
 def order(names: list[str]) -> list[str]:
@@ -309,6 +310,8 @@ def scan(path: Path, stream: str) -> Seg:
         if seg.first is None:
             seg.first = rec
         prev = rec
+    if seg.seal is not None and not seg.findings:
+        check_frontiers(seg)
     return seg
 
 
@@ -325,17 +328,24 @@ def check_seal(seg: Seg, seal: Line, leaves: list[bytes], before: Line | None) -
         if k not in d or type(d[k]) is not type(v) or d[k] != v:
             seg.findings.append((seg.name, "seal-mismatch"))
             return False
+    seg.leaves = list(leaves)
+    return True
+
+
+def check_frontiers(seg: Seg) -> None:
+    """§4: start_frontier + the segment's leaves = frontier, which folds to tree_root; checked
+    once the whole segment is read without a finding (§8 step 5)."""
+    assert seg.seal is not None and seg.first is not None
+    d = seg.seal.data
     start, end = hex_list(d.get("start_frontier")), hex_list(d.get("frontier"))
-    if start is None or end is None or len(start) != bin(first.seq).count("1"):
+    if start is None or end is None or len(start) != bin(seg.first.seq).count("1"):
         seg.findings.append((seg.name, "seal-mismatch"))
-        return False
-    size, fr = first.seq, start
-    for h in leaves:
+        return
+    size, fr = seg.first.seq, start
+    for h in seg.leaves:
         size, fr = frontier_append(size, fr, h)
     if fr != end or fold(end).hex() != d.get("tree_root"):
         seg.findings.append((seg.name, "seal-mismatch"))
-        return False
-    return True
 
 
 def verify(stream_dir: Path) -> list[tuple[str, str]]:
@@ -360,11 +370,11 @@ def verify(stream_dir: Path) -> list[tuple[str, str]]:
             findings.append((s.name, "seq-regression"))
         elif s.first.prev != exp_hash:
             findings.append((s.name, "broken-link"))
-        if (prev_seg is not None and prev_seg.seal is not None and s.seal is not None and not prev_seg.findings
+        if (prev_seg is not None and prev_seg.seal is not None and s.seal is not None
                 and s.first.seq == prev_seg.seal.seq + 1):
-            pf = hex_list(prev_seg.seal.data.get("frontier")) or []
-            _, cont = frontier_append(prev_seg.seal.seq, pf, prev_seg.seal_leaf)
-            if hex_list(s.seal.data.get("start_frontier")) != cont:
+            pf = hex_list(prev_seg.seal.data.get("frontier"))
+            cont = frontier_append(prev_seg.seal.seq, pf, prev_seg.seal_leaf)[1] if pf is not None else None
+            if cont is None or hex_list(s.seal.data.get("start_frontier")) != cont:
                 findings.append((s.name, "seal-mismatch"))
         if s.seal is None and not s.findings and not last:
             findings.append((s.name, "truncated"))

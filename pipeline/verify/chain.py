@@ -279,7 +279,9 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
     scan.merkle_root = seg_cr.root().hex()
     if scan.sealed:
         scan.boundaries = {}
-        if scan.seal is not None:
+        if scan.seal is not None and not scan.findings:
+            # a segment already condemned (bytes after its seal, a seal field wrong) is not
+            # also blamed on its frontiers, which would be read from the wrong last line
             _check_tree(scan, stream_cr, add)
     elif fast_used:
         scan.boundaries = _record_ends(p, scan.valid_bytes)
