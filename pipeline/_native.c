@@ -1253,6 +1253,7 @@ typedef struct {
     int nkeys;
     const unsigned char *key[KEY_STACK];
     Py_ssize_t key_len[KEY_STACK];
+    uint64_t key_fp[KEY_STACK];
 } Cursor;
 
 /* The JSON profile's integer range (docs/FORMAT.md section 1.1): [-2^63, 2^64-1], given the
@@ -1281,7 +1282,8 @@ static void json_init(void)
 
 static int json_string(Cursor *c)
 {
-    /* at the opening quote */
+    /* at the opening quote; returns 1 for a string without escapes, 2 with, 0 if invalid */
+    int escaped = 0;
     c->p++;
     while (c->p < c->end) {
         /* eight bytes at a time while none is a quote, backslash, control byte or non-ASCII
@@ -1303,11 +1305,12 @@ static int json_string(Cursor *c)
         unsigned char ch = *c->p;
         if (ch == '"') {
             c->p++;
-            return 1;
+            return 1 + escaped;
         }
         if (ch < 0x20)
             return 0;
         if (ch == '\\') {
+            escaped = 1;
             if (c->end - c->p < 2)
                 return 0;
             unsigned char e = c->p[1];
@@ -1439,16 +1442,20 @@ static int json_value(Cursor *c, int depth)
         for (;;) {
             if (ch == '{') {
                 const unsigned char *key = c->p;
-                if (c->p >= c->end || *c->p != '"' || !json_string(c))
+                /* unique keys: compared as bytes, which is exact for keys without escapes (a key
+                 * with one is left to Python); a fingerprint of the length and first bytes
+                 * settles almost every comparison without memcmp */
+                if (c->p >= c->end || *c->p != '"' || json_string(c) != 1 || c->nkeys >= KEY_STACK)
                     return 0;
-                /* unique keys: compared as bytes, which is exact for keys without escapes */
                 Py_ssize_t key_len = c->p - key;
-                if (memchr(key, '\\', (size_t)key_len) != NULL || c->nkeys >= KEY_STACK)
-                    return 0;
+                uint64_t fp = 0;
+                memcpy(&fp, key, key_len < 8 ? (size_t)key_len : 8);
+                fp ^= (uint64_t)key_len << 56;
                 for (int i = keys_from; i < c->nkeys; i++)
-                    if (c->key_len[i] == key_len && memcmp(c->key[i], key, (size_t)key_len) == 0)
+                    if (c->key_fp[i] == fp && c->key_len[i] == key_len && memcmp(c->key[i], key, (size_t)key_len) == 0)
                         return 0;
                 c->key[c->nkeys] = key;
+                c->key_fp[c->nkeys] = fp;
                 c->key_len[c->nkeys++] = key_len;
                 if (c->p >= c->end || *c->p != ':')
                     return 0;
@@ -1525,13 +1532,23 @@ static Py_ssize_t count_keys(PyObject *o)
  * reference (pipeline.strictjson.loads) then decides and names the rule broken. */
 static int profile_ok(const unsigned char *s, Py_ssize_t n, PyObject *obj, int compact, long long max_depth)
 {
-    Py_ssize_t i = 0, colons = 0;
+    Py_ssize_t i = 0, colons = 0, containers = 0;
     long long depth = 0;
     while (i < n) {
         unsigned char ch = s[i];
         if (ch == '"') {
             i++;
             for (;;) {
+                /* eight bytes at a time while none is a quote or backslash (SWAR zero-byte test) */
+                while (n - i >= 8) {
+                    uint64_t x;
+                    memcpy(&x, s + i, 8);
+                    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+                    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+                    if ((((q - ones) & ~q) | ((b - ones) & ~b)) & highs)
+                        break;
+                    i += 8;
+                }
                 while (i < n && !string_stop[s[i]])
                     i++;
                 if (i >= n)
@@ -1546,6 +1563,7 @@ static int profile_ok(const unsigned char *s, Py_ssize_t n, PyObject *obj, int c
             continue;
         }
         if (ch == '{' || ch == '[') {
+            containers++;
             if (++depth > max_depth)
                 return 0;
         } else if (ch == '}' || ch == ']') {
@@ -1569,6 +1587,8 @@ static int profile_ok(const unsigned char *s, Py_ssize_t n, PyObject *obj, int c
         }
         i++;
     }
+    if (containers == 1 && PyDict_CheckExact(obj))
+        return colons == PyDict_GET_SIZE(obj); /* one flat object: nothing to walk */
     return colons == count_keys(obj);
 }
 

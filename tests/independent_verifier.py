@@ -139,7 +139,8 @@ def real_time(ts: Any) -> bool:
     if m is None:
         return False
     try:
-        datetime(*(int(g) for g in m.groups()))
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        datetime(y, mo, d, h, mi, sec)
     except ValueError:
         return False
     return True

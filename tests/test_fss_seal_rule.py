@@ -84,11 +84,12 @@ def test_only_seals_older_than_forward_secure_sealing_are_exempt(tmp_path: Path)
         return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(t))
 
     def seal(n: int, t: float, with_fss: bool) -> SegmentScan:
-        data = {"segment": f"seg-{n:020d}.jsonl", "merkle_root": "ab" * 32, "tree_size": 10 * n + 9,
+        name = f"seg-{n:020d}.jsonl"
+        data: dict[str, object] = {"segment": name, "merkle_root": "ab" * 32, "tree_size": 10 * n + 9,
                 "tree_root": "cd" * 32}
         if with_fss:
             data["fss"] = sealer(dict(data))
-        return SegmentScan(path="", name=data["segment"], sealed=True, seal=data, last_ts=stamp(t), last_seq=10 * n + 9)
+        return SegmentScan(path="", name=name, sealed=True, seal=data, last_ts=stamp(t), last_seq=10 * n + 9)
 
     report = StreamReport("app", [seal(0, start - 100, False), seal(1, start + 10, True), seal(2, start - 50, False),
                                   seal(3, start + 20, False)])

@@ -168,6 +168,10 @@ RECORD_CASES = [
 ]
 
 
+C_FAST_PATH_TAKES = {"plain", "same-key-other-objects", "space-in-string", "int-max", "int-min", "big-float-text",
+                     "depth-64"}
+
+
 def write_stream(stream_dir: Path, datas: list[bytes], *, ts: list[bytes] | None = None) -> None:
     """One active segment holding these events, written by encode_record (no seal)."""
     stream_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +196,8 @@ def test_verifier_outcome(tmp_path: Path, name: str, data: bytes, ok: bool) -> N
         # the C fast path accepts it only when Python does
         line = (stream / "seg-00000000000000000000.jsonl").read_bytes().splitlines(keepends=True)[2]
         assert native_accepts(line) <= ok
+        if name in C_FAST_PATH_TAKES:  # the profile's checks do not push common records off the fast path
+            assert native_accepts(line)
 
 
 def native_accepts(line: bytes) -> bool:
@@ -276,7 +282,8 @@ def test_segment_order_is_first_seq_then_attempt(tmp_path: Path) -> None:
     names = ["seg-00000000000000000006.jsonl", "seg-00000000000000000006.1.jsonl", "seg-00000000000000000006.2.jsonl",
              "seg-00000000000000000000.jsonl", "seg-00000000000000000006.10.jsonl",
              # not segment names: attempt 0, a leading zero, non-ASCII digits
-             "seg-00000000000000000006.0.jsonl", "seg-00000000000000000006.01.jsonl", "seg-0000000000000000000\u0666.jsonl"]
+             "seg-00000000000000000006.0.jsonl", "seg-00000000000000000006.01.jsonl",
+             "seg-0000000000000000000\u0666.jsonl"]
     for n in names:
         (tmp_path / n).write_bytes(b"")
     assert [p.name for p in list_segments(tmp_path)] == [
