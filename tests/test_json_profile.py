@@ -308,3 +308,34 @@ def test_duplicate_key_injected_into_a_written_segment(tmp_path: Path) -> None:
     (tmp_path / "app" / "head.json").unlink(missing_ok=True)
     rep = verify_stream(tmp_path / "app", workers=1)
     assert [(f.reason, f.seq) for f in rep.findings] == [("bad-json", 1)]
+
+
+_HEADER_EDITS = [(b"", b""), (b'"seq":5,', b'"seq": 5,'), (b'"seq":5,', b'"seq":5.0,'), (b'"seq":5,', b'"seq":-5,'),
+                 (b'"v":1,', b'"v":1,"v":1,'), (b'"stream":"app"', b'"stream":"a\\u0070p"'),
+                 (b'"ts":"2026', b'"ts":"0000'), (b'"kind":"event"', b'"kind":"seal"'), (b'"prev":"0', b'"prev":"A')]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.sampled_from([c[1] for c in RECORD_CASES] + [b'{"a":"\\u00e9","b":[1,{"c":null}]}', b"{}", b"[]",
+                                                           b'{"a":1}}', b'{"a":1},"x":{}']),
+       edit=st.sampled_from(_HEADER_EDITS))
+def test_fast_and_slow_record_parsers_accept_the_same_lines(data: bytes, edit: tuple[bytes, bytes]) -> None:
+    """parse_fields (the fast path) accepts exactly the lines the ordered checks of parse_record
+    accept, with and without the C screen."""
+    from pipeline import record
+
+    line, _ = encode_record("app", 5, TS, "event", b"0" * 64, data)
+    body = line[: line.rindex(b',"hash":"')].replace(edit[0], edit[1], 1)
+    line = body + b',"hash":"' + __import__("hashlib").sha256(body).hexdigest().encode() + b'"}\n'
+    for with_c in (True, False):
+        with pytest.MonkeyPatch.context() as m:
+            if not with_c:
+                m.setattr(strictjson, "_native", None)
+            fast = record.parse_fields(line) is not None
+            m.setattr(record, "parse_fields", lambda _line: None)
+            try:
+                record.parse_record(line)
+                slow = True
+            except record.RecordError:
+                slow = False
+        assert fast == slow, (line, with_c)
