@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -41,11 +42,11 @@ def lines(n: int, template: dict[str, object]) -> list[bytes]:
     return [orjson.dumps({**template, "seq_hint": i}) + b"\n" for i in range(n)]
 
 
-def per_event_us(fn: object, batch: list[bytes], rounds: int) -> float:
+def per_event_us(fn: Callable[[list[bytes]], object], batch: list[bytes], rounds: int) -> float:
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        fn(batch)  # type: ignore[operator]
+        fn(batch)
         times.append(time.perf_counter() - t)
     return statistics.median(times) / len(batch) * 1e6
 
@@ -54,11 +55,19 @@ def ingest(events: int, rounds: int) -> None:
     s = Sanitiser()
     for name, template in (("flat", FLAT), ("nested", NESTED)):
         batch = lines(events, template)
-        old_many = lambda b: s._fast_many(b, orjson.loads)  # noqa: E731 - the batch path before the profile
-        new_many = lambda b: s._fast_many(b, strictjson.fast_loads)  # noqa: E731
+        def old_many(b: list[bytes]) -> object:
+            return s._fast_many(b, orjson.loads)  # the batch path before the profile
+
+        def new_many(b: list[bytes]) -> object:
+            return s._fast_many(b, strictjson.fast_loads)
+
+        def old_one(b: list[bytes]) -> object:
+            return [s.prepare(orjson.loads(x)) for x in b]
+
+        def new_one(b: list[bytes]) -> object:
+            return [s.prepare_json(x) for x in b]
+
         assert old_many(batch) == new_many(batch)
-        old_one = lambda b: [s.prepare(orjson.loads(x)) for x in b]  # noqa: E731
-        new_one = lambda b: [s.prepare_json(x) for x in b]  # noqa: E731
         a = b = c = d = 0.0
         for _ in range(3):  # interleaved, so drift on a shared machine hits both sides alike
             a += per_event_us(old_many, batch, rounds)
