@@ -339,3 +339,18 @@ def test_fast_and_slow_record_parsers_accept_the_same_lines(data: bytes, edit: t
             except record.RecordError:
                 slow = False
         assert fast == slow, (line, with_c)
+
+
+@pytest.mark.parametrize("value,reason", [(2**64 - 1, None), (2**64, "int-range"), (-(2**63), None),
+                                          (-(2**63) - 1, "int-range"), ("\ud800", "bad-utf8"),
+                                          (float("nan"), "not-finite")])
+def test_python_objects_follow_the_same_profile(value: object, reason: str | None) -> None:
+    """HotLog.append / the logging handler hand dicts to Sanitiser.prepare: the same range,
+    the same refusals (FORMAT §1.1, What ingest accepts)."""
+    if reason is None:
+        out = DEFAULT_SANITISER.prepare({"n": value})
+        assert strictjson.loads(out, compact=True) == {"n": value}
+    else:
+        with pytest.raises(InvalidEvent) as ei:
+            DEFAULT_SANITISER.prepare({"n": value})
+        assert ei.value.reason == reason
