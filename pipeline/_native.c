@@ -1503,21 +1503,31 @@ static int json_object_exact(const unsigned char *s, Py_ssize_t n)
 
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
-static Py_ssize_t count_keys(PyObject *o)
+/* Keys of every object in ``o``; -1 past ``levels`` levels (the caller's object need not be
+ * what the text holds, and may even contain itself: the walk stays bounded). */
+static Py_ssize_t count_keys(PyObject *o, long long levels)
 {
-    Py_ssize_t n = 0;
+    Py_ssize_t n = 0, sub;
+    if (levels <= 0)
+        return -1;
     if (PyDict_CheckExact(o)) {
         Py_ssize_t pos = 0;
         PyObject *k, *v;
         n = PyDict_GET_SIZE(o);
         while (PyDict_Next(o, &pos, &k, &v))
-            if (PyDict_CheckExact(v) || PyList_CheckExact(v))
-                n += count_keys(v);
+            if (PyDict_CheckExact(v) || PyList_CheckExact(v)) {
+                if ((sub = count_keys(v, levels - 1)) < 0)
+                    return -1;
+                n += sub;
+            }
     } else if (PyList_CheckExact(o)) {
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
             PyObject *v = PyList_GET_ITEM(o, i);
-            if (PyDict_CheckExact(v) || PyList_CheckExact(v))
-                n += count_keys(v);
+            if (PyDict_CheckExact(v) || PyList_CheckExact(v)) {
+                if ((sub = count_keys(v, levels - 1)) < 0)
+                    return -1;
+                n += sub;
+            }
         }
     }
     return n;
@@ -1589,7 +1599,7 @@ static int profile_ok(const unsigned char *s, Py_ssize_t n, PyObject *obj, int c
     }
     if (containers == 1 && PyDict_CheckExact(obj))
         return colons == PyDict_GET_SIZE(obj); /* one flat object: nothing to walk */
-    return colons == count_keys(obj);
+    return colons == count_keys(obj, max_depth < 1024 ? max_depth : 1024); /* orjson nests at most 1024 */
 }
 
 static int profile_args(PyObject *raw, const char *fn)
