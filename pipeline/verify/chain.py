@@ -442,8 +442,10 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
     exp_hash: str | None = start_hash if start_hash is not None else (GENESIS_HASH if start_seq == 0 else None)
     unexplained: list[SegmentScan] = []  # unsealed segments waiting for a recovery record
     prev_scan: SegmentScan | None = None
+    before: dict[str, tuple[int | None, str | None]] = {}  # where the chain stood before each segment
     for i, s in enumerate(scans):
         last = i == len(scans) - 1
+        before[s.name] = (exp_seq, exp_hash)
         if s.first_seq is None:
             if s.findings:
                 prev_scan = s
@@ -455,7 +457,7 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
             continue
         rec = s.first_recovery
         if unexplained:
-            _apply_recovery(rep, stream, s, rec, unexplained, exp_seq, exp_hash)
+            _apply_recovery(rep, stream, s, rec, unexplained, before)
             # the chain continues from the last valid record the recovery acknowledged
             exp_seq, exp_hash = _recovery_continuation(rep, unexplained, rec, exp_seq, exp_hash)
             unexplained = []
@@ -544,9 +546,9 @@ def _abandoned_entries(rec: dict[str, Any] | None) -> list[Any]:
 
 
 def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[str, Any] | None,
-                    pending: list[SegmentScan], exp_seq: int | None, exp_hash: str | None) -> None:
+                    pending: list[SegmentScan], before: dict[str, tuple[int | None, str | None]]) -> None:
     """Judge the recovery record at the start of ``s`` against the abandoned segments before
-    it (docs/FORMAT.md §5).  ``exp_seq``/``exp_hash``: where the chain stood before them."""
+    it (docs/FORMAT.md §5).  ``before``: where the chain stood before each segment."""
     entries = {}
     if rec is not None:
         for e in _abandoned_entries(rec):
@@ -576,15 +578,13 @@ def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[st
                                         f"the {n} bytes after offset {valid} do not match the recovery record "
                                         "(the torn tail was changed)", None, valid))
             continue
-        dropped = _dropped_records(a, valid, exp_seq, exp_hash)
+        dropped = _dropped_records(a, valid, *before.get(a.name, (None, None)))
         if dropped is not None:
             rep.findings.append(Finding(stream, a.name, "recovery-drops-records",
                                         f"the recovery record in {s.name} declares the bytes after offset {valid} "
                                         f"torn, but they begin with a complete record that continues the chain "
                                         f"(seq {dropped}): complete records are never a torn tail", dropped, valid))
             continue
-        if valid in a.boundaries:
-            exp_seq, exp_hash = a.boundaries[valid][0] + 1, a.boundaries[valid][1]
         rep.notes.append(Note(stream, a.name, "recovered",
                               f"{n} torn bytes after offset {valid} kept as evidence; recovered by {s.name}"))
 
