@@ -289,3 +289,44 @@ def test_crash_loop_with_zero_hot_retention_always_restarts(tmp_path: Path) -> N
     have = all_records(hot, cold, "loop")
     lost = [s for s, h in acked.items() if h not in have.get(s, [])]
     assert not lost, f"acknowledged events lost: {lost[:10]}"
+
+
+# ------------------------------------------------------------------ a failed fsync
+
+
+def test_failed_fsync_answers_durability_unknown_and_keeps_the_chain_honest(
+        hot_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed fsync, retrying it proves nothing (Linux reports a writeback error
+    once), and the complete lines are in the file, so a restart would find them valid: the
+    writer neither says "stored" nor "not stored" but "durability unknown", and the recovery
+    record's valid length is where the complete records end (the same as start-up's)."""
+    import errno
+
+    from pipeline import _accel
+    from pipeline.hot.writer import HotLogError
+
+    real = _accel.fsync
+    fail = {"armed": False}
+
+    def flaky(fd: int) -> None:
+        if fail["armed"]:
+            fail["armed"] = False
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(_accel, "fsync", flaky)
+    d = hot_dir / STREAM
+    with HotLog(hot_dir, STREAM, durability="fsync", heartbeat_interval=0, segment_window=0) as log:
+        before = [log.append({"i": i}) for i in range(3)]
+        fail["armed"] = True
+        with pytest.raises(HotLogError, match="durability unknown"):
+            log.append({"i": "unknown"})
+        after = log.append({"i": "after"})
+    recs = {r.seq: r for r in records(d)}
+    assert all(recs[r.seq].hash == r.hash for r in [*before, after])
+    assert recs[3].data == {"i": "unknown"}  # in the chain: the recovery record continues from it
+    recovery = recs[4]
+    assert recovery.kind == "recovery" and recovery.prev == recs[3].hash
+    (entry,) = recovery.data["abandoned"]
+    assert entry["torn_bytes"] == 0
+    assert_clean(d)
