@@ -221,10 +221,13 @@ class Ledger:
 
     def evicted_prefix(self, stream: str) -> tuple[int, str] | None:
         """(next seq, last hash) after the evicted segments at the start of ``stream``:
-        where the hot tier legitimately begins.  None if nothing was evicted."""
+        where the hot tier legitimately begins.  None if nothing was evicted.  A segment whose
+        hot file is still there (a crash between recording the eviction and the unlink, which
+        the next pass repeats) is still part of the hot tier: the prefix ends before it."""
         last: tuple[int, str] | None = None
+        stream_dir = self.path.parent.parent / stream
         for e in self.entries(stream=stream):
-            if e.state != "evicted":
+            if e.state != "evicted" or (stream_dir / e.segment).exists():
                 break
             last = (e.last_seq + 1, e.last_hash)
         return last
