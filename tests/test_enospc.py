@@ -72,12 +72,12 @@ def test_enospc_clear_error_chain_verifiable_and_resumes(tiny_fs: Path) -> None:
     finally:
         log.close()
     recs = records(d)
-    by_seq = {r.seq: r for r in recs}
-    assert sorted(by_seq) == list(range(len(by_seq)))
+    rec_by_seq = {r.seq: r for r in recs}
+    assert sorted(rec_by_seq) == list(range(len(rec_by_seq)))
     for r in [*acked, *after]:
-        assert by_seq[r.seq].hash == r.hash
+        assert rec_by_seq[r.seq].hash == r.hash
     assert after[0].seq == acked[-1].seq + 2  # the recovery record sits between them
-    recovery = by_seq[acked[-1].seq + 1]
+    recovery = rec_by_seq[acked[-1].seq + 1]
     assert recovery.kind == "recovery" and recovery.data["abandoned"]
     assert "no space left" in recovery.data.get("error", "").lower()
     rep = assert_clean(d)
@@ -199,7 +199,7 @@ def test_records_answered_not_stored_stay_out_after_recovery(tiny_fs: Path, cras
         out, err = proc.communicate(timeout=60)
         assert "CLOSED" in out, err
         ok.update(_answers(out)[0])
-    rep = assert_clean(d)
+    assert_clean(d)
     by_seq = {rec.seq: rec.hash for rec in records_in_chain(d)}
     assert all(by_seq.get(s) == h for s, h in ok.items()), "an acknowledged record was lost"
     kept = [s for s, h in refused.items() if by_seq.get(s) == h]

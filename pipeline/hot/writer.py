@@ -10,13 +10,17 @@ file through ``_flush``, which is called
 - by the background thread in ``group`` mode, at most every ``group_interval`` seconds,
   covering every append queued so far with one fsync; ``append`` waits for it.
 
-Failure model.  If a write or fsync fails (ENOSPC, EIO), the in-memory chain is rolled back
-to the last durable record, every waiter of a record that was not durable gets
-``HotLogError``, and the segment being written is abandoned: it may hold torn bytes, and a
-file under the append-only attribute cannot be truncated.  The next append starts a new
-segment whose first record is a ``recovery`` record naming each abandoned segment, how many
-of its bytes are valid, and the length and SHA-256 of the rest.  Startup after a crash does
-the same for a torn tail.  ``pipeline verify`` accepts exactly such explained tails.
+Failure model.  If a write or fsync fails (ENOSPC, EIO), the segment being written is
+abandoned: it may hold torn bytes, and a file under the append-only attribute cannot be
+truncated.  Its valid length follows the one rule of docs/FORMAT.md §5, the same as at
+start-up: the end of the last complete record in the file.  The complete lines a failed
+write left are fsynced and acknowledged (or answered "durability unknown" when the fsync
+itself failed); every later record is rolled back and its waiter gets ``HotLogError`` ("not
+stored"), which stays true after any crash.  The next append starts a new segment whose
+first record is a ``recovery`` record naming each abandoned segment, how many of its bytes
+are valid, and the length and SHA-256 of the rest.  Startup after a crash does the same for
+a torn tail, continuing from the newer of head.json and the newest seal on disk (§6).
+``pipeline verify`` accepts exactly such explained tails.
 """
 
 from __future__ import annotations
@@ -1024,14 +1028,21 @@ class HotLog:
         os.replace(tmp, self.dir / HEAD_FILE)
         _fsync_dir(self.dir)
 
+    def _store_head_quietly(self, head: dict[str, Any]) -> bool:
+        """Store the head; on failure (a full disk) log it and go on: until a later head is
+        written the shipper evicts nothing past the old one, which is safe."""
+        try:
+            self._store_head(head)
+            return True
+        except OSError as exc:
+            logging.getLogger("pipeline.hot").warning("cannot write %s: %s", HEAD_FILE, exc)
+            return False
+
     def _store_head_advisory(self, at: _Anchor) -> None:
         """Write the head after a seal or a recovery became durable.  A failure (a full disk)
         must not fail the chain: the head is retried with the next one, and until then the
         shipper keeps the segments the head has not moved past (it never evicts beyond it)."""
-        try:
-            self._store_head(self._head_dict(at))
-        except OSError as exc:
-            logging.getLogger("pipeline.hot").warning("cannot write %s: %s", HEAD_FILE, exc)
+        if not self._store_head_quietly(self._head_dict(at)):
             with self._lock:
                 if self._head_due is None:
                     self._head_due = at
@@ -1095,6 +1106,9 @@ class HotLog:
             snap, durable = self._salvage(base, failing, stage)
             if stage == "write" and snap is not base:
                 self._feed_tree(failing.leaves[: snap.next_seq - base.next_seq])
+        if self._explained_at is not None and snap.next_seq > self._explained_at:
+            # the recovery record that names the earlier abandoned segments is in the file
+            self._abandoned = []
         touched: list[_Segment] = []
         for seg in [snap.seg, *(r.seg for r in runs), *(r.seg for r in self._runs), self._seg]:
             if seg is not None and all(seg is not t for t in touched):
@@ -1292,7 +1306,7 @@ class HotLog:
             start = anchor.next_seq
             if anchor is seal_anchor and (head_anchor is None or head_anchor.next_seq < anchor.next_seq):
                 # the seal reached the disk but the process died before head.json followed
-                self._store_head(self._head_dict(anchor))
+                self._store_head_quietly(self._head_dict(anchor))
         tail = [p for p in segments[seal_idx + 1:] if (parse_segment_name(p.name) or (0, 0))[0] >= start]
         if tail:
             first = (parse_segment_name(tail[0].name) or (0, 0))[0]
@@ -1304,7 +1318,7 @@ class HotLog:
                     "refusing to guess the chain; restore the missing segments")
         if head is not None and head.get("closed_cleanly"):
             # the flag holds only while no writer has the stream open (docs/FORMAT.md §6)
-            self._store_head({k: v for k, v in head.items() if k != "closed_cleanly"})
+            self._store_head_quietly({k: v for k, v in head.items() if k != "closed_cleanly"})
         if not tail:
             self._sync_tree_store(segments)
             return
