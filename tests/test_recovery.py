@@ -330,3 +330,17 @@ def test_failed_fsync_answers_durability_unknown_and_keeps_the_chain_honest(
     (entry,) = recovery.data["abandoned"]
     assert entry["torn_bytes"] == 0
     assert_clean(d)
+
+
+def test_sealed_clean_close_then_eviction_then_restart_continues_the_chain(hot_dir: Path, tmp_path: Path) -> None:
+    """A drained sidecar (close with seal) whose segments were all shipped and evicted: the
+    next start continues the chain from head.json (not from seq 0)."""
+    with HotLog(hot_dir, STREAM, heartbeat_interval=0, segment_window=0) as log:
+        last = [log.append({"i": i}) for i in range(5)][-1]
+    file_shipper(hot_dir, tmp_path / "cold").run_once()
+    assert list_segments(hot_dir / STREAM) == []
+    with HotLog(hot_dir, STREAM, heartbeat_interval=0, segment_window=0) as log:
+        r = log.append({"after": 1})
+    assert r.seq == last.seq + 2  # after the seal
+    res = cli("verify", "--hot", str(hot_dir))
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1272,8 +1272,6 @@ class HotLog:
         """Where head.json says the newest segment starts (docs/FORMAT.md §6)."""
         if head is None:
             return None
-        if head.get("closed_cleanly") and "segment_first_seq" not in head:
-            return None  # written by an older version: its next_seq may lie inside the open segment
         try:
             if "segment_first_seq" in head:
                 first = int(head["segment_first_seq"])
@@ -1288,17 +1286,28 @@ class HotLog:
     def _recover(self) -> None:
         """Rebuild the chain state from disk; explain or continue an unclean tail.
 
-        The chain continues from the newer of two anchors: the newest seal still on disk, and
-        head.json (rewritten after every seal and every recovery, so it stays valid once the
-        shipper has evicted every sealed segment).  The segments from the anchor on are
-        replayed; segments before it are history (sealed, or abandoned and explained)."""
+        The chain continues from one of two anchors: the newest seal still on disk when every
+        segment after it is there too, else head.json (rewritten after every seal and every
+        recovery, so it stays valid once the shipper has evicted the segments before it).  The
+        segments from the anchor on are replayed; segments before it are history (sealed, or
+        abandoned and explained)."""
         segments = list_segments(self.dir)
         head = self._read_head()
         seal_idx, seal_anchor = self._newest_seal(segments)
         head_anchor = self._head_anchor(head)
-        anchor = seal_anchor
-        if head_anchor is not None and (anchor is None or head_anchor.next_seq > anchor.next_seq):
-            anchor = head_anchor
+        after_seal = segments[seal_idx + 1:]
+        firsts = [(parse_segment_name(p.name) or (0, 0))[0] for p in after_seal]
+        if head_anchor is not None and head is not None and head.get("closed_cleanly") \
+                and "segment_first_seq" not in head and any(f < head_anchor.next_seq for f in firsts):
+            # written by an older version at a clean close: its next_seq may lie inside the
+            # open segment, which is on disk and is replayed instead
+            head_anchor = None
+        if seal_anchor is not None and firsts and firsts[0] == seal_anchor.next_seq:
+            anchor: _Anchor | None = seal_anchor  # every segment after the newest seal is here
+        elif head_anchor is not None and (seal_anchor is None or head_anchor.next_seq >= seal_anchor.next_seq):
+            anchor = head_anchor  # the segments before where the head points were evicted
+        else:
+            anchor = seal_anchor
         start = 0
         if anchor is not None:
             self._seq, self._prev = anchor.next_seq, anchor.prev
@@ -1307,7 +1316,7 @@ class HotLog:
             if anchor is seal_anchor and (head_anchor is None or head_anchor.next_seq < anchor.next_seq):
                 # the seal reached the disk but the process died before head.json followed
                 self._store_head_quietly(self._head_dict(anchor))
-        tail = [p for p in segments[seal_idx + 1:] if (parse_segment_name(p.name) or (0, 0))[0] >= start]
+        tail = [p for p, f in zip(after_seal, firsts, strict=True) if f >= start]
         if tail:
             first = (parse_segment_name(tail[0].name) or (0, 0))[0]
             if first != start:
