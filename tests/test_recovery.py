@@ -344,3 +344,115 @@ def test_sealed_clean_close_then_eviction_then_restart_continues_the_chain(hot_d
     assert r.seq == last.seq + 2  # after the seal
     res = cli("verify", "--hot", str(hot_dir))
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("mode", ["group", "fsync", "os"])
+@pytest.mark.parametrize("cut", [0, 3, 7])
+def test_failed_write_keeps_exactly_the_complete_lines_it_left(
+        hot_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str, cut: int) -> None:
+    """A write that fails after ``cut`` complete lines and half of the next: those lines are
+    acknowledged, the rest refused, and the recovery record's valid length is where the
+    complete lines end, which is what start-up would find in the file."""
+    import errno
+
+    from pipeline.hot import writer as writer_mod
+    from pipeline.hot.writer import HotLogError
+
+    real = writer_mod._write_chunks
+    armed = {"on": False}
+
+    def failing_write(fd: int, chunks: list[bytes]) -> None:
+        if not armed["on"]:
+            real(fd, chunks)
+            return
+        armed["on"] = False
+        real(fd, chunks[:cut])
+        os.write(fd, chunks[cut][: len(chunks[cut]) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_mod, "_write_chunks", failing_write)
+    d = hot_dir / STREAM
+    log = HotLog(hot_dir, STREAM, durability=mode, heartbeat_interval=0, segment_window=0, background=False)
+    try:
+        warm = log.append_many([{"w": i} for i in range(4)])
+        log.sync()  # (os mode acknowledges at write; without a background thread, at sync)
+        armed["on"] = True
+        batch = log.append_prepared_many([orjson.dumps({"b": i}) for i in range(10)])
+        with pytest.raises(HotLogError):
+            log.sync()  # the flush that fails
+        outcomes: list[Any] = []
+        for r in batch:
+            try:
+                log.wait_durable(r, timeout=0)
+                outcomes.append(r)
+            except HotLogError as exc:
+                outcomes.append(exc)
+        stored = [o for o in outcomes if not isinstance(o, Exception)]
+        assert len(stored) == cut, outcomes
+        assert all(isinstance(o, HotLogError) and "not stored" in str(o) for o in outcomes[cut:])
+        after = log.append({"after": 1})
+    finally:
+        log.close()
+    recs = {r.seq: r for r in records(d)}
+    for r in [*warm, *stored, after]:
+        assert recs[r.seq].hash == r.hash
+    recovery = recs[warm[-1].seq + cut + 1]
+    assert recovery.kind == "recovery" and recovery.data["reason"] == "write-error"
+    (entry,) = recovery.data["abandoned"]
+    seg = d / entry["segment"]
+    ends = record_ends(seg)
+    assert entry["valid_bytes"] == ends[-1][0]  # the end of the last complete record
+    assert ends[-1][1].seq == warm[-1].seq + cut
+    assert entry["torn_bytes"] > 0
+    assert_clean(d)
+
+
+@pytest.mark.parametrize("cut", [1, 3])
+def test_failed_write_of_a_seal_abandons_the_segment_at_its_complete_records(
+        hot_dir: Path, monkeypatch: pytest.MonkeyPatch, cut: int) -> None:
+    """The failed write carried the segment's last records and its seal (cut 3: all three
+    events complete, the seal torn): the segment is abandoned where the complete records end."""
+    import errno
+
+    from pipeline.hot import writer as writer_mod
+    from pipeline.hot.writer import HotLogError
+
+    real = writer_mod._write_chunks
+    armed = {"on": False}
+
+    def failing_write(fd: int, chunks: list[bytes]) -> None:
+        if not armed["on"]:
+            real(fd, chunks)
+            return
+        armed["on"] = False
+        real(fd, chunks[:cut])
+        os.write(fd, chunks[cut][:40])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_mod, "_write_chunks", failing_write)
+    d = hot_dir / STREAM
+    log = HotLog(hot_dir, STREAM, heartbeat_interval=0, segment_window=0, background=False)
+    try:
+        warm = log.append_many([{"w": i} for i in range(4)])
+        pending = log.append_many([{"p": i} for i in range(3)], wait=False)
+        armed["on"] = True
+        with pytest.raises(HotLogError):
+            log.seal()
+        ok = []
+        for r in pending:
+            try:
+                log.wait_durable(r, timeout=0)
+                ok.append(r)
+            except HotLogError:
+                pass
+        assert ok == pending[:cut]
+        after = log.append({"after": 1})
+    finally:
+        log.close()
+    recs = {r.seq: r for r in records(d)}
+    for r in [*warm, *ok, after]:
+        assert recs[r.seq].hash == r.hash
+    recovery = recs[ok[-1].seq + 1]
+    (entry,) = recovery.data["abandoned"]
+    assert entry["valid_bytes"] == record_ends(d / entry["segment"])[-1][0]
+    assert_clean(d)

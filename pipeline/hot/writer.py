@@ -1106,6 +1106,13 @@ class HotLog:
             snap, durable = self._salvage(base, failing, stage)
             if stage == "write" and snap is not base:
                 self._feed_tree(failing.leaves[: snap.next_seq - base.next_seq])
+        if failing is not None and snap is failing.after and not failing.seg.closed:
+            # the seal itself reached the file: the segment is sealed, not abandoned
+            with contextlib.suppress(OSError):
+                os.close(failing.seg.fd)
+            failing.seg.closed = True
+            with contextlib.suppress(OSError, attr.AppendOnlyError):
+                attr.protect_immutable(failing.seg.path, self._policy)
         if self._explained_at is not None and snap.next_seq > self._explained_at:
             # the recovery record that names the earlier abandoned segments is in the file
             self._abandoned = []
