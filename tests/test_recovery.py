@@ -382,6 +382,7 @@ def test_failed_write_keeps_exactly_the_complete_lines_it_left(
             log.sync()  # the flush that fails
         outcomes: list[Any] = []
         for r in batch:
+            assert not isinstance(r, HotLogError)  # all queued: the failure comes at the write
             try:
                 log.wait_durable(r, timeout=0)
                 outcomes.append(r)
