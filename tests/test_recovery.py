@@ -218,12 +218,18 @@ while True:
 """
 
 
-def run_loop_child(hot: Path, cold: Path, rng: random.Random) -> dict[int, str]:
+def run_loop_child(hot: Path, cold: Path, rng: random.Random, early: bool = False) -> dict[int, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([PYTHON, "-c", LOOP_CHILD, str(hot), str(cold)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=REPO)
     assert proc.stdout is not None
     buf = b""
+    if early:
+        # a kill during start-up and recovery (the randomness of the moment, not a wait)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        return {}
     deadline = time.monotonic() + 60
     while b"READY\n" not in buf:
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -272,8 +278,9 @@ def test_crash_loop_with_zero_hot_retention_always_restarts(tmp_path: Path) -> N
     hot, cold = tmp_path / "hot", tmp_path / "cold"
     rng = random.Random(f"loop-{os.getpid()}-{time.time_ns()}")
     acked: dict[int, str] = {}
-    for _run in range(10):
-        for seq, h in run_loop_child(hot, cold, rng).items():
+    for run in range(12):
+        # every third run is killed during start-up; the run after it must start
+        for seq, h in run_loop_child(hot, cold, rng, early=run % 3 == 1).items():
             assert acked.setdefault(seq, h) == h, f"seq {seq} acknowledged twice with different hashes"
         res = cli("verify", "--hot", str(hot))
         assert res.returncode == 0, res.stdout + res.stderr
