@@ -1062,9 +1062,10 @@ class HotLog:
         finds V from the bytes; at runtime the writer must reach the same V, so it keeps the
         complete lines a failed write left in the file instead of answering "not stored" for
         records that a restart would find valid.  They are durable once an fsync succeeds
-        after the failure (a full disk does not stop the fsync of bytes already written: their
-        blocks are allocated).  If the fsync itself failed, retrying it proves nothing (Linux
-        reports a writeback error once), so those records are answered "durability unknown"."""
+        after the failure (ext4 and XFS reserve the blocks of written bytes at write time, so
+        a full disk does not stop it).  If the fsync itself failed, retrying it proves nothing
+        (Linux reports a writeback error once), so those records are answered "durability
+        unknown"."""
         seg = run.seg
         if seg.closed:
             return base, True
@@ -1085,6 +1086,9 @@ class HotLog:
         if stage == "write":
             try:
                 _accel.fsync(seg.fd)
+                if not seg.dir_synced:
+                    _fsync_dir(self.dir)
+                    seg.dir_synced = True
                 durable = True
             except OSError:
                 durable = False
