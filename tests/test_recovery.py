@@ -154,6 +154,16 @@ def test_abandoned_segment_with_torn_first_line_is_shipped_evicted_and_the_write
     res = cli("verify-tier", "--hot", str(hot_dir), "--cold", f"file://{cold}", "--allow-unlocked",
               "--heartbeat-interval", "0", "--deep")
     assert res.returncode == 0, res.stdout + res.stderr
+    # an auditor without the host accounts for it too (a segment of no record, linked to both
+    # neighbours), from the metadata and from the content
+    from pipeline.checkpoint import Signer
+
+    vkey = tmp_path / "log.pub"
+    vkey.write_text(Signer.generate("example.com/worm").verifier().to_string() + "\n")
+    for deep in ([], ["--deep"]):
+        res = cli("verify-tier", "--cold-only", "--cold", f"file://{cold}", "--vkey", str(vkey),
+                  "--allow-unlocked", "--heartbeat-interval", "0", *deep)
+        assert res.returncode == 0 and torn.name in res.stdout, res.stdout + res.stderr
 
 
 def test_writer_restarts_after_every_sealed_segment_was_evicted(hot_dir: Path, tmp_path: Path) -> None:
