@@ -49,6 +49,8 @@ REASONS = {
     "name-mismatch": "a segment's file name does not match its first seq",
     "truncated": "a segment ends without a seal (or holds no complete record) and no recovery record explains it",
     "recovery-mismatch": "a recovery record does not match the abandoned segment it names",
+    "recovery-drops-records": "a recovery record declares complete records that continue the chain torn: a crash "
+                              "cannot tear a complete record, so records were cut from the stream",
     "missing-segment": "a whole segment is missing between two others",
     "missing-start": "the stream does not start at seq 0 and nothing records the eviction",
     "missing-tail": "the stream head records more than the segments hold (segments removed or truncated)",
@@ -454,8 +456,10 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
     exp_hash: str | None = start_hash if start_hash is not None else (GENESIS_HASH if start_seq == 0 else None)
     unexplained: list[SegmentScan] = []  # unsealed segments waiting for a recovery record
     prev_scan: SegmentScan | None = None
+    before: dict[str, tuple[int | None, str | None]] = {}  # where the chain stood before each segment
     for i, s in enumerate(scans):
         last = i == len(scans) - 1
+        before[s.name] = (exp_seq, exp_hash)
         if s.first_seq is None:
             if s.findings:
                 prev_scan = s
@@ -467,7 +471,7 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
             continue
         rec = s.first_recovery
         if unexplained:
-            _apply_recovery(rep, stream, s, rec, unexplained)
+            _apply_recovery(rep, stream, s, rec, unexplained, before)
             # the chain continues from the last valid record the recovery acknowledged
             exp_seq, exp_hash = _recovery_continuation(rep, unexplained, rec, exp_seq, exp_hash)
             unexplained = []
@@ -556,7 +560,9 @@ def _abandoned_entries(rec: dict[str, Any] | None) -> list[Any]:
 
 
 def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[str, Any] | None,
-                    pending: list[SegmentScan]) -> None:
+                    pending: list[SegmentScan], before: dict[str, tuple[int | None, str | None]]) -> None:
+    """Judge the recovery record at the start of ``s`` against the abandoned segments before
+    it (docs/FORMAT.md §5).  ``before``: where the chain stood before each segment."""
     entries = {}
     if rec is not None:
         for e in _abandoned_entries(rec):
@@ -586,8 +592,30 @@ def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[st
                                         f"the {n} bytes after offset {valid} do not match the recovery record "
                                         "(the torn tail was changed)", None, valid))
             continue
+        dropped = _dropped_records(a, valid, *before.get(a.name, (None, None)))
+        if dropped is not None:
+            rep.findings.append(Finding(stream, a.name, "recovery-drops-records",
+                                        f"the recovery record in {s.name} declares the bytes after offset {valid} "
+                                        f"torn, but they begin with a complete record that continues the chain "
+                                        f"(seq {dropped}): complete records are never a torn tail", dropped, valid))
+            continue
         rep.notes.append(Note(stream, a.name, "recovered",
                               f"{n} torn bytes after offset {valid} kept as evidence; recovered by {s.name}"))
+
+
+def _dropped_records(a: SegmentScan, valid: int, exp_seq: int | None, exp_hash: str | None) -> int | None:
+    """The seq of a complete, valid record that continues the chain at offset ``valid`` of the
+    abandoned segment ``a``, or None.  The scan checked every complete line up to
+    ``a.valid_bytes`` (a segment with findings never gets here), so past a record boundary
+    they all continue the chain; at offset 0 the first record must continue the chain as it
+    stood before the segment."""
+    if valid > 0:
+        if valid < a.valid_bytes and valid in a.boundaries:
+            return a.boundaries[valid][0] + 1
+        return None
+    if a.records and a.first_seq is not None and a.first_seq == exp_seq and a.first_prev == exp_hash:
+        return a.first_seq
+    return None
 
 
 def _recovery_continuation(rep: StreamReport, pending: list[SegmentScan], rec: dict[str, Any] | None,
