@@ -127,14 +127,10 @@ class Sidecar:
             self.metrics.observe_upload_retry()
 
     def _ship_loop(self) -> None:
-        assert self.shipper is not None
-        while not self._stop_shipping.is_set():
-            try:
-                self.shipper.run_once()
-                self.metrics.set_segments(self.shipper.ledger.counts())
-            except Exception:
-                log.exception("shipper pass failed; retrying")
-            self._stop_shipping.wait(self.ship_interval)
+        shipper = self.shipper
+        assert shipper is not None
+        shipper.run_forever(self._stop_shipping, self.ship_interval,
+                            after_pass=lambda summary: self.metrics.set_segments(shipper.ledger.counts()))
 
     def backpressure(self) -> str | None:
         reason = self.shipper.backpressure() if self.shipper else None
@@ -153,6 +149,9 @@ class Sidecar:
             return False, "starting"
         if self._draining:
             return False, "draining: not accepting events"
+        problem = self.shipper.problem() if self.shipper else None
+        if problem:
+            return False, problem
         reason = self.backpressure()
         if reason:
             return False, reason
@@ -165,6 +164,10 @@ class Sidecar:
         deadline = time.monotonic() + grace
         self._draining = True
         log.info("draining", extra={"grace_seconds": grace})
+        if self.shipper is not None:
+            # from now on every retry budget, backoff and socket timeout of cold-storage work,
+            # including uploads already in flight, ends with the grace period
+            self.shipper.deadline.set(deadline)
         if self.ingest is not None:
             self.ingest.stop(grace=min(5.0, grace / 4))
         if self.hotlog is not None:
@@ -177,17 +180,25 @@ class Sidecar:
             self._ship_thread.join(timeout=max(0.0, deadline - time.monotonic()))
         pending = 1
         if self._ship_thread is not None and self._ship_thread.is_alive():
-            # the loop is still inside an upload: a second shipper on the same segments would
-            # race it; what is left is resumed by the next start
-            log.warning("grace period used up by an upload in progress")
+            # the loop never waits for an upload, so this is a pass stuck elsewhere (the
+            # ledger, discovery): a second pass would race it; the next start resumes
+            log.warning("grace period used up by a shipper pass in progress")
         elif self.shipper is not None:
-            while time.monotonic() < deadline:
-                summary = self.shipper.run_once(deadline=deadline)
-                pending = summary.pending
-                if pending == 0:
-                    break
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            self.metrics.set_segments(self.shipper.ledger.counts())
+            try:
+                while time.monotonic() < deadline:
+                    # waits for uploads in flight too, but never past the deadline: those still
+                    # running then are daemon threads, and the next start resumes their segments
+                    summary = self.shipper.run_once(deadline=deadline)
+                    pending = summary.pending
+                    if pending == 0:
+                        break
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                self.metrics.set_segments(self.shipper.ledger.counts())
+            except Exception:
+                log.exception("shipping during the drain failed; the next start resumes")
+            if self.shipper.in_flight():
+                log.warning("grace period over with %d upload(s) in flight; the next start resumes them",
+                            self.shipper.in_flight())
         if self.emitter is not None:
             try:
                 self.emitter.stop(final=True)

@@ -75,6 +75,11 @@ class ColdSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     azure_retry_total: int = 0  # azure-core's own retries: off, tenacity is the one policy
+    # How long a bucket's (container's) lock state is trusted before it is read again: a
+    # refusal is re-checked soon, so that shipping resumes by itself once the operator fixes
+    # the bucket; an enforced lock cannot be switched off on S3, so it is re-read rarely.
+    lock_recheck_seconds: float = 30.0
+    lock_cache_seconds: float = 600.0
     max_segment_size: int = 1 << 34  # refuse to decompress or accept segments larger than this
     spool_dir: str | None = None  # where compressed bodies are staged (default: system temp)
 
@@ -93,6 +98,8 @@ class ColdSettings:
             raise ValueError("sse must be AES256, aws:kms or None")
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError("kms_key_id needs sse='aws:kms'")
+        if self.lock_recheck_seconds <= 0 or self.lock_cache_seconds <= 0:
+            raise ValueError("lock_recheck_seconds and lock_cache_seconds must be positive")
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,15 @@ class Capabilities:
     @property
     def reason(self) -> str:
         return "; ".join(self.notes)
+
+
+def lock_state_expired(caps: Capabilities, read_at: float, settings: ColdSettings) -> bool:
+    """Whether a cached lock state (read at ``read_at``, ``time.monotonic()``) must be read
+    again: a refusal after ``lock_recheck_seconds``, an enforced lock after ``lock_cache_seconds``."""
+    import time
+
+    ttl = settings.lock_cache_seconds if caps.worm_enforced else settings.lock_recheck_seconds
+    return time.monotonic() - read_at >= ttl
 
 
 @dataclass(frozen=True)

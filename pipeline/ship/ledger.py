@@ -11,23 +11,43 @@ a segment in ``uploading`` is uploaded again with a create-only put, which finds
 already there and verifies it instead of writing a second one; eviction happens only from
 ``confirmed``.  The ledger lives in ``<hot>/.ship/ledger.sqlite``: the shipper's own state,
 separate from the writer's stream directories.
+
+A full hot disk must never stop the ledger: recording "confirmed" and "evicted" is what
+frees space.  So the ledger keeps ``<hot>/.ship/ledger.reserve``, a preallocated file of
+``reserve_bytes`` (4 MiB by default), and bounds its write-ahead log (checkpoint every 256
+pages, WAL truncated to 1 MiB afterwards).  When a write fails with "database or disk is
+full", the reserve is given back to the file system and the write is tried once more; the
+reserve is taken again once the disk has twice its size free.  (docs/ARCHITECTURE.md)
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger("pipeline.ship.ledger")
+T = TypeVar("T")
 
 STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
 LEDGER_DIR = ".ship"
 LEDGER_FILE = "ledger.sqlite"
+RESERVE_FILE = "ledger.reserve"
+# Room for the WAL at its bound (1 MiB) plus months of ledger growth (~1.5 KB per segment).
+DEFAULT_RESERVE_BYTES = 4 << 20
+WAL_AUTOCHECKPOINT_PAGES = 256
+WAL_SIZE_LIMIT = 1 << 20
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -104,40 +124,142 @@ class StateConflict(RuntimeError):
     process, or a slow thread) moved it first.  The step must not be acted on."""
 
 
-class Ledger:
-    """Thread-safe; one connection guarded by a lock (SQLite serialises writers anyway)."""
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" (or an I/O error, which ENOSPC can also surface as)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
+    return "disk is full" in str(exc) or "disk I/O error" in str(exc)
 
-    def __init__(self, hot_dir: str | Path) -> None:
+
+class Ledger:
+    """Thread-safe; one connection guarded by a lock (SQLite serialises writers anyway).
+
+    ``write_error`` is None while writes succeed, else why the last one failed (the
+    shipper reports it in ``/readyz`` and logs it once)."""
+
+    def __init__(self, hot_dir: str | Path, *, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
         self.path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve_path = self.path.parent / RESERVE_FILE
+        self.reserve_bytes = max(0, int(reserve_bytes))
+        self.write_error: str | None = None
+        self._reserve_released = False
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed state survives power loss, which is what "written before it is
-        # acted on" needs (NORMAL in WAL mode may lose the last commits).
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        with self._lock:
+            self._db = self._with_reserve(self._connect)
+        self.ensure_reserve()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed state survives power loss, which is what "written before it is
+            # acted on" needs (NORMAL in WAL mode may lose the last commits).
+            db.execute("PRAGMA synchronous=FULL")
+            # A bounded WAL: checkpoint often, and give the space back after a checkpoint, so
+            # that the WAL cannot grow into the space that evictions free on a full disk.
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+    # ---- the space reserve ---------------------------------------------------------------
+
+    def ensure_reserve(self) -> bool:
+        """Take (or take back) the reserve when the disk has room for twice its size.
+        Returns True when the reserve is in place.  Cheap when it already is (one stat)."""
+        if self.reserve_bytes == 0:
+            return True
+        try:
+            if self.reserve_path.stat().st_size >= self.reserve_bytes:
+                return True
+        except FileNotFoundError:
+            pass
+        st = os.statvfs(self.reserve_path.parent)
+        if st.f_bavail * st.f_frsize < 2 * self.reserve_bytes:
+            return False
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                _allocate(fd, self.reserve_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("could not reserve %d bytes for the shipper ledger in %s: %s", self.reserve_bytes,
+                        self.reserve_path, exc)
+            return False
+        if self._reserve_released:
+            self._reserve_released = False
+            log.info("hot disk has room again: the shipper ledger's reserve of %d bytes is back in place",
+                     self.reserve_bytes)
+        return True
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve back to the file system.  False when there was none to give."""
+        try:
+            size = self.reserve_path.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size == 0:
+            return False
+        os.truncate(self.reserve_path, 0)
+        self._reserve_released = True
+        log.error("hot disk full: released the shipper ledger's reserve of %d bytes so that confirmations "
+                  "and evictions can still be recorded; ingest is held back until shipping frees space "
+                  "(add space or raise the cold tier's throughput if this recurs)", size)
+        return True
+
+    def _with_reserve(self, fn: Callable[[], T]) -> T:
+        """Run a write; on a full disk, release the reserve and run it once more."""
+        try:
+            result = fn()
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc) or not self._release_reserve():
+                self.write_error = f"cannot write the shipper ledger {self.path}: {exc}"
+                raise
+            try:
+                result = fn()
+            except sqlite3.OperationalError as exc2:
+                self.write_error = f"cannot write the shipper ledger {self.path}: {exc2}"
+                raise
+        self.write_error = None
+        return result
+
+    # ---- transactions --------------------------------------------------------------------
+
+    def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body`` in one IMMEDIATE transaction (rolled back on any error, including a
+        failing COMMIT), with the reserve as the fallback for a full disk."""
+
+        def tx() -> T:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                result = body(self._db)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            return result
+
+        with self._lock:
+            return self._with_reserve(tx)
 
     def add(self, manifest: Any, now: float | None = None) -> bool:
         """Record a newly sealed segment.  Returns False if it was already known."""
         t = time.time() if now is None else now
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> bool:
             cur = db.execute(
                 "INSERT OR IGNORE INTO segments (stream, segment, first_seq, last_seq, records, size, sha256, "
                 "merkle_root, first_prev, last_hash, sealed, first_ts, last_ts, state, discovered_at, updated_at) "
@@ -150,6 +272,8 @@ class Ledger:
                 db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                            (t, manifest.stream, manifest.segment, "sealed", None))
             return bool(cur.rowcount)
+
+        return self._write(body)
 
     def set_state(self, stream: str, segment: str, state: str, *, detail: str | None = None,
                   expect: tuple[str, ...] | None = None, **fields: Any) -> None:
@@ -169,7 +293,8 @@ class Ledger:
         if expect:
             where += f" AND state IN ({','.join('?' * len(expect))})"
             args.extend(expect)
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             cur = db.execute(f"UPDATE segments SET {', '.join(cols)} WHERE {where}", args)  # noqa: S608
             if not cur.rowcount:
                 row = db.execute("SELECT state FROM segments WHERE stream = ? AND segment = ?",
@@ -181,13 +306,17 @@ class Ledger:
             db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                        (t, stream, segment, state, detail))
 
+        self._write(body)
+
     def record_failure(self, stream: str, segment: str, error: str, next_attempt: float) -> None:
-        with self._tx() as db:
+        def body(db: sqlite3.Connection) -> None:
             db.execute("UPDATE segments SET attempts = attempts + 1, last_error = ?, next_attempt = ?, "
                        "updated_at = ? WHERE stream = ? AND segment = ?",
                        (error, next_attempt, time.time(), stream, segment))
             db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                        (time.time(), stream, segment, "retry", error))
+
+        self._write(body)
 
     def get(self, stream: str, segment: str) -> Entry | None:
         with self._lock:
@@ -230,6 +359,20 @@ class Ledger:
         return last
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Really allocate ``size`` bytes (not a sparse file): blocks the disk can give back."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: write zeros
+            raise
+        os.ftruncate(fd, 0)
+        block = b"\0" * (1 << 20)
+        left = size
+        while left > 0:
+            left -= os.write(fd, block[:left])
+
+
 def _entry(row: sqlite3.Row) -> Entry:
     d = dict(row)
     d["sealed"] = bool(d["sealed"])
@@ -240,4 +383,4 @@ def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
     path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
     if not path.exists():
         return None
-    return Ledger(hot_dir)
+    return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper keeps the reserve)
