@@ -189,8 +189,10 @@ class AzureStore:
     def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
         def on_retry(exc: BaseException, attempt: int) -> None:
             code, status = error_code_and_status(exc)
-            log.warning("cold azure %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
-                        code or status or type(exc).__name__)
+            # INFO: retrying is routine; an operation that still fails is reported once
+            # by its caller (the shipper's conditions), not once per attempt
+            log.info("cold azure %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
+                     code or status or type(exc).__name__)
 
         try:
             return call_with_retry(fn, self.settings, on_retry)

@@ -81,17 +81,23 @@ class Conditions:
     def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
         self._active: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def set(self, name: str, message: str, *, level: int = logging.ERROR, exc_info: bool = False) -> None:
+    def set(self, name: str, message: str, *, key: str | None = None, level: int = logging.ERROR,
+            exc_info: bool = False) -> None:
+        """Raise ``name``; logged only when new or when ``key`` (default: the message) changed."""
+        key = message if key is None else key
         with self._lock:
-            if self._active.get(name) == message:
-                return
             self._active[name] = message
+            if self._keys.get(name) == key:
+                return
+            self._keys[name] = key
         self._log.log(level, "%s", message, exc_info=exc_info)
 
     def clear(self, name: str, message: str) -> None:
         with self._lock:
+            self._keys.pop(name, None)
             if self._active.pop(name, None) is None:
                 return
         self._log.info("%s", message)
@@ -321,9 +327,10 @@ class Shipper:
             self.conditions.set("refusal", "cold storage refuses uploads: " + store_wide_message(exc))
             level = logging.DEBUG
         elif isinstance(exc, ColdUnavailableError | TimeoutError | ConnectionError):
+            # one line while the outage lasts, whichever request or error code shows it
             summary = store_wide_message(exc) if isinstance(exc, ColdError) else f"{type(exc).__name__}: {exc}"
             self.conditions.set("unavailable", "cold storage unavailable, retrying with backoff: " + summary,
-                                level=logging.WARNING)
+                                key="unavailable", level=logging.WARNING)
             level = logging.DEBUG
         else:
             level = logging.WARNING
