@@ -22,7 +22,7 @@ from pipeline.cold import open_store
 from pipeline.cold.base import ColdStore
 from pipeline.config import Config, load_config
 from pipeline.hot.factory import open_hotlog
-from pipeline.hot.writer import HotLog
+from pipeline.hot.writer import HotLog, HotLogError
 from pipeline.ops import Metrics, OpsServer
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Listener, Shipper
@@ -173,6 +173,8 @@ class Sidecar:
         if self.hotlog is not None:
             try:
                 self.hotlog.seal()
+            except (OSError, HotLogError) as exc:  # e.g. the disk is full: the next start explains it
+                log.error("could not seal the active segment during drain: %s", exc)
             except Exception:
                 log.exception("could not seal the active segment during drain")
         self._stop_shipping.set()

@@ -13,17 +13,17 @@ already there and verifies it instead of writing a second one; eviction happens 
 separate from the writer's stream directories.
 
 A full hot disk must never stop the ledger: recording "confirmed" and "evicted" is what
-frees space.  So the ledger keeps ``<hot>/.ship/ledger.reserve``, a preallocated file of
-``reserve_bytes`` (4 MiB by default), and bounds its write-ahead log (checkpoint every 256
-pages, WAL truncated to 1 MiB afterwards).  When a write fails with "database or disk is
-full", the reserve is given back to the file system and the write is tried once more; the
-reserve is taken again once the disk has twice its size free.  (docs/ARCHITECTURE.md)
+frees space.  So the ledger keeps its space *inside its own files*, where no other writer
+can take it: ``reserve_bytes`` (4 MiB, or 1/32 of a small file system) of free pages in the
+database file (written once, then freed: SQLite reuses free pages before it grows the
+file), and a write-ahead log that is checkpointed every 128 pages and never shrunk below
+1 MiB, so that it is rewritten in place instead of growing.  The free pages are topped up
+when they fall below half and the disk has room.  (docs/ARCHITECTURE.md)
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sqlite3
@@ -41,10 +41,12 @@ STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted",
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
 LEDGER_DIR = ".ship"
 LEDGER_FILE = "ledger.sqlite"
-RESERVE_FILE = "ledger.reserve"
-# Room for the WAL at its bound (1 MiB) plus months of ledger growth (~1.5 KB per segment).
+# Free pages kept in the database file: ~1.5 KB of ledger growth per segment, so thousands
+# of segments can be confirmed and evicted on a full disk.
 DEFAULT_RESERVE_BYTES = 4 << 20
-WAL_AUTOCHECKPOINT_PAGES = 256
+# The WAL is checkpointed after 128 pages (512 KiB at 4 KiB pages) and kept at 1 MiB: a
+# transaction never needs it to grow while checkpoints complete (one connection: they do).
+WAL_AUTOCHECKPOINT_PAGES = 128
 WAL_SIZE_LIMIT = 1 << 20
 _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
@@ -79,6 +81,7 @@ CREATE TABLE IF NOT EXISTS segments (
     PRIMARY KEY (stream, segment)
 );
 CREATE INDEX IF NOT EXISTS segments_state ON segments(state, first_seq);
+CREATE TABLE IF NOT EXISTS reserve (id INTEGER PRIMARY KEY, pad BLOB);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       REAL NOT NULL,
@@ -124,6 +127,13 @@ class StateConflict(RuntimeError):
     process, or a slow thread) moved it first.  The step must not be acted on."""
 
 
+def default_reserve(directory: Path) -> int:
+    """4 MiB, or 1/32 of a small file system (at least 256 KiB): a reserve must not take a
+    test tmpfs or a tiny volume for itself."""
+    st = os.statvfs(directory)
+    return min(DEFAULT_RESERVE_BYTES, max(256 << 10, st.f_blocks * st.f_frsize // 32))
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """SQLite's "database or disk is full" (or an I/O error, which ENOSPC can also surface as)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -138,16 +148,14 @@ class Ledger:
     ``write_error`` is None while writes succeed, else why the last one failed (the
     shipper reports it in ``/readyz`` and logs it once)."""
 
-    def __init__(self, hot_dir: str | Path, *, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
+    def __init__(self, hot_dir: str | Path, *, reserve_bytes: int | None = None) -> None:
         self.path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.reserve_path = self.path.parent / RESERVE_FILE
-        self.reserve_bytes = max(0, int(reserve_bytes))
+        self.reserve_bytes = default_reserve(self.path.parent) if reserve_bytes is None else max(0, reserve_bytes)
         self.write_error: str | None = None
-        self._reserve_released = False
+        self._reserve_short = False
         self._lock = threading.Lock()
-        with self._lock:
-            self._db = self._with_reserve(self._connect)
+        self._db = self._connect()
         self.ensure_reserve()
 
     def _connect(self) -> sqlite3.Connection:
@@ -158,8 +166,6 @@ class Ledger:
             # FULL: a committed state survives power loss, which is what "written before it is
             # acted on" needs (NORMAL in WAL mode may lose the last commits).
             db.execute("PRAGMA synchronous=FULL")
-            # A bounded WAL: checkpoint often, and give the space back after a checkpoint, so
-            # that the WAL cannot grow into the space that evictions free on a full disk.
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             db.executescript(_SCHEMA)
@@ -174,86 +180,75 @@ class Ledger:
 
     # ---- the space reserve ---------------------------------------------------------------
 
+    def reserved_bytes(self) -> int:
+        """Bytes of free pages in the database file (what ledger growth uses first)."""
+        with self._lock:
+            pages = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+            size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        return pages * size
+
     def ensure_reserve(self) -> bool:
-        """Take (or take back) the reserve when the disk has room for twice its size.
-        Returns True when the reserve is in place.  Cheap when it already is (one stat)."""
+        """Top the free pages up to ``reserve_bytes`` when they fell below half and the disk
+        has room for twice the shortfall.  Returns True when the reserve is in place."""
         if self.reserve_bytes == 0:
             return True
-        try:
-            if self.reserve_path.stat().st_size >= self.reserve_bytes:
-                return True
-        except FileNotFoundError:
-            pass
-        st = os.statvfs(self.reserve_path.parent)
-        if st.f_bavail * st.f_frsize < 2 * self.reserve_bytes:
+        have = self.reserved_bytes()
+        if have >= self.reserve_bytes // 2:
+            return True
+        need = self.reserve_bytes - have
+        st = os.statvfs(self.path.parent)
+        if st.f_bavail * st.f_frsize < 2 * need + WAL_SIZE_LIMIT:
+            if not self._reserve_short:
+                self._reserve_short = True
+                log.warning("the shipper ledger's space reserve is down to %d bytes and the hot disk has no "
+                            "room to restore it: shipping must free space first", have)
             return False
         try:
-            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                _allocate(fd, self.reserve_bytes)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning("could not reserve %d bytes for the shipper ledger in %s: %s", self.reserve_bytes,
-                        self.reserve_path, exc)
-            return False
-        if self._reserve_released:
-            self._reserve_released = False
-            log.info("hot disk has room again: the shipper ledger's reserve of %d bytes is back in place",
-                     self.reserve_bytes)
-        return True
-
-    def _release_reserve(self) -> bool:
-        """Give the reserve back to the file system.  False when there was none to give."""
-        try:
-            size = self.reserve_path.stat().st_size
-        except FileNotFoundError:
-            return False
-        if size == 0:
-            return False
-        os.truncate(self.reserve_path, 0)
-        self._reserve_released = True
-        log.error("hot disk full: released the shipper ledger's reserve of %d bytes so that confirmations "
-                  "and evictions can still be recorded; ingest is held back until shipping frees space "
-                  "(add space or raise the cold tier's throughput if this recurs)", size)
-        return True
-
-    def _with_reserve(self, fn: Callable[[], T]) -> T:
-        """Run a write; on a full disk, release the reserve and run it once more."""
-        try:
-            result = fn()
+            with self._lock:
+                # Written, checkpointed into the database file, then freed: the pages are then
+                # really allocated on disk (freed pages that were never written may not be).
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("INSERT INTO reserve (pad) VALUES (zeroblob(?))", (need,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._db.execute("DELETE FROM reserve")
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.OperationalError as exc:
-            if not is_disk_full(exc) or not self._release_reserve():
-                self.write_error = f"cannot write the shipper ledger {self.path}: {exc}"
-                raise
-            try:
-                result = fn()
-            except sqlite3.OperationalError as exc2:
-                self.write_error = f"cannot write the shipper ledger {self.path}: {exc2}"
-                raise
-        self.write_error = None
-        return result
+            log.warning("could not reserve %d bytes for the shipper ledger: %s", need, exc)
+            return False
+        if self._reserve_short:
+            self._reserve_short = False
+            log.info("the shipper ledger's space reserve is back in place (%d bytes)", self.reserved_bytes())
+        return True
 
     # ---- transactions --------------------------------------------------------------------
 
     def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """``body`` in one IMMEDIATE transaction (rolled back on any error, including a
-        failing COMMIT), with the reserve as the fallback for a full disk."""
-
-        def tx() -> T:
+        """``body`` in one IMMEDIATE transaction, rolled back on any error (including a
+        failing COMMIT).  ``write_error`` says whether the ledger can be written."""
+        with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 result = body(self._db)
                 self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                self.write_error = f"cannot write the shipper ledger {self.path}: {exc}" + (
+                    " (the hot disk is full and the ledger's reserve is used up: free space on it)"
+                    if is_disk_full(exc) else "")
+                raise
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
                 raise
+            self.write_error = None
             return result
-
-        with self._lock:
-            return self._with_reserve(tx)
 
     def add(self, manifest: Any, now: float | None = None) -> bool:
         """Record a newly sealed segment.  Returns False if it was already known."""
@@ -359,20 +354,6 @@ class Ledger:
         return last
 
 
-def _allocate(fd: int, size: int) -> None:
-    """Really allocate ``size`` bytes (not a sparse file): blocks the disk can give back."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: write zeros
-            raise
-        os.ftruncate(fd, 0)
-        block = b"\0" * (1 << 20)
-        left = size
-        while left > 0:
-            left -= os.write(fd, block[:left])
-
-
 def _entry(row: sqlite3.Row) -> Entry:
     d = dict(row)
     d["sealed"] = bool(d["sealed"])
@@ -383,4 +364,4 @@ def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
     path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
     if not path.exists():
         return None
-    return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper keeps the reserve)
+    return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper tops the reserve up)
