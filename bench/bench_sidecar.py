@@ -95,8 +95,8 @@ shutdown_grace = "60s"
     return cfg, sock, ops
 
 
-def start_sidecar(cfg: Path, ops: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def start_sidecar(cfg: Path, ops: int, tree: Path = REPO) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
@@ -186,10 +186,12 @@ def run_clients(sock: Path, clients: int, seconds: float, in_flight: int = 1) ->
     return total, acks
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` in MB; ``field="VmHWM"``: its peak so far, as the kernel
+    counted it (sampling can miss a short spike)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -207,11 +209,11 @@ PREVIOUS_MEMORY = "compression_threads = 2"
 
 
 def rss_run(base: Path, endpoint: str, window: str, clients: int, seconds: float, in_flight: int,
-            cold_extra: str = "") -> tuple[float, float, float]:
+            cold_extra: str = "", tree: Path = REPO) -> tuple[float, float, float]:
     """Ingest at full rate with shipping running; (events/s, peak RSS MB, median RSS MB)."""
     base.mkdir(parents=True)
     cfg, sock, ops = write_config(base, endpoint, window, cold_extra=cold_extra)
-    proc = start_sidecar(cfg, ops)
+    proc = start_sidecar(cfg, ops, tree)
     samples: list[float] = []
     done = threading.Event()
 
@@ -228,21 +230,25 @@ def rss_run(base: Path, endpoint: str, window: str, clients: int, seconds: float
     time.sleep(2)  # the last segments' uploads
     done.set()
     t.join()
+    peak = rss_mb(proc.pid, "VmHWM")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=90)
     samples.sort()
-    return rate, samples[-1], samples[len(samples) // 2]
+    return rate, peak, samples[len(samples) // 2]
 
 
 def rss_compare(base: Path, endpoint: str, args: argparse.Namespace) -> None:
     rows = []
-    variants = [("previous", PREVIOUS_MEMORY), ("current", "")] + [(v, v) for v in args.rss_variant]
-    for name, cold in variants:
+    previous = Path(args.previous_tree) if args.previous_tree else REPO
+    variants = [("previous" + (" (--previous-tree)" if args.previous_tree else " settings"), PREVIOUS_MEMORY,
+                 previous), ("current", "", REPO)] + [(v, v, REPO) for v in args.rss_variant]
+    for name, cold, tree in variants:
         rows.append((name, *rss_run(base / f"rss-{len(rows)}", endpoint, args.window, args.clients,
-                                    args.seconds / 2, args.in_flight, cold)))
-    print("\n## sidecar RSS at full ingest rate with shipping running (target <= 150 MB)")
+                                    args.seconds / 2, args.in_flight, cold, tree)))
+    print(f"\n## sidecar RSS at full ingest rate with shipping running (target <= 150 MB; "
+          f"{args.clients} clients, {args.seconds / 2:g} s each, segment window {args.window})")
     for name, rate, peak, median in rows:
-        print(f"  {name:<28} {rate:>10,.0f} events/s   RSS peak {peak:5.0f} MB   median {median:5.0f} MB")
+        print(f"  {name:<28} {rate:>10,.0f} events/s   RSS peak (VmHWM) {peak:5.0f} MB   median {median:5.0f} MB")
 
 
 def main() -> None:
@@ -253,6 +259,8 @@ def main() -> None:
     ap.add_argument("--backlog", type=int, default=400, help="segments queued before the RSS run")
     ap.add_argument("--rss-only", action="store_true",
                     help="only the RSS comparison (previous vs current memory settings)")
+    ap.add_argument("--previous-tree", help="a source tree (e.g. a worktree of the commit before issue 13) "
+                    "whose sidecar runs as the 'previous' row of the RSS comparison")
     ap.add_argument("--rss-variant", action="append", default=[],
                     help="extra [cold] settings to measure in the RSS comparison (repeatable)")
     ap.add_argument("--in-flight", type=int, default=4,
@@ -359,6 +367,7 @@ def main() -> None:
             print(f"\n## backlog of {args.backlog} segments (64 KiB each) shipped by a fresh sidecar")
             print(f"  shipped {c['evicted'] + c['confirmed']} in {dt:.1f} s; peak sidecar RSS {peak2:.0f} MB "
                   "(target <= 150 MB)")
+        rss_compare(base, endpoint, args)
         print(json.dumps({"ingest_events_per_s": round(rate), "ingest_closed_loop_events_per_s": round(rate_closed),
                           "sink_events_per_s": round(sink_rate)}))
     finally:

@@ -61,12 +61,14 @@ class ColdSettings:
     kms_key_id: str | None = None
     storage_class: str | None = None  # S3 StorageClass, Azure access tier (Hot, Cool, Cold)
     compression: Compression = "zstd"
-    # Level 1 with two worker threads: on ~313-byte chained audit records level 1 measured
-    # both faster and smaller than 3 (5.5x vs 5.0x), and with worker threads the segment's
-    # SHA-256 and other segments' uploads run alongside compression; level 3 shipped slower
-    # than no compression at all.  Figures: docs/BENCHMARKS.md "Compression".
+    # Level 1: on ~313-byte chained audit records level 1 measured both faster and smaller
+    # than 3 (5.5x vs 5.0x); level 3 shipped slower than no compression at all.  No zstd
+    # worker threads by default: the shipper already compresses up to 4 segments at once
+    # (one per upload thread; zstd releases the GIL), where one thread per segment shipped
+    # as fast as two (191 vs 169 MB/s), and the workers' buffers cost ~9 MiB per upload,
+    # what kept the sidecar above its 150 MB target (issue 13).  Figures: docs/BENCHMARKS.md.
     compression_level: int = 1
-    compression_threads: int = 2  # zstd worker threads; 0 = compress on the calling thread
+    compression_threads: int = 0  # zstd worker threads; 0 = compress on the calling thread
     multipart_threshold: int = 64 * MiB  # segments at or above this size go multipart (S3)
     part_size: int = 8 * MiB  # multipart part size / Azure block size: bounds client memory
     retry_max_seconds: float = 60.0  # total time budget for retrying one operation
