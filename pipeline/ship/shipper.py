@@ -55,6 +55,8 @@ log = logging.getLogger("pipeline.ship")
 
 QUARANTINE_ERRORS = (VerificationError, ObjectConflictError, SourceMismatchError)
 MAX_BACKOFF = 300.0
+# Verification failures that are about the lock only: the store, not the segment, is wrong.
+LOCK_REASONS = frozenset({"not-locked", "retention-too-short", "legal-hold-missing"})
 # Request errors that concern one body, not the store: the segment is retried like any failure.
 _PER_SEGMENT_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 
@@ -220,6 +222,7 @@ class Shipper:
         self._cv = threading.Condition()
         self._inflight: dict[tuple[str, str], threading.Thread] = {}
         self._finished: list[tuple[Entry, str]] = []
+        self._hold_until = 0.0  # while cold storage refuses: the next probe (time.monotonic())
 
     # ------------------------------------------------------------------ discovery
 
@@ -303,6 +306,15 @@ class Shipper:
                 return "skipped"
             self.listener.on_failure(entry, "quarantined")
             log.error("quarantined %s/%s: %s", entry.stream, entry.segment, exc)
+            if isinstance(exc, VerificationError) and exc.result.reasons \
+                    and set(exc.result.reasons) <= LOCK_REASONS:
+                self._refuse("cold storage did not lock a stored object as required (Object Lock COMPLIANCE "
+                             f"for retention_days {self.store.settings.retention_days}): "
+                             + "; ".join(c.detail for c in exc.result.checks if not c.ok)
+                             + "; that segment is quarantined (its hot copy is kept). "
+                             "Fix the bucket's Object Lock configuration or policy (or the container's "
+                             "immutability policy); uploads are held and one segment is tried again every "
+                             f"{self.store.settings.lock_recheck_seconds:g} s", key="lock")
             return "quarantined"
         except sqlite3.Error:
             raise  # the ledger itself failed: nothing can be recorded; the caller reports it
@@ -324,7 +336,7 @@ class Shipper:
         """Store-wide failures become conditions (one log line per change); the per-segment
         line is then only DEBUG.  Anything else is one WARNING per attempt (backed off)."""
         if isinstance(exc, ColdError) and is_refusal(exc):
-            self.conditions.set("refusal", "cold storage refuses uploads: " + store_wide_message(exc))
+            self._refuse("cold storage refuses uploads: " + store_wide_message(exc))
             level = logging.DEBUG
         elif isinstance(exc, ColdUnavailableError | TimeoutError | ConnectionError):
             # one line while the outage lasts, whichever request or error code shows it
@@ -336,6 +348,14 @@ class Shipper:
             level = logging.WARNING
         log.log(level, "shipping %s/%s failed (attempt %d, next in %.0fs): %s", entry.stream, entry.segment,
                 attempts, backoff, exc)
+
+    def _refuse(self, message: str, key: str | None = None) -> None:
+        """Cold storage will not take segments until an operator acts: say so once (ERROR,
+        with the fix; ``/readyz`` fails) and hold uploads, probing with one segment per
+        re-check interval, so that the backlog is not run into the same wall."""
+        self.conditions.set("refusal", message, key=key)
+        with self._cv:
+            self._hold_until = time.monotonic() + float(self.store.settings.lock_recheck_seconds)
 
     def _report_confirmed(self) -> None:
         self.conditions.clear("refusal", "cold storage accepts uploads again: a segment was stored and verified")
@@ -427,6 +447,12 @@ class Shipper:
         with self._cv:
             busy = set(self._inflight)
             free = self.concurrency - len(busy)
+            if self.conditions.get("refusal"):
+                # held: one probe per re-check interval, and only when nothing else is running
+                if time.monotonic() < self._hold_until or busy:
+                    return []
+                free = 1
+                self._hold_until = time.monotonic() + float(self.store.settings.lock_recheck_seconds)
         started: list[Entry] = []
         for e in (self.due() if only is None else only):
             if len(started) >= free:
@@ -521,8 +547,8 @@ class Shipper:
             todo = [e for e in todo if (e.stream, e.segment) not in started]
             self._collect(summary)
             with self._cv:
-                if not self._inflight and not todo:
-                    break
+                if not self._inflight and (not todo or (not started and self.conditions.get("refusal"))):
+                    break  # all done, or held while cold storage refuses: the rest stays due
                 wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
                 self._cv.wait(wait)
         self._collect(summary)

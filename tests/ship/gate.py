@@ -6,7 +6,8 @@ carries one request), by mode:
   ``reset``  read the request head, then reset the connection (cold storage "down")
   ``hang``   read the request and never answer, holding the connection open (a frozen service)
 and, whatever the mode, a request whose request line contains one of ``hang_matching``
-hangs.  ``hung`` counts requests being held.  Bounded: at most MAX_CONNECTIONS at a time.
+hangs, and ``rewrite`` pairs (same length, so Content-Length holds) are applied to every
+forwarded request head, as a misconfigured front end or bucket policy would.  ``hung`` counts requests being held.  Bounded: at most MAX_CONNECTIONS at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Gate:
         self.target = (target_host, target_port)
         self.mode = mode
         self.hang_matching: list[str] = []
+        self.rewrite: list[tuple[bytes, bytes]] = []
         self.hung = 0
         self.requests: list[bytes] = []  # request lines seen
         self._lock = threading.Lock()
@@ -103,6 +105,9 @@ class Gate:
                 _rst(client)
                 return
             upstream = socket.create_connection(self.target, timeout=IO_TIMEOUT)
+            for old, new in list(self.rewrite):
+                assert len(old) == len(new)
+                head = head.replace(old, new)
             upstream.sendall(head)
             self._pipe(client, upstream)
         except OSError:

@@ -206,3 +206,43 @@ def test_one_error_line_per_state_change_when_cold_storage_is_down(hot_dir: Path
         stop.set()
         loop.join(10)
         store.close()
+
+
+def test_wrong_retention_mode_is_a_refusal_that_holds_uploads_until_fixed(
+        hot_dir: Path, gate: Gate, locked_bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    write_events(hot_dir, 600, max_bytes=16 * 1024)
+    n_segs = len(list_segments(hot_dir / "app"))
+    # something between the shipper and the bucket turns COMPLIANCE into GOVERNANCE
+    gate.rewrite = [(b"COMPLIANCE", b"GOVERNANCE")]
+    store = open_store(f"s3://{locked_bucket}/p?endpoint_url={gate.url}",
+                       ColdSettings(retention_days=1, lock_recheck_seconds=1.0))
+    shipper = Shipper(hot_dir, store, hot_retention=0.0, concurrency=1)
+    caplog.set_level(logging.INFO, logger="pipeline.ship")
+    try:
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            shipper.tick()
+            time.sleep(0.1)
+        counts = shipper.ledger.counts()
+        # one probe per second while refused, not the whole backlog run into the wall
+        assert 1 <= counts["quarantined"] <= 5 and counts["confirmed"] + counts["evicted"] == 0, counts
+        problem = shipper.problem()
+        assert problem is not None and "GOVERNANCE" in problem and "Object Lock" in problem, problem
+        lines = [r for r in caplog.records if r.levelno >= logging.ERROR and "did not lock" in r.getMessage()]
+        assert len(lines) == 1
+        quarantined = {e.segment for e in shipper.ledger.entries(states=("quarantined",))}
+        for seg in quarantined:  # kept: never evicted
+            assert (hot_dir / "app" / seg).exists()
+
+        gate.rewrite = []  # fixed
+
+        def shipped() -> bool:
+            shipper.tick()
+            c = shipper.ledger.counts()
+            return c["evicted"] == n_segs - len(quarantined)
+
+        _wait(shipped, 30, "the rest of the backlog to ship once fixed")
+        assert shipper.problem() is None
+        assert shipper.ledger.counts()["quarantined"] == len(quarantined)
+    finally:
+        store.close()
