@@ -7,7 +7,8 @@ carries one request), by mode:
   ``hang``   read the request and never answer, holding the connection open (a frozen service)
 and, whatever the mode, a request whose request line contains one of ``hang_matching``
 hangs, and ``rewrite`` pairs (same length, so Content-Length holds) are applied to every
-forwarded request head, as a misconfigured front end or bucket policy would.  ``hung`` counts requests being held.  Bounded: at most MAX_CONNECTIONS at a time.
+forwarded request head, as a misconfigured front end or bucket policy would.  ``hung``
+counts requests being held.  Bounded: at most MAX_CONNECTIONS at a time.
 """
 
 from __future__ import annotations
