@@ -8,9 +8,9 @@ Probes.  ``/healthz`` answers "is this process working at all" (liveness: a fail
 gets the container restarted), ``/readyz`` answers "should traffic be sent here now"
 (readiness: while draining, under backpressure, while cold storage refuses uploads or the
 shipper's ledger cannot be written, the sidecar is alive but not ready; cold storage that is
-only unreachable does not make it unready, since the hot tier is the buffer for outages).  Both are callables supplied by the process that wires things up;
-they return ``(ok, reason)`` and the reason is the 503 body, so that ``kubectl describe``
-shows why.
+only unreachable does not make it unready, since the hot tier is the buffer for outages).
+Both are callables supplied by the process that wires things up; they return
+``(ok, reason)`` and the reason is the 503 body, so that ``kubectl describe`` shows why.
 """
 
 from __future__ import annotations
