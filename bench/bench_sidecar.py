@@ -238,7 +238,7 @@ def rss_run(base: Path, endpoint: str, window: str, clients: int, seconds: float
 
 
 def rss_compare(base: Path, endpoint: str, args: argparse.Namespace) -> None:
-    rows = []
+    rows: list[tuple[str, float, float, float]] = []
     previous = Path(args.previous_tree) if args.previous_tree else REPO
     variants = [("previous" + (" (--previous-tree)" if args.previous_tree else " settings"), PREVIOUS_MEMORY,
                  previous), ("current", "", REPO)] + [(v, v, REPO) for v in args.rss_variant]
