@@ -154,7 +154,9 @@ class Sidecar:
             return False, problem
         reason = self.backpressure()
         if reason:
-            return False, reason
+            outage = self.shipper.conditions.get("unavailable") if self.shipper else None
+            # shipping is what frees the disk: say when it is waiting for cold storage
+            return False, reason + (f"; {outage}" if outage else "")
         return True, "ok"
 
     def drain(self, grace: float | None = None) -> bool:

@@ -89,6 +89,8 @@ def test_full_disk_then_cold_storage_answers_frees_space_and_ingest_resumes(
         time.sleep(3)  # the shipper keeps trying (cold storage down, disk full) for a while
         assert _free(small_disk) == 0
         assert sc.proc is not None and sc.proc.poll() is None
+        code, why = sc.get("/readyz")
+        assert code == 503 and "high-water" in why, why
         # Without the ledger's reserve, what follows fails: no confirmation can be recorded
         # on the full disk, nothing is evicted and ingest never resumes (checked by hand
         # with the reserve set to 0).
