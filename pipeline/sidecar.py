@@ -203,11 +203,11 @@ class Sidecar:
             if self.shipper.in_flight():
                 log.warning("grace period over with %d upload(s) in flight; the next start resumes them",
                             self.shipper.in_flight())
-        if self.emitter is not None:
-            try:
-                self.emitter.stop(final=True)
-            except Exception:
-                log.exception("final checkpoint failed")
+        emitter = self.emitter
+        if emitter is not None:
+            # the final checkpoint is signed and saved locally at once, but publishing it to
+            # witnesses is network work: it too must end with the grace period
+            _run_until("final checkpoint", lambda: emitter.stop(final=True), deadline)
         if self.hotlog is not None:
             self.hotlog.close(seal=False)
         if self.ops is not None:
@@ -236,6 +236,23 @@ class Sidecar:
         self.config = _merge_live(old, new)
         log.info("configuration reloaded", extra={"changed": changed, "need_restart": needs_restart})
         return needs_restart
+
+
+def _run_until(what: str, step: Callable[[], object], deadline: float, floor: float = 0.5) -> None:
+    """Run ``step`` on a daemon thread and wait for it until ``deadline`` (at least
+    ``floor`` seconds): a drain step that hangs must not keep the process past its grace."""
+
+    def run() -> None:
+        try:
+            step()
+        except Exception:
+            log.exception("%s failed during the drain", what)
+
+    t = threading.Thread(target=run, name=f"drain-{what.replace(' ', '-')}", daemon=True)
+    t.start()
+    t.join(max(floor, deadline - time.monotonic()))
+    if t.is_alive():
+        log.warning("%s still running when the grace period ended; not waiting for it", what)
 
 
 def open_witnesses(locations: tuple[str, ...]) -> list[Any]:
