@@ -176,7 +176,7 @@ def test_bucket_without_object_lock_fails_readiness_until_the_operator_fixes_it(
         assert head["ObjectLockMode"] == "COMPLIANCE"
         assert any("accepts uploads again" in r.getMessage() for r in caplog.records)
     finally:
-        assert sc.drain(grace=5)
+        sc.drain(grace=10)
 
 
 def test_one_error_line_per_state_change_when_cold_storage_is_down(hot_dir: Path, gate: Gate,
