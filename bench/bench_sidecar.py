@@ -69,7 +69,8 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     return proc, endpoint
 
 
-def write_config(base: Path, endpoint: str, window: str, retention: str = "0s") -> tuple[Path, Path, int]:
+def write_config(base: Path, endpoint: str, window: str, retention: str = "0s",
+                 cold_extra: str = "") -> tuple[Path, Path, int]:
     sock = base / "ingest.sock"
     ops = free_port()
     cfg = base / "pipeline.toml"
@@ -84,6 +85,7 @@ high_water_percent = 99
 [cold]
 url = "s3://bench-bucket/b?endpoint_url={endpoint}&region=us-east-1"
 retention_days = 1
+{cold_extra}
 [ingest]
 socket = "{sock}"
 [ops]
@@ -93,8 +95,8 @@ shutdown_grace = "60s"
     return cfg, sock, ops
 
 
-def start_sidecar(cfg: Path, ops: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def start_sidecar(cfg: Path, ops: int, tree: Path = REPO) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
@@ -184,10 +186,12 @@ def run_clients(sock: Path, clients: int, seconds: float, in_flight: int = 1) ->
     return total, acks
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` in MB; ``field="VmHWM"``: its peak so far, as the kernel
+    counted it (sampling can miss a short spike)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -200,12 +204,65 @@ def rm(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# The sidecar's memory settings before issue 13, for the side-by-side RSS figure.
+PREVIOUS_MEMORY = "compression_threads = 2"
+
+
+def rss_run(base: Path, endpoint: str, window: str, clients: int, seconds: float, in_flight: int,
+            cold_extra: str = "", tree: Path = REPO) -> tuple[float, float, float]:
+    """Ingest at full rate with shipping running; (events/s, peak RSS MB, median RSS MB)."""
+    base.mkdir(parents=True)
+    cfg, sock, ops = write_config(base, endpoint, window, cold_extra=cold_extra)
+    proc = start_sidecar(cfg, ops, tree)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            with contextlib.suppress(OSError, ValueError):
+                samples.append(rss_mb(proc.pid))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.time()
+    n, _ = run_clients(sock, clients, seconds, in_flight)
+    rate = n / (time.time() - t0)
+    time.sleep(2)  # the last segments' uploads
+    done.set()
+    t.join()
+    peak = rss_mb(proc.pid, "VmHWM")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=90)
+    samples.sort()
+    return rate, peak, samples[len(samples) // 2]
+
+
+def rss_compare(base: Path, endpoint: str, args: argparse.Namespace) -> None:
+    rows: list[tuple[str, float, float, float]] = []
+    previous = Path(args.previous_tree) if args.previous_tree else REPO
+    variants = [("previous" + (" (--previous-tree)" if args.previous_tree else " settings"), PREVIOUS_MEMORY,
+                 previous), ("current", "", REPO)] + [(v, v, REPO) for v in args.rss_variant]
+    for name, cold, tree in variants:
+        rows.append((name, *rss_run(base / f"rss-{len(rows)}", endpoint, args.window, args.clients,
+                                    args.seconds / 2, args.in_flight, cold, tree)))
+    print(f"\n## sidecar RSS at full ingest rate with shipping running (target <= 150 MB; "
+          f"{args.clients} clients, {args.seconds / 2:g} s each, segment window {args.window})")
+    for name, rate, peak, median in rows:
+        print(f"  {name:<28} {rate:>10,.0f} events/s   RSS peak (VmHWM) {peak:5.0f} MB   median {median:5.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--window", default="5s")
     ap.add_argument("--backlog", type=int, default=400, help="segments queued before the RSS run")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="only the RSS comparison (previous vs current memory settings)")
+    ap.add_argument("--previous-tree", help="a source tree (e.g. a worktree of the commit before issue 13) "
+                    "whose sidecar runs as the 'previous' row of the RSS comparison")
+    ap.add_argument("--rss-variant", action="append", default=[],
+                    help="extra [cold] settings to measure in the RSS comparison (repeatable)")
     ap.add_argument("--in-flight", type=int, default=4,
                     help="batches each client keeps sent but not yet acknowledged (1: wait for each)")
     args = ap.parse_args()
@@ -214,6 +271,9 @@ def main() -> None:
     moto, endpoint = start_moto()
     base = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
     try:
+        if args.rss_only:
+            rss_compare(base, endpoint, args)
+            return
         # baseline: the transport alone
         stop = threading.Event()
         sink = str(base / "sink.sock")
@@ -249,7 +309,7 @@ def main() -> None:
         peak = max(samples, default=rss_mb(proc.pid))
         median_rss = sorted(samples)[len(samples) // 2] if samples else peak
         # wait until everything acknowledged is confirmed in cold storage
-        ledger = Ledger(base / "hot")
+        ledger = Ledger(base / "hot", reserve_bytes=0)  # a reader: takes no reserve
         max_seq = max(s for _t, s in acks)
         deadline = time.time() + 120 + 3 * float(args.window.rstrip("s"))
         while time.time() < deadline:
@@ -293,7 +353,7 @@ def main() -> None:
             t1 = time.time()
             proc2 = start_sidecar(cfg2, ops2)
             peak2 = 0.0
-            ledger2 = Ledger(bdir / "hot")
+            ledger2 = Ledger(bdir / "hot", reserve_bytes=0)
             while time.time() - t1 < 600:
                 peak2 = max(peak2, rss_mb(proc2.pid))
                 c = ledger2.counts()
@@ -307,6 +367,7 @@ def main() -> None:
             print(f"\n## backlog of {args.backlog} segments (64 KiB each) shipped by a fresh sidecar")
             print(f"  shipped {c['evicted'] + c['confirmed']} in {dt:.1f} s; peak sidecar RSS {peak2:.0f} MB "
                   "(target <= 150 MB)")
+        rss_compare(base, endpoint, args)
         print(json.dumps({"ingest_events_per_s": round(rate), "ingest_closed_loop_events_per_s": round(rate_closed),
                           "sink_events_per_s": round(sink_rate)}))
     finally:

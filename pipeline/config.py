@@ -302,7 +302,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "allow_unlocked": _Key(_boolean, False),
         "compression": _Key(_choice("zstd", "none"), "zstd"),
         "compression_level": _Key(_integer(1, 22), 1),
-        "compression_threads": _Key(_integer(0, 64), 2),
+        "compression_threads": _Key(_integer(0, 64), 0),
         "storage_class": _Key(_optional(_string()), None),
         "sse": _Key(_optional(_choice("AES256", "aws:kms")), "AES256"),
         "kms_key_id": _Key(_optional(_string()), None),
@@ -364,7 +364,7 @@ class ColdConfig:
     allow_unlocked: bool = False
     compression: str = "zstd"
     compression_level: int = 1  # measured faster and smaller than 3 on audit records (BENCHMARKS.md)
-    compression_threads: int = 2
+    compression_threads: int = 0  # see ColdSettings: memory per upload (docs/BENCHMARKS.md)
     storage_class: str | None = None
     sse: str | None = "AES256"
     kms_key_id: str | None = None

@@ -6,10 +6,11 @@ in whatever the embedding application registers, and two pipelines in one proces
 
 Probes.  ``/healthz`` answers "is this process working at all" (liveness: a failing answer
 gets the container restarted), ``/readyz`` answers "should traffic be sent here now"
-(readiness: under backpressure or while the cold tier is unreachable the sidecar can be
-alive but not ready).  Both are callables supplied by the process that wires things up;
-they return ``(ok, reason)`` and the reason is the 503 body, so that ``kubectl describe``
-shows why.
+(readiness: while draining, under backpressure, while cold storage refuses uploads or the
+shipper's ledger cannot be written, the sidecar is alive but not ready; cold storage that is
+only unreachable does not make it unready, since the hot tier is the buffer for outages).
+Both are callables supplied by the process that wires things up; they return
+``(ok, reason)`` and the reason is the 503 body, so that ``kubectl describe`` shows why.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pipeline.cold import open_store
 from pipeline.cold.base import ColdStore
 from pipeline.config import Config, load_config
 from pipeline.hot.factory import open_hotlog
-from pipeline.hot.writer import HotLog
+from pipeline.hot.writer import HotLog, HotLogError
 from pipeline.ops import Metrics, OpsServer
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Listener, Shipper
@@ -127,14 +127,10 @@ class Sidecar:
             self.metrics.observe_upload_retry()
 
     def _ship_loop(self) -> None:
-        assert self.shipper is not None
-        while not self._stop_shipping.is_set():
-            try:
-                self.shipper.run_once()
-                self.metrics.set_segments(self.shipper.ledger.counts())
-            except Exception:
-                log.exception("shipper pass failed; retrying")
-            self._stop_shipping.wait(self.ship_interval)
+        shipper = self.shipper
+        assert shipper is not None
+        shipper.run_forever(self._stop_shipping, self.ship_interval,
+                            after_pass=lambda summary: self.metrics.set_segments(shipper.ledger.counts()))
 
     def backpressure(self) -> str | None:
         reason = self.shipper.backpressure() if self.shipper else None
@@ -153,9 +149,14 @@ class Sidecar:
             return False, "starting"
         if self._draining:
             return False, "draining: not accepting events"
+        problem = self.shipper.problem() if self.shipper else None
+        if problem:
+            return False, problem
         reason = self.backpressure()
         if reason:
-            return False, reason
+            outage = self.shipper.conditions.get("unavailable") if self.shipper else None
+            # shipping is what frees the disk: say when it is waiting for cold storage
+            return False, reason + (f"; {outage}" if outage else "")
         return True, "ok"
 
     def drain(self, grace: float | None = None) -> bool:
@@ -165,11 +166,17 @@ class Sidecar:
         deadline = time.monotonic() + grace
         self._draining = True
         log.info("draining", extra={"grace_seconds": grace})
+        if self.shipper is not None:
+            # from now on every retry budget, backoff and socket timeout of cold-storage work,
+            # including uploads already in flight, ends with the grace period
+            self.shipper.deadline.set(deadline)
         if self.ingest is not None:
             self.ingest.stop(grace=min(5.0, grace / 4))
         if self.hotlog is not None:
             try:
                 self.hotlog.seal()
+            except (OSError, HotLogError) as exc:  # e.g. the disk is full: the next start explains it
+                log.error("could not seal the active segment during drain: %s", exc)
             except Exception:
                 log.exception("could not seal the active segment during drain")
         self._stop_shipping.set()
@@ -177,22 +184,30 @@ class Sidecar:
             self._ship_thread.join(timeout=max(0.0, deadline - time.monotonic()))
         pending = 1
         if self._ship_thread is not None and self._ship_thread.is_alive():
-            # the loop is still inside an upload: a second shipper on the same segments would
-            # race it; what is left is resumed by the next start
-            log.warning("grace period used up by an upload in progress")
+            # the loop never waits for an upload, so this is a pass stuck elsewhere (the
+            # ledger, discovery): a second pass would race it; the next start resumes
+            log.warning("grace period used up by a shipper pass in progress")
         elif self.shipper is not None:
-            while time.monotonic() < deadline:
-                summary = self.shipper.run_once(deadline=deadline)
-                pending = summary.pending
-                if pending == 0:
-                    break
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            self.metrics.set_segments(self.shipper.ledger.counts())
-        if self.emitter is not None:
             try:
-                self.emitter.stop(final=True)
+                while time.monotonic() < deadline:
+                    # waits for uploads in flight too, but never past the deadline: those still
+                    # running then are daemon threads, and the next start resumes their segments
+                    summary = self.shipper.run_once(deadline=deadline)
+                    pending = summary.pending
+                    if pending == 0:
+                        break
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                self.metrics.set_segments(self.shipper.ledger.counts())
             except Exception:
-                log.exception("final checkpoint failed")
+                log.exception("shipping during the drain failed; the next start resumes")
+            if self.shipper.in_flight():
+                log.warning("grace period over with %d upload(s) in flight; the next start resumes them",
+                            self.shipper.in_flight())
+        emitter = self.emitter
+        if emitter is not None:
+            # the final checkpoint is signed and saved locally at once, but publishing it to
+            # witnesses is network work: it too must end with the grace period
+            _run_until("final checkpoint", lambda: emitter.stop(final=True), deadline)
         if self.hotlog is not None:
             self.hotlog.close(seal=False)
         if self.ops is not None:
@@ -221,6 +236,23 @@ class Sidecar:
         self.config = _merge_live(old, new)
         log.info("configuration reloaded", extra={"changed": changed, "need_restart": needs_restart})
         return needs_restart
+
+
+def _run_until(what: str, step: Callable[[], object], deadline: float, floor: float = 0.5) -> None:
+    """Run ``step`` on a daemon thread and wait for it until ``deadline`` (at least
+    ``floor`` seconds): a drain step that hangs must not keep the process past its grace."""
+
+    def run() -> None:
+        try:
+            step()
+        except Exception:
+            log.exception("%s failed during the drain", what)
+
+    t = threading.Thread(target=run, name=f"drain-{what.replace(' ', '-')}", daemon=True)
+    t.start()
+    t.join(max(floor, deadline - time.monotonic()))
+    if t.is_alive():
+        log.warning("%s still running when the grace period ended; not waiting for it", what)
 
 
 def open_witnesses(locations: tuple[str, ...]) -> list[Any]:

@@ -84,7 +84,7 @@ def test_defaults_with_only_required_key(tmp_path: Path) -> None:
     assert cfg.cold.url is None
     assert cfg.cold.retention_days == 2555
     assert cfg.cold.allow_unlocked is False
-    assert (cfg.cold.compression, cfg.cold.compression_level, cfg.cold.compression_threads) == ("zstd", 1, 2)
+    assert (cfg.cold.compression, cfg.cold.compression_level, cfg.cold.compression_threads) == ("zstd", 1, 0)
     assert cfg.cold.storage_class is None and cfg.cold.kms_key_id is None
     assert cfg.cold.sse == "AES256"
     assert cfg.cold.upload_concurrency == 4 and cfg.cold.legal_hold is False

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from pipeline.cold.base import (
     ReadStream,
     VerifyResult,
     encode_metadata,
+    lock_state_expired,
     object_key,
     required_retain_until,
     segment_of_key,
@@ -64,7 +66,7 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
     redact_endpoint,
 )
-from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable
+from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable, remaining, request_timeout
 from pipeline.hot.segment import SegmentManifest
 
 log = logging.getLogger("pipeline.cold.azure")
@@ -98,8 +100,13 @@ def make_container_client(
     }
     if transport is not None:
         kwargs["transport"] = transport
-    if raw_request_hook is not None:
-        kwargs["raw_request_hook"] = raw_request_hook
+
+    def hook(request: Any) -> None:
+        bound_request_timeouts(request, settings)
+        if raw_request_hook is not None:
+            raw_request_hook(request)
+
+    kwargs["raw_request_hook"] = hook
     conn = os.environ.get(CONNECTION_STRING_ENV)
     if conn:
         service = BlobServiceClient.from_connection_string(conn, **kwargs)
@@ -109,6 +116,17 @@ def make_container_client(
         url = endpoint_url or f"https://{account}.blob.core.windows.net"
         service = BlobServiceClient(url, credential=DefaultAzureCredential(), **kwargs)
     return service.get_container_client(container)
+
+
+def bound_request_timeouts(request: Any, settings: ColdSettings) -> None:
+    """Under a deadline (the drain's grace period), cut this request's connect and read
+    timeouts to what is left of it: azure-core passes ``request.context.options`` on to the
+    transport for this one request."""
+    if remaining() is None:
+        return
+    options = request.context.options
+    options["connection_timeout"] = request_timeout(settings.connect_timeout)
+    options["read_timeout"] = request_timeout(settings.read_timeout)
 
 
 class _DownloadStream:
@@ -135,6 +153,7 @@ class AzureStore:
         self.container = container_client.container_name
         self.endpoint = redact_endpoint(container_client.url)
         self._caps: Capabilities | None = None
+        self._caps_read_at = 0.0
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
 
@@ -170,8 +189,10 @@ class AzureStore:
     def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
         def on_retry(exc: BaseException, attempt: int) -> None:
             code, status = error_code_and_status(exc)
-            log.warning("cold azure %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
-                        code or status or type(exc).__name__)
+            # INFO: retrying is routine; an operation that still fails is reported once
+            # by its caller (the shipper's conditions), not once per attempt
+            log.info("cold azure %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
+                     code or status or type(exc).__name__)
 
         try:
             return call_with_retry(fn, self.settings, on_retry)
@@ -204,7 +225,7 @@ class AzureStore:
     # ---- capabilities ------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        if self._caps is not None:
+        if self._caps is not None and not lock_state_expired(self._caps, self._caps_read_at, self.settings):
             return self._caps
         props = self._call("read container properties", self._cc.get_container_properties)
         flag = getattr(props, "immutable_storage_with_versioning_enabled", None)
@@ -216,6 +237,7 @@ class AzureStore:
         else:
             notes = (f"WORM not enforced: container {self.container} has no version-level immutability",)
         self._caps = Capabilities("az", self.endpoint, flag is True, flag is True, False, notes)
+        self._caps_read_at = time.monotonic()
         return self._caps
 
     # ---- put ---------------------------------------------------------------------------------
@@ -229,7 +251,9 @@ class AzureStore:
             raise WormNotEnforcedError(
                 "refusing to upload to a container that does not enforce immutability (fail closed)",
                 segment=segment_name, endpoint=self._where(), action=caps.reason + "; enable version-level "
-                "immutability on the container, or set allow_unlocked for development only")
+                "immutability on the container (the state is read again every "
+                f"{self.settings.lock_recheck_seconds:g} s and shipping resumes by itself), or set "
+                "allow_unlocked for development only")
         before = sum(self.requests.values())
         body = prepare_body(source_path, manifest, self.settings)
         try:

@@ -61,12 +61,14 @@ class ColdSettings:
     kms_key_id: str | None = None
     storage_class: str | None = None  # S3 StorageClass, Azure access tier (Hot, Cool, Cold)
     compression: Compression = "zstd"
-    # Level 1 with two worker threads: on ~313-byte chained audit records level 1 measured
-    # both faster and smaller than 3 (5.5x vs 5.0x), and with worker threads the segment's
-    # SHA-256 and other segments' uploads run alongside compression; level 3 shipped slower
-    # than no compression at all.  Figures: docs/BENCHMARKS.md "Compression".
+    # Level 1: on ~313-byte chained audit records level 1 measured both faster and smaller
+    # than 3 (5.5x vs 5.0x); level 3 shipped slower than no compression at all.  No zstd
+    # worker threads by default: the shipper already compresses up to 4 segments at once
+    # (one per upload thread; zstd releases the GIL), where one thread per segment shipped
+    # as fast as two (191 vs 169 MB/s), and the workers' buffers cost ~9 MiB per upload,
+    # what kept the sidecar above its 150 MB target (issue 13).  Figures: docs/BENCHMARKS.md.
     compression_level: int = 1
-    compression_threads: int = 2  # zstd worker threads; 0 = compress on the calling thread
+    compression_threads: int = 0  # zstd worker threads; 0 = compress on the calling thread
     multipart_threshold: int = 64 * MiB  # segments at or above this size go multipart (S3)
     part_size: int = 8 * MiB  # multipart part size / Azure block size: bounds client memory
     retry_max_seconds: float = 60.0  # total time budget for retrying one operation
@@ -75,6 +77,11 @@ class ColdSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     azure_retry_total: int = 0  # azure-core's own retries: off, tenacity is the one policy
+    # How long a bucket's (container's) lock state is trusted before it is read again: a
+    # refusal is re-checked soon, so that shipping resumes by itself once the operator fixes
+    # the bucket; an enforced lock cannot be switched off on S3, so it is re-read rarely.
+    lock_recheck_seconds: float = 30.0
+    lock_cache_seconds: float = 600.0
     max_segment_size: int = 1 << 34  # refuse to decompress or accept segments larger than this
     spool_dir: str | None = None  # where compressed bodies are staged (default: system temp)
 
@@ -93,6 +100,8 @@ class ColdSettings:
             raise ValueError("sse must be AES256, aws:kms or None")
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError("kms_key_id needs sse='aws:kms'")
+        if self.lock_recheck_seconds <= 0 or self.lock_cache_seconds <= 0:
+            raise ValueError("lock_recheck_seconds and lock_cache_seconds must be positive")
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,15 @@ class Capabilities:
     @property
     def reason(self) -> str:
         return "; ".join(self.notes)
+
+
+def lock_state_expired(caps: Capabilities, read_at: float, settings: ColdSettings) -> bool:
+    """Whether a cached lock state (read at ``read_at``, ``time.monotonic()``) must be read
+    again: a refusal after ``lock_recheck_seconds``, an enforced lock after ``lock_cache_seconds``."""
+    import time
+
+    ttl = settings.lock_cache_seconds if caps.worm_enforced else settings.lock_recheck_seconds
+    return time.monotonic() - read_at >= ttl
 
 
 @dataclass(frozen=True)

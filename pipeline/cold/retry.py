@@ -5,13 +5,23 @@ The SDKs' own retry loops are switched off (botocore ``max_attempts=1``, azure-c
 ``retry_total=0``) so that this is the only policy and its time bound really holds.
 Create-only puts make whole-operation retries safe: if a PUT succeeded but its response
 was lost, the retry gets 412/409 and the store verifies the existing object instead.
+
+A ``Deadline`` bounds everything further: the shipper runs each upload inside
+``bounded_by(deadline)``, and while that deadline is set (the SIGTERM drain sets it to the
+end of ``ops.shutdown_grace``) the retry budget, the waits between attempts and every
+request's socket read timeout (``request_timeout``, applied by the backends' request hooks)
+end with it, so no cold-storage behaviour can hold the process past its grace period.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TypeVar
 
 from tenacity import (
@@ -22,6 +32,7 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
 
 from pipeline.cold.base import ColdSettings
 
@@ -84,6 +95,72 @@ def is_retryable(exc: BaseException) -> bool:
                                                       errno.ETIMEDOUT, errno.ECONNABORTED)
 
 
+class DeadlineExceeded(TimeoutError):
+    """The operation's deadline (e.g. the end of the shutdown grace period) has passed.
+    A TimeoutError, so backends report it as the endpoint being unavailable."""
+
+
+class Deadline:
+    """A moment (``time.monotonic()``) after which cold-storage work must stop, or None for
+    no deadline.  Mutable and shared: the drain sets it while uploads are in flight, and
+    every request those uploads make afterwards sees it."""
+
+    def __init__(self) -> None:
+        self._at: float | None = None
+        self._lock = threading.Lock()
+
+    def set(self, at: float | None) -> None:
+        with self._lock:
+            self._at = at
+
+    @property
+    def at(self) -> float | None:
+        with self._lock:
+            return self._at
+
+    def remaining(self) -> float | None:
+        at = self.at
+        return None if at is None else at - time.monotonic()
+
+
+_current: ContextVar[Deadline | None] = ContextVar("pipeline_cold_deadline", default=None)
+# The shortest socket timeout handed to a request near the deadline: zero would mean
+# "no timeout" to some clients.
+MIN_REQUEST_TIMEOUT = 0.05
+
+
+@contextlib.contextmanager
+def bounded_by(deadline: Deadline) -> Iterator[None]:
+    """Run the enclosed cold-storage calls (on this thread) under ``deadline``."""
+    token = _current.set(deadline)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left before the current deadline, or None when there is none."""
+    d = _current.get()
+    return None if d is None else d.remaining()
+
+
+def request_timeout(configured: float) -> float:
+    """A request's socket timeout: the configured one, cut to what is left of the deadline."""
+    left = remaining()
+    if left is None:
+        return configured
+    return max(MIN_REQUEST_TIMEOUT, min(configured, left))
+
+
+class _PastDeadline(stop_base):
+    """Stop retrying once the current deadline (if any) is reached."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        left = remaining()
+        return left is not None and left <= MIN_REQUEST_TIMEOUT
+
+
 def call_with_retry(
     fn: Callable[[], T],
     settings: ColdSettings,
@@ -98,13 +175,22 @@ def call_with_retry(
             if exc is not None:
                 on_retry(exc, state.attempt_number)
 
+    left = remaining()
+    if left is not None and left <= 0:
+        raise DeadlineExceeded("the deadline for cold-storage work has passed (shutdown grace period over)")
+    # exponential backoff plus up to one initial interval of random jitter, so that
+    # many shippers throttled together do not retry in lockstep
+    backoff = wait_exponential(multiplier=settings.retry_initial_backoff, max=settings.retry_max_backoff) \
+        + wait_random(0, settings.retry_initial_backoff)
+
+    def wait(state: RetryCallState) -> float:
+        left = remaining()
+        return backoff(state) if left is None else max(0.0, min(backoff(state), left))
+
     retrying = Retrying(
         retry=retry_if_exception(is_retryable),
-        stop=stop_after_delay(settings.retry_max_seconds),
-        # exponential backoff plus up to one initial interval of random jitter, so that
-        # many shippers throttled together do not retry in lockstep
-        wait=wait_exponential(multiplier=settings.retry_initial_backoff, max=settings.retry_max_backoff)
-        + wait_random(0, settings.retry_initial_backoff),
+        stop=stop_after_delay(settings.retry_max_seconds) | _PastDeadline(),
+        wait=wait,
         reraise=True,
         before_sleep=before_sleep,
     )

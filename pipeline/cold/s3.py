@@ -2,7 +2,8 @@
 
 Requests per segment in the normal case: 1 PutObject + 1 HeadObject (ChecksumMode
 ENABLED returns size, SHA-256, lock mode, retain-until, legal hold, metadata and storage
-class in one answer).  The bucket's Object Lock configuration is read once per store.
+class in one answer).  The bucket's Object Lock configuration is cached per store: a
+refusal for ``lock_recheck_seconds``, an enforced lock for ``lock_cache_seconds``.
 Large bodies go multipart, read part by part from disk, with the lock headers on
 CreateMultipartUpload and an abort on any failure.
 """
@@ -13,6 +14,7 @@ import base64
 import datetime as dt
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -30,6 +32,7 @@ from pipeline.cold.base import (
     ReadStream,
     VerifyResult,
     encode_metadata,
+    lock_state_expired,
     object_key,
     required_retain_until,
     segment_of_key,
@@ -47,7 +50,7 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
     redact_endpoint,
 )
-from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable
+from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable, remaining, request_timeout
 from pipeline.hot.segment import SegmentManifest
 
 log = logging.getLogger("pipeline.cold.s3")
@@ -109,6 +112,8 @@ class S3Store:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # HTTP requests sent, by operation (incl. retries)
         client.meta.events.register("before-send.s3", self._count_request)
+        client.meta.events.register("before-send.s3", self._bound_read_timeout)
+        self._caps_read_at = 0.0
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
@@ -118,8 +123,15 @@ class S3Store:
         with self._lock:
             self.requests[name] += 1
 
+    def _bound_read_timeout(self, request: Any = None, **kwargs: Any) -> None:
+        # botocore honours a per-request ``read_timeout`` in the request context: under a
+        # deadline (the drain's grace period) no socket read may outlast it.
+        if request is not None and remaining() is not None and getattr(request, "context", None) is not None:
+            request.context["read_timeout"] = request_timeout(self.settings.read_timeout)
+
     def close(self) -> None:
         self._client.meta.events.unregister("before-send.s3", self._count_request)
+        self._client.meta.events.unregister("before-send.s3", self._bound_read_timeout)
         self._client.close()
 
     # ---- naming -------------------------------------------------------------------------
@@ -136,8 +148,10 @@ class S3Store:
     def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
         def on_retry(exc: BaseException, attempt: int) -> None:
             code, status = error_code_and_status(exc)
-            log.warning("cold s3 %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
-                        code or status or type(exc).__name__)
+            # INFO: retrying is routine; an operation that still fails is reported once
+            # by its caller (the shipper's conditions), not once per attempt
+            log.info("cold s3 %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
+                     code or status or type(exc).__name__)
 
         try:
             return call_with_retry(fn, self.settings, on_retry)
@@ -172,7 +186,7 @@ class S3Store:
     # ---- capabilities ------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        if self._caps is not None:
+        if self._caps is not None and not lock_state_expired(self._caps, self._caps_read_at, self.settings):
             return self._caps
 
         def get() -> dict[str, Any] | None:
@@ -197,6 +211,7 @@ class S3Store:
             notes.append(f"bucket {self.bucket} has no Object Lock configuration: WORM not enforced, "
                          "objects can be overwritten or deleted")
         self._caps = Capabilities("s3", self.endpoint, enabled, enabled, True, tuple(notes))
+        self._caps_read_at = time.monotonic()
         return self._caps
 
     # ---- put ---------------------------------------------------------------------------------
@@ -208,8 +223,14 @@ class S3Store:
         caps = self.capabilities()
         if not caps.worm_enforced and not self.settings.allow_unlocked:
             raise WormNotEnforcedError(
-                "refusing to upload into a bucket without Object Lock (fail closed)",
-                segment=segment_name, endpoint=self._where())
+                f"refusing to upload into bucket {self.bucket}: it has no Object Lock (fail closed)",
+                segment=segment_name, endpoint=self._where(), action=(
+                    f"enable Object Lock on the bucket (aws s3api put-bucket-versioning --bucket {self.bucket} "
+                    "--versioning-configuration Status=Enabled, then aws s3api put-object-lock-configuration "
+                    f"--bucket {self.bucket} --object-lock-configuration ObjectLockEnabled=Enabled) or point "
+                    "cold.url at a bucket created with Object Lock; the lock state is read again every "
+                    f"{self.settings.lock_recheck_seconds:g} s and shipping resumes by itself "
+                    "(allow_unlocked is for development only)"))
         before = sum(self.requests.values())
         body = prepare_body(source_path, manifest, self.settings)
         try:

@@ -11,18 +11,31 @@ a segment in ``uploading`` is uploaded again with a create-only put, which finds
 already there and verifies it instead of writing a second one; eviction happens only from
 ``confirmed``.  The ledger lives in ``<hot>/.ship/ledger.sqlite``: the shipper's own state,
 separate from the writer's stream directories.
+
+A full hot disk must never stop the ledger: recording "confirmed" and "evicted" is what
+frees space.  So the ledger keeps its space *inside its own files*, where no other writer
+can take it: ``reserve_bytes`` (4 MiB, or 1/32 of a small file system) of free pages in the
+database file (written once, then freed: SQLite reuses free pages before it grows the
+file), and a write-ahead log that is checkpointed every 128 pages and never shrunk below
+1 MiB, so that it is rewritten in place instead of growing.  The free pages are topped up
+when they fall below half and the disk has room.  (docs/ARCHITECTURE.md)
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger("pipeline.ship.ledger")
+T = TypeVar("T")
 
 from pipeline.hot.segment import parse_segment_name
 
@@ -30,6 +43,15 @@ STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted",
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
 LEDGER_DIR = ".ship"
 LEDGER_FILE = "ledger.sqlite"
+# Free pages kept in the database file: ~1.5 KB of ledger growth per segment, so thousands
+# of segments can be confirmed and evicted on a full disk.
+DEFAULT_RESERVE_BYTES = 4 << 20
+# The WAL is checkpointed after 128 pages (512 KiB at 4 KiB pages) and kept at 1 MiB: a
+# transaction never needs it to grow while checkpoints complete (one connection: they do).
+WAL_AUTOCHECKPOINT_PAGES = 128
+WAL_SIZE_LIMIT = 1 << 20
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -61,6 +83,7 @@ CREATE TABLE IF NOT EXISTS segments (
     PRIMARY KEY (stream, segment)
 );
 CREATE INDEX IF NOT EXISTS segments_state ON segments(state, first_seq);
+CREATE TABLE IF NOT EXISTS reserve (id INTEGER PRIMARY KEY, pad BLOB);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       REAL NOT NULL,
@@ -106,40 +129,134 @@ class StateConflict(RuntimeError):
     process, or a slow thread) moved it first.  The step must not be acted on."""
 
 
-class Ledger:
-    """Thread-safe; one connection guarded by a lock (SQLite serialises writers anyway)."""
+def default_reserve(directory: Path) -> int:
+    """4 MiB, or 1/32 of a small file system (at least 256 KiB): a reserve must not take a
+    test tmpfs or a tiny volume for itself."""
+    st = os.statvfs(directory)
+    return min(DEFAULT_RESERVE_BYTES, max(256 << 10, st.f_blocks * st.f_frsize // 32))
 
-    def __init__(self, hot_dir: str | Path) -> None:
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" (or an I/O error, which ENOSPC can also surface as)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
+    return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+
+
+class Ledger:
+    """Thread-safe; one connection guarded by a lock (SQLite serialises writers anyway).
+
+    ``write_error`` is None while writes succeed, else why the last one failed (the
+    shipper reports it in ``/readyz`` and logs it once)."""
+
+    def __init__(self, hot_dir: str | Path, *, reserve_bytes: int | None = None) -> None:
         self.path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve_bytes = default_reserve(self.path.parent) if reserve_bytes is None else max(0, reserve_bytes)
+        self.write_error: str | None = None
+        self._reserve_short = False
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed state survives power loss, which is what "written before it is
-        # acted on" needs (NORMAL in WAL mode may lose the last commits).
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = self._connect()
+        self.ensure_reserve()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed state survives power loss, which is what "written before it is
+            # acted on" needs (NORMAL in WAL mode may lose the last commits).
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    # ---- the space reserve ---------------------------------------------------------------
+
+    def reserved_bytes(self) -> int:
+        """Bytes of free pages in the database file (what ledger growth uses first)."""
+        with self._lock:
+            pages = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+            size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        return pages * size
+
+    def ensure_reserve(self) -> bool:
+        """Top the free pages up to ``reserve_bytes`` when they fell below half and the disk
+        has room for twice the shortfall.  Returns True when the reserve is in place."""
+        if self.reserve_bytes == 0:
+            return True
+        have = self.reserved_bytes()
+        if have >= self.reserve_bytes // 2:
+            return True
+        need = self.reserve_bytes - have
+        st = os.statvfs(self.path.parent)
+        if st.f_bavail * st.f_frsize < 2 * need + WAL_SIZE_LIMIT:
+            if not self._reserve_short:
+                self._reserve_short = True
+                log.warning("the shipper ledger's space reserve is down to %d bytes and the hot disk has no "
+                            "room to restore it: shipping must free space first", have)
+            return False
+        try:
+            with self._lock:
+                # Written, checkpointed into the database file, then freed: the pages are then
+                # really allocated on disk (freed pages that were never written may not be).
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("INSERT INTO reserve (pad) VALUES (zeroblob(?))", (need,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._db.execute("DELETE FROM reserve")
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:
+            log.warning("could not reserve %d bytes for the shipper ledger: %s", need, exc)
+            return False
+        if self._reserve_short:
+            self._reserve_short = False
+            log.info("the shipper ledger's space reserve is back in place (%d bytes)", self.reserved_bytes())
+        return True
+
+    # ---- transactions --------------------------------------------------------------------
+
+    def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body`` in one IMMEDIATE transaction, rolled back on any error (including a
+        failing COMMIT).  ``write_error`` says whether the ledger can be written."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                result = body(self._db)
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                self.write_error = f"cannot write the shipper ledger {self.path}: {exc}" + (
+                    " (the hot disk is full and the ledger's reserve is used up: free space on it)"
+                    if is_disk_full(exc) else "")
                 raise
-            self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            self.write_error = None
+            return result
 
     def add(self, manifest: Any, now: float | None = None) -> bool:
         """Record a newly sealed segment.  Returns False if it was already known."""
         t = time.time() if now is None else now
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> bool:
             cur = db.execute(
                 "INSERT OR IGNORE INTO segments (stream, segment, first_seq, last_seq, records, size, sha256, "
                 "merkle_root, first_prev, last_hash, sealed, first_ts, last_ts, state, discovered_at, updated_at) "
@@ -152,6 +269,8 @@ class Ledger:
                 db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                            (t, manifest.stream, manifest.segment, "sealed", None))
             return bool(cur.rowcount)
+
+        return self._write(body)
 
     def set_state(self, stream: str, segment: str, state: str, *, detail: str | None = None,
                   expect: tuple[str, ...] | None = None, **fields: Any) -> None:
@@ -171,7 +290,8 @@ class Ledger:
         if expect:
             where += f" AND state IN ({','.join('?' * len(expect))})"
             args.extend(expect)
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             cur = db.execute(f"UPDATE segments SET {', '.join(cols)} WHERE {where}", args)  # noqa: S608
             if not cur.rowcount:
                 row = db.execute("SELECT state FROM segments WHERE stream = ? AND segment = ?",
@@ -183,13 +303,17 @@ class Ledger:
             db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                        (t, stream, segment, state, detail))
 
+        self._write(body)
+
     def record_failure(self, stream: str, segment: str, error: str, next_attempt: float) -> None:
-        with self._tx() as db:
+        def body(db: sqlite3.Connection) -> None:
             db.execute("UPDATE segments SET attempts = attempts + 1, last_error = ?, next_attempt = ?, "
                        "updated_at = ? WHERE stream = ? AND segment = ?",
                        (error, next_attempt, time.time(), stream, segment))
             db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
                        (time.time(), stream, segment, "retry", error))
+
+        self._write(body)
 
     def get(self, stream: str, segment: str) -> Entry | None:
         with self._lock:
@@ -247,4 +371,4 @@ def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
     path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
     if not path.exists():
         return None
-    return Ledger(hot_dir)
+    return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper tops the reserve up)

@@ -7,6 +7,15 @@ on its own and is retried forever with the reason in the ledger; a segment whose
 copy cannot be proven (verification failure, conflicting object, hot copy changed after
 its seal) is quarantined: kept, reported, never evicted.  Disk pressure never causes
 deletion: above the high-water mark the shipper reports backpressure for ingest.
+
+Each upload runs on a thread of its own (at most ``concurrency`` at a time) and the loop
+never waits for one: a request that hangs holds one slot, not the loop, and discovery,
+other segments' uploads and eviction go on.  Upload threads are daemon threads, and every
+cold-storage call runs under ``self.deadline`` (``pipeline.cold.retry``), so a drain can
+bound them and the process can exit at the end of its grace period whatever cold storage
+does.  Store-wide problems (cold storage refusing uploads, unreachable, the ledger not
+writable, a failing pass) are ``Conditions``: logged once when they appear or change and
+once when they clear, never once per attempt; ``problem()`` feeds ``/readyz``.
 """
 
 from __future__ import annotations
@@ -15,16 +24,27 @@ import contextlib
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.cold.base import ColdStore
-from pipeline.cold.errors import ObjectConflictError, ObjectNotFoundError, SourceMismatchError, VerificationError
+from pipeline.cold.errors import (
+    ColdConfigError,
+    ColdError,
+    ColdRequestError,
+    ColdUnavailableError,
+    ObjectConflictError,
+    ObjectNotFoundError,
+    SourceMismatchError,
+    VerificationError,
+    WormNotEnforcedError,
+)
+from pipeline.cold.retry import Deadline, bounded_by
 from pipeline.hot import attr
 from pipeline.hot.segment import (
     SegmentManifest,
@@ -42,6 +62,62 @@ log = logging.getLogger("pipeline.ship")
 
 QUARANTINE_ERRORS = (VerificationError, ObjectConflictError, SourceMismatchError)
 MAX_BACKOFF = 300.0
+# Verification failures that are about the lock only: the store, not the segment, is wrong.
+LOCK_REASONS = frozenset({"not-locked", "retention-too-short", "legal-hold-missing"})
+# Request errors that concern one body, not the store: the segment is retried like any failure.
+_PER_SEGMENT_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Cold storage refuses every upload until an operator acts (no Object Lock, access
+    denied, no such bucket, bad settings): retrying sooner cannot help, readiness fails."""
+    if isinstance(exc, WormNotEnforcedError | ColdConfigError):
+        return True
+    return isinstance(exc, ColdRequestError) and exc.code not in _PER_SEGMENT_CODES
+
+
+def store_wide_message(exc: ColdError) -> str:
+    """The error without the segment name: the same for every segment it stops."""
+    code = f" ({exc.code})" if exc.code else ""
+    where = f" [endpoint {exc.endpoint}]" if exc.endpoint else ""
+    return f"{exc.summary}{code}{where}: {exc.action}"
+
+
+class Conditions:
+    """Named store-wide problems.  Each is logged when it appears or its message changes,
+    and once when it clears: one line per state change, not per attempt."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._active: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def set(self, name: str, message: str, *, key: str | None = None, level: int = logging.ERROR,
+            exc_info: bool = False) -> None:
+        """Raise ``name``; logged only when new or when ``key`` (default: the message) changed."""
+        key = message if key is None else key
+        with self._lock:
+            self._active[name] = message
+            if self._keys.get(name) == key:
+                return
+            self._keys[name] = key
+        self._log.log(level, "%s", message, exc_info=exc_info)
+
+    def clear(self, name: str, message: str) -> None:
+        with self._lock:
+            self._keys.pop(name, None)
+            if self._active.pop(name, None) is None:
+                return
+        self._log.info("%s", message)
+
+    def get(self, name: str) -> str | None:
+        with self._lock:
+            return self._active.get(name)
+
+    def active(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._active)
 
 
 @dataclass
@@ -178,6 +254,13 @@ class Shipper:
         self._manifests: dict[tuple[str, str], SegmentManifest] = {}
         self._unshippable: dict[str, str] = {}
         self._lock = threading.Lock()
+        # the end of the time cold-storage work may take (set by a drain); see pipeline.cold.retry
+        self.deadline = Deadline()
+        self.conditions = Conditions(log)
+        self._cv = threading.Condition()
+        self._inflight: dict[tuple[str, str], threading.Thread] = {}
+        self._finished: list[tuple[Entry, str]] = []
+        self._hold_until = 0.0  # while cold storage refuses: the next probe (time.monotonic())
 
     # ------------------------------------------------------------------ discovery
 
@@ -270,16 +353,60 @@ class Shipper:
                 return "skipped"
             self.listener.on_failure(entry, "quarantined")
             log.error("quarantined %s/%s: %s", entry.stream, entry.segment, exc)
+            if isinstance(exc, VerificationError) and exc.result.reasons \
+                    and set(exc.result.reasons) <= LOCK_REASONS:
+                self._refuse("cold storage did not lock a stored object as required (Object Lock COMPLIANCE "
+                             f"for retention_days {self.store.settings.retention_days}): "
+                             + "; ".join(c.detail for c in exc.result.checks if not c.ok)
+                             + "; that segment is quarantined (its hot copy is kept). "
+                             "Fix the bucket's Object Lock configuration or policy (or the container's "
+                             "immutability policy); uploads are held and one segment is tried again every "
+                             f"{self.store.settings.lock_recheck_seconds:g} s", key="lock")
             return "quarantined"
+        except sqlite3.Error:
+            raise  # the ledger itself failed: nothing can be recorded; the caller reports it
         except Exception as exc:  # transient or configuration: retry with backoff, forever
             current = self.ledger.get(entry.stream, entry.segment)
             attempts = (current.attempts if current else entry.attempts) + 1
-            backoff = min(MAX_BACKOFF, 2.0 ** min(attempts, 10)) * (0.5 + random.random() / 2)
+            if is_refusal(exc):
+                # re-checked at the store's lock re-check interval, not backed off for minutes:
+                # once the operator fixes the bucket, shipping resumes within that interval
+                backoff = float(self.store.settings.lock_recheck_seconds)
+            else:
+                backoff = min(MAX_BACKOFF, 2.0 ** min(attempts, 10)) * (0.5 + random.random() / 2)
             self.ledger.record_failure(entry.stream, entry.segment, str(exc), self.clock() + backoff)
             self.listener.on_failure(entry, type(exc).__name__)
-            log.warning("shipping %s/%s failed (attempt %d, next in %.0fs): %s", entry.stream, entry.segment,
-                        attempts, backoff, exc)
+            self._report_failure(entry, exc, attempts, backoff)
             return "failed"
+
+    def _report_failure(self, entry: Entry, exc: Exception, attempts: int, backoff: float) -> None:
+        """Store-wide failures become conditions (one log line per change); the per-segment
+        line is then only DEBUG.  Anything else is one WARNING per attempt (backed off)."""
+        if isinstance(exc, ColdError) and is_refusal(exc):
+            self._refuse("cold storage refuses uploads: " + store_wide_message(exc))
+            level = logging.DEBUG
+        elif isinstance(exc, ColdUnavailableError | TimeoutError | ConnectionError):
+            # one line while the outage lasts, whichever request or error code shows it
+            summary = store_wide_message(exc) if isinstance(exc, ColdError) else f"{type(exc).__name__}: {exc}"
+            self.conditions.set("unavailable", "cold storage unavailable, retrying with backoff: " + summary,
+                                key="unavailable", level=logging.WARNING)
+            level = logging.DEBUG
+        else:
+            level = logging.WARNING
+        log.log(level, "shipping %s/%s failed (attempt %d, next in %.0fs): %s", entry.stream, entry.segment,
+                attempts, backoff, exc)
+
+    def _refuse(self, message: str, key: str | None = None) -> None:
+        """Cold storage will not take segments until an operator acts: say so once (ERROR,
+        with the fix; ``/readyz`` fails) and hold uploads, probing with one segment per
+        re-check interval, so that the backlog is not run into the same wall."""
+        self.conditions.set("refusal", message, key=key)
+        with self._cv:
+            self._hold_until = time.monotonic() + float(self.store.settings.lock_recheck_seconds)
+
+    def _report_confirmed(self) -> None:
+        self.conditions.clear("refusal", "cold storage accepts uploads again: a segment was stored and verified")
+        self.conditions.clear("unavailable", "cold storage answers again: a segment was stored and verified")
 
     def _verify_existing(self, key: str, manifest: SegmentManifest) -> Any:
         """The verification of an object stored under ``key`` by an earlier attempt, or None
@@ -365,25 +492,69 @@ class Shipper:
 
     # ------------------------------------------------------------------ loops
 
-    def run_once(self, progress: Callable[[Entry, str], None] | None = None,
-                 deadline: float | None = None) -> ShipSummary:
-        summary = ShipSummary()
-        summary.discovered = self.discover()
-        entries = self.due()
-        results: list[tuple[Entry, str]] = []
+    def dispatch(self, only: list[Entry] | None = None,
+                 progress: Callable[[Entry, str], None] | None = None) -> list[Entry]:
+        """Start uploads of due segments (or of ``only``) in free slots, without waiting for
+        them.  Returns the entries started."""
+        left = self.deadline.remaining()
+        if left is not None and left <= 0:
+            return []
+        with self._cv:
+            busy = set(self._inflight)
+            free = self.concurrency - len(busy)
+            if self.conditions.get("refusal"):
+                # held: one probe per re-check interval, and only when nothing else is running
+                if time.monotonic() < self._hold_until or busy:
+                    return []
+                free = 1
+                self._hold_until = time.monotonic() + float(self.store.settings.lock_recheck_seconds)
+        started: list[Entry] = []
+        for e in (self.due() if only is None else only):
+            if len(started) >= free:
+                break
+            if (e.stream, e.segment) in busy:
+                continue
+            self._start(e, progress)
+            started.append(e)
+        return started
 
-        def work(e: Entry) -> tuple[Entry, str]:
-            if deadline is not None and time.monotonic() > deadline:
-                return e, "skipped"
-            state = self.ship_one(e)
+    def _start(self, entry: Entry, progress: Callable[[Entry, str], None] | None) -> None:
+        key = (entry.stream, entry.segment)
+
+        def run() -> None:
+            state = "failed"
+            try:
+                with bounded_by(self.deadline):
+                    state = self.ship_one(entry)
+                if state == "confirmed":
+                    self._report_confirmed()
+            except sqlite3.Error as exc:
+                self.conditions.set("ledger", self.ledger.write_error or f"shipper ledger failed: {exc}")
+            except Exception as exc:  # never lose a slot to an unexpected error
+                self.conditions.set("upload", f"an upload thread failed: {type(exc).__name__}: {exc}",
+                                    exc_info=True)
+            finally:
+                with self._cv:
+                    self._inflight.pop(key, None)
+                    self._finished.append((entry, state))
+                    self._cv.notify_all()
             if progress is not None:
-                progress(e, state)
-            return e, state
+                progress(entry, state)
 
-        if entries:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(entries))) as pool:
-                results = list(pool.map(work, entries))
-        for e, state in results:
+        # daemon: an upload stuck in a request must never keep the process from exiting
+        t = threading.Thread(target=run, name=f"ship-{entry.segment}", daemon=True)
+        with self._cv:
+            self._inflight[key] = t
+        t.start()
+
+    def in_flight(self) -> int:
+        with self._cv:
+            return len(self._inflight)
+
+    def _collect(self, summary: ShipSummary) -> None:
+        with self._cv:
+            done, self._finished = self._finished, []
+        for e, state in done:
             if state == "confirmed":
                 summary.confirmed += 1
                 cur = self.ledger.get(e.stream, e.segment)
@@ -396,17 +567,73 @@ class Shipper:
                 cur = self.ledger.get(e.stream, e.segment)
                 if cur and cur.last_error:
                     summary.errors.append(f"{e.stream}/{e.segment}: {cur.last_error}")
+
+    def _finish_pass(self, summary: ShipSummary) -> ShipSummary:
         summary.evicted = self.evict()
+        self.ledger.ensure_reserve()
         summary.pending = len(self.ledger.entries(states=ACTIVE_STATES))
+        if self.ledger.write_error is None:
+            self.conditions.clear("ledger", "the shipper ledger is writable again")
         return summary
 
-    def run_forever(self, stop: threading.Event, poll_interval: float = 2.0) -> None:
+    def tick(self) -> ShipSummary:
+        """One step of the continuous loop: discover, start what is due, collect what
+        finished, evict.  Never waits for an upload."""
+        summary = ShipSummary()
+        summary.discovered = self.discover()
+        self.dispatch()
+        self._collect(summary)
+        return self._finish_pass(summary)
+
+    def run_once(self, progress: Callable[[Entry, str], None] | None = None,
+                 deadline: float | None = None) -> ShipSummary:
+        """One pass: every segment due now is taken as far as it can go (each once), up to
+        ``concurrency`` at a time; uploads already running are waited for.  With
+        ``deadline`` (``time.monotonic()``), the pass returns then, whatever is in flight."""
+        summary = ShipSummary()
+        summary.discovered = self.discover()
+        with self._cv:
+            running = set(self._inflight)  # already being shipped: waited for, not started again
+        todo = [e for e in self.due() if (e.stream, e.segment) not in running]
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            started = {(e.stream, e.segment) for e in self.dispatch(todo, progress)}
+            todo = [e for e in todo if (e.stream, e.segment) not in started]
+            self._collect(summary)
+            with self._cv:
+                if not self._inflight and (not todo or (not started and self.conditions.get("refusal"))):
+                    break  # all done, or held while cold storage refuses: the rest stays due
+                wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+                self._cv.wait(wait)
+        self._collect(summary)
+        return self._finish_pass(summary)
+
+    def run_forever(self, stop: threading.Event, poll_interval: float = 2.0,
+                    after_pass: Callable[[ShipSummary], None] | None = None) -> None:
+        """The continuous loop (``pipeline ship --follow``, the sidecar).  A failing pass is
+        logged once (with its traceback) until passes succeed again."""
         while not stop.is_set():
             try:
-                self.run_once()
-            except Exception:  # never let one bad pass kill the sidecar
-                log.exception("shipper pass failed")
+                summary = self.tick()
+                if after_pass is not None:
+                    after_pass(summary)
+            except sqlite3.Error as exc:
+                self.conditions.set("ledger", self.ledger.write_error or f"shipper ledger failed: {exc}")
+            except Exception as exc:  # never let one bad pass kill the sidecar
+                self.conditions.set("pass", f"shipper pass failed: {type(exc).__name__}: {exc}", exc_info=True)
+            else:
+                self.conditions.clear("pass", "shipper passes succeed again")
             stop.wait(poll_interval)
+
+    def problem(self) -> str | None:
+        """Why the shipper cannot do its job without an operator, for ``/readyz``: cold
+        storage refusing uploads, or the ledger not writable.  None when neither."""
+        for name in ("refusal", "ledger"):
+            message = self.conditions.get(name)
+            if message:
+                return message
+        return None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -415,6 +642,7 @@ class Shipper:
             "hot_disk_used_ratio": round(self.disk_used_ratio(), 4),
             "backpressure": self.backpressure(),
             "unshippable": dict(self._unshippable),
+            "conditions": self.conditions.active(),
             "failing": [
                 {"segment": f"{e.stream}/{e.segment}", "state": e.state, "attempts": e.attempts,
                  "last_error": e.last_error}

@@ -163,3 +163,40 @@ def test_retry_classification() -> None:
     for code, status in [("AccessDenied", 403), ("InvalidRequest", 400), ("BadDigest", 400),
                          ("PreconditionFailed", 412), ("NoSuchBucket", 404)]:
         assert not is_retryable(ce(code, status)), code
+
+
+@pytest.mark.parametrize("backend", ["s3", "az"])
+def test_a_deadline_bounds_every_request_and_retry(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a deadline (the drain's grace period) a request to a frozen endpoint (accepts,
+    never answers) and the retry budget both end with it, whatever read_timeout and
+    retry_max_seconds say."""
+    from coldutil import AZURITE_KEY
+
+    from pipeline.cold.retry import Deadline, bounded_by
+    from tests.ship.gate import Gate
+
+    frozen = Gate("127.0.0.1", 9, mode="hang")
+    settings = ColdSettings(read_timeout=60.0, connect_timeout=60.0, retry_max_seconds=120.0)
+    try:
+        if backend == "s3":
+            store = open_store(f"s3://bucket-x/p?endpoint_url={frozen.url}&region=us-east-1", settings)
+        else:
+            monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                               "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                               f"AccountKey={AZURITE_KEY};BlobEndpoint={frozen.url}/devstoreaccount1;")
+            store = open_store("az://devstoreaccount1/c/p", settings)
+        deadline = Deadline()
+        deadline.set(time.monotonic() + 1.0)
+        t0 = time.monotonic()
+        with bounded_by(deadline), pytest.raises(ColdUnavailableError):
+            store.stat("p/app/seg-00000000000000000000.jsonl.zst")
+        assert time.monotonic() - t0 < 2.0
+        assert frozen.requests  # the request was sent, and hung
+        # past the deadline nothing is even tried
+        sent = len(frozen.requests)
+        with bounded_by(deadline), pytest.raises(ColdUnavailableError):
+            store.stat("p/app/seg-00000000000000000000.jsonl.zst")
+        assert len(frozen.requests) == sent
+        store.close()
+    finally:
+        frozen.close()
