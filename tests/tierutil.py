@@ -155,7 +155,7 @@ def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: boo
 
 
 def compress(segment: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=3, write_content_size=True).compress(segment)
+    return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(segment)
 
 
 def rewrite_object(pl: Pipeline, key: str, segment: bytes, *, update_content: bool = True) -> None:

@@ -31,6 +31,7 @@ from pipeline.cold.base import (
     ColdSettings,
     ObjectInfo,
     ObjectStat,
+    ObjectVersion,
     PutResult,
     ReadStream,
     VerifyResult,
@@ -252,6 +253,13 @@ class FileStore:
                     out.append(ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)))
         out.sort(key=lambda o: o.key)  # the same lexicographic order S3 listings have
         yield from out
+
+    def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """A directory keeps no versions and no delete markers: each file is its key's one
+        (latest) version.  A deleted or replaced file leaves no trace here; the ledger, the
+        seq gaps and the metadata's stored SHA-256 are what catch that on file://."""
+        for info in self.list(prefix):
+            yield ObjectVersion(info.key, None, True, False, info.size, info.last_modified)
 
     def set_legal_hold(self, key: str, on: bool) -> None:
         if not self._path(key).exists():
