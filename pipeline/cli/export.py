@@ -31,8 +31,8 @@ from pipeline.cli._common import err, report_read_failure
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.hot.segment import list_segments, list_streams
 from pipeline.record import GENESIS_HASH, Kind, Record
-from pipeline.ship.ledger import open_ledger_readonly
-from pipeline.verify.chain import SegmentScan, scan_segment, stitch
+from pipeline.ship.ledger import Entry, open_ledger_readonly
+from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
 from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
 from pipeline.verify.tier import parse_time, ts_epoch
 
@@ -190,10 +190,24 @@ def _remover(path: Path) -> Callable[[], None]:
     return remove
 
 
-def _hot_segments(hot: Path, stream: str) -> list[tuple[str, Any, Any]]:
+def _hot_segments(hot: Path, stream: str, shipped: dict[str, Entry]) -> list[tuple[str, Any, Any]]:
+    """The hot files in stream order.  A file the ledger knows must be, byte for byte, the
+    segment it recorded at sealing (and shipped): a hot copy edited and re-chained after
+    that is not released, whatever its own chain says."""
     out: list[tuple[str, Any, Any]] = []
     for p in list_segments(hot / stream):
-        out.append((p.name, lambda p=p: (p, []), lambda scan: None))
+        def fetch(p: Path = p) -> tuple[Path, list[tuple[str, str]]]:
+            e = shipped.get(p.name)
+            if e is None:
+                return p, []
+            size, sha = file_sha256(p)
+            if (size, sha) != (e.size, e.sha256):
+                return p, [("hot-altered", f"the hot copy is {size} bytes with SHA-256 {sha[:16]}…, but the ledger "
+                            f"recorded {e.size} bytes, {e.sha256[:16]}… when it was sealed ({e.state}): export it "
+                            "with --cold and run pipeline verify-tier")]
+            return p, []
+
+        out.append((p.name, fetch, lambda scan: None))
     return out
 
 
@@ -250,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
                 if start:
                     print(f"export: note: records of {stream} before seq {start[0]} were evicted from the hot tier; "
                           "export them with --cold", file=sys.stderr)
-                exporter.stream(stream, _hot_segments(args.hot, stream), start[0] if start else 0,
+                shipped = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
+                exporter.stream(stream, _hot_segments(args.hot, stream, shipped), start[0] if start else 0,
                                 start[1] if start else None)
             if ledger:
                 ledger.close()
