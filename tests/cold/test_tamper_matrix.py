@@ -399,3 +399,22 @@ def test_the_hot_segments_are_listed(tmp_path: Path) -> None:
     for p in (tmp_path / "cold").rglob("*"):
         if p.is_file():
             attr.clear_protection(p)
+
+
+def test_export_cold_with_the_ledger_refuses_a_forged_object(tmp_path: Path,
+                                                              capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    w = make_world(tmp_path / "w", _file_cold(tmp_path / "cold"))
+    t_cold_forged_next(w)
+    # an auditor with the bucket alone cannot tell: the forgery is sealed and chained
+    # (docs/VERIFY-TIER.md: only a witness checkpoint past it, or the ledger, can)
+    assert main(["export", "--cold", w.cold.url]) == 0
+    out, _ = capsysbinary.readouterr()
+    assert b'"action":"approve"' in out
+    code = main(["export", "--cold", w.cold.url, "--ledger", str(w.side.hot)])
+    out, err = capsysbinary.readouterr()
+    assert code == 1 and b"unshipped-object" in err and ACTIVE.encode() in err
+    assert b'"action":"approve"' not in out and len(out.splitlines()) == SEGMENTS * EVENTS
+    assert main(["export", "--hot", str(w.side.hot), "--ledger", str(w.side.hot)]) == 2
+    for p in (tmp_path / "cold").rglob("*"):
+        if p.is_file():
+            attr.clear_protection(p)
