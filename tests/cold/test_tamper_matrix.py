@@ -7,8 +7,9 @@ mode with the evidence it has (then the run must be clean, so the table in
 docs/VERIFY-TIER.md "What each mode detects" stays honest: a cell cannot silently move).
 
 The pipeline: a real HotLog (signed checkpoints, a directory witness) writes 4 sealed
-segments of 12 events, the real Shipper ships and confirms them (no eviction), then the
-writer appends 12 more events to a fifth, active segment that is not shipped.  The S3
+segments of 12 events, the real Shipper ships and confirms them (no eviction), then a
+writer process appends 12 more events to a fifth, active segment (not sealed, not shipped)
+and stops without closing, as a running writer leaves the files.  The S3
 bucket has Object Lock (COMPLIANCE, versioned), as production buckets do.
 """
 
@@ -18,6 +19,8 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,12 +161,26 @@ def _append_active(hot: Path, events: list[dict[str, Any]], seal: bool = False) 
     log.close()
 
 
+_RUNNING_WRITER = """
+import os, sys
+from pathlib import Path
+from pipeline.hot.tree import TreeStore
+from pipeline.hot.writer import HotLog
+sd = Path(sys.argv[1])
+log = HotLog(sd.parent, "app", tree_store=TreeStore(sd), heartbeat_interval=0, segment_window=0, immutable="off")
+for i in range(int(sys.argv[2])):
+    log.append({"user": "u1", "action": "read", "n": 1000 + i}, wait=True)
+os._exit(0)  # the files as a running writer has them: durable records, no seal, no clean close
+"""
+
+
 def make_world(tmp: Path, cold: Cold) -> World:
     side = build_hot(tmp, segments=SEGMENTS, events_per_segment=EVENTS)
     ship_hot(side, cold.url, ColdSettings(allow_unlocked=True, retention_days=1))
     # what the attacker starts a forgery from: the shipped stream, before the active segment
     shutil.copytree(side.hot / "app", tmp / "forge" / "app")
-    _append_active(side.hot, [{"user": "u1", "action": "read", "n": 1000 + i} for i in range(EVENTS)])
+    subprocess.run([sys.executable, "-c", _RUNNING_WRITER, str(side.hot / "app"), str(EVENTS)], check=True,
+                   timeout=60)
     return World(side, cold, tmp)
 
 
@@ -401,9 +418,7 @@ def test_export_hot_refuses_a_rechained_shipped_segment(tmp_path: Path, capsysbi
     assert main(["export", "--cold", w.cold.url]) == 0
     out, _ = capsysbinary.readouterr()
     assert b"mallory" not in out and len(out.splitlines()) == SEGMENTS * EVENTS
-    for p in (tmp_path / "cold").rglob("*"):
-        if p.is_file():
-            attr.clear_protection(p)
+    _unprotect_cold(tmp_path / "cold")
 
 
 def test_the_hot_segments_are_listed(tmp_path: Path) -> None:
@@ -411,9 +426,7 @@ def test_the_hot_segments_are_listed(tmp_path: Path) -> None:
     w = make_world(tmp_path / "w", _file_cold(tmp_path / "cold"))
     names = [p.name for p in list_segments(w.stream_dir)]
     assert names[1] == SECOND and names[SEGMENTS - 1] == NEWEST_SHIPPED and names[-1] == ACTIVE
-    for p in (tmp_path / "cold").rglob("*"):
-        if p.is_file():
-            attr.clear_protection(p)
+    _unprotect_cold(tmp_path / "cold")
 
 
 def test_export_cold_with_the_ledger_refuses_a_forged_object(tmp_path: Path,
@@ -430,6 +443,49 @@ def test_export_cold_with_the_ledger_refuses_a_forged_object(tmp_path: Path,
     assert code == 1 and b"unshipped-object" in err and ACTIVE.encode() in err
     assert b'"action":"approve"' not in out and len(out.splitlines()) == SEGMENTS * EVENTS
     assert main(["export", "--hot", str(w.side.hot), "--ledger", str(w.side.hot)]) == 2
-    for p in (tmp_path / "cold").rglob("*"):
+    _unprotect_cold(tmp_path / "cold")
+
+
+def test_cold_only_catches_a_forged_next_object_once_a_witness_saw_the_genuine_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The '— unless a witness checkpoint covers its seqs' cell: the genuine fifth segment is
+    sealed and witnessed before the shipper gets to it; a forgery of the same size under its
+    key then disagrees with the witnessed root."""
+    from pipeline.hot.checkpoints import CheckpointEmitter
+    from pipeline.witness.directory import DirectoryWitness
+    from tests.tierutil import ORIGIN_PREFIX
+
+    w = make_world(tmp_path / "w", _file_cold(tmp_path / "cold"))
+    tree = TreeStore(w.stream_dir)
+    # the writer restarts (a recovery record marks the stop), seals the fifth segment, and a
+    # checkpoint of it reaches the witness before the shipper runs
+    log = HotLog(w.side.hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
+    for i in range(3):
+        log.append({"user": "u1", "action": "read", "n": 2000 + i})
+    log.seal()
+    CheckpointEmitter(log, w.stream_dir, w.side.signer, tree_store=tree, origin=f"{ORIGIN_PREFIX}/app",
+                      witnesses=[DirectoryWitness(w.side.witness, verifiers=[w.side.signer.verifier()])],
+                      interval=3600).emit()
+    log.close()
+    forge = w.tmp / "forge"
+    genuine = len((w.stream_dir / ACTIVE).read_bytes().splitlines())  # records, seal included
+    _append_active(forge, [{"user": "u1", "action": "approve", "n": 9000 + i} for i in range(genuine - 1)], seal=True)
+    path = forge / "app" / ACTIVE
+    assert len(path.read_bytes().splitlines()) == genuine  # the same size: no witness-ahead to give it away
+    store = open_store(w.cold.url, ColdSettings(allow_unlocked=True, retention_days=1))
+    try:
+        store.put_segment("app", ACTIVE, str(path), build_manifest(path))
+    finally:
+        store.close()
+    try:
+        for mode in ("cold-only", "cold-only-deep"):
+            _check(w, mode, _args(w, mode), {"witness-root-mismatch"}, capsys)
+        _check(w, "default", _args(w, "default"), {"unshipped-object", "hot-cold-mismatch"}, capsys)
+    finally:
+        _unprotect_cold(tmp_path / "cold")
+
+
+def _unprotect_cold(root: Path) -> None:
+    for p in root.rglob("*"):
         if p.is_file():
             attr.clear_protection(p)
