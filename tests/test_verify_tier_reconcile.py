@@ -21,6 +21,7 @@ from pipeline.hot.segment import list_segments
 from pipeline.hot.tree import TreeStore
 from pipeline.hot.writer import HotLog
 from pipeline.ship.ledger import LEDGER_DIR
+from pipeline.ship.shipper import Shipper
 from tests.tierutil import build_hot, new_bucket, s3_client, ship_hot, ship_pipeline
 
 
@@ -125,3 +126,26 @@ def test_the_version_listing_costs_one_request_per_1000_keys(moto_endpoint: str)
         store.close()
     assert len({v.key for v in versions}) == 1001 and all(v.latest for v in versions)
     assert after.get("ListObjectVersions", 0) - before.get("ListObjectVersions", 0) == 2
+
+
+def test_host_mode_verifies_its_own_streams_not_a_fleet_neighbours(tmp_path: Path, moto_endpoint: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Two hosts ship into one bucket prefix: each host's ledger accounts for its own
+    streams; the other host's objects are neither 'unshipped' nor HEADed."""
+    pl = ship_pipeline(tmp_path / "a", moto_endpoint, segments=2, events_per_segment=10)
+    neighbour = tmp_path / "b" / "hot"
+    log = HotLog(neighbour, "billing", heartbeat_interval=0, segment_window=0, immutable="off")
+    for seg in range(3):
+        for i in range(10):
+            log.append({"n": seg * 10 + i})
+        log.seal()
+    log.close()
+    store = open_store(pl.url, ColdSettings(allow_unlocked=True))
+    assert Shipper(neighbour, store, hot_retention=1e9).run_once().failed == 0
+    store.close()
+    rc, doc = _run(pl.base_args(), capsys)
+    assert rc == 0, doc["findings"]
+    assert [s["stream"] for s in doc["streams"]] == ["app"] and doc["requests"]["head"] == 2
+    rc, doc = _run(["verify-tier", "--cold-only", "--cold", pl.url, "--allow-unlocked", "--heartbeat-interval", "0",
+                    "--vkey", str(pl.vkey)], capsys)
+    assert sorted(s["stream"] for s in doc["streams"]) == ["app", "billing"]

@@ -771,15 +771,22 @@ class TierVerifier:
                 report.global_findings.append(TierFinding("worm-not-enforced", "", "", caps.reason))
         except ColdError:
             worm = None  # an auditor's read-only role may not read the bucket configuration
-        listing, versions = self._list(opts.stream)
-        if versions.unavailable is not None:
-            report.global_findings.append(TierFinding("versions-unchecked", "", "", versions.unavailable))
         have_ledger = opts.hot is not None and not opts.cold_only and ledger_path(opts.hot).exists()
         ledger = open_ledger_readonly(opts.hot) if have_ledger and opts.hot is not None else None
         if opts.hot is not None and not opts.cold_only and ledger is None:
             report.global_findings.append(TierFinding(
                 "ledger-missing", "", "", f"no shipper ledger at {ledger_path(opts.hot)}: cold objects cannot be "
                 "accounted for and an evicted segment cannot be told from a deleted one (docs/LEDGER.md)"))
+        # Host mode with a ledger verifies the streams this host writes or has shipped, each
+        # from its own prefix: other streams under the same prefix belong to other hosts of a
+        # fleet (their objects are not this ledger's to account for, nor worth a HEAD each).
+        own: list[str | None] = [opts.stream]
+        if not opts.stream and ledger is not None and opts.hot is not None:
+            mine = sorted(set(list_streams(opts.hot)) | {e.stream for e in ledger.entries()})
+            own = list(mine) if mine else [None]
+        listing, versions = self._list_all(own)
+        if versions.unavailable is not None:
+            report.global_findings.append(TierFinding("versions-unchecked", "", "", versions.unavailable))
         # keys that are not segment objects never name a stream (an empty name must not mean
         # "every stream" anywhere below)
         strays = listing.pop("", [])
@@ -807,6 +814,21 @@ class TierVerifier:
                                              sum(len(s.segments) for s in report.streams))
         report.elapsed_s = time.monotonic() - t0
         return report
+
+    def _list_all(self, streams: Sequence[str | None]) -> tuple[dict[str, list[_Obj]], _Versions]:
+        """``_list`` of each stream prefix (None: the whole store), merged."""
+        if len(streams) == 1:
+            return self._list(streams[0])
+        out: dict[str, list[_Obj]] = {}
+        versions = _Versions()
+        for stream in streams:
+            part, v = self._list(stream)
+            for k, objs in part.items():
+                out.setdefault(k, []).extend(objs)
+            for k, fs in v.by_stream.items():
+                versions.by_stream.setdefault(k, []).extend(fs)
+            versions.unavailable = versions.unavailable or v.unavailable
+        return out, versions
 
     def _list(self, stream: str | None) -> tuple[dict[str, list[_Obj]], _Versions]:
         """The stream objects readers see, by stream ("" for keys that are not segment
