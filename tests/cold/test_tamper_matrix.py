@@ -36,7 +36,7 @@ from pipeline.hot.segment import build_manifest, list_segments
 from pipeline.hot.tree import TreeStore
 from pipeline.hot.writer import HotLog
 from pipeline.record import parse_record
-from tests.tierutil import HotSide, build_hot, new_bucket, rechain, s3_client, ship_hot
+from tests.tierutil import ORIGIN_PREFIX, HotSide, build_hot, new_bucket, rechain, s3_client, ship_hot
 
 pytestmark = pytest.mark.slow
 
@@ -294,7 +294,7 @@ S3_ONLY = ("s3",)
 
 MATRIX: dict[str, tuple[Callable[[World], None], Expect]] = {
     "hot-rechained": (t_hot_rechained, {
-        "verify": CLEAN, "default": {"hot-altered"}, "deep": {"hot-altered"}, "cold-only": CLEAN}),
+        "verify": {"witness-mismatch"}, "default": {"hot-altered"}, "deep": {"hot-altered"}, "cold-only": CLEAN}),
     "hot-appended-after-seal": (t_hot_appended, {
         "verify": {"after-seal"}, "default": {"hot-altered", "after-seal"}, "deep": {"hot-altered", "after-seal"},
         "cold-only": CLEAN}),
@@ -357,7 +357,8 @@ def _errors(mode: str, doc: dict[str, Any]) -> set[str]:
 
 def _args(w: World, mode: str) -> list[str]:
     if mode == "verify":  # with every piece of evidence `pipeline verify` takes
-        return ["verify", "--hot", str(w.side.hot), "--vkey", str(w.side.vkey), "--witness-dir", str(w.side.witness)]
+        return ["verify", "--hot", str(w.side.hot), "--vkey", str(w.side.vkey), "--witness-dir", str(w.side.witness),
+                "--origin", f"{ORIGIN_PREFIX}/app"]
     common = ["--cold", w.cold.url, "--allow-unlocked", "--vkey", str(w.side.vkey), "--witness-dir",
               str(w.side.witness), "--heartbeat-interval", "0"]
     if mode.startswith("cold-only"):
@@ -454,7 +455,6 @@ def test_cold_only_catches_a_forged_next_object_once_a_witness_saw_the_genuine_o
     key then disagrees with the witnessed root."""
     from pipeline.hot.checkpoints import CheckpointEmitter
     from pipeline.witness.directory import DirectoryWitness
-    from tests.tierutil import ORIGIN_PREFIX
 
     w = make_world(tmp_path / "w", _file_cold(tmp_path / "cold"))
     tree = TreeStore(w.stream_dir)
