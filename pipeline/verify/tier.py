@@ -997,10 +997,11 @@ class TierVerifier:
                 lines[name] = SegmentLine(name, key, "missing", hot_state=entries[name].state if name in entries
                                           else None)
             add(code, name, message, None, key)
+        unproven: set[str] = set()  # hot copies that disagree with the ledger or cold: never a root source
         if hot_dir is not None and not window:
             cold_keys = {name: group[0].key for name, group in by_name.items()}
-            self._reconcile(stream, hot_dir, hot_files, entries, manifests, cold_keys, stats, add, tmp_root,
-                            have_ledger)
+            unproven = self._reconcile(stream, hot_dir, hot_files, entries, manifests, cold_keys, stats, add,
+                                       tmp_root, have_ledger)
         if hot_files and not window:
             newest = max(hot_files, key=_seg_sort_key)
             for name in hot_files:
@@ -1018,9 +1019,10 @@ class TierVerifier:
         # deep: every object streamed, decompressed, re-verified record by record
         roots: _RootSource = _RootSource(self.store, tmp_root)
         for name in hot_files:
-            roots.add(name, hot_files[name], lines[name].key if name in lines else None)
+            if name not in unproven:
+                roots.add(name, hot_files[name], lines[name].key if name in lines else None)
         for m in ordered:
-            if m.segment not in hot_files:
+            if m.segment not in hot_files or m.segment in unproven:
                 roots.add(m.segment, None, lines[m.segment].key)
         roots.finish()
         deep_roots: dict[int, bytes | str] = {}
@@ -1045,21 +1047,24 @@ class TierVerifier:
     # -- host mode: hot against ledger against cold ----------------------------------------
     def _reconcile(self, stream: str, hot_dir: Path, hot_files: dict[str, Path], entries: dict[str, Entry],
                    manifests: dict[str, SegmentManifest], cold_keys: dict[str, str], stats: dict[str, ObjectStat],
-                   add: Callable[..., None], tmp_root: Path, have_ledger: bool) -> None:
+                   add: Callable[..., None], tmp_root: Path, have_ledger: bool) -> set[str]:
         """Every hot segment the ledger or cold storage knows is compared by size and SHA-256
         (which fix seq range, links and Merkle root) with the ledger row and the cold
         object's manifest; every ledger row not evicted must still be on the hot disk; every
         cold object must be one the ledger shipped; hot files no one vouches for are
         compared record for record with the segments that hold the same seqs; and the hot
-        files themselves are verified as `pipeline verify` does (local reads, no requests)."""
+        files themselves are verified as `pipeline verify` does (local reads, no requests).
+        Returns the names of hot files that disagree with the ledger or cold storage."""
         paths = [hot_files[n] for n in sorted(hot_files, key=_seg_sort_key)]
         scans = chain.scan_all(paths, workers=max(1, min(self.opts.workers, os.cpu_count() or 1)))
         by_hot = {sc.name: sc for sc in scans}
         to_compare: list[tuple[chain.SegmentScan, str]] = []  # (hot scan, name of the segment it must agree with)
+        unproven: set[str] = set()
         for sc in scans:
             e, m = entries.get(sc.name), manifests.get(sc.name)
             if e is not None:
                 if (sc.size, sc.sha256) != (e.size, e.sha256):
+                    unproven.add(sc.name)
                     add("hot-altered", sc.name, f"the hot copy is {sc.size} bytes with SHA-256 {sc.sha256[:16]}…; "
                         f"the ledger recorded {e.size} bytes, {e.sha256[:16]}… when it was sealed ({e.state})"
                         + (" and the cold copy agrees with the ledger" if m is not None and m.sha256 == e.sha256
@@ -1091,9 +1096,11 @@ class TierVerifier:
                 if name != sc.name and first <= sc.last_seq and sc.first_seq <= last:
                     to_compare.append((sc, name))
         for sc, name in to_compare:
-            self._compare_records(sc, name, hot_files, by_hot, entries, manifests, cold_keys, stats, add, tmp_root)
+            if self._compare_records(sc, name, hot_files, by_hot, entries, manifests, cold_keys, stats, add,
+                                     tmp_root):
+                unproven.add(sc.name)
         if not scans:
-            return
+            return unproven
         # the hot chain itself, from where eviction legitimately left it
         start_seq, start_hash = 0, GENESIS_HASH
         for e in sorted(entries.values(), key=lambda x: (x.first_seq, _seg_sort_key(x.segment))):
@@ -1111,12 +1118,14 @@ class TierVerifier:
             if f.reason in ("missing-start", "missing-segment") and in_cold(f.seq):
                 continue  # the records are in cold storage (reconciled above)
             add(f.reason, f.segment, f"hot tier: {f.message}", f.seq)
+        return unproven
 
     def _compare_records(self, sc: chain.SegmentScan, name: str, hot_files: dict[str, Path],
                          by_hot: dict[str, chain.SegmentScan], entries: dict[str, Entry],
                          manifests: dict[str, SegmentManifest], cold_keys: dict[str, str],
-                         stats: dict[str, ObjectStat], add: Callable[..., None], tmp_root: Path) -> None:
-        """Hot file ``sc`` against segment ``name`` record for record on the seqs both hold.
+                         stats: dict[str, ObjectStat], add: Callable[..., None], tmp_root: Path) -> bool:
+        """Hot file ``sc`` against segment ``name`` record for record on the seqs both hold
+        (True: they disagree, or could not be compared).
         The other side is read from its hot copy when that copy is proven (its SHA-256 equals
         the ledger's or the cold manifest's), else from cold storage (one GET: this happens
         only when something is already wrong)."""
@@ -1138,7 +1147,7 @@ class TierVerifier:
             if other is None:
                 add("hot-cold-mismatch", sc.name, f"the hot copy holds seqs {sc.first_seq}..{sc.last_seq} that "
                     f"{name} also holds, and {name} could not be read to compare them", sc.first_seq)
-                return
+                return True
             theirs = _record_hashes(other)
             ours = _record_hashes(hot_files[sc.name])
             common = sorted(set(theirs) & set(ours))
@@ -1148,10 +1157,13 @@ class TierVerifier:
                 add("hot-cold-mismatch", sc.name, f"the hot copy and {name}{where} "
                     f"hold different records at seq {diff} (of {len(common)} seqs both hold): one of them was forged",
                     diff)
-            elif name == sc.name:
+                return True
+            if name == sc.name:
                 add("hot-cold-mismatch", sc.name, f"the hot copy ({sc.size} bytes) and the cold object agree on the "
                     f"{len(common)} records both hold but are not the same segment (cold: "
                     f"{manifests[name].size} bytes)", sc.first_seq)
+                return True
+            return False
         finally:
             if fetched_dir is not None:
                 shutil.rmtree(fetched_dir, ignore_errors=True)
