@@ -347,8 +347,8 @@ class AzureStore:
         implemented) reports no version ids: VersionsUnavailable says so."""
         full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
         try:
-            blobs = list(self._call("list versions", lambda: list(self._cc.list_blobs(
-                name_starts_with=full, include=["versions"], results_per_page=1000))))
+            blobs: list[Any] = self._call("list versions", lambda: list(self._cc.list_blobs(
+                name_starts_with=full, include=["versions"], results_per_page=1000)))
         except ColdError as exc:
             raise VersionsUnavailable(f"cannot list blob versions ({exc.code}): {exc}") from exc
         if any(getattr(b, "version_id", None) is None for b in blobs):
