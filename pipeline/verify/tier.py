@@ -642,6 +642,16 @@ class _RootSource:
         return out
 
 
+def _also_differs(sc: chain.SegmentScan, e: Entry) -> str:
+    """What else a hot file's own records say differently from its ledger row."""
+    root = (sc.seal or {}).get("merkle_root", sc.merkle_root)
+    diffs = [f"{what} {mine} vs {theirs}" for what, mine, theirs in (
+        ("seqs", f"{sc.first_seq}..{sc.last_seq}", f"{e.first_seq}..{e.last_seq}"),
+        ("Merkle root", str(root)[:16] + "…", e.merkle_root[:16] + "…"),
+        ("last hash", str(sc.last_hash)[:16] + "…", e.last_hash[:16] + "…")) if mine != theirs]
+    return f" ({'; '.join(diffs)})" if diffs else ""
+
+
 def _record_hashes(path: Path) -> dict[int, str]:
     """seq -> record hash of every complete, parseable record line in a segment file."""
     out: dict[int, str] = {}
@@ -1067,6 +1077,7 @@ class TierVerifier:
                     unproven.add(sc.name)
                     add("hot-altered", sc.name, f"the hot copy is {sc.size} bytes with SHA-256 {sc.sha256[:16]}…; "
                         f"the ledger recorded {e.size} bytes, {e.sha256[:16]}… when it was sealed ({e.state})"
+                        + _also_differs(sc, e)
                         + (" and the cold copy agrees with the ledger" if m is not None and m.sha256 == e.sha256
                            else ""), sc.first_seq)
             elif m is not None and (sc.size, sc.sha256) != (m.size, m.sha256):
