@@ -149,3 +149,29 @@ def test_host_mode_verifies_its_own_streams_not_a_fleet_neighbours(tmp_path: Pat
     rc, doc = _run(["verify-tier", "--cold-only", "--cold", pl.url, "--allow-unlocked", "--heartbeat-interval", "0",
                     "--vkey", str(pl.vkey)], capsys)
     assert sorted(s["stream"] for s in doc["streams"]) == ["app", "billing"]
+
+
+def test_eviction_while_verify_tier_reads_is_not_a_deletion(tmp_path: Path, moto_endpoint: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipper evicts between verify-tier's read of the ledger and its read of the hot
+    files: the file is gone, the row it read says confirmed; the row read again says evicted."""
+    from pipeline.verify import chain
+
+    pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10)
+    real = chain.scan_all
+    evicted: list[int] = []
+
+    def evict_then_scan(paths: list[Path], *a: Any, **kw: Any) -> Any:
+        if not evicted:
+            store = open_store(pl.url, ColdSettings(allow_unlocked=True, retention_days=1))
+            shipper = Shipper(pl.hot, store, hot_retention=0.0)
+            evicted.append(shipper.evict())
+            shipper.ledger.close()
+            store.close()
+        return real(paths, *a, **kw)
+
+    monkeypatch.setattr("pipeline.verify.tier.chain.scan_all", evict_then_scan)
+    rc, doc = _run(pl.base_args(), capsys)
+    assert evicted == [3] and not list_segments(pl.hot / "app")
+    assert rc == 0, doc["findings"]

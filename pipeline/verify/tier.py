@@ -62,7 +62,7 @@ from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
 from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
-from pipeline.ship.ledger import LEDGER_DIR, LEDGER_FILE, Entry, open_ledger_readonly
+from pipeline.ship.ledger import LEDGER_DIR, LEDGER_FILE, Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
 
@@ -757,6 +757,7 @@ class TierVerifier:
         self._lock = threading.Lock()
         self._done = 0
         self._total = 0
+        self._ledger: Ledger | None = None  # host mode: the shipper's ledger while run() reads it
 
     # -- progress ----------------------------------------------------------------------
     def _tick(self, phase: str, n: int = 1) -> None:
@@ -783,6 +784,7 @@ class TierVerifier:
             worm = None  # an auditor's read-only role may not read the bucket configuration
         have_ledger = opts.hot is not None and not opts.cold_only and ledger_path(opts.hot).exists()
         ledger = open_ledger_readonly(opts.hot) if have_ledger and opts.hot is not None else None
+        self._ledger = ledger
         if opts.hot is not None and not opts.cold_only and ledger is None:
             report.global_findings.append(TierFinding(
                 "ledger-missing", "", "", f"no shipper ledger at {ledger_path(opts.hot)}: cold objects cannot be "
@@ -819,6 +821,7 @@ class TierVerifier:
         finally:
             if ledger is not None:
                 ledger.close()
+            self._ledger = None
             shutil.rmtree(tmp_root, ignore_errors=True)
         report.requests = summarise_requests(before, _requests_of(self.store),
                                              sum(len(s.segments) for s in report.streams))
@@ -1065,8 +1068,7 @@ class TierVerifier:
         compared record for record with the segments that hold the same seqs; and the hot
         files themselves are verified as `pipeline verify` does (local reads, no requests).
         Returns the names of hot files that disagree with the ledger or cold storage."""
-        paths = [hot_files[n] for n in sorted(hot_files, key=_seg_sort_key)]
-        scans = chain.scan_all(paths, workers=max(1, min(self.opts.workers, os.cpu_count() or 1)))
+        scans = self._scan_hot(hot_files)
         by_hot = {sc.name: sc for sc in scans}
         to_compare: list[tuple[chain.SegmentScan, str]] = []  # (hot scan, name of the segment it must agree with)
         unproven: set[str] = set()
@@ -1084,6 +1086,11 @@ class TierVerifier:
                 to_compare.append((sc, sc.name))
         for name, e in entries.items():
             if e.state != "evicted" and name not in hot_files:
+                # the shipper may have evicted it since the ledger was read (it writes
+                # "evicted" before it unlinks): read the row again before calling it deleted
+                now = self._ledger.get(stream, name) if self._ledger is not None else None
+                if now is not None and now.state == "evicted":
+                    continue
                 add("hot-segment-missing", name, f"the ledger holds {name} as {e.state} (never evicted) but it is "
                     "not on the hot disk: deleted or renamed outside eviction", e.first_seq)
         if have_ledger:
@@ -1130,6 +1137,20 @@ class TierVerifier:
                 continue  # the records are in cold storage (reconciled above)
             add(f.reason, f.segment, f"hot tier: {f.message}", f.seq)
         return unproven
+
+    def _scan_hot(self, hot_files: dict[str, Path]) -> list[chain.SegmentScan]:
+        """Scan the hot files (in parallel).  The shipper may evict one while we read: a file
+        that vanished is dropped from ``hot_files`` (its ledger row then says evicted) and the
+        scan is repeated over the rest."""
+        workers = max(1, min(self.opts.workers, os.cpu_count() or 1))
+        for _attempt in range(5):
+            paths = [hot_files[n] for n in sorted(hot_files, key=_seg_sort_key)]
+            try:
+                return chain.scan_all(paths, workers=workers)
+            except FileNotFoundError:
+                for name in [n for n, p in hot_files.items() if not p.exists()]:
+                    del hot_files[name]
+        raise TierError("the hot directory kept changing while it was read: run verify-tier again")
 
     def _compare_records(self, sc: chain.SegmentScan, name: str, hot_files: dict[str, Path],
                          by_hot: dict[str, chain.SegmentScan], entries: dict[str, Entry],
