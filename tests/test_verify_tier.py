@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tierutil import (
+from pipeline.cli import main
+from pipeline.verify.tier import CODES
+from tests.tierutil import (
     Pipeline,
     alter_record,
     rewrite_object,
     ship_pipeline,
 )
-
-from pipeline.cli import main
-from pipeline.verify.tier import CODES
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENTS = 5
@@ -344,7 +340,7 @@ def test_time_gap_reported_as_possible_suppression(tmp_path: Path, moto_endpoint
 
 def test_s3_witness_and_time_window(tmp_path: Path, moto_endpoint: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from tierutil import new_bucket
+    from tests.tierutil import new_bucket
 
     wbucket = new_bucket(moto_endpoint)
     pl = ship_pipeline(tmp_path, moto_endpoint, segments=4, events_per_segment=10,
