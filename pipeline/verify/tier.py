@@ -642,20 +642,6 @@ class _RootSource:
         return out
 
 
-# chain.scan_segment reads a seal's start_frontier from the file's LAST line; when bytes follow
-# the seal, that line is not the seal and the scan adds this seal-mismatch next to the right
-# after-seal finding (issue 12 item 8; reported to chain.py's owners).  verify-tier reports the
-# after-seal alone: the seal's own frontiers are still checked against the neighbours by stitch.
-_FRONTIER_ECHO = "seal start_frontier does not describe the stream tree at the segment start"
-
-
-def _without_frontier_echo(findings: Iterable[chain.Finding]) -> list[chain.Finding]:
-    found = list(findings)
-    after_seal = {f.segment for f in found if f.reason == "after-seal"}
-    return [f for f in found if not (f.reason == "seal-mismatch" and f.segment in after_seal
-                                     and f.message.startswith(_FRONTIER_ECHO))]
-
-
 def _also_differs(sc: chain.SegmentScan, e: Entry) -> str:
     """What else a hot file's own records say differently from its ledger row."""
     root = (sc.seal or {}).get("merkle_root", sc.merkle_root)
@@ -1144,7 +1130,7 @@ class TierVerifier:
         def in_cold(seq: int | None) -> bool:
             return seq is not None and any(m.first_seq <= seq <= m.last_seq for m in manifests.values())
 
-        for f in _without_frontier_echo(rep.findings):
+        for f in rep.findings:
             if f.reason == "missing-tail":
                 continue  # _tail judges the head against hot AND cold
             if f.reason in ("missing-start", "missing-segment") and in_cold(f.seq):
@@ -1349,7 +1335,7 @@ class TierVerifier:
             rep = chain.stitch(res.stream, scans, start_seq=start if window else 0,
                                start_hash=scans[0].first_prev if window else None)
             seen = {(f.code, f.segment) for f in res.findings}
-            for f in _without_frontier_echo(rep.findings):
+            for f in rep.findings:
                 if (f.reason, f.segment) not in seen:
                     add(f.reason, f.segment, f.message, f.seq)
                     seen.add((f.reason, f.segment))

@@ -398,7 +398,9 @@ def _check(w: World, mode: str, args: list[str], want: Any, capsys: pytest.Captu
     alternatives = want if isinstance(want, tuple) else (want,)  # a tuple: any one of these sets
     assert code == 1, f"{mode}: expected findings {alternatives}, got exit {code}"
     assert any(a <= got for a in alternatives), f"{mode}: expected {alternatives} among {sorted(got)}"
-    if mode != "verify" and "after-seal" in got:  # issue 12 item 8: the right finding, not a frontier echo
+    # issue 12 item 8: after-seal alone, no start-frontier seal-mismatch echo (chain.py checks frontiers only
+    # on a segment without findings since main 32b863b: this branch alone still shows the echo)
+    if mode != "verify" and "after-seal" in got:
         echo = [f for f in doc["findings"] if f["code"] == "seal-mismatch" and "start_frontier" in f["message"]]
         assert not echo, echo
 
