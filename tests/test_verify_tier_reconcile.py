@@ -149,6 +149,10 @@ def test_host_mode_verifies_its_own_streams_not_a_fleet_neighbours(tmp_path: Pat
     rc, doc = _run(["verify-tier", "--cold-only", "--cold", pl.url, "--allow-unlocked", "--heartbeat-interval", "0",
                     "--vkey", str(pl.vkey)], capsys)
     assert sorted(s["stream"] for s in doc["streams"]) == ["app", "billing"]
+    # asked for by name from this host: judged, but not as objects this ledger failed to ship
+    rc, doc = _run(_tier(pl.hot, pl.url, "--stream", "billing"), capsys)
+    assert rc == 0 and "unshipped-object" not in _codes(doc, "error"), doc["findings"]
+    assert doc["totals"]["valid"] == 3
 
 
 def test_eviction_while_verify_tier_reads_is_not_a_deletion(tmp_path: Path, moto_endpoint: str,

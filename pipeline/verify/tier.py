@@ -812,12 +812,16 @@ class TierVerifier:
         streams.discard("")
         for o in strays:
             report.global_findings.append(_stray_finding(o.key, streams))
+        hot_streams = set(list_streams(opts.hot)) if opts.hot is not None and not opts.cold_only else set()
         tmp_root = Path(tempfile.mkdtemp(prefix="verify-tier-", dir=opts.temp_dir))
         try:
             for stream in sorted(streams):
                 entries = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
+                # the ledger accounts for the objects of the streams this host writes or shipped
+                # (a --stream of a fleet neighbour is judged as --cold-only would, plus the hot side)
+                accounts = ledger is not None and (bool(entries) or stream in hot_streams)
                 report.streams.append(self._stream(stream, listing.get(stream, []), entries, worm, tmp_root,
-                                                   versions.by_stream.get(stream, []), ledger is not None))
+                                                   versions.by_stream.get(stream, []), accounts))
         finally:
             if ledger is not None:
                 ledger.close()
