@@ -155,7 +155,7 @@ def ship_pipeline(tmp_path: Path, endpoint: str, *, segments: int = 6, lock: boo
 
 
 def compress(segment: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=3, write_content_size=True).compress(segment)
+    return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(segment)
 
 
 def rewrite_object(pl: Pipeline, key: str, segment: bytes, *, update_content: bool = True) -> None:
@@ -177,3 +177,46 @@ def alter_record(segment: bytes, index: int, old: bytes, new: bytes) -> bytes:
     assert old in lines[index], (old, lines[index][:120])
     lines[index] = lines[index].replace(old, new, 1)
     return b"".join(lines)
+
+
+def rechain(stream_dir: Path, edit: tuple[str, int, dict[str, Any]]) -> None:
+    """The attacker on the host with no keys: change one event of segment ``edit[0]`` (record
+    index ``edit[1]`` gets data ``edit[2]``), then re-hash, re-link and re-seal every record
+    from there to the newest (seal counts, Merkle roots and both frontiers recomputed, exactly
+    as the writer would have written them) and rewrite head.json to match.  Only signed
+    checkpoints, witnesses, FSS seals, the ledger and cold copies can tell."""
+    import orjson
+
+    from pipeline import merkle
+    from pipeline.hot.segment import list_segments
+    from pipeline.record import GENESIS_HASH, encode_record, parse_record
+
+    stream_cr = merkle.CompactRange()
+    prev = GENESIS_HASH.encode()
+    for path in list_segments(stream_dir):
+        seg_cr = merkle.CompactRange()
+        start_frontier = [h.hex() for h in stream_cr.stack]
+        out: list[bytes] = []
+        first_ts = ""
+        for i, raw in enumerate(path.read_bytes().splitlines(keepends=True)):
+            rec = parse_record(raw)
+            data = rec.data
+            if (path.name, i) == edit[:2]:
+                data = edit[2]
+            if rec.kind == "seal":
+                data = dict(data, last_hash=prev.decode(), merkle_root=seg_cr.root().hex(), tree_size=stream_cr.size,
+                            tree_root=stream_cr.root().hex(), frontier=[h.hex() for h in stream_cr.stack],
+                            start_frontier=start_frontier, opened=first_ts)
+            line, digest = encode_record(rec.stream, rec.seq, rec.ts.encode(), rec.kind, prev, orjson.dumps(data))
+            first_ts = first_ts or rec.ts
+            lh = merkle.leaf_hash(line[:-1])
+            if rec.kind != "seal":
+                seg_cr.append(lh)
+            stream_cr.append(lh)
+            prev = digest
+            out.append(line)
+        if path.read_bytes() != b"".join(out):
+            path.write_bytes(b"".join(out))
+    head = orjson.loads((stream_dir / "head.json").read_bytes())
+    head.update(last_hash=prev.decode(), tree_size=stream_cr.size, frontier=[h.hex() for h in stream_cr.stack])
+    (stream_dir / "head.json").write_bytes(orjson.dumps(head))

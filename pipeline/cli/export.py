@@ -11,6 +11,11 @@ record-by-record export would already have printed records of a segment later pr
 wrong.  Until release, a segment's matching events wait in a spool file (bounded memory).
 The first segment that does not verify stops the export: exit 1, with the segment, seq and
 reason on stderr; nothing from it (or after it) is printed.
+
+From the hot tier, a segment the shipper ledger knows must also be byte for byte what the
+ledger recorded when it was sealed (a hot copy edited and re-chained after shipping
+verifies on its own).  From cold storage, ``--ledger HOT_DIR`` adds the same check
+against the host's ledger, and refuses objects it never shipped (docs/LEDGER.md).
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from pipeline.cli._common import err, report_read_failure
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.hot.segment import list_segments, list_streams
 from pipeline.record import GENESIS_HASH, Kind, Record
-from pipeline.ship.ledger import open_ledger_readonly
-from pipeline.verify.chain import SegmentScan, scan_segment, stitch
+from pipeline.ship.ledger import Entry, open_ledger_readonly
+from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
 from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
 from pipeline.verify.tier import parse_time, ts_epoch
 
@@ -45,6 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cold", help="cold store URL (s3://, az://, file://)")
     src.add_argument("--hot", type=Path, help="hot-tier directory")
+    p.add_argument("--ledger", type=Path, metavar="HOT_DIR",
+                   help="with --cold: the host's hot directory; every object must be a segment its shipper "
+                   "ledger shipped, byte for byte (a forged object under a new key is refused)")
     p.add_argument("--stream", help="stream name (default: every stream)")
     p.add_argument("--since", help="only events at or after T (ISO 8601, or 7d/12h/30m ago)")
     p.add_argument("--until", help="only events at or before T")
@@ -190,15 +198,44 @@ def _remover(path: Path) -> Callable[[], None]:
     return remove
 
 
-def _hot_segments(hot: Path, stream: str) -> list[tuple[str, Any, Any]]:
+def _hot_segments(hot: Path, stream: str, shipped: dict[str, Entry]) -> list[tuple[str, Any, Any]]:
+    """The hot files in stream order.  A file the ledger knows must be, byte for byte, the
+    segment it recorded at sealing (and shipped): a hot copy edited and re-chained after
+    that is not released, whatever its own chain says."""
     out: list[tuple[str, Any, Any]] = []
     for p in list_segments(hot / stream):
-        out.append((p.name, lambda p=p: (p, []), lambda scan: None))
+        def fetch(p: Path = p) -> tuple[Path, list[tuple[str, str]]]:
+            e = shipped.get(p.name)
+            if e is None:
+                return p, []
+            size, sha = file_sha256(p)
+            if (size, sha) != (e.size, e.sha256):
+                return p, [("hot-altered", f"the hot copy is {size} bytes with SHA-256 {sha[:16]}…, but the ledger "
+                            f"recorded {e.size} bytes, {e.sha256[:16]}… when it was sealed ({e.state}): export it "
+                            "with --cold and run pipeline verify-tier")]
+            return p, []
+
+        out.append((p.name, fetch, lambda scan: None))
     return out
 
 
-def _cold_segments(store: Any, stream: str, tmp: Path, since: float | None,
-                   until: float | None) -> tuple[list[tuple[str, Any, Any]], int, str | None]:
+def _ledger_problem(name: str, sha256: str, size: int, shipped: dict[str, Entry] | None) -> tuple[str, str] | None:
+    """With --ledger: a cold object must be a segment the host's shipper shipped, byte for
+    byte (docs/LEDGER.md)."""
+    if shipped is None:
+        return None
+    e = shipped.get(name)
+    if e is None:
+        return ("unshipped-object", f"{name} is in cold storage but the ledger never shipped it: forged, or "
+                "uploaded by someone else")
+    if (e.sha256, e.size) != (sha256, size):
+        return ("hot-cold-mismatch", f"{name} decompresses to {size} bytes with SHA-256 {sha256[:16]}…, the ledger "
+                f"shipped {e.size} bytes, {e.sha256[:16]}…")
+    return None
+
+
+def _cold_segments(store: Any, stream: str, tmp: Path, since: float | None, until: float | None,
+                   shipped: dict[str, Entry] | None = None) -> tuple[list[tuple[str, Any, Any]], int, str | None]:
     segs = stream_objects(store, stream)
     # skip objects whose metadata says all their records are outside the window; the first
     # kept object is then anchored by the previous object's recorded last hash
@@ -221,7 +258,9 @@ def _cold_segments(store: Any, stream: str, tmp: Path, since: float | None,
         def fetch(s: Any = s) -> tuple[Path, list[tuple[str, str]]]:
             d = Path(tempfile.mkdtemp(dir=tmp))
             checked = fetch_checked(store, s, d)
-            return checked.fetched.path, checked.problems
+            fr = checked.fetched
+            problem = _ledger_problem(s.name, fr.sha256, fr.size, shipped) if fr.ok else None
+            return fr.path, checked.problems + ([problem] if problem else [])
 
         out.append((s.name, fetch, lambda scan, s=s: merkle_problem(s, scan)))
     return out, start_seq, start_hash
@@ -234,6 +273,9 @@ def run(args: argparse.Namespace) -> int:
         matches = _parse_matches(args.match)
     except ValueError as exc:
         err(str(exc))
+        return EXIT_ERROR
+    if args.ledger is not None and args.cold is None:
+        err("--ledger goes with --cold (with --hot the ledger in that directory is always used)")
         return EXIT_ERROR
     out = sys.stdout.buffer
     exporter = Exporter(out, since, until, matches)
@@ -250,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
                 if start:
                     print(f"export: note: records of {stream} before seq {start[0]} were evicted from the hot tier; "
                           "export them with --cold", file=sys.stderr)
-                exporter.stream(stream, _hot_segments(args.hot, stream), start[0] if start else 0,
+                shipped = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
+                exporter.stream(stream, _hot_segments(args.hot, stream, shipped), start[0] if start else 0,
                                 start[1] if start else None)
             if ledger:
                 ledger.close()
@@ -259,7 +302,15 @@ def run(args: argparse.Namespace) -> int:
             try:
                 streams = [args.stream] if args.stream else list_streams_in(store)
                 for stream in streams:
-                    segs, s0, h0 = _cold_segments(store, stream, tmp, since, until)
+                    vouched: dict[str, Entry] | None = None
+                    if args.ledger is not None:
+                        led = open_ledger_readonly(args.ledger)
+                        if led is None:
+                            err(f"no shipper ledger in {args.ledger} (.ship/ledger.sqlite)")
+                            return EXIT_ERROR
+                        vouched = {e.segment: e for e in led.entries(stream=stream)}
+                        led.close()
+                    segs, s0, h0 = _cold_segments(store, stream, tmp, since, until, vouched)
                     exporter.stream(stream, segs, s0, h0)
             finally:
                 store.close()

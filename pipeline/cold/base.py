@@ -363,3 +363,24 @@ def required_retain_until(settings: ColdSettings, now: dt.datetime | None = None
     # and a comparison must not fail on a truncated fraction.
     t = (now or utcnow()) + dt.timedelta(days=settings.retention_days)
     return t.replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One entry of a version listing: an object version or a delete marker.
+
+    ``latest`` is what a plain GET/HEAD of the key sees; on S3 a DELETE without a version
+    id adds a delete marker that becomes the latest entry and hides the (still locked)
+    object, and a plain PUT over a locked key adds a second version that readers see."""
+
+    key: str
+    version_id: str | None
+    latest: bool
+    delete_marker: bool = False
+    size: int = 0
+    last_modified: dt.datetime | None = None
+
+
+class VersionsUnavailable(Exception):
+    """The store cannot list object versions (backend without versioning, or no permission):
+    the message says which, so a report can say what was not checked."""

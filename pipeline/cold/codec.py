@@ -243,20 +243,144 @@ class PartHasher:
 class HashingReader:
     """Hashes and counts the stored bytes as the decompressor pulls them."""
 
-    def __init__(self, stream: ReadStream) -> None:
+    def __init__(self, stream: ReadStream, observer: Callable[[bytes], None] | None = None) -> None:
         self._stream = stream
         self.sha = hashlib.sha256()
         self.count = 0
+        self._observer = observer  # sees every stored byte too (the §10 frame check)
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size if size and size > 0 else CHUNK)
         self.sha.update(data)
         self.count += len(data)
+        if self._observer is not None and data:
+            self._observer(data)
         return data
 
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class FrameChecker:
+    """docs/FORMAT.md §10, checked on the stored bytes as they stream past (no buffering
+    beyond a frame header): the body MUST be exactly ONE Zstandard frame (RFC 8878 §3.1.1)
+    that starts at byte 0 (so no leading skippable frame), declares Frame_Content_Size equal
+    to the metadata's ``worm_size``, sets Content_Checksum_flag, has no Dictionary_ID and a
+    window of at most 64 MiB; and NOTHING may follow the frame (no second frame, no
+    skippable frame, no trailing bytes).  The block headers are walked to find where the
+    frame ends; block contents are skipped (the decompressor checks them).  ``problem`` is
+    the first rule broken, or None."""
+
+    def __init__(self, declared_size: int | None) -> None:
+        self.declared_size = declared_size
+        self.problem: str | None = None
+        self._buf = b""
+        self._state = "header"  # header | block | skip | checksum | done
+        self._skip = 0
+        self._last_block = False
+        self._checksum = False
+        self.content_size: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.problem is not None:
+            return
+        self._buf += data
+        while self.problem is None:
+            if self._state == "skip":
+                n = min(self._skip, len(self._buf))
+                self._buf = self._buf[n:]
+                self._skip -= n
+                if self._skip:
+                    return
+                self._state = "checksum" if self._last_block else "block"
+                if self._state == "checksum" and not self._checksum:
+                    self._state = "done"
+            elif self._state == "header":
+                if not self._header():
+                    return
+            elif self._state == "block":
+                if len(self._buf) < 3:
+                    return
+                bh = int.from_bytes(self._buf[:3], "little")
+                self._buf = self._buf[3:]
+                self._last_block = bool(bh & 1)
+                btype, bsize = (bh >> 1) & 3, bh >> 3
+                if btype == 3:
+                    self.problem = "reserved block type inside the frame"
+                    return
+                self._skip = 1 if btype == 1 else bsize
+                self._state = "skip"
+            elif self._state == "checksum":
+                if len(self._buf) < 4:
+                    return
+                self._buf = self._buf[4:]
+                self._state = "done"
+            else:  # done: anything more is a second frame, a skippable frame or garbage
+                if self._buf:
+                    kind = ("a skippable frame" if self._buf[:4][1:] == b"\x2a\x4d\x18"
+                            and 0x50 <= self._buf[0] <= 0x5F else
+                            "a second zstd frame" if self._buf[:4] == ZSTD_MAGIC else "trailing bytes")
+                    self.problem = f"{kind} after the frame (§10: exactly one frame, nothing after it)"
+                return
+
+    def _header(self) -> bool:
+        b = self._buf
+        if len(b) < 5:
+            return False
+        if b[:4] != ZSTD_MAGIC:
+            skippable = b[1:4] == b"\x2a\x4d\x18" and 0x50 <= b[0] <= 0x5F
+            self.problem = ("the body starts with a skippable frame (§10: no skippable frames)" if skippable
+                            else "the body does not start with a zstd frame (magic 28 B5 2F FD)")
+            return False
+        fhd = b[4]
+        fcs_flag, single, checksum, did_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+        if fhd & 0x08:
+            self.problem = "the frame header's reserved bit is set"
+            return False
+        did_size = (0, 1, 2, 4)[did_flag]
+        fcs_size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+        need = 5 + (0 if single else 1) + did_size + fcs_size
+        if len(b) < need:
+            return False
+        pos = 5
+        window: int | None = None
+        if not single:
+            wd = b[pos]
+            pos += 1
+            base = 1 << (10 + (wd >> 3))
+            window = base + (base // 8) * (wd & 7)
+        dict_id = int.from_bytes(b[pos:pos + did_size], "little") if did_size else 0
+        pos += did_size
+        fcs: int | None = None
+        if fcs_size:
+            fcs = int.from_bytes(b[pos:pos + fcs_size], "little") + (256 if fcs_size == 2 else 0)
+        self.content_size = fcs
+        if single:
+            window = fcs
+        if fcs is None:
+            self.problem = "the frame does not declare its content size (§10: Frame_Content_Size present)"
+        elif self.declared_size is not None and fcs != self.declared_size:
+            self.problem = f"the frame declares {fcs} content bytes but the metadata says {self.declared_size}"
+        elif not checksum:
+            self.problem = "the frame carries no content checksum (§10: Content_Checksum_flag 1)"
+        elif dict_id:
+            self.problem = f"the frame needs dictionary {dict_id} (§10: no dictionary)"
+        elif window is not None and window > MAX_WINDOW:
+            self.problem = f"the frame's window is {window} bytes, over the 64 MiB limit"
+        self._checksum = bool(checksum)
+        self._buf = b[need:]
+        self._state = "block"
+        return True
+
+    def finish(self) -> str | None:
+        """After the last byte: the first rule broken, or None."""
+        if self.problem is None and self._state != "done":
+            self.problem = "the body ends inside the frame (truncated)"
+        return self.problem
 
 
 class SegmentScanner:
@@ -376,7 +500,8 @@ def deep_check(
     """
     limit = manifest.size
     stream = opener()
-    reader = HashingReader(stream)
+    frames = FrameChecker(manifest.size) if compression == "zstd" else None
+    reader = HashingReader(stream, frames.feed if frames is not None else None)
     scanner = SegmentScanner(manifest.segment)
     content_problem: tuple[str, str] | None = None
     try:
@@ -426,6 +551,8 @@ def deep_check(
         result.add("deep stored size", False, f"downloaded {reader.count} bytes, expected {expected_stored_size}",
                    "stored-size-mismatch")
 
+    if frames is not None and (frame_problem := frames.finish()) is not None:
+        result.add("deep zstd frame", False, frame_problem, "frame-invalid")
     if content_problem is not None:
         result.add("deep content", False, content_problem[1], content_problem[0])
         return

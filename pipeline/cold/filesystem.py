@@ -31,9 +31,11 @@ from pipeline.cold.base import (
     ColdSettings,
     ObjectInfo,
     ObjectStat,
+    ObjectVersion,
     PutResult,
     ReadStream,
     VerifyResult,
+    VersionsUnavailable,
     encode_metadata,
     object_key,
     required_retain_until,
@@ -252,6 +254,15 @@ class FileStore:
                     out.append(ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)))
         out.sort(key=lambda o: o.key)  # the same lexicographic order S3 listings have
         yield from out
+
+    def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """A directory keeps no versions and no delete markers, so there is no history to
+        list: say so (the report warns ``versions-unchecked``) rather than present each file
+        as a checked single version.  A deleted or replaced file is caught on file:// by the
+        ledger, the seq gaps, the witnesses and the metadata's stored SHA-256 instead."""
+        raise VersionsUnavailable(f"{self.endpoint} is a directory: it keeps no object versions, so a deleted or "
+                                  "replaced file leaves no history to list")
+        yield  # pragma: no cover  (makes this a generator, like the other backends' listings)
 
     def set_legal_hold(self, key: str, on: bool) -> None:
         if not self._path(key).exists():

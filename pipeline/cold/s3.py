@@ -28,9 +28,11 @@ from pipeline.cold.base import (
     ColdSettings,
     ObjectInfo,
     ObjectStat,
+    ObjectVersion,
     PutResult,
     ReadStream,
     VerifyResult,
+    VersionsUnavailable,
     encode_metadata,
     lock_state_expired,
     object_key,
@@ -442,6 +444,36 @@ class S3Store:
 
         return page
 
+    def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """ListObjectVersions, 1,000 keys per request: every version and delete marker under
+        ``prefix``.  Needs s3:ListBucketVersions; AccessDenied raises VersionsUnavailable."""
+        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": 1000}
+        while True:
+            try:
+                resp: dict[str, Any] = self._call("list versions", self._version_lister(dict(args)))
+            except ColdRequestError as exc:
+                raise VersionsUnavailable(f"cannot list object versions ({exc.code}): grant "
+                                          "s3:ListBucketVersions to check for delete markers and overwritten "
+                                          "versions") from exc
+            for v in resp.get("Versions", []):
+                yield ObjectVersion(v["Key"], v.get("VersionId"), bool(v.get("IsLatest")), False,
+                                    int(v.get("Size", 0)), v.get("LastModified"))
+            for d in resp.get("DeleteMarkers", []):
+                yield ObjectVersion(d["Key"], d.get("VersionId"), bool(d.get("IsLatest")), True, 0,
+                                    d.get("LastModified"))
+            if not resp.get("IsTruncated"):
+                return
+            args["KeyMarker"] = resp.get("NextKeyMarker")
+            args["VersionIdMarker"] = resp.get("NextVersionIdMarker") or ""
+
+    def _version_lister(self, args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+        def page() -> dict[str, Any]:
+            resp: dict[str, Any] = self._client.list_object_versions(**args)
+            return resp
+
+        return page
+
     def set_legal_hold(self, key: str, on: bool) -> None:
         seg = segment_of_key(key)
         self._call(
@@ -483,3 +515,4 @@ class S3Store:
                 deep_check(lambda: self.open(key), manifest, compression, full_sha, st.size, result)
         result.requests = sum(self.requests.values()) - before
         return result
+

@@ -21,7 +21,7 @@ from typing import IO, cast
 import zstandard
 
 from pipeline.cold.base import ColdStore, ObjectStat, decode_metadata, segment_of_key
-from pipeline.cold.codec import MAX_WINDOW, HashingReader
+from pipeline.cold.codec import MAX_WINDOW, FrameChecker, HashingReader
 
 CHUNK = 1 << 20
 
@@ -38,6 +38,7 @@ class Fetched:
     sha256: str = ""  # of the uncompressed bytes
     problem: str | None = None  # reason code when the bytes could not be turned into a segment
     detail: str = ""
+    frame_problem: str | None = None  # zstd objects: the docs/FORMAT.md §10 frame rule broken, if any
 
     @property
     def ok(self) -> bool:
@@ -63,7 +64,8 @@ def fetch_segment(store: ColdStore, st: ObjectStat, dest_dir: Path, *, max_size:
     limit = declared if declared is not None else (max_size or store.settings.max_segment_size)
     content = hashlib.sha256()
     stream = store.open(st.key)
-    reader = HashingReader(stream)
+    frames = FrameChecker(declared) if compression == "zstd" else None
+    reader = HashingReader(stream, frames.feed if frames is not None else None)
     try:
         with open(out.path, "wb") as f:
             if compression == "zstd":
@@ -100,6 +102,8 @@ def fetch_segment(store: ColdStore, st: ObjectStat, dest_dir: Path, *, max_size:
     finally:
         stream.close()
     out.stored_size = reader.count
+    if frames is not None and out.problem != "oversize":
+        out.frame_problem = frames.finish()
     out.stored_sha256 = reader.sha.hexdigest()
     out.sha256 = content.hexdigest()
     return out

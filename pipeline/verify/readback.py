@@ -87,6 +87,8 @@ def fetch_checked(store: ColdStore, seg: ColdSegment, dest: Path) -> Checked:
                              f"the upload recorded {want[:16]}…"))
     if seg.stat.sha256 is not None and want and seg.stat.sha256 not in (want, meta.get("stored_sha256_composite")):
         out.problems.append(("object-replaced", f"{seg.key}: the service's SHA-256 differs from the upload's"))
+    if fr.frame_problem is not None:
+        out.problems.append(("frame-invalid", f"{seg.key}: {fr.frame_problem}"))
     if not fr.ok:
         out.problems.append(("content-invalid", f"{seg.key}: {fr.problem}: {fr.detail}"))
         return out

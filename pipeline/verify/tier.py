@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +49,9 @@ from pipeline import merkle
 from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
 from pipeline.cold.base import (
     ColdStore,
-    ObjectInfo,
     ObjectStat,
+    ObjectVersion,
+    VersionsUnavailable,
     decode_metadata,
     manifest_from_metadata,
     segment_of_key,
@@ -61,7 +62,7 @@ from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
 from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
-from pipeline.ship.ledger import Entry, open_ledger_readonly
+from pipeline.ship.ledger import LEDGER_DIR, LEDGER_FILE, Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
 
@@ -80,6 +81,22 @@ CODES: dict[str, tuple[str, str]] = {
     "renamed-object": (ERROR, "an object's key does not match the segment its metadata describes (renamed, "
                               "reordered or copied over another)"),
     "unexpected-object": (WARNING, "a key under the prefix is not a segment object"),
+    "unexpected-segment-object": (ERROR, "a key under a stream's prefix looks like a segment object (seg-…, "
+                                         ".jsonl, .zst) but its name is not a valid segment name"),
+    "unshipped-object": (ERROR, "host mode: a segment object the ledger never shipped (forged, or uploaded by "
+                                "someone else with the shipper's write right)"),
+    "delete-marker": (ERROR, "a delete marker hides a segment object (a DELETE without version id), or the key "
+                             "was deleted and written again"),
+    "extra-version": (ERROR, "a segment key holds more than one object version: something was PUT over the "
+                             "shipped object and readers see the newest"),
+    "versions-unchecked": (WARNING, "object versions could not be listed (backend or permission): delete markers "
+                                    "and overwritten versions were not checked"),
+    "ledger-missing": (WARNING, "host mode without the shipper's ledger: cold objects cannot be accounted for, "
+                                "eviction cannot be told from deletion"),
+    "hot-altered": (ERROR, "a hot segment's bytes differ from what the ledger recorded when it was sealed and "
+                           "shipped (edited, re-chained, appended to, swapped or renamed on the host)"),
+    "hot-segment-missing": (ERROR, "a segment the ledger holds as not evicted is gone from the hot tier (deleted "
+                                   "or renamed outside eviction)"),
     "metadata-invalid": (ERROR, "an object's metadata does not describe a segment"),
     "unreadable-object": (ERROR, "an object could not be read (permissions, service error)"),
     # the stored bytes
@@ -87,12 +104,15 @@ CODES: dict[str, tuple[str, str]] = {
     "truncated-object": (ERROR, "the object is smaller than the bytes uploaded"),
     "object-replaced": (ERROR, "the object's SHA-256 differs from the bytes uploaded (replaced or altered)"),
     "hot-cold-mismatch": (ERROR, "the cold object describes a different segment than the hot tier / ledger "
-                                 "(size, SHA-256, Merkle root or links differ)"),
+                                 "(size, SHA-256, Merkle root or links differ), or hot and cold hold different "
+                                 "records at the same seqs"),
     "quarantined": (ERROR, "the shipper quarantined this segment: its cold copy could not be proven"),
     # deep
     "content-invalid": (ERROR, "--deep: the object does not decompress/verify (reason in the message)"),
     "content-mismatch": (ERROR, "--deep: the decompressed segment's SHA-256, size or Merkle root differs from "
                                 "the metadata"),
+    "frame-invalid": (ERROR, "--deep/export: the stored zstd body breaks docs/FORMAT.md §10 (not exactly one "
+                             "frame with content size and checksum, a skippable frame, bytes after the frame)"),
     "archived": (WARNING, "--deep/export: the object is in an archive storage class and must be thawed first"),
     # lock
     "not-locked": (ERROR, "the object is not locked in COMPLIANCE mode (or an enforced immutability policy)"),
@@ -622,6 +642,29 @@ class _RootSource:
         return out
 
 
+def _also_differs(sc: chain.SegmentScan, e: Entry) -> str:
+    """What else a hot file's own records say differently from its ledger row."""
+    root = (sc.seal or {}).get("merkle_root", sc.merkle_root)
+    diffs = [f"{what} {mine} vs {theirs}" for what, mine, theirs in (
+        ("seqs", f"{sc.first_seq}..{sc.last_seq}", f"{e.first_seq}..{e.last_seq}"),
+        ("Merkle root", str(root)[:16] + "…", e.merkle_root[:16] + "…"),
+        ("last hash", str(sc.last_hash)[:16] + "…", e.last_hash[:16] + "…")) if mine != theirs]
+    return f" ({'; '.join(diffs)})" if diffs else ""
+
+
+def _record_hashes(path: Path) -> dict[int, str]:
+    """seq -> record hash of every complete, parseable record line in a segment file."""
+    out: dict[int, str] = {}
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            with contextlib.suppress(RecordError):
+                rec = parse_record(raw)
+                out.setdefault(rec.seq, rec.hash)
+    return out
+
+
 def roots_in_segment(path: Path, sizes: Iterable[int]) -> dict[int, bytes | str]:
     """Tree roots at ``sizes`` (each in (first_seq, seal_seq + 1]) from one sealed segment."""
     wanted = set(sizes)
@@ -653,6 +696,55 @@ def roots_in_segment(path: Path, sizes: Iterable[int]) -> dict[int, bytes | str]
     return out
 
 
+# ---------------------------------------------------------------------------- listing
+
+
+@dataclass
+class _Versions:
+    """What the version listing says beyond the current objects: per stream, findings
+    (code, segment name, key, message) about delete markers and extra versions."""
+
+    unavailable: str | None = None
+    by_stream: dict[str, list[tuple[str, str, str, str]]] = field(default_factory=dict)
+
+    def judge(self, key: str, vs: list[ObjectVersion], stream: str | None) -> None:
+        parsed = segment_of_key(key)
+        if parsed is None or (stream and parsed[0] != stream):
+            return  # stray keys are reported from the current listing (hidden strays are not evidence)
+        objects = [v for v in vs if not v.delete_marker]
+        markers = [v for v in vs if v.delete_marker]
+        out = self.by_stream.setdefault(parsed[0], [])
+        if markers:
+            latest = any(v.latest for v in markers)
+            out.append(("delete-marker", parsed[1], key,
+                        f"{key}: {len(markers)} delete marker(s)"
+                        + (" hide the object: a plain GET/HEAD/list no longer sees it although its locked "
+                           f"version{'s' if len(objects) != 1 else ''} remain" if latest else
+                           ", under a newer version: the key was deleted and written again")))
+        if len(objects) > 1:
+            out.append(("extra-version", parsed[1], key,
+                        f"{key} has {len(objects)} object versions: something was PUT over the shipped object "
+                        "and readers see the newest (versions: "
+                        + ", ".join(str(v.version_id) for v in objects[:5]) + ")"))
+
+
+def ledger_path(hot: Path) -> Path:
+    return hot / LEDGER_DIR / LEDGER_FILE
+
+
+def _stray_finding(key: str, streams: set[str]) -> TierFinding:
+    """A key that is not a segment object: an error when it sits in a stream's prefix and
+    looks like a segment (a renamed or hand-made object someone may take for evidence),
+    else a warning."""
+    parent, _, base = key.rpartition("/")
+    stream = parent.rsplit("/", 1)[-1]
+    looks = base.startswith("seg-") or base.endswith((".jsonl", ".jsonl.zst", ".zst"))
+    if stream in streams and looks:
+        return TierFinding("unexpected-segment-object", stream, "", f"{key} is under stream {stream}'s prefix "
+                           "and looks like a segment object but its name is not a valid segment name", key=key)
+    return TierFinding("unexpected-object", "", "", f"{key} is not a segment object", key=key)
+
+
 # ---------------------------------------------------------------------------- the verifier
 
 
@@ -665,6 +757,7 @@ class TierVerifier:
         self._lock = threading.Lock()
         self._done = 0
         self._total = 0
+        self._ledger: Ledger | None = None  # host mode: the shipper's ledger while run() reads it
 
     # -- progress ----------------------------------------------------------------------
     def _tick(self, phase: str, n: int = 1) -> None:
@@ -689,53 +782,120 @@ class TierVerifier:
                 report.global_findings.append(TierFinding("worm-not-enforced", "", "", caps.reason))
         except ColdError:
             worm = None  # an auditor's read-only role may not read the bucket configuration
-        listing = self._list(opts.stream)
-        ledger = open_ledger_readonly(opts.hot) if opts.hot is not None and not opts.cold_only else None
-        streams: set[str] = set(listing)
+        have_ledger = opts.hot is not None and not opts.cold_only and ledger_path(opts.hot).exists()
+        ledger = open_ledger_readonly(opts.hot) if have_ledger and opts.hot is not None else None
+        self._ledger = ledger
+        if opts.hot is not None and not opts.cold_only and ledger is None:
+            report.global_findings.append(TierFinding(
+                "ledger-missing", "", "", f"no shipper ledger at {ledger_path(opts.hot)}: cold objects cannot be "
+                "accounted for and an evicted segment cannot be told from a deleted one (docs/LEDGER.md)"))
+        # Host mode with a ledger verifies the streams this host writes or has shipped, each
+        # from its own prefix: other streams under the same prefix belong to other hosts of a
+        # fleet (their objects are not this ledger's to account for, nor worth a HEAD each).
+        own: list[str | None] = [opts.stream]
+        if not opts.stream and ledger is not None and opts.hot is not None:
+            mine = sorted(set(list_streams(opts.hot)) | {e.stream for e in ledger.entries()})
+            own = list(mine) if mine else [None]
+        listing, versions = self._list_all(own)
+        if versions.unavailable is not None:
+            report.global_findings.append(TierFinding("versions-unchecked", "", "", versions.unavailable))
+        # keys that are not segment objects never name a stream (an empty name must not mean
+        # "every stream" anywhere below)
+        strays = listing.pop("", [])
+        streams: set[str] = set(listing) | set(versions.by_stream)
         if opts.stream:
             streams = {opts.stream}
         elif opts.hot is not None and not opts.cold_only:
             streams |= set(list_streams(opts.hot))
             if ledger is not None:
                 streams |= {e.stream for e in ledger.entries()}
-        for key in listing.pop("", []):
-            report.global_findings.append(TierFinding("unexpected-object", "", "", f"{key.key} is not a segment "
-                                                      "object", key=key.key))
+        streams.discard("")
+        for o in strays:
+            report.global_findings.append(_stray_finding(o.key, streams))
+        hot_streams = set(list_streams(opts.hot)) if opts.hot is not None and not opts.cold_only else set()
         tmp_root = Path(tempfile.mkdtemp(prefix="verify-tier-", dir=opts.temp_dir))
         try:
             for stream in sorted(streams):
                 entries = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
-                report.streams.append(self._stream(stream, listing.get(stream, []), entries, worm, tmp_root))
+                # the ledger accounts for the objects of the streams this host writes or shipped
+                # (a --stream of a fleet neighbour is judged as --cold-only would, plus the hot side)
+                accounts = ledger is not None and (bool(entries) or stream in hot_streams)
+                report.streams.append(self._stream(stream, listing.get(stream, []), entries, worm, tmp_root,
+                                                   versions.by_stream.get(stream, []), accounts))
         finally:
             if ledger is not None:
                 ledger.close()
+            self._ledger = None
             shutil.rmtree(tmp_root, ignore_errors=True)
         report.requests = summarise_requests(before, _requests_of(self.store),
                                              sum(len(s.segments) for s in report.streams))
         report.elapsed_s = time.monotonic() - t0
         return report
 
-    def _list(self, stream: str | None) -> dict[str, list[_Obj]]:
+    def _list_all(self, streams: Sequence[str | None]) -> tuple[dict[str, list[_Obj]], _Versions]:
+        """``_list`` of each stream prefix (None: the whole store), merged."""
+        if len(streams) == 1:
+            return self._list(streams[0])
         out: dict[str, list[_Obj]] = {}
+        versions = _Versions()
+        for stream in streams:
+            part, v = self._list(stream)
+            for k, objs in part.items():
+                out.setdefault(k, []).extend(objs)
+            for k, fs in v.by_stream.items():
+                versions.by_stream.setdefault(k, []).extend(fs)
+            versions.unavailable = versions.unavailable or v.unavailable
+        return out, versions
+
+    def _list(self, stream: str | None) -> tuple[dict[str, list[_Obj]], _Versions]:
+        """The stream objects readers see, by stream ("" for keys that are not segment
+        objects), from ONE version listing where the store has one (ListObjectVersions: the
+        same one request per 1,000 keys as a plain listing), so delete markers and extra
+        versions come for free; else from the plain listing, and the report says versions
+        were not checked."""
+        out: dict[str, list[_Obj]] = {}
+        versions = _Versions()
         prefix = stream_prefix("", stream) if stream else ""
+
+        def keep(key: str, size: int, modified: dt.datetime | None) -> None:
+            parsed = segment_of_key(key)
+            if parsed is None:
+                out.setdefault("", []).append(_Obj("", key, "", size, modified))
+            elif not stream or parsed[0] == stream:
+                out.setdefault(parsed[0], []).append(_Obj(parsed[1], key, parsed[2], size, modified))
+
+        lister = getattr(self.store, "list_versions", None)
         try:
-            infos: Iterator[ObjectInfo] = self.store.list(prefix)
-            for info in infos:
-                parsed = segment_of_key(info.key)
-                if parsed is None:
-                    out.setdefault("", []).append(_Obj("", info.key, "", info.size, info.last_modified))
-                    continue
-                s, name, comp = parsed
-                if stream and s != stream:
-                    continue
-                out.setdefault(s, []).append(_Obj(name, info.key, comp, info.size, info.last_modified))
+            if lister is not None:
+                try:
+                    by_key: dict[str, list[ObjectVersion]] = {}
+                    for v in lister(prefix):
+                        by_key.setdefault(v.key, []).append(v)
+                except VersionsUnavailable as exc:
+                    versions.unavailable = str(exc)
+                    lister = None
+                else:
+                    for key in sorted(by_key):
+                        vs = by_key[key]
+                        current = next((v for v in vs if v.latest and not v.delete_marker), None)
+                        if current is not None:
+                            keep(key, current.size, current.last_modified)
+                        versions.judge(key, vs, stream)
+            else:
+                versions.unavailable = f"{type(self.store).__name__} cannot list object versions"
+            if lister is None:
+                for info in self.store.list(prefix):
+                    keep(info.key, info.size, info.last_modified)
         except ColdError as exc:
             raise TierError(f"cannot list the cold store: {exc}") from exc
-        return out
+        return out, versions
 
     # -- one stream ---------------------------------------------------------------------
     def _stream(self, stream: str, objs: list[_Obj], entries: dict[str, Entry], worm: bool | None,
-                tmp_root: Path) -> StreamTier:
+                tmp_root: Path, version_findings: Sequence[tuple[str, str, str, str]] = (),
+                have_ledger: bool = False) -> StreamTier:
+        if not stream:
+            raise TierError("internal: an empty stream name was about to be verified")
         opts = self.opts
         res = StreamTier(stream)
         lines: dict[str, SegmentLine] = {}
@@ -849,6 +1009,16 @@ class TierVerifier:
                     e.first_seq, lines[name].key)
             elif e.state == "quarantined":
                 add("quarantined", name, e.last_error or "quarantined by the shipper", e.first_seq)
+        for code, name, key, message in version_findings:
+            if name not in lines:
+                lines[name] = SegmentLine(name, key, "missing", hot_state=entries[name].state if name in entries
+                                          else None)
+            add(code, name, message, None, key)
+        unproven: set[str] = set()  # hot copies that disagree with the ledger or cold: never a root source
+        if hot_dir is not None and not window:
+            cold_keys = {name: group[0].key for name, group in by_name.items()}
+            unproven = self._reconcile(stream, hot_dir, hot_files, entries, manifests, cold_keys, stats, add,
+                                       tmp_root, have_ledger)
         if hot_files and not window:
             newest = max(hot_files, key=_seg_sort_key)
             for name in hot_files:
@@ -866,9 +1036,10 @@ class TierVerifier:
         # deep: every object streamed, decompressed, re-verified record by record
         roots: _RootSource = _RootSource(self.store, tmp_root)
         for name in hot_files:
-            roots.add(name, hot_files[name], lines[name].key if name in lines else None)
+            if name not in unproven:
+                roots.add(name, hot_files[name], lines[name].key if name in lines else None)
         for m in ordered:
-            if m.segment not in hot_files:
+            if m.segment not in hot_files or m.segment in unproven:
                 roots.add(m.segment, None, lines[m.segment].key)
         roots.finish()
         deep_roots: dict[int, bytes | str] = {}
@@ -889,6 +1060,149 @@ class TierVerifier:
         res.records = sum(m.records for m in ordered)
         res.segments = sorted(lines.values(), key=lambda s: _seg_sort_key(s.segment))
         return res
+
+    # -- host mode: hot against ledger against cold ----------------------------------------
+    def _reconcile(self, stream: str, hot_dir: Path, hot_files: dict[str, Path], entries: dict[str, Entry],
+                   manifests: dict[str, SegmentManifest], cold_keys: dict[str, str], stats: dict[str, ObjectStat],
+                   add: Callable[..., None], tmp_root: Path, have_ledger: bool) -> set[str]:
+        """Every hot segment the ledger or cold storage knows is compared by size and SHA-256
+        (which fix seq range, links and Merkle root) with the ledger row and the cold
+        object's manifest; every ledger row not evicted must still be on the hot disk; every
+        cold object must be one the ledger shipped; hot files no one vouches for are
+        compared record for record with the segments that hold the same seqs; and the hot
+        files themselves are verified as `pipeline verify` does (local reads, no requests).
+        Returns the names of hot files that disagree with the ledger or cold storage."""
+        scans = self._scan_hot(hot_files)
+        by_hot = {sc.name: sc for sc in scans}
+        to_compare: list[tuple[chain.SegmentScan, str]] = []  # (hot scan, name of the segment it must agree with)
+        unproven: set[str] = set()
+        for sc in scans:
+            e, m = entries.get(sc.name), manifests.get(sc.name)
+            if e is not None:
+                if (sc.size, sc.sha256) != (e.size, e.sha256):
+                    unproven.add(sc.name)
+                    add("hot-altered", sc.name, f"the hot copy is {sc.size} bytes with SHA-256 {sc.sha256[:16]}…; "
+                        f"the ledger recorded {e.size} bytes, {e.sha256[:16]}… when it was sealed ({e.state})"
+                        + _also_differs(sc, e)
+                        + (" and the cold copy agrees with the ledger" if m is not None and m.sha256 == e.sha256
+                           else ""), sc.first_seq)
+            elif m is not None and (sc.size, sc.sha256) != (m.size, m.sha256):
+                to_compare.append((sc, sc.name))
+        for name, e in entries.items():
+            if e.state != "evicted" and name not in hot_files:
+                # the shipper may have evicted it since the ledger was read (it writes
+                # "evicted" before it unlinks): read the row again before calling it deleted
+                now = self._ledger.get(stream, name) if self._ledger is not None else None
+                if now is not None and now.state == "evicted":
+                    continue
+                add("hot-segment-missing", name, f"the ledger holds {name} as {e.state} (never evicted) but it is "
+                    "not on the hot disk: deleted or renamed outside eviction", e.first_seq)
+        if have_ledger:
+            for name, key in cold_keys.items():
+                if name not in entries:
+                    add("unshipped-object", name, f"{key} is in cold storage but the ledger never shipped "
+                        f"{name}: forged, or uploaded by someone else", None, key)
+        # hot files that neither the ledger nor cold storage vouch for must agree with every
+        # sealed segment that holds the same seqs
+        known: list[tuple[int, int, str]] = []
+        for name, e in entries.items():
+            if e.sealed:
+                known.append((e.first_seq, e.last_seq, name))
+        for name, m in manifests.items():
+            if m.sealed and name not in entries:
+                known.append((m.first_seq, m.last_seq, name))
+        for sc in scans:
+            if sc.name in entries or sc.name in manifests or sc.first_seq is None or sc.last_seq is None:
+                continue
+            for first, last, name in known:
+                if name != sc.name and first <= sc.last_seq and sc.first_seq <= last:
+                    to_compare.append((sc, name))
+        for sc, name in to_compare:
+            if self._compare_records(sc, name, hot_files, by_hot, entries, manifests, cold_keys, stats, add,
+                                     tmp_root):
+                unproven.add(sc.name)
+        if not scans:
+            return unproven
+        # the hot chain itself, from where eviction legitimately left it
+        start_seq, start_hash = 0, GENESIS_HASH
+        for e in sorted(entries.values(), key=lambda x: (x.first_seq, _seg_sort_key(x.segment))):
+            if e.state != "evicted" or e.segment in hot_files:
+                break
+            start_seq, start_hash = e.last_seq + 1, e.last_hash
+        rep = chain.stitch(stream, scans, head=chain.read_head(hot_dir), start_seq=start_seq, start_hash=start_hash)
+
+        def in_cold(seq: int | None) -> bool:
+            return seq is not None and any(m.first_seq <= seq <= m.last_seq for m in manifests.values())
+
+        for f in rep.findings:
+            if f.reason == "missing-tail":
+                continue  # _tail judges the head against hot AND cold
+            if f.reason in ("missing-start", "missing-segment") and in_cold(f.seq):
+                continue  # the records are in cold storage (reconciled above)
+            add(f.reason, f.segment, f"hot tier: {f.message}", f.seq)
+        return unproven
+
+    def _scan_hot(self, hot_files: dict[str, Path]) -> list[chain.SegmentScan]:
+        """Scan the hot files (in parallel).  The shipper may evict one while we read: a file
+        that vanished is dropped from ``hot_files`` (its ledger row then says evicted) and the
+        scan is repeated over the rest."""
+        workers = max(1, min(self.opts.workers, os.cpu_count() or 1))
+        for _attempt in range(5):
+            paths = [hot_files[n] for n in sorted(hot_files, key=_seg_sort_key)]
+            try:
+                return chain.scan_all(paths, workers=workers)
+            except FileNotFoundError:
+                for name in [n for n, p in hot_files.items() if not p.exists()]:
+                    del hot_files[name]
+        raise TierError("the hot directory kept changing while it was read: run verify-tier again")
+
+    def _compare_records(self, sc: chain.SegmentScan, name: str, hot_files: dict[str, Path],
+                         by_hot: dict[str, chain.SegmentScan], entries: dict[str, Entry],
+                         manifests: dict[str, SegmentManifest], cold_keys: dict[str, str],
+                         stats: dict[str, ObjectStat], add: Callable[..., None], tmp_root: Path) -> bool:
+        """Hot file ``sc`` against segment ``name`` record for record on the seqs both hold
+        (True: they disagree, or could not be compared).
+        The other side is read from its hot copy when that copy is proven (its SHA-256 equals
+        the ledger's or the cold manifest's), else from cold storage (one GET: this happens
+        only when something is already wrong)."""
+        want = entries[name].sha256 if name in entries else manifests[name].sha256 if name in manifests else None
+        other: Path | None = None
+        fetched_dir: Path | None = None
+        if name != sc.name and name in by_hot and by_hot[name].sha256 == want:
+            other = hot_files[name]
+        elif name in cold_keys:
+            try:
+                st = stats.get(name) or self.store.stat(cold_keys[name])
+                fetched_dir = Path(tempfile.mkdtemp(dir=tmp_root))
+                fr = fetch_segment(self.store, st, fetched_dir)
+                if fr.ok:
+                    other = fr.path
+            except ColdError:
+                other = None
+        try:
+            if other is None:
+                add("hot-cold-mismatch", sc.name, f"the hot copy holds seqs {sc.first_seq}..{sc.last_seq} that "
+                    f"{name} also holds, and {name} could not be read to compare them", sc.first_seq)
+                return True
+            theirs = _record_hashes(other)
+            ours = _record_hashes(hot_files[sc.name])
+            common = sorted(set(theirs) & set(ours))
+            diff = next((q for q in common if theirs[q] != ours[q]), None)
+            if diff is not None:
+                where = " in cold storage" if name in cold_keys else ""
+                add("hot-cold-mismatch", sc.name, f"the hot copy and {name}{where} "
+                    f"hold different records at seq {diff} (of {len(common)} seqs both hold): one of them was forged",
+                    diff)
+                return True
+            if name == sc.name:
+                add("hot-cold-mismatch", sc.name, f"the hot copy ({sc.size} bytes) and the cold object agree on the "
+                    f"{len(common)} records both hold but are not the same segment (cold: "
+                    f"{manifests[name].size} bytes)", sc.first_seq)
+                return True
+            return False
+        finally:
+            if fetched_dir is not None:
+                shutil.rmtree(fetched_dir, ignore_errors=True)
 
     def _hot_next_seq(self, hot_dir: Path | None) -> int:
         if hot_dir is None:
@@ -980,6 +1294,8 @@ class TierVerifier:
                 if want and fr.stored_sha256 != want:
                     problems.append(("object-replaced", f"downloaded bytes hash to {fr.stored_sha256[:16]}…, "
                                      f"uploaded {want[:16]}…"))
+                if fr.frame_problem is not None:
+                    problems.append(("frame-invalid", fr.frame_problem))
                 if not fr.ok:
                     problems.append(("content-invalid", f"{fr.problem}: {fr.detail}"))
                     shutil.rmtree(d, ignore_errors=True)
