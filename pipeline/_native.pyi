@@ -38,7 +38,7 @@ def append_record(
 def utc_now() -> bytes: ...
 def write_lines(fd: int, lines: list[bytes], /) -> None: ...
 def fsync(fd: int, data_only: bool = False, /) -> None: ...
-def screen(data: bytes, /) -> int: ...
+def screen(data: bytes, stems: bytes = ..., flags: int = ..., /) -> int: ...
 def scan_lines(
     buf: bytes | memoryview,
     pos: int,
@@ -77,10 +77,7 @@ def prepare_fast(
     dumps_option: int,
     max_bytes: int,
     max_depth: int,
-    redact: bool,
-    redact_values: bool,
-    keyset_verdicts: dict[tuple[str, ...], bool],
-    last_clean: list[tuple[str, ...] | None],
+    box: list[tuple[Any, ...]],  # [(redact, redact_values, keyset_verdicts, last_clean, stems, flags)]
     event: object,
     /,
 ) -> bytes | None: ...
@@ -93,10 +90,7 @@ def prepare_many(
     dumps_option: int,
     max_bytes: int,
     max_depth: int,
-    redact: bool,
-    redact_values: bool,
-    keyset_verdicts: dict[tuple[str, ...], bool],
-    last_clean: list[tuple[str, ...] | None],
+    box: list[tuple[Any, ...]],
     /,
 ) -> list[bytes | None]: ...
 def append_collect(cr: CompactRange, leaf_hashes: list[bytes], tile_height: int, /) -> dict[int, list[bytes]]: ...
