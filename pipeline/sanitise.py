@@ -611,6 +611,18 @@ _ORJSON_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLAS
 _OPTION_KWNAMES = ("option",)
 
 
+class _Shared:
+    """The rules of a sanitiser and its views (``with_max_event_bytes``)."""
+
+    __slots__ = ("box", "c", "counts", "secret_keys")
+
+    def __init__(self, c: _Compiled, secret_keys: tuple[str, ...] | None, counts: RedactionCounts) -> None:
+        self.c = c
+        self.secret_keys = secret_keys
+        self.counts = counts
+        self.box: list[tuple[Any, ...]] = [c.fast_state]
+
+
 class Sanitiser:
     """Validation limits and redaction rules.  ``redact=False`` turns redaction off entirely;
     ``redact_values=False`` keeps only the key-name rule.  ``secret_keys`` replaces the
@@ -620,20 +632,34 @@ class Sanitiser:
     def __init__(self, secret_keys: Iterable[str] | None = None, redact: bool = True, redact_values: bool = True,
                  max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
                  rules: Rules | None = None, counts: RedactionCounts | None = None) -> None:
+        secret = tuple(secret_keys) if secret_keys is not None else None
+        compiled = _Compiled.build(rules or Rules(), secret_keys=secret, redact=redact, redact_values=redact_values)
+        self._init(_Shared(compiled, secret, counts or RedactionCounts()), max_event_bytes, max_depth)
+
+    def _init(self, shared: _Shared, max_event_bytes: int, max_depth: int) -> None:
         self.max_event_bytes = max_event_bytes
         self.max_depth = max_depth
-        self._secret_keys = tuple(secret_keys) if secret_keys is not None else None
-        self.counts = counts or RedactionCounts()
-        self._c = _Compiled.build(rules or Rules(), secret_keys=self._secret_keys, redact=redact,
-                                  redact_values=redact_values)
-        # The C accelerator reads the rule-dependent state from this one-item list on every
-        # call, so ``reconfigure`` swaps it for every path at once (the writer's Lane too).
-        self._fast_box: list[tuple[Any, ...]] = [self._c.fast_state]
-        settings = (orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes, self.max_depth,
-                    self._fast_box)
+        self._shared = shared
+        self.counts = shared.counts
+        # The C accelerator reads the rule-dependent state from the shared one-item list on
+        # every call, so ``reconfigure`` swaps it for every path at once (the writer's Lane too).
+        settings = (orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes, self.max_depth, shared.box)
         self.fast_settings: tuple[Any, ...] | None = settings if _native is not None else None
         self.fast_prepare: Callable[[Any], bytes | None] | None = (
             partial(_native.prepare_fast, *settings) if _native is not None else None)
+
+    def with_max_event_bytes(self, max_event_bytes: int) -> Sanitiser:
+        """This sanitiser with another size limit (ingest's ``max_event_bytes``), sharing the
+        rules, their live replacement and the counts: the same sanitiser in every other way."""
+        if max_event_bytes == self.max_event_bytes:
+            return self
+        view = Sanitiser.__new__(Sanitiser)
+        view._init(self._shared, max_event_bytes, self.max_depth)
+        return view
+
+    @property
+    def _c(self) -> _Compiled:
+        return self._shared.c
 
     @property
     def rules(self) -> Rules:
@@ -648,13 +674,14 @@ class Sanitiser:
         return self._c.redact_values
 
     def reconfigure(self, rules: Rules, *, redact: bool | None = None) -> None:
-        """Replace the rules (SIGHUP).  Raises RuleError and keeps the old rules when the
-        new ones are invalid.  Counts carry over."""
-        c = self._c
-        new = _Compiled.build(rules, secret_keys=self._secret_keys, redact=c.redact if redact is None else redact,
+        """Replace the rules (SIGHUP), for this sanitiser and every view of it.  Raises
+        RuleError and keeps the old rules when the new ones are invalid.  Counts carry over."""
+        shared = self._shared
+        c = shared.c
+        new = _Compiled.build(rules, secret_keys=shared.secret_keys, redact=c.redact if redact is None else redact,
                               redact_values=c.redact_values)
-        self._c = new
-        self._fast_box[0] = new.fast_state
+        shared.c = new
+        shared.box[0] = new.fast_state
 
     def is_secret_key(self, key: str) -> bool:
         """Whether a field name looks secret (see SUBSTRING_TERMS), cached per name."""
@@ -774,7 +801,7 @@ class Sanitiser:
             return [None] * len(items)
         fast: list[bytes | None] = _native.prepare_many(
             items, loads, self.max_event_bytes * 2, orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS,
-            self.max_event_bytes, self.max_depth, self._fast_box)
+            self.max_event_bytes, self.max_depth, self._shared.box)
         return fast
 
     # -- internals ------------------------------------------------------------------------
@@ -895,3 +922,13 @@ DEFAULT_SANITISER = Sanitiser()
 def redact_value(text: str) -> str:
     """Replace secret-looking parts of one string value with the default rules."""
     return DEFAULT_SANITISER._c.redact_text(text, None)
+
+
+def sanitiser_of(appender: Any, max_event_bytes: int) -> Sanitiser:
+    """The sanitiser an ingest server uses for ``appender``: the log's own
+    (``HotLog.sanitiser``) with ingest's size limit, or the built-in rules for an appender
+    that has none."""
+    own = getattr(appender, "sanitiser", None)
+    if isinstance(own, Sanitiser):
+        return own.with_max_event_bytes(max_event_bytes)
+    return Sanitiser(max_event_bytes=max_event_bytes)
