@@ -148,7 +148,7 @@ class Metrics:
                     family.add_metric([rule], n)
                 yield family
 
-        self.registry.register(_Redactions())  # type: ignore[arg-type]
+        self.registry.register(_Redactions())
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header: (body, content type)."""
