@@ -112,6 +112,8 @@ _CONFUSABLES = str.maketrans({
     "ℓ": "l", "∣": "l", "ǀ": "l",
 })
 _WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# a Kubernetes-style annotation or label key: a DNS-subdomain prefix, a slash, a name
+_ANNOTATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9.\-]{0,251}[a-z0-9])?/[A-Za-z0-9._\-]{1,63}")
 
 
 def fold_key(key: str) -> str:
@@ -128,9 +130,9 @@ def fold_key(key: str) -> str:
 
 def key_words(key: str) -> list[str]:
     """The lower-case words of a (folded) key name.  A Kubernetes-style ``prefix/name`` key
-    ("authorization.k8s.io/decision") is judged by its name part after the last slash."""
+    ("authorization.k8s.io/decision") is judged by its name part after the slash."""
     folded = fold_key(key)
-    if "/" in folded:
+    if "/" in folded and _ANNOTATION_RE.fullmatch(folded):
         folded = folded.rsplit("/", 1)[1]
     return [w.lower() for w in _WORD_RE.findall(folded)]
 
@@ -209,7 +211,8 @@ _AWS_CONTEXT_RE = re.compile(r"(?i:aws)|(?:AKIA|ASIA)[A-Z0-9]{16}")
 # a tab or newline is escaped in the serialised bytes, where the screen could not see it.
 _KV_RE = re.compile(
     rf"(?<![{_ID}\u0080-\U0010ffff])(?P<q>[\"']?)(?P<key>(?:[{_ID}]|[^\x00-\x7f])+)(?P=q) *[:=] *"
-    r"(?:\"(?P<dq>[^\"]+)\"|'(?P<sq>[^']+)'|(?P<bare>(?i:(?:bearer|basic|token) +)?[^\s\"'&;,<>\\]+))")
+    r"(?:\"(?P<dq>[^\"]+)\"|'(?P<sq>[^']+)'|(?P<bare>(?i:(?:bearer|basic|token|digest|negotiate|ntlm) +)?"
+    r"[^\s\"'&;,<>\\]+))")
 
 # card candidates: 13-19 digits, optionally split by single separators (space . - _ /),
 # with a known issuer prefix (Visa, Mastercard, Amex, Discover, JCB, Diners) so that epoch
@@ -506,6 +509,9 @@ class _Compiled:
         return hit
 
     def _judge_key(self, key: str) -> bool:
+        # a marker left by an earlier pass (a secret used as a key) is not a key name
+        # ("[REDACTED:github-token]" holds the word "token"): judge what is around it
+        key = self.marker_re.sub(" ", key)
         words = key_words(key)
         joined = "".join(words)
         if any(t in joined for t in self.substring_terms):
