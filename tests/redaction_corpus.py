@@ -69,7 +69,7 @@ def _named(category: str, name: str, value: str, sep: str = "=") -> Secret:
 
 
 def _jwt(alg: str, claims: str, sig: bool = True, parts: int = 3) -> str:
-    head = _b64url(('{"alg":"%s","typ":"JWT"}' % alg).encode())
+    head = _b64url((f'{{"alg":"{alg}","typ":"JWT"}}').encode())
     body = _b64url(claims.encode())
     tail = [_rand(ALNUM + "-_", 43) if sig else ""]
     if parts == 5:
@@ -179,8 +179,7 @@ def build_lookalikes() -> list[str]:
     """Values that resemble secrets but are not: each must be stored unchanged."""
     out: list[str] = []
     for _ in range(15):
-        out.append("%08x-%04x-%04x-%04x-%012x" % (_R.getrandbits(32), _R.getrandbits(16), _R.getrandbits(16),
-                                                  _R.getrandbits(16), _R.getrandbits(48)))
+        out.append(f"{_R.getrandbits(32):08x}-{_R.getrandbits(16):04x}-{_R.getrandbits(16):04x}-{_R.getrandbits(16):04x}-{_R.getrandbits(48):012x}")
     for bits in (256, 160, 128):
         for _ in range(6):
             out.append("%0*x" % (bits // 4, _R.getrandbits(bits)))
@@ -207,7 +206,7 @@ def build_lookalikes() -> list[str]:
             "task_live_stream", "disk_test_run", "checksum AKIA", "Bearer", "basic plan", "keyID=7",
             "session started", "skip_live_reload", "ghost_town", "glad-to-help", "xoxo-hugs", "npm_config ok",
             "eyeJ", "-----BEGIN CERTIFICATE-----", "aws region eu-west-1 " + "a" * 40,
-            "aws etag " + "%040x" % _R.getrandbits(160)]
+            "aws etag " + f"{_R.getrandbits(160):040x}"]
     return out
 
 

@@ -112,7 +112,7 @@ def test_counts_per_rule() -> None:
 atoms = st.sampled_from(LOOKALIKES) | st.integers(min_value=-(10**11), max_value=10**11).map(str) \
     | st.sampled_from(["alice", "bob", "ok", "denied", "GET", "/api/v1/pods", "10.0.0.1", "kube-system"])
 benign_text = st.lists(atoms, min_size=1, max_size=4).map(" | ".join)
-kv_text = st.tuples(st.sampled_from(LOOKALIKE_KEYS + ["user", "status", "mode"]), st.sampled_from(["=", ": "]),
+kv_text = st.tuples(st.sampled_from([*LOOKALIKE_KEYS, "user", "status", "mode"]), st.sampled_from(["=", ": "]),
                     atoms).map("".join)
 leaf = (st.none() | st.booleans() | st.integers(min_value=-(10**11), max_value=10**11)
         | st.floats(allow_nan=False, allow_infinity=False, max_value=1e11, min_value=-1e11)
