@@ -182,7 +182,7 @@ def build_lookalikes() -> list[str]:
         out.append(f"{_R.getrandbits(32):08x}-{_R.getrandbits(16):04x}-{_R.getrandbits(16):04x}-{_R.getrandbits(16):04x}-{_R.getrandbits(48):012x}")
     for bits in (256, 160, 128):
         for _ in range(6):
-            out.append("%0*x" % (bits // 4, _R.getrandbits(bits)))
+            out.append(f"{_R.getrandbits(bits):0{bits // 4}x}")
     for _ in range(8):
         out.append(f"00-{_R.getrandbits(128):032x}-{_R.getrandbits(64):016x}-01")  # W3C traceparent
     for _ in range(6):
