@@ -755,7 +755,7 @@ def _check_sanitise(values: dict[str, Any], label: Callable[[str, str], str], pr
     # a key that failed to parse (already reported) is checked with its default
     rules = SanitiseConfig(**{k: v for k, v in values.items() if k != "enabled"}).rules()
     for problem in rules.problems():
-        key, _, message = problem.partition(": ")
-        key = key.split(".", 1)[0]
-        where = label("sanitise", key) if key in _SCHEMA["sanitise"] else "sanitise"
+        where, _, message = problem.partition(": ")
+        key, dot, sub = where.partition(".")  # "value_patterns.name": the rule's own name kept
+        where = (label("sanitise", key) if key in _SCHEMA["sanitise"] else "sanitise") + dot + sub
         problems.append(f"{where}: {message}")
