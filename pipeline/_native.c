@@ -16,7 +16,7 @@
  * record of a segment, any deviation at all) stops it, and the Python code judges that line
  * with its full rules.  Its JSON check is a strict subset of what orjson.loads accepts.
  */
-#define _GNU_SOURCE /* memmem */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co: see sha256() below */
 #include <Python.h>
@@ -838,16 +838,16 @@ static PyObject *utc_now(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
 
 #define SCREEN_NULL 1      /* b"null" occurs (NaN/Infinity are serialised as null by orjson) */
 #define SCREEN_HINT 2      /* the trigger of some value rule occurs (see pipeline/sanitise.py) */
-#define SCREEN_DIGITS 4    /* 13+ digits in a run (spaces . - _ / allowed): card candidate */
+#define SCREEN_DIGITS 4    /* 13+ digits in a run (spaces, dots and hyphens allowed): card candidate */
 #define SCREEN_FLAT 8      /* exactly one '{' and no '[': a flat object */
 #define SCREEN_SHIFT 8     /* count of '{' plus '[' above this bit */
 #define SCREEN_KV_ANY 1    /* settings: any key=value shape is a hint (custom key patterns) */
 #define SCREEN_OPAQUE 2    /* settings: every event is a hint (custom value patterns) */
 #define KV_MAX_KEY 64
 
-/* The rule-dependent part of the screen: the secret-key stems (lower-case ASCII, joined by
- * NUL bytes; a key=value shape whose key, lower-cased with _ . - dropped, contains one is a
- * hint) and the SCREEN_KV_ANY / SCREEN_OPAQUE flags. */
+/* The rule-dependent part of the screen: the secret-key stems (lower-case ASCII, as a table:
+ * see stem_in; a key=value shape whose key, lower-cased with _ . - dropped, contains one is
+ * a hint) and the SCREEN_KV_ANY / SCREEN_OPAQUE flags. */
 typedef struct {
     const char *stems;
     Py_ssize_t stems_len;
@@ -864,12 +864,12 @@ static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t k)
     return 1;
 }
 
-/* whether s[i:] starts with the NUL-terminated `lit` */
-static int at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, const char *lit)
+/* whether s[i:] starts with the string literal `lit` */
+static inline int at_n(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, const char *lit, Py_ssize_t k)
 {
-    size_t k = strlen(lit);
-    return i >= 0 && n - i >= (Py_ssize_t)k && memcmp(s + i, lit, k) == 0;
+    return i >= 0 && n - i >= k && memcmp(s + i, lit, (size_t)k) == 0;
 }
+#define at(s, n, i, lit) at_n((s), (n), (i), (lit), (Py_ssize_t)sizeof(lit) - 1)
 
 /* byte classes for the scalar screen; 0 for every byte of no interest */
 enum { K_NONE = 0, K_DIGIT, K_SEP, K_BRACE, K_BRACKET, K_ANCHOR };
@@ -883,8 +883,6 @@ static void screen_init(void)
     screen_class[' '] = K_SEP;
     screen_class['-'] = K_SEP;
     screen_class['.'] = K_SEP;
-    screen_class['_'] = K_SEP;
-    screen_class['/'] = K_SEP;
     screen_class['{'] = K_BRACE;
     screen_class['['] = K_BRACKET;
     const char *anchors = "nAbByegxkcm:=wW";
@@ -897,8 +895,57 @@ static void screen_init(void)
                         c == '.' || c == '-';
 }
 
-static const char AWS_IDS[][15] = {"KIA", "SIA", "GPA", "IDA", "ROA", "NPA", "NVA", "IPA", "Iza", "gEIcHlwaS5vcmc",
-                                   "ccountKey"};
+/* after an 'A': an AWS key-id prefix, a Google API key, a PyPI token's macaroon prefix or an
+ * Azure AccountKey */
+static int after_A(const unsigned char *s, Py_ssize_t n, Py_ssize_t i)
+{
+    if (n - i < 3)
+        return 0;
+    switch (s[i]) {
+    case 'K':
+        return at(s, n, i, "KIA");
+    case 'S':
+        return at(s, n, i, "SIA");
+    case 'G':
+        return at(s, n, i, "GPA");
+    case 'I':
+        return at(s, n, i, "IDA") || at(s, n, i, "IPA") || at(s, n, i, "Iza");
+    case 'R':
+        return at(s, n, i, "ROA");
+    case 'N':
+        return at(s, n, i, "NPA") || at(s, n, i, "NVA");
+    case 'g':
+        return at(s, n, i, "gEIcHlwaS5vcmc");
+    case 'c':
+        return at(s, n, i, "ccountKey");
+    }
+    return 0;
+}
+
+/* Whether a stem of the table occurs in word[0:len].  The table (Sanitiser's stems_table) is
+ * a bitmap of 65536 bits, bit (c1 << 8 | c2) set when a stem starts with the bytes c1 c2 (a
+ * one-byte stem sets every c2, and the position after a word's last byte reads c2 = 0),
+ * then each stem as one length byte and its bytes.  The bitmap rules out almost every
+ * position with one lookup. */
+#define STEM_BITMAP 8192
+static int stem_in(const char *word, Py_ssize_t len, const ScreenRules *sr)
+{
+    if (sr->stems_len < STEM_BITMAP)
+        return 0;
+    const unsigned char *bits = (const unsigned char *)sr->stems;
+    const unsigned char *body = bits + STEM_BITMAP, *end = bits + sr->stems_len;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned pair = (unsigned)(unsigned char)word[i] << 8 | (i + 1 < len ? (unsigned char)word[i + 1] : 0);
+        if (!(bits[pair >> 3] & (1u << (pair & 7))))
+            continue;
+        for (const unsigned char *p = body; p < end && p + 1 + *p <= end; p += 1 + *p) {
+            Py_ssize_t k = *p;
+            if (k > 0 && k <= len - i && memcmp(word + i, p + 1, (size_t)k) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
 
 /* At a ':' or '=': is the identifier before it (spaces, then quotes and backslashes
  * skipped) secret-looking?  (sanitise._kv_hint, which is the reference.) */
@@ -919,6 +966,8 @@ static int kv_hint(const unsigned char *s, Py_ssize_t i, const ScreenRules *sr)
     }
     if (j == end)
         return 0;
+    if (j > 0 && (s[j - 1] == ':' || s[j - 1] == '=' || s[j - 1] == '/' || s[j - 1] == '@'))
+        return 0; /* "a:b:c", "x=y=z", paths and user@host: not a key of its own */
     if (sr->flags & SCREEN_KV_ANY)
         return 1;
     char word[KV_MAX_KEY + 1];
@@ -926,15 +975,7 @@ static int kv_hint(const unsigned char *s, Py_ssize_t i, const ScreenRules *sr)
     for (Py_ssize_t k = j; k < end; k++)
         if (s[k] != '_' && s[k] != '.' && s[k] != '-')
             word[len++] = (char)(s[k] | 0x20);
-    const char *p = sr->stems, *stop = sr->stems + sr->stems_len;
-    while (p < stop) {
-        const char *q = memchr(p, 0, (size_t)(stop - p));
-        Py_ssize_t k = (q ? q : stop) - p;
-        if (k > 0 && k <= len && memmem(word, (size_t)len, p, (size_t)k) != NULL)
-            return 1;
-        p += k + 1;
-    }
-    return 0;
+    return stem_in(word, len, sr);
 }
 
 /* after "://" at s[i-3..i-1]: a user-info part holding an '@' (credentials), or a Slack
@@ -971,12 +1012,8 @@ static int screen_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int fla
             flags |= SCREEN_NULL;
         break;
     case 'A':
-        if (!(flags & SCREEN_HINT))
-            for (size_t j = 0; j < sizeof AWS_IDS / sizeof AWS_IDS[0]; j++)
-                if (at(s, n, i + 1, AWS_IDS[j])) {
-                    flags |= SCREEN_HINT;
-                    break;
-                }
+        if (!(flags & SCREEN_HINT) && after_A(s, n, i + 1))
+            flags |= SCREEN_HINT;
         break;
     case 'b':
     case 'B':
@@ -1094,8 +1131,7 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n, const Screen
 #define SET1(c) _mm_set1_epi8((char)(c))
     const __m128i c_lbrace = SET1('{'), c_lbracket = SET1('['), c_n = SET1('n'), c_u = SET1('u'), c_A = SET1('A'),
                   c_b = SET1('b'), c_a = SET1('a'), c_e = SET1('e'), c_lower = SET1(0x20), c_0 = SET1('0'),
-                  c_9 = SET1(9), c_space = SET1(' '), c_hyphen = SET1('-'), c_dot = SET1('.'), c_under = SET1('_'),
-                  c_slash = SET1('/'), c_y = SET1('y'), c_J = SET1('J'), c_g = SET1('g'), c_h = SET1('h'),
+                  c_9 = SET1(9), c_space = SET1(' '), c_hyphen = SET1('-'), c_dot = SET1('.'), c_under = SET1('_'), c_y = SET1('y'), c_J = SET1('J'), c_g = SET1('g'), c_h = SET1('h'),
                   c_i = SET1('i'), c_l = SET1('l'), c_x = SET1('x'), c_o = SET1('o'), c_k = SET1('k'),
                   c_c = SET1('c'), c_m = SET1('m'), c_w = SET1('w'), c_s = SET1('s'), c_colon = SET1(':'),
                   c_eq = SET1('=');
@@ -1153,8 +1189,7 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n, const Screen
         __m128i t = _mm_sub_epi8(x, c_0);
         __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(t, c_9), t);
         __m128i sep = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_space), _mm_cmpeq_epi8(x, c_hyphen)),
-                                   _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_dot), _mm_cmpeq_epi8(x, c_under)),
-                                                _mm_cmpeq_epi8(x, c_slash)));
+                                   _mm_cmpeq_epi8(x, c_dot));
         unsigned r = (unsigned)_mm_movemask_epi8(_mm_or_si128(digit, sep)) & valid;
         if (r == 0xFFFF) {
             carry += 16;
@@ -1282,28 +1317,77 @@ static int prepare_args(PyObject *const *args, PrepareArgs *pa)
  * it): 0, or -1 with an exception set when it is malformed. */
 typedef struct {
     int redact, redact_values;
-    PyObject *keyset_verdicts, *last_clean;
+    PyObject *keyset_verdicts, *last_clean, *key_verdicts;
     ScreenRules sr;
 } PrepareState;
 
 static int prepare_state(PyObject *state, PrepareState *ps)
 {
-    if (!PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != 6) {
-        PyErr_SetString(PyExc_TypeError, "prepare: the box must hold a 6-tuple");
+    if (!PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != 7) {
+        PyErr_SetString(PyExc_TypeError, "prepare: the box must hold a 7-tuple");
         return -1;
     }
     ps->redact = PyObject_IsTrue(PyTuple_GET_ITEM(state, 0));
     ps->redact_values = PyObject_IsTrue(PyTuple_GET_ITEM(state, 1));
     ps->keyset_verdicts = PyTuple_GET_ITEM(state, 2);
     ps->last_clean = PyTuple_GET_ITEM(state, 3);
+    ps->key_verdicts = PyTuple_GET_ITEM(state, 6);
     if (ps->redact < 0 || ps->redact_values < 0)
         return -1;
     if (!PyDict_CheckExact(ps->keyset_verdicts) || !PyList_Check(ps->last_clean) ||
-        PyList_GET_SIZE(ps->last_clean) != 1) {
+        PyList_GET_SIZE(ps->last_clean) != 1 || !PyDict_CheckExact(ps->key_verdicts)) {
         PyErr_SetString(PyExc_TypeError, "prepare: keyset_verdicts must be a dict, last_clean a one-item list");
         return -1;
     }
     return screen_rules(PyTuple_GET_ITEM(state, 4), PyTuple_GET_ITEM(state, 5), &ps->sr);
+}
+
+/* Whether every key of a nested event is known not to look secret (key_verdicts[key] is
+ * False, recorded by the Python sanitiser's _keys_suspect): 1 yes, 0 "let Python decide"
+ * (an unseen or secret-looking key, a container subclass), -1 on an error. */
+static int keys_clean(PyObject *node, PyObject *verdicts, int depth)
+{
+    if (depth > 256)
+        return 0;
+    PyObject *const *items;
+    Py_ssize_t n;
+    if (PyDict_CheckExact(node)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(node, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k))
+                return 0;
+            PyObject *verdict = PyDict_GetItemWithError(verdicts, k); /* borrowed */
+            if (verdict != Py_False)
+                return verdict == NULL && PyErr_Occurred() ? -1 : 0;
+            if (PyDict_CheckExact(v) || PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+                int r = keys_clean(v, verdicts, depth + 1);
+                if (r != 1)
+                    return r;
+            } else if (PyDict_Check(v) || PyList_Check(v) || PyTuple_Check(v)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(node)) {
+        items = &PyList_GET_ITEM(node, 0);
+        n = PyList_GET_SIZE(node);
+    } else {
+        items = &PyTuple_GET_ITEM(node, 0);
+        n = PyTuple_GET_SIZE(node);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = items[i];
+        if (PyDict_CheckExact(v) || PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+            int r = keys_clean(v, verdicts, depth + 1);
+            if (r != 1)
+                return r;
+        } else if (PyDict_Check(v) || PyList_Check(v) || PyTuple_Check(v)) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* The sanitiser's common case (see prepare_fast): a new reference to the serialised bytes,
@@ -1335,8 +1419,19 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
         goto done;
     if (ps.redact_values && (r & (SCREEN_HINT | SCREEN_DIGITS)))
         goto slow;
-    if (!(r & SCREEN_FLAT))
+    if (!(r & SCREEN_FLAT)) {
+        /* nested: every key (at any depth) must be known clean.  A list can mutate while
+         * walked only by Python code, and none runs here. */
+        int clean = keys_clean(event, ps.key_verdicts, 0);
+        if (clean < 0) {
+            Py_DECREF(out);
+            Py_DECREF(state);
+            return NULL;
+        }
+        if (clean)
+            goto done;
         goto slow;
+    }
     /* the key set seen last and known clean, compared by identity: an application's
      * events reuse the same key objects (literals, orjson's key cache), so this usually
      * answers without building a tuple */
@@ -1399,10 +1494,12 @@ done:
  * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
  * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
  * deeper than max_depth, shows no trigger of a value rule (screen with box[0]'s stems and
- * flags), is flat, and whose key set is already known to hold no secret-looking key
+ * flags), and, when flat, whose key set is already known to hold no secret-looking key
  * (keyset_verdicts[tuple(keys)] is False; the last such key tuple is kept in last_clean[0]
- * for an identity check).  box[0] is (redact, redact_values, keyset_verdicts, last_clean,
- * stems, flags), read on every call: Sanitiser.reconfigure replaces it.  Returns the
+ * for an identity check); a nested event instead needs every key at every depth known
+ * clean (key_verdicts[key] is False).  box[0] is (redact, redact_values, keyset_verdicts,
+ * last_clean, stems, flags, key_verdicts), read on every call: Sanitiser.reconfigure
+ * replaces it.  Returns the
  * serialised bytes, or None whenever any of that does not hold: the Python sanitiser then
  * decides (and raises InvalidEvent, redacts, or records the key-set verdict).
  */

@@ -199,6 +199,22 @@ _VALUE_PATTERNS: dict[str, list[tuple[re.Pattern[str], int | str]]] = {
     "card-number": [],
 }
 
+# The literal trigger of each rule that has one, in decoded strings (the rule's pattern
+# cannot match without it).  The other rules (aws-secret-access-key, kv-secret, custom
+# patterns) check their own preconditions.
+_TRIGGERED: dict[str, str] = {name: name.replace("-", "_") for name in (
+    "private-key", "jwt", "github-token", "gitlab-token", "slack-token", "slack-webhook", "stripe-key",
+    "google-api-key", "azure-storage-key", "azure-sas-token", "npm-token", "pypi-token", "aws-access-key-id",
+    "url-credentials", "bearer-credential", "card-number")}
+_RULE_TRIGGERS = re.compile("|".join(f"(?P<{_TRIGGERED[name]}>{pattern})" for name, pattern in (
+    ("private-key", "-----BEGIN"), ("jwt", "eyJ"), ("github-token", "gh[pousr]_|github_pat_"),
+    ("gitlab-token", "gl(?:pat|ptt|rt|dt)-"), ("slack-token", "xox[baprse]-|xapp-"),
+    ("slack-webhook", r"hooks\.slack\.com/"), ("stripe-key", "[sr]k_(?:live|test)_|whsec_"),
+    ("google-api-key", "AIza"), ("azure-storage-key", "AccountKey="), ("azure-sas-token", "sig="),
+    ("npm-token", "npm_"), ("pypi-token", "AgEIcHlwaS5vcmc"),
+    ("aws-access-key-id", "A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)"), ("url-credentials", "://[^@]*@"),
+    ("bearer-credential", "(?i:bearer|basic)"), ("card-number", r"\d(?:[ .\-]?\d){12}"))))
+
 # AWS secret access keys have no prefix: 40 base64 characters, accepted only with context in
 # the same string (an AWS key id, or "aws" written anywhere in it) and with both letter cases,
 # which rules out hex digests (detect-secrets: AWSKeyDetector does the same with context).
@@ -206,21 +222,22 @@ _AWS_SECRET_RE = re.compile(rf"(?<![{_B64}])[{_B64}]{{40}}(?![{_B64}])")
 _AWS_CONTEXT_RE = re.compile(r"(?i:aws)|(?:AKIA|ASIA)[A-Z0-9]{16}")
 
 # key=value and key: value in free text: a secret-looking key (judged like a field name),
-# optionally quoted, then the value (an auth scheme and its token, a quoted string, or up
+# optionally quoted, not itself after a ':', '=', '/' or '@' ("system:serviceaccount:auth:x"
+# and paths are not key-value text), then the value (an auth scheme and its token, a quoted string, or up
 # to the next space, quote, & ; , < > or backslash).  Only spaces around the separator:
 # a tab or newline is escaped in the serialised bytes, where the screen could not see it.
 _KV_RE = re.compile(
-    rf"(?<![{_ID}\u0080-\U0010ffff])(?P<q>[\"']?)(?P<key>(?:[{_ID}]|[^\x00-\x7f])+)(?P=q) *[:=] *"
+    rf"(?<![{_ID}\u0080-\U0010ffff:=/@])(?P<q>[\"']?)(?P<key>(?:[{_ID}]|[^\x00-\x7f])+)(?P=q) *[:=] *"
     r"(?:\"(?P<dq>[^\"]+)\"|'(?P<sq>[^']+)'|(?P<bare>(?i:(?:bearer|basic|token|digest|negotiate|ntlm) +)?"
     r"[^\s\"'&;,<>\\]+))")
 
-# card candidates: 13-19 digits, optionally split by single separators (space . - _ /),
+# card candidates: 13-19 digits, optionally split by single spaces, dots or hyphens,
 # with a known issuer prefix (Visa, Mastercard, Amex, Discover, JCB, Diners) so that epoch
 # timestamps and ids are not mistaken for cards; then Luhn decides.
 _CARD_RE = re.compile(
-    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ .\-_/]?\d){11,17}(?![\d])"
+    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ .\-]?\d){11,17}(?![\d])"
 )
-_CARD_SEPS = re.compile(r"[ .\-_/]")
+_CARD_SEPS = re.compile(r"[ .\-]")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -258,7 +275,7 @@ _TRIGGERS = re.compile(
 _AWS_WORD = re.compile(rb"(?i:aws)")
 _B64_RUN = re.compile(rb"[A-Za-z0-9+/]{40}")
 _KV_ANCHOR = re.compile(rb"[:=]")
-_DIGIT_CLASS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b in b" -._/" else 0x78 for b in range(256))
+_DIGIT_CLASS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b in b" -." else 0x78 for b in range(256))
 _THIRTEEN_DIGITS = b"0" * 13
 _IDENT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _KV_MAX_KEY = 64
@@ -282,10 +299,28 @@ def _kv_hint(out: bytes, i: int, stems: tuple[bytes, ...], kv_any: bool) -> bool
             return True
     if j == end:
         return False
+    if j > 0 and out[j - 1] in b":=/@":
+        return False  # "a:b:c", "x=y=z", paths and user@host: not a key of its own
     if kv_any:
         return True
     word = bytes(c | 0x20 for c in out[j:end] if c not in b"_.-")
     return any(s in word for s in stems)
+
+
+def _stem_table(stems: Iterable[str]) -> bytes:
+    """The stems as the C screen reads them: a bitmap of the byte pairs stems start with
+    (65536 bits; a one-byte stem marks every pair), then each stem as a length byte and
+    its bytes (see stem_in in _native.c)."""
+    bits = bytearray(8192)
+    body = b""
+    for stem in stems:
+        raw = stem.encode()[:255]
+        seconds = [raw[1]] if len(raw) > 1 else range(256)
+        for second in seconds:
+            pair = raw[0] << 8 | second
+            bits[pair >> 3] |= 1 << (pair & 7)
+        body += bytes([len(raw)]) + raw
+    return bytes(bits) + body
 
 
 def _screen_python(out: bytes, stems: tuple[bytes, ...] = (), flags: int = 0) -> int:
@@ -368,6 +403,8 @@ class Rules:
         for k in self.extra_keys:
             if not _normalise_term(k):
                 out.append(f"extra_keys: {k!r} has no letters or digits to match")
+            elif len(_normalise_term(k)) > 64:
+                out.append(f"extra_keys: {k!r} is longer than 64 letters and digits")
         for p in self.key_patterns:
             try:
                 re.compile(p)
@@ -444,9 +481,10 @@ class _Compiled:
     marker_re: re.Pattern[str]
     stems: tuple[bytes, ...]
     screen_flags: int
-    stems_blob: bytes
+    stems_table: bytes
     key_cache: dict[str, bool] = field(default_factory=dict)
     keyset_cache: dict[tuple[str, ...], bool] = field(default_factory=dict)
+    key_verdicts: dict[str, bool] = field(default_factory=dict)  # per key, for nested events
     last_clean: list[tuple[str, ...] | None] = field(default_factory=lambda: [None])
 
     @classmethod
@@ -477,7 +515,7 @@ class _Compiled:
             key_res=tuple(re.compile(p) for p in rules.key_patterns), key_rule_on=KEY_RULE not in disabled,
             value_rules=(), keep=frozenset(rules.keep), markers=markers, marker_re=marker_re,
             stems=tuple(s.encode() for s in stems), screen_flags=flags,
-            stems_blob=b"\0".join(s.encode() for s in stems))
+            stems_table=_stem_table(stems))
         value_rules: list[tuple[str, _ValueRule]] = []
         for name in VALUE_RULES:
             if name in disabled:
@@ -533,8 +571,13 @@ class _Compiled:
     # -- values -----------------------------------------------------------------------------------
 
     def redact_text(self, text: str, counts: dict[str, int] | None) -> str:
-        """``text`` with every secret-looking part replaced by its rule's marker."""
-        for _name, rule in self.value_rules:
+        """``text`` with every secret-looking part replaced by its rule's marker.  A rule with
+        a literal trigger (_RULE_TRIGGERS) runs only when the trigger occurs: one scan of the
+        string decides which rules can fire."""
+        fired = {m.lastgroup for m in _RULE_TRIGGERS.finditer(text)}
+        for name, rule in self.value_rules:
+            if name in _TRIGGERED and _TRIGGERED[name] not in fired:
+                continue
             text = rule(text, counts)
         return text
 
@@ -609,8 +652,8 @@ class _Compiled:
 
     @property
     def fast_state(self) -> tuple[Any, ...]:
-        return (self.redact, self.redact_values, self.keyset_cache, self.last_clean, self.stems_blob,
-                self.screen_flags)
+        return (self.redact, self.redact_values, self.keyset_cache, self.last_clean, self.stems_table,
+                self.screen_flags, self.key_verdicts)
 
 
 _ORJSON_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -734,7 +777,7 @@ class Sanitiser:
             )
         # orjson writes NaN/Infinity as null: look for them only when a null is present.
         # Nesting cannot exceed the number of opening brackets, so count those first.
-        screened = (_native.screen(out, c.stems_blob, c.screen_flags) if _native is not None
+        screened = (_native.screen(out, c.stems_table, c.screen_flags) if _native is not None
                     else _screen_python(out, c.stems, c.screen_flags))
         if screened & SCREEN_NULL or screened >> SCREEN_SHIFT > self.max_depth:
             self._check_structure(event)
@@ -838,8 +881,18 @@ class Sanitiser:
         if depth > 256:
             return True
         if type(node) is dict:
-            if self._keyset_secret(c, node):
-                return True
+            # per key (not per key set): the C fast path checks a nested event's keys one by
+            # one against these verdicts, so every key is judged and recorded
+            verdicts = c.key_verdicts
+            for k in node:
+                hit = verdicts.get(k)
+                if hit is None:
+                    hit = c.key_rule_on and c.is_secret_key(k)
+                    if len(verdicts) >= 65536:
+                        verdicts.clear()
+                    verdicts[k] = hit
+                if hit:
+                    return True
             values: Iterable[Any] = node.values()
         elif type(node) is list or type(node) is tuple:
             values = node
