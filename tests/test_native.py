@@ -175,7 +175,8 @@ def test_utc_now_format() -> None:
 
 screen_bytes = st.lists(st.sampled_from([
     b"a", b"0", b"7", b" ", b"-", b".", b"_", b"/", b"{", b"[", b"null", b"ab:", b"x@", b"q=", b"AKIA", b"ASIA",
-    b"A", b"AIza", b"Acc", b"AccountKey", b"AgEIcHlwaS5vcmc", b"bearer", b"BaSiC", b"b", b"-----BEGIN", b"-----", b"\xc3\xa9", b"\xe2\x80\x8b",
+    b"A", b"AIza", b"Acc", b"AccountKey", b"AgEIcHlwaS5vcmc", b"bearer", b"BaSiC", b"b", b"-----BEGIN", b"-----",
+    b"\xc3\xa9", b"\xe2\x80\x8b",
     b'"', b"n", b"e", b"y", b"J", b"eyJ", b"gh", b"ghp_", b"gho_", b"github_pat_", b"glpat-", b"gl", b"xoxb-", b"xox",
     b"xapp-", b"sk_live_", b"rk_test_", b"k_", b"whsec_", b"c_", b"npm_", b"m_", b"aws", b"AwS", b"w", b"s",
     b"wJalrXUtnFEMI/K7MDENG", b"://", b"@", b"?", b"hooks.slack.com/", b":", b"=", b"password", b"Pass", b"pwd",
