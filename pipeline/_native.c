@@ -1101,6 +1101,117 @@ static int b64_run40(const unsigned char *s, Py_ssize_t n)
     return 0;
 }
 
+/* ---- card numbers: sanitise._card_in, exactly -------------------------------------------
+ * _CARD_RE is (?<!\d)PREFIX(?:[ .\-]?\d){11,17}(?!\d), PREFIX one of 4 | 5[1-5] | 2[2-7] |
+ * 3[47] | 3[0689] | 6011 | 65 | 64[4-9] | 35 (mutually exclusive), found left to right
+ * without overlap (finditer).  A unit "[ .-]?digit" parses deterministically, so the
+ * regex's backtracking only shortens the run of units: the match has the most units k
+ * (11 <= k <= 17, k <= the units available) such that no digit follows.  Each match is a
+ * card when its digits (separators dropped) number 13 to 19 and pass Luhn, or when it ends
+ * in ".0" and the part before does (a float as orjson writes it). */
+static int card_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static int is_card_sep(unsigned char c) { return c == ' ' || c == '.' || c == '-'; }
+
+static Py_ssize_t card_prefix(const unsigned char *s, Py_ssize_t n, Py_ssize_t p)
+{
+    unsigned char a = s[p], b = p + 1 < n ? s[p + 1] : 0;
+    if (a == '4')
+        return 1;
+    if (a == '5' && b >= '1' && b <= '5')
+        return 2;
+    if (a == '2' && b >= '2' && b <= '7')
+        return 2;
+    if (a == '3' && (b == '4' || b == '7' || b == '0' || b == '6' || b == '8' || b == '9' || b == '5'))
+        return 2;
+    if (a == '6') {
+        if (b == '0' && p + 3 < n && s[p + 2] == '1' && s[p + 3] == '1')
+            return 4;
+        if (b == '5')
+            return 2;
+        if (b == '4' && p + 2 < n && s[p + 2] >= '4' && s[p + 2] <= '9')
+            return 3;
+    }
+    return 0;
+}
+
+static int luhn_digits(const unsigned char *s, Py_ssize_t from, Py_ssize_t to)
+{
+    /* the digits of s[from:to], separators skipped: 13 to 19 of them passing Luhn */
+    int count = 0, total = 0;
+    for (Py_ssize_t i = to - 1; i >= from; i--) {
+        if (!card_digit(s[i]))
+            continue;
+        int d = s[i] - '0';
+        if (count & 1) {
+            d *= 2;
+            if (d > 9)
+                d -= 9;
+        }
+        total += d;
+        count++;
+    }
+    return count >= 13 && count <= 19 && total % 10 == 0;
+}
+
+static int card_in(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t p = 0;
+    while (p < n) {
+        Py_ssize_t plen;
+        if (!card_digit(s[p]) || (p > 0 && card_digit(s[p - 1])) || (plen = card_prefix(s, n, p)) == 0) {
+            p++;
+            continue;
+        }
+        /* units after the prefix: ends[k] is the end of unit k+1 */
+        Py_ssize_t ends[17], starts_sep[17];
+        int m = 0;
+        Py_ssize_t q = p + plen;
+        while (m < 17) {
+            if (q < n && card_digit(s[q])) {
+                starts_sep[m] = 0;
+                ends[m++] = ++q;
+            } else if (q + 1 < n && is_card_sep(s[q]) && card_digit(s[q + 1])) {
+                starts_sep[m] = 1;
+                q += 2;
+                ends[m++] = q;
+            } else {
+                break;
+            }
+        }
+        int k = -1;
+        for (int j = m; j >= 11; j--) {
+            Py_ssize_t e = ends[j - 1];
+            /* no digit may follow: after unit j comes unit j+1 (a digit start fails) or the end */
+            int next_digit = j < m ? !starts_sep[j] : (e < n && card_digit(s[e]));
+            if (!next_digit) {
+                k = j;
+                break;
+            }
+        }
+        if (k < 0) {
+            p++;
+            continue;
+        }
+        Py_ssize_t end = ends[k - 1];
+        if (luhn_digits(s, p, end))
+            return 1;
+        if (end - p >= 2 && s[end - 2] == '.' && s[end - 1] == '0' && luhn_digits(s, p, end - 2))
+            return 1;
+        p = end;
+    }
+    return 0;
+}
+
+/* card_in(data: bytes) -> bool: sanitise._card_in, for the equivalence tests */
+static PyObject *py_card_in(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "card_in takes bytes");
+        return NULL;
+    }
+    return PyBool_FromLong(card_in((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
+}
+
 static int screen_finish(const unsigned char *s, Py_ssize_t n, int flags, const ScreenRules *sr)
 {
     if (sr->flags & SCREEN_OPAQUE)
@@ -1417,7 +1528,9 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
         goto slow;
     if (!ps.redact)
         goto done;
-    if (ps.redact_values && (r & (SCREEN_HINT | SCREEN_DIGITS)))
+    if (ps.redact_values && ((r & SCREEN_HINT) ||
+                             ((r & SCREEN_DIGITS) &&
+                              card_in((const unsigned char *)PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out)))))
         goto slow;
     if (!(r & SCREEN_FLAT)) {
         /* nested: every key (at any depth) must be known clean.  A list can mutate while
@@ -2626,6 +2739,7 @@ static PyMethodDef module_methods[] = {
      "Write byte strings in order with writev, letting go of the GIL once."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
     {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL, "Screen serialised event bytes for the sanitiser."},
+    {"card_in", (PyCFunction)py_card_in, METH_O, "Whether a Luhn-valid card-number shape occurs (sanitise._card_in)."},
     {"prepare_fast", (PyCFunction)(void (*)(void))prepare_fast, METH_FASTCALL,
      "The sanitiser's common case in one call, or None."},
     {"prepare_many", (PyCFunction)(void (*)(void))prepare_many, METH_FASTCALL,

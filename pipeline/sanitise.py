@@ -235,9 +235,10 @@ _KV_RE = re.compile(
 # with a known issuer prefix (Visa, Mastercard, Amex, Discover, JCB, Diners) so that epoch
 # timestamps and ids are not mistaken for cards; then Luhn decides.
 _CARD_RE = re.compile(
-    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ .\-]?\d){11,17}(?![\d])"
+    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ .\-]?\d){11,17}(?![\d])", re.ASCII
 )
 _CARD_SEPS = re.compile(r"[ .\-]")
+_CARD_RE_BYTES = re.compile(_CARD_RE.pattern.encode(), re.ASCII)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -343,8 +344,8 @@ def _screen_python(out: bytes, stems: tuple[bytes, ...] = (), flags: int = 0) ->
 def _card_in(out: bytes) -> bool:
     """Whether the serialised bytes hold a card-number shape with a valid Luhn digit, also
     as a float ("4111111111111111.0").  A superset of what the card rule redacts."""
-    for m in _CARD_RE.finditer(out.decode("utf-8", "replace")):
-        text = m.group(0)
+    for m in _CARD_RE_BYTES.finditer(out):  # ASCII only: the same matches as on the decoded text
+        text = m.group(0).decode()
         if _is_card(text) or (text.endswith(".0") and _is_card(text[:-2])):
             return True
     return False
@@ -476,6 +477,7 @@ class _Compiled:
     key_res: tuple[re.Pattern[str], ...]
     key_rule_on: bool
     value_rules: tuple[tuple[str, _ValueRule], ...]
+    untriggered_rules: tuple[_ValueRule, ...]
     keep: frozenset[str]
     markers: dict[str, str]
     marker_re: re.Pattern[str]
@@ -513,7 +515,7 @@ class _Compiled:
             rules=rules, redact=redact, redact_values=redact_values, substring_terms=tuple(substring),
             word_terms=frozenset(words), suffix_terms=tuple(suffix),
             key_res=tuple(re.compile(p) for p in rules.key_patterns), key_rule_on=KEY_RULE not in disabled,
-            value_rules=(), keep=frozenset(rules.keep), markers=markers, marker_re=marker_re,
+            value_rules=(), untriggered_rules=(), keep=frozenset(rules.keep), markers=markers, marker_re=marker_re,
             stems=tuple(s.encode() for s in stems), screen_flags=flags,
             stems_table=_stem_table(stems))
         value_rules: list[tuple[str, _ValueRule]] = []
@@ -533,6 +535,8 @@ class _Compiled:
             group: int | str = "secret" if "secret" in rx.groupindex else 0
             value_rules.append((name, partial(compiled._redact_patterns, name, [(rx, group)])))
         object.__setattr__(compiled, "value_rules", tuple(value_rules))
+        object.__setattr__(compiled, "untriggered_rules",
+                           tuple(rule for name, rule in value_rules if name not in _TRIGGERED))
         return compiled
 
     # -- keys ---------------------------------------------------------------------------------
@@ -574,7 +578,12 @@ class _Compiled:
         """``text`` with every secret-looking part replaced by its rule's marker.  A rule with
         a literal trigger (_RULE_TRIGGERS) runs only when the trigger occurs: one scan of the
         string decides which rules can fire."""
-        fired = {m.lastgroup for m in _RULE_TRIGGERS.finditer(text)}
+        first = _RULE_TRIGGERS.search(text)
+        if first is None:  # the common case: only the rules without a literal trigger
+            for rule in self.untriggered_rules:
+                text = rule(text, counts)
+            return text
+        fired = {first.lastgroup, *(m.lastgroup for m in _RULE_TRIGGERS.finditer(text, first.end()))}
         for name, rule in self.value_rules:
             if name in _TRIGGERED and _TRIGGERED[name] not in fired:
                 continue

@@ -201,6 +201,22 @@ def test_screen_matches_python_screening(data: bytes, stems: tuple[bytes, ...], 
     assert native.screen(data) == sanitise._screen_python(data)
 
 
+card_bytes = st.lists(st.sampled_from([b"4", b"5", b"1", b"3", b"6", b"0", b"7", b"9", b"2", b"35", b"6011", b"64",
+                                       b"65", b" ", b".", b"-", b"x", b'"', b".0", b"4111111111111111",
+                                       b"4111 1111 1111 1111", b"378282246310005", b"5555555555554444"]),
+                      max_size=40).map(b"".join)
+
+
+@needs_native
+@settings(max_examples=int(os.environ.get("SCREEN_EXAMPLES", "1500")), deadline=None)
+@given(data=card_bytes)
+def test_card_check_matches_python(data: bytes) -> None:
+    """The C fast path's card check (which lets digit runs that are no card through) is
+    exactly sanitise._card_in."""
+    assert native is not None
+    assert native.card_in(data) == sanitise._card_in(data)
+
+
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
               st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
