@@ -487,6 +487,7 @@ class _Compiled:
     key_cache: dict[str, bool] = field(default_factory=dict)
     keyset_cache: dict[tuple[str, ...], bool] = field(default_factory=dict)
     key_verdicts: dict[str, bool] = field(default_factory=dict)  # per key, for nested events
+    text_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = field(default_factory=dict)
     last_clean: list[tuple[str, ...] | None] = field(default_factory=lambda: [None])
 
     @classmethod
@@ -575,9 +576,25 @@ class _Compiled:
     # -- values -----------------------------------------------------------------------------------
 
     def redact_text(self, text: str, counts: dict[str, int] | None) -> str:
-        """``text`` with every secret-looking part replaced by its rule's marker.  A rule with
-        a literal trigger (_RULE_TRIGGERS) runs only when the trigger occurs: one scan of the
-        string decides which rules can fire."""
+        """``text`` with every secret-looking part replaced by its rule's marker.  Short
+        strings are remembered with their result (events repeat most of their values)."""
+        if len(text) > 256:
+            return self._redact_text(text, counts)
+        hit = self.text_cache.get(text)
+        if hit is None:
+            fired: dict[str, int] = {}
+            hit = (self._redact_text(text, fired), tuple(fired.items()))
+            if len(self.text_cache) >= 16384:
+                self.text_cache.clear()
+            self.text_cache[text] = hit
+        if counts is not None:
+            for rule, n in hit[1]:
+                counts[rule] = counts.get(rule, 0) + n
+        return hit[0]
+
+    def _redact_text(self, text: str, counts: dict[str, int] | None) -> str:
+        """A rule with a literal trigger (_RULE_TRIGGERS) runs only when the trigger occurs:
+        one scan of the string decides which rules can fire."""
         first = _RULE_TRIGGERS.search(text)
         if first is None:  # the common case: only the rules without a literal trigger
             for rule in self.untriggered_rules:
