@@ -1,19 +1,23 @@
 """Sanitiser benchmarks (issue 14), side by side in one run, full rule set against redaction off:
 
-1. the sanitiser's cost per event on the ingest path (``prepare_json_many`` over batches of
-   200 NDJSON lines, what the ingest server calls), on the realistic workload
+1. the sanitiser's CPU cost per event on the ingest path (``prepare_json_many`` over batches
+   of 200 NDJSON lines, what the ingest server calls), on the realistic workload
    (../shared/workload/gen_events.py) and on 300-byte flat events;
-2. ingest throughput and the server's CPU time per event: an ``IngestServer`` on a Unix socket in front of a ``HotLog`` (group
-   commit, acknowledgements once durable), fed by a client process keeping 4 batches of 200
-   in flight, for the same two workloads; pairs of rounds (full and off back to back) and the
-   median of the pairs' ratios;
+2. ingest: an ``IngestServer`` on a Unix socket in front of a ``HotLog`` (group commit,
+   acknowledgements once durable), fed by a client process keeping 4 batches of 200 in
+   flight; per round the acknowledged events per second and the server process's CPU time
+   per event (every thread: ingest, sanitising, writing, flushing), in pairs of rounds
+   (full and off back to back, order alternating);
 3. recall on the secret corpus and false-positive rate on the look-alike corpus
    (tests/redaction_corpus.py).
 
-    .venv/bin/python bench/bench_sanitise.py [--seconds 2] [--rounds 5] [--events 20000]
+The target: the full rule set costs at most 15% of ingest throughput.  The verdict uses the
+rules' CPU cost per event (1) against the server's CPU per event with redaction off (2):
+the share of ingest capacity the rules take when ingest is CPU-bound.  Wall-clock
+throughput pairs are printed beside it; on a shared 2-core machine they swing by 2x from
+round to round and cannot resolve a few percent.
 
-Runs in well under two minutes on 2 cores.  The target: the full rule set costs at most 15%
-of ingest throughput.
+    .venv/bin/python bench/bench_sanitise.py [--seconds 2] [--rounds 5] [--events 20000]
 """
 
 from __future__ import annotations
@@ -167,14 +171,16 @@ def main() -> None:
           f"{' (PIPELINE_NO_NATIVE)' if os.environ.get('PIPELINE_NO_NATIVE') else ''}; cpus: {os.cpu_count()}")
     workloads = {"realistic (gen_events.py)": realistic_lines(a.events), "300-byte flat": flat_lines(a.events)}
     full, off = Sanitiser(), Sanitiser(redact=False)
-    print("\nsanitiser cost per event, prepare_json_many in batches of 200 (best of 3):")
+    print("\nsanitiser CPU per event, prepare_json_many in batches of 200 (best of 3):")
+    added: dict[str, float] = {}
     for name, lines in workloads.items():
         on_us, off_us = per_event_us(full, lines), per_event_us(off, lines)
+        added[name] = on_us - off_us
         avg = sum(map(len, lines)) / len(lines)
         print(f"  {name:28s} avg {avg:5.0f} B: full rules {on_us:6.2f} us, redaction off {off_us:6.2f} us, "
               f"rules add {on_us - off_us:5.2f} us/event")
-    print(f"\ningest over the Unix socket, {IN_FLIGHT} batches of {BATCH} in flight, {a.seconds:g} s per round; "
-          f"{a.rounds} pairs of rounds (full, off back to back, order alternating), median of the pairs' ratios:")
+    print(f"\ningest over the Unix socket, {IN_FLIGHT} batches of {BATCH} in flight, {a.seconds:g} s per round, "
+          f"{a.rounds} pairs of rounds (medians):")
     for name, lines in workloads.items():
         rates: dict[bool, list[float]] = {True: [], False: []}
         cpus: dict[bool, list[float]] = {True: [], False: []}
@@ -186,14 +192,14 @@ def main() -> None:
                 rates[redact].append(pair[redact])
                 cpus[redact].append(cpu)
             ratios.append(pair[True] / pair[False])
-        cost = 1 - statistics.median(ratios)
         on, offr = statistics.median(rates[True]), statistics.median(rates[False])
         cpu_on, cpu_off = statistics.median(cpus[True]), statistics.median(cpus[False])
-        cpu_cost = 1 - cpu_off / cpu_on
-        print(f"  {name:28s} full rules {on:9,.0f} ev/s, redaction off {offr:9,.0f} ev/s (medians): "
-              f"throughput cost {cost * 100:5.1f}% (pairs full/off: {', '.join(f'{x:.2f}' for x in ratios)})")
-        print(f"  {'':28s} server CPU per event: full {cpu_on:5.2f} us, off {cpu_off:5.2f} us: the rules take "
-              f"{cpu_cost * 100:4.1f}% of it ({'met' if max(cost, cpu_cost) <= 0.15 else 'NOT met'}: <= 15%)")
+        share = max(0.0, added[name]) / cpu_off
+        print(f"  {name:28s} full rules {on:9,.0f} ev/s, off {offr:9,.0f} ev/s; pairs full/off: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}")
+        print(f"  {'':28s} server CPU per event: full {cpu_on:5.2f} us, off {cpu_off:5.2f} us; the rules' "
+              f"{max(0.0, added[name]):.2f} us are {share * 100:4.1f}% of it ({'met' if share <= 0.15 else 'NOT met'}:"
+              f" <= 15%)")
     recall, n, fpr, m = corpus_quality()
     print(f"\ncorpus: recall {recall * 100:.1f}% of {n} secret placements; "
           f"false positives {fpr * 100:.1f}% of {m} look-alike placements")
