@@ -262,6 +262,14 @@ def test_prepare_fast_path_gives_the_python_result(event: dict[str, Any], redact
         m.setattr(sanitise, "_native", None)
         reference = _outcome(Sanitiser(redact=redact, rules=rules), event)
     assert first == second == many == reference
+    if first[0] == "ok":  # and the NDJSON batch path (ingest), parsing the stored form back
+        line = orjson.dumps(event, option=orjson.OPT_PASSTHROUGH_DATETIME)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(sanitise, "_native", None)
+            expected = Sanitiser(redact=redact, rules=rules).prepare_json_many([line])
+        got = with_native.prepare_json_many([line])
+        assert [x if isinstance(x, bytes) else x.reason for x in got] == \
+            [x if isinstance(x, bytes) else x.reason for x in expected]
 
 
 # --- the writer, end to end ---------------------------------------------------------------------
