@@ -897,7 +897,7 @@ class Sanitiser:
         keys = tuple(node)
         hit = c.keyset_cache.get(keys)
         if hit is None:
-            hit = c.key_rule_on and any(c.is_secret_key(k) for k in keys)
+            hit = c.key_rule_on and any(k not in c.keep and c.is_secret_key(k) for k in keys)
             if len(c.keyset_cache) >= 4096:
                 c.keyset_cache.clear()
             c.keyset_cache[keys] = hit
@@ -913,7 +913,7 @@ class Sanitiser:
             for k in node:
                 hit = verdicts.get(k)
                 if hit is None:
-                    hit = c.key_rule_on and c.is_secret_key(k)
+                    hit = c.key_rule_on and k not in c.keep and c.is_secret_key(k)
                     if len(verdicts) >= 65536:
                         verdicts.clear()
                     verdicts[k] = hit
