@@ -838,7 +838,7 @@ static PyObject *utc_now(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
 
 #define SCREEN_NULL 1      /* b"null" occurs (NaN/Infinity are serialised as null by orjson) */
 #define SCREEN_HINT 2      /* the trigger of some value rule occurs (see pipeline/sanitise.py) */
-#define SCREEN_DIGITS 4    /* 13+ digits in a run (spaces, dots and hyphens allowed): card candidate */
+#define SCREEN_DIGITS 4    /* 13+ digits in a run (separators ' ' . - _ / allowed): card candidate */
 #define SCREEN_FLAT 8      /* exactly one '{' and no '[': a flat object */
 #define SCREEN_SHIFT 8     /* count of '{' plus '[' above this bit */
 #define SCREEN_KV_ANY 1    /* settings: any key=value shape is a hint (custom key patterns) */
@@ -883,6 +883,8 @@ static void screen_init(void)
     screen_class[' '] = K_SEP;
     screen_class['-'] = K_SEP;
     screen_class['.'] = K_SEP;
+    screen_class['_'] = K_SEP;
+    screen_class['/'] = K_SEP;
     screen_class['{'] = K_BRACE;
     screen_class['['] = K_BRACKET;
     const char *anchors = "nAbByegxkcm:=wW";
@@ -1102,7 +1104,7 @@ static int b64_run40(const unsigned char *s, Py_ssize_t n)
 }
 
 /* ---- card numbers: sanitise._card_in, exactly -------------------------------------------
- * _CARD_RE is (?<!\d)PREFIX(?:[ .\-]?\d){11,17}(?!\d), PREFIX one of 4 | 5[1-5] | 2[2-7] |
+ * _CARD_RE is (?<!\d)PREFIX(?:[ .\-_/]?\d){11,17}(?!\d), PREFIX one of 4 | 5[1-5] | 2[2-7] |
  * 3[47] | 3[0689] | 6011 | 65 | 64[4-9] | 35 (mutually exclusive), found left to right
  * without overlap (finditer).  A unit "[ .-]?digit" parses deterministically, so the
  * regex's backtracking only shortens the run of units: the match has the most units k
@@ -1110,7 +1112,7 @@ static int b64_run40(const unsigned char *s, Py_ssize_t n)
  * card when its digits (separators dropped) number 13 to 19 and pass Luhn, or when it ends
  * in ".0" and the part before does (a float as orjson writes it). */
 static int card_digit(unsigned char c) { return c >= '0' && c <= '9'; }
-static int is_card_sep(unsigned char c) { return c == ' ' || c == '.' || c == '-'; }
+static int is_card_sep(unsigned char c) { return c == ' ' || c == '.' || c == '-' || c == '_' || c == '/'; }
 
 static Py_ssize_t card_prefix(const unsigned char *s, Py_ssize_t n, Py_ssize_t p)
 {
@@ -1242,7 +1244,7 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n, const Screen
 #define SET1(c) _mm_set1_epi8((char)(c))
     const __m128i c_lbrace = SET1('{'), c_lbracket = SET1('['), c_n = SET1('n'), c_u = SET1('u'), c_A = SET1('A'),
                   c_b = SET1('b'), c_a = SET1('a'), c_e = SET1('e'), c_lower = SET1(0x20), c_0 = SET1('0'),
-                  c_9 = SET1(9), c_space = SET1(' '), c_hyphen = SET1('-'), c_dot = SET1('.'), c_under = SET1('_'), c_y = SET1('y'), c_J = SET1('J'), c_g = SET1('g'), c_h = SET1('h'),
+                  c_9 = SET1(9), c_space = SET1(' '), c_hyphen = SET1('-'), c_dot = SET1('.'), c_under = SET1('_'), c_slash = SET1('/'), c_y = SET1('y'), c_J = SET1('J'), c_g = SET1('g'), c_h = SET1('h'),
                   c_i = SET1('i'), c_l = SET1('l'), c_x = SET1('x'), c_o = SET1('o'), c_k = SET1('k'),
                   c_c = SET1('c'), c_m = SET1('m'), c_w = SET1('w'), c_s = SET1('s'), c_colon = SET1(':'),
                   c_eq = SET1('=');
@@ -1300,7 +1302,8 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n, const Screen
         __m128i t = _mm_sub_epi8(x, c_0);
         __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(t, c_9), t);
         __m128i sep = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_space), _mm_cmpeq_epi8(x, c_hyphen)),
-                                   _mm_cmpeq_epi8(x, c_dot));
+                                   _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_dot), _mm_cmpeq_epi8(x, c_under)),
+                                                _mm_cmpeq_epi8(x, c_slash)));
         unsigned r = (unsigned)_mm_movemask_epi8(_mm_or_si128(digit, sep)) & valid;
         if (r == 0xFFFF) {
             carry += 16;

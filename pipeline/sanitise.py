@@ -213,7 +213,7 @@ _RULE_TRIGGERS = re.compile("|".join(f"(?P<{_TRIGGERED[name]}>{pattern})" for na
     ("google-api-key", "AIza"), ("azure-storage-key", "AccountKey="), ("azure-sas-token", "sig="),
     ("npm-token", "npm_"), ("pypi-token", "AgEIcHlwaS5vcmc"),
     ("aws-access-key-id", "A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)"), ("url-credentials", "://[^@]*@"),
-    ("bearer-credential", "(?i:bearer|basic)"), ("card-number", r"\d(?:[ .\-]?\d){12}"))))
+    ("bearer-credential", "(?i:bearer|basic)"), ("card-number", r"\d(?:[ .\-_/]?\d){12}"))))
 
 # AWS secret access keys have no prefix: 40 base64 characters, accepted only with context in
 # the same string (an AWS key id, or "aws" written anywhere in it) and with both letter cases,
@@ -231,13 +231,14 @@ _KV_RE = re.compile(
     r"(?:\"(?P<dq>[^\"]+)\"|'(?P<sq>[^']+)'|(?P<bare>(?i:(?:bearer|basic|token|digest|negotiate|ntlm) +)?"
     r"[^\s\"'&;,<>\\]+))")
 
-# card candidates: 13-19 digits, optionally split by single spaces, dots or hyphens,
+# card candidates: 13-19 digits, optionally split by single spaces, dots, hyphens,
+# underscores or slashes,
 # with a known issuer prefix (Visa, Mastercard, Amex, Discover, JCB, Diners) so that epoch
 # timestamps and ids are not mistaken for cards; then Luhn decides.
 _CARD_RE = re.compile(
-    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ .\-]?\d){11,17}(?![\d])", re.ASCII
+    r"(?<![\d])(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9])|35)(?:[ .\-_/]?\d){11,17}(?![\d])", re.ASCII
 )
-_CARD_SEPS = re.compile(r"[ .\-]")
+_CARD_SEPS = re.compile(r"[ .\-_/]")
 _CARD_RE_BYTES = re.compile(_CARD_RE.pattern.encode(), re.ASCII)
 
 
@@ -276,7 +277,7 @@ _TRIGGERS = re.compile(
 _AWS_WORD = re.compile(rb"(?i:aws)")
 _B64_RUN = re.compile(rb"[A-Za-z0-9+/]{40}")
 _KV_ANCHOR = re.compile(rb"[:=]")
-_DIGIT_CLASS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b in b" -." else 0x78 for b in range(256))
+_DIGIT_CLASS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b in b" -._/" else 0x78 for b in range(256))
 _THIRTEEN_DIGITS = b"0" * 13
 _IDENT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _KV_MAX_KEY = 64

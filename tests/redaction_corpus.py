@@ -152,7 +152,7 @@ def build_secrets() -> list[Secret]:
         out.append(_value("bearer", f"{scheme} {tok}", text=f"Authorization: {scheme} {tok}", sensitive=tok))
     cards = [("4", 16), ("51", 16), ("55", 16), ("22", 16), ("34", 15), ("37", 15), ("6011", 16), ("65", 16),
              ("35", 16), ("36", 14)]
-    seps = [" ", "-", ".", ""]
+    seps = [" ", "-", ".", "/", "_", ""]
     for i, (prefix, length) in enumerate(cards):
         digits = _luhn_complete(prefix, length)
         sep = seps[i % len(seps)]

@@ -202,7 +202,7 @@ def test_screen_matches_python_screening(data: bytes, stems: tuple[bytes, ...], 
 
 
 card_bytes = st.lists(st.sampled_from([b"4", b"5", b"1", b"3", b"6", b"0", b"7", b"9", b"2", b"35", b"6011", b"64",
-                                       b"65", b" ", b".", b"-", b"x", b'"', b".0", b"4111111111111111",
+                                       b"65", b" ", b".", b"-", b"_", b"/", b"x", b'"', b".0", b"4111111111111111",
                                        b"4111 1111 1111 1111", b"378282246310005", b"5555555555554444"]),
                       max_size=40).map(b"".join)
 

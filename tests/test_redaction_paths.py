@@ -185,7 +185,8 @@ def test_cli_append_with_config(hot_dir: Path, tmp_path: Path) -> None:
     bad.write_text(f'[hot]\ndir = "{hot_dir}"\n[sanitise]\ndisable = ["jwtt"]\n')
     p = subprocess.run([sys.executable, "-m", "pipeline", "append", "--config", str(bad)], input=stdin,
                        capture_output=True, env=env, timeout=60)
-    assert p.returncode == 2 and b"sanitise.disable" in p.stderr and b"jwt" in p.stderr
+    assert p.returncode == 2, (p.returncode, p.stderr.decode())
+    assert b"sanitise.disable" in p.stderr and b'did you mean "jwt"' in p.stderr, p.stderr.decode()
 
 
 def test_reconfigure_reaches_the_fast_path(hot_dir: Path, hotlog: HotLog) -> None:
