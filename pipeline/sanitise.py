@@ -671,11 +671,12 @@ class _Compiled:
         if "card-number" in self.rules.disable:
             return False
         if isinstance(value, float):
-            if not (math.isfinite(value) and value.is_integer() and value >= 1e12):
+            if not (math.isfinite(value) and value.is_integer() and abs(value) >= 1e12):
                 return False
-            text = orjson.dumps(value).decode()
+            text = orjson.dumps(abs(value)).decode()
             return text.endswith(".0") and _CARD_RE.fullmatch(text[:-2]) is not None and _is_card(text[:-2])
-        return value >= 10**12 and _CARD_RE.fullmatch(str(value)) is not None and _is_card(str(value))
+        text = str(abs(value))  # a sign does not make a card number harmless
+        return abs(value) >= 10**12 and _CARD_RE.fullmatch(text) is not None and _is_card(text)
 
     @property
     def fast_state(self) -> tuple[Any, ...]:

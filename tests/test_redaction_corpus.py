@@ -58,12 +58,12 @@ def test_every_secret_in_every_placement_is_redacted(native: bool, monkeypatch: 
     assert not missed, f"{len(missed)} of {len(CASES)} not redacted: {missed[:20]}"
 
 
-@pytest.mark.parametrize("value", [4111111111111111, 4111111111111111.0, 5555555555554444, 378282246310005,
-                                   6011111111111117.0])
+@pytest.mark.parametrize("value", [4111111111111111, 4111111111111111.0, -4111111111111111, 5555555555554444,
+                                   378282246310005, 6011111111111117.0])
 def test_cards_as_numbers(value: int | float) -> None:
     for event in ({"pan": value}, {"a": {"b": [value]}}):
         out = S.prepare(event)
-        assert str(int(value)).encode() not in out and b"[REDACTED:card-number]" in out
+        assert str(abs(int(value))).encode() not in out and b"[REDACTED:card-number]" in out
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
