@@ -1696,26 +1696,50 @@ static PyObject *prepare_many(PyObject *Py_UNUSED(mod), PyObject *const *args, P
 
 /* ---------------------------------------------------------------------- scan_lines ---- */
 
-/* Strict-subset JSON validation (see the file comment): compact JSON as orjson writes it. */
+/* Strict-subset JSON validation (see the file comment): compact JSON as orjson writes it,
+ * within the log's JSON profile (docs/FORMAT.md section 1.1, pipeline/strictjson.py). */
+
+#define PROFILE_MAX_DEPTH 64 /* pipeline.strictjson.MAX_DEPTH */
+
+/* the keys of the objects being checked, innermost last: a duplicate key is left to Python */
+#define KEY_STACK 512
 
 typedef struct {
     const unsigned char *p, *end;
+    int nkeys;
+    const unsigned char *key[KEY_STACK];
+    Py_ssize_t key_len[KEY_STACK];
+    uint64_t key_fp[KEY_STACK];
 } Cursor;
 
+/* The JSON profile's integer range (docs/FORMAT.md section 1.1): [-2^63, 2^64-1], given the
+ * digits of an integer literal (no sign, no leading zero: the JSON grammar's). */
+static int int_in_range(int negative, const unsigned char *digits, Py_ssize_t n)
+{
+    if (negative)
+        return n < 19 || (n == 19 && memcmp(digits, "9223372036854775808", 19) <= 0);
+    return n < 20 || (n == 20 && memcmp(digits, "18446744073709551615", 20) <= 0);
+}
+
 static int json_value(Cursor *c, int depth);
+
+/* 1 for bytes that end a run of plain string content: '"' and '\\' */
+static unsigned char string_stop[256];
 
 /* 1 for bytes a JSON string may hold as they are: printable ASCII other than '"' and '\\' */
 static unsigned char json_plain[256];
 
 static void json_init(void)
 {
+    string_stop['"'] = string_stop['\\'] = 1;
     for (int c = 0x20; c < 0x80; c++)
         json_plain[c] = c != '"' && c != '\\';
 }
 
 static int json_string(Cursor *c)
 {
-    /* at the opening quote */
+    /* at the opening quote; returns 1 for a string without escapes, 2 with, 0 if invalid */
+    int escaped = 0;
     c->p++;
     while (c->p < c->end) {
         /* eight bytes at a time while none is a quote, backslash, control byte or non-ASCII
@@ -1737,11 +1761,12 @@ static int json_string(Cursor *c)
         unsigned char ch = *c->p;
         if (ch == '"') {
             c->p++;
-            return 1;
+            return 1 + escaped;
         }
         if (ch < 0x20)
             return 0;
         if (ch == '\\') {
+            escaped = 1;
             if (c->end - c->p < 2)
                 return 0;
             unsigned char e = c->p[1];
@@ -1807,10 +1832,11 @@ static int json_string(Cursor *c)
 
 static int json_number(Cursor *c)
 {
+    int negative = c->p < c->end && *c->p == '-';
+    if (negative)
+        c->p++;
     const unsigned char *start = c->p;
     int digits = 0;
-    if (c->p < c->end && *c->p == '-')
-        c->p++;
     if (c->p >= c->end)
         return 0;
     if (*c->p == '0') {
@@ -1824,6 +1850,8 @@ static int json_number(Cursor *c)
     } else {
         return 0;
     }
+    if (!(c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E')) && !int_in_range(negative, start, digits))
+        return 0; /* an integer outside the profile's range: Python names it */
     if (c->p < c->end && *c->p == '.') {
         c->p++;
         int frac = 0;
@@ -1847,7 +1875,6 @@ static int json_number(Cursor *c)
         if (exp == 0 || exp > 2)
             return 0; /* large exponents may overflow to infinity, which orjson refuses */
     }
-    (void)start;
     return digits <= 40; /* longer numbers: leave to orjson */
 }
 
@@ -1859,9 +1886,10 @@ static int json_value(Cursor *c, int depth)
     if (ch == '"')
         return json_string(c);
     if (ch == '{' || ch == '[') {
-        if (depth >= 128)
-            return 0;
+        if (depth >= PROFILE_MAX_DEPTH)
+            return 0; /* deeper than the profile allows (the outermost value is depth 0 here) */
         unsigned char close = ch == '{' ? '}' : ']';
+        int keys_from = c->nkeys;
         c->p++;
         if (c->p < c->end && *c->p == close) {
             c->p++;
@@ -1869,8 +1897,22 @@ static int json_value(Cursor *c, int depth)
         }
         for (;;) {
             if (ch == '{') {
-                if (c->p >= c->end || *c->p != '"' || !json_string(c))
+                const unsigned char *key = c->p;
+                /* unique keys: compared as bytes, which is exact for keys without escapes (a key
+                 * with one is left to Python); a fingerprint of the length and first bytes
+                 * settles almost every comparison without memcmp */
+                if (c->p >= c->end || *c->p != '"' || json_string(c) != 1 || c->nkeys >= KEY_STACK)
                     return 0;
+                Py_ssize_t key_len = c->p - key;
+                uint64_t fp = 0;
+                memcpy(&fp, key, key_len < 8 ? (size_t)key_len : 8);
+                fp ^= (uint64_t)key_len << 56;
+                for (int i = keys_from; i < c->nkeys; i++)
+                    if (c->key_fp[i] == fp && c->key_len[i] == key_len && memcmp(c->key[i], key, (size_t)key_len) == 0)
+                        return 0;
+                c->key[c->nkeys] = key;
+                c->key_fp[c->nkeys] = fp;
+                c->key_len[c->nkeys++] = key_len;
                 if (c->p >= c->end || *c->p != ':')
                     return 0;
                 c->p++;
@@ -1885,6 +1927,7 @@ static int json_value(Cursor *c, int depth)
             }
             if (*c->p == close) {
                 c->p++;
+                c->nkeys = keys_from;
                 return 1;
             }
             return 0;
@@ -1905,11 +1948,170 @@ static int json_object_exact(const unsigned char *s, Py_ssize_t n)
 {
     if (n < 2 || s[0] != '{')
         return 0;
-    Cursor c = {s, s + n};
+    Cursor c;
+    c.p = s;
+    c.end = s + n;
+    c.nkeys = 0;
     return json_value(&c, 0) && c.p == c.end;
 }
 
+/* ------------------------------------------------------------- the JSON profile ---- */
+
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+/* Keys of every object in ``o``; -1 past ``levels`` levels (the caller's object need not be
+ * what the text holds, and may even contain itself: the walk stays bounded). */
+static Py_ssize_t count_keys(PyObject *o, long long levels)
+{
+    Py_ssize_t n = 0, sub;
+    if (levels <= 0)
+        return -1;
+    if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        n = PyDict_GET_SIZE(o);
+        while (PyDict_Next(o, &pos, &k, &v))
+            if (PyDict_CheckExact(v) || PyList_CheckExact(v)) {
+                if ((sub = count_keys(v, levels - 1)) < 0)
+                    return -1;
+                n += sub;
+            }
+    } else if (PyList_CheckExact(o)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
+            PyObject *v = PyList_GET_ITEM(o, i);
+            if (PyDict_CheckExact(v) || PyList_CheckExact(v)) {
+                if ((sub = count_keys(v, levels - 1)) < 0)
+                    return -1;
+                n += sub;
+            }
+        }
+    }
+    return n;
+}
+
+/* Whether ``s`` (a JSON text orjson has parsed into ``obj``) is within the profile beyond what
+ * orjson checks: no object holds a key twice, integers in range, at most max_depth levels,
+ * and with ``compact`` no whitespace outside strings.  One pass over the bytes (which are
+ * valid JSON, so quotes and escapes delimit the strings): every ':' outside a string follows
+ * exactly one key, so the keys written equal the keys parsed (counted in ``obj``, where a
+ * repeated key collapses) exactly when no key repeats.  0 means "not shown": the Python
+ * reference (pipeline.strictjson.loads) then decides and names the rule broken. */
+static int profile_ok(const unsigned char *s, Py_ssize_t n, PyObject *obj, int compact, long long max_depth)
+{
+    Py_ssize_t i = 0, colons = 0, containers = 0;
+    long long depth = 0;
+    while (i < n) {
+        unsigned char ch = s[i];
+        if (ch == '"') {
+            i++;
+            for (;;) {
+                /* eight bytes at a time while none is a quote or backslash (SWAR zero-byte test) */
+                while (n - i >= 8) {
+                    uint64_t x;
+                    memcpy(&x, s + i, 8);
+                    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+                    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+                    if ((((q - ones) & ~q) | ((b - ones) & ~b)) & highs)
+                        break;
+                    i += 8;
+                }
+                while (i < n && !string_stop[s[i]])
+                    i++;
+                if (i >= n)
+                    return 0;
+                if (s[i] == '\\') {
+                    i += 2;
+                    continue;
+                }
+                i++;
+                break;
+            }
+            continue;
+        }
+        if (ch == '{' || ch == '[') {
+            containers++;
+            if (++depth > max_depth)
+                return 0;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        } else if (ch == ':') {
+            colons++;
+        } else if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
+            if (compact)
+                return 0;
+        } else if (ch == '-' || is_digit(ch)) {
+            int negative = ch == '-';
+            Py_ssize_t start = i + negative, j = start;
+            while (j < n && is_digit(s[j]))
+                j++;
+            if (!(j < n && (s[j] == '.' || s[j] == 'e' || s[j] == 'E')) && !int_in_range(negative, s + start, j - start))
+                return 0;
+            while (j < n && (is_digit(s[j]) || s[j] == '.' || s[j] == 'e' || s[j] == 'E' || s[j] == '+' || s[j] == '-'))
+                j++;
+            i = j;
+            continue;
+        }
+        i++;
+    }
+    if (containers == 1 && PyDict_CheckExact(obj))
+        return colons == PyDict_GET_SIZE(obj); /* one flat object: nothing to walk */
+    return colons == count_keys(obj, max_depth < 1024 ? max_depth : 1024); /* orjson nests at most 1024 */
+}
+
+static int profile_args(PyObject *raw, const char *fn)
+{
+    if (!PyBytes_Check(raw)) {
+        PyErr_Format(PyExc_TypeError, "%s: the JSON text must be bytes", fn);
+        return -1;
+    }
+    return 0;
+}
+
+/* profile_ok(raw, obj, compact, max_depth) -> bool: see profile_ok above. */
+static PyObject *profile_ok_py(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "profile_ok takes 4 arguments");
+        return NULL;
+    }
+    if (profile_args(args[0], "profile_ok") < 0)
+        return NULL;
+    int compact = PyObject_IsTrue(args[2]);
+    long long max_depth = PyLong_AsLongLong(args[3]);
+    if (compact < 0 || (max_depth == -1 && PyErr_Occurred()))
+        return NULL;
+    return PyBool_FromLong(profile_ok((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
+                                      args[1], compact, max_depth));
+}
+
+/*
+ * profile_loads(loads, max_depth, raw) -> object
+ *
+ * loads(raw) when profile_ok shows the text within the profile (whitespace allowed);
+ * otherwise ValueError, meaning "not shown here": the sanitiser's C batch path
+ * (prepare_many) then leaves the line to Sanitiser.prepare_json, whose exact check names
+ * the broken rule.  Bound with functools.partial as prepare_many's ``loads``.
+ */
+static PyObject *profile_loads(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "profile_loads takes 3 arguments");
+        return NULL;
+    }
+    PyObject *raw = args[2];
+    long long max_depth = PyLong_AsLongLong(args[1]);
+    if ((max_depth == -1 && PyErr_Occurred()) || profile_args(raw, "profile_loads") < 0)
+        return NULL;
+    PyObject *obj = PyObject_Vectorcall(args[0], &raw, 1, NULL);
+    if (obj == NULL)
+        return NULL;
+    if (!profile_ok((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), obj, 0, max_depth)) {
+        Py_DECREF(obj);
+        PyErr_SetString(PyExc_ValueError, "not shown to be within the JSON profile");
+        return NULL;
+    }
+    return obj;
+}
 
 static int two(const unsigned char *s) { return (s[0] - '0') * 10 + (s[1] - '0'); }
 
@@ -2749,6 +2951,10 @@ static PyMethodDef module_methods[] = {
      "prepare_fast over events, or over parsed NDJSON lines; None where Python must decide."},
     {"scan_lines", (PyCFunction)(void (*)(void))scan_lines, METH_FASTCALL,
      "Verifier fast path over consecutive event/heartbeat lines."},
+    {"profile_ok", (PyCFunction)(void (*)(void))profile_ok_py, METH_FASTCALL,
+     "Whether parsed JSON bytes are shown to be within the log's JSON profile."},
+    {"profile_loads", (PyCFunction)(void (*)(void))profile_loads, METH_FASTCALL,
+     "loads(raw), or ValueError when the text is not shown to be within the JSON profile."},
     {NULL, NULL, 0, NULL},
 };
 

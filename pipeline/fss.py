@@ -235,7 +235,7 @@ class FssVerifier:
         if not isinstance(fss, dict):
             return "seal carries no forward-secure MAC (data.fss missing)"
         epoch, index, mac = fss.get("epoch"), fss.get("index"), fss.get("mac")
-        if not isinstance(epoch, int) or not isinstance(index, int) or not isinstance(mac, str):
+        if type(epoch) is not int or type(index) is not int or type(mac) is not str:  # true is not 1
             return "seal's data.fss is malformed (epoch, index, mac)"
         if epoch < 0 or index < 0 or index > 10_000_000 or epoch > 100_000_000:
             return f"seal's FSS epoch {epoch} / index {index} is out of range"

@@ -21,11 +21,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
+from pipeline import strictjson
 from pipeline._accel import native
 
 FORMAT_VERSION = 1
@@ -40,6 +42,8 @@ HEX64_RE = re.compile(rb"^[0-9a-f]{64}\Z")
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z", re.ASCII)  # ASCII digits only
 # seq is an unsigned integer that fits in 63 bits; JSON integers only, no sign, no leading zero
 MAX_SEQ = 2**63 - 1
+# data nests at most this deep, data itself being level 1 (the JSON profile, FORMAT §1.1)
+MAX_DATA_DEPTH = strictjson.MAX_DEPTH
 
 
 class Kind(StrEnum):
@@ -80,6 +84,35 @@ class Record:
     def leaf(self) -> bytes:
         """The Merkle leaf bytes: the record line without its trailing newline."""
         return self.line[:-1]
+
+
+_VALID_SECONDS: dict[str, bool] = {}
+
+
+def valid_ts(ts: str) -> bool:
+    """Whether ``ts`` is ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` naming a real time: a day that exists
+    in the proleptic Gregorian calendar (years 0001-9999), hour 00-23, minute and second
+    00-59 (no leap second: the writer's clock is POSIX time).  Cached per second of log."""
+    if type(ts) is not str or not TS_RE.match(ts):
+        return False
+    prefix = ts[:19]
+    ok = _VALID_SECONDS.get(prefix)
+    if ok is None:
+        try:
+            datetime(int(ts[0:4]), int(ts[5:7]), int(ts[8:10]), int(ts[11:13]), int(ts[14:16]), int(ts[17:19]))
+            ok = True
+        except ValueError:
+            ok = False
+        if len(_VALID_SECONDS) > 4096:
+            _VALID_SECONDS.clear()
+        _VALID_SECONDS[prefix] = ok
+    return ok
+
+
+def loads_data(data_json: bytes) -> Any:
+    """Parse a record's ``data`` bytes under the JSON profile, compact form (FORMAT §1.1).
+    Raises ``orjson.JSONDecodeError`` or ``strictjson.ProfileError``."""
+    return strictjson.loads(data_json, compact=True, max_depth=MAX_DATA_DEPTH)
 
 
 def validate_stream_name(name: str) -> str:
@@ -171,23 +204,23 @@ def parse_fields(line: bytes) -> RecordFields | None:
     if seq > MAX_SEQ:
         return None
     try:
-        data = orjson.loads(body[m.end() :])
-    except orjson.JSONDecodeError:
+        data = loads_data(body[m.end() :])
+    except (orjson.JSONDecodeError, strictjson.ProfileError):
         return None
-    if type(data) is not dict:
+    ts = m.group(3).decode()
+    if type(data) is not dict or not valid_ts(ts):
         return None
-    return (m.group(1).decode(), seq, m.group(3).decode(), m.group(4).decode(), m.group(5).decode(), data,
-            claimed.decode())
+    return (m.group(1).decode(), seq, ts, m.group(4).decode(), m.group(5).decode(), data, claimed.decode())
 
 
 def parse_record(line: bytes) -> Record:
     """Parse and self-check one record line (with its trailing newline).
 
-    Checks the layout and that the hash matches the bytes; does not check the chain
-    (``prev``) or ``seq`` continuity, which need the previous record.  The header (every
-    key before ``data``) must be byte-for-byte what the fields say, which rules out
-    duplicate keys, reordering, whitespace and alternative number spellings without a
-    general-purpose canonicaliser.
+    Applies the checks of docs/FORMAT.md §1 in the order given there and raises the reason
+    of the first that fails.  Does not check the chain (``prev``) or ``seq`` continuity,
+    which need the previous record.  The header (every key before ``data``) must be byte for
+    byte what the fields say, which rules out reordering, escapes and alternative number
+    spellings; the JSON profile (§1.1) rules out whitespace and duplicate keys anywhere.
     """
     fields = parse_fields(line)
     if fields is not None:
@@ -203,41 +236,27 @@ def parse_record(line: bytes) -> Record:
     if not HEX64_RE.match(claimed):
         raise RecordError("bad-line", "hash field is not 64 lowercase hex digits")
     body = line[:body_end]
-    if hashlib.sha256(body).hexdigest().encode() != claimed:
-        raise RecordError("hash-mismatch", "record hash does not match its bytes")
     if b"\n" in body:
         raise RecordError("bad-line", "embedded newline")
-    # The header (every key before "data") and the data value are parsed separately, so that
-    # nothing can follow the data value: a second "data" (or any) key after it would be
-    # invisible to one JSON parser (last key wins) and visible to another (first key wins).
-    # Stream names, timestamps, kinds and hashes cannot contain '"', so the first ',"data":'
-    # ends the header of any record that passes the header comparison below.
-    data_at = body.find(DATA_FIELD)
-    if data_at < 0:
-        raise RecordError("bad-layout", f"keys must be exactly {', '.join(KEY_ORDER)} in this order")
+    if hashlib.sha256(body).hexdigest().encode() != claimed:
+        raise RecordError("hash-mismatch", "record hash does not match its bytes")
     try:
-        obj = orjson.loads(body[:data_at] + b"}")
-        data = orjson.loads(body[data_at + len(DATA_FIELD) :])
+        obj = strictjson.loads(body + b"}", compact=True, max_depth=MAX_DATA_DEPTH + 1)
     except orjson.JSONDecodeError as exc:
-        try:
-            whole = orjson.loads(body + b"}")
-        except orjson.JSONDecodeError:
-            raise RecordError("bad-json", str(exc)) from None
-        if type(whole) is dict:
-            raise RecordError("bad-layout", "the data value must be the last key of the record, "
-                              "and appear once") from None
         raise RecordError("bad-json", str(exc)) from None
-    if type(obj) is not dict or tuple(obj) != KEY_ORDER[:-1]:
+    except strictjson.ProfileError as exc:
+        raise RecordError("bad-json", f"{exc.detail} (the JSON profile, docs/FORMAT.md §1.1)") from None
+    if type(obj) is not dict or tuple(obj) != KEY_ORDER:
         raise RecordError("bad-layout", f"keys must be exactly {', '.join(KEY_ORDER)} in this order")
-    stream, seq, ts, kind, prev = (obj[k] for k in KEY_ORDER[1:-1])
-    if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
+    stream, seq, ts, kind, prev, data = (obj[k] for k in KEY_ORDER[1:])
+    if type(obj["v"]) is not int or obj["v"] != FORMAT_VERSION:
         raise RecordError("bad-version", f"unsupported format version {obj['v']!r}")
     if type(stream) is not str or not STREAM_NAME_RE.match(stream):
         raise RecordError("bad-field", "stream is not a valid stream name")
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
-        raise RecordError("bad-field", "seq is not a non-negative integer")
-    if type(ts) is not str or not TS_RE.match(ts):
-        raise RecordError("bad-field", "ts is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+        raise RecordError("bad-field", "seq is not an integer in 0..2^63-1")
+    if not valid_ts(ts):
+        raise RecordError("bad-field", "ts is not a real UTC time written YYYY-MM-DDTHH:MM:SS.ffffffZ")
     if kind not in KINDS:
         raise RecordError("bad-field", f"unknown kind {kind!r}")
     if type(prev) is not str or not HEX64_RE.match(prev.encode()):
@@ -247,6 +266,7 @@ def parse_record(line: bytes) -> Record:
     header = b'{"v":1,"stream":"%s","seq":%d,"ts":"%s","kind":"%s","prev":"%s","data":' % (
         stream.encode(), seq, ts.encode(), kind.encode(), prev.encode())
     if not body.startswith(header):
-        raise RecordError("bad-layout", "record header is not in the canonical layout (duplicate keys, spacing "
-                          "or number spelling differ from the fields)")
+        raise RecordError("bad-layout", "record header is not in the canonical layout (escapes or number "
+                          "spelling differ from the fields)")
+    # unreachable while parse_fields accepts exactly these lines (tests/test_record.py checks it)
     return Record(stream, seq, ts, kind, prev, data, claimed.decode(), line)

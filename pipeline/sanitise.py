@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from pipeline import strictjson
 from pipeline._accel import native as _native
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
@@ -709,6 +710,8 @@ class Sanitiser:
     def __init__(self, secret_keys: Iterable[str] | None = None, redact: bool = True, redact_values: bool = True,
                  max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
                  rules: Rules | None = None, counts: RedactionCounts | None = None) -> None:
+        if not 1 <= max_depth <= strictjson.MAX_DEPTH:  # deeper records would not verify
+            raise ValueError(f"max_depth must be 1..{strictjson.MAX_DEPTH}, got {max_depth}")
         secret = tuple(secret_keys) if secret_keys is not None else None
         compiled = _Compiled.build(rules or Rules(), secret_keys=secret, redact=redact, redact_values=redact_values)
         self._init(_Shared(compiled, secret, counts or RedactionCounts()), max_event_bytes, max_depth)
@@ -833,9 +836,11 @@ class Sanitiser:
         if len(raw) > self.max_event_bytes * 2:
             raise InvalidEvent("too-large", f"line is {len(raw)} bytes, over the limit")
         try:
-            return orjson.loads(raw)
+            return strictjson.loads(raw)  # the log's JSON profile: docs/FORMAT.md §1.1
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("bad-json", str(exc)) from None
+        except strictjson.ProfileError as exc:
+            raise InvalidEvent(exc.reason, exc.detail) from None
 
     def explain_json(self, raw: bytes | str) -> tuple[bytes, dict[str, int]]:
         """``explain`` for one NDJSON line."""
@@ -844,7 +849,7 @@ class Sanitiser:
     def prepare_json_many(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
         """``prepare_json`` for each line: its prepared bytes, or the InvalidEvent it raised.
         With the C accelerator the common case is one call for the whole batch."""
-        fast = self._fast_many(raws, orjson.loads)
+        fast = self._fast_many(raws, strictjson.fast_loads)
         out: list[bytes | InvalidEvent] = []
         for raw, done in zip(raws, fast, strict=True):
             if done is None:

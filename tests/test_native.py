@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import _accel, merkle, sanitise
+from pipeline import _accel, merkle, sanitise, strictjson
 from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
@@ -352,6 +352,7 @@ def _report(d: Path, use_native: bool) -> Any:
     with pytest.MonkeyPatch.context() as m:
         if not use_native:
             m.setattr(chain_mod, "_native", None)
+            m.setattr(strictjson, "_native", None)  # the JSON profile's C screen too
         rep = chain_mod.verify_stream(d, workers=1)
     return rep
 
@@ -385,7 +386,14 @@ data_pieces = [b'{"a":"\\u00e9"}', b'{"a":"\\ud83d\\ude00"}', b'{"a":"\\ud800"}'
                b"{}", b"[1]", b'{"a":1}{"b":2}', b'{"a":"\t"}', b'{"a":tru}', b'{"a":1,}', b'{"a":"\\x"}',
                b'{"a":"\\/\\b\\f\\n\\r\\t\\"\\\\"}', b'{"a":-}', b'{"a":1.}', b'{"a":.5}', b'{"a":"x\x7f"}',
                b'{"a":' + b"[" * 130 + b"]" * 130 + b"}", b'{"a":{"a":{"a":[true,false,null,0,-1.5e+10]}}}',
-               b'{"a":1}\n', b"{\"a\":\"" + "é".encode() * 3 + b"\"}"]
+               b'{"a":1}\n', b"{\"a\":\"" + "é".encode() * 3 + b"\"}",
+               # the JSON profile (FORMAT §1.1): duplicate keys, integer range, depth
+               b'{"a":1,"a":2}', b'{"a":{"b":1,"b":1}}', b'{"a":1,"\\u0061":2}', b'{"a":{"a":1},"b":{"a":1}}',
+               b'{"ab":1,"ab ":2,"ab\\u0020":3}', b'{"n":18446744073709551615}', b'{"n":18446744073709551616}',
+               b'{"n":-9223372036854775808}', b'{"n":-9223372036854775809}', b'{"n":99999999999999999999}',
+               b'{"a":' * 63 + b"{}" + b"}" * 63, b'{"a":' * 64 + b"{}" + b"}" * 64,
+               b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(600)) + b"}",
+               b"{" + b",".join(b'"k%d":%d' % (i % 599, i) for i in range(600)) + b"}"]
 
 
 @needs_native
@@ -460,7 +468,11 @@ raw_lines = st.one_of(
     events.map(lambda e: orjson.dumps(e) if _dumpable(e) else b"{}"),
     st.sampled_from([b"", b"[1,2]", b'"text"', b"{bad json", b'{"a":NaN}', b'{"a":1e999}', b'{"a":"\\ud800"}',
                      b'{"a":"\xff"}', b'{"password":"x"}', b'{"a":{"b":[1,{"c":null}]}}', b" " * 10,
-                     b'{"a":1}' + b" " * 3, b'{"k":"' + b"x" * 5000 + b'"}']),
+                     b'{"a":1}' + b" " * 3, b'{"k":"' + b"x" * 5000 + b'"}',
+                     # the JSON profile (FORMAT §1.1)
+                     b'{"dup":1,"dup":2}', b'{"a" :1,"a":2}', b'{"a":{"b":1,"b":2}}', b'{"a":"\\":","b":1}',
+                     b'{"n":18446744073709551616}', b'{"n":-9223372036854775809}', b'{"n":' + b"9" * 400 + b"}",
+                     b'{"a":' * 64 + b"{}" + b"}" * 64, b'{"t":"12:00:00","u":"http://x"}']),
 )
 
 
@@ -484,6 +496,7 @@ def test_prepare_json_many_gives_the_python_results(raws: list[bytes], redact: b
     second = outcomes(fast, fast.prepare_json_many(raws))  # key-set verdicts cached now
     with pytest.MonkeyPatch.context() as m:
         m.setattr(sanitise, "_native", None)
+        m.setattr(strictjson, "_native", None)
         slow = Sanitiser(redact=redact, max_event_bytes=max_bytes)
         reference = outcomes(slow, slow.prepare_json_many(raws))
         one_by_one = []

@@ -21,7 +21,7 @@ def test_failed_head_write_after_a_durable_seal_does_not_fork_the_chain(hot_dir:
     for i in range(5):
         log.append({"i": i})
     pending = [log.append({"i": i}, wait=False) for i in range(5, 8)]
-    real = log._write_head
+    real = log._store_head
     calls = {"n": 0}
 
     def failing_head(*a: object, **k: object) -> None:
@@ -30,7 +30,7 @@ def test_failed_head_write_after_a_durable_seal_does_not_fork_the_chain(hot_dir:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(*a, **k)  # type: ignore[arg-type]
 
-    log._write_head = failing_head  # type: ignore[method-assign]
+    log._store_head = failing_head  # type: ignore[method-assign]
     log.seal()  # the seal and records 5..7 are fsynced before head.json fails: they stay
     for r in pending:
         log.wait_durable(r, timeout=5)

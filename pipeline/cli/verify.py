@@ -59,17 +59,20 @@ def render(report: StreamReport) -> str:
 
 
 def check_fss(report: StreamReport, key_arg: str) -> None:
-    """Every seal made after the FSS key's start must carry a valid forward-secure MAC, in
-    strictly increasing (epoch, index) order (docs/PROOFS.md)."""
+    """Every seal must carry a valid forward-secure MAC, in strictly increasing (epoch, index)
+    order (docs/PROOFS.md), except seals older than forward-secure sealing itself: no seal
+    with ``fss`` before them, and timed before the key's start (docs/FORMAT.md §4)."""
     from pipeline.fss import FssVerifier
 
     text = Path(key_arg).read_text().strip() if Path(key_arg).is_file() else key_arg
     verifier = FssVerifier(text)
+    fss_seen = False  # sealing is never switched back off: once a seal has fss, every later one must
     for s in report.segments:
         if not s.sealed or s.seal is None or s.last_ts is None:
             continue
-        if "fss" not in s.seal and _epoch_seconds(s.last_ts) < verifier.key.start:
+        if "fss" not in s.seal and not fss_seen and _epoch_seconds(s.last_ts) < verifier.key.start:
             continue  # sealed before forward-secure sealing was set up
+        fss_seen = fss_seen or "fss" in s.seal
         problem = verifier.check(s.seal, s.last_ts)
         if problem:
             report.findings.append(Finding(report.stream, s.name, "fss-invalid", problem, s.last_seq, None))

@@ -24,7 +24,7 @@ import zstandard
 from pipeline import merkle
 from pipeline.cold.base import ColdSettings, ReadStream, VerifyResult
 from pipeline.cold.errors import SourceMismatchError
-from pipeline.hot.segment import SegmentManifest, fast_record_run
+from pipeline.hot.segment import SegmentManifest, fast_record_run, parse_segment_name
 from pipeline.record import Kind, RecordError, parse_record
 
 CHUNK = 1 << 20
@@ -318,7 +318,15 @@ class SegmentScanner:
 
     def finish(self) -> SegmentManifest:
         if self.count == 0:
-            raise RecordError("empty", "no complete record")
+            parsed = parse_segment_name(self.segment)
+            if not self.pending or parsed is None:
+                raise RecordError("empty", "no complete record")
+            # an abandoned segment whose first line was torn (docs/FORMAT.md §5): only torn
+            # bytes; stream and links are not in its content (the neighbours' are checked)
+            return SegmentManifest(stream="", segment=self.segment, first_seq=parsed[0], last_seq=parsed[0] - 1,
+                                   records=0, size=self.size, sha256=self.sha.hexdigest(),
+                                   merkle_root=self.cr.root().hex(), first_prev="", last_hash="", sealed=False,
+                                   first_ts="", last_ts="", torn_bytes=len(self.pending))
         return SegmentManifest(
             stream=self.stream,
             segment=self.segment,
@@ -426,7 +434,9 @@ def deep_check(
     except RecordError as exc:
         result.add("deep content", False, f"{exc.reason}: {exc.detail}", "record-invalid")
         return
-    if got.torn_bytes:
+    if got.torn_bytes and manifest.sealed:
+        # (an unsealed segment is one the writer abandoned: its torn bytes are evidence, which
+        # the recovery record in the next segment describes and --deep's chain check compares)
         result.add("deep content", False, f"{got.torn_bytes} bytes after the last complete record",
                    "record-invalid")
     result.add("deep content sha256", got.sha256 == manifest.sha256 and got.size == manifest.size,
@@ -437,7 +447,8 @@ def deep_check(
                f"{got.records} records, root {got.merkle_root}"
                + ("" if got.merkle_root == manifest.merkle_root else f", manifest says {manifest.merkle_root}"),
                "merkle-root-mismatch")
+    compared = _COMPARED if got.records else ("first_seq", "last_seq", "records", "sealed")
     diffs = [f"{k}={getattr(got, k)!r} (manifest {getattr(manifest, k)!r})"
-             for k in _COMPARED if getattr(got, k) != getattr(manifest, k)]
+             for k in compared if getattr(got, k) != getattr(manifest, k)]
     result.add("deep records", not diffs, "; ".join(diffs) or f"seq {got.first_seq}..{got.last_seq} chained",
                "manifest-mismatch")

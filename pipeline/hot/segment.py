@@ -22,7 +22,9 @@ from pipeline import merkle
 from pipeline._accel import native as _native
 from pipeline.record import Kind, Record, RecordError, parse_record
 
-SEGMENT_RE = re.compile(r"^seg-(\d{20})(?:\.(\d{1,6}))?\.jsonl$")
+# ASCII digits only (\d would take other scripts' digits), no attempt 0 or leading zero (one name
+# per (first seq, attempt)), and \Z: "$" would also match before a trailing newline
+SEGMENT_RE = re.compile(r"^seg-([0-9]{20})(?:\.([1-9][0-9]{0,5}))?\.jsonl\Z")
 READ_CHUNK = 1 << 20
 
 
@@ -162,9 +164,18 @@ def fast_record_run(buf: bytes | mmap.mmap, pos: int, stream: str, last_seq: int
     return end, n, parse_record(buf[last_start:end])
 
 
-def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
+def build_manifest(path: str | os.PathLike[str], *, valid_bytes: int | None = None,
+                   chain_prev: str | None = None) -> SegmentManifest:
     """Read a segment once and describe it.  Raises RecordError on a malformed record;
-    chain links inside the segment are checked, the link to the previous segment is not."""
+    chain links inside the segment are checked, the link to the previous segment is not.
+
+    For a segment the writer abandoned (docs/FORMAT.md §5), ``valid_bytes`` is the valid
+    length V its recovery record gives: the records are those in ``[0, V)`` and every byte
+    after V is ``torn_bytes`` (evidence, shipped with the segment).  An abandoned segment may
+    hold no record at all (its first line was torn): it is described with ``records`` 0,
+    ``first_seq`` from its name, ``last_seq`` = ``first_seq`` − 1, and ``first_prev`` =
+    ``last_hash`` = ``chain_prev``, the hash of the record before it, so that it links to its
+    neighbours like any segment."""
     p = Path(path)
     parsed = parse_segment_name(p.name)
     if parsed is None:
@@ -180,17 +191,24 @@ def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
     with open(p, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         buf: bytes | mmap.mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    end = size if valid_bytes is None else valid_bytes
+    if not 0 <= end <= size:
+        raise RecordError("recovery-mismatch", f"{p.name} is {size} bytes, fewer than the {end} valid bytes its "
+                          "recovery record names")
+    mapped = buf
     try:
         sha.update(buf)
+        if end < size:
+            buf = buf[:end]  # the records are judged in [0, V) only (a copy: abandoned segments are rare)
         pos = 0
-        while pos < size:
+        while pos < end:
             if count and not sealed:
                 run = fast_record_run(buf, pos, stream, last_seq, last_hash, cr)
                 if run is not None:
                     pos, n, last = run
                     last_seq, last_hash, last_ts = last.seq, last.hash, last.ts
                     count += n
-                    if pos >= size:
+                    if pos >= end:
                         break
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -215,10 +233,20 @@ def build_manifest(path: str | os.PathLike[str]) -> SegmentManifest:
             else:
                 cr.append(merkle.leaf_hash(line[:-1]))
     finally:
-        if isinstance(buf, mmap.mmap):
-            buf.close()
+        if isinstance(mapped, mmap.mmap):
+            mapped.close()
+    if valid_bytes is not None:
+        if torn:
+            raise RecordError("recovery-mismatch", f"{p.name}: no record ends at offset {end}, where its recovery "
+                              "record says the valid bytes end")
+        torn = size - end
     if count == 0:
-        raise RecordError("empty", f"{p.name} holds no complete record")
+        if valid_bytes is None or chain_prev is None:
+            raise RecordError("empty", f"{p.name} holds no complete record")
+        return SegmentManifest(
+            stream=p.parent.name, segment=p.name, first_seq=parsed[0], last_seq=parsed[0] - 1, records=0,
+            size=size, sha256=sha.hexdigest(), merkle_root=cr.root().hex(), first_prev=chain_prev,
+            last_hash=chain_prev, sealed=False, first_ts="", last_ts="", torn_bytes=torn)
     return SegmentManifest(
         stream=stream,
         segment=p.name,

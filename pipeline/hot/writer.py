@@ -10,13 +10,17 @@ file through ``_flush``, which is called
 - by the background thread in ``group`` mode, at most every ``group_interval`` seconds,
   covering every append queued so far with one fsync; ``append`` waits for it.
 
-Failure model.  If a write or fsync fails (ENOSPC, EIO), the in-memory chain is rolled back
-to the last durable record, every waiter of a record that was not durable gets
-``HotLogError``, and the segment being written is abandoned: it may hold torn bytes, and a
-file under the append-only attribute cannot be truncated.  The next append starts a new
-segment whose first record is a ``recovery`` record naming each abandoned segment, how many
-of its bytes are valid, and the length and SHA-256 of the rest.  Startup after a crash does
-the same for a torn tail.  ``pipeline verify`` accepts exactly such explained tails.
+Failure model.  If a write or fsync fails (ENOSPC, EIO), the segment being written is
+abandoned: it may hold torn bytes, and a file under the append-only attribute cannot be
+truncated.  Its valid length follows the one rule of docs/FORMAT.md §5, the same as at
+start-up: the end of the last complete record in the file.  The complete lines a failed
+write left are fsynced and acknowledged (or answered "durability unknown" when the fsync
+itself failed); every later record is rolled back and its waiter gets ``HotLogError`` ("not
+stored"), which stays true after any crash.  The next append starts a new segment whose
+first record is a ``recovery`` record naming each abandoned segment, how many of its bytes
+are valid, and the length and SHA-256 of the rest.  Startup after a crash does the same for
+a torn tail, continuing from the newer of head.json and the newest seal on disk (§6).
+``pipeline verify`` accepts exactly such explained tails.
 """
 
 from __future__ import annotations
@@ -137,9 +141,21 @@ class _Segment:
     append_only: bool = False
     closed: bool = False
     name: str = ""
+    first_prev: bytes = b""  # prev of the segment's first record (head.json names where it starts)
 
     def __post_init__(self) -> None:
         self.name = self.path.name
+
+
+class _Anchor(NamedTuple):
+    """The chain state at one seq: where a segment starts (after a seal, a recovery's start,
+    or the start of the open segment).  ``head.json`` stores one; start-up continues from the
+    newest of it and the newest seal still on disk (docs/FORMAT.md §6)."""
+
+    next_seq: int
+    prev: bytes
+    cr_size: int
+    stack: list[bytes]
 
 
 @dataclass(slots=True)
@@ -162,6 +178,9 @@ class _Snapshot:
     seg_size: int
     seg_count: int
     seg_cr: merkle.CompactRange | None
+
+    def anchor(self) -> _Anchor:
+        return _Anchor(self.next_seq, self.prev, self.cr_size, self.cr_stack)
 
 
 def _window_of(epoch_s: float, window: float) -> int:
@@ -339,6 +358,12 @@ class HotLog:
         self._failure: BaseException | None = None
         self._abandoned: list[tuple[Path, int]] = []
         self._explained_at: int | None = None
+        # where the newest segment starts, to be stored in head.json once durable
+        self._head_due: _Anchor | None = None
+        self._replay_start: tuple[list[bytes], bytes] = ([], b"")
+        # per rolled-back generation: the first seq whose durability is unknown (an fsync
+        # failed after its bytes were written), up to the rollback cut
+        self._unknown: dict[int, int] = {}
         # idle detection for heartbeats: the background thread notes when seq last moved
         # (no clock read on the append path)
         self._last_record_mono = time.monotonic()
@@ -597,7 +622,7 @@ class HotLog:
                 snap = self._snapshot()
             if clean:
                 # lets the next writer continue the open segment without a recovery record
-                self._write_head(snap, clean=True)
+                self._store_head(self._head_dict(snap.anchor(), segment=snap.seg, clean=True))
         finally:
             with self._cond:
                 self._cond.notify_all()
@@ -810,7 +835,7 @@ class HotLog:
         ts_s = ts.decode()
         self._catch_up_merkle_locked()  # the stream tree's frontier at this segment's start
         seg = _Segment(path, fd, self._seq, _window_of(_ts_to_epoch(ts_s), self.segment_window), ts_s,
-                       start_frontier=self._cr.stack, append_only=append_only)
+                       start_frontier=self._cr.stack, append_only=append_only, first_prev=self._prev)
         self._seg = seg
         return seg
 
@@ -844,7 +869,8 @@ class HotLog:
         self._seg = None
         # once this run is fsynced the seal is durable: a later failure in the same flush must
         # roll back to here, not before it (that would re-use the sealed seqs: a fork)
-        self._runs[-1].after = self._snapshot()
+        after = self._runs[-1].after = self._snapshot()
+        self._head_due = after.anchor()
         return seg
 
     # ------------------------------------------------------------------ flushing
@@ -881,6 +907,11 @@ class HotLog:
                 seals = self._pending_seals
                 self._pending_seals = []
                 seg_now = self._seg
+                # the chain state where the newest segment starts, once what precedes it is
+                # durable (an os-mode flush without fsync leaves it for the next synced one)
+                head_due = self._head_due if sync else None
+                if sync:
+                    self._head_due = None
                 # taken before _lock is let go, so that a seal cannot hash later lines first
                 self._merkle_lock.acquire()
             try:
@@ -893,16 +924,21 @@ class HotLog:
                 self._merkle_lock.release()
             if not runs and not sync:
                 return
+            failing: _Run | None = None
+            stage = ""  # how far the failing run got: write, sync (bytes written) or done (fsynced)
             try:
                 for run in runs:
+                    failing, stage = run, "write"
                     seg = run.seg
                     _write_chunks(seg.fd, run.chunks)
                     self._feed_tree(run.leaves)
+                    stage = "sync"
                     if run.finalize or sync:
                         _accel.fsync(seg.fd)
                         if not seg.dir_synced:
                             _fsync_dir(self.dir)
                             seg.dir_synced = True
+                        stage = "done"
                     if run.finalize:
                         os.close(seg.fd)
                         seg.closed = True
@@ -913,18 +949,16 @@ class HotLog:
                                 self._written_seq = max(self._written_seq, run.after.next_seq - 1)
                                 self._cond.notify_all()
                         attr.protect_immutable(seg.path, self._policy)
+                failing = None
                 if sync and not runs and seg_now is not None and not seg_now.closed:
                     _accel.fsync(seg_now.fd)
                 if sync:
                     self._sync_tree()
-                if seals:
-                    try:
-                        self._write_head(candidate)
-                    except OSError as exc:  # advisory: rewritten at the next seal
-                        logging.getLogger("pipeline.hot").warning("cannot write %s: %s", HEAD_FILE, exc)
+                if head_due is not None:
+                    self._store_head_advisory(head_due)
             except (OSError, attr.AppendOnlyError) as exc:
                 with self._cond:
-                    self._fail_locked(exc, runs)
+                    self._fail_locked(exc, runs, failing, stage)
                     self._cond.notify_all()
                 return
             with self._cond:
@@ -972,31 +1006,126 @@ class HotLog:
             self._tree_broken = True
             logging.getLogger("pipeline.hot").error("Merkle tile store disabled until restart: %s", exc)
 
-    def _write_head(self, snap: _Snapshot, *, clean: bool = False) -> None:
+    def _head_dict(self, at: _Anchor, *, segment: _Segment | None = None, clean: bool = False) -> dict[str, Any]:
+        """The stream head (docs/FORMAT.md §6): the chain state ``at`` a seq, plus where the
+        segment that continues from there starts when it is already open (a clean close)."""
         head: dict[str, Any] = {
             "stream": self.stream,
-            "next_seq": snap.next_seq,
-            "last_hash": snap.prev.decode(),
-            "tree_size": snap.cr_size,
-            "frontier": [h.hex() for h in snap.cr_stack],
+            "next_seq": at.next_seq,
+            "last_hash": at.prev.decode(),
+            "tree_size": at.cr_size,
+            "frontier": [h.hex() for h in at.stack],
         }
+        if segment is not None:
+            head["segment"] = segment.name
+            head["segment_first_seq"] = segment.first_seq
+            head["segment_first_prev"] = segment.first_prev.decode()
+            head["segment_start_frontier"] = [h.hex() for h in segment.start_frontier]
         if clean:
             head["closed_cleanly"] = True
+        return head
+
+    def _store_head(self, head: dict[str, Any]) -> None:
         tmp = self.dir / f".{HEAD_FILE}.tmp"
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(head))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / HEAD_FILE)
+        _fsync_dir(self.dir)
 
-    def _fail_locked(self, exc: BaseException, runs: list[_Run]) -> None:
-        """Roll the chain back to the last durable record and abandon touched segments."""
+    def _store_head_quietly(self, head: dict[str, Any]) -> bool:
+        """Store the head; on failure (a full disk) log it and go on: until a later head is
+        written the shipper evicts nothing past the old one, which is safe."""
+        try:
+            self._store_head(head)
+            return True
+        except OSError as exc:
+            logging.getLogger("pipeline.hot").warning("cannot write %s: %s", HEAD_FILE, exc)
+            return False
+
+    def _store_head_advisory(self, at: _Anchor) -> None:
+        """Write the head after a seal or a recovery became durable.  A failure (a full disk)
+        must not fail the chain: the head is retried with the next one, and until then the
+        shipper keeps the segments the head has not moved past (it never evicts beyond it)."""
+        if not self._store_head_quietly(self._head_dict(at)):
+            with self._lock:
+                if self._head_due is None:
+                    self._head_due = at
+
+    def _fail_locked(self, exc: BaseException, runs: list[_Run], failing: _Run | None = None,
+                     stage: str = "") -> None:
+        """Roll the chain back to the last record that is in the file, abandon touched segments."""
         with self._merkle_lock:
-            self._fail_merkle_held(exc, runs)
+            self._fail_merkle_held(exc, runs, failing, stage)
 
-    def _fail_merkle_held(self, exc: BaseException, runs: list[_Run]) -> None:
+    def _salvage(self, base: _Snapshot, run: _Run, stage: str) -> tuple[_Snapshot, bool]:
+        """The chain state after the complete lines of ``run`` that reached the file before it
+        failed, and whether they are durable.
+
+        The one rule of recovery (docs/FORMAT.md §5): the valid length V of an abandoned
+        segment is the end of the last complete record that continues the chain.  Start-up
+        finds V from the bytes; at runtime the writer must reach the same V, so it keeps the
+        complete lines a failed write left in the file instead of answering "not stored" for
+        records that a restart would find valid.  They are durable once an fsync succeeds
+        after the failure (ext4 and XFS reserve the blocks of written bytes at write time, so
+        a full disk does not stop it).  If the fsync itself failed, retrying it proves nothing
+        (Linux reports a writeback error once), so those records are answered "durability
+        unknown"."""
+        seg = run.seg
+        if seg.closed:
+            return base, True
+        b0 = base.seg_size if base.seg is seg else 0
+        try:
+            end = os.fstat(seg.fd).st_size
+        except OSError:
+            return base, True
+        n = nbytes = 0
+        for chunk in run.chunks:
+            if b0 + nbytes + len(chunk) > end:
+                break
+            nbytes += len(chunk)
+            n += 1
+        if n == 0:
+            return base, True
+        durable = stage == "done"
+        if stage == "write":
+            try:
+                _accel.fsync(seg.fd)
+                if not seg.dir_synced:
+                    _fsync_dir(self.dir)
+                    seg.dir_synced = True
+                durable = True
+            except OSError:
+                durable = False
+        if n == len(run.chunks) and run.finalize and run.after is not None:
+            return run.after, durable  # the seal itself is in the file: the segment is sealed
+        cr = merkle.CompactRange(base.cr_size, base.cr_stack)
+        for lh in run.leaves[:n]:
+            cr.append(lh)
+        last = run.chunks[n - 1]
+        prev = last[-67:-3]  # the record's hash: ,"hash":"<64 hex>"}\n
+        count = (base.seg_count if base.seg is seg else 0) + n
+        return _Snapshot(base.next_seq + n, prev, cr.size, cr.stack, seg, b0 + nbytes, count, None), durable
+
+    def _fail_merkle_held(self, exc: BaseException, runs: list[_Run], failing: _Run | None, stage: str) -> None:
         # os mode acknowledged what reached the page cache; the other modes only what was fsynced
-        snap = self._written if self.durability == "os" else self._durable
+        base = self._written if self.durability == "os" else self._durable
+        snap, durable = base, True
+        if failing is not None and len(failing.leaves) == len(failing.chunks):
+            snap, durable = self._salvage(base, failing, stage)
+            if stage == "write" and snap is not base:
+                self._feed_tree(failing.leaves[: snap.next_seq - base.next_seq])
+        if failing is not None and snap is failing.after and not failing.seg.closed:
+            # the seal itself reached the file: the segment is sealed, not abandoned
+            with contextlib.suppress(OSError):
+                os.close(failing.seg.fd)
+            failing.seg.closed = True
+            with contextlib.suppress(OSError, attr.AppendOnlyError):
+                attr.protect_immutable(failing.seg.path, self._policy)
+        if self._explained_at is not None and snap.next_seq > self._explained_at:
+            # the recovery record that names the earlier abandoned segments is in the file
+            self._abandoned = []
         touched: list[_Segment] = []
         for seg in [snap.seg, *(r.seg for r in runs), *(r.seg for r in self._runs), self._seg]:
             if seg is not None and all(seg is not t for t in touched):
@@ -1010,15 +1139,22 @@ class HotLog:
                     seg.closed = True
                 if all(p != seg.path for p, _ in self._abandoned):
                     self._abandoned.append((seg.path, valid))
+        if not durable:
+            self._unknown[self._gen] = base.next_seq
         self._rollbacks[self._gen] = snap.next_seq
         self._gen += 1
         self._seq = snap.next_seq
         self._prev = snap.prev
         self._cr = merkle.CompactRange(snap.cr_size, snap.cr_stack)
+        # the chain continues from here, so a later failure must not roll back below it
+        self._durable = self._written = snap
+        self._durable_seq = max(self._durable_seq, snap.next_seq - 1)
+        self._written_seq = max(self._written_seq, snap.next_seq - 1)
         self._seg = None
         self._runs = []
         self._pending_bytes = 0
         self._pending_seals = []
+        self._head_due = None
         self._failure = exc
         self._explained_at = None
         if self._tree is not None:
@@ -1038,10 +1174,18 @@ class HotLog:
     def _check_discarded(self, receipt: Receipt) -> None:
         if receipt.generation != self._gen:
             cut = self._rollbacks.get(receipt.generation)
-            if cut is not None and receipt.seq >= cut:
-                failure = self._failure
+            if cut is None:
+                return
+            failure = self._failure
+            if receipt.seq >= cut:
                 raise HotLogError(self._failure_message(failure) if failure else
                                   "the record was discarded after a write failure", cause=failure)
+            unknown = self._unknown.get(receipt.generation)
+            if unknown is not None and receipt.seq >= unknown:
+                raise HotLogError(
+                    f"append to stream {self.stream!r} in {self.hot_dir}: the record (seq {receipt.seq}) was "
+                    "written but the fsync that should make it durable failed: it is in the chain now, but it "
+                    "may or may not survive a crash of the host; durability unknown", cause=failure)
 
     def _raise_if_failed(self) -> None:
         # one attribute read is atomic; no lock (taking it would disarm the fast lane on
@@ -1089,6 +1233,10 @@ class HotLog:
         self._failure = None
         ts = self._now()
         seg = self._open_segment_locked(ts)
+        # once the recovery record is durable, head.json moves to this segment's start: the
+        # abandoned segments may then be shipped and evicted without losing where the chain
+        # continues (the shipper never evicts past the head)
+        self._head_due = _Anchor(seg.first_seq, self._prev, self._cr.size, seg.start_frontier)
         line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,
                                      orjson.dumps(data))
         self._queue_line_locked(seg, line, in_segment_tree=True)
@@ -1113,13 +1261,8 @@ class HotLog:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         return fd
 
-    def _recover(self) -> None:
-        """Rebuild the chain state from disk; explain or continue an unclean tail."""
-        segments = list_segments(self.dir)
-        head = self._read_head()
-        # find the newest sealed segment: its seal carries the stream's tree frontier
-        start_idx = 0
-        base: dict[str, Any] | None = None
+    def _newest_seal(self, segments: list[Path]) -> tuple[int, _Anchor | None]:
+        """The newest sealed segment on disk and the chain state right after its seal."""
         for i in range(len(segments) - 1, -1, -1):
             last = read_last_line(segments[i])
             if last is None:
@@ -1128,31 +1271,80 @@ class HotLog:
                 rec = parse_record(last)
             except RecordError:
                 continue
-            if rec.kind == Kind.SEAL.value:
-                base = {"next_seq": rec.seq + 1, "last_hash": rec.hash, "tree_size": rec.data["tree_size"],
-                        "frontier": rec.data["frontier"], "seal_leaf": rec.leaf}
-                start_idx = i + 1
-                with contextlib.suppress(OSError, attr.AppendOnlyError):
-                    if not attr.is_immutable(segments[i]):
-                        attr.protect_immutable(segments[i], self._policy)
-                break
-        if base is not None:
-            cr = merkle.CompactRange(base["tree_size"], [bytes.fromhex(h) for h in base["frontier"]])
-            cr.append(merkle.leaf_hash(base["seal_leaf"]))
-            self._seq, self._prev, self._cr = base["next_seq"], base["last_hash"].encode(), cr
-        if head is not None and head.get("next_seq", 0) > self._seq and start_idx >= len(segments):
-            # every segment up to the head was evicted: continue from the head record
-            self._seq = int(head["next_seq"])
-            self._prev = str(head["last_hash"]).encode()
-            self._cr = merkle.CompactRange(int(head["tree_size"]), [bytes.fromhex(h) for h in head["frontier"]])
-        elif base is None and segments:
-            first = parse_segment_name(segments[0].name)
-            if first and first[0] != 0:
+            if rec.kind != Kind.SEAL.value:
+                continue
+            try:
+                cr = merkle.CompactRange(int(rec.data["tree_size"]), [bytes.fromhex(h) for h in rec.data["frontier"]])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HotLogError(f"the seal of {segments[i]} is malformed ({exc}): refusing to continue the "
+                                  "chain from it") from exc
+            cr.append(merkle.leaf_hash(rec.leaf))
+            with contextlib.suppress(OSError, attr.AppendOnlyError):
+                if not attr.is_immutable(segments[i]):
+                    attr.protect_immutable(segments[i], self._policy)
+            return i, _Anchor(rec.seq + 1, rec.hash.encode(), cr.size, cr.stack)
+        return -1, None
+
+    def _head_anchor(self, head: dict[str, Any] | None) -> _Anchor | None:
+        """Where head.json says the newest segment starts (docs/FORMAT.md §6)."""
+        if head is None:
+            return None
+        try:
+            if "segment_first_seq" in head:
+                first = int(head["segment_first_seq"])
+                return _Anchor(first, str(head["segment_first_prev"]).encode(), first,
+                               [bytes.fromhex(h) for h in head["segment_start_frontier"]])
+            return _Anchor(int(head["next_seq"]), str(head["last_hash"]).encode(), int(head["tree_size"]),
+                           [bytes.fromhex(h) for h in head["frontier"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HotLogError(f"{self.dir / HEAD_FILE} is malformed ({exc}): cannot tell where the chain "
+                              "continues") from exc
+
+    def _recover(self) -> None:
+        """Rebuild the chain state from disk; explain or continue an unclean tail.
+
+        The chain continues from one of two anchors: the newest seal still on disk when every
+        segment after it is there too, else head.json (rewritten after every seal and every
+        recovery, so it stays valid once the shipper has evicted the segments before it).  The
+        segments from the anchor on are replayed; segments before it are history (sealed, or
+        abandoned and explained)."""
+        segments = list_segments(self.dir)
+        head = self._read_head()
+        seal_idx, seal_anchor = self._newest_seal(segments)
+        head_anchor = self._head_anchor(head)
+        after_seal = segments[seal_idx + 1:]
+        firsts = [(parse_segment_name(p.name) or (0, 0))[0] for p in after_seal]
+        if head_anchor is not None and head is not None and head.get("closed_cleanly") \
+                and "segment_first_seq" not in head and any(f < head_anchor.next_seq for f in firsts):
+            # written by an older version at a clean close: its next_seq may lie inside the
+            # open segment, which is on disk and is replayed instead
+            head_anchor = None
+        if seal_anchor is not None and firsts and firsts[0] == seal_anchor.next_seq:
+            anchor: _Anchor | None = seal_anchor  # every segment after the newest seal is here
+        elif head_anchor is not None and (seal_anchor is None or head_anchor.next_seq >= seal_anchor.next_seq):
+            anchor = head_anchor  # the segments before where the head points were evicted
+        else:
+            anchor = seal_anchor
+        start = 0
+        if anchor is not None:
+            self._seq, self._prev = anchor.next_seq, anchor.prev
+            self._cr = merkle.CompactRange(anchor.cr_size, anchor.stack)
+            start = anchor.next_seq
+            if anchor is seal_anchor and (head_anchor is None or head_anchor.next_seq < anchor.next_seq):
+                # the seal reached the disk but the process died before head.json followed
+                self._store_head_quietly(self._head_dict(anchor))
+        tail = [p for p, f in zip(after_seal, firsts, strict=True) if f >= start]
+        if tail:
+            first = (parse_segment_name(tail[0].name) or (0, 0))[0]
+            if first != start:
+                where = (f"{HEAD_FILE} and the newest seal say the chain continues at seq {start}"
+                         if anchor is not None else f"there is no sealed segment or {HEAD_FILE} to continue from")
                 raise HotLogError(
-                    f"stream {self.stream!r} in {self.hot_dir} starts at seq {first[0]} with no sealed segment "
-                    f"or {HEAD_FILE} to continue from: refusing to guess the chain; restore the missing segments"
-                )
-        tail = segments[start_idx:]
+                    f"stream {self.stream!r} in {self.hot_dir}: {tail[0].name} starts at seq {first} but {where}: "
+                    "refusing to guess the chain; restore the missing segments")
+        if head is not None and head.get("closed_cleanly"):
+            # the flag holds only while no writer has the stream open (docs/FORMAT.md §6)
+            self._store_head_quietly({k: v for k, v in head.items() if k != "closed_cleanly"})
         if not tail:
             self._sync_tree_store(segments)
             return
@@ -1165,9 +1357,9 @@ class HotLog:
                 for e in first_rec.data.get("abandoned", []):
                     if isinstance(e, dict) and isinstance(e.get("valid_bytes"), int):
                         explained[str(e.get("segment"))] = e["valid_bytes"]
-        # replay unsealed segments after the last seal (normally just one, after a crash)
+        # replay unsealed segments after the anchor (normally just one, after a crash)
         last_valid_seg: Path | None = None
-        last_valid_seg_state: tuple[int, int, merkle.CompactRange, str, list[bytes]] | None = None
+        last_valid_seg_state: tuple[int, int, merkle.CompactRange, str, list[bytes], bytes] | None = None
         for path in tail:
             if last_valid_seg is not None and last_valid_seg_state is not None:
                 # an unsealed segment followed by another one: the crash came after the next
@@ -1175,78 +1367,74 @@ class HotLog:
                 # longer be continued or sealed in place, so the recovery record must name it.
                 self._abandoned.append((last_valid_seg, last_valid_seg_state[0]))
                 last_valid_seg = None
-            valid_bytes = 0
-            seg_cr = merkle.CompactRange()
-            seg_start_frontier = self._cr.stack
-            count = 0
-            first_ts = ""
-            torn = False
-            limit = explained.get(path.name)
-            for offset, line in iter_lines(path):
-                if limit is not None and offset >= limit:
-                    torn = True
-                    break
-                try:
-                    rec = parse_record(line)
-                except RecordError:
-                    torn = True
-                    break
-                if rec.seq != self._seq or rec.prev.encode() != self._prev or rec.stream != self.stream:
-                    torn = True
-                    break
-                if rec.kind == Kind.SEAL.value:
-                    torn = True  # a seal here would have been found above; treat as torn
-                    break
-                lh = merkle.leaf_hash(rec.leaf)
-                seg_cr.append(lh)
-                self._cr.append(lh)
-                self._seq += 1
-                self._prev = rec.hash.encode()
-                count += 1
-                first_ts = first_ts or rec.ts
-                valid_bytes = offset + len(line)
+            valid_bytes, count, seg_cr, first_ts = self._replay(path, explained.get(path.name))
+            seg_start_frontier, seg_start_prev = self._replay_start
             size = path.stat().st_size
-            if torn or size != valid_bytes or count == 0:
+            if size != valid_bytes or count == 0:
                 # (an empty file: created just before the crash; the recovery removes it)
                 self._abandoned.append((path, valid_bytes))
                 last_valid_seg = None
             else:
                 last_valid_seg = path
-                last_valid_seg_state = (valid_bytes, count, seg_cr, first_ts, seg_start_frontier)
+                last_valid_seg_state = (valid_bytes, count, seg_cr, first_ts, seg_start_frontier, seg_start_prev)
             # segments explained by a recovery record at the start of this one are settled
             self._drop_explained(path)
         self._sync_tree_store(segments)
         if last_valid_seg is not None and last_valid_seg == tail[-1] and not self._abandoned:
             # clean tail after an unclean shutdown: continue in the same segment
             assert last_valid_seg_state is not None
-            valid_bytes, count, seg_cr, first_ts, seg_start_frontier = last_valid_seg_state
-            if count and head is not None and head.get("closed_cleanly") and head.get("next_seq") == self._seq \
+            valid_bytes, count, seg_cr, first_ts, seg_start_frontier, seg_start_prev = last_valid_seg_state
+            fd = os.open(last_valid_seg, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            ao = attr.is_append_only(last_valid_seg) or attr.protect_append_only(last_valid_seg, self._policy)
+            self._seg = _Segment(last_valid_seg, fd, self._seq - count,
+                                 _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
+                                 start_frontier=seg_start_frontier, size=valid_bytes, count=count, cr=seg_cr,
+                                 dir_synced=True, append_only=ao, first_prev=seg_start_prev)
+            self.append_only_active = ao
+            if head is not None and head.get("closed_cleanly") and head.get("next_seq") == self._seq \
                     and str(head.get("last_hash")).encode() == self._prev:
-                fd = os.open(last_valid_seg, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-                self._seg = _Segment(last_valid_seg, fd, self._seq - count,
-                                     _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
-                                     start_frontier=seg_start_frontier, size=valid_bytes, count=count, cr=seg_cr,
-                                     dir_synced=True, append_only=attr.is_append_only(last_valid_seg))
-                self.append_only_active = self._seg.append_only
-                return
-            if count:
-                fd = os.open(last_valid_seg, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-                ao = attr.is_append_only(last_valid_seg) or attr.protect_append_only(last_valid_seg, self._policy)
-                self._seg = _Segment(last_valid_seg, fd, self._seq - count,
-                                     _window_of(_ts_to_epoch(first_ts), self.segment_window), first_ts,
-                                     start_frontier=seg_start_frontier, size=valid_bytes, count=count,
-                                     cr=seg_cr, dir_synced=True, append_only=ao)
-                self.append_only_active = ao
-                ts = self._now()
-                line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,
-                                             orjson.dumps({"reason": "unclean-shutdown", "abandoned": []}))
-                self._queue_line_locked(self._seg, line, in_segment_tree=True)
-                self._prev = digest
-                self._flush_recovery_now()
-                return
+                return  # closed cleanly: nothing to explain
+            ts = self._now()
+            line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,
+                                         orjson.dumps({"reason": "unclean-shutdown", "abandoned": []}))
+            self._queue_line_locked(self._seg, line, in_segment_tree=True)
+            self._prev = digest
+            self._flush_recovery_now()
+            return
         if self._abandoned:
             self._start_recovery_segment_locked("unclean-shutdown")
             self._flush_recovery_now()
+
+    def _replay(self, path: Path, limit: int | None) -> tuple[int, int, merkle.CompactRange, str]:
+        """Advance the chain state over the records of ``path`` that continue it: the one rule
+        for the valid length V of a segment (docs/FORMAT.md §5) is the end of the last
+        complete record that continues the chain (bounded by a recovery record that already
+        named the segment).  Returns (V, records, segment tree, first ts); where the segment
+        starts (frontier, prev) is left in ``self._replay_start``."""
+        self._replay_start = (self._cr.stack, self._prev)
+        valid_bytes = count = 0
+        seg_cr = merkle.CompactRange()
+        first_ts = ""
+        for offset, line in iter_lines(path):
+            if limit is not None and offset >= limit:
+                break
+            try:
+                rec = parse_record(line)
+            except RecordError:
+                break
+            if rec.seq != self._seq or rec.prev.encode() != self._prev or rec.stream != self.stream:
+                break
+            if rec.kind == Kind.SEAL.value:
+                break  # a seal here would have been found as the anchor: bytes follow it
+            lh = merkle.leaf_hash(rec.leaf)
+            seg_cr.append(lh)
+            self._cr.append(lh)
+            self._seq += 1
+            self._prev = rec.hash.encode()
+            count += 1
+            first_ts = first_ts or rec.ts
+            valid_bytes = offset + len(line)
+        return valid_bytes, count, seg_cr, first_ts
 
     def _drop_explained(self, path: Path) -> None:
         first = read_first_record(path)
@@ -1312,8 +1500,11 @@ class HotLog:
                 self._tick()
             except Exception as exc:  # keep the thread alive; failures surface to appenders
                 # the same path as a write failure: roll back to the last durable record,
-                # abandon the segment, release every waiter with an error
-                with self._cond:
+                # abandon the segment, release every waiter with an error.  _io_lock first: a
+                # flush in progress on another thread (sync(), seal()) finishes writing before
+                # the rollback point is chosen, so the abandoned segment's valid length is
+                # where its complete records end, as start-up would find it
+                with self._io_lock, self._cond:
                     if self._failure is None:
                         self._fail_locked(exc, [])
                     self._cond.notify_all()

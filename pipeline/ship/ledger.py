@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.hot.segment import parse_segment_name
+
 STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
 LEDGER_DIR = ".ship"
@@ -221,10 +223,15 @@ class Ledger:
 
     def evicted_prefix(self, stream: str) -> tuple[int, str] | None:
         """(next seq, last hash) after the evicted segments at the start of ``stream``:
-        where the hot tier legitimately begins.  None if nothing was evicted."""
+        where the hot tier legitimately begins.  None if nothing was evicted.  A segment whose
+        hot file is still there (a crash between recording the eviction and the unlink, which
+        the next pass repeats) is still part of the hot tier: the prefix ends before it."""
         last: tuple[int, str] | None = None
-        for e in self.entries(stream=stream):
-            if e.state != "evicted":
+        stream_dir = self.path.parent.parent / stream
+        # stream order is (first seq, attempt): seg-N.1.jsonl follows seg-N.jsonl, which
+        # the text order of the names does not give
+        for e in sorted(self.entries(stream=stream), key=lambda x: parse_segment_name(x.segment) or (x.first_seq, 0)):
+            if e.state != "evicted" or (stream_dir / e.segment).exists():
                 break
             last = (e.last_seq + 1, e.last_hash)
         return last

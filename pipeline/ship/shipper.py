@@ -26,7 +26,14 @@ from typing import Any
 from pipeline.cold.base import ColdStore
 from pipeline.cold.errors import ObjectConflictError, ObjectNotFoundError, SourceMismatchError, VerificationError
 from pipeline.hot import attr
-from pipeline.hot.segment import SegmentManifest, build_manifest, list_segments, list_streams, read_last_line
+from pipeline.hot.segment import (
+    SegmentManifest,
+    build_manifest,
+    list_segments,
+    list_streams,
+    parse_segment_name,
+    read_last_line,
+)
 from pipeline.hot.writer import read_first_record
 from pipeline.record import Kind, RecordError, parse_record
 from pipeline.ship.ledger import ACTIVE_STATES, Entry, Ledger, StateConflict
@@ -67,21 +74,52 @@ def manifest_of(entry: Entry) -> SegmentManifest:
     )
 
 
-def abandoned_and_explained(segs: list[Path], i: int) -> bool:
-    """Whether segment ``i`` was abandoned by the writer (torn tail, write error): the next
-    segment holding a record starts with a recovery record naming it.  Only then is an
-    unsealed segment complete, and shipped as evidence."""
+def abandonment(segs: list[Path], i: int) -> dict[str, Any] | None:
+    """The entry of the recovery record that names segment ``i`` as abandoned by the writer
+    (torn tail, write error, crash during rotation), or None.  Only such an entry makes an
+    unsealed segment complete: it is shipped as evidence, its records being those before the
+    entry's ``valid_bytes`` (docs/FORMAT.md §5)."""
     name = segs[i].name
     for later in segs[i + 1:]:
         first = read_first_record(later)
         if first is None:
             continue  # empty, or itself torn at the first line: look further
         if first.kind != Kind.RECOVERY.value:
-            return False
+            return None
         abandoned = first.data.get("abandoned", [])
-        return isinstance(abandoned, list) and any(
-            isinstance(e, dict) and e.get("segment") == name for e in abandoned)
-    return False
+        if not isinstance(abandoned, list):
+            return None
+        for e in abandoned:
+            if isinstance(e, dict) and e.get("segment") == name and isinstance(e.get("valid_bytes"), int):
+                return e
+        return None
+    return None
+
+
+def chain_prev_at(segs: list[Path], i: int) -> str | None:
+    """The hash of the record before segment ``i``'s first seq, from a later segment that
+    starts at the same seq (after a torn first line the next segment does: the recovery
+    record, or another abandoned segment, reuses the seq), or None."""
+    parsed = parse_segment_name(segs[i].name)
+    if parsed is None:
+        return None
+    for later in segs[i + 1:]:
+        first = read_first_record(later)
+        if first is not None and first.seq == parsed[0]:
+            return str(first.prev)
+    return None
+
+
+def head_anchor_seq(stream_dir: Path) -> int | None:
+    """The seq where head.json says the newest segment starts (docs/FORMAT.md §6), or None
+    without a readable head."""
+    from pipeline.verify.chain import read_head
+
+    head = read_head(stream_dir)
+    if head is None:
+        return None
+    at = head.get("segment_first_seq", head.get("next_seq"))
+    return at if isinstance(at, int) else None
 
 
 def is_sealed_file(path: Path) -> bool:
@@ -153,12 +191,21 @@ class Shipper:
             for i, path in enumerate(segs):
                 if self.ledger.get(stream, path.name) is not None:
                     continue
-                if not is_sealed_file(path) and not abandoned_and_explained(segs, i):
-                    # the active segment, or one whose last records and seal the writer has
-                    # queued but not yet flushed (rotation opens the next file first): wait
-                    continue
+                entry = None
+                if not is_sealed_file(path):
+                    entry = abandonment(segs, i)
+                    if entry is None:
+                        # the active segment, or one whose last records and seal the writer has
+                        # queued but not yet flushed (rotation opens the next file first): wait
+                        continue
                 try:
-                    manifest = build_manifest(path)
+                    if entry is None:
+                        manifest = build_manifest(path)
+                    else:
+                        # abandoned: described up to the valid length its recovery record
+                        # gives, even with no record at all (a torn first line)
+                        manifest = build_manifest(path, valid_bytes=entry["valid_bytes"],
+                                                  chain_prev=chain_prev_at(segs, i))
                 except (RecordError, ValueError, OSError) as exc:
                     self._unshippable[f"{stream}/{path.name}"] = str(exc)
                     log.error("cannot describe %s/%s for shipping: %s", stream, path.name, exc)
@@ -258,10 +305,18 @@ class Shipper:
         """Delete hot copies of confirmed segments older than the hot retention."""
         now = self.clock()
         n = 0
+        anchors: dict[str, int | None] = {}
         for e in self.ledger.entries(states=("confirmed", "evicted")):
             path = self.hot_dir / e.stream / e.segment
             if e.state == "confirmed":
                 if e.confirmed_at is None or e.confirmed_at + self.hot_retention > now:
+                    continue
+                if e.stream not in anchors:
+                    anchors[e.stream] = head_anchor_seq(self.hot_dir / e.stream)
+                anchor = anchors[e.stream]
+                if anchor is None or anchor <= e.last_seq:
+                    # the writer continues the chain from head.json once the segments are gone:
+                    # never evict a segment the head has not moved past (docs/FORMAT.md §6)
                     continue
                 problem = _differs_from_ledger(path, e)
                 if problem is not None:

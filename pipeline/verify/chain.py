@@ -28,14 +28,15 @@ import orjson
 from pipeline import merkle
 from pipeline._accel import native as _native
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
-from pipeline.record import GENESIS_HASH, Kind, Record, RecordError, parse_fields, parse_record
+from pipeline.record import GENESIS_HASH, HEX64_RE, Kind, Record, RecordError, parse_fields, parse_record
 
 _LEAF0 = hashlib.sha256(b"\x00")  # RFC 6962 leaf prefix, copied per leaf
 
 REASONS = {
     "hash-mismatch": "a record's hash does not match its bytes (the record was altered)",
     "bad-line": "a line is not a record line",
-    "bad-json": "a record is not valid JSON",
+    "bad-json": "a record is not JSON within the format's profile (syntax, UTF-8, whitespace, duplicate keys, "
+                "number range, depth)",
     "bad-layout": "a record's keys or header bytes are not in the required layout",
     "bad-field": "a record field has the wrong type or form",
     "bad-version": "unsupported record format version",
@@ -46,12 +47,13 @@ REASONS = {
     "after-seal": "bytes follow the seal of a segment",
     "seal-mismatch": "a seal's counts, hashes or Merkle roots do not match the segment",
     "name-mismatch": "a segment's file name does not match its first seq",
-    "truncated": "a segment ends without a seal and no recovery record explains it",
+    "truncated": "a segment ends without a seal (or holds no complete record) and no recovery record explains it",
     "recovery-mismatch": "a recovery record does not match the abandoned segment it names",
+    "recovery-drops-records": "a recovery record declares complete records that continue the chain torn: a crash "
+                              "cannot tear a complete record, so records were cut from the stream",
     "missing-segment": "a whole segment is missing between two others",
     "missing-start": "the stream does not start at seq 0 and nothing records the eviction",
     "missing-tail": "the stream head records more than the segments hold (segments removed or truncated)",
-    "empty-segment": "a segment file holds no complete record",
     "fss-invalid": "a forward-secure seal MAC does not verify",
     "witness-mismatch": "the log disagrees with a witnessed checkpoint",
 }
@@ -279,7 +281,9 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
     scan.merkle_root = seg_cr.root().hex()
     if scan.sealed:
         scan.boundaries = {}
-        if scan.seal is not None:
+        if scan.seal is not None and not scan.findings:
+            # a segment already condemned (bytes after its seal, a seal field wrong) is not
+            # also blamed on its frontiers, which would be read from the wrong last line
             _check_tree(scan, stream_cr, add)
     elif fast_used:
         scan.boundaries = _record_ends(p, scan.valid_bytes)
@@ -312,12 +316,24 @@ def _initial_stream_range(path: Path) -> merkle.CompactRange | None:
         return None
     try:
         rec = parse_record(last)
-        if rec.kind != Kind.SEAL.value:
-            return None
-        first = int(rec.data["first_seq"])
-        return merkle.CompactRange(first, [bytes.fromhex(h) for h in rec.data["start_frontier"]])
-    except (RecordError, KeyError, ValueError, TypeError):
+    except RecordError:
         return None
+    first, frontier = rec.data.get("first_seq"), _hashes(rec.data.get("start_frontier"))
+    if rec.kind != Kind.SEAL.value or type(first) is not int or frontier is None:
+        return None
+    try:
+        return merkle.CompactRange(first, frontier)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _hashes(value: Any) -> list[bytes] | None:
+    """A seal's list of hashes (``frontier``, ``start_frontier``): each 64 lowercase hex
+    digits, as FORMAT §4 writes them; anything else is no list (bytes.fromhex alone would
+    also take upper case and spaces, which another verifier would refuse)."""
+    if type(value) is not list or not all(type(h) is str and HEX64_RE.match(h.encode()) for h in value):
+        return None
+    return [bytes.fromhex(h) for h in value]
 
 
 def _check_seal(scan: SegmentScan, seal_seq: int, seal_prev: str, data: dict[str, Any],
@@ -335,8 +351,9 @@ def _check_seal(scan: SegmentScan, seal_seq: int, seal_prev: str, data: dict[str
         "tree_size": seal_seq,
     }
     for key, want in expected.items():
-        if data.get(key) != want:
-            add("seal-mismatch", f"seal field {key} is {data.get(key)!r}, the segment says {want!r}", seal_seq, offset)
+        got = data.get(key)
+        if type(got) is not type(want) or got != want:  # 3.0 or true is not the integer 3 or 1
+            add("seal-mismatch", f"seal field {key} is {got!r}, the segment says {want!r}", seal_seq, offset)
             return
     if count == 0:
         add("seal-mismatch", "a seal must follow at least one record", seal_seq, offset)
@@ -349,10 +366,9 @@ def _check_tree(scan: SegmentScan, cr: merkle.CompactRange | None,
         add("seal-mismatch", "seal start_frontier does not describe the stream tree at the segment start",
             scan.last_seq, None)
         return
-    try:
-        end = [bytes.fromhex(h) for h in seal.get("frontier", [])]
-    except (ValueError, TypeError) as exc:
-        add("seal-mismatch", f"seal frontier is malformed: {exc}", scan.last_seq, None)
+    end = _hashes(seal.get("frontier"))
+    if end is None:
+        add("seal-mismatch", "seal frontier is not a list of 64-digit lowercase hex hashes", scan.last_seq, None)
         return
     if cr.stack != end:
         add("seal-mismatch", "seal frontier does not extend start_frontier by this segment's records",
@@ -440,8 +456,10 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
     exp_hash: str | None = start_hash if start_hash is not None else (GENESIS_HASH if start_seq == 0 else None)
     unexplained: list[SegmentScan] = []  # unsealed segments waiting for a recovery record
     prev_scan: SegmentScan | None = None
+    before: dict[str, tuple[int | None, str | None]] = {}  # where the chain stood before each segment
     for i, s in enumerate(scans):
         last = i == len(scans) - 1
+        before[s.name] = (exp_seq, exp_hash)
         if s.first_seq is None:
             if s.findings:
                 prev_scan = s
@@ -453,7 +471,7 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
             continue
         rec = s.first_recovery
         if unexplained:
-            _apply_recovery(rep, stream, s, rec, unexplained)
+            _apply_recovery(rep, stream, s, rec, unexplained, before)
             # the chain continues from the last valid record the recovery acknowledged
             exp_seq, exp_hash = _recovery_continuation(rep, unexplained, rec, exp_seq, exp_hash)
             unexplained = []
@@ -542,7 +560,9 @@ def _abandoned_entries(rec: dict[str, Any] | None) -> list[Any]:
 
 
 def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[str, Any] | None,
-                    pending: list[SegmentScan]) -> None:
+                    pending: list[SegmentScan], before: dict[str, tuple[int | None, str | None]]) -> None:
+    """Judge the recovery record at the start of ``s`` against the abandoned segments before
+    it (docs/FORMAT.md §5).  ``before``: where the chain stood before each segment."""
     entries = {}
     if rec is not None:
         for e in _abandoned_entries(rec):
@@ -572,8 +592,30 @@ def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[st
                                         f"the {n} bytes after offset {valid} do not match the recovery record "
                                         "(the torn tail was changed)", None, valid))
             continue
+        dropped = _dropped_records(a, valid, *before.get(a.name, (None, None)))
+        if dropped is not None:
+            rep.findings.append(Finding(stream, a.name, "recovery-drops-records",
+                                        f"the recovery record in {s.name} declares the bytes after offset {valid} "
+                                        f"torn, but they begin with a complete record that continues the chain "
+                                        f"(seq {dropped}): complete records are never a torn tail", dropped, valid))
+            continue
         rep.notes.append(Note(stream, a.name, "recovered",
                               f"{n} torn bytes after offset {valid} kept as evidence; recovered by {s.name}"))
+
+
+def _dropped_records(a: SegmentScan, valid: int, exp_seq: int | None, exp_hash: str | None) -> int | None:
+    """The seq of a complete, valid record that continues the chain at offset ``valid`` of the
+    abandoned segment ``a``, or None.  The scan checked every complete line up to
+    ``a.valid_bytes`` (a segment with findings never gets here), so past a record boundary
+    they all continue the chain; at offset 0 the first record must continue the chain as it
+    stood before the segment."""
+    if valid > 0:
+        if valid < a.valid_bytes and valid in a.boundaries:
+            return a.boundaries[valid][0] + 1
+        return None
+    if a.records and a.first_seq is not None and a.first_seq == exp_seq and a.first_prev == exp_hash:
+        return a.first_seq
+    return None
 
 
 def _recovery_continuation(rep: StreamReport, pending: list[SegmentScan], rec: dict[str, Any] | None,
@@ -627,7 +669,8 @@ def file_sha256(path: str | os.PathLike[str], size: int | None = None) -> tuple[
     return limit, sha.hexdigest()
 
 
-def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: bool = True) -> list[SegmentScan]:
+def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: bool = True,
+             stream: str | None = None) -> list[SegmentScan]:
     """Scan every segment, in parallel where it pays.  ``file_hashes=False`` skips the
     whole-file SHA-256 (``sha256`` stays empty): it identifies a file, for comparison with a
     manifest or a cold copy, but adds nothing to what the scan proves (every byte of a
@@ -638,20 +681,20 @@ def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: 
         workers = os.cpu_count() or 1
     total = sum(p.stat().st_size for p in paths)
     if workers <= 1 or len(paths) < 2 or total < (8 << 20):
-        return [scan_segment(p, file_hash=file_hashes) for p in paths]
+        return [scan_segment(p, stream, file_hash=file_hashes) for p in paths]
     if _native is None:
         # the pure-Python scan holds the GIL: one process per core
         with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as procs:
-            return list(procs.map(partial(scan_segment, file_hash=file_hashes), paths, chunksize=1))
+            return list(procs.map(partial(scan_segment, stream=stream, file_hash=file_hashes), paths, chunksize=1))
     if not file_hashes:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(partial(scan_segment, file_hash=False), paths))
+            return list(pool.map(partial(scan_segment, stream=stream, file_hash=False), paths))
     # The C accelerator's scan and hashlib's file hash run without the GIL, so threads use
     # every core without the start-up and pickling cost of processes.  Each file is two
     # tasks (its records, and its whole-file SHA-256), so that the cores stay evenly busy
     # even when there are few, large segments.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        scans = [pool.submit(scan_segment, p, file_hash=False) for p in paths]
+        scans = [pool.submit(scan_segment, p, stream, file_hash=False) for p in paths]
         hashes = [pool.submit(file_sha256, p) for p in paths]
         out = []
         for p, scan_f, hash_f in zip(paths, scans, hashes, strict=True):
@@ -668,5 +711,6 @@ def verify_stream(stream_dir: str | os.PathLike[str], *, workers: int | None = N
                   start_seq: int = 0, start_hash: str | None = None, file_hashes: bool = True) -> StreamReport:
     d = Path(stream_dir)
     paths = list_segments(d)
-    scans = scan_all(paths, workers, file_hashes=file_hashes)
+    # the directory names the stream: a record that names another is wrong-stream (FORMAT §2)
+    scans = scan_all(paths, workers, file_hashes=file_hashes, stream=d.name)
     return stitch(d.name, scans, head=read_head(d), start_seq=start_seq, start_hash=start_hash)
