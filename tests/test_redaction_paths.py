@@ -201,3 +201,42 @@ def test_reconfigure_reaches_the_fast_path(hot_dir: Path, hotlog: HotLog) -> Non
     assert evs[3:] == [{"ward": "[REDACTED:secret-key]"}] * 2
     # the old custom value pattern is gone with the old rules
     assert orjson.loads(hotlog.sanitiser.prepare({"n": WARD})) == {"n": WARD}
+
+
+# The shapes issue 14 reports as stored verbatim through the sidecar's ingest: each must
+# now arrive redacted, with the secret part nowhere in the segment.
+ISSUE_14_SHAPES = [
+    ({"msg": "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl issued"}, "c2lnbmF0dXJlLXZhbHVl"),
+    ({"jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl"}, "c2lnbmF0dXJlLXZhbHVl"),
+    ({"cmd": "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, "bPxRfiCYEXAMPLEKEY"),
+    ({"aws_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, "bPxRfiCYEXAMPLEKEY"),
+    ({"dsn": "postgres://app:Pw-7d1e@db:5432/orders"}, "Pw-7d1e"),
+    ({"url": "https://api.example.com/login?user=bob&password=Pw-7d1e&x=1"}, "Pw-7d1e"),
+    ({"pwd": "Pw-7d1e"}, "Pw-7d1e"), ({"pass": "Pw-7d1e"}, "Pw-7d1e"), ({"passcode": "Pw-7d1e"}, "Pw-7d1e"),
+    ({"private-key": "Pw-7d1e"}, "Pw-7d1e"), ({"sessionid": "Pw-7d1e"}, "Pw-7d1e"),
+    ({"session-id": "Pw-7d1e"}, "Pw-7d1e"), ({"ssn": "078-05-1120"}, "078-05-1120"),
+    ({"gh": "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"}, "a1B2c3D4e5F6g7H8i9J0"),
+    ({"slack": "xoxb-123456789012-123456789012-a1B2c3D4e5F6g7H8i9J0k1L2"}, "a1B2c3D4e5F6g7H8i9J0"),
+    ({"stripe": "sk_live_a1B2c3D4e5F6g7H8i9J0k1L2"}, "a1B2c3D4e5F6g7H8i9J0"),
+    ({"card": "4111.1111.1111.1111"}, "4111.1111.1111.1111"), ({"amount": 4111111111111111.0}, "4111111111111111"),
+    ({"ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8": True}, "a1B2c3D4e5F6g7H8i9J0"),
+    ({"p\u0430ssword": "Pw-7d1e"}, "Pw-7d1e"), ({"pass\u200bword": "Pw-7d1e"}, "Pw-7d1e"),
+    ({"message": "refund 1 issued password=hunter2"}, "hunter2"),
+]
+
+
+def test_issue_14_shapes_through_ingest(hot_dir: Path, tmp_path: Path) -> None:
+    log = HotLog(hot_dir, STREAM, durability="group", heartbeat_interval=0, segment_window=0)  # built-in rules
+    port = free_port()
+    try:
+        with IngestServer(log, http_listen=("127.0.0.1", port)):
+            doc = _post(port, b"".join(orjson.dumps(e) + b"\n" for e, _ in ISSUE_14_SHAPES))
+            assert doc["accepted"] == len(ISSUE_14_SHAPES)
+        log.sync()
+    finally:
+        log.close()
+    blob = b"".join(p.read_bytes() for p in (hot_dir / STREAM).glob("seg-*.jsonl"))
+    leaked = [secret for _e, secret in ISSUE_14_SHAPES if secret.encode() in blob]
+    assert not leaked
+    assert len(stored(hot_dir)) == len(ISSUE_14_SHAPES)
+    assert all(b"[REDACTED:" in orjson.dumps(ev) for ev in stored(hot_dir))
