@@ -180,7 +180,8 @@ class HttpFront:
                             read_bufsize=_READ_BUFSIZE, max_line_size=8190, max_field_size=8190,
                             max_headers=100, lingering_time=1.0)
         host, port = self._address
-        self._server = await loop.create_server(self._web, host or None, port, backlog=BACKLOG,
+        self._server = await loop.create_server(self._web, None if host in ("", "*") else host, port,
+                                                backlog=BACKLOG,
                                                 reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
@@ -238,14 +239,10 @@ class HttpFront:
             if not idle:
                 log.warning("ingest: HTTP connection limit reached, connection refused",
                             extra={"max_connections": self.ingest.max_connections})
-                transport.abort()
+                _abort(transport)
                 return
             oldest = min(idle, key=lambda c: c.last_active)
-            victim = self._conns.pop(oldest)
-            if isinstance(victim, asyncio.Transport):
-                victim.abort()
-            else:
-                victim.close()
+            _abort(self._conns.pop(oldest))
         self._conns[conn] = transport
 
     def forget(self, conn: _Conn) -> None:
@@ -262,7 +259,7 @@ class HttpFront:
                 if conn.in_handler:
                     continue
                 if conn.busy_since is not None and now - conn.busy_since > timeout:
-                    transport.abort()
+                    _abort(transport)
                 elif conn.busy_since is None and now - conn.last_active > IDLE_TIMEOUT:
                     transport.close()
 
@@ -422,6 +419,14 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytearray | None:
     if length is not None and len(body) != length:
         raise ConnectionResetError("the client sent less than its Content-Length")
     return body
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    # abort, not close: nothing is flushed to a peer that is being shed
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    else:
+        transport.close()
 
 
 def _closing(resp: web.Response) -> web.Response:

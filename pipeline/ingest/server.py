@@ -119,6 +119,12 @@ def _err(line_no: int, reason: str, detail: str) -> bytes:
     return orjson.dumps({"ok": False, "line": line_no, "error": f"{reason}: {_short(detail)}"})
 
 
+def _naming(key: str, what: str, exc: OSError) -> OSError:
+    """The same error (same type, errno) with one line that names the setting."""
+    detail = exc.strerror or str(exc)
+    return type(exc)(exc.errno or errno.EADDRNOTAVAIL, f"{key}: {what}: {detail}")
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0] if text else type(exc).__name__
@@ -227,14 +233,21 @@ class IngestServer:
             self._started = True
         try:
             if self.socket_path is not None:
-                self._unix_sock = self._bind_unix(self.socket_path)
+                try:
+                    self._unix_sock = self._bind_unix(self.socket_path)
+                except OSError as exc:
+                    raise _naming("ingest.socket", f"cannot listen on {self.socket_path}", exc) from exc
                 t = threading.Thread(target=self._accept_loop, name="ingest-unix-accept", daemon=True)
                 t.start()
                 self._threads.append(t)
             if self._http_listen is not None:
                 from pipeline.ingest.http import HttpFront
 
-                self._http = HttpFront(self, self._http_listen).start()
+                host, port = self._http_listen
+                try:
+                    self._http = HttpFront(self, self._http_listen).start()
+                except OSError as exc:
+                    raise _naming("ingest.http", f"cannot listen on {host}:{port}", exc) from exc
         except BaseException:
             self.stop(0)
             raise
@@ -580,6 +593,8 @@ class IngestServer:
         except OSError as exc:
             if not self._stopping.is_set():
                 log.info("ingest: connection closed", extra={"error": _describe(exc)})
+        except Exception:  # into the structured log, never a raw traceback from the thread
+            log.exception("ingest: connection failed")
         finally:
             with self._lock:
                 self._conns.discard(conn)
