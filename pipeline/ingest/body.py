@@ -219,7 +219,8 @@ def _several_values(raw: bytes) -> bool:
     try:
         orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return "trailing characters" in str(exc)
+        text = str(exc)  # orjson's wording for a complete value followed by more
+        return "after document" in text or "trailing characters" in text
     return False
 
 

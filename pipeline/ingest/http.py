@@ -176,7 +176,8 @@ class HttpFront:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         self._budget = _Budget(self.ingest.max_request_bytes)
-        self._web = _Server(self, access_log=None, keepalive_timeout=IDLE_TIMEOUT, auto_decompress=False,
+        # aiohttp's own log lines go to the pipeline's logger (structured), never to stderr raw
+        self._web = _Server(self, logger=log, access_log=None, keepalive_timeout=IDLE_TIMEOUT, auto_decompress=False,
                             read_bufsize=_READ_BUFSIZE, max_line_size=8190, max_field_size=8190,
                             max_headers=100, lingering_time=1.0)
         host, port = self._address

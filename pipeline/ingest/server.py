@@ -52,7 +52,8 @@ _READ_CHUNK = 256 << 10  # one recv; more is gathered without blocking up to max
 _POLL_INTERVAL = 0.05  # how often blocked readers re-check backpressure and stop
 _SEND_TIMEOUT = 60.0  # a client that stops reading answers is dropped after this long
 _SOCKET_BATCH_LINES = 2048  # lines validated, appended and answered together on the socket
-_APPEND_CHUNK_BYTES = 256 << 10  # prepared events handed to the log at once
+_APPEND_CHUNK_BYTES = 256 << 10  # prepared events split out of the packed buffer at once
+_APPEND_CHUNK_EVENTS = 1024  # prepared events handed to the log in one call
 MAX_LISTED_ERRORS = 20  # per HTTP answer: the first refused events, then counts only
 _MAX_DETAIL = 160  # characters of an error's detail (never request bytes: see _err)
 
@@ -431,8 +432,10 @@ class IngestServer:
         packed = bytearray()  # every validated event, each followed by "\n" (never inside one)
         count = 0
         refused = _Refusals()
+        partial = False  # validation stopped early: more events may be refused than listed
         try:
-            for chunk in iter_events(body, framing, 2 * self.max_event_bytes):
+            max_line = 2 * min(self.max_event_bytes, self.sanitiser.max_event_bytes)
+            for chunk in iter_events(body, framing, max_line):
                 checked = self._prepare([raw for _n, raw in chunk])
                 for (n, _raw), data in zip(chunk, checked, strict=True):
                     if isinstance(data, InvalidEvent):
@@ -442,6 +445,11 @@ class IngestServer:
                         packed += b"\n"
                         count += 1
                 del checked, chunk
+                if refused.count >= MAX_LISTED_ERRORS:
+                    # nothing will be stored: enough to tell the sender what to fix, without
+                    # spending CPU on every line of a body of garbage
+                    partial = True
+                    break
         except FramingError as exc:
             refused.add(exc.event, exc.reason, exc.detail)
         del body
@@ -453,7 +461,7 @@ class IngestServer:
                 "error": f"{refused.count} event(s) refused; nothing from this request was stored "
                          "(fix or drop the refused events and send the others again)",
                 "accepted": 0, "rejected": refused.count, "reasons": refused.by_reason,
-                "errors": refused.listed})
+                "errors": refused.listed, "checked_all": not partial})
         if not count:
             return RequestResult(400, {"error": "no events in the request body; nothing was stored",
                                        "accepted": 0})
@@ -468,15 +476,20 @@ class IngestServer:
         try:
             while pos < len(packed):
                 stop = packed.find(b"\n", min(len(packed) - 1, pos + _APPEND_CHUNK_BYTES)) + 1
-                items = bytes(view[pos:stop - 1]).split(b"\n")
+                region = bytes(view[pos:stop - 1]).split(b"\n")
                 pos = stop
-                for outcome in self._append(items):
-                    if isinstance(outcome, BaseException):
-                        failure = _describe(outcome)
+                # at most _APPEND_CHUNK_EVENTS per call: the log's queue is bounded between
+                # calls (max_pending_bytes), not within one
+                for i in range(0, len(region), _APPEND_CHUNK_EVENTS):
+                    for outcome in self._append(region[i:i + _APPEND_CHUNK_EVENTS]):
+                        if isinstance(outcome, BaseException):
+                            failure = _describe(outcome)
+                            break
+                        if first is None:
+                            first = outcome
+                        last = outcome
+                    if failure is not None:
                         break
-                    if first is None:
-                        first = outcome
-                    last = outcome
                 if failure is not None:
                     break
         finally:
