@@ -52,6 +52,7 @@ class _Conn(RequestHandler):
     front: HttpFront
     busy_since: float | None = None  # first byte of the request being received
     in_handler = False
+    working = False  # the request is being stored and answered: never shed
     last_active = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,6 +140,8 @@ class HttpFront:
         self._budget: _Budget | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.bound: tuple[str, int] | None = None
+        self._refused = 0  # connections refused at the cap since the last log line
+        self._refused_logged = -1e9
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -231,20 +234,32 @@ class HttpFront:
     # ------------------------------------------------------------------ connections
 
     def admit(self, conn: _Conn, transport: asyncio.BaseTransport) -> None:
-        """Count a new connection; at the cap, make room by closing the longest-idle one, or
-        refuse the new one when every connection is in the middle of a request."""
+        """Count a new connection.  At the cap, make room by shedding, in this order: the
+        longest-idle connection; the connection that has been sending one request the
+        longest (over a second: a real client sends its headers at once, so this is a slow
+        sender); and only when every connection is being stored or answered, refuse the
+        newcomer.  Slow senders and idle sockets can therefore never lock a client out."""
         if len(self._conns) >= self.ingest.max_connections:
-            now = time.monotonic()
-            idle = [c for c in self._conns if c.busy_since is None and not c.in_handler
-                    and now - c.last_active > 0.2]
-            if not idle:
-                log.warning("ingest: HTTP connection limit reached, connection refused",
-                            extra={"max_connections": self.ingest.max_connections})
+            victim = self._shed_candidate()
+            if victim is None:
+                now = time.monotonic()
+                self._refused += 1
+                if now - self._refused_logged >= 10.0:  # one line per 10 s, not one per connection
+                    log.warning("ingest: HTTP connection limit reached, connections refused",
+                                extra={"max_connections": self.ingest.max_connections, "refused": self._refused})
+                    self._refused, self._refused_logged = 0, now
                 _abort(transport)
                 return
-            oldest = min(idle, key=lambda c: c.last_active)
-            _abort(self._conns.pop(oldest))
+            _abort(self._conns.pop(victim))
         self._conns[conn] = transport
+
+    def _shed_candidate(self) -> _Conn | None:
+        idle = [c for c in self._conns if c.busy_since is None and not c.in_handler]
+        if idle:
+            return min(idle, key=lambda c: c.last_active)
+        cutoff = time.monotonic() - 1.0
+        slow = [c for c in self._conns if not c.working and c.busy_since is not None and c.busy_since < cutoff]
+        return min(slow, key=lambda c: c.busy_since or 0.0) if slow else None
 
     def forget(self, conn: _Conn) -> None:
         self._conns.pop(conn, None)
@@ -283,7 +298,7 @@ class HttpFront:
             resp = _json(500, {"error": "internal error; nothing from this request was stored"})
             resp.force_close()
         finally:
-            conn.in_handler = False
+            conn.in_handler = conn.working = False
             conn.busy_since = None
             conn.last_active = time.monotonic()
         metrics = self.ingest.metrics
@@ -293,6 +308,8 @@ class HttpFront:
 
     async def _dispatch(self, request: web.BaseRequest, deadline: float) -> web.StreamResponse:
         ingest = self.ingest
+        if request.version < (1, 0):  # HTTP/0.9 has no headers: nothing here can be checked
+            return _closing(_json(400, {"error": "bad request: HTTP/1.0 or HTTP/1.1 required"}))
         if request.path != EVENTS_PATH:
             return await self._refuse(request, deadline, 404,
                                       {"error": f"no such path, events go to POST {EVENTS_PATH}"})
@@ -348,6 +365,9 @@ class HttpFront:
                 holder = [body]
                 del body
                 loop = asyncio.get_running_loop()
+                conn = request.protocol
+                assert isinstance(conn, _Conn)
+                conn.working = True
                 result = await loop.run_in_executor(self._pool, self._work, holder, encoding, framing)
                 resp = _json(result.status, result.body, result.headers)
                 # the answer goes out before the batch counts as finished: stop() waits for it
