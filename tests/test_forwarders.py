@@ -227,7 +227,7 @@ def test_python_http_handler(hot_dir: Path, server: IngestServer) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     errors: list[logging.LogRecord] = []
-    handler.handleError = errors.append  # type: ignore[method-assign]
+    handler.handleError = errors.append  # type: ignore[method-assign,assignment]
     try:
         logger.info("order %s placed by %s", 42, "alice")
         logger.warning("card 4111 1111 1111 1111 used", extra={"password": "hunter2"})

@@ -10,8 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from pipeline.hot.writer import HotLog
 from tests.hotutil import records
 from tests.ingestproc import ProcServer, ingest_process, post
@@ -93,7 +91,8 @@ def test_slowloris_cannot_hold_slots(tmp_path: Path) -> None:
             s.settimeout(10)
             try:
                 s.connect(srv.addr)
-                s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n" if i % 2 else HEAD + b"Content-Length: 1000\r\n\r\n{")
+                headers_only = b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+                s.sendall(headers_only if i % 2 else HEAD + b"Content-Length: 1000\r\n\r\n{")
             except OSError:
                 s.close()
                 continue
