@@ -117,7 +117,9 @@ def _short(detail: str) -> str:
 
 
 def _err(line_no: int, reason: str, detail: str) -> bytes:
-    return orjson.dumps({"ok": False, "line": line_no, "error": f"{reason}: {_short(detail)}"})
+    # formatted, not orjson.dumps'd whole: orjson's result keeps a 4 KiB allocation however
+    # short it is, and a batch of bad lines holds thousands of these until answered
+    return b'{"ok":false,"line":%d,"error":%s}' % (line_no, orjson.dumps(f"{reason}: {_short(detail)}"))
 
 
 def _naming(key: str, what: str, exc: OSError) -> OSError:
@@ -328,7 +330,12 @@ class IngestServer:
         done = iter(self.sanitiser.prepare_json_many(short) if len(short) == len(raws) else
                     [self._prepare_one(r) for r in raws])
         for data in done:
-            if isinstance(data, bytes) and len(data) > limit:
+            if isinstance(data, InvalidEvent):
+                # The traceback holds the sanitiser's frame, whose list holds the exception:
+                # a cycle only the garbage collector frees.  A body of bad lines would pile
+                # them up (the cause of issue 13's 3,000 bytes per request byte).
+                data.__traceback__ = None
+            elif len(data) > limit:
                 data = InvalidEvent("too-large", f"event is {len(data)} bytes serialised, over the limit of {limit}")
             out.append(data)
         return out
