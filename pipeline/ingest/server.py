@@ -51,7 +51,8 @@ log = logging.getLogger("pipeline.ingest")
 _READ_CHUNK = 256 << 10  # one recv; more is gathered without blocking up to max_request_bytes
 _POLL_INTERVAL = 0.05  # how often blocked readers re-check backpressure and stop
 _SEND_TIMEOUT = 60.0  # a client that stops reading answers is dropped after this long
-_SOCKET_BATCH_LINES = 2048  # lines validated, appended and answered together on the socket
+_SOCKET_BATCH_LINES = 16384  # socket lines answered together (one wait for durability)
+_PREPARE_CHUNK = 2048  # lines validated and appended at once
 _APPEND_CHUNK_BYTES = 256 << 10  # prepared events split out of the packed buffer at once
 _APPEND_CHUNK_EVENTS = 1024  # prepared events handed to the log in one call
 MAX_LISTED_ERRORS = 20  # per HTTP answer: the first refused events, then counts only
@@ -366,12 +367,23 @@ class IngestServer:
     def process(self, lines: list[tuple[int, bytes]]) -> _Batch:
         """Validate and append ``(line_no, raw)`` pairs, wait until the appended ones are
         durable, and return one result per pair (the socket's semantics: lines are
-        independent).  Exposed for tests and embedding; keep batches to a few thousand."""
+        independent).  Lines are validated and appended ``_PREPARE_CHUNK`` at a time (what
+        is alive per line is then only its answer), with one wait for durability at the
+        end.  Exposed for tests and embedding; keep batches to some thousands of lines."""
         batch = _Batch()
         pending: list[tuple[int, Any, int]] = []  # (index in results, receipt, data bytes)
+        for at in range(0, len(lines), _PREPARE_CHUNK):
+            self._process_chunk(batch, lines, at, pending)
+        if pending:
+            self._wait_durable(batch, lines, pending)
+        return batch
+
+    def _process_chunk(self, batch: _Batch, lines: list[tuple[int, bytes]], at: int,
+                       pending: list[tuple[int, Any, int]]) -> None:
+        part = lines[at:at + _PREPARE_CHUNK]
         prepared: list[tuple[int, int, bytes]] = []  # (index in results, line_no, data)
-        checked = self._prepare([raw for _n, raw in lines])
-        for (line_no, _raw), data in zip(lines, checked, strict=True):
+        checked = self._prepare([raw for _n, raw in part])
+        for (line_no, _raw), data in zip(part, checked, strict=True):
             if isinstance(data, InvalidEvent):
                 batch.results.append(_err(line_no, data.reason, data.detail))
                 batch.rejected += 1
@@ -391,9 +403,6 @@ class IngestServer:
                     self.metrics.observe_rejected("unavailable")
                 continue
             pending.append((idx, outcome, len(data)))
-        if pending:
-            self._wait_durable(batch, lines, pending)
-        return batch
 
     def _wait_durable(self, batch: _Batch, lines: list[tuple[int, bytes]],
                       pending: list[tuple[int, Any, int]]) -> None:
