@@ -212,42 +212,49 @@ def rm(path: Path) -> None:
 INGEST_BATCH = 1000
 
 
-def socket_batch_client(sock_path: str, seconds: float, out: mp.Queue, in_flight: int) -> None:  # type: ignore[type-arg]
-    """Batches of INGEST_BATCH lines over one Unix-socket connection, ``in_flight`` ahead;
-    answers are read by a second thread while the first writes (the protocol requires a
-    client to read while it writes: both sides' buffers are finite)."""
+def socket_batch_client(sock_path: str, seconds: float, out: mp.Queue, connections: int,  # type: ignore[type-arg]
+                        in_flight: int) -> None:
+    """Batches of INGEST_BATCH lines over ``connections`` Unix-socket connections, each with
+    ``in_flight`` batches sent ahead of their answers; answers are read by a second thread
+    per connection while the first writes (the protocol requires a client to read while it
+    writes: both sides' buffers are finite)."""
     lines = b"".join(orjson.dumps(dict(EVENT, n=i)) + b"\n" for i in range(INGEST_BATCH))
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock_path)
-    slots = threading.Semaphore(in_flight)
-    done = [0]
-
-    def reader() -> None:
-        got = 0
-        while True:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                return
-            got += chunk.count(b"\n")
-            while got >= INGEST_BATCH:
-                got -= INGEST_BATCH
-                done[0] += INGEST_BATCH
-                slots.release()
-
-    t = threading.Thread(target=reader)
-    t.start()
     deadline = time.time() + seconds
-    sent = 0
-    while time.time() < deadline:
-        slots.acquire()
-        s.sendall(lines)
-        sent += INGEST_BATCH
-    while done[0] < sent:
-        time.sleep(0.001)
-    s.shutdown(socket.SHUT_WR)
-    t.join()
-    s.close()
-    out.put(done[0])
+    counts = [0] * connections
+
+    def one(k: int) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock_path)
+        slots = threading.Semaphore(in_flight)
+
+        def reader() -> None:
+            got = 0
+            while chunk := s.recv(1 << 20):
+                got += chunk.count(b"\n")
+                while got >= INGEST_BATCH:
+                    got -= INGEST_BATCH
+                    counts[k] += INGEST_BATCH
+                    slots.release()
+
+        t = threading.Thread(target=reader)
+        t.start()
+        sent = 0
+        while time.time() < deadline:
+            slots.acquire()
+            s.sendall(lines)
+            sent += INGEST_BATCH
+        while counts[k] < sent:
+            time.sleep(0.001)
+        s.shutdown(socket.SHUT_WR)
+        t.join()
+        s.close()
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(sum(counts))
 
 
 def http_batch_client(port: int, seconds: float, out: mp.Queue, connections: int) -> None:  # type: ignore[type-arg]
@@ -307,10 +314,12 @@ def ingest_comparison(base: Path, endpoint: str, seconds: float, clients: int, r
     cfg, sock, ops = write_config(base, endpoint, "5s", http_port=port)
     proc = start_sidecar(cfg, ops)
     sock_rates: list[float] = []
+    sock4_rates: list[float] = []
     http_rates: list[float] = []
     try:
         for _ in range(rounds):
-            sock_rates.append(run_ingest_clients(socket_batch_client, (str(sock), 4), clients, seconds))
+            sock_rates.append(run_ingest_clients(socket_batch_client, (str(sock), 1, 4), clients, seconds))
+            sock4_rates.append(run_ingest_clients(socket_batch_client, (str(sock), 4, 4), clients, seconds))
             http_rates.append(run_ingest_clients(http_batch_client, (port, 4), clients, seconds))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -351,18 +360,21 @@ def ingest_comparison(base: Path, endpoint: str, seconds: float, clients: int, r
         proc2.wait(timeout=90)
     print(f"\n## ingest, HTTP vs Unix socket ({clients} client processes, batches of {INGEST_BATCH}, "
           f"{rounds} interleaved rounds of {seconds:g} s, shipping running)")
-    print(f"  Unix socket, 4 batches in flight per client       median {med(sock_rates):>10,.0f} events/s  "
+    print(f"  Unix socket, 1 connection x 4 batches in flight   median {med(sock_rates):>10,.0f} events/s  "
           f"(rounds: {', '.join(f'{r:,.0f}' for r in sock_rates)})")
+    print(f"  Unix socket, 4 connections x 4 in flight          median {med(sock4_rates):>10,.0f} events/s  "
+          f"(rounds: {', '.join(f'{r:,.0f}' for r in sock4_rates)})")
     print(f"  HTTP, 4 keep-alive connections per client         median {med(http_rates):>10,.0f} events/s  "
           f"(rounds: {', '.join(f'{r:,.0f}' for r in http_rates)})")
-    ratio = med(http_rates) / med(sock_rates)
-    print(f"  HTTP / socket                                     {ratio:.0%}  (target >= 80%)")
+    best_socket = max(med(sock_rates), med(sock4_rates))
+    ratio = med(http_rates) / best_socket
+    print(f"  HTTP / the faster socket set-up                   {ratio:.0%}  (target >= 80%)")
     print(f"\n## one worst-kind body at max_request_bytes = {limit >> 20} MiB ({limit // 3:,} events of {{}}), "
           f"fresh sidecar")
     bound = 48 + 4 * limit / 2**20  # tests/test_ingest_memory.py: a 48 MiB constant + 4x the limit
     print(f"  answer {status} in {took:.1f} s; peak RSS {before:.0f} MB before, {after:.0f} MB after: "
           f"+{after - before:.0f} MB for a {limit >> 20} MiB limit (bound: 48 + 4 x {limit >> 20} = {bound:.0f} MB)")
-    return {"http_events_per_s": round(med(http_rates)), "socket_events_per_s": round(med(sock_rates)),
+    return {"http_events_per_s": round(med(http_rates)), "socket_events_per_s": round(best_socket),
             "worst_body_peak_rss_growth_mb": round(after - before, 1), "max_request_bytes": limit}
 
 
