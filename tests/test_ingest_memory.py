@@ -105,5 +105,6 @@ def test_peak_rss_bounded_on_the_socket(tmp_path: Path) -> None:
         return answers
 
     grown, answers = peak_growth_kib(tmp_path, send)
+    print(f"socket, {lines} bad lines: peak RSS +{grown >> 10} MiB (limit {LIMIT >> 20} MiB)")
     assert answers == lines
     assert grown <= CONSTANT_KIB + 4 * (LIMIT >> 10), grown
