@@ -224,8 +224,7 @@ class IngestServer:
         return cls(appender, socket_path=config.socket, socket_mode=config.socket_mode,
                    http_listen=config.http, token=config.read_token(),
                    max_request_bytes=config.max_request_bytes, max_event_bytes=config.max_event_bytes,
-                   max_connections=getattr(config, "max_connections", 1024),
-                   request_timeout=getattr(config, "request_timeout", 30.0),
+                   max_connections=config.max_connections, request_timeout=config.request_timeout,
                    backpressure=backpressure, metrics=metrics)
 
     # ------------------------------------------------------------------ lifecycle
