@@ -291,10 +291,14 @@ def run_ingest_clients(target: Any, args: tuple[Any, ...], clients: int, seconds
     t0 = time.time()
     for p in procs:
         p.start()
-    total = sum(q.get(timeout=seconds + 120) for _ in procs)
+    total = sum(int(q.get(timeout=seconds + 120)) for _ in procs)
     for p in procs:
         p.join()
     return total / (time.time() - t0)
+
+
+def med(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -324,7 +328,6 @@ def ingest_comparison(base: Path, endpoint: str, seconds: float, clients: int, r
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=90)
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
 
     # worst body at the limit: tiny valid events ({} lines), the most records per byte
     # (tests/test_ingest_memory.py measures every worst kind; this one costs the most)
@@ -462,7 +465,9 @@ def main() -> None:
         print(f"  baseline: socket sink that only counts lines      {sink_rate:>10,.0f} events/s")
         print(f"  sidecar RSS during ingest, peak / median of {len(samples)} samples  {peak:.0f} / {median_rss:.0f} MB")
         if lat:
-            p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+            def p(q: float) -> float:
+                return lat[min(len(lat) - 1, int(q * len(lat)))]
+
             print(f"\n## acknowledged -> confirmed in cold storage ({len(lat)} batches)")
             print(f"  p50 {p(0.5):.2f} s   p99 {p(0.99):.2f} s   max {lat[-1]:.2f} s   "
                   f"(segment window {args.window}: a record waits for its segment to close, then ~1 s ship pass)")

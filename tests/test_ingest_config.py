@@ -49,13 +49,13 @@ def test_socket_and_token_accessible_by_others_refused(tmp_path: Path) -> None:
                             f'got "{mode}": any local user could write events']
     for ok in ("0660", "0600", "0640"):
         assert problems_of(tmp_path, {"PIPELINE_INGEST_SOCKET": sock, "PIPELINE_INGEST_SOCKET_MODE": ok}) == []
-    for mode in (0o644, 0o606, 0o602):
-        problems = problems_of(tmp_path, {"PIPELINE_INGEST_TOKEN_FILE": str(token(tmp_path, mode))})
+    for bits in (0o644, 0o606, 0o602):
+        problems = problems_of(tmp_path, {"PIPELINE_INGEST_TOKEN_FILE": str(token(tmp_path, bits))})
         assert len(problems) == 1 and problems[0].startswith("PIPELINE_INGEST_TOKEN_FILE: expected a file not "
                                                              "accessible by others"), problems
-        assert f"mode {mode:04o}" in problems[0]
-    for ok in (0o600, 0o640, 0o440):  # group access is how Kubernetes shares a Secret between containers
-        assert problems_of(tmp_path, {"PIPELINE_INGEST_TOKEN_FILE": str(token(tmp_path, ok))}) == []
+        assert f"mode {bits:04o}" in problems[0]
+    for fine in (0o600, 0o640, 0o440):  # group access is how Kubernetes shares a Secret between containers
+        assert problems_of(tmp_path, {"PIPELINE_INGEST_TOKEN_FILE": str(token(tmp_path, fine))}) == []
 
 
 def test_addresses_that_cannot_be_bound(tmp_path: Path) -> None:
