@@ -315,7 +315,7 @@ class HttpFront:
                                       {"error": f"no such path, events go to POST {EVENTS_PATH}"})
         if request.method != "POST":
             return await self._refuse(request, deadline, 405,
-                                      {"error": f"method {request.method} not allowed, use POST"}, {"Allow": "POST"})
+                                      {"error": "method not allowed, use POST"}, {"Allow": "POST"})
         if ingest.stopping:
             return await self._refuse(request, deadline, 503, {"error": "stopping: the sidecar is shutting down"},
                                       {"Retry-After": "5"}, close=True)
