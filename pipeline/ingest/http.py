@@ -146,6 +146,7 @@ class HttpFront:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> HttpFront:
+        _route_aiohttp_logs()
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -235,10 +236,11 @@ class HttpFront:
 
     def admit(self, conn: _Conn, transport: asyncio.BaseTransport) -> None:
         """Count a new connection.  At the cap, make room by shedding, in this order: the
-        longest-idle connection; the connection that has been sending one request the
-        longest (over a second: a real client sends its headers at once, so this is a slow
-        sender); and only when every connection is being stored or answered, refuse the
-        newcomer.  Slow senders and idle sockets can therefore never lock a client out."""
+        connection idle the longest; the one that has been sending its request's headers
+        the longest (a real client sends them at once); the one that has been sending its
+        body the longest.  A connection whose request is being stored or answered is never
+        shed; only when every connection is in that state is the newcomer refused.  Idle
+        sockets and slow senders therefore cannot lock a client out."""
         if len(self._conns) >= self.ingest.max_connections:
             victim = self._shed_candidate()
             if victim is None:
@@ -257,9 +259,12 @@ class HttpFront:
         idle = [c for c in self._conns if c.busy_since is None and not c.in_handler]
         if idle:
             return min(idle, key=lambda c: c.last_active)
-        cutoff = time.monotonic() - 1.0
-        slow = [c for c in self._conns if not c.working and c.busy_since is not None and c.busy_since < cutoff]
-        return min(slow, key=lambda c: c.busy_since or 0.0) if slow else None
+        for receiving_body in (False, True):
+            partial = [c for c in self._conns if c.busy_since is not None and not c.working
+                       and c.in_handler == receiving_body]
+            if partial:
+                return min(partial, key=lambda c: c.busy_since or 0.0)
+        return None
 
     def forget(self, conn: _Conn) -> None:
         self._conns.pop(conn, None)
@@ -459,6 +464,21 @@ def _loop_deadline(deadline: float) -> float:
     """A ``time.monotonic()`` deadline on the running loop's clock."""
     loop = asyncio.get_running_loop()
     return loop.time() + (deadline - time.monotonic())
+
+
+class _ToPipelineLog(logging.Handler):
+    """Hands aiohttp's own log records (``aiohttp.*``) to the pipeline's logger, so that
+    they come out structured like every other line, never as raw text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.handle(record)
+
+
+def _route_aiohttp_logs() -> None:
+    lg = logging.getLogger("aiohttp")
+    if not any(isinstance(h, _ToPipelineLog) for h in lg.handlers):
+        lg.addHandler(_ToPipelineLog())
+        lg.propagate = False
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
