@@ -283,6 +283,8 @@ def _array_values(buf: bytes, pos: int, max_len: int) -> Iterator[tuple[int, byt
             yield n, buf[pos:stop]
             pos = _WS.match(buf, stop).end()  # type: ignore[union-attr]
             sep = buf[pos:pos + 1]
+            if not sep:
+                raise FramingError(n + 1, "the JSON array is not closed")
             if sep == b"]":
                 pos += 1
                 break
