@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -70,9 +71,11 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def write_config(base: Path, endpoint: str, window: str, retention: str = "0s",
-                 cold_extra: str = "") -> tuple[Path, Path, int]:
+                 http_port: int | None = None, max_request_bytes: int = 10485760,
+                 segment_max_bytes: int = 67108864, cold_extra: str = "") -> tuple[Path, Path, int]:
     sock = base / "ingest.sock"
     ops = free_port()
+    http = f'http = "127.0.0.1:{http_port}"' if http_port else ""
     cfg = base / "pipeline.toml"
     cfg.write_text(f"""
 [hot]
@@ -82,12 +85,15 @@ segment_window = "{window}"
 heartbeat_interval = "60s"
 hot_retention = "{retention}"
 high_water_percent = 99
+segment_max_bytes = {segment_max_bytes}
 [cold]
 url = "s3://bench-bucket/b?endpoint_url={endpoint}&region=us-east-1"
 retention_days = 1
 {cold_extra}
 [ingest]
 socket = "{sock}"
+{http}
+max_request_bytes = {max_request_bytes}
 [ops]
 listen = "127.0.0.1:{ops}"
 shutdown_grace = "60s"
@@ -251,6 +257,180 @@ def rss_compare(base: Path, endpoint: str, args: argparse.Namespace) -> None:
         print(f"  {name:<28} {rate:>10,.0f} events/s   RSS peak (VmHWM) {peak:5.0f} MB   median {median:5.0f} MB")
 
 
+# ------------------------------------------------------------------ HTTP vs Unix socket (issue 13)
+
+INGEST_BATCH = 1000
+
+
+def socket_batch_client(sock_path: str, seconds: float, out: mp.Queue, connections: int,  # type: ignore[type-arg]
+                        in_flight: int) -> None:
+    """Batches of INGEST_BATCH lines over ``connections`` Unix-socket connections, each with
+    ``in_flight`` batches sent ahead of their answers; answers are read by a second thread
+    per connection while the first writes (the protocol requires a client to read while it
+    writes: both sides' buffers are finite)."""
+    lines = b"".join(orjson.dumps(dict(EVENT, n=i)) + b"\n" for i in range(INGEST_BATCH))
+    deadline = time.time() + seconds
+    counts = [0] * connections
+
+    def one(k: int) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock_path)
+        slots = threading.Semaphore(in_flight)
+
+        def reader() -> None:
+            got = 0
+            while chunk := s.recv(1 << 20):
+                got += chunk.count(b"\n")
+                while got >= INGEST_BATCH:
+                    got -= INGEST_BATCH
+                    counts[k] += INGEST_BATCH
+                    slots.release()
+
+        t = threading.Thread(target=reader)
+        t.start()
+        sent = 0
+        while time.time() < deadline:
+            slots.acquire()
+            s.sendall(lines)
+            sent += INGEST_BATCH
+        while counts[k] < sent:
+            time.sleep(0.001)
+        s.shutdown(socket.SHUT_WR)
+        t.join()
+        s.close()
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(sum(counts))
+
+
+def http_batch_client(port: int, seconds: float, out: mp.Queue, connections: int) -> None:  # type: ignore[type-arg]
+    """Batches of INGEST_BATCH events as NDJSON POSTs, ``connections`` keep-alive
+    connections (one request at a time each: HTTP/1.1 clients do not pipeline)."""
+    import http.client
+
+    body = b"".join(orjson.dumps(dict(EVENT, n=i)) + b"\n" for i in range(INGEST_BATCH))
+    deadline = time.time() + seconds
+    counts = [0] * connections
+
+    def one(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.time() < deadline:
+            conn.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/x-ndjson"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+            counts[i] += INGEST_BATCH
+        conn.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(sum(counts))
+
+
+def run_ingest_clients(target: Any, args: tuple[Any, ...], clients: int, seconds: float) -> float:
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    procs = [mp.Process(target=target, args=(*args[:1], seconds, q, *args[1:])) for _ in range(clients)]
+    t0 = time.time()
+    for p in procs:
+        p.start()
+    total = sum(int(q.get(timeout=seconds + 120)) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / (time.time() - t0)
+
+
+def med(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def vm_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def ingest_comparison(base: Path, endpoint: str, seconds: float, clients: int, rounds: int) -> dict[str, Any]:
+    """HTTP and Unix-socket ingest into the same `pipeline run` (shipping running), 1,000-event
+    batches, interleaved rounds (the machine's speed drifts); then the peak RSS of a fresh
+    sidecar that receives one max_request_bytes body of the worst kind."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cfg, sock, ops = write_config(base, endpoint, "5s", http_port=port)
+    proc = start_sidecar(cfg, ops)
+    sock_rates: list[float] = []
+    sock4_rates: list[float] = []
+    http_rates: list[float] = []
+    try:
+        for _ in range(rounds):
+            sock_rates.append(run_ingest_clients(socket_batch_client, (str(sock), 1, 4), clients, seconds))
+            sock4_rates.append(run_ingest_clients(socket_batch_client, (str(sock), 4, 4), clients, seconds))
+            http_rates.append(run_ingest_clients(http_batch_client, (port, 4), clients, seconds))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+
+    # worst body at the limit: tiny valid events ({} lines), the most records per byte
+    # (tests/test_ingest_memory.py measures every worst kind; this one costs the most)
+    limit = 10 << 20
+    wdir = base / "worst"
+    wdir.mkdir()
+    port2 = free_port()
+    # one segment for the whole body: nothing is sealed or shipped while it is measured, so
+    # the figure is ingest's (the shipper's own RSS is measured above)
+    cfg2, _sock2, ops2 = write_config(wdir, endpoint, "300s", http_port=port2, max_request_bytes=limit,
+                                      segment_max_bytes=4 << 30)
+    proc2 = start_sidecar(cfg2, ops2)
+    try:
+        import http.client
+
+        def post(body: bytes) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port2, timeout=300)
+            conn.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/x-ndjson"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            return resp.status
+
+        post(b'{"warm":"up"}\n')
+        before = vm_hwm_mb(proc2.pid)
+        worst = b"{}\n" * (limit // 3)
+        t0 = time.time()
+        status = post(worst)
+        took = time.time() - t0
+        after = vm_hwm_mb(proc2.pid)
+    finally:
+        proc2.send_signal(signal.SIGTERM)
+        proc2.wait(timeout=90)
+    print(f"\n## ingest, HTTP vs Unix socket ({clients} client processes, batches of {INGEST_BATCH}, "
+          f"{rounds} interleaved rounds of {seconds:g} s, shipping running)")
+    print(f"  Unix socket, 1 connection x 4 batches in flight   median {med(sock_rates):>10,.0f} events/s  "
+          f"(rounds: {', '.join(f'{r:,.0f}' for r in sock_rates)})")
+    print(f"  Unix socket, 4 connections x 4 in flight          median {med(sock4_rates):>10,.0f} events/s  "
+          f"(rounds: {', '.join(f'{r:,.0f}' for r in sock4_rates)})")
+    print(f"  HTTP, 4 keep-alive connections per client         median {med(http_rates):>10,.0f} events/s  "
+          f"(rounds: {', '.join(f'{r:,.0f}' for r in http_rates)})")
+    best_socket = max(med(sock_rates), med(sock4_rates))
+    ratio = med(http_rates) / best_socket
+    print(f"  HTTP / the faster socket set-up                   {ratio:.0%}  (target >= 80%)")
+    print(f"\n## one worst-kind body at max_request_bytes = {limit >> 20} MiB ({limit // 3:,} events of {{}}), "
+          f"fresh sidecar")
+    bound = 48 + 4 * limit / 2**20  # tests/test_ingest_memory.py: a 48 MiB constant + 4x the limit
+    print(f"  answer {status} in {took:.1f} s; peak RSS {before:.0f} MB before, {after:.0f} MB after: "
+          f"+{after - before:.0f} MB for a {limit >> 20} MiB limit (bound: 48 + 4 x {limit >> 20} = {bound:.0f} MB)")
+    return {"http_events_per_s": round(med(http_rates)), "socket_events_per_s": round(best_socket),
+            "worst_body_peak_rss_growth_mb": round(after - before, 1), "max_request_bytes": limit}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
@@ -265,6 +445,10 @@ def main() -> None:
                     help="extra [cold] settings to measure in the RSS comparison (repeatable)")
     ap.add_argument("--in-flight", type=int, default=4,
                     help="batches each client keeps sent but not yet acknowledged (1: wait for each)")
+    ap.add_argument("--ingest-only", action="store_true",
+                    help="only HTTP vs Unix-socket ingest and the worst-body RSS (issue 13)")
+    ap.add_argument("--ingest-seconds", type=float, default=6)
+    ap.add_argument("--ingest-rounds", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -273,6 +457,10 @@ def main() -> None:
     try:
         if args.rss_only:
             rss_compare(base, endpoint, args)
+            return
+        if args.ingest_only:
+            print(json.dumps(ingest_comparison(base / "ingest", endpoint, args.ingest_seconds, args.clients,
+                                               args.ingest_rounds)))
             return
         # baseline: the transport alone
         stop = threading.Event()
@@ -336,7 +524,9 @@ def main() -> None:
         print(f"  baseline: socket sink that only counts lines      {sink_rate:>10,.0f} events/s")
         print(f"  sidecar RSS during ingest, peak / median of {len(samples)} samples  {peak:.0f} / {median_rss:.0f} MB")
         if lat:
-            p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+            def p(q: float) -> float:
+                return lat[min(len(lat) - 1, int(q * len(lat)))]
+
             print(f"\n## acknowledged -> confirmed in cold storage ({len(lat)} batches)")
             print(f"  p50 {p(0.5):.2f} s   p99 {p(0.99):.2f} s   max {lat[-1]:.2f} s   "
                   f"(segment window {args.window}: a record waits for its segment to close, then ~1 s ship pass)")
@@ -368,8 +558,9 @@ def main() -> None:
             print(f"  shipped {c['evicted'] + c['confirmed']} in {dt:.1f} s; peak sidecar RSS {peak2:.0f} MB "
                   "(target <= 150 MB)")
         rss_compare(base, endpoint, args)
+        compared = ingest_comparison(base / "ingest", endpoint, args.ingest_seconds, args.clients, args.ingest_rounds)
         print(json.dumps({"ingest_events_per_s": round(rate), "ingest_closed_loop_events_per_s": round(rate_closed),
-                          "sink_events_per_s": round(sink_rate)}))
+                          "sink_events_per_s": round(sink_rate), **compared}))
     finally:
         moto.terminate()
         rm(base)

@@ -14,12 +14,15 @@ when the server starts, so printing a ``Config`` (``redacted_dict``) cannot leak
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import ipaddress
 import json
 import math
 import os
 import re
+import socket
 import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -378,6 +381,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "token_file": _Key(_optional(_path), None),
         "max_request_bytes": _Key(_integer(1024), 10485760),
         "max_event_bytes": _Key(_integer(64), 1048576),
+        "max_connections": _Key(_integer(1, 65536), 1024),
+        "request_timeout": _Key(_duration(allow_zero=False), "30s"),
     },
     "ops": {
         "listen": _Key(_listen, "127.0.0.1:9464"),
@@ -469,6 +474,8 @@ class IngestConfig:
     token_file: Path | None = None
     max_request_bytes: int = 10485760
     max_event_bytes: int = 1048576
+    max_connections: int = 1024  # per transport
+    request_timeout: float = 30.0  # seconds from a request's first byte to the end of its body
 
     def read_token(self) -> str | None:
         """The bearer token from ``token_file`` (surrounding whitespace stripped), or None."""
@@ -747,6 +754,7 @@ def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tu
     if sock is not None and not sock.parent.is_dir():
         problems.append(f"{label('ingest', 'socket')}: expected a path in an existing directory, "
                         f"{sock.parent} does not exist")
+    _ingest_safety(ingest, label, problems)
 
 
 def _check_sanitise(values: dict[str, Any], label: Callable[[str, str], str], problems: list[str]) -> None:
@@ -759,3 +767,59 @@ def _check_sanitise(values: dict[str, Any], label: Callable[[str, str], str], pr
         key, dot, sub = where.partition(".")  # "value_patterns.name": the rule's own name kept
         where = (label("sanitise", key) if key in _SCHEMA["sanitise"] else "sanitise") + dot + sub
         problems.append(f"{where}: {message}")
+
+
+def _ingest_safety(ingest: dict[str, Any], label: Callable[[str, str], str], problems: list[str]) -> None:
+    """Settings that would expose the audit log: refused, each with one line naming the key
+    (issue 13).  Mutual TLS does not exist yet, so a listener reachable from the network
+    needs the bearer token."""
+    mode = ingest.get("socket_mode")
+    if mode is not None and ingest.get("socket") is not None and mode & stat.S_IRWXO:
+        problems.append(f"{label('ingest', 'socket_mode')}: expected no access for others (like \"0660\" or "
+                        f"\"0600\"), got \"{mode:04o}\": any local user could write events")
+    token = ingest.get("token_file")
+    if token is not None:
+        with contextlib.suppress(OSError):  # a missing file is reported by the file checks
+            st = token.stat()
+            if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IRWXO:
+                problems.append(f"{label('ingest', 'token_file')}: expected a file not accessible by others, "
+                                f"{token} has mode {stat.S_IMODE(st.st_mode):04o}; chmod o-rwx it (0600 or 0640)")
+    http = ingest.get("http")
+    if http is None:
+        return
+    host, _port = parse_listen(http)
+    try:
+        addresses = listen_addresses(host)
+    except OSError as exc:
+        problems.append(f"{label('ingest', 'http')}: expected an address this host can listen on, "
+                        f"got {_show(http)} ({exc.strerror or exc})")
+        return
+    for family, address in addresses:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.bind((address, 0))  # the address only: the port may be in use by a running sidecar
+        except OSError as exc:
+            problems.append(f"{label('ingest', 'http')}: expected an address of this host, cannot listen on "
+                            f"{address} ({exc.strerror or exc})")
+            return
+        finally:
+            probe.close()
+    if ingest.get("token_file") is None and not all(ipaddress.ip_address(a).is_loopback for _f, a in addresses):
+        problems.append(f"{label('ingest', 'http')}: a listener on {host} is reachable from the network; "
+                        "set ingest.token_file (bearer token) or listen on 127.0.0.1 or [::1]")
+
+
+def listen_addresses(host: str) -> list[tuple[socket.AddressFamily, str]]:
+    """The addresses a listener on ``host`` binds (``*`` or an empty host: every interface,
+    IPv4 and IPv6).  Raises OSError when the name does not resolve."""
+    if host in ("*", ""):
+        return [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]  # noqa: S104 - what "*" means
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    seen: list[tuple[socket.AddressFamily, str]] = []
+    for family, _t, _p, _c, sockaddr in infos:
+        entry = (family, str(sockaddr[0]))
+        if family in (socket.AF_INET, socket.AF_INET6) and entry not in seen:
+            seen.append(entry)
+    if not seen:
+        raise OSError(errno.EADDRNOTAVAIL, "no IPv4 or IPv6 address")
+    return seen

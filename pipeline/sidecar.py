@@ -113,6 +113,7 @@ class Sidecar:
                 self.hotlog, socket_path=cfg.ingest.socket, socket_mode=cfg.ingest.socket_mode,
                 http_listen=cfg.ingest.http, token=cfg.ingest.read_token(),
                 max_request_bytes=cfg.ingest.max_request_bytes, max_event_bytes=cfg.ingest.max_event_bytes,
+                max_connections=cfg.ingest.max_connections, request_timeout=cfg.ingest.request_timeout,
                 backpressure=self.backpressure, metrics=m,
             ).start()
         self.ops = OpsServer(cfg.ops.listen, m, health=self.health, ready=self.ready).start()

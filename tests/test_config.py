@@ -101,6 +101,7 @@ def test_defaults_with_only_required_key(tmp_path: Path) -> None:
 def test_full_file(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cr3t-token\n")
+    token.chmod(0o600)
     path = write(tmp_path, FULL.format(hot=tmp_path / "hot", sock=tmp_path / "ingest.sock", token=token))
     cfg = load_config(path, {})
     assert cfg.source == path
@@ -270,6 +271,7 @@ def test_files_checked_at_start(tmp_path: Path) -> None:
 def test_frozen_and_redacted(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("very-secret-token-value")
+    token.chmod(0o600)
     path = write(tmp_path, FULL.format(hot=tmp_path / "hot", sock=tmp_path / "s.sock", token=token))
     cfg: Config = load_config(path, {"PIPELINE_SIGNING_KEY": "ed25519-key-material"})
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -287,6 +289,7 @@ def test_frozen_and_redacted(tmp_path: Path) -> None:
 def test_empty_token_file_refused(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("  \n")
+    token.chmod(0o600)
     cfg = load_config(None, {"PIPELINE_HOT_DIR": str(tmp_path), "PIPELINE_INGEST_TOKEN_FILE": str(token)})
     with pytest.raises(ConfigError, match="is empty"):
         cfg.ingest.read_token()

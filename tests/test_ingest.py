@@ -3,6 +3,7 @@ authentication, backpressure, socket permissions, concurrency, stop."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -314,17 +315,30 @@ def test_stale_socket_replaced_live_socket_and_files_refused(hotlog: HotLog, tmp
 # ------------------------------------------------------------------ HTTP
 
 
-def test_http_mixed_batch(hot_dir: Path, hotlog: HotLog) -> None:
+def test_http_mixed_batch_is_refused_whole(hot_dir: Path, hotlog: HotLog) -> None:
+    """A request is atomic (docs/INGEST.md): one refused event and nothing is stored, with a
+    non-retryable 422 that lists the refused events; the good ones alone are then stored."""
     metrics = Metrics()
     with IngestServer(hotlog, http_listen="127.0.0.1:0", metrics=metrics) as srv:
         addr = srv.http_address
         assert addr is not None and addr[0] == "127.0.0.1" and addr[1] > 0
         status, headers, body = post(addr, MIXED)
-    assert status == 200 and headers["content-type"] == "application/json"
-    assert (body["accepted"], body["rejected"]) == (3, 3)
-    check_mixed(body["results"], hot_dir)
-    assert len(events_in_log(hot_dir)) == 3
-    assert metrics.requests == {("http", "200"): 1}
+        assert status == 422 and headers["content-type"] == "application/json"
+        assert (body["accepted"], body["rejected"]) == (0, 3)
+        assert body["reasons"] == {"bad-json": 2, "not-an-object": 1}
+        assert [e["event"] for e in body["errors"]] == [2, 4, 5]
+        assert body["errors"][0]["error"].startswith("bad-json: ")
+        assert "broken" not in json.dumps(body)  # the request's bytes are never echoed
+        assert events_in_log(hot_dir) == []
+        good = b"\n".join(line for line in MIXED.split(b"\n") if line.startswith(b'{"user":"'))
+        status, _, body = post(addr, good)
+    assert status == 200 and body["accepted"] == 3
+    recs = by_seq(hot_dir)
+    assert [recs[s].data["user"] for s in range(body["first_seq"], body["last_seq"] + 1)] == ["alice", "bob", "carol"]
+    assert recs[body["last_seq"]].hash == body["last_hash"]
+    assert recs[body["last_seq"]].data["password"] == "[REDACTED:secret-key]"  # sanitised on the way in
+    assert metrics.requests == {("http", "422"): 1, ("http", "200"): 1}
+    assert metrics.rejected == {"bad-json": 2, "not-an-object": 1}
 
 
 def test_http_json_seq_and_plain_json(hot_dir: Path, hotlog: HotLog) -> None:
@@ -337,6 +351,8 @@ def test_http_json_seq_and_plain_json(hot_dir: Path, hotlog: HotLog) -> None:
         assert st == 200 and body["accepted"] == 1
         st, _, body = post(addr, b"<xml/>", {"Content-Type": "application/xml"})
         assert st == 415
+        st, _, body = post(addr, b"\n \n", {"Content-Type": "application/json"})
+        assert st == 400 and body["accepted"] == 0  # nothing stored is never a 2xx
     assert events_in_log(hot_dir) == [{"a": 1}, {"b": 2}, {"c": 3}]
 
 
@@ -349,11 +365,17 @@ def test_http_token(hot_dir: Path, hotlog: HotLog) -> None:
         assert "token" in body["error"]
         st, h, _ = post(addr, b'{"a":1}\n', {"Authorization": "Bearer wrong"})
         assert st == 401 and 'error="invalid_token"' in h["www-authenticate"]
-        st, _, _ = post(addr, b'{"a":1}\n', {"Authorization": "Basic dDBrZW4teHl6"})
+        st, _, _ = post(addr, b'{"a":1}\n', {"Authorization": "Basic dDBrZW4teHl6"})  # no "user:"
+        assert st == 401
+        st, _, _ = post(addr, b'{"a":1}\n', {"Authorization": "Basic " + base64.b64encode(b"u:wrong").decode()})
         assert st == 401
         st, _, body = post(addr, b'{"a":2}\n', {"Authorization": "bearer t0ken-xyz"})
         assert st == 200 and body["accepted"] == 1
-    assert events_in_log(hot_dir) == [{"a": 2}]
+        # Basic with the token as the password, for clients that only speak Basic
+        basic = "Basic " + base64.b64encode(b"anyone:t0ken-xyz").decode()
+        st, _, body = post(addr, b'{"a":3}\n', {"Authorization": basic})
+        assert st == 200 and body["accepted"] == 1
+    assert events_in_log(hot_dir) == [{"a": 2}, {"a": 3}]
 
 
 def test_http_limits_and_errors(hot_dir: Path, hotlog: HotLog) -> None:
@@ -374,19 +396,27 @@ def test_http_limits_and_errors(hot_dir: Path, hotlog: HotLog) -> None:
         assert resp.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in resp
         resp = raw_http(addr, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert resp.startswith(b"HTTP/1.1 411 ")
-        resp = raw_http(addr, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                              b"8\r\n{\"a\":1}\n\r\n0\r\n\r\n")
-        assert resp.startswith(b"HTTP/1.1 411 ")
+        # chunked bodies are read (and bounded by max_request_bytes like any other)
+        resp = raw_http(addr, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                              b"Connection: close\r\n\r\n8\r\n{\"a\":1}\n\r\n0\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 200 ")
+        big = b'{"x":"' + b"c" * 1000 + b'"}\n'
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(big), big) for _ in range(5)) + b"0\r\n\r\n"
+        resp = raw_http(addr, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                              b"Connection: close\r\n\r\n" + chunked)
+        assert resp.startswith(b"HTTP/1.1 413 ")
         st, h, _ = post(addr, b"", method="GET")
         assert st == 405 and h["allow"] == "POST"
         st, _, _ = post(addr, b"{}", path="/v2/other")
         assert st == 404
         st, _, _ = post(addr, b"", method="GET", path="/")
         assert st == 404
-        # an event over max_event_bytes inside an acceptable request: a per-line error
+        # an event over max_event_bytes inside an acceptable request: the request is refused
         st, _, body = post(addr, b'{"x":"' + b"b" * 2000 + b'"}\n{"ok":1}\n')
-        assert st == 200 and body["accepted"] == 1 and body["results"][0]["error"].startswith("too-large: ")
-    assert events_in_log(hot_dir) == [{"ok": 1}]
+        assert st == 422 and body["errors"][0]["error"].startswith("too-large: ")
+        st, _, body = post(addr, b'{"ok":1}\n')
+        assert st == 200
+    assert events_in_log(hot_dir) == [{"a": 1}, {"ok": 1}]
 
 
 def test_http_backpressure_429(hot_dir: Path, hotlog: HotLog) -> None:
@@ -410,10 +440,9 @@ def test_http_stop_503_and_storage_failure(hot_dir: Path, tmp_path: Path) -> Non
     addr = srv.http_address
     assert addr is not None
     log.close()  # the log fails every append from now on
-    st, h, body = post(addr, b'{"a":1}\n{bad\n')
+    st, h, body = post(addr, b'{"a":1}\n{"a":2}\n')
     assert st == 503 and h["retry-after"] == "1"
-    assert body["results"][0]["error"].startswith("unavailable: ")
-    assert body["results"][1]["error"].startswith("bad-json: ")
+    assert body["error"].startswith("unavailable: ") and "maybe_stored" not in body
     with connect(tmp_path / "s.sock") as s:
         s.sendall(b'{"a":1}\n')
         assert read_answers(s, 1)[0]["error"].startswith("unavailable: ")
@@ -483,8 +512,10 @@ def test_concurrent_clients(hot_dir: Path, hotlog: HotLog, tmp_path: Path) -> No
                 body = b"".join(b'{"client":"h%d","i":%d}\n' % (c, i) for i in range(b, b + per_batch))
                 st, _, res = post(addr, body)
                 assert st == 200 and res["accepted"] == per_batch
+                # one request's events are appended together: consecutive seqs
+                assert res["last_seq"] - res["first_seq"] == per_batch - 1
                 with lock:
-                    seqs.extend(r["seq"] for r in res["results"])
+                    seqs.extend(range(res["first_seq"], res["last_seq"] + 1))
         except BaseException as exc:
             errors.append(exc)
 
@@ -519,6 +550,7 @@ def test_from_config(hot_dir: Path, hotlog: HotLog, tmp_path: Path) -> None:
 
     token = tmp_path / "token"
     token.write_text("abc123\n")
+    token.chmod(0o600)
     cfg = load_config(None, {"PIPELINE_HOT_DIR": str(hot_dir), "PIPELINE_INGEST_SOCKET": str(tmp_path / "i.sock"),
                              "PIPELINE_INGEST_SOCKET_MODE": "0600", "PIPELINE_INGEST_HTTP": "127.0.0.1:0",
                              "PIPELINE_INGEST_TOKEN_FILE": str(token), "PIPELINE_INGEST_MAX_REQUEST_BYTES": "2048",

@@ -107,17 +107,30 @@ def test_ingest_socket_and_http_refuse_and_store_as_documented(hot_dir: Path, lo
                 assert chunk
                 buf += chunk
         by_socket = [json.loads(x) for x in buf.splitlines()]
+        stored_before = len(records(hot_dir / "app"))
+        # HTTP requests are atomic (docs/INGEST.md): a mixed body is refused whole with 422,
+        # naming each refused event and its reason, and stores nothing
         status, _h, by_http = post(srv.http_address, body)  # type: ignore[arg-type]
-    assert status in (200, 207), by_http
-    stored = {r.seq: r for r in records(hot_dir / "app")}
-    for answers in (by_socket, by_http["results"]):
-        for (name, _raw, reason, want), ans in zip(INGEST_CASES, answers, strict=True):
+        assert status == 422, by_http
+        assert len(records(hot_dir / "app")) == stored_before
+        refused = {i: c[2] for i, c in enumerate(INGEST_CASES, start=1) if c[2] is not None}
+        assert {e["event"]: e["error"].split(":")[0] for e in by_http["errors"]} == refused
+        # each good case alone is stored exactly as the socket stored it
+        http_stored = {}
+        for name, raw, reason, _want in INGEST_CASES:
             if reason is None:
-                assert ans["ok"], (name, ans)
-                line = stored[ans["seq"]].line
+                status, _h, one = post(srv.http_address, raw + b"\n")  # type: ignore[arg-type]
+                assert status == 200 and one["accepted"] == 1, (name, one)
+                http_stored[name] = one["last_seq"]
+    stored = {r.seq: r for r in records(hot_dir / "app")}
+    for (name, _raw, reason, want), ans in zip(INGEST_CASES, by_socket, strict=True):
+        if reason is None:
+            assert ans["ok"], (name, ans)
+            for seq in (ans["seq"], http_stored[name]):
+                line = stored[seq].line
                 assert line[line.index(b',"data":') + 8 : line.rindex(b',"hash":"')] == want, name
-            else:
-                assert not ans["ok"] and ans["error"].startswith(reason + ": "), (name, ans)
+        else:
+            assert not ans["ok"] and ans["error"].startswith(reason + ": "), (name, ans)
     assert verify_stream(hot_dir / "app", workers=1).ok
 
 

@@ -143,6 +143,7 @@ def test_configs_load_with_the_real_loader(which: str, tmp_path: Path) -> None:
     path = tmp_path / "pipeline.toml"
     path.write_text(text)
     (tmp_path / "ingest-token").write_text("token\n")
+    (tmp_path / "ingest-token").chmod(0o600)  # a token others can read is refused
     (tmp_path / "app.key").write_text("key\n")
     environ = {
         "PIPELINE_INGEST_TOKEN_FILE": str(tmp_path / "ingest-token"),

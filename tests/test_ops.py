@@ -180,6 +180,10 @@ def test_ingest_feeds_metrics(hot_dir: Path, tmp_path: Path) -> None:
             assert addr is not None
             conn = http.client.HTTPConnection(*addr, timeout=10)
             conn.request("POST", "/v1/events", body=b'{"a":1}\n{"b":2}\n{nope\n')
+            resp = conn.getresponse()
+            assert resp.status == 422  # a request with a refused event stores nothing
+            resp.read()
+            conn.request("POST", "/v1/events", body=b'{"a":1}\n{"b":2}\n')
             assert conn.getresponse().status == 200
             conn.close()
             handler = AuditLogHandler(socket_path=tmp_path / "s.sock")
@@ -193,6 +197,7 @@ def test_ingest_feeds_metrics(hot_dir: Path, tmp_path: Path) -> None:
     assert s[("worm_bytes_appended_total", ())] > 0
     assert s[("worm_events_rejected_total", (("reason", "bad-json"),))] == 1
     assert s[("worm_ingest_requests_total", (("code", "200"), ("transport", "http")))] == 1
+    assert s[("worm_ingest_requests_total", (("code", "422"), ("transport", "http")))] == 1
     assert s[("worm_ingest_requests_total", (("code", "ok"), ("transport", "unix")))] == 1
 
 

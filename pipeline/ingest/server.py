@@ -1,44 +1,24 @@
-"""Ingest for processes outside Python: NDJSON over a Unix domain socket and over HTTP.
+"""Ingest for processes outside Python: events over a Unix domain socket and over HTTP.
 
-Both transports share one rule: an event is acknowledged only once it is durable (per the
-log's durability mode).  A batch is appended with ``wait=False`` and the server then waits
-once, on the last receipt of the batch, before it answers; one fsync covers the batch.
+docs/INGEST.md is the specification of both protocols (framings, encodings, answers, limits,
+what a 2xx promises); this docstring only summarises.
 
-Unix domain socket protocol (``SOCK_STREAM``)
----------------------------------------------
-The client writes NDJSON: one JSON object per ``\\n``-terminated line.  The server reads
-whatever is available (at most ``max_request_bytes`` per round), appends every valid line,
-waits for durability, then writes one JSON line per input line, in order::
+One rule for both transports: an event is acknowledged only once it is durable (per the
+log's durability mode).  Events are appended with ``wait=False`` and the server then waits
+once, on the last receipt, before it answers; one fsync covers many events.
 
-    {"ok":true,"seq":41,"hash":"9f2c..."}
-    {"ok":false,"line":7,"error":"bad-json: unexpected character: line 1 column 2 (char 1)"}
+- Unix socket: NDJSON in, one JSON answer line per input line, in order (``{"ok":true,
+  "seq":..,"hash":..}`` or ``{"ok":false,"line":n,"error":"reason: detail"}``).  Lines are
+  independent: each answer says what happened to its line.  Served by one thread per
+  connection.
+- HTTP (``POST /v1/events``, pipeline/ingest/http.py, aiohttp): a request is atomic.  Either
+  every event of it is durable and the answer is ``200``, or none was stored and the answer
+  says why (``422`` when some event is refused, never retried by forwarders).
 
-``line`` counts lines from 1 since the connection was opened.  Blank lines are ignored and
-get no answer.  A final line without ``\\n`` is accepted when the client half-closes
-(``shutdown(SHUT_WR)``).  A line longer than ``max_request_bytes`` is answered with a
-``too-large`` error and skipped up to its newline.  Clients must read answers while they
-write (or write in bounded batches and read the answers of each): a client that only
-writes eventually blocks the server's answers and then its own writes.
-
-Authentication is by file permissions: the socket is created with ``socket_mode``
-(default ``0660``) whatever the process umask, so only the owner and group can connect.
-
-Backpressure: while ``backpressure()`` returns a reason (for example the hot disk is above
-its high-water mark), the server stops reading from every connection.  Events already
-read are still appended and acknowledged; new writes fill the kernel's socket buffer and
-then block in the client, which is the desired effect: the application slows down
-instead of events being dropped or the disk filling up.  Reading resumes by itself when
-the reason clears.
-
-HTTP
-----
-``POST /v1/events`` with an NDJSON body (``application/x-ndjson``; ``application/json-seq``
-with its RS separators is tolerated) answers ``200`` with
-``{"accepted":a,"rejected":r,"results":[...]}`` (the same objects as on the socket, ``line``
-counted from 1 in the body).  ``401`` without the bearer token when one is configured,
-``411`` without Content-Length, ``413`` when it is over ``max_request_bytes`` (the body is
-not read), ``415`` for other content types, ``429`` with ``Retry-After`` under
-backpressure, ``503`` while stopping or when the log cannot append at all.
+Memory is bounded by design: bodies are delimited and validated in chunks
+(pipeline/ingest/body.py), validated events are packed into one buffer, per-line errors
+are short byte strings, and HTTP answers carry counts and the seq range, not one receipt
+per event.
 """
 
 from __future__ import annotations
@@ -55,24 +35,30 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+from pipeline.ingest.body import FramingError, iter_events
 from pipeline.sanitise import InvalidEvent, Sanitiser, sanitiser_of
 
-__all__ = ["Appender", "IngestMetrics", "IngestServer", "ReceiptLike"]
+__all__ = ["Appender", "IngestMetrics", "IngestServer", "ReceiptLike", "RequestResult"]
 
 log = logging.getLogger("pipeline.ingest")
 
-EVENTS_PATH = "/v1/events"
 _READ_CHUNK = 256 << 10  # one recv; more is gathered without blocking up to max_request_bytes
 _POLL_INTERVAL = 0.05  # how often blocked readers re-check backpressure and stop
 _SEND_TIMEOUT = 60.0  # a client that stops reading answers is dropped after this long
-_ACCEPTED_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-seq",
-                   "application/json", "text/plain")
+_SOCKET_BATCH_LINES = 16384  # socket lines answered together (one wait for durability)
+_PREPARE_CHUNK = 2048  # lines validated and appended at once
+_APPEND_CHUNK_BYTES = 256 << 10  # prepared events split out of the packed buffer at once
+_APPEND_CHUNK_EVENTS = 1024  # prepared events handed to the log in one call
+_BIG_EVENT = 64 << 10  # events with more JSON text than this are sanitised one chunk at a time
+_big_events = threading.Lock()
+MAX_LISTED_ERRORS = 20  # per HTTP answer: the first refused events, then counts only
+_MAX_DETAIL = 160  # characters of an error's detail (never request bytes: see _err)
 
 
 class ReceiptLike(Protocol):
@@ -84,7 +70,8 @@ class ReceiptLike(Protocol):
 
 
 class Appender(Protocol):
-    """What the server needs from the log: ``HotLog`` implements it."""
+    """What the server needs from the log: ``HotLog`` implements it (and, optionally,
+    ``append_prepared_many`` and the ``sanitiser`` attribute)."""
 
     def append_prepared(self, data_json: bytes, *, wait: bool) -> Any: ...
 
@@ -102,7 +89,7 @@ class IngestMetrics(Protocol):
 
 
 class _Batch:
-    """The outcome of one batch of lines, in input order."""
+    """The outcome of one batch of socket lines, in input order."""
 
     __slots__ = ("accepted", "rejected", "results", "storage_failures")
 
@@ -113,22 +100,70 @@ class _Batch:
         self.storage_failures = 0
 
 
+@dataclass
+class RequestResult:
+    """The answer to one HTTP request: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 def _ok(receipt: Any) -> bytes:
     return b'{"ok":true,"seq":%d,"hash":"%s"}' % (receipt.seq, receipt.hash.encode())
 
 
+def _short(detail: str) -> str:
+    # Details come from the parser and the sanitiser (positions, sizes, type names), never
+    # from the request's bytes; they are still cut short so that answers stay small.
+    return detail if len(detail) <= _MAX_DETAIL else detail[:_MAX_DETAIL - 3] + "..."
+
+
 def _err(line_no: int, reason: str, detail: str) -> bytes:
-    return orjson.dumps({"ok": False, "line": line_no, "error": f"{reason}: {detail}"})
+    # formatted, not orjson.dumps'd whole: orjson's result keeps a 4 KiB allocation however
+    # short it is, and a batch of bad lines holds thousands of these until answered
+    return b'{"ok":false,"line":%d,"error":%s}' % (line_no, orjson.dumps(f"{reason}: {_short(detail)}"))
+
+
+def _naming(key: str, what: str, exc: OSError) -> OSError:
+    """The same error (same type, errno) with one line that names the setting."""
+    detail = exc.strerror or str(exc)
+    return type(exc)(exc.errno or errno.EADDRNOTAVAIL, f"{key}: {what}: {detail}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Refusals:
+    """Refused events of one request: counts per reason and the first few, compactly."""
+
+    __slots__ = ("by_reason", "count", "listed")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.by_reason: dict[str, int] = {}
+        self.listed: list[dict[str, Any]] = []
+
+    def add(self, event_no: int, reason: str, detail: str) -> None:
+        self.count += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if len(self.listed) < MAX_LISTED_ERRORS:
+            self.listed.append({"event": event_no, "error": f"{reason}: {_short(detail)}"})
 
 
 class IngestServer:
-    """NDJSON ingest over a Unix socket and/or localhost HTTP, acknowledging durable events.
+    """Events over a Unix socket and/or HTTP, acknowledged once durable.
 
     ``start()`` binds and serves on background threads; ``stop(grace)`` stops accepting and
     lets in-flight batches finish (up to ``grace`` seconds).  Thread-safe.
 
     ``backpressure`` is called before every socket read and HTTP request (and every 50 ms
-    per blocked connection): it must be cheap, e.g. return a flag the shipper maintains."""
+    per blocked connection): it must be cheap, e.g. return a flag the shipper maintains.
+
+    The sanitiser is the log's own (``appender.sanitiser``, the default one otherwise): ingest
+    never applies rules of its own making.  ``max_event_bytes`` is checked on top of it."""
 
     def __init__(
         self,
@@ -142,13 +177,15 @@ class IngestServer:
         max_event_bytes: int = 1 << 20,
         backpressure: Callable[[], str | None] = lambda: None,
         metrics: IngestMetrics | None = None,
-        sanitiser: Sanitiser | None = None,
         max_connections: int = 1024,
+        request_timeout: float = 30.0,
     ) -> None:
         if socket_path is None and http_listen is None:
             raise ValueError("IngestServer needs socket_path, http_listen or both")
         if max_request_bytes < 1 or max_event_bytes < 1:
             raise ValueError("size limits must be positive")
+        if max_connections < 1 or request_timeout <= 0:
+            raise ValueError("max_connections and request_timeout must be positive")
         if token is not None and not token:
             raise ValueError("an empty bearer token would accept anything; pass None to disable")
         self.appender = appender
@@ -165,8 +202,9 @@ class IngestServer:
         self.backpressure = backpressure
         self.metrics = metrics
         # the log's own sanitiser (HotLog.sanitiser), so ingest stores what append would
-        self.sanitiser = sanitiser or sanitiser_of(appender, max_event_bytes)
+        self.sanitiser: Sanitiser = sanitiser_of(appender, max_event_bytes)
         self.max_connections = max_connections
+        self.request_timeout = request_timeout
 
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -177,7 +215,7 @@ class IngestServer:
         self._unix_ino: tuple[int, int] | None = None
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
-        self._http: _HTTPServer | None = None
+        self._http: Any = None  # pipeline.ingest.http.HttpFront
 
     @classmethod
     def from_config(cls, appender: Appender, config: Any, *,
@@ -188,6 +226,7 @@ class IngestServer:
         return cls(appender, socket_path=config.socket, socket_mode=config.socket_mode,
                    http_listen=config.http, token=config.read_token(),
                    max_request_bytes=config.max_request_bytes, max_event_bytes=config.max_event_bytes,
+                   max_connections=config.max_connections, request_timeout=config.request_timeout,
                    backpressure=backpressure, metrics=metrics)
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,16 +238,21 @@ class IngestServer:
             self._started = True
         try:
             if self.socket_path is not None:
-                self._unix_sock = self._bind_unix(self.socket_path)
+                try:
+                    self._unix_sock = self._bind_unix(self.socket_path)
+                except OSError as exc:
+                    raise _naming("ingest.socket", f"cannot listen on {self.socket_path}", exc) from exc
                 t = threading.Thread(target=self._accept_loop, name="ingest-unix-accept", daemon=True)
                 t.start()
                 self._threads.append(t)
             if self._http_listen is not None:
-                self._http = _HTTPServer(self._http_listen, _Handler, self)
-                t = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
-                                     name="ingest-http", daemon=True)
-                t.start()
-                self._threads.append(t)
+                from pipeline.ingest.http import HttpFront
+
+                host, port = self._http_listen
+                try:
+                    self._http = HttpFront(self, self._http_listen).start()
+                except OSError as exc:
+                    raise _naming("ingest.http", f"cannot listen on {host}:{port}", exc) from exc
         except BaseException:
             self.stop(0)
             raise
@@ -219,10 +263,7 @@ class IngestServer:
     @property
     def http_address(self) -> tuple[str, int] | None:
         """The bound (host, port): with port 0 in the configuration, the one the OS chose."""
-        if self._http is None:
-            return None
-        host, port = self._http.server_address[:2]
-        return str(host), int(port)
+        return self._http.address if self._http is not None else None
 
     @property
     def stopping(self) -> bool:
@@ -236,8 +277,7 @@ class IngestServer:
             self._stopping.set()
         deadline = time.monotonic() + max(0.0, grace)
         if self._http is not None:
-            self._http.shutdown()  # stops serve_forever: no new connections
-            self._http.server_close()
+            self._http.stop_listening()
         if self._unix_sock is not None:
             with contextlib.suppress(OSError):
                 self._unix_sock.close()
@@ -254,6 +294,8 @@ class IngestServer:
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
+        if self._http is not None:
+            self._http.close(max(0.1, deadline - time.monotonic()))
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -282,14 +324,78 @@ class IngestServer:
             if self._inflight == 0:
                 self._idle.notify_all()
 
+    def _prepare(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
+        """The log's sanitiser on each raw JSON text, plus ingest's own ``max_event_bytes``.
+
+        Parsing an event costs up to ~25x its text in Python objects for pathological
+        shapes (a list of a million one-character strings): chunks holding a big event are
+        sanitised one at a time in the process, so that concurrent requests cannot
+        multiply that cost."""
+        if any(len(r) > _BIG_EVENT for r in raws):
+            with _big_events:
+                return self._prepare_unlocked(raws)
+        return self._prepare_unlocked(raws)
+
+    def _prepare_unlocked(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
+        limit = self.max_event_bytes
+        out: list[bytes | InvalidEvent] = []
+        short = [r for r in raws if len(r) <= 2 * limit]
+        done = iter(self.sanitiser.prepare_json_many(short) if len(short) == len(raws) else
+                    [self._prepare_one(r) for r in raws])
+        for data in done:
+            if isinstance(data, InvalidEvent):
+                # The traceback holds the sanitiser's frame, whose list holds the exception:
+                # a cycle only the garbage collector frees.  A body of bad lines would pile
+                # them up (the cause of issue 13's 3,000 bytes per request byte).
+                data.__traceback__ = None
+            elif len(data) > limit:
+                data = InvalidEvent("too-large", f"event is {len(data)} bytes serialised, over the limit of {limit}")
+            out.append(data)
+        return out
+
+    def _prepare_one(self, raw: bytes) -> bytes | InvalidEvent:
+        if len(raw) > 2 * self.max_event_bytes:
+            return InvalidEvent("too-large", f"event text is {len(raw)} bytes, over twice the limit of "
+                                             f"{self.max_event_bytes}")
+        try:
+            return self.sanitiser.prepare_json(raw)
+        except InvalidEvent as exc:
+            return exc
+
+    def _append(self, items: list[bytes]) -> list[Any]:
+        """Append prepared events without waiting: a receipt or the exception per item."""
+        many = getattr(self.appender, "append_prepared_many", None)
+        if many is not None:
+            # one lock acquisition for the whole batch instead of one per event
+            return list(many(items))
+        outcomes: list[Any] = []
+        for d in items:
+            try:
+                outcomes.append(self.appender.append_prepared(d, wait=False))
+            except Exception as exc:  # HotLogError and anything else: not in the log
+                outcomes.append(exc)
+        return outcomes
+
     def process(self, lines: list[tuple[int, bytes]]) -> _Batch:
         """Validate and append ``(line_no, raw)`` pairs, wait until the appended ones are
-        durable, and return one result per pair.  Exposed for tests and embedding."""
+        durable, and return one result per pair (the socket's semantics: lines are
+        independent).  Lines are validated and appended ``_PREPARE_CHUNK`` at a time (what
+        is alive per line is then only its answer), with one wait for durability at the
+        end.  Exposed for tests and embedding; keep batches to some thousands of lines."""
         batch = _Batch()
         pending: list[tuple[int, Any, int]] = []  # (index in results, receipt, data bytes)
+        for at in range(0, len(lines), _PREPARE_CHUNK):
+            self._process_chunk(batch, lines, at, pending)
+        if pending:
+            self._wait_durable(batch, lines, pending)
+        return batch
+
+    def _process_chunk(self, batch: _Batch, lines: list[tuple[int, bytes]], at: int,
+                       pending: list[tuple[int, Any, int]]) -> None:
+        part = lines[at:at + _PREPARE_CHUNK]
         prepared: list[tuple[int, int, bytes]] = []  # (index in results, line_no, data)
-        checked = self.sanitiser.prepare_json_many([raw for _n, raw in lines])
-        for (line_no, _raw), data in zip(lines, checked, strict=True):
+        checked = self._prepare([raw for _n, raw in part])
+        for (line_no, _raw), data in zip(part, checked, strict=True):
             if isinstance(data, InvalidEvent):
                 batch.results.append(_err(line_no, data.reason, data.detail))
                 batch.rejected += 1
@@ -298,18 +404,8 @@ class IngestServer:
                 continue
             prepared.append((len(batch.results), line_no, data))
             batch.results.append(b"")  # filled in once durable
-        many = getattr(self.appender, "append_prepared_many", None)
-        outcomes: list[Any]
-        if many is not None:
-            # one lock acquisition for the whole batch instead of one per event
-            outcomes = list(many([d for _i, _l, d in prepared]))
-        else:
-            outcomes = []
-            for _i, _l, d in prepared:
-                try:
-                    outcomes.append(self.appender.append_prepared(d, wait=False))
-                except Exception as exc:  # HotLogError and anything else: not in the log
-                    outcomes.append(exc)
+        del checked
+        outcomes = self._append([d for _i, _l, d in prepared])
         for (idx, line_no, data), outcome in zip(prepared, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 batch.results[idx] = _err(line_no, "unavailable", _describe(outcome))
@@ -319,9 +415,6 @@ class IngestServer:
                     self.metrics.observe_rejected("unavailable")
                 continue
             pending.append((idx, outcome, len(data)))
-        if pending:
-            self._wait_durable(batch, lines, pending)
-        return batch
 
     def _wait_durable(self, batch: _Batch, lines: list[tuple[int, bytes]],
                       pending: list[tuple[int, Any, int]]) -> None:
@@ -353,6 +446,101 @@ class IngestServer:
                 nbytes += n
         if self.metrics is not None and batch.accepted:
             self.metrics.observe_appended(batch.accepted, nbytes)
+
+    # ------------------------------------------------------------------ one HTTP request
+
+    def ingest_body(self, holder: list[bytes], framing: str) -> RequestResult:
+        """Store every event of one decoded request body, or none (docs/INGEST.md).
+
+        ``holder`` is a one-item list with the body: it is emptied as soon as the events
+        are validated, so that the body's memory is released before the events are
+        appended.  Blocking (appends and the wait for durability): call it off the event
+        loop, between ``_enter()`` and ``_leave()``."""
+        body = holder.pop()
+        packed = bytearray()  # every validated event, each followed by "\n" (never inside one)
+        count = 0
+        refused = _Refusals()
+        partial = False  # validation stopped early: more events may be refused than listed
+        try:
+            max_line = 2 * min(self.max_event_bytes, self.sanitiser.max_event_bytes)
+            for chunk in iter_events(body, framing, max_line):
+                checked = self._prepare([raw for _n, raw in chunk])
+                for (n, _raw), data in zip(chunk, checked, strict=True):
+                    if isinstance(data, InvalidEvent):
+                        refused.add(n, data.reason, data.detail)
+                    elif not refused.count:  # once one is refused nothing will be stored
+                        packed += data
+                        packed += b"\n"
+                        count += 1
+                del checked, chunk
+                if refused.count >= MAX_LISTED_ERRORS:
+                    # nothing will be stored: enough to tell the sender what to fix, without
+                    # spending CPU on every line of a body of garbage
+                    partial = True
+                    break
+        except FramingError as exc:
+            refused.add(exc.event, exc.reason, exc.detail)
+        del body
+        if self.metrics is not None:
+            for reason, k in refused.by_reason.items():
+                self.metrics.observe_rejected(reason, k)
+        if refused.count:
+            return RequestResult(422, {
+                "error": f"{refused.count} event(s) refused; nothing from this request was stored "
+                         "(fix or drop the refused events and send the others again)",
+                "accepted": 0, "rejected": refused.count, "reasons": refused.by_reason,
+                "errors": refused.listed, "checked_all": not partial})
+        if not count:
+            return RequestResult(400, {"error": "no events in the request body; nothing was stored",
+                                       "accepted": 0})
+        return self._store_packed(packed, count)
+
+    def _store_packed(self, packed: bytearray, count: int) -> RequestResult:
+        first: Any = None
+        last: Any = None
+        failure: str | None = None
+        pos = 0
+        view = memoryview(packed)
+        try:
+            while pos < len(packed):
+                stop = packed.find(b"\n", min(len(packed) - 1, pos + _APPEND_CHUNK_BYTES)) + 1
+                region = bytes(view[pos:stop - 1]).split(b"\n")
+                pos = stop
+                # at most _APPEND_CHUNK_EVENTS per call: the log's queue is bounded between
+                # calls (max_pending_bytes), not within one
+                for i in range(0, len(region), _APPEND_CHUNK_EVENTS):
+                    for outcome in self._append(region[i:i + _APPEND_CHUNK_EVENTS]):
+                        if isinstance(outcome, BaseException):
+                            failure = _describe(outcome)
+                            break
+                        if first is None:
+                            first = outcome
+                        last = outcome
+                    if failure is not None:
+                        break
+                if failure is not None:
+                    break
+        finally:
+            view.release()
+        if failure is None:
+            try:
+                self.appender.wait_durable(last)
+            except Exception as exc:
+                failure = _describe(exc)
+        if failure is not None:
+            log.warning("ingest: request not stored", extra={"error": failure})
+            if self.metrics is not None:
+                self.metrics.observe_rejected("unavailable", count)
+            body: dict[str, Any] = {"error": f"unavailable: the log could not store this request: {failure}"}
+            if first is not None:
+                # Some events were handed to the log and may be durable: say so, a retry
+                # may store them a second time (visible as duplicates, never a loss).
+                body["maybe_stored"] = {"first_seq": first.seq, "last_seq": last.seq}
+            return RequestResult(503, body, {"Retry-After": "1"})
+        if self.metrics is not None:
+            self.metrics.observe_appended(count, len(packed) - count)
+        return RequestResult(200, {"accepted": count, "first_seq": first.seq, "last_seq": last.seq,
+                                   "last_hash": last.hash})
 
     # ------------------------------------------------------------------ Unix socket
 
@@ -446,6 +634,8 @@ class IngestServer:
         except OSError as exc:
             if not self._stopping.is_set():
                 log.info("ingest: connection closed", extra={"error": _describe(exc)})
+        except Exception:  # into the structured log, never a raw traceback from the thread
+            log.exception("ingest: connection failed")
         finally:
             with self._lock:
                 self._conns.discard(conn)
@@ -491,6 +681,8 @@ class IngestServer:
                         eof = True
                         break
                     buf += more
+            # Lines are taken and answered in batches of at most _SOCKET_BATCH_LINES: what a
+            # round holds beyond the buffer itself is bounded whatever the lines look like.
             lines: list[tuple[int, bytes]] = []
             start = 0
             while True:
@@ -506,6 +698,9 @@ class IngestServer:
                 if raw.strip():
                     line_no += 1
                     lines.append((line_no, raw))
+                    if len(lines) >= _SOCKET_BATCH_LINES:
+                        self._answer(conn, lines)
+                        lines = []
             del buf[:start]
             if eof and buf and not discarding:
                 raw = bytes(buf).rstrip(b"\r").lstrip(b"\x1e")
@@ -546,174 +741,37 @@ class IngestServer:
         finally:
             self._leave()
 
-    # ------------------------------------------------------------------ HTTP
+    # ------------------------------------------------------------------ HTTP authentication
 
-    def _check_token(self, header: str | None) -> bool:
+    def check_authorization(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the token: ``Bearer <token>``, or
+        ``Basic`` with the token as the password (any user name), for clients that only
+        speak Basic (Python's ``logging.handlers.HTTPHandler``, Fluent Bit's http_Passwd).
+        Always true without a configured token."""
         if self._token is None:
             return True
         if header is None:
             return False
         scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
+        value = value.strip()
+        if scheme.lower() == "basic":
+            import base64
+            import binascii
+
+            try:
+                decoded = base64.b64decode(value.encode("ascii"), validate=True)
+            except (binascii.Error, UnicodeEncodeError):
+                return False
+            _user, colon, password = decoded.partition(b":")
+            if not colon:
+                return False
+            value_b = password
+        elif scheme.lower() == "bearer":
+            try:
+                value_b = value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        else:
             return False
         # constant time: the comparison must not reveal how many leading bytes matched
-        return hmac.compare_digest(value.strip().encode(), self._token)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], ingest: IngestServer) -> None:
-        self.ingest = ingest
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    server_version = "worm-pipeline-ingest"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that sends headers or a body slowly does not hold a thread forever
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # the pipeline's own log, not stderr noise, and never mixed with the audit stream
-        log.debug("http: " + format, *args)
-
-    def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None,
-              *, close: bool = False) -> None:
-        payload = orjson.dumps(body) + b"\n"
-        # counted before the answer goes out: a client that reads the metrics after its
-        # answer must find its request there
-        metrics = self.server.ingest.metrics
-        if metrics is not None:
-            metrics.observe_request("http", str(code))
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0]
-
-    def _not_allowed(self) -> None:
-        if self._path() == EVENTS_PATH:
-            self._send(405, {"error": f"method {self.command} not allowed, use POST"}, {"Allow": "POST"})
-        else:
-            self._send(404, {"error": f"no such path, events go to POST {EVENTS_PATH}"})
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
-
-    def handle_expect_100(self) -> bool:
-        # curl sends "Expect: 100-continue" before large bodies: refuse an oversized one
-        # here, before the client sends it, instead of inviting it and then refusing it
-        ingest = self.server.ingest
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = 0
-        if length > ingest.max_request_bytes and self._path() == EVENTS_PATH:
-            self._too_large(length)
-            return False
-        return super().handle_expect_100()
-
-    def _too_large(self, length: int) -> None:
-        ingest = self.server.ingest
-        self._send(413, {"error": f"request body of {length} bytes is over the limit of "
-                                  f"{ingest.max_request_bytes}"}, close=True)
-        # Lingering close: closing a socket with unread input makes the kernel send RST,
-        # which can destroy the 413 before the client reads it.  Half-close, then discard
-        # (never store) a bounded amount of what the client had already sent.
-        with contextlib.suppress(OSError):
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.5)
-            budget = 1 << 20
-            while budget > 0:
-                chunk = self.connection.recv(min(65536, budget))
-                if not chunk:
-                    break
-                budget -= len(chunk)
-
-    def do_POST(self) -> None:
-        ingest = self.server.ingest
-        if self._path() != EVENTS_PATH:
-            self._send(404, {"error": f"no such path, events go to POST {EVENTS_PATH}"}, close=True)
-            return
-        if ingest.stopping:
-            self._send(503, {"error": "stopping: the sidecar is shutting down"}, {"Retry-After": "5"}, close=True)
-            return
-        if not ingest._check_token(self.headers.get("Authorization")):
-            err = "invalid_token" if self.headers.get("Authorization") else "invalid_request"
-            self._send(401, {"error": "unauthorized: a valid bearer token is required"},
-                       {"WWW-Authenticate": f'Bearer realm="worm-pipeline", error="{err}"'}, close=True)
-            return
-        length_s = self.headers.get("Content-Length")
-        if length_s is None or self.headers.get("Transfer-Encoding"):
-            self._send(411, {"error": "length required: send Content-Length (chunked bodies are not accepted)"},
-                       close=True)
-            return
-        try:
-            length = int(length_s)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self._send(400, {"error": f"bad Content-Length {length_s!r}"}, close=True)
-            return
-        if length > ingest.max_request_bytes:
-            # the body is never read: close so that it is not taken for the next request
-            self._too_large(length)
-            return
-        ctype = (self.headers.get("Content-Type") or "application/x-ndjson").split(";", 1)[0].strip().lower()
-        if ctype not in _ACCEPTED_TYPES:
-            self._send(415, {"error": f"unsupported content type {ctype!r}, send application/x-ndjson"}, close=True)
-            return
-        reason = ingest.backpressure()
-        if reason is not None:
-            self._send(429, {"error": f"backpressure: {reason}"}, {"Retry-After": "1"}, close=True)
-            return
-        if not ingest._enter():
-            self._send(503, {"error": "stopping: the sidecar is shutting down"}, {"Retry-After": "5"}, close=True)
-            return
-        try:
-            body = self.rfile.read(length)
-            if len(body) != length:
-                self.close_connection = True  # client went away mid-body; nothing was appended
-                return
-            lines = _split_body(body, json_seq=ctype == "application/json-seq")
-            batch = ingest.process(lines)
-            out = {"accepted": batch.accepted, "rejected": batch.rejected,
-                   "results": [orjson.Fragment(r) for r in batch.results]}
-            if batch.storage_failures and not batch.accepted:
-                self._send(503, out, {"Retry-After": "1"})
-            else:
-                self._send(200, out)
-        finally:
-            ingest._leave()
-
-
-def _split_body(body: bytes, *, json_seq: bool) -> list[tuple[int, bytes]]:
-    parts = body.split(b"\x1e") if json_seq else body.split(b"\n")
-    out: list[tuple[int, bytes]] = []
-    n = 0
-    for part in parts:
-        raw = part.strip(b"\r\n\x1e") if json_seq else part.rstrip(b"\r").lstrip(b"\x1e")
-        if raw.strip():
-            n += 1
-            out.append((n, raw))
-    return out
+        return hmac.compare_digest(value_b, self._token)
