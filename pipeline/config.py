@@ -304,7 +304,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "compression_level": _Key(_integer(1, 22), 1),
         "compression_threads": _Key(_integer(0, 64), 2),
         "storage_class": _Key(_optional(_string()), None),
-        "sse": _Key(_optional(_choice("AES256", "aws:kms")), "AES256"),
+        "sse": _Key(_optional(_choice("AES256", "aws:kms")), None),
         "kms_key_id": _Key(_optional(_string()), None),
         "upload_concurrency": _Key(_integer(1, 256), 4),
         "legal_hold": _Key(_boolean, False),
@@ -366,7 +366,7 @@ class ColdConfig:
     compression_level: int = 1  # measured faster and smaller than 3 on audit records (BENCHMARKS.md)
     compression_threads: int = 2
     storage_class: str | None = None
-    sse: str | None = "AES256"
+    sse: str | None = None  # None: the bucket's default encryption applies (docs/COLD.md)
     kms_key_id: str | None = None
     upload_concurrency: int = 4
     legal_hold: bool = False
@@ -609,7 +609,7 @@ def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tu
         return entry[1] if entry else f"{section}.{key}"
 
     cold, ingest, hot = values["cold"], values["ingest"], values["hot"]
-    if cold.get("kms_key_id") is not None and "sse" in cold and cold["sse"] != "aws:kms":
+    if cold.get("kms_key_id") is not None and cold.get("sse") not in (None, "aws:kms"):
         problems.append(f"{label('cold', 'kms_key_id')}: needs cold.sse = \"aws:kms\", got sse {_show(cold['sse'])}")
     if "max_event_bytes" in ingest and "max_request_bytes" in ingest \
             and ingest["max_event_bytes"] > ingest["max_request_bytes"]:
