@@ -95,5 +95,5 @@ def test_config_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PIPELINE_COLD_SSE", "AES256")
     assert load_config(_cfg(tmp_path)).cold.settings().sse == "AES256"
     monkeypatch.setenv("PIPELINE_COLD_KMS_KEY_ID", OTHER_KEY)
-    with pytest.raises(ConfigError, match="KMS_KEY_ID: needs cold.sse"):
+    with pytest.raises(ConfigError, match=r"KMS_KEY_ID: needs cold\.sse"):
         load_config(_cfg(tmp_path))
