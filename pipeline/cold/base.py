@@ -137,6 +137,8 @@ class ObjectStat:
     checksum_parts: int = 0  # >0: S3 composite (multipart) checksum over this many parts
     archived: bool = False  # must be restored before it can be read
     restore: str | None = None  # S3 x-amz-restore / Azure archive status, as reported
+    sse: str | None = None  # S3 ServerSideEncryption as reported ("aws:kms", "AES256"); None: not reported
+    sse_kms_key_id: str | None = None  # S3 SSEKMSKeyId (a key ARN) for aws:kms objects
 
     @property
     def segment_metadata(self) -> dict[str, str]:

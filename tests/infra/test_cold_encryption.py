@@ -97,3 +97,48 @@ def test_config_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PIPELINE_COLD_KMS_KEY_ID", OTHER_KEY)
     with pytest.raises(ConfigError, match=r"KMS_KEY_ID: needs cold\.sse"):
         load_config(_cfg(tmp_path))
+
+
+def _verify_tier(hot: Path, endpoint: str, bucket: str) -> dict[str, Any]:
+    import json
+
+    p = subprocess.run([sys.executable, "-m", "pipeline", "verify-tier", "--hot", str(hot), "--json", "--cold",
+                        f"s3://{bucket}/p?endpoint_url={endpoint}&region=us-east-1"],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode in (0, 1), p.stderr
+    return dict(json.loads(p.stdout))
+
+
+def _codes(report: dict[str, Any]) -> list[str]:
+    out = [f["code"] for f in report.get("findings", [])]
+    for st in report.get("streams", []):
+        out += [f["code"] for f in st.get("findings", [])]
+    return out
+
+
+def test_verify_tier_reports_objects_encrypted_otherwise(hot_dir: Path, moto_endpoint: str) -> None:
+    bucket, _ = kms_bucket(moto_endpoint)
+    write_events(hot_dir, 200, max_bytes=16 * 1024)
+    heads = ship(hot_dir, moto_endpoint, bucket)
+    assert "encryption-differs" not in _codes(_verify_tier(hot_dir, moto_endpoint, bucket))
+    # one object re-encrypted with another key (a new version over the same key, as S3 allows)
+    c = s3_client(moto_endpoint)
+    victim = c.list_objects_v2(Bucket=bucket, Prefix="p/app/")["Contents"][0]["Key"]
+    body = c.get_object(Bucket=bucket, Key=victim)
+    c.put_object(Bucket=bucket, Key=victim, Body=body["Body"].read(), Metadata=body["Metadata"],
+                 ServerSideEncryption="aws:kms", SSEKMSKeyId=OTHER_KEY)
+    codes = _codes(_verify_tier(hot_dir, moto_endpoint, bucket))
+    assert codes.count("encryption-differs") == 1, codes
+    assert len(heads) >= 2, "the other objects keep the bucket's key and are not reported"
+
+
+def test_expected_encryption_configured_wins_over_the_bucket_default(moto_endpoint: str) -> None:
+    from pipeline.cold import open_store
+
+    bucket, key = kms_bucket(moto_endpoint)
+    url = f"s3://{bucket}/p?endpoint_url={moto_endpoint}&region=us-east-1"
+    assert open_store(url, ColdSettings(retention_days=1)).expected_encryption() == ("aws:kms", key)
+    assert open_store(url, ColdSettings(retention_days=1, sse="AES256")).expected_encryption() == ("AES256", None)
+    plain = make_bucket(moto_endpoint)
+    got = open_store(f"s3://{plain}/p?endpoint_url={moto_endpoint}", ColdSettings(retention_days=1))
+    assert got.expected_encryption() in (None, ("AES256", None))  # S3 now encrypts every bucket with SSE-S3
