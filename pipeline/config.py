@@ -112,8 +112,16 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        from pipeline.cold.errors import mask_credentials
+
+        return mask_credentials(json.dumps(value))  # a refused URL may carry user-info
     return repr(value)
+
+
+def _mask(text: str) -> str:
+    from pipeline.cold.errors import mask_credentials
+
+    return mask_credentials(text)
 
 
 _Parser = Callable[[Any, bool], Any]  # (value, from_env) -> typed value, or raise _Bad
@@ -256,8 +264,11 @@ def _cold_url(v: Any, env: bool) -> str:
     scheme = parts.scheme.lower()
     if scheme not in _ALLOWED_URL_QUERY:
         raise _Bad(expected)
-    if parts.username or parts.password:
+    from pipeline.cold.errors import url_has_credentials
+
+    if parts.username or parts.password or url_has_credentials(v):
         # shown without the value: it would print the credentials we are refusing
+        # (url_has_credentials also finds them in a nested endpoint_url)
         raise _Bad(expected + " without credentials (use the standard credential chains)", "a URL with credentials")
     if scheme == "file":
         if parts.netloc or not parts.path.startswith("/"):
@@ -475,6 +486,11 @@ class Config:
                     v = _format_duration(v)
                 entries[f.name] = v
             out[section] = entries
+        from pipeline.cold.errors import mask_credentials
+
+        if out["cold"]["url"] is not None:
+            out["cold"]["url"] = mask_credentials(out["cold"]["url"])
+        out["signing"]["witnesses"] = [mask_credentials(w) for w in out["signing"]["witnesses"]]
         if self.ingest.token_file is not None:
             out["ingest"]["token"] = "<redacted>"  # noqa: S105 - a placeholder, not a secret
         return out
@@ -563,7 +579,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
             try:
                 values[section][key] = spec.parse(value, from_env)
             except _Bad as bad:
-                shown = bad.shown if bad.shown is not None else _show(value)
+                shown = _mask(bad.shown) if bad.shown is not None else _show(value)
                 problems.append(f"{label}: expected {bad.expected}, got {shown}")
 
     # keys that failed to parse are absent from `values`; the cross checks skip them so that
