@@ -412,3 +412,22 @@ def test_aws_lifecycle_aborts_incomplete_multipart_and_never_archives(aws: dict[
     assert not classes & {"GLACIER", "DEEP_ARCHIVE"}
     # The lifecycle rule must not expire anything inside the retention period.
     assert "expiration" not in rule
+
+
+def test_azure_private_endpoint_option_disables_public_access(azure: dict[str, Any]) -> None:
+    account = _one(azure, "resource", "azurerm_storage_account", "logs")
+    assert account["public_network_access_enabled"] == "${var.private_endpoint_subnet_id == null}"
+    pe = _one(azure, "resource", "azurerm_private_endpoint", "blob")
+    assert pe["count"] == "${var.private_endpoint_subnet_id == null ? 0 : 1}"
+    conn = _single(pe, "private_service_connection")
+    assert conn["subresource_names"] == ["blob"] and conn["is_manual_connection"] is False
+    assert conn["private_connection_resource_id"] == "${azurerm_storage_account.logs.id}"
+    variables = {k: v for entry in azure["variable"] for k, v in entry.items()}
+    assert variables["private_endpoint_subnet_id"]["default"] is None
+
+
+def test_azure_auditor_reader_role_is_read_only(azure: dict[str, Any]) -> None:
+    auditor = _one(azure, "resource", "azurerm_role_assignment", "auditor")
+    assert auditor["role_definition_name"] == "Storage Blob Data Reader"
+    assert auditor["scope"] == "${azurerm_storage_account.logs.id}"
+    assert "auditor_principal_ids" in auditor["for_each"]
