@@ -242,6 +242,11 @@ resource "aws_s3_bucket_logging" "locked" {
   bucket        = each.value.id
   target_bucket = aws_s3_bucket.access_logs.id
   target_prefix = "${each.value.id}/"
+
+  # S3 checks the target's permissions on PutBucketLogging (InvalidTargetBucketForLogging):
+  # the access-log bucket's policy granting logging.s3.amazonaws.com must exist first.
+  # Found by applying the module to moto's server (tests/infra/test_terraform_validate.py).
+  depends_on = [aws_s3_bucket_policy.access_logs]
 }
 
 resource "aws_s3_bucket_notification" "locked" {
