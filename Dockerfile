@@ -30,6 +30,9 @@
 # Pin by tag here; production builds should additionally pin the digest
 # (python:3.11-slim-bookworm@sha256:...) and rebuild on base-image security updates.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The runtime stage's base: the same image unless given (tests/infra/test_image_build.py
+# builds with a Debian bookworm pair made by debootstrap, where no registry is reachable).
+ARG RUNTIME_IMAGE=${PYTHON_IMAGE}
 
 FROM ${PYTHON_IMAGE} AS builder
 
@@ -50,19 +53,26 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Only what the wheel is built from; everything else stays out of the build context
-# (.dockerignore) and out of the image.
-COPY pyproject.toml setup.py README.md ./
+# (.dockerignore) and out of the image.  requirements.lock pins every runtime dependency
+# with its hashes (regenerate it with the command at its top when pyproject.toml changes).
+COPY pyproject.toml setup.py README.md LICENSE requirements.lock ./
 COPY pipeline/ pipeline/
 
 # tests/test_dockerfile.py replays these steps in a fresh venv: keep them plain
-# `&&`-joined commands.
+# `&&`-joined commands.  Dependencies come from the lock only (--require-hashes, binary
+# wheels); the project itself is installed with --no-deps, and `pip check` proves the lock
+# satisfies it.  pip and setuptools are then removed from the venv: the runtime image
+# cannot install anything.
 RUN python -m venv /opt/worm-pipeline \
+    && /opt/worm-pipeline/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock \
     && /opt/worm-pipeline/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/worm-pipeline/bin/pip install --no-cache-dir /tmp/wheels/worm_pipeline-*.whl \
+    && /opt/worm-pipeline/bin/pip install --no-cache-dir --no-deps /tmp/wheels/worm_pipeline-*.whl \
+    && /opt/worm-pipeline/bin/pip check \
     && /opt/worm-pipeline/bin/python -P -c "import pipeline._native" \
-    && /opt/worm-pipeline/bin/pipeline --help
+    && /opt/worm-pipeline/bin/pipeline --version \
+    && /opt/worm-pipeline/bin/pip uninstall --yes pip setuptools
 
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="worm-pipeline" \
       org.opencontainers.image.description="Tamper-evident audit logs: append-only hot tier, shipper to S3 Object Lock / Azure immutable blobs" \
@@ -71,7 +81,12 @@ LABEL org.opencontainers.image.title="worm-pipeline" \
 # uid/gid 10001: the default, unprivileged identity.  The state directories are
 # group-writable and setgid for gid 10001 so that a container run as uid 0 with group
 # 10001 and no CAP_DAC_OVERRIDE (the append-only mode above) can still write them.
-RUN groupadd --system --gid 10001 worm \
+# The official python image carries pip and setuptools in its system Python: remove them
+# (a Debian base without python3-pip has none, and `python -m pip` fails there).
+RUN if python -m pip --version >/dev/null 2>&1; then \
+        python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel; \
+    fi \
+    && groupadd --system --gid 10001 worm \
     && useradd --system --uid 10001 --gid worm --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin worm \
     && install -d -o 10001 -g 10001 -m 2770 /var/lib/worm-pipeline /var/lib/worm-pipeline/hot \

@@ -234,25 +234,87 @@ def write_key_pair(signer: Signer, out_dir: Path) -> tuple[Path, Path]:
     return key_path, pub_path
 
 
+# The kubelet writes a Secret volume through its "atomic writer": every file in the mount
+# is a symlink through ``..data`` to a timestamped directory ``..YYYY_MM_DD_...``.  With a
+# pod-level fsGroup it also adds the group read bit to every file (kubernetes#57923), so
+# mode 0400 becomes 0440 and no defaultMode can avoid it.  Access to such a file is
+# decided by which containers mount the volume, not by its mode bits.
+KUBELET_DATA_LINK = "..data"
+
+
+def _kubelet_projected(path: Path, st: os.stat_result) -> bool:
+    """True when ``path`` is a file of a Kubernetes Secret/projected volume: reached through
+    the kubelet's ``..data`` symlink in its own directory, owned by root, on a read-only
+    mount.  An attacker able to fake this layout could already write the key itself."""
+    link = path.parent / KUBELET_DATA_LINK
+    if not link.is_symlink() or st.st_uid != 0:
+        return False
+    try:
+        real = path.resolve(strict=True)
+        data_dir = link.resolve(strict=True)
+        ro = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    return ro and real.parent == data_dir and data_dir.parent == path.parent.resolve()
+
+
+def check_key_file_mode(path: Path, st: os.stat_result) -> None:
+    """Refuse a key file that another account may read or any account but its owner may write.
+
+    Allowed: no group or other bits at all; or group read only (no write, no execute, nothing
+    for others) on a file the kubelet projected from a Secret (``_kubelet_projected``).
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return
+    if mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO) == 0 and _kubelet_projected(path, st):
+        return
+    raise NoteError(f"key file {path} is accessible by group or others (mode {mode:o}); chmod 600 it, "
+                    "or mount it from a Kubernetes Secret volume into the sidecar container only")
+
+
 def load_signer(path: Path | str | None = None, *, env: str = ENV_SIGNING_KEY) -> Signer:
     """Load a signer from ``path`` or, when none is given, from environment variable ``env``.
 
-    A key file readable by group or others is refused: a signing key that leaked to another
-    account no longer proves anything.
+    A key file readable by group or others is refused (``check_key_file_mode``): a signing
+    key that leaked to another account no longer proves anything.  Every failure is a
+    one-line NoteError that names the file or variable and never the key.
     """
     if path is None:
         value = os.environ.get(env)
         if not value:
             raise NoteError(f"no signing key: pass a key file or set {env}")
-        return Signer.from_string(value)
+        try:
+            return Signer.from_string(value.strip())
+        except NoteError as exc:
+            raise NoteError(f"{env}: {exc}") from None
     p = Path(path)
     try:
         st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise NoteError(f"key file {p} is not a regular file")
+        check_key_file_mode(p, st)
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise NoteError(f"cannot read key file {p}: {exc.strerror}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise NoteError(f"key file {p} is accessible by group or others (mode {st.st_mode & 0o777:o}); chmod 600 it")
-    return Signer.from_string(p.read_text())
+        raise NoteError(f"cannot read key file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise NoteError(f"key file {p} is not UTF-8 text") from None
+    try:
+        return Signer.from_string(text.strip())
+    except NoteError as exc:
+        raise NoteError(f"key file {p}: {exc}") from None
+
+
+def configured_signer(key_file: Path | str | None, *, env: str = ENV_SIGNING_KEY) -> Signer | None:
+    """The sidecar's checkpoint signer: ``[signing] key_file`` or the environment variable
+    ``env`` (for a Kubernetes ``secretKeyRef``), None when neither is set.  Both set is
+    refused: which key signs must never be a guess."""
+    in_env = bool(os.environ.get(env))
+    if key_file is not None and in_env:
+        raise NoteError(f"signing key given twice: [signing] key_file and {env}; set only one")
+    if key_file is None and not in_env:
+        return None
+    return load_signer(key_file, env=env)
 
 
 def load_verifiers(paths: Iterable[Path | str]) -> list[Verifier]:

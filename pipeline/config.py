@@ -116,8 +116,16 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        from pipeline.cold.errors import mask_credentials
+
+        return mask_credentials(json.dumps(value))  # a refused URL may carry user-info
     return repr(value)
+
+
+def _mask(text: str) -> str:
+    from pipeline.cold.errors import mask_credentials
+
+    return mask_credentials(text)
 
 
 _Parser = Callable[[Any, bool], Any]  # (value, from_env) -> typed value, or raise _Bad
@@ -260,8 +268,11 @@ def _cold_url(v: Any, env: bool) -> str:
     scheme = parts.scheme.lower()
     if scheme not in _ALLOWED_URL_QUERY:
         raise _Bad(expected)
-    if parts.username or parts.password:
+    from pipeline.cold.errors import url_has_credentials
+
+    if parts.username or parts.password or url_has_credentials(v):
         # shown without the value: it would print the credentials we are refusing
+        # (url_has_credentials also finds them in a nested endpoint_url)
         raise _Bad(expected + " without credentials (use the standard credential chains)", "a URL with credentials")
     if scheme == "file":
         if parts.netloc or not parts.path.startswith("/"):
@@ -369,7 +380,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "compression_level": _Key(_integer(1, 22), 1),
         "compression_threads": _Key(_integer(0, 64), 0),
         "storage_class": _Key(_optional(_string()), None),
-        "sse": _Key(_optional(_choice("AES256", "aws:kms")), "AES256"),
+        "sse": _Key(_optional(_choice("AES256", "aws:kms")), None),
         "kms_key_id": _Key(_optional(_string()), None),
         "upload_concurrency": _Key(_integer(1, 256), 4),
         "legal_hold": _Key(_boolean, False),
@@ -443,7 +454,7 @@ class ColdConfig:
     compression_level: int = 1  # measured faster and smaller than 3 on audit records (BENCHMARKS.md)
     compression_threads: int = 0  # see ColdSettings: memory per upload (docs/BENCHMARKS.md)
     storage_class: str | None = None
-    sse: str | None = "AES256"
+    sse: str | None = None  # None: the bucket's default encryption applies (docs/COLD.md)
     kms_key_id: str | None = None
     upload_concurrency: int = 4
     legal_hold: bool = False
@@ -582,6 +593,11 @@ class Config:
                     v = dict(v)
                 entries[f.name] = v
             out[section] = entries
+        from pipeline.cold.errors import mask_credentials
+
+        if out["cold"]["url"] is not None:
+            out["cold"]["url"] = mask_credentials(out["cold"]["url"])
+        out["signing"]["witnesses"] = [mask_credentials(w) for w in out["signing"]["witnesses"]]
         if self.ingest.token_file is not None:
             out["ingest"]["token"] = "<redacted>"  # noqa: S105 - a placeholder, not a secret
         return out
@@ -670,7 +686,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
             try:
                 values[section][key] = spec.parse(value, from_env)
             except _Bad as bad:
-                shown = bad.shown if bad.shown is not None else _show(value)
+                shown = _mask(bad.shown) if bad.shown is not None else _show(value)
                 problems.append(f"{label}: expected {bad.expected}, got {shown}")
 
     # keys that failed to parse are absent from `values`; the cross checks skip them so that
@@ -717,7 +733,7 @@ def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tu
         return entry[1] if entry else f"{section}.{key}"
 
     cold, ingest, hot = values["cold"], values["ingest"], values["hot"]
-    if cold.get("kms_key_id") is not None and "sse" in cold and cold["sse"] != "aws:kms":
+    if cold.get("kms_key_id") is not None and cold.get("sse") not in (None, "aws:kms"):
         problems.append(f"{label('cold', 'kms_key_id')}: needs cold.sse = \"aws:kms\", got sse {_show(cold['sse'])}")
     if "max_event_bytes" in ingest and "max_request_bytes" in ingest \
             and ingest["max_event_bytes"] > ingest["max_request_bytes"]:

@@ -96,11 +96,13 @@ class Sidecar:
         shipper = self.shipper
         m.track(m.cold_lag_seconds, shipper.cold_lag)
         m.track(m.hot_disk_used_ratio, shipper.disk_used_ratio)
-        if cfg.signing.key_file is not None:
-            from pipeline.checkpoint import load_signer
+        from pipeline.checkpoint import configured_signer
+
+        # [signing] key_file, or PIPELINE_SIGNING_KEY (a Kubernetes secretKeyRef): docs/PROOFS.md
+        signer = configured_signer(cfg.signing.key_file)
+        if signer is not None:
             from pipeline.hot.checkpoints import CheckpointEmitter
 
-            signer = load_signer(cfg.signing.key_file)
             self.emitter = CheckpointEmitter(self.hotlog, Path(cfg.hot.dir) / cfg.hot.stream, signer,
                                              tree_store=self.hotlog.tree_store,  # type: ignore[arg-type]
                                              origin=cfg.signing.origin,

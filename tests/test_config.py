@@ -86,7 +86,7 @@ def test_defaults_with_only_required_key(tmp_path: Path) -> None:
     assert cfg.cold.allow_unlocked is False
     assert (cfg.cold.compression, cfg.cold.compression_level, cfg.cold.compression_threads) == ("zstd", 1, 0)
     assert cfg.cold.storage_class is None and cfg.cold.kms_key_id is None
-    assert cfg.cold.sse == "AES256"
+    assert cfg.cold.sse is None  # no header: the bucket default applies
     assert cfg.cold.upload_concurrency == 4 and cfg.cold.legal_hold is False
     assert cfg.ingest.socket is None and cfg.ingest.http is None and cfg.ingest.token_file is None
     assert cfg.ingest.socket_mode == 0o660
@@ -165,6 +165,7 @@ segment_max_bytes = true
 [cold]
 url = "ftp://example.com/x"
 compression = "gzip"
+sse = "AES256"
 kms_key_id = "k"
 
 [ingest]

@@ -85,9 +85,10 @@ def test_hadolint_clean() -> None:
 def test_shape_of_the_image(stages: dict[str, list[tuple[str, str]]]) -> None:
     assert list(stages) == ["builder", "runtime"]
     base = {rest.split()[0] for stage in stages.values() for word, rest in stage if word == "FROM"}
-    assert base == {"${PYTHON_IMAGE}"}
-    arg = next(rest for word, rest in _instructions(DOCKERFILE.read_text()) if word == "ARG")
-    assert arg == "PYTHON_IMAGE=python:3.11-slim-bookworm", "base image pinned by tag"
+    assert base == {"${PYTHON_IMAGE}", "${RUNTIME_IMAGE}"}
+    args = [rest for word, rest in _instructions(DOCKERFILE.read_text()) if word == "ARG"]
+    assert args[0] == "PYTHON_IMAGE=python:3.11-slim-bookworm", "base image pinned by tag"
+    assert args[1] == "RUNTIME_IMAGE=${PYTHON_IMAGE}", "the runtime base is the same image unless given"
 
     runtime = stages["runtime"]
     copies = [rest for word, rest in runtime if word == "COPY"]
@@ -189,7 +190,10 @@ def test_builder_steps_install_a_working_cli(
             assert proc.returncode == 0, f"RUN {rest}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
             runs += 1
     assert runs >= 1
-    assert copied == ["README.md", "pipeline", "pyproject.toml", "setup.py"], "the build sees only what COPY brings"
+    assert copied == ["LICENSE", "README.md", "pipeline", "pyproject.toml", "requirements.lock", "setup.py"], \
+        "the build sees only what COPY brings"
+    assert not list((venv / "lib").glob("python3*/site-packages/pip")), "pip is removed from the image's venv"
+    assert not list((venv / "lib").glob("python3*/site-packages/setuptools")), "setuptools too"
 
     built = list(wheels.glob("worm_pipeline-*.whl"))
     assert len(built) == 1, built

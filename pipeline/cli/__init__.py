@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeline",
         description="worm-pipeline: tamper-evident audit logs from append-only disk to locked cloud storage",
     )
+    from pipeline import __version__
+
+    parser.add_argument("--version", action="version", version=f"worm-pipeline {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

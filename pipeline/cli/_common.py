@@ -22,7 +22,10 @@ def streams_of(hot: Path, stream: str | None) -> list[str]:
 
 
 def err(message: str) -> None:
-    print(f"pipeline: {message}", file=sys.stderr)
+    from pipeline.cold.errors import mask_credentials
+
+    # a message may quote a configured URL: never print its user-info or a SAS signature
+    print(f"pipeline: {mask_credentials(message)}", file=sys.stderr)
 
 
 def report_read_failure(exc: BaseException) -> int:

@@ -26,6 +26,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         err(exc.diagnostics())
         return EXIT_ERROR
+    from pipeline.checkpoint import NoteError, configured_signer
+
+    try:
+        # the signing key exactly as the sidecar will load it: `--check` passes only what starts
+        configured_signer(config.signing.key_file)
+    except NoteError as exc:
+        err(f"[signing]: {exc}")
+        return EXIT_ERROR
     if args.check:
         import orjson
 
@@ -37,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         code = sidecar.run(args.config)
-    except (ColdError, HotLogError, OSError, ConfigError) as exc:
+    except (ColdError, HotLogError, OSError, ConfigError, NoteError) as exc:
         err(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc))
         return EXIT_ERROR
     # The drain has made the ledger and the hot tier consistent; an upload still retrying

@@ -35,11 +35,15 @@ def add_cold_args(p: argparse.ArgumentParser) -> None:
                    help="development only: accept storage that does not enforce WORM (reported as UNLOCKED)")
     p.add_argument("--compression", choices=("zstd", "none"), default="zstd")
     p.add_argument("--storage-class", default=None)
+    p.add_argument("--sse", choices=("AES256", "aws:kms"), default=None,
+                   help="S3 server-side encryption per object (default: none sent, the bucket's default applies)")
+    p.add_argument("--kms-key-id", default=None, help="S3 SSE-KMS key (implies --sse aws:kms)")
 
 
 def settings_from(args: argparse.Namespace) -> ColdSettings:
     return ColdSettings(retention_days=args.retention_days, allow_unlocked=args.allow_unlocked,
-                        compression=args.compression, storage_class=args.storage_class)
+                        compression=args.compression, storage_class=args.storage_class,
+                        sse=args.sse, kms_key_id=args.kms_key_id)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

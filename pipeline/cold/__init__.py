@@ -40,6 +40,7 @@ from pipeline.cold.errors import (
     SourceMismatchError,
     VerificationError,
     WormNotEnforcedError,
+    url_has_credentials,
 )
 
 __all__ = [
@@ -65,8 +66,9 @@ def open_store(url: str, settings: ColdSettings | None = None, *, transport: Any
     if scheme not in _ALLOWED_QUERY:
         raise ColdConfigError(f"unsupported cold store scheme {scheme!r}",
                               action="use s3://bucket/prefix, az://account/container/prefix or file:///path")
-    if parts.username or parts.password:
-        # Refuse rather than use: credentials in a URL end up in shell history and logs.
+    if parts.username or parts.password or url_has_credentials(url):
+        # Refuse rather than use: credentials in a URL end up in shell history and logs
+        # (also those in a nested endpoint_url, or a SAS signature).
         raise ColdConfigError("credentials in the cold store URL are not accepted",
                               action="use the standard credential chains (AWS profile/environment/IAM role, "
                               "azure-identity) instead")

@@ -57,7 +57,11 @@ class ColdSettings:
     retention_days: int = 2555  # seven years
     allow_unlocked: bool = False  # fail closed: unlocked storage is an error unless allowed
     legal_hold: bool = False  # place a legal hold on every new object
-    sse: str | None = "AES256"  # S3: "AES256" or "aws:kms" (with kms_key_id); None to send nothing
+    # S3 server-side encryption.  None (the default) sends no encryption header, so the
+    # bucket's default encryption applies (SSE-KMS with its key in terraform/aws); "AES256"
+    # or "aws:kms" (optionally with kms_key_id) override it per object.  kms_key_id alone
+    # means "aws:kms" with that key.
+    sse: str | None = None
     kms_key_id: str | None = None
     storage_class: str | None = None  # S3 StorageClass, Azure access tier (Hot, Cool, Cold)
     compression: Compression = "zstd"
@@ -98,6 +102,8 @@ class ColdSettings:
             raise ValueError("multipart_threshold must be at least part_size")
         if self.sse not in (None, "AES256", "aws:kms"):
             raise ValueError("sse must be AES256, aws:kms or None")
+        if self.kms_key_id and self.sse is None:
+            object.__setattr__(self, "sse", "aws:kms")
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError("kms_key_id needs sse='aws:kms'")
         if self.lock_recheck_seconds <= 0 or self.lock_cache_seconds <= 0:
@@ -149,6 +155,8 @@ class ObjectStat:
     checksum_parts: int = 0  # >0: S3 composite (multipart) checksum over this many parts
     archived: bool = False  # must be restored before it can be read
     restore: str | None = None  # S3 x-amz-restore / Azure archive status, as reported
+    sse: str | None = None  # S3 ServerSideEncryption as reported ("aws:kms", "AES256"); None: not reported
+    sse_kms_key_id: str | None = None  # S3 SSEKMSKeyId (a key ARN) for aws:kms objects
 
     @property
     def segment_metadata(self) -> dict[str, str]:

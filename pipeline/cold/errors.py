@@ -8,11 +8,39 @@ keys) never reach a log line, an exception message or a metric label.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from pipeline.cold.base import VerifyResult
+
+
+# user-info of any URL in a text, plain or percent-encoded (a URL nested in a query
+# string, e.g. ``endpoint_url=http%3A%2F%2Fuser%3Apass%40host``)
+_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.\-]*(?::|%3A)(?://|%2F%2F))([^\s/?#@\"']*?)(@|%40)")
+# query parameters that carry a secret (Azure SAS `sig`, presigned S3 URLs, tokens, keys)
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&](?:sig|sas|token|password|passwd|secret|key|access_?key|secret_?key|account_?key|sharedkey|"
+    r"x-amz-signature|x-amz-security-token|x-amz-credential|code)=)[^&#\s\"']*")
+MASK = "***"
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with every URL's user-info and every secret-bearing query parameter replaced
+    by ``***``; everything else (scheme, host, path, other parameters) is kept so that a
+    message still says which endpoint it is about.  Used wherever a configured URL or a
+    message that may quote one is printed or logged (issue 18)."""
+    if "@" not in text and "%40" not in text.lower() and "=" not in text:
+        return text
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+
+def url_has_credentials(url: str) -> bool:
+    """True when ``url`` (or a URL nested in its query string) carries user-info or a
+    secret-bearing parameter."""
+    return mask_credentials(url) != url
 
 
 def redact_endpoint(url: str | None) -> str:

@@ -387,7 +387,25 @@ class S3Store:
             checksum_parts=parts,
             archived=archived,
             restore=restore or None,
+            sse=resp.get("ServerSideEncryption"),
+            sse_kms_key_id=resp.get("SSEKMSKeyId"),
         )
+
+    def expected_encryption(self) -> tuple[str, str | None] | None:
+        """The encryption every shipped object should carry: the configured ``sse`` /
+        ``kms_key_id`` when set, else the bucket's default encryption rule.  None when it
+        cannot be known (no default rule, or a role not allowed GetEncryptionConfiguration)."""
+        if self.settings.sse:
+            return self.settings.sse, self.settings.kms_key_id
+        try:
+            conf = self._client.get_bucket_encryption(Bucket=self.bucket)
+        except (ClientError, BotoCoreError):  # AccessDenied, no configuration: unknown, not a finding
+            return None
+        for rule in conf.get("ServerSideEncryptionConfiguration", {}).get("Rules", []):
+            default = rule.get("ApplyServerSideEncryptionByDefault") or {}
+            if default.get("SSEAlgorithm"):
+                return default["SSEAlgorithm"], default.get("KMSMasterKeyID")
+        return None
 
     def open(self, key: str) -> ReadStream:
         seg = segment_of_key(key)

@@ -119,6 +119,8 @@ CODES: dict[str, tuple[str, str]] = {
     "retention-too-short": (ERROR, "the object's retain-until is earlier than the retention policy requires"),
     "expiring-soon": (WARNING, "the object's retention ends within the warning window"),
     "worm-not-enforced": (WARNING, "the bucket/container reports no Object Lock (WORM) configuration"),
+    "encryption-differs": (WARNING, "the object is encrypted otherwise than the bucket's default encryption or "
+                                    "the configured cold.sse / kms_key_id"),
     # continuity (from metadata; --deep adds the record-level codes of `pipeline verify`)
     "missing-start": (ERROR, "the stream in cold storage does not start at seq 0 with the genesis hash"),
     "missing-segment": (ERROR, "a run of seqs is missing between two cold objects (one or more whole segments, "
@@ -488,6 +490,26 @@ def _judge_stat(line: SegmentLine, st: ObjectStat, stream: str, name: str, entry
     return m
 
 
+def _same_kms_key(reported: str, expected: str) -> bool:
+    """S3 reports the key ARN; a bucket rule or the configuration may name the key by ARN or
+    bare key id.  An alias cannot be resolved without KMS: treated as matching."""
+    if "alias/" in expected:
+        return True
+    return reported == expected or reported.endswith("/" + expected) or expected.endswith("/" + reported)
+
+
+def judge_encryption(st: ObjectStat, expected: tuple[str, str | None] | None,
+                     add: Callable[[str, str, int | None], None]) -> None:
+    """Issue 18: an object whose encryption differs from the bucket default or the configured key."""
+    if expected is None or st.sse is None:
+        return
+    alg, key = expected
+    if st.sse != alg:
+        add("encryption-differs", f"encrypted with {st.sse}, expected {alg}", None)
+    elif key and st.sse_kms_key_id and not _same_kms_key(st.sse_kms_key_id, key):
+        add("encryption-differs", f"encrypted with KMS key {st.sse_kms_key_id}, expected {key}", None)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 
@@ -758,6 +780,7 @@ class TierVerifier:
         self._done = 0
         self._total = 0
         self._ledger: Ledger | None = None  # host mode: the shipper's ledger while run() reads it
+        self._expected_encryption: tuple[str, str | None] | None = None
 
     # -- progress ----------------------------------------------------------------------
     def _tick(self, phase: str, n: int = 1) -> None:
@@ -782,6 +805,8 @@ class TierVerifier:
                 report.global_findings.append(TierFinding("worm-not-enforced", "", "", caps.reason))
         except ColdError:
             worm = None  # an auditor's read-only role may not read the bucket configuration
+        expected_encryption = getattr(self.store, "expected_encryption", None)
+        self._expected_encryption = expected_encryption() if expected_encryption else None
         have_ledger = opts.hot is not None and not opts.cold_only and ledger_path(opts.hot).exists()
         ledger = open_ledger_readonly(opts.hot) if have_ledger and opts.hot is not None else None
         self._ledger = ledger
@@ -956,6 +981,7 @@ class TierVerifier:
                     continue
                 m = _judge_stat(ln, st, stream, o.name, entry, opts, self.retention_days, worm, self.now,
                                 _bind(add, o.name, o.key))
+                judge_encryption(st, self._expected_encryption, _bind(add, o.name, o.key))
                 if m is not None:
                     manifests[o.name] = m
                 if opts.deep or st.archived:

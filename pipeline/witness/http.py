@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from pipeline.checkpoint import SIG_PREFIX, Checkpoint, NoteError, Verifier, add_signature_lines, open_note
+from pipeline.cold.errors import mask_credentials
 from pipeline.witness import ConsistencyFn, WitnessError
 
 MAX_PROOF_LINES = 63  # tlog-witness §add-checkpoint: clients MUST NOT send more
@@ -30,7 +31,7 @@ class HttpWitness:
         self.url = url.rstrip("/") + "/add-checkpoint"
         self.verifiers = list(verifiers)
         self.timeout = timeout
-        self.name = name or url
+        self.name = name or mask_credentials(url)  # the name is printed and logged
         self._known: dict[str, int] = {}
 
     def _post(self, body: bytes) -> tuple[int, str, bytes]:

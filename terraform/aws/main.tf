@@ -242,6 +242,11 @@ resource "aws_s3_bucket_logging" "locked" {
   bucket        = each.value.id
   target_bucket = aws_s3_bucket.access_logs.id
   target_prefix = "${each.value.id}/"
+
+  # S3 checks the target's permissions on PutBucketLogging (InvalidTargetBucketForLogging):
+  # the access-log bucket's policy granting logging.s3.amazonaws.com must exist first.
+  # Found by applying the module to moto's server (tests/infra/test_terraform_validate.py).
+  depends_on = [aws_s3_bucket_policy.access_logs]
 }
 
 resource "aws_s3_bucket_notification" "locked" {
@@ -274,6 +279,111 @@ data "aws_iam_policy_document" "bucket" {
       test     = "Bool"
       variable = "aws:SecureTransport"
       values   = ["false"]
+    }
+  }
+
+  # TLS 1.0/1.1 are refused as well as plain HTTP.
+  statement {
+    sid     = "DenyTLSOlderThan12"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    resources = [
+      "arn:${local.partition}:s3:::${each.value.name}",
+      "arn:${local.partition}:s3:::${each.value.name}/*",
+    ]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "NumericLessThan"
+      variable = "s3:TlsVersion"
+      values   = ["1.2"]
+    }
+  }
+
+  # Objects are encrypted with the module's key: an upload without an encryption header
+  # gets the bucket default (SSE-KMS with that key; the pipeline sends no header by
+  # default), one that names another key or SSE-S3 is refused.  Each condition pairs
+  # Null=false with the comparison, because a negated operator on an absent header is true.
+  statement {
+    sid       = "DenyOtherEncryptionThanSSEKMS"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "StringNotEquals"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["aws:kms"]
+    }
+  }
+
+  statement {
+    sid       = "DenyWrongKMSKey"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "StringNotEquals"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = [aws_kms_key.logs.arn]
+    }
+  }
+
+  # Legal holds: anyone allowed may place one (ON); only the legal roles may lift one
+  # (OFF).  The condition key is present on PutObjectLegalHold and on a PutObject that
+  # carries a legal-hold header.  With no legal role configured nobody can lift a hold
+  # until one is added here (a reviewed Terraform change).
+  statement {
+    sid       = "DenyLiftingLegalHoldsExceptLegalRoles"
+    effect    = "Deny"
+    actions   = ["s3:PutObjectLegalHold", "s3:PutObject"]
+    resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "s3:object-lock-legal-hold"
+      values   = ["OFF"]
+    }
+
+    dynamic "condition" {
+      for_each = length(var.legal_hold_role_arns) > 0 ? [1] : []
+      content {
+        test     = "ArnNotLike"
+        variable = "aws:PrincipalArn"
+        values   = var.legal_hold_role_arns
+      }
     }
   }
 
@@ -500,7 +610,6 @@ data "aws_iam_policy_document" "shipper" {
     actions = [
       "s3:PutObject",
       "s3:PutObjectRetention",
-      "s3:PutObjectLegalHold",
       "s3:AbortMultipartUpload",
       "s3:GetObject",
       "s3:GetObjectAttributes",
@@ -508,6 +617,22 @@ data "aws_iam_policy_document" "shipper" {
       "s3:GetObjectLegalHold",
     ]
     resources = [for b in aws_s3_bucket.locked : "${b.arn}/*"]
+  }
+
+  # A stolen shipper credential may place holds (cold.legal_hold) but never lift one:
+  # allowed only with the hold ON (the bucket policy also denies OFF to all but the
+  # legal roles, whatever other policies grant).
+  statement {
+    sid       = "PlaceLegalHoldsOnly"
+    effect    = "Allow"
+    actions   = ["s3:PutObjectLegalHold"]
+    resources = [for b in aws_s3_bucket.locked : "${b.arn}/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "s3:object-lock-legal-hold"
+      values   = ["ON"]
+    }
   }
 
   statement {
@@ -532,14 +657,100 @@ data "aws_iam_policy_document" "shipper" {
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = ["s3.${data.aws_region.current.region}.amazonaws.com"]
+      values   = ["s3.${data.aws_region.current.name}.amazonaws.com"]
     }
   }
 }
 
 resource "aws_iam_policy" "shipper" {
   name        = var.shipper_policy_name
-  description = "worm-pipeline shipper: write, verify and legal-hold segments and checkpoints; no delete, no governance bypass, no bucket configuration"
+  description = "worm-pipeline shipper: write and verify segments and checkpoints, place (never lift) legal holds; no delete, no governance bypass, no bucket configuration"
   policy      = data.aws_iam_policy_document.shipper.json
+  tags        = var.tags
+}
+
+# ---------------------------------------------------------------------------
+# IAM policies for the auditor (read-only) and the legal team (lift holds)
+# ---------------------------------------------------------------------------
+
+# Everything `pipeline verify-tier`, `export` and `restore` read, and nothing else: no
+# Put*, no Delete*, no bucket configuration changes.
+data "aws_iam_policy_document" "auditor" {
+  statement {
+    sid    = "ReadSegmentsAndLocks"
+    effect = "Allow"
+    actions = [
+      "s3:GetObject",
+      "s3:GetObjectVersion",
+      "s3:GetObjectAttributes",
+      "s3:GetObjectVersionAttributes",
+      "s3:GetObjectRetention",
+      "s3:GetObjectLegalHold",
+    ]
+    resources = [for b in aws_s3_bucket.locked : "${b.arn}/*"]
+  }
+
+  statement {
+    sid    = "ListAndReadBucketConfiguration"
+    effect = "Allow"
+    actions = [
+      "s3:ListBucket",
+      "s3:ListBucketVersions",
+      "s3:GetBucketObjectLockConfiguration",
+      "s3:GetBucketVersioning",
+      "s3:GetEncryptionConfiguration",
+      "s3:GetBucketPolicy",
+      "s3:GetLifecycleConfiguration",
+    ]
+    resources = [for b in aws_s3_bucket.locked : b.arn]
+  }
+
+  statement {
+    sid       = "DecryptThroughS3"
+    effect    = "Allow"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.logs.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${data.aws_region.current.name}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "auditor" {
+  name        = var.auditor_policy_name
+  description = "worm-pipeline auditor: read segments, checkpoints, locks and bucket configuration; no writes"
+  policy      = data.aws_iam_policy_document.auditor.json
+  tags        = var.tags
+}
+
+# The only grant that can switch a legal hold OFF; the bucket policy denies it to every
+# principal not listed in var.legal_hold_role_arns.
+data "aws_iam_policy_document" "legal_hold" {
+  statement {
+    sid    = "PlaceAndLiftLegalHolds"
+    effect = "Allow"
+    actions = [
+      "s3:PutObjectLegalHold",
+      "s3:GetObjectLegalHold",
+      "s3:GetObjectRetention",
+    ]
+    resources = [for b in aws_s3_bucket.locked : "${b.arn}/*"]
+  }
+
+  statement {
+    sid       = "ListObjects"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket", "s3:ListBucketVersions"]
+    resources = [for b in aws_s3_bucket.locked : b.arn]
+  }
+}
+
+resource "aws_iam_policy" "legal_hold" {
+  name        = var.legal_hold_policy_name
+  description = "worm-pipeline legal team: place and lift legal holds on log and witness objects"
+  policy      = data.aws_iam_policy_document.legal_hold.json
   tags        = var.tags
 }

@@ -33,9 +33,19 @@ output "shipper_policy_arn" {
   value       = aws_iam_policy.shipper.arn
 }
 
+output "auditor_policy_arn" {
+  description = "ARN of the read-only IAM policy for auditors: objects, versions, locks, legal holds and bucket configuration of both locked buckets, kms:Decrypt through S3. No write of any kind."
+  value       = aws_iam_policy.auditor.arn
+}
+
+output "legal_hold_policy_arn" {
+  description = "ARN of the IAM policy that places and lifts legal holds; attach it only to the roles in legal_hold_role_arns (the bucket policy denies lifting to everyone else)."
+  value       = aws_iam_policy.legal_hold.arn
+}
+
 output "cold_url" {
   description = "Value for the pipeline's [cold] url (append a prefix such as /prod if wanted)."
-  value       = "s3://${aws_s3_bucket.locked["logs"].id}?region=${data.aws_region.current.region}"
+  value       = "s3://${aws_s3_bucket.locked["logs"].id}?region=${data.aws_region.current.name}"
 }
 
 output "retention_days" {

@@ -82,6 +82,24 @@ variable "break_glass_role_arns" {
   default     = []
 }
 
+variable "legal_hold_role_arns" {
+  description = "IAM role ARNs allowed to lift (set OFF) legal holds; the bucket policy denies it to every other principal, the shipper included. Attach the `legal_hold_policy_arn` output to these roles. Empty: nobody can lift a hold until a role is added."
+  type        = list(string)
+  default     = []
+}
+
+variable "auditor_policy_name" {
+  description = "Name of the read-only IAM policy for auditors (output `auditor_policy_arn`)."
+  type        = string
+  default     = "worm-pipeline-auditor"
+}
+
+variable "legal_hold_policy_name" {
+  description = "Name of the IAM policy that places and lifts legal holds (output `legal_hold_policy_arn`)."
+  type        = string
+  default     = "worm-pipeline-legal-hold"
+}
+
 variable "shipper_policy_name" {
   description = "Name of the IAM policy created for the shipper sidecar. Attach it to the role the sidecar assumes (IRSA, instance profile or ECS task role)."
   type        = string

@@ -18,7 +18,7 @@ resource "azurerm_storage_account" "logs" {
   #checkov:skip=CKV2_AZURE_1:Encrypted with Microsoft-managed keys plus infrastructure encryption; customer-managed keys need a Key Vault whose loss would make the archive unreadable, so they are an opt-in outside this module.
   #checkov:skip=CKV_AZURE_59:Access is restricted by the firewall below (default deny, allow-listed subnets and IPs); set public_network_access_enabled = false when the shipper reaches the account through a private endpoint.
   #checkov:skip=CKV_AZURE_33:The account's queue service is unused; blob requests are logged by azurerm_monitor_diagnostic_setting.blob.
-  #checkov:skip=CKV2_AZURE_33:Private endpoints depend on the caller's virtual network design; the default-deny firewall with service endpoints is the baseline here.
+  #checkov:skip=CKV2_AZURE_33:The private endpoint is optional (var.private_endpoint_subnet_id, azurerm_private_endpoint.blob) because it depends on the caller's virtual network; the default-deny firewall is the baseline without it.
   name                     = var.storage_account_name
   resource_group_name      = var.resource_group_name
   location                 = var.location
@@ -33,7 +33,8 @@ resource "azurerm_storage_account" "logs" {
   shared_access_key_enabled         = false
   default_to_oauth_authentication   = true
   infrastructure_encryption_enabled = true
-  public_network_access_enabled     = true
+  # With a private endpoint the public endpoint is switched off entirely.
+  public_network_access_enabled = var.private_endpoint_subnet_id == null
   cross_tenant_replication_enabled  = false
   local_user_enabled                = false
   sftp_enabled                      = false
@@ -153,4 +154,51 @@ resource "azurerm_role_assignment" "shipper" {
   scope              = azurerm_storage_account.logs.id
   role_definition_id = azurerm_role_definition.shipper.role_definition_resource_id
   principal_id       = var.shipper_principal_id
+}
+
+# ---------------------------------------------------------------------------
+# Optional private endpoint for the blob service
+# ---------------------------------------------------------------------------
+
+# The shipper then reaches the account over a private IP in its own virtual network and
+# the account's public endpoint is disabled (public_network_access_enabled above).
+resource "azurerm_private_endpoint" "blob" {
+  count = var.private_endpoint_subnet_id == null ? 0 : 1
+
+  name                = "${var.storage_account_name}-blob"
+  resource_group_name = var.resource_group_name
+  location            = var.location
+  subnet_id           = var.private_endpoint_subnet_id
+
+  private_service_connection {
+    name                           = "${var.storage_account_name}-blob"
+    private_connection_resource_id = azurerm_storage_account.logs.id
+    subresource_names              = ["blob"]
+    is_manual_connection           = false
+  }
+
+  dynamic "private_dns_zone_group" {
+    for_each = length(var.private_dns_zone_ids) > 0 ? [1] : []
+    content {
+      name                 = "blob"
+      private_dns_zone_ids = var.private_dns_zone_ids
+    }
+  }
+
+  tags = var.tags
+}
+
+# ---------------------------------------------------------------------------
+# Read-only access for auditors
+# ---------------------------------------------------------------------------
+
+# Storage Blob Data Reader: list containers and read blobs, their versions, properties,
+# immutability policies and legal holds; nothing else (what `pipeline verify-tier`,
+# `export` and `restore` need).
+resource "azurerm_role_assignment" "auditor" {
+  for_each = toset(var.auditor_principal_ids)
+
+  scope                = azurerm_storage_account.logs.id
+  role_definition_name = "Storage Blob Data Reader"
+  principal_id         = each.value
 }

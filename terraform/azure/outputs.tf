@@ -37,3 +37,13 @@ output "retention_days" {
   description = "Retention of the locked container policies; set the pipeline's [cold] retention_days to this value."
   value       = var.retention_days
 }
+
+output "auditor_role_name" {
+  description = "The role given to auditor_principal_ids on the account (read and list blobs only)."
+  value       = "Storage Blob Data Reader"
+}
+
+output "private_endpoint_ip" {
+  description = "Private IP address of the blob private endpoint, or null when none is configured."
+  value       = try(azurerm_private_endpoint.blob[0].private_service_connection[0].private_ip_address, null)
+}

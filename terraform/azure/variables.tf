@@ -97,3 +97,21 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "private_endpoint_subnet_id" {
+  description = "Subnet ID for a private endpoint to the blob service. When set, the account's public network access is disabled and the shipper must reach it through this endpoint. Null: no private endpoint, the default-deny firewall applies."
+  type        = string
+  default     = null
+}
+
+variable "private_dns_zone_ids" {
+  description = "Private DNS zone IDs (privatelink.blob.core.windows.net) to register the private endpoint in. Empty: manage DNS yourself."
+  type        = list(string)
+  default     = []
+}
+
+variable "auditor_principal_ids" {
+  description = "Object IDs of Entra ID principals (auditors) given the built-in Storage Blob Data Reader role on the account: read and list only."
+  type        = list(string)
+  default     = []
+}
