@@ -8,14 +8,29 @@ import sys
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_hot_args, err
+from pipeline.cli._common import add_hot_args, add_verb, err
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.writer import DURABILITY_MODES, HotLogError
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("append", help="append NDJSON events from stdin to a stream")
+    p = add_verb(sub, "append", summary="append NDJSON events from stdin to a stream", description="""
+        Append events to a stream of the hot tier: one JSON object per line on standard
+        input, each stored as a hash-chained record (docs/FORMAT.md).  Prints a JSON summary
+        (accepted, rejected, last seq and hash).
+
+        --durability: 'group' (default) fsyncs records in batches, 'fsync' each record, 'os'
+        leaves writing back to the kernel.  The command returns once every record is on disk.
+
+        Lines are stored in order as they are read.  A line that is not a JSON object is
+        reported on stderr and the exit code is 1, but the good lines before and after it
+        ARE stored: do not re-send the same input after a failure (its good events would be
+        stored twice); send only the corrected lines.""",
+                 examples=[("append the events in events.ndjson to the stream 'auth', fsync each",
+                            "pipeline append --hot /var/lib/worm --stream auth --durability fsync < events.ndjson"),
+                           ("append and seal the segment so that it can be shipped now",
+                            "pipeline append --hot /var/lib/worm --stream auth --seal < events.ndjson")])
     add_hot_args(p, stream_required=True)
     p.add_argument("--durability", choices=DURABILITY_MODES, default="group")
     p.add_argument("--seal", action="store_true", help="seal the segment after appending")
