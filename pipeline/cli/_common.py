@@ -11,7 +11,6 @@ from pathlib import Path
 
 from pipeline.hot.segment import list_streams
 
-
 DURATION_HELP = "a duration like 90s, 5m, 1.5h, 7d (a bare number is seconds)"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -36,7 +36,7 @@ class Progress:
 
     def __init__(self, desc: str, *, unit: str = "seg", enabled: bool, unit_scale: bool = False) -> None:
         self._lock = threading.Lock()
-        self._bar: tqdm[None] | None = None
+        self._bar: tqdm[Any] | None = None
         if enabled:
             # total=0 would draw "0/0"; None shows count and rate until a total is known
             self._bar = tqdm(desc=desc, total=None, unit=unit, unit_scale=unit_scale, leave=False,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-
-from pipeline.cli._common import add_verb
 import sys
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.hot.checkpoints import CheckpointStore
 
 

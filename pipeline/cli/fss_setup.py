@@ -6,12 +6,11 @@ Prints the verification key once; the host never stores it.
 from __future__ import annotations
 
 import argparse
-
-from pipeline.cli._common import add_verb
 import sys
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.fss import DEFAULT_INTERVAL, FssError, FssSealer
 
 

@@ -7,11 +7,10 @@ investigation); it is independent of the COMPLIANCE retention set at upload.
 from __future__ import annotations
 
 import argparse
-
-from pipeline.cli._common import add_verb
 import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.cold import ColdError, ColdSettings, open_store, segment_of_key, stream_prefix
 from pipeline.hot.segment import parse_segment_name
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-
-from pipeline.cli._common import add_verb
 import sys
 from pathlib import Path
 
 from pipeline.checkpoint import NoteError, Signer, write_key_pair
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 
 
 def run(args: argparse.Namespace) -> int:

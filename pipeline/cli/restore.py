@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                  description=__doc__ or "",
                  examples=[("rebuild every stream into a new hot directory",
                             "pipeline restore --cold s3://audit-logs/prod --to /var/lib/worm-restored"),
-                           ("one stream", "pipeline restore --cold s3://audit-logs/prod --to /var/lib/worm --stream auth")])
+                           ("one stream",
+                            "pipeline restore --cold s3://audit-logs/prod --to /var/lib/worm --stream auth")])
     p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
     p.add_argument("--to", required=True, type=Path, help="hot directory to rebuild (stream dirs must not exist)")
     p.add_argument("--stream", help="stream name (default: every stream in the store)")

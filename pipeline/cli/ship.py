@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                  examples=[("one pass to S3, keeping confirmed segments on disk for 3 days",
                             "pipeline ship --hot /var/lib/worm --cold s3://audit-logs/prod --once --hot-retention 3d"),
                            ("to Azure, one stream, as JSON",
-                            "pipeline ship --hot /var/lib/worm --cold az://acct/audit/prod --stream auth --once --json")])
+                            "pipeline ship --hot /var/lib/worm --cold az://acct/audit --stream auth --once --json")])
     p.add_argument("--hot", required=True, help="hot-tier directory")
     p.add_argument("--stream", action="append", help="only these streams (repeatable)")
     add_cold_args(p)
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--hot-retention", type=duration, default=24 * 3600.0,
                    help=f"keep confirmed segments on the hot disk this long: {DURATION_HELP} (default 24h)")
     p.add_argument("--concurrency", type=int, default=4, help="parallel uploads (default 4)")
-    p.add_argument("--json", action="store_true", help="print the pass's summary as JSON (with --once)")
+    p.add_argument("--json", action="store_true", help="print the pass's summary as JSON (--once)")
     p.set_defaults(func=run)
 
 

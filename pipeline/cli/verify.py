@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,9 @@ def verify_progress(hot: Path, streams: list[str], *, json: bool) -> Progress:
     """A bar over the bytes of every segment to scan (on a terminal only)."""
     progress = progress_bar("verify", json=json, unit="B", unit_scale=True)
     if progress.enabled:
-        try:
+        # on an unreadable file the scan reports what it cannot read; the bar just has no total
+        with contextlib.suppress(OSError):
             progress.add_total(sum(p.stat().st_size for name in streams for p in list_segments(hot / name)))
-        except OSError:
-            pass  # the scan itself reports what cannot be read; the bar shows count and rate only
     return progress
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-
-from pipeline.cli._common import add_verb
 import json
 import sys
 from pathlib import Path
 
 from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.proofs import verify_proof_document
 
 

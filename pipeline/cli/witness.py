@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-
-from pipeline.cli._common import add_verb
 import logging
 import sys
 from pathlib import Path
 
 from pipeline.checkpoint import NoteError, Verifier, load_signer
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.witness.server import Trust, WitnessState, make_server
 
 
