@@ -64,10 +64,13 @@ class Progress:
         if self._bar is None:
             return
         with self._lock:
-            if self._bar.desc != name:
-                self._bar.set_description_str(name, refresh=False)
-            self._bar.total = max(total, done)
-            self._bar.update(done - self._bar.n)
+            bar = self._bar
+            changed = bar.desc != name or bar.total != max(total, done)
+            bar.set_description_str(name, refresh=False)
+            bar.total = max(total, done)
+            bar.update(done - bar.n)
+            if changed:  # a new phase or total is drawn at once, whatever the rate limit
+                bar.refresh()
 
     def close(self) -> None:
         if self._bar is None:
