@@ -72,7 +72,7 @@ def make_hot(hot: Path) -> None:
     """A hot tier with SEGMENTS sealed segments, written through the CLI."""
     for s in range(SEGMENTS):
         events = b"".join(orjson.dumps({"n": s * 40 + i, "user": f"u{i % 5}"}) + b"\n" for i in range(40))
-        code, out, err = run_piped(["append", "--hot", str(hot), "--stream", STREAM, "--seal"], events)
+        code, _, err = run_piped(["append", "--hot", str(hot), "--stream", STREAM, "--seal"], events)
         assert code == 0, err
 
 
@@ -161,7 +161,8 @@ def test_ship_bar_replaces_per_segment_lines_on_terminal_only(tmp_path: Path) ->
     code, piped_out, piped_err = run_piped(ship("a"))
     assert code == 0 and piped_err == b""
     # piped: one line per segment as before, then the confirmations and the summary
-    assert sum(ln.endswith(b".jsonl confirmed") for ln in piped_out.splitlines()) == SEGMENTS and b"confirmed 3, failed 0" in piped_out
+    assert sum(ln.endswith(b".jsonl confirmed") for ln in piped_out.splitlines()) == SEGMENTS
+    assert b"confirmed 3, failed 0" in piped_out
     code, tty_out, terminal = run_on_terminal(ship("b"))
     assert code == 0
     assert_bar(terminal, "ship")
