@@ -20,11 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         input, each stored as a hash-chained record (docs/FORMAT.md).  Prints a JSON summary
         (accepted, rejected, last seq and hash).
 
-        --durability: 'group' (default) fsyncs records in batches, 'fsync' each record, 'os'
-        leaves writing back to the kernel.  The command returns once every record is on disk.
-
-        Lines are stored in order as they are read.  A line that is not a JSON object is
-        reported on stderr and the exit code is 1, but the good lines before and after it
+        Lines are stored in order as they are read.  A line that is refused (not a JSON
+        object, or outside the JSON profile of docs/FORMAT.md §1.1) is reported on stderr
+        with its line number and the exit code is 1, but the good lines before and after it
         ARE stored: do not re-send the same input after a failure (its good events would be
         stored twice); send only the corrected lines.""",
                  examples=[("append the events in events.ndjson to the stream 'auth', fsync each",
@@ -32,7 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            ("append and seal the segment so that it can be shipped now",
                             "pipeline append --hot /var/lib/worm --stream auth --seal < events.ndjson")])
     add_hot_args(p, stream_required=True)
-    p.add_argument("--durability", choices=DURABILITY_MODES, default="group")
+    p.add_argument("--durability", choices=DURABILITY_MODES, default="group",
+                   help="fsync: each record; group: records in batches (default); os: left to the kernel")
     p.add_argument("--seal", action="store_true", help="seal the segment after appending")
     p.set_defaults(func=run)
 
