@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         Run the sidecar until SIGTERM: ingest events (Unix socket, HTTP), write them to the
         hot tier, seal segments, ship them to locked cold storage, publish checkpoints, and
         serve /metrics, /healthz and /readyz.  Settings come from the TOML file and
-        PIPELINE_<SECTION>_<KEY> environment variables (README: Configuration); --check
+        PIPELINE_<SECTION>_<KEY> environment variables (README, "Configuration reference"); --check
         prints the resulting configuration and exits without starting anything.""",
                  examples=[("check a configuration file", "pipeline run --config /etc/worm/pipeline.toml --check"),
                            ("run with it", "pipeline run --config /etc/worm/pipeline.toml")])
