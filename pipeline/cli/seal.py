@@ -14,9 +14,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_verb(sub, "seal", summary="seal the active segment so it can be shipped", description="""
         Close a stream's active segment with a seal record (record count, Merkle root,
         frontier; docs/FORMAT.md) and make the file immutable where the attribute can be set
-        (docs/DEPLOYMENT.md, capabilities).  Only sealed segments
-        are shipped; the sidecar seals on its own every segment_window, so this is for
-        manual runs and scripts.""",
+        (docs/DEPLOYMENT.md, capabilities).  Only sealed segments are shipped; the sidecar
+        seals on its own every segment_window, so this is for manual runs and scripts.""",
                  examples=[("seal the active segment of 'auth'", "pipeline seal --hot /var/lib/worm --stream auth")])
     add_hot_args(p, stream_required=True)
     p.set_defaults(func=run)
