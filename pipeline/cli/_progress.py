@@ -72,6 +72,15 @@ class Progress:
             if changed:  # a new phase or total is drawn at once, whatever the rate limit
                 bar.refresh()
 
+    def note(self, message: str) -> None:
+        """A line for the operator on stderr, printed above the bar when there is one (a
+        plain print would be overwritten by the bar's next redraw)."""
+        if self._bar is None:
+            print(message, file=sys.stderr)
+            return
+        with self._lock:
+            self._bar.write(message, file=sys.stderr)
+
     def close(self) -> None:
         if self._bar is None:
             return

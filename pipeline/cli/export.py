@@ -181,8 +181,8 @@ class Exporter:
         if held is not None:
             # the newest segment, not sealed yet: its records are hash-chained and linked but no
             # seal covers them (the active segment)
-            print(f"export: note: {held[0].name} is the active (unsealed) segment of {stream}: its events are "
-                  "verified by the hash chain only", file=sys.stderr)
+            self.progress.note(f"export: note: {held[0].name} is the active (unsealed) segment of {stream}: its "
+                               "events are verified by the hash chain only")
             self._release(held[1])
 
     def _release(self, spool: Any, limit_seq: int | None = None) -> None:
@@ -301,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
             for stream in streams:
                 start = ledger.evicted_prefix(stream) if ledger else None
                 if start:
-                    print(f"export: note: records of {stream} before seq {start[0]} were evicted from the hot tier; "
-                          "export them with --cold", file=sys.stderr)
+                    progress.note(f"export: note: records of {stream} before seq {start[0]} were evicted from the "
+                                  "hot tier; export them with --cold")
                 shipped = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
                 exporter.stream(stream, _hot_segments(args.hot, stream, shipped), start[0] if start else 0,
                                 start[1] if start else None)
