@@ -16,7 +16,7 @@
  * record of a segment, any deviation at all) stops it, and the Python code judges that line
  * with its full rules.  Its JSON check is a strict subset of what orjson.loads accepts.
  */
-#define _GNU_SOURCE /* memmem */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co: see sha256() below */
 #include <Python.h>
@@ -837,10 +837,22 @@ static PyObject *utc_now(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
 /* ------------------------------------------------------------------------- screen ---- */
 
 #define SCREEN_NULL 1      /* b"null" occurs (NaN/Infinity are serialised as null by orjson) */
-#define SCREEN_HINT 2      /* a PEM block, AWS key id prefix or credential scheme name */
-#define SCREEN_DIGITS 4    /* 13+ digits in a run (spaces/hyphens allowed): card candidate */
+#define SCREEN_HINT 2      /* the trigger of some value rule occurs (see pipeline/sanitise.py) */
+#define SCREEN_DIGITS 4    /* 13+ digits in a run (separators ' ' . - _ / allowed): card candidate */
 #define SCREEN_FLAT 8      /* exactly one '{' and no '[': a flat object */
 #define SCREEN_SHIFT 8     /* count of '{' plus '[' above this bit */
+#define SCREEN_KV_ANY 1    /* settings: any key=value shape is a hint (custom key patterns) */
+#define SCREEN_OPAQUE 2    /* settings: every event is a hint (custom value patterns) */
+#define KV_MAX_KEY 64
+
+/* The rule-dependent part of the screen: the secret-key stems (lower-case ASCII, as a table:
+ * see stem_in; a key=value shape whose key, lower-cased with _ . - dropped, contains one is
+ * a hint) and the SCREEN_KV_ANY / SCREEN_OPAQUE flags. */
+typedef struct {
+    const char *stems;
+    Py_ssize_t stems_len;
+    int flags;
+} ScreenRules;
 
 /* whether s[0:k] equals `lower` (lowercase ASCII letters) in any letter case: for a letter,
  * c | 0x20 is its lowercase form, and no other byte maps onto a lowercase letter */
@@ -852,9 +864,17 @@ static int ci_eq(const unsigned char *s, const char *lower, Py_ssize_t k)
     return 1;
 }
 
+/* whether s[i:] starts with the string literal `lit` */
+static inline int at_n(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, const char *lit, Py_ssize_t k)
+{
+    return i >= 0 && n - i >= k && memcmp(s + i, lit, (size_t)k) == 0;
+}
+#define at(s, n, i, lit) at_n((s), (n), (i), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
 /* byte classes for the scalar screen; 0 for every byte of no interest */
-enum { K_NONE = 0, K_DIGIT, K_SEP, K_BRACE, K_BRACKET, K_N, K_A, K_B };
+enum { K_NONE = 0, K_DIGIT, K_SEP, K_BRACE, K_BRACKET, K_ANCHOR };
 static unsigned char screen_class[256];
+static unsigned char ident_byte[256]; /* identifier bytes of a key in free text: A-Z a-z 0-9 _ . - */
 
 static void screen_init(void)
 {
@@ -862,49 +882,196 @@ static void screen_init(void)
         screen_class[c] = K_DIGIT;
     screen_class[' '] = K_SEP;
     screen_class['-'] = K_SEP;
+    screen_class['.'] = K_SEP;
+    screen_class['_'] = K_SEP;
+    screen_class['/'] = K_SEP;
     screen_class['{'] = K_BRACE;
     screen_class['['] = K_BRACKET;
-    screen_class['n'] = K_N;
-    screen_class['A'] = K_A;
-    screen_class['b'] = K_B;
-    screen_class['B'] = K_B;
+    const char *anchors = "nAbByegxkcm:=wW";
+    for (const char *a = anchors; *a; a++)
+        screen_class[(unsigned char)*a] = K_ANCHOR;
+    for (int c = 0x80; c < 0x100; c++)
+        screen_class[c] = K_ANCHOR;
+    for (int c = 0; c < 256; c++)
+        ident_byte[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                        c == '.' || c == '-';
 }
 
-static const char AWS_IDS[][3] = {"KIA", "SIA", "GPA", "IDA", "ROA", "NPA", "NVA", "IPA"};
+/* after an 'A': an AWS key-id prefix, a Google API key, a PyPI token's macaroon prefix or an
+ * Azure AccountKey */
+static int after_A(const unsigned char *s, Py_ssize_t n, Py_ssize_t i)
+{
+    if (n - i < 3)
+        return 0;
+    switch (s[i]) {
+    case 'K':
+        return at(s, n, i, "KIA");
+    case 'S':
+        return at(s, n, i, "SIA");
+    case 'G':
+        return at(s, n, i, "GPA");
+    case 'I':
+        return at(s, n, i, "IDA") || at(s, n, i, "IPA") || at(s, n, i, "Iza");
+    case 'R':
+        return at(s, n, i, "ROA");
+    case 'N':
+        return at(s, n, i, "NPA") || at(s, n, i, "NVA");
+    case 'g':
+        return at(s, n, i, "gEIcHlwaS5vcmc");
+    case 'c':
+        return at(s, n, i, "ccountKey");
+    }
+    return 0;
+}
 
-/* The patterns that start at s[i] (one of n, A, b, B): "null", an AWS key-id prefix, the
- * credential schemes in any case, and "-----BEGIN" (anchored on its B). */
-static int screen_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int flags)
+/* Whether a stem of the table occurs in word[0:len].  The table (Sanitiser's stems_table) is
+ * a bitmap of 65536 bits, bit (c1 << 8 | c2) set when a stem starts with the bytes c1 c2 (a
+ * one-byte stem sets every c2, and the position after a word's last byte reads c2 = 0),
+ * then each stem as one length byte and its bytes.  The bitmap rules out almost every
+ * position with one lookup. */
+#define STEM_BITMAP 8192
+static int stem_in(const char *word, Py_ssize_t len, const ScreenRules *sr)
+{
+    if (sr->stems_len < STEM_BITMAP)
+        return 0;
+    const unsigned char *bits = (const unsigned char *)sr->stems;
+    const unsigned char *body = bits + STEM_BITMAP, *end = bits + sr->stems_len;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned pair = (unsigned)(unsigned char)word[i] << 8 | (i + 1 < len ? (unsigned char)word[i + 1] : 0);
+        if (!(bits[pair >> 3] & (1u << (pair & 7))))
+            continue;
+        for (const unsigned char *p = body; p < end && p + 1 + *p <= end; p += 1 + *p) {
+            Py_ssize_t k = *p;
+            if (k > 0 && k <= len - i && memcmp(word + i, p + 1, (size_t)k) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* At a ':' or '=': is the identifier before it (spaces, then quotes and backslashes
+ * skipped) secret-looking?  (sanitise._kv_hint, which is the reference.) */
+static int kv_hint(const unsigned char *s, Py_ssize_t i, const ScreenRules *sr)
+{
+    if (s[i] == ':' && i >= 1 && s[i - 1] == '"' && !(i >= 2 && s[i - 2] == '\\'))
+        return 0; /* orjson's key separator: keys are judged by the key-set verdicts */
+    Py_ssize_t j = i;
+    while (j > 0 && s[j - 1] == ' ')
+        j--;
+    while (j > 0 && (s[j - 1] == '"' || s[j - 1] == '\'' || s[j - 1] == '\\'))
+        j--;
+    Py_ssize_t end = j;
+    while (j > 0 && ident_byte[s[j - 1]]) {
+        j--;
+        if (end - j > KV_MAX_KEY)
+            return 1;
+    }
+    if (j == end)
+        return 0;
+    if (j > 0 && (s[j - 1] == ':' || s[j - 1] == '=' || s[j - 1] == '/' || s[j - 1] == '@'))
+        return 0; /* "a:b:c", "x=y=z", paths and user@host: not a key of its own */
+    if (sr->flags & SCREEN_KV_ANY)
+        return 1;
+    char word[KV_MAX_KEY + 1];
+    Py_ssize_t len = 0;
+    for (Py_ssize_t k = j; k < end; k++)
+        if (s[k] != '_' && s[k] != '.' && s[k] != '-')
+            word[len++] = (char)(s[k] | 0x20);
+    return stem_in(word, len, sr);
+}
+
+/* after "://" at s[i-3..i-1]: a user-info part holding an '@' (credentials), or a Slack
+ * webhook host */
+static int url_hint(const unsigned char *s, Py_ssize_t n, Py_ssize_t i)
+{
+    if (at(s, n, i, "hooks.slack.com/"))
+        return 1;
+    for (; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '@')
+            return 1;
+        if (c == '/' || c == '"' || c == '\\' || c == '?' || c == '#' || c <= 0x20)
+            return 0;
+    }
+    return 0;
+}
+
+#define AWS_SEEN 0x100 /* internal: "aws" in any case occurs */
+
+/* The checks anchored at s[i] (a byte of class K_ANCHOR): "null", the token prefixes, the
+ * credential schemes in any case, "-----BEGIN" (anchored on its B), "eyJ" (on its y),
+ * URL credentials and key=value shapes (on the ':' or '='), "aws" (on its w), and any
+ * non-ASCII byte.  Each is the same as a branch of sanitise._screen_python. */
+static int screen_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int flags, const ScreenRules *sr)
 {
     Py_ssize_t left = n - i - 1; /* bytes after s[i] */
-    switch (s[i]) {
+    unsigned char c = s[i];
+    if (c >= 0x80)
+        return flags | SCREEN_HINT;
+    switch (c) {
     case 'n':
         if (left >= 3 && s[i + 1] == 'u' && s[i + 2] == 'l' && s[i + 3] == 'l')
             flags |= SCREEN_NULL;
         break;
     case 'A':
-        if (left >= 3 && !(flags & SCREEN_HINT))
-            for (size_t j = 0; j < sizeof AWS_IDS / sizeof AWS_IDS[0]; j++)
-                if (memcmp(s + i + 1, AWS_IDS[j], 3) == 0) {
-                    flags |= SCREEN_HINT;
-                    break;
-                }
+        if (!(flags & SCREEN_HINT) && after_A(s, n, i + 1))
+            flags |= SCREEN_HINT;
         break;
     case 'b':
     case 'B':
         if (flags & SCREEN_HINT)
             break;
         if ((left >= 4 && ci_eq(s + i + 1, "asic", 4)) || (left >= 5 && ci_eq(s + i + 1, "earer", 5)) ||
-            (s[i] == 'B' && i >= 5 && left >= 4 && memcmp(s + i - 5, "-----", 5) == 0 &&
-             memcmp(s + i + 1, "EGIN", 4) == 0))
+            (c == 'B' && at(s, n, i - 5, "-----BEGIN")))
+            flags |= SCREEN_HINT;
+        break;
+    case 'y':
+        if (i >= 1 && s[i - 1] == 'e' && left >= 1 && s[i + 1] == 'J')
+            flags |= SCREEN_HINT;
+        break;
+    case 'g':
+        if (left >= 3 && s[i + 1] == 'h' && s[i + 3] == '_' && strchr("pousr", s[i + 2]) != NULL && s[i + 2])
+            flags |= SCREEN_HINT;
+        else if (at(s, n, i, "github_pat_") || at(s, n, i, "glpat-") || at(s, n, i, "glptt-") ||
+                 at(s, n, i, "glrt-") || at(s, n, i, "gldt-"))
+            flags |= SCREEN_HINT;
+        break;
+    case 'x':
+        if (at(s, n, i, "xapp-") || (at(s, n, i, "xox") && left >= 4 && s[i + 4] == '-' && s[i + 3] &&
+                                     strchr("baprse", s[i + 3]) != NULL))
+            flags |= SCREEN_HINT;
+        break;
+    case 'k':
+        if (i >= 1 && (s[i - 1] == 's' || s[i - 1] == 'r') && (at(s, n, i, "k_live_") || at(s, n, i, "k_test_")))
+            flags |= SCREEN_HINT;
+        break;
+    case 'c':
+        if (at(s, n, i - 4, "whsec_"))
+            flags |= SCREEN_HINT;
+        break;
+    case 'm':
+        if (at(s, n, i - 2, "npm_"))
+            flags |= SCREEN_HINT;
+        break;
+    case 'w':
+    case 'W':
+        if (i >= 1 && (s[i - 1] | 0x20) == 'a' && left >= 1 && (s[i + 1] | 0x20) == 's')
+            flags |= AWS_SEEN;
+        break;
+    case ':':
+        if (!(flags & SCREEN_HINT) && ((at(s, n, i, "://") && url_hint(s, n, i + 3)) || kv_hint(s, i, sr)))
+            flags |= SCREEN_HINT;
+        break;
+    case '=':
+        if (!(flags & SCREEN_HINT) && kv_hint(s, i, sr))
             flags |= SCREEN_HINT;
         break;
     }
     return flags;
 }
 
-/* whether some run of digits, in which spaces and hyphens neither count nor break the run,
- * holds 13 or more digits */
+/* whether some run of digits, in which separators neither count nor break the run, holds
+ * 13 or more digits */
 static int thirteen_digits(const unsigned char *s, Py_ssize_t n)
 {
     unsigned run = 0;
@@ -920,28 +1087,168 @@ static int thirteen_digits(const unsigned char *s, Py_ssize_t n)
     return 0;
 }
 
+/* whether 40 bytes of [A-Za-z0-9+/] occur in a row (an AWS secret key candidate) */
+static int b64_run40(const unsigned char *s, Py_ssize_t n)
+{
+    unsigned run = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c == '/') {
+            if (++run >= 40)
+                return 1;
+        } else {
+            run = 0;
+        }
+    }
+    return 0;
+}
+
+/* ---- card numbers: sanitise._card_in, exactly -------------------------------------------
+ * _CARD_RE is (?<!\d)PREFIX(?:[ .\-_/]?\d){11,17}(?!\d), PREFIX one of 4 | 5[1-5] | 2[2-7] |
+ * 3[47] | 3[0689] | 6011 | 65 | 64[4-9] | 35 (mutually exclusive), found left to right
+ * without overlap (finditer).  A unit "[ .-]?digit" parses deterministically, so the
+ * regex's backtracking only shortens the run of units: the match has the most units k
+ * (11 <= k <= 17, k <= the units available) such that no digit follows.  Each match is a
+ * card when its digits (separators dropped) number 13 to 19 and pass Luhn, or when it ends
+ * in ".0" and the part before does (a float as orjson writes it). */
+static int card_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static int is_card_sep(unsigned char c) { return c == ' ' || c == '.' || c == '-' || c == '_' || c == '/'; }
+
+static Py_ssize_t card_prefix(const unsigned char *s, Py_ssize_t n, Py_ssize_t p)
+{
+    unsigned char a = s[p], b = p + 1 < n ? s[p + 1] : 0;
+    if (a == '4')
+        return 1;
+    if (a == '5' && b >= '1' && b <= '5')
+        return 2;
+    if (a == '2' && b >= '2' && b <= '7')
+        return 2;
+    if (a == '3' && (b == '4' || b == '7' || b == '0' || b == '6' || b == '8' || b == '9' || b == '5'))
+        return 2;
+    if (a == '6') {
+        if (b == '0' && p + 3 < n && s[p + 2] == '1' && s[p + 3] == '1')
+            return 4;
+        if (b == '5')
+            return 2;
+        if (b == '4' && p + 2 < n && s[p + 2] >= '4' && s[p + 2] <= '9')
+            return 3;
+    }
+    return 0;
+}
+
+static int luhn_digits(const unsigned char *s, Py_ssize_t from, Py_ssize_t to)
+{
+    /* the digits of s[from:to], separators skipped: 13 to 19 of them passing Luhn */
+    int count = 0, total = 0;
+    for (Py_ssize_t i = to - 1; i >= from; i--) {
+        if (!card_digit(s[i]))
+            continue;
+        int d = s[i] - '0';
+        if (count & 1) {
+            d *= 2;
+            if (d > 9)
+                d -= 9;
+        }
+        total += d;
+        count++;
+    }
+    return count >= 13 && count <= 19 && total % 10 == 0;
+}
+
+static int card_in(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t p = 0;
+    while (p < n) {
+        Py_ssize_t plen;
+        if (!card_digit(s[p]) || (p > 0 && card_digit(s[p - 1])) || (plen = card_prefix(s, n, p)) == 0) {
+            p++;
+            continue;
+        }
+        /* units after the prefix: ends[k] is the end of unit k+1 */
+        Py_ssize_t ends[17], starts_sep[17];
+        int m = 0;
+        Py_ssize_t q = p + plen;
+        while (m < 17) {
+            if (q < n && card_digit(s[q])) {
+                starts_sep[m] = 0;
+                ends[m++] = ++q;
+            } else if (q + 1 < n && is_card_sep(s[q]) && card_digit(s[q + 1])) {
+                starts_sep[m] = 1;
+                q += 2;
+                ends[m++] = q;
+            } else {
+                break;
+            }
+        }
+        int k = -1;
+        for (int j = m; j >= 11; j--) {
+            Py_ssize_t e = ends[j - 1];
+            /* no digit may follow: after unit j comes unit j+1 (a digit start fails) or the end */
+            int next_digit = j < m ? !starts_sep[j] : (e < n && card_digit(s[e]));
+            if (!next_digit) {
+                k = j;
+                break;
+            }
+        }
+        if (k < 0) {
+            p++;
+            continue;
+        }
+        Py_ssize_t end = ends[k - 1];
+        if (luhn_digits(s, p, end))
+            return 1;
+        if (end - p >= 2 && s[end - 2] == '.' && s[end - 1] == '0' && luhn_digits(s, p, end - 2))
+            return 1;
+        p = end;
+    }
+    return 0;
+}
+
+/* card_in(data: bytes) -> bool: sanitise._card_in, for the equivalence tests */
+static PyObject *py_card_in(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "card_in takes bytes");
+        return NULL;
+    }
+    return PyBool_FromLong(card_in((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
+}
+
+static int screen_finish(const unsigned char *s, Py_ssize_t n, int flags, const ScreenRules *sr)
+{
+    if (sr->flags & SCREEN_OPAQUE)
+        flags |= SCREEN_HINT;
+    if ((flags & AWS_SEEN) && !(flags & SCREEN_HINT) && b64_run40(s, n))
+        flags |= SCREEN_HINT;
+    return flags & ~AWS_SEEN;
+}
+
 #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 
 /*
  * Sixteen bytes at a time with SSE2 (every x86-64 has it): the brace and bracket counts
- * are popcounts of byte masks; the few places where a pattern can start ("nu", an 'A',
- * "ba"/"be" in any case, which covers the B of BEGIN) are checked one by one with
- * screen_at; and the digit-run rule is only evaluated exactly (thirteen_digits) when some
- * stretch of 13 or more bytes holds nothing but digits, spaces and hyphens, which ordinary
- * events rarely have.
+ * are popcounts of byte masks; the few places where a pattern can start are found with
+ * byte-pair masks ("nu", any 'A', "ba"/"be" in any case (which covers the B of BEGIN),
+ * "yJ", "gh"/"gi"/"gl", "xo"/"xa", "k_", "c_", "m_", "ws" in any case, ':', '=', and any
+ * non-ASCII byte) and checked one by one with screen_at; and the digit-run rule is only
+ * evaluated exactly (thirteen_digits) when some stretch of 13 or more bytes holds nothing
+ * but digits and separators, which ordinary events rarely have.
  */
-static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
+static long long screen_bytes(const unsigned char *s, Py_ssize_t n, const ScreenRules *sr)
 {
     int flags = 0;
     long long braces = 0, brackets = 0;
-    unsigned carry = 0; /* digits/spaces/hyphens in a row up to the current block */
+    unsigned carry = 0; /* digits/separators in a row up to the current block */
     int digit_candidate = 0;
-    const __m128i c_lbrace = _mm_set1_epi8('{'), c_lbracket = _mm_set1_epi8('['), c_n = _mm_set1_epi8('n'),
-                  c_u = _mm_set1_epi8('u'), c_A = _mm_set1_epi8('A'), c_b = _mm_set1_epi8('b'),
-                  c_a = _mm_set1_epi8('a'), c_e = _mm_set1_epi8('e'), c_lower = _mm_set1_epi8(0x20),
-                  c_0 = _mm_set1_epi8('0'), c_9 = _mm_set1_epi8(9), c_space = _mm_set1_epi8(' '),
-                  c_hyphen = _mm_set1_epi8('-');
+#define SET1(c) _mm_set1_epi8((char)(c))
+    const __m128i c_lbrace = SET1('{'), c_lbracket = SET1('['), c_n = SET1('n'), c_u = SET1('u'), c_A = SET1('A'),
+                  c_b = SET1('b'), c_a = SET1('a'), c_e = SET1('e'), c_lower = SET1(0x20), c_0 = SET1('0'),
+                  c_9 = SET1(9), c_space = SET1(' '), c_hyphen = SET1('-'), c_dot = SET1('.'), c_under = SET1('_'), c_slash = SET1('/'), c_y = SET1('y'), c_J = SET1('J'), c_g = SET1('g'), c_h = SET1('h'),
+                  c_i = SET1('i'), c_l = SET1('l'), c_x = SET1('x'), c_o = SET1('o'), c_k = SET1('k'),
+                  c_c = SET1('c'), c_m = SET1('m'), c_w = SET1('w'), c_s = SET1('s'), c_colon = SET1(':'),
+                  c_eq = SET1('=');
+#undef SET1
     for (Py_ssize_t b = 0; b < n; b += 16) {
         __m128i x, next; /* s[b:b+16] and s[b+1:b+17] */
         unsigned valid = 0xFFFF;
@@ -964,21 +1271,39 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
             braces++;
         for (; open_brackets; open_brackets &= open_brackets - 1)
             brackets++;
-        __m128i next_low = _mm_or_si128(next, c_lower); /* a letter's lowercase form */
+        __m128i x_low = _mm_or_si128(x, c_lower), next_low = _mm_or_si128(next, c_lower);
         __m128i nu = _mm_and_si128(_mm_cmpeq_epi8(x, c_n), _mm_cmpeq_epi8(next, c_u));
-        __m128i bx = _mm_and_si128(_mm_cmpeq_epi8(_mm_or_si128(x, c_lower), c_b),
+        __m128i bx = _mm_and_si128(_mm_cmpeq_epi8(x_low, c_b),
                                    _mm_or_si128(_mm_cmpeq_epi8(next_low, c_a), _mm_cmpeq_epi8(next_low, c_e)));
-        unsigned starts = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(nu, bx), _mm_cmpeq_epi8(x, c_A)));
-        starts &= valid;
+        __m128i yj = _mm_and_si128(_mm_cmpeq_epi8(x, c_y), _mm_cmpeq_epi8(next, c_J));
+        __m128i gx = _mm_and_si128(_mm_cmpeq_epi8(x, c_g),
+                                   _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(next, c_h), _mm_cmpeq_epi8(next, c_i)),
+                                                _mm_cmpeq_epi8(next, c_l)));
+        __m128i xx = _mm_and_si128(_mm_cmpeq_epi8(x, c_x),
+                                   _mm_or_si128(_mm_cmpeq_epi8(next, c_o), _mm_cmpeq_epi8(next, c_a)));
+        __m128i under = _mm_and_si128(
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_k), _mm_cmpeq_epi8(x, c_c)), _mm_cmpeq_epi8(x, c_m)),
+            _mm_cmpeq_epi8(next, c_under));
+        __m128i ws = _mm_and_si128(_mm_cmpeq_epi8(x_low, c_w), _mm_cmpeq_epi8(next_low, c_s));
+        __m128i single = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_A), _mm_cmpeq_epi8(x, c_colon)),
+                                      _mm_cmpeq_epi8(x, c_eq));
+        __m128i any = _mm_or_si128(_mm_or_si128(_mm_or_si128(nu, bx), _mm_or_si128(yj, gx)),
+                                   _mm_or_si128(_mm_or_si128(xx, under), _mm_or_si128(ws, single)));
+        unsigned high_bit = (unsigned)_mm_movemask_epi8(x) & valid; /* non-ASCII bytes */
+        if (high_bit)
+            flags |= SCREEN_HINT;
+        unsigned starts = (unsigned)_mm_movemask_epi8(any) & valid;
         while (starts) {
-            flags = screen_at(s, n, b + __builtin_ctz(starts), flags);
+            flags = screen_at(s, n, b + __builtin_ctz(starts), flags, sr);
             starts &= starts - 1;
         }
         if (digit_candidate)
             continue;
         __m128i t = _mm_sub_epi8(x, c_0);
         __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(t, c_9), t);
-        __m128i sep = _mm_or_si128(_mm_cmpeq_epi8(x, c_space), _mm_cmpeq_epi8(x, c_hyphen));
+        __m128i sep = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_space), _mm_cmpeq_epi8(x, c_hyphen)),
+                                   _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, c_dot), _mm_cmpeq_epi8(x, c_under)),
+                                                _mm_cmpeq_epi8(x, c_slash)));
         unsigned r = (unsigned)_mm_movemask_epi8(_mm_or_si128(digit, sep)) & valid;
         if (r == 0xFFFF) {
             carry += 16;
@@ -998,6 +1323,7 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
             digit_candidate = 1;
         carry = high;
     }
+    flags = screen_finish(s, n, flags, sr);
     if (digit_candidate && thirteen_digits(s, n))
         flags |= SCREEN_DIGITS;
     if (braces == 1 && brackets == 0)
@@ -1008,7 +1334,7 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
 #else
 
 /* One pass, one table lookup per byte (no SSE2). */
-static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
+static long long screen_bytes(const unsigned char *s, Py_ssize_t n, const ScreenRules *sr)
 {
     int flags = 0;
     long long braces = 0, brackets = 0;
@@ -1018,9 +1344,10 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
             braces++;
         else if (k == K_BRACKET)
             brackets++;
-        else if (k >= K_N)
-            flags = screen_at(s, n, i, flags);
+        else if (k == K_ANCHOR)
+            flags = screen_at(s, n, i, flags, sr);
     }
+    flags = screen_finish(s, n, flags, sr);
     if (thirteen_digits(s, n))
         flags |= SCREEN_DIGITS;
     if (braces == 1 && brackets == 0)
@@ -1031,31 +1358,58 @@ static long long screen_bytes(const unsigned char *s, Py_ssize_t n)
 #endif
 
 /*
- * screen(data: bytes) -> int
+ * screen(data: bytes, stems: bytes = b"", flags: int = 0) -> int
  *
- * One pass over the serialised event for the sanitiser: the same screening as
- * pipeline.sanitise._bytes_hint (PEM, AWS key-id prefixes, bearer/basic in any case, and a
- * 13-digit run as card candidate, whose issuer and Luhn checks stay in Python), plus the
- * bracket counts the depth check needs.  Flags as defined above; bracket count << 8.
+ * One pass over the serialised event for the sanitiser: exactly the flags of
+ * pipeline.sanitise._screen_python (the triggers of the value rules, a 13-digit run as card
+ * candidate, whose issuer and Luhn checks stay in Python), plus the bracket counts the
+ * depth check needs.  Flags as defined above; bracket count << 8.
  */
-static PyObject *screen(PyObject *Py_UNUSED(mod), PyObject *arg)
+static int screen_rules(PyObject *stems, PyObject *flags, ScreenRules *sr)
 {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "screen takes bytes");
+    if (!PyBytes_Check(stems)) {
+        PyErr_SetString(PyExc_TypeError, "screen: stems must be bytes");
+        return -1;
+    }
+    sr->stems = PyBytes_AS_STRING(stems);
+    sr->stems_len = PyBytes_GET_SIZE(stems);
+    long f = PyLong_AsLong(flags);
+    if (f == -1 && PyErr_Occurred())
+        return -1;
+    sr->flags = (int)f;
+    return 0;
+}
+
+static PyObject *screen(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "screen takes bytes, and optionally stems (bytes) and flags (int)");
         return NULL;
     }
-    return PyLong_FromLongLong(screen_bytes((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
+    ScreenRules sr = {"", 0, 0};
+    if (nargs >= 2) {
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL)
+            return NULL;
+        int bad = screen_rules(args[1], nargs == 3 ? args[2] : zero, &sr);
+        Py_DECREF(zero);
+        if (bad < 0)
+            return NULL;
+    }
+    return PyLong_FromLongLong(
+        screen_bytes((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &sr));
 }
 
 typedef struct {
-    PyObject *dumps, *kwnames, *option, *keyset_verdicts, *last_clean; /* last_clean: [tuple | None] */
+    PyObject *dumps, *kwnames, *option, *box; /* box: [(redact, redact_values, keyset_verdicts,
+                                                  last_clean, stems, flags)] */
     Py_ssize_t max_bytes;
     long long max_depth;
-    int redact, redact_values;
 } PrepareArgs;
 
-/* args[0..8]: dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
- * redact_values, keyset_verdicts, last_clean */
+#define PREPARE_SETTINGS 6
+
+/* args[0..5]: dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, box */
 static int prepare_args(PyObject *const *args, PrepareArgs *pa)
 {
     pa->dumps = args[0];
@@ -1063,19 +1417,91 @@ static int prepare_args(PyObject *const *args, PrepareArgs *pa)
     pa->option = args[2];
     pa->max_bytes = PyLong_AsSsize_t(args[3]);
     pa->max_depth = PyLong_AsLongLong(args[4]);
-    pa->redact = PyObject_IsTrue(args[5]);
-    pa->redact_values = PyObject_IsTrue(args[6]);
-    pa->keyset_verdicts = args[7];
-    pa->last_clean = args[8];
-    if (PyErr_Occurred() || pa->redact < 0 || pa->redact_values < 0)
+    pa->box = args[5];
+    if (PyErr_Occurred())
         return -1;
-    if (!PyTuple_Check(pa->kwnames) || !PyDict_CheckExact(pa->keyset_verdicts) || !PyList_Check(pa->last_clean) ||
-        PyList_GET_SIZE(pa->last_clean) != 1) {
-        PyErr_SetString(PyExc_TypeError,
-                        "prepare: kwnames must be a tuple, keyset_verdicts a dict, last_clean a one-item list");
+    if (!PyTuple_Check(pa->kwnames) || !PyList_Check(pa->box) || PyList_GET_SIZE(pa->box) != 1) {
+        PyErr_SetString(PyExc_TypeError, "prepare: kwnames must be a tuple, box a one-item list");
         return -1;
     }
     return 0;
+}
+
+/* The rule-dependent state, read from the box on every call (Sanitiser.reconfigure swaps
+ * it): 0, or -1 with an exception set when it is malformed. */
+typedef struct {
+    int redact, redact_values;
+    PyObject *keyset_verdicts, *last_clean, *key_verdicts;
+    ScreenRules sr;
+} PrepareState;
+
+static int prepare_state(PyObject *state, PrepareState *ps)
+{
+    if (!PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != 7) {
+        PyErr_SetString(PyExc_TypeError, "prepare: the box must hold a 7-tuple");
+        return -1;
+    }
+    ps->redact = PyObject_IsTrue(PyTuple_GET_ITEM(state, 0));
+    ps->redact_values = PyObject_IsTrue(PyTuple_GET_ITEM(state, 1));
+    ps->keyset_verdicts = PyTuple_GET_ITEM(state, 2);
+    ps->last_clean = PyTuple_GET_ITEM(state, 3);
+    ps->key_verdicts = PyTuple_GET_ITEM(state, 6);
+    if (ps->redact < 0 || ps->redact_values < 0)
+        return -1;
+    if (!PyDict_CheckExact(ps->keyset_verdicts) || !PyList_Check(ps->last_clean) ||
+        PyList_GET_SIZE(ps->last_clean) != 1 || !PyDict_CheckExact(ps->key_verdicts)) {
+        PyErr_SetString(PyExc_TypeError, "prepare: keyset_verdicts must be a dict, last_clean a one-item list");
+        return -1;
+    }
+    return screen_rules(PyTuple_GET_ITEM(state, 4), PyTuple_GET_ITEM(state, 5), &ps->sr);
+}
+
+/* Whether every key of a nested event is known not to look secret (key_verdicts[key] is
+ * False, recorded by the Python sanitiser's _keys_suspect): 1 yes, 0 "let Python decide"
+ * (an unseen or secret-looking key, a container subclass), -1 on an error. */
+static int keys_clean(PyObject *node, PyObject *verdicts, int depth)
+{
+    if (depth > 256)
+        return 0;
+    PyObject *const *items;
+    Py_ssize_t n;
+    if (PyDict_CheckExact(node)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(node, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k))
+                return 0;
+            PyObject *verdict = PyDict_GetItemWithError(verdicts, k); /* borrowed */
+            if (verdict != Py_False)
+                return verdict == NULL && PyErr_Occurred() ? -1 : 0;
+            if (PyDict_CheckExact(v) || PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+                int r = keys_clean(v, verdicts, depth + 1);
+                if (r != 1)
+                    return r;
+            } else if (PyDict_Check(v) || PyList_Check(v) || PyTuple_Check(v)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(node)) {
+        items = &PyList_GET_ITEM(node, 0);
+        n = PyList_GET_SIZE(node);
+    } else {
+        items = &PyTuple_GET_ITEM(node, 0);
+        n = PyTuple_GET_SIZE(node);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = items[i];
+        if (PyDict_CheckExact(v) || PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+            int r = keys_clean(v, verdicts, depth + 1);
+            if (r != 1)
+                return r;
+        } else if (PyDict_Check(v) || PyList_Check(v) || PyTuple_Check(v)) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* The sanitiser's common case (see prepare_fast): a new reference to the serialised bytes,
@@ -1084,27 +1510,48 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
 {
     if (!PyDict_CheckExact(event))
         Py_RETURN_NONE;
+    PyObject *state = PyList_GET_ITEM(pa->box, 0);
+    Py_INCREF(state); /* held across dumps, in case the box is swapped meanwhile */
+    PrepareState ps;
+    if (prepare_state(state, &ps) < 0) {
+        Py_DECREF(state);
+        return NULL;
+    }
     PyObject *call_args[2] = {event, pa->option};
     PyObject *out = PyObject_Vectorcall(pa->dumps, call_args, 1, pa->kwnames);
     if (out == NULL) {
         PyErr_Clear(); /* the Python path raises the precise InvalidEvent */
+        Py_DECREF(state);
         Py_RETURN_NONE;
     }
     if (!PyBytes_Check(out) || PyBytes_GET_SIZE(out) > pa->max_bytes)
         goto slow;
-    long long r = screen_bytes((const unsigned char *)PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out));
+    long long r = screen_bytes((const unsigned char *)PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out), &ps.sr);
     if ((r & SCREEN_NULL) || (r >> SCREEN_SHIFT) > pa->max_depth)
         goto slow;
-    if (!pa->redact)
-        return out;
-    if (pa->redact_values && (r & (SCREEN_HINT | SCREEN_DIGITS)))
+    if (!ps.redact)
+        goto done;
+    if (ps.redact_values && ((r & SCREEN_HINT) ||
+                             ((r & SCREEN_DIGITS) &&
+                              card_in((const unsigned char *)PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out)))))
         goto slow;
-    if (!(r & SCREEN_FLAT))
+    if (!(r & SCREEN_FLAT)) {
+        /* nested: every key (at any depth) must be known clean.  A list can mutate while
+         * walked only by Python code, and none runs here. */
+        int clean = keys_clean(event, ps.key_verdicts, 0);
+        if (clean < 0) {
+            Py_DECREF(out);
+            Py_DECREF(state);
+            return NULL;
+        }
+        if (clean)
+            goto done;
         goto slow;
+    }
     /* the key set seen last and known clean, compared by identity: an application's
      * events reuse the same key objects (literals, orjson's key cache), so this usually
      * answers without building a tuple */
-    PyObject *last = PyList_GET_ITEM(pa->last_clean, 0);
+    PyObject *last = PyList_GET_ITEM(ps.last_clean, 0);
     if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == PyDict_GET_SIZE(event)) {
         Py_ssize_t pos = 0, i = 0;
         PyObject *k, *v;
@@ -1117,11 +1564,12 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
             i++;
         }
         if (same && i == PyTuple_GET_SIZE(last))
-            return out;
+            goto done;
     }
     PyObject *keys = PyTuple_New(PyDict_GET_SIZE(event));
     if (keys == NULL) {
         Py_DECREF(out);
+        Py_DECREF(state);
         return NULL;
     }
     Py_ssize_t pos = 0, i = 0;
@@ -1136,48 +1584,56 @@ static PyObject *prepare_core(PyObject *event, const PrepareArgs *pa)
         Py_DECREF(keys);
         goto slow;
     }
-    PyObject *verdict = PyDict_GetItemWithError(pa->keyset_verdicts, keys); /* borrowed */
+    PyObject *verdict = PyDict_GetItemWithError(ps.keyset_verdicts, keys); /* borrowed */
     if (verdict == Py_False) {
-        PyList_SetItem(pa->last_clean, 0, keys); /* steals keys */
-        return out;
+        PyList_SetItem(ps.last_clean, 0, keys); /* steals keys */
+        goto done;
     }
     Py_DECREF(keys);
     if (verdict == NULL && PyErr_Occurred())
         PyErr_Clear();
 slow:
     Py_DECREF(out);
+    Py_DECREF(state);
     Py_RETURN_NONE;
+done:
+    Py_DECREF(state);
+    return out;
 }
 
 /*
- * prepare_fast(dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, redact,
- *              redact_values, keyset_verdicts, last_clean, event) -> bytes or None
+ * prepare_fast(dumps, dumps_kwnames, dumps_option, max_bytes, max_depth, box, event)
+ *     -> bytes or None
  *
  * (The event comes last so that functools.partial can bind the settings once.)
  *
  * The sanitiser's common case in one call: a plain dict that serialises (dumps(event,
  * option=...)) within max_bytes, contains no null (NaN/Infinity hide there), cannot be nested
- * deeper than max_depth, shows no secret-looking value, is flat, and whose key set is already
- * known to hold no secret-looking key (keyset_verdicts[tuple(keys)] is False; the last such
- * key tuple is kept in last_clean[0] for an identity check).  Returns the
+ * deeper than max_depth, shows no trigger of a value rule (screen with box[0]'s stems and
+ * flags), and, when flat, whose key set is already known to hold no secret-looking key
+ * (keyset_verdicts[tuple(keys)] is False; the last such key tuple is kept in last_clean[0]
+ * for an identity check); a nested event instead needs every key at every depth known
+ * clean (key_verdicts[key] is False).  box[0] is (redact, redact_values, keyset_verdicts,
+ * last_clean, stems, flags, key_verdicts), read on every call: Sanitiser.reconfigure
+ * replaces it.  Returns the
  * serialised bytes, or None whenever any of that does not hold: the Python sanitiser then
  * decides (and raises InvalidEvent, redacts, or records the key-set verdict).
  */
 static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 10 arguments");
+    if (nargs != PREPARE_SETTINGS + 1) {
+        PyErr_SetString(PyExc_TypeError, "prepare_fast takes 7 arguments");
         return NULL;
     }
     PrepareArgs pa;
     if (prepare_args(args, &pa) < 0)
         return NULL;
-    return prepare_core(args[9], &pa);
+    return prepare_core(args[PREPARE_SETTINGS], &pa);
 }
 
 /*
  * prepare_many(items, loads, max_line, dumps, dumps_kwnames, dumps_option, max_bytes,
- *              max_depth, redact, redact_values, keyset_verdicts, last_clean) -> list
+ *              max_depth, box) -> list
  *
  * prepare_fast for each item.  With ``loads`` (NDJSON lines) each item is first parsed:
  * prepare_fast(loads(raw)); the result is None when the line is not bytes, is longer than
@@ -1187,8 +1643,8 @@ static PyObject *prepare_fast(PyObject *Py_UNUSED(mod), PyObject *const *args, P
  */
 static PyObject *prepare_many(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "prepare_many takes 12 arguments");
+    if (nargs != PREPARE_SETTINGS + 3) {
+        PyErr_SetString(PyExc_TypeError, "prepare_many takes 9 arguments");
         return NULL;
     }
     PyObject *raws = args[0], *loads = args[1];
@@ -1928,7 +2384,7 @@ typedef struct {
     Py_ssize_t pending;
     PyObject *prefix;       /* bytes: b'{"v":1,"stream":"<name>","seq":' */
     PyObject *receipt_type; /* the Receipt NamedTuple class */
-    PyObject *settings;     /* tuple of the nine prepare settings (see prepare_args) */
+    PyObject *settings;     /* tuple of the six prepare settings (see prepare_args) */
     PyObject *clock;        /* NULL: utc_now; else a callable returning the timestamp bytes */
     PrepareArgs pa;         /* borrowed from settings */
     int armed;
@@ -2012,8 +2468,8 @@ static int lane_init(LaneObject *self, PyObject *args, PyObject *kwds)
     }
     if (check_receipt_type(rtype, "Lane") < 0)
         return -1;
-    if (PyTuple_GET_SIZE(settings) != 9) {
-        PyErr_SetString(PyExc_TypeError, "Lane: prepare_settings must hold the nine prepare_fast settings");
+    if (PyTuple_GET_SIZE(settings) != PREPARE_SETTINGS) {
+        PyErr_SetString(PyExc_TypeError, "Lane: prepare_settings must hold the six prepare_fast settings");
         return -1;
     }
     PrepareArgs pa;
@@ -2487,7 +2943,8 @@ static PyMethodDef module_methods[] = {
     {"write_lines", (PyCFunction)(void (*)(void))write_lines, METH_FASTCALL,
      "Write byte strings in order with writev, letting go of the GIL once."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
-    {"screen", (PyCFunction)screen, METH_O, "Screen serialised event bytes for the sanitiser."},
+    {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL, "Screen serialised event bytes for the sanitiser."},
+    {"card_in", (PyCFunction)py_card_in, METH_O, "Whether a Luhn-valid card-number shape occurs (sanitise._card_in)."},
     {"prepare_fast", (PyCFunction)(void (*)(void))prepare_fast, METH_FASTCALL,
      "The sanitiser's common case in one call, or None."},
     {"prepare_many", (PyCFunction)(void (*)(void))prepare_many, METH_FASTCALL,

@@ -23,7 +23,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -37,6 +37,7 @@ __all__ = [
     "HotConfig",
     "IngestConfig",
     "OpsConfig",
+    "SanitiseConfig",
     "SigningConfig",
     "load_config",
     "parse_duration",
@@ -274,6 +275,67 @@ def _cold_url(v: Any, env: bool) -> str:
     return v.strip()
 
 
+def _env_list(v: Any, env: bool) -> Any:
+    # from the environment a list is a JSON array, or comma-separated words
+    if env and isinstance(v, str):
+        text = v.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise _Bad("a JSON array of strings") from None
+        return [x.strip() for x in text.split(",") if x.strip()]
+    return v
+
+
+def _string_list(what: str, check: Callable[[str], str | None] | None = None) -> _Parser:
+    def p(v: Any, env: bool) -> tuple[str, ...]:
+        items = _env_list(v, env)
+        if not isinstance(items, list | tuple) or not all(isinstance(x, str) and x for x in items):
+            raise _Bad(f"a list of {what}" + (" (from the environment: comma-separated or a JSON array)"
+                                              if env else ""))
+        for x in items:
+            problem = check(x) if check else None
+            if problem:
+                raise _Bad(f"a list of {what}", f"{_show(x)} ({problem})")
+        return tuple(items)
+
+    return p
+
+
+def _regex_problem(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"not a regular expression: {exc}"
+    return None
+
+
+def _rule_problem(name: str) -> str | None:
+    from pipeline.sanitise import BUILTIN_RULES
+
+    if name in BUILTIN_RULES:
+        return None
+    return f"no such rule{_suggest(name, BUILTIN_RULES)}; the built-in rules are {', '.join(BUILTIN_RULES)}"
+
+
+def _value_patterns(v: Any, env: bool) -> tuple[tuple[str, str], ...]:
+    expected = 'a table of rule name = "regular expression"' + (
+        ' (from the environment: a JSON object)' if env else "")
+    if env and isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else {}
+        except ValueError:
+            raise _Bad(expected) from None
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise _Bad(expected)
+    for name, pattern in v.items():
+        problem = _regex_problem(pattern)
+        if problem:
+            raise _Bad(expected, f"{name} = {_show(pattern)} ({problem})")
+    return tuple(v.items())
+
+
 # ------------------------------------------------------------------------------ schema
 
 
@@ -327,6 +389,16 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "checkpoint_interval": _Key(_duration(allow_zero=False), "60s"),
         "origin": _Key(_optional(_string()), None),
         "witnesses": _Key(_witness_list, ()),
+    },
+    # redaction rules (pipeline.sanitise.Rules; docs/REDACTION.md); reloadable with SIGHUP
+    "sanitise": {
+        "enabled": _Key(_boolean, True),
+        "marker": _Key(_string(), "[REDACTED:{rule}]"),
+        "extra_keys": _Key(_string_list("key names"), ()),
+        "key_patterns": _Key(_string_list("regular expressions", _regex_problem), ()),
+        "value_patterns": _Key(_value_patterns, {}),
+        "keep": _Key(_string_list("key names"), ()),
+        "disable": _Key(_string_list("rule names", _rule_problem), ()),
     },
 }
 
@@ -432,12 +504,38 @@ class SigningConfig:
 
 
 @dataclass(frozen=True)
+class SanitiseConfig:
+    enabled: bool = True
+    marker: str = "[REDACTED:{rule}]"
+    extra_keys: tuple[str, ...] = ()
+    key_patterns: tuple[str, ...] = ()
+    value_patterns: tuple[tuple[str, str], ...] = ()  # (rule name, regular expression)
+    keep: tuple[str, ...] = ()
+    disable: tuple[str, ...] = ()
+
+    def rules(self) -> Any:
+        """The ``pipeline.sanitise.Rules`` for these settings."""
+        from pipeline.sanitise import Rules
+
+        return Rules(extra_keys=self.extra_keys, key_patterns=self.key_patterns,
+                     value_patterns=self.value_patterns, keep=self.keep, disable=self.disable, marker=self.marker)
+
+    def sanitiser(self, max_event_bytes: int) -> Any:
+        """A ``pipeline.sanitise.Sanitiser`` with these rules (the log's own: pass it to
+        ``open_hotlog(..., sanitiser=...)``, every path into the log then uses it)."""
+        from pipeline.sanitise import Sanitiser
+
+        return Sanitiser(redact=self.enabled, max_event_bytes=max_event_bytes, rules=self.rules())
+
+
+@dataclass(frozen=True)
 class Config:
     hot: HotConfig
     cold: ColdConfig
     ingest: IngestConfig
     ops: OpsConfig
     signing: SigningConfig
+    sanitise: SanitiseConfig = field(default_factory=SanitiseConfig)
     source: Path | None = None  # the file read, if any
     # where each key's value came from: "default", "file" or the environment variable name
     origins: tuple[tuple[str, str], ...] = ()
@@ -473,6 +571,8 @@ class Config:
                     v = str(v)
                 elif isinstance(_SCHEMA[section][f.name].default, str) and isinstance(v, float):
                     v = _format_duration(v)
+                elif f.name == "value_patterns":
+                    v = dict(v)
                 entries[f.name] = v
             out[section] = entries
         if self.ingest.token_file is not None:
@@ -578,6 +678,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         ingest=IngestConfig(**values["ingest"]),
         ops=OpsConfig(**values["ops"]),
         signing=SigningConfig(**values["signing"]),
+        sanitise=SanitiseConfig(**values["sanitise"]),
         source=path,
         origins=tuple(origins),
     )
@@ -641,7 +742,20 @@ def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tu
         elif not os.access(p, os.R_OK):
             problems.append(f"{label(section, key)}: expected a file readable by uid {os.getuid()}, "
                             f"got {_show(str(p))}")
+    _check_sanitise(values["sanitise"], label, problems)
     sock = ingest.get("socket")
     if sock is not None and not sock.parent.is_dir():
         problems.append(f"{label('ingest', 'socket')}: expected a path in an existing directory, "
                         f"{sock.parent} does not exist")
+
+
+def _check_sanitise(values: dict[str, Any], label: Callable[[str, str], str], problems: list[str]) -> None:
+    """[sanitise] as a whole: the rule set's own checks (rule names, a marker that names
+    the rule and that no rule would redact again), each reported under its key."""
+    # a key that failed to parse (already reported) is checked with its default
+    rules = SanitiseConfig(**{k: v for k, v in values.items() if k != "enabled"}).rules()
+    for problem in rules.problems():
+        where, _, message = problem.partition(": ")
+        key, dot, sub = where.partition(".")  # "value_patterns.name": the rule's own name kept
+        where = (label("sanitise", key) if key in _SCHEMA["sanitise"] else "sanitise") + dot + sub
+        problems.append(f"{where}: {message}")

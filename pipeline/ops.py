@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 __all__ = ["SEGMENT_STATES", "Metrics", "OpsServer"]
@@ -131,6 +132,24 @@ class Metrics:
         """Compute ``gauge`` at scrape time (e.g. cold lag from the ledger, disk use from
         statvfs) instead of pushing values: the scrape then never shows a stale value."""
         gauge.set_function(fn)
+
+    def track_redactions(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Export ``worm_redactions_total{rule}`` from ``source`` (the log's
+        ``Sanitiser.counts.snapshot``) at scrape time: every rule is present from the first
+        scrape (0 until it fires), custom rules once they have fired."""
+        from pipeline.sanitise import BUILTIN_RULES
+
+        class _Redactions:
+            def collect(self) -> Any:
+                family = CounterMetricFamily("worm_redactions", "Values and keys redacted, by the rule that fired.",
+                                             labels=["rule"])
+                counts = dict.fromkeys(BUILTIN_RULES, 0)
+                counts.update(source())
+                for rule, n in sorted(counts.items()):
+                    family.add_metric([rule], n)
+                yield family
+
+        self.registry.register(_Redactions())
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header: (body, content type)."""

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.cold import open_store
 from pipeline.cold.base import ColdStore
 from pipeline.config import Config, load_config
-from pipeline.hot.factory import open_hotlog
+from pipeline.hot.factory import open_configured_hotlog
 from pipeline.hot.writer import HotLog, HotLogError
 from pipeline.ops import Metrics, OpsServer
 from pipeline.ship.ledger import Entry
@@ -30,7 +30,9 @@ from pipeline.ship.shipper import Listener, Shipper
 log = logging.getLogger("pipeline.sidecar")
 
 LIVE_KEYS = {"hot.hot_retention", "hot.high_water_percent", "cold.upload_concurrency", "ops.log_format",
-             "ops.shutdown_grace", "signing.checkpoint_interval"}
+             "ops.shutdown_grace", "signing.checkpoint_interval", "sanitise.enabled", "sanitise.marker",
+             "sanitise.extra_keys", "sanitise.key_patterns", "sanitise.value_patterns", "sanitise.keep",
+             "sanitise.disable"}
 
 
 class Sidecar:
@@ -77,7 +79,8 @@ class Sidecar:
 
     def _start(self) -> Sidecar:
         cfg = self.config
-        self.hotlog = open_hotlog(cfg.hot.dir, cfg.hot.stream, **cfg.hot.hotlog_kwargs())
+        self.hotlog = open_configured_hotlog(cfg)  # with its [sanitise] rules, used on every path
+        self.metrics.track_redactions(self.hotlog.sanitiser.counts.snapshot)
         store = self._store or open_store(str(cfg.cold.url), cfg.cold.settings())
         self._store = store
         m = self.metrics
@@ -230,6 +233,8 @@ class Sidecar:
             self.shipper.concurrency = new.cold.upload_concurrency
         if self.emitter is not None:
             self.emitter.interval = new.signing.checkpoint_interval
+        if self.hotlog is not None and new.sanitise != old.sanitise:
+            self.hotlog.sanitiser.reconfigure(new.sanitise.rules(), redact=new.sanitise.enabled)
         from pipeline.logsetup import setup_logging
 
         setup_logging(new.ops.log_format)
@@ -286,7 +291,7 @@ def open_witnesses(locations: tuple[str, ...]) -> list[Any]:
 
 def _flatten(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for section in ("hot", "cold", "ingest", "ops", "signing"):
+    for section in ("hot", "cold", "ingest", "ops", "signing", "sanitise"):
         obj = getattr(cfg, section)
         for k, v in vars(obj).items():
             out[f"{section}.{k}"] = v
@@ -303,6 +308,7 @@ def _merge_live(old: Config, new: Config) -> Config:
         cold=dataclasses.replace(old.cold, upload_concurrency=new.cold.upload_concurrency),
         ops=dataclasses.replace(old.ops, log_format=new.ops.log_format, shutdown_grace=new.ops.shutdown_grace),
         signing=dataclasses.replace(old.signing, checkpoint_interval=new.signing.checkpoint_interval),
+        sanitise=new.sanitise,
     )
 
 

@@ -143,7 +143,7 @@ def check_mixed(results: list[dict[str, Any]], hot_dir: Path) -> None:
     for r, user in zip(good, ["alice", "bob", "carol"], strict=True):
         rec = recs[r["seq"]]
         assert rec.hash == r["hash"] and rec.data["user"] == user
-    assert recs[good[2]["seq"]].data["password"] == "[REDACTED]"  # sanitised on the way in
+    assert recs[good[2]["seq"]].data["password"] == "[REDACTED:secret-key]"  # sanitised on the way in
 
 
 # ------------------------------------------------------------------ Unix socket

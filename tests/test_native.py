@@ -25,7 +25,7 @@ from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
 from pipeline.record import GENESIS_HASH, TS_RE, encode_record
-from pipeline.sanitise import InvalidEvent, Sanitiser
+from pipeline.sanitise import InvalidEvent, Rules, Sanitiser
 from tests.hotutil import needs_native
 
 native = _accel.native
@@ -173,39 +173,68 @@ def test_utc_now_format() -> None:
 
 # --- sanitiser screening -----------------------------------------------------------------------
 
-screen_bytes = st.lists(st.sampled_from([b"a", b"0", b"7", b" ", b"-", b"{", b"[", b"null", b"AKIA", b"ASIA", b"A",
-                                         b"bearer", b"BaSiC", b"b", b"-----BEGIN", b"\xc3\xa9", b'"', b"n"]),
-                        max_size=60).map(b"".join)
+screen_bytes = st.lists(st.sampled_from([
+    b"a", b"0", b"7", b" ", b"-", b".", b"_", b"/", b"{", b"[", b"null", b"ab:", b"x@", b"q=", b"AKIA", b"ASIA",
+    b"A", b"AIza", b"Acc", b"AccountKey", b"AgEIcHlwaS5vcmc", b"bearer", b"BaSiC", b"b", b"-----BEGIN", b"-----",
+    b"\xc3\xa9", b"\xe2\x80\x8b",
+    b'"', b"n", b"e", b"y", b"J", b"eyJ", b"gh", b"ghp_", b"gho_", b"github_pat_", b"glpat-", b"gl", b"xoxb-", b"xox",
+    b"xapp-", b"sk_live_", b"rk_test_", b"k_", b"whsec_", b"c_", b"npm_", b"m_", b"aws", b"AwS", b"w", b"s",
+    b"wJalrXUtnFEMI/K7MDENG", b"://", b"@", b"?", b"hooks.slack.com/", b":", b"=", b"password", b"Pass", b"pwd",
+    b"token", b"passage", b"sig", b"\\", b"'", b"x" * 30]),
+    max_size=40).map(b"".join)
+screen_rules = st.sampled_from([
+    (), Sanitiser()._c.stems, Sanitiser(rules=Rules(extra_keys=("patient_mrn", "ab", "q")))._c.stems, (b"pass",)])
+screen_flags = st.sampled_from([0, 0, sanitise.SCREEN_KV_ANY, sanitise.SCREEN_OPAQUE])
 
 
 @needs_native
-@settings(max_examples=int(os.environ.get("SCREEN_EXAMPLES", "300")), deadline=None)
-@given(data=screen_bytes)
-def test_screen_matches_python_screening(data: bytes) -> None:
+@settings(max_examples=int(os.environ.get("SCREEN_EXAMPLES", "600")), deadline=None)
+@given(data=screen_bytes, stems=screen_rules, flags=screen_flags)
+def test_screen_matches_python_screening(data: bytes, stems: tuple[bytes, ...], flags: int) -> None:
+    """The C screen computes exactly the pure-Python screen's flags, for every rule trigger."""
     assert native is not None
-    r = native.screen(data)
+    r = native.screen(data, sanitise._stem_table(s.decode() for s in stems), flags)
+    assert r == sanitise._screen_python(data, stems, flags)
     assert bool(r & native.SCREEN_NULL) == (b"null" in data)
     assert r >> native.SCREEN_SHIFT == data.count(b"{") + data.count(b"[")
     assert bool(r & native.SCREEN_FLAT) == (data.count(b"{") == 1 and data.count(b"[") == 0)
-    low = data.lower()
-    hint = (b"-----BEGIN" in data or sanitise._AWS_PREFILTER.search(data) is not None
-            or b"bearer" in low or b"basic" in low)
-    assert bool(r & native.SCREEN_HINT) == hint
-    digits = sanitise._THIRTEEN_DIGITS in data.translate(sanitise._DIGIT_CLASS).replace(b"-", b"")
-    assert bool(r & native.SCREEN_DIGITS) == digits
-    # and the verdict the sanitiser draws from it is the pure-Python one
-    assert (hint or (digits and sanitise._card_in(data))) == sanitise._bytes_hint(data)
+    assert native.screen(data) == sanitise._screen_python(data)
+
+
+card_bytes = st.lists(st.sampled_from([b"4", b"5", b"1", b"3", b"6", b"0", b"7", b"9", b"2", b"35", b"6011", b"64",
+                                       b"65", b" ", b".", b"-", b"_", b"/", b"x", b'"', b".0", b"4111111111111111",
+                                       b"4111 1111 1111 1111", b"378282246310005", b"5555555555554444"]),
+                      max_size=40).map(b"".join)
+
+
+@needs_native
+@settings(max_examples=int(os.environ.get("SCREEN_EXAMPLES", "1500")), deadline=None)
+@given(data=card_bytes)
+def test_card_check_matches_python(data: bytes) -> None:
+    """The C fast path's card check (which lets digit runs that are no card through) is
+    exactly sanitise._card_in."""
+    assert native is not None
+    assert native.card_in(data) == sanitise._card_in(data)
 
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
               st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
               st.sampled_from(["AKIAIOSFODNN7EXAMPLE", "Bearer abcdefgh12345", "4111 1111 1111 1111",
-                               "1700000000000", "-----BEGIN PRIVATE KEY-----x", "\ud800"])),
+                               "1700000000000", "-----BEGIN PRIVATE KEY-----x", "\ud800", "password=hunter2",
+                               "db: postgres://app:pw@db/x", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+                               "ghp_" + "a1" * 18, "xoxb-1234567890-abcdefghij", "sk_live_" + "a" * 24,
+                               "AIza" + "b" * 35, "npm_" + "c" * 36, "4111.1111.1111.1111", "p\u0430ss: x",
+                               "aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "passage: ok", "mrn=123"]),
+              st.sampled_from([4111111111111111, 4111111111111111.0, 5555555555554444])),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=12)
-events = st.dictionaries(st.one_of(st.text(max_size=12), st.sampled_from(["password", "Api_Key", "n", "actor"])),
-                         json_values, max_size=6)
+events = st.dictionaries(st.one_of(st.text(max_size=12), st.sampled_from(
+    ["password", "Api_Key", "n", "actor", "patient_mrn", "p\u0430ssword", "pass\u200bword", "keep_me",
+     "ghp_" + "z9" * 18, "passage"])), json_values, max_size=6)
+custom_rules = st.sampled_from([Rules(), Rules(extra_keys=("patient_mrn", "mrn")), Rules(keep=("keep_me",)),
+                                Rules(key_patterns=(r"^act",)), Rules(value_patterns=(("mrn-number", r"\d{3}"),)),
+                                Rules(disable=("card-number", "kv-secret"))])
 
 
 def _outcome(s: Sanitiser, event: Any) -> tuple[str, Any]:
@@ -217,15 +246,30 @@ def _outcome(s: Sanitiser, event: Any) -> tuple[str, Any]:
 
 @needs_native
 @settings(max_examples=300, deadline=None)
-@given(event=events, redact=st.booleans())
-def test_prepare_fast_path_gives_the_python_result(event: dict[str, Any], redact: bool) -> None:
-    with_native = Sanitiser(redact=redact)
+@given(event=events, redact=st.booleans(), rules=custom_rules)
+def test_prepare_fast_path_gives_the_python_result(event: dict[str, Any], redact: bool, rules: Rules) -> None:
+    """Every rule, built-in and custom: the C fast path and the batch path give exactly
+    the pure-Python result (the fast path declines wherever a rule might fire)."""
+    with_native = Sanitiser(redact=redact, rules=rules)
     first = _outcome(with_native, event)
     second = _outcome(with_native, event)  # the key-set verdict is cached now: the C path may take it
+    many: tuple[str, Any]
+    try:
+        many = ("ok", with_native.prepare_many([event])[0])
+    except InvalidEvent as exc:
+        many = ("invalid", exc.reason)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(sanitise, "_native", None)
-        reference = _outcome(Sanitiser(redact=redact), event)
-    assert first == second == reference
+        reference = _outcome(Sanitiser(redact=redact, rules=rules), event)
+    assert first == second == many == reference
+    if first[0] == "ok":  # and the NDJSON batch path (ingest), parsing the stored form back
+        line = orjson.dumps(event, option=orjson.OPT_PASSTHROUGH_DATETIME)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(sanitise, "_native", None)
+            expected = Sanitiser(redact=redact, rules=rules).prepare_json_many([line])
+        got = with_native.prepare_json_many([line])
+        assert [x if isinstance(x, bytes) else x.reason for x in got] == \
+            [x if isinstance(x, bytes) else x.reason for x in expected]
 
 
 # --- the writer, end to end ---------------------------------------------------------------------

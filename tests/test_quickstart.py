@@ -15,7 +15,7 @@ def test_quickstart_ships_to_the_embedded_locked_s3_and_verifies(tmp_path: Path)
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
-    assert '"password":"[REDACTED]"' in out and "[REDACTED:card-number]" in out
+    assert '"password":"[REDACTED:secret-key]"' in out and "[REDACTED:card-number]" in out
     assert "total: 1 segments, 121 records, OK" in out
     assert "lock COMPLIANCE until" in out
     assert "deleting the locked version is refused: AccessDenied" in out

@@ -248,7 +248,7 @@ def test_epoch_ms_not_redacted() -> None:
 
 
 def test_marker_does_not_reveal_value() -> None:
-    secrets = ["hunter2-very-secret", "AKIAIOSFODNN7EXAMPLE", "4111111111111111"]
+    secrets = ["hunter2-very-private-x9", "AKIAIOSFODNN7EXAMPLE", "4111111111111111"]
     out = S.prepare({"password": secrets[0], "a": secrets[1], "c": secrets[2]})
     import hashlib
 

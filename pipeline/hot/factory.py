@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.hot.writer import HotLog
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 
 def open_hotlog(hot_dir: str | os.PathLike[str], stream: str, *, proofs: bool = True, **kwargs: Any) -> HotLog:
@@ -27,3 +30,12 @@ def open_hotlog(hot_dir: str | os.PathLike[str], stream: str, *, proofs: bool = 
     if proofs and "tree_store" not in kwargs:
         kwargs["tree_store"] = TreeStore(stream_dir)
     return HotLog(hot_dir, stream, **kwargs)
+
+
+def open_configured_hotlog(cfg: Config, **kwargs: Any) -> HotLog:
+    """The configured stream with its ``[hot]`` settings and, as its sanitiser, the
+    ``[sanitise]`` rules (with ``ingest.max_event_bytes``): the one sanitiser every path into
+    the log applies.  ``kwargs`` override."""
+    merged: dict[str, Any] = {**cfg.hot.hotlog_kwargs(), **kwargs}
+    merged.setdefault("sanitiser", cfg.sanitise.sanitiser(cfg.ingest.max_event_bytes))
+    return open_hotlog(cfg.hot.dir, cfg.hot.stream, **merged)

@@ -397,6 +397,12 @@ class HotLog:
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def sanitiser(self) -> Sanitiser:
+        """The log's sanitiser, applied on every path into it: ``append``, ``append_many``,
+        ingest (which takes it from here), the logging handler, ``pipeline append``."""
+        return self._sanitiser
+
     def append(self, event: Any, *, wait: bool = True) -> Receipt:
         """Sanitise and append one event.  Raises ``InvalidEvent`` (nothing written) or
         ``HotLogError``.  With ``wait=False`` in group mode the call returns before the

@@ -17,8 +17,12 @@ The event stored::
      "message": "order placed", "audit": {...}, "exception": "Traceback ..."}
 
 ``audit`` is the caller's ``extra={"audit": {...}}`` (a dict), ``exception`` is present
-when the record carries exception info.  Secrets are redacted by the sanitiser like any
-other event.
+when the record carries exception info.  Secrets are redacted like in any other event, by
+the log's own sanitiser (``HotLog.sanitiser``, with its ``[sanitise]`` rules): with ``log=``
+the handler appends through the log, which applies it; with ``socket_path=`` the sidecar
+applies it on ingest.  In socket mode the handler also prepares each event locally
+(``sanitiser=``, the built-in rules by default) so that an invalid event is refused before
+it travels and no secret the built-in rules catch crosses the socket.
 """
 
 from __future__ import annotations
@@ -93,7 +97,9 @@ class AuditLogHandler(logging.Handler):
         self.log = log
         self.timeout = timeout
         self.raise_on_error = raise_on_error
-        self.sanitiser = sanitiser or DEFAULT_SANITISER
+        if log is not None and sanitiser is not None and sanitiser is not getattr(log, "sanitiser", sanitiser):
+            raise ValueError("with log= the log's own sanitiser applies (HotLog.sanitiser); do not pass sanitiser=")
+        self.sanitiser = getattr(log, "sanitiser", None) or sanitiser or DEFAULT_SANITISER
         self.last_receipt: dict[str, Any] | None = None  # the last answer: {"seq": .., "hash": ..}
         self._sock: socket.socket | None = None
         self._rfile: Any = None

@@ -61,7 +61,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from pipeline.sanitise import InvalidEvent, Sanitiser
+from pipeline.sanitise import InvalidEvent, Sanitiser, sanitiser_of
 
 __all__ = ["Appender", "IngestMetrics", "IngestServer", "ReceiptLike"]
 
@@ -164,7 +164,8 @@ class IngestServer:
         self.max_event_bytes = max_event_bytes
         self.backpressure = backpressure
         self.metrics = metrics
-        self.sanitiser = sanitiser or Sanitiser(max_event_bytes=max_event_bytes)
+        # the log's own sanitiser (HotLog.sanitiser), so ingest stores what append would
+        self.sanitiser = sanitiser or sanitiser_of(appender, max_event_bytes)
         self.max_connections = max_connections
 
         self._lock = threading.Lock()

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-log = logging.getLogger("pipeline.ship.ledger")
-T = TypeVar("T")
-
 from pipeline.hot.segment import parse_segment_name
+
+log = logging.getLogger("pipeline.ship.ledger")
+
+T = TypeVar("T")
 
 STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
