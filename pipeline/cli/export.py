@@ -328,12 +328,14 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         return EXIT_OK
     except ExportFailed as exc:
+        progress.close()  # before the message, which would otherwise follow the bar on its line
         out.flush()
         where = f" at seq {exc.seq}" if exc.seq is not None else ""
         err(f"export stopped: segment {exc.segment}{where} does not verify ({exc.reason}): {exc}; nothing from "
             "this segment or later was emitted")
         return EXIT_FINDINGS
     except (ReadbackError, ColdError, OSError) as exc:
+        progress.close()
         return report_read_failure(exc)
     finally:
         progress.close()
