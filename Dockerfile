@@ -11,7 +11,7 @@
 # libcrypto the accelerator links).  No compiler, no pip cache, no source tree and no
 # build tooling reach the final image.
 #
-# Capabilities (see docs/DEPLOYMENT.md, "Container and capabilities"):
+# Capabilities (see docs/DEPLOYMENT.md, "Capabilities: the append-only attribute and non-root"):
 # setting the append-only attribute (chattr +a) on hot segments needs CAP_LINUX_IMMUTABLE.
 # The image's default user is the unprivileged uid 10001, which cannot hold that
 # capability: Linux clears a non-root process's permitted and effective sets on execve,

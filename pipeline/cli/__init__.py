@@ -18,11 +18,17 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 
+TOP_EPILOG = """\
+Run 'pipeline VERB --help' for what a verb does, its options and examples.
+Durations are written like 90s, 5m, 1.5h, 7d (a bare number is seconds).
+Exit codes: 0 clean, 1 findings about the data, 2 could not run."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="worm-pipeline: tamper-evident audit logs from append-only disk to locked cloud storage",
+        epilog=TOP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from pipeline import __version__
 

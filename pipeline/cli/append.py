@@ -15,19 +15,35 @@ from pathlib import Path
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import add_verb, err
 from pipeline.config import Config
 from pipeline.hot.writer import DURABILITY_MODES, HotLogError
 from pipeline.sanitise import InvalidEvent
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("append", help="append NDJSON events from stdin to a stream")
+    p = add_verb(sub, "append", summary="append NDJSON events from stdin to a stream", description="""
+        Append events to a stream of the hot tier: one JSON object per line on standard
+        input, each sanitised (the [sanitise] rules of --config and PIPELINE_SANITISE_*, as
+        the sidecar applies them) and stored as a hash-chained record (docs/FORMAT.md).
+        Prints a JSON summary (accepted, rejected, last seq and hash).  With --config, the
+        hot directory and stream default to the file's.
+
+        Lines are stored in order as they are read.  A line that is refused (not a JSON
+        object, or outside the JSON profile of docs/FORMAT.md §1.1) is reported on stderr
+        with its line number and the exit code is 1, but the good lines before and after it
+        ARE stored: do not re-send the same input after a failure (its good events would be
+        stored twice); send only the corrected lines.""",
+                 examples=[("append the events in events.ndjson to the stream 'auth', fsync each",
+                            "pipeline append --hot /var/lib/worm --stream auth --durability fsync < events.ndjson"),
+                           ("with the sidecar's redaction rules, hot directory and stream, and seal",
+                            "pipeline append --config /etc/worm/pipeline.toml --seal < events.ndjson")])
     p.add_argument("--hot", type=Path, help="hot-tier directory (required without --config)")
     p.add_argument("--stream", help="stream name (required without --config)")
     p.add_argument("--config", type=Path, default=None,
                    help="TOML configuration whose [sanitise] rules (and [hot] dir and stream) apply")
-    p.add_argument("--durability", choices=DURABILITY_MODES, default="group")
+    p.add_argument("--durability", choices=DURABILITY_MODES, default="group",
+                   help="fsync: each record; group: records in batches (default); os: left to the kernel")
     p.add_argument("--seal", action="store_true", help="seal the segment after appending")
     p.set_defaults(func=run)
 

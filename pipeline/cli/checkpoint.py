@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.hot.checkpoints import CheckpointStore
 
 
@@ -22,8 +23,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("checkpoint", help="print the latest signed checkpoint of a stream")
+    p = add_verb(sub, "checkpoint", summary="print the latest signed checkpoint of a stream", description="""
+        Print a stream's signed checkpoint note (C2SP signed-note: origin, tree size, root
+        hash, signatures), as the writer stored it.  Give it to an auditor or a witness; it is
+        what `pipeline prove` proofs are checked against (docs/PROOFS.md).""",
+                 examples=[("the latest checkpoint of 'auth'", "pipeline checkpoint --hot /var/lib/worm --stream auth"),
+                           ("the stored checkpoint of tree size 4096",
+                            "pipeline checkpoint --hot /var/lib/worm --stream auth --size 4096")])
     p.add_argument("--hot", required=True, help="hot-tier directory")
-    p.add_argument("--stream", required=True)
+    p.add_argument("--stream", required=True, help="stream name")
     p.add_argument("--size", type=int, help="print the stored checkpoint of exactly this tree size")
     p.set_defaults(func=run)

@@ -32,7 +32,8 @@ from typing import IO, Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err, report_read_failure
+from pipeline.cli._common import add_verb, err, report_read_failure
+from pipeline.cli._progress import Progress, progress_bar
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.hot.segment import list_segments, list_streams
 from pipeline.record import GENESIS_HASH, Kind, Record
@@ -45,8 +46,14 @@ SPOOL_MEMORY = 8 << 20
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("export", help="stream verified events as NDJSON (stops at the first unverifiable record)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_verb(sub, "export", summary="stream verified events as NDJSON (stops at the first unverifiable record)",
+                 description=__doc__ or "",
+                 examples=[("last week's events of 'auth' from cold storage",
+                            "pipeline export --cold s3://audit-logs/prod --stream auth --since 7d"),
+                           ("one user's events from the hot tier",
+                            "pipeline export --hot /var/lib/worm --match user=alice"),
+                           ("from cold storage, checked against the host's shipper ledger",
+                            "pipeline export --cold s3://audit-logs/prod --ledger /var/lib/worm")])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cold", help="cold store URL (s3://, az://, file://)")
     src.add_argument("--hot", type=Path, help="hot-tier directory")
@@ -94,8 +101,9 @@ _MISSING = object()
 
 class Exporter:
     def __init__(self, out: IO[bytes], since: float | None, until: float | None,
-                 matches: list[tuple[list[str], list[Any]]]) -> None:
+                 matches: list[tuple[list[str], list[Any]]], progress: Progress | None = None) -> None:
         self.out = out
+        self.progress = progress if progress is not None else Progress("export", enabled=False)
         self.since, self.until, self.matches = since, until, matches
         self.emitted = 0
         self.segments = 0
@@ -121,6 +129,7 @@ class Exporter:
         held: tuple[SegmentScan, Any] | None = None  # an unsealed segment waits for the next one
         anchor_seq, anchor_hash = start_seq, start_hash
         prev_cleanup: Callable[[], None] | None = None
+        self.progress.add_total(len(segments))
         for name, fetch, post in segments:
             path, problems = fetch()
             cleanup = _remover(path)
@@ -168,11 +177,12 @@ class Exporter:
             anchor_seq = (scan.last_seq or 0) + 1
             anchor_hash = scan.last_hash
             self.segments += 1
+            self.progress.advance()
         if held is not None:
             # the newest segment, not sealed yet: its records are hash-chained and linked but no
             # seal covers them (the active segment)
-            print(f"export: note: {held[0].name} is the active (unsealed) segment of {stream}: its events are "
-                  "verified by the hash chain only", file=sys.stderr)
+            self.progress.note(f"export: note: {held[0].name} is the active (unsealed) segment of {stream}: its "
+                               "events are verified by the hash chain only")
             self._release(held[1])
 
     def _release(self, spool: Any, limit_seq: int | None = None) -> None:
@@ -278,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         err("--ledger goes with --cold (with --hot the ledger in that directory is always used)")
         return EXIT_ERROR
     out = sys.stdout.buffer
-    exporter = Exporter(out, since, until, matches)
+    progress = progress_bar("export")
+    exporter = Exporter(out, since, until, matches, progress)
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-export-"))
     try:
         if args.hot is not None:
@@ -290,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
             for stream in streams:
                 start = ledger.evicted_prefix(stream) if ledger else None
                 if start:
-                    print(f"export: note: records of {stream} before seq {start[0]} were evicted from the hot tier; "
-                          "export them with --cold", file=sys.stderr)
+                    progress.note(f"export: note: records of {stream} before seq {start[0]} were evicted from the "
+                                  "hot tier; export them with --cold")
                 shipped = {e.segment: e for e in ledger.entries(stream=stream)} if ledger else {}
                 exporter.stream(stream, _hot_segments(args.hot, stream, shipped), start[0] if start else 0,
                                 start[1] if start else None)
@@ -317,12 +328,15 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         return EXIT_OK
     except ExportFailed as exc:
+        progress.close()  # before the message, which would otherwise follow the bar on its line
         out.flush()
         where = f" at seq {exc.seq}" if exc.seq is not None else ""
         err(f"export stopped: segment {exc.segment}{where} does not verify ({exc.reason}): {exc}; nothing from "
             "this segment or later was emitted")
         return EXIT_FINDINGS
     except (ReadbackError, ColdError, OSError) as exc:
+        progress.close()
         return report_read_failure(exc)
     finally:
+        progress.close()
         shutil.rmtree(tmp, ignore_errors=True)

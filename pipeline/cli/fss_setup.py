@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.fss import DEFAULT_INTERVAL, FssError, FssSealer
 
 
@@ -30,9 +31,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("fss-setup", help="create the forward-secure sealing key for a stream")
+    p = add_verb(sub, "fss-setup", summary="create the forward-secure sealing key for a stream", description="""
+        Create the forward-secure sealing (FSS) key of a stream.  The host keeps only the
+        evolving sealing key, which moves forward every epoch and cannot be turned back: an
+        attacker who takes the host later cannot forge seals of earlier epochs.  The
+        verification key is printed ONCE and never stored on the host: keep it off the
+        host and pass it to `pipeline verify --fss-key`.""",
+                 examples=[("set up FSS for 'auth' with 15-minute epochs (900 seconds)",
+                            "pipeline fss-setup --hot /var/lib/worm --stream auth --epoch-seconds 900")])
     p.add_argument("--hot", required=True, help="hot-tier directory")
-    p.add_argument("--stream", required=True)
+    p.add_argument("--stream", required=True, help="stream name")
     p.add_argument("--epoch-seconds", type=int, default=DEFAULT_INTERVAL,
                    help=f"epoch length in seconds (default {DEFAULT_INTERVAL})")
     p.set_defaults(func=run)

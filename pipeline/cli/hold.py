@@ -10,15 +10,21 @@ import argparse
 import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.cold import ColdError, ColdSettings, open_store, segment_of_key, stream_prefix
 from pipeline.hot.segment import parse_segment_name
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("hold", help="place or clear a legal hold on cold segments of a seq range",
-                              description=__doc__)
+    p = add_verb(subparsers, "hold", summary="place or clear a legal hold on cold segments of a seq range",
+                 description=__doc__ or "",
+                 examples=[("see which segments holding records 1000-2000 of 'auth' would be held",
+                            "pipeline hold --cold s3://audit-logs/prod --stream auth --from-seq 1000 --to-seq 2000 "
+                            "--on --dry-run"),
+                           ("clear the hold on the whole stream",
+                            "pipeline hold --cold s3://audit-logs/prod --stream auth --off")])
     p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
-    p.add_argument("--stream", required=True)
+    p.add_argument("--stream", required=True, help="stream name")
     p.add_argument("--from-seq", type=int, default=0, help="first seq of the range (default 0)")
     p.add_argument("--to-seq", type=int, default=None, help="last seq of the range (default: no limit)")
     group = p.add_mutually_exclusive_group(required=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import NoteError, Signer, write_key_pair
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +29,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("keygen", help="generate an Ed25519 signing key pair for checkpoints or a witness")
+    p = add_verb(sub, "keygen", summary="generate an Ed25519 signing key pair for checkpoints or a witness",
+                 description="""
+        Generate an Ed25519 signed-note key pair: OUT/NAME.key (private, mode 0600) and
+        OUT/NAME.pub (the verifier key to hand to auditors and witnesses).  A log key signs
+        the stream's checkpoints; a --witness key cosigns checkpoints in `pipeline witness`.""",
+                 examples=[("the log's checkpoint key", "pipeline keygen --name example.com/worm --out /etc/worm/keys"),
+                           ("a witness cosigner key",
+                            "pipeline keygen --name witness.example.com --out /etc/worm/witness --witness")])
     p.add_argument("--name", required=True, help="key name, e.g. example.com/worm (no spaces or '+')")
     p.add_argument("--out", required=True, help="directory for NAME.key and NAME.pub ('/' in NAME becomes '_')")
     p.add_argument("--witness", action="store_true",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import NoteError
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.proofs import ProveError, prove_consistency, prove_inclusion
 
 
@@ -30,9 +31,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("prove", help="print a Merkle inclusion or consistency proof against a signed checkpoint")
+    p = add_verb(sub, "prove", summary="print a Merkle inclusion or consistency proof against a signed checkpoint",
+                 description="""
+        Print a proof as JSON, bundled with the signed checkpoint it is checked against:
+        with --seq, that one record is in the log (inclusion); with --from-size, that the log
+        at a later checkpoint extends the earlier one without rewriting it (consistency).
+        Anyone can check it offline with `pipeline verify-proof` (docs/PROOFS.md).""",
+                 examples=[("prove that record 1234 of 'auth' is in the latest checkpoint",
+                            "pipeline prove --hot /var/lib/worm --stream auth --seq 1234"),
+                           ("prove that the checkpoint of size 8192 extends the one of size 4096",
+                            "pipeline prove --hot /var/lib/worm --stream auth --from-size 4096 --to-size 8192")])
     p.add_argument("--hot", required=True, help="hot-tier directory")
-    p.add_argument("--stream", required=True)
+    p.add_argument("--stream", required=True, help="stream name")
     p.add_argument("--seq", type=int, help="record to prove (inclusion proof)")
     p.add_argument("--size", type=int, help="with --seq: use the stored checkpoint of this size (default latest)")
     p.add_argument("--from-size", type=int, help="consistency proof from the checkpoint of this size")

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import add_verb, err
 from pipeline.cli.verify import render
 from pipeline.hot import attr
 from pipeline.hot.segment import build_manifest, list_segments
@@ -34,9 +34,13 @@ SAMPLE_EVENTS: list[dict[str, Any]] = [
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("quickstart", help="run the whole pipeline on an embedded default and show the result")
+    p = add_verb(sub, "quickstart", summary="run the whole pipeline on an embedded default and show the result",
+                 description=__doc__ or "",
+                 examples=[("try it in a new temporary directory", "pipeline quickstart"),
+                           ("keep the result in ./demo-hot to look at it afterwards",
+                            "pipeline quickstart --dir ./demo-hot --events 100")])
     p.add_argument("--dir", type=Path, default=None, help="where to put the hot tier (default: a new temp dir)")
-    p.add_argument("--stream", default="demo")
+    p.add_argument("--stream", default="demo", help="stream name (default demo)")
     p.add_argument("--events", type=int, default=1000, help="number of sample events to write")
     p.set_defaults(func=run)
 

@@ -24,7 +24,8 @@ import orjson
 
 from pipeline import merkle
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err, report_read_failure
+from pipeline.cli._common import add_verb, err, report_read_failure
+from pipeline.cli._progress import Progress, progress_bar
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments, read_last_line
@@ -36,8 +37,12 @@ HEAD_FILE = "head.json"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("restore", help="rebuild a hot directory from cold storage, verified",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_verb(sub, "restore", summary="rebuild a hot directory from cold storage, verified",
+                 description=__doc__ or "",
+                 examples=[("rebuild every stream into a new hot directory",
+                            "pipeline restore --cold s3://audit-logs/prod --to /var/lib/worm-restored"),
+                           ("one stream",
+                            "pipeline restore --cold s3://audit-logs/prod --to /var/lib/worm --stream auth")])
     p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
     p.add_argument("--to", required=True, type=Path, help="hot directory to rebuild (stream dirs must not exist)")
     p.add_argument("--stream", help="stream name (default: every stream in the store)")
@@ -71,7 +76,7 @@ def head_from_seal(stream: str, last_segment: Path) -> dict[str, Any] | None:
             "frontier": [h.hex() for h in cr.stack]}
 
 
-def restore_stream(store: Any, stream: str, to: Path) -> tuple[int, int]:
+def restore_stream(store: Any, stream: str, to: Path, progress: Progress | None = None) -> tuple[int, int]:
     """Returns (segments, records).  Raises RestoreFailed (verification) or ReadbackError."""
     target = to / stream
     if target.exists() and list_segments(target):
@@ -80,6 +85,8 @@ def restore_stream(store: Any, stream: str, to: Path) -> tuple[int, int]:
     if not segs:
         raise ReadbackError(f"no cold objects for stream {stream!r}")
     to.mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        progress.add_total(len(segs))
     staging = Path(tempfile.mkdtemp(prefix=f".restore-{stream}-", dir=to))
     try:
         scans = []
@@ -96,6 +103,8 @@ def restore_stream(store: Any, stream: str, to: Path) -> tuple[int, int]:
                 raise RestoreFailed(f"{s.name}: {problem[0]}: {problem[1]}")
             scan.boundaries = {} if scan.sealed else scan.boundaries
             scans.append(scan)
+            if progress is not None:
+                progress.advance()
         rep = stitch(stream, scans)
         if rep.findings:
             f = rep.findings[0]
@@ -143,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
             err("no streams found in the cold store")
             return EXIT_ERROR
         for stream in streams:
-            n, records = restore_stream(store, stream, args.to)
+            with progress_bar(f"restore {stream}") as progress:
+                n, records = restore_stream(store, stream, args.to, progress)
             print(f"restored {stream}: {n} segments, {records} records, verified, into {args.to / stream}")
         print(f"next: pipeline verify --hot {args.to}")
         return EXIT_OK

@@ -6,11 +6,19 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR
-from pipeline.cli._common import err
+from pipeline.cli._common import add_verb, err
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the sidecar: ingest, hot tier, shipping, checkpoints, /metrics")
+    p = add_verb(sub, "run", summary="run the sidecar: ingest, hot tier, shipping, checkpoints, /metrics",
+                 description="""
+        Run the sidecar until SIGTERM: ingest events (Unix socket, HTTP), write them to the
+        hot tier, seal segments, ship them to locked cold storage, publish checkpoints, and
+        serve /metrics, /healthz and /readyz.  Settings come from the TOML file and
+        PIPELINE_<SECTION>_<KEY> environment variables (README, "Configuration reference"); --check
+        prints the resulting configuration and exits without starting anything.""",
+                 examples=[("check a configuration file", "pipeline run --config /etc/worm/pipeline.toml --check"),
+                           ("run with it", "pipeline run --config /etc/worm/pipeline.toml")])
     p.add_argument("--config", type=Path, default=None,
                    help="TOML configuration file (PIPELINE_<SECTION>_<KEY> variables override it)")
     p.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")

@@ -19,12 +19,17 @@ from typing import IO
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import add_verb, err
 from pipeline.sanitise import InvalidEvent, Sanitiser
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("sanitise", help="dry-run redaction on sample NDJSON (nothing is written)")
+    p = add_verb(sub, "sanitise", summary="dry-run redaction on sample NDJSON (nothing is written)",
+                 description=__doc__ or "",
+                 examples=[("what the built-in rules would redact or refuse in sample.ndjson",
+                            "pipeline sanitise --check sample.ndjson"),
+                           ("with the sidecar's [sanitise] rules, from standard input, as JSON",
+                            "pipeline sanitise --check - --config /etc/worm/pipeline.toml --json < sample.ndjson")])
     p.add_argument("--check", required=True, metavar="FILE",
                    help="NDJSON file of sample events ('-' for standard input)")
     p.add_argument("--config", type=Path, default=None, help="TOML configuration whose [sanitise] rules apply")

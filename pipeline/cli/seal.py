@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_hot_args, err
+from pipeline.cli._common import add_hot_args, add_verb, err
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.writer import HotLogError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("seal", help="seal the active segment so it can be shipped")
+    p = add_verb(sub, "seal", summary="seal the active segment so it can be shipped", description="""
+        Close a stream's active segment with a seal record (record count, Merkle root,
+        frontier; docs/FORMAT.md) and make the file immutable where the attribute can be set
+        (docs/DEPLOYMENT.md, capabilities).  Only sealed segments are shipped; the sidecar
+        seals on its own every segment_window, so this is for manual runs and scripts.""",
+                 examples=[("seal the active segment of 'auth'", "pipeline seal --hot /var/lib/worm --stream auth")])
     add_hot_args(p, stream_required=True)
     p.set_defaults(func=run)
 

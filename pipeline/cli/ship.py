@@ -12,29 +12,21 @@ from types import FrameType
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import DURATION_HELP, add_verb, duration, err
+from pipeline.cli._progress import progress_bar
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Shipper
 
 
-def parse_duration(text: str) -> float:
-    """argparse type for durations, the same syntax as the configuration file."""
-    from pipeline.config import parse_duration as parse
-
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_cold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", required=True, help="s3://bucket/prefix, az://account/container/prefix or file:///path")
-    p.add_argument("--retention-days", type=int, default=2555)
+    p.add_argument("--retention-days", type=int, default=2555,
+                   help="WORM retention of each uploaded object, in whole days (default 2555)")
     p.add_argument("--allow-unlocked", action="store_true",
                    help="development only: accept storage that does not enforce WORM (reported as UNLOCKED)")
-    p.add_argument("--compression", choices=("zstd", "none"), default="zstd")
-    p.add_argument("--storage-class", default=None)
+    p.add_argument("--compression", choices=("zstd", "none"), default="zstd", help="default zstd")
+    p.add_argument("--storage-class", default=None, help="S3 storage class / Azure access tier of uploads")
     p.add_argument("--sse", choices=("AES256", "aws:kms"), default=None,
                    help="S3 server-side encryption per object (default: none sent, the bucket's default applies)")
     p.add_argument("--kms-key-id", default=None, help="S3 SSE-KMS key (implies --sse aws:kms)")
@@ -47,15 +39,25 @@ def settings_from(args: argparse.Namespace) -> ColdSettings:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ship", help="upload sealed segments to locked cold storage, verify, confirm, evict")
+    p = add_verb(sub, "ship", summary="upload sealed segments to locked cold storage, verify, confirm, evict",
+                 description="""
+        Upload each sealed segment to cold storage under WORM retention (S3 Object Lock
+        COMPLIANCE, Azure immutable blobs), read it back and verify it, record it in the
+        shipper ledger, and evict the hot copy only after the cold copy is confirmed and
+        --hot-retention has passed (docs/COLD.md, docs/LEDGER.md).  With --once, one pass
+        then exit; without it, keep shipping until SIGTERM.""",
+                 examples=[("one pass to S3, keeping confirmed segments on disk for 3 days",
+                            "pipeline ship --hot /var/lib/worm --cold s3://audit-logs/prod --once --hot-retention 3d"),
+                           ("to Azure, one stream, as JSON",
+                            "pipeline ship --hot /var/lib/worm --cold az://acct/audit --stream auth --once --json")])
     p.add_argument("--hot", required=True, help="hot-tier directory")
     p.add_argument("--stream", action="append", help="only these streams (repeatable)")
     add_cold_args(p)
     p.add_argument("--once", action="store_true", help="ship what is sealed now and exit")
-    p.add_argument("--hot-retention", type=parse_duration, default=24 * 3600.0,
-                   help="keep confirmed segments on the hot disk this long (default 24h)")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--hot-retention", type=duration, default=24 * 3600.0,
+                   help=f"keep confirmed segments on the hot disk this long: {DURATION_HELP} (default 24h)")
+    p.add_argument("--concurrency", type=int, default=4, help="parallel uploads (default 4)")
+    p.add_argument("--json", action="store_true", help="print the pass's summary as JSON (--once)")
     p.set_defaults(func=run)
 
 
@@ -67,14 +69,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     shipper = Shipper(args.hot, store, hot_retention=args.hot_retention, concurrency=args.concurrency,
                       streams=args.stream)
-    tty = sys.stderr.isatty() and not args.json
-    done = [0]
+    bar = progress_bar("ship", json=args.json) if args.once else None
 
     def progress(entry: Entry, state: str) -> None:
-        done[0] += 1
-        if tty:
-            sys.stderr.write(f"\r[{done[0]}] {entry.stream}/{entry.segment} {state}\033[K")
-            sys.stderr.flush()
+        if bar is not None and bar.enabled:
+            bar.advance()
         elif not args.json:
             print(f"{entry.stream}/{entry.segment} {state}", flush=True)
 
@@ -97,9 +96,12 @@ def run(args: argparse.Namespace) -> int:
         loop.join()
         store.close()
         return EXIT_OK
+    if bar is not None and bar.enabled:
+        shipper.discover()  # run_once discovers again: nothing new, this only sizes the bar
+        bar.add_total(len(shipper.due()))
     summary = shipper.run_once(progress)
-    if tty:
-        sys.stderr.write("\n")
+    if bar is not None:
+        bar.close()
     status = shipper.status()
     if args.json:
         doc = {"confirmed": summary.confirmed, "failed": summary.failed, "quarantined": summary.quarantined,

@@ -10,16 +10,21 @@ import orjson
 
 from pipeline import _accel
 from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_hot_args, err, streams_of
+from pipeline.cli._common import add_hot_args, add_verb, err, streams_of
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments
 from pipeline.verify.chain import read_head
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("status", help="show streams, segments, sizes and append-only state")
+    p = add_verb(sub, "status", summary="show streams, segments, sizes and append-only state", description="""
+        Show the hot tier: each stream's segments, sizes, which are sealed, and whether
+        the append-only / immutable attributes are set on them.  Reads only; with --json,
+        one JSON document for scripts and monitoring.""",
+                 examples=[("every stream", "pipeline status --hot /var/lib/worm"),
+                           ("one stream, as JSON", "pipeline status --hot /var/lib/worm --stream auth --json")])
     add_hot_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 

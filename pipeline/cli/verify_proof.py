@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.proofs import verify_proof_document
 
 
@@ -35,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("verify-proof", help="verify a proof printed by `pipeline prove`, offline")
+    p = add_verb(sub, "verify-proof", summary="verify a proof printed by `pipeline prove`, offline", description="""
+        Check a proof from `pipeline prove` without access to the log: the checkpoint's
+        signature against the verifier key(s), then the inclusion or consistency proof
+        against the checkpoint's root.  Exit 0 valid, 1 invalid, 2 could not run.""",
+                 examples=[("check a proof file", "pipeline verify-proof --vkey worm.pub proof.json"),
+                           ("check a proof from standard input", "pipeline verify-proof --vkey worm.pub -")])
     p.add_argument("--vkey", action="append", required=True, help="log verifier key file (NAME.pub); repeatable")
     p.add_argument("proof", help="proof JSON file, or - for standard input")
     p.set_defaults(func=run)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,14 +15,24 @@ import orjson
 
 from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import DURATION_HELP, add_verb, duration, err
+from pipeline.cli._progress import progress_bar
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("verify-tier", help="reconcile hot and cold tiers: nothing missing, altered or unlocked",
-                       description=__doc__)
+    p = add_verb(sub, "verify-tier", summary="reconcile hot and cold tiers: nothing missing, altered or unlocked",
+                 description=__doc__ or "",
+                 examples=[("the host's view: every shipped segment is in cold storage, locked and intact",
+                            "pipeline verify-tier --hot /var/lib/worm --cold s3://audit-logs/prod"),
+                           ("an auditor without the host: the bucket and the log's verifier key only, "
+                            "re-verifying every record of the last 30 days",
+                            "pipeline verify-tier --cold-only --cold s3://audit-logs/prod --vkey worm.pub --deep "
+                            "--since 30d"),
+                           ("JSON for a monitoring job; gaps of over 2 x 5 minutes between records are findings",
+                            "pipeline verify-tier --hot /var/lib/worm --cold s3://audit-logs/prod --json "
+                            "--heartbeat-interval 5m")])
     p.add_argument("--hot", type=Path, help="hot-tier directory (with the shipper ledger)")
     p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
     p.add_argument("--cold-only", action="store_true",
@@ -37,9 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON (docs/VERIFY-TIER.md)")
     p.add_argument("--expiry-warning-days", type=float, default=30.0,
                    help="list objects whose retention ends within N days (default 30)")
-    p.add_argument("--heartbeat-interval", type=float, default=60.0,
-                   help="the writer's heartbeat interval in seconds; silences over twice this are findings "
-                   "(0 disables; default 60)")
+    p.add_argument("--heartbeat-interval", type=duration, default=60.0,
+                   help=f"the writer's heartbeat interval, {DURATION_HELP}; silences over twice this are "
+                   "findings (0 disables; default 60s)")
     p.add_argument("--retention-days", type=int, default=None,
                    help="required retention from upload (default: the cold settings' 2555 days)")
     p.add_argument("--allow-unlocked", action="store_true",
@@ -51,30 +60,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--checkpoint", action="append", type=Path, default=[],
                    help="a signed checkpoint note to check (repeatable)")
     p.add_argument("--origin", help="checkpoint origin (default: found from the log or the witness)")
-    p.add_argument("--witness-max-lag", type=float, default=3600.0,
-                   help="seconds of records a witness may lag behind before it is stale (default 3600)")
+    p.add_argument("--witness-max-lag", type=duration, default=3600.0,
+                   help=f"how far (in record time) a witness may lag behind before it is stale: {DURATION_HELP} "
+                   "(default 1h)")
     p.add_argument("--workers", type=int, default=16, help="parallel requests (default 16)")
     p.set_defaults(func=run)
-
-
-class _Progress:
-    """One self-overwriting line on stderr, only on a terminal, at most 10 times a second."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and done != total:
-            return
-        self.last = now
-        sys.stderr.write(f"\r  {phase} {done}/{total}\x1b[K")
-        sys.stderr.flush()
-
-    def end(self) -> None:
-        if self.last:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 def _s3_witness(url: str) -> tuple[Any, str, str]:
@@ -106,13 +96,14 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, NoteError) as exc:
         err(str(exc))
         return EXIT_ERROR
-    progress = _Progress() if sys.stderr.isatty() else None
+    progress = progress_bar("verify-tier", json=args.json)
     opts = TierOptions(
         hot=None if args.cold_only else args.hot, stream=args.stream, since=since, until=until, deep=args.deep,
         expiry_warning_days=args.expiry_warning_days, heartbeat_interval=args.heartbeat_interval,
         allow_unlocked=args.allow_unlocked, retention_days=args.retention_days, workers=args.workers,
         verifiers=verifiers, witness_dirs=args.witness_dir, witness_s3=witness_s3, checkpoint_files=args.checkpoint,
-        origin=args.origin, witness_max_lag=args.witness_max_lag, cold_only=args.cold_only, progress=progress)
+        origin=args.origin, witness_max_lag=args.witness_max_lag, cold_only=args.cold_only,
+        progress=progress.phase if progress.enabled else None)
     try:
         # allow_unlocked here only lets the store open an unlocked bucket for reading; the
         # lock judgement is verify-tier's own (opts.allow_unlocked)
@@ -122,17 +113,14 @@ def run(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except ColdError as exc:
-        if progress:
-            progress.end()
+        progress.close()
         print(exc.diagnostics(), file=sys.stderr)
         return EXIT_ERROR
     except (TierError, OSError) as exc:
-        if progress:
-            progress.end()
+        progress.close()
         err(str(exc))
         return EXIT_ERROR
-    if progress:
-        progress.end()
+    progress.close()
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import NoteError, Verifier, load_signer
 from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb
 from pipeline.witness.server import Trust, WitnessState, make_server
 
 
@@ -43,7 +44,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("witness", help="run a C2SP tlog-witness server")
+    p = add_verb(sub, "witness", summary="run a C2SP tlog-witness server", description="""
+        A witness remembers the latest checkpoint of each log it trusts and cosigns a new
+        one only if it is consistent with it (C2SP tlog-witness): a log cannot show one
+        history to the auditor and another to the witness.  `serve` answers add-checkpoint
+        over HTTP.""",
+                 examples=[("serve on port 8765 for one log",
+                            "pipeline witness serve --dir /srv/witness --listen 127.0.0.1:8765 "
+                            "--key witness.key --trust worm.pub")])
     wsub = p.add_subparsers(dest="witness_cmd", metavar="CMD")
     wsub.required = True
     s = wsub.add_parser("serve", help="serve add-checkpoint")

@@ -534,12 +534,16 @@ class Shipper:
                 self.conditions.set("upload", f"an upload thread failed: {type(exc).__name__}: {exc}",
                                     exc_info=True)
             finally:
-                with self._cv:
-                    self._inflight.pop(key, None)
-                    self._finished.append((entry, state))
-                    self._cv.notify_all()
-            if progress is not None:
-                progress(entry, state)
+                try:
+                    # reported before the slot is released: run_once returns only after
+                    # every started segment's report (a CLI exiting at once loses none)
+                    if progress is not None:
+                        progress(entry, state)
+                finally:
+                    with self._cv:
+                        self._inflight.pop(key, None)
+                        self._finished.append((entry, state))
+                        self._cv.notify_all()
 
         # daemon: an upload stuck in a request must never keep the process from exiting
         t = threading.Thread(target=run, name=f"ship-{entry.segment}", daemon=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -670,25 +670,42 @@ def file_sha256(path: str | os.PathLike[str], size: int | None = None) -> tuple[
 
 
 def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: bool = True,
-             stream: str | None = None) -> list[SegmentScan]:
+             stream: str | None = None, on_scanned: Callable[[int], None] | None = None) -> list[SegmentScan]:
     """Scan every segment, in parallel where it pays.  ``file_hashes=False`` skips the
     whole-file SHA-256 (``sha256`` stays empty): it identifies a file, for comparison with a
     manifest or a cold copy, but adds nothing to what the scan proves (every byte of a
     record is under its record hash, and bytes after a seal are a finding), and costs about
-    a fifth of the scan."""
+    a fifth of the scan.  ``on_scanned(size)`` is called as each segment's scan completes
+    (a progress bar), in segment order."""
     paths = list(paths)
+    scans = _scan_all(paths, workers, file_hashes, stream)
+    if on_scanned is None:
+        return list(scans)
+    out = []
+    for scan in scans:
+        on_scanned(scan.size)
+        out.append(scan)
+    return out
+
+
+def _scan_all(paths: list[Path], workers: int | None, file_hashes: bool,
+              stream: str | None) -> Iterator[SegmentScan]:
     if workers is None:
         workers = os.cpu_count() or 1
     total = sum(p.stat().st_size for p in paths)
     if workers <= 1 or len(paths) < 2 or total < (8 << 20):
-        return [scan_segment(p, stream, file_hash=file_hashes) for p in paths]
+        for p in paths:
+            yield scan_segment(p, stream, file_hash=file_hashes)
+        return
     if _native is None:
         # the pure-Python scan holds the GIL: one process per core
         with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as procs:
-            return list(procs.map(partial(scan_segment, stream=stream, file_hash=file_hashes), paths, chunksize=1))
+            yield from procs.map(partial(scan_segment, stream=stream, file_hash=file_hashes), paths, chunksize=1)
+        return
     if not file_hashes:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(partial(scan_segment, stream=stream, file_hash=False), paths))
+            yield from pool.map(partial(scan_segment, stream=stream, file_hash=False), paths)
+        return
     # The C accelerator's scan and hashlib's file hash run without the GIL, so threads use
     # every core without the start-up and pickling cost of processes.  Each file is two
     # tasks (its records, and its whole-file SHA-256), so that the cores stay evenly busy
@@ -696,21 +713,20 @@ def scan_all(paths: Iterable[Path], workers: int | None = None, *, file_hashes: 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         scans = [pool.submit(scan_segment, p, stream, file_hash=False) for p in paths]
         hashes = [pool.submit(file_sha256, p) for p in paths]
-        out = []
         for p, scan_f, hash_f in zip(paths, scans, hashes, strict=True):
             scan = scan_f.result()
             hashed, digest = hash_f.result()
             if hashed != scan.size:  # the file grew in between (the active segment)
                 hashed, digest = file_sha256(p, scan.size)
             scan.sha256 = digest
-            out.append(scan)
-        return out
+            yield scan
 
 
 def verify_stream(stream_dir: str | os.PathLike[str], *, workers: int | None = None,
-                  start_seq: int = 0, start_hash: str | None = None, file_hashes: bool = True) -> StreamReport:
+                  start_seq: int = 0, start_hash: str | None = None, file_hashes: bool = True,
+                  on_scanned: Callable[[int], None] | None = None) -> StreamReport:
     d = Path(stream_dir)
     paths = list_segments(d)
     # the directory names the stream: a record that names another is wrong-stream (FORMAT §2)
-    scans = scan_all(paths, workers, file_hashes=file_hashes, stream=d.name)
+    scans = scan_all(paths, workers, file_hashes=file_hashes, stream=d.name, on_scanned=on_scanned)
     return stitch(d.name, scans, head=read_head(d), start_seq=start_seq, start_hash=start_hash)
