@@ -22,6 +22,7 @@ import orjson
 
 from pipeline import strictjson
 from pipeline._accel import native as _native
+from pipeline.errors import PipelineError
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 DEFAULT_MAX_DEPTH = 64
@@ -49,7 +50,7 @@ _ORJSON_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLAS
 _OPTION_KWNAMES = ("option",)
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(PipelineError, ValueError):
     """The event was refused; nothing was written.  ``reason`` is a short code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -59,6 +59,7 @@ from pipeline.cold.base import (
 )
 from pipeline.cold.checks import LOCK_MODES_ACCEPTED
 from pipeline.cold.errors import ColdError, ObjectNotFoundError
+from pipeline.errors import PipelineError
 from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
 from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
@@ -149,7 +150,7 @@ for _code, _what in chain.REASONS.items():
     CODES.setdefault(_code, (ERROR, f"--deep: {_what}"))
 
 
-class TierError(RuntimeError):
+class TierError(PipelineError, RuntimeError):
     """verify-tier could not run (exit code 2)."""
 
 
