@@ -25,7 +25,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import ClassVar
 
 from pipeline.cold.base import (
     Capabilities,

@@ -217,7 +217,7 @@ def test_deep_verify_rereads_the_segment(harness: Harness, tmp_path: Path) -> No
 
 def test_a_backend_cannot_override_the_policy() -> None:
     with pytest.raises(TypeError, match="overrides the cold policy"):
-        class Careless(ColdTier):  # noqa: F841 - defining it is the test
+        class Careless(ColdTier):
             backend = "careless"
 
             def put_segment(self, *a: Any, **kw: Any) -> Any:  # type: ignore[override]
