@@ -136,3 +136,18 @@ def test_config_defaults_are_the_writers(tmp_path: Path) -> None:
     assert cfg.hot.log_options() == defaults.replace(immutable="auto")
     assert {k: v for k, v in cfg.hot.hotlog_kwargs().items() if k != "immutable"} == \
         {k: v for k, v in defaults.writer_kwargs().items() if k != "immutable"}
+
+
+def test_a_forward_secure_stream_with_unreadable_state_is_refused(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Refuse rather than write seals without the MAC: broken FSS state stops the writer."""
+    from pipeline.fss import STATE_DIR, STATE_FILE
+
+    hot = tmp_path / "hot"
+    assert main(["fss-setup", "--hot", str(hot), "--stream", "app"]) == 0
+    capsys.readouterr()
+    state = hot / "app" / STATE_DIR / STATE_FILE
+    state.write_text("{not json")
+    with pytest.raises(pipeline.PipelineError, match="malformed"):
+        pipeline.open_log(hot, "app")
+    assert not any((hot / "app").glob("seg-*"))  # nothing was written
