@@ -151,3 +151,25 @@ def test_a_forward_secure_stream_with_unreadable_state_is_refused(tmp_path: Path
     with pytest.raises(pipeline.PipelineError, match="malformed"):
         pipeline.open_log(hot, "app")
     assert not any((hot / "app").glob("seg-*"))  # nothing was written
+
+
+def test_an_idle_forward_secure_log_erases_past_epoch_keys(tmp_path: Path) -> None:
+    """docs/PROOFS.md §5: the key of an epoch that has passed is erased on time even when no
+    seal is written (the writer's background thread ticks the sealer)."""
+    import json
+    import time
+
+    from pipeline.fss import STATE_DIR, STATE_FILE, FssSealer
+
+    hot = tmp_path / "hot"
+    (hot / "app").mkdir(parents=True)
+    FssSealer.setup(hot / "app", interval=1, start=int(time.time()))
+    state = hot / "app" / STATE_DIR / STATE_FILE
+    first = json.loads(state.read_text())
+    with pipeline.open_log(hot, "app", pipeline.LogOptions(heartbeat_interval=0)):
+        deadline = time.monotonic() + 10
+        while json.loads(state.read_text())["epoch"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        now = json.loads(state.read_text())
+    assert now["epoch"] >= 2 and now["seal_key"] != first["seal_key"]
+    clear_tree_attributes(hot)

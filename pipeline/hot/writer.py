@@ -333,6 +333,10 @@ class HotLog:
         self._tree = tree_store
         self._tree_broken = False
         self._seal_extension = seal_extension
+        # A forward-secure sealer erases the keys of past epochs also while the stream is
+        # idle: the background thread (awake at least once a second) ticks it.
+        self._seal_key_tick: Callable[[], None] | None = getattr(seal_extension, "tick", None)
+        self._seal_key_tick_failed = False
         self._stream_b = stream.encode()
         self._prefix = b'{"v":1,"stream":"%s","seq":' % self._stream_b
         self._leaf0 = hashlib.sha256(b"\x00")
@@ -1560,6 +1564,7 @@ class HotLog:
             seals = bool(self._pending_seals)
         if failed:
             return
+        self._tick_seal_key()
         if self.durability == "os":
             if seals or now - self._last_os_sync >= self.os_sync_interval:
                 self._flush(sync=True)
@@ -1568,6 +1573,23 @@ class HotLog:
                 self._flush(sync=False)
         elif pending:
             self._flush(sync=True)
+
+
+    def _tick_seal_key(self) -> None:
+        if self._seal_key_tick is None:
+            return
+        try:
+            self._seal_key_tick()
+        except Exception as exc:
+            # Not a write failure of the log: the next seal moves the key on itself and fails
+            # if the state still cannot be written.  Said once per failure spell, not per second.
+            if not self._seal_key_tick_failed:
+                logging.getLogger("pipeline.hot").warning(
+                    "stream %s: could not erase the forward-secure key of a past epoch (%s); retrying",
+                    self.stream, exc)
+            self._seal_key_tick_failed = True
+        else:
+            self._seal_key_tick_failed = False
 
 
 def read_first_record(path: Path) -> Any:
