@@ -44,6 +44,7 @@ from pipeline.cold.checks import evaluate_stat, start_verify
 from pipeline.cold.codec import PreparedBody, deep_check, hash_stream, prepare_body
 from pipeline.cold.errors import (
     ColdError,
+    ColdRequestError,
     ObjectArchivedError,
     ObjectConflictError,
     VerificationError,
@@ -143,8 +144,6 @@ class ColdTier(abc.ABC):
 
     def translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
         """Map a client-library exception to the cold error vocabulary."""
-        from pipeline.cold.errors import ColdRequestError
-
         return ColdRequestError(f"{what}: {exc}", segment=segment, endpoint=self.where())
 
     def archived_error(self, what: str, st: ObjectStat, segment: str | None) -> ObjectArchivedError:
