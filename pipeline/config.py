@@ -31,6 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pipeline.errors import PipelineError
+from pipeline.hot.options import DEFAULTS as LOG_DEFAULTS
+from pipeline.hot.options import LogOptions
+
 __all__ = [
     "ENV_PREFIX",
     "NON_CONFIG_ENV",
@@ -59,7 +63,7 @@ _DURATION_EXPECTED = "a duration like 30s, 5m, 1h (units ms, s, m, h, d)"
 _ALLOWED_URL_QUERY = {"s3": {"endpoint_url", "region", "profile"}, "az": {"endpoint_url"}, "file": set()}
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """The configuration is invalid.  ``problems`` holds one message per problem found."""
 
     def __init__(self, problems: Iterable[str]) -> None:
@@ -426,23 +430,25 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
 class HotConfig:
     dir: Path
     stream: str = "app"
-    durability: str = "group"
-    segment_window: float = 300.0  # seconds; 0 = no time-based rotation
-    segment_max_bytes: int = 67108864
-    heartbeat_interval: float = 60.0  # seconds; 0 = no heartbeats
+    # The writer's defaults are LogOptions' (pipeline/hot/options.py); the schema above
+    # documents the same values, and tests/test_public_api.py checks that they agree.
+    durability: str = LOG_DEFAULTS.durability
+    segment_window: float = LOG_DEFAULTS.segment_window  # seconds; 0 = no time-based rotation
+    segment_max_bytes: int = LOG_DEFAULTS.segment_max_bytes
+    heartbeat_interval: float = LOG_DEFAULTS.heartbeat_interval  # seconds; 0 = no heartbeats
     immutable: str = "auto"
     hot_retention: float = 86400.0  # seconds a confirmed segment stays on the hot disk
     high_water_percent: int = 85
 
+    def log_options(self) -> LogOptions:
+        """The writer's options for this section (``pipeline.open_log(..., options=...)``)."""
+        return LOG_DEFAULTS.replace(durability=self.durability, segment_window=self.segment_window,
+                                    segment_max_bytes=self.segment_max_bytes,
+                                    heartbeat_interval=self.heartbeat_interval, immutable=self.immutable)
+
     def hotlog_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``HotLog(dir, stream, **kwargs)``."""
-        return {
-            "durability": self.durability,
-            "segment_window": self.segment_window,
-            "segment_max_bytes": self.segment_max_bytes,
-            "heartbeat_interval": self.heartbeat_interval,
-            "immutable": self.immutable,
-        }
+        return self.log_options().writer_kwargs()
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 EVOLVE = b"worm-pipeline fss evolve"
 SEAL = b"worm-pipeline fss seal"
 SEAL_EVOLVE = b"worm-pipeline fss seal evolve"
@@ -53,7 +55,7 @@ STATE_DIR = "fss"
 STATE_FILE = "state.json"
 
 
-class FssError(ValueError):
+class FssError(PipelineError, ValueError):
     """FSS state or key is missing or malformed."""
 
 

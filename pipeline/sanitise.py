@@ -36,6 +36,7 @@ import orjson
 
 from pipeline import strictjson
 from pipeline._accel import native as _native
+from pipeline.errors import PipelineError
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 DEFAULT_MAX_DEPTH = 64
@@ -355,7 +356,7 @@ def _card_in(out: bytes) -> bool:
 
 # --- errors --------------------------------------------------------------------------------
 
-class InvalidEvent(ValueError):
+class InvalidEvent(PipelineError, ValueError):
     """The event was refused; nothing was written.  ``reason`` is a short code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_hot_args, add_verb, err, streams_of
+from pipeline.cli._common import add_hot_args, add_verb, err
 from pipeline.cli._progress import Progress, progress_bar
 from pipeline.hot.segment import list_segments
-from pipeline.ship.ledger import open_ledger_readonly
-from pipeline.verify.chain import Finding, Note, StreamReport, verify_stream
+from pipeline.verify.chain import StreamReport
+from pipeline.verify.hot import VerifyError, streams_to_verify, verify_hot
+from pipeline.verify.hot import check_fss as check_fss  # moved to the library; old import path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,92 +82,19 @@ def render(report: StreamReport) -> str:
     return "\n".join(lines)
 
 
-def check_fss(report: StreamReport, key_arg: str) -> None:
-    """Every seal must carry a valid forward-secure MAC, in strictly increasing (epoch, index)
-    order (docs/PROOFS.md), except seals older than forward-secure sealing itself: no seal
-    with ``fss`` before them, and timed before the key's start (docs/FORMAT.md §4)."""
-    from pipeline.fss import FssVerifier
-
-    text = Path(key_arg).read_text().strip() if Path(key_arg).is_file() else key_arg
-    verifier = FssVerifier(text)
-    fss_seen = False  # sealing is never switched back off: once a seal has fss, every later one must
-    for s in report.segments:
-        if not s.sealed or s.seal is None or s.last_ts is None:
-            continue
-        if "fss" not in s.seal and not fss_seen and _epoch_seconds(s.last_ts) < verifier.key.start:
-            continue  # sealed before forward-secure sealing was set up
-        fss_seen = fss_seen or "fss" in s.seal
-        problem = verifier.check(s.seal, s.last_ts)
-        if problem:
-            report.findings.append(Finding(report.stream, s.name, "fss-invalid", problem, s.last_seq, None))
-
-
-def _epoch_seconds(ts: str) -> float:
-    from datetime import UTC, datetime
-
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vkey: Path, origin: str) -> None:
-    """A witnessed checkpoint fixes the root of a prefix of the log: a chain rebuilt after it
-    (even re-signed with a stolen key) no longer matches."""
-    from pipeline.proofs import verify_against_witnesses
-    from pipeline.witness.directory import read_witness_checkpoints
-
-    notes = read_witness_checkpoints(witness_dir, origin)
-    for f in verify_against_witnesses(stream_dir, notes, vkey):
-        if f.get("severity") == "error":
-            report.findings.append(Finding(report.stream, "", "witness-mismatch",
-                                           f"{f['code']}: {f['message']}", f.get("size"), None))
-        else:
-            report.notes.append(Note(report.stream, "", "witness", f"{f['code']}: {f['message']}"))
-
-
 def run(args: argparse.Namespace) -> int:
-    if not args.hot.is_dir():
-        err(f"hot directory {args.hot} does not exist")
-        return EXIT_ERROR
-    streams = streams_of(args.hot, args.stream)
-    if args.stream and not (args.hot / args.stream).is_dir():
-        err(f"stream {args.stream!r} not found in {args.hot}")
-        return EXIT_ERROR
-    if not streams:
-        err(f"no streams in {args.hot}")
-        return EXIT_ERROR
-    reports = []
-    ledger = open_ledger_readonly(args.hot)
-    progress = verify_progress(args.hot, streams, json=args.json)
-    for name in streams:
-        # segments the shipper evicted after confirming their cold copies are not missing:
-        # the hot tier legitimately starts after them (pipeline verify-tier checks the cold side)
-        start = ledger.evicted_prefix(name) if ledger else None
-        try:
-            reports.append(verify_stream(args.hot / name, workers=args.workers,
-                                         start_seq=start[0] if start else 0,
-                                         start_hash=start[1] if start else None,
-                                         file_hashes=args.file_hashes, on_scanned=progress.advance))
-        except OSError as exc:
-            progress.close()
-            err(f"cannot read stream {name!r}: {exc}")
-            return EXIT_ERROR
-    progress.close()
-    for name, r in zip(streams, reports, strict=True):
-        start = ledger.evicted_prefix(name) if ledger else None
-        if start:
-            r.notes.append(Note(name, "", "evicted", f"records before seq {start[0]} were shipped, confirmed "
-                                "and evicted (see the shipper ledger)"))
-    if ledger:
-        ledger.close()
     if args.witness_dir and not args.vkey:
         err("--witness-dir needs --vkey (the log's verifier key) to check the witnessed checkpoints")
         return EXIT_ERROR
     try:
-        for r in reports:
-            if args.fss_key:
-                check_fss(r, args.fss_key)
-            for wdir in args.witness_dir:
-                check_witness(r, args.hot / r.stream, wdir, args.vkey, args.origin or r.stream)
-    except (OSError, ValueError) as exc:
+        progress = verify_progress(args.hot, streams_to_verify(args.hot, args.stream), json=args.json)
+        try:
+            reports = verify_hot(args.hot, args.stream, fss_key=args.fss_key, witness_dirs=args.witness_dir,
+                                 vkey=args.vkey, origin=args.origin, workers=args.workers,
+                                 file_hashes=args.file_hashes, on_scanned=progress.advance)
+        finally:
+            progress.close()
+    except VerifyError as exc:
         err(str(exc))
         return EXIT_ERROR
     ok = all(r.ok for r in reports)

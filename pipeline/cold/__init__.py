@@ -42,10 +42,12 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
     url_has_credentials,
 )
+from pipeline.cold.tier import ColdTier, NewObject
 
 __all__ = [
-    "Capabilities", "ColdConfigError", "ColdError", "ColdRequestError", "ColdSettings", "ColdStore",
-    "ColdUnavailableError", "ObjectArchivedError", "ObjectConflictError", "ObjectInfo", "ObjectNotFoundError",
+    "Capabilities", "ColdConfigError", "ColdError", "ColdRequestError", "ColdSettings", "ColdStore", "ColdTier",
+    "ColdUnavailableError", "NewObject", "ObjectArchivedError", "ObjectConflictError", "ObjectInfo",
+    "ObjectNotFoundError",
     "ObjectStat", "PutResult", "SourceMismatchError", "VerificationError", "VerifyResult",
     "WormNotEnforcedError", "manifest_from_metadata", "object_key", "open_store", "segment_of_key",
     "stream_prefix",
@@ -54,9 +56,11 @@ __all__ = [
 _ALLOWED_QUERY = {"s3": {"endpoint_url", "region", "profile"}, "az": {"endpoint_url"}, "file": set()}
 
 
-def open_store(url: str, settings: ColdSettings | None = None, *, transport: Any = None) -> ColdStore:
-    """Open a cold store.  ``transport`` is injected by tests and tools: for ``s3://`` a
-    ready boto3 S3 client, for ``az://`` an azure-core ``HttpTransport``."""
+def open_store(url: str, settings: ColdSettings | None = None, *, transport: Any = None) -> ColdTier:
+    """Open a cold store: the backend for the URL's scheme under the one cold policy
+    (``ColdTier``: fail closed, create-only, copy-then-verify).  ``transport`` is injected by
+    tests and tools: for ``s3://`` a ready boto3 S3 client, for ``az://`` an azure-core
+    ``HttpTransport``."""
     settings = settings or ColdSettings()
     try:
         parts = urlsplit(url)

@@ -15,16 +15,13 @@ the blob's policy expiry come back empty -- never from an upload failing.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
 import os
 import threading
-import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 from azure.core.exceptions import (
     AzureError,
@@ -45,34 +42,22 @@ from pipeline.cold.base import (
     ObjectInfo,
     ObjectStat,
     ObjectVersion,
-    PutResult,
     ReadStream,
-    VerifyResult,
     VersionsUnavailable,
-    encode_metadata,
-    lock_state_expired,
-    object_key,
-    required_retain_until,
-    segment_of_key,
 )
-from pipeline.cold.checks import evaluate_stat, start_verify
-from pipeline.cold.codec import CHUNK, deep_check, hash_stream, prepare_body
+from pipeline.cold.codec import CHUNK, PreparedBody
 from pipeline.cold.errors import (
     ColdError,
     ColdRequestError,
     ColdUnavailableError,
     ObjectArchivedError,
-    ObjectConflictError,
     ObjectNotFoundError,
-    VerificationError,
-    WormNotEnforcedError,
     redact_endpoint,
 )
-from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable, remaining, request_timeout
-from pipeline.hot.segment import SegmentManifest
+from pipeline.cold.retry import error_code_and_status, is_retryable, remaining, request_timeout
+from pipeline.cold.tier import ColdTier, NewObject, segment_for_key
 
 log = logging.getLogger("pipeline.cold.azure")
-T = TypeVar("T")
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 
 
@@ -145,17 +130,20 @@ class _DownloadStream:
         self._dl = None
 
 
-class AzureStore:
+class AzureStore(ColdTier):
+    """The Azure Blob primitives; the policy (fail closed, create-only, copy-then-verify) is
+    ColdTier's.  Azure keeps no SHA-256, so the tier's verification reads blobs back."""
+
     backend = "az"
+    noun = "blob"
+    log: ClassVar[logging.Logger] = log
+    transport_errors = (AzureError, OSError)
 
     def __init__(self, container_client: ContainerClient, prefix: str, settings: ColdSettings) -> None:
-        self.settings = settings
-        self.prefix = prefix.strip("/")
+        super().__init__(prefix, settings)
         self._cc = container_client
         self.container = container_client.container_name
         self.endpoint = redact_endpoint(container_client.url)
-        self._caps: Capabilities | None = None
-        self._caps_read_at = 0.0
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
 
@@ -182,28 +170,9 @@ class AzureStore:
     def close(self) -> None:
         self._cc.close()
 
-    def key_for(self, stream: str, segment_name: str) -> str:
-        return object_key(self.prefix, stream, segment_name, self.settings.compression)
-
-    def _where(self) -> str:
-        return self.endpoint
-
-    def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
-        def on_retry(exc: BaseException, attempt: int) -> None:
-            code, status = error_code_and_status(exc)
-            # INFO: retrying is routine; an operation that still fails is reported once
-            # by its caller (the shipper's conditions), not once per attempt
-            log.info("cold azure %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
-                     code or status or type(exc).__name__)
-
-        try:
-            return call_with_retry(fn, self.settings, on_retry)
-        except (AzureError, OSError) as exc:
-            raise self._translate(what, exc, segment) from exc
-
-    def _translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
+    def translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
         code, status = error_code_and_status(exc)
-        kw: dict[str, Any] = {"segment": segment, "endpoint": self._where(), "code": code or type(exc).__name__}
+        kw: dict[str, Any] = {"segment": segment, "endpoint": self.where(), "code": code or type(exc).__name__}
         if isinstance(exc, ResourceNotFoundError):
             return ObjectNotFoundError(f"{what}: not found", **kw)
         if code == "BlobArchived":
@@ -226,9 +195,7 @@ class AzureStore:
 
     # ---- capabilities ------------------------------------------------------------------------
 
-    def capabilities(self) -> Capabilities:
-        if self._caps is not None and not lock_state_expired(self._caps, self._caps_read_at, self.settings):
-            return self._caps
+    def read_capabilities(self) -> Capabilities:
         props = self._call("read container properties", self._cc.get_container_properties)
         flag = getattr(props, "immutable_storage_with_versioning_enabled", None)
         if flag is True:
@@ -238,73 +205,49 @@ class AzureStore:
                      "immutability (Azurite accepts immutability headers but does not enforce them)",)
         else:
             notes = (f"WORM not enforced: container {self.container} has no version-level immutability",)
-        self._caps = Capabilities("az", self.endpoint, flag is True, flag is True, False, notes)
-        self._caps_read_at = time.monotonic()
-        return self._caps
+        return Capabilities("az", self.endpoint, flag is True, flag is True, False, notes)
 
     # ---- put ---------------------------------------------------------------------------------
 
-    def put_segment(
-        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
-    ) -> PutResult:
-        key = self.key_for(stream, segment_name)
-        caps = self.capabilities()
-        if not caps.worm_enforced and not self.settings.allow_unlocked:
-            raise WormNotEnforcedError(
-                "refusing to upload to a container that does not enforce immutability (fail closed)",
-                segment=segment_name, endpoint=self._where(), action=caps.reason + "; enable version-level "
-                "immutability on the container (the state is read again every "
-                f"{self.settings.lock_recheck_seconds:g} s and shipping resumes by itself), or set "
+    def refusal(self, caps: Capabilities) -> tuple[str, str | None]:
+        return ("refusing to upload to a container that does not enforce immutability (fail closed)",
+                caps.reason + "; enable version-level immutability on the container (the state is read again "
+                f"every {self.settings.lock_recheck_seconds:g} s and shipping resumes by itself), or set "
                 "allow_unlocked for development only")
-        before = sum(self.requests.values())
-        body = prepare_body(source_path, manifest, self.settings)
-        try:
-            retain_until = required_retain_until(self.settings)
-            meta = encode_metadata(manifest, body.compression, body.size, body.sha256)
-            blob = self._cc.get_blob_client(key)
-            kwargs: dict[str, Any] = {
-                "overwrite": False, "metadata": meta, "validate_content": True, "max_concurrency": 1,
-                "length": body.size,
-                # Sent even where the container cannot enforce them (allowed only with
-                # allow_unlocked): on an enforcing endpoint they are what makes the blob WORM.
-                "immutability_policy": ImmutabilityPolicy(expiry_time=retain_until,
-                                                          policy_mode=BlobImmutabilityPolicyMode.LOCKED),
-            }
-            if self.settings.legal_hold:
-                kwargs["legal_hold"] = True
-            if self.settings.storage_class:
-                kwargs["standard_blob_tier"] = StandardBlobTier(self.settings.storage_class)
 
-            def attempt() -> bool:
-                with body.open() as f:
-                    try:
-                        blob.upload_blob(f, **kwargs)
-                        return True
-                    except ResourceExistsError:
-                        return False
+    def uses_multipart(self, body: PreparedBody) -> bool:
+        return body.size > self.settings.multipart_threshold
 
-            created = self._call("upload", attempt, segment_name)
-            result = self.verify(key, manifest, expected_stored_sha256=body.sha256 if created else None,
-                                 expected_stored_size=body.size if created else None,
-                                 min_retain_until=retain_until - dt.timedelta(seconds=1) if created else None)
-            if not created and not result.ok:
-                raise ObjectConflictError("create-only upload found an existing blob that does not match",
-                                          result, segment=segment_name, endpoint=self._where())
-            if not result.ok:
-                raise VerificationError("uploaded blob failed copy-then-verify", result, segment=segment_name,
-                                        endpoint=self._where())
-            return PutResult(key, created, body.size, body.sha256, body.compression, result,
-                             multipart=body.size > self.settings.multipart_threshold,
-                             requests=sum(self.requests.values()) - before)
-        finally:
-            body.cleanup()
+    def create_object(self, obj: NewObject) -> bool:
+        blob = self._cc.get_blob_client(obj.key)
+        kwargs: dict[str, Any] = {
+            "overwrite": False, "metadata": obj.metadata, "validate_content": True, "max_concurrency": 1,
+            "length": obj.body.size,
+            # Sent even where the container cannot enforce them (allowed only with
+            # allow_unlocked): on an enforcing endpoint they are what makes the blob WORM.
+            "immutability_policy": ImmutabilityPolicy(expiry_time=obj.retain_until,
+                                                      policy_mode=BlobImmutabilityPolicyMode.LOCKED),
+        }
+        if obj.legal_hold:
+            kwargs["legal_hold"] = True
+        if self.settings.storage_class:
+            kwargs["standard_blob_tier"] = StandardBlobTier(self.settings.storage_class)
+
+        def attempt() -> bool:
+            with obj.body.open() as f:
+                try:
+                    blob.upload_blob(f, **kwargs)
+                    return True
+                except ResourceExistsError:
+                    return False
+
+        return self._call("upload", attempt, obj.segment)
 
     # ---- read side ---------------------------------------------------------------------------
 
     def stat(self, key: str) -> ObjectStat:
-        seg = segment_of_key(key)
         props = self._call("read blob properties", self._cc.get_blob_client(key).get_blob_properties,
-                           seg[1] if seg else key)
+                           segment_for_key(key))
         policy = getattr(props, "immutability_policy", None)
         expiry = getattr(policy, "expiry_time", None)
         mode = getattr(policy, "policy_mode", None)
@@ -329,8 +272,7 @@ class AzureStore:
         )
 
     def open(self, key: str) -> ReadStream:
-        seg = segment_of_key(key)
-        segment = seg[1] if seg else key
+        segment = segment_for_key(key)
         try:
             dl = self._call("download", lambda: self._cc.get_blob_client(key).download_blob(max_concurrency=1),
                             segment)
@@ -355,11 +297,11 @@ class AzureStore:
             "the blob is readable once its tier is no longer Archive, then run the command again")
         state = "rehydration pending" if pending else "no rehydration requested"
         return ObjectArchivedError(f"{what}: blob is in the Archive tier and cannot be read until rehydrated "
-                                   f"({state})", segment=segment, endpoint=self._where(), code="BlobArchived",
+                                   f"({state})", segment=segment, endpoint=self.where(), code="BlobArchived",
                                    action=action)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        full = self.full_prefix(prefix)
         for page in self._cc.list_blobs(name_starts_with=full, results_per_page=1000).by_page():
             for b in page:
                 yield ObjectInfo(b.name, int(b.size), b.last_modified)
@@ -369,7 +311,7 @@ class AzureStore:
         a blob deleted under versioning keeps its versions with none current, reported here as
         a latest delete marker.  A container without blob versioning (Azurite: not
         implemented) reports no version ids: VersionsUnavailable says so."""
-        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        full = self.full_prefix(prefix)
         try:
             blobs: list[Any] = self._call("list versions", lambda: list(self._cc.list_blobs(
                 name_starts_with=full, include=["versions"], results_per_page=1000)))
@@ -389,43 +331,5 @@ class AzureStore:
             yield ObjectVersion(name, None, True, True)
 
     def set_legal_hold(self, key: str, on: bool) -> None:
-        seg = segment_of_key(key)
         self._call(f"turn legal hold {'on' if on else 'off'}",
-                   lambda: self._cc.get_blob_client(key).set_legal_hold(on), seg[1] if seg else key)
-
-    def verify(
-        self,
-        key: str,
-        manifest: SegmentManifest | None = None,
-        deep: bool = False,
-        *,
-        expected_stored_sha256: str | None = None,
-        expected_stored_size: int | None = None,
-        min_retain_until: dt.datetime | None = None,
-    ) -> VerifyResult:
-        caps = self.capabilities()
-        before = sum(self.requests.values())
-        start = start_verify(key, manifest, deep, self.settings, self.stat, missing="no such blob")
-        result = start.result
-        if start.done:
-            return result
-        st, manifest, compression = start.stat, start.manifest, start.compression
-        assert st is not None and manifest is not None
-        if st.archived:
-            err = self.archived_error("verification", st, start.segment)
-            result.add("readable", False, f"{err.summary}: {err.action}", "archived")
-        elif not deep:
-            # Normal verification still needs the bytes: Azure keeps no SHA-256 to ask for.
-            sha, _ = hash_stream(lambda: self.open(key))
-            st = dataclasses.replace(st, sha256=sha)
-        evaluate_stat(st, manifest, compression, self.settings, result,
-                      expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
-                      min_retain_until=min_retain_until, worm_enforced=caps.worm_enforced,
-                      worm_note=caps.reason,
-                      expect_legal_hold=self.settings.legal_hold if expected_stored_sha256 else None)
-        if deep and not st.archived:
-            deep_check(lambda: self.open(key), manifest, compression,
-                       expected_stored_sha256 or st.segment_metadata.get("stored_sha256"), st.size, result)
-        result.requests = sum(self.requests.values()) - before
-        return result
-
+                   lambda: self._cc.get_blob_client(key).set_legal_hold(on), segment_for_key(key))

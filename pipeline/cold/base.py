@@ -223,6 +223,7 @@ class ColdStore(Protocol):
     """What the shipper and verify-tier need from write-once storage."""
 
     settings: ColdSettings
+    endpoint: str  # where the store is, credentials redacted
 
     def put_segment(
         self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
@@ -238,6 +239,10 @@ class ColdStore(Protocol):
     def open(self, key: str) -> ReadStream: ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """Every version and delete marker, or VersionsUnavailable saying why not."""
+        ...
 
     def set_legal_hold(self, key: str, on: bool) -> None: ...
 

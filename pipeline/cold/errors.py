@@ -12,6 +12,8 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from pipeline.errors import PipelineError
+
 if TYPE_CHECKING:
     from pipeline.cold.base import VerifyResult
 
@@ -57,7 +59,7 @@ def redact_endpoint(url: str | None) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class ColdError(Exception):
+class ColdError(PipelineError):
     """Base of every cold-tier failure."""
 
     default_action = "check the cold store configuration and retry; the hot copy is kept until a verified upload"

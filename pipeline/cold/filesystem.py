@@ -32,26 +32,17 @@ from pipeline.cold.base import (
     ObjectInfo,
     ObjectStat,
     ObjectVersion,
-    PutResult,
     ReadStream,
-    VerifyResult,
     VersionsUnavailable,
-    encode_metadata,
-    object_key,
-    required_retain_until,
 )
-from pipeline.cold.checks import evaluate_stat, start_verify
-from pipeline.cold.codec import CHUNK, PreparedBody, deep_check, prepare_body
+from pipeline.cold.codec import CHUNK, PreparedBody
 from pipeline.cold.errors import (
     ColdConfigError,
     ColdRequestError,
-    ObjectConflictError,
     ObjectNotFoundError,
-    VerificationError,
-    WormNotEnforcedError,
 )
+from pipeline.cold.tier import ColdTier, NewObject
 from pipeline.hot import attr
-from pipeline.hot.segment import SegmentManifest
 
 META_DIR = ".meta"
 HOLD_DIR = ".holds"
@@ -65,15 +56,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class FileStore:
+class FileStore(ColdTier):
+    """The directory primitives; the policy (fail closed, create-only, copy-then-verify) is
+    ColdTier's."""
+
     backend = "file"
 
     def __init__(self, root: str | os.PathLike[str], prefix: str, settings: ColdSettings) -> None:
+        super().__init__(prefix, settings)
         self.root = Path(root)
-        self.prefix = prefix.strip("/")
-        self.settings = settings
         self.endpoint = f"file://{self.root}"
-        self._caps: Capabilities | None = None
+        # Store operations (a write, a stat, a read) stand in for requests: one each.
+        self._ops = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -84,9 +78,6 @@ class FileStore:
 
     def close(self) -> None:
         pass
-
-    def key_for(self, stream: str, segment_name: str) -> str:
-        return object_key(self.prefix, stream, segment_name, self.settings.compression)
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/") or key.split("/", 1)[0] in (META_DIR, HOLD_DIR):
@@ -99,16 +90,20 @@ class FileStore:
     def _hold_path(self, key: str) -> Path:
         return self.root / HOLD_DIR / key
 
-    def capabilities(self) -> Capabilities:
-        if self._caps is None:
-            enforced = self._probe_immutable()
-            notes = ["immutable file attribute set on every stored file; root with CAP_LINUX_IMMUTABLE can "
-                     "clear it, so this is tamper-resistance, not compliance-grade WORM"]
-            if not enforced:
-                notes = ["WORM not enforced: the immutable attribute cannot be set here (needs "
-                         "CAP_LINUX_IMMUTABLE and a filesystem with inode flags)"]
-            self._caps = Capabilities("file", self.endpoint, enforced, True, False, tuple(notes))
-        return self._caps
+    def requests_sent(self) -> int:
+        return self._ops
+
+    def read_capabilities(self) -> Capabilities:
+        enforced = self._probe_immutable()
+        notes = ["immutable file attribute set on every stored file; root with CAP_LINUX_IMMUTABLE can "
+                 "clear it, so this is tamper-resistance, not compliance-grade WORM"]
+        if not enforced:
+            notes = ["WORM not enforced: the immutable attribute cannot be set here (needs "
+                     "CAP_LINUX_IMMUTABLE and a filesystem with inode flags)"]
+        return Capabilities("file", self.endpoint, enforced, True, False, tuple(notes))
+
+    def refusal(self, caps: Capabilities) -> tuple[str, str | None]:
+        return "refusing to store without the immutable attribute (fail closed)", None
 
     def _probe_immutable(self) -> bool:
         fd, probe = tempfile.mkstemp(prefix=".worm-probe-", dir=self.root)
@@ -126,33 +121,13 @@ class FileStore:
 
     # ---- put ---------------------------------------------------------------------------------
 
-    def put_segment(
-        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
-    ) -> PutResult:
-        key = self.key_for(stream, segment_name)
-        caps = self.capabilities()
-        if not caps.worm_enforced and not self.settings.allow_unlocked:
-            raise WormNotEnforcedError("refusing to store without the immutable attribute (fail closed)",
-                                       segment=segment_name, endpoint=self.endpoint)
-        body = prepare_body(source_path, manifest, self.settings)
-        try:
-            dest = self._path(key)
-            meta = encode_metadata(manifest, body.compression, body.size, body.sha256)
-            sidecar = {"metadata": meta, "retain_until": required_retain_until(self.settings).isoformat()}
-            created = self._create(dest, key, body, sidecar, segment_name)
-            result = self.verify(key, manifest, expected_stored_sha256=body.sha256 if created else None,
-                                 expected_stored_size=body.size if created else None)
-            if not created and not result.ok:
-                raise ObjectConflictError("create-only put found an existing object that does not match",
-                                          result, segment=segment_name, endpoint=self.endpoint)
-            if not result.ok:
-                raise VerificationError("stored file failed copy-then-verify", result, segment=segment_name,
-                                        endpoint=self.endpoint)
-            return PutResult(key, created, body.size, body.sha256, body.compression, result, requests=2)
-        finally:
-            body.cleanup()
+    def create_object(self, obj: NewObject) -> bool:
+        self._ops += 1
+        sidecar = {"metadata": obj.metadata, "retain_until": obj.retain_until.isoformat()}
+        return self._create(self._path(obj.key), obj.key, obj.body, sidecar, obj.segment, obj.legal_hold)
 
-    def _create(self, dest: Path, key: str, body: PreparedBody, sidecar: Mapping[str, object], segment: str) -> bool:
+    def _create(self, dest: Path, key: str, body: PreparedBody, sidecar: Mapping[str, object], segment: str,
+                legal_hold: bool) -> bool:
         if dest.exists():
             return False
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +160,7 @@ class FileStore:
             # capabilities() already said whether this works; verify reports the outcome
             with contextlib.suppress(OSError):
                 attr.protect_immutable(p, policy="require")
-        if self.settings.legal_hold:
+        if legal_hold:
             self.set_legal_hold(key, True)
         return True
 
@@ -206,6 +181,7 @@ class FileStore:
     # ---- read side ---------------------------------------------------------------------------
 
     def stat(self, key: str) -> ObjectStat:
+        self._ops += 1
         path = self._path(key)
         try:
             st = os.stat(path, follow_symlinks=False)
@@ -232,13 +208,14 @@ class FileStore:
         )
 
     def open(self, key: str) -> ReadStream:
+        self._ops += 1
         try:
             return open(self._path(key), "rb")  # the caller closes the stream
         except FileNotFoundError as exc:
             raise ObjectNotFoundError("object not found", segment=key, endpoint=self.endpoint) from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        base = self.full_prefix(prefix)
         out: list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel_dir = os.path.relpath(dirpath, self.root)
@@ -273,31 +250,3 @@ class FileStore:
             hold.touch()
         else:
             hold.unlink(missing_ok=True)
-
-    def verify(
-        self,
-        key: str,
-        manifest: SegmentManifest | None = None,
-        deep: bool = False,
-        *,
-        expected_stored_sha256: str | None = None,
-        expected_stored_size: int | None = None,
-        min_retain_until: dt.datetime | None = None,
-    ) -> VerifyResult:
-        caps = self.capabilities()
-        start = start_verify(key, manifest, deep, self.settings, self.stat, missing="no such object")
-        result = start.result
-        if start.done:
-            return result
-        st, manifest, compression = start.stat, start.manifest, start.compression
-        assert st is not None and manifest is not None
-        evaluate_stat(st, manifest, compression, self.settings, result,
-                      expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
-                      min_retain_until=min_retain_until, worm_enforced=caps.worm_enforced,
-                      worm_note=caps.reason,
-                      expect_legal_hold=self.settings.legal_hold if expected_stored_sha256 else None)
-        if deep:
-            deep_check(lambda: self.open(key), manifest, compression,
-                       expected_stored_sha256 or st.segment_metadata.get("stored_sha256"), st.size, result)
-        result.requests = 2 if deep else 1
-        return result

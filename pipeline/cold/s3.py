@@ -14,10 +14,9 @@ import base64
 import datetime as dt
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config
@@ -29,34 +28,22 @@ from pipeline.cold.base import (
     ObjectInfo,
     ObjectStat,
     ObjectVersion,
-    PutResult,
     ReadStream,
-    VerifyResult,
     VersionsUnavailable,
-    encode_metadata,
-    lock_state_expired,
-    object_key,
-    required_retain_until,
-    segment_of_key,
 )
-from pipeline.cold.checks import evaluate_stat, start_verify
-from pipeline.cold.codec import PreparedBody, deep_check, prepare_body
+from pipeline.cold.codec import PreparedBody
 from pipeline.cold.errors import (
     ColdError,
     ColdRequestError,
     ColdUnavailableError,
     ObjectArchivedError,
-    ObjectConflictError,
     ObjectNotFoundError,
-    VerificationError,
-    WormNotEnforcedError,
     redact_endpoint,
 )
-from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable, remaining, request_timeout
-from pipeline.hot.segment import SegmentManifest
+from pipeline.cold.retry import error_code_and_status, is_retryable, remaining, request_timeout
+from pipeline.cold.tier import ColdTier, NewObject, segment_for_key
 
 log = logging.getLogger("pipeline.cold.s3")
-T = TypeVar("T")
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -101,21 +88,22 @@ def make_client(
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-class S3Store:
+class S3Store(ColdTier):
+    """The S3 primitives; the policy (fail closed, create-only, copy-then-verify) is ColdTier's."""
+
     backend = "s3"
+    log: ClassVar[logging.Logger] = log
+    transport_errors = (ClientError, BotoCoreError, OSError)
 
     def __init__(self, bucket: str, prefix: str, settings: ColdSettings, *, client: Any) -> None:
+        super().__init__(prefix, settings)
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.settings = settings
         self._client = client
         self.endpoint = redact_endpoint(getattr(client.meta, "endpoint_url", None))
-        self._caps: Capabilities | None = None
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # HTTP requests sent, by operation (incl. retries)
         client.meta.events.register("before-send.s3", self._count_request)
         client.meta.events.register("before-send.s3", self._bound_read_timeout)
-        self._caps_read_at = 0.0
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
@@ -136,35 +124,15 @@ class S3Store:
         self._client.meta.events.unregister("before-send.s3", self._bound_read_timeout)
         self._client.close()
 
-    # ---- naming -------------------------------------------------------------------------
-
-    def key_for(self, stream: str, segment_name: str) -> str:
-        return object_key(self.prefix, stream, segment_name, self.settings.compression)
-
-    def _where(self) -> str:
+    def where(self) -> str:
         # path-style form, whatever addressing the client uses: it names endpoint and bucket
         return f"{self.endpoint.rstrip('/')}/{self.bucket}"
 
     # ---- error translation -----------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], T], segment: str | None = None) -> T:
-        def on_retry(exc: BaseException, attempt: int) -> None:
-            code, status = error_code_and_status(exc)
-            # INFO: retrying is routine; an operation that still fails is reported once
-            # by its caller (the shipper's conditions), not once per attempt
-            log.info("cold s3 %s of %s: attempt %d failed (%s), retrying", what, segment or "-", attempt,
-                     code or status or type(exc).__name__)
-
-        try:
-            return call_with_retry(fn, self.settings, on_retry)
-        except ClientError as exc:
-            raise self._translate(what, exc, segment) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise self._translate(what, exc, segment) from exc
-
-    def _translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
+    def translate(self, what: str, exc: BaseException, segment: str | None) -> ColdError:
         code, status = error_code_and_status(exc)
-        kw: dict[str, Any] = {"segment": segment, "endpoint": self._where(), "code": code or type(exc).__name__}
+        kw: dict[str, Any] = {"segment": segment, "endpoint": self.where(), "code": code or type(exc).__name__}
         if code in NOT_FOUND_CODES or (status == 404 and code not in ("NoSuchBucket", "NoSuchUpload")):
             return ObjectNotFoundError(f"{what}: object not found", **kw)
         if code == "InvalidObjectState":
@@ -187,10 +155,7 @@ class S3Store:
 
     # ---- capabilities ------------------------------------------------------------------------
 
-    def capabilities(self) -> Capabilities:
-        if self._caps is not None and not lock_state_expired(self._caps, self._caps_read_at, self.settings):
-            return self._caps
-
+    def read_capabilities(self) -> Capabilities:
         def get() -> dict[str, Any] | None:
             try:
                 resp: dict[str, Any] = self._client.get_object_lock_configuration(Bucket=self.bucket)
@@ -212,56 +177,30 @@ class S3Store:
         else:
             notes.append(f"bucket {self.bucket} has no Object Lock configuration: WORM not enforced, "
                          "objects can be overwritten or deleted")
-        self._caps = Capabilities("s3", self.endpoint, enabled, enabled, True, tuple(notes))
-        self._caps_read_at = time.monotonic()
-        return self._caps
+        return Capabilities("s3", self.endpoint, enabled, enabled, True, tuple(notes))
 
     # ---- put ---------------------------------------------------------------------------------
 
-    def put_segment(
-        self, stream: str, segment_name: str, source_path: str, manifest: SegmentManifest
-    ) -> PutResult:
-        key = self.key_for(stream, segment_name)
-        caps = self.capabilities()
-        if not caps.worm_enforced and not self.settings.allow_unlocked:
-            raise WormNotEnforcedError(
-                f"refusing to upload into bucket {self.bucket}: it has no Object Lock (fail closed)",
-                segment=segment_name, endpoint=self._where(), action=(
-                    f"enable Object Lock on the bucket (aws s3api put-bucket-versioning --bucket {self.bucket} "
-                    "--versioning-configuration Status=Enabled, then aws s3api put-object-lock-configuration "
-                    f"--bucket {self.bucket} --object-lock-configuration ObjectLockEnabled=Enabled) or point "
-                    "cold.url at a bucket created with Object Lock; the lock state is read again every "
-                    f"{self.settings.lock_recheck_seconds:g} s and shipping resumes by itself "
-                    "(allow_unlocked is for development only)"))
-        before = sum(self.requests.values())
-        body = prepare_body(source_path, manifest, self.settings)
-        try:
-            retain_until = required_retain_until(self.settings)
-            meta = encode_metadata(manifest, body.compression, body.size, body.sha256,
-                                   body.composite_sha256 if self._multipart(body) else None)
-            extra = self._common_args(meta, caps.worm_enforced, retain_until)
-            if self._multipart(body):
-                created = self._put_multipart(key, body, extra, segment_name)
-            else:
-                created = self._put_single(key, body, extra, segment_name)
-            result = self.verify(
-                key, manifest, expected_stored_sha256=body.sha256 if created else None,
-                expected_stored_size=body.size if created else None,
-                min_retain_until=retain_until - dt.timedelta(seconds=1) if created else None,
-            )
-            if not created and not result.ok:
-                raise ObjectConflictError("create-only put found an existing object that does not match",
-                                          result, segment=segment_name, endpoint=self._where())
-            if not result.ok:
-                raise VerificationError("uploaded object failed copy-then-verify", result,
-                                        segment=segment_name, endpoint=self._where())
-            return PutResult(key, created, body.size, body.sha256, body.compression, result,
-                             multipart=self._multipart(body), requests=sum(self.requests.values()) - before)
-        finally:
-            body.cleanup()
+    def refusal(self, caps: Capabilities) -> tuple[str, str | None]:
+        return (f"refusing to upload into bucket {self.bucket}: it has no Object Lock (fail closed)", (
+            f"enable Object Lock on the bucket (aws s3api put-bucket-versioning --bucket {self.bucket} "
+            "--versioning-configuration Status=Enabled, then aws s3api put-object-lock-configuration "
+            f"--bucket {self.bucket} --object-lock-configuration ObjectLockEnabled=Enabled) or point "
+            "cold.url at a bucket created with Object Lock; the lock state is read again every "
+            f"{self.settings.lock_recheck_seconds:g} s and shipping resumes by itself "
+            "(allow_unlocked is for development only)"))
 
-    def _multipart(self, body: PreparedBody) -> bool:
+    def create_object(self, obj: NewObject) -> bool:
+        extra = self._common_args(obj.metadata, obj.locked, obj.retain_until)
+        if obj.multipart:
+            return self._put_multipart(obj.key, obj.body, extra, obj.segment)
+        return self._put_single(obj.key, obj.body, extra, obj.segment)
+
+    def uses_multipart(self, body: PreparedBody) -> bool:
         return body.size >= self.settings.multipart_threshold and bool(body.part_digests)
+
+    def composite_checksum(self, body: PreparedBody) -> str | None:
+        return body.composite_sha256
 
     def _common_args(self, meta: dict[str, str], locked: bool, retain_until: dt.datetime) -> dict[str, Any]:
         s = self.settings
@@ -361,8 +300,7 @@ class S3Store:
     # ---- read side ---------------------------------------------------------------------------
 
     def stat(self, key: str) -> ObjectStat:
-        seg = segment_of_key(key)
-        segment = seg[1] if seg else key
+        segment = segment_for_key(key)
         resp: dict[str, Any] = self._call(
             "read object attributes",
             lambda: self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"), segment)
@@ -408,8 +346,7 @@ class S3Store:
         return None
 
     def open(self, key: str) -> ReadStream:
-        seg = segment_of_key(key)
-        segment = seg[1] if seg else key
+        segment = segment_for_key(key)
         try:
             resp = self._call("download", lambda: self._client.get_object(Bucket=self.bucket, Key=key), segment)
         except ObjectArchivedError as exc:
@@ -438,11 +375,11 @@ class S3Store:
             "Restore: ongoing-request=\"false\" when the copy is readable, then run the command again. "
             "The restore makes a temporary readable copy; the locked object keeps its class and retention")
         return ObjectArchivedError(f"{what}: object is in the {st.storage_class} archive class and cannot be read "
-                                   f"until restored ({state})", segment=segment, endpoint=self._where(),
+                                   f"until restored ({state})", segment=segment, endpoint=self.where(),
                                    code="InvalidObjectState", action=action)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        full = self.full_prefix(prefix)
         token: str | None = None
         while True:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
@@ -465,7 +402,7 @@ class S3Store:
     def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
         """ListObjectVersions, 1,000 keys per request: every version and delete marker under
         ``prefix``.  Needs s3:ListBucketVersions; AccessDenied raises VersionsUnavailable."""
-        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        full = self.full_prefix(prefix)
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": 1000}
         while True:
             try:
@@ -493,44 +430,8 @@ class S3Store:
         return page
 
     def set_legal_hold(self, key: str, on: bool) -> None:
-        seg = segment_of_key(key)
         self._call(
             f"turn legal hold {'on' if on else 'off'}",
             lambda: self._client.put_object_legal_hold(
                 Bucket=self.bucket, Key=key, LegalHold={"Status": "ON" if on else "OFF"}),
-            seg[1] if seg else key)
-
-    def verify(
-        self,
-        key: str,
-        manifest: SegmentManifest | None = None,
-        deep: bool = False,
-        *,
-        expected_stored_sha256: str | None = None,
-        expected_stored_size: int | None = None,
-        min_retain_until: dt.datetime | None = None,
-    ) -> VerifyResult:
-        caps = self.capabilities()
-        before = sum(self.requests.values())
-        start = start_verify(key, manifest, deep, self.settings, self.stat, missing="no such object")
-        result = start.result
-        if start.done:
-            return result
-        st, manifest, compression = start.stat, start.manifest, start.compression
-        assert st is not None and manifest is not None
-        evaluate_stat(
-            st, manifest, compression, self.settings, result,
-            expected_stored_sha256=expected_stored_sha256, expected_stored_size=expected_stored_size,
-            min_retain_until=min_retain_until, worm_enforced=caps.worm_enforced, worm_note=caps.reason,
-            expect_legal_hold=self.settings.legal_hold if expected_stored_sha256 else None,
-        )
-        if deep:
-            if st.archived:
-                err = self.archived_error("deep verification", st, start.segment)
-                result.add("deep", False, f"{err.summary}: {err.action}", "archived")
-            else:
-                full_sha = expected_stored_sha256 or st.segment_metadata.get("stored_sha256")
-                deep_check(lambda: self.open(key), manifest, compression, full_sha, st.size, result)
-        result.requests = sum(self.requests.values()) - before
-        return result
-
+            segment_for_key(key))

@@ -43,7 +43,10 @@ import orjson
 
 from pipeline import _accel, merkle
 from pipeline._accel import native as _native
+from pipeline.errors import PipelineError
 from pipeline.hot import attr
+from pipeline.hot.options import DEFAULTS, LogOptions
+from pipeline.hot.options import DURABILITY_MODES as DURABILITY_MODES  # re-exported for old imports
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line, segment_name
 from pipeline.record import (
     GENESIS_HASH,
@@ -56,11 +59,11 @@ from pipeline.record import (
 )
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
 
-DURABILITY_MODES = ("fsync", "group", "os")
-DEFAULT_SEGMENT_WINDOW = 300.0
-DEFAULT_SEGMENT_MAX_BYTES = 64 << 20
-DEFAULT_HEARTBEAT_INTERVAL = 60.0
-DEFAULT_GROUP_INTERVAL = 0.010
+# The defaults live in LogOptions (pipeline/hot/options.py); these names stay for old imports.
+DEFAULT_SEGMENT_WINDOW = DEFAULTS.segment_window
+DEFAULT_SEGMENT_MAX_BYTES = DEFAULTS.segment_max_bytes
+DEFAULT_HEARTBEAT_INTERVAL = DEFAULTS.heartbeat_interval
+DEFAULT_GROUP_INTERVAL = DEFAULTS.group_interval
 HEAD_FILE = "head.json"
 LOCK_FILE = "LOCK"
 _KIND_BYTES = {k.value: k.value.encode() for k in Kind}
@@ -79,7 +82,7 @@ __all__ = [
 ]
 
 
-class HotLogError(RuntimeError):
+class HotLogError(PipelineError, RuntimeError):
     """An append could not be made durable, or the log is closed.  Nothing is half-written:
     the chain stays verifiable and later appends continue it."""
 
@@ -268,6 +271,17 @@ class _ChainState:
         self.pending = 0
 
 
+def _forward_secure_sealer(stream_dir: Path) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The stream's forward-secure sealer when ``pipeline fss-setup`` prepared it: such a
+    stream is never written without it (its seals would lack the FSS MAC that
+    ``pipeline verify --fss-key`` requires)."""
+    from pipeline.fss import STATE_DIR, STATE_FILE, FssSealer
+
+    if not (stream_dir / STATE_DIR / STATE_FILE).exists():
+        return None
+    return FssSealer(stream_dir)
+
+
 class HotLog:
     """Append-only, hash-chained, durable log of one stream.  Thread-safe."""
 
@@ -282,29 +296,29 @@ class HotLog:
         directory: str | os.PathLike[str],
         stream: str,
         *,
-        durability: str = "group",
-        segment_window: float = DEFAULT_SEGMENT_WINDOW,
-        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        group_interval: float = DEFAULT_GROUP_INTERVAL,
-        os_sync_interval: float = 1.0,
-        max_pending_bytes: int = 8 << 20,
+        durability: str = DEFAULTS.durability,
+        segment_window: float = DEFAULTS.segment_window,
+        segment_max_bytes: int = DEFAULTS.segment_max_bytes,
+        heartbeat_interval: float = DEFAULTS.heartbeat_interval,
+        group_interval: float = DEFAULTS.group_interval,
+        os_sync_interval: float = DEFAULTS.os_sync_interval,
+        max_pending_bytes: int = DEFAULTS.max_pending_bytes,
         sanitiser: Sanitiser | None = None,
-        immutable: str | None = None,
+        immutable: str | None = DEFAULTS.immutable,
         tree_store: TreeStoreLike | None = None,
         seal_extension: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         background: bool = True,
         clock: Callable[[], bytes] | None = None,
     ) -> None:
-        if durability not in DURABILITY_MODES:
-            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
-        if segment_max_bytes < 4096:
-            raise ValueError("segment_max_bytes must be at least 4096")
-        if segment_window < 0 or heartbeat_interval < 0 or group_interval < 0:
-            raise ValueError("intervals must not be negative")
+        # Validated once, by the options type (pipeline.open_log builds the same one).
+        LogOptions(durability=durability, segment_window=segment_window, segment_max_bytes=segment_max_bytes,
+                   heartbeat_interval=heartbeat_interval, group_interval=group_interval,
+                   os_sync_interval=os_sync_interval, max_pending_bytes=max_pending_bytes, immutable=immutable)
         self.stream = validate_stream_name(stream)
         self.hot_dir = Path(directory)
         self.dir = self.hot_dir / stream
+        if seal_extension is None:
+            seal_extension = _forward_secure_sealer(self.dir)
         self.durability = durability
         # fsync and os modes act after every append; group mode only to wait, or when much is queued
         self._after_every_append = durability != "group"
@@ -319,6 +333,10 @@ class HotLog:
         self._tree = tree_store
         self._tree_broken = False
         self._seal_extension = seal_extension
+        # A forward-secure sealer erases the keys of past epochs also while the stream is
+        # idle: the background thread (awake at least once a second) ticks it.
+        self._seal_key_tick: Callable[[], None] | None = getattr(seal_extension, "tick", None)
+        self._seal_key_tick_failed = False
         self._stream_b = stream.encode()
         self._prefix = b'{"v":1,"stream":"%s","seq":' % self._stream_b
         self._leaf0 = hashlib.sha256(b"\x00")
@@ -1552,6 +1570,7 @@ class HotLog:
             seals = bool(self._pending_seals)
         if failed:
             return
+        self._tick_seal_key()
         if self.durability == "os":
             if seals or now - self._last_os_sync >= self.os_sync_interval:
                 self._flush(sync=True)
@@ -1560,6 +1579,23 @@ class HotLog:
                 self._flush(sync=False)
         elif pending:
             self._flush(sync=True)
+
+
+    def _tick_seal_key(self) -> None:
+        if self._seal_key_tick is None:
+            return
+        try:
+            self._seal_key_tick()
+        except Exception as exc:
+            # Not a write failure of the log: the next seal moves the key on itself and fails
+            # if the state still cannot be written.  Said once per failure spell, not per second.
+            if not self._seal_key_tick_failed:
+                logging.getLogger("pipeline.hot").warning(
+                    "stream %s: could not erase the forward-secure key of a past epoch (%s); retrying",
+                    self.stream, exc)
+            self._seal_key_tick_failed = True
+        else:
+            self._seal_key_tick_failed = False
 
 
 def read_first_record(path: Path) -> Any:

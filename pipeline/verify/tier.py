@@ -59,6 +59,7 @@ from pipeline.cold.base import (
 )
 from pipeline.cold.checks import LOCK_MODES_ACCEPTED
 from pipeline.cold.errors import ColdError, ObjectNotFoundError
+from pipeline.errors import PipelineError
 from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
 from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
@@ -151,7 +152,7 @@ for _code, _what in chain.REASONS.items():
     CODES.setdefault(_code, (ERROR, f"--deep: {_what}"))
 
 
-class TierError(RuntimeError):
+class TierError(PipelineError, RuntimeError):
     """verify-tier could not run (exit code 2)."""
 
 
@@ -795,7 +796,7 @@ class TierVerifier:
         t0 = time.monotonic()
         opts = self.opts
         before = _requests_of(self.store)
-        report = TierReport("deep" if opts.deep else "default", getattr(self.store, "endpoint", ""),
+        report = TierReport("deep" if opts.deep else "default", self.store.endpoint,
                             str(opts.hot) if opts.hot else None, opts.cold_only, opts.since, opts.until)
         worm: bool | None = None
         try:
@@ -889,28 +890,22 @@ class TierVerifier:
             elif not stream or parsed[0] == stream:
                 out.setdefault(parsed[0], []).append(_Obj(parsed[1], key, parsed[2], size, modified))
 
-        lister = getattr(self.store, "list_versions", None)
         try:
-            if lister is not None:
-                try:
-                    by_key: dict[str, list[ObjectVersion]] = {}
-                    for v in lister(prefix):
-                        by_key.setdefault(v.key, []).append(v)
-                except VersionsUnavailable as exc:
-                    versions.unavailable = str(exc)
-                    lister = None
-                else:
-                    for key in sorted(by_key):
-                        vs = by_key[key]
-                        current = next((v for v in vs if v.latest and not v.delete_marker), None)
-                        if current is not None:
-                            keep(key, current.size, current.last_modified)
-                        versions.judge(key, vs, stream)
-            else:
-                versions.unavailable = f"{type(self.store).__name__} cannot list object versions"
-            if lister is None:
+            by_key: dict[str, list[ObjectVersion]] = {}
+            try:
+                for v in self.store.list_versions(prefix):
+                    by_key.setdefault(v.key, []).append(v)
+            except VersionsUnavailable as exc:
+                versions.unavailable = str(exc)
                 for info in self.store.list(prefix):
                     keep(info.key, info.size, info.last_modified)
+            else:
+                for key in sorted(by_key):
+                    vs = by_key[key]
+                    current = next((v for v in vs if v.latest and not v.delete_marker), None)
+                    if current is not None:
+                        keep(key, current.size, current.last_modified)
+                    versions.judge(key, vs, stream)
         except ColdError as exc:
             raise TierError(f"cannot list the cold store: {exc}") from exc
         return out, versions

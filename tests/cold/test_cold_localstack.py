@@ -16,7 +16,7 @@ from coldutil import new_bucket, write_segment
 
 from pipeline.cold import ColdRequestError, ColdSettings, open_store
 from pipeline.cold import codec as codec_mod
-from pipeline.cold import s3 as s3_mod
+from pipeline.cold import tier as tier_mod
 from pipeline.cold.s3 import S3Store, make_client
 
 pytestmark = pytest.mark.localstack
@@ -55,7 +55,7 @@ def test_wrong_checksum_is_refused_not_retried(localstack_endpoint: str, tmp_pat
         body.sha256 = "00" * 32  # as if the bytes changed between hashing and sending
         return body
 
-    monkeypatch.setattr(s3_mod, "prepare_body", lying_prepare)
+    monkeypatch.setattr(tier_mod, "prepare_body", lying_prepare)  # the tier prepares every body
     store.capabilities()
     store.requests.clear()
     with pytest.raises(ColdRequestError) as ei:

@@ -1,0 +1,133 @@
+"""Verify a hot tier: every chain, plus forward-secure seals and witnessed checkpoints.
+
+``verify_hot`` is what ``pipeline verify`` runs (the CLI only parses and renders) and what
+``pipeline.verify_log`` exposes: the chain check of ``verify.chain`` per stream, starting
+after the prefix the shipper evicted (recorded in its ledger), then -- when given -- the
+forward-secure MAC of every seal (docs/PROOFS.md) and the checkpoints directory witnesses
+hold.  Findings go into each ``StreamReport``; a report is ``ok`` only when none were made.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.verify.chain import Finding, Note, StreamReport, verify_stream
+
+
+class VerifyError(PipelineError):
+    """Verification could not run (a missing directory or stream, an unreadable file, an
+    unusable key): nothing was concluded about the data."""
+
+
+def streams_to_verify(hot: Path, stream: str | None) -> list[str]:
+    from pipeline.hot.segment import list_streams
+
+    if not hot.is_dir():
+        raise VerifyError(f"hot directory {hot} does not exist")
+    if stream is not None and not (hot / stream).is_dir():
+        raise VerifyError(f"stream {stream!r} not found in {hot}")
+    streams = [stream] if stream is not None else list_streams(hot)
+    if not streams:
+        raise VerifyError(f"no streams in {hot}")
+    return streams
+
+
+def verify_hot(
+    hot_dir: str | os.PathLike[str],
+    stream: str | None = None,
+    *,
+    fss_key: str | None = None,
+    witness_dirs: Iterable[str | os.PathLike[str]] = (),
+    vkey: str | os.PathLike[str] | None = None,
+    origin: str | None = None,
+    workers: int | None = None,
+    file_hashes: bool = False,
+    on_scanned: Callable[[int], None] | None = None,
+) -> list[StreamReport]:
+    """One report per stream (``stream``, or every stream when None).  ``fss_key``: the
+    forward-secure verification key (``fss-v1:...``) or a file holding it.  ``witness_dirs``
+    need ``vkey`` (the log's checkpoint verifier key file); ``origin`` defaults to the
+    stream name.
+
+    Raises VerifyError when verification could not run: never a finding."""
+    from pipeline.ship.ledger import open_ledger_readonly
+
+    hot = Path(hot_dir)
+    wdirs = [Path(w) for w in witness_dirs]
+    if wdirs and vkey is None:
+        raise VerifyError("witness directories need the log's verifier key (vkey) to check the witnessed "
+                          "checkpoints")
+    streams = streams_to_verify(hot, stream)
+    reports: list[StreamReport] = []
+    ledger = open_ledger_readonly(hot)
+    try:
+        for name in streams:
+            # segments the shipper evicted after confirming their cold copies are not missing:
+            # the hot tier legitimately starts after them (verify-tier checks the cold side)
+            start = ledger.evicted_prefix(name) if ledger else None
+            try:
+                report = verify_stream(hot / name, workers=workers, start_seq=start[0] if start else 0,
+                                       start_hash=start[1] if start else None, file_hashes=file_hashes,
+                                       on_scanned=on_scanned)
+            except OSError as exc:
+                raise VerifyError(f"cannot read stream {name!r}: {exc}") from exc
+            if start:
+                report.notes.append(Note(name, "", "evicted", f"records before seq {start[0]} were shipped, "
+                                         "confirmed and evicted (see the shipper ledger)"))
+            reports.append(report)
+    finally:
+        if ledger:
+            ledger.close()
+    try:
+        for r in reports:
+            if fss_key:
+                check_fss(r, fss_key)
+            for wdir in wdirs:
+                assert vkey is not None
+                check_witness(r, hot / r.stream, wdir, Path(vkey), origin or r.stream)
+    except (OSError, ValueError) as exc:
+        raise VerifyError(str(exc)) from exc
+    return reports
+
+
+def check_fss(report: StreamReport, key_arg: str) -> None:
+    """Every seal must carry a valid forward-secure MAC, in strictly increasing (epoch, index)
+    order (docs/PROOFS.md), except seals older than forward-secure sealing itself: no seal
+    with ``fss`` before them, and timed before the key's start (docs/FORMAT.md §4)."""
+    from pipeline.fss import FssVerifier
+
+    text = Path(key_arg).read_text().strip() if Path(key_arg).is_file() else key_arg
+    verifier = FssVerifier(text)
+    fss_seen = False  # sealing is never switched back off: once a seal has fss, every later one must
+    for s in report.segments:
+        if not s.sealed or s.seal is None or s.last_ts is None:
+            continue
+        if "fss" not in s.seal and not fss_seen and _epoch_seconds(s.last_ts) < verifier.key.start:
+            continue  # sealed before forward-secure sealing was set up
+        fss_seen = fss_seen or "fss" in s.seal
+        problem = verifier.check(s.seal, s.last_ts)
+        if problem:
+            report.findings.append(Finding(report.stream, s.name, "fss-invalid", problem, s.last_seq, None))
+
+
+def _epoch_seconds(ts: str) -> float:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vkey: Path, origin: str) -> None:
+    """A witnessed checkpoint fixes the root of a prefix of the log: a chain rebuilt after it
+    (even re-signed with a stolen key) no longer matches."""
+    from pipeline.proofs import verify_against_witnesses
+    from pipeline.witness.directory import read_witness_checkpoints
+
+    notes = read_witness_checkpoints(witness_dir, origin)
+    for f in verify_against_witnesses(stream_dir, notes, vkey):
+        if f.get("severity") == "error":
+            report.findings.append(Finding(report.stream, "", "witness-mismatch",
+                                           f"{f['code']}: {f['message']}", f.get("size"), None))
+        else:
+            report.notes.append(Note(report.stream, "", "witness", f"{f['code']}: {f['message']}"))
