@@ -32,8 +32,8 @@ from typing import IO, Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err, report_read_failure
-from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cli._common import add_retry_arg, err, read_settings, report_read_failure
+from pipeline.cold import ColdError, open_store
 from pipeline.hot.segment import list_segments, list_streams
 from pipeline.record import GENESIS_HASH, Kind, Record
 from pipeline.ship.ledger import Entry, open_ledger_readonly
@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
                    help="only events whose data FIELD (dotted path) equals VALUE (JSON literal or string); "
                    "repeat to require several")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             if ledger:
                 ledger.close()
         else:
-            store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+            store = open_store(args.cold, read_settings(args))
             try:
                 streams = [args.stream] if args.stream else list_streams_in(store)
                 for stream in streams:

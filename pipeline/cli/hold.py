@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cold import ColdError, ColdSettings, open_store, segment_of_key, stream_prefix
+from pipeline.cli._common import add_retry_arg, read_settings
+from pipeline.cold import ColdError, open_store, segment_of_key, stream_prefix
 from pipeline.hot.segment import parse_segment_name
 
 
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     group.add_argument("--on", dest="on", action="store_true", help="place the legal hold")
     group.add_argument("--off", dest="on", action="store_false", help="clear the legal hold")
     p.add_argument("--dry-run", action="store_true", help="list the segments that would change")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Holds need no lock check of their own and never upload: allow any endpoint here;
         # the service refuses holds where they cannot exist.
-        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        store = open_store(args.cold, read_settings(args))
         prefix = stream_prefix("", args.stream)
         # A segment covers [its first seq, the next segment's first seq - 1]; the names
         # alone tell which segments overlap the range, without reading any object.

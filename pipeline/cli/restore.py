@@ -24,8 +24,8 @@ import orjson
 
 from pipeline import merkle
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err, report_read_failure
-from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cli._common import add_retry_arg, err, read_settings, report_read_failure
+from pipeline.cold import ColdError, open_store
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments, read_last_line
 from pipeline.record import Kind, parse_record
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
     p.add_argument("--to", required=True, type=Path, help="hot directory to rebuild (stream dirs must not exist)")
     p.add_argument("--stream", help="stream name (default: every stream in the store)")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -133,7 +134,7 @@ def restore_stream(store: Any, stream: str, to: Path) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        store = open_store(args.cold, read_settings(args))
     except ColdError as exc:
         print(exc.diagnostics(), file=sys.stderr)
         return EXIT_ERROR

@@ -12,7 +12,7 @@ from types import FrameType
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import add_retry_arg, err
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Shipper
@@ -35,11 +35,14 @@ def add_cold_args(p: argparse.ArgumentParser) -> None:
                    help="development only: accept storage that does not enforce WORM (reported as UNLOCKED)")
     p.add_argument("--compression", choices=("zstd", "none"), default="zstd")
     p.add_argument("--storage-class", default=None)
+    add_retry_arg(p)
 
 
 def settings_from(args: argparse.Namespace) -> ColdSettings:
-    return ColdSettings(retention_days=args.retention_days, allow_unlocked=args.allow_unlocked,
-                        compression=args.compression, storage_class=args.storage_class)
+    from pipeline.cli._common import with_retry_budget
+
+    return with_retry_budget(ColdSettings(retention_days=args.retention_days, allow_unlocked=args.allow_unlocked,
+                                          compression=args.compression, storage_class=args.storage_class), args)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -16,7 +16,7 @@ import orjson
 
 from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import err
+from pipeline.cli._common import add_retry_arg, err, read_settings
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
 
@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--witness-max-lag", type=float, default=3600.0,
                    help="seconds of records a witness may lag behind before it is stale (default 3600)")
     p.add_argument("--workers", type=int, default=16, help="parallel requests (default 16)")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # allow_unlocked here only lets the store open an unlocked bucket for reading; the
         # lock judgement is verify-tier's own (opts.allow_unlocked)
-        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        store = open_store(args.cold, read_settings(args))
         try:
             report = verify_tier(store, opts)
         finally:

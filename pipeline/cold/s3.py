@@ -52,7 +52,14 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
     redact_endpoint,
 )
-from pipeline.cold.retry import call_with_retry, error_code_and_status, is_retryable, remaining, request_timeout
+from pipeline.cold.retry import (
+    call_with_retry,
+    error_code_and_status,
+    is_retryable,
+    remaining,
+    request_timeout,
+    retry_report,
+)
 from pipeline.hot.segment import SegmentManifest
 
 log = logging.getLogger("pipeline.cold.s3")
@@ -182,7 +189,7 @@ class S3Store:
                 "segment, then ship again (nothing was stored)", **kw)
         if is_retryable(exc):
             return ColdUnavailableError(
-                f"{what}: still failing after retrying for up to {self.settings.retry_max_seconds:g} s", **kw)
+                f"{what}: {retry_report(exc)}", **kw)
         return ColdRequestError(f"{what}: {type(exc).__name__} {status or ''}".rstrip(), **kw)
 
     # ---- capabilities ------------------------------------------------------------------------
