@@ -32,9 +32,9 @@ from typing import IO, Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, err, read_settings, report_read_failure
+from pipeline.cli._common import add_retry_arg, err, read_settings, refuse_wrong_hot, report_read_failure, streams_of
 from pipeline.cold import ColdError, open_store
-from pipeline.hot.segment import list_segments, list_streams
+from pipeline.hot.segment import list_segments
 from pipeline.record import GENESIS_HASH, Kind, Record
 from pipeline.ship.ledger import Entry, open_ledger_readonly
 from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
@@ -283,10 +283,10 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-export-"))
     try:
         if args.hot is not None:
-            if not args.hot.is_dir():
-                err(f"hot directory {args.hot} does not exist")
-                return EXIT_ERROR
-            streams = [args.stream] if args.stream else list_streams(args.hot)
+            refused = refuse_wrong_hot(args.hot, args.stream)
+            if refused is not None:
+                return refused
+            streams = streams_of(args.hot, args.stream)
             ledger = open_ledger_readonly(args.hot)
             for stream in streams:
                 start = ledger.evicted_prefix(stream) if ledger else None

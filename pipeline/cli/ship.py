@@ -7,12 +7,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, err
+from pipeline.cli._common import add_retry_arg, err, refuse_wrong_hot
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Shipper
@@ -59,6 +60,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for stream in args.stream or [None]:
+        refused = refuse_wrong_hot(Path(args.hot), stream)
+        if refused is not None:
+            return refused
     try:
         store = open_store(args.cold, settings_from(args))
     except (ColdError, ValueError) as exc:

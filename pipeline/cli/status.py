@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 
 from pipeline import _accel
-from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_hot_args, err, streams_of
+from pipeline.cli import EXIT_OK
+from pipeline.cli._common import add_hot_args, refuse_wrong_hot, streams_of
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments
 from pipeline.verify.chain import read_head
@@ -48,9 +48,9 @@ def stream_status(hot: Any, name: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.hot.is_dir():
-        err(f"hot directory {args.hot} does not exist")
-        return EXIT_ERROR
+    refused = refuse_wrong_hot(args.hot, args.stream)
+    if refused is not None:
+        return refused
     doc: dict[str, Any] = {"hot": str(args.hot), "platform": attr.platform_support_info(),
            "accelerator": _accel.describe(),
            "streams": [stream_status(args.hot, s) for s in streams_of(args.hot, args.stream)]}

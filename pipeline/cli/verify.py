@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_hot_args, err, streams_of
+from pipeline.cli._common import add_hot_args, err, refuse_wrong_hot, streams_of
 from pipeline.ship.ledger import open_ledger_readonly
 from pipeline.verify.chain import Finding, Note, StreamReport, verify_stream
 
@@ -100,15 +100,13 @@ def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vke
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.hot.is_dir():
-        err(f"hot directory {args.hot} does not exist")
-        return EXIT_ERROR
+    refused = refuse_wrong_hot(args.hot, args.stream)
+    if refused is not None:
+        return refused
     streams = streams_of(args.hot, args.stream)
-    if args.stream and not (args.hot / args.stream).is_dir():
-        err(f"stream {args.stream!r} not found in {args.hot}")
-        return EXIT_ERROR
     if not streams:
-        err(f"no streams in {args.hot}")
+        err(f"no streams in {args.hot} (only the shipper's ledger): nothing to verify; "
+            "pipeline verify-tier checks what was shipped")
         return EXIT_ERROR
     reports = []
     ledger = open_ledger_readonly(args.hot)

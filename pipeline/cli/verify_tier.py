@@ -18,6 +18,9 @@ from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_retry_arg, err, read_settings
 from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cold.errors import redact_endpoint
+from pipeline.hot.layout import hot_tier_problem, stream_problem
+from pipeline.ship.ledger import open_ledger_readonly
 from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
 
 
@@ -89,6 +92,51 @@ def _s3_witness(url: str) -> tuple[Any, str, str]:
     return client, parts.hostname, parts.path.strip("/") or "witness"
 
 
+def _host_problem(hot: Path, stream: str | None) -> str | None:
+    """Host mode needs a hot tier; a --stream must exist there or be known to its ledger
+    (a stream whose hot directory was removed after everything was shipped)."""
+    problem = hot_tier_problem(hot)
+    if problem or not stream:
+        return problem
+    problem = stream_problem(hot, stream)
+    if problem is None:
+        return None
+    ledger = open_ledger_readonly(hot)
+    try:
+        known = ledger is not None and bool(ledger.entries(stream=stream))
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return None if known else problem
+
+
+def ledger_prefix_problem(store: Any, hot: Path, url: str) -> str | None:
+    """The ledger records the key of every object the shipper stored.  If none of them lies
+    under the prefix the --cold URL names, every segment would look deleted: refuse and name
+    the prefix the ledger used instead."""
+    ledger = open_ledger_readonly(hot)
+    if ledger is None:
+        return None
+    try:
+        keys = [(e.stream, e.cold_key) for e in ledger.entries() if e.cold_key]
+    finally:
+        ledger.close()
+    if not keys:
+        return None
+    used: dict[str, str] = {}
+    for stream, key in keys:
+        cut = key.rfind(f"{stream}/")
+        if cut >= 0:
+            used.setdefault(key[:cut].strip("/"), key)
+    here = str(getattr(store, "prefix", "") or "").strip("/")
+    if not used or here in used:
+        return None
+    shown = ", ".join(f"{p or '(none)'!r} (e.g. {k})" for p, k in list(used.items())[:3])
+    return (f"--cold {redact_endpoint(url)} names prefix {here or '(none)'!r}, but the ledger in {hot} records "
+            f"its {len(keys)} shipped object(s) under prefix {shown}: check the --cold URL (a wrong prefix "
+            "would report every segment as deleted)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.cold_only and not args.vkey:
         err("verify-tier --cold-only needs --vkey (the log's verifier key)")
@@ -96,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.cold_only and args.hot is None:
         err("verify-tier needs --hot DIR, or --cold-only --vkey FILE for an auditor without the host")
         return EXIT_ERROR
-    if args.hot is not None and not args.cold_only and not args.hot.is_dir():
-        err(f"hot directory {args.hot} does not exist")
-        return EXIT_ERROR
+    if args.hot is not None and not args.cold_only:
+        problem = _host_problem(args.hot, args.stream)
+        if problem:
+            err(problem)
+            return EXIT_ERROR
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until) if args.until else None
@@ -119,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
         # lock judgement is verify-tier's own (opts.allow_unlocked)
         store = open_store(args.cold, read_settings(args))
         try:
+            problem = None if args.cold_only or args.hot is None else ledger_prefix_problem(store, args.hot, args.cold)
+            if problem:
+                err(problem)
+                return EXIT_ERROR
             report = verify_tier(store, opts)
         finally:
             store.close()
