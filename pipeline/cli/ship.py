@@ -16,7 +16,7 @@ from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_retry_arg, err, refuse_wrong_hot
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.ship.ledger import Entry
-from pipeline.ship.shipper import Shipper
+from pipeline.ship.shipper import Shipper, ShipSummary
 
 
 def parse_duration(text: str) -> float:
@@ -118,4 +118,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"confirmed {summary.confirmed}, failed {summary.failed}, quarantined {summary.quarantined}, "
               f"evicted {summary.evicted}, pending {summary.pending}")
     store.close()
-    return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS
+    return once_exit_code(summary, status)
+
+
+def once_exit_code(summary: ShipSummary, status: dict[str, object]) -> int:
+    """``ship --once``: 1 when a segment was quarantined (its copy does not match: a finding
+    about the data, reported first so that nothing masks it); 2 when work is left undone
+    (a failed upload, a segment waiting in backoff); 0 only when everything sealed is shipped."""
+    if summary.quarantined:
+        return EXIT_FINDINGS
+    if summary.failed or summary.pending:
+        failing = status.get("failing")
+        last = failing[0].get("last_error") if isinstance(failing, list) and failing else None
+        why = f"; last error: {str(last).splitlines()[0][:300]}" if last else ""
+        err(f"{summary.pending} segment(s) not shipped yet ({summary.failed} failed in this pass){why}: "
+            "fix the cause and run ship again (the hot copies are kept until confirmed)")
+        return EXIT_ERROR
+    return EXIT_OK
