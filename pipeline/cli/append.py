@@ -80,8 +80,8 @@ def plain_reason(exc: InvalidEvent) -> str:
     if exc.reason == "bad-json":
         m = re.search(r"column (\d+)", exc.detail)
         where = f" (at character {m.group(1)})" if m else ""
-        return f"not valid JSON{where}: each line must be one JSON object"
-    return f"{exc.reason}: {exc.detail}"
+        return f"invalid event (bad-json): not valid JSON{where}: each line must be one JSON object"
+    return str(exc)
 
 
 def _store(args: argparse.Namespace, spool: IO[bytes], count: int) -> int:
