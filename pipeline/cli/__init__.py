@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         return _could_not_run(args.verb, exc)
+    finally:
+        from pipeline.cold.retry import use_command_budget
+
+        use_command_budget(None)  # main() may be called again in one process (tests, embedding)
     return code
 
 
