@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pipeline.hot.layout import hot_tier_problem, stream_dirs, stream_problem
 
 if TYPE_CHECKING:
-    from pipeline.cold import ColdSettings
+    from pipeline.cold import ColdSettings, ColdStore
 
 
 def add_hot_args(p: argparse.ArgumentParser, *, stream_required: bool = False) -> None:
@@ -82,3 +82,18 @@ def with_retry_budget(settings: ColdSettings, args: argparse.Namespace) -> ColdS
 
     seconds = getattr(args, "retry_max_seconds", None)
     return settings if seconds is None else dataclasses.replace(settings, retry_max_seconds=seconds)
+
+
+def open_for_reading(url: str, args: argparse.Namespace) -> ColdStore:
+    """Open a store that a verb only reads (or marks): a file:// store must already exist,
+    since opening one creates its directory, and a mistyped path must not become an empty
+    store that then "has no objects"."""
+    from urllib.parse import unquote, urlsplit
+
+    from pipeline.cold import ColdConfigError, open_store
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file" and parts.path and not Path(unquote(parts.path)).is_dir():
+        raise ColdConfigError(f"cold directory {unquote(parts.path)} does not exist",
+                              action="check the --cold URL (nothing was created)")
+    return open_store(url, read_settings(args))

@@ -32,8 +32,15 @@ from typing import IO, Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, err, read_settings, refuse_wrong_hot, report_read_failure, streams_of
-from pipeline.cold import ColdError, open_store
+from pipeline.cli._common import (
+    add_retry_arg,
+    err,
+    open_for_reading,
+    refuse_wrong_hot,
+    report_read_failure,
+    streams_of,
+)
+from pipeline.cold import ColdError
 from pipeline.hot.segment import list_segments
 from pipeline.record import GENESIS_HASH, Kind, Record
 from pipeline.ship.ledger import Entry, open_ledger_readonly
@@ -299,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
             if ledger:
                 ledger.close()
         else:
-            store = open_store(args.cold, read_settings(args))
+            store = open_for_reading(args.cold, args)
             try:
                 streams = [args.stream] if args.stream else list_streams_in(store)
                 for stream in streams:

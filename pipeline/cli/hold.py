@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, read_settings
-from pipeline.cold import ColdError, open_store, segment_of_key, stream_prefix
+from pipeline.cli._common import add_retry_arg, open_for_reading
+from pipeline.cold import ColdError, segment_of_key, stream_prefix
 from pipeline.hot.segment import parse_segment_name
 
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Holds need no lock check of their own and never upload: allow any endpoint here;
         # the service refuses holds where they cannot exist.
-        store = open_store(args.cold, read_settings(args))
+        store = open_for_reading(args.cold, args)
         prefix = stream_prefix("", args.stream)
         # A segment covers [its first seq, the next segment's first seq - 1]; the names
         # alone tell which segments overlap the range, without reading any object.

@@ -24,8 +24,8 @@ import orjson
 
 from pipeline import merkle
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, err, read_settings, report_read_failure
-from pipeline.cold import ColdError, open_store
+from pipeline.cli._common import add_retry_arg, err, open_for_reading, report_read_failure
+from pipeline.cold import ColdError
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments, read_last_line
 from pipeline.record import Kind, parse_record
@@ -134,7 +134,7 @@ def restore_stream(store: Any, stream: str, to: Path) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        store = open_store(args.cold, read_settings(args))
+        store = open_for_reading(args.cold, args)
     except ColdError as exc:
         print(exc.diagnostics(), file=sys.stderr)
         return EXIT_ERROR

@@ -16,8 +16,8 @@ import orjson
 
 from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, err, read_settings
-from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cli._common import add_retry_arg, err, open_for_reading
+from pipeline.cold import ColdError, ColdSettings
 from pipeline.cold.errors import redact_endpoint
 from pipeline.hot.layout import hot_tier_problem, stream_problem
 from pipeline.ship.ledger import open_ledger_readonly
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # allow_unlocked here only lets the store open an unlocked bucket for reading; the
         # lock judgement is verify-tier's own (opts.allow_unlocked)
-        store = open_store(args.cold, read_settings(args))
+        store = open_for_reading(args.cold, args)
         try:
             problem = None if args.cold_only or args.hot is None else ledger_prefix_problem(store, args.hot, args.cold)
             if problem:
