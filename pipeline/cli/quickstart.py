@@ -152,7 +152,7 @@ def _ship_if_available(hot: Path, stream: str, base: Path) -> int:
         print("   " + render(report).replace("\n", "\n   "))
         return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS
     except ColdError as exc:
-        err(exc.diagnostics())
+        err(exc.one_line())
         return EXIT_ERROR
     finally:
         if embedded is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = open_for_reading(args.cold, args)
     except ColdError as exc:
-        print(exc.diagnostics(), file=sys.stderr)
+        err(exc.one_line())
         return EXIT_ERROR
     try:
         streams = [args.stream] if args.stream else list_streams_in(store)

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.cold, settings_from(args))
     except (ColdError, ValueError) as exc:
-        err(exc.diagnostics() if isinstance(exc, ColdError) else str(exc))
+        err(exc.one_line() if isinstance(exc, ColdError) else str(exc))
         return EXIT_ERROR
     shipper = Shipper(args.hot, store, hot_retention=args.hot_retention, concurrency=args.concurrency,
                       streams=args.stream)

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     except ColdError as exc:
         if progress:
             progress.end()
-        print(exc.diagnostics(), file=sys.stderr)
+        err(exc.one_line())
         return EXIT_ERROR
     except (TierError, OSError) as exc:
         if progress:
