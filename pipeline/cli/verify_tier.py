@@ -19,7 +19,8 @@ from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_retry_arg, err, open_for_reading
 from pipeline.cold import ColdError, ColdSettings
 from pipeline.cold.errors import redact_endpoint
-from pipeline.hot.layout import hot_tier_problem, stream_problem
+from pipeline.hot.layout import hot_tier_problem
+from pipeline.record import validate_stream_name
 from pipeline.ship.ledger import open_ledger_readonly
 from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
 
@@ -93,21 +94,16 @@ def _s3_witness(url: str) -> tuple[Any, str, str]:
 
 
 def _host_problem(hot: Path, stream: str | None) -> str | None:
-    """Host mode needs a hot tier; a --stream must exist there or be known to its ledger
-    (a stream whose hot directory was removed after everything was shipped)."""
+    """Host mode needs a hot tier.  A --stream need not be in it: a fleet neighbour's stream
+    under the same prefix may be verified by name from this host (its objects decide)."""
     problem = hot_tier_problem(hot)
     if problem or not stream:
         return problem
-    problem = stream_problem(hot, stream)
-    if problem is None:
-        return None
-    ledger = open_ledger_readonly(hot)
     try:
-        known = ledger is not None and bool(ledger.entries(stream=stream))
-    finally:
-        if ledger is not None:
-            ledger.close()
-    return None if known else problem
+        validate_stream_name(stream)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def ledger_prefix_problem(store: Any, hot: Path, url: str) -> str | None:
@@ -192,4 +188,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(render(report))
-    return EXIT_OK if report.ok else EXIT_FINDINGS
+    if not report.ok:
+        return EXIT_FINDINGS
+    totals = report.totals()
+    if totals["segments"] == 0:
+        # nothing was verified, so nothing may be called valid
+        what = f"stream {args.stream!r}" if args.stream else "anything"
+        if totals["outside_window"]:
+            err(f"no segment of {what} lies in the --since/--until window ({totals['outside_window']} outside it): "
+                "nothing was verified; widen the window")
+        else:
+            err(f"found no segment of {what} in the hot tier, the ledger or under {redact_endpoint(args.cold)}: "
+                "nothing was verified; check --stream and --cold")
+        return EXIT_ERROR
+    return EXIT_OK
