@@ -41,6 +41,7 @@ from pipeline.cli._common import (
     streams_of,
 )
 from pipeline.cold import ColdError
+from pipeline.cold.errors import redact_endpoint
 from pipeline.hot.segment import list_segments
 from pipeline.record import GENESIS_HASH, Kind, Record
 from pipeline.ship.ledger import Entry, open_ledger_readonly
@@ -309,6 +310,9 @@ def run(args: argparse.Namespace) -> int:
             store = open_for_reading(args.cold, args)
             try:
                 streams = [args.stream] if args.stream else list_streams_in(store)
+                if not streams:
+                    err(f"no segment objects under {redact_endpoint(args.cold)}: nothing was exported; check --cold")
+                    return EXIT_ERROR
                 for stream in streams:
                     vouched: dict[str, Entry] | None = None
                     if args.ledger is not None:
@@ -319,6 +323,10 @@ def run(args: argparse.Namespace) -> int:
                         vouched = {e.segment: e for e in led.entries(stream=stream)}
                         led.close()
                     segs, s0, h0 = _cold_segments(store, stream, tmp, since, until, vouched)
+                    if not segs and s0 == 0:  # none at all (not merely outside the window)
+                        err(f"stream {stream!r} has no objects under {redact_endpoint(args.cold)}: nothing was "
+                            "exported; check --stream and --cold")
+                        return EXIT_ERROR
                     exporter.stream(stream, segs, s0, h0)
             finally:
                 store.close()

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = sidecar.run(args.config)
     except (ColdError, HotLogError, OSError, ConfigError) as exc:
-        err(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc))
+        err(exc.one_line() if isinstance(exc, ColdError) else exc.diagnostics() if hasattr(exc, "diagnostics")
+            else str(exc))
         return EXIT_ERROR
     # The drain has made the ledger and the hot tier consistent; an upload still retrying
     # in a worker thread may be abandoned (create-only puts make the next start converge),

@@ -142,3 +142,27 @@ def test_cold_verbs_refuse_a_store_that_is_not_there(verb: str, tmp_path: Path,
     assert "Traceback" not in r.err
     assert "no-such-store does not exist" in r.err
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("verb", ["verify-tier --cold-only", "export --cold", "restore", "hold"])
+def test_cold_verbs_do_not_call_an_empty_store_valid(verb: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    url = f"file://{empty}"
+    assert cli("keygen", "--name", "t", "--out", str(tmp_path / "keys"), capsys=capsys).code == 0
+    argv = {"verify-tier --cold-only": ["verify-tier", "--cold-only", "--vkey", str(tmp_path / "keys" / "t.pub"),
+                                        "--cold", url, "--allow-unlocked"],
+            "export --cold": ["export", "--cold", url],
+            "restore": ["restore", "--cold", url, "--to", str(tmp_path / "restored")],
+            "hold": ["hold", "--cold", url, "--stream", "app", "--on"]}[verb]
+    r = cli(*argv, capsys=capsys)
+    assert r.code == 2, (verb, r.out, r.err)
+    assert not (tmp_path / "restored").exists()
+
+
+def test_export_of_a_mistyped_stream_is_not_an_empty_success(tier: Tier, capsys: pytest.CaptureFixture[str]) -> None:
+    r = cli("export", "--cold", tier.cold_url, "--stream", "ap", capsys=capsys)
+    assert r.code == 2 and "stream 'ap' has no objects" in r.err and r.out == ""
+    r = cli("export", "--cold", tier.cold_url, "--stream", "app", capsys=capsys)
+    assert r.code == 0 and r.out.count("\n") == 20
