@@ -85,6 +85,9 @@ def plain_reason(exc: InvalidEvent) -> str:
 
 
 def _store(args: argparse.Namespace, spool: IO[bytes], count: int) -> int:
+    if args.hot.exists() and not args.hot.is_dir():
+        err(f"--hot {args.hot} is a file, not a hot-tier directory: nothing was stored")
+        return EXIT_ERROR
     try:
         log = open_hotlog(args.hot, args.stream, durability=args.durability, heartbeat_interval=0)
     except (HotLogError, OSError, ValueError) as exc:

@@ -11,6 +11,9 @@ from pipeline.cli import EXIT_ERROR, EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"keygen: --out {args.out} is a file: give a directory for NAME.key and NAME.pub", file=sys.stderr)
+        return EXIT_ERROR
     try:
         signer = Signer.generate(args.name, cosigner=args.witness)
         key_path, pub_path = write_key_pair(signer, Path(args.out))

@@ -132,6 +132,9 @@ def restore_stream(store: Any, stream: str, to: Path) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.to.exists() and not args.to.is_dir():
+        err(f"--to {args.to} is a file: give a directory to restore the hot tier into (nothing was read)")
+        return EXIT_ERROR
     try:
         store = open_for_reading(args.cold, args)
     except ColdError as exc:

@@ -166,3 +166,20 @@ def test_export_of_a_mistyped_stream_is_not_an_empty_success(tier: Tier, capsys:
     assert r.code == 2 and "stream 'ap' has no objects" in r.err and r.out == ""
     r = cli("export", "--cold", tier.cold_url, "--stream", "app", capsys=capsys)
     assert r.code == 0 and r.out.count("\n") == 20
+
+
+@pytest.mark.parametrize("verb", ["keygen --out", "fss-setup --hot", "append --hot", "restore --to",
+                                  "verify-proof"])
+def test_verbs_that_create_refuse_a_file_where_a_directory_belongs(verb: str, tier: Tier, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("x\n")
+    argv = {"keygen --out": ["keygen", "--name", "k", "--out", str(f)],
+            "fss-setup --hot": ["fss-setup", "--hot", str(f), "--stream", "app"],
+            "append --hot": ["append", "--hot", str(f), "--stream", "app"],
+            "restore --to": ["restore", "--cold", tier.cold_url, "--to", str(f)],
+            "verify-proof": ["verify-proof", "--vkey", str(f), str(tmp_path)]}[verb]
+    r = cli(*argv, stdin=b'{"a":1}\n', capsys=capsys)
+    assert r.code == 2, (verb, r.out, r.err)
+    assert "Errno" not in r.err or verb == "verify-proof"
+    assert f.read_text() == "x\n"
