@@ -142,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
         err(str(exc))
         return EXIT_ERROR
     ok = all(r.ok for r in reports)
+    evicted_any = any(n.kind == "evicted" for r in reports for n in r.notes)
+    if ok and not evicted_any and all(not r.segments for r in reports):
+        # stream directories with no segment and nothing shipped (a writer opened and never
+        # wrote, or a directory left by an old typo): nothing was verified, so no OK
+        err(f"no segments in {', '.join(streams)} under {args.hot}: nothing was verified; check --hot and --stream")
+        return EXIT_ERROR
     if args.json:
         doc: dict[str, Any] = {"ok": ok, "streams": [r.to_dict() for r in reports]}
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -183,3 +183,11 @@ def test_verbs_that_create_refuse_a_file_where_a_directory_belongs(verb: str, ti
     assert r.code == 2, (verb, r.out, r.err)
     assert "Errno" not in r.err or verb == "verify-proof"
     assert f.read_text() == "x\n"
+
+
+def test_verify_of_streams_without_segments_is_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stream directory left by an old typo (only LOCK) holds nothing to verify."""
+    (tmp_path / "hot" / "app").mkdir(parents=True)
+    (tmp_path / "hot" / "app" / "LOCK").write_text("1\n")
+    r = cli("verify", "--hot", str(tmp_path / "hot"), capsys=capsys)
+    assert r.code == 2 and "nothing was verified" in r.err
