@@ -19,10 +19,20 @@ def add_hot_args(p: argparse.ArgumentParser, *, stream_required: bool = False) -
                                                                                " (default: every stream)"))
 
 
-def add_retry_arg(p: argparse.ArgumentParser) -> None:
-    from pipeline.cli.ship import parse_duration
+def _retry_duration(text: str) -> float:
+    from pipeline.config import parse_duration
 
-    p.add_argument("--retry-max-seconds", type=parse_duration, default=None, metavar="DURATION",
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration above zero, like 30s or 5m")
+    return seconds
+
+
+def add_retry_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retry-max-seconds", type=_retry_duration, default=None, metavar="DURATION",
                    help="how long to keep retrying an unreachable or throttling cold store, in total for "
                    "the command (default 60s; cold.retry_max_seconds in the configuration)")
 
