@@ -7,7 +7,7 @@ import re
 import struct
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO
 
 import orjson
@@ -15,8 +15,8 @@ import orjson
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_hot_args, err, refuse_wrong_hot
 from pipeline.hot.factory import open_hotlog
-from pipeline.hot.writer import DURABILITY_MODES, HotLogError
-from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent
+from pipeline.hot.writer import DURABILITY_MODES, HotLog, HotLogError
+from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     script that retries after a refusal never stores a line twice.  Nothing is created (hot
     directory, stream) unless at least one event is stored."""
     with tempfile.TemporaryFile() as spool:
-        count, bad = _validate_all(sys.stdin.buffer, spool)
+        count, bad = _validate_all(sys.stdin.buffer, spool, DEFAULT_SANITISER)
         if bad:
             for lineno, reason in bad[:MAX_REPORTED]:
                 err(f"line {lineno}: {reason}")
@@ -47,14 +47,15 @@ def run(args: argparse.Namespace) -> int:
             if refused is not None:
                 return refused
         spool.seek(0)
-        return _store(args, spool, count)
+        return _store(args, spool, count, lambda: open_hotlog(args.hot, args.stream, durability=args.durability,
+                                                             heartbeat_interval=0))
 
 
 MAX_REPORTED = 20
 _LEN = struct.Struct(">I")
 
 
-def _validate_all(lines: Iterable[bytes], spool: IO[bytes]) -> tuple[int, list[tuple[int, str]]]:
+def _validate_all(lines: Iterable[bytes], spool: IO[bytes], sanitiser: Sanitiser) -> tuple[int, list[tuple[int, str]]]:
     """Prepare every non-blank line into ``spool`` (length-prefixed; memory stays bounded
     whatever the input size).  Returns (events, [(line number, reason)])."""
     count = 0
@@ -63,7 +64,7 @@ def _validate_all(lines: Iterable[bytes], spool: IO[bytes]) -> tuple[int, list[t
         if not raw.strip():
             continue
         try:
-            data = DEFAULT_SANITISER.prepare_json(raw)
+            data = sanitiser.prepare_json(raw)
         except InvalidEvent as exc:
             bad.append((lineno, plain_reason(exc)))
             continue
@@ -84,12 +85,14 @@ def plain_reason(exc: InvalidEvent) -> str:
     return str(exc)
 
 
-def _store(args: argparse.Namespace, spool: IO[bytes], count: int) -> int:
+def _store(args: argparse.Namespace, spool: IO[bytes], count: int, open_log: Callable[[], HotLog]) -> int:
+    """Append the ``count`` validated events in ``spool`` to the log ``open_log`` opens
+    (this creates the stream on its first event)."""
     if args.hot.exists() and not args.hot.is_dir():
         err(f"--hot {args.hot} is a file, not a hot-tier directory: nothing was stored")
         return EXIT_ERROR
     try:
-        log = open_hotlog(args.hot, args.stream, durability=args.durability, heartbeat_interval=0)
+        log = open_log()
     except (HotLogError, OSError, ValueError) as exc:
         err(str(exc))
         return EXIT_ERROR
