@@ -37,7 +37,7 @@ def _keys(tmp: Path) -> Path:
 # verb -> {exit code: argv builder}; code 1 only where a verb reports findings about the data.
 # checkpoint, prove and verify-proof need a signed log: their 0 and 1 are walked end to end in
 # tests/test_proofs_cli.py::test_end_to_end (valid proof 0, altered proof 1, unreadable 2);
-# ship's 1 (a quarantined segment) in tests/ship/test_shipper.py; quickstart's 0 in
+# ship --once: the rule in test_ship_once_exit_code_rule (quarantine itself: tests/ship); quickstart's 0 in
 # tests/test_quickstart.py.
 WALK: dict[str, dict[int, Case]] = {
     "append": {0: lambda t, d: ["append", "--hot", str(t.hot), "--stream", "app"],
@@ -175,3 +175,15 @@ def test_main_can_run_twice_in_one_process(capsys: pytest.CaptureFixture[str]) -
         "--retry-max-seconds", "1s", capsys=capsys)
     assert retry._command_budget is None
     assert os.environ.get("PIPELINE_DEBUG") is None
+
+
+def test_ship_once_exit_code_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """Findings (a quarantined copy) win over work left pending; pending or failed is 2."""
+    from pipeline.cli.ship import once_exit_code
+    from pipeline.ship.shipper import ShipSummary
+
+    assert once_exit_code(ShipSummary(confirmed=3), {}) == 0
+    assert once_exit_code(ShipSummary(quarantined=1, pending=2, failed=1), {}) == 1
+    assert once_exit_code(ShipSummary(pending=1), {"failing": [{"last_error": "timeout\nmore"}]}) == 2
+    assert "last error: timeout" in capsys.readouterr().err
+    assert once_exit_code(ShipSummary(failed=1), {}) == 2
