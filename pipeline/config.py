@@ -388,6 +388,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "kms_key_id": _Key(_optional(_string()), None),
         "upload_concurrency": _Key(_integer(1, 256), 4),
         "legal_hold": _Key(_boolean, False),
+        "retry_max_seconds": _Key(_duration(allow_zero=False), "60s"),
     },
     "ingest": {
         "socket": _Key(_optional(_path), None),
@@ -464,6 +465,7 @@ class ColdConfig:
     kms_key_id: str | None = None
     upload_concurrency: int = 4
     legal_hold: bool = False
+    retry_max_seconds: float = 60.0  # retrying one cold-storage operation, in total
 
     def settings(self) -> Any:
         """The cold tier's ``ColdSettings`` for these values (imported lazily: the cold
@@ -480,6 +482,7 @@ class ColdConfig:
             compression=self.compression,  # type: ignore[arg-type]  # validated: zstd | none
             compression_level=self.compression_level,
             compression_threads=self.compression_threads,
+            retry_max_seconds=self.retry_max_seconds,
         )
 
 

@@ -138,13 +138,18 @@ def test_pipeline_append_refuses_and_stores_as_documented(hot_dir: Path) -> None
     body = b"".join(c[1] + b"\n" for c in INGEST_CASES)
     proc = subprocess.run([PYTHON, "-m", "pipeline", "append", "--hot", str(hot_dir), "--stream", "app"],
                           input=body, capture_output=True, cwd=REPO, timeout=60)
-    assert proc.returncode == 1, proc.stderr  # some lines refused
+    assert proc.returncode == 2, proc.stderr  # some lines refused: all or nothing
     refused = [c for c in INGEST_CASES if c[2] is not None]
     errors = proc.stderr.decode().splitlines()
     for name, _raw, reason, _want in refused:
         lineno = next(i for i, c in enumerate(INGEST_CASES, start=1) if c[0] == name)
         assert any(e.startswith(f"pipeline: line {lineno}: invalid event ({reason})") or
                    f"line {lineno}: invalid event ({reason})" in e for e in errors), (name, errors)
+    assert not (hot_dir / "app").exists()  # nothing stored
+    good = b"".join(c[1] + b"\n" for c in INGEST_CASES if c[2] is None)
+    proc = subprocess.run([PYTHON, "-m", "pipeline", "append", "--hot", str(hot_dir), "--stream", "app"],
+                          input=good, capture_output=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
     datas = [r.line[r.line.index(b',"data":') + 8 : r.line.rindex(b',"hash":"')]
              for r in records(hot_dir / "app") if r.kind == "event"]
     assert datas == [c[3] for c in INGEST_CASES if c[2] is None]

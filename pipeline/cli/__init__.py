@@ -1,8 +1,10 @@
 """Command-line entry point.  One module per verb, each exposing ``register(subparsers)``.
 
 A verb module registers its sub-command and sets ``func`` on its parser; ``func(args)``
-returns the process exit code.  Exit codes used across verbs: 0 success / all valid,
-1 findings, 2 could not run (bad arguments, unreadable input, unreachable endpoint).
+returns the process exit code.  Exit codes mean one thing in every verb (README, "Exit
+codes"): 0 done / everything checked is valid, 1 findings about the data, 2 could not run
+(usage, a wrong path, credentials, network, permissions, work left pending).  A failure of
+the environment is one line plus what to do; the traceback only with ``--debug``.
 Adding a verb means adding one module here: discovery is automatic.
 """
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import __version__
 
     parser.add_argument("--version", action="version", version=f"worm-pipeline {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and the cloud SDKs' own log lines when something fails")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -48,13 +52,61 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_sdks(args.debug)
+    _install_retry_budget(args)
     try:
         code = int(args.func(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _could_not_run(args.verb, exc)
+    finally:
+        from pipeline.cold.retry import use_command_budget
+
+        use_command_budget(None)  # main() may be called again in one process (tests, embedding)
     return code
+
+
+def _quiet_sdks(debug: bool) -> None:
+    """The cloud SDKs log their own retries and credential searches (dozens of lines for one
+    missing credential); the CLI reports each failure once, itself."""
+    import logging
+
+    if not debug:
+        for name in ("azure", "botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _install_retry_budget(args: argparse.Namespace) -> None:
+    """A verb with ``--retry-max-seconds`` retries within that budget in total; a
+    long-running verb (``ship`` without ``--once``) retries each operation afresh."""
+    from pipeline.cold.retry import RetryBudget, use_command_budget
+
+    if not hasattr(args, "retry_max_seconds") or (args.verb == "ship" and not args.once):
+        return
+    seconds = args.retry_max_seconds if args.retry_max_seconds is not None else DEFAULT_RETRY_MAX_SECONDS
+    use_command_budget(RetryBudget(seconds))
+
+
+DEFAULT_RETRY_MAX_SECONDS = 60.0
+
+
+def _could_not_run(verb: str, exc: Exception) -> int:
+    """Exit 2 with one line: the environment's problem and its fix when recognised, else the
+    exception's first line and how to see more."""
+    from pipeline.cold.errors import environment_failure
+
+    line = environment_failure(exc)
+    if line is None:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        line = (f"{verb} could not run: {type(exc).__name__}: {first}; rerun with `pipeline --debug {verb} ...` "
+                "for the traceback")
+    print(f"pipeline: {line}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Helpers shared by CLI verbs."""
+"""Helpers shared by CLI verbs: argument groups, path checks, error lines."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.hot.segment import list_streams
+from pipeline.hot.layout import hot_tier_problem, stream_dirs, stream_problem
+
+if TYPE_CHECKING:
+    from pipeline.cold import ColdSettings, ColdStore
 
 DURATION_HELP = "a duration like 90s, 5m, 1.5h, 7d (a bare number is seconds)"
 
@@ -51,10 +55,46 @@ def add_hot_args(p: argparse.ArgumentParser, *, stream_required: bool = False) -
                                                                                " (default: every stream)"))
 
 
+def _retry_duration(text: str) -> float:
+    from pipeline.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration above zero, like 30s or 5m")
+    return seconds
+
+
+def add_retry_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retry-max-seconds", type=_retry_duration, default=None, metavar="DURATION",
+                   help="how long to keep retrying an unreachable or throttling cold store, in total for "
+                   "the command (default 60s; cold.retry_max_seconds in the configuration)")
+
+
 def streams_of(hot: Path, stream: str | None) -> list[str]:
     if stream:
         return [stream]
-    return list_streams(hot)
+    return stream_dirs(hot)
+
+
+def check_hot(hot: Path, stream: str | None = None) -> str | None:
+    """One line naming why ``hot`` (and ``stream``, when given) is not what a verb expects,
+    or None.  The rule itself lives in pipeline.hot.layout."""
+    return hot_tier_problem(hot) or (stream_problem(hot, stream) if stream else None)
+
+
+def refuse_wrong_hot(hot: Path, stream: str | None = None) -> int | None:
+    """Print the problem and return exit code 2 if ``hot``/``stream`` is not a hot tier /
+    an existing stream; None when it is."""
+    from pipeline.cli import EXIT_ERROR
+
+    problem = check_hot(hot, stream)
+    if problem is None:
+        return None
+    err(problem)
+    return EXIT_ERROR
 
 
 def err(message: str) -> None:
@@ -66,13 +106,43 @@ def err(message: str) -> None:
 
 def report_read_failure(exc: BaseException) -> int:
     """Print why reading cold storage back could not go on (export, restore) and return
-    exit code 2: a ColdError with its diagnostics, anything else (ReadbackError, OSError)
-    with its message."""
+    exit code 2: one line for a ColdError (what failed and what to do), the message for
+    anything else (ReadbackError, OSError)."""
     from pipeline.cli import EXIT_ERROR
     from pipeline.cold import ColdError
 
     if isinstance(exc, ColdError):
-        print(exc.diagnostics(), file=sys.stderr)
+        err(exc.one_line())
     else:
         err(str(exc))
     return EXIT_ERROR
+
+
+def read_settings(args: argparse.Namespace) -> ColdSettings:
+    """Settings for a verb that only reads the store back: any bucket opens (the lock
+    judgement is the verb's own), with the command's retry budget."""
+    from pipeline.cold import ColdSettings
+
+    return with_retry_budget(ColdSettings(allow_unlocked=True), args)
+
+
+def with_retry_budget(settings: ColdSettings, args: argparse.Namespace) -> ColdSettings:
+    import dataclasses
+
+    seconds = getattr(args, "retry_max_seconds", None)
+    return settings if seconds is None else dataclasses.replace(settings, retry_max_seconds=seconds)
+
+
+def open_for_reading(url: str, args: argparse.Namespace) -> ColdStore:
+    """Open a store that a verb only reads (or marks): a file:// store must already exist,
+    since opening one creates its directory, and a mistyped path must not become an empty
+    store that then "has no objects"."""
+    from urllib.parse import unquote, urlsplit
+
+    from pipeline.cold import ColdConfigError, open_store
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file" and parts.path and not Path(unquote(parts.path)).is_dir():
+        raise ColdConfigError(f"cold directory {unquote(parts.path)} does not exist",
+                              action="check the --cold URL (nothing was created)")
+    return open_store(url, read_settings(args))

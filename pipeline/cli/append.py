@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import struct
 import sys
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO
 
 import orjson
 
-from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_verb, err
+from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_verb, err, refuse_wrong_hot
 from pipeline.config import Config
-from pipeline.hot.writer import DURABILITY_MODES, HotLogError
-from pipeline.sanitise import InvalidEvent
+from pipeline.hot.writer import DURABILITY_MODES, HotLog, HotLogError
+from pipeline.sanitise import InvalidEvent, Sanitiser
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,37 +76,92 @@ def load_for_writing(args: argparse.Namespace) -> tuple[Config, Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """All or nothing: every line is validated (and sanitised) before the first is stored, so a
+    script that retries after a refusal never stores a line twice.  Nothing is created (hot
+    directory, stream) unless at least one event is stored."""
     from pipeline.config import ConfigError
     from pipeline.hot.factory import open_configured_hotlog
 
     try:
-        cfg, _hot, _stream = load_for_writing(args)
+        cfg, hot, stream = load_for_writing(args)
     except ConfigError as exc:
         err(exc.diagnostics())
         return EXIT_ERROR
     except ValueError as exc:
         err(str(exc))
         return EXIT_ERROR
+    # the configured [sanitise] rules: what the sidecar's log would store, redacted the same way
+    sanitiser = cfg.sanitise.sanitiser(cfg.ingest.max_event_bytes)
+    with tempfile.TemporaryFile() as spool:
+        count, bad = _validate_all(sys.stdin.buffer, spool, sanitiser)
+        if bad:
+            for lineno, reason in bad[:MAX_REPORTED]:
+                err(f"line {lineno}: {reason}")
+            more = f" (and {len(bad) - MAX_REPORTED} more)" if len(bad) > MAX_REPORTED else ""
+            err(f"{len(bad)} line(s) refused{more}: nothing was stored; fix them and send the whole input again")
+            return EXIT_ERROR
+        if count == 0 and not args.seal:
+            sys.stdout.write(orjson.dumps({"accepted": 0, "rejected": 0}).decode() + "\n")
+            return EXIT_OK
+        if count == 0:
+            refused = refuse_wrong_hot(hot, stream)  # --seal alone: only an existing stream
+            if refused is not None:
+                return refused
+        spool.seek(0)
+        return _store(args, hot, spool, count, lambda: open_configured_hotlog(
+            cfg, sanitiser=sanitiser, durability=args.durability, heartbeat_interval=0))
+
+
+MAX_REPORTED = 20
+_LEN = struct.Struct(">I")
+
+
+def _validate_all(lines: Iterable[bytes], spool: IO[bytes], sanitiser: Sanitiser) -> tuple[int, list[tuple[int, str]]]:
+    """Prepare every non-blank line into ``spool`` (length-prefixed; memory stays bounded
+    whatever the input size).  Returns (events, [(line number, reason)])."""
+    count = 0
+    bad: list[tuple[int, str]] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            data = sanitiser.prepare_json(raw)
+        except InvalidEvent as exc:
+            bad.append((lineno, plain_reason(exc)))
+            continue
+        if not bad:  # after the first refusal only validation goes on: nothing will be stored
+            spool.write(_LEN.pack(len(data)))
+            spool.write(data)
+        count += 1
+    return count, bad
+
+
+def plain_reason(exc: InvalidEvent) -> str:
+    """The refusal in the user's terms: the JSON parser's own wording ("invalid literal,
+    expected 'null'") is replaced by where the line stops being JSON."""
+    if exc.reason == "bad-json":
+        m = re.search(r"column (\d+)", exc.detail)
+        where = f" (at character {m.group(1)})" if m else ""
+        return f"invalid event (bad-json): not valid JSON{where}: each line must be one JSON object"
+    return str(exc)
+
+
+def _store(args: argparse.Namespace, hot: Path, spool: IO[bytes], count: int, open_log: Callable[[], HotLog]) -> int:
+    """Append the ``count`` validated events in ``spool`` to the log ``open_log`` opens
+    (this creates the stream on its first event)."""
+    if hot.exists() and not hot.is_dir():
+        err(f"--hot {hot} is a file, not a hot-tier directory: nothing was stored")
+        return EXIT_ERROR
     try:
-        log = open_configured_hotlog(cfg, durability=args.durability, heartbeat_interval=0)
+        log = open_log()
     except (HotLogError, OSError, ValueError) as exc:
         err(str(exc))
         return EXIT_ERROR
-    sanitiser = log.sanitiser
-    accepted = rejected = 0
     last = None
     try:
-        for lineno, raw in enumerate(sys.stdin.buffer, start=1):
-            if not raw.strip():
-                continue
-            try:
-                data = sanitiser.prepare_json(raw)
-            except InvalidEvent as exc:
-                rejected += 1
-                err(f"line {lineno}: {exc}")
-                continue
-            last = log.append_prepared(data, wait=False)
-            accepted += 1
+        for _ in range(count):
+            (n,) = _LEN.unpack(spool.read(_LEN.size))
+            last = log.append_prepared(spool.read(n), wait=False)
         log.sync()
         if args.seal:
             log.seal()
@@ -110,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
         log.close(seal=False)
         return EXIT_ERROR
     log.close(seal=False)
-    summary: dict[str, int | str] = {"accepted": accepted, "rejected": rejected}
+    summary: dict[str, int | str] = {"accepted": count, "rejected": 0}
     if last is not None:
         summary["last_seq"] = last.seq
         summary["last_hash"] = last.hash
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
-    return EXIT_FINDINGS if rejected else EXIT_OK
+    return EXIT_OK

@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_verb
+from pipeline.cli._common import add_verb, refuse_wrong_hot
 from pipeline.hot.checkpoints import CheckpointStore
 
 
 def run(args: argparse.Namespace) -> int:
+    refused = refuse_wrong_hot(Path(args.hot), args.stream)
+    if refused is not None:
+        return refused
     store = CheckpointStore(Path(args.hot) / args.stream)
     note = store.latest() if args.size is None else store.by_size(args.size)
     if note is None:

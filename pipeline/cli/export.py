@@ -32,10 +32,19 @@ from typing import IO, Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_verb, err, report_read_failure
+from pipeline.cli._common import (
+    add_retry_arg,
+    add_verb,
+    err,
+    open_for_reading,
+    refuse_wrong_hot,
+    report_read_failure,
+    streams_of,
+)
 from pipeline.cli._progress import Progress, progress_bar
-from pipeline.cold import ColdError, ColdSettings, open_store
-from pipeline.hot.segment import list_segments, list_streams
+from pipeline.cold import ColdError
+from pipeline.cold.errors import redact_endpoint
+from pipeline.hot.segment import list_segments
 from pipeline.record import GENESIS_HASH, Kind, Record
 from pipeline.ship.ledger import Entry, open_ledger_readonly
 from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
@@ -66,6 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
                    help="only events whose data FIELD (dotted path) equals VALUE (JSON literal or string); "
                    "repeat to require several")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -293,10 +303,10 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-export-"))
     try:
         if args.hot is not None:
-            if not args.hot.is_dir():
-                err(f"hot directory {args.hot} does not exist")
-                return EXIT_ERROR
-            streams = [args.stream] if args.stream else list_streams(args.hot)
+            refused = refuse_wrong_hot(args.hot, args.stream)
+            if refused is not None:
+                return refused
+            streams = streams_of(args.hot, args.stream)
             ledger = open_ledger_readonly(args.hot)
             for stream in streams:
                 start = ledger.evicted_prefix(stream) if ledger else None
@@ -309,9 +319,12 @@ def run(args: argparse.Namespace) -> int:
             if ledger:
                 ledger.close()
         else:
-            store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+            store = open_for_reading(args.cold, args)
             try:
                 streams = [args.stream] if args.stream else list_streams_in(store)
+                if not streams:
+                    err(f"no segment objects under {redact_endpoint(args.cold)}: nothing was exported; check --cold")
+                    return EXIT_ERROR
                 for stream in streams:
                     vouched: dict[str, Entry] | None = None
                     if args.ledger is not None:
@@ -322,6 +335,10 @@ def run(args: argparse.Namespace) -> int:
                         vouched = {e.segment: e for e in led.entries(stream=stream)}
                         led.close()
                     segs, s0, h0 = _cold_segments(store, stream, tmp, since, until, vouched)
+                    if not segs and s0 == 0:  # none at all (not merely outside the window)
+                        err(f"stream {stream!r} has no objects under {redact_endpoint(args.cold)}: nothing was "
+                            "exported; check --stream and --cold")
+                        return EXIT_ERROR
                     exporter.stream(stream, segs, s0, h0)
             finally:
                 store.close()

@@ -10,11 +10,22 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_verb
+from pipeline.cli._common import add_verb, err
 from pipeline.fss import DEFAULT_INTERVAL, FssError, FssSealer
+from pipeline.record import validate_stream_name
 
 
 def run(args: argparse.Namespace) -> int:
+    # fss-setup may come before a stream's first append (it creates the stream's key), but
+    # only inside an existing directory: a mistyped --hot must not become a new hot tier
+    if not Path(args.hot).is_dir():
+        err(f"hot directory {args.hot} does not exist or is not a directory: check --hot (nothing was created)")
+        return EXIT_ERROR
+    try:
+        validate_stream_name(args.stream)
+    except ValueError as exc:
+        err(str(exc))
+        return EXIT_ERROR
     stream_dir = Path(args.hot) / args.stream
     try:
         vk = FssSealer.setup(stream_dir, interval=args.epoch_seconds)

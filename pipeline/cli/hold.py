@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_verb
-from pipeline.cold import ColdError, ColdSettings, open_store, segment_of_key, stream_prefix
+from pipeline.cli import EXIT_ERROR, EXIT_OK
+from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading
+from pipeline.cold import ColdError, segment_of_key, stream_prefix
+from pipeline.cold.errors import redact_endpoint
 from pipeline.hot.segment import parse_segment_name
 
 
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     group.add_argument("--on", dest="on", action="store_true", help="place the legal hold")
     group.add_argument("--off", dest="on", action="store_false", help="clear the legal hold")
     p.add_argument("--dry-run", action="store_true", help="list the segments that would change")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Holds need no lock check of their own and never upload: allow any endpoint here;
         # the service refuses holds where they cannot exist.
-        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        store = open_for_reading(args.cold, args)
         prefix = stream_prefix("", args.stream)
         # A segment covers [its first seq, the next segment's first seq - 1]; the names
         # alone tell which segments overlap the range, without reading any object.
@@ -63,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
                 continue
             chosen.append(key)
         if not chosen:
-            print(f"hold: no cold segments of stream {args.stream} overlap the range", file=sys.stderr)
-            return EXIT_FINDINGS
+            # nothing was done, so nothing can be reported as done: could not run (2)
+            if not starts:
+                err(f"stream {args.stream!r} has no objects in {redact_endpoint(args.cold)}: check --stream and "
+                    "--cold (nothing was changed)")
+            else:
+                err(f"no cold segment of stream {args.stream!r} overlaps seq {args.from_seq}.."
+                    f"{'' if args.to_seq is None else args.to_seq}: its segments start at seq {starts[0][0]}; "
+                    "check --from-seq/--to-seq (nothing was changed)")
+            return EXIT_ERROR
         state = "on" if args.on else "off"
         for key in chosen:
             if args.dry_run:
@@ -75,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         store.close()
         return EXIT_OK
     except ColdError as exc:
-        print(exc.diagnostics(), file=sys.stderr)
+        err(exc.one_line())
         return EXIT_ERROR
     except ValueError as exc:
         print(f"hold: {exc}", file=sys.stderr)

@@ -12,6 +12,9 @@ from pipeline.cli._common import add_verb
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"keygen: --out {args.out} is a file: give a directory for NAME.key and NAME.pub", file=sys.stderr)
+        return EXIT_ERROR
     try:
         signer = Signer.generate(args.name, cosigner=args.witness)
         key_path, pub_path = write_key_pair(signer, Path(args.out))

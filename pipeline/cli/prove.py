@@ -9,11 +9,14 @@ from pathlib import Path
 
 from pipeline.checkpoint import NoteError
 from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_verb
+from pipeline.cli._common import add_verb, refuse_wrong_hot
 from pipeline.proofs import ProveError, prove_consistency, prove_inclusion
 
 
 def run(args: argparse.Namespace) -> int:
+    refused = refuse_wrong_hot(Path(args.hot), args.stream)
+    if refused is not None:
+        return refused
     stream_dir = Path(args.hot) / args.stream
     try:
         if args.seq is not None:

@@ -20,7 +20,7 @@ from pipeline.cli.verify import render
 from pipeline.hot import attr
 from pipeline.hot.segment import build_manifest, list_segments
 from pipeline.hot.writer import HotLog, HotLogError
-from pipeline.record import parse_record
+from pipeline.record import parse_record, validate_stream_name
 from pipeline.verify.chain import verify_stream
 
 SAMPLE_EVENTS: list[dict[str, Any]] = [
@@ -41,11 +41,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                             "pipeline quickstart --dir ./demo-hot --events 100")])
     p.add_argument("--dir", type=Path, default=None, help="where to put the hot tier (default: a new temp dir)")
     p.add_argument("--stream", default="demo", help="stream name (default demo)")
-    p.add_argument("--events", type=int, default=1000, help="number of sample events to write")
+    p.add_argument("--events", type=positive_int, default=1000, help="number of sample events to write")
     p.set_defaults(func=run)
 
 
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give at least 1 event")
+    return n
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        validate_stream_name(args.stream)
+    except ValueError as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    if args.dir is not None and args.dir.exists() and (not args.dir.is_dir() or any(args.dir.iterdir())):
+        # the embedded S3 lives only as long as one run: a second run in the same directory
+        # would find a ledger pointing at objects that no longer exist
+        err(f"--dir {args.dir} is not an empty directory (an earlier quickstart?): give a new or empty "
+            "directory, or leave --dir out for a fresh temporary one")
+        return EXIT_ERROR
     base = args.dir or Path(tempfile.mkdtemp(prefix="worm-pipeline-quickstart-"))
     hot = base / "hot"
     print(f"1. hot tier in {hot}")
@@ -135,7 +156,7 @@ def _ship_if_available(hot: Path, stream: str, base: Path) -> int:
         print("   " + render(report).replace("\n", "\n   "))
         return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS
     except ColdError as exc:
-        err(exc.diagnostics())
+        err(exc.one_line())
         return EXIT_ERROR
     finally:
         if embedded is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ import orjson
 
 from pipeline import merkle
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_verb, err, report_read_failure
+from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading, report_read_failure
 from pipeline.cli._progress import Progress, progress_bar
-from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cold import ColdError
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments, read_last_line
 from pipeline.record import Kind, parse_record
@@ -46,6 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cold", required=True, help="cold store URL (s3://, az://, file://)")
     p.add_argument("--to", required=True, type=Path, help="hot directory to rebuild (stream dirs must not exist)")
     p.add_argument("--stream", help="stream name (default: every stream in the store)")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -141,10 +141,13 @@ def restore_stream(store: Any, stream: str, to: Path, progress: Progress | None 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.to.exists() and not args.to.is_dir():
+        err(f"--to {args.to} is a file: give a directory to restore the hot tier into (nothing was read)")
+        return EXIT_ERROR
     try:
-        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        store = open_for_reading(args.cold, args)
     except ColdError as exc:
-        print(exc.diagnostics(), file=sys.stderr)
+        err(exc.one_line())
         return EXIT_ERROR
     try:
         streams = [args.stream] if args.stream else list_streams_in(store)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pipeline.cli import EXIT_ERROR
 from pipeline.cli._common import add_verb, err
@@ -47,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(orjson.dumps(config.redacted_dict(), option=orjson.OPT_INDENT_2).decode())
         return 0
+    busy = listener_problem(config)
+    if busy is not None:
+        err(busy)
+        return EXIT_ERROR
     from pipeline import sidecar
     from pipeline.cold import ColdError
     from pipeline.hot.writer import HotLogError
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = sidecar.run(args.config)
     except (ColdError, HotLogError, OSError, ConfigError, NoteError) as exc:
-        err(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc))
+        err(exc.one_line() if isinstance(exc, ColdError) else exc.diagnostics() if hasattr(exc, "diagnostics")
+            else str(exc))
         return EXIT_ERROR
     # The drain has made the ledger and the hot tier consistent; an upload still retrying
     # in a worker thread may be abandoned (create-only puts make the next start converge),
@@ -67,3 +73,36 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def listener_problem(config: Any) -> str | None:
+    """Try each configured TCP listener before anything is created (hot directory, stream,
+    ledger): a port in use is named by its configuration key.  The listeners bind again for
+    real right after; this check only turns the common mistake into a clear refusal."""
+    import errno
+    import socket
+
+    from pipeline.config import parse_listen
+
+    for key, value in (("ops.listen", config.ops.listen), ("ingest.http", config.ingest.http)):
+        if not value:
+            continue
+        host, port = parse_listen(value)
+        if port == 0:
+            continue
+        bind_host = "" if host == "*" else host
+        try:
+            infos = socket.getaddrinfo(bind_host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            return f"{key} = {value!r}: cannot resolve {host!r} ({exc.strerror or exc}): fix {key}"
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (f"{key} = {value!r}: the address is already in use (another `pipeline run` or "
+                            f"service?): stop it or choose a free port for {key}; nothing was created")
+                return f"{key} = {value!r}: cannot listen there ({exc.strerror or exc}): fix {key}; nothing was created"
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_hot_args, add_verb, err
+from pipeline.cli._common import add_hot_args, add_verb, err, refuse_wrong_hot
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.writer import HotLogError
 
@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refused = refuse_wrong_hot(args.hot, args.stream)
+    if refused is not None:
+        return refused
     try:
         log = open_hotlog(args.hot, args.stream, heartbeat_interval=0)
     except (HotLogError, OSError, ValueError) as exc:

@@ -7,16 +7,17 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import DURATION_HELP, add_verb, duration, err
+from pipeline.cli._common import DURATION_HELP, add_retry_arg, add_verb, duration, err, refuse_wrong_hot
 from pipeline.cli._progress import progress_bar
 from pipeline.cold import ColdError, ColdSettings, open_store
 from pipeline.ship.ledger import Entry
-from pipeline.ship.shipper import Shipper
+from pipeline.ship.shipper import Shipper, ShipSummary
 
 
 def add_cold_args(p: argparse.ArgumentParser) -> None:
@@ -30,12 +31,15 @@ def add_cold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sse", choices=("AES256", "aws:kms"), default=None,
                    help="S3 server-side encryption per object (default: none sent, the bucket's default applies)")
     p.add_argument("--kms-key-id", default=None, help="S3 SSE-KMS key (implies --sse aws:kms)")
+    add_retry_arg(p)
 
 
 def settings_from(args: argparse.Namespace) -> ColdSettings:
-    return ColdSettings(retention_days=args.retention_days, allow_unlocked=args.allow_unlocked,
-                        compression=args.compression, storage_class=args.storage_class,
-                        sse=args.sse, kms_key_id=args.kms_key_id)
+    from pipeline.cli._common import with_retry_budget
+
+    return with_retry_budget(ColdSettings(retention_days=args.retention_days, allow_unlocked=args.allow_unlocked,
+                                          compression=args.compression, storage_class=args.storage_class,
+                                          sse=args.sse, kms_key_id=args.kms_key_id), args)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,10 +66,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for stream in args.stream or [None]:
+        refused = refuse_wrong_hot(Path(args.hot), stream)
+        if refused is not None:
+            return refused
     try:
         store = open_store(args.cold, settings_from(args))
     except (ColdError, ValueError) as exc:
-        err(exc.diagnostics() if isinstance(exc, ColdError) else str(exc))
+        err(exc.one_line() if isinstance(exc, ColdError) else str(exc))
         return EXIT_ERROR
     shipper = Shipper(args.hot, store, hot_retention=args.hot_retention, concurrency=args.concurrency,
                       streams=args.stream)
@@ -116,4 +124,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"confirmed {summary.confirmed}, failed {summary.failed}, quarantined {summary.quarantined}, "
               f"evicted {summary.evicted}, pending {summary.pending}")
     store.close()
-    return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS
+    return once_exit_code(summary, status)
+
+
+def once_exit_code(summary: ShipSummary, status: dict[str, object]) -> int:
+    """``ship --once``: 1 when a segment was quarantined (its copy does not match: a finding
+    about the data, reported first so that nothing masks it); 2 when work is left undone
+    (a failed upload, a segment waiting in backoff); 0 only when everything sealed is shipped."""
+    if summary.quarantined:
+        return EXIT_FINDINGS
+    if summary.failed or summary.pending:
+        failing = status.get("failing")
+        last = failing[0].get("last_error") if isinstance(failing, list) and failing else None
+        why = f"; last error: {str(last).splitlines()[0][:300]}" if last else ""
+        err(f"{summary.pending} segment(s) not shipped yet ({summary.failed} failed in this pass){why}: "
+            "fix the cause and run ship again (the hot copies are kept until confirmed)")
+        return EXIT_ERROR
+    return EXIT_OK

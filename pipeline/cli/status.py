@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 import orjson
 
 from pipeline import _accel
-from pipeline.cli import EXIT_ERROR, EXIT_OK
-from pipeline.cli._common import add_hot_args, add_verb, err, streams_of
+from pipeline.cli import EXIT_OK
+from pipeline.cli._common import add_hot_args, add_verb, refuse_wrong_hot, streams_of
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments
+from pipeline.ship.ledger import ACTIVE_STATES, open_ledger_readonly
 from pipeline.verify.chain import read_head
 
 
@@ -52,13 +54,42 @@ def stream_status(hot: Any, name: str) -> dict[str, Any]:
     }
 
 
+def shipping_status(hot: Any, stream: str | None, now: float | None = None) -> dict[str, Any] | None:
+    """What the shipper ledger says (docs/LEDGER.md): confirmed, pending, in backoff,
+    quarantined, and the cold lag (age of the oldest segment not yet confirmed).  None
+    when the hot tier has no ledger (nothing was ever shipped from it)."""
+    ledger = open_ledger_readonly(hot)
+    if ledger is None:
+        return None
+    try:
+        entries = ledger.entries(stream=stream)
+    finally:
+        ledger.close()
+    now = time.time() if now is None else now
+    active = [e for e in entries if e.state in ACTIVE_STATES]
+    waiting = [e for e in active if e.attempts and e.next_attempt > now]
+    unconfirmed = active + [e for e in entries if e.state == "quarantined"]
+    return {
+        "confirmed": sum(1 for e in entries if e.state in ("confirmed", "evicted")),
+        "evicted": sum(1 for e in entries if e.state == "evicted"),
+        "pending": len(active),
+        "in_backoff": len(waiting),
+        "quarantined": sum(1 for e in entries if e.state == "quarantined"),
+        "cold_lag_seconds": round(max(0.0, now - min(e.discovered_at for e in unconfirmed)), 3) if unconfirmed else 0.0,
+        "next_attempt_in_seconds": round(min(e.next_attempt for e in waiting) - now, 1) if waiting else None,
+        "last_error": next((e.last_error for e in sorted(unconfirmed, key=lambda e: -e.updated_at) if e.last_error),
+                           None),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.hot.is_dir():
-        err(f"hot directory {args.hot} does not exist")
-        return EXIT_ERROR
+    refused = refuse_wrong_hot(args.hot, args.stream)
+    if refused is not None:
+        return refused
     doc: dict[str, Any] = {"hot": str(args.hot), "platform": attr.platform_support_info(),
            "accelerator": _accel.describe(),
-           "streams": [stream_status(args.hot, s) for s in streams_of(args.hot, args.stream)]}
+           "streams": [stream_status(args.hot, s) for s in streams_of(args.hot, args.stream)],
+           "shipping": shipping_status(args.hot, args.stream)}
     if args.json:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
@@ -68,6 +99,16 @@ def run(args: argparse.Namespace) -> int:
     for note in plat["notes"]:
         print(f"  note: {note}")
     print(f"  per-record work: {doc['accelerator']}")
+    ship = doc["shipping"]
+    if ship is None:
+        print("  shipping: no shipper ledger (.ship/): nothing has been shipped from this hot tier")
+    else:
+        wait = f" (next attempt in {ship['next_attempt_in_seconds']:g} s)" if ship["in_backoff"] else ""
+        print(f"  shipping: {ship['confirmed']} confirmed ({ship['evicted']} evicted), {ship['pending']} pending, "
+              f"{ship['in_backoff']} in backoff{wait}, {ship['quarantined']} quarantined, "
+              f"cold lag {ship['cold_lag_seconds']:g} s")
+        if ship["last_error"]:
+            print(f"    last error: {str(ship['last_error']).splitlines()[0][:300]}")
     for st in doc["streams"]:
         print(f"stream {st['stream']}: {len(st['segments'])} segments, {st['bytes']} bytes, "
               f"{st['sealed_segments']} sealed (immutable)")

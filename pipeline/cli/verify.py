@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_hot_args, add_verb, err
+from pipeline.cli._common import add_hot_args, add_verb, err, refuse_wrong_hot, streams_of
 from pipeline.cli._progress import Progress, progress_bar
 from pipeline.hot.segment import list_segments
 from pipeline.verify.chain import StreamReport
@@ -83,6 +83,14 @@ def render(report: StreamReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    refused = refuse_wrong_hot(args.hot, args.stream)
+    if refused is not None:
+        return refused
+    streams = streams_of(args.hot, args.stream)
+    if not streams:
+        err(f"no streams in {args.hot} (only the shipper's ledger): nothing to verify; "
+            "pipeline verify-tier checks what was shipped")
+        return EXIT_ERROR
     if args.witness_dir and not args.vkey:
         err("--witness-dir needs --vkey (the log's verifier key) to check the witnessed checkpoints")
         return EXIT_ERROR
@@ -98,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         err(str(exc))
         return EXIT_ERROR
     ok = all(r.ok for r in reports)
+    evicted_any = any(n.kind == "evicted" for r in reports for n in r.notes)
+    if ok and not evicted_any and all(not r.segments for r in reports):
+        # stream directories with no segment and nothing shipped (a writer opened and never
+        # wrote, or a directory left by an old typo): nothing was verified, so no OK
+        err(f"no segments in {', '.join(streams)} under {args.hot}: nothing was verified; check --hot and --stream")
+        return EXIT_ERROR
     if args.json:
         doc: dict[str, Any] = {"ok": ok, "streams": [r.to_dict() for r in reports]}
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")

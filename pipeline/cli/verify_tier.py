@@ -15,9 +15,13 @@ import orjson
 
 from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import DURATION_HELP, add_verb, duration, err
+from pipeline.cli._common import DURATION_HELP, add_retry_arg, add_verb, duration, err, open_for_reading
 from pipeline.cli._progress import progress_bar
-from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cold import ColdError, ColdSettings
+from pipeline.cold.errors import redact_endpoint
+from pipeline.hot.layout import hot_tier_problem
+from pipeline.record import validate_stream_name
+from pipeline.ship.ledger import open_ledger_readonly
 from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
 
 
@@ -64,6 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"how far (in record time) a witness may lag behind before it is stale: {DURATION_HELP} "
                    "(default 1h)")
     p.add_argument("--workers", type=int, default=16, help="parallel requests (default 16)")
+    add_retry_arg(p)
     p.set_defaults(func=run)
 
 
@@ -78,6 +83,46 @@ def _s3_witness(url: str) -> tuple[Any, str, str]:
     return client, parts.hostname, parts.path.strip("/") or "witness"
 
 
+def _host_problem(hot: Path, stream: str | None) -> str | None:
+    """Host mode needs a hot tier.  A --stream need not be in it: a fleet neighbour's stream
+    under the same prefix may be verified by name from this host (its objects decide)."""
+    problem = hot_tier_problem(hot)
+    if problem or not stream:
+        return problem
+    try:
+        validate_stream_name(stream)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def ledger_prefix_problem(store: Any, hot: Path, url: str) -> str | None:
+    """The ledger records the key of every object the shipper stored.  If none of them lies
+    under the prefix the --cold URL names, every segment would look deleted: refuse and name
+    the prefix the ledger used instead."""
+    ledger = open_ledger_readonly(hot)
+    if ledger is None:
+        return None
+    try:
+        keys = [(e.stream, e.cold_key) for e in ledger.entries() if e.cold_key]
+    finally:
+        ledger.close()
+    if not keys:
+        return None
+    used: dict[str, str] = {}
+    for stream, key in keys:
+        cut = key.rfind(f"{stream}/")
+        if cut >= 0:
+            used.setdefault(key[:cut].strip("/"), key)
+    here = str(getattr(store, "prefix", "") or "").strip("/")
+    if not used or here in used:
+        return None
+    shown = ", ".join(f"{p or '(none)'!r} (e.g. {k})" for p, k in list(used.items())[:3])
+    return (f"--cold {redact_endpoint(url)} names prefix {here or '(none)'!r}, but the ledger in {hot} records "
+            f"its {len(keys)} shipped object(s) under prefix {shown}: check the --cold URL (a wrong prefix "
+            "would report every segment as deleted)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.cold_only and not args.vkey:
         err("verify-tier --cold-only needs --vkey (the log's verifier key)")
@@ -85,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.cold_only and args.hot is None:
         err("verify-tier needs --hot DIR, or --cold-only --vkey FILE for an auditor without the host")
         return EXIT_ERROR
-    if args.hot is not None and not args.cold_only and not args.hot.is_dir():
-        err(f"hot directory {args.hot} does not exist")
-        return EXIT_ERROR
+    if args.hot is not None and not args.cold_only:
+        problem = _host_problem(args.hot, args.stream)
+        if problem:
+            err(problem)
+            return EXIT_ERROR
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until) if args.until else None
@@ -107,14 +154,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         # allow_unlocked here only lets the store open an unlocked bucket for reading; the
         # lock judgement is verify-tier's own (opts.allow_unlocked)
-        store = open_store(args.cold, ColdSettings(allow_unlocked=True))
+        store = open_for_reading(args.cold, args)
         try:
+            problem = None if args.cold_only or args.hot is None else ledger_prefix_problem(store, args.hot, args.cold)
+            if problem:
+                progress.close()
+                err(problem)
+                return EXIT_ERROR
             report = verify_tier(store, opts)
         finally:
             store.close()
     except ColdError as exc:
         progress.close()
-        print(exc.diagnostics(), file=sys.stderr)
+        err(exc.one_line())
         return EXIT_ERROR
     except (TierError, OSError) as exc:
         progress.close()
@@ -125,4 +177,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(render(report))
-    return EXIT_OK if report.ok else EXIT_FINDINGS
+    if not report.ok:
+        return EXIT_FINDINGS
+    totals = report.totals()
+    if totals["segments"] == 0:
+        # nothing was verified, so nothing may be called valid
+        what = f"stream {args.stream!r}" if args.stream else "anything"
+        if totals["outside_window"]:
+            err(f"no segment of {what} lies in the --since/--until window ({totals['outside_window']} outside it): "
+                "nothing was verified; widen the window")
+        else:
+            err(f"found no segment of {what} in the hot tier, the ledger or under {redact_endpoint(args.cold)}: "
+                "nothing was verified; check --stream and --cold")
+        return EXIT_ERROR
+    return EXIT_OK

@@ -54,7 +54,13 @@ from pipeline.cold.errors import (
     ObjectNotFoundError,
     redact_endpoint,
 )
-from pipeline.cold.retry import error_code_and_status, is_retryable, remaining, request_timeout
+from pipeline.cold.retry import (
+    error_code_and_status,
+    is_retryable,
+    remaining,
+    request_timeout,
+    retry_report,
+)
 from pipeline.cold.tier import ColdTier, NewObject, segment_for_key
 
 log = logging.getLogger("pipeline.cold.azure")
@@ -190,7 +196,7 @@ class AzureStore(ColdTier):
                                     action="run `pipeline verify` on the hot segment, then ship again", **kw)
         if is_retryable(exc):
             return ColdUnavailableError(
-                f"{what}: still failing after retrying for up to {self.settings.retry_max_seconds:g} s", **kw)
+                f"{what}: {retry_report(exc)}", **kw)
         return ColdRequestError(f"{what}: {type(exc).__name__} {status or ''}".rstrip(), **kw)
 
     # ---- capabilities ------------------------------------------------------------------------

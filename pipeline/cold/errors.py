@@ -90,6 +90,16 @@ class ColdError(PipelineError):
         code = f" ({self.code})" if self.code else ""
         return f"{self.summary}{code}{loc}: {self.action}"
 
+    def one_line(self) -> str:
+        """What failed and what to do, on one line (the CLI's error line).  A missing or
+        refused credential gets the credential fix rather than the class's generic action."""
+        hint = credential_hint(self)
+        if hint is None:
+            return str(self)
+        code = f" ({self.code})" if self.code else ""
+        loc = f" [endpoint {self.endpoint}]" if self.endpoint else ""
+        return f"{self.summary}{code}{loc}: {hint}"
+
     def diagnostics(self) -> str:
         lines = [f"{type(self).__name__}: {self.summary}"]
         if self.code:
@@ -127,8 +137,9 @@ class ColdUnavailableError(ColdError):
     """Retryable failures went on past the retry budget (throttling, 5xx, resets, timeouts)."""
 
     default_action = (
-        "the endpoint is unreachable or overloaded; the hot copy is untouched and the shipper will "
-        "try again later (raise retry_max_seconds for long outages)"
+        "check the endpoint, the network and the service's health; a longer retry budget "
+        "(--retry-max-seconds, or cold.retry_max_seconds in the configuration) rides out longer "
+        "outages; the hot copy is untouched"
     )
 
 
@@ -183,3 +194,65 @@ class VerificationError(ColdError):
 
     def diagnostics(self) -> str:
         return super().diagnostics() + "\n" + self.result.describe(indent="  ")
+
+
+# Exceptions (by class name, anywhere in the cause chain) that mean "no usable credentials",
+# and the fix to print instead of the SDK's own multi-line text.
+_CREDENTIAL_FIXES = {
+    "NoCredentialsError": "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY, or run where an instance/task role is available",
+    "PartialCredentialsError": "incomplete AWS credentials: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                               "(or AWS_PROFILE)",
+    "InvalidAccessKeyId": "the AWS access key is not known to the endpoint: check AWS_ACCESS_KEY_ID / AWS_PROFILE "
+                          "and the endpoint_url",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key: check AWS_SECRET_ACCESS_KEY",
+    "ClientAuthenticationError": "Azure refused or could not obtain credentials: put a SAS token or account key "
+                                 "in the az:// URL's query, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/"
+                                 "AZURE_CLIENT_SECRET, or sign in with `az login`",
+    "CredentialUnavailableError": "no Azure credentials found: set AZURE_CLIENT_ID/AZURE_TENANT_ID/"
+                                  "AZURE_CLIENT_SECRET, sign in with `az login`, or put a SAS token in the az:// URL",
+}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < 16:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def credential_hint(exc: BaseException) -> str | None:
+    """The credential fix if ``exc`` (or its cause) says credentials are missing or refused."""
+    for e in _chain(exc):
+        for name in (type(e).__name__, getattr(e, "code", None), _service_code(e)):
+            if isinstance(name, str) and name in _CREDENTIAL_FIXES:
+                return _CREDENTIAL_FIXES[name]
+    return None
+
+
+def _service_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return getattr(exc, "error_code", None)
+
+
+def environment_failure(exc: BaseException) -> str | None:
+    """One line (problem: fix) for an exception that says the environment is wrong (no
+    credentials, a refused permission, a full disk), or None when it is not recognised."""
+    import errno
+
+    if isinstance(exc, ColdError):
+        return exc.one_line()
+    hint = credential_hint(exc)
+    if hint is not None:
+        return f"{type(exc).__name__}: {hint}"
+    for e in _chain(exc):
+        if isinstance(e, PermissionError):
+            return f"permission denied: {e.filename or e}: run as the user that owns it, or fix its permissions"
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return f"no space left on device{f' ({e.filename})' if e.filename else ''}: free disk space and retry"
+    return None

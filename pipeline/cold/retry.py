@@ -153,12 +153,77 @@ def request_timeout(configured: float) -> float:
     return max(MIN_REQUEST_TIMEOUT, min(configured, left))
 
 
+class RetryBudget:
+    """Total time one command may spend retrying, across all its operations and threads.
+
+    ``settings.retry_max_seconds`` bounds each operation; a CLI command (verify-tier,
+    export, ship --once ...) makes many, and an unreachable endpoint would otherwise cost
+    the budget once per operation (a bounded but untruthful "up to 60 s" that took 127 s).
+    The clock starts at the command's first failed attempt and is never refunded: once it
+    has run out, each later operation is tried once and not retried."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._started: float | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started is None:
+                self._started = time.monotonic()
+
+    def left(self) -> float | None:
+        """Seconds of retrying left, or None before the first failure."""
+        with self._lock:
+            started = self._started
+        return None if started is None else started + self.seconds - time.monotonic()
+
+
+_command_budget: RetryBudget | None = None
+
+
+def use_command_budget(budget: RetryBudget | None) -> None:
+    """Install (or remove) the process-wide budget of a CLI command.  The sidecar installs
+    none: its operations are retried each within ``retry_max_seconds``, again and again."""
+    global _command_budget
+    _command_budget = budget
+
+
+def retry_report(exc: BaseException) -> str:
+    """How the retry loop ended for ``exc``, as measured: "gave up after N attempts over
+    X s (retry budget Y s)"."""
+    attempts = getattr(exc, "retry_attempts", None)
+    elapsed = getattr(exc, "retry_elapsed", None)
+    budget = getattr(exc, "retry_budget", None)
+    if attempts is None or elapsed is None:
+        return "failed"
+    what = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''} over {elapsed:.1f} s"
+    total = getattr(exc, "retry_command_total", None)
+    if total is not None and total > elapsed + 0.05:
+        what += f", {total:.1f} s of retrying in this command"
+    return f"{what} (retry budget {budget:g} s)" if budget is not None else what
+
+
 class _PastDeadline(stop_base):
     """Stop retrying once the current deadline (if any) is reached."""
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         left = remaining()
         return left is not None and left <= MIN_REQUEST_TIMEOUT
+
+
+class _BudgetSpent(stop_base):
+    """Stop retrying once the command's budget (if any) is used up; a failure starts its clock."""
+
+    def __init__(self, budget: RetryBudget | None) -> None:
+        self.budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        if self.budget is None:
+            return False
+        self.budget.start()
+        spare = self.budget.left()
+        return spare is not None and spare <= 0
 
 
 def call_with_retry(
@@ -183,15 +248,32 @@ def call_with_retry(
     backoff = wait_exponential(multiplier=settings.retry_initial_backoff, max=settings.retry_max_backoff) \
         + wait_random(0, settings.retry_initial_backoff)
 
+    budget = _command_budget
+
     def wait(state: RetryCallState) -> float:
         left = remaining()
-        return backoff(state) if left is None else max(0.0, min(backoff(state), left))
+        delay = backoff(state) if left is None else max(0.0, min(backoff(state), left))
+        spare = budget.left() if budget is not None else None
+        return delay if spare is None else max(0.0, min(delay, spare))
 
     retrying = Retrying(
         retry=retry_if_exception(is_retryable),
-        stop=stop_after_delay(settings.retry_max_seconds) | _PastDeadline(),
+        stop=stop_after_delay(settings.retry_max_seconds) | _PastDeadline() | _BudgetSpent(budget),
         wait=wait,
         reraise=True,
         before_sleep=before_sleep,
     )
-    return retrying(fn)
+    t0 = time.monotonic()
+    try:
+        return retrying(fn)
+    except Exception as exc:
+        # measured, so that the error reports what happened, not what was configured
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.retry_attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
+            exc.retry_elapsed = time.monotonic() - t0  # type: ignore[attr-defined]
+            exc.retry_budget = (min(settings.retry_max_seconds, budget.seconds)  # type: ignore[attr-defined]
+                                if budget is not None else settings.retry_max_seconds)
+            left = budget.left() if budget is not None else None
+            exc.retry_command_total = (budget.seconds - left  # type: ignore[attr-defined]
+                                       if budget is not None and left is not None else None)
+        raise

@@ -40,7 +40,13 @@ from pipeline.cold.errors import (
     ObjectNotFoundError,
     redact_endpoint,
 )
-from pipeline.cold.retry import error_code_and_status, is_retryable, remaining, request_timeout
+from pipeline.cold.retry import (
+    error_code_and_status,
+    is_retryable,
+    remaining,
+    request_timeout,
+    retry_report,
+)
 from pipeline.cold.tier import ColdTier, NewObject, segment_for_key
 
 log = logging.getLogger("pipeline.cold.s3")
@@ -150,7 +156,7 @@ class S3Store(ColdTier):
                 "segment, then ship again (nothing was stored)", **kw)
         if is_retryable(exc):
             return ColdUnavailableError(
-                f"{what}: still failing after retrying for up to {self.settings.retry_max_seconds:g} s", **kw)
+                f"{what}: {retry_report(exc)}", **kw)
         return ColdRequestError(f"{what}: {type(exc).__name__} {status or ''}".rstrip(), **kw)
 
     # ---- capabilities ------------------------------------------------------------------------

@@ -58,14 +58,11 @@ def list_segments(stream_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def list_streams(hot_dir: str | os.PathLike[str]) -> list[str]:
-    d = Path(hot_dir)
-    if not d.is_dir():
-        return []
-    out = []
-    for entry in sorted(os.scandir(d), key=lambda e: e.name):
-        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-            out.append(entry.name)
-    return out
+    """The stream directories of a hot tier, sorted; other directories (``lost+found``) are
+    not streams.  The rule lives in pipeline.hot.layout."""
+    from pipeline.hot.layout import stream_dirs
+
+    return stream_dirs(hot_dir)
 
 
 def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
