@@ -118,6 +118,7 @@ def test_hotlog_on_a_forward_secure_stream_seals_with_its_key(tmp_path: Path,
 
     hot = tmp_path / "hot"
     try:
+        hot.mkdir()  # fss-setup prepares a stream only inside an existing hot directory
         assert main(["fss-setup", "--hot", str(hot), "--stream", "app"]) == 0
         key = next(w for w in capsys.readouterr().out.split() if w.startswith("fss-v1:"))
         with HotLog(hot, "app", heartbeat_interval=0) as log:
@@ -148,6 +149,7 @@ def test_a_forward_secure_stream_with_unreadable_state_is_refused(tmp_path: Path
     from pipeline.fss import STATE_DIR, STATE_FILE
 
     hot = tmp_path / "hot"
+    hot.mkdir()
     assert main(["fss-setup", "--hot", str(hot), "--stream", "app"]) == 0
     capsys.readouterr()
     state = hot / "app" / STATE_DIR / STATE_FILE

@@ -54,24 +54,17 @@ bash tools/make-image-bases.sh
 
 # kubectl (kustomize built in) for tests/infra/test_kustomize_components.py and terraform
 # with a local mirror of hashicorp/aws for tests/infra/test_terraform_validate.py.  Neither
-# is in Debian: fetched from their upstream release sites when missing.
-if ! command -v kubectl >/dev/null 2>&1; then
-  echo "test deps: kubectl v1.32.4"
-  curl -fsSL -o /usr/local/bin/kubectl "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl"
-  chmod +x /usr/local/bin/kubectl
-fi
-if ! command -v terraform >/dev/null 2>&1; then
-  echo "test deps: terraform 1.11.4"
-  tmp="$(mktemp -d)"
-  curl -fsSL -o "$tmp/tf.zip" "https://releases.hashicorp.com/terraform/1.11.4/terraform_1.11.4_linux_amd64.zip"
-  python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('terraform', sys.argv[2])" "$tmp/tf.zip" /usr/local/bin
-  chmod +x /usr/local/bin/terraform
-  rm -rf "$tmp"
-fi
+# is in Debian's or PyPI's registries, the only ones these machines reach; the machines come
+# with both (../shared/FACTS.md), so a missing one is a machine problem, said plainly here.
+for tool in kubectl terraform; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "test deps: $tool is not installed and cannot be fetched from the package registries;" \
+         "the infra tests need it (see ../shared/FACTS.md)" >&2
+    exit 1
+  fi
+done
 if [ ! -d /opt/tf-plugins/registry.terraform.io/hashicorp/aws ] && [ ! -d .tools/tf-plugins/registry.terraform.io/hashicorp/aws ]; then
-  echo "test deps: terraform provider mirror (hashicorp/aws 5.100.0) in .tools/tf-plugins"
-  tmp="$(mktemp -d)"
-  printf 'terraform {\n  required_providers {\n    aws = { source = "hashicorp/aws", version = "5.100.0" }\n  }\n}\n' > "$tmp/main.tf"
-  (cd "$tmp" && terraform providers mirror -platform=linux_amd64 "$OLDPWD/.tools/tf-plugins")
-  rm -rf "$tmp"
+  echo "test deps: no local mirror of the hashicorp/aws provider (/opt/tf-plugins); terraform validate" \
+       "runs offline and needs it (see ../shared/FACTS.md)" >&2
+  exit 1
 fi

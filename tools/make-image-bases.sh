@@ -13,7 +13,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${IMAGE_BASE_CACHE:-.tools/image-base}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# the Debian mirror this machine's apt already uses (first URI of its sources), or $DEBIAN_MIRROR
+mirror="${DEBIAN_MIRROR:-}"
+if [ -z "$mirror" ]; then
+  mirror="$( { sed -n 's/^URIs: *\([^ ]*\).*/\1/p; s/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\).*/\2/p' \
+    /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list 2>/dev/null || true; } \
+    | head -n 1)"
+fi
 mkdir -p "$cache"
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -30,7 +36,7 @@ if [ ! -x "$runtime/usr/bin/python3" ]; then
   echo "image bases: debootstrap bookworm (runtime)"
   rm -rf "$runtime"
   debootstrap --variant=minbase --include=python3,python-is-python3,libssl3,ca-certificates \
-    bookworm "$runtime" "$mirror" >"$cache/debootstrap.log" 2>&1
+    bookworm "$runtime" ${mirror:+"$mirror"} >"$cache/debootstrap.log" 2>&1
   rm -f "$runtime"/var/cache/apt/archives/*.deb
   rm -rf "$runtime"/var/lib/apt/lists/*
 fi

@@ -34,11 +34,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         Prints a JSON summary (accepted, rejected, last seq and hash).  With --config, the
         hot directory and stream default to the file's.
 
-        Lines are stored in order as they are read.  A line that is refused (not a JSON
-        object, or outside the JSON profile of docs/FORMAT.md §1.1) is reported on stderr
-        with its line number and the exit code is 1, but the good lines before and after it
-        ARE stored: do not re-send the same input after a failure (its good events would be
-        stored twice); send only the corrected lines.""",
+        All or nothing: every line is checked before the first is stored.  If any line is
+        refused (not a JSON object, or outside the JSON profile of docs/FORMAT.md §1.1),
+        each refused line is named on stderr, NOTHING is stored (no directory or stream is
+        created either) and the exit code is 2: fix the lines and send the whole input
+        again, without risk of storing an event twice.""",
                  examples=[("append the events in events.ndjson to the stream 'auth', fsync each",
                             "pipeline append --hot /var/lib/worm --stream auth --durability fsync < events.ndjson"),
                            ("with the sidecar's redaction rules, hot directory and stream, and seal",

@@ -25,6 +25,13 @@ def _config(tier: Tier, tmp: Path) -> str:
     return str(p)
 
 
+def _sample(tmp: Path, name: str, text: str) -> str:
+    """A sample NDJSON file for `pipeline sanitise --check`."""
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
 def _keys(tmp: Path) -> Path:
     d = tmp / "keys"
     if not d.exists():
@@ -75,6 +82,9 @@ WALK: dict[str, dict[int, Case]] = {
     "run": {0: lambda t, d: ["run", "--check", "--config", _config(t, d)],
             2: lambda t, d: ["run", "--config", str(d / "missing.toml")]},
     "quickstart": {2: lambda t, d: ["quickstart", "--dir", str(t.hot)]},  # not empty
+    "sanitise": {0: lambda t, d: ["sanitise", "--check", _sample(d, "clean.ndjson", '{"user":"alice"}\n')],
+                 1: lambda t, d: ["sanitise", "--check", _sample(d, "secret.ndjson", '{"password":"hunter2"}\n')],
+                 2: lambda t, d: ["sanitise", "--check", str(d / "missing.ndjson")]},
 }
 
 

@@ -70,6 +70,7 @@ def test_ship_honours_sse_and_kms_key(hot_dir: Path, moto_endpoint: str, args: t
 
 
 def test_ship_refuses_a_kms_key_with_aes256(hot_dir: Path, moto_endpoint: str) -> None:
+    write_events(hot_dir, 10)  # a real hot tier, so the settings are what is refused
     p = subprocess.run([sys.executable, "-m", "pipeline", "ship", "--hot", str(hot_dir), "--once",
                         "--cold", f"s3://b/p?endpoint_url={moto_endpoint}", "--sse", "AES256", "--kms-key-id", "k"],
                        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
