@@ -114,3 +114,28 @@ def test_witness_dir_needs_vkey(hot_dir: Path, tmp_path: Path) -> None:
     cli("append", "--hot", str(hot_dir), "--stream", "app", "--seal", stdin=b'{"a":1}\n')
     p = cli("verify", "--hot", str(hot_dir), "--witness-dir", str(tmp_path))
     assert p.returncode == 2 and b"--vkey" in p.stderr
+
+
+def test_a_witness_with_nothing_for_the_origin_is_no_green(hot_dir: Path, tmp_path: Path) -> None:
+    """A witness directory that holds no checkpoint for the origin compared nothing: a wrong
+    --origin (the writer's origins are <signing.origin>/<stream>) or an empty witness must
+    not pass as a witness check (exit 2, naming what the directory does hold)."""
+    signer = Signer.generate("example.com/log")
+    _key_path, pub_path = write_key_pair(signer, tmp_path / "keys")
+    witness_dir = tmp_path / "witness"
+    log = open_hotlog(hot_dir, "app", heartbeat_interval=0)
+    emitter = CheckpointEmitter(log, hot_dir / "app", signer, tree_store=log.tree_store,  # type: ignore[arg-type]
+                                witnesses=[DirectoryWitness(witness_dir)], interval=3600)
+    for i in range(5):
+        log.append({"i": i}, wait=False)
+    log.seal()
+    assert emitter.emit(force=True) is not None
+    log.close()
+    p = cli("verify", "--hot", str(hot_dir), "--witness-dir", str(witness_dir), "--vkey", str(pub_path),
+            "--origin", "typo.example/app")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert b"holds no checkpoint for origin 'typo.example/app'" in p.stderr and b"--origin" in p.stderr
+    empty = tmp_path / "empty-witness"
+    empty.mkdir()
+    p = cli("verify", "--hot", str(hot_dir), "--witness-dir", str(empty), "--vkey", str(pub_path))
+    assert p.returncode == 2 and b"holds no checkpoint" in p.stderr, p.stderr

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--witness-dir", type=Path, action="append", default=[],
                    help="a directory witness: compare the log with the checkpoints it holds (repeatable)")
     p.add_argument("--vkey", type=Path, help="the log's checkpoint verifier key file (needed with --witness-dir)")
-    p.add_argument("--origin", help="checkpoint origin (default: the stream name)")
+    p.add_argument("--origin", help="checkpoint origin, as the writer signs it: <signing.origin>/<stream> "
+                   "(default: the stream name); a witness with no checkpoint for it is an error, exit 2")
     p.set_defaults(func=run)
 
 

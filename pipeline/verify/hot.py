@@ -125,6 +125,13 @@ def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vke
     from pipeline.witness.directory import read_witness_checkpoints
 
     notes = read_witness_checkpoints(witness_dir, origin)
+    if not notes:
+        # nothing to compare is not "the witnesses agree": a wrong origin (the writer's is
+        # <signing.origin>/<stream>) or an empty witness must not pass as a check
+        held = sorted(p.name for p in witness_dir.iterdir() if p.is_dir()) if witness_dir.is_dir() else []
+        raise VerifyError(f"witness directory {witness_dir} holds no checkpoint for origin {origin!r}"
+                          + (f" (it holds origins {', '.join(held)}, escaped): pass --origin" if held else "")
+                          + "; nothing was compared")
     for f in verify_against_witnesses(stream_dir, notes, vkey):
         if f.get("severity") == "error":
             report.findings.append(Finding(report.stream, "", "witness-mismatch",
