@@ -98,18 +98,31 @@ class Sidecar:
         return self.proc.wait(timeout=timeout)
 
 
-def socket_send(path: Path, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Send a batch over the Unix socket; return one ack per event (raises if cut off)."""
+def socket_send(path: Path, events: list[dict[str, Any]], timeout: float = 30) -> list[dict[str, Any]]:
+    """Send a batch over the Unix socket; return one ack per event (raises if cut off).
+    Writes on a second thread while reading the answers, as the protocol asks of clients
+    (docs/INGEST.md): a large batch written before reading could fill both sides' buffers."""
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
+        s.settimeout(timeout)
         s.connect(str(path))
-        s.sendall(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        payload = b"".join(orjson.dumps(e) + b"\n" for e in events)
+        failed: list[OSError] = []
+
+        def write() -> None:
+            try:
+                s.sendall(payload)
+            except OSError as exc:  # reported below if the answers are cut short too
+                failed.append(exc)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
         buf = b""
         while buf.count(b"\n") < len(events):
             chunk = s.recv(65536)
             if not chunk:
-                raise ConnectionError("closed before every ack arrived")
+                raise ConnectionError(f"closed before every ack arrived ({failed or 'no write error'})")
             buf += chunk
+        writer.join(timeout)
     return [orjson.loads(line) for line in buf.splitlines()]
 
 
