@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,22 @@ def clear_tree_attributes(root: Path) -> None:
                 continue
             with contextlib.suppress(OSError):
                 attr.clear_protection(p)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``mnt`` for disk-full tests (the suite runs as root, as CI
+    does: a failed mount is a failure, never a skip); attributes cleared, then unmounted."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the suite runs as root): {res.stderr}")
+    try:
+        yield mnt
+    finally:
+        clear_tree_attributes(mnt)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pipeline.hot.writer import HotLog, HotLogError, Receipt
+from tests.conftest import mounted_tmpfs
 from tests.hotutil import assert_clean, records
 
 STREAM = "full"
@@ -19,19 +20,8 @@ STREAM = "full"
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the suite runs as root): {res.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "256k") as mnt:
         yield mnt
-    finally:
-        from tests.conftest import clear_tree_attributes
-
-        clear_tree_attributes(mnt)
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill_until_enospc(log: HotLog, receipts: list[Receipt], limit: int = 100_000) -> HotLogError:

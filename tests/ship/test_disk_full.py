@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pipeline.ship.ledger import Ledger
+from tests.conftest import mounted_tmpfs
 from tests.ship.gate import Gate
 from tests.ship.test_sidecar import Sidecar
 
@@ -25,18 +25,8 @@ TMPFS_SIZE = "16m"
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "hot"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-        raise AssertionError(f"mount failed: {p.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "hot", TMPFS_SIZE) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

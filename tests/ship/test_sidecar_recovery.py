@@ -16,6 +16,7 @@ import pytest
 from pipeline.hot.segment import list_segments
 from pipeline.ship.ledger import Ledger
 from pipeline.verify.chain import verify_stream
+from tests.conftest import mounted_tmpfs
 from tests.ship.test_shipper import download_stream
 from tests.ship.test_sidecar import REPO, Sidecar, cold_events, socket_send
 
@@ -77,19 +78,8 @@ def test_downtime_longer_than_hot_retention_then_a_crash_in_the_first_window(
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the suite runs as root): {res.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "2m") as mnt:
         yield mnt
-    finally:
-        from tests.conftest import clear_tree_attributes
-
-        clear_tree_attributes(mnt)
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.slow
