@@ -87,18 +87,25 @@ def test_bad_fss_key_is_an_error_not_a_verdict(hot_dir: Path) -> None:
     assert b"fss-v1" in p.stderr
 
 
-def test_witnessed_checkpoint_catches_a_rebuilt_chain(hot_dir: Path, tmp_path: Path) -> None:
+def witnessed_log(hot_dir: Path, tmp_path: Path, events: int) -> tuple[Path, Path]:
+    """A sealed stream ``app`` of ``events`` events whose checkpoint a directory witness
+    holds: (the log's verifier key file, the witness directory)."""
     signer = Signer.generate("example.com/log")
     _key_path, pub_path = write_key_pair(signer, tmp_path / "keys")
     witness_dir = tmp_path / "witness"
     log = open_hotlog(hot_dir, "app", heartbeat_interval=0)
     emitter = CheckpointEmitter(log, hot_dir / "app", signer, tree_store=log.tree_store,  # type: ignore[arg-type]
                                 witnesses=[DirectoryWitness(witness_dir)], interval=3600)
-    for i in range(50):
+    for i in range(events):
         log.append({"i": i}, wait=False)
     log.seal()
     assert emitter.emit(force=True) is not None
     log.close()
+    return pub_path, witness_dir
+
+
+def test_witnessed_checkpoint_catches_a_rebuilt_chain(hot_dir: Path, tmp_path: Path) -> None:
+    pub_path, witness_dir = witnessed_log(hot_dir, tmp_path, 50)
     code, doc = verify_json("--hot", str(hot_dir), "--witness-dir", str(witness_dir), "--vkey", str(pub_path))
     assert code == 0, doc
     # rebuild the chain after the witnessed checkpoint: every hash, link and seal consistent
@@ -120,17 +127,7 @@ def test_a_witness_with_nothing_for_the_origin_is_no_green(hot_dir: Path, tmp_pa
     """A witness directory that holds no checkpoint for the origin compared nothing: a wrong
     --origin (the writer's origins are <signing.origin>/<stream>) or an empty witness must
     not pass as a witness check (exit 2, naming what the directory does hold)."""
-    signer = Signer.generate("example.com/log")
-    _key_path, pub_path = write_key_pair(signer, tmp_path / "keys")
-    witness_dir = tmp_path / "witness"
-    log = open_hotlog(hot_dir, "app", heartbeat_interval=0)
-    emitter = CheckpointEmitter(log, hot_dir / "app", signer, tree_store=log.tree_store,  # type: ignore[arg-type]
-                                witnesses=[DirectoryWitness(witness_dir)], interval=3600)
-    for i in range(5):
-        log.append({"i": i}, wait=False)
-    log.seal()
-    assert emitter.emit(force=True) is not None
-    log.close()
+    pub_path, witness_dir = witnessed_log(hot_dir, tmp_path, 5)
     p = cli("verify", "--hot", str(hot_dir), "--witness-dir", str(witness_dir), "--vkey", str(pub_path),
             "--origin", "typo.example/app")
     assert p.returncode == 2, p.stdout + p.stderr
