@@ -34,6 +34,22 @@ if ! command -v zstd >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; th
   apt-get install -y -qq --no-install-recommends zstd openssl >/dev/null
 fi
 
+# Real components the transport, monitor, PostgreSQL and encryption tests start themselves
+# (../shared/FACTS.md): rsyslog with TLS and RELP, Prometheus with promtool, Alertmanager,
+# PostgreSQL 15, age.  syslog-ng-core conflicts with rsyslog as a Debian package (both are a
+# system-log-daemon), so tools/install-syslog-ng.sh unpacks it beside the tree instead.
+missing=""
+for bin in rsyslogd promtool prometheus prometheus-alertmanager age age-keygen /usr/lib/postgresql/15/bin/initdb; do
+  command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || missing="$missing $bin"
+done
+if [ -n "$missing" ]; then
+  echo "test deps: apt-get install (missing:$missing)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls rsyslog-relp prometheus \
+    prometheus-alertmanager age postgresql-15 iproute2 >/dev/null
+fi
+
 # the C accelerator (pipeline/_native.c) needs OpenSSL's headers; pip skipped it (it is
 # optional) if they were missing when the virtual environment was made: add them, rebuild
 if [ ! -f /usr/include/openssl/sha.h ]; then
