@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import merkle
 from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
+from pipeline.findings import Finding
 from pipeline.hot.checkpoints import CheckpointStore
 from pipeline.hot.segment import list_segments, parse_segment_name
 from pipeline.hot.tree import SegmentLeafSource, TreeStore, TreeStoreError
@@ -159,13 +160,13 @@ def _leaves_in_order(stream_dir: Path) -> Iterable[tuple[int, bytes]]:
 
 def verify_against_witnesses(
     stream_dir: Path, witness_checkpoints: Iterable[bytes], vkey: str | Path | Verifier | Sequence[Verifier]
-) -> list[dict[str, Any]]:
+) -> list[Finding]:
     """Recompute the stream's tree from the hot segments and compare it with witnessed checkpoints.
 
     Each witnessed checkpoint (verified with ``vkey``) fixes the root of the first ``size``
     record lines.  A chain rewritten after the checkpoint was witnessed, even re-hashed and
-    re-signed with a stolen key, gives a different root at that size.  Returns finding dicts:
-    ``{"severity", "code", "stream", "size", "message"}``; empty when everything matches.
+    re-signed with a stolen key, gives a different root at that size.  Returns the findings
+    (``seq`` is the checkpoint's tree size); empty when everything matches.
     """
     stream_dir = Path(stream_dir)
     stream = stream_dir.name
@@ -176,10 +177,10 @@ def verify_against_witnesses(
         verifiers = [Verifier.from_string(ln) for ln in text.splitlines() if ln.strip()]
     else:
         verifiers = list(vkey)
-    findings: list[dict[str, Any]] = []
+    findings: list[Finding] = []
 
-    def finding(code: str, size: int | None, message: str, severity: str = "error") -> None:
-        findings.append({"severity": severity, "code": code, "stream": stream, "size": size, "message": message})
+    def finding(code: str, size: int | None, message: str) -> None:
+        findings.append(Finding.of(code, stream, "", message, size))
 
     wanted: dict[int, list[Checkpoint]] = {}
     for note in witness_checkpoints:
@@ -187,7 +188,7 @@ def verify_against_witnesses(
             cp, _ = open_checkpoint(note, verifiers)
         except NoteError as exc:
             finding("witness-checkpoint-unverifiable", None,
-                    f"a witnessed checkpoint does not verify with the log key: {exc}", "warning")
+                    f"a witnessed checkpoint does not verify with the log key: {exc}")
             continue
         wanted.setdefault(cp.size, []).append(cp)
     if not wanted:
@@ -213,16 +214,16 @@ def verify_against_witnesses(
             current = first
             if first != cr.size:
                 gap = True
-                finding("witness-unchecked", None,
+                finding("checkpoint-unchecked", None,
                         f"segment starting at seq {first} follows {cr.size} records: segments are missing "
-                        "from the hot tier, so later witnessed checkpoints cannot be recomputed here", "warning")
+                        "from the hot tier, so later witnessed checkpoints cannot be recomputed here")
                 break
         cr.append(merkle.leaf_hash(leaf))
         check(cr.size)
     for size in sorted(wanted):
         if gap:
             break
-        finding("witness-size-missing", size,
+        finding("witness-ahead", size,
                 f"a witness holds a checkpoint of size {size} but the hot segments hold only {cr.size} "
                 "records: records were removed after they were witnessed")
     return findings

@@ -59,10 +59,10 @@ def verify_progress(hot: Path, streams: list[str], *, json: bool) -> Progress:
 def render(report: StreamReport) -> str:
     lines = [f"stream {report.stream}"]
     by_segment: dict[str, list[str]] = {}
-    for f in report.findings:
+    for f in report.errors:
         where = f" at seq {f.seq}" if f.seq is not None else ""
         off = f" (offset {f.offset})" if f.offset is not None else ""
-        by_segment.setdefault(f.segment, []).append(f"{f.reason}{where}{off}: {f.message}")
+        by_segment.setdefault(f.segment, []).append(f"{f.code}{where}{off}: {f.message}")
     for s in report.segments:
         status = report.segment_status(s)
         span = f"seq {s.first_seq}..{s.last_seq}" if s.first_seq is not None else "no records"
@@ -75,10 +75,12 @@ def render(report: StreamReport) -> str:
     for n in report.notes:
         if not n.segment:
             lines.append(f"  note: {n.message}")
+    for f in report.warnings:
+        lines.append(f"  warning: {f.segment + ': ' if f.segment else ''}{f.code}: {f.message}")
     for seg, msgs in by_segment.items():
         for msg in msgs:
             lines.append(f"  INVALID    {seg or '(stream)'}: {msg}")
-    verdict = "OK" if report.ok else f"{len(report.findings)} finding(s)"
+    verdict = "OK" if report.ok else f"{len(report.errors)} finding(s)"
     lines.append(f"  total: {len(report.segments)} segments, {report.records} records, {verdict}")
     return "\n".join(lines)
 

@@ -6,13 +6,15 @@ checks what connects files (links across segments, gaps, recoveries of torn tail
 the head of the stream).  Scans are independent, so ``verify_stream`` runs them in
 parallel processes to use every core.
 
-Every problem is a ``Finding`` naming the segment, the seq (when known), the byte offset
-and a reason code from ``REASONS``.  Expected irregularities that are not tampering
-(a torn tail explained by a recovery record, the active segment) are ``Note``s.
+Every problem is a ``pipeline.findings.Finding`` naming the segment, the seq (when known),
+the byte offset (``where``) and a code of the registry's ``chain`` family.  Expected
+irregularities that are not tampering (a torn tail explained by a recovery record, the
+active segment) are ``Note``s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import mmap
 import os
@@ -27,49 +29,14 @@ import orjson
 
 from pipeline import merkle
 from pipeline._accel import native as _native
+from pipeline.findings import LEGACY_VERIFY_REASON, REGISTRY, Finding, codes, has_errors
 from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, HEX64_RE, Kind, Record, RecordError, parse_fields, parse_record
 
 _LEAF0 = hashlib.sha256(b"\x00")  # RFC 6962 leaf prefix, copied per leaf
 
-REASONS = {
-    "hash-mismatch": "a record's hash does not match its bytes (the record was altered)",
-    "bad-line": "a line is not a record line",
-    "bad-json": "a record is not JSON within the format's profile (syntax, UTF-8, whitespace, duplicate keys, "
-                "number range, depth)",
-    "bad-layout": "a record's keys or header bytes are not in the required layout",
-    "bad-field": "a record field has the wrong type or form",
-    "bad-version": "unsupported record format version",
-    "wrong-stream": "a record names another stream",
-    "broken-link": "a record's prev does not equal the previous record's hash",
-    "seq-gap": "records are missing (seq jumps forward)",
-    "seq-regression": "a seq repeats or goes backwards (duplicated or reordered records)",
-    "after-seal": "bytes follow the seal of a segment",
-    "seal-mismatch": "a seal's counts, hashes or Merkle roots do not match the segment",
-    "name-mismatch": "a segment's file name does not match its first seq",
-    "truncated": "a segment ends without a seal (or holds no complete record) and no recovery record explains it",
-    "recovery-mismatch": "a recovery record does not match the abandoned segment it names",
-    "recovery-drops-records": "a recovery record declares complete records that continue the chain torn: a crash "
-                              "cannot tear a complete record, so records were cut from the stream",
-    "missing-segment": "a whole segment is missing between two others",
-    "missing-start": "the stream does not start at seq 0 and nothing records the eviction",
-    "missing-tail": "the stream head records more than the segments hold (segments removed or truncated)",
-    "fss-invalid": "a forward-secure seal MAC does not verify",
-    "witness-mismatch": "the log disagrees with a witnessed checkpoint",
-}
-
-
-@dataclass(frozen=True)
-class Finding:
-    stream: str
-    segment: str
-    reason: str
-    message: str
-    seq: int | None = None
-    offset: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# the chain check's codes and their meanings (the registry in pipeline.findings is the one table)
+REASONS: dict[str, str] = {code: entry.meaning for code, entry in codes(family="chain").items()}
 
 
 @dataclass(frozen=True)
@@ -156,7 +123,7 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
     fast_used = False
 
     def add(reason: str, message: str, seq: int | None, offset: int | None) -> None:
-        scan.findings.append(Finding(stream or "", p.name, reason, message, seq, offset))
+        scan.findings.append(Finding.of(reason, stream or "", p.name, message, seq, offset))
 
     def check_line(offset: int, line: bytes) -> None:
         nonlocal stream, expected_seq, prev_hash, prev_ts, stop
@@ -391,10 +358,20 @@ class StreamReport:
 
     @property
     def ok(self) -> bool:
-        return not self.findings
+        """No error-severity finding (warnings, e.g. a witnessed checkpoint that could not be
+        compared, are listed but do not fail the report)."""
+        return not has_errors(self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.is_error]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.is_error]
 
     def segment_status(self, scan: SegmentScan) -> str:
-        if any(f.segment == scan.name for f in self.findings):
+        if any(f.segment == scan.name and f.is_error for f in self.findings):
             return "INVALID"
         kinds = {n.kind for n in self.notes if n.segment == scan.name}
         if "recovered" in kinds:
@@ -425,9 +402,19 @@ class StreamReport:
                 }
                 for s in self.segments
             ],
-            "findings": [f.to_dict() for f in self.findings],
-            "notes": [asdict(n) for n in self.notes],
+            # v1 keys (stream, segment, reason, message, seq, offset) plus the findings model's
+            # (code, severity, key); warnings stay notes as in v1 and are listed in full under
+            # "warnings" (docs/FORMAT.md §8, "Reports")
+            "findings": [_v1_finding(f) for f in self.errors],
+            "notes": [asdict(n) for n in self.notes] + [
+                {"stream": f.stream, "segment": f.segment, "kind": REGISTRY[f.code].family,
+                 "message": f"{f.code}: {f.message}"} for f in self.warnings],
+            "warnings": [_v1_finding(f) for f in self.warnings],
         }
+
+
+def _v1_finding(f: Finding) -> dict[str, Any]:
+    return {**f.to_dict(), "reason": LEGACY_VERIFY_REASON.get(f.code, f.code)}
 
 
 def _torn_region(path: str, start: int) -> tuple[int, str]:
@@ -451,7 +438,7 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
     """
     rep = StreamReport(stream, scans)
     for s in scans:
-        rep.findings.extend(Finding(stream, f.segment, f.reason, f.message, f.seq, f.offset) for f in s.findings)
+        rep.findings.extend(dataclasses.replace(f, stream=stream) for f in s.findings)
     exp_seq: int | None = start_seq
     exp_hash: str | None = start_hash if start_hash is not None else (GENESIS_HASH if start_seq == 0 else None)
     unexplained: list[SegmentScan] = []  # unsealed segments waiting for a recovery record
@@ -477,16 +464,16 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
             unexplained = []
         if exp_seq is not None:
             if s.first_seq > exp_seq:
-                what = "missing-segment" if prev_scan is not None else "missing-start"
-                rep.findings.append(Finding(stream, s.name, what,
+                rep.findings.append(Finding.of("missing-segment" if prev_scan is not None else "missing-start",
+                                               stream, s.name,
                                             f"records {exp_seq}..{s.first_seq - 1} are missing before {s.name}",
                                             s.first_seq, 0))
             elif s.first_seq < exp_seq:
-                rep.findings.append(Finding(stream, s.name, "seq-regression",
+                rep.findings.append(Finding.of("seq-regression", stream, s.name,
                                             f"{s.name} starts at seq {s.first_seq}, expected {exp_seq}",
                                             s.first_seq, 0))
             elif exp_hash is not None and s.first_prev != exp_hash:
-                rep.findings.append(Finding(stream, s.name, "broken-link",
+                rep.findings.append(Finding.of("broken-link", stream, s.name,
                                             f"first record of {s.name} does not link to the previous segment",
                                             s.first_seq, 0))
         if s.sealed and prev_scan is not None and prev_scan.sealed and prev_scan.seal and s.seal \
@@ -499,7 +486,7 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
             except (KeyError, TypeError, ValueError, AttributeError):
                 continues = False  # a forged seal without a usable frontier
             if not continues:
-                rep.findings.append(Finding(stream, s.name, "seal-mismatch",
+                rep.findings.append(Finding.of("seal-mismatch", stream, s.name,
                                             "seal start_frontier does not continue the previous seal's tree",
                                             s.last_seq, None))
         if not s.sealed and not s.findings:
@@ -534,20 +521,20 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
                                       "on its next start"))
             unexplained = []
     for s in unexplained:
-        rep.findings.append(Finding(stream, s.name, "truncated",
+        rep.findings.append(Finding.of("truncated", stream, s.name,
                                     f"{s.name} ends without a seal at offset {s.valid_bytes} and no recovery record "
                                     "explains it", s.last_seq, s.valid_bytes))
     if head is not None and isinstance(head.get("next_seq"), int):
         have = (rep.last_seq + 1) if rep.last_seq is not None else start_seq
         if head["next_seq"] > have:
-            rep.findings.append(Finding(stream, scans[-1].name if scans else "", "missing-tail",
+            rep.findings.append(Finding.of("missing-tail", stream, scans[-1].name if scans else "",
                                         f"the stream head records seq {head['next_seq'] - 1} as written but the "
                                         f"segments end at seq {have - 1}", have, None))
         elif head["next_seq"] == have and rep.last_hash is not None and isinstance(head.get("last_hash"), str) \
                 and head["last_hash"] != rep.last_hash:
             # nothing links to the newest record but the head: without this check the last
             # record could be edited and its hash recomputed unnoticed
-            rep.findings.append(Finding(stream, scans[-1].name if scans else "", "broken-link",
+            rep.findings.append(Finding.of("broken-link", stream, scans[-1].name if scans else "",
                                         f"the last record (seq {have - 1}) does not match the hash the stream head "
                                         "records for it", have - 1, None))
     return rep
@@ -571,30 +558,30 @@ def _apply_recovery(rep: StreamReport, stream: str, s: SegmentScan, rec: dict[st
     for a in pending:
         e = entries.get(a.name)
         if e is None:
-            rep.findings.append(Finding(stream, a.name, "truncated",
+            rep.findings.append(Finding.of("truncated", stream, a.name,
                                         f"{a.name} ends without a seal and the next segment {s.name} does not "
                                         "explain it with a recovery record", a.last_seq, a.valid_bytes))
             continue
         valid = e.get("valid_bytes")
         if not isinstance(valid, int) or valid < 0 or valid > a.size:
-            rep.findings.append(Finding(stream, a.name, "recovery-mismatch",
+            rep.findings.append(Finding.of("recovery-mismatch", stream, a.name,
                                         f"recovery record in {s.name} gives impossible valid_bytes {valid!r}",
                                         None, None))
             continue
         if valid > a.valid_bytes or (valid and valid not in a.boundaries and valid != a.valid_bytes):
-            rep.findings.append(Finding(stream, a.name, "recovery-mismatch",
+            rep.findings.append(Finding.of("recovery-mismatch", stream, a.name,
                                         f"recovery record says {valid} valid bytes but complete records end at "
                                         f"{a.valid_bytes}", None, valid))
             continue
         n, digest = _torn_region(a.path, valid)
         if n != e.get("torn_bytes") or digest != e.get("torn_sha256"):
-            rep.findings.append(Finding(stream, a.name, "recovery-mismatch",
+            rep.findings.append(Finding.of("recovery-mismatch", stream, a.name,
                                         f"the {n} bytes after offset {valid} do not match the recovery record "
                                         "(the torn tail was changed)", None, valid))
             continue
         dropped = _dropped_records(a, valid, *before.get(a.name, (None, None)))
         if dropped is not None:
-            rep.findings.append(Finding(stream, a.name, "recovery-drops-records",
+            rep.findings.append(Finding.of("recovery-drops-records", stream, a.name,
                                         f"the recovery record in {s.name} declares the bytes after offset {valid} "
                                         f"torn, but they begin with a complete record that continues the chain "
                                         f"(seq {dropped}): complete records are never a torn tail", dropped, valid))

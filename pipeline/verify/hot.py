@@ -4,7 +4,9 @@
 ``pipeline.verify_log`` exposes: the chain check of ``verify.chain`` per stream, starting
 after the prefix the shipper evicted (recorded in its ledger), then -- when given -- the
 forward-secure MAC of every seal (docs/PROOFS.md) and the checkpoints directory witnesses
-hold.  Findings go into each ``StreamReport``; a report is ``ok`` only when none were made.
+hold.  Findings (``pipeline.findings.Finding``) go into each ``StreamReport``; a report is
+``ok`` when none of them is an error (a witnessed checkpoint that could not be compared is
+a warning).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.verify.chain import Finding, Note, StreamReport, verify_stream
+from pipeline.findings import Finding
+from pipeline.verify.chain import Note, StreamReport, verify_stream
 
 
 class VerifyError(PipelineError):
@@ -111,7 +114,7 @@ def check_fss(report: StreamReport, key_arg: str) -> None:
         fss_seen = fss_seen or "fss" in s.seal
         problem = verifier.check(s.seal, s.last_ts)
         if problem:
-            report.findings.append(Finding(report.stream, s.name, "fss-invalid", problem, s.last_seq, None))
+            report.findings.append(Finding.of("fss-invalid", report.stream, s.name, problem, s.last_seq))
 
 
 def _epoch_seconds(ts: str) -> float:
@@ -132,9 +135,4 @@ def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vke
         raise VerifyError(f"witness directory {witness_dir} holds no checkpoint for origin {origin!r}"
                           + (f" (it holds origins {', '.join(held)}, escaped): pass --origin" if held else "")
                           + "; nothing was compared")
-    for f in verify_against_witnesses(stream_dir, notes, vkey):
-        if f.get("severity") == "error":
-            report.findings.append(Finding(report.stream, "", "witness-mismatch",
-                                           f"{f['code']}: {f['message']}", f.get("size"), None))
-        else:
-            report.notes.append(Note(report.stream, "", "witness", f"{f['code']}: {f['message']}"))
+    report.findings.extend(verify_against_witnesses(stream_dir, notes, vkey))

@@ -60,6 +60,7 @@ from pipeline.cold.base import (
 from pipeline.cold.checks import LOCK_MODES_ACCEPTED
 from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.errors import PipelineError
+from pipeline.findings import ERROR, VERIFY_TIER, WARNING, Finding, codes
 from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
 from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
@@ -68,110 +69,21 @@ from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
 
 SCHEMA = "worm-pipeline/verify-tier/v1"
-ERROR, WARNING = "error", "warning"
 
-# Every finding code verify-tier emits, its severity and meaning (docs/VERIFY-TIER.md lists
-# the same table; tests/test_verify_tier.py checks the two agree).  Errors make the exit
-# code 1; warnings are listed but do not fail the run.
-CODES: dict[str, tuple[str, str]] = {
-    # presence and identity
-    "missing-object": (ERROR, "a segment the ledger records as shipped (or the hot tier holds sealed) is not in "
-                              "cold storage"),
-    "evicted-without-cold-copy": (ERROR, "a segment was evicted from the hot tier but has no valid cold copy"),
-    "duplicate-object": (ERROR, "one segment is stored under more than one key (e.g. compressed and not)"),
-    "renamed-object": (ERROR, "an object's key does not match the segment its metadata describes (renamed, "
-                              "reordered or copied over another)"),
-    "unexpected-object": (WARNING, "a key under the prefix is not a segment object"),
-    "unexpected-segment-object": (ERROR, "a key under a stream's prefix looks like a segment object (seg-…, "
-                                         ".jsonl, .zst) but its name is not a valid segment name"),
-    "unshipped-object": (ERROR, "host mode: a segment object the ledger never shipped (forged, or uploaded by "
-                                "someone else with the shipper's write right)"),
-    "delete-marker": (ERROR, "a delete marker hides a segment object (a DELETE without version id), or the key "
-                             "was deleted and written again"),
-    "extra-version": (ERROR, "a segment key holds more than one object version: something was PUT over the "
-                             "shipped object and readers see the newest"),
-    "versions-unchecked": (WARNING, "object versions could not be listed (backend or permission): delete markers "
-                                    "and overwritten versions were not checked"),
-    "ledger-missing": (WARNING, "host mode without the shipper's ledger: cold objects cannot be accounted for, "
-                                "eviction cannot be told from deletion"),
-    "hot-altered": (ERROR, "a hot segment's bytes differ from what the ledger recorded when it was sealed and "
-                           "shipped (edited, re-chained, appended to, swapped or renamed on the host)"),
-    "hot-segment-missing": (ERROR, "a segment the ledger holds as not evicted is gone from the hot tier (deleted "
-                                   "or renamed outside eviction)"),
-    "metadata-invalid": (ERROR, "an object's metadata does not describe a segment"),
-    "unreadable-object": (ERROR, "an object could not be read (permissions, service error)"),
-    # the stored bytes
-    "appended-bytes": (ERROR, "the object is larger than the bytes uploaded (data appended after the seal)"),
-    "truncated-object": (ERROR, "the object is smaller than the bytes uploaded"),
-    "object-replaced": (ERROR, "the object's SHA-256 differs from the bytes uploaded (replaced or altered)"),
-    "hot-cold-mismatch": (ERROR, "the cold object describes a different segment than the hot tier / ledger "
-                                 "(size, SHA-256, Merkle root or links differ), or hot and cold hold different "
-                                 "records at the same seqs"),
-    "quarantined": (ERROR, "the shipper quarantined this segment: its cold copy could not be proven"),
-    # deep
-    "content-invalid": (ERROR, "--deep: the object does not decompress/verify (reason in the message)"),
-    "content-mismatch": (ERROR, "--deep: the decompressed segment's SHA-256, size or Merkle root differs from "
-                                "the metadata"),
-    "frame-invalid": (ERROR, "--deep/export: the stored zstd body breaks docs/FORMAT.md §10 (not exactly one "
-                             "frame with content size and checksum, a skippable frame, bytes after the frame)"),
-    "archived": (WARNING, "--deep/export: the object is in an archive storage class and must be thawed first"),
-    # lock
-    "not-locked": (ERROR, "the object is not locked in COMPLIANCE mode (or an enforced immutability policy)"),
-    "retention-too-short": (ERROR, "the object's retain-until is earlier than the retention policy requires"),
-    "expiring-soon": (WARNING, "the object's retention ends within the warning window"),
-    "worm-not-enforced": (WARNING, "the bucket/container reports no Object Lock (WORM) configuration"),
-    "encryption-differs": (WARNING, "the object is encrypted otherwise than the bucket's default encryption or "
-                                    "the configured cold.sse / kms_key_id"),
-    # continuity (from metadata; --deep adds the record-level codes of `pipeline verify`)
-    "missing-start": (ERROR, "the stream in cold storage does not start at seq 0 with the genesis hash"),
-    "missing-segment": (ERROR, "a run of seqs is missing between two cold objects (one or more whole segments, "
-                               "however many)"),
-    "overlapping-segment": (ERROR, "two cold objects claim the same seqs"),
-    "broken-link": (ERROR, "a segment's first record does not link to the previous segment's last hash"),
-    "unsealed-segment": (ERROR, "a segment that is not the newest ends without a seal and the next segment does "
-                                "not start at its last record"),
-    "missing-tail": (ERROR, "the hot tier's head records more than the hot and cold tiers hold"),
-    "time-gap": (ERROR, "no record for longer than the heartbeat allows: possible suppression"),
-    # checkpoints and witnesses
-    "checkpoint-signature-invalid": (ERROR, "a checkpoint does not verify with the verifier key(s)"),
-    "checkpoint-fork": (ERROR, "two checkpoints of the same size carry different roots"),
-    "checkpoint-root-mismatch": (ERROR, "the log's own checkpoint does not match the tree recomputed from the "
-                                        "segments"),
-    "witness-root-mismatch": (ERROR, "a witnessed checkpoint does not match the tree recomputed from the "
-                                     "segments: the chain was rebuilt after it was witnessed"),
-    "witness-ahead": (ERROR, "a witness holds a checkpoint larger than the log: records were removed after they "
-                             "were witnessed"),
-    "checkpoint-rollback": (ERROR, "the log's latest checkpoint is smaller than one a witness holds"),
-    "witness-stale": (ERROR, "a witness's newest checkpoint lags the log by more than the allowed time"),
-    "checkpoint-unchecked": (WARNING, "a checkpoint could not be recomputed (covering segment unavailable)"),
-}
+# Every finding code verify-tier emits, its severity and meaning: verify-tier's view of the
+# one registry (pipeline.findings; docs/VERIFY-TIER.md lists the same table and
+# tests/verify/test_findings.py checks the two agree).  Errors make the exit code 1;
+# warnings are listed but do not fail the run.
+CODES: dict[str, tuple[str, str]] = {c: (i.severity, i.meaning) for c, i in codes(report=VERIFY_TIER).items()}
 # findings about what lies BETWEEN segments: listed as gaps, they do not mark a segment INVALID
 GAP_CODES = frozenset({"missing-segment", "missing-start", "time-gap"})
-# record-level reasons from pipeline.verify.chain (deep mode) are errors too
-for _code, _what in chain.REASONS.items():
-    CODES.setdefault(_code, (ERROR, f"--deep: {_what}"))
 
 
 class TierError(PipelineError, RuntimeError):
     """verify-tier could not run (exit code 2)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TierFinding:
-    code: str
-    stream: str
-    segment: str
-    message: str
-    seq: int | None = None
-    key: str | None = None
-
-    @property
-    def severity(self) -> str:
-        return CODES.get(self.code, (ERROR, ""))[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity, "stream": self.stream, "segment": self.segment,
-                "key": self.key, "seq": self.seq, "message": self.message}
+TierFinding = Finding  # its name before the findings model (kept for one release)
 
 
 @dataclass(slots=True)
@@ -695,7 +607,7 @@ def roots_in_segment(path: Path, sizes: Iterable[int]) -> dict[int, bytes | str]
     scan = chain.scan_segment(path)
     if scan.findings:
         for n in wanted:
-            out[n] = f"segment {path.name} does not verify ({scan.findings[0].reason})"
+            out[n] = f"segment {path.name} does not verify ({scan.findings[0].code})"
         return out
     last = read_last_line(path)
     try:
@@ -763,9 +675,9 @@ def _stray_finding(key: str, streams: set[str]) -> TierFinding:
     stream = parent.rsplit("/", 1)[-1]
     looks = base.startswith("seg-") or base.endswith((".jsonl", ".jsonl.zst", ".zst"))
     if stream in streams and looks:
-        return TierFinding("unexpected-segment-object", stream, "", f"{key} is under stream {stream}'s prefix "
-                           "and looks like a segment object but its name is not a valid segment name", key=key)
-    return TierFinding("unexpected-object", "", "", f"{key} is not a segment object", key=key)
+        return Finding.of("unexpected-segment-object", stream, "", f"{key} is under stream {stream}'s prefix "
+                          "and looks like a segment object but its name is not a valid segment name", where=key)
+    return Finding.of("unexpected-object", "", "", f"{key} is not a segment object", where=key)
 
 
 # ---------------------------------------------------------------------------- the verifier
@@ -803,7 +715,7 @@ class TierVerifier:
             caps = self.store.capabilities()
             worm = caps.worm_enforced
             if not worm:
-                report.global_findings.append(TierFinding("worm-not-enforced", "", "", caps.reason))
+                report.global_findings.append(Finding.of("worm-not-enforced", "", "", caps.reason))
         except ColdError:
             worm = None  # an auditor's read-only role may not read the bucket configuration
         expected_encryption = getattr(self.store, "expected_encryption", None)
@@ -812,7 +724,7 @@ class TierVerifier:
         ledger = open_ledger_readonly(opts.hot) if have_ledger and opts.hot is not None else None
         self._ledger = ledger
         if opts.hot is not None and not opts.cold_only and ledger is None:
-            report.global_findings.append(TierFinding(
+            report.global_findings.append(Finding.of(
                 "ledger-missing", "", "", f"no shipper ledger at {ledger_path(opts.hot)}: cold objects cannot be "
                 "accounted for and an evicted segment cannot be told from a deleted one (docs/LEDGER.md)"))
         # Host mode with a ledger verifies the streams this host writes or has shipped, each
@@ -824,7 +736,7 @@ class TierVerifier:
             own = list(mine) if mine else [None]
         listing, versions = self._list_all(own)
         if versions.unavailable is not None:
-            report.global_findings.append(TierFinding("versions-unchecked", "", "", versions.unavailable))
+            report.global_findings.append(Finding.of("versions-unchecked", "", "", versions.unavailable))
         # keys that are not segment objects never name a stream (an empty name must not mean
         # "every stream" anywhere below)
         strays = listing.pop("", [])
@@ -923,7 +835,7 @@ class TierVerifier:
         stats: dict[str, ObjectStat] = {}  # kept only for deep mode / checkpoints (keys, not metadata)
 
         def add(code: str, segment: str, message: str, seq: int | None = None, key: str | None = None) -> None:
-            res.findings.append(TierFinding(code, stream, segment, message, seq, key))
+            res.findings.append(Finding.of(code, stream, segment, message, seq, key))
             ln = lines.get(segment)
             if code in GAP_CODES:
                 return  # a gap is reported between segments, not against the one after it
@@ -1156,11 +1068,11 @@ class TierVerifier:
             return seq is not None and any(m.first_seq <= seq <= m.last_seq for m in manifests.values())
 
         for f in rep.findings:
-            if f.reason == "missing-tail":
+            if f.code == "missing-tail":
                 continue  # _tail judges the head against hot AND cold
-            if f.reason in ("missing-start", "missing-segment") and in_cold(f.seq):
+            if f.code in ("missing-start", "missing-segment") and in_cold(f.seq):
                 continue  # the records are in cold storage (reconciled above)
-            add(f.reason, f.segment, f"hot tier: {f.message}", f.seq)
+            add(f.code, f.segment, f"hot tier: {f.message}", f.seq)
         return unproven
 
     def _scan_hot(self, hot_files: dict[str, Path]) -> list[chain.SegmentScan]:
@@ -1361,9 +1273,9 @@ class TierVerifier:
                                start_hash=scans[0].first_prev if window else None)
             seen = {(f.code, f.segment) for f in res.findings}
             for f in rep.findings:
-                if (f.reason, f.segment) not in seen:
-                    add(f.reason, f.segment, f.message, f.seq)
-                    seen.add((f.reason, f.segment))
+                if (f.code, f.segment) not in seen:
+                    add(f.code, f.segment, f.message, f.seq)
+                    seen.add((f.code, f.segment))
             # silences from the record times themselves: between segments (the metadata may
             # carry no times) and inside them; heartbeats make long ones impossible in an honest log
             hb = opts.heartbeat_interval
