@@ -11,8 +11,13 @@ change between releases.  The common tasks::
     reports = pipeline.verify_log("/var/lib/worm-pipeline/hot")        # chain, FSS, witnesses
     store = pipeline.open_cold_store("s3://bucket/prefix")
     report = pipeline.verify_tier(store, pipeline.TierOptions(hot=Path("/var/lib/worm-pipeline/hot")))
+    pipeline.export_events(store, sys.stdout.buffer, stream="payments", since=time.time() - 86400)
+    pipeline.restore_log(store, "/var/lib/worm-pipeline/restored")
 
-Every error these calls raise on purpose derives from ``pipeline.PipelineError``.
+What verification finds about the data is a ``pipeline.Finding`` in a report (its ``code``
+is one of the registry's, documented in docs/FORMAT.md §8.1, docs/PROOFS.md §6 and
+docs/VERIFY-TIER.md); what stops a call from running is a ``pipeline.PipelineError``:
+every error these calls raise on purpose derives from it.
 Names are loaded on first use, so ``import pipeline`` stays cheap for the CLI.
 """
 
@@ -27,17 +32,26 @@ from pipeline.errors import PipelineError
 from pipeline.hot.options import LogOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import IO
+
     from pipeline.cold.base import ColdSettings, ColdStore
     from pipeline.cold.errors import ColdError
+    from pipeline.findings import Finding
     from pipeline.hot.writer import HotLog, HotLogError, Receipt
     from pipeline.sanitise import InvalidEvent, Sanitiser
     from pipeline.verify.chain import StreamReport
-    from pipeline.verify.tier import TierOptions, TierReport
+    from pipeline.verify.export import ExportFailed, ExportResult
+    from pipeline.verify.hot import VerifyError
+    from pipeline.verify.readback import ReadbackError
+    from pipeline.verify.restore import RestoredStream, RestoreFailed
+    from pipeline.verify.tier import TierError, TierOptions, TierReport
 
 __all__ = [
-    "ColdError", "ColdSettings", "ColdStore", "HotLog", "HotLogError", "InvalidEvent", "LogOptions",
-    "PipelineError", "Receipt", "StreamReport", "TierOptions", "TierReport", "__version__", "open_cold_store",
-    "open_log", "verify_log", "verify_tier",
+    "ColdError", "ColdSettings", "ColdStore", "ExportFailed", "ExportResult", "Finding", "HotLog", "HotLogError",
+    "InvalidEvent", "LogOptions", "PipelineError", "ReadbackError", "Receipt", "RestoreFailed", "RestoredStream",
+    "StreamReport", "TierError", "TierOptions", "TierReport", "VerifyError", "__version__", "export_events",
+    "open_cold_store", "open_log", "restore_log", "verify_log", "verify_tier",
 ]
 
 # name -> module it lives in; imported on first access (module __getattr__, PEP 562)
@@ -45,13 +59,21 @@ _LAZY = {
     "ColdError": "pipeline.cold.errors",
     "ColdSettings": "pipeline.cold.base",
     "ColdStore": "pipeline.cold.base",
+    "ExportFailed": "pipeline.verify.export",
+    "ExportResult": "pipeline.verify.export",
+    "Finding": "pipeline.findings",
     "HotLog": "pipeline.hot.writer",
     "HotLogError": "pipeline.hot.writer",
     "InvalidEvent": "pipeline.sanitise",
+    "ReadbackError": "pipeline.verify.readback",
     "Receipt": "pipeline.hot.writer",
+    "RestoreFailed": "pipeline.verify.restore",
+    "RestoredStream": "pipeline.verify.restore",
     "StreamReport": "pipeline.verify.chain",
+    "TierError": "pipeline.verify.tier",
     "TierOptions": "pipeline.verify.tier",
     "TierReport": "pipeline.verify.tier",
+    "VerifyError": "pipeline.verify.hot",
 }
 
 
@@ -127,3 +149,46 @@ def verify_tier(store: ColdStore, options: TierOptions) -> TierReport:
 
     return run(store, options)
 
+
+
+def export_events(
+    source: str | os.PathLike[str] | ColdStore,
+    out: IO[bytes],
+    *,
+    stream: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    match: Sequence[str] = (),
+    ledger: str | os.PathLike[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write the verified events of a hot tier (``source``: its directory) or a cold store
+    (``source``: an open store) to ``out`` as NDJSON, each line the original record line, as
+    ``pipeline export`` does (docs/VERIFY-TIER.md, "pipeline export").  A segment's events
+    are written only once the whole segment verified; ``ExportFailed`` (its ``finding``
+    names the segment, seq and code) stops the export at the first one that does not.
+    ``since``/``until``: epoch seconds; ``match``: ``FIELD=VALUE`` as ``--match``;
+    ``ledger``: with a cold store, a host's hot directory whose shipper ledger must have
+    shipped every object.  Raises ``PipelineError`` when it cannot run."""
+    from pipeline.verify.export import export_events as run
+
+    return run(source, out, stream=stream, since=since, until=until, match=match, ledger=ledger,
+               progress=progress, on_note=on_note)
+
+
+def restore_log(
+    store: ColdStore,
+    to: str | os.PathLike[str],
+    *,
+    stream: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[RestoredStream]:
+    """Rebuild the hot tier ``to`` from ``store`` (every stream, or ``stream``), as
+    ``pipeline restore`` does: each stream is downloaded, checked and verified completely
+    before anything of it is written; a new log then continues its chain.  Raises
+    ``RestoreFailed`` (with the ``finding``) when a stream does not verify, and
+    ``PipelineError`` when it cannot run."""
+    from pipeline.verify.restore import restore_log as run
+
+    return run(store, to, stream=stream, progress=progress)

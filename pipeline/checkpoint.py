@@ -36,6 +36,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from pipeline.errors import PipelineError
+
 ALG_ED25519 = 0x01
 ALG_COSIGNATURE_V1 = 0x04
 SIG_PREFIX = "— "  # U+2014 EM DASH, U+0020
@@ -43,7 +45,7 @@ MAX_SIGNATURES = 100  # note.Open refuses more; the spec requires accepting at l
 ENV_SIGNING_KEY = "PIPELINE_SIGNING_KEY"
 
 
-class NoteError(ValueError):
+class NoteError(PipelineError, ValueError):
     """A note, key or checkpoint is malformed or does not verify."""
 
 

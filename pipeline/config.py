@@ -72,12 +72,18 @@ class ConfigError(PipelineError, ValueError):
         head = "invalid configuration" if n == 1 else f"invalid configuration ({n} problems)"
         super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
 
+    action = "fix these settings (file or PIPELINE_* environment variables) and start again"
+
     def diagnostics(self) -> str:
         """Every problem, one per line, for a person reading the sidecar's startup output."""
         return str(self) + "\nFix these settings (file or PIPELINE_* environment variables) and start again."
 
+    def one_line(self) -> str:
+        """The CLI's answer names every problem (one per line: each one is needed to fix the file)."""
+        return self.diagnostics()
 
-class _Bad(Exception):
+
+class _Bad(PipelineError):
     """A value did not parse.  ``expected`` completes "expected ...", ``shown`` the "got ..."."""
 
     def __init__(self, expected: str, shown: str | None = None) -> None:

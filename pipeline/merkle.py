@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from pipeline._accel import native
+from pipeline.errors import PipelineError
 
 HashFn = Callable[[int, int], bytes]
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
-class ProofError(ValueError):
+class ProofError(PipelineError, ValueError):
     """A proof failed to verify or its parameters are out of range."""
 
 

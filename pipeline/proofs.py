@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import merkle
 from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
+from pipeline.errors import PipelineError
 from pipeline.findings import Finding
 from pipeline.hot.checkpoints import CheckpointStore
 from pipeline.hot.segment import list_segments, parse_segment_name
@@ -23,7 +24,7 @@ from pipeline.hot.tree import SegmentLeafSource, TreeStore, TreeStoreError
 from pipeline.record import RecordError, parse_record
 
 
-class ProveError(RuntimeError):
+class ProveError(PipelineError, RuntimeError):
     """A proof cannot be produced (no checkpoint of that size, segment gone, store disagrees)."""
 
 

@@ -29,6 +29,7 @@ import orjson
 
 from pipeline import strictjson
 from pipeline._accel import native
+from pipeline.errors import PipelineError
 
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64
@@ -58,7 +59,7 @@ class Kind(StrEnum):
 KINDS = frozenset(k.value for k in Kind)
 
 
-class RecordError(ValueError):
+class RecordError(PipelineError, ValueError):
     """A line is not a well-formed record.  ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -369,7 +369,7 @@ class InvalidEvent(PipelineError, ValueError):
         return f"The event was not written: {self.detail}. Fix the event and send it again."
 
 
-class RuleError(ValueError):
+class RuleError(PipelineError, ValueError):
     """A redaction rule set is invalid.  ``problems`` names each problem."""
 
     def __init__(self, problems: Iterable[str]) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from pipeline._accel import native as _native
+from pipeline.errors import PipelineError
 
 MAX_DEPTH = 64
 INT_MIN = -(2**63)
@@ -45,7 +46,7 @@ _WS = (b" ", b"\t", b"\r", b"\n")
 _COMPACT = re.compile(rb'(?:[^" \t\n\r]++|"(?:[^"\\]++|\\.)*+")*+')
 
 
-class ProfileError(ValueError):
+class ProfileError(PipelineError, ValueError):
     """Valid RFC 8259 JSON that the log's profile refuses.  ``reason`` is ``duplicate-key``,
     ``int-range``, ``too-deep`` or ``whitespace``."""
 

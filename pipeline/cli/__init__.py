@@ -4,7 +4,8 @@ A verb module registers its sub-command and sets ``func`` on its parser; ``func(
 returns the process exit code.  Exit codes mean one thing in every verb (README, "Exit
 codes"): 0 done / everything checked is valid, 1 findings about the data, 2 could not run
 (usage, a wrong path, credentials, network, permissions, work left pending).  A failure of
-the environment is one line plus what to do; the traceback only with ``--debug``.
+the environment is one line plus what to do; the traceback only with ``--debug``.  Every
+``PipelineError`` a verb lets through is answered here, once (``_pipeline_error``).
 Adding a verb means adding one module here: discovery is automatic.
 """
 
@@ -14,7 +15,10 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
+
+from pipeline.errors import PipelineError
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -60,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except PipelineError as exc:
+        return _pipeline_error(exc, debug=args.debug)
     except Exception as exc:
         if args.debug:
             raise
@@ -93,6 +99,22 @@ def _install_retry_budget(args: argparse.Namespace) -> None:
 
 
 DEFAULT_RETRY_MAX_SECONDS = 60.0
+
+
+def _pipeline_error(exc: PipelineError, *, debug: bool) -> int:
+    """The one place an error the library raised on purpose becomes the CLI's answer: exit 2
+    with what failed and what to do (``one_line``: message and ``action``); with ``--debug``
+    also the traceback and everything the error knows (``diagnostics``).  Verbs catch only
+    what they render otherwise (a finding that stopped export or restore: exit 1)."""
+    from pipeline.cold.errors import mask_credentials
+
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+        print(mask_credentials(exc.diagnostics()), file=sys.stderr)
+    else:
+        # a message may quote a configured URL: never print its user-info or a SAS signature
+        print(f"pipeline: {mask_credentials(exc.one_line())}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _could_not_run(verb: str, exc: Exception) -> int:

@@ -104,20 +104,6 @@ def err(message: str) -> None:
     print(f"pipeline: {mask_credentials(message)}", file=sys.stderr)
 
 
-def report_read_failure(exc: BaseException) -> int:
-    """Print why reading cold storage back could not go on (export, restore) and return
-    exit code 2: one line for a ColdError (what failed and what to do), the message for
-    anything else (ReadbackError, OSError)."""
-    from pipeline.cli import EXIT_ERROR
-    from pipeline.cold import ColdError
-
-    if isinstance(exc, ColdError):
-        err(exc.one_line())
-    else:
-        err(str(exc))
-    return EXIT_ERROR
-
-
 def read_settings(args: argparse.Namespace) -> ColdSettings:
     """Settings for a verb that only reads the store back: any bucket opens (the lock
     judgement is the verb's own), with the command's retry budget."""

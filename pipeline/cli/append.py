@@ -22,7 +22,7 @@ import orjson
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb, err, refuse_wrong_hot
 from pipeline.config import Config
-from pipeline.hot.writer import DURABILITY_MODES, HotLog, HotLogError
+from pipeline.hot.writer import DURABILITY_MODES, HotLog
 from pipeline.sanitise import InvalidEvent, Sanitiser
 
 
@@ -79,17 +79,12 @@ def run(args: argparse.Namespace) -> int:
     """All or nothing: every line is validated (and sanitised) before the first is stored, so a
     script that retries after a refusal never stores a line twice.  Nothing is created (hot
     directory, stream) unless at least one event is stored."""
-    from pipeline.config import ConfigError
     from pipeline.hot.factory import open_configured_hotlog
 
-    try:
-        cfg, hot, stream = load_for_writing(args)
-    except ConfigError as exc:
-        err(exc.diagnostics())
+    if args.config is None and (args.hot is None or args.stream is None):
+        err("--hot and --stream are required without --config")
         return EXIT_ERROR
-    except ValueError as exc:
-        err(str(exc))
-        return EXIT_ERROR
+    cfg, hot, stream = load_for_writing(args)  # a ConfigError is answered by the CLI (exit 2)
     # the configured [sanitise] rules: what the sidecar's log would store, redacted the same way
     sanitiser = cfg.sanitise.sanitiser(cfg.ingest.max_event_bytes)
     with tempfile.TemporaryFile() as spool:
@@ -154,22 +149,19 @@ def _store(args: argparse.Namespace, hot: Path, spool: IO[bytes], count: int, op
         return EXIT_ERROR
     try:
         log = open_log()
-    except (HotLogError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         err(str(exc))
         return EXIT_ERROR
     last = None
-    try:
+    try:  # a HotLogError is answered by the CLI (exit 2): nothing half-written, the chain stays valid
         for _ in range(count):
             (n,) = _LEN.unpack(spool.read(_LEN.size))
             last = log.append_prepared(spool.read(n), wait=False)
         log.sync()
         if args.seal:
             log.seal()
-    except HotLogError as exc:
-        err(exc.diagnostics())
+    finally:
         log.close(seal=False)
-        return EXIT_ERROR
-    log.close(seal=False)
     summary: dict[str, int | str] = {"accepted": count, "rejected": 0}
     if last is not None:
         summary["last_seq"] = last.seq

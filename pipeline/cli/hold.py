@@ -11,7 +11,7 @@ import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading
-from pipeline.cold import ColdError, segment_of_key, stream_prefix
+from pipeline.cold import segment_of_key, stream_prefix
 from pipeline.cold.errors import redact_endpoint
 from pipeline.hot.segment import parse_segment_name
 
@@ -83,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"legal hold {state}: {key}")
         store.close()
         return EXIT_OK
-    except ColdError as exc:
-        err(exc.one_line())
-        return EXIT_ERROR
-    except ValueError as exc:
+    except ValueError as exc:  # a ColdError is answered by the CLI (exit 2)
         print(f"hold: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import NoteError, Signer, write_key_pair
+from pipeline.checkpoint import Signer, write_key_pair
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb
 
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"keygen: a key named {args.name} already exists in {args.out}; not overwriting", file=sys.stderr)
         return EXIT_ERROR
-    except (NoteError, OSError) as exc:
+    except OSError as exc:  # a NoteError is answered by the CLI (exit 2)
         print(f"keygen: {exc}", file=sys.stderr)
         return EXIT_ERROR
     # the private key is never printed: only where it went and the public verifier key

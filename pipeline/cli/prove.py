@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import NoteError
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb, refuse_wrong_hot
-from pipeline.proofs import ProveError, prove_consistency, prove_inclusion
+from pipeline.proofs import prove_consistency, prove_inclusion
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("prove: give --seq N, or --from-size A [--to-size B]", file=sys.stderr)
             return EXIT_ERROR
-    except (ProveError, NoteError, OSError) as exc:
+    except OSError as exc:  # a ProveError or NoteError is answered by the CLI (exit 2)
         print(f"prove: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(json.dumps(doc, indent=2))

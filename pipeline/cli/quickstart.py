@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 def _ship_if_available(hot: Path, stream: str, base: Path) -> int:
     """Ship to an embedded S3 (moto's server) when moto is installed, else to a local
     directory store, and show the locked copy."""
-    from pipeline.cold import ColdError, ColdSettings, open_store
+    from pipeline.cold import ColdSettings, open_store
     from pipeline.ship.shipper import Shipper
 
     embedded = None
@@ -155,9 +155,6 @@ def _ship_if_available(hot: Path, stream: str, base: Path) -> int:
         print("6. pipeline verify-tier --deep (hot, ledger and cold reconciled, every record re-verified):")
         print("   " + render(report).replace("\n", "\n   "))
         return EXIT_OK if not (summary.failed or summary.quarantined) else EXIT_FINDINGS
-    except ColdError as exc:
-        err(exc.one_line())
-        return EXIT_ERROR
-    finally:
+    finally:  # a ColdError is answered by the CLI (exit 2)
         if embedded is not None:
             embedded.stop()

@@ -13,26 +13,15 @@ Nothing is written into the target when anything fails (exit 1).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from pipeline import merkle
-from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading, report_read_failure
-from pipeline.cli._progress import Progress, progress_bar
-from pipeline.cold import ColdError
-from pipeline.hot import attr
-from pipeline.hot.segment import list_segments, read_last_line
-from pipeline.record import Kind, parse_record
-from pipeline.verify.chain import scan_segment, stitch
-from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
-
-HEAD_FILE = "head.json"
+from pipeline.cli import EXIT_FINDINGS, EXIT_OK
+from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading
+from pipeline.cli._progress import progress_bar
+from pipeline.verify.restore import HEAD_FILE as HEAD_FILE  # moved to the library; old import paths
+from pipeline.verify.restore import RestoredStream, RestoreFailed, restore_log
+from pipeline.verify.restore import head_from_seal as head_from_seal
+from pipeline.verify.restore import restore_stream as restore_stream
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,121 +38,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-class RestoreFailed(Exception):
-    pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def head_from_seal(stream: str, last_segment: Path) -> dict[str, Any] | None:
-    """The writer's head after the last seal: next seq, last hash, tree size and frontier
-    (the seal's frontier with the seal's own leaf appended, docs/FORMAT.md §4/§6)."""
-    line = read_last_line(last_segment)
-    if line is None:
-        return None
-    rec = parse_record(line)
-    if rec.kind != Kind.SEAL.value:
-        return None
-    cr = merkle.CompactRange(int(rec.data["tree_size"]), [bytes.fromhex(h) for h in rec.data["frontier"]])
-    cr.append(merkle.leaf_hash(rec.leaf))
-    return {"stream": stream, "next_seq": rec.seq + 1, "last_hash": rec.hash, "tree_size": cr.size,
-            "frontier": [h.hex() for h in cr.stack]}
-
-
-def restore_stream(store: Any, stream: str, to: Path, progress: Progress | None = None) -> tuple[int, int]:
-    """Returns (segments, records).  Raises RestoreFailed (verification) or ReadbackError."""
-    target = to / stream
-    if target.exists() and list_segments(target):
-        raise ReadbackError(f"{target} already holds segments: restore into an empty directory")
-    segs = stream_objects(store, stream)
-    if not segs:
-        raise ReadbackError(f"no cold objects for stream {stream!r}")
-    to.mkdir(parents=True, exist_ok=True)
-    if progress is not None:
-        progress.add_total(len(segs))
-    staging = Path(tempfile.mkdtemp(prefix=f".restore-{stream}-", dir=to))
-    try:
-        scans = []
-        for s in segs:
-            checked = fetch_checked(store, s, staging)
-            if checked.problems:
-                raise RestoreFailed(f"{s.name}: {checked.problems[0][0]}: {checked.problems[0][1]}")
-            scan = scan_segment(checked.fetched.path, stream)
-            if scan.findings:
-                f = scan.findings[0]
-                raise RestoreFailed(f"{s.name}: {f.reason} at seq {f.seq}: {f.message}")
-            problem = merkle_problem(s, scan)
-            if problem:
-                raise RestoreFailed(f"{s.name}: {problem[0]}: {problem[1]}")
-            scan.boundaries = {} if scan.sealed else scan.boundaries
-            scans.append(scan)
-            if progress is not None:
-                progress.advance()
-        rep = stitch(stream, scans)
-        if rep.findings:
-            f = rep.findings[0]
-            raise RestoreFailed(f"{f.segment}: {f.reason}: {f.message} ({len(rep.findings)} finding(s))")
-        # everything verified: move into place, durably, then protect
-        target.mkdir(parents=True, exist_ok=True)
-        names = [s.name for s in segs]
-        for name in names:
-            src = staging / name
-            with open(src, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(src, target / name)
-        _fsync_dir(target)
-        for i, name in enumerate(names):
-            p = target / name
-            if scans[i].sealed:
-                attr.protect_immutable(p)
-            elif i == len(names) - 1:
-                attr.protect_append_only(p)  # the writer continues or recovers it
-            else:
-                attr.protect_immutable(p)  # abandoned: kept as evidence, never written again
-        head = head_from_seal(stream, target / names[-1])
-        if head is not None:
-            tmp = target / f".{HEAD_FILE}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps(head))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target / HEAD_FILE)
-            _fsync_dir(target)
-        return len(names), rep.records
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.to.exists() and not args.to.is_dir():
-        err(f"--to {args.to} is a file: give a directory to restore the hot tier into (nothing was read)")
-        return EXIT_ERROR
+    store = open_for_reading(args.cold, args)  # errors that stop it from running: exit 2, by the CLI
+    progress = progress_bar("restore")
+
+    def restored(r: RestoredStream) -> None:
+        print(f"restored {r.stream}: {r.segments} segments, {r.records} records, verified, into {r.path}")
+
     try:
-        store = open_for_reading(args.cold, args)
-    except ColdError as exc:
-        err(exc.one_line())
-        return EXIT_ERROR
-    try:
-        streams = [args.stream] if args.stream else list_streams_in(store)
-        if not streams:
-            err("no streams found in the cold store")
-            return EXIT_ERROR
-        for stream in streams:
-            with progress_bar(f"restore {stream}") as progress:
-                n, records = restore_stream(store, stream, args.to, progress)
-            print(f"restored {stream}: {n} segments, {records} records, verified, into {args.to / stream}")
-        print(f"next: pipeline verify --hot {args.to}")
-        return EXIT_OK
+        restore_log(store, args.to, stream=args.stream, progress=progress.phase if progress.enabled else None,
+                    on_restored=restored)
     except RestoreFailed as exc:
-        err(f"restore refused: {exc}; nothing was written to {args.to}")
+        progress.close()
+        err(f"restore refused: {exc}; nothing was written to {Path(args.to) / exc.finding.stream}")
         return EXIT_FINDINGS
-    except (ReadbackError, ColdError, OSError) as exc:
-        return report_read_failure(exc)
     finally:
+        progress.close()
         store.close()
+    print(f"next: pipeline verify --hot {args.to}")
+    return EXIT_OK

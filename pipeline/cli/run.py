@@ -27,14 +27,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
 
-    try:
-        config = load_config(args.config)
-        config.require("cold.url")
-    except ConfigError as exc:
-        err(exc.diagnostics())
-        return EXIT_ERROR
+    config = load_config(args.config)  # a ConfigError is answered by the CLI (exit 2)
+    config.require("cold.url")
     from pipeline.checkpoint import NoteError, configured_signer
 
     try:
@@ -53,14 +49,11 @@ def run(args: argparse.Namespace) -> int:
         err(busy)
         return EXIT_ERROR
     from pipeline import sidecar
-    from pipeline.cold import ColdError
-    from pipeline.hot.writer import HotLogError
 
     try:
-        code = sidecar.run(args.config)
-    except (ColdError, HotLogError, OSError, ConfigError, NoteError) as exc:
-        err(exc.one_line() if isinstance(exc, ColdError) else exc.diagnostics() if hasattr(exc, "diagnostics")
-            else str(exc))
+        code = sidecar.run(args.config)  # a PipelineError is answered by the CLI (exit 2)
+    except OSError as exc:
+        err(str(exc))
         return EXIT_ERROR
     # The drain has made the ledger and the hot tier consistent; an upload still retrying
     # in a worker thread may be abandoned (create-only puts make the next start converge),

@@ -52,13 +52,7 @@ def _sanitiser(config: Path | None) -> Sanitiser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
-
-    try:
-        sanitiser = _sanitiser(args.config)
-    except ConfigError as exc:
-        err(exc.diagnostics())
-        return EXIT_ERROR
+    sanitiser = _sanitiser(args.config)  # a ConfigError is answered by the CLI (exit 2)
     try:
         stream: IO[bytes] = sys.stdin.buffer if args.check == "-" else open(args.check, "rb")  # noqa: SIM115
     except OSError as exc:

@@ -7,7 +7,6 @@ import argparse
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_hot_args, add_verb, err, refuse_wrong_hot
 from pipeline.hot.factory import open_hotlog
-from pipeline.hot.writer import HotLogError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,14 +26,11 @@ def run(args: argparse.Namespace) -> int:
         return refused
     try:
         log = open_hotlog(args.hot, args.stream, heartbeat_interval=0)
-    except (HotLogError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         err(str(exc))
         return EXIT_ERROR
-    try:
+    try:  # a HotLogError is answered by the CLI (exit 2)
         path = log.seal()
-    except HotLogError as exc:
-        err(exc.diagnostics())
-        return EXIT_ERROR
     finally:
         log.close(seal=False)
     print(f"sealed {path.name}" if path else "nothing to seal")

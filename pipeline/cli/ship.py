@@ -15,7 +15,7 @@ import orjson
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import DURATION_HELP, add_retry_arg, add_verb, duration, err, refuse_wrong_hot
 from pipeline.cli._progress import progress_bar
-from pipeline.cold import ColdError, ColdSettings, open_store
+from pipeline.cold import ColdSettings, open_store
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Shipper, ShipSummary
 
@@ -70,11 +70,7 @@ def run(args: argparse.Namespace) -> int:
         refused = refuse_wrong_hot(Path(args.hot), stream)
         if refused is not None:
             return refused
-    try:
-        store = open_store(args.cold, settings_from(args))
-    except (ColdError, ValueError) as exc:
-        err(exc.one_line() if isinstance(exc, ColdError) else str(exc))
-        return EXIT_ERROR
+    store = open_store(args.cold, settings_from(args))  # a ColdError is answered by the CLI (exit 2)
     shipper = Shipper(args.hot, store, hot_retention=args.hot_retention, concurrency=args.concurrency,
                       streams=args.stream)
     bar = progress_bar("ship", json=args.json) if args.once else None

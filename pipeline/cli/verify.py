@@ -15,8 +15,9 @@ from pipeline.cli._common import add_hot_args, add_verb, err, refuse_wrong_hot, 
 from pipeline.cli._progress import Progress, progress_bar
 from pipeline.hot.segment import list_segments
 from pipeline.verify.chain import StreamReport
-from pipeline.verify.hot import VerifyError, streams_to_verify, verify_hot
+from pipeline.verify.hot import VerifyError as VerifyError  # the old import path
 from pipeline.verify.hot import check_fss as check_fss  # moved to the library; old import path
+from pipeline.verify.hot import streams_to_verify, verify_hot
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,17 +98,14 @@ def run(args: argparse.Namespace) -> int:
     if args.witness_dir and not args.vkey:
         err("--witness-dir needs --vkey (the log's verifier key) to check the witnessed checkpoints")
         return EXIT_ERROR
+    # a VerifyError (could not run) is answered by the CLI (exit 2)
+    progress = verify_progress(args.hot, streams_to_verify(args.hot, args.stream), json=args.json)
     try:
-        progress = verify_progress(args.hot, streams_to_verify(args.hot, args.stream), json=args.json)
-        try:
-            reports = verify_hot(args.hot, args.stream, fss_key=args.fss_key, witness_dirs=args.witness_dir,
-                                 vkey=args.vkey, origin=args.origin, workers=args.workers,
-                                 file_hashes=args.file_hashes, on_scanned=progress.advance)
-        finally:
-            progress.close()
-    except VerifyError as exc:
-        err(str(exc))
-        return EXIT_ERROR
+        reports = verify_hot(args.hot, args.stream, fss_key=args.fss_key, witness_dirs=args.witness_dir,
+                             vkey=args.vkey, origin=args.origin, workers=args.workers,
+                             file_hashes=args.file_hashes, on_scanned=progress.advance)
+    finally:
+        progress.close()
     ok = all(r.ok for r in reports)
     evicted_any = any(n.kind == "evicted" for r in reports for n in r.notes)
     if ok and not evicted_any and all(not r.segments for r in reports):

@@ -17,12 +17,12 @@ from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import DURATION_HELP, add_retry_arg, add_verb, duration, err, open_for_reading
 from pipeline.cli._progress import progress_bar
-from pipeline.cold import ColdError, ColdSettings
+from pipeline.cold import ColdSettings
 from pipeline.cold.errors import redact_endpoint
 from pipeline.hot.layout import hot_tier_problem
 from pipeline.record import validate_stream_name
 from pipeline.ship.ledger import open_ledger_readonly
-from pipeline.verify.tier import TierError, TierOptions, parse_time, render, verify_tier
+from pipeline.verify.tier import TierOptions, parse_time, render, verify_tier
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -161,18 +161,15 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
                 err(problem)
                 return EXIT_ERROR
-            report = verify_tier(store, opts)
+            report = verify_tier(store, opts)  # a ColdError or TierError is answered by the CLI (exit 2)
         finally:
             store.close()
-    except ColdError as exc:
-        progress.close()
-        err(exc.one_line())
-        return EXIT_ERROR
-    except (TierError, OSError) as exc:
+    except OSError as exc:
         progress.close()
         err(str(exc))
         return EXIT_ERROR
-    progress.close()
+    finally:
+        progress.close()
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

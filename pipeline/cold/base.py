@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from pipeline.errors import PipelineError
 from pipeline.hot.segment import SegmentManifest, parse_segment_name
 from pipeline.record import validate_stream_name
 
@@ -394,6 +395,6 @@ class ObjectVersion:
     last_modified: dt.datetime | None = None
 
 
-class VersionsUnavailable(Exception):
+class VersionsUnavailable(PipelineError):
     """The store cannot list object versions (backend without versioning, or no permission):
     the message says which, so a report can say what was not checked."""

@@ -35,6 +35,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from pipeline.cold.base import ColdSettings
+from pipeline.errors import PipelineError
 
 T = TypeVar("T")
 
@@ -95,7 +96,7 @@ def is_retryable(exc: BaseException) -> bool:
                                                       errno.ETIMEDOUT, errno.ECONNABORTED)
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(PipelineError, TimeoutError):
     """The operation's deadline (e.g. the end of the shutdown grace period) has passed.
     A TimeoutError, so backends report it as the endpoint being unavailable."""
 

@@ -22,6 +22,8 @@ import sys
 import warnings
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x00000010
@@ -31,7 +33,7 @@ CAP_LINUX_IMMUTABLE = 9
 POLICIES = ("auto", "require", "off")
 
 
-class AppendOnlyError(OSError):
+class AppendOnlyError(PipelineError, OSError):
     """The attribute could not be read or set where the policy requires it."""
 
 

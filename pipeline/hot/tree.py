@@ -32,6 +32,7 @@ from typing import Protocol
 
 from pipeline import _accel, merkle
 from pipeline._accel import native as _native
+from pipeline.errors import PipelineError
 from pipeline.hot.segment import list_segments, parse_segment_name
 
 TILE_HEIGHT = 8
@@ -41,7 +42,7 @@ MAX_LEVEL = 63
 _SEQ_FIELD = b',"seq":'
 
 
-class TreeStoreError(RuntimeError):
+class TreeStoreError(PipelineError, RuntimeError):
     """The tree store cannot answer: a range beyond its size, or missing source data."""
 
 

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from pipeline.errors import PipelineError
+
 __all__ = ["CHUNK_BYTES", "CHUNK_EVENTS", "BodyError", "FramingError", "decode_content", "framing_for",
            "iter_events"]
 
@@ -48,7 +50,7 @@ _TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]', re.S)
 _SCALAR = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[^\s,\[\]{}"\x1e]++', re.S)
 
 
-class BodyError(Exception):
+class BodyError(PipelineError):
     """The body as a whole cannot be read: ``status`` is the HTTP status to answer."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -57,7 +59,7 @@ class BodyError(Exception):
         self.message = message
 
 
-class FramingError(Exception):
+class FramingError(PipelineError):
     """The body's framing is broken at event ``event`` (1-based); nothing after it can be
     delimited, so reading stops there."""
 

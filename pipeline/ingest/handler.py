@@ -37,12 +37,13 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import PipelineError
 from pipeline.sanitise import DEFAULT_SANITISER, Sanitiser
 
 __all__ = ["AuditLogError", "AuditLogHandler", "record_to_event"]
 
 
-class AuditLogError(RuntimeError):
+class AuditLogError(PipelineError, RuntimeError):
     """A record could not be stored in the audit log (refused, or the log is unreachable)."""
 
 

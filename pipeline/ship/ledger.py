@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.errors import PipelineError
 from pipeline.hot.segment import parse_segment_name
 
 log = logging.getLogger("pipeline.ship.ledger")
@@ -125,7 +126,7 @@ class Entry:
     updated_at: float
 
 
-class StateConflict(RuntimeError):
+class StateConflict(PipelineError, RuntimeError):
     """The segment was not in the state this step expected: another shipper (a second
     process, or a slow thread) moved it first.  The step must not be acted on."""
 

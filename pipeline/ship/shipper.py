@@ -346,7 +346,7 @@ class Shipper:
             log.warning("%s", exc)
             return "skipped"
         except QUARANTINE_ERRORS as exc:
-            reason = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
+            reason = exc.diagnostics()
             try:
                 self._set(entry, "quarantined", last_error=str(exc), detail=reason, expect=ACTIVE_STATES)
             except StateConflict:

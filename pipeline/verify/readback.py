@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.cold.base import ColdStore, ObjectStat, decode_metadata, segment_of_key, stream_prefix
+from pipeline.errors import PipelineError
+from pipeline.findings import Finding
 from pipeline.hot.segment import parse_segment_name
 from pipeline.verify.chain import SegmentScan
 from pipeline.verify.coldread import Fetched, fetch_segment
 
 
-class ReadbackError(RuntimeError):
-    """Reading cannot start or continue (archived objects, duplicates, unreadable listing): exit 2."""
+class ReadbackError(PipelineError, RuntimeError):
+    """Reading back cannot start or continue (not a hot tier, no objects, archived objects,
+    duplicates): nothing was concluded about the data (exit 2)."""
 
 
 @dataclass
@@ -26,6 +29,7 @@ class ColdSegment:
     name: str
     key: str
     stat: ObjectStat
+    stream: str = ""
 
     @property
     def meta(self) -> dict[str, str]:
@@ -35,7 +39,7 @@ class ColdSegment:
 @dataclass
 class Checked:
     fetched: Fetched
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (reason code, message)
+    problems: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -64,7 +68,7 @@ def stream_objects(store: ColdStore, stream: str) -> list[ColdSegment]:
         n, ks = next(iter(dup.items()))
         raise ReadbackError(f"segment {n} is stored more than once ({', '.join(ks)}); run pipeline verify-tier")
     ordered = sorted(names, key=lambda n: parse_segment_name(n) or (0, 0))
-    segs = [ColdSegment(n, names[n][0], store.stat(names[n][0])) for n in ordered]
+    segs = [ColdSegment(n, names[n][0], store.stat(names[n][0]), stream) for n in ordered]
     archived = [s for s in segs if s.stat.archived]
     if archived:
         raise ReadbackError(
@@ -79,30 +83,33 @@ def fetch_checked(store: ColdStore, seg: ColdSegment, dest: Path) -> Checked:
     fr = fetch_segment(store, seg.stat, dest)
     out = Checked(fr)
     meta = seg.meta
+
+    def problem(code: str, message: str) -> None:
+        out.problems.append(Finding.of(code, seg.stream, seg.name, message, where=seg.key))
+
     want = meta.get("stored_sha256")
     if not want:
-        out.problems.append(("metadata-invalid", f"{seg.key} carries no worm_stored_sha256 metadata"))
+        problem("metadata-invalid", f"{seg.key} carries no worm_stored_sha256 metadata")
     elif fr.stored_sha256 != want:
-        out.problems.append(("object-replaced", f"{seg.key}: the stored bytes hash to {fr.stored_sha256[:16]}…, "
-                             f"the upload recorded {want[:16]}…"))
+        problem("object-replaced", f"{seg.key}: the stored bytes hash to {fr.stored_sha256[:16]}…, the upload "
+                f"recorded {want[:16]}…")
     if seg.stat.sha256 is not None and want and seg.stat.sha256 not in (want, meta.get("stored_sha256_composite")):
-        out.problems.append(("object-replaced", f"{seg.key}: the service's SHA-256 differs from the upload's"))
+        problem("object-replaced", f"{seg.key}: the service's SHA-256 differs from the upload's")
     if fr.frame_problem is not None:
-        out.problems.append(("frame-invalid", f"{seg.key}: {fr.frame_problem}"))
+        problem("frame-invalid", f"{seg.key}: {fr.frame_problem}")
     if not fr.ok:
-        out.problems.append(("content-invalid", f"{seg.key}: {fr.problem}: {fr.detail}"))
+        problem("content-invalid", f"{seg.key}: {fr.problem}: {fr.detail}")
         return out
     if fr.sha256 != meta.get("sha256") or str(fr.size) != meta.get("size"):
-        out.problems.append(("content-mismatch", f"{seg.key} decompresses to {fr.size} bytes with SHA-256 "
-                             f"{fr.sha256[:16]}…, the metadata says {meta.get('size')} bytes, "
-                             f"{str(meta.get('sha256'))[:16]}…"))
+        problem("content-mismatch", f"{seg.key} decompresses to {fr.size} bytes with SHA-256 {fr.sha256[:16]}…, "
+                f"the metadata says {meta.get('size')} bytes, {str(meta.get('sha256'))[:16]}…")
     return out
 
 
-def merkle_problem(seg: ColdSegment, scan: SegmentScan) -> tuple[str, str] | None:
+def merkle_problem(seg: ColdSegment, scan: SegmentScan) -> Finding | None:
     want = seg.meta.get("merkle_root")
     got = (scan.seal or {}).get("merkle_root", scan.merkle_root)
     if want and got != want:
-        return ("content-mismatch", f"{seg.key}: Merkle root {str(got)[:16]}… differs from the metadata's "
-                f"{want[:16]}…")
+        return Finding.of("content-mismatch", seg.stream, seg.name, f"{seg.key}: Merkle root {str(got)[:16]}… "
+                          f"differs from the metadata's {want[:16]}…", scan.first_seq, seg.key)
     return None

@@ -15,11 +15,12 @@ from typing import Protocol
 from urllib.parse import quote
 
 from pipeline.checkpoint import Checkpoint
+from pipeline.errors import PipelineError
 
 ConsistencyFn = Callable[[int, int], list[bytes]]
 
 
-class WitnessError(RuntimeError):
+class WitnessError(PipelineError, RuntimeError):
     """A witness refused a checkpoint or could not be reached.
 
     ``status`` mirrors the tlog-witness HTTP status (409 conflict/fork, 422 bad proof,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipeline import merkle
 from pipeline.checkpoint import Checkpoint, NoteError, Signer, Verifier, open_note, split_note
+from pipeline.errors import PipelineError
 from pipeline.witness import escape_origin
 from pipeline.witness._common import atomic_write
 
@@ -37,7 +38,7 @@ class Trust:
     origin: str | None = None
 
 
-class Reply(Exception):
+class Reply(PipelineError):
     def __init__(self, status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
         super().__init__(body)
         self.status = status
