@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -22,16 +23,16 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[b
     return subprocess.run([sys.executable, "-m", "pipeline", *args], input=stdin, capture_output=True, timeout=120)
 
 
-def verify_json(*args: str) -> tuple[int, dict]:
+def verify_json(*args: str) -> tuple[int, dict[str, Any]]:
     p = cli("verify", "--json", *args)
     return p.returncode, orjson.loads(p.stdout) if p.stdout else {}
 
 
-def reasons(doc: dict) -> set[str]:
+def reasons(doc: dict[str, Any]) -> set[str]:
     return {f["reason"] for s in doc["streams"] for f in s["findings"]}
 
 
-def rewrite_event(path: Path, seq: int, new_data: dict) -> None:
+def rewrite_event(path: Path, seq: int, new_data: dict[str, Any]) -> None:
     """Alter one event and repair everything a hash chain alone can prove: later hashes,
     links and the seal's roots.  Keeps the old forward-secure MAC, which the attacker
     cannot recompute for an epoch whose key is erased."""
@@ -114,7 +115,11 @@ def test_witnessed_checkpoint_catches_a_rebuilt_chain(hot_dir: Path, tmp_path: P
     recs = [parse_record(x) for x in seg.read_bytes().splitlines(keepends=True)]
     assert recs[10].data == {"i": 10, "tampered": True}
     code, doc = verify_json("--hot", str(hot_dir), "--witness-dir", str(witness_dir), "--vkey", str(pub_path))
-    assert code == 1 and "witness-mismatch" in reasons(doc)
+    assert code == 1 and "witness-mismatch" in reasons(doc)  # the v1 report's reason, kept
+    # ... and the registry's precise code and severity beside it (docs/FORMAT.md §8.1)
+    witness = [f for s in doc["streams"] for f in s["findings"] if f["reason"] == "witness-mismatch"]
+    assert {(f["code"], f["severity"]) for f in witness} == {("witness-root-mismatch", "error")}
+    assert all(set(f) >= {"stream", "segment", "reason", "message", "seq", "offset"} for f in witness)
 
 
 def test_witness_dir_needs_vkey(hot_dir: Path, tmp_path: Path) -> None:
