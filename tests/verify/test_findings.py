@@ -123,7 +123,7 @@ def _strings(node: ast.AST) -> list[str]:
 # Functions that take a finding code as their first argument and build a Finding from it.
 # Every call to one of them (and to Finding itself) must pass registered literal codes, or a
 # code that came from another finding / a RecordError (checked at runtime by Finding).
-MAKERS = {"Finding", "Finding.of", "add", "finding", "stop_with"}
+MAKERS = {"Finding", "Finding.of", "add", "finding", "problem"}
 
 
 def test_no_finding_is_built_with_an_unregistered_code() -> None:
