@@ -1,6 +1,6 @@
 """The record line format and its hash chain: the specification in code.
 
-docs/FORMAT.md describes the same bytes in prose; tests/test_format_doc.py checks the
+docs/FORMAT.md describes the same bytes in prose; tests/format/test_format_doc.py checks the
 worked example in that document against this module.
 
 A record line is one JSON object, UTF-8, terminated by a single ``\\n``::
@@ -268,5 +268,5 @@ def parse_record(line: bytes) -> Record:
     if not body.startswith(header):
         raise RecordError("bad-layout", "record header is not in the canonical layout (escapes or number "
                           "spelling differ from the fields)")
-    # unreachable while parse_fields accepts exactly these lines (tests/test_record.py checks it)
+    # unreachable while parse_fields accepts exactly these lines (tests/format/test_record.py checks it)
     return Record(stream, seq, ts, kind, prev, data, claimed.decode(), line)

@@ -290,7 +290,7 @@ def _write(tmp: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool) -> list
     with monkeypatch.context() as m:
         if not use_native:
             m.setattr(writer_mod, "_native", None)
-            m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
+            m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
         # no time-window rotation: the fake clock's window is not the real one, and the
         # background thread would seal on its first tick
         log = HotLog(tmp, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
@@ -329,7 +329,7 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
         with monkeypatch.context() as m:
             if not use_native:
                 m.setattr(writer_mod, "_native", None)
-                m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
+                m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
             log = HotLog(d, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0,
                          immutable="off", clock=_Ticks())
             for i in range(400):
@@ -345,7 +345,7 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
 # --- the verifier's fast path ------------------------------------------------------------------
 
 from pipeline.verify import chain as chain_mod  # noqa: E402
-from tests.test_tamper import apply_mutation, build_random, events_st, mutation_st  # noqa: E402
+from tests.verify.test_tamper import apply_mutation, build_random, events_st, mutation_st  # noqa: E402
 
 
 def _report(d: Path, use_native: bool) -> Any:
@@ -499,7 +499,7 @@ def test_prepare_json_many_gives_the_python_results(raws: list[bytes], redact: b
         m.setattr(strictjson, "_native", None)
         slow = Sanitiser(redact=redact, max_event_bytes=max_bytes)
         reference = outcomes(slow, slow.prepare_json_many(raws))
-        one_by_one = []
+        one_by_one: list[Any] = []
         for raw in raws:
             try:
                 one_by_one.append(slow.prepare_json(raw))

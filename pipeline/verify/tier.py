@@ -71,7 +71,7 @@ SCHEMA = "worm-pipeline/verify-tier/v1"
 ERROR, WARNING = "error", "warning"
 
 # Every finding code verify-tier emits, its severity and meaning (docs/VERIFY-TIER.md lists
-# the same table; tests/test_verify_tier.py checks the two agree).  Errors make the exit
+# the same table; tests/verify/test_verify_tier.py checks the two agree).  Errors make the exit
 # code 1; warnings are listed but do not fail the run.
 CODES: dict[str, tuple[str, str]] = {
     # presence and identity

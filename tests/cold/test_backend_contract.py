@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from coldutil import clear_immutable_tree, new_bucket, write_segment
 
 from pipeline.cold import (
     ColdSettings,
@@ -36,6 +35,7 @@ from pipeline.cold.base import encode_metadata, required_retain_until
 from pipeline.cold.codec import prepare_body
 from pipeline.cold.tier import ColdTier, NewObject
 from pipeline.hot import attr
+from tests.cold.coldutil import clear_immutable_tree, new_bucket, write_segment
 
 
 @dataclasses.dataclass

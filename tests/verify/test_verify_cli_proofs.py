@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -22,16 +23,16 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[b
     return subprocess.run([sys.executable, "-m", "pipeline", *args], input=stdin, capture_output=True, timeout=120)
 
 
-def verify_json(*args: str) -> tuple[int, dict]:
+def verify_json(*args: str) -> tuple[int, dict[str, Any]]:
     p = cli("verify", "--json", *args)
     return p.returncode, orjson.loads(p.stdout) if p.stdout else {}
 
 
-def reasons(doc: dict) -> set[str]:
+def reasons(doc: dict[str, Any]) -> set[str]:
     return {f["reason"] for s in doc["streams"] for f in s["findings"]}
 
 
-def rewrite_event(path: Path, seq: int, new_data: dict) -> None:
+def rewrite_event(path: Path, seq: int, new_data: dict[str, Any]) -> None:
     """Alter one event and repair everything a hash chain alone can prove: later hashes,
     links and the seal's roots.  Keeps the old forward-secure MAC, which the attacker
     cannot recompute for an epoch whose key is erased."""

@@ -24,7 +24,7 @@ from pipeline.record import encode_record, parse_record
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
 from pipeline.verify.chain import verify_stream
 from tests.hotutil import PYTHON, REPO, records, rewrite
-from tests.test_ingest import post
+from tests.ingest.test_ingest import post
 
 TS = b"2026-11-02T10:20:30.123456Z"
 DEEP64 = b'{"a":' * 63 + b"{}" + b"}" * 63  # 64 levels: the limit
