@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.hot.layout import hot_tier_problem, stream_dirs, stream_problem
+from pipeline.format.layout import hot_tier_problem, stream_dirs, stream_problem
 
 if TYPE_CHECKING:
     from pipeline.cold import ColdSettings, ColdStore

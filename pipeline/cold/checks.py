@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult, manifest_from_metadata, segment_of_key
 from pipeline.cold.errors import ObjectNotFoundError
-from pipeline.hot.segment import SegmentManifest
+from pipeline.format.segment import SegmentManifest
 
 # For a standalone verification the required retain-until is derived from the object's
 # upload time; allow a day for clock skew and for services that round retention dates.

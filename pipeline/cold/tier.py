@@ -51,7 +51,7 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
 )
 from pipeline.cold.retry import call_with_retry, error_code_and_status
-from pipeline.hot.segment import SegmentManifest
+from pipeline.format.segment import SegmentManifest
 
 T = TypeVar("T")
 

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.hot.segment import parse_segment_name
+from pipeline.format.layout import LEDGER_DIR as LEDGER_DIR  # the layout owns the names
+from pipeline.format.layout import LEDGER_FILE as LEDGER_FILE
+from pipeline.format.layout import parse_segment_name
 
 log = logging.getLogger("pipeline.ship.ledger")
 
@@ -42,8 +44,6 @@ T = TypeVar("T")
 
 STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
-LEDGER_DIR = ".ship"
-LEDGER_FILE = "ledger.sqlite"
 # Free pages kept in the database file: ~1.5 KB of ledger growth per segment, so thousands
 # of segments can be confirmed and evicted on a full disk.
 DEFAULT_RESERVE_BYTES = 4 << 20

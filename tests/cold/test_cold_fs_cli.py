@@ -11,7 +11,7 @@ from coldutil import clear_immutable_tree, new_bucket, write_segment
 from pipeline.cli import main
 from pipeline.cold import ColdSettings, ObjectConflictError, WormNotEnforcedError, open_store
 from pipeline.cold.filesystem import FileStore
-from pipeline.hot import attr
+from pipeline.format import attr
 
 
 @pytest.fixture
