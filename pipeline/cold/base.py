@@ -33,7 +33,7 @@ from pipeline.format.layout import manifest_from_metadata as manifest_from_metad
 from pipeline.format.layout import object_key as object_key
 from pipeline.format.layout import segment_of_key as segment_of_key
 from pipeline.format.layout import stream_prefix as stream_prefix
-from pipeline.format.manifest import SegmentManifest
+from pipeline.format.manifest import SegmentManifest as SegmentManifest
 
 Compression = Literal["none", "zstd"]
 MiB = 1 << 20
