@@ -81,7 +81,7 @@ def streams_of(hot: Path, stream: str | None) -> list[str]:
 
 def check_hot(hot: Path, stream: str | None = None) -> str | None:
     """One line naming why ``hot`` (and ``stream``, when given) is not what a verb expects,
-    or None.  The rule itself lives in pipeline.hot.layout."""
+    or None.  The rule itself lives in pipeline.format.layout."""
     return hot_tier_problem(hot) or (stream_problem(hot, stream) if stream else None)
 
 

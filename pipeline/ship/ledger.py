@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from pipeline.format.layout import LEDGER_DIR as LEDGER_DIR  # the layout owns the names
 from pipeline.format.layout import LEDGER_FILE as LEDGER_FILE
-from pipeline.format.layout import parse_segment_name
+from pipeline.format.layout import ledger_path, parse_segment_name
 
 log = logging.getLogger("pipeline.ship.ledger")
 
@@ -152,7 +152,7 @@ class Ledger:
     shipper reports it in ``/readyz`` and logs it once)."""
 
     def __init__(self, hot_dir: str | Path, *, reserve_bytes: int | None = None) -> None:
-        self.path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
+        self.path = ledger_path(hot_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.reserve_bytes = default_reserve(self.path.parent) if reserve_bytes is None else max(0, reserve_bytes)
         self.write_error: str | None = None
@@ -369,7 +369,7 @@ def _entry(row: sqlite3.Row) -> Entry:
 
 
 def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
-    path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
+    path = ledger_path(hot_dir)
     if not path.exists():
         return None
     return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper tops the reserve up)

@@ -63,12 +63,13 @@ from pipeline.format.layout import (
     CHECKPOINT_HISTORY,
     CHECKPOINT_LATEST,
     WITNESS_LATEST,
+    ledger_path,
     read_head_or_none,
     unescape_origin,
 )
 from pipeline.format.record import GENESIS_HASH, Kind, RecordError, parse_record, ts_epoch
 from pipeline.format.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
-from pipeline.ship.ledger import LEDGER_DIR, LEDGER_FILE, Entry, Ledger, open_ledger_readonly
+from pipeline.ship.ledger import Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
 
@@ -749,10 +750,6 @@ class _Versions:
                         f"{key} has {len(objects)} object versions: something was PUT over the shipped object "
                         "and readers see the newest (versions: "
                         + ", ".join(str(v.version_id) for v in objects[:5]) + ")"))
-
-
-def ledger_path(hot: Path) -> Path:
-    return hot / LEDGER_DIR / LEDGER_FILE
 
 
 def _stray_finding(key: str, streams: set[str]) -> TierFinding:
