@@ -94,12 +94,13 @@ class Record:
 # epoch seconds of each "YYYY-MM-DDTHH:MM:SS" seen, None for one that names no real time;
 # records of one second share it, so the calendar work runs about once per second of log
 _SECONDS: dict[str, int | None] = {}
+_UNSEEN = -(1 << 63)  # no second of years 0001-9999 is this far from the epoch
 
 
 def _second(prefix: str) -> int | None:
-    if prefix in _SECONDS:
-        return _SECONDS[prefix]
-    secs: int | None
+    secs = _SECONDS.get(prefix, _UNSEEN)
+    if secs != _UNSEEN:
+        return secs
     try:
         when = datetime(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:13]),
                         int(prefix[14:16]), int(prefix[17:19]))
