@@ -2,10 +2,10 @@
 
 docs/FORMAT.md describes the same bytes in prose; tests/test_format_doc.py checks the
 worked example in that document against this module.  The line layout is written here
-once (``LINE_PREFIX``, ``_HEADER``); the C accelerator's batch encoder
-(``pipeline._native.append_record(s)``) is a binding of ``encode_record`` that takes its
-prefix from ``record_prefix``.  Record timestamps are parsed here only (``valid_ts``,
-``ts_epoch``).
+once (``LINE_PREFIX``, ``_HEADER``); the C accelerator's encoder
+(``pipeline._native.append_record(s)``) is a binding of ``encode_record`` for lines that
+start with ``record_prefix(stream)``.  Record timestamps are parsed here only
+(``valid_ts``, ``ts_epoch``).
 
 A record line is one JSON object, UTF-8, terminated by a single ``\\n``::
 

@@ -133,7 +133,7 @@ class WitnessState:
                     self._refused(cp.origin, 422, str(exc), note)
                     raise Reply(422, f"consistency proof does not verify: {exc}\n") from exc
             # persist before answering: a cosignature must never outlive a crash of our state
-            atomic_write(self._path(cp.origin), note)
+            atomic_write(self._path(cp.origin), note, mode=0o644)
         return self.signer.cosignature_line(cp.body())
 
 
