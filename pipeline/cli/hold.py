@@ -11,8 +11,9 @@ import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading
-from pipeline.cold import ColdError, segment_of_key, stream_prefix
+from pipeline.cold import ColdError
 from pipeline.cold.errors import redact_endpoint
+from pipeline.format.layout import segment_of_key, stream_prefix
 from pipeline.format.segment import parse_segment_name
 
 

@@ -11,8 +11,9 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult, manifest_from_metadata, segment_of_key
+from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult
 from pipeline.cold.errors import ObjectNotFoundError
+from pipeline.format.layout import manifest_from_metadata, segment_of_key
 from pipeline.format.segment import SegmentManifest
 
 # For a standalone verification the required retain-until is derived from the object's

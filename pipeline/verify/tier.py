@@ -43,16 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cold.base import (
-    ColdStore,
-    ObjectStat,
-    ObjectVersion,
-    VersionsUnavailable,
-    decode_metadata,
-    manifest_from_metadata,
-    segment_of_key,
-    stream_prefix,
-)
+from pipeline.cold.base import ColdStore, ObjectStat, ObjectVersion, VersionsUnavailable
 from pipeline.cold.checks import LOCK_MODES_ACCEPTED
 from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.errors import PipelineError
@@ -63,8 +54,12 @@ from pipeline.format.layout import (
     CHECKPOINT_HISTORY,
     CHECKPOINT_LATEST,
     WITNESS_LATEST,
+    decode_metadata,
     ledger_path,
+    manifest_from_metadata,
     read_head_or_none,
+    segment_of_key,
+    stream_prefix,
     unescape_origin,
 )
 from pipeline.format.record import GENESIS_HASH, Kind, RecordError, parse_record, ts_epoch

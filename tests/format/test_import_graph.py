@@ -113,3 +113,21 @@ def test_nothing_in_pipeline_uses_a_deprecated_path(path: Path) -> None:
         return  # the shim itself
     bad = sorted(_imports(path) & DEPRECATED)
     assert not bad, f"{name} imports the deprecated {bad}: import from pipeline.format instead"
+
+
+MOVED_FROM_COLD_BASE = frozenset({
+    "object_key", "stream_prefix", "segment_of_key", "encode_metadata", "decode_metadata",
+    "manifest_from_metadata", "META_PREFIX", "METADATA_FORMAT", "METADATA_KEYS", "S3_METADATA_LIMIT",
+    "COMPRESSION_SUFFIX", "SegmentManifest",
+})
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(PIPELINE)))
+def test_cold_keys_and_metadata_are_imported_from_the_layout(path: Path) -> None:
+    """pipeline.cold.base re-exports them for old callers only."""
+    if _module_name(path) == "pipeline.cold.base":
+        return
+    bad = sorted(a.name for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.ImportFrom) and node.module == "pipeline.cold.base"
+                 for a in node.names if a.name in MOVED_FROM_COLD_BASE)
+    assert not bad, f"{_module_name(path)} imports {bad} from pipeline.cold.base: use pipeline.format"
