@@ -8,7 +8,9 @@
 - ``layout``: every path and object key of the log (segments, ``head.json`` with its one
   typed reader and writer, ``LOCK``, ``checkpoints/``, ``.ship/``, cold object keys and
   metadata, witness directories) and what a hot tier is;
-- ``files``: the one ``fsync_dir`` and atomic replace.
+- ``files``: the one ``fsync_dir`` and atomic replace;
+- ``attr``: the append-only and immutable attributes that protect segments and file:// cold
+  objects (protection, not evidence: FORMAT §2).
 
 The dependency rule (docs/ARCHITECTURE.md, tests/format/test_import_graph.py): this package
 imports nothing from the rest of ``pipeline`` but the optional accelerator switch

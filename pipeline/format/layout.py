@@ -1,5 +1,5 @@
 """The log's layout: every path and object key that a stage writes and another reads, named
-once (docs/FORMAT.md §2, §6, "Cold objects"; docs/COLD.md; docs/LEDGER.md).
+once (docs/FORMAT.md §2, §6, §10; docs/COLD.md; docs/LEDGER.md).
 
 A hot tier ``<hot>/``::
 
@@ -21,7 +21,7 @@ Witnesses: a directory witness keeps ``<dir>/<escaped origin>/<size:020d>.note``
 server ``<dir>/<escaped origin>.note`` (``escape_origin``, ``witness_note_name``).
 
 What a hot tier and a stream directory are is decided here too, the one place commands
-decide whether a path is what they expect (docs/ARCHITECTURE.md, "Recognising a hot tier"):
+decide whether a path is what they expect (README, "Exit codes, wrong paths and errors"):
 
 - A **stream directory** is a directory whose name is a valid stream name and which holds at
   least one segment file (``seg-<first seq>[.<attempt>].jsonl``), the writer's ``head.json``
@@ -34,7 +34,7 @@ decide whether a path is what they expect (docs/ARCHITECTURE.md, "Recognising a 
 
 Commands that read or change a hot tier refuse any other path (a file, an empty directory,
 a repository, a typo) with one line naming the problem and the fix, and create nothing
-(docs/README "Exit codes and wrong paths").  Creating a stream is explicit: ``pipeline
+(README, "Exit codes, wrong paths and errors").  Creating a stream is explicit: ``pipeline
 append`` (its first append) or the sidecar's ingest.
 
 This module depends on nothing but the other format modules: every stage (hot, ship,
