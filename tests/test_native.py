@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import _accel, merkle, sanitise, strictjson
+from pipeline import _accel, sanitise
+from pipeline.format import merkle, strictjson
 from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
@@ -47,7 +48,7 @@ def test_no_native_env_forces_pure_python() -> None:
     code = "from pipeline import _accel, merkle; print(_accel.native is None, merkle.CompactRange.__module__)"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PIPELINE_NO_NATIVE": "1"},
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "pipeline.merkle"]
+    assert out == ["True", "pipeline.format.merkle"]
 
 
 # --- CompactRange ---------------------------------------------------------------------------
@@ -422,7 +423,7 @@ def test_verify_fast_path_judges_forged_lines_like_python(picks: list[bytes], ki
 
 def _manifest_outcome(path: Path, use_native: bool, chunk: int | None = None) -> Any:
     from pipeline.cold import codec
-    from pipeline.hot import segment as segment_mod
+    from pipeline.format import segment as segment_mod
     from pipeline.record import RecordError
 
     with pytest.MonkeyPatch.context() as m:

@@ -44,12 +44,12 @@ from pipeline.cli._common import (
 from pipeline.cli._progress import Progress, progress_bar
 from pipeline.cold import ColdError
 from pipeline.cold.errors import redact_endpoint
-from pipeline.hot.segment import list_segments
-from pipeline.record import GENESIS_HASH, Kind, Record
+from pipeline.format.record import GENESIS_HASH, Kind, Record, ts_epoch
+from pipeline.format.segment import list_segments
 from pipeline.ship.ledger import Entry, open_ledger_readonly
 from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
 from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
-from pipeline.verify.tier import parse_time, ts_epoch
+from pipeline.verify.tier import parse_time
 
 SPOOL_MEMORY = 8 << 20
 

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import NoteError
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb, refuse_wrong_hot
+from pipeline.format.checkpoint import NoteError
 from pipeline.proofs import ProveError, prove_consistency, prove_inclusion
 
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         err(exc.diagnostics())
         return EXIT_ERROR
-    from pipeline.checkpoint import NoteError, configured_signer
+    from pipeline.format.checkpoint import NoteError, configured_signer
 
     try:
         # the signing key exactly as the sidecar will load it: `--check` passes only what starts

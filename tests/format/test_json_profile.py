@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import strictjson
 from pipeline._accel import native
+from pipeline.format import strictjson
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
@@ -340,7 +340,7 @@ _HEADER_EDITS = [(b"", b""), (b'"seq":5,', b'"seq": 5,'), (b'"seq":5,', b'"seq":
 def test_fast_and_slow_record_parsers_accept_the_same_lines(data: bytes, edit: tuple[bytes, bytes]) -> None:
     """parse_fields (the fast path) accepts exactly the lines the ordered checks of parse_record
     accept, with and without the C screen."""
-    from pipeline import record
+    from pipeline.format import record
 
     line, _ = encode_record("app", 5, TS, "event", b"0" * 64, data)
     body = line[: line.rindex(b',"hash":"')].replace(edit[0], edit[1], 1)
