@@ -438,6 +438,7 @@ _NAMES = {
     "scope": "scope", "logRecords": "log_records", "log_records": "log_records",
 }
 _ID_FIELDS = ("traceId", "trace_id", "spanId", "span_id")
+_ENUM_FIELDS = ("severityNumber", "severity_number")
 
 
 def _bad_json(detail: str) -> BodyError:
@@ -539,6 +540,9 @@ def _from_json(pb: Any, cls: Any, value: Any, what: str) -> Any:
         return None
     if not isinstance(value, dict):
         raise _bad_json(f"a {what} is not an object")
+    for key in _ENUM_FIELDS:  # OTLP/JSON: enums MUST be integers (protobuf's parser would take names)
+        if key in value and not (type(value[key]) is int or value[key] is None):
+            raise _bad_json(f"{key} of a {what} is not an integer")
     for key in _ID_FIELDS:  # OTLP/JSON: trace and span ids are hex, not base64
         hex_id = value.get(key)
         if isinstance(hex_id, str):
