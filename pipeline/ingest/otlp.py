@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 import time
@@ -98,6 +99,10 @@ def _any(v: Any, depth: int) -> Any:
     kind = v.WhichOneof("value")
     if kind == "string_value":
         return v.string_value
+    return _non_string(v, kind, depth)
+
+
+def _non_string(v: Any, kind: str | None, depth: int) -> Any:
     if kind == "int_value" or kind == "bool_value":
         return getattr(v, kind)
     if kind == "kvlist_value":
@@ -112,7 +117,7 @@ def _any(v: Any, depth: int) -> Any:
         return d if math.isfinite(d) else _NON_FINITE.get(d, "NaN")
     if kind == "bytes_value":
         return base64.b64encode(v.bytes_value).decode("ascii")
-    if kind is None:
+    if kind is None:  # no value, or no value field at all
         return None
     raise _Refused("bad-otlp", f"{kind} refers to a string table, which log records do not have")
 
@@ -122,13 +127,18 @@ def _kvs(kvs: Any, depth: int) -> dict[str, Any]:
     if depth > MAX_DEPTH:
         raise _Refused("too-deep", f"a value nests deeper than {MAX_DEPTH} levels")
     out: dict[str, Any] = {}
-    for i, kv in enumerate(kvs):
-        if kv.key_strindex:
+    for kv in kvs:  # the hot loop of OTLP ingest: one upb access per step
+        key = kv.key
+        if not key and kv.key_strindex:
             raise _Refused("bad-otlp", "key_strindex refers to a string table, which log records do not have")
-        out[kv.key] = _any(kv.value, depth) if kv.HasField("value") else None
-        if len(out) <= i:
-            # OTLP: keys MUST be unique; keeping one of the values would alter the record
-            raise _Refused("duplicate-key", f"key #{i + 1} of an attribute list repeats an earlier key")
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[key] = v.string_value if kind == "string_value" else _non_string(v, kind, depth)
+    if len(out) != len(kvs):
+        # OTLP: keys MUST be unique; keeping one of the values would alter the record
+        seen: set[str] = set()
+        at = next(i for i, kv in enumerate(kvs) if kv.key in seen or seen.add(kv.key))  # type: ignore[func-returns-value]
+        raise _Refused("duplicate-key", f"key #{at + 1} of an attribute list repeats an earlier key")
     return out
 
 
@@ -242,15 +252,20 @@ def iter_events(body: bytes, framing: str, max_piece: int,
             group: tuple[Any, Any] | InvalidEvent = (resource(), scope())
         except _Refused as exc:
             group = InvalidEvent(exc.reason, "the log records' " + exc.detail)
-        for parse in records:
+        for rec in records:
             n += 1
             item: bytes | InvalidEvent
             try:
-                rec = parse()
+                if type(rec) is _Refused:
+                    raise rec
                 if isinstance(group, InvalidEvent):
                     item = group
+                elif type(rec) is _Big:
+                    with _big_lock():  # parsed and converted one at a time in the process
+                        item = orjson.dumps(_event(rec.parse(), clock, *group))
                 else:
                     item = orjson.dumps(_event(rec, clock, *group))
+                if type(item) is bytes:
                     expanded += len(item) + 1
             except _Refused as exc:
                 item = InvalidEvent(exc.reason, exc.detail)
@@ -266,7 +281,24 @@ def iter_events(body: bytes, framing: str, max_piece: int,
         yield chunk
 
 
-_Group = tuple[Callable[[], Any], Callable[[], Any], Iterator[Callable[[], Any]]]
+# (resource, scope, log records): the first two parse and convert when called; the records
+# are parsed LogRecords, or a _Refused, or a _Big to parse under the lock
+_Group = tuple[Callable[[], Any], Callable[[], Any], Iterator[Any]]
+
+
+class _Big:
+    """A log record larger than ``_BIG_PIECE``, parsed only when its turn comes."""
+
+    __slots__ = ("parse",)
+
+    def __init__(self, parse: Callable[[], Any]) -> None:
+        self.parse = parse
+
+
+def _big_lock() -> Any:
+    from pipeline.ingest.server import _big_events
+
+    return _big_events
 
 
 def _too_large(what: str, size: int, limit: int) -> _Refused:
@@ -278,9 +310,7 @@ def _guarded(size: int, parse: Callable[[], Any]) -> Any:
         return parse()
     # Parsing and converting a large piece costs many times its size in objects for
     # pathological shapes: one at a time in the process, like big NDJSON events
-    from pipeline.ingest.server import _big_events
-
-    with _big_events:
+    with _big_lock():
         return parse()
 
 
@@ -394,20 +424,18 @@ def _protobuf_group(body: bytes, ss: int, se: int, resource: bytes, res_url: str
             raise _too_large("scope", len(scope), max_piece)
         return _guarded(len(scope), lambda: _scope(_parse_pb(pb.Scope, bytes(scope), "scope"), scope_url))
 
-    def records() -> Iterator[Callable[[], Any]]:
+    def records() -> Iterator[Any]:
+        cls = pb.LogRecord
         for g, gwt, s, e in fields(body, ss, se):
             if g == 2 and gwt == 2:
-                yield _record_parser(pb.LogRecord, body, s, e, max_piece)
+                if e - s <= _BIG_PIECE:
+                    yield _parse_pb(cls, body[s:e], "log record")
+                elif e - s > max_piece:
+                    yield _too_large("log record", e - s, max_piece)
+                else:
+                    yield _Big(lambda s=s, e=e: _parse_pb(cls, body[s:e], "log record"))  # type: ignore[misc]
 
     return parse_resource, parse_scope, records()
-
-
-def _record_parser(cls: Any, body: bytes, s: int, e: int, max_piece: int) -> Callable[[], Any]:
-    def parse() -> Any:
-        if e - s > max_piece:
-            raise _too_large("log record", e - s, max_piece)
-        return _parse_pb(cls, body[s:e], "log record")
-    return parse
 
 
 def _parse_pb(cls: Any, data: bytes, what: str) -> Any:
@@ -556,6 +584,10 @@ def _from_json(pb: Any, cls: Any, value: Any, what: str) -> Any:
         raise _bad_json(f"a {what} does not match the OTLP schema") from None
 
 
+def _from_json_piece(pb: Any, body: bytes, s: int, e: int) -> Any:
+    return _from_json(pb, pb.LogRecord, _json_value(body, (s, e)), "log record")
+
+
 def _walk_json(body: bytes, pb: Any, max_piece: int) -> Iterator[_Group]:
     pos = _skip_ws(body, 0)
     end = len(body)
@@ -584,9 +616,16 @@ def _json_group(body: bytes, pb: Any, max_piece: int, res_span: tuple[int, int] 
         size = span[1] - span[0] if span is not None else 0
         return _guarded(size, lambda: _from_json(pb, cls, _json_value(body, span), what))
 
-    def records() -> Iterator[Callable[[], Any]]:
-        for span in _elements(body, sl.get("log_records")):
-            yield lambda span=span: piece(span, pb.LogRecord, "log record")  # type: ignore[misc]
+    def records() -> Iterator[Any]:
+        for s, e in _elements(body, sl.get("log_records")):
+            if e - s > max_piece:
+                yield _too_large("log record", e - s, max_piece)
+                continue
+            try:
+                parse = functools.partial(_from_json_piece, pb, body, s, e)
+                yield parse() if e - s <= _BIG_PIECE else _Big(parse)
+            except _Refused as exc:
+                yield exc
 
     return (lambda: _resource(piece(res_span, pb.Resource, "resource"), res_url),
             lambda: _scope(piece(scope_span, pb.Scope, "scope"), scope_url), records())
