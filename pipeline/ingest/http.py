@@ -300,13 +300,14 @@ class HttpFront:
         try:
             resp = await self._dispatch(request, started + self.ingest.request_timeout)
         except TimeoutError:
-            resp = _json(408, {"error": f"request not received within {self.ingest.request_timeout:g} s"})
+            resp = self._answer(request, 408, {
+                "error": f"request not received within {self.ingest.request_timeout:g} s"})
             resp.force_close()
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("ingest: HTTP request failed")
-            resp = _json(500, {"error": "internal error; nothing from this request was stored"})
+            resp = self._answer(request, 500, {"error": "internal error; nothing from this request was stored"})
             resp.force_close()
         finally:
             conn.in_handler = conn.working = False

@@ -653,3 +653,34 @@ def _varint(n: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+# ------------------------------------------------------------------ the Collector's otlphttp exporter, replayed
+
+COLLECTOR_HEADERS = {"User-Agent": "OpenTelemetry Collector Contrib/0.165.1 (linux/amd64)",
+                     "Content-Encoding": "gzip", "Authorization": "Bearer coll-t0ken"}
+
+
+def test_collector_otlphttp_wire_format(hot_dir: Path) -> None:
+    """What the Collector's otlphttp exporter sends (exporter/otlphttpexporter/otlp.go: a
+    protobuf ExportLogsServiceRequest, gzip by default, the configured headers) and what it
+    reads back: a 2xx body parsed as ExportLogsServiceResponse by its Content-Type (exact
+    match), a 4xx/5xx body as google.rpc.Status.  No collector can be built here (docs/
+    FORWARDERS.md says why), so its wire format is replayed."""
+    log = HotLog(hot_dir, STREAM, durability="group", heartbeat_interval=0, segment_window=0)
+    srv = IngestServer(log, http_listen="127.0.0.1:0", token="coll-t0ken").start()
+    try:
+        addr = addr_of(srv)
+        dup = record(2)
+        dup.attributes.append(kv("i", 3))
+        body = gzip.compress(request(record(0), record(1), dup).SerializeToString())
+        code, h, data = post(addr, body, PROTOBUF, COLLECTOR_HEADERS)
+        assert code == 200 and h["content-type"] == PROTOBUF
+        assert response(data).partial_success.rejected_log_records == 1
+        code, h, data = post(addr, body, PROTOBUF, {**COLLECTOR_HEADERS, "Authorization": "Bearer wrong"})
+        assert code == 401 and h["content-type"] == PROTOBUF and "www-authenticate" in h
+        assert "token" in status(data).message
+        assert [ev["attributes"]["i"] for ev in stored(hot_dir)] == [0, 1]
+    finally:
+        srv.stop(5)
+        log.close()
