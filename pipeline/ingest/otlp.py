@@ -48,7 +48,8 @@ EXPANSION = 2  # events of one request: at most this many times max_request_byte
 MAX_DEPTH = 64  # AnyValue nesting converted; deeper is refused (the event could not be stored)
 _JSON_MAX_DEPTH = 5 * MAX_DEPTH + 8  # OTLP/JSON spends five JSON levels on one kvlist level
 _BIG_PIECE = 64 << 10  # pieces larger than this are converted one at a time in the process
-_LISTED_IN_MESSAGE = 5  # refused records named in a partial_success error_message
+_LISTED_IN_MESSAGE = 5
+_MAX_GROUPS = 100  # refused records named in a partial_success error_message
 
 
 def framing_for(content_type: str | None) -> str | None:
@@ -373,14 +374,33 @@ class _Wire:
 
     @classmethod
     def group_end(cls, buf: bytes, pos: int, end: int, field: int) -> int:
-        # a (deprecated) group is skipped like any unknown field: up to its END_GROUP tag
+        """Where a (deprecated) group ends: skipped like any unknown field, up to its
+        END_GROUP tag.  Iterative, and nested at most ``_MAX_GROUPS`` deep (protobuf's
+        parser stops at 100 levels too)."""
+        open_groups = [field]
         while pos < end:
-            key, after = cls.varint(buf, pos, end)
-            if key & 7 == 4:
-                if key >> 3 != field:
+            key, pos = cls.varint(buf, pos, end)
+            number, wt = key >> 3, key & 7
+            if wt == 4:
+                if number != open_groups.pop():
                     break
-                return after
-            pos = next(cls.fields(buf, pos, end))[3]
+                if not open_groups:
+                    return pos
+            elif wt == 3:
+                if len(open_groups) >= _MAX_GROUPS:
+                    raise BodyError(400, "the request is not valid protobuf: groups nested too deep")
+                open_groups.append(number)
+            elif wt == 0:
+                _v, pos = cls.varint(buf, pos, end)
+            elif wt == 1:
+                pos += 8
+            elif wt == 5:
+                pos += 4
+            elif wt == 2:
+                ln, pos = cls.varint(buf, pos, end)
+                pos += ln
+            else:
+                break
         raise BodyError(400, "the request is not valid protobuf: an unterminated group")
 
 

@@ -427,6 +427,8 @@ def test_empty_request_is_success(server: tuple[IngestServer, Path]) -> None:
     (b"\x0a\x05\x12\x03\x12\x01", PROTOBUF),  # a length running past its message
     (b"\x0a\x02\x12\xff", PROTOBUF),  # a truncated varint
     (b"\x0f", PROTOBUF),  # wire type 7
+    (b"\x0b" * 1000, PROTOBUF),  # unknown groups nested 1,000 deep
+    (b"\x0b\x14", PROTOBUF),  # a group closed by another field's END_GROUP
     (b"\x0a\x04\x12\x02\x12\x00\x0a\x02\x12\x01", PROTOBUF),  # the second ResourceLogs is cut short
     (request(record(0)).SerializeToString()[:-3], PROTOBUF),
     (b"\x0a\x06\x12\x04\x12\x02\x1a\x02", PROTOBUF),  # a LogRecord whose severity_text is cut
