@@ -48,8 +48,8 @@ EXPANSION = 2  # events of one request: at most this many times max_request_byte
 MAX_DEPTH = 64  # AnyValue nesting converted; deeper is refused (the event could not be stored)
 _JSON_MAX_DEPTH = 5 * MAX_DEPTH + 8  # OTLP/JSON spends five JSON levels on one kvlist level
 _BIG_PIECE = 64 << 10  # pieces larger than this are converted one at a time in the process
-_LISTED_IN_MESSAGE = 5
-_MAX_GROUPS = 100  # refused records named in a partial_success error_message
+_LISTED_IN_MESSAGE = 5  # refused records named in a partial_success error_message
+_MAX_GROUPS = 100  # unknown protobuf groups nested in each other (protobuf's own limit)
 
 
 def framing_for(content_type: str | None) -> str | None:
@@ -59,6 +59,7 @@ def framing_for(content_type: str | None) -> str | None:
     return _FRAMINGS.get(content_type.split(";", 1)[0].strip().lower())
 
 
+@functools.cache
 def _pb() -> Any:
     # imported on first use: processes that never serve /v1/logs do not load protobuf
     from google.protobuf import json_format
@@ -249,10 +250,7 @@ def iter_events(body: bytes, framing: str, max_piece: int,
     expanded = 0
     n = 0
     for resource, scope, records in walk(body, pb, max_piece):
-        try:
-            group: tuple[Any, Any] | InvalidEvent = (resource(), scope())
-        except _Refused as exc:
-            group = InvalidEvent(exc.reason, "the log records' " + exc.detail)
+        group = _group(resource, scope)
         for rec in records:
             n += 1
             item: bytes | InvalidEvent
@@ -280,6 +278,17 @@ def iter_events(body: bytes, framing: str, max_piece: int,
                 chunk, size = [], 0
     if chunk:
         yield chunk
+
+
+def _group(resource: Callable[[], Any], scope: Callable[[], Any]) -> tuple[Any, Any] | InvalidEvent:
+    """The resource and scope of a group's records, or why none of them can be stored."""
+    made = []
+    for what, make in (("resource", resource), ("scope", scope)):
+        try:
+            made.append(make())
+        except _Refused as exc:
+            return InvalidEvent(exc.reason, f"the record's {what} cannot be stored: {exc.detail}")
+    return made[0], made[1]
 
 
 # (resource, scope, log records): the first two parse and convert when called; the records

@@ -686,3 +686,17 @@ def test_collector_otlphttp_wire_format(hot_dir: Path) -> None:
     finally:
         srv.stop(5)
         log.close()
+
+
+def test_a_refused_resource_refuses_its_records_only(server: tuple[IngestServer, Path]) -> None:
+    srv, hot = server
+    bad = request(record(0), record(1))
+    bad.resource_logs[0].resource.attributes.append(kv("service.name", "again"))
+    good = request(record(2))
+    bad.resource_logs.extend(good.resource_logs)
+    code, _, data = post(addr_of(srv), bad.SerializeToString())
+    assert code == 200, data
+    msg = response(data)
+    assert msg.partial_success.rejected_log_records == 2
+    assert "#1: duplicate-key: the record's resource cannot be stored" in msg.partial_success.error_message
+    assert [ev["attributes"]["i"] for ev in stored(hot)] == [2]
