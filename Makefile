@@ -25,7 +25,7 @@ test: test-deps
 	$(BIN)/pytest -n 2 --dist loadfile
 
 test-fast: $(BIN)/pipeline
-	$(BIN)/pytest -n 2 --dist loadfile -m "not slow and not localstack"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not slow and not localstack and not azurite and not tools"
 
 lint: $(BIN)/pipeline
 	$(BIN)/ruff check pipeline tests bench

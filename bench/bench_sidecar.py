@@ -380,7 +380,7 @@ def ingest_comparison(base: Path, endpoint: str, seconds: float, clients: int, r
         proc.wait(timeout=90)
 
     # worst body at the limit: tiny valid events ({} lines), the most records per byte
-    # (tests/test_ingest_memory.py measures every worst kind; this one costs the most)
+    # (tests/ingest/test_ingest_memory.py measures every worst kind; this one costs the most)
     limit = 10 << 20
     wdir = base / "worst"
     wdir.mkdir()
@@ -424,7 +424,7 @@ def ingest_comparison(base: Path, endpoint: str, seconds: float, clients: int, r
     print(f"  HTTP / the faster socket set-up                   {ratio:.0%}  (target >= 80%)")
     print(f"\n## one worst-kind body at max_request_bytes = {limit >> 20} MiB ({limit // 3:,} events of {{}}), "
           f"fresh sidecar")
-    bound = 48 + 4 * limit / 2**20  # tests/test_ingest_memory.py: a 48 MiB constant + 4x the limit
+    bound = 48 + 4 * limit / 2**20  # tests/ingest/test_ingest_memory.py: a 48 MiB constant + 4x the limit
     print(f"  answer {status} in {took:.1f} s; peak RSS {before:.0f} MB before, {after:.0f} MB after: "
           f"+{after - before:.0f} MB for a {limit >> 20} MiB limit (bound: 48 + 4 x {limit >> 20} = {bound:.0f} MB)")
     return {"http_events_per_s": round(med(http_rates)), "socket_events_per_s": round(best_socket),

@@ -756,7 +756,7 @@ def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tu
                         f"({ingest['max_request_bytes']}), got {ingest['max_event_bytes']}")
     if "stream" in hot:
         try:
-            from pipeline.record import validate_stream_name
+            from pipeline.format.record import validate_stream_name
 
             validate_stream_name(hot["stream"])
         except ValueError:

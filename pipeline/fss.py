@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import struct
 import threading
@@ -43,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.format.files import atomic_write
+from pipeline.format.layout import FSS_DIR, FSS_STATE_FILE
+from pipeline.format.record import ts_epoch
 
 EVOLVE = b"worm-pipeline fss evolve"
 SEAL = b"worm-pipeline fss seal"
@@ -51,8 +53,8 @@ MAC_LABEL = b"worm-pipeline fss v1\n"
 DEFAULT_INTERVAL = 900
 # clock skew tolerated between the epoch chosen by the sealer and the seal record's ts
 TS_SLACK = 120.0
-STATE_DIR = "fss"
-STATE_FILE = "state.json"
+STATE_DIR = FSS_DIR  # names kept for old imports; the layout owns them
+STATE_FILE = FSS_STATE_FILE
 
 
 class FssError(PipelineError, ValueError):
@@ -114,20 +116,8 @@ class VerificationKey:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Atomic replace: temp file (0600), fsync, rename over, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Atomic replace of a file only its owner may read (0600)."""
+    atomic_write(path, data, mode=0o600)
 
 
 class FssSealer:
@@ -249,7 +239,7 @@ class FssVerifier:
             return f"forward-secure MAC of the seal does not verify for epoch {epoch} index {index}"
         if seal_ts is not None:
             try:
-                t = datetime.strptime(seal_ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+                t = ts_epoch(seal_ts)
             except ValueError:
                 return f"seal timestamp {seal_ts!r} is malformed"
             lo = self.key.start + epoch * self.key.interval - TS_SLACK

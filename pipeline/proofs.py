@@ -14,14 +14,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import merkle
-from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
-from pipeline.hot.checkpoints import CheckpointStore
-from pipeline.hot.segment import list_segments, parse_segment_name
+from pipeline.format import merkle
+from pipeline.format.checkpoint import Checkpoint, CheckpointStore, NoteError, Verifier, open_checkpoint, split_note
+from pipeline.format.record import RecordError, parse_record
+from pipeline.format.segment import list_segments, parse_segment_name
 from pipeline.hot.tree import SegmentLeafSource, TreeStore, TreeStoreError
-from pipeline.record import RecordError, parse_record
 
 
 class ProveError(PipelineError, RuntimeError):

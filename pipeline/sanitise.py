@@ -34,9 +34,9 @@ from typing import Any
 
 import orjson
 
-from pipeline import strictjson
 from pipeline._accel import native as _native
 from pipeline.errors import PipelineError
+from pipeline.format import strictjson
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 DEFAULT_MAX_DEPTH = 64

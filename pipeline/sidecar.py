@@ -96,7 +96,7 @@ class Sidecar:
         shipper = self.shipper
         m.track(m.cold_lag_seconds, shipper.cold_lag)
         m.track(m.hot_disk_used_ratio, shipper.disk_used_ratio)
-        from pipeline.checkpoint import configured_signer
+        from pipeline.format.checkpoint import configured_signer
 
         # [signing] key_file, or PIPELINE_SIGNING_KEY (a Kubernetes secretKeyRef): docs/PROOFS.md
         signer = configured_signer(cfg.signing.key_file)

@@ -88,3 +88,17 @@ def moto_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+# Tests that need a server from outside PyPI carry its marker, derived from the fixtures they
+# use so that no test can forget it: `make test-fast` deselects them (a machine with only
+# Python), CI runs them all.
+_FIXTURE_MARKERS = {"azurite_connection_string": "azurite", "localstack_endpoint": "localstack"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in used:
+                item.add_marker(getattr(pytest.mark, marker))

@@ -3,7 +3,7 @@
 It imports nothing from ``pipeline`` (standard library only: ``json`` with hooks for the
 JSON profile of §1.1, ``hashlib`` for SHA-256 and the RFC 6962 tree), so that where it and
 ``pipeline verify`` agree, they agree because the document says one thing, not because
-they share code.  ``tests/test_independent_verifier.py`` runs both over valid streams and
+they share code.  ``tests/format/test_independent_verifier.py`` runs both over valid streams and
 over every ambiguous or tampered case.  Not covered: recovery records (§5), eviction.
 
 Run: ``python tests/independent_verifier.py <hot>/<stream>`` prints the findings as JSON.

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import _accel, merkle, sanitise, strictjson
+from pipeline import _accel, sanitise
+from pipeline.format import merkle, strictjson
 from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
@@ -47,7 +48,7 @@ def test_no_native_env_forces_pure_python() -> None:
     code = "from pipeline import _accel, merkle; print(_accel.native is None, merkle.CompactRange.__module__)"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PIPELINE_NO_NATIVE": "1"},
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "pipeline.merkle"]
+    assert out == ["True", "pipeline.format.merkle"]
 
 
 # --- CompactRange ---------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def _write(tmp: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool) -> list
     with monkeypatch.context() as m:
         if not use_native:
             m.setattr(writer_mod, "_native", None)
-            m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
+            m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
         # no time-window rotation: the fake clock's window is not the real one, and the
         # background thread would seal on its first tick
         log = HotLog(tmp, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
@@ -329,7 +330,7 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
         with monkeypatch.context() as m:
             if not use_native:
                 m.setattr(writer_mod, "_native", None)
-                m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
+                m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
             log = HotLog(d, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0,
                          immutable="off", clock=_Ticks())
             for i in range(400):
@@ -345,7 +346,7 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
 # --- the verifier's fast path ------------------------------------------------------------------
 
 from pipeline.verify import chain as chain_mod  # noqa: E402
-from tests.test_tamper import apply_mutation, build_random, events_st, mutation_st  # noqa: E402
+from tests.verify.test_tamper import apply_mutation, build_random, events_st, mutation_st  # noqa: E402
 
 
 def _report(d: Path, use_native: bool) -> Any:
@@ -422,7 +423,7 @@ def test_verify_fast_path_judges_forged_lines_like_python(picks: list[bytes], ki
 
 def _manifest_outcome(path: Path, use_native: bool, chunk: int | None = None) -> Any:
     from pipeline.cold import codec
-    from pipeline.hot import segment as segment_mod
+    from pipeline.format import segment as segment_mod
     from pipeline.record import RecordError
 
     with pytest.MonkeyPatch.context() as m:
@@ -499,7 +500,7 @@ def test_prepare_json_many_gives_the_python_results(raws: list[bytes], redact: b
         m.setattr(strictjson, "_native", None)
         slow = Sanitiser(redact=redact, max_event_bytes=max_bytes)
         reference = outcomes(slow, slow.prepare_json_many(raws))
-        one_by_one = []
+        one_by_one: list[Any] = []
         for raw in raws:
             try:
                 one_by_one.append(slow.prepare_json(raw))

@@ -175,7 +175,7 @@ def test_secret_keys_case_insensitive(key: str) -> None:
 
 
 def test_secret_keys_nested_and_in_lists() -> None:
-    event = {
+    event: dict[str, Any] = {
         "user": "alice",
         "req": {"headers": {"Authorization": "xyz", "Accept": "json"}},
         "items": [{"password": "p1"}, {"name": "n", "nested": [{"Secret": {"deep": "v"}}]}],

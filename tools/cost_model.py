@@ -6,7 +6,7 @@ and what they cost at list prices, kept for the retention period.
 
 Every number in docs/COSTS.md between the ``cost-model`` markers comes from here, so the
 tables can be regenerated when prices, the measured compression ratio or the defaults
-change; tests/test_cost_model.py checks cells of the document against this module.
+change; tests/infra/test_cost_model.py checks cells of the document against this module.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 #   tools/install-checkov.sh            # -> .tools/checkov-venv/bin/checkov
 #   CHECKOV_VENV=/opt/checkov tools/install-checkov.sh
 #
-# tests/test_terraform.py looks for checkov at $CHECKOV_BIN, then
+# tests/infra/test_terraform.py looks for checkov at $CHECKOV_BIN, then
 # .tools/checkov-venv/bin/checkov, then on PATH.
 set -euo pipefail
 

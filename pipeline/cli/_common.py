@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.hot.layout import hot_tier_problem, stream_dirs, stream_problem
+from pipeline.format.layout import hot_tier_problem, stream_dirs, stream_problem
 
 if TYPE_CHECKING:
     from pipeline.cold import ColdSettings, ColdStore
@@ -81,7 +81,7 @@ def streams_of(hot: Path, stream: str | None) -> list[str]:
 
 def check_hot(hot: Path, stream: str | None = None) -> str | None:
     """One line naming why ``hot`` (and ``stream``, when given) is not what a verb expects,
-    or None.  The rule itself lives in pipeline.hot.layout."""
+    or None.  The rule itself lives in pipeline.format.layout."""
     return hot_tier_problem(hot) or (stream_problem(hot, stream) if stream else None)
 
 

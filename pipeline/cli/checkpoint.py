@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb, refuse_wrong_hot
-from pipeline.hot.checkpoints import CheckpointStore
+from pipeline.format.checkpoint import CheckpointStore
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb, err
+from pipeline.format.record import validate_stream_name
 from pipeline.fss import DEFAULT_INTERVAL, FssError, FssSealer
-from pipeline.record import validate_stream_name
 
 
 def run(args: argparse.Namespace) -> int:

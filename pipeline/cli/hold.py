@@ -11,9 +11,9 @@ import sys
 
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading
-from pipeline.cold import segment_of_key, stream_prefix
 from pipeline.cold.errors import redact_endpoint
-from pipeline.hot.segment import parse_segment_name
+from pipeline.format.layout import segment_of_key, stream_prefix
+from pipeline.format.segment import parse_segment_name
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import Signer, write_key_pair
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb
+from pipeline.format.checkpoint import Signer, write_key_pair
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,10 +17,10 @@ import orjson
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_verb, err
 from pipeline.cli.verify import render
-from pipeline.hot import attr
-from pipeline.hot.segment import build_manifest, list_segments
+from pipeline.format import attr
+from pipeline.format.record import parse_record, validate_stream_name
+from pipeline.format.segment import build_manifest, list_segments
 from pipeline.hot.writer import HotLog, HotLogError
-from pipeline.record import parse_record, validate_stream_name
 from pipeline.verify.chain import verify_stream
 
 SAMPLE_EVENTS: list[dict[str, Any]] = [

@@ -18,9 +18,8 @@ from pathlib import Path
 from pipeline.cli import EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_retry_arg, add_verb, err, open_for_reading
 from pipeline.cli._progress import progress_bar
-from pipeline.verify.restore import HEAD_FILE as HEAD_FILE  # moved to the library; old import paths
 from pipeline.verify.restore import RestoredStream, RestoreFailed, restore_log
-from pipeline.verify.restore import head_from_seal as head_from_seal
+from pipeline.verify.restore import head_from_seal as head_from_seal  # moved to the library; old import paths
 from pipeline.verify.restore import restore_stream as restore_stream
 
 

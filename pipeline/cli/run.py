@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)  # a ConfigError is answered by the CLI (exit 2)
     config.require("cold.url")
-    from pipeline.checkpoint import NoteError, configured_signer
+    from pipeline.format.checkpoint import NoteError, configured_signer
 
     try:
         # the signing key exactly as the sidecar will load it: `--check` passes only what starts

@@ -12,10 +12,10 @@ import orjson
 from pipeline import _accel
 from pipeline.cli import EXIT_OK
 from pipeline.cli._common import add_hot_args, add_verb, refuse_wrong_hot, streams_of
-from pipeline.hot import attr
-from pipeline.hot.segment import list_segments
+from pipeline.format import attr
+from pipeline.format.layout import read_head_or_none
+from pipeline.format.segment import list_segments
 from pipeline.ship.ledger import ACTIVE_STATES, open_ledger_readonly
-from pipeline.verify.chain import read_head
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,13 +44,13 @@ def stream_status(hot: Any, name: str) -> dict[str, Any]:
             "append_only": bool(flags & attr.FS_APPEND_FL),
             "immutable": bool(flags & attr.FS_IMMUTABLE_FL),
         })
-    head = read_head(d) or {}
+    head = read_head_or_none(d)
     return {
         "stream": name,
         "segments": segs,
         "bytes": sum(s["bytes"] for s in segs),
         "sealed_segments": sum(1 for s in segs if s["immutable"]),
-        "next_seq_at_last_seal": head.get("next_seq"),
+        "next_seq_at_last_seal": head.next_seq if head is not None else None,
     }
 
 

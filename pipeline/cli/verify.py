@@ -13,7 +13,7 @@ import orjson
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_hot_args, add_verb, err, refuse_wrong_hot, streams_of
 from pipeline.cli._progress import Progress, progress_bar
-from pipeline.hot.segment import list_segments
+from pipeline.format.segment import list_segments
 from pipeline.verify.chain import StreamReport
 from pipeline.verify.hot import VerifyError as VerifyError  # the old import path
 from pipeline.verify.hot import check_fss as check_fss  # moved to the library; old import path

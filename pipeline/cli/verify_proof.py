@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import add_verb
+from pipeline.format.checkpoint import NoteError, load_verifiers
 from pipeline.proofs import verify_proof_document
 
 

@@ -13,14 +13,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from pipeline.checkpoint import NoteError, load_verifiers
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import DURATION_HELP, add_retry_arg, add_verb, duration, err, open_for_reading
 from pipeline.cli._progress import progress_bar
 from pipeline.cold import ColdSettings
 from pipeline.cold.errors import redact_endpoint
-from pipeline.hot.layout import hot_tier_problem
-from pipeline.record import validate_stream_name
+from pipeline.format.checkpoint import NoteError, load_verifiers
+from pipeline.format.layout import hot_tier_problem
+from pipeline.format.record import validate_stream_name
 from pipeline.ship.ledger import open_ledger_readonly
 from pipeline.verify.tier import TierOptions, parse_time, render, verify_tier
 

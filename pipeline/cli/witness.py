@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import NoteError, Verifier, load_signer
 from pipeline.cli import EXIT_ERROR, EXIT_OK
 from pipeline.cli._common import add_verb
+from pipeline.format.checkpoint import NoteError, Verifier, load_signer
 from pipeline.witness.server import Trust, WitnessState, make_server
 
 

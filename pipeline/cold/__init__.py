@@ -16,19 +16,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pipeline.cold.base import (
-    Capabilities,
-    ColdSettings,
-    ColdStore,
-    ObjectInfo,
-    ObjectStat,
-    PutResult,
-    VerifyResult,
-    manifest_from_metadata,
-    object_key,
-    segment_of_key,
-    stream_prefix,
-)
+from pipeline.cold.base import Capabilities, ColdSettings, ColdStore, ObjectInfo, ObjectStat, PutResult, VerifyResult
 from pipeline.cold.errors import (
     ColdConfigError,
     ColdError,
@@ -43,6 +31,7 @@ from pipeline.cold.errors import (
     url_has_credentials,
 )
 from pipeline.cold.tier import ColdTier, NewObject
+from pipeline.format.layout import manifest_from_metadata, object_key, segment_of_key, stream_prefix
 
 __all__ = [
     "Capabilities", "ColdConfigError", "ColdError", "ColdRequestError", "ColdSettings", "ColdStore", "ColdTier",

@@ -6,6 +6,13 @@ backend.  Every backend stores a sealed segment as ONE object, named
 stream's prefix returns its segments in seq order.  The segment manifest travels as
 object metadata (keys in ``METADATA_KEYS``), not as a second object: one PUT per
 segment, and a single HEAD returns everything normal verification needs.
+
+Object keys and metadata are part of the log's layout and live in
+``pipeline.format.layout``; the names re-exported here (``object_key``, ``stream_prefix``,
+``segment_of_key``, ``encode_metadata``, ``decode_metadata``, ``manifest_from_metadata``,
+``META_PREFIX``, ``METADATA_FORMAT``, ``METADATA_KEYS``, ``S3_METADATA_LIMIT``,
+``COMPRESSION_SUFFIX``, ``SegmentManifest``) are kept for one release: import them from
+``pipeline.format`` instead.
 """
 
 from __future__ import annotations
@@ -16,39 +23,21 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from pipeline.errors import PipelineError
-from pipeline.hot.segment import SegmentManifest, parse_segment_name
-from pipeline.record import validate_stream_name
+from pipeline.format.layout import COMPRESSION_SUFFIX as COMPRESSION_SUFFIX
+from pipeline.format.layout import META_PREFIX as META_PREFIX
+from pipeline.format.layout import METADATA_FORMAT as METADATA_FORMAT
+from pipeline.format.layout import METADATA_KEYS as METADATA_KEYS
+from pipeline.format.layout import S3_METADATA_LIMIT as S3_METADATA_LIMIT
+from pipeline.format.layout import decode_metadata as decode_metadata
+from pipeline.format.layout import encode_metadata as encode_metadata
+from pipeline.format.layout import manifest_from_metadata as manifest_from_metadata
+from pipeline.format.layout import object_key as object_key
+from pipeline.format.layout import segment_of_key as segment_of_key
+from pipeline.format.layout import stream_prefix as stream_prefix
+from pipeline.format.manifest import SegmentManifest as SegmentManifest
 
 Compression = Literal["none", "zstd"]
-COMPRESSION_SUFFIX = {"none": "", "zstd": ".zst"}
 MiB = 1 << 20
-
-# Metadata keys: lowercase, underscores only, so the same names are valid S3 user metadata
-# (x-amz-meta-*) and Azure metadata (which must be C# identifiers: no hyphens).
-META_PREFIX = "worm_"
-METADATA_FORMAT = "1"
-METADATA_KEYS = (
-    "format",
-    "stream",
-    "segment",
-    "first_seq",
-    "last_seq",
-    "records",
-    "size",  # uncompressed segment size
-    "sha256",  # uncompressed segment SHA-256 (hex)
-    "merkle_root",
-    "first_prev",
-    "last_hash",
-    "sealed",
-    "first_ts",
-    "last_ts",
-    "compression",
-    "stored_size",  # size of the stored (possibly compressed) bytes
-    "stored_sha256",  # SHA-256 (hex) of the stored bytes
-)
-# S3 limits user metadata to 2 KB (keys + values); the longest possible set here is ~1 KB.
-S3_METADATA_LIMIT = 2048
-
 
 @dataclass(frozen=True)
 class ColdSettings:
@@ -267,105 +256,6 @@ class ColdStore(Protocol):
     def key_for(self, stream: str, segment_name: str) -> str: ...
 
     def close(self) -> None: ...
-
-
-def object_key(prefix: str, stream: str, segment_name: str, compression: str) -> str:
-    validate_stream_name(stream)
-    if parse_segment_name(segment_name) is None:
-        raise ValueError(f"{segment_name!r} is not a segment file name")
-    base = f"{stream}/{segment_name}{COMPRESSION_SUFFIX[compression]}"
-    prefix = prefix.strip("/")
-    return f"{prefix}/{base}" if prefix else base
-
-
-def stream_prefix(prefix: str, stream: str) -> str:
-    validate_stream_name(stream)
-    prefix = prefix.strip("/")
-    return f"{prefix}/{stream}/" if prefix else f"{stream}/"
-
-
-def segment_of_key(key: str) -> tuple[str, str, str] | None:
-    """``(stream, segment_name, compression)`` for a cold object key, or None."""
-    parts = key.rsplit("/", 2)
-    if len(parts) < 2:
-        return None
-    stream, name = parts[-2], parts[-1]
-    compression = "none"
-    if name.endswith(".zst"):
-        name, compression = name[: -len(".zst")], "zstd"
-    if parse_segment_name(name) is None:
-        return None
-    return stream, name, compression
-
-
-def encode_metadata(
-    manifest: SegmentManifest,
-    compression: str,
-    stored_size: int,
-    stored_sha256: str,
-    stored_sha256_composite: str | None = None,
-) -> dict[str, str]:
-    values = {
-        "format": METADATA_FORMAT,
-        "stream": manifest.stream,
-        "segment": manifest.segment,
-        "first_seq": str(manifest.first_seq),
-        "last_seq": str(manifest.last_seq),
-        "records": str(manifest.records),
-        "size": str(manifest.size),
-        "sha256": manifest.sha256,
-        "merkle_root": manifest.merkle_root,
-        "first_prev": manifest.first_prev,
-        "last_hash": manifest.last_hash,
-        "sealed": "true" if manifest.sealed else "false",
-        "first_ts": manifest.first_ts,
-        "last_ts": manifest.last_ts,
-        "compression": compression,
-        "stored_size": str(stored_size),
-        "stored_sha256": stored_sha256,
-    }
-    out = {META_PREFIX + k: values[k] for k in METADATA_KEYS}
-    if stored_sha256_composite:
-        # Multipart S3 objects carry a checksum of the part checksums, not of the whole
-        # body; recording it lets a single HEAD verify them too.
-        out[META_PREFIX + "stored_sha256_composite"] = stored_sha256_composite
-    total = sum(len(k) + len(v) for k, v in out.items())
-    if total > S3_METADATA_LIMIT:  # only an absurd stream name could do this; refuse, do not truncate
-        raise ValueError(f"segment metadata is {total} bytes, over the 2 KB S3 limit")
-    return out
-
-
-def decode_metadata(raw: Mapping[str, str]) -> dict[str, str]:
-    """Our keys without the prefix.  Case-insensitive: some services lowercase metadata names."""
-    out: dict[str, str] = {}
-    for k, v in raw.items():
-        lk = k.lower()
-        if lk.startswith(META_PREFIX):
-            out[lk[len(META_PREFIX):]] = v
-    return out
-
-
-def manifest_from_metadata(meta: Mapping[str, str]) -> SegmentManifest:
-    """Rebuild a manifest from object metadata (for auditors without the hot copy)."""
-    m = decode_metadata(meta)
-    try:
-        return SegmentManifest(
-            stream=m["stream"],
-            segment=m["segment"],
-            first_seq=int(m["first_seq"]),
-            last_seq=int(m["last_seq"]),
-            records=int(m["records"]),
-            size=int(m["size"]),
-            sha256=m["sha256"],
-            merkle_root=m["merkle_root"],
-            first_prev=m["first_prev"],
-            last_hash=m["last_hash"],
-            sealed=m["sealed"] == "true",
-            first_ts=m["first_ts"],
-            last_ts=m["last_ts"],
-        )
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"object metadata does not describe a segment ({exc})") from exc
 
 
 def utcnow() -> dt.datetime:

@@ -11,9 +11,10 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult, manifest_from_metadata, segment_of_key
+from pipeline.cold.base import ColdSettings, ObjectStat, VerifyResult
 from pipeline.cold.errors import ObjectNotFoundError
-from pipeline.hot.segment import SegmentManifest
+from pipeline.format.layout import manifest_from_metadata, segment_of_key
+from pipeline.format.segment import SegmentManifest
 
 # For a standalone verification the required retain-until is derived from the object's
 # upload time; allow a day for clock skew and for services that round retention dates.

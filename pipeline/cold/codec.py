@@ -21,11 +21,11 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
-from pipeline import merkle
 from pipeline.cold.base import ColdSettings, ReadStream, VerifyResult
 from pipeline.cold.errors import SourceMismatchError
-from pipeline.hot.segment import SegmentManifest, fast_record_run, parse_segment_name
-from pipeline.record import Kind, RecordError, parse_record
+from pipeline.format import merkle
+from pipeline.format.record import Kind, RecordError, parse_record
+from pipeline.format.segment import SegmentManifest, fast_record_run, parse_segment_name
 
 CHUNK = 1 << 20
 # zstd level 3 on segments uses windows of a few MiB; refusing frames that ask for more

@@ -42,18 +42,12 @@ from pipeline.cold.errors import (
     ObjectNotFoundError,
 )
 from pipeline.cold.tier import ColdTier, NewObject
-from pipeline.hot import attr
+from pipeline.format import attr
+from pipeline.format.files import atomic_write, fsync_dir
+from pipeline.format.layout import COLD_HOLD_DIR, COLD_META_DIR
 
-META_DIR = ".meta"
-HOLD_DIR = ".holds"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+META_DIR = COLD_META_DIR  # names kept for old imports; the layout owns them
+HOLD_DIR = COLD_HOLD_DIR
 
 
 class FileStore(ColdTier):
@@ -135,7 +129,7 @@ class FileStore(ColdTier):
         meta_path.parent.mkdir(parents=True, exist_ok=True)
         # The metadata goes first (replaceable while the object does not exist), then the
         # object is linked into place: the link is the commit point and never replaces.
-        self._write_replace(meta_path, json.dumps(sidecar, sort_keys=True).encode())
+        atomic_write(meta_path, json.dumps(sidecar, sort_keys=True).encode(), mode=0o600)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out, body.open() as inp:
@@ -155,7 +149,7 @@ class FileStore(ColdTier):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         for p in (dest, meta_path):
             # capabilities() already said whether this works; verify reports the outcome
             with contextlib.suppress(OSError):
@@ -164,19 +158,6 @@ class FileStore(ColdTier):
             self.set_legal_hold(key, True)
         return True
 
-    @staticmethod
-    def _write_replace(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     # ---- read side ---------------------------------------------------------------------------
 

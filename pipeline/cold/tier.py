@@ -34,11 +34,8 @@ from pipeline.cold.base import (
     PutResult,
     ReadStream,
     VerifyResult,
-    encode_metadata,
     lock_state_expired,
-    object_key,
     required_retain_until,
-    segment_of_key,
 )
 from pipeline.cold.checks import evaluate_stat, start_verify
 from pipeline.cold.codec import PreparedBody, deep_check, hash_stream, prepare_body
@@ -51,7 +48,8 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
 )
 from pipeline.cold.retry import call_with_retry, error_code_and_status
-from pipeline.hot.segment import SegmentManifest
+from pipeline.format.layout import encode_metadata, object_key, segment_of_key
+from pipeline.format.segment import SegmentManifest
 
 T = TypeVar("T")
 

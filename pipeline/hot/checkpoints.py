@@ -1,12 +1,6 @@
 """Checkpoint emitter: signs the durable tree head on each seal and every interval, off the append path.
 
-Storage (``<stream_dir>/checkpoints/``):
-
-- ``latest.note``: the newest signed checkpoint (with any witness cosignatures), replaced
-  atomically (temp file, fsync, rename, directory fsync).
-- ``history.jsonl``: one line per checkpoint, appended and fsynced:
-  ``{"size":N,"root":"<hex>","time":<unix s>,"note":"<note text>"}``.  ``size`` comes first
-  so a checkpoint of one exact size is found by a byte search, without parsing the file.
+Storage (``<stream_dir>/checkpoints/``) is ``pipeline.format.checkpoint.CheckpointStore``.
 
 The emitter runs on its own thread.  The writer's seal listener only sets an event, so
 signing (and witness round trips) never delay an append.
@@ -14,25 +8,28 @@ signing (and witness round trips) never delay an append.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.checkpoint import Checkpoint, NoteError, Signer, Verifier, add_signature_lines, open_checkpoint
+from pipeline.format.checkpoint import (
+    Checkpoint,
+    NoteError,
+    Signer,
+    Verifier,
+    add_signature_lines,
+    open_checkpoint,
+)
+from pipeline.format.checkpoint import CheckpointStore as CheckpointStore  # re-exported for old imports
+from pipeline.format.layout import CHECKPOINT_DIR as CHECKPOINT_DIR
+from pipeline.format.layout import CHECKPOINT_LATEST as LATEST
 from pipeline.hot.tree import TreeStore
 from pipeline.witness import Witness, WitnessError
-from pipeline.witness._common import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 60.0
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest.note"
-HISTORY = "history.jsonl"
 
 
 class HotLogLike(Protocol):
@@ -41,57 +38,6 @@ class HotLogLike(Protocol):
     def add_seal_listener(self, fn: Any) -> None: ...
 
     def durable_tree_head(self) -> tuple[int, bytes]: ...
-
-
-class CheckpointStore:
-    def __init__(self, stream_dir: Path) -> None:
-        self.dir = Path(stream_dir) / CHECKPOINT_DIR
-
-    def save(self, checkpoint: Checkpoint, note: bytes) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        entry = json.dumps({"size": checkpoint.size, "root": checkpoint.root.hex(), "time": int(time.time()),
-                            "note": note.decode()}, separators=(",", ":"))
-        new = not (self.dir / HISTORY).exists()
-        fd = os.open(self.dir / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, entry.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if new:
-            fsync_dir(self.dir)
-        atomic_write(self.dir / LATEST, note)
-
-    def update_latest(self, note: bytes) -> None:
-        """Replace latest.note with the same checkpoint carrying more (co)signatures."""
-        atomic_write(self.dir / LATEST, note)
-
-    def latest(self) -> bytes | None:
-        try:
-            return (self.dir / LATEST).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def by_size(self, size: int) -> bytes | None:
-        """The last stored checkpoint of exactly ``size`` leaves, or None."""
-        try:
-            data = (self.dir / HISTORY).read_bytes()
-        except FileNotFoundError:
-            return None
-        i = data.rfind(b'{"size":%d,' % size)
-        if i < 0:
-            return None
-        end = data.find(b"\n", i)
-        entry = json.loads(data[i : end if end >= 0 else len(data)])
-        note: str = entry["note"]
-        return note.encode()
-
-    def sizes(self) -> list[int]:
-        try:
-            lines = (self.dir / HISTORY).read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        return [int(json.loads(ln)["size"]) for ln in lines if ln.strip()]
 
 
 def default_origin(stream: str, prefix: str | None = None) -> str:

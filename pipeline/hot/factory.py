@@ -31,8 +31,8 @@ def open_hotlog(
     None), the tile store unless ``proofs`` is off, and any further ``HotLog`` keyword
     arguments (``sanitiser``, ``clock``, ...) passed through.  Keyword arguments naming an
     option override ``options`` (the older calling convention)."""
+    from pipeline.format.record import validate_stream_name
     from pipeline.hot.tree import TreeStore
-    from pipeline.record import validate_stream_name
 
     opts = options or DEFAULTS
     option_names = set(opts.writer_kwargs()) | {"proofs"}

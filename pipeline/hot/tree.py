@@ -30,10 +30,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pipeline import _accel, merkle
+from pipeline import _accel
 from pipeline._accel import native as _native
 from pipeline.errors import PipelineError
-from pipeline.hot.segment import list_segments, parse_segment_name
+from pipeline.format import merkle
+from pipeline.format.layout import TREE_DIR
+from pipeline.format.segment import list_segments, parse_segment_name
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -210,7 +212,7 @@ class TreeStore:
         readonly: bool = False,
     ) -> None:
         self.stream_dir = Path(stream_dir)
-        self.dir = self.stream_dir / "tree"
+        self.dir = self.stream_dir / TREE_DIR
         # readonly: a reader (prove CLI, verifier) beside a live writer never repairs files
         self.readonly = readonly
         if not readonly:

@@ -25,8 +25,8 @@ a torn tail, continuing from the newer of head.json and the newest seal on disk 
 
 from __future__ import annotations
 
-import calendar
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -41,22 +41,34 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from pipeline import _accel, merkle
+from pipeline import _accel
 from pipeline._accel import native as _native
 from pipeline.errors import PipelineError
-from pipeline.hot import attr
-from pipeline.hot.options import DEFAULTS, LogOptions
-from pipeline.hot.options import DURABILITY_MODES as DURABILITY_MODES  # re-exported for old imports
-from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line, segment_name
-from pipeline.record import (
+from pipeline.format import attr, merkle
+from pipeline.format.files import fsync_dir as _fsync_dir
+from pipeline.format.layout import HEAD_FILE as HEAD_FILE  # re-exported for old imports
+from pipeline.format.layout import LOCK_FILE as LOCK_FILE  # re-exported for old imports
+from pipeline.format.layout import HeadError, StreamHead, read_head, write_head
+from pipeline.format.record import (
     GENESIS_HASH,
     Kind,
     RecordError,
     UtcClock,
     encode_record,
     parse_record,
+    ts_epoch,
     validate_stream_name,
 )
+from pipeline.format.segment import (
+    iter_lines,
+    list_segments,
+    parse_segment_name,
+    read_last_line,
+    segment_name,
+)
+from pipeline.format.segment import read_first_record as read_first_record  # re-exported for old imports
+from pipeline.hot.options import DEFAULTS, LogOptions
+from pipeline.hot.options import DURABILITY_MODES as DURABILITY_MODES  # re-exported for old imports
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
 
 # The defaults live in LogOptions (pipeline/hot/options.py); these names stay for old imports.
@@ -64,8 +76,6 @@ DEFAULT_SEGMENT_WINDOW = DEFAULTS.segment_window
 DEFAULT_SEGMENT_MAX_BYTES = DEFAULTS.segment_max_bytes
 DEFAULT_HEARTBEAT_INTERVAL = DEFAULTS.heartbeat_interval
 DEFAULT_GROUP_INTERVAL = DEFAULTS.group_interval
-HEAD_FILE = "head.json"
-LOCK_FILE = "LOCK"
 _KIND_BYTES = {k.value: k.value.encode() for k in Kind}
 _EVENT = Kind.EVENT.value  # a plain str: Enum.value is a Python-level property
 _NO_LIMIT = 1 << 62
@@ -192,7 +202,7 @@ def _window_of(epoch_s: float, window: float) -> int:
 
 def _ts_to_epoch(ts: str) -> float:
     try:
-        return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
+        return ts_epoch(ts)
     except ValueError:  # a well-formed but impossible time (only a forged record has one)
         return time.time()
 
@@ -230,14 +240,6 @@ def _write_chunks(fd: int, chunks: list[bytes]) -> None:
                 continue
             _write_all(fd, memoryview(chunk)[written:])
             written = 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _ChainStateLike(Protocol):
@@ -1024,35 +1026,21 @@ class HotLog:
             self._tree_broken = True
             logging.getLogger("pipeline.hot").error("Merkle tile store disabled until restart: %s", exc)
 
-    def _head_dict(self, at: _Anchor, *, segment: _Segment | None = None, clean: bool = False) -> dict[str, Any]:
+    def _head_dict(self, at: _Anchor, *, segment: _Segment | None = None, clean: bool = False) -> StreamHead:
         """The stream head (docs/FORMAT.md §6): the chain state ``at`` a seq, plus where the
         segment that continues from there starts when it is already open (a clean close)."""
-        head: dict[str, Any] = {
-            "stream": self.stream,
-            "next_seq": at.next_seq,
-            "last_hash": at.prev.decode(),
-            "tree_size": at.cr_size,
-            "frontier": [h.hex() for h in at.stack],
-        }
+        head = StreamHead(self.stream, at.next_seq, at.prev.decode(), at.cr_size, tuple(at.stack),
+                          closed_cleanly=clean)
         if segment is not None:
-            head["segment"] = segment.name
-            head["segment_first_seq"] = segment.first_seq
-            head["segment_first_prev"] = segment.first_prev.decode()
-            head["segment_start_frontier"] = [h.hex() for h in segment.start_frontier]
-        if clean:
-            head["closed_cleanly"] = True
+            head = dataclasses.replace(head, segment=segment.name, segment_first_seq=segment.first_seq,
+                                       segment_first_prev=segment.first_prev.decode(),
+                                       segment_start_frontier=tuple(segment.start_frontier))
         return head
 
-    def _store_head(self, head: dict[str, Any]) -> None:
-        tmp = self.dir / f".{HEAD_FILE}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps(head))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / HEAD_FILE)
-        _fsync_dir(self.dir)
+    def _store_head(self, head: StreamHead) -> None:
+        write_head(self.dir, head)
 
-    def _store_head_quietly(self, head: dict[str, Any]) -> bool:
+    def _store_head_quietly(self, head: StreamHead) -> bool:
         """Store the head; on failure (a full disk) log it and go on: until a later head is
         written the shipper evicts nothing past the old one, which is safe."""
         try:
@@ -1303,20 +1291,12 @@ class HotLog:
             return i, _Anchor(rec.seq + 1, rec.hash.encode(), cr.size, cr.stack)
         return -1, None
 
-    def _head_anchor(self, head: dict[str, Any] | None) -> _Anchor | None:
+    def _head_anchor(self, head: StreamHead | None) -> _Anchor | None:
         """Where head.json says the newest segment starts (docs/FORMAT.md §6)."""
         if head is None:
             return None
-        try:
-            if "segment_first_seq" in head:
-                first = int(head["segment_first_seq"])
-                return _Anchor(first, str(head["segment_first_prev"]).encode(), first,
-                               [bytes.fromhex(h) for h in head["segment_start_frontier"]])
-            return _Anchor(int(head["next_seq"]), str(head["last_hash"]).encode(), int(head["tree_size"]),
-                           [bytes.fromhex(h) for h in head["frontier"]])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HotLogError(f"{self.dir / HEAD_FILE} is malformed ({exc}): cannot tell where the chain "
-                              "continues") from exc
+        seq, prev, size, frontier = head.anchor()
+        return _Anchor(seq, prev.encode(), size, list(frontier))
 
     def _recover(self) -> None:
         """Rebuild the chain state from disk; explain or continue an unclean tail.
@@ -1332,8 +1312,8 @@ class HotLog:
         head_anchor = self._head_anchor(head)
         after_seal = segments[seal_idx + 1:]
         firsts = [(parse_segment_name(p.name) or (0, 0))[0] for p in after_seal]
-        if head_anchor is not None and head is not None and head.get("closed_cleanly") \
-                and "segment_first_seq" not in head and any(f < head_anchor.next_seq for f in firsts):
+        if head_anchor is not None and head is not None and head.closed_cleanly \
+                and head.segment_first_seq is None and any(f < head_anchor.next_seq for f in firsts):
             # written by an older version at a clean close: its next_seq may lie inside the
             # open segment, which is on disk and is replayed instead
             head_anchor = None
@@ -1360,9 +1340,9 @@ class HotLog:
                 raise HotLogError(
                     f"stream {self.stream!r} in {self.hot_dir}: {tail[0].name} starts at seq {first} but {where}: "
                     "refusing to guess the chain; restore the missing segments")
-        if head is not None and head.get("closed_cleanly"):
+        if head is not None and head.closed_cleanly:
             # the flag holds only while no writer has the stream open (docs/FORMAT.md §6)
-            self._store_head_quietly({k: v for k, v in head.items() if k != "closed_cleanly"})
+            self._store_head_quietly(dataclasses.replace(head, closed_cleanly=False))
         if not tail:
             self._sync_tree_store(segments)
             return
@@ -1409,8 +1389,8 @@ class HotLog:
                                  start_frontier=seg_start_frontier, size=valid_bytes, count=count, cr=seg_cr,
                                  dir_synced=True, append_only=ao, first_prev=seg_start_prev)
             self.append_only_active = ao
-            if head is not None and head.get("closed_cleanly") and head.get("next_seq") == self._seq \
-                    and str(head.get("last_hash")).encode() == self._prev:
+            if head is not None and head.closed_cleanly and head.next_seq == self._seq \
+                    and head.last_hash.encode() == self._prev:
                 return  # closed cleanly: nothing to explain
             ts = self._now()
             line, digest = encode_record(self._stream_b, self._seq, ts, Kind.RECOVERY.value, self._prev,
@@ -1495,15 +1475,11 @@ class HotLog:
                 tree.append(batch)
             tree.sync()
 
-    def _read_head(self) -> dict[str, Any] | None:
+    def _read_head(self) -> StreamHead | None:
         try:
-            with open(self.dir / HEAD_FILE, "rb") as f:
-                head = orjson.loads(f.read())
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise HotLogError(f"cannot read {self.dir / HEAD_FILE}: {exc}") from exc
-        return head if isinstance(head, dict) else None
+            return read_head(self.dir)
+        except HeadError as exc:
+            raise HotLogError(f"{exc}: cannot tell where the chain continues") from exc
 
     # ------------------------------------------------------------------ background
 
@@ -1596,13 +1572,3 @@ class HotLog:
             self._seal_key_tick_failed = True
         else:
             self._seal_key_tick_failed = False
-
-
-def read_first_record(path: Path) -> Any:
-    """The first record of a segment, or None if its first line is not a valid record."""
-    for _off, line in iter_lines(path):
-        try:
-            return parse_record(line)
-        except RecordError:
-            return None
-    return None

@@ -23,16 +23,18 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, decode_content, framing_for
 
 if TYPE_CHECKING:
     from pipeline.ingest.server import IngestServer, RequestResult
 
-__all__ = ["EVENTS_PATH", "HttpFront"]
+__all__ = ["EVENTS_PATH", "LOGS_PATH", "HttpFront"]
 
 log = logging.getLogger("pipeline.ingest.http")
 
 EVENTS_PATH = "/v1/events"
+LOGS_PATH = otlp.LOGS_PATH  # OTLP/HTTP logs (docs/INGEST.md §5)
 BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 IDLE_TIMEOUT = 60.0  # an idle keep-alive connection is closed after this long
 _SWEEP_INTERVAL = 0.5
@@ -96,7 +98,11 @@ class _Server(web.Server):
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    resp = web.Response(status=status, body=orjson.dumps(body) + b"\n", content_type="application/json")
+    return _raw(status, orjson.dumps(body) + b"\n", "application/json", headers)
+
+
+def _raw(status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
+    resp = web.Response(status=status, body=data, content_type=content_type)
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Server"] = _SERVER_NAME
     for k, v in (headers or {}).items():
@@ -294,13 +300,14 @@ class HttpFront:
         try:
             resp = await self._dispatch(request, started + self.ingest.request_timeout)
         except TimeoutError:
-            resp = _json(408, {"error": f"request not received within {self.ingest.request_timeout:g} s"})
+            resp = self._answer(request, 408, {
+                "error": f"request not received within {self.ingest.request_timeout:g} s"})
             resp.force_close()
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("ingest: HTTP request failed")
-            resp = _json(500, {"error": "internal error; nothing from this request was stored"})
+            resp = self._answer(request, 500, {"error": "internal error; nothing from this request was stored"})
             resp.force_close()
         finally:
             conn.in_handler = conn.working = False
@@ -308,16 +315,17 @@ class HttpFront:
             conn.last_active = time.monotonic()
         metrics = self.ingest.metrics
         if metrics is not None and not resp.prepared:
-            metrics.observe_request("http", str(resp.status))
+            metrics.observe_request(_transport(request), str(resp.status))
         return resp
 
     async def _dispatch(self, request: web.BaseRequest, deadline: float) -> web.StreamResponse:
         ingest = self.ingest
         if request.version < (1, 0):  # HTTP/0.9 has no headers: nothing here can be checked
             return _closing(_json(400, {"error": "bad request: HTTP/1.0 or HTTP/1.1 required"}))
-        if request.path != EVENTS_PATH:
+        if request.path not in (EVENTS_PATH, LOGS_PATH):
             return await self._refuse(request, deadline, 404,
-                                      {"error": f"no such path, events go to POST {EVENTS_PATH}"})
+                                      {"error": f"no such path, events go to POST {EVENTS_PATH} "
+                                                f"(OTLP log records to POST {LOGS_PATH})"})
         if request.method != "POST":
             return await self._refuse(request, deadline, 405,
                                       {"error": "method not allowed, use POST"}, {"Allow": "POST"})
@@ -339,11 +347,13 @@ class HttpFront:
         if length is not None and length > limit:
             return await self._refuse(request, deadline, 413, {
                 "error": f"request body of {length} bytes is over the limit of {limit}"}, close=True)
-        framing = framing_for(request.headers.get("Content-Type"))
+        framing = self._framing(request)
         if framing is None:
-            return await self._refuse(request, deadline, 415, {
-                "error": "unsupported Content-Type: send application/x-ndjson, application/json, "
-                         "application/json-seq or application/x-www-form-urlencoded"})
+            return await self._refuse(request, deadline, 415, {"error": (
+                "unsupported Content-Type: OTLP log records are application/x-protobuf or application/json"
+                if request.path == LOGS_PATH else
+                "unsupported Content-Type: send application/x-ndjson, application/json, "
+                "application/json-seq or application/x-www-form-urlencoded")})
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _ENCODINGS:
             return await self._refuse(request, deadline, 415, {
@@ -363,9 +373,11 @@ class HttpFront:
             async with asyncio.timeout_at(_loop_deadline(deadline)):
                 body = await _read_body(request, limit)
             if body is None:
-                return _closing(_json(413, {"error": f"request body is over the limit of {limit} bytes"}))
+                return _closing(self._answer(request, 413, {
+                    "error": f"request body is over the limit of {limit} bytes"}))
             if not ingest._enter():
-                return _closing(_json(503, {"error": "stopping: the sidecar is shutting down"}, {"Retry-After": "5"}))
+                return _closing(self._answer(request, 503, {"error": "stopping: the sidecar is shutting down"},
+                                             {"Retry-After": "5"}))
             try:
                 holder = [body]
                 del body
@@ -374,10 +386,10 @@ class HttpFront:
                 assert isinstance(conn, _Conn)
                 conn.working = True
                 result = await loop.run_in_executor(self._pool, self._work, holder, encoding, framing)
-                resp = _json(result.status, result.body, result.headers)
+                resp = self._result(request, framing, result)
                 # the answer goes out before the batch counts as finished: stop() waits for it
                 if ingest.metrics is not None:
-                    ingest.metrics.observe_request("http", str(result.status))
+                    ingest.metrics.observe_request(_transport(request), str(resp.status))
                 await resp.prepare(request)
                 await resp.write_eof()
                 return resp
@@ -391,9 +403,33 @@ class HttpFront:
 
         try:
             holder.append(decode_content(holder.pop(), encoding, self.ingest.max_request_bytes))
+            # OTLP: the records that pass are stored and the refused ones counted in the
+            # answer (partial_success), which OTLP senders read; NDJSON requests are atomic
+            return self.ingest.ingest_body(holder, framing, partial=framing in otlp.CONTENT_TYPES)
         except BodyError as exc:
             return RequestResult(exc.status, {"error": exc.message, "accepted": 0})
-        return self.ingest.ingest_body(holder, framing)
+
+    @staticmethod
+    def _framing(request: web.BaseRequest) -> str | None:
+        if request.path == LOGS_PATH:
+            return otlp.framing_for(request.headers.get("Content-Type"))
+        return framing_for(request.headers.get("Content-Type"))
+
+    def _answer(self, request: web.BaseRequest, status: int, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> web.Response:
+        """An answer that stores nothing: JSON, or for OTLP a google.rpc.Status encoded
+        like the request (OTLP/HTTP: "the same Content-Type in the response")."""
+        if request.path != LOGS_PATH:
+            return _json(status, body, headers)
+        data, ctype = otlp.error_answer(status, str(body.get("error", "")), self._framing(request))
+        return _raw(status, data, ctype, headers)
+
+    @staticmethod
+    def _result(request: web.BaseRequest, framing: str, result: RequestResult) -> web.Response:
+        if framing not in otlp.CONTENT_TYPES:
+            return _json(result.status, result.body, result.headers)
+        status, data, ctype, headers = otlp.answer(result, framing)
+        return _raw(status, data, ctype, headers)
 
     @staticmethod
     async def _continue(request: web.BaseRequest) -> None:
@@ -408,7 +444,7 @@ class HttpFront:
         that the client is not reset while it still sends: all of it (up to the limit)
         when the connection stays open, a bounded amount before closing.  A client that
         waits for ``100 Continue`` has sent nothing, so nothing is read."""
-        resp = _json(status, body, headers)
+        resp = self._answer(request, status, body, headers)
         expecting = request.headers.get("Expect", "").lower() == "100-continue"
         if expecting or not request.can_read_body:
             if close or expecting:
@@ -445,6 +481,11 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytearray | None:
     if length is not None and len(body) != length:
         raise ConnectionResetError("the client sent less than its Content-Length")
     return body
+
+
+def _transport(request: web.BaseRequest) -> str:
+    """The ``transport`` label of ``worm_ingest_requests_total``."""
+    return "otlp" if request.path == LOGS_PATH else "http"
 
 
 def _abort(transport: asyncio.BaseTransport) -> None:

@@ -34,13 +34,14 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+from pipeline.ingest import otlp
 from pipeline.ingest.body import FramingError, iter_events
 from pipeline.sanitise import InvalidEvent, Sanitiser, sanitiser_of
 
@@ -107,6 +108,7 @@ class RequestResult:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    no_events: bool = False  # the body held no event at all (OTLP answers that with success)
 
 
 def _ok(receipt: Any) -> bytes:
@@ -324,19 +326,24 @@ class IngestServer:
             if self._inflight == 0:
                 self._idle.notify_all()
 
-    def _prepare(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
+    def _prepare(self, raws: list[bytes | InvalidEvent]) -> list[bytes | InvalidEvent]:
         """The log's sanitiser on each raw JSON text, plus ingest's own ``max_event_bytes``.
+        An item that is already an InvalidEvent (a decoder refused it: an OTLP record with
+        a repeated attribute key) stays refused.
 
         Parsing an event costs up to ~25x its text in Python objects for pathological
         shapes (a list of a million one-character strings): chunks holding a big event are
         sanitised one at a time in the process, so that concurrent requests cannot
         multiply that cost."""
-        if any(len(r) > _BIG_EVENT for r in raws):
+        if any(type(r) is not bytes for r in raws):
+            done = iter(self._prepare([r for r in raws if type(r) is bytes]))
+            return [next(done) if type(r) is bytes else r for r in raws]
+        if any(len(r) > _BIG_EVENT for r in raws):  # type: ignore[arg-type]
             with _big_events:
                 return self._prepare_unlocked(raws)
         return self._prepare_unlocked(raws)
 
-    def _prepare_unlocked(self, raws: list[bytes]) -> list[bytes | InvalidEvent]:
+    def _prepare_unlocked(self, raws: list[Any]) -> list[bytes | InvalidEvent]:
         limit = self.max_event_bytes
         out: list[bytes | InvalidEvent] = []
         short = [r for r in raws if len(r) <= 2 * limit]
@@ -449,51 +456,66 @@ class IngestServer:
 
     # ------------------------------------------------------------------ one HTTP request
 
-    def ingest_body(self, holder: list[bytes], framing: str) -> RequestResult:
+    def ingest_body(self, holder: list[bytes], framing: str, *, partial: bool = False) -> RequestResult:
         """Store every event of one decoded request body, or none (docs/INGEST.md).
+
+        ``partial`` (OTLP, whose answer can say how many records were refused): store the
+        events that pass and answer 200 with the refusals listed; only when none passes is
+        nothing stored (422).  Either way the stored events are all durable or the answer
+        is 503.
 
         ``holder`` is a one-item list with the body: it is emptied as soon as the events
         are validated, so that the body's memory is released before the events are
         appended.  Blocking (appends and the wait for durability): call it off the event
-        loop, between ``_enter()`` and ``_leave()``."""
+        loop, between ``_enter()`` and ``_leave()``.  Raises BodyError when an OTLP
+        request cannot be decoded (nothing stored)."""
         body = holder.pop()
         packed = bytearray()  # every validated event, each followed by "\n" (never inside one)
         count = 0
         refused = _Refusals()
-        partial = False  # validation stopped early: more events may be refused than listed
+        stopped = False  # validation stopped early: more events may be refused than listed
         try:
             max_line = 2 * min(self.max_event_bytes, self.sanitiser.max_event_bytes)
-            for chunk in iter_events(body, framing, max_line):
+            for chunk in self._chunks(body, framing, max_line):
                 checked = self._prepare([raw for _n, raw in chunk])
                 for (n, _raw), data in zip(chunk, checked, strict=True):
                     if isinstance(data, InvalidEvent):
                         refused.add(n, data.reason, data.detail)
-                    elif not refused.count:  # once one is refused nothing will be stored
+                    elif partial or not refused.count:  # atomic: once one is refused nothing is stored
                         packed += data
                         packed += b"\n"
                         count += 1
                 del checked, chunk
-                if refused.count >= MAX_LISTED_ERRORS:
+                if refused.count >= MAX_LISTED_ERRORS and not partial:
                     # nothing will be stored: enough to tell the sender what to fix, without
                     # spending CPU on every line of a body of garbage
-                    partial = True
+                    stopped = True
                     break
         except FramingError as exc:
             refused.add(exc.event, exc.reason, exc.detail)
+            partial = False  # what follows the break cannot be delimited: refuse the request
         del body
         if self.metrics is not None:
             for reason, k in refused.by_reason.items():
                 self.metrics.observe_rejected(reason, k)
-        if refused.count:
+        if refused.count and (not partial or not count):
             return RequestResult(422, {
                 "error": f"{refused.count} event(s) refused; nothing from this request was stored "
                          "(fix or drop the refused events and send the others again)",
                 "accepted": 0, "rejected": refused.count, "reasons": refused.by_reason,
-                "errors": refused.listed, "checked_all": not partial})
+                "errors": refused.listed, "checked_all": not stopped})
         if not count:
             return RequestResult(400, {"error": "no events in the request body; nothing was stored",
-                                       "accepted": 0})
-        return self._store_packed(packed, count)
+                                       "accepted": 0}, no_events=True)
+        result = self._store_packed(packed, count)
+        if refused.count and result.status == 200:
+            result.body.update({"rejected": refused.count, "reasons": refused.by_reason, "errors": refused.listed})
+        return result
+
+    def _chunks(self, body: bytes, framing: str, max_line: int) -> Iterator[list[tuple[int, Any]]]:
+        if framing in (otlp.PROTOBUF, otlp.JSON):
+            return otlp.iter_events(body, framing, max_line, otlp.EXPANSION * self.max_request_bytes)
+        return iter_events(body, framing, max_line)
 
     def _store_packed(self, packed: bytearray, count: int) -> RequestResult:
         first: Any = None

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import PipelineError
-from pipeline.hot.segment import parse_segment_name
+from pipeline.format.layout import LEDGER_DIR as LEDGER_DIR  # the layout owns the names
+from pipeline.format.layout import LEDGER_FILE as LEDGER_FILE
+from pipeline.format.layout import ledger_path, parse_segment_name
 
 log = logging.getLogger("pipeline.ship.ledger")
 
@@ -43,8 +45,6 @@ T = TypeVar("T")
 
 STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
 ACTIVE_STATES = ("sealed", "uploading", "uploaded", "verified")
-LEDGER_DIR = ".ship"
-LEDGER_FILE = "ledger.sqlite"
 # Free pages kept in the database file: ~1.5 KB of ledger growth per segment, so thousands
 # of segments can be confirmed and evicted on a full disk.
 DEFAULT_RESERVE_BYTES = 4 << 20
@@ -153,7 +153,7 @@ class Ledger:
     shipper reports it in ``/readyz`` and logs it once)."""
 
     def __init__(self, hot_dir: str | Path, *, reserve_bytes: int | None = None) -> None:
-        self.path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
+        self.path = ledger_path(hot_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.reserve_bytes = default_reserve(self.path.parent) if reserve_bytes is None else max(0, reserve_bytes)
         self.write_error: str | None = None
@@ -370,7 +370,7 @@ def _entry(row: sqlite3.Row) -> Entry:
 
 
 def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
-    path = Path(hot_dir) / LEDGER_DIR / LEDGER_FILE
+    path = ledger_path(hot_dir)
     if not path.exists():
         return None
     return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper tops the reserve up)

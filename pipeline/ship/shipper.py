@@ -45,17 +45,18 @@ from pipeline.cold.errors import (
     WormNotEnforcedError,
 )
 from pipeline.cold.retry import Deadline, bounded_by
-from pipeline.hot import attr
-from pipeline.hot.segment import (
+from pipeline.format import attr
+from pipeline.format.layout import read_head_or_none
+from pipeline.format.record import Kind, RecordError, parse_record
+from pipeline.format.segment import (
     SegmentManifest,
     build_manifest,
     list_segments,
     list_streams,
     parse_segment_name,
+    read_first_record,
     read_last_line,
 )
-from pipeline.hot.writer import read_first_record
-from pipeline.record import Kind, RecordError, parse_record
 from pipeline.ship.ledger import ACTIVE_STATES, Entry, Ledger, StateConflict
 
 log = logging.getLogger("pipeline.ship")
@@ -189,13 +190,8 @@ def chain_prev_at(segs: list[Path], i: int) -> str | None:
 def head_anchor_seq(stream_dir: Path) -> int | None:
     """The seq where head.json says the newest segment starts (docs/FORMAT.md §6), or None
     without a readable head."""
-    from pipeline.verify.chain import read_head
-
-    head = read_head(stream_dir)
-    if head is None:
-        return None
-    at = head.get("segment_first_seq", head.get("next_seq"))
-    return at if isinstance(at, int) else None
+    head = read_head_or_none(stream_dir)
+    return head.anchor_seq if head is not None else None
 
 
 def is_sealed_file(path: Path) -> bool:

@@ -25,13 +25,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from pipeline import merkle
 from pipeline._accel import native as _native
 from pipeline.findings import LEGACY_VERIFY_REASON, REGISTRY, Finding, codes, has_errors
-from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
-from pipeline.record import GENESIS_HASH, HEX64_RE, Kind, Record, RecordError, parse_fields, parse_record
+from pipeline.format import merkle
+from pipeline.format.layout import StreamHead, read_head_or_none
+from pipeline.format.record import (
+    GENESIS_HASH,
+    HEX64_RE,
+    Kind,
+    Record,
+    RecordError,
+    parse_fields,
+    parse_record,
+    ts_epoch,
+)
+from pipeline.format.segment import iter_lines, list_segments, parse_segment_name, read_last_line
 
 _LEAF0 = hashlib.sha256(b"\x00")  # RFC 6962 leaf prefix, copied per leaf
 
@@ -78,25 +86,6 @@ class SegmentScan:
     @property
     def ok(self) -> bool:
         return not self.findings
-
-
-_TS_CACHE: dict[str, float] = {}
-
-
-def _ts_seconds(ts: str) -> float:
-    """YYYY-MM-DDTHH:MM:SS.ffffffZ -> epoch seconds.  Records of one second share the
-    prefix, so the slow calendar conversion runs about once per second of log."""
-    prefix = ts[:19]
-    base = _TS_CACHE.get(prefix)
-    if base is None:
-        import calendar
-        import time
-
-        base = float(calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S")))
-        if len(_TS_CACHE) > 4096:
-            _TS_CACHE.clear()
-        _TS_CACHE[prefix] = base
-    return base + int(ts[20:26]) / 1e6
 
 
 def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
@@ -173,7 +162,7 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
                 stop = True
                 return
         try:
-            t = _ts_seconds(r_ts)
+            t = ts_epoch(r_ts)
         except ValueError:
             add("bad-field", f"ts {r_ts!r} is not a valid UTC time (line at offset {offset})", r_seq, offset)
             stop = True
@@ -428,7 +417,7 @@ def _torn_region(path: str, start: int) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None = None,
+def stitch(stream: str, scans: list[SegmentScan], *, head: StreamHead | None = None,
            start_seq: int = 0, start_hash: str | None = None) -> StreamReport:
     """Connect per-segment scans into a verdict on the whole stream.
 
@@ -524,14 +513,13 @@ def stitch(stream: str, scans: list[SegmentScan], *, head: dict[str, Any] | None
         rep.findings.append(Finding.of("truncated", stream, s.name,
                                     f"{s.name} ends without a seal at offset {s.valid_bytes} and no recovery record "
                                     "explains it", s.last_seq, s.valid_bytes))
-    if head is not None and isinstance(head.get("next_seq"), int):
+    if head is not None:
         have = (rep.last_seq + 1) if rep.last_seq is not None else start_seq
-        if head["next_seq"] > have:
+        if head.next_seq > have:
             rep.findings.append(Finding.of("missing-tail", stream, scans[-1].name if scans else "",
-                                        f"the stream head records seq {head['next_seq'] - 1} as written but the "
+                                           f"the stream head records seq {head.next_seq - 1} as written but the "
                                         f"segments end at seq {have - 1}", have, None))
-        elif head["next_seq"] == have and rep.last_hash is not None and isinstance(head.get("last_hash"), str) \
-                and head["last_hash"] != rep.last_hash:
+        elif head.next_seq == have and rep.last_hash is not None and head.last_hash != rep.last_hash:
             # nothing links to the newest record but the head: without this check the last
             # record could be edited and its hash recomputed unnoticed
             rep.findings.append(Finding.of("broken-link", stream, scans[-1].name if scans else "",
@@ -632,16 +620,6 @@ def _recovery_continuation(rep: StreamReport, pending: list[SegmentScan], rec: d
     return seq, h
 
 
-def read_head(stream_dir: Path) -> dict[str, Any] | None:
-    try:
-        head = orjson.loads((stream_dir / "head.json").read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return head if isinstance(head, dict) else None
-
-
 def file_sha256(path: str | os.PathLike[str], size: int | None = None) -> tuple[int, str]:
     """(bytes hashed, SHA-256 hex) of the file's first ``size`` bytes (all of it by default).
     Hashes the mapped file in one call: hashlib drops the GIL and nothing is copied."""
@@ -716,4 +694,4 @@ def verify_stream(stream_dir: str | os.PathLike[str], *, workers: int | None = N
     paths = list_segments(d)
     # the directory names the stream: a record that names another is wrong-stream (FORMAT §2)
     scans = scan_all(paths, workers, file_hashes=file_hashes, stream=d.name, on_scanned=on_scanned)
-    return stitch(d.name, scans, head=read_head(d), start_seq=start_seq, start_hash=start_hash)
+    return stitch(d.name, scans, head=read_head_or_none(d), start_seq=start_seq, start_hash=start_hash)

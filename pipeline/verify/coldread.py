@@ -20,8 +20,9 @@ from typing import IO, cast
 
 import zstandard
 
-from pipeline.cold.base import ColdStore, ObjectStat, decode_metadata, segment_of_key
+from pipeline.cold.base import ColdStore, ObjectStat
 from pipeline.cold.codec import MAX_WINDOW, FrameChecker, HashingReader
+from pipeline.format.layout import decode_metadata, segment_of_key
 
 CHUNK = 1 << 20
 

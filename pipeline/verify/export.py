@@ -37,13 +37,12 @@ import orjson
 from pipeline.cold.base import ColdStore
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
-from pipeline.hot.layout import hot_tier_problem, stream_dirs, stream_problem
-from pipeline.hot.segment import list_segments
-from pipeline.record import GENESIS_HASH, Kind, Record
+from pipeline.format.layout import hot_tier_problem, stream_dirs, stream_problem
+from pipeline.format.record import GENESIS_HASH, Kind, Record, ts_epoch
+from pipeline.format.segment import list_segments
 from pipeline.ship.ledger import Entry, open_ledger_readonly
 from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
 from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
-from pipeline.verify.tier import ts_epoch
 
 SPOOL_MEMORY = 8 << 20
 

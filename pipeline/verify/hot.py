@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
+from pipeline.format.record import ts_epoch
 from pipeline.verify.chain import Note, StreamReport, verify_stream
 
 
@@ -27,7 +27,7 @@ class VerifyError(PipelineError):
 
 
 def streams_to_verify(hot: Path, stream: str | None) -> list[str]:
-    from pipeline.hot.segment import list_streams
+    from pipeline.format.segment import list_streams
 
     if not hot.is_dir():
         raise VerifyError(f"hot directory {hot} does not exist")
@@ -109,7 +109,7 @@ def check_fss(report: StreamReport, key_arg: str) -> None:
     for s in report.segments:
         if not s.sealed or s.seal is None or s.last_ts is None:
             continue
-        if "fss" not in s.seal and not fss_seen and _epoch_seconds(s.last_ts) < verifier.key.start:
+        if "fss" not in s.seal and not fss_seen and ts_epoch(s.last_ts) < verifier.key.start:
             continue  # sealed before forward-secure sealing was set up
         fss_seen = fss_seen or "fss" in s.seal
         problem = verifier.check(s.seal, s.last_ts)
@@ -117,8 +117,6 @@ def check_fss(report: StreamReport, key_arg: str) -> None:
             report.findings.append(Finding.of("fss-invalid", report.stream, s.name, problem, s.last_seq))
 
 
-def _epoch_seconds(ts: str) -> float:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def check_witness(report: StreamReport, stream_dir: Path, witness_dir: Path, vkey: Path, origin: str) -> None:

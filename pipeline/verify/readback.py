@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cold.base import ColdStore, ObjectStat, decode_metadata, segment_of_key, stream_prefix
+from pipeline.cold.base import ColdStore, ObjectStat
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
-from pipeline.hot.segment import parse_segment_name
+from pipeline.format.layout import decode_metadata, segment_of_key, stream_prefix
+from pipeline.format.segment import parse_segment_name
 from pipeline.verify.chain import SegmentScan
 from pipeline.verify.coldread import Fetched, fetch_segment
 

@@ -22,21 +22,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from pipeline import merkle
 from pipeline.cold.base import ColdStore
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
-from pipeline.hot import attr
-from pipeline.hot.segment import list_segments, read_last_line
-from pipeline.record import Kind, parse_record
+from pipeline.format import attr, merkle
+from pipeline.format.files import fsync_dir
+from pipeline.format.layout import StreamHead, write_head
+from pipeline.format.record import Kind, parse_record
+from pipeline.format.segment import list_segments, read_last_line
 from pipeline.verify.chain import scan_segment, stitch
 from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
 
-HEAD_FILE = "head.json"
 # (phase, segments done, segments of the stream)
 ProgressFn = Callable[[str, int, int], None]
 
@@ -62,15 +59,7 @@ class RestoredStream:
     records: int
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def head_from_seal(stream: str, last_segment: Path) -> dict[str, Any] | None:
+def head_from_seal(stream: str, last_segment: Path) -> StreamHead | None:
     """The writer's head after the last seal: next seq, last hash, tree size and frontier
     (the seal's frontier with the seal's own leaf appended, docs/FORMAT.md §4/§6)."""
     line = read_last_line(last_segment)
@@ -81,8 +70,7 @@ def head_from_seal(stream: str, last_segment: Path) -> dict[str, Any] | None:
         return None
     cr = merkle.CompactRange(int(rec.data["tree_size"]), [bytes.fromhex(h) for h in rec.data["frontier"]])
     cr.append(merkle.leaf_hash(rec.leaf))
-    return {"stream": stream, "next_seq": rec.seq + 1, "last_hash": rec.hash, "tree_size": cr.size,
-            "frontier": [h.hex() for h in cr.stack]}
+    return StreamHead(stream, rec.seq + 1, rec.hash, cr.size, tuple(cr.stack))
 
 
 def restore_stream(store: ColdStore, stream: str, to: str | os.PathLike[str],
@@ -128,7 +116,7 @@ def restore_stream(store: ColdStore, stream: str, to: str | os.PathLike[str],
             with open(src, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(src, target / name)
-        _fsync_dir(target)
+        fsync_dir(target)
         for i, name in enumerate(names):
             p = target / name
             if scans[i].sealed:
@@ -139,13 +127,7 @@ def restore_stream(store: ColdStore, stream: str, to: str | os.PathLike[str],
                 attr.protect_immutable(p)  # abandoned: kept as evidence, never written again
         head = head_from_seal(stream, target / names[-1])
         if head is not None:
-            tmp = target / f".{HEAD_FILE}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps(head))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target / HEAD_FILE)
-            _fsync_dir(target)
+            write_head(target, head)
         return RestoredStream(stream, target, len(names), rep.records)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

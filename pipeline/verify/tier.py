@@ -28,7 +28,6 @@ bytes); object metadata is dropped as soon as it has been judged.
 from __future__ import annotations
 
 import bisect
-import calendar
 import contextlib
 import datetime as dt
 import hashlib
@@ -43,28 +42,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from pipeline import merkle
-from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
-from pipeline.cold.base import (
-    ColdStore,
-    ObjectStat,
-    ObjectVersion,
-    VersionsUnavailable,
-    decode_metadata,
-    manifest_from_metadata,
-    segment_of_key,
-    stream_prefix,
-)
+from pipeline.cold.base import ColdStore, ObjectStat, ObjectVersion, VersionsUnavailable
 from pipeline.cold.checks import LOCK_MODES_ACCEPTED
 from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.errors import PipelineError
 from pipeline.findings import ERROR, VERIFY_TIER, WARNING, Finding, codes
-from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
-from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
-from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
-from pipeline.ship.ledger import LEDGER_DIR, LEDGER_FILE, Entry, Ledger, open_ledger_readonly
+from pipeline.format import merkle
+from pipeline.format.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
+from pipeline.format.layout import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_HISTORY,
+    CHECKPOINT_LATEST,
+    WITNESS_LATEST,
+    decode_metadata,
+    ledger_path,
+    manifest_from_metadata,
+    read_head_or_none,
+    segment_of_key,
+    stream_prefix,
+    unescape_origin,
+)
+from pipeline.format.record import GENESIS_HASH, Kind, RecordError, parse_record, ts_epoch
+from pipeline.format.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
+from pipeline.ship.ledger import Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
 
@@ -264,11 +265,6 @@ class TierOptions:
 # ---------------------------------------------------------------------------- helpers
 
 
-def ts_epoch(ts: str) -> float:
-    """Record timestamp (YYYY-MM-DDTHH:MM:SS.ffffffZ) -> epoch seconds."""
-    return float(calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S"))) + int(ts[20:26] or 0) / 1e6
-
-
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
@@ -444,7 +440,7 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
     origin = opts.origin
     if opts.hot is not None:
         d = opts.hot / stream / CHECKPOINT_DIR
-        hist = d / HISTORY
+        hist = d / CHECKPOINT_HISTORY
         if hist.exists():
             import json
 
@@ -455,7 +451,7 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
                         notes.append(_CpNote("log", str(json.loads(ln)["note"]).encode()))
                     except (ValueError, KeyError):
                         add("checkpoint-signature-invalid", "unreadable line in checkpoint history", None)
-        latest = d / LATEST
+        latest = d / CHECKPOINT_LATEST
         if latest.exists():
             notes.append(_CpNote("log", latest.read_bytes()))
         if origin is None:
@@ -475,13 +471,13 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
         if not wdir.is_dir():
             continue
         for sub in sorted(wdir.iterdir()):
-            o = unquote(sub.name)
+            o = unescape_origin(sub.name)
             if not sub.is_dir() or not (o == origin if origin else _origin_matches(o, stream)):
                 continue
             for p in sorted(sub.glob("[0-9]*.note")):
                 notes.append(_CpNote(name, p.read_bytes(), witness=True))
-            if (sub / "latest.note").exists():
-                notes.append(_CpNote(name, (sub / "latest.note").read_bytes(), witness=True))
+            if (sub / WITNESS_LATEST).exists():
+                notes.append(_CpNote(name, (sub / WITNESS_LATEST).read_bytes(), witness=True))
     for client, bucket, prefix in opts.witness_s3:
         from pipeline.witness.s3 import S3Witness
 
@@ -492,7 +488,7 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=w.prefix + "/", Delimiter="/"):
             for cp_ in page.get("CommonPrefixes", []):
-                origins.add(unquote(cp_["Prefix"].rstrip("/").rsplit("/", 1)[-1]))
+                origins.add(unescape_origin(cp_["Prefix"].rstrip("/").rsplit("/", 1)[-1]))
         for o in sorted(origins):
             if o == origin if origin else _origin_matches(o, stream):
                 notes.extend(_CpNote(w.name, n, witness=True) for n in w.checkpoints(o))
@@ -661,10 +657,6 @@ class _Versions:
                         f"{key} has {len(objects)} object versions: something was PUT over the shipped object "
                         "and readers see the newest (versions: "
                         + ", ".join(str(v.version_id) for v in objects[:5]) + ")"))
-
-
-def ledger_path(hot: Path) -> Path:
-    return hot / LEDGER_DIR / LEDGER_FILE
 
 
 def _stray_finding(key: str, streams: set[str]) -> TierFinding:
@@ -1062,7 +1054,8 @@ class TierVerifier:
             if e.state != "evicted" or e.segment in hot_files:
                 break
             start_seq, start_hash = e.last_seq + 1, e.last_hash
-        rep = chain.stitch(stream, scans, head=chain.read_head(hot_dir), start_seq=start_seq, start_hash=start_hash)
+        rep = chain.stitch(stream, scans, head=read_head_or_none(hot_dir), start_seq=start_seq,
+                           start_hash=start_hash)
 
         def in_cold(seq: int | None) -> bool:
             return seq is not None and any(m.first_seq <= seq <= m.last_seq for m in manifests.values())
@@ -1140,9 +1133,8 @@ class TierVerifier:
     def _hot_next_seq(self, hot_dir: Path | None) -> int:
         if hot_dir is None:
             return 0
-        head = chain.read_head(hot_dir)
-        v = head.get("next_seq") if head else None
-        return v if isinstance(v, int) else 0
+        head = read_head_or_none(hot_dir)
+        return head.next_seq if head is not None else 0
 
     def _continuity(self, res: StreamTier, ordered: list[SegmentManifest],
                     add: Callable[..., None], window: bool) -> None:
@@ -1186,8 +1178,8 @@ class TierVerifier:
     def _tail(self, res: StreamTier, ordered: list[SegmentManifest], entries: dict[str, Entry], hot_dir: Path,
               add: Callable[..., None]) -> None:
         """The newest records: the hot head must not record more than hot + cold hold."""
-        head = chain.read_head(hot_dir)
-        if not head or not isinstance(head.get("next_seq"), int):
+        head = read_head_or_none(hot_dir)
+        if head is None:
             return
         have = max([m.last_seq + 1 for m in ordered] + [e.last_seq + 1 for e in entries.values()] + [0])
         for p in list_segments(hot_dir):
@@ -1195,8 +1187,8 @@ class TierVerifier:
             if last:
                 with contextlib.suppress(RecordError):
                     have = max(have, parse_record(last).seq + 1)
-        if head["next_seq"] > have:
-            add("missing-tail", "", f"the hot head records seq {head['next_seq'] - 1} as written but hot and cold "
+        if head.next_seq > have:
+            add("missing-tail", "", f"the hot head records seq {head.next_seq - 1} as written but hot and cold "
                 f"end at seq {have - 1}", have)
 
     # -- deep ---------------------------------------------------------------------------

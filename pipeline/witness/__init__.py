@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import quote
 
-from pipeline.checkpoint import Checkpoint
 from pipeline.errors import PipelineError
+from pipeline.format.checkpoint import Checkpoint
+from pipeline.format.layout import escape_origin as escape_origin  # re-exported for old imports
 
 ConsistencyFn = Callable[[int, int], list[bytes]]
 
@@ -47,9 +47,6 @@ class Witness(Protocol):
         ...
 
 
-def escape_origin(origin: str) -> str:
-    """Origin as one path component / object-key segment: percent-encoding, nothing kept."""
-    return quote(origin, safe="")
 
 
 __all__ = ["ConsistencyFn", "Witness", "WitnessError", "escape_origin"]

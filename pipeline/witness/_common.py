@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from pipeline import merkle
-from pipeline.checkpoint import Checkpoint
+from pipeline.format import merkle
+from pipeline.format.checkpoint import Checkpoint
 from pipeline.witness import ConsistencyFn, WitnessError
 
 
@@ -38,41 +35,3 @@ def check_extends(old: Checkpoint | None, new: Checkpoint, prove: ConsistencyFn,
         ) from exc
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary file, fsync, rename over ``path``, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def create_exclusive(path: Path, data: bytes) -> bool:
-    """Create ``path`` with ``data`` unless it exists.  Returns False if it already existed."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    except FileExistsError:
-        return False
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
-    return True

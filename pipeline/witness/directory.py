@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
-from pipeline.witness import ConsistencyFn, WitnessError, escape_origin
-from pipeline.witness._common import atomic_write, check_extends, create_exclusive
+from pipeline.format.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
+from pipeline.format.files import atomic_write, create_exclusive
+from pipeline.format.layout import WITNESS_LATEST, escape_origin, witness_note_name
+from pipeline.witness import ConsistencyFn, WitnessError
+from pipeline.witness._common import check_extends
 
-LATEST = "latest.note"
+LATEST = WITNESS_LATEST  # kept for old imports
 
 
 class DirectoryWitness:
@@ -29,7 +31,7 @@ class DirectoryWitness:
         return self.dir / escape_origin(origin)
 
     def latest(self, origin: str) -> tuple[Checkpoint, bytes] | None:
-        path = self._origin_dir(origin) / LATEST
+        path = self._origin_dir(origin) / WITNESS_LATEST
         try:
             note = path.read_bytes()
         except FileNotFoundError:
@@ -48,7 +50,7 @@ class DirectoryWitness:
         d.mkdir(parents=True, exist_ok=True)
         prev = self.latest(checkpoint.origin)
         check_extends(prev[0] if prev else None, checkpoint, prove, self.name)
-        hist = d / f"{checkpoint.size:020d}.note"
+        hist = d / witness_note_name(checkpoint.size)
         if not create_exclusive(hist, note):
             existing = Checkpoint.parse(split_note(hist.read_bytes())[0])
             if existing.root != checkpoint.root:
@@ -56,7 +58,7 @@ class DirectoryWitness:
                     f"{self.name}: FORK: {hist} already holds a different root for size {checkpoint.size}",
                     status=409, fork=True, size=checkpoint.size,
                 )
-        atomic_write(d / LATEST, note)
+        atomic_write(d / WITNESS_LATEST, note, mode=0o644)
         return []
 
     def checkpoints(self, origin: str) -> list[bytes]:

@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from pipeline.checkpoint import SIG_PREFIX, Checkpoint, NoteError, Verifier, add_signature_lines, open_note
 from pipeline.cold.errors import mask_credentials
+from pipeline.format.checkpoint import SIG_PREFIX, Checkpoint, NoteError, Verifier, add_signature_lines, open_note
 from pipeline.witness import ConsistencyFn, WitnessError
 
 MAX_PROOF_LINES = 63  # tlog-witness §add-checkpoint: clients MUST NOT send more

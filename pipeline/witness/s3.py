@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.checkpoint import Checkpoint, NoteError, split_note
-from pipeline.witness import ConsistencyFn, WitnessError, escape_origin
+from pipeline.format.checkpoint import Checkpoint, NoteError, split_note
+from pipeline.format.layout import witness_object_key, witness_origin_prefix
+from pipeline.witness import ConsistencyFn, WitnessError
 from pipeline.witness._common import check_extends
 
 
@@ -34,7 +35,7 @@ class S3Witness:
         self.name = f"s3://{bucket}/{self.prefix}"
 
     def _dir(self, origin: str) -> str:
-        return f"{self.prefix}/{escape_origin(origin)}/"
+        return witness_origin_prefix(self.prefix, origin)
 
     def _keys(self, origin: str) -> list[str]:
         keys: list[str] = []
@@ -64,7 +65,7 @@ class S3Witness:
     def add_checkpoint(self, note: bytes, checkpoint: Checkpoint, prove: ConsistencyFn) -> list[str]:
         prev = self.latest(checkpoint.origin)
         check_extends(prev[0] if prev else None, checkpoint, prove, self.name)
-        key = f"{self._dir(checkpoint.origin)}{checkpoint.size:020d}"
+        key = witness_object_key(self.prefix, checkpoint.origin, checkpoint.size)
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=note, IfNoneMatch="*",
                                    ContentType="text/plain; charset=utf-8")

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pipeline import merkle
-from pipeline.checkpoint import Checkpoint, NoteError, Signer, Verifier, open_note, split_note
 from pipeline.errors import PipelineError
-from pipeline.witness import escape_origin
-from pipeline.witness._common import atomic_write
+from pipeline.format import merkle
+from pipeline.format.checkpoint import Checkpoint, NoteError, Signer, Verifier, open_note, split_note
+from pipeline.format.files import atomic_write
+from pipeline.format.layout import witness_server_note
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 16
@@ -85,7 +85,7 @@ class WitnessState:
         self.lock = threading.Lock()
 
     def _path(self, origin: str) -> Path:
-        return self.dir / f"{escape_origin(origin)}.note"
+        return witness_server_note(self.dir, origin)
 
     def stored(self, origin: str) -> Checkpoint | None:
         try:
@@ -134,7 +134,7 @@ class WitnessState:
                     self._refused(cp.origin, 422, str(exc), note)
                     raise Reply(422, f"consistency proof does not verify: {exc}\n") from exc
             # persist before answering: a cosignature must never outlive a crash of our state
-            atomic_write(self._path(cp.origin), note)
+            atomic_write(self._path(cp.origin), note, mode=0o644)
         return self.signer.cosignature_line(cp.body())
 
 

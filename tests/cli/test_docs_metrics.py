@@ -48,7 +48,7 @@ def metadata_keys() -> set[str]:
 
 
 def mentions(path: Path) -> list[tuple[int, str]]:
-    out = []
+    out: list[tuple[int, str]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         out.extend((lineno, m.group(0)) for m in MENTION.finditer(line))
     return out

@@ -64,13 +64,15 @@ def test_no_time_span_flag_bypasses_the_duration_type() -> None:
 def test_each_duration_flag_takes_the_config_syntax(cmd: str, flag: str) -> None:
     p = parsers()[cmd]
     action = next(a for a in p._actions if flag in a.option_strings)
+    parse = action.type
+    assert callable(parse), f"{cmd} {flag}: no duration type"
     assert DURATION_HELP in (action.help or ""), f"{cmd} {flag}: help does not show the syntax"
     for text, seconds in [("250ms", 0.25), ("90s", 90.0), ("5m", 300.0), ("1.5h", 5400.0), ("7d", 604800.0),
                           ("60", 60.0), ("0", 0.0)]:
-        assert action.type(text) == seconds == (float(text) if text[-1].isdigit() else parse_duration(text))
+        assert parse(text) == seconds == (float(text) if text[-1].isdigit() else parse_duration(text))
     for bad in ("5 minutes", "5x", "-5", "nan", "inf", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="expected"):
-            action.type(bad)
+            parse(bad)
 
 
 def test_a_bad_duration_is_a_usage_error_naming_the_syntax(capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,9 +43,9 @@ def _keys(tmp: Path) -> Path:
 
 # verb -> {exit code: argv builder}; code 1 only where a verb reports findings about the data.
 # checkpoint, prove and verify-proof need a signed log: their 0 and 1 are walked end to end in
-# tests/test_proofs_cli.py::test_end_to_end (valid proof 0, altered proof 1, unreadable 2);
+# tests/cli/test_proofs_cli.py::test_end_to_end (valid proof 0, altered proof 1, unreadable 2);
 # ship --once: the rule in test_ship_once_exit_code_rule (quarantine itself: tests/ship); quickstart's 0 in
-# tests/test_quickstart.py.
+# tests/cli/test_quickstart.py.
 WALK: dict[str, dict[int, Case]] = {
     "append": {0: lambda t, d: ["append", "--hot", str(t.hot), "--stream", "app"],
                2: lambda t, d: ["append", "--hot", str(t.hot / "app" / "LOCK"), "--stream", "app"]},

@@ -26,12 +26,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/faultproxy.py
-
-from coldutil import AZURITE_KEY, write_segment
-from faultproxy import FaultProxy
-
 from pipeline.hot.segment import SegmentManifest
+from tests.cold.coldutil import AZURITE_KEY, write_segment
+from tests.faultproxy import FaultProxy
 from tests.netutil import free_port
 
 REPO = Path(__file__).resolve().parents[2]

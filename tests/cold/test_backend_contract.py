@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from coldutil import clear_immutable_tree, new_bucket, write_segment
 
 from pipeline.cold import (
     ColdSettings,
@@ -35,7 +34,8 @@ from pipeline.cold import (
 from pipeline.cold.base import encode_metadata, required_retain_until
 from pipeline.cold.codec import prepare_body
 from pipeline.cold.tier import ColdTier, NewObject
-from pipeline.hot import attr
+from pipeline.format import attr
+from tests.cold.coldutil import clear_immutable_tree, new_bucket, write_segment
 
 
 @dataclasses.dataclass

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import ContainerClient
-from coldutil import AZURITE_KEY, write_segment
 
 from pipeline.cold import ColdRequestError, ColdSettings, WormNotEnforcedError, open_store
 from pipeline.cold.azure import AzureStore
+from tests.cold.coldutil import AZURITE_KEY, write_segment
 
 pytestmark = pytest.mark.azurite
 

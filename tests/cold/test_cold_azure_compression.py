@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import zstandard
 from azure.storage.blob import ContainerClient
-from coldutil import write_segment
 
 from pipeline.cold import ColdSettings, open_store
 from pipeline.cold.azure import AzureStore
 from pipeline.cold.base import encode_metadata
+from tests.cold.coldutil import write_segment
 
 pytestmark = pytest.mark.azurite
 

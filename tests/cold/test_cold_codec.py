@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from coldutil import write_segment
 
 from pipeline.cold import ColdSettings, SourceMismatchError
 from pipeline.cold.codec import prepare_body
+from tests.cold.coldutil import write_segment
 
 
 def small_memory(settings: ColdSettings, limit: int) -> ColdSettings:

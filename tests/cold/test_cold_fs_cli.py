@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from coldutil import clear_immutable_tree, new_bucket, write_segment
 
 from pipeline.cli import main
 from pipeline.cold import ColdSettings, ObjectConflictError, WormNotEnforcedError, open_store
 from pipeline.cold.filesystem import FileStore
-from pipeline.hot import attr
+from pipeline.format import attr
+from tests.cold.coldutil import clear_immutable_tree, new_bucket, write_segment
 
 
 @pytest.fixture

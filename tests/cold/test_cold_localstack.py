@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from coldutil import new_bucket, write_segment
 
 from pipeline.cold import ColdRequestError, ColdSettings, open_store
 from pipeline.cold import codec as codec_mod
 from pipeline.cold import tier as tier_mod
 from pipeline.cold.s3 import S3Store, make_client
+from tests.cold.coldutil import new_bucket, write_segment
 
 pytestmark = pytest.mark.localstack
 MiB = 1 << 20

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import zstandard
-from coldutil import new_bucket, write_segment
 
 from pipeline.cold import (
     ColdConfigError,
@@ -22,6 +21,7 @@ from pipeline.cold import (
 )
 from pipeline.cold.base import META_PREFIX, decode_metadata, encode_metadata
 from pipeline.cold.s3 import S3Store
+from tests.cold.coldutil import new_bucket, write_segment
 from tests.netutil import DUMMY_SECRET
 
 

@@ -29,7 +29,7 @@ def test_s3_lists_delete_markers_and_extra_versions(moto_endpoint: str) -> None:
     c.delete_object(Bucket=bucket, Key="p/app/a")  # no version id: a delete marker, the version stays
     store = open_store(f"s3://{bucket}/p?endpoint_url={moto_endpoint}&region=us-east-1", ColdSettings())
     try:
-        vs = list(store.list_versions("app/"))  # type: ignore[attr-defined]
+        vs = list(store.list_versions("app/"))
     finally:
         store.close()
     a = [v for v in vs if v.key == "p/app/a"]
@@ -92,4 +92,4 @@ def test_azure_without_versioning_says_so() -> None:
 def test_a_directory_keeps_no_versions(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path}", ColdSettings(allow_unlocked=True))
     with pytest.raises(VersionsUnavailable, match="keeps no object versions"):
-        list(store.list_versions("app/"))  # type: ignore[attr-defined]
+        list(store.list_versions("app/"))

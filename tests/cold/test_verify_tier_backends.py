@@ -1,7 +1,7 @@
 """verify-tier against the other two backends, end to end: a real HotLog shipped by the real
 Shipper into a file:// store (immutable attribute, for real on this machine) and into Azure
 blob storage on Azurite over HTTP, then reconciled, then an object deleted behind the
-pipeline's back.  tests/test_verify_tier.py covers every finding against S3 (moto); these
+pipeline's back.  tests/verify/test_verify_tier.py covers every finding against S3 (moto); these
 check that the listing, HEAD and GET paths of the other stores feed the same verdicts.
 """
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from pipeline.cold import ColdSettings
+from pipeline.cold.s3 import S3Store
 from pipeline.config import ConfigError, load_config
 from tests.ship.conftest import make_bucket, s3_client
 from tests.ship.test_shipper import write_events
@@ -133,13 +134,19 @@ def test_verify_tier_reports_objects_encrypted_otherwise(hot_dir: Path, moto_end
     assert len(heads) >= 2, "the other objects keep the bucket's key and are not reported"
 
 
-def test_expected_encryption_configured_wins_over_the_bucket_default(moto_endpoint: str) -> None:
+def s3_store(url: str, settings: ColdSettings) -> S3Store:
     from pipeline.cold import open_store
 
+    store = open_store(url, settings)
+    assert isinstance(store, S3Store)
+    return store
+
+
+def test_expected_encryption_configured_wins_over_the_bucket_default(moto_endpoint: str) -> None:
     bucket, key = kms_bucket(moto_endpoint)
     url = f"s3://{bucket}/p?endpoint_url={moto_endpoint}&region=us-east-1"
-    assert open_store(url, ColdSettings(retention_days=1)).expected_encryption() == ("aws:kms", key)
-    assert open_store(url, ColdSettings(retention_days=1, sse="AES256")).expected_encryption() == ("AES256", None)
+    assert s3_store(url, ColdSettings(retention_days=1)).expected_encryption() == ("aws:kms", key)
+    assert s3_store(url, ColdSettings(retention_days=1, sse="AES256")).expected_encryption() == ("AES256", None)
     plain = make_bucket(moto_endpoint)
-    got = open_store(f"s3://{plain}/p?endpoint_url={moto_endpoint}", ColdSettings(retention_days=1))
+    got = s3_store(f"s3://{plain}/p?endpoint_url={moto_endpoint}", ColdSettings(retention_days=1))
     assert got.expected_encryption() in (None, ("AES256", None))  # S3 now encrypts every bucket with SSE-S3

@@ -26,6 +26,8 @@ from packaging.requirements import Requirement
 from tests.netutil import free_port
 from tests.ship.conftest import make_bucket, s3_client
 
+pytestmark = pytest.mark.tools  # podman and the debootstrap image bases
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/worm-pipeline:test"
 BASES = {"PYTHON_IMAGE": "localhost/worm-base-build:bookworm", "RUNTIME_IMAGE": "localhost/worm-base-runtime:bookworm"}

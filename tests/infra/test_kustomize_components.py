@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.tools  # kubectl (kustomize) and checkov
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ROOT / "deploy" / "components"
 EXAMPLES = ["sidecar-statefulset", "node-agent", "witness"]
@@ -93,9 +95,9 @@ def check_semantics(docs: list[dict[str, Any]], example: str, extra: tuple[str, 
         for w in workloads:
             if w["metadata"]["name"] != "worm-pipeline-witness":
                 assert w["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
-    for c in ("podmonitor", "prometheusrule", "networkpolicy"):
-        kind = {"podmonitor": "PodMonitor", "prometheusrule": "PrometheusRule", "networkpolicy": "NetworkPolicy"}[c]
-        assert (kind in kinds) == (c in extra or (kind == "NetworkPolicy" and example == "witness")), (c, kinds)
+    for comp in ("podmonitor", "prometheusrule", "networkpolicy"):
+        kind = {"podmonitor": "PodMonitor", "prometheusrule": "PrometheusRule", "networkpolicy": "NetworkPolicy"}[comp]
+        assert (kind in kinds) == (comp in extra or (kind == "NetworkPolicy" and example == "witness")), (comp, kinds)
 
 
 def check_crd(doc: dict[str, Any]) -> None:

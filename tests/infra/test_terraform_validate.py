@@ -5,7 +5,7 @@ pinned provider 6.x for one attribute and had never been validated).
 The mirror is found at $TF_PROVIDER_MIRROR, else /opt/tf-plugins (this machine's), else
 .tools/tf-plugins (tools/install-test-deps.sh fills it on a fresh machine).  The Azure
 module is not validated here: no azurerm provider is available offline (python-hcl2 and
-checkov check it in tests/test_terraform.py).
+checkov check it in tests/infra/test_terraform.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytestmark = pytest.mark.tools  # terraform and its provider mirror
 
 ROOT = Path(__file__).resolve().parents[2]
 MIRRORS = [os.environ.get("TF_PROVIDER_MIRROR"), "/opt/tf-plugins", str(ROOT / ".tools" / "tf-plugins")]

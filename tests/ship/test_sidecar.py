@@ -42,7 +42,7 @@ class Sidecar:
         hot.update(overrides.pop("hot", {}))
         ops = {"listen": f"127.0.0.1:{self.ops_port}", "shutdown_grace": "30s", "log_format": "json"}
         ops.update(overrides.pop("ops", {}))
-        self.sections = {
+        self.sections: dict[str, dict[str, Any]] = {
             "hot": hot,
             "cold": {"url": f"s3://{bucket}/sc?endpoint_url={endpoint}&region=us-east-1", "retention_days": 1},
             "ingest": {"socket": str(self.sock), "http": f"127.0.0.1:{self.http_port}"},
@@ -215,7 +215,7 @@ def test_kill_9_storm_while_ingest_continues(tmp_path: Path, s3_endpoint: str, l
     def client() -> None:
         while not stop.is_set():
             n = counter[0]
-            batch = [{"client": "c1", "n": n + i} for i in range(10)]
+            batch: list[dict[str, Any]] = [{"client": "c1", "n": n + i} for i in range(10)]
             try:
                 acks = socket_send(sc.sock, batch)
             except OSError:

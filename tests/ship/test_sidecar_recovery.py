@@ -91,7 +91,7 @@ def test_enospc_mid_request_then_kill_9_keeps_every_answer_true(
     import os
     import shutil
 
-    from tests.test_enospc import records_in_chain
+    from tests.hot.test_enospc import records_in_chain
 
     sc = Sidecar(tmp_path, s3_endpoint, locked_bucket,
                  hot={"segment_window": "60s", "hot_retention": "1h", "heartbeat_interval": "0s",

@@ -66,9 +66,9 @@ def test_public_error_names_are_stable() -> None:
         cls = getattr(pipeline, name)
         assert name in pipeline.__all__ and issubclass(cls, PipelineError), name
     # the older bases stay, so `except ValueError` written against them still catches them
-    from pipeline.checkpoint import NoteError
-    from pipeline.hot.attr import AppendOnlyError
-    from pipeline.record import RecordError
+    from pipeline.format.attr import AppendOnlyError
+    from pipeline.format.checkpoint import NoteError
+    from pipeline.format.record import RecordError
 
     assert issubclass(RecordError, ValueError) and issubclass(NoteError, ValueError)
     assert issubclass(AppendOnlyError, OSError)

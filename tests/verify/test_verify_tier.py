@@ -23,7 +23,7 @@ from tests.tierutil import (
     ship_pipeline,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEGMENTS = 5
 EVENTS = 40  # per segment; + 1 seal = 41 records per segment
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,16 +20,18 @@ from pipeline import merkle
 from pipeline.checkpoint import Checkpoint, Signer
 from pipeline.record import GENESIS_HASH, encode_record
 
-GO_DIR = Path(__file__).parent / "go"
+pytestmark = pytest.mark.tools  # Go and golang.org/x/mod from Debian
+
+GO_DIR = Path(__file__).resolve().parents[1] / "go"
 XMOD = Path("/usr/share/gocode/src/golang.org/x/mod/sumdb/note")
 
 
 def _build(tmp: Path) -> Path:
     go = shutil.which("go")
     if go is None:
-        pytest.skip("go toolchain absent: apt-get install -y golang-go golang-golang-x-mod-dev")
+        pytest.fail("go toolchain absent: run tools/install-test-deps.sh (golang-go golang-golang-x-mod-dev)")
     if not XMOD.is_dir():
-        pytest.skip("golang.org/x/mod source absent: apt-get install -y golang-golang-x-mod-dev")
+        pytest.fail("golang.org/x/mod source absent: run tools/install-test-deps.sh (golang-golang-x-mod-dev)")
     env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off", GOPATH=str(tmp / "gopath"),
                GOCACHE=str(tmp / "gocache"), CGO_ENABLED="0")
     out = tmp / "interop"
@@ -53,7 +56,7 @@ def test_go_verifies_checkpoints_and_proofs(tmp_path: Path) -> None:
             [signer]).decode()
 
     import base64
-    inclusion = []
+    inclusion: list[dict[str, Any]] = []
     for idx, size in [(0, 1), (0, 300), (5, 7), (255, 256), (256, 300), (299, 300), (100, 129)]:
         inclusion.append({"index": idx, "tree_size": size, "leaf": base64.b64encode(leaves[idx]).decode(),
                           "hashes": [h.hex() for h in merkle.inclusion_proof(idx, size, sub)],

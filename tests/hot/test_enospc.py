@@ -75,7 +75,7 @@ def test_enospc_clear_error_chain_verifiable_and_resumes(tiny_fs: Path) -> None:
         e["torn_bytes"] == 0 for e in recovery.data["abandoned"])
     # the CLI agrees
     res = subprocess.run([sys.executable, "-m", "pipeline", "verify", "--hot", str(hot)], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+                         text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import strictjson
 from pipeline._accel import native
+from pipeline.format import strictjson
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
@@ -24,7 +24,7 @@ from pipeline.record import encode_record, parse_record
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
 from pipeline.verify.chain import verify_stream
 from tests.hotutil import PYTHON, REPO, records, rewrite
-from tests.test_ingest import post
+from tests.ingest.test_ingest import post
 
 TS = b"2026-11-02T10:20:30.123456Z"
 DEEP64 = b'{"a":' * 63 + b"{}" + b"}" * 63  # 64 levels: the limit
@@ -340,7 +340,7 @@ _HEADER_EDITS = [(b"", b""), (b'"seq":5,', b'"seq": 5,'), (b'"seq":5,', b'"seq":
 def test_fast_and_slow_record_parsers_accept_the_same_lines(data: bytes, edit: tuple[bytes, bytes]) -> None:
     """parse_fields (the fast path) accepts exactly the lines the ordered checks of parse_record
     accept, with and without the C screen."""
-    from pipeline import record
+    from pipeline.format import record
 
     line, _ = encode_record("app", 5, TS, "event", b"0" * 64, data)
     body = line[: line.rindex(b',"hash":"')].replace(edit[0], edit[1], 1)

@@ -12,7 +12,7 @@ from pipeline import merkle
 from pipeline.record import GENESIS_HASH, encode_record, parse_record
 from pipeline.verify.chain import verify_stream
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 
 
 def example_lines() -> list[bytes]:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,7 +152,7 @@ def crash_writer(hot: Path, n: int, seal: bool = False) -> list[tuple[int, str, 
     return [(int(a), b, c) for a, b, c in (ln.split() for ln in res.stdout.splitlines())]
 
 
-def recovery_records(d: Path) -> list:
+def recovery_records(d: Path) -> list[Any]:
     return [r for r in records(d) if r.kind == "recovery"]
 
 

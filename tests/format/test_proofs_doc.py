@@ -51,7 +51,7 @@ def example() -> dict[str, Any]:
 
 
 def test_worked_example_matches_doc() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "PROOFS.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "PROOFS.md").read_text()
     for key, value in example().items():
         assert value.rstrip("\n") in doc, f"docs/PROOFS.md is out of date for {key}"
 

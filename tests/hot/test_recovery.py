@@ -24,10 +24,10 @@ from pipeline.hot.writer import HotLog
 from pipeline.record import Kind, Record, RecordError, encode_record, parse_record
 from pipeline.ship.ledger import Ledger
 from pipeline.ship.shipper import Shipper
+from tests.hot.test_crash import crash_writer
 from tests.hotutil import PYTHON, REPO, assert_clean, records, verify
-from tests.test_crash import crash_writer
 
-STREAM = "crash"  # the stream tests.test_crash.crash_writer writes
+STREAM = "crash"  # the stream tests.hot.test_crash.crash_writer writes
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hot import segment
-from pipeline.hot.segment import build_manifest, list_segments
+from pipeline.format import segment
+from pipeline.format.segment import build_manifest, list_segments
 from pipeline.hot.writer import HotLog
 
 EVENT = {"actor": "svc-orders", "action": "order.update", "resource": "orders/2026/11/000123456",

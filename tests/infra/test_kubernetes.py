@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 # Oldest release the manifests target: native sidecars (restartPolicy: Always on an
 # init container) and the preStop sleep action are on by default there.

@@ -1,7 +1,7 @@
 """An independent check of docs/FORMAT.md: ``tests/independent_verifier.py`` (standard library
 only, written from §1-§4 and §8 of the document) and ``pipeline verify`` must agree on valid
 streams, on every case the JSON profile decides, on type-strict seal fields and on the whole
-tamper matrix of tests/test_tamper.py."""
+tamper matrix of tests/verify/test_tamper.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pipeline.hot.writer import HotLog
 from pipeline.record import encode_record, parse_record
 from pipeline.verify.chain import verify_stream
 from tests import independent_verifier as indep
+from tests.format.test_json_profile import RECORD_CASES
 from tests.hotutil import rewrite
-from tests.test_json_profile import RECORD_CASES
-from tests.test_tamper import CASES, Case, build, lines, put
+from tests.verify.test_tamper import CASES, Case, build, lines, put
 
 
 def both(stream_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

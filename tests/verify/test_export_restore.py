@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tierutil import (
-    Pipeline,
-    alter_record,
-    rewrite_object,
-    ship_pipeline,
-)
 
 from pipeline.cli import main
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog
 from pipeline.record import parse_record
 from pipeline.verify.chain import verify_stream
+from tests.tierutil import (
+    Pipeline,
+    alter_record,
+    rewrite_object,
+    ship_pipeline,
+)
 
 SEGMENTS = 4
 EVENTS = 30

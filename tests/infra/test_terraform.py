@@ -18,7 +18,7 @@ from typing import Any
 import hcl2
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 AWS = TF / "aws"
 AZURE = TF / "azure"

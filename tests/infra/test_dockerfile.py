@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 VENV_IN_IMAGE = "/opt/worm-pipeline"
 WHEELS_IN_IMAGE = "/tmp/wheels"
@@ -137,6 +137,7 @@ def test_healthcheck_command(stages: dict[str, list[tuple[str, str]]], status: i
     assert (proc.returncode == 0) is healthy, proc.stderr
 
 
+@pytest.mark.tools  # gcc and the OpenSSL headers, as the image's builder stage
 def test_builder_steps_install_a_working_cli(
     stages: dict[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:

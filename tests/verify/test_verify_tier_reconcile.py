@@ -120,7 +120,7 @@ def test_the_version_listing_costs_one_request_per_1000_keys(moto_endpoint: str)
                        ColdSettings(allow_unlocked=True))
     try:
         before = dict(store.requests)  # type: ignore[attr-defined]
-        versions = list(store.list_versions("app/"))  # type: ignore[attr-defined]
+        versions = list(store.list_versions("app/"))
         after = dict(store.requests)  # type: ignore[attr-defined]
     finally:
         store.close()

@@ -88,11 +88,11 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["tree_size"] == sizes[0]
     # altered leaf / index / hash / size -> exit 1; unreadable -> exit 2
-    mutations: list[Callable[[dict[str, Any]], None]] = [
-        lambda d: d.update(leaf=base64.b64encode(lines[6]).decode()),
-        lambda d: d.update(index=6),
-        lambda d: d["hashes"].__setitem__(0, "00" * 32),
-        lambda d: d.update(tree_size=d["tree_size"] + 1)]
+    mutations: list[Callable[[dict[str, Any]], object]] = [
+                   lambda d: d.update(leaf=base64.b64encode(lines[6]).decode()),
+                   lambda d: d.update(index=6),
+                   lambda d: d["hashes"].__setitem__(0, "00" * 32),
+                   lambda d: d.update(tree_size=d["tree_size"] + 1)]
     for mutate in mutations:
         bad = json.loads(json.dumps(doc))
         mutate(bad)

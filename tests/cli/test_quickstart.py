@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_ships_to_the_embedded_locked_s3_and_verifies(tmp_path: Path) -> None:
