@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pipeline.format import strictjson
 from pipeline.errors import PipelineError
+from pipeline.format import strictjson
 from pipeline.ingest.body import CHUNK_BYTES, CHUNK_EVENTS, BodyError, _value_end
 from pipeline.sanitise import InvalidEvent
 
