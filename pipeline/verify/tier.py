@@ -63,6 +63,7 @@ from pipeline.errors import PipelineError
 from pipeline.hot.checkpoints import CHECKPOINT_DIR, HISTORY, LATEST
 from pipeline.hot.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
 from pipeline.record import GENESIS_HASH, Kind, RecordError, parse_record
+from pipeline.ship.index import is_index_key
 from pipeline.ship.ledger import LEDGER_DIR, LEDGER_FILE, Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
@@ -883,7 +884,11 @@ class TierVerifier:
         versions = _Versions()
         prefix = stream_prefix("", stream) if stream else ""
 
+        index_prefix = str(getattr(self.store, "prefix", "") or "")
+
         def keep(key: str, size: int, modified: dt.datetime | None) -> None:
+            if is_index_key(key, index_prefix):
+                return  # the manifest index (docs/INDEX.md): verified by --inventory mode, not a stray
             parsed = segment_of_key(key)
             if parsed is None:
                 out.setdefault("", []).append(_Obj("", key, "", size, modified))
