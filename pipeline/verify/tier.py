@@ -145,6 +145,14 @@ CODES: dict[str, tuple[str, str]] = {
     "checkpoint-rollback": (ERROR, "the log's latest checkpoint is smaller than one a witness holds"),
     "witness-stale": (ERROR, "a witness's newest checkpoint lags the log by more than the allowed time"),
     "checkpoint-unchecked": (WARNING, "a checkpoint could not be recomputed (covering segment unavailable)"),
+    # the manifest index (--inventory mode, docs/INDEX.md)
+    "index-part-invalid": (ERROR, "--inventory: an object under the index prefix is not a valid index part, or "
+                                  "sits under another part's key"),
+    "index-part-missing": (ERROR, "--inventory: index parts are missing from a stream's chain (numbers skipped)"),
+    "index-chain-broken": (ERROR, "--inventory: an index part does not name the SHA-256 of the part before it "
+                                  "(a part was rewritten), or two parts claim one number"),
+    "index-part-replaced": (ERROR, "--inventory: an index part's key holds more than one version or a delete "
+                                   "marker: the index was rewritten or hidden"),
 }
 # findings about what lies BETWEEN segments: listed as gaps, they do not mark a segment INVALID
 GAP_CODES = frozenset({"missing-segment", "missing-start", "time-gap"})
