@@ -47,7 +47,8 @@ def inventory_rows(client: Any, bucket: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
         for v in page.get("Versions", []):
-            head = client.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+            version = {} if v["VersionId"] == "null" else {"VersionId": v["VersionId"]}  # unversioned bucket
+            head = client.head_object(Bucket=bucket, Key=v["Key"], **version)
             rows.append({
                 "bucket": bucket, "key": v["Key"], "version_id": v["VersionId"], "is_latest": v["IsLatest"],
                 "is_delete_marker": False, "size": v["Size"], "last_modified_date": v["LastModified"],

@@ -98,7 +98,7 @@ WITH latest AS (
     FROM latest
     WHERE NOT starts_with(key, $prefix || '_index/')
 ), streams AS (
-    SELECT stream, MAX(confirmed_at) AS indexed_until FROM $index GROUP BY stream
+    SELECT stream, MAX(confirmed_at) AS indexed_until, MAX(last_seq) AS indexed_seq FROM $index GROUP BY stream
 )
 SELECT CASE WHEN s.stream IS NOT NULL
              AND (p.base LIKE 'seg-%' OR p.base LIKE '%.jsonl' OR p.base LIKE '%.zst')
@@ -112,7 +112,9 @@ SELECT 'unshipped-object', p.stream, p.segment, p.key, CAST(NULL AS BIGINT), CAS
        CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR)
 FROM parsed p JOIN streams s ON s.stream = p.stream
 LEFT JOIN $index i ON i.key = p.key
-WHERE COALESCE(p.segment, '') <> '' AND i.key IS NULL AND p.last_modified <= s.indexed_until;
+-- not yet indexed is legitimate only for an object newer than the index AND past its seqs
+WHERE COALESCE(p.segment, '') <> '' AND i.key IS NULL
+  AND (p.last_modified <= s.indexed_until OR CAST(substr(p.segment, 5, 20) AS BIGINT) <= s.indexed_seq);
 
 -- name: index_objects
 -- The index parts' own objects: one version, locked like the segments.
