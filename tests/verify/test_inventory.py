@@ -64,11 +64,11 @@ def locked(tmp_path: Path, endpoint: str, **kw: Any) -> Pipeline:
 
 
 def seg_keys(pl: Pipeline) -> list[str]:
-    return [k for k in pl.object_keys() if "/_index/" not in k]
+    return pl.object_keys()
 
 
 def index_keys(pl: Pipeline) -> list[str]:
-    return [k for k in pl.object_keys() if "/_index/" in k]
+    return pl.object_keys(index=True)
 
 
 def put_version(pl: Pipeline, key: str, body: bytes) -> None:
