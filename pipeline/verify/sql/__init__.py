@@ -92,8 +92,17 @@ def source(name: str, params: Params) -> str:
 
 def render(name: str, params: Params, engine: str) -> str:
     """Statement ``name`` as engine ``engine`` (duckdb | athena) runs it."""
+    return to_engine(source(name, params), engine)
+
+
+def to_engine(text: str, engine: str) -> str:
+    """SQL in the source (DuckDB) dialect as ``engine`` runs it: the one translation."""
     if engine not in DIALECTS:
         raise ValueError(f"unknown engine {engine!r}: use {' or '.join(DIALECTS)}")
     sqlglot = _sqlglot()
-    tree = sqlglot.parse_one(source(name, params), read=SOURCE_DIALECT)
+    tree = sqlglot.parse_one(text, read=SOURCE_DIALECT)
+    if engine != "duckdb":
+        # MATERIALIZED is a DuckDB planning hint Trino does not accept: its planner decides
+        for cte in tree.find_all(sqlglot.exp.CTE):
+            cte.set("materialized", None)
     return str(tree.sql(dialect=DIALECTS[engine], pretty=True))

@@ -12,32 +12,30 @@
 
 -- name: objects
 -- Per index row: exactly once, same bytes, locked; from the object's versions in the inventory.
-WITH inv AS (
-    SELECT key, is_latest, COALESCE(is_delete_marker, FALSE) AS is_delete_marker, size,
-           last_modified_date AS last_modified, e_tag, object_lock_mode, object_lock_retain_until_date AS retain_until
+-- One aggregation over the report, one join, materialised once (MATERIALIZED is DuckDB's
+-- hint; the Trino rendering drops it and lets the engine plan).
+WITH per_key AS (
+    SELECT key,
+           SUM(CASE WHEN COALESCE(is_delete_marker, FALSE) THEN 0 ELSE 1 END) AS n_versions,
+           SUM(CASE WHEN COALESCE(is_delete_marker, FALSE) THEN 1 ELSE 0 END) AS n_markers,
+           MAX(key) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE)) AS latest_key,
+           MAX(size) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE)) AS size,
+           MAX(last_modified_date) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE)) AS last_modified,
+           MAX(e_tag) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE)) AS e_tag,
+           MAX(object_lock_mode) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE)) AS object_lock_mode,
+           MAX(object_lock_retain_until_date) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE))
+               AS retain_until,
+           -- the first version is the one the shipper stored (create-only): later ones are PUTs over it
+           arg_min(e_tag, last_modified_date) FILTER (WHERE NOT COALESCE(is_delete_marker, FALSE)) AS original_e_tag
     FROM $inventory
     WHERE bucket = $bucket AND starts_with(key, $prefix)
-), per_key AS (
-    SELECT key,
-           SUM(CASE WHEN is_delete_marker THEN 0 ELSE 1 END) AS n_versions,
-           SUM(CASE WHEN is_delete_marker THEN 1 ELSE 0 END) AS n_markers,
-           MIN(CASE WHEN is_delete_marker THEN NULL ELSE last_modified END) AS first_modified
-    FROM inv GROUP BY key
-), latest AS (
-    SELECT key, size, last_modified, e_tag, object_lock_mode, retain_until
-    FROM inv WHERE is_latest AND NOT is_delete_marker
-), original AS (
-    SELECT inv.key, MIN(inv.e_tag) AS e_tag
-    FROM inv JOIN per_key p ON p.key = inv.key AND inv.last_modified = p.first_modified
-    WHERE NOT inv.is_delete_marker GROUP BY inv.key
-), j AS (
+    GROUP BY key
+), j AS MATERIALIZED (
     SELECT i.stream, i.segment, i.key, i.first_seq, i.stored_size, i.stored_md5,
-           p.n_versions, p.n_markers, l.key AS latest_key, l.size, l.last_modified, l.e_tag,
-           l.object_lock_mode, l.retain_until, o.e_tag AS original_e_tag
+           p.n_versions, p.n_markers, p.latest_key, p.size, p.last_modified, p.e_tag,
+           p.object_lock_mode, p.retain_until, p.original_e_tag
     FROM $index i
     LEFT JOIN per_key p ON p.key = i.key
-    LEFT JOIN latest l ON l.key = i.key
-    LEFT JOIN original o ON o.key = i.key
     WHERE i.confirmed_at <= $inventory_time AND $stream_filter
 )
 SELECT 'missing-object' AS code, stream, segment, key, first_seq AS seq, CAST(NULL AS BIGINT) AS a,
@@ -82,11 +80,14 @@ SELECT 'renamed-object', stream, segment, key, first_seq, CAST(NULL AS BIGINT), 
 FROM j WHERE key <> $prefix || stream || '/' || segment AND key <> $prefix || stream || '/' || segment || '.zst';
 
 -- name: strays
--- Inventory keys under the prefix that no index row explains, and the index parts' own objects.
-WITH latest AS (
-    SELECT key, size, last_modified_date AS last_modified
-    FROM $inventory
-    WHERE bucket = $bucket AND starts_with(key, $prefix) AND is_latest AND NOT COALESCE(is_delete_marker, FALSE)
+-- Inventory keys under the prefix that no index row explains (the anti-join first: the
+-- patterns run only on what is left, normally nothing).
+WITH unmatched AS MATERIALIZED (
+    SELECT v.key, v.last_modified_date AS last_modified
+    FROM $inventory v
+    LEFT JOIN $index i ON i.key = v.key
+    WHERE v.bucket = $bucket AND starts_with(v.key, $prefix) AND v.is_latest
+      AND NOT COALESCE(v.is_delete_marker, FALSE) AND NOT starts_with(v.key, $prefix || '_index/') AND i.key IS NULL
 ), parsed AS (
     SELECT key, last_modified,
            regexp_extract(key, '^' || $prefix_re || '([^/]+)/(seg-[0-9]{20}(\.[1-9][0-9]{0,5})?\.jsonl)(\.zst)?$$', 1)
@@ -95,9 +96,8 @@ WITH latest AS (
                AS segment,
            regexp_extract(key, '^' || $prefix_re || '([^/]+)/[^/]+$$', 1) AS parent,
            regexp_extract(key, '([^/]*)$$', 1) AS base
-    FROM latest
-    WHERE NOT starts_with(key, $prefix || '_index/')
-), streams AS (
+    FROM unmatched
+), streams AS MATERIALIZED (
     SELECT stream, MAX(confirmed_at) AS indexed_until, MAX(last_seq) AS indexed_seq FROM $index GROUP BY stream
 )
 SELECT CASE WHEN s.stream IS NOT NULL
@@ -111,9 +111,8 @@ UNION ALL
 SELECT 'unshipped-object', p.stream, p.segment, p.key, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),
        CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR)
 FROM parsed p JOIN streams s ON s.stream = p.stream
-LEFT JOIN $index i ON i.key = p.key
 -- not yet indexed is legitimate only for an object newer than the index AND past its seqs
-WHERE COALESCE(p.segment, '') <> '' AND i.key IS NULL
+WHERE COALESCE(p.segment, '') <> ''
   AND (p.last_modified <= s.indexed_until OR CAST(substr(p.segment, 5, 20) AS BIGINT) <= s.indexed_seq);
 
 -- name: index_objects
