@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"how far (in record time) a witness may lag behind before it is stale: {DURATION_HELP} "
                    "(default 1h)")
     p.add_argument("--workers", type=int, default=16, help="parallel requests (default 16)")
+    p.add_argument("--ndjson", action="store_true",
+                   help="with --cold-only: write each segment's line and each finding as one JSON object per "
+                   "line as soon as it is judged, then a summary line; memory stays flat at any listing size")
     fleet = p.add_argument_group("fleet scale: S3 Inventory joined with the manifest index (docs/SCALING.md, "
                                  "docs/INDEX.md; needs the 'fleet' extra: duckdb, pyarrow, sqlglot)")
     fleet.add_argument("--inventory", metavar="URL",
@@ -164,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, NoteError) as exc:
         err(str(exc))
         return EXIT_ERROR
-    progress = progress_bar("verify-tier", json=args.json)
+    if args.ndjson and not args.cold_only:
+        err("verify-tier --ndjson streams the cold-only report: add --cold-only")
+        return EXIT_ERROR
+    progress = progress_bar("verify-tier", json=args.json or args.ndjson)
     opts = TierOptions(
         hot=None if args.cold_only else args.hot, stream=args.stream, since=since, until=until, deep=args.deep,
         expiry_warning_days=args.expiry_warning_days, heartbeat_interval=args.heartbeat_interval,
@@ -182,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
                 err(problem)
                 return EXIT_ERROR
+            if args.ndjson:
+                return _run_streaming(store, opts, args)
             report = verify_tier(store, opts)
         finally:
             store.close()
@@ -210,6 +218,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             err(f"found no segment of {what} in the hot tier, the ledger or under {redact_endpoint(args.cold)}: "
                 "nothing was verified; check --stream and --cold")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _run_streaming(store: Any, opts: TierOptions, args: argparse.Namespace) -> int:
+    """--cold-only --ndjson: pipeline.verify.streaming writes the report as it goes."""
+    from pipeline.verify.streaming import StreamingVerifier
+
+    verifier = StreamingVerifier(store, opts, sys.stdout.buffer)
+    ok = verifier.run()
+    if not ok:
+        return EXIT_FINDINGS
+    if verifier.totals.segments == 0:
+        what = f"stream {args.stream!r}" if args.stream else "anything"
+        err(f"found no segment of {what} under {redact_endpoint(args.cold)}: nothing was verified; check --stream "
+            "and --cold")
         return EXIT_ERROR
     return EXIT_OK
 
