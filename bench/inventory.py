@@ -11,6 +11,12 @@ direct mode's one HEAD per segment plus a listing page per 1,000 (docs/VERIFY-TI
 
     .venv/bin/python bench/inventory.py                    # 10,000,000 segments
     .venv/bin/python bench/inventory.py --segments 200000  # quick (CI-sized)
+    .venv/bin/python bench/inventory.py --direct 10000,100000  # direct mode's memory on moto
+
+``--direct`` populates moto's server (its own process) with N real chained segments per size
+(bench/bench_verify_tier.py's generator) and runs cold-only direct mode twice per size: the
+in-process report (tracemalloc peak) and ``--ndjson`` streaming (tracemalloc peak), so the
+growth per segment of each is printed with the requests per segment.
 
 Targets (issue 22): 10 M segments reconciled in under 5 minutes with peak RSS under 2 GB.
 """
@@ -146,6 +152,69 @@ def verify(root: Path, memory_limit: str) -> None:
     print(json.dumps({"elapsed_s": elapsed, "segments": report.totals()["segments"], "findings": found}))
 
 
+def run_direct(sizes: list[int], workers: int) -> int:
+    import gc
+    import tracemalloc
+    import uuid
+
+    from bench.bench_verify_tier import make_segments, start_moto, upload
+    from pipeline.cold import ColdSettings, open_store
+    from pipeline.cold.s3 import make_client
+    from pipeline.verify.streaming import StreamingVerifier
+    from pipeline.verify.tier import TierOptions, verify_tier
+
+    class Sink:
+        def write(self, b: bytes) -> int:
+            return len(b)
+
+        def flush(self) -> None:
+            pass
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    proc, endpoint = start_moto()
+    rows = []
+    try:
+        client = make_client(ColdSettings(), endpoint, "us-east-1")
+        for n in sizes:
+            bucket = f"bench-{uuid.uuid4().hex[:12]}"
+            client.create_bucket(Bucket=bucket)
+            up = upload(client, bucket, make_segments(n), workers)
+            url = f"s3://{bucket}/audit?endpoint_url={endpoint}&region=us-east-1"
+            peaks = {}
+            for mode in ("report", "ndjson"):
+                store = open_store(url, ColdSettings(allow_unlocked=True))
+                opts = TierOptions(stream="app", cold_only=True, allow_unlocked=True, heartbeat_interval=60.0,
+                                   workers=workers)
+                gc.collect()
+                tracemalloc.start()
+                base = tracemalloc.get_traced_memory()[0]
+                t = time.monotonic()
+                if mode == "report":
+                    rep = verify_tier(store, opts)
+                    assert rep.ok and rep.totals()["valid"] == n
+                    reqs = rep.requests
+                else:
+                    sv = StreamingVerifier(store, opts, Sink())  # type: ignore[arg-type]
+                    assert sv.run() and sv.totals.segments == n
+                    reqs = {k: v for k, v in dict(getattr(store, "requests", {})).items()}
+                elapsed = time.monotonic() - t
+                peaks[mode] = tracemalloc.get_traced_memory()[1] - base
+                tracemalloc.stop()
+                store.close()
+                total = sum(v for k, v in reqs.items() if k not in ("segments", "total", "list", "head", "get",
+                                                                    "other")) if mode == "ndjson" else reqs["total"]
+                print(f"{n:>7} segments ({up:.0f} s to upload): {mode:<6} {elapsed:6.1f} s, peak "
+                      f"{peaks[mode] / 1e6:6.1f} MB, {total / n:.4f} requests per segment", flush=True)
+            rows.append((n, peaks))
+        (n1, p1), (n2, p2) = rows[0], rows[-1]
+        for mode in ("report", "ndjson"):
+            print(f"{mode}: peak growth {(p2[mode] - p1[mode]) / (n2 - n1):.0f} bytes per segment ({n1} -> {n2})")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segments", type=int, default=10_000_000)
@@ -155,7 +224,11 @@ def main() -> int:
     ap.add_argument("--memory-limit", default="1GB")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     ap.add_argument("--verify-only", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--direct", help="comma-separated segment counts: direct mode's memory on moto instead")
+    ap.add_argument("--workers", type=int, default=16)
     args = ap.parse_args()
+    if args.direct:
+        return run_direct([int(x) for x in args.direct.split(",")], args.workers)
     if args.verify_only:
         verify(args.verify_only, args.memory_limit)
         return 0
