@@ -67,7 +67,7 @@ def generate(root: Path, segments: int, streams: int, parts: int, threads: int) 
             lo, hi = p * rows_per_part, min(per_stream, (p + 1) * rows_per_part)
             if lo >= hi:
                 break
-            gap = "AND NOT (i = %d)" % GAP if s == 0 else ""
+            gap = f"AND NOT (i = {GAP})" if s == 0 else ""
             first = lo if not (s == 0 and lo == GAP) else lo + 1
             rows = con.execute(f"SELECT count(*) FROM range({lo}, {hi}) t(i) WHERE TRUE {gap}").fetchone()
             assert rows is not None
@@ -85,8 +85,8 @@ def generate(root: Path, segments: int, streams: int, parts: int, threads: int) 
                          CAST(1000 + i % 97 AS BIGINT) AS stored_size, md5('e' || i) || md5('f' || i) AS stored_sha256,
                          CAST(NULL AS VARCHAR) AS stored_md5, 'zstd' AS compression,
                          md5('g' || i) || md5('h' || i) AS merkle_root,
-                         CASE WHEN i = 0 THEN repeat('0', 64) ELSE md5('{stream}' || (i - 1)) || md5((i - 1) || '{stream}') END
-                           AS first_prev,
+                         CASE WHEN i = 0 THEN repeat('0', 64)
+                              ELSE md5('{stream}' || (i - 1)) || md5((i - 1) || '{stream}') END AS first_prev,
                          md5('{stream}' || i) || md5(i || '{stream}') AS last_hash, TRUE AS sealed,
                          TIMESTAMPTZ '{T0.isoformat()}' + to_seconds(i * 300) AS first_ts,
                          TIMESTAMPTZ '{T0.isoformat()}' + to_seconds(i * 300 + 299) AS last_ts,
@@ -113,7 +113,8 @@ def generate(root: Path, segments: int, streams: int, parts: int, threads: int) 
                  'OFF' AS object_lock_legal_hold_status, 'SHA256' AS checksum_algorithm
           FROM idx WHERE NOT (stream = 's00000' AND first_seq = {MISSING * 10})
           UNION ALL
-          SELECT '{BUCKET}', '{PREFIX}/_index/' || stream || '/dt={DAY}/' || lpad(CAST(p AS VARCHAR), 10, '0') || '.parquet',
+          SELECT '{BUCKET}',
+                 '{PREFIX}/_index/' || stream || '/dt={DAY}/' || lpad(CAST(p AS VARCHAR), 10, '0') || '.parquet',
                  'v1', TRUE, FALSE, 1000, TIMESTAMPTZ '{T0.isoformat()}', md5('p' || stream || p), 'STANDARD', FALSE,
                  NULL, 'SSE-S3', TIMESTAMPTZ '{T0.isoformat()}' + INTERVAL 2556 DAY, 'COMPLIANCE', 'OFF', 'SHA256'
           FROM (SELECT DISTINCT stream FROM idx) s, range({parts}) r(p)
@@ -248,7 +249,8 @@ def main() -> int:
             return 1
         res = json.loads(out.stdout.strip().splitlines()[-1])
         rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        expected = {("missing-object", f"seg-{MISSING * 10:020d}.jsonl"), ("not-locked", f"seg-{UNLOCKED * 10:020d}.jsonl"),
+        expected = {("missing-object", f"seg-{MISSING * 10:020d}.jsonl"),
+                    ("not-locked", f"seg-{UNLOCKED * 10:020d}.jsonl"),
                     ("missing-segment", f"seg-{(GAP + 1) * 10:020d}.jsonl")}
         found = {tuple(f) for f in res["findings"]}
         n = res["segments"]

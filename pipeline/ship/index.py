@@ -24,7 +24,6 @@ ledger: the next pass writes it.  So no confirmed segment's row is ever lost.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import logging

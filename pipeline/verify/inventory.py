@@ -179,7 +179,8 @@ def load_inventory(loc: Location, tmp: Path, requests: Requests, download: bool)
     """Read and check an S3 Inventory report's manifest.json; with ``download``, fetch its
     data files (checking each one's size and MD5 against the manifest)."""
     raw, checksum = _manifest_bytes(loc, requests)
-    if checksum is not None and checksum.strip().decode(errors="replace").lower() != hashlib.md5(raw).hexdigest():
+    digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if checksum is not None and checksum.strip().decode(errors="replace").lower() != digest:
         raise TierError("the inventory's manifest.checksum does not match manifest.json: the report is damaged")
     try:
         man = json.loads(raw)
@@ -216,7 +217,7 @@ def load_inventory(loc: Location, tmp: Path, requests: Requests, download: bool)
         if data_size != size:
             raise TierError(f"inventory data file {key} is {data_size} bytes, the manifest says {size}")
         if md5:
-            h = hashlib.md5()  # the manifest's own checksum: integrity of the report, not security
+            h = hashlib.md5(usedforsecurity=False)  # the manifest's own checksum: the report's integrity
             with open(path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     h.update(chunk)
@@ -341,17 +342,20 @@ class DuckDBEngine:
                                           "preserve_insertion_order": False})
         self.con.execute("SET TimeZone = 'UTC'")
 
+        inventory_table, index_table = sqlmod.identifier(inventory_table), sqlmod.identifier(index_table)
+
         def files(paths: Sequence[Path]) -> str:
             return "[" + ", ".join(sqlmod.literal(str(p)) for p in paths) + "]"
 
         if inventory_files:
-            self.con.execute(f"CREATE VIEW {inventory_table} AS SELECT * FROM read_parquet({files(inventory_files)}, "
-                             "hive_partitioning = false, union_by_name = true)")
+            # names checked by sqlmod.identifier, paths quoted by sqlmod.literal
+            self.con.execute(f"CREATE VIEW {inventory_table} AS SELECT * FROM "  # noqa: S608
+                             f"read_parquet({files(inventory_files)}, hive_partitioning = false, union_by_name = true)")
         else:  # an empty bucket's report lists no data file
             cols = ", ".join(f"{n} {t}" for n, t in INVENTORY_COLUMNS)
             self.con.execute(f"CREATE TABLE {inventory_table} ({cols})")
-        self.con.execute(f"CREATE VIEW {index_table} AS SELECT * FROM read_parquet({files(index_files)}, "
-                         "hive_partitioning = false)")
+        self.con.execute(f"CREATE VIEW {index_table} AS SELECT * FROM "  # noqa: S608
+                         f"read_parquet({files(index_files)}, hive_partitioning = false)")
 
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
         self.executed.append(sql)
@@ -683,9 +687,9 @@ class InventoryVerifier:
                              "roots", size)
                 if size > log_size:
                     srcs = sorted({s for v in variants.values() for s in v})
-                    self.add("witness-ahead", stream, "", f"{', '.join(srcs)} holds a checkpoint of size {size} but the "
-                             f"index holds only {log_size} records: records were removed after they were witnessed",
-                             size)
+                    self.add("witness-ahead", stream, "", f"{', '.join(srcs)} holds a checkpoint of size {size} "
+                             f"but the index holds only {log_size} records: records were removed after they were "
+                             "witnessed", size)
         return newest
 
     # -- sampled deep checks ---------------------------------------------------------------------
@@ -730,7 +734,7 @@ class InventoryVerifier:
                 if w is not None and first_seq < w[0] <= last_seq + 1:
                     got = roots_in_segment(fr.path, [w[0]]).get(w[0])
                     res.checkpoints.recomputed += isinstance(got, bytes)
-                    if isinstance(got, str):
+                    if got is None or isinstance(got, str):
                         self.add("checkpoint-unchecked", stream, "", f"checkpoint of size {w[0]}: {got}", w[0])
                     elif got != w[1]:
                         self.add("witness-root-mismatch", stream, "", f"the segments give root {got.hex()[:16]}… at "

@@ -39,7 +39,7 @@ def test_every_statement_renders_as_trino_and_runs_on_duckdb(name: str, tmp_path
     # the quoted bucket name stays one literal in both renderings
     assert "'b''x'" in athena or name in ("continuity", "summary", "sample")
     # the same source, rendered for DuckDB, runs against the two schemas (empty tables)
-    from pipeline.ship.index import build_part, PartMeta
+    from pipeline.ship.index import PartMeta, build_part
 
     index = tmp_path / "part.parquet"
     index.write_bytes(build_part(PartMeta("1", "app", "2026-12-01", 0, "0" * 64, 0, 0, 0), []))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import io
 import threading
 import time
 import tracemalloc
@@ -131,15 +130,16 @@ class _FakeStore:
 def _peak(n: int) -> int:
     gc.collect()
     tracemalloc.start()
-    out = io.BytesIO()
     sink = type("Sink", (), {"write": lambda self, b: len(b), "flush": lambda self: None})()
-    ok = StreamingVerifier(_FakeStore(n), TierOptions(cold_only=True, heartbeat_interval=0, workers=4), sink).run()
+    store: Any = _FakeStore(n)
+    ok = StreamingVerifier(store, TierOptions(cold_only=True, heartbeat_interval=0, workers=4), sink).run()
     _cur, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert ok and out.getvalue() == b""
+    assert ok
     return peak
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_listing() -> None:
     # both beyond the listing's reorder window (2,000 entries): what is kept is that window, the
     # HEADs in flight and one previous segment; the in-process report would keep ~1 KB per

@@ -39,6 +39,13 @@ def statements() -> dict[str, str]:
     return out
 
 
+def identifier(name: str) -> str:
+    """A table name (``table`` or ``database.table``), refused unless plain."""
+    if not _IDENT.match(name):
+        raise ValueError(f"table name {name!r}: use letters, digits and _ (optionally database.table)")
+    return name
+
+
 def literal(value: str) -> str:
     """A SQL string literal ('' doubles a quote; the same in DuckDB and Trino)."""
     return "'" + value.replace("'", "''") + "'"
@@ -68,8 +75,7 @@ class Params:
 
     def values(self) -> dict[str, str]:
         for table in (self.inventory_table, self.index_table):
-            if not _IDENT.match(table):
-                raise ValueError(f"table name {table!r}: use letters, digits and _ (optionally database.table)")
+            identifier(table)
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError("the sample fraction must be between 0 and 1")
         covering = " OR ".join(f"(stream = {literal(s)} AND first_seq <= {int(q)} AND last_seq >= {int(q)})"
