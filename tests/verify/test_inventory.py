@@ -24,6 +24,9 @@ from pipeline.ship.shipper import Shipper
 from tests.tierutil import Pipeline, build_hot, new_bucket, s3_client, ship_pipeline
 from tests.verify.inventoryutil import write_inventory
 
+# each test ships a pipeline, builds an inventory and runs both modes: 10-25 s on 2 loaded cores
+pytestmark = pytest.mark.slow
+
 SEGMENTS = 4
 EVENTS = 10
 

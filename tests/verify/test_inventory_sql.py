@@ -76,6 +76,7 @@ def _athena_type(rows: list[tuple[Any, ...]], col: int) -> str:
     return "varchar"
 
 
+@pytest.mark.slow
 def test_athena_submits_the_sql_duckdb_ran(tmp_path: Path, moto_endpoint: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pl = ship_pipeline(tmp_path, moto_endpoint, segments=3, events_per_segment=10, lock=True)
