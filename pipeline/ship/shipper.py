@@ -282,7 +282,8 @@ class Shipper:
         # continuous loop, and at the end of every run_once pass
         self.index = IndexWriter(store, self.ledger) if index and hasattr(store, "put_index_part") else None
         self.index_interval = float(index_interval)
-        self._index_flushed = time.monotonic()
+        # the first pass writes what an earlier process left unindexed, then every interval
+        self._index_flushed = float("-inf")
 
     # ------------------------------------------------------------------ discovery
 
@@ -599,9 +600,13 @@ class Shipper:
         passed.  A failure is a condition (logged once; the rows wait in the ledger)."""
         if self.index is None or (not force and time.monotonic() - self._index_flushed < self.index_interval):
             return 0
+        left = self.deadline.remaining()
+        if left is not None and left <= 0:
+            return 0  # a drain's grace period is over: the rows wait in the ledger
         self._index_flushed = time.monotonic()
         try:
-            n = self.index.flush(self.clock())
+            with bounded_by(self.deadline):
+                n = self.index.flush(self.clock())
         except (ColdError, IndexConflict, StateConflict) as exc:
             self.conditions.set("index", f"manifest index not written (retried next pass): {exc}",
                                 level=logging.WARNING)
