@@ -319,3 +319,35 @@ def test_bad_arguments_exit_2(tmp_path: Path, moto_endpoint: str, capsys: pytest
     pl.client.put_object(Bucket=dest, Key=man["files"][0]["key"], Body=b"PAR1 not the report")
     assert main(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index]) == 2
     assert "inventory data file" in capsys.readouterr().err
+
+
+def test_local_copies_give_the_same_findings(tmp_path: Path, moto_endpoint: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An auditor who synced the inventory and the index (``aws s3 sync``) verifies offline."""
+    pl = locked(tmp_path, moto_endpoint)
+    pl.client.delete_object(Bucket=pl.bucket, Key=seg_keys(pl)[1])
+    dest = new_bucket(moto_endpoint)
+    manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=moto_endpoint)
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={moto_endpoint}&region=us-east-1"
+    args = ["verify-tier", "--cold", pl.url, "--vkey", str(pl.vkey), "--witness-dir", str(pl.witness),
+            "--heartbeat-interval", "0", "--retention-days", "1", "--sample", "0"]
+    code, remote = run([*args, "--inventory", manifest, "--index", index], capsys)
+    assert code == 1
+
+    def sync(bucket: str, prefix: str, to: Path) -> None:
+        for page in pl.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                path = to / o["Key"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(pl.client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+
+    sync(dest, "", tmp_path / "inv")
+    sync(pl.bucket, f"{pl.prefix}/_index/", tmp_path / "idx")
+    local_manifest = tmp_path / "inv" / manifest.split(dest + "/", 1)[1].split("?", 1)[0]
+    code, local = run([*args, "--inventory", str(local_manifest), "--index", str(tmp_path / "idx")], capsys)
+    assert code == 1
+    assert sorted((f["code"], f["segment"]) for f in local["findings"]) == \
+        sorted((f["code"], f["segment"]) for f in remote["findings"])
+    # only the segment under the newest witnessed checkpoint is read (one HEAD + one GET)
+    assert local["requests"]["get"] == local["requests"]["head"] == 1
+    assert {"missing-object", "delete-marker"} <= codes(local)
