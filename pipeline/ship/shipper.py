@@ -611,6 +611,10 @@ class Shipper:
             self.conditions.set("index", f"manifest index not written (retried next pass): {exc}",
                                 level=logging.WARNING)
             return 0
+        except ImportError as exc:  # pyarrow is a dependency; an image built without it still ships segments
+            self.conditions.set("index", f"manifest index not written: {exc.name} is not installed (the rows wait "
+                                "in the ledger; install worm-pipeline's dependencies)", level=logging.ERROR)
+            return 0
         self.conditions.clear("index", "manifest index written again")
         return n
 
