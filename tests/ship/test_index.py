@@ -196,3 +196,18 @@ def test_rows_carry_the_seal_tree_and_record_times(side: Any, tmp_path: Path) ->
         assert r["first_ts"] is not None and r["last_ts"] >= r["first_ts"]
         assert r["stored_size"] == e.stored_size and r["stored_md5"] is None
     assert pa.types.is_timestamp(pq.read_schema(parts_on_disk(tmp_path)[0]).field("confirmed_at").type)
+
+
+def test_without_pyarrow_segments_ship_and_the_rows_wait(side: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    s = shipper(side, store_at(tmp_path))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pyarrow", None)  # an image built without the dependency
+        summary = s.run_once()
+    assert summary.confirmed == 3 and summary.failed == 0
+    assert "pyarrow is not installed" in (s.conditions.get("index") or "")
+    assert parts_on_disk(tmp_path) == []
+    s.run_once()  # installed again: the part is written from the ledger
+    assert len(segments_in(parts_on_disk(tmp_path)[0])) == 3 and s.conditions.get("index") is None
