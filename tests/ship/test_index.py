@@ -211,3 +211,29 @@ def test_without_pyarrow_segments_ship_and_the_rows_wait(side: Any, tmp_path: Pa
     assert parts_on_disk(tmp_path) == []
     s.run_once()  # installed again: the part is written from the ledger
     assert len(segments_in(parts_on_disk(tmp_path)[0])) == 3 and s.conditions.get("index") is None
+
+
+def test_index_parts_go_through_the_cold_policy(moto_endpoint: str) -> None:
+    from pipeline.cold.errors import WormNotEnforcedError
+    from pipeline.cold.tier import ColdTier
+    from tests.tierutil import new_bucket, s3_client
+
+    unlocked = new_bucket(moto_endpoint)
+    store = open_store(f"s3://{unlocked}/p?endpoint_url={moto_endpoint}&region=us-east-1", ColdSettings())
+    with pytest.raises(WormNotEnforcedError):  # fail closed: nothing is written to unlocked storage
+        store.put_index_part("p/_index/app/dt=2026-12-01/0000000000.parquet", b"part", {})
+    assert "Contents" not in s3_client(moto_endpoint).list_objects_v2(Bucket=unlocked)
+    store.close()
+
+    locked = new_bucket(moto_endpoint, lock=True)
+    store = open_store(f"s3://{locked}/p?endpoint_url={moto_endpoint}&region=us-east-1",
+                       ColdSettings(retention_days=1))
+    key = "p/_index/app/dt=2026-12-01/0000000000.parquet"
+    first = store.put_index_part(key, b"part zero", {"worm_index_part": "0"})
+    assert first.created and first.sha256 == hashlib.sha256(b"part zero").hexdigest()
+    assert first.lock_status.startswith("COMPLIANCE until")
+    again = store.put_index_part(key, b"another body", {})  # create-only: the stored part is returned
+    assert not again.created and again.existing == b"part zero" and again.sha256 == first.sha256
+    store.close()
+    with pytest.raises(TypeError, match="overrides the cold policy"):
+        type("Sneaky", (ColdTier,), {"put_index_part": lambda self, *a: None})
