@@ -581,6 +581,10 @@ class InventoryVerifier:
             index_loc = Location.parse(opts.index)
             parts = load_index(index_loc, tmp, self.requests,
                                lambda code, stream, key, msg: self.add(code, stream, "", msg, None, key))
+            if opts.stream:  # the other streams' parts are not judged (their rows are filtered in SQL too)
+                parts = [p for p in parts if p.meta.stream == opts.stream]
+                if not parts:
+                    raise TierError(f"no index part of stream {opts.stream!r} under {opts.index}")
             check_chain(parts, prefix, index_loc.bucket is not None,
                         lambda code, stream, key, msg: self.add(code, stream, "", msg, None, key))
             params = sqlmod.Params(
