@@ -99,6 +99,9 @@ def test_clean_locked_pipeline(tmp_path: Path, moto_endpoint: str, capsys: pytes
     # list + 1 index part, then one HEAD + GET per sampled segment
     r = doc["requests"]
     assert (r["list"], r["get"] - r["head"], r["head"]) == (1, 4, SEGMENTS), r
+    assert inventory(pl, moto_endpoint, capsys, "--stream", "app")[0] == 0
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", "x", "--index", "y", "--stream", "bad name"]) == 2
+    capsys.readouterr()
     # direct mode ignores the index objects (not strays)
     dcode, d = direct(pl, capsys)
     assert dcode == 0 and codes(d, None) <= {"expiring-soon"}, d["findings"]
