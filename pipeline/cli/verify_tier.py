@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fleet.add_argument("--athena-output", help="--engine athena: s3:// query result location (else the workgroup's)")
     fleet.add_argument("--inventory-table", default="s3_inventory",
                        help="the inventory table's name (Athena; DuckDB names its view so; default s3_inventory)")
-    fleet.add_argument("--index-table", default="worm_index", help="the index table's name (default worm_index)")
+    fleet.add_argument("--index-table", default="segment_index", help="the index table's name (default segment_index)")
     fleet.add_argument("--sample", type=float, default=0.0001, metavar="FRACTION",
                        help="fraction of segments read and verified end to end (default 0.0001 = 0.01%%), plus the "
                        "one under each stream's newest witnessed checkpoint")

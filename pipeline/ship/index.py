@@ -40,6 +40,8 @@ INDEX_DIR = "_index"
 INDEX_FORMAT = "1"
 FOOTER_KEY = b"worm.index"
 GENESIS_PART_HASH = "0" * 64
+# the object metadata of a part (informational: the Parquet footer is authoritative)
+INDEX_METADATA_KEYS = ("worm_index_format", "worm_index_stream", "worm_index_part", "worm_index_prev_sha256")
 MAX_ROWS_PER_PART = 100_000  # bounds the writer's memory (~300 bytes a row) and a reader's row group
 
 
@@ -220,8 +222,8 @@ class IndexWriter:
         meta = PartMeta(INDEX_FORMAT, part.stream, part.dt, part.part, part.prev_sha256, len(rows),
                         min(e.first_seq for e in rows), max(e.last_seq for e in rows))
         data = build_part(meta, [self._row(e, part.dt) for e in rows])
-        obj_meta = {"worm_index_format": INDEX_FORMAT, "worm_index_stream": part.stream,
-                    "worm_index_part": str(part.part), "worm_index_prev_sha256": part.prev_sha256}
+        obj_meta = dict(zip(INDEX_METADATA_KEYS, (INDEX_FORMAT, part.stream, str(part.part), part.prev_sha256),
+                            strict=True))
         res = self.store.put_index_part(part.key, data, obj_meta)
         if not res.created and res.existing is not None:
             # a retry after a crash: adopt the object only if it is this part, row for row

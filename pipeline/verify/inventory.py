@@ -448,7 +448,7 @@ class InventoryOptions:
     athena_database: str | None = None
     athena_output: str | None = None
     inventory_table: str = "s3_inventory"
-    index_table: str = "worm_index"
+    index_table: str = "segment_index"
     stream: str | None = None
     heartbeat_interval: float = 60.0
     retention_days: int | None = None

@@ -22,7 +22,7 @@ NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def params(**kw: Any) -> sqlmod.Params:
-    base: dict[str, Any] = dict(inventory_table="s3_inventory", index_table="worm_index", bucket="b'x",
+    base: dict[str, Any] = dict(inventory_table="s3_inventory", index_table="segment_index", bucket="b'x",
                                 prefix="audit/", inventory_time=NOW, now=NOW, retention_days=2555,
                                 expiry_warning_days=30, heartbeat_ms=60_000, check_locks=True, stream="app",
                                 fraction=0.001, covering=(("app", 17),))
@@ -43,7 +43,7 @@ def test_every_statement_renders_as_trino_and_runs_on_duckdb(name: str, tmp_path
 
     index = tmp_path / "part.parquet"
     index.write_bytes(build_part(PartMeta("1", "app", "2026-12-01", 0, "0" * 64, 0, 0, 0), []))
-    engine = DuckDBEngine([], [index], "s3_inventory", "worm_index", tmp_path)
+    engine = DuckDBEngine([], [index], "s3_inventory", "segment_index", tmp_path)
     try:
         assert list(engine.query(sqlmod.render(name, params(), "duckdb"))) == []
     finally:
