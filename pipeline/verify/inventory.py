@@ -64,7 +64,8 @@ FINDING_STATEMENTS = ("objects", "strays", "index_objects", "continuity")
 
 def finding(code: str, stream: str, segment: str, message: str, seq: int | None = None,
             key: str | None = None) -> TierFinding:
-    """The one place inventory mode builds a finding (direct mode's model and codes)."""
+    """The one place the fleet modes (inventory, and direct mode's --ndjson in
+    pipeline.verify.streaming) build a finding: direct mode's model and codes."""
     return TierFinding(code, stream, segment, message, seq, key)
 
 

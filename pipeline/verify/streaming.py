@@ -35,6 +35,7 @@ from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.hot.segment import SegmentManifest, parse_segment_name
 from pipeline.record import validate_stream_name
 from pipeline.ship.index import is_index_key
+from pipeline.verify.inventory import finding
 from pipeline.verify.tier import (
     ERROR,
     GAP_CODES,
@@ -146,7 +147,7 @@ class StreamingVerifier:
             caps = self.store.capabilities()
             worm = caps.worm_enforced
             if not worm:
-                self._finding(TierFinding("worm-not-enforced", "", "", caps.reason))
+                self._finding(finding("worm-not-enforced", "", "", caps.reason))
         except ColdError:
             worm = None
         expected = getattr(self.store, "expected_encryption", None)
@@ -197,7 +198,7 @@ class StreamingVerifier:
             first = self.store.list_versions(prefix)
             peeked = next(first, None)
         except VersionsUnavailable as exc:
-            self._finding(TierFinding("versions-unchecked", "", "", str(exc)))
+            self._finding(finding("versions-unchecked", "", "", str(exc)))
             return ((o.key, [ObjectVersion(o.key, None, True, False, o.size, o.last_modified)])
                     for o in self.store.list(prefix))
 
@@ -315,7 +316,7 @@ class _StreamRun:
 
     def add_finding(self, code: str, segment: str, message: str, seq: int | None = None,
                     key: str | None = None) -> None:
-        f = TierFinding(code, self.stream, segment, message, seq, key)
+        f = finding(code, self.stream, segment, message, seq, key)
         self.o._finding(f)
         ln = self._lines.get(segment)
         if ln is None or code in GAP_CODES:
