@@ -102,6 +102,14 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
      "or the key was deleted and written again"),
     ("extra-version", ERROR, "tier", _TIER, "a segment key holds more than one object version: something was PUT "
      "over the shipped object and readers see the newest"),
+    ("index-part-invalid", ERROR, "tier", _TIER, "--inventory: an object under the index prefix is not a valid "
+     "index part, or sits under another part's key"),
+    ("index-part-missing", ERROR, "tier", _TIER, "--inventory: index parts are missing from a stream's chain "
+     "(numbers skipped)"),
+    ("index-chain-broken", ERROR, "tier", _TIER, "--inventory: an index part does not name the SHA-256 of the part "
+     "before it (a part was rewritten), or two parts claim one number"),
+    ("index-part-replaced", ERROR, "tier", _TIER, "--inventory: an index part's key holds more than one version or a "
+     "delete marker: the index was rewritten or hidden"),
     ("versions-unchecked", WARNING, "tier", _TIER, "object versions could not be listed (backend or permission): "
      "delete markers and overwritten versions were not checked"),
     ("ledger-missing", WARNING, "tier", _TIER, "host mode without the shipper's ledger: cold objects cannot be "

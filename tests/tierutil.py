@@ -54,12 +54,13 @@ class Pipeline:
     witness: Path
     stream: str = "app"
 
-    def object_keys(self) -> list[str]:
+    def object_keys(self, *, index: bool = False) -> list[str]:
+        """The segment objects' keys (``index``: the manifest index parts', docs/INDEX.md)."""
         out: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                           Prefix=f"{self.prefix}/"):
             out.extend(o["Key"] for o in page.get("Contents", []))
-        return sorted(out)
+        return sorted(k for k in out if k.startswith(f"{self.prefix}/_index/") == index)
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

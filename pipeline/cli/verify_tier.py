@@ -68,6 +68,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"how far (in record time) a witness may lag behind before it is stale: {DURATION_HELP} "
                    "(default 1h)")
     p.add_argument("--workers", type=int, default=16, help="parallel requests (default 16)")
+    p.add_argument("--ndjson", action="store_true",
+                   help="with --cold-only: write each segment's line and each finding as one JSON object per "
+                   "line as soon as it is judged, then a summary line; memory stays flat at any listing size")
+    fleet = p.add_argument_group("fleet scale: S3 Inventory joined with the manifest index (docs/SCALING.md, "
+                                 "docs/INDEX.md; needs the 'fleet' extra: duckdb, pyarrow, sqlglot)")
+    fleet.add_argument("--inventory", metavar="URL",
+                       help="an S3 Inventory report's manifest.json (s3://bucket/.../manifest.json[?endpoint_url=...] "
+                       "or a local path): Parquet, all versions; replaces the listing and the HEADs")
+    fleet.add_argument("--index", metavar="URL",
+                       help="the manifest index the shipper writes: s3://bucket/<prefix>/_index/ or a local copy")
+    fleet.add_argument("--engine", choices=("duckdb", "athena"), default="duckdb",
+                       help="where the reconciliation SQL runs (default: duckdb, embedded)")
+    fleet.add_argument("--workgroup", help="--engine athena: the Athena workgroup")
+    fleet.add_argument("--athena-database", help="--engine athena: the database holding the two tables")
+    fleet.add_argument("--athena-output", help="--engine athena: s3:// query result location (else the workgroup's)")
+    fleet.add_argument("--inventory-table", default="s3_inventory",
+                       help="the inventory table's name (Athena; DuckDB names its view so; default s3_inventory)")
+    fleet.add_argument("--index-table", default="segment_index", help="the index table's name (default segment_index)")
+    fleet.add_argument("--sample", type=float, default=0.0001, metavar="FRACTION",
+                       help="fraction of segments read and verified end to end (default 0.0001 = 0.01%%), plus the "
+                       "one under each stream's newest witnessed checkpoint")
+    fleet.add_argument("--memory-limit", default="1GB", help="DuckDB's memory limit; sorts spill to disk (default 1GB)")
     add_retry_arg(p)
     p.set_defaults(func=run)
 
@@ -124,6 +146,8 @@ def ledger_prefix_problem(store: Any, hot: Path, url: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.inventory or args.index:
+        return run_inventory(args)
     if args.cold_only and not args.vkey:
         err("verify-tier --cold-only needs --vkey (the log's verifier key)")
         return EXIT_ERROR
@@ -143,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, NoteError) as exc:
         err(str(exc))
         return EXIT_ERROR
-    progress = progress_bar("verify-tier", json=args.json)
+    if args.ndjson and not args.cold_only:
+        err("verify-tier --ndjson streams the cold-only report: add --cold-only")
+        return EXIT_ERROR
+    progress = progress_bar("verify-tier", json=args.json or args.ndjson)
     opts = TierOptions(
         hot=None if args.cold_only else args.hot, stream=args.stream, since=since, until=until, deep=args.deep,
         expiry_warning_days=args.expiry_warning_days, heartbeat_interval=args.heartbeat_interval,
@@ -161,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
                 err(problem)
                 return EXIT_ERROR
+            if args.ndjson:
+                return _run_streaming(store, opts, args)
             report = verify_tier(store, opts)  # a ColdError or TierError is answered by the CLI (exit 2)
         finally:
             store.close()
@@ -188,3 +217,67 @@ def run(args: argparse.Namespace) -> int:
                 "nothing was verified; check --stream and --cold")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _run_streaming(store: Any, opts: TierOptions, args: argparse.Namespace) -> int:
+    """--cold-only --ndjson: pipeline.verify.streaming writes the report as it goes."""
+    from pipeline.verify.streaming import StreamingVerifier
+
+    verifier = StreamingVerifier(store, opts, sys.stdout.buffer)
+    ok = verifier.run()
+    if not ok:
+        return EXIT_FINDINGS
+    if verifier.totals.segments == 0:
+        what = f"stream {args.stream!r}" if args.stream else "anything"
+        err(f"found no segment of {what} under {redact_endpoint(args.cold)}: nothing was verified; check --stream "
+            "and --cold")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def run_inventory(args: argparse.Namespace) -> int:
+    """``--inventory URL --index URL``: the reconciliation as SQL (pipeline.verify.inventory)."""
+    if not (args.inventory and args.index):
+        err("verify-tier --inventory and --index go together (the S3 Inventory manifest.json and the shipper's "
+            "manifest index)")
+        return EXIT_ERROR
+    if args.hot is not None or args.deep or args.since or args.until:
+        err("verify-tier --inventory judges the whole index (no --hot, --deep, --since or --until; --sample "
+            "chooses what is read end to end)")
+        return EXIT_ERROR
+    try:
+        from pipeline.verify.inventory import InventoryOptions, verify_inventory
+    except ImportError as exc:
+        err(f"verify-tier --inventory needs the 'fleet' extra ({exc.name} is missing): "
+            "pip install 'worm-pipeline[fleet]'")
+        return EXIT_ERROR
+    try:
+        verifiers = load_verifiers(args.vkey) if args.vkey else []
+        witness_s3 = [_s3_witness(u) for u in args.witness_s3]
+        if args.stream:
+            validate_stream_name(args.stream)
+    except (ValueError, OSError, NoteError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    opts = InventoryOptions(
+        inventory=args.inventory, index=args.index, engine=args.engine, workgroup=args.workgroup,
+        athena_database=args.athena_database, athena_output=args.athena_output,
+        inventory_table=args.inventory_table, index_table=args.index_table, stream=args.stream,
+        heartbeat_interval=args.heartbeat_interval, retention_days=args.retention_days,
+        allow_unlocked=args.allow_unlocked, expiry_warning_days=args.expiry_warning_days, sample_fraction=args.sample,
+        verifiers=verifiers, witness_dirs=args.witness_dir, witness_s3=witness_s3, checkpoint_files=args.checkpoint,
+        origin=args.origin, memory_limit=args.memory_limit)
+    try:
+        store = open_for_reading(args.cold, args)
+        try:
+            report = verify_inventory(store, opts)  # a ColdError or TierError: the CLI's one handler (exit 2)
+        finally:
+            store.close()
+    except (OSError, ValueError) as exc:
+        err(str(exc))
+        return EXIT_ERROR
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(report))
+    return EXIT_FINDINGS if not report.ok else EXIT_OK

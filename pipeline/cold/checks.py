@@ -84,7 +84,16 @@ def evaluate_stat(
         result.add("metadata", not missing, f"missing {', '.join(missing)}" if missing else "complete",
                    "metadata-mismatch")
 
-    # The lock.
+    evaluate_lock(st, settings, result, worm_enforced, worm_note, min_retain_until)
+    if expect_legal_hold:
+        result.add("legal hold", st.legal_hold is True, f"legal hold is {st.legal_hold}", "legal-hold-missing")
+
+
+def evaluate_lock(st: ObjectStat, settings: ColdSettings, result: VerifyResult, worm_enforced: bool,
+                  worm_note: str, min_retain_until: dt.datetime | None) -> None:
+    """The lock judgement of copy-then-verify (segments and index parts alike): COMPLIANCE
+    (or an enforced immutability policy) until at least ``min_retain_until`` (standalone:
+    upload + retention - 1 day)."""
     mode = (st.lock_mode or "").upper()
     if min_retain_until is None and st.last_modified is not None:
         min_retain_until = st.last_modified + dt.timedelta(days=settings.retention_days) - STANDALONE_SLACK
@@ -112,8 +121,6 @@ def evaluate_stat(
         else:
             result.lock_status = "UNLOCKED"
             result.add("lock", False, f"{why}; unlocked storage is refused (fail closed)", "not-locked")
-    if expect_legal_hold:
-        result.add("legal hold", st.legal_hold is True, f"legal hold is {st.legal_hold}", "legal-hold-missing")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from pipeline.cold.base import (
     lock_state_expired,
     required_retain_until,
 )
-from pipeline.cold.checks import evaluate_stat, start_verify
+from pipeline.cold.checks import evaluate_lock, evaluate_stat, start_verify
 from pipeline.cold.codec import PreparedBody, deep_check, hash_stream, prepare_body
 from pipeline.cold.errors import (
     ColdError,
@@ -54,7 +55,7 @@ from pipeline.format.segment import SegmentManifest
 T = TypeVar("T")
 
 # The policy: a backend that defines one of these is refused at class creation.
-POLICY_METHODS = frozenset({"put_segment", "verify", "capabilities", "key_for", "_call"})
+POLICY_METHODS = frozenset({"put_segment", "verify", "capabilities", "key_for", "_call", "put_index_part"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +279,55 @@ class ColdTier(abc.ABC):
                 deep_check(lambda: self.open(key), manifest, compression, full_sha, st.size, result)
         result.requests = self.requests_sent() - before
         return result
+
+
+    def put_index_part(self, key: str, data: bytes, metadata: dict[str, str]) -> IndexPutResult:
+        """A manifest index part (docs/INDEX.md) under the same rules as a segment: fail
+        closed on unlocked storage, create-only, then copy-then-verify (size, SHA-256 and the
+        lock, read back).  When the key already exists (a retry after a crash) nothing is
+        written and the existing object is read back whole, so the caller can judge it;
+        ``created`` is False then.  Raises VerificationError when the stored object does not
+        prove the part safe."""
+        caps = self.capabilities()
+        if not caps.worm_enforced and not self.settings.allow_unlocked:
+            summary, action = self.refusal(caps)
+            raise WormNotEnforcedError(summary, segment=key, endpoint=self.where(), action=action)
+        sha = hashlib.sha256(data).hexdigest()
+        body = PreparedBody(None, len(data), sha, "none", data=data)
+        retain_until = required_retain_until(self.settings)
+        created = self.create_object(NewObject(key, key.rsplit("/", 1)[-1], body, metadata, retain_until,
+                                               caps.worm_enforced, self.settings.legal_hold, False))
+        existing: bytes | None = None
+        if not created:
+            stream = self.open(key)
+            try:
+                existing = stream.read()
+            finally:
+                stream.close()
+        want = existing if existing is not None else data
+        want_sha = sha if existing is None else hashlib.sha256(existing).hexdigest()
+        st = self.stat(key)
+        result = VerifyResult(key)
+        result.add("stored size", st.size == len(want), f"{st.size} bytes, expected {len(want)}",
+                   "stored-size-mismatch")
+        got_sha = st.sha256 if st.sha256 is not None else hash_stream(lambda: self.open(key))[0]
+        result.add("stored sha256", got_sha == want_sha, f"{got_sha}, expected {want_sha}", "stored-sha256-mismatch")
+        evaluate_lock(st, self.settings, result, caps.worm_enforced, caps.reason,
+                      retain_until - dt.timedelta(seconds=1) if created else None)
+        if not result.ok:
+            raise VerificationError(f"index part {key} failed copy-then-verify", result, segment=key,
+                                    endpoint=self.where())
+        return IndexPutResult(key, created, len(want), want_sha, existing, result.lock_status)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexPutResult:
+    key: str
+    created: bool  # False: the key existed; ``existing`` holds its bytes (verified and locked)
+    size: int
+    sha256: str  # of the stored bytes
+    existing: bytes | None
+    lock_status: str
 
 
 def segment_for_key(key: str) -> str:

@@ -86,6 +86,24 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE INDEX IF NOT EXISTS segments_state ON segments(state, first_seq);
 CREATE TABLE IF NOT EXISTS reserve (id INTEGER PRIMARY KEY, pad BLOB);
+-- The manifest index (docs/INDEX.md): one row per index part the shipper wrote or is writing.
+-- state 'writing': the part's rows are chosen (segments.index_part) and the PUT may have run;
+-- 'stored': the object was created (or found) and verified.  Chain: prev_sha256 = sha256 of
+-- part - 1 of the same stream.
+CREATE TABLE IF NOT EXISTS index_parts (
+    stream       TEXT NOT NULL,
+    part         INTEGER NOT NULL,
+    key          TEXT NOT NULL,
+    dt           TEXT NOT NULL,
+    prev_sha256  TEXT NOT NULL,
+    sha256       TEXT,
+    size         INTEGER,
+    rows         INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    stored_at    REAL,
+    PRIMARY KEY (stream, part)
+);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       REAL NOT NULL,
@@ -124,6 +142,32 @@ class Entry:
     confirmed_at: float | None
     evicted_at: float | None
     updated_at: float
+    # the seal's stream tree size and root (None for abandoned, unsealed segments, and rows
+    # written before the index existed); the index part key this segment's row went to
+    tree_size: int | None = None
+    tree_root: str | None = None
+    index_part: str | None = None
+
+
+# Columns added after the first release: added to an existing ledger when it is opened.
+_ADDED_COLUMNS = (("tree_size", "INTEGER"), ("tree_root", "TEXT"), ("index_part", "TEXT"))
+
+
+@dataclass(frozen=True)
+class IndexPart:
+    """One row of ``index_parts`` (docs/INDEX.md)."""
+
+    stream: str
+    part: int
+    key: str
+    dt: str
+    prev_sha256: str
+    sha256: str | None
+    size: int | None
+    rows: int
+    state: str
+    created_at: float
+    stored_at: float | None
 
 
 class StateConflict(PipelineError, RuntimeError):
@@ -173,6 +217,11 @@ class Ledger:
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             db.executescript(_SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(segments)").fetchall()}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE segments ADD COLUMN {name} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS segments_index_part ON segments(index_part)")
         except BaseException:
             db.close()
             raise
@@ -254,18 +303,20 @@ class Ledger:
             self.write_error = None
             return result
 
-    def add(self, manifest: Any, now: float | None = None) -> bool:
-        """Record a newly sealed segment.  Returns False if it was already known."""
+    def add(self, manifest: Any, now: float | None = None, seal: tuple[int, str] | None = None) -> bool:
+        """Record a newly sealed segment (``seal``: its seal's tree size and root).  Returns
+        False if it was already known."""
         t = time.time() if now is None else now
+        tree_size, tree_root = seal if seal is not None else (None, None)
 
         def body(db: sqlite3.Connection) -> bool:
             cur = db.execute(
                 "INSERT OR IGNORE INTO segments (stream, segment, first_seq, last_seq, records, size, sha256, "
-                "merkle_root, first_prev, last_hash, sealed, first_ts, last_ts, state, discovered_at, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'sealed',?,?)",
+                "merkle_root, first_prev, last_hash, sealed, first_ts, last_ts, state, discovered_at, updated_at, "
+                "tree_size, tree_root) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'sealed',?,?,?,?)",
                 (manifest.stream, manifest.segment, manifest.first_seq, manifest.last_seq, manifest.records,
                  manifest.size, manifest.sha256, manifest.merkle_root, manifest.first_prev, manifest.last_hash,
-                 int(manifest.sealed), manifest.first_ts, manifest.last_ts, t, t),
+                 int(manifest.sealed), manifest.first_ts, manifest.last_ts, t, t, tree_size, tree_root),
             )
             if cur.rowcount:
                 db.execute("INSERT INTO events (at, stream, segment, state, detail) VALUES (?,?,?,?,?)",
@@ -339,6 +390,67 @@ class Ledger:
         with self._lock:
             rows = self._db.execute(q, args).fetchall()
         return [_entry(r) for r in rows]
+
+    # ---- the manifest index (docs/INDEX.md) -------------------------------------------------
+
+    def unindexed(self, stream: str, limit: int) -> list[Entry]:
+        """Confirmed (or since evicted) segments of ``stream`` whose index row is not yet
+        chosen for a part, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM segments WHERE stream = ? AND state IN ('confirmed', 'evicted') "
+                "AND index_part IS NULL ORDER BY first_seq, segment LIMIT ?", (stream, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def index_streams(self) -> list[str]:
+        """Streams with confirmed segments not yet indexed, or an index part still being written."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT stream FROM segments WHERE state IN ('confirmed', 'evicted') "
+                "AND index_part IS NULL UNION SELECT stream FROM index_parts WHERE state = 'writing' "
+                "ORDER BY 1").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def index_parts(self, stream: str, *, state: str | None = None) -> list[IndexPart]:
+        q = "SELECT * FROM index_parts WHERE stream = ?"
+        args: list[Any] = [stream]
+        if state:
+            q += " AND state = ?"
+            args.append(state)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY part", args).fetchall()
+        return [IndexPart(**dict(r)) for r in rows]
+
+    def index_rows(self, key: str) -> list[Entry]:
+        """The segments whose rows index part ``key`` holds, in row order."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM segments WHERE index_part = ? ORDER BY first_seq, segment",
+                                    (key,)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def begin_index_part(self, part: IndexPart, segments: list[str]) -> None:
+        """Choose ``segments`` as the rows of ``part`` (state 'writing'), in one transaction,
+        before the part is uploaded: after a crash the same rows are written again."""
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO index_parts (stream, part, key, dt, prev_sha256, sha256, size, rows, state, "
+                       "created_at, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (part.stream, part.part, part.key, part.dt, part.prev_sha256, part.sha256, part.size,
+                        part.rows, "writing", part.created_at, None))
+            for name in segments:
+                cur = db.execute("UPDATE segments SET index_part = ? WHERE stream = ? AND segment = ? "
+                                 "AND index_part IS NULL", (part.key, part.stream, name))
+                if not cur.rowcount:
+                    raise StateConflict(f"{part.stream}/{name} is already indexed: not writing it twice")
+
+        self._write(body)
+
+    def finish_index_part(self, stream: str, part: int, sha256: str, size: int, now: float) -> None:
+        """The part's object is stored and verified: its SHA-256 is the chain's next link."""
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE index_parts SET state = 'stored', sha256 = ?, size = ?, stored_at = ? "
+                       "WHERE stream = ? AND part = ?", (sha256, size, now, stream, part))
+
+        self._write(body)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

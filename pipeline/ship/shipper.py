@@ -57,6 +57,7 @@ from pipeline.format.segment import (
     read_first_record,
     read_last_line,
 )
+from pipeline.ship.index import IndexConflict, IndexWriter
 from pipeline.ship.ledger import ACTIVE_STATES, Entry, Ledger, StateConflict
 
 log = logging.getLogger("pipeline.ship")
@@ -204,6 +205,20 @@ def is_sealed_file(path: Path) -> bool:
         return False
 
 
+def seal_tree(path: Path) -> tuple[int, str] | None:
+    """(tree_size, tree_root) of a sealed segment's seal record (the stream tree before the
+    seal's own leaf), for the manifest index; None when the last line is not a seal."""
+    last = read_last_line(path)
+    try:
+        rec = parse_record(last) if last else None
+    except RecordError:
+        return None
+    if rec is None or rec.kind != Kind.SEAL.value:
+        return None
+    size, root = rec.data.get("tree_size"), rec.data.get("tree_root")
+    return (size, root) if isinstance(size, int) and isinstance(root, str) else None
+
+
 def _differs_from_ledger(path: Path, e: Entry) -> str | None:
     """Why the hot file is not the segment the ledger confirmed, or None when it is (or is
     already gone).  Read once before eviction: the file must be byte-for-byte what was shipped."""
@@ -237,6 +252,8 @@ class Shipper:
         streams: list[str] | None = None,
         listener: Listener | None = None,
         clock: Callable[[], float] = time.time,
+        index: bool = True,
+        index_interval: float = 3600.0,
     ) -> None:
         self.hot_dir = Path(hot_dir)
         self.store = store
@@ -257,6 +274,12 @@ class Shipper:
         self._inflight: dict[tuple[str, str], threading.Thread] = {}
         self._finished: list[tuple[Entry, str]] = []
         self._hold_until = 0.0  # while cold storage refuses: the next probe (time.monotonic())
+        # the manifest index (docs/INDEX.md): parts written every index_interval by the
+        # continuous loop, and at the end of every run_once pass
+        self.index = IndexWriter(store, self.ledger) if index and hasattr(store, "put_index_part") else None
+        self.index_interval = float(index_interval)
+        # the first pass writes what an earlier process left unindexed, then every interval
+        self._index_flushed = float("-inf")
 
     # ------------------------------------------------------------------ discovery
 
@@ -289,7 +312,7 @@ class Shipper:
                     self._unshippable[f"{stream}/{path.name}"] = str(exc)
                     log.error("cannot describe %s/%s for shipping: %s", stream, path.name, exc)
                     continue
-                if self.ledger.add(manifest, self.clock()):
+                if self.ledger.add(manifest, self.clock(), seal=seal_tree(path) if entry is None else None):
                     added += 1
         return added
 
@@ -568,7 +591,31 @@ class Shipper:
                 if cur and cur.last_error:
                     summary.errors.append(f"{e.stream}/{e.segment}: {cur.last_error}")
 
-    def _finish_pass(self, summary: ShipSummary) -> ShipSummary:
+    def flush_index(self, force: bool = False) -> int:
+        """Write the manifest index parts now (``force``) or when ``index_interval`` has
+        passed.  A failure is a condition (logged once; the rows wait in the ledger)."""
+        if self.index is None or (not force and time.monotonic() - self._index_flushed < self.index_interval):
+            return 0
+        left = self.deadline.remaining()
+        if left is not None and left <= 0:
+            return 0  # a drain's grace period is over: the rows wait in the ledger
+        self._index_flushed = time.monotonic()
+        try:
+            with bounded_by(self.deadline):
+                n = self.index.flush(self.clock())
+        except (ColdError, IndexConflict, StateConflict) as exc:
+            self.conditions.set("index", f"manifest index not written (retried next pass): {exc}",
+                                level=logging.WARNING)
+            return 0
+        except ImportError as exc:  # pyarrow is a dependency; an image built without it still ships segments
+            self.conditions.set("index", f"manifest index not written: {exc.name} is not installed (the rows wait "
+                                "in the ledger; install worm-pipeline's dependencies)", level=logging.ERROR)
+            return 0
+        self.conditions.clear("index", "manifest index written again")
+        return n
+
+    def _finish_pass(self, summary: ShipSummary, force_index: bool = False) -> ShipSummary:
+        self.flush_index(force_index)
         summary.evicted = self.evict()
         self.ledger.ensure_reserve()
         summary.pending = len(self.ledger.entries(states=ACTIVE_STATES))
@@ -607,7 +654,7 @@ class Shipper:
                 wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
                 self._cv.wait(wait)
         self._collect(summary)
-        return self._finish_pass(summary)
+        return self._finish_pass(summary, force_index=True)
 
     def run_forever(self, stop: threading.Event, poll_interval: float = 2.0,
                     after_pass: Callable[[ShipSummary], None] | None = None) -> None:

@@ -65,6 +65,7 @@ from pipeline.format.layout import (
 )
 from pipeline.format.record import GENESIS_HASH, Kind, RecordError, parse_record, ts_epoch
 from pipeline.format.segment import SegmentManifest, list_segments, list_streams, parse_segment_name, read_last_line
+from pipeline.ship.index import is_index_key
 from pipeline.ship.ledger import Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
@@ -787,7 +788,11 @@ class TierVerifier:
         versions = _Versions()
         prefix = stream_prefix("", stream) if stream else ""
 
+        index_prefix = str(getattr(self.store, "prefix", "") or "")
+
         def keep(key: str, size: int, modified: dt.datetime | None) -> None:
+            if is_index_key(key, index_prefix):
+                return  # the manifest index (docs/INDEX.md): verified by --inventory mode, not a stray
             parsed = segment_of_key(key)
             if parsed is None:
                 out.setdefault("", []).append(_Obj("", key, "", size, modified))

@@ -44,7 +44,9 @@ def metric_names() -> set[str]:
 
 
 def metadata_keys() -> set[str]:
-    return {META_PREFIX + k for k in (*METADATA_KEYS, "stored_sha256_composite")}
+    from pipeline.ship.index import INDEX_METADATA_KEYS
+
+    return {META_PREFIX + k for k in (*METADATA_KEYS, "stored_sha256_composite")} | set(INDEX_METADATA_KEYS)
 
 
 def mentions(path: Path) -> list[tuple[int, str]]:

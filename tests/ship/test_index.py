@@ -1,0 +1,245 @@
+"""The manifest index writer (pipeline/ship/index.py): chained parts through the cold policy,
+and no confirmed segment's row lost to a crash at any step (docs/INDEX.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cold import ColdSettings, open_store
+from pipeline.cold.errors import ColdUnavailableError
+from pipeline.ship.index import GENESIS_PART_HASH, read_part_meta
+from pipeline.ship.ledger import Ledger
+from pipeline.ship.shipper import Shipper
+from tests.tierutil import build_hot
+
+
+class Crash(BaseException):
+    """The process dies here (not an error any layer handles)."""
+
+
+@pytest.fixture
+def side(tmp_path: Path) -> Any:
+    return build_hot(tmp_path, segments=3, events_per_segment=5)
+
+
+def store_at(tmp_path: Path) -> Any:
+    cold = tmp_path / "cold"
+    cold.mkdir(exist_ok=True)
+    return open_store(f"file://{cold}", ColdSettings(allow_unlocked=True))
+
+
+def shipper(side: Any, store: Any, max_rows: int = 100) -> Shipper:
+    s = Shipper(side.hot, store, hot_retention=1e9)
+    assert s.index is not None
+    s.index.max_rows = max_rows
+    return s
+
+
+def parts_on_disk(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "cold" / "_index").rglob("*.parquet"))
+
+
+def segments_in(path: Path) -> list[str]:
+    return [str(s) for s in pq.read_table(path, columns=["segment"]).column(0).to_pylist()]
+
+
+def test_parts_are_chained(side: Any, tmp_path: Path) -> None:
+    s = shipper(side, store_at(tmp_path), max_rows=1)
+    s.run_once()
+    files = parts_on_disk(tmp_path)
+    assert [f.name for f in files] == ["0000000000.parquet", "0000000001.parquet", "0000000002.parquet"]
+    prev = GENESIS_PART_HASH
+    for n, f in enumerate(files):
+        meta, rows = read_part_meta(str(f))
+        assert (meta.part, meta.prev_sha256, rows) == (n, prev, 1)
+        prev = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert [p.sha256 for p in s.ledger.index_parts("app")][-1] == prev
+    assert all(e.index_part for e in s.ledger.entries())
+    # a second pass with nothing new writes nothing
+    s.run_once()
+    assert len(parts_on_disk(tmp_path)) == 3
+
+
+def test_crash_after_rows_chosen_before_the_put(side: Any, tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    s = shipper(side, store)
+
+    def crash(*_a: Any, **_k: Any) -> Any:
+        raise Crash
+
+    store.put_index_part = crash
+    with pytest.raises(Crash):
+        s.run_once()
+    assert parts_on_disk(tmp_path) == []
+    [part] = s.ledger.index_parts("app")
+    assert part.state == "writing" and part.rows == 3
+    s.ledger.close()
+    # the next process writes the same part with the same rows
+    again = shipper(side, store_at(tmp_path))
+    again.run_once()
+    [f] = parts_on_disk(tmp_path)
+    assert segments_in(f) == [e.segment for e in again.ledger.entries()]
+    [part] = again.ledger.index_parts("app")
+    assert part.state == "stored" and part.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_crash_after_the_put_before_it_is_recorded(side: Any, tmp_path: Path) -> None:
+    s = shipper(side, store_at(tmp_path), max_rows=1)
+    real = s.ledger.finish_index_part
+    calls = {"n": 0}
+
+    def finish(*a: Any, **k: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash  # part 1 is stored, the ledger does not know yet
+        real(*a, **k)
+
+    s.ledger.finish_index_part = finish  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        s.run_once()
+    assert len(parts_on_disk(tmp_path)) == 2
+    s.ledger.close()
+    again = shipper(side, store_at(tmp_path), max_rows=1)
+    again.run_once()  # create-only finds part 1, adopts it (same rows, same link), goes on
+    files = parts_on_disk(tmp_path)
+    assert len(files) == 3
+    parts = again.ledger.index_parts("app")
+    assert [p.state for p in parts] == ["stored"] * 3
+    assert parts[2].prev_sha256 == hashlib.sha256(files[1].read_bytes()).hexdigest() == parts[1].sha256
+
+
+def test_a_foreign_object_under_the_next_key_stops_the_index(side: Any, tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    s = shipper(side, store)
+    s.discover()
+    key = "_index/app/dt={}/0000000000.parquet"
+    from pipeline.ship.index import day_of
+
+    day = day_of(s.ledger.entries()[0])
+    store.put_index_part(key.format(day), b"not an index part", {})
+    summary = s.run_once()
+    assert summary.failed == 0 and summary.confirmed == 3  # shipping itself goes on
+    assert "is not index part 0" in (s.conditions.get("index") or "")
+    [part] = s.ledger.index_parts("app")
+    assert part.state == "writing"  # never chained to, never written twice
+
+
+def test_a_cold_failure_leaves_the_rows_for_the_next_pass(side: Any, tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    s = shipper(side, store)
+    real = store.put_index_part
+
+    def down(*_a: Any, **_k: Any) -> Any:
+        raise ColdUnavailableError("cold storage unreachable")
+
+    store.put_index_part = down
+    s.run_once()
+    assert "manifest index not written" in (s.conditions.get("index") or "")
+    assert [e.state for e in s.ledger.entries()] == ["confirmed"] * 3
+    store.put_index_part = real
+    s.run_once()
+    assert s.conditions.get("index") is None
+    [f] = parts_on_disk(tmp_path)
+    assert len(segments_in(f)) == 3
+
+
+def test_the_continuous_loop_writes_parts_every_interval(side: Any, tmp_path: Path) -> None:
+    import time
+
+    s = Shipper(side.hot, store_at(tmp_path), hot_retention=1e9, index_interval=3600)
+    assert s.flush_index() == 0  # a process's first flush is due at once (nothing confirmed yet)
+    for _ in range(50):
+        s.tick()
+        if all(e.state == "confirmed" for e in s.ledger.entries()) and s.in_flight() == 0:
+            break
+        time.sleep(0.1)
+    assert [e.state for e in s.ledger.entries()] == ["confirmed"] * 3
+    assert parts_on_disk(tmp_path) == []  # the interval has not passed: the rows wait in the ledger
+    s.ledger.close()
+    # the next process writes them on its first pass, without waiting an interval
+    again = Shipper(side.hot, store_at(tmp_path), hot_retention=1e9, index_interval=3600)
+    again.tick()
+    assert len(segments_in(parts_on_disk(tmp_path)[0])) == 3
+    assert again.flush_index() == 0  # then not again before the interval
+
+
+def test_a_ledger_from_before_the_index_is_migrated(tmp_path: Path) -> None:
+    d = tmp_path / "hot" / ".ship"
+    d.mkdir(parents=True)
+    db = sqlite3.connect(d / "ledger.sqlite")
+    db.executescript("""CREATE TABLE segments (stream TEXT NOT NULL, segment TEXT NOT NULL, first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL, records INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+        merkle_root TEXT NOT NULL, first_prev TEXT NOT NULL, last_hash TEXT NOT NULL, sealed INTEGER NOT NULL,
+        first_ts TEXT NOT NULL DEFAULT '', last_ts TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, cold_key TEXT,
+        stored_sha256 TEXT, stored_size INTEGER, lock_status TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT, next_attempt REAL NOT NULL DEFAULT 0, discovered_at REAL NOT NULL, confirmed_at REAL,
+        evicted_at REAL, updated_at REAL NOT NULL, PRIMARY KEY (stream, segment));
+        INSERT INTO segments VALUES ('app', 'seg-00000000000000000000.jsonl', 0, 5, 6, 100, 'aa', 'bb', 'cc', 'dd', 1,
+        '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:01.000000Z', 'confirmed', 'app/seg-00000000000000000000.jsonl',
+        'ee', 90, 'COMPLIANCE', 0, NULL, 0, 1.0, 2.0, NULL, 2.0);""")
+    db.close()
+    ledger = Ledger(tmp_path / "hot")
+    [e] = ledger.entries()
+    assert (e.tree_size, e.tree_root, e.index_part) == (None, None, None)
+    assert [x.segment for x in ledger.unindexed("app", 10)] == [e.segment]  # indexed on the next pass
+    ledger.close()
+
+
+def test_rows_carry_the_seal_tree_and_record_times(side: Any, tmp_path: Path) -> None:
+    s = shipper(side, store_at(tmp_path))
+    s.run_once()
+    rows = pq.read_table(parts_on_disk(tmp_path)[0]).to_pylist()
+    for r, e in zip(rows, s.ledger.entries(), strict=True):
+        assert e.first_ts and e.last_ts
+        assert r["tree_size"] == e.last_seq and len(r["tree_root"]) == 64
+        assert r["first_ts"] is not None and r["last_ts"] >= r["first_ts"]
+        assert r["stored_size"] == e.stored_size and r["stored_md5"] is None
+    assert pa.types.is_timestamp(pq.read_schema(parts_on_disk(tmp_path)[0]).field("confirmed_at").type)
+
+
+def test_without_pyarrow_segments_ship_and_the_rows_wait(side: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    s = shipper(side, store_at(tmp_path))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pyarrow", None)  # an image built without the dependency
+        summary = s.run_once()
+    assert summary.confirmed == 3 and summary.failed == 0
+    assert "pyarrow is not installed" in (s.conditions.get("index") or "")
+    assert parts_on_disk(tmp_path) == []
+    s.run_once()  # installed again: the part is written from the ledger
+    assert len(segments_in(parts_on_disk(tmp_path)[0])) == 3 and s.conditions.get("index") is None
+
+
+def test_index_parts_go_through_the_cold_policy(moto_endpoint: str) -> None:
+    from pipeline.cold.errors import WormNotEnforcedError
+    from pipeline.cold.tier import ColdTier
+    from tests.tierutil import new_bucket, s3_client
+
+    unlocked = new_bucket(moto_endpoint)
+    store = open_store(f"s3://{unlocked}/p?endpoint_url={moto_endpoint}&region=us-east-1", ColdSettings())
+    with pytest.raises(WormNotEnforcedError):  # fail closed: nothing is written to unlocked storage
+        store.put_index_part("p/_index/app/dt=2026-12-01/0000000000.parquet", b"part", {})
+    assert "Contents" not in s3_client(moto_endpoint).list_objects_v2(Bucket=unlocked)
+    store.close()
+
+    locked = new_bucket(moto_endpoint, lock=True)
+    store = open_store(f"s3://{locked}/p?endpoint_url={moto_endpoint}&region=us-east-1",
+                       ColdSettings(retention_days=1))
+    key = "p/_index/app/dt=2026-12-01/0000000000.parquet"
+    first = store.put_index_part(key, b"part zero", {"worm_index_part": "0"})
+    assert first.created and first.sha256 == hashlib.sha256(b"part zero").hexdigest()
+    assert first.lock_status.startswith("COMPLIANCE until")
+    again = store.put_index_part(key, b"another body", {})  # create-only: the stored part is returned
+    assert not again.created and again.existing == b"part zero" and again.sha256 == first.sha256
+    store.close()
+    with pytest.raises(TypeError, match="overrides the cold policy"):
+        type("Sneaky", (ColdTier,), {"put_index_part": lambda self, *a: None})

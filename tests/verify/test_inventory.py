@@ -1,0 +1,356 @@
+"""verify-tier --inventory --index against a real shipped pipeline on moto's server (HTTP, boto3).
+
+The index is written by the real Shipper into an Object Lock bucket; the S3 Inventory report
+is generated from the bucket's own version listing (tests/verify/inventoryutil.py).  Every
+tamper is first shown to direct mode (host mode: listing + HEADs), then to inventory mode,
+and both must report the same finding code: the fleet path loses none of direct mode's
+findings.  The rewritten index part is inventory mode's own.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.cold import ColdSettings, open_store
+from pipeline.ship.shipper import Shipper
+from tests.tierutil import Pipeline, build_hot, new_bucket, s3_client, ship_pipeline
+from tests.verify.inventoryutil import write_inventory
+
+# each test ships a pipeline, builds an inventory and runs both modes: 10-25 s on 2 loaded cores
+pytestmark = pytest.mark.slow
+
+SEGMENTS = 4
+EVENTS = 10
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = main([*args, "--json"])
+    return code, orjson.loads(capsys.readouterr().out)
+
+
+def codes(doc: dict[str, Any], severity: str | None = "error") -> set[str]:
+    return {f["code"] for f in doc["findings"] if severity is None or f["severity"] == severity}
+
+
+def direct(pl: Pipeline, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict[str, Any]]:
+    return run(["verify-tier", "--hot", str(pl.hot), "--cold", pl.url, "--vkey", str(pl.vkey), "--witness-dir",
+                str(pl.witness), "--heartbeat-interval", "0", "--retention-days", "1", *extra], capsys)
+
+
+def inventory(pl: Pipeline, endpoint: str, capsys: pytest.CaptureFixture[str],
+              *extra: str) -> tuple[int, dict[str, Any]]:
+    dest = new_bucket(endpoint)
+    manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=endpoint)
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={endpoint}&region=us-east-1"
+    return run(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index, "--vkey", str(pl.vkey),
+                "--witness-dir", str(pl.witness), "--heartbeat-interval", "0", "--retention-days", "1",
+                "--sample", "0", *extra], capsys)
+
+
+def both(pl: Pipeline, endpoint: str, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[set[str], set[str]]:
+    dcode, d = direct(pl, capsys, *extra)
+    icode, i = inventory(pl, endpoint, capsys, *extra)
+    assert dcode == 1 and icode == 1, (d["findings"], i["findings"])
+    return codes(d), codes(i)
+
+
+def locked(tmp_path: Path, endpoint: str, **kw: Any) -> Pipeline:
+    return ship_pipeline(tmp_path, endpoint, segments=SEGMENTS, events_per_segment=EVENTS, lock=True, **kw)
+
+
+def seg_keys(pl: Pipeline) -> list[str]:
+    return pl.object_keys()
+
+
+def index_keys(pl: Pipeline) -> list[str]:
+    return pl.object_keys(index=True)
+
+
+def put_version(pl: Pipeline, key: str, body: bytes) -> None:
+    """A plain PUT over a locked key: S3 keeps the locked version and adds a newer one."""
+    meta = dict(pl.head(key)["Metadata"])
+    pl.put(key, body, meta)
+
+
+# ---------------------------------------------------------------------------- clean
+
+
+def test_clean_locked_pipeline(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    assert len(index_keys(pl)) == 1  # one part: one stream, one day, one pass
+    code, doc = inventory(pl, moto_endpoint, capsys, "--sample", "1")
+    assert code == 0, doc["findings"]
+    assert doc["schema"] == "worm-pipeline/verify-tier/v1" and doc["mode"] == "inventory" and doc["ok"]
+    t = doc["totals"]
+    assert (t["segments"], t["valid"], t["invalid"], t["missing"]) == (SEGMENTS, SEGMENTS, 0, 0)
+    assert t["records"] == SEGMENTS * (EVENTS + 1) and t["sampled"] == SEGMENTS
+    assert codes(doc, None) == {"expiring-soon"}  # 1-day retention in the test bucket
+    cps = doc["streams"][0]["checkpoints"]
+    assert cps["signatures_verified"] == cps["notes"] > 0 and cps["recomputed"] == 1
+    # no listing of segments, no HEAD per segment: manifest + checksum + 1 data file + 1 index
+    # list + 1 index part, then one HEAD + GET per sampled segment
+    r = doc["requests"]
+    assert (r["list"], r["get"] - r["head"], r["head"]) == (1, 4, SEGMENTS), r
+    assert inventory(pl, moto_endpoint, capsys, "--stream", "app")[0] == 0
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", "x", "--index", "y", "--stream", "bad name"]) == 2
+    capsys.readouterr()
+    # direct mode ignores the index objects (not strays)
+    dcode, d = direct(pl, capsys)
+    assert dcode == 0 and codes(d, None) <= {"expiring-soon"}, d["findings"]
+
+
+def test_index_rows_match_the_ledger(tmp_path: Path, moto_endpoint: str) -> None:
+    from pipeline.ship.index import read_part_meta
+    from pipeline.ship.ledger import Ledger
+
+    pl = locked(tmp_path, moto_endpoint)
+    [key] = index_keys(pl)
+    data = pl.get(key)
+    meta, n = read_part_meta(data)
+    assert (meta.stream, meta.part, meta.prev_sha256, n) == ("app", 0, "0" * 64, SEGMENTS)
+    head = pl.head(key)
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["Metadata"]["worm_index_part"] == "0"
+    rows = pq.read_table(pa.BufferReader(data)).to_pylist()
+    ledger = Ledger(pl.hot)
+    entries = {e.segment: e for e in ledger.entries()}
+    for r in rows:
+        e = entries[r["segment"]]
+        assert e.first_ts and e.last_ts and e.index_part == key  # record times recorded for every segment
+        assert r["first_ts"].isoformat().replace("+00:00", "Z") == e.first_ts
+        assert (r["first_seq"], r["last_seq"], r["sha256"], r["stored_sha256"], r["stored_size"], r["tree_size"]) == \
+            (e.first_seq, e.last_seq, e.sha256, e.stored_sha256, e.stored_size, e.tree_size)
+        assert r["key"] == e.cold_key and r["tree_root"] == e.tree_root and r["tree_size"] == e.last_seq
+    [part] = ledger.index_parts("app")
+    assert part.state == "stored" and part.sha256 == __import__("hashlib").sha256(data).hexdigest()
+    ledger.close()
+
+
+# ---------------------------------------------------------------------------- each finding, both modes
+
+
+def test_missing_object(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    pl.client.delete_object(Bucket=pl.bucket, Key=seg_keys(pl)[1])  # a delete marker hides the locked version
+    d, i = both(pl, moto_endpoint, capsys)
+    assert {"missing-object", "delete-marker"} <= d & i
+
+
+def test_replaced_object_second_version(tmp_path: Path, moto_endpoint: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    key = seg_keys(pl)[2]
+    body = bytearray(pl.get(key))
+    body[-1] ^= 1  # same length, other bytes
+    put_version(pl, key, bytes(body))
+    d, i = both(pl, moto_endpoint, capsys)
+    assert {"object-replaced", "extra-version"} <= d & i
+
+
+def test_appended_and_truncated_bytes(tmp_path: Path, moto_endpoint: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    keys = seg_keys(pl)
+    put_version(pl, keys[0], pl.get(keys[0]) + b"appended")
+    put_version(pl, keys[3], pl.get(keys[3])[:-7])
+    d, i = both(pl, moto_endpoint, capsys)
+    assert {"appended-bytes", "truncated-object", "extra-version"} <= d & i
+    _code, doc = inventory(pl, moto_endpoint, capsys)
+    by = {f["code"]: f for f in doc["findings"]}
+    assert by["appended-bytes"]["key"] == keys[0] and "+8 bytes" in by["appended-bytes"]["message"]
+    assert by["truncated-object"]["key"] == keys[3]
+
+
+def test_not_locked(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # a bucket without Object Lock, shipped in development mode (allow_unlocked)
+    pl = ship_pipeline(tmp_path, moto_endpoint, segments=SEGMENTS, events_per_segment=EVENTS)
+    d, i = both(pl, moto_endpoint, capsys)
+    assert "not-locked" in d & i
+    _code, doc = inventory(pl, moto_endpoint, capsys)
+    locked_keys = {f["key"] for f in doc["findings"] if f["code"] == "not-locked"}
+    assert locked_keys == set(seg_keys(pl)) | set(index_keys(pl))  # the index parts too
+    # --allow-unlocked turns the lock checks off in both modes
+    assert inventory(pl, moto_endpoint, capsys, "--allow-unlocked")[0] == 0
+
+
+def test_retention_too_short(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint, retention_days=30)
+    key = seg_keys(pl)[1]
+    # moto accepts shortening COMPLIANCE retention (AWS refuses): the fault an auditor must see
+    import datetime as dt
+
+    pl.client.put_object_retention(Bucket=pl.bucket, Key=key, Retention={
+        "Mode": "COMPLIANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=2)})
+    d, i = both(pl, moto_endpoint, capsys, "--retention-days", "30")
+    assert "retention-too-short" in d & i
+    _code, doc = inventory(pl, moto_endpoint, capsys, "--retention-days", "30")
+    assert [f["key"] for f in doc["findings"] if f["code"] == "retention-too-short"] == [key]
+
+
+def _ship(side: Any, url: str, *, max_rows: int | None = None, retention_days: int = 1) -> None:
+    store = open_store(url, ColdSettings(retention_days=retention_days))
+    shipper = Shipper(side.hot, store, hot_retention=1e9)
+    if max_rows is not None:
+        assert shipper.index is not None
+        shipper.index.max_rows = max_rows
+    summary = shipper.run_once()
+    assert summary.failed == summary.quarantined == 0, summary.errors
+    shipper.ledger.close()
+    store.close()
+
+
+def _pipeline(tmp_path: Path, endpoint: str, side: Any, **kw: Any) -> Pipeline:
+    bucket = new_bucket(endpoint, lock=True)
+    url = f"s3://{bucket}/audit?endpoint_url={endpoint}&region=us-east-1"
+    _ship(side, url, **kw)
+    return Pipeline(side.hot, url, bucket, "audit", s3_client(endpoint), side.signer, side.vkey, side.witness)
+
+
+def test_missing_segment(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    victim = sorted((side.hot / "app").glob("seg-*.jsonl"))[1]
+    victim.unlink()  # lost before it was ever shipped: a seq gap in cold storage and in the index
+    pl = _pipeline(tmp_path, moto_endpoint, side)
+    d, i = both(pl, moto_endpoint, capsys)
+    assert "missing-segment" in d & i
+    _code, doc = inventory(pl, moto_endpoint, capsys)
+    gap = next(f for f in doc["findings"] if f["code"] == "missing-segment")
+    assert gap["seq"] == EVENTS + 1 and f"records {EVENTS + 1}..{2 * EVENTS + 1}" in gap["message"]
+
+
+def test_broken_link(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    other = build_hot(tmp_path / "other", segments=SEGMENTS, events_per_segment=EVENTS, salt="forged")
+    name = sorted((side.hot / "app").glob("seg-*.jsonl"))[2].name
+    (side.hot / "app" / name).unlink()
+    (side.hot / "app" / name).write_bytes((other.hot / "app" / name).read_bytes())  # same seqs, other chain
+    pl = _pipeline(tmp_path, moto_endpoint, side)
+    d, i = both(pl, moto_endpoint, capsys)
+    assert "broken-link" in d & i
+
+
+def test_time_gap(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    side = build_hot(tmp_path, segments=3, events_per_segment=EVENTS, pause_after=0)
+    pl = _pipeline(tmp_path, moto_endpoint, side)
+    d, i = both(pl, moto_endpoint, capsys, "--heartbeat-interval", "300ms")
+    assert "time-gap" in d & i
+
+
+def test_rogue_keys(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    first = seg_keys(pl)[0]
+    pl.put(first + ".orig", b"x", {})
+    pl.put(f"{pl.prefix}/app/notes.txt", b"x", {})
+    d, i = both(pl, moto_endpoint, capsys)
+    assert "unexpected-segment-object" in d & i
+    _code, doc = inventory(pl, moto_endpoint, capsys)
+    assert {(f["code"], f["key"]) for f in doc["findings"] if f["code"].startswith("unexpected")} == {
+        ("unexpected-segment-object", first + ".orig"), ("unexpected-object", f"{pl.prefix}/app/notes.txt")}
+
+
+def test_forged_object_not_in_the_index(tmp_path: Path, moto_endpoint: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    keys = seg_keys(pl)
+    forged = keys[0].replace("seg-00000000000000000000", "seg-00000000000000000001")
+    pl.put(forged, pl.get(keys[0]), pl.head(keys[0])["Metadata"])
+    d, i = both(pl, moto_endpoint, capsys)
+    assert "unshipped-object" in d & i
+
+
+# ---------------------------------------------------------------------------- the index itself
+
+
+def rewrite_part(pl: Pipeline, key: str, drop_segment: int) -> None:
+    """The attacker with the shipper's PUT right: a new version of an index part without one
+    row (to hide a deleted segment), its footer made consistent with the rows left."""
+    from pipeline.ship.index import FOOTER_KEY, PartMeta
+
+    table = pq.read_table(pa.BufferReader(pl.get(key)))
+    meta = PartMeta.from_json(table.schema.metadata[FOOTER_KEY])
+    keep = table.take([i for i in range(table.num_rows) if i != drop_segment])
+    meta = PartMeta(meta.format, meta.stream, meta.dt, meta.part, meta.prev_sha256, keep.num_rows,
+                    min(keep.column("first_seq").to_pylist()), max(keep.column("last_seq").to_pylist()))
+    buf = io.BytesIO()
+    pq.write_table(keep.replace_schema_metadata({FOOTER_KEY: meta.to_json()}), buf, compression="zstd")
+    pl.put(key, buf.getvalue(), pl.head(key)["Metadata"])
+
+
+def test_rewritten_index_part(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side, max_rows=2)  # two parts: the chain has a link
+    parts = index_keys(pl)
+    assert len(parts) == 2
+    code, doc = inventory(pl, moto_endpoint, capsys)
+    assert code == 0, doc["findings"]
+    rewrite_part(pl, parts[0], drop_segment=1)
+    code, doc = inventory(pl, moto_endpoint, capsys)
+    assert code == 1
+    found = codes(doc)
+    # the second version is visible, the next part's link no longer matches, and the
+    # row the attacker removed leaves a seq gap and an object the index does not explain
+    assert {"index-part-replaced", "index-chain-broken", "missing-segment", "unshipped-object"} <= found, found
+    chain = next(f for f in doc["findings"] if f["code"] == "index-chain-broken")
+    assert chain["key"] == parts[1]
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={moto_endpoint}&region=us-east-1"
+    assert main(["verify-tier", "--cold", pl.url, "--index", index]) == 2
+    assert "go together" in capsys.readouterr().err
+    missing = f"s3://{pl.bucket}/nothing/manifest.json?endpoint_url={moto_endpoint}&region=us-east-1"
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", missing, "--index", index]) == 2
+    assert "cannot read the inventory manifest" in capsys.readouterr().err
+    # an inventory of another bucket is not evidence about this one
+    dest = new_bucket(moto_endpoint)
+    other = locked(tmp_path / "o", moto_endpoint)
+    manifest = write_inventory(pl.client, other.bucket, dest, endpoint=moto_endpoint)
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index]) == 2
+    assert "the inventory lists bucket" in capsys.readouterr().err
+    # a damaged data file (size or MD5 disagree with manifest.json) stops the run
+    manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=moto_endpoint)
+    man = orjson.loads(pl.client.get_object(Bucket=dest, Key=manifest.split(dest + "/", 1)[1].split("?")[0])["Body"]
+                       .read())
+    pl.client.put_object(Bucket=dest, Key=man["files"][0]["key"], Body=b"PAR1 not the report")
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index]) == 2
+    assert "inventory data file" in capsys.readouterr().err
+
+
+def test_local_copies_give_the_same_findings(tmp_path: Path, moto_endpoint: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An auditor who synced the inventory and the index (``aws s3 sync``) verifies offline."""
+    pl = locked(tmp_path, moto_endpoint)
+    pl.client.delete_object(Bucket=pl.bucket, Key=seg_keys(pl)[1])
+    dest = new_bucket(moto_endpoint)
+    manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=moto_endpoint)
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={moto_endpoint}&region=us-east-1"
+    args = ["verify-tier", "--cold", pl.url, "--vkey", str(pl.vkey), "--witness-dir", str(pl.witness),
+            "--heartbeat-interval", "0", "--retention-days", "1", "--sample", "0"]
+    code, remote = run([*args, "--inventory", manifest, "--index", index], capsys)
+    assert code == 1
+
+    def sync(bucket: str, prefix: str, to: Path) -> None:
+        for page in pl.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                path = to / o["Key"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(pl.client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+
+    sync(dest, "", tmp_path / "inv")
+    sync(pl.bucket, f"{pl.prefix}/_index/", tmp_path / "idx")
+    local_manifest = tmp_path / "inv" / manifest.split(dest + "/", 1)[1].split("?", 1)[0]
+    code, local = run([*args, "--inventory", str(local_manifest), "--index", str(tmp_path / "idx")], capsys)
+    assert code == 1
+    assert sorted((f["code"], f["segment"]) for f in local["findings"]) == \
+        sorted((f["code"], f["segment"]) for f in remote["findings"])
+    # only the segment under the newest witnessed checkpoint is read (one HEAD + one GET)
+    assert local["requests"]["get"] == local["requests"]["head"] == 1
+    assert {"missing-object", "delete-marker"} <= codes(local)
