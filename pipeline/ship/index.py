@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.format.layout import decode_metadata
 from pipeline.ship.ledger import Entry, IndexPart, Ledger
 
@@ -45,7 +46,7 @@ INDEX_METADATA_KEYS = ("worm_index_format", "worm_index_stream", "worm_index_par
 MAX_ROWS_PER_PART = 100_000  # bounds the writer's memory (~300 bytes a row) and a reader's row group
 
 
-class IndexConflict(RuntimeError):
+class IndexConflict(PipelineError, RuntimeError):
     """An object already stored under the next part's key is not the part the ledger chose."""
 
 
