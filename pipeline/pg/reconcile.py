@@ -304,13 +304,17 @@ def _text_rows(conn: Any, table: str, columns: list[Column], pk: list[str], name
         def load(self, data: Any) -> str:
             return bytes(data).decode("utf-8", "replace")
 
-    cols = ", ".join(f'"{c.name}"' for c in columns)
-    order = ", ".join(f'"{k}"' for k in pk)
+    from psycopg import sql
+
+    schema, rel = table.split(".", 1)
+    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+        sql.SQL(", ").join(sql.Identifier(c.name) for c in columns), sql.Identifier(schema, rel),
+        sql.SQL(", ").join(sql.Identifier(k) for k in pk))
     cur = conn.cursor(name=name)
     for c in columns:
         cur.adapters.register_loader(c.type_oid, _Text)
     cur.itersize = 5000
-    cur.execute(f"SELECT {cols} FROM {table} ORDER BY {order}")  # names come from the catalog
+    cur.execute(query)
     try:
         yield from cur
     finally:
@@ -347,10 +351,10 @@ def _compare_table(conn: Any, table: str, logged: dict[str, _Logged], opts: Veri
         if _row_digest(now) == entry.digest:
             continue
         was = _logged_row(opts, entry)
-        if "unloggable" in was and isinstance(was["unloggable"], dict):
-            if hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest() == \
-                    was["unloggable"].get("row_sha256"):
-                continue
+        unloggable = was.get("unloggable")
+        if isinstance(unloggable, dict) and unloggable.get("row_sha256") == \
+                hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest():
+            continue
         changes = {c: [was.get(c), now.get(c)] for c in sorted(set(was) | set(now)) if was.get(c) != now.get(c)}
         counts["changed"] += 1
         report.findings.append(PgFinding("row-changed", table, "differs from the chain: "
@@ -373,7 +377,7 @@ def _sort_key(key: str) -> tuple[int, Any]:
 
 def _compare_replica(primary: Any, replica: Any, table: str, report: PgReport) -> None:
     columns, pk = _columns(primary, table)
-    rcolumns, rpk = _columns(replica, table)
+    rcolumns, _ = _columns(replica, table)
     if [c.name for c in rcolumns] != [c.name for c in columns]:
         report.findings.append(PgFinding("replica-row-differs", table, "the replica's columns differ: "
                                          f"{[c.name for c in rcolumns]} vs {[c.name for c in columns]}"))

@@ -300,9 +300,9 @@ class PostgresSource:
                 log.warning("postgres source: created slot %s at %s (rows committed before it are not tailed; "
                             "pg verify names any)", self.slot, lsn)
                 row = self._slot_row(conn)
-            else:
-                self._slot_missing()
-                return
+        if row is None:
+            self._slot_missing()
+            return
         self._set_problem("slot-missing", None)
         self._judge_slot(conn, row)
 
@@ -511,7 +511,7 @@ class PostgresSource:
                 durable = self._durable_prefix(results[:durable])
         if durable:
             self.position = items[durable - 1][1]
-            self._last_seq = results[durable - 1].seq  # type: ignore[union-attr]
+            self._last_seq = results[durable - 1].seq
             for event, _pos in items[:durable]:
                 self.metrics.rows.labels(table=event.get("table", ""), op=event["op"]).inc()
                 if event["op"] in ("update", "delete", "truncate"):

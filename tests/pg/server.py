@@ -112,7 +112,7 @@ class PgInstance:
     def create_database(self, name: str | None = None) -> str:
         name = name or "t_" + uuid.uuid4().hex[:12]
         with self.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"')
         return name
 
     def drop_database(self, name: str) -> None:
@@ -123,7 +123,7 @@ class PgInstance:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             with contextlib.suppress(psycopg.Error):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ def test_crash_after_durable_before_advance_writes_nothing_twice(audit_db: Audit
     audit_db.insert(50)
     log = open_log(hot, "app")
     src = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
-    src.position, src._end_lsn, src._last_seq = src._find_position()  # noqa: SLF001 - start() without its thread
+    src.position, src._end_lsn, src._last_seq = src._find_position()
 
     class Crash(Exception):
         pass
@@ -68,7 +68,7 @@ def test_crash_after_durable_before_advance_writes_nothing_twice(audit_db: Audit
     monkeypatch.setattr(src, "_save_position", crash)
     with pytest.raises(Crash):
         src.poll_once()
-    src._close()  # noqa: SLF001
+    src._close()
     log.close()
     assert len(logged_ids(hot)) == 50
     monkeypatch.undo()
@@ -104,9 +104,9 @@ def test_dropped_slot_is_reported_and_the_gap_recorded_when_recreated(audit_db: 
         with contextlib.closing(audit_db.connect()) as su:
             su.execute("SELECT pg_drop_replication_slot(%s)", (audit_db.target.slot,))
         audit_db.insert(2)  # never decoded: committed while no slot existed
-        assert wait_for(lambda: "slot-missing" in src._problems, 10)  # noqa: SLF001
+        assert wait_for(lambda: "slot-missing" in src._problems, 10)
         assert "does not exist" in str(src.problem())
-        assert src.metrics.problem.labels(problem="slot-missing")._value.get() == 1  # noqa: SLF001
+        assert src.metrics.problem.labels(problem="slot-missing")._value.get() == 1
         with contextlib.closing(audit_db.connect()) as su:
             install(su, audit_db.target)  # the operator recreates it
         assert wait_for(lambda: src.problem() is None, 15)
@@ -124,7 +124,7 @@ def test_disabled_trigger_and_an_update_past_it_are_reported_and_logged(audit_db
         assert wait_for(lambda: src.rows_written >= 2, 10)
         with contextlib.closing(audit_db.connect()) as su:
             su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
-            assert wait_for(lambda: "triggers-disabled" in src._problems, 10)  # noqa: SLF001
+            assert wait_for(lambda: "triggers-disabled" in src._problems, 10)
             assert f"audit.events.{ROW_TRIGGER} not enabled ALWAYS (D)" in str(src.problem())
             su.execute("UPDATE audit.events SET actor = 'mallory' WHERE id = %s", (ids[0],))
             su.execute(f"ALTER TABLE audit.events ENABLE ALWAYS TRIGGER {ROW_TRIGGER}")
