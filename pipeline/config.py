@@ -594,8 +594,8 @@ class PostgresSourceConfig:
     dsn: str | None = None
     schema: str = "audit"
     table: str = "events"
-    slot: str | None = None  # default worm_<schema>_<table>, as pipeline pg install names it
-    publication: str | None = None  # default worm_<schema>_<table>
+    slot: str | None = None  # default <schema>_<table>_chain, as pipeline pg install names it
+    publication: str | None = None  # default <schema>_<table>_chain
     poll_interval: float = 0.2
     batch_rows: int = 10000
     check_interval: float = 10.0

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     i = verbs.add_parser("install", help="create or re-apply the hardening (superuser)",
                          description="Create, idempotently: schema, table, roles (audit_writer: INSERT only; "
-                         "audit_reader: SELECT; worm_tail: LOGIN REPLICATION for the source), REVOKEs from PUBLIC, "
+                         "audit_reader: SELECT; audit_tail: LOGIN REPLICATION for the source), REVOKEs from PUBLIC, "
                          "triggers refusing UPDATE/DELETE/TRUNCATE enabled ALWAYS, the DDL-recording event "
                          "triggers, the publication and the replication slot.  Prints each statement as it runs.")
     common(i)
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--cold", help="cold store URL: also read the segments no longer on the hot disk")
     v.add_argument("--replica", help="libpq connection string of the replica to compare with the primary")
     v.add_argument("--replica-only", action="store_true", help="only compare primary and replica")
-    v.add_argument("--slot", help="the source's slot (default worm_<schema>_<table>)")
+    v.add_argument("--slot", help="the source's slot (default <schema>_<table>_chain)")
     v.add_argument("--config", type=Path, help="the sidecar's pipeline.toml: its [sanitise] rules say what was "
                    "redacted before logging (default: the built-in rules)")
     v.add_argument("--wait", type=duration, default=30.0, help=f"how long to wait for the source to log the "

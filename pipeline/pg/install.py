@@ -31,10 +31,10 @@ from pipeline.pg import PgError
 
 WRITER_ROLE = "audit_writer"
 READER_ROLE = "audit_reader"
-TAIL_ROLE = "worm_tail"
+TAIL_ROLE = "audit_tail"
 DDL_LOG = "ddl_log"
-ROW_TRIGGER = "worm_refuse_update_delete"
-TRUNCATE_TRIGGER = "worm_refuse_truncate"
+ROW_TRIGGER = "append_only_no_update_delete"
+TRUNCATE_TRIGGER = "append_only_no_truncate"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
@@ -57,6 +57,9 @@ class Target:
     def __post_init__(self) -> None:
         check_identifier("--schema", self.schema)
         check_identifier("--table", self.table)
+        if len(self.schema) + len(self.table) > 56:
+            raise PgError(f"--schema and --table: at most 56 characters together (the slot is "
+                          f"<schema>_<table>_chain, and PostgreSQL names end at 63), got {self.schema}.{self.table}")
         if self.table == DDL_LOG:
             raise PgError(f"--table {DDL_LOG} is the name of the schema's DDL log; choose another table name")
 
@@ -74,23 +77,23 @@ class Target:
 
     @property
     def slot(self) -> str:
-        return f"worm_{self.schema}_{self.table}"
+        return f"{self.schema}_{self.table}_chain"
 
     @property
     def publication(self) -> str:
-        return f"worm_{self.schema}_{self.table}"
+        return f"{self.schema}_{self.table}_chain"
 
     @property
     def event_trigger(self) -> str:
-        return f"worm_ddl_{self.schema}"
+        return f"{self.schema}_record_ddl"
 
     @property
     def refuse_function(self) -> str:
-        return f"{self.schema}.worm_refuse_change"
+        return f"{self.schema}.append_only_refuse"
 
     @property
     def ddl_function(self) -> str:
-        return f"{self.schema}.worm_record_ddl"
+        return f"{self.schema}.record_ddl"
 
     def tables(self) -> list[str]:
         """The tables the source tails and the reconciliation compares."""

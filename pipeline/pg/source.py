@@ -109,6 +109,11 @@ class Position:
     n: int
 
 
+def register_metrics(registry: Any) -> _Metrics:
+    """The source's metrics in ``registry`` (the sidecar's, when it starts the source)."""
+    return _Metrics(registry)
+
+
 class _Metrics:
     def __init__(self, registry: Any) -> None:
         from prometheus_client import Counter, Gauge

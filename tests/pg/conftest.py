@@ -108,9 +108,9 @@ def pg_pair(pg: PgInstance, pg_replica_instance: PgInstance) -> Iterator[Pair]:
     sub = f"sub_{replica.name}"
     try:
         with contextlib.closing(primary.connect()) as p:
-            p.execute(f"CREATE PUBLICATION worm_replica FOR TABLE {primary.target.qualified}")
+            p.execute(f"CREATE PUBLICATION audit_replica FOR TABLE {primary.target.qualified}")
         with contextlib.closing(replica.connect()) as r:
-            r.execute(f"CREATE SUBSCRIPTION {sub} CONNECTION '{pg.dsn(primary.name)}' PUBLICATION worm_replica")
+            r.execute(f"CREATE SUBSCRIPTION {sub} CONNECTION '{pg.dsn(primary.name)}' PUBLICATION audit_replica")
         yield Pair(primary, replica)
     finally:
         with contextlib.closing(replica.connect()) as r, contextlib.suppress(Exception):
