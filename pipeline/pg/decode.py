@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,23 +55,40 @@ def parse_lsn(text: str) -> int:
 
 def pg_time(us: int) -> str:
     """A pgoutput timestamp (microseconds since 2000-01-01 UTC) as RFC 3339 UTC."""
-    t = _dt.datetime.fromtimestamp(0, _dt.UTC) + _dt.timedelta(microseconds=us + _PG_EPOCH_US)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, micros = divmod(us + _PG_EPOCH_US, 1_000_000)
+    prefix = _SECOND_PREFIX.get(seconds)
+    if prefix is None:
+        if len(_SECOND_PREFIX) > 4096:
+            _SECOND_PREFIX.clear()
+        prefix = _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _SECOND_PREFIX[seconds] = prefix
+    return f"{prefix}.{micros:06d}Z"
+
+
+_SECOND_PREFIX: dict[int, str] = {}
 
 
 def render_value(type_oid: int, text: str | None) -> Any:
     """One column value as JSON: NULL as null, booleans and integers as JSON booleans and
-    numbers, ``json``/``jsonb`` as the JSON value when re-serialising it gives back exactly
-    the text PostgreSQL wrote (``jsonb``'s own spelling: ``{"a": 1, "b": [1, 2]}``), every
-    other value, and any JSON that would not round-trip (``1.10``, a ``json`` column's
-    original whitespace, an integer the log's JSON profile refuses), as its text.  So the
-    log always holds exactly the row's value, never a rounded one."""
+    numbers, ``json``/``jsonb`` as the JSON value when that value is exactly what
+    PostgreSQL wrote, every other value (and any JSON that would not be exact: ``1.10``,
+    a ``json`` column's own whitespace or duplicate keys, an integer outside the log's
+    JSON profile) as its text.  So the log always holds exactly the row's value, never a
+    rounded one."""
     if text is None:
         return None
     if type_oid in _INTEGERS:
         return int(text)
     if type_oid == BOOL:
         return text == "t"
+    if type_oid == JSONB and _FLOATISH.search(text) is None:
+        # jsonb's text is canonical (no duplicate keys, no insignificant whitespace); without
+        # a fraction or exponent every number is an integer, which orjson reads exactly
+        # within the profile's range [-2**63, 2**64-1] and refuses beyond it
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
     if type_oid in (JSON, JSONB):
         try:
             value = orjson.loads(text)
@@ -79,6 +97,11 @@ def render_value(type_oid: int, text: str | None) -> Any:
         again = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
         return value if again == text and _in_profile(value) else text
     return text
+
+
+# a digit followed by "." or an exponent: a number that may not survive a float (or a
+# string that merely looks like one, which then takes the exact round-trip check)
+_FLOATISH = re.compile(r"[0-9][.eE]")
 
 
 def _in_profile(value: Any) -> bool:
@@ -237,22 +260,24 @@ class Decoder:
 
     @staticmethod
     def _tuple(msg: bytes, pos: int) -> tuple[list[Any], int]:
-        (n,) = struct.unpack_from(">H", msg, pos)
+        n = (msg[pos] << 8) | msg[pos + 1]
         pos += 2
         out: list[Any] = []
+        append = out.append
         for _ in range(n):
-            kind = msg[pos:pos + 1]
+            kind = msg[pos]
             pos += 1
-            if kind == b"t":
-                (size,) = struct.unpack_from(">I", msg, pos)
-                out.append(bytes(msg[pos + 4:pos + 4 + size]).decode("utf-8", "replace"))
-                pos += 4 + size
-            elif kind == b"n":
-                out.append(None)
-            elif kind == b"u":
-                out.append(UNCHANGED_TOAST)
+            if kind == 116:  # 't': text
+                size = int.from_bytes(msg[pos:pos + 4], "big")
+                pos += 4
+                append(msg[pos:pos + size].decode("utf-8", "replace"))
+                pos += size
+            elif kind == 110:  # 'n': NULL
+                append(None)
+            elif kind == 117:  # 'u': unchanged TOAST
+                append(UNCHANGED_TOAST)
             else:
-                raise ProtocolError(f"tuple value kind {kind!r} (binary mode is not requested)")
+                raise ProtocolError(f"tuple value kind {chr(kind)!r} (binary mode is not requested)")
         return out, pos
 
 

@@ -386,8 +386,9 @@ class PostgresSource:
         conn = self._connection()
         if self._problems.keys() & {"slot-missing", "slot-lost", "wal-level"}:
             return 0
-        sql = ("SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
-               "'publication_names', %s, 'messages', 'true')")
+        # binary results: bytea as bytes without hex decoding, the LSN as a plain integer
+        sql = ("SELECT pg_wal_lsn_diff(lsn, '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
+               "'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
         self.decoder = Decoder()  # every call re-sends its Relation messages
         pending: list[tuple[dict[str, Any], Position]] = []
         n_messages = 0
@@ -395,12 +396,12 @@ class PostgresSource:
         begin: Begin | None = None
         index = 0
         newest_commit_time: str | None = None
-        with conn.transaction(), conn.cursor(name="worm_pg_peek") as cur:
-            cur.itersize = 2000
+        with conn.transaction(), conn.cursor(name="worm_pg_peek", binary=True) as cur:
+            cur.itersize = 5000
             cur.execute(sql, (self.slot, self.settings.batch_rows, self.publication))
-            for lsn_text, data in cur:
+            for row_lsn, data in cur:
                 n_messages += 1
-                item = self.decoder.decode(bytes(data))
+                item = self.decoder.decode(data)
                 if item is None:
                     continue
                 if isinstance(item, Begin):
@@ -413,7 +414,7 @@ class PostgresSource:
                     advance_to = item.end_lsn  # once everything read so far is durable
                 elif item.op == "message":
                     if begin is None and item.prefix == MESSAGE_PREFIX:
-                        advance_to = parse_lsn(lsn_text)  # our idle mark: everything before it was read
+                        advance_to = int(row_lsn)  # our idle mark: everything before it was read
                 else:
                     if begin is None:
                         raise ProtocolError(f"{item.op} outside a transaction")
@@ -462,17 +463,24 @@ class PostgresSource:
         event: dict[str, Any] = {"source": "postgres", "slot": self.slot, "table": rel.qualified, "op": ch.op}
         if ch.op == "truncate":
             event["tables"] = [r.qualified for r in ch.truncated]
-        else:
-            values = ch.new if ch.new is not None else ch.old
-            assert values is not None
-            full = _row(rel, values)
+            event["pk"] = None
+        new = _row(rel, ch.new) if ch.new is not None else None
+        old = None
+        if ch.old is not None:
+            old = _key_row(rel, ch.old) if ch.old_is_key else _row(rel, ch.old)
+        if ch.op != "truncate":
+            full = new if new is not None else old
+            assert full is not None
             # the table's primary key (REPLICA IDENTITY FULL marks every column as "key")
             event["pk"] = {name: full.get(name) for name in self._primary_key(rel.qualified, rel.columns)}
-        event.update({"lsn": format_lsn(pos.lsn), "n": pos.n, "commit_time": begin.commit_time, "xid": begin.xid})
-        if ch.new is not None:
-            event["row"] = _row(rel, ch.new)
-        if ch.old is not None:
-            event["old"] = _key_row(rel, ch.old) if ch.old_is_key else _row(rel, ch.old)
+        event["lsn"] = format_lsn(pos.lsn)
+        event["n"] = pos.n
+        event["commit_time"] = begin.commit_time
+        event["xid"] = begin.xid
+        if new is not None:
+            event["row"] = new
+        if old is not None:
+            event["old"] = old
         return event
 
     def _primary_key(self, table: str, columns: list[Any]) -> list[str]:
@@ -517,12 +525,16 @@ class PostgresSource:
         if durable:
             self.position = items[durable - 1][1]
             self._last_seq = results[durable - 1].seq
+            counts: dict[tuple[str, str], int] = {}
             for event, _pos in items[:durable]:
-                self.metrics.rows.labels(table=event.get("table", ""), op=event["op"]).inc()
+                key = (event.get("table", ""), event["op"])
+                counts[key] = counts.get(key, 0) + 1
                 if event["op"] in ("update", "delete", "truncate"):
                     log.error("postgres source: %s on %s written to the chain: the audit table was changed past "
                               "its triggers", event["op"].upper(), event.get("table"),
                               extra={"pk": event.get("pk"), "lsn": event.get("lsn")})
+            for (table, op), n in counts.items():
+                self.metrics.rows.labels(table=table, op=op).inc(n)
             self.rows_written += durable
         if failure is not None:
             self._set_problem("chain-write", f"could not write to the hot chain: {failure}")
@@ -605,6 +617,8 @@ class PostgresSource:
 
 def _row(rel: Any, values: list[Any]) -> dict[str, Any]:
     cols = rel.columns
+    if UNCHANGED_TOAST not in values:  # the common case (only an UPDATE can leave a value out)
+        return row_json(cols, values)
     out = row_json(cols, [None if v is UNCHANGED_TOAST else v for v in values])
     unchanged = [c.name for c, v in zip(cols, values, strict=True) if v is UNCHANGED_TOAST]
     for name in unchanged:
