@@ -46,9 +46,11 @@ from pipeline.pg.source import PostgresSource, SourceSettings  # noqa: E402
 from pipeline.record import parse_record  # noqa: E402
 from tests.pg.server import BIN, running  # noqa: E402
 
-SCRIPT = """\\set n random(1, 1000000)
-INSERT INTO audit.events (actor, action, target, detail) VALUES ('bench', 'login', 'host-' || :client_id, jsonb_build_object('n', :n, 'ok', true));
-"""
+SCRIPT = (
+    "\\set n random(1, 1000000)\n"
+    "INSERT INTO audit.events (actor, action, target, detail) "
+    "VALUES ('bench', 'login', 'host-' || :client_id, jsonb_build_object('n', :n, 'ok', true));\n"
+)
 
 
 def _epoch(ts: str) -> float:

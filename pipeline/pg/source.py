@@ -74,7 +74,7 @@ MESSAGE_PREFIX = "worm-pipeline"
 IDLE_ADVANCE_BYTES = 1 << 20
 _WRITE_CHUNK = 4096
 PROBLEMS = ("wal-level", "slot-missing", "slot-lost", "behind-retention", "triggers-disabled", "decode-error",
-            "chain-write")
+            "chain-write", "read-error")
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,8 @@ class PostgresSource:
                     self._last_check = 0.0  # look again soon
                     continue
                 got = self.poll_once()
+                self._set_problem("read-error", None)
+                self._set_problem("decode-error", None)
                 backoff = 0.5
                 if got < self.settings.batch_rows:
                     self._stop.wait(self.settings.poll_interval)
@@ -253,6 +255,12 @@ class PostgresSource:
             return
         if sqlstate == "55000" and "wal_level" in text:
             self._set_problem("wal-level", text)
+            return
+        psycopg = require_psycopg()
+        if not isinstance(exc, psycopg.OperationalError):
+            # the server answered and refused (a missing publication, a permission): tailing
+            # cannot go on until someone acts; an outage (OperationalError) only waits
+            self._set_problem("read-error", f"cannot read slot {self.slot}: {text}")
             return
         if self._up:  # once per outage
             log.warning("postgres source: database unavailable, retrying: %s", text, extra={"slot": self.slot})
@@ -297,14 +305,13 @@ class PostgresSource:
             return
         self._set_problem("wal-level", None)
         row = self._slot_row(conn)
-        if row is None:
-            if self.position is None:
-                # nothing was ever tailed by this slot: creating it loses nothing the chain had
-                lsn = conn.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
-                                   (self.slot,)).fetchone()[0]
-                log.warning("postgres source: created slot %s at %s (rows committed before it are not tailed; "
-                            "pg verify names any)", self.slot, lsn)
-                row = self._slot_row(conn)
+        if row is None and self.position is None:
+            # nothing was ever tailed by this slot: creating it loses nothing the chain had
+            lsn = conn.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+                               (self.slot,)).fetchone()[0]
+            log.warning("postgres source: created slot %s at %s (rows committed before it are not tailed; "
+                        "pg verify names any)", self.slot, lsn)
+            row = self._slot_row(conn)
         if row is None:
             self._slot_missing()
             return

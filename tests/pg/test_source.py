@@ -135,3 +135,10 @@ def test_disabled_trigger_and_an_update_past_it_are_reported_and_logged(audit_db
     assert update["pk"] == {"id": ids[0]} and update["old"]["actor"] == "alice" and update["row"]["actor"] == "mallory"
     ddl = [e["row"]["command"] for e in events if e.get("table") == "audit.ddl_log"]
     assert any("DISABLE TRIGGER" in c for c in ddl) and any("ENABLE ALWAYS TRIGGER" in c for c in ddl)
+
+
+def test_a_refusal_from_the_server_fails_readiness_until_it_is_fixed(audit_db: AuditDb, tmp_path: Path) -> None:
+    with tailing(audit_db, tmp_path / "hot", publication="no_such_publication") as src:
+        assert wait_for(lambda: "read-error" in src._problems, 10)  # noqa: SLF001
+        assert 'publication "no_such_publication" does not exist' in str(src.problem())
+        assert src.metrics.problem.labels(problem="read-error")._value.get() == 1  # noqa: SLF001
