@@ -1,6 +1,7 @@
-"""The sidecar (``pipeline run`` with [source.postgres]) killed with SIGKILL while 10,000 rows
-are inserted concurrently, restarted: every row is in the chain exactly once, and the chain
-verifies (``pipeline verify``) and reconciles with the table (``pipeline pg verify``)."""
+"""The source inside the sidecar: ``pipeline run`` with [source.postgres] killed with SIGKILL
+while 10,000 rows are inserted concurrently, restarted: every row is in the chain exactly
+once, the chain verifies (``pipeline verify``) and reconciles with the table (``pipeline pg
+verify``); the source's problems in /readyz and /metrics; an idle table holds no WAL."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -115,3 +117,54 @@ def test_sigkill_during_concurrent_inserts_every_row_once(audit_db: AuditDb, tmp
     assert main(["verify", "--hot", str(tmp_path / "hot")]) == 0
     assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(tmp_path / "hot"),
                  "--cold", f"file://{tmp_path / 'cold'}"]) == 0, capsys.readouterr()
+
+
+def test_the_sidecar_reports_disabled_triggers_in_readyz_and_metrics(audit_db: AuditDb, tmp_path: Path) -> None:
+    """In-process: the source's problems reach /readyz (503 with the reason) and /metrics."""
+    from pipeline.config import load_config
+    from pipeline.pg.install import ROW_TRIGGER
+    from pipeline.sidecar import Sidecar
+
+    port = free_port()
+    cfg = load_config(_config(tmp_path, audit_db.dsn, port))
+    sc = Sidecar(cfg, ship_interval=0.2).start()
+    try:
+        assert wait_for(lambda: _ready(port), 15)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
+
+        def readyz() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        assert wait_for(lambda: readyz()[0] == 503, 15)
+        assert f"audit.events.{ROW_TRIGGER} not enabled ALWAYS (D)" in readyz()[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            metrics = r.read().decode()
+        assert 'worm_pg_source_problem{problem="triggers-disabled"} 1.0' in metrics
+        assert "worm_pg_source_up 1.0" in metrics
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events ENABLE ALWAYS TRIGGER {ROW_TRIGGER}")
+        assert wait_for(lambda: readyz()[0] == 200, 15)
+    finally:
+        sc.drain(grace=5)
+
+
+def test_an_idle_table_in_a_busy_database_does_not_hold_wal(audit_db: AuditDb, tmp_path: Path) -> None:
+    """The slot moves past other tables' WAL through the source's own logical message."""
+    from tests.pg.test_source import tailing
+
+    with tailing(audit_db, tmp_path / "hot") as src, contextlib.closing(audit_db.connect()) as su:
+        su.execute("CREATE TABLE busy (x int, pad text)")
+        su.execute("INSERT INTO busy SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+
+        def lag() -> int:
+            return int(su.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM "
+                                  "pg_replication_slots WHERE slot_name = %s", (audit_db.target.slot,)).fetchone()[0])
+
+        assert lag() > 1 << 20
+        assert wait_for(lambda: lag() < 1 << 20, 15)
+        assert src.rows_written == 0  # nothing of the other table went into the chain
