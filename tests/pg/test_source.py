@@ -140,6 +140,6 @@ def test_disabled_trigger_and_an_update_past_it_are_reported_and_logged(audit_db
 def test_a_refusal_from_the_server_fails_readiness_until_it_is_fixed(audit_db: AuditDb, tmp_path: Path) -> None:
     with tailing(audit_db, tmp_path / "hot", publication="no_such_publication") as src:
         audit_db.insert(1)  # pgoutput looks the publication up when it has a change to send
-        assert wait_for(lambda: "read-error" in src._problems, 10)  # noqa: SLF001
+        assert wait_for(lambda: "read-error" in src._problems, 10)
         assert 'publication "no_such_publication" does not exist' in str(src.problem())
-        assert src.metrics.problem.labels(problem="read-error")._value.get() == 1  # noqa: SLF001
+        assert src.metrics.problem.labels(problem="read-error")._value.get() == 1
