@@ -386,12 +386,12 @@ def _compare_replica(primary: Any, replica: Any, table: str, report: PgReport) -
     p_iter = _keyed(_text_rows(primary, table, columns, pk, "worm_pg_verify_p"), columns, pk)
     r_iter = _keyed(_text_rows(replica, table, rcolumns, pk, "worm_pg_verify_r"), rcolumns, pk)
     p, r = next(p_iter, None), next(r_iter, None)
-    missing: list[str] = []
+    missing: list[tuple[str, Any]] = []  # (key as text, key as sorted)
     replica_max: Any = None
     while p is not None or r is not None:
         if p is not None and (r is None or p[0] < r[0]):
             counts["rows"] += 1
-            missing.append(p[1])
+            missing.append((p[1], p[0]))
             counts["missing_on_replica"] += 1
             p = next(p_iter, None)
         elif r is not None and (p is None or r[0] < p[0]):
@@ -414,10 +414,8 @@ def _compare_replica(primary: Any, replica: Any, table: str, report: PgReport) -
                                                  changes=changes))
             p, r = next(p_iter, None), next(r_iter, None)
     # rows missing only after the replica's newest row are (most likely) not applied yet
-    for key in missing:
-        lagging = replica_max is None or _sort_key(key) > (replica_max if isinstance(replica_max, tuple)
-                                                           else (0, replica_max))
-        if lagging:
+    for key, sortable in missing:
+        if replica_max is None or sortable > replica_max:
             report.findings.append(PgFinding("replica-lagging", table, "newer than the replica's newest row: "
                                              "not applied yet, or replication stopped", row=key))
         else:

@@ -186,9 +186,10 @@ class PostgresSource:
         self._close()
 
     def problem(self) -> str | None:
-        if not self._problems:
+        problems = self._problems.copy()  # called from the ops thread; copy() is atomic
+        if not problems:
             return None
-        return "postgres source: " + "; ".join(self._problems.values())
+        return "postgres source: " + "; ".join(problems.values())
 
     def _set_problem(self, code: str, message: str | None) -> None:
         before = self._problems.get(code)

@@ -94,6 +94,7 @@ def test_replica_comparison_names_the_edited_row(pg_pair: Pair, tmp_path: Path,
     code, doc = _verify(capsys, "--dsn", primary.dsn, "--replica", replica.dsn, "--replica-only")
     assert code == 0 and doc["findings"] == [] and doc["mode"] == "replica"
     _tamper(primary, ids[2])
+    later = primary.insert(2)  # replication stops at the refused UPDATE: these never arrive
     code, doc = _verify(capsys, "--dsn", primary.dsn, "--replica", replica.dsn, "--replica-only")
     assert code == 1
     found = {(f["code"], f["key"]): f for f in doc["findings"]}
@@ -101,6 +102,8 @@ def test_replica_comparison_names_the_edited_row(pg_pair: Pair, tmp_path: Path,
     # [replica, primary]: the replica's ALWAYS trigger refused the replicated UPDATE
     assert differs["changes"]["actor"] == ["alice", "mallory"]
     assert ("replica-row-extra", str(ids[3])) in found  # deleted on the primary, kept on the replica
+    assert all(found[("replica-lagging", str(i))]["severity"] == "warning" for i in later)
+    assert doc["tables"]["audit.events (replica)"]["differ"] == 1
 
 
 def test_rows_in_evicted_segments_are_read_from_cold_storage(audit_db: AuditDb, tmp_path: Path,
