@@ -125,3 +125,25 @@ def test_install_needs_a_superuser(pg: PgInstance, capsys: pytest.CaptureFixture
             install(c, Target("audit", "events"))
     finally:
         pg.drop_database(name)
+
+
+def test_could_not_run_is_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.netutil import free_port
+
+    assert main(["pg", "check", "--dsn", f"host=127.0.0.1 port={free_port()} dbname=x connect_timeout=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipeline: PostgreSQL: connection") and "\n" not in err
+
+
+def test_without_psycopg_the_cli_names_the_extra() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from pipeline.cli import main\n"
+            "sys.exit(main(['pg', 'check', '--dsn', 'host=127.0.0.1']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 2
+    assert "pip install 'worm-pipeline[postgres]'" in res.stderr
