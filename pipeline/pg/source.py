@@ -85,7 +85,7 @@ class SourceSettings:
     slot: str | None = None
     publication: str | None = None
     poll_interval: float = 0.2
-    batch_rows: int = 10000
+    batch_rows: int = 10000  # pgoutput messages per read (upto_nchanges): BEGIN, rows, COMMIT
     check_interval: float = 10.0
 
     @property
