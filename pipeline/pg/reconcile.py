@@ -227,9 +227,10 @@ def _read_chain(opts: VerifyOptions, snapshot: _Snapshot, report: PgReport) -> d
             continue
         op = data.get("op")
         table = str(data.get("table", ""))
-        if op == "gap":
-            report.findings.append(PgFinding("gap-logged", opts.target.qualified,
-                                             f"the chain records a gap from {data.get('from_lsn')} to "
+        if op in ("gap", "reset"):
+            what = "a gap" if op == "gap" else "a restart of positions"
+            report.findings.append(PgFinding(f"{op}-logged", opts.target.qualified,
+                                             f"the chain records {what} from {data.get('from_lsn')} to "
                                              f"{data.get('to_lsn')}: {data.get('reason')}", seq=seq, segment=segment))
             continue
         pk = _pk_text(data.get("pk"))

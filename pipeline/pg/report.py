@@ -27,6 +27,8 @@ CODES: dict[str, tuple[str, str]] = {
     "row-logged-twice": (ERROR, "the chain holds two INSERT events for one row"),
     "change-logged": (ERROR, "the chain recorded an UPDATE, DELETE or TRUNCATE of the audit table"),
     "gap-logged": (ERROR, "the chain recorded that the source could not read part of the WAL"),
+    "reset-logged": (ERROR, "the chain recorded that the database's history was rewound (a restore, a promotion, "
+                            "a slot that went back): positions start over there"),
     "replica-row-differs": (ERROR, "primary and replica hold different values for a row"),
     "replica-row-missing": (ERROR, "a row of the primary is not on the replica"),
     "replica-row-extra": (ERROR, "the replica holds a row the primary does not"),

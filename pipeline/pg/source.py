@@ -122,7 +122,8 @@ class _Metrics:
                             "chain by the PostgreSQL source, by table and operation.", ["table", "op"],
                             registry=registry)
         self.gaps = Counter("worm_pg_gaps_total", "WAL ranges the PostgreSQL source could not read (slot dropped, "
-                            "invalidated or advanced by someone else); each is recorded in the chain.",
+                            "invalidated or advanced by someone else) and restarts of its positions (a restore, a "
+                            "promotion); each is recorded in the chain.",
                             registry=registry)
         self.up = Gauge("worm_pg_source_up", "1 while the PostgreSQL source is connected and reading, else 0.",
                         registry=registry)
@@ -161,6 +162,7 @@ class PostgresSource:
         self._advanced_to: int | None = None  # the LSN this process last moved the slot to
         self._end_lsn: int | None = None  # end of the last transaction made durable
         self._last_seq: int | None = None  # the chain seq of the newest event written
+        self._timeline: str | None = None  # the WAL timeline the positions belong to
         self._last_check = 0.0
         self._emitted_at = 0.0
         self.rows_written = 0
@@ -341,20 +343,35 @@ class PostgresSource:
                           "needs may be removed at the next checkpoint")
         confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
         known = self._advanced_to if self._advanced_to is not None else self._end_lsn
-        if known is not None and confirmed > known:
-            self._record_gap(known, confirmed, f"slot {self.slot} starts at {format_lsn(confirmed)}, past the end of "
-                                               f"the last transaction in the chain ({format_lsn(known)}): it was "
-                                               "recreated or advanced by someone else")
+        timeline = conn.execute("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").fetchone()[0]
+        before, self._timeline = self._timeline, timeline
+        if before is not None and timeline != before:
+            # a point-in-time restore or a promotion: LSNs after the fork do not order against
+            # the positions in the chain, so skipping "at or before the position" could skip
+            # new rows; start from the slot instead (a repeat is reported, a skip could not be)
+            self._record_mark("reset", self.position.lsn if self.position else 0, confirmed,
+                              f"the database's WAL timeline changed from {before} to {timeline} (a restore or a "
+                              f"promotion): reading restarts at slot {self.slot}'s {format_lsn(confirmed)}")
+        elif self._advanced_to is not None and confirmed < self._advanced_to:
+            self._record_mark("reset", self._advanced_to, confirmed,
+                              f"slot {self.slot} went back from {format_lsn(self._advanced_to)} to "
+                              f"{format_lsn(confirmed)} (recreated on a restored database?): reading restarts there")
+        elif known is not None and confirmed > known:
+            self._record_mark("gap", known, confirmed, f"slot {self.slot} starts at {format_lsn(confirmed)}, past the "
+                                                       f"end of the last transaction in the chain ({format_lsn(known)})"
+                                                       ": it was recreated or advanced by someone else")
         self._advanced_to = confirmed
 
-    def _record_gap(self, from_lsn: int, to_lsn: int, reason: str) -> None:
-        event = {"source": "postgres", "slot": self.slot, "op": "gap", "from_lsn": format_lsn(from_lsn),
+    def _record_mark(self, op: str, from_lsn: int, to_lsn: int, reason: str) -> None:
+        """A gap (WAL the source could not read) or a reset (positions start over) in the
+        chain; the chain's position becomes (to_lsn, -1)."""
+        event = {"source": "postgres", "slot": self.slot, "op": op, "from_lsn": format_lsn(from_lsn),
                  "to_lsn": format_lsn(to_lsn), "lsn": format_lsn(to_lsn), "n": -1, "reason": reason}
         self._write([(event, Position(to_lsn, -1))])
         self._end_lsn = to_lsn
         self._save_position()
         self.metrics.gaps.inc()
-        log.error("postgres source: gap recorded in the chain: %s", reason, extra={"slot": self.slot})
+        log.error("postgres source: %s recorded in the chain: %s", op, reason, extra={"slot": self.slot})
 
     def _check(self, conn: Any) -> None:
         """The periodic look at what the source cannot see in the WAL: the triggers'
@@ -572,7 +589,8 @@ class PostgresSource:
         path = self._position_file()
         path.parent.mkdir(mode=0o700, exist_ok=True)
         body = orjson.dumps({"slot": self.slot, "stream": self.hotlog.stream, "lsn": format_lsn(self.position.lsn),
-                             "n": self.position.n, "end_lsn": format_lsn(self._end_lsn or 0), "seq": self._last_seq})
+                             "n": self.position.n, "end_lsn": format_lsn(self._end_lsn or 0), "seq": self._last_seq,
+                             "timeline": self._timeline})
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -610,6 +628,7 @@ class PostgresSource:
         path = self._position_file()
         try:
             d = orjson.loads(path.read_bytes())
+            self._timeline = d.get("timeline")
             return Position(parse_lsn(d["lsn"]), int(d["n"])), parse_lsn(d["end_lsn"]), d.get("seq")
         except FileNotFoundError:
             return None

@@ -143,3 +143,26 @@ def test_a_refusal_from_the_server_fails_readiness_until_it_is_fixed(audit_db: A
         assert wait_for(lambda: "read-error" in src._problems, 10)
         assert 'publication "no_such_publication" does not exist' in str(src.problem())
         assert src.metrics.problem.labels(problem="read-error")._value.get() == 1
+
+
+def test_a_new_wal_timeline_restarts_positions_instead_of_skipping(audit_db: AuditDb, tmp_path: Path) -> None:
+    """After a point-in-time restore the WAL's LSNs go back: positions from the old
+    timeline would make the source skip new rows.  Simulated by a position file from a
+    "later" timeline, ahead of everything this database will write."""
+    import orjson
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        path = src._position_file()
+    doc = orjson.loads(path.read_bytes())
+    assert doc["timeline"] == "00000001"
+    doc.update(lsn="FF/0", n=0, end_lsn="FF/100", timeline="00000002")
+    path.write_bytes(orjson.dumps(doc))
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 4, 10)  # the reset mark and the 3 rows
+    resets = [e for e in chain_events(hot) if e["op"] == "reset"]
+    assert len(resets) == 1 and "timeline changed from 00000002 to 00000001" in resets[0]["reason"]
+    assert len(logged_ids(hot)) == 5
