@@ -119,7 +119,16 @@ def _in_profile(value: Any) -> bool:
 
 
 def row_json(columns: Sequence[Column], values: Sequence[str | None]) -> dict[str, Any]:
-    return {c.name: render_value(c.type_oid, v) for c, v in zip(columns, values, strict=True)}
+    """A row as JSON (``render_value`` per column; text columns, the common case, as they are)."""
+    if len(columns) != len(values):
+        raise ProtocolError(f"{len(values)} values for {len(columns)} columns")
+    out: dict[str, Any] = {}
+    for c, v in zip(columns, values):  # noqa: B905 - lengths checked above
+        out[c.name] = v if v is None or c.type_oid not in _CONVERTED else render_value(c.type_oid, v)
+    return out
+
+
+_CONVERTED = frozenset({BOOL, INT8, INT2, INT4, OID, JSON, JSONB})
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +178,10 @@ class Begin:
     commit_lsn: int  # the commit record's LSN (pgoutput's "final LSN")
     commit_time: str
     xid: int
+    lsn_text: str = ""
+
+    def __post_init__(self) -> None:
+        self.lsn_text = format_lsn(self.commit_lsn)
 
 
 @dataclass(slots=True)
@@ -190,6 +203,12 @@ class Decoder:
 
     def decode(self, msg: bytes) -> Begin | Commit | Change | None:
         kind = msg[:1]
+        if kind == b"I":  # the common case first
+            (relid,) = struct.unpack_from(">I", msg, 1)
+            if msg[5] != 78:  # "N"
+                raise ProtocolError("INSERT without a new tuple")
+            new, _ = self._tuple(msg, 6)
+            return Change("insert", self._rel(relid), new=new)
         if kind == b"B":
             final_lsn, ts, xid = struct.unpack_from(">QqI", msg, 1)
             return Begin(final_lsn, pg_time(ts), xid)
@@ -199,12 +218,6 @@ class Decoder:
         if kind == b"R":
             self._relation(msg)
             return None
-        if kind == b"I":
-            (relid,) = struct.unpack_from(">I", msg, 1)
-            if msg[5:6] != b"N":
-                raise ProtocolError("INSERT without a new tuple")
-            new, _ = self._tuple(msg, 6)
-            return Change("insert", self._rel(relid), new=new)
         if kind == b"U":
             (relid,) = struct.unpack_from(">I", msg, 1)
             pos, old, old_is_key = 5, None, False

@@ -498,7 +498,7 @@ class PostgresSource:
             assert full is not None
             # the table's primary key (REPLICA IDENTITY FULL marks every column as "key")
             event["pk"] = {name: full.get(name) for name in self._primary_key(rel.qualified, rel.columns)}
-        event["lsn"] = format_lsn(pos.lsn)
+        event["lsn"] = begin.lsn_text
         event["n"] = pos.n
         event["commit_time"] = begin.commit_time
         event["xid"] = begin.xid
