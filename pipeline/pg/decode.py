@@ -83,11 +83,14 @@ def render_value(type_oid: int, text: str | None) -> Any:
         return text == "t"
     if type_oid == JSONB and _FLOATISH.search(text) is None:
         # jsonb's text is canonical (no duplicate keys, no insignificant whitespace); without
-        # a fraction or exponent every number is an integer, which orjson reads exactly
-        # within the profile's range [-2**63, 2**64-1] and refuses beyond it
+        # a fraction or exponent every number is an integer, which the log's JSON profile
+        # reads exactly within [-2**63, 2**64-1] and refuses beyond it (orjson alone would
+        # turn a larger one into a float)
+        from pipeline.strictjson import ProfileError, loads
+
         try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
+            return loads(text.encode())
+        except (orjson.JSONDecodeError, ProfileError):
             return text
     if type_oid in (JSON, JSONB):
         try:

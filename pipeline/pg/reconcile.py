@@ -88,7 +88,9 @@ def verify(primary_dsn: str, opts: VerifyOptions) -> PgReport:
         snapshot = _Snapshot.parse(snap_text)
         report.sources["snapshot_wal_lsn"] = wal
         if opts.chain:
-            _wait_for_slot(conn, opts.slot or opts.target.slot, parse_lsn(wal), opts.wait)
+            if opts.wait > 0:
+                _nudge(primary_dsn, opts.slot or opts.target.slot)
+                _wait_for_slot(conn, opts.slot or opts.target.slot, parse_lsn(wal), opts.wait)
             logged = _read_chain(opts, snapshot, report)
             for table in opts.target.tables():
                 _compare_table(conn, table, logged.get(table, {}), opts, report)
@@ -135,6 +137,22 @@ class _Snapshot:
         return full < self.xmax and full not in self.xip
 
 
+def _nudge(dsn: str, slot: str) -> None:
+    """Write the source's own logical message after the snapshot's WAL position: on an idle
+    table the slot only moves at the next commit it reads, and the WAL also holds records
+    no one tails (other tables, checkpoints), so without it the slot might never reach W.
+    The source moves its slot past the message once everything before it is durable.  A
+    role that may not write messages just waits (``--wait``)."""
+    from pipeline.pg.source import MESSAGE_PREFIX
+
+    psycopg = require_psycopg()
+    try:
+        with psycopg.connect(dsn, autocommit=True, application_name="worm-pipeline pg verify") as conn:
+            conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (MESSAGE_PREFIX, slot))
+    except psycopg.Error:
+        pass
+
+
 def _wait_for_slot(conn: Any, slot: str, wal: int, wait: float) -> None:
     deadline = time.monotonic() + wait
     while True:
@@ -142,7 +160,7 @@ def _wait_for_slot(conn: Any, slot: str, wal: int, wait: float) -> None:
                            "WHERE slot_name = %s", (slot,)).fetchone()
         if row is None:
             raise PgError(f"replication slot {slot} does not exist: the source cannot have logged the newest rows; "
-                          "pipeline pg check says why (compare anyway with --no-wait)")
+                          "pipeline pg check says why (compare anyway with --wait 0)")
         if row[0] is not None and parse_lsn(row[0]) >= wal:
             return
         if time.monotonic() >= deadline:

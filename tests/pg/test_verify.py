@@ -134,3 +134,18 @@ def test_rows_in_evicted_segments_are_read_from_cold_storage(audit_db: AuditDb, 
         code, doc = _verify(capsys, "--dsn", audit_db.dsn, "--hot", str(hot), "--cold", f"file://{cold}")
     changed = [f for f in doc["findings"] if f["code"] == "row-changed"]
     assert code == 1 and changed[0]["key"] == str(ids[0]) and changed[0]["changes"]["actor"] == ["alice", "mallory"]
+
+
+def test_verify_on_an_idle_table_with_other_wal_after_it(audit_db: AuditDb, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """WAL no one tails (another table) lies after the last audit commit: pg verify's own
+    message moves the slot past it instead of waiting for the next audit row."""
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("CREATE TABLE other (x int)")
+            su.execute("INSERT INTO other VALUES (1)")
+        assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(hot), "--wait", "3s"]) == 0
+    assert "OK: 3 rows, 3 logged" in capsys.readouterr().out
