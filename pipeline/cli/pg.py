@@ -50,10 +50,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "triggers, the publication and the replication slot.  Prints each statement as it runs.")
     common(i)
     i.add_argument("--print-sql", action="store_true", help="print the SQL and change nothing (no connection)")
+    i.add_argument("--no-slot", action="store_true", help="everything but the replication slot: for a replica, "
+                   "which nothing tails (no wal_level = logical needed)")
     i.set_defaults(func=run_install)
 
     c = verbs.add_parser("check", help="report the hardening as it is (exit 1 when a layer is missing or off)")
     common(c)
+    c.add_argument("--no-slot", action="store_true", help="a replica: do not judge the slot, the publication "
+                   "and wal_level")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=run_check)
 
@@ -110,7 +114,7 @@ def run_install(args: argparse.Namespace) -> int:
     try:
         target = _target(args)
         if args.print_sql:
-            for stmt in [*install_statements(target), slot_statement(target)]:
+            for stmt in [*install_statements(target), *([] if args.no_slot else [slot_statement(target)])]:
                 print(stmt + ";\n")
             return EXIT_OK
         psycopg = require_psycopg()
@@ -121,7 +125,7 @@ def run_install(args: argparse.Namespace) -> int:
     except psycopg.Error as exc:
         return _db_error(exc)
     try:
-        install(conn, target, echo=lambda stmt: print(stmt + ";\n", flush=True))
+        install(conn, target, echo=lambda stmt: print(stmt + ";\n", flush=True), slot=not args.no_slot)
     except PgError as exc:
         err(str(exc))
         return EXIT_ERROR
@@ -129,7 +133,8 @@ def run_install(args: argparse.Namespace) -> int:
         return _db_error(exc)
     finally:
         conn.close()
-    print(f"-- installed: {target.qualified} hardened, publication {target.publication}, slot {target.slot}")
+    print(f"-- installed: {target.qualified} hardened, publication {target.publication}"
+          + ("" if args.no_slot else f", slot {target.slot}"))
     return EXIT_OK
 
 
@@ -143,7 +148,7 @@ def run_check(args: argparse.Namespace) -> int:
         target = _target(args)
         conn = _connect(args.dsn)
         try:
-            rep = check(conn, target)
+            rep = check(conn, target, slot=not args.no_slot)
         finally:
             conn.close()
     except PgError as exc:

@@ -243,11 +243,12 @@ def wal_level_problem(conn: Any) -> str | None:
             "(ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)")
 
 
-def install(conn: Any, t: Target, *, echo: Any = None) -> list[str]:
+def install(conn: Any, t: Target, *, echo: Any = None, slot: bool = True) -> list[str]:
     """Run the hardening in one transaction; the slot after it (a slot cannot be created
-    in a transaction that has written).  Returns the statements run.  Raises PgError when
-    the connected role is not a superuser (event triggers need one) or when the slot
-    cannot be created because of ``wal_level`` (everything else is then in place)."""
+    in a transaction that has written), unless ``slot`` is false (a replica, which nothing
+    tails).  Returns the statements run.  Raises PgError when the connected role is not a
+    superuser (event triggers need one) or when the slot cannot be created because of
+    ``wal_level`` (everything else is then in place)."""
     is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if not is_super or not is_super[0]:
         raise PgError("pg install needs a superuser connection (event triggers, roles with REPLICATION); "
@@ -259,6 +260,8 @@ def install(conn: Any, t: Target, *, echo: Any = None) -> list[str]:
                 echo(stmt)
             conn.execute(stmt)
             ran.append(stmt)
+    if not slot:
+        return ran
     problem = wal_level_problem(conn)
     if problem:
         raise PgError(problem + "; everything else is installed: run pg install again afterwards to create the slot")
@@ -290,7 +293,9 @@ _PRIVS = {"a": "INSERT", "r": "SELECT", "w": "UPDATE", "d": "DELETE", "D": "TRUN
           "t": "TRIGGER", "U": "USAGE", "C": "CREATE", "X": "EXECUTE"}
 
 
-def check(conn: Any, t: Target) -> CheckReport:
+def check(conn: Any, t: Target, *, slot: bool = True) -> CheckReport:
+    """The hardening as it is; with ``slot`` false (a replica) the slot, the publication
+    and wal_level are not judged."""
     from pipeline.pg.report import PgFinding
 
     rep = CheckReport(t)
@@ -301,7 +306,7 @@ def check(conn: Any, t: Target) -> CheckReport:
     version = conn.execute("SHOW server_version").fetchone()[0]
     level = conn.execute("SHOW wal_level").fetchone()[0]
     rep.facts.append(("server", f"PostgreSQL {version}, wal_level = {level}"))
-    problem = wal_level_problem(conn)
+    problem = wal_level_problem(conn) if slot else None
     if problem:
         finding("wal-level", problem)
     enc = conn.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()"
@@ -311,7 +316,8 @@ def check(conn: Any, t: Target) -> CheckReport:
     for table in t.tables():
         _check_table(conn, t, table, rep, finding)
     _check_event_triggers(conn, t, rep, finding)
-    _check_slot(conn, t, rep, finding)
+    if slot:
+        _check_slot(conn, t, rep, finding)
     _check_bypass(conn, t, rep, finding)
     return rep
 

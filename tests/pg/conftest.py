@@ -63,14 +63,7 @@ def make_audit_db(inst: PgInstance, *, slot: bool = True) -> AuditDb:
     name = inst.create_database()
     db = AuditDb(inst, name, Target())
     with contextlib.closing(db.connect()) as conn:
-        if slot:
-            install(conn, db.target)
-        else:
-            from pipeline.pg.install import install_statements
-
-            with conn.transaction():
-                for stmt in install_statements(db.target):
-                    conn.execute(stmt)
+        install(conn, db.target, slot=slot)
     return db
 
 
@@ -104,7 +97,7 @@ def pg_pair(pg: PgInstance, pg_replica_instance: PgInstance) -> Iterator[Pair]:
     """Primary and replica: the replica has the same hardening (no slot of its own) and a
     subscription to the primary's audit table (the replica's own DDL log stays its own)."""
     primary = make_audit_db(pg)
-    replica = make_audit_db(pg_replica_instance, slot=False)
+    replica = make_audit_db(pg_replica_instance, slot=False)  # what `pg install --no-slot` does
     sub = f"sub_{replica.name}"
     try:
         with contextlib.closing(primary.connect()) as p:

@@ -93,6 +93,8 @@ def test_replica_comparison_names_the_edited_row(pg_pair: Pair, tmp_path: Path,
     assert pg_pair.wait_replicated()
     code, doc = _verify(capsys, "--dsn", primary.dsn, "--replica", replica.dsn, "--replica-only")
     assert code == 0 and doc["findings"] == [] and doc["mode"] == "replica"
+    assert main(["pg", "check", "--dsn", replica.dsn, "--no-slot"]) == 0  # the replica is hardened too
+    capsys.readouterr()
     _tamper(primary, ids[2])
     later = primary.insert(2)  # replication stops at the refused UPDATE: these never arrive
     code, doc = _verify(capsys, "--dsn", primary.dsn, "--replica", replica.dsn, "--replica-only")
