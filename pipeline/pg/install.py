@@ -36,6 +36,11 @@ DDL_LOG = "ddl_log"
 ROW_TRIGGER = "append_only_no_update_delete"
 TRUNCATE_TRIGGER = "append_only_no_truncate"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+# a relation's OID from "schema.name" through the catalogs, which every role may read:
+# ::regclass would need USAGE on the schema, which install gives neither the source's role
+# nor an auditor (two parameters: the qualified name twice)
+REL_OID = ("(SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+           "WHERE n.nspname = split_part(%s, '.', 1) AND c.relname = split_part(%s, '.', 2))")
 
 
 def check_identifier(what: str, name: str) -> str:
@@ -98,6 +103,21 @@ class Target:
     def tables(self) -> list[str]:
         """The tables the source tails and the reconciliation compares."""
         return [self.qualified, self.ddl_log]
+
+
+def primary_key(conn: Any, table: str) -> list[str]:
+    """The primary key columns of ``schema.table``, in key order (empty: none)."""
+    rows = conn.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                        f"AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {REL_OID} AND i.indisprimary "
+                        "ORDER BY array_position(i.indkey::int2[], a.attnum)", (table, table)).fetchall()
+    return [r[0] for r in rows]
+
+
+def table_columns(conn: Any, table: str) -> list[tuple[str, int]]:
+    """(name, type OID) of every column of ``schema.table``, in order (empty: no such table)."""
+    rows = conn.execute(f"SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = {REL_OID} "
+                        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table, table)).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def install_statements(t: Target) -> list[str]:
@@ -358,11 +378,11 @@ def _check_table(conn: Any, t: Target, table: str, rep: CheckReport, finding: An
         bad = privs & {"UPDATE", "DELETE", "TRUNCATE", "TRIGGER"}
         if grantee not in ("PUBLIC", owner) and bad:
             finding("change-privilege", f"{grantee} holds {', '.join(sorted(bad))} on {table}", table=table)
-    seq = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (table,)).fetchone()[0]
-    if seq:
+    seq = f"{table}_id_seq"
+    if conn.execute(f"SELECT {REL_OID} IS NOT NULL", (seq, seq)).fetchone()[0]:
         sacl = _acl(conn, "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
                           "a.privilege_type FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('s', "
-                          "c.relowner))) a WHERE c.oid = %s::regclass", (seq,))
+                          f"c.relowner))) a WHERE c.oid = {REL_OID}", (seq, seq))
         if "PUBLIC" in sacl:
             finding("public-privilege", f"PUBLIC holds {', '.join(sorted(sacl['PUBLIC']))} on {seq}", table=table)
         if table == t.qualified and "USAGE" not in sacl.get(WRITER_ROLE, set()):
@@ -444,8 +464,8 @@ def _check_bypass(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
     rows = conn.execute("SELECT rolname, rolsuper, rolbypassrls, rolreplication, rolcanlogin FROM pg_roles "
                         "WHERE (rolsuper OR rolbypassrls OR rolreplication) AND rolname NOT LIKE 'pg\\_%%' "
                         "ORDER BY rolname").fetchall()
-    owner = conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
-                         (t.qualified,)).fetchone() if _exists(conn, t.qualified) else None
+    owner = conn.execute(f"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = {REL_OID}",
+                         (t.qualified, t.qualified)).fetchone()
     for name, sup, bypass, repl, login in rows:
         what = [w for w, on in (("superuser", sup), ("BYPASSRLS", bypass), ("REPLICATION", repl)) if on]
         rep.facts.append(("bypass", f"{name}: {', '.join(what)}{'' if login else ' (no login)'}"))
@@ -454,6 +474,3 @@ def _check_bypass(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
     if owner is not None:
         rep.facts.append(("bypass", f"{owner[0]}: owner of {t.qualified} (can disable its triggers)"))
 
-
-def _exists(conn: Any, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]  # type: ignore[no-any-return]

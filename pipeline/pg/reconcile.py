@@ -41,7 +41,7 @@ import orjson
 
 from pipeline.pg import PgError, require_psycopg
 from pipeline.pg.decode import SESSION_SETTINGS, Column, parse_lsn, row_json
-from pipeline.pg.install import Target
+from pipeline.pg.install import Target, primary_key, table_columns
 from pipeline.pg.report import PgFinding, PgReport
 
 
@@ -303,15 +303,10 @@ def _logged_row(opts: VerifyOptions, entry: _Logged) -> dict[str, Any]:
 
 
 def _columns(conn: Any, table: str) -> tuple[list[Column], list[str]]:
-    rows = conn.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
-                        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()
-    if not rows:
+    cols = table_columns(conn, table)
+    if not cols:
         raise PgError(f"table {table} does not exist (or this role cannot see it)")
-    pk = [r[0] for r in conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
-        (table,)).fetchall()]
-    return [Column(n, t) for n, t in rows], pk or [r[0] for r in rows]
+    return [Column(n, t) for n, t in cols], primary_key(conn, table) or [n for n, _t in cols]
 
 
 def _text_rows(conn: Any, table: str, columns: list[Column], pk: list[str], name: str) -> Iterator[list[str | None]]:

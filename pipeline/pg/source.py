@@ -62,7 +62,7 @@ from pipeline.pg.decode import (
     parse_lsn,
     row_json,
 )
-from pipeline.pg.install import ROW_TRIGGER, TRUNCATE_TRIGGER, Target
+from pipeline.pg.install import ROW_TRIGGER, TRUNCATE_TRIGGER, Target, primary_key
 
 log = logging.getLogger("pipeline.pg.source")
 
@@ -377,8 +377,9 @@ class PostgresSource:
         """The periodic look at what the source cannot see in the WAL: the triggers'
         state (a superuser may disable them), the slot's retention and lag."""
         rows = conn.execute(
-            "SELECT c.relnamespace::regnamespace::text || '.' || c.relname, t.tgname, t.tgenabled FROM pg_trigger t "
-            "JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname IN (%s, %s) AND c.oid = ANY(%s::regclass[])",
+            "SELECT n.nspname || '.' || c.relname, t.tgname, t.tgenabled FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE t.tgname IN (%s, %s) AND n.nspname || '.' || c.relname = ANY(%s)",
             (ROW_TRIGGER, TRUNCATE_TRIGGER, sorted(self.tables))).fetchall()
         found = {(table, name): enabled for table, name, enabled in rows}
         bad = []
@@ -511,11 +512,7 @@ class PostgresSource:
     def _primary_key(self, table: str, columns: list[Any]) -> list[str]:
         key = self._pkeys.get(table)
         if key is None:
-            conn = self._connection()
-            rows = conn.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
-                                "ORDER BY array_position(i.indkey::int2[], a.attnum)", (table,)).fetchall()
-            key = [r[0] for r in rows] or [c.name for c in columns]
+            key = primary_key(self._connection(), table) or [c.name for c in columns]
             self._pkeys[table] = key
         return key
 

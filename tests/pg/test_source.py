@@ -166,3 +166,23 @@ def test_a_new_wal_timeline_restarts_positions_instead_of_skipping(audit_db: Aud
     resets = [e for e in chain_events(hot) if e["op"] == "reset"]
     assert len(resets) == 1 and "timeline changed from 00000002 to 00000001" in resets[0]["reason"]
     assert len(logged_ids(hot)) == 5
+
+
+def test_the_source_needs_only_the_audit_tail_role(audit_db: AuditDb, tmp_path: Path) -> None:
+    """audit_tail has REPLICATION and no privilege on the schema or the tables: reading the
+    slot, the triggers' state and the primary key must all work with that alone."""
+    log = open_log(tmp_path / "hot", "app")
+    settings = SourceSettings(dsn=audit_db.inst.dsn(audit_db.name, "audit_tail"), poll_interval=0.05,
+                              check_interval=0.2)
+    src = PostgresSource(settings, log, registry=CollectorRegistry()).start()
+    try:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3, 10)
+        assert src.problem() is None
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
+        assert wait_for(lambda: "triggers-disabled" in src._problems, 10)
+    finally:
+        src.stop()
+        log.close()
+    assert [e["pk"] for e in chain_events(tmp_path / "hot") if e["op"] == "insert"][:1] == [{"id": 1}]
