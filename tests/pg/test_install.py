@@ -151,8 +151,8 @@ def test_without_psycopg_the_cli_names_the_extra() -> None:
 
 def test_check_runs_as_a_role_without_privileges(audit_db: AuditDb, capsys: pytest.CaptureFixture[str]) -> None:
     with contextlib.closing(audit_db.connect()) as su:
-        su.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'auditor') THEN "
-                   "CREATE ROLE auditor LOGIN; END IF; END $$")
-    assert main(["pg", "check", "--dsn", audit_db.inst.dsn(audit_db.name, "auditor")]) == 0
+        su.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'checker') THEN "
+                   "CREATE ROLE checker LOGIN; END IF; END $$")
+    assert main(["pg", "check", "--dsn", audit_db.inst.dsn(audit_db.name, "checker")]) == 0
     out = capsys.readouterr().out
     assert "trigger append_only_no_update_delete: enabled ALWAYS" in out and "OK: audit.events" in out

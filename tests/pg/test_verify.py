@@ -37,7 +37,11 @@ def test_clean_table_verifies_and_a_superuser_edit_is_named(audit_db: AuditDb, t
     with tailing(audit_db, hot) as src:
         ids = audit_db.insert(20)
         assert wait_for(lambda: src.rows_written >= 20, 10)
-        code, doc = _verify(capsys, "--dsn", audit_db.dsn, "--hot", str(hot))
+        with contextlib.closing(audit_db.connect()) as su:  # an auditor: SELECT through audit_reader only
+            su.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'verifier') THEN "
+                       "CREATE ROLE verifier LOGIN; END IF; END $$")
+            su.execute("GRANT audit_reader TO verifier")
+        code, doc = _verify(capsys, "--dsn", audit_db.inst.dsn(audit_db.name, "verifier"), "--hot", str(hot))
         assert code == 0, doc
         assert doc["schema"] == "worm-pipeline/pg-verify/v1" and doc["ok"] is True and doc["findings"] == []
         assert doc["tables"]["audit.events"]["rows"] == 20 and doc["tables"]["audit.events"]["logged"] == 20
