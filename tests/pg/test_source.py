@@ -186,3 +186,25 @@ def test_the_source_needs_only_the_audit_tail_role(audit_db: AuditDb, tmp_path: 
         src.stop()
         log.close()
     assert [e["pk"] for e in chain_events(tmp_path / "hot") if e["op"] == "insert"][:1] == [{"id": 1}]
+
+
+def test_a_hot_log_that_refuses_writes_moves_nothing(audit_db: AuditDb, tmp_path: Path) -> None:
+    """The chain refuses (here: the log was closed under the source): the problem is
+    reported, the slot does not move, and a new source writes every row once."""
+    hot = tmp_path / "hot"
+    log = open_log(hot, "app")
+    src = PostgresSource(SourceSettings(dsn=audit_db.dsn, poll_interval=0.05, check_interval=0.2), log,
+                         registry=CollectorRegistry()).start()
+    try:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        log.close()
+        audit_db.insert(3)
+        assert wait_for(lambda: "chain-write" in src._problems, 10)
+        assert "could not write to the hot chain" in str(src.problem())
+    finally:
+        src.stop()
+    with tailing(audit_db, hot) as again:
+        assert wait_for(lambda: again.rows_written >= 3, 10)
+    ids = logged_ids(hot)
+    assert len(ids) == 5 and len(set(ids)) == 5
