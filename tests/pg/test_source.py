@@ -208,3 +208,18 @@ def test_a_hot_log_that_refuses_writes_moves_nothing(audit_db: AuditDb, tmp_path
         assert wait_for(lambda: again.rows_written >= 3, 10)
     ids = logged_ids(hot)
     assert len(ids) == 5 and len(set(ids)) == 5
+
+
+def test_a_truncate_past_the_trigger_reaches_the_chain(audit_db: AuditDb, tmp_path: Path) -> None:
+    from pipeline.pg.install import TRUNCATE_TRIGGER
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {TRUNCATE_TRIGGER}")
+            su.execute("TRUNCATE audit.events")
+        assert wait_for(lambda: any(e["op"] == "truncate" for e in chain_events(hot)), 10)
+    truncate = next(e for e in chain_events(hot) if e["op"] == "truncate")
+    assert truncate["tables"] == ["audit.events"] and truncate["table"] == "audit.events"
