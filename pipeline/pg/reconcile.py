@@ -90,7 +90,8 @@ def verify(primary_dsn: str, opts: VerifyOptions) -> PgReport:
         if opts.chain:
             if opts.wait > 0:
                 _nudge(primary_dsn, opts.slot or opts.target.slot)
-                _wait_for_slot(conn, opts.slot or opts.target.slot, parse_lsn(wal), opts.wait)
+                _wait_for_slot(conn, primary_dsn, opts.slot or opts.target.slot, opts.target.publication,
+                               parse_lsn(wal), opts.wait)
             logged = _read_chain(opts, snapshot, report)
             for table in opts.target.tables():
                 _compare_table(conn, table, logged.get(table, {}), opts, report)
@@ -153,21 +154,39 @@ def _nudge(dsn: str, slot: str) -> None:
         pass
 
 
-def _wait_for_slot(conn: Any, slot: str, wal: int, wait: float) -> None:
+def _wait_for_slot(conn: Any, dsn: str, slot: str, publication: str, wal: int, wait: float) -> None:
     deadline = time.monotonic() + wait
     while True:
-        row = conn.execute("SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots "
+        row = conn.execute("SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots "
                            "WHERE slot_name = %s", (slot,)).fetchone()
         if row is None:
             raise PgError(f"replication slot {slot} does not exist: the source cannot have logged the newest rows; "
                           "pipeline pg check says why (compare anyway with --wait 0)")
         if row[0] is not None and parse_lsn(row[0]) >= wal:
             return
+        if not row[1] and _no_changes_before(dsn, slot, publication, wal):
+            return  # the source is stopped, but what lies between its slot and W changes no audit row
         if time.monotonic() >= deadline:
             raise PgError(f"the source's slot {slot} is at {row[0]}, behind the snapshot's WAL position "
                           f"{_lsn(wal)} after waiting {wait:g} s: the chain cannot be complete yet; is the sidecar "
                           "running? (raise --wait, or --wait 0 to compare anyway)")
         time.sleep(0.2)
+
+
+def _no_changes_before(dsn: str, slot: str, publication: str, wal: int) -> bool:
+    """Whether the WAL between the slot and ``wal`` holds no row change of the published
+    tables: peeked (the slot does not move), which needs the REPLICATION attribute; a role
+    without it answers False and waits for the source instead."""
+    psycopg = require_psycopg()
+    try:
+        with psycopg.connect(dsn, autocommit=True, application_name="worm-pipeline pg verify") as peek:
+            row = peek.execute(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, 'proto_version', '1', "
+                "'publication_names', %s) WHERE get_byte(data, 0) IN (73, 85, 68, 84)",  # I, U, D, T
+                (slot, _lsn(wal), publication)).fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] == 0
 
 
 def _lsn(v: int) -> str:

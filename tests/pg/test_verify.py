@@ -155,3 +155,8 @@ def test_verify_on_an_idle_table_with_other_wal_after_it(audit_db: AuditDb, tmp_
             su.execute("INSERT INTO other VALUES (1)")
         assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(hot), "--wait", "3s"]) == 0
     assert "OK: 3 rows, 3 logged" in capsys.readouterr().out
+    # the sidecar stopped: more WAL nobody tails; peeking the slot shows no audit row is missing
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute("INSERT INTO other VALUES (2)")
+    assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(hot), "--wait", "3s"]) == 0
+    assert "OK: 3 rows, 3 logged" in capsys.readouterr().out
