@@ -44,6 +44,7 @@ __all__ = [
     "HotConfig",
     "IngestConfig",
     "OpsConfig",
+    "PostgresSourceConfig",
     "SanitiseConfig",
     "SigningConfig",
     "load_config",
@@ -360,6 +361,23 @@ def _value_patterns(v: Any, env: bool) -> tuple[tuple[str, str], ...]:
     return tuple(v.items())
 
 
+def _pg_dsn(v: Any, env: bool) -> str:
+    expected = "a libpq connection string or postgresql:// URI without a password"
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad(expected)
+    # the password belongs in ~/.pgpass, a passfile= or PGPASSWORD, never in the configuration
+    if re.search(r"(?i)(^|\s)password\s*=", v) or re.search(r"(?i)[?&]password=", v) \
+            or re.match(r"(?i)^postgres(ql)?://[^/@]*:[^/@]*@", v):
+        raise _Bad(expected + " (use ~/.pgpass, passfile=... or PGPASSWORD)", "a connection string with a password")
+    return v.strip()
+
+
+def _pg_identifier(v: Any, env: bool) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,47}", v):
+        raise _Bad("a PostgreSQL name of 1-48 characters from a-z 0-9 _")
+    return v
+
+
 # ------------------------------------------------------------------------------ schema
 
 
@@ -427,7 +445,21 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "keep": _Key(_string_list("key names"), ()),
         "disable": _Key(_string_list("rule names", _rule_problem), ()),
     },
+    # [source.postgres]: tail an audit table into the chain (pipeline/pg/source.py; docs/POSTGRES.md)
+    "source.postgres": {
+        "dsn": _Key(_optional(lambda v, env: _pg_dsn(v, env)), None),
+        "schema": _Key(lambda v, env: _pg_identifier(v, env), "audit"),
+        "table": _Key(lambda v, env: _pg_identifier(v, env), "events"),
+        "slot": _Key(_optional(lambda v, env: _pg_identifier(v, env)), None),
+        "publication": _Key(_optional(lambda v, env: _pg_identifier(v, env)), None),
+        "poll_interval": _Key(_duration(allow_zero=False), "200ms"),
+        "batch_rows": _Key(_integer(100, 1000000), 10000),
+        "check_interval": _Key(_duration(allow_zero=False), "10s"),
+    },
 }
+# configuration sections that are tables inside a table ([source.postgres]): the dotted
+# section name -> the Config attribute holding it
+_NESTED = {"source.postgres": "postgres"}
 
 
 # ------------------------------------------------------------------------------ dataclasses
@@ -562,6 +594,30 @@ class SanitiseConfig:
 
 
 @dataclass(frozen=True)
+class PostgresSourceConfig:
+    """[source.postgres]; the source runs when ``dsn`` is set."""
+
+    dsn: str | None = None
+    schema: str = "audit"
+    table: str = "events"
+    slot: str | None = None  # default <schema>_<table>_chain, as pipeline pg install names it
+    publication: str | None = None  # default <schema>_<table>_chain
+    poll_interval: float = 0.2
+    batch_rows: int = 10000
+    check_interval: float = 10.0
+
+    def settings(self) -> Any:
+        """The source's ``pipeline.pg.source.SourceSettings``."""
+        from pipeline.pg.source import SourceSettings
+
+        if self.dsn is None:
+            raise ConfigError(["source.postgres.dsn: required to tail a PostgreSQL table"])
+        return SourceSettings(dsn=self.dsn, schema=self.schema, table=self.table, slot=self.slot,
+                              publication=self.publication, poll_interval=self.poll_interval,
+                              batch_rows=self.batch_rows, check_interval=self.check_interval)
+
+
+@dataclass(frozen=True)
 class Config:
     hot: HotConfig
     cold: ColdConfig
@@ -569,6 +625,7 @@ class Config:
     ops: OpsConfig
     signing: SigningConfig
     sanitise: SanitiseConfig = field(default_factory=SanitiseConfig)
+    postgres: PostgresSourceConfig = field(default_factory=PostgresSourceConfig)  # [source.postgres]
     source: Path | None = None  # the file read, if any
     # where each key's value came from: "default", "file" or the environment variable name
     origins: tuple[tuple[str, str], ...] = ()
@@ -594,7 +651,7 @@ class Config:
         never read here: only whether one is configured."""
         out: dict[str, dict[str, Any]] = {}
         for section in _SCHEMA:
-            obj = getattr(self, section)
+            obj = getattr(self, _NESTED.get(section, section))
             entries: dict[str, Any] = {}
             for f in fields(obj):
                 v = getattr(obj, f.name)
@@ -646,7 +703,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
     raw: dict[str, dict[str, tuple[Any, str, str, bool]]] = {s: {} for s in _SCHEMA}
 
     if path is not None:
-        data = _read_file(path, problems)
+        data = _unnest(_read_file(path, problems), problems)
         for section, table in data.items():
             if section not in _SCHEMA:
                 problems.append(f"[{section}]: unknown section{_suggest(section, _SCHEMA)}; "
@@ -668,12 +725,15 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         rest = name[len(ENV_PREFIX):]
         section_u, sep, key_u = rest.partition("_")
         section, key = section_u.lower(), key_u.lower()
+        if section == "source":  # PIPELINE_SOURCE_POSTGRES_DSN -> [source.postgres] dsn
+            sub, _, key = key.partition("_")
+            section, section_u, key_u = f"source.{sub}", f"SOURCE_{sub.upper()}", key.upper()
         if section not in _SCHEMA or not sep:
-            env_sections = [f"{ENV_PREFIX}{s.upper()}_" for s in _SCHEMA]
+            env_sections = [f"{ENV_PREFIX}{s.upper().replace('.', '_')}_" for s in _SCHEMA]
             hint = _suggest(f"{ENV_PREFIX}{section_u}_", env_sections)
             problems.append(f"{name}: unknown section {section_u!r}{hint}; "
                             f"expected PIPELINE_<SECTION>_<KEY> with SECTION one of "
-                            f"{', '.join(s.upper() for s in _SCHEMA)}")
+                            f"{', '.join(s.upper().replace('.', '_') for s in _SCHEMA)}")
             continue
         if key not in _SCHEMA[section]:
             env_keys = [f"{ENV_PREFIX}{section_u}_{k.upper()}" for k in _SCHEMA[section]]
@@ -691,7 +751,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
                 origins.append((label_default, origin))
             elif spec.required:
                 problems.append(f"{label_default}: required, set it in [{section}] or with "
-                                f"{ENV_PREFIX}{section.upper()}_{key.upper()}")
+                                f"{ENV_PREFIX}{section.upper().replace('.', '_')}_{key.upper()}")
                 continue
             else:
                 value, label, from_env = spec.default, label_default, False
@@ -717,9 +777,29 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         ops=OpsConfig(**values["ops"]),
         signing=SigningConfig(**values["signing"]),
         sanitise=SanitiseConfig(**values["sanitise"]),
+        postgres=PostgresSourceConfig(**values["source.postgres"]),
         source=path,
         origins=tuple(origins),
     )
+
+
+def _unnest(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``[source.postgres]`` arrives as {"source": {"postgres": {...}}}: make it the
+    section "source.postgres" (unknown sources are reported like unknown sections)."""
+    sources = data.pop("source", None)
+    if sources is None:
+        return data
+    if not isinstance(sources, dict):
+        problems.append(f"source: expected [source.<name>] tables, got {_show(sources)}")
+        return data
+    known = [s.split(".", 1)[1] for s in _NESTED]
+    for name, table in sources.items():
+        if f"source.{name}" not in _NESTED:
+            problems.append(f"[source.{name}]: unknown source{_suggest(name, known)}; expected one of "
+                            + ", ".join(f"[source.{k}]" for k in known))
+            continue
+        data[f"source.{name}"] = table
+    return data
 
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class Sidecar:
         self.ingest: Any = None
         self.ops: OpsServer | None = None
         self.emitter: Any = None
+        self.pg_source: Any = None  # [source.postgres]: pipeline.pg.source.PostgresSource
         self._ship_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -62,6 +63,8 @@ class Sidecar:
             # leave nothing half-started: no bound sockets, the stream unlocked and clean
             ingest, ops, emitter, hotlog = self.ingest, self.ops, self.emitter, self.hotlog
             steps: list[Callable[[], object]] = []
+            if self.pg_source is not None:
+                steps.append(self.pg_source.stop)
             if ingest is not None:
                 steps.append(lambda: ingest.stop(grace=0.5))
             if ops is not None:
@@ -118,6 +121,11 @@ class Sidecar:
                 max_connections=cfg.ingest.max_connections, request_timeout=cfg.ingest.request_timeout,
                 backpressure=self.backpressure, metrics=m,
             ).start()
+        if cfg.postgres.dsn is not None:
+            from pipeline.pg.source import PostgresSource
+
+            # an input like ingest: its events go through the log's sanitiser into the chain
+            self.pg_source = PostgresSource(cfg.postgres.settings(), self.hotlog, registry=m.registry).start()
         self.ops = OpsServer(cfg.ops.listen, m, health=self.health, ready=self.ready).start()
         self._ship_thread = threading.Thread(target=self._ship_loop, name="shipper", daemon=True)
         self._ship_thread.start()
@@ -158,6 +166,9 @@ class Sidecar:
         problem = self.shipper.problem() if self.shipper else None
         if problem:
             return False, problem
+        problem = self.pg_source.problem() if self.pg_source is not None else None
+        if problem:  # a dropped slot, disabled triggers...: rows may not reach the chain
+            return False, problem
         reason = self.backpressure()
         if reason:
             outage = self.shipper.conditions.get("unavailable") if self.shipper else None
@@ -178,6 +189,8 @@ class Sidecar:
             self.shipper.deadline.set(deadline)
         if self.ingest is not None:
             self.ingest.stop(grace=min(5.0, grace / 4))
+        if self.pg_source is not None:
+            self.pg_source.stop(timeout=min(10.0, grace / 4))  # what it wrote is durable; the slot resumes
         if self.hotlog is not None:
             try:
                 self.hotlog.seal()
@@ -294,7 +307,7 @@ def open_witnesses(locations: tuple[str, ...]) -> list[Any]:
 
 def _flatten(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for section in ("hot", "cold", "ingest", "ops", "signing", "sanitise"):
+    for section in ("hot", "cold", "ingest", "ops", "signing", "sanitise", "postgres"):
         obj = getattr(cfg, section)
         for k, v in vars(obj).items():
             out[f"{section}.{k}"] = v

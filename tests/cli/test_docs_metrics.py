@@ -27,6 +27,10 @@ def wired_metrics() -> Metrics:
     track_redactions = getattr(m, "track_redactions", None)
     if track_redactions is not None:
         track_redactions(dict)
+    # [source.postgres] adds its metrics to the same registry when configured
+    from pipeline.pg.source import register_metrics
+
+    register_metrics(m.registry)
     return m
 
 

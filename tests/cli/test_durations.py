@@ -21,7 +21,8 @@ TIME_SPAN = {"interval", "lag", "retention", "timeout", "grace", "window", "age"
 # a flag whose name states its unit takes a plain number in that unit (retention in whole
 # days is what S3 Object Lock and the config's retention_days take)
 UNIT_IN_NAME = re.compile(r"-(days|seconds)$")
-EXPECTED = {("ship", "--hot-retention"), ("verify-tier", "--heartbeat-interval"), ("verify-tier", "--witness-max-lag")}
+EXPECTED = {("ship", "--hot-retention"), ("verify-tier", "--heartbeat-interval"), ("verify-tier", "--witness-max-lag"),
+            ("pg verify", "--wait")}
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:

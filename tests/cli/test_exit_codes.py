@@ -82,6 +82,9 @@ WALK: dict[str, dict[int, Case]] = {
     "run": {0: lambda t, d: ["run", "--check", "--config", _config(t, d)],
             2: lambda t, d: ["run", "--config", str(d / "missing.toml")]},
     "quickstart": {2: lambda t, d: ["quickstart", "--dir", str(t.hot)]},  # not empty
+    # exit 1 needs a PostgreSQL server: tests/pg (check, verify) walks it
+    "pg": {0: lambda t, d: ["pg", "install", "--dsn", "host=db.invalid", "--print-sql"],
+           2: lambda t, d: ["pg", "verify", "--dsn", "host=db.invalid", "--hot", str(d / "typo")]},
     "sanitise": {0: lambda t, d: ["sanitise", "--check", _sample(d, "clean.ndjson", '{"user":"alice"}\n')],
                  1: lambda t, d: ["sanitise", "--check", _sample(d, "secret.ndjson", '{"password":"hunter2"}\n')],
                  2: lambda t, d: ["sanitise", "--check", str(d / "missing.ndjson")]},

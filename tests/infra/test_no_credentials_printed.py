@@ -78,6 +78,8 @@ def _argv(verb: tuple[str, ...], parser: argparse.ArgumentParser, w: dict[str, P
         "vkey": str(w["pub"]), "proof": str(w["proof"]), "dir": str(w["tmp"] / "wdir"), "trust": str(w["pub"]),
         "key": str(w["wkey"] if verb[0] == "witness" else w["key"]),
         "check": str(w["pub"]),  # `sanitise --check FILE`: any readable file
+        # `pg`: a PostgreSQL URI with user-info, to a port nothing listens on
+        "dsn": f"postgresql://{USER}:{PASSWORD}@127.0.0.1:9/audit?connect_timeout=2",
     }
     argv = list(verb)
     for action in parser._actions:

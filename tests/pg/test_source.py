@@ -1,0 +1,225 @@
+"""The [source.postgres] tail: every committed row into the chain exactly once, in commit
+order, across restarts of the source and of the database; problems are reported."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline import open_log
+from pipeline.pg.install import ROW_TRIGGER, install
+from pipeline.pg.source import PostgresSource, SourceSettings
+from tests.pg.conftest import AuditDb, chain_events, logged_ids
+from tests.pg.server import wait_for
+
+
+@contextlib.contextmanager
+def tailing(db: AuditDb, hot: Path, **kw: Any) -> Iterator[PostgresSource]:
+    log = open_log(hot, "app")
+    settings = SourceSettings(dsn=db.dsn, poll_interval=0.05, check_interval=kw.pop("check_interval", 0.2), **kw)
+    src = PostgresSource(settings, log, registry=CollectorRegistry()).start()
+    try:
+        yield src
+    finally:
+        src.stop()
+        log.close()
+
+
+def test_rows_committed_out_of_id_order_are_all_tailed_in_commit_order(audit_db: AuditDb, tmp_path: Path) -> None:
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as slow, \
+            contextlib.closing(audit_db.connect()) as fast:
+        slow.execute("BEGIN")
+        first = audit_db.insert(1, actor="slow", conn=slow)  # takes the lower id, commits last
+        second = audit_db.insert(1, actor="fast", conn=fast)
+        assert first[0] < second[0]
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        # the poller has seen the higher id; an "id > last seen" poller would now skip `first`
+        slow.execute("COMMIT")
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+    ids = logged_ids(hot)
+    assert ids == [second[0], first[0]]  # commit order, each once
+    ev = chain_events(hot)[0]
+    assert ev["table"] == "audit.events" and ev["op"] == "insert" and ev["pk"] == {"id": second[0]}
+    assert ev["row"]["actor"] == "fast" and ev["row"]["detail"] == {"n": 1, "ok": True}
+    assert ev["commit_time"].endswith("Z") and "/" in ev["lsn"] and isinstance(ev["xid"], int)
+
+
+def test_crash_after_durable_before_advance_writes_nothing_twice(audit_db: AuditDb, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    hot = tmp_path / "hot"
+    audit_db.insert(50)
+    log = open_log(hot, "app")
+    src = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
+    src.position, src._end_lsn, src._last_seq = src._find_position()
+
+    class Crash(Exception):
+        pass
+
+    def crash(*a: Any, **k: Any) -> None:
+        raise Crash
+
+    # the events are durable, then the process "dies" before the position file and the advance
+    monkeypatch.setattr(src, "_save_position", crash)
+    with pytest.raises(Crash):
+        src.poll_once()
+    src._close()
+    log.close()
+    assert len(logged_ids(hot)) == 50
+    monkeypatch.undo()
+    audit_db.insert(5)
+    with tailing(audit_db, hot) as again:
+        # the slot still returns the 50 rows: the chain's newest event says they are in
+        assert again.position is not None
+        assert wait_for(lambda: again.rows_written >= 5, 10)
+    ids = logged_ids(hot)
+    assert len(ids) == 55 and len(set(ids)) == 55
+
+
+def test_source_and_database_restarts_lose_and_repeat_nothing(audit_db: AuditDb, tmp_path: Path) -> None:
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(100)
+        assert wait_for(lambda: src.rows_written >= 100, 15)
+    audit_db.insert(20)  # while the source is down
+    with tailing(audit_db, hot) as src:
+        assert wait_for(lambda: src.rows_written >= 20, 15)
+        audit_db.inst.restart()  # the database goes away under the source
+        audit_db.insert(30)
+        assert wait_for(lambda: src.rows_written >= 50, 30)
+    ids = logged_ids(hot)
+    assert len(ids) == 150 and len(set(ids)) == 150
+
+
+def test_dropped_slot_is_reported_and_the_gap_recorded_when_recreated(audit_db: AuditDb, tmp_path: Path) -> None:
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("SELECT pg_drop_replication_slot(%s)", (audit_db.target.slot,))
+        audit_db.insert(2)  # never decoded: committed while no slot existed
+        assert wait_for(lambda: "slot-missing" in src._problems, 10)
+        assert "does not exist" in str(src.problem())
+        assert src.metrics.problem.labels(problem="slot-missing")._value.get() == 1
+        with contextlib.closing(audit_db.connect()) as su:
+            install(su, audit_db.target)  # the operator recreates it
+        assert wait_for(lambda: src.problem() is None, 15)
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 5, 10)
+    gaps = [e for e in chain_events(hot) if e["op"] == "gap"]
+    assert len(gaps) == 1 and "recreated or advanced by someone else" in gaps[0]["reason"]
+    assert len(logged_ids(hot)) == 4
+
+
+def test_disabled_trigger_and_an_update_past_it_are_reported_and_logged(audit_db: AuditDb, tmp_path: Path) -> None:
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        ids = audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
+            assert wait_for(lambda: "triggers-disabled" in src._problems, 10)
+            assert f"audit.events.{ROW_TRIGGER} not enabled ALWAYS (D)" in str(src.problem())
+            su.execute("UPDATE audit.events SET actor = 'mallory' WHERE id = %s", (ids[0],))
+            su.execute(f"ALTER TABLE audit.events ENABLE ALWAYS TRIGGER {ROW_TRIGGER}")
+        assert wait_for(lambda: src.problem() is None, 10)
+        assert wait_for(lambda: any(e["op"] == "update" for e in chain_events(hot)), 10)
+    events = chain_events(hot)
+    update = next(e for e in events if e["op"] == "update")
+    assert update["pk"] == {"id": ids[0]} and update["old"]["actor"] == "alice" and update["row"]["actor"] == "mallory"
+    ddl = [e["row"]["command"] for e in events if e.get("table") == "audit.ddl_log"]
+    assert any("DISABLE TRIGGER" in c for c in ddl) and any("ENABLE ALWAYS TRIGGER" in c for c in ddl)
+
+
+def test_a_refusal_from_the_server_fails_readiness_until_it_is_fixed(audit_db: AuditDb, tmp_path: Path) -> None:
+    with tailing(audit_db, tmp_path / "hot", publication="no_such_publication") as src:
+        audit_db.insert(1)  # pgoutput looks the publication up when it has a change to send
+        assert wait_for(lambda: "read-error" in src._problems, 10)
+        assert 'publication "no_such_publication" does not exist' in str(src.problem())
+        assert src.metrics.problem.labels(problem="read-error")._value.get() == 1
+
+
+def test_a_new_wal_timeline_restarts_positions_instead_of_skipping(audit_db: AuditDb, tmp_path: Path) -> None:
+    """After a point-in-time restore the WAL's LSNs go back: positions from the old
+    timeline would make the source skip new rows.  Simulated by a position file from a
+    "later" timeline, ahead of everything this database will write."""
+    import orjson
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        path = src._position_file()
+    doc = orjson.loads(path.read_bytes())
+    assert doc["timeline"] == "00000001"
+    doc.update(lsn="FF/0", n=0, end_lsn="FF/100", timeline="00000002")
+    path.write_bytes(orjson.dumps(doc))
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 4, 10)  # the reset mark and the 3 rows
+    resets = [e for e in chain_events(hot) if e["op"] == "reset"]
+    assert len(resets) == 1 and "timeline changed from 00000002 to 00000001" in resets[0]["reason"]
+    assert len(logged_ids(hot)) == 5
+
+
+def test_the_source_needs_only_the_audit_tail_role(audit_db: AuditDb, tmp_path: Path) -> None:
+    """audit_tail has REPLICATION and no privilege on the schema or the tables: reading the
+    slot, the triggers' state and the primary key must all work with that alone."""
+    log = open_log(tmp_path / "hot", "app")
+    settings = SourceSettings(dsn=audit_db.inst.dsn(audit_db.name, "audit_tail"), poll_interval=0.05,
+                              check_interval=0.2)
+    src = PostgresSource(settings, log, registry=CollectorRegistry()).start()
+    try:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3, 10)
+        assert src.problem() is None
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
+        assert wait_for(lambda: "triggers-disabled" in src._problems, 10)
+    finally:
+        src.stop()
+        log.close()
+    assert [e["pk"] for e in chain_events(tmp_path / "hot") if e["op"] == "insert"][:1] == [{"id": 1}]
+
+
+def test_a_hot_log_that_refuses_writes_moves_nothing(audit_db: AuditDb, tmp_path: Path) -> None:
+    """The chain refuses (here: the log was closed under the source): the problem is
+    reported, the slot does not move, and a new source writes every row once."""
+    hot = tmp_path / "hot"
+    log = open_log(hot, "app")
+    src = PostgresSource(SourceSettings(dsn=audit_db.dsn, poll_interval=0.05, check_interval=0.2), log,
+                         registry=CollectorRegistry()).start()
+    try:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        log.close()
+        audit_db.insert(3)
+        assert wait_for(lambda: "chain-write" in src._problems, 10)
+        assert "could not write to the hot chain" in str(src.problem())
+    finally:
+        src.stop()
+    with tailing(audit_db, hot) as again:
+        assert wait_for(lambda: again.rows_written >= 3, 10)
+    ids = logged_ids(hot)
+    assert len(ids) == 5 and len(set(ids)) == 5
+
+
+def test_a_truncate_past_the_trigger_reaches_the_chain(audit_db: AuditDb, tmp_path: Path) -> None:
+    from pipeline.pg.install import TRUNCATE_TRIGGER
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {TRUNCATE_TRIGGER}")
+            su.execute("TRUNCATE audit.events")
+        assert wait_for(lambda: any(e["op"] == "truncate" for e in chain_events(hot)), 10)
+    truncate = next(e for e in chain_events(hot) if e["op"] == "truncate")
+    assert truncate["tables"] == ["audit.events"] and truncate["table"] == "audit.events"
