@@ -5,7 +5,8 @@ A ``Finding`` is a fact about the data (exit code 1), never a failure to run (th
 ``PipelineError``, exit 2).  Every code a verifier can emit is registered in ``REGISTRY``
 with its severity, a one-line meaning, its check family and the verbs whose reports carry
 it; the docs' tables list the same codes (docs/FORMAT.md §8 for the chain and FSS codes,
-docs/PROOFS.md for witnesses and checkpoints, docs/VERIFY-TIER.md for verify-tier) and
+docs/PROOFS.md for witnesses and checkpoints, docs/VERIFY-TIER.md for verify-tier,
+docs/POSTGRES.md for the PostgreSQL layer) and
 tests/verify/test_findings.py checks registry and tables against each other in both
 directions.  Building a ``Finding`` with an unregistered code, or with a severity other
 than the registry's, raises ``ValueError`` (a programming error, not a finding).
@@ -20,16 +21,18 @@ Severity = Literal["error", "warning"]
 ERROR: Final = "error"  # makes the report not ok (exit code 1)
 WARNING: Final = "warning"  # listed; does not fail the run
 
-Family = Literal["chain", "fss", "witness", "tier"]
+Family = Literal["chain", "fss", "witness", "tier", "pg", "pg-check"]
 VERIFY: Final = "verify"  # `pipeline verify` / pipeline.verify_log (the hot tier)
 VERIFY_TIER: Final = "verify-tier"  # `pipeline verify-tier` / pipeline.verify_tier
+PG_VERIFY: Final = "pg-verify"  # `pipeline pg verify`: an audit table against the chain and a replica
+PG_CHECK: Final = "pg-check"  # `pipeline pg check`: the table's hardening as it is
 
 
 @dataclass(frozen=True, slots=True)
 class CodeInfo:
     code: str
     severity: Severity
-    family: Family  # which check makes it: chain (FORMAT §1-§8), fss (§4), witness (checkpoints), tier
+    family: Family  # which check makes it: chain (FORMAT §1-§8), fss (§4), witness (checkpoints), tier, pg (pg verify), pg-check (pg check)
     meaning: str  # one line, as the docs' table says it
     reports: frozenset[str]  # the verbs whose reports can carry it (VERIFY, VERIFY_TIER)
 
@@ -37,6 +40,8 @@ class CodeInfo:
 _BOTH = frozenset({VERIFY, VERIFY_TIER})
 _HOT = frozenset({VERIFY})
 _TIER = frozenset({VERIFY_TIER})
+_PGV = frozenset({PG_VERIFY})
+_PGC = frozenset({PG_CHECK})
 
 _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     # --- chain: one segment's records and seal, then across segments (docs/FORMAT.md §1, §8)
@@ -151,6 +156,52 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     ("unsealed-segment", ERROR, "tier", _TIER, "a segment that is not the newest ends without a seal and the next "
      "segment does not start at its last record"),
     ("time-gap", ERROR, "tier", _TIER, "no record for longer than the heartbeat allows: possible suppression"),
+    # --- the PostgreSQL layer (docs/POSTGRES.md): pg verify compares data, pg check the hardening
+    ("row-changed", ERROR, "pg", _PGV,
+     "the row differs from the logged one; `changes` holds `{column: [logged, now]}` for every differing column"),
+    ("row-deleted", ERROR, "pg", _PGV,
+     "logged, no longer in the table"),
+    ("row-not-logged", ERROR, "pg", _PGV,
+     "in the table, not in the chain (committed while the source was blind, or before the slot existed)"),
+    ("row-logged-twice", ERROR, "pg", _PGV,
+     "two INSERT events for one row"),
+    ("change-logged", ERROR, "pg", _PGV,
+     "the chain holds an UPDATE, DELETE or TRUNCATE event: the table was changed past its triggers "
+     "(`changes`: `{column: [old, new]}`)"),
+    ("gap-logged", ERROR, "pg", _PGV,
+     "the chain holds a gap event"),
+    ("reset-logged", ERROR, "pg", _PGV,
+     "the chain holds a reset event (the database's history was rewound; rows logged from the "
+     "abandoned history then show as `row-deleted`)"),
+    ("chain-unreadable", ERROR, "pg", _PGV,
+     "a record or cold object could not be read"),
+    ("replica-row-differs", ERROR, "pg", _PGV,
+     "primary and replica hold different values; `changes`: `{column: [replica, primary]}`"),
+    ("replica-row-missing", ERROR, "pg", _PGV,
+     "a row of the primary is not on the replica"),
+    ("replica-row-extra", ERROR, "pg", _PGV,
+     "the replica holds a row the primary does not (typically: deleted on the primary)"),
+    ("replica-lagging", WARNING, "pg", _PGV,
+     "a primary row newer than the replica's newest: not applied yet, or replication stopped"),
+    ("wal-level", ERROR, "pg-check", _PGC, "wal_level is not logical: the table cannot be tailed into the chain"),
+    ("encoding", ERROR, "pg-check", _PGC, "the database is not UTF8"),
+    ("table-missing", ERROR, "pg-check", _PGC, "the audit table does not exist"),
+    ("public-privilege", ERROR, "pg-check", _PGC, "PUBLIC holds a privilege on the schema, table or sequence"),
+    ("writer-cannot-insert", ERROR, "pg-check", _PGC, "the writer role cannot insert"),
+    ("writer-privilege", ERROR, "pg-check", _PGC, "the writer role holds more than INSERT"),
+    ("change-privilege", ERROR, "pg-check", _PGC, "a role other than the owner holds UPDATE, DELETE, TRUNCATE or TRIGGER"),
+    ("trigger-missing", ERROR, "pg-check", _PGC, "a refusing trigger is missing"),
+    ("trigger-disabled", ERROR, "pg-check", _PGC, "a refusing trigger is disabled or not enabled ALWAYS"),
+    ("event-trigger-missing", ERROR, "pg-check", _PGC, "the DDL-recording event trigger is missing"),
+    ("event-trigger-disabled", ERROR, "pg-check", _PGC, "the DDL-recording event trigger is disabled or not enabled ALWAYS"),
+    ("publication-missing", ERROR, "pg-check", _PGC, "the publication the source reads does not exist"),
+    ("publication-incomplete", ERROR, "pg-check", _PGC, "the publication lacks a table"),
+    ("slot-missing", ERROR, "pg-check", _PGC, "the source's replication slot does not exist"),
+    ("slot-plugin", ERROR, "pg-check", _PGC, "the slot uses another output plugin"),
+    ("slot-lost", ERROR, "pg-check", _PGC, "the slot was invalidated: WAL it needed is gone"),
+    ("slot-behind-retention", ERROR, "pg-check", _PGC, "the slot is past max_slot_wal_keep_size"),
+    ("can-bypass", WARNING, "pg-check", _PGC, "a role that could get past the triggers (one per superuser, "
+     "BYPASSRLS or REPLICATION role)"),
 )
 
 REGISTRY: Final[dict[str, CodeInfo]] = {

@@ -20,6 +20,7 @@ import orjson
 
 from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import DURATION_HELP, add_verb, duration, err, refuse_wrong_hot
+from pipeline.errors import PipelineError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,11 +82,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.set_defaults(func=run_verify)
 
 
+class _NeverRaised(PipelineError):
+    """Raised by nothing: the ``Error`` of ``_NoPsycopg``, so that its except clauses match nothing."""
+
+
 class _NoPsycopg:
     """Stands in for the module until it is imported (its ``Error`` matches nothing)."""
 
-    class Error(Exception):
-        pass
+    Error = _NeverRaised
 
 
 def _target(args: argparse.Namespace) -> Any:

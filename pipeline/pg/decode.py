@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import PipelineError
+
 # Output functions of timestamptz, date, interval, float and bytea depend on these: the
 # source and the reconciliation set them identically on every connection.
 SESSION_SETTINGS = (
@@ -194,7 +196,7 @@ class Commit:
     commit_time: str
 
 
-class ProtocolError(ValueError):
+class ProtocolError(PipelineError, ValueError):
     """A message this decoder does not understand (a newer protocol, a corrupt row)."""
 
 

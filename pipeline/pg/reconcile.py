@@ -230,8 +230,8 @@ def iter_chain(opts: VerifyOptions, report: PgReport) -> Iterator[tuple[str, str
                 if seg.name in hot_names:
                     continue
                 checked = fetch_checked(opts.cold_store, seg, Path(tmp.name))
-                for code, message in checked.problems:
-                    report.findings.append(PgFinding("chain-unreadable", stream, f"{code}: {message}",
+                for problem in checked.problems:
+                    report.findings.append(PgFinding("chain-unreadable", stream, f"{problem.code}: {problem.message}",
                                                      segment=seg.name))
                 if checked.fetched.ok:
                     files.append((seg.name, checked.fetched.path))
@@ -265,8 +265,8 @@ def _read_chain(opts: VerifyOptions, snapshot: _Snapshot, report: PgReport) -> d
         op = data.get("op")
         table = str(data.get("table", ""))
         if op in ("gap", "reset"):
-            what = "a gap" if op == "gap" else "a restart of positions"
-            report.findings.append(PgFinding(f"{op}-logged", opts.target.qualified,
+            code, what = ("gap-logged", "a gap") if op == "gap" else ("reset-logged", "a restart of positions")
+            report.findings.append(PgFinding(code, opts.target.qualified,
                                              f"the chain records {what} from {data.get('from_lsn')} to "
                                              f"{data.get('to_lsn')}: {data.get('reason')}", seq=seq, segment=segment))
             continue

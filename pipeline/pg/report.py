@@ -2,7 +2,7 @@
 
 ``PgFinding.to_dict`` writes exactly the keys of ``pipeline.verify.tier.TierFinding``
 (``code``, ``severity``, ``stream``, ``segment``, ``key``, ``seq``, ``message``) plus
-``changes`` (column -> [logged, now]); ``as_tier_finding`` is the thin adapter to the
+``changes`` (column -> [logged, now]); ``as_finding`` is the thin adapter to the
 shared finding type, so that whatever unifies findings later changes one function.  The
 mapping: ``stream`` = the table (``audit.events``), ``key`` = the row's primary key as
 text, ``seq`` = the chain record holding the row (when there is one), ``segment`` = its
@@ -15,46 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ERROR, WARNING = "error", "warning"
+from pipeline.findings import ERROR, WARNING, Finding, codes, info
+
+__all__ = ["CODES", "ERROR", "SCHEMA", "WARNING", "PgFinding", "PgReport"]
 SCHEMA = "worm-pipeline/pg-verify/v1"
 
-# every code pg verify can report, with its meaning (docs/POSTGRES.md lists them)
-CODES: dict[str, tuple[str, str]] = {
-    "row-changed": (ERROR, "a row differs from what the chain logged when it was committed"),
-    "row-deleted": (ERROR, "a row the chain logged is no longer in the table"),
-    "row-not-logged": (ERROR, "a row in the table is not in the chain (committed while the source was blind, "
-                              "or inserted behind the slot)"),
-    "row-logged-twice": (ERROR, "the chain holds two INSERT events for one row"),
-    "change-logged": (ERROR, "the chain recorded an UPDATE, DELETE or TRUNCATE of the audit table"),
-    "gap-logged": (ERROR, "the chain recorded that the source could not read part of the WAL"),
-    "reset-logged": (ERROR, "the chain recorded that the database's history was rewound (a restore, a promotion, "
-                            "a slot that went back): positions start over there"),
-    "replica-row-differs": (ERROR, "primary and replica hold different values for a row"),
-    "replica-row-missing": (ERROR, "a row of the primary is not on the replica"),
-    "replica-row-extra": (ERROR, "the replica holds a row the primary does not"),
-    "replica-lagging": (WARNING, "the replica has not yet applied the newest rows of the primary"),
-    "redacted": (WARNING, "a value the sanitiser redacted before logging cannot be compared"),
-    "chain-unreadable": (ERROR, "a chain record could not be read"),
-    # pg check
-    "wal-level": (ERROR, "wal_level is not logical: the table cannot be tailed into the chain"),
-    "encoding": (ERROR, "the database is not UTF8"),
-    "table-missing": (ERROR, "the audit table does not exist"),
-    "public-privilege": (ERROR, "PUBLIC holds a privilege on the schema, table or sequence"),
-    "writer-cannot-insert": (ERROR, "the writer role cannot insert"),
-    "writer-privilege": (ERROR, "the writer role holds more than INSERT"),
-    "change-privilege": (ERROR, "a role other than the owner may UPDATE, DELETE, TRUNCATE or add triggers"),
-    "trigger-missing": (ERROR, "a refusing trigger is missing"),
-    "trigger-disabled": (ERROR, "a refusing trigger is disabled or not enabled ALWAYS"),
-    "event-trigger-missing": (ERROR, "the DDL-recording event trigger is missing"),
-    "event-trigger-disabled": (ERROR, "the DDL-recording event trigger is disabled or not enabled ALWAYS"),
-    "publication-missing": (ERROR, "the publication the source reads does not exist"),
-    "publication-incomplete": (ERROR, "the publication lacks a table"),
-    "slot-missing": (ERROR, "the source's replication slot does not exist"),
-    "slot-plugin": (ERROR, "the slot uses another output plugin"),
-    "slot-lost": (ERROR, "the slot was invalidated: WAL it needed is gone"),
-    "slot-behind-retention": (ERROR, "the slot is past max_slot_wal_keep_size"),
-    "can-bypass": (WARNING, "a role that could get past the triggers"),
-}
+# every code pg verify and pg check can report: their view of the one registry
+# (pipeline.findings; docs/POSTGRES.md lists the same tables, tests/verify/test_findings.py
+# checks they agree)
+CODES: dict[str, tuple[str, str]] = {c: (i.severity, i.meaning) for c, i in codes(family="pg").items() | codes(family="pg-check").items()}
 
 
 @dataclass(frozen=True)
@@ -69,18 +38,19 @@ class PgFinding:
     severity: str = ""
 
     def __post_init__(self) -> None:
+        registered = info(self.code).severity  # ValueError for a code the registry does not know
         if not self.severity:
-            object.__setattr__(self, "severity", CODES.get(self.code, (ERROR, ""))[0])
+            object.__setattr__(self, "severity", registered)
+        elif self.severity != registered:
+            raise ValueError(f"finding {self.code!r} is registered as {registered}, not {self.severity}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "severity": self.severity, "stream": self.table, "segment": self.segment,
                 "key": self.row, "seq": self.seq, "message": self.message, "changes": self.changes}
 
-    def as_tier_finding(self) -> Any:
-        """The same finding as verify-tier's ``TierFinding`` (without ``changes``)."""
-        from pipeline.verify.tier import TierFinding
-
-        return TierFinding(self.code, self.table, self.segment, self.message, self.seq, self.row)
+    def as_finding(self) -> Finding:
+        """The same finding in the one findings model (without ``changes``)."""
+        return Finding.of(self.code, self.table, self.segment, self.message, self.seq, self.row)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.findings import ERROR, REGISTRY, VERIFY, VERIFY_TIER, WARNING, Finding, codes, info
+from pipeline.findings import ERROR, PG_CHECK, PG_VERIFY, REGISTRY, VERIFY, VERIFY_TIER, WARNING, Finding, codes, info
 from pipeline.verify.chain import REASONS
 from pipeline.verify.tier import CODES
 
@@ -41,6 +41,8 @@ HOME_TABLES = [
     ("FORMAT.md", "### 8.1 Finding codes", ("chain", "fss"), 0),
     ("PROOFS.md", "**Finding codes.**", ("witness",), 1),
     ("VERIFY-TIER.md", "## Finding codes", ("tier",), 0),
+    ("POSTGRES.md", "#### `pg verify` finding codes", ("pg",), 0),
+    ("POSTGRES.md", "#### `pg check` finding codes", ("pg-check",), 0),
 ]
 
 
@@ -82,7 +84,7 @@ def test_verify_tier_table_is_what_verify_tier_reports() -> None:
 
 def test_views_of_the_registry() -> None:
     assert {c: i.meaning for c, i in REGISTRY.items() if i.family == "chain"} == REASONS
-    assert all(i.reports <= {VERIFY, VERIFY_TIER} and i.reports for i in REGISTRY.values())
+    assert all(i.reports <= {VERIFY, VERIFY_TIER, PG_VERIFY, PG_CHECK} and i.reports for i in REGISTRY.values())
     assert all(i.severity in (ERROR, WARNING) for i in REGISTRY.values())
 
 
