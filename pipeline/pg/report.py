@@ -23,7 +23,8 @@ SCHEMA = "worm-pipeline/pg-verify/v1"
 # every code pg verify and pg check can report: their view of the one registry
 # (pipeline.findings; docs/POSTGRES.md lists the same tables, tests/verify/test_findings.py
 # checks they agree)
-CODES: dict[str, tuple[str, str]] = {c: (i.severity, i.meaning) for c, i in codes(family="pg").items() | codes(family="pg-check").items()}
+CODES: dict[str, tuple[str, str]] = {
+    c: (i.severity, i.meaning) for family in ("pg", "pg-check") for c, i in codes(family=family).items()}
 
 
 @dataclass(frozen=True)
