@@ -32,7 +32,8 @@ PG_CHECK: Final = "pg-check"  # `pipeline pg check`: the table's hardening as it
 class CodeInfo:
     code: str
     severity: Severity
-    family: Family  # which check makes it: chain (FORMAT §1-§8), fss (§4), witness (checkpoints), tier, pg (pg verify), pg-check (pg check)
+    family: Family  # which check makes it: chain (FORMAT §1-§8), fss (§4), witness (checkpoints), tier,
+                    # pg (pg verify), pg-check (pg check)
     meaning: str  # one line, as the docs' table says it
     reports: frozenset[str]  # the verbs whose reports can carry it (VERIFY, VERIFY_TIER)
 
