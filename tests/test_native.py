@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import _accel, merkle, sanitise, strictjson
+from pipeline.hot import chain as hot_chain
 from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
@@ -286,11 +287,20 @@ class _Ticks:
         return b"2026-11-22T01:%02d:%02d.%06dZ" % (self.n // 60000 % 60, self.n // 1000 % 60, self.n % 1000000)
 
 
+def _force_python_writer(m: pytest.MonkeyPatch) -> None:
+    """The writer's accelerated operations, each bound once at import, set to their Python
+    references (what PIPELINE_NO_NATIVE=1 binds)."""
+    m.setattr(hot_chain, "queue_record", hot_chain._py_queue_record)
+    m.setattr(hot_chain, "queue_records", hot_chain._py_queue_records)
+    m.setattr(hot_chain, "hash_lines", hot_chain._py_hash_lines)
+    m.setattr(writer_mod, "_write_chunks", writer_mod._py_write_chunks)
+    m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
+
+
 def _write(tmp: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool) -> list[bytes]:
     with monkeypatch.context() as m:
         if not use_native:
-            m.setattr(writer_mod, "_native", None)
-            m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
+            _force_python_writer(m)
         # no time-window rotation: the fake clock's window is not the real one, and the
         # background thread would seal on its first tick
         log = HotLog(tmp, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
@@ -328,8 +338,7 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
     def write(d: Path, use_native: bool) -> list[bytes]:
         with monkeypatch.context() as m:
             if not use_native:
-                m.setattr(writer_mod, "_native", None)
-                m.setattr(writer_mod.merkle, "CompactRange", merkle.PyCompactRange)
+                _force_python_writer(m)
             log = HotLog(d, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0,
                          immutable="off", clock=_Ticks())
             for i in range(400):
