@@ -60,7 +60,8 @@ from pipeline.hot.errors import HotLogError, WriterLockedError
 from pipeline.hot.flusher import Flusher
 from pipeline.hot.options import DEFAULTS, LogOptions
 from pipeline.hot.options import DURABILITY_MODES as DURABILITY_MODES  # re-exported for old imports
-from pipeline.hot.recovery import HEAD_FILE, Recovery, head_dict, write_head
+from pipeline.hot.recovery import HEAD_FILE as HEAD_FILE  # re-exported for old imports
+from pipeline.hot.recovery import Recovery, head_dict, write_head
 from pipeline.hot.recovery import read_first_record as read_first_record  # re-exported for old imports
 from pipeline.record import Kind, UtcClock, validate_stream_name
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser

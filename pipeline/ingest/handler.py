@@ -71,7 +71,7 @@ def _rfc3339(created: float) -> str:
     if second != whole:
         text = dt.datetime.fromtimestamp(whole, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0] = (whole, text)
-    return "%s.%06dZ" % (text, us)
+    return f"{text}.{us:06d}Z"
 
 
 def record_to_event(record: logging.LogRecord, formatter: logging.Formatter | None = None) -> dict[str, Any]:
