@@ -32,14 +32,18 @@ def describe() -> str:
     return "pure Python (C accelerator not built)"
 
 
-def _py_fsync(fd: int, data_only: bool = False) -> None:
+def _py_fsync(fd: int, data_only: bool, /) -> None:
     if data_only:
         os.fdatasync(fd)
     else:
         os.fsync(fd)
 
 
-# ``os.fsync`` (``os.fdatasync`` with ``data_only``), bound once: with the accelerator the C
-# one, a single call without the GIL.  Callers look it up here at call time (tests replace it
-# to simulate a failing disk).
-fsync: Callable[..., None] = native.fsync if native is not None else _py_fsync
+# bound once: with the accelerator the C one, a single call without the GIL
+_fsync: Callable[[int, bool], None] = native.fsync if native is not None else _py_fsync
+
+
+def fsync(fd: int, data_only: bool = False) -> None:
+    """``os.fsync`` (``os.fdatasync`` with ``data_only``).  Callers look it up here at call
+    time (tests replace it to simulate a failing disk)."""
+    _fsync(fd, data_only)
