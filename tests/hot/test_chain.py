@@ -44,8 +44,9 @@ def test_appends_chain_and_queue_in_the_open_batch(tmp_path: Path) -> None:
 
 def test_take_swaps_the_batch_and_hashes_what_it_took(tmp_path: Path) -> None:
     ch = make_chain(tmp_path / "s")
+    out: list[object] = []
     with ch.lock:
-        ch.append_all([b'{"i":%d}' % i for i in range(10)], out := [], errors_as_results=False)
+        ch.append_all([b'{"i":%d}' % i for i in range(10)], out, errors_as_results=False)
     assert len(out) == 10
     batch = ch.batch
     taken = ch.take(sync=True)

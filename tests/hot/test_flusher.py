@@ -31,9 +31,13 @@ class Parts:
                            now=lambda: TS, seal_extension=None, wake=self.wake)
         self.heads: list[Anchor] = []
         self.flusher = Flusher(self.chain, self.files, durability="group", write_chunks=write,  # type: ignore[arg-type]
-                               tree=None, store_head=lambda at: self.heads.append(at) is None,
+                               tree=None, store_head=self._store_head,
                                on_seals=lambda seals: None, wake=self.wake)
         self.flusher.start()
+
+    def _store_head(self, at: Anchor) -> bool:
+        self.heads.append(at)
+        return True
 
     def append(self, n: int) -> list[Receipt]:
         with self.chain.lock:
