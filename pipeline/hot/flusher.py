@@ -59,6 +59,9 @@ class Flusher:
         self.written: Snapshot
         self.durable_seq = -1
         self.written_seq = -1
+        # (generation, the newest seq a waiter may return for): one tuple, replaced whole
+        # under chain.lock, so a waiter woken by its batch reads both at once without a lock
+        self.mark = (0, -1)
         self.rollbacks: dict[int, int] = {}  # per rolled-back generation: the first seq not kept
         # per rolled-back generation: the first seq whose durability is unknown (an fsync
         # failed after its bytes were written), up to the rollback cut
@@ -113,6 +116,7 @@ class Flusher:
                             self.durable = self.written = run.after
                             self.durable_seq = max(self.durable_seq, run.after.next_seq - 1)
                             self.written_seq = max(self.written_seq, run.after.next_seq - 1)
+                            self._publish()
                     self.files.make_immutable(seg.path)
             failing = None
             if sync and not runs and seg_now is not None and not seg_now.closed:
@@ -134,7 +138,12 @@ class Flusher:
                 if chain.explained_at is not None and upto >= chain.explained_at:
                     chain.abandoned = []
                     chain.explained_at = None
+            self._publish()
             self.last_flush_mono = time.monotonic()
+
+    def _publish(self) -> None:
+        """Update ``mark`` (caller holds chain.lock)."""
+        self.mark = (self.chain.gen, self.written_seq if self.durability == "os" else self.durable_seq)
 
     def _store_head_advisory(self, at: Anchor) -> None:
         """head.json after a seal or a recovery became durable.  A failure (a full disk) must
@@ -201,6 +210,7 @@ class Flusher:
             self.durable = self.written = snap
             self.durable_seq = max(self.durable_seq, snap.next_seq - 1)
             self.written_seq = max(self.written_seq, snap.next_seq - 1)
+            self._publish()
             if self.tree is not None:
                 with contextlib.suppress(Exception):
                     self.tree.truncate(snap.cr_size)
@@ -263,6 +273,9 @@ class Flusher:
             if batch is not None:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 batch.done.wait(0.05 if remaining is None else max(0.0, min(remaining, 0.05)))
+                gen, upto = self.mark  # the common case, without the chain's lock
+                if gen == receipt.generation and upto >= receipt.seq:
+                    return
             with chain.lock:
                 self._check_discarded(receipt)
                 target = self.written_seq if self.durability == "os" else self.durable_seq
