@@ -528,7 +528,7 @@ def test_tree_store_append_is_the_same_in_c(batches: list[int], store_leaves: bo
     def build(d: Path, use_native: bool) -> tuple[dict[str, bytes], bytes, int]:
         with pytest.MonkeyPatch.context() as m:
             if not use_native:
-                m.setattr(tree_mod, "_native", None)
+                m.setattr(tree_mod, "_append_walk", tree_mod._py_append_walk)
             ts = tree_mod.TreeStore(d, store_leaves=store_leaves)
             at = 0
             for k in batches:

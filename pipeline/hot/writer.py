@@ -399,7 +399,8 @@ class HotLog:
             elif full:
                 self._make_room(batch, sync=True)
             if wait:
-                self._wake.set()
+                if not self._wake.is_set():  # (set already: the flusher clears it before it takes a batch)
+                    self._wake.set()
                 self._flusher.wait(receipt, batch=batch)
 
     def _make_room(self, batch: Batch, *, sync: bool) -> None:
