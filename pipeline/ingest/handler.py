@@ -129,13 +129,22 @@ class AuditLogHandler(logging.Handler):
         if log is not None and sanitiser is not None and sanitiser is not getattr(log, "sanitiser", sanitiser):
             raise ValueError("with log= the log's own sanitiser applies (HotLog.sanitiser); do not pass sanitiser=")
         self.sanitiser = getattr(log, "sanitiser", None) or sanitiser or DEFAULT_SANITISER
-        self.last_receipt: dict[str, Any] | None = None  # the last answer: {"seq": .., "hash": ..}
+        self._last: Any = None  # the last answer: a Receipt (log=) or {"seq": .., "hash": ..} (socket)
         self._unflushed: Any = None  # wait=False: the newest receipt flush() has not waited for
         self._sock: socket.socket | None = None
         self._rfile: Any = None
         # logging.Handler.handle() already takes self.lock around emit; this one also
         # guards the connection against close() racing an emit from another thread.
         self._conn_lock = threading.Lock()
+
+    @property
+    def last_receipt(self) -> dict[str, Any] | None:
+        """The last record's answer, ``{"seq": .., "hash": ..}`` (built when asked for: the
+        non-waiting path must stay cheap)."""
+        last = self._last
+        if last is None or isinstance(last, dict):
+            return last
+        return {"seq": last.seq, "hash": last.hash}
 
     # ------------------------------------------------------------------ logging API
 
@@ -157,7 +166,7 @@ class AuditLogHandler(logging.Handler):
         if self.log is None:
             try:
                 data = self.sanitiser.prepare(record_to_event(record, self.formatter))  # refuse bad events early
-                self.last_receipt = self._send(data)
+                self._last = self._send(data)
             except RecursionError:
                 raise
             except Exception as exc:
@@ -188,7 +197,7 @@ class AuditLogHandler(logging.Handler):
         except Exception as exc:
             self._failed(exc, record)
             return None
-        self.last_receipt = {"seq": receipt.seq, "hash": receipt.hash}
+        self._last = receipt
         if not self.wait:
             self._unflushed = receipt
         return receipt
