@@ -13,8 +13,8 @@ deferred to whoever flushes (``take``) and serialised by ``_merkle_lock``, which
 class takes, always after ``lock``; ``take`` acquires it before letting ``lock`` go, so a
 seal, which needs the roots, can never hash later lines before earlier ones.  The flusher's
 own lock is taken before ``lock`` (never while holding it): the one order is
-flusher I/O lock -> ``lock`` -> ``_merkle_lock``, and nothing outside this module can take
-the last one.
+flusher I/O lock -> ``lock`` -> ``_merkle_lock``, and nothing outside this class can take
+the last one (``take`` and ``rollback`` take it themselves).
 
 Accelerated operations are bound once, at import: the C accelerator's when it is built,
 else the Python reference next to them (``PIPELINE_NO_NATIVE=1`` forces these).
@@ -542,15 +542,15 @@ class Chain:
             self._merkle_lock.release()
         return taken
 
-    def merkle_held(self) -> threading.RLock:
-        """The Merkle lock, for a rollback (the caller holds ``lock``): no flush may be
-        hashing while the trees are reset."""
-        return self._merkle_lock
-
     def rollback(self, snap: Snapshot, exc: BaseException, runs: list[Run]) -> int:
-        """Continue the chain from ``snap`` after a write failure (caller holds ``lock`` and
-        the Merkle lock): every segment touched after it is abandoned, queued lines are
-        dropped and their waiters woken.  Returns the generation that was rolled back."""
+        """Continue the chain from ``snap`` after a write failure (caller holds ``lock``, and
+        the flusher's lock, so no flush is hashing): every segment touched after it is
+        abandoned, queued lines are dropped and their waiters woken.  Returns the generation
+        that was rolled back."""
+        with self._merkle_lock:
+            return self._rollback(snap, exc, runs)
+
+    def _rollback(self, snap: Snapshot, exc: BaseException, runs: list[Run]) -> int:
         if self.explained_at is not None and snap.next_seq > self.explained_at:
             # the recovery record that names the earlier abandoned segments is in the file
             self.abandoned = []

@@ -189,31 +189,30 @@ class Flusher:
         """Roll the chain back to the last record that is in the file (caller holds io_lock
         and the chain's lock)."""
         chain = self.chain
-        with chain.merkle_held():
-            # os mode acknowledged what reached the page cache; the other modes only what was fsynced
-            base = self.written if self.durability == "os" else self.durable
-            snap, durable = base, True
-            if failing is not None and len(failing.leaves) == len(failing.chunks):
-                snap, durable = self._salvage(base, failing, stage)
-                if stage == "write" and snap is not base:
-                    self._feed_tree(failing.leaves[: snap.next_seq - base.next_seq])
-            if failing is not None and snap is failing.after and not failing.seg.closed:
-                # the seal itself reached the file: the segment is sealed, not abandoned
-                SegmentFiles.close(failing.seg)
-                with contextlib.suppress(OSError, attr.AppendOnlyError):
-                    self.files.make_immutable(failing.seg.path)
-            gen = chain.rollback(snap, exc, runs)
-            if not durable:
-                self.unknown[gen] = base.next_seq
-            self.rollbacks[gen] = snap.next_seq
-            # the chain continues from here, so a later failure must not roll back below it
-            self.durable = self.written = snap
-            self.durable_seq = max(self.durable_seq, snap.next_seq - 1)
-            self.written_seq = max(self.written_seq, snap.next_seq - 1)
-            self._publish()
-            if self.tree is not None:
-                with contextlib.suppress(Exception):
-                    self.tree.truncate(snap.cr_size)
+        # os mode acknowledged what reached the page cache; the other modes only what was fsynced
+        base = self.written if self.durability == "os" else self.durable
+        snap, durable = base, True
+        if failing is not None and len(failing.leaves) == len(failing.chunks):
+            snap, durable = self._salvage(base, failing, stage)
+            if stage == "write" and snap is not base:
+                self._feed_tree(failing.leaves[: snap.next_seq - base.next_seq])
+        if failing is not None and snap is failing.after and not failing.seg.closed:
+            # the seal itself reached the file: the segment is sealed, not abandoned
+            SegmentFiles.close(failing.seg)
+            with contextlib.suppress(OSError, attr.AppendOnlyError):
+                self.files.make_immutable(failing.seg.path)
+        gen = chain.rollback(snap, exc, runs)
+        if not durable:
+            self.unknown[gen] = base.next_seq
+        self.rollbacks[gen] = snap.next_seq
+        # the chain continues from here, so a later failure must not roll back below it
+        self.durable = self.written = snap
+        self.durable_seq = max(self.durable_seq, snap.next_seq - 1)
+        self.written_seq = max(self.written_seq, snap.next_seq - 1)
+        self._publish()
+        if self.tree is not None:
+            with contextlib.suppress(Exception):
+                self.tree.truncate(snap.cr_size)
 
     def _salvage(self, base: Snapshot, run: Run, stage: str) -> tuple[Snapshot, bool]:
         """The chain state after the complete lines of ``run`` that reached the file before it
