@@ -149,17 +149,18 @@ class AuditLogHandler(logging.Handler):
     # ------------------------------------------------------------------ logging API
 
     def handle(self, record: logging.LogRecord) -> Any:
-        """``logging.Handler.handle`` with the durability wait outside the handler lock."""
+        """``logging.Handler.handle``, with the handler lock around building the event only:
+        appending (the log is thread-safe) and waiting for durability happen outside it."""
         if self.log is None:
             return super().handle(record)  # socket: one request and answer at a time
         rv: Any = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may return a record
             record = rv
         if rv:
-            with self.lock:  # type: ignore[union-attr]  # (created by createLock)
-                receipt = self._queue(record)
-            if receipt is not None and self.wait:
-                self._await(receipt, record)
+            with self.lock:  # type: ignore[union-attr]  # (created by createLock) guards the formatter
+                event = self._event(record)
+            if event is not None:
+                self._append(event, record)
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -172,9 +173,9 @@ class AuditLogHandler(logging.Handler):
             except Exception as exc:
                 self._failed(exc, record)
             return
-        receipt = self._queue(record)
-        if receipt is not None and self.wait:
-            self._await(receipt, record)
+        event = self._event(record)
+        if event is not None:
+            self._append(event, record)
 
     def flush(self) -> None:
         """With ``wait=False``: wait until every record handled so far is durable; a record
@@ -188,25 +189,28 @@ class AuditLogHandler(logging.Handler):
             self._failed(exc, logging.makeLogRecord({"msg": "AuditLogHandler.flush: records before seq %d",
                                                      "args": (receipt.seq,)}))
 
-    def _queue(self, record: logging.LogRecord) -> Any:
-        """Append the record's event without waiting; its receipt, or None after reporting."""
+    def _event(self, record: logging.LogRecord) -> dict[str, Any] | None:
         try:
-            receipt = self.log.append(record_to_event(record, self.formatter), wait=False)
+            return record_to_event(record, self.formatter)
         except RecursionError:
             raise
         except Exception as exc:
             self._failed(exc, record)
             return None
+
+    def _append(self, event: dict[str, Any], record: logging.LogRecord) -> None:
+        """Append (and with ``wait``, wait until durable: records of concurrent threads share
+        one fsync); a failure is reported for this record."""
+        try:
+            receipt = self.log.append(event, wait=self.wait)
+        except RecursionError:
+            raise
+        except Exception as exc:
+            self._failed(exc, record)
+            return
         self._last = receipt
         if not self.wait:
             self._unflushed = receipt
-        return receipt
-
-    def _await(self, receipt: Any, record: logging.LogRecord) -> None:
-        try:
-            self.log.wait_durable(receipt)
-        except Exception as exc:
-            self._failed(exc, record)
 
     def _failed(self, exc: Exception, record: logging.LogRecord) -> None:
         if self.raise_on_error:
