@@ -12,7 +12,7 @@ Two ways to reach the log:
 - ``log=``: a ``HotLog`` in the same process: the record is appended directly.  By default
   (``wait=True``) the logging call returns once the record is durable, like in socket
   mode.  The wait happens *outside* ``logging``'s handler lock, which guards only building
-  and queueing the record: records logged concurrently from many threads share one group
+  the event from the record (the log is thread-safe): records logged concurrently from many threads share one group
   commit (one fsync), instead of waiting for an fsync each, one after the other.
   ``wait=False`` is the non-waiting mode: the logging call returns once the record is
   queued in the log (in group mode it is durable within ``group_interval``, 10 ms by
@@ -102,7 +102,7 @@ def record_to_event(record: logging.LogRecord, formatter: logging.Formatter | No
 
 class AuditLogHandler(logging.Handler):
     """A ``logging.Handler`` writing each record as an audit event.  Thread-safe.  With
-    ``log=`` the handler lock covers building and queueing a record, never the wait for
+    ``log=`` the handler lock covers building the event, never appending it or waiting for
     its durability (see the module docstring)."""
 
     def __init__(
