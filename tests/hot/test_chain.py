@@ -123,3 +123,17 @@ def test_python_and_bound_operations_build_the_same_lines() -> None:
     s1, s2, t1, t2 = (merkle.CompactRange() for _ in range(4))
     assert chain_mod.hash_lines(fast, 2, s1, t1) == chain_mod._py_hash_lines(slow, 2, s2, t2)
     assert (s1.root(), t1.root()) == (s2.root(), t2.root())
+
+
+def test_completion_wakes_every_waiter_and_times_out_without_one() -> None:
+    done = chain_mod.Completion()
+    assert done.wait(0.01) is False and not done.is_set()
+    woke: list[bool] = []
+    threads = [threading.Thread(target=lambda: woke.append(done.wait(5))) for _ in range(32)]
+    for t in threads:
+        t.start()
+    done.set()
+    for t in threads:
+        t.join(5)
+    assert woke == [True] * 32
+    assert done.wait() is True  # after set: at once, no lock left behind
