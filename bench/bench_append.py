@@ -7,13 +7,20 @@
    buffered write + fsync every 1000 events) vs. stdlib logging.FileHandler with a JSON
    formatter; plus append_many() in batches, redaction off, os mode and fsync mode.
    Contenders run in interleaved rounds; the median of each is reported.
-2. ack latency in group mode: 16 threads each appending with wait=True; p50/p99/max.
+2. the paths users call from many threads, contenders interleaved: the default
+   ``append(event)`` (waits for durability) and ``AuditLogHandler`` (waiting, and its
+   non-waiting mode ``wait=False``) from 1 and 16 threads, side by side with stdlib
+   ``logging.FileHandler`` with a JSON formatter (no fsync, and an fsync per record);
+   ``--busy`` keeps the second core busy with a spinning process meanwhile.
+   Then the ack latency in group mode: 16 threads each appending with wait=True.
 3. Merkle maintenance: the writer with and without leaf hashes and compact ranges (A/B).
 4. verify throughput over the same segment files vs. `openssl dgst -sha256`, with and
    without whole-file hashes.
 5. writer RSS while appending --memory-events events (10 million by default).
 Targets (issue 2): >= 200k events/s and no slower than the naive loop; p99 <= 15 ms;
-verify >= 50% of openssl; RSS flat, <= 80 MB.
+verify >= 50% of openssl; RSS flat, <= 80 MB.  Issue 15: ``AuditLogHandler`` from 16 threads
+with durable acknowledgements and the default ``append`` from 16 threads >= 40,000 events/s;
+the non-waiting handler at least as fast as ``FileHandler`` with a JSON formatter.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -41,9 +49,11 @@ import contextlib
 from pipeline import _accel
 from pipeline._accel import native
 from pipeline.hot import attr
+from pipeline.hot.chain import Run
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.segment import list_segments
-from pipeline.hot.writer import HotLog, _Run
+from pipeline.hot.writer import HotLog
+from pipeline.ingest.handler import AuditLogHandler
 from pipeline.sanitise import Sanitiser
 from pipeline.verify.chain import verify_stream
 
@@ -97,14 +107,18 @@ def bench_hotlog(base: Path, n: int, durability: str = "group", redact: bool = T
     return n / dt
 
 
-class _NoMerkleLog(HotLog):
+def _no_merkle_log(directory: Path) -> HotLog:
     """The writer with the Merkle work taken out: queued lines are never leaf-hashed into
     the segment and stream compact ranges (so its seals carry wrong roots; benchmark only).
     Everything else, the append path included, is the writer's own."""
 
-    def _hash_runs(self, runs: list[_Run]) -> None:
+    def skip(runs: list[Run]) -> None:
         for run in runs:
             run.hashed = len(run.chunks)
+
+    log = HotLog(directory, "bench", heartbeat_interval=0, segment_max_bytes=1 << 40)
+    log._chain._hash_runs = skip  # type: ignore[method-assign]
+    return log
 
 
 def _timed_appends(log: HotLog, n: int) -> float:
@@ -123,7 +137,7 @@ def bench_merkle_ab(base: Path, n: int) -> tuple[float, float]:
     caller.  "With" is the writer as deployed: leaf hashes, the segment and stream compact
     ranges, and the Merkle tile store (TreeStore) that proofs are served from."""
     d = Path(tempfile.mkdtemp(prefix="hot-ab-", dir=base))
-    without = _timed_appends(_NoMerkleLog(d / "a", "bench", heartbeat_interval=0, segment_max_bytes=1 << 40), n)
+    without = _timed_appends(_no_merkle_log(d / "a"), n)
     with_tree = _timed_appends(open_hotlog(d / "b", "bench", heartbeat_interval=0, segment_max_bytes=1 << 40), n)
     rm_tree(d)
     return without, with_tree
@@ -170,6 +184,123 @@ def bench_logging(base: Path, n: int) -> float:
     logger.removeHandler(handler)
     handler.close()
     return n / dt
+
+
+class _AuditJson(logging.Formatter):
+    """The JSON formatter of the FileHandler baseline: the same fields the audit event has."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": record.created, "level": record.levelname, "logger": record.name,
+                           "message": record.getMessage(), "audit": getattr(record, "audit", None)})
+
+
+class _FsyncFileHandler(logging.FileHandler):
+    """FileHandler that fsyncs every record: the stdlib way to a durable acknowledgement."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if self.stream is not None:
+            os.fsync(self.stream.fileno())
+
+
+def _threads(threads: int, per_thread: int, work: Any) -> float:
+    """Events/s of ``threads`` threads each calling ``work(i)`` ``per_thread`` times."""
+    start = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        start.wait()
+        for i in range(per_thread):
+            work(i)
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    return threads * per_thread / (time.perf_counter() - t0)
+
+
+_logger_seq = iter(range(1 << 30))
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"bench.threads.{next(_logger_seq)}")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def bench_paths(base: Path, what: str, threads: int, events: int) -> float:
+    """One user path from ``threads`` threads, ``events`` events in all: events/s."""
+    per = max(1, events // threads)
+    d = Path(tempfile.mkdtemp(prefix=f"paths-{what}-", dir=base))
+    try:
+        if what in ("filehandler", "filehandler-fsync"):
+            fh = (logging.FileHandler if what == "filehandler" else _FsyncFileHandler)(d / "app.jsonl")
+            fh.setFormatter(_AuditJson())
+            logger = _logger(fh)
+            rate = _threads(threads, per, lambda i: logger.info("order updated", extra={"audit": dict(EVENT, n=i)}))
+            t0 = time.perf_counter()
+            fh.flush()
+            os.fsync(fh.stream.fileno())  # durable at the end, as the non-waiting handler's flush()
+            rate = threads * per / (threads * per / rate + time.perf_counter() - t0)
+            fh.close()
+            return rate
+        log = open_hotlog(d, "bench", heartbeat_interval=0)  # as `pipeline run` opens it
+        try:
+            if what == "append":
+                return _threads(threads, per, lambda i: log.append(dict(EVENT, n=i)))
+            handler = AuditLogHandler(log=log, wait=what == "handler")
+            logger = _logger(handler)
+            rate = _threads(threads, per, lambda i: logger.info("order updated", extra={"audit": dict(EVENT, n=i)}))
+            if what == "handler-nowait":
+                t0 = time.perf_counter()
+                handler.flush()  # its records durable: counted in the rate
+                rate = threads * per / (threads * per / rate + time.perf_counter() - t0)
+            handler.close()
+            return rate
+        finally:
+            log.close()
+    finally:
+        rm_tree(d)
+
+
+PATHS = [
+    # (label, path, threads, events per round)
+    ("append(event) default (waits for durability)", "append", 1, 3_000),
+    ("append(event) default (waits for durability)", "append", 16, 40_000),
+    ("AuditLogHandler(log=), durable ack", "handler", 1, 3_000),
+    ("AuditLogHandler(log=), durable ack", "handler", 16, 40_000),
+    ("AuditLogHandler(log=, wait=False), then flush()", "handler-nowait", 1, 60_000),
+    ("AuditLogHandler(log=, wait=False), then flush()", "handler-nowait", 16, 60_000),
+    ("baseline: FileHandler + JSON formatter, one fsync at the end", "filehandler", 1, 60_000),
+    ("baseline: FileHandler + JSON formatter, one fsync at the end", "filehandler", 16, 60_000),
+    ("baseline: FileHandler + JSON, fsync per record", "filehandler-fsync", 16, 3_000),
+]
+
+
+def run_paths(base: Path, rounds: int, scale: float) -> dict[tuple[str, int], list[float]]:
+    results: dict[tuple[str, int], list[float]] = {(p, t): [] for _l, p, t, _n in PATHS}
+    for _ in range(rounds):
+        for _label, path, threads, events in PATHS:
+            results[(path, threads)].append(bench_paths(base, path, threads, max(threads, int(events * scale))))
+    return results
+
+
+def print_paths(results: dict[tuple[str, int], list[float]], rounds: int, busy: bool) -> None:
+    print(f"\n## the paths users call, median of {rounds} interleaved rounds "
+          f"(second core {'busy' if busy else 'idle'}) [{_accel.describe()}]")
+    for label, path, threads, _n in PATHS:
+        rates = results[(path, threads)]
+        print(f"  {label:<62} {threads:>2} threads {statistics.median(rates):>10,.0f} events/s   "
+              f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+    med = {k: statistics.median(v) for k, v in results.items()}
+    one = med[("handler-nowait", 1)] / med[("filehandler", 1)]
+    many = med[("handler-nowait", 16)] / med[("filehandler", 16)]
+    print(f"  non-waiting handler / FileHandler+JSON: 1 thread {one:.2f}, 16 threads {many:.2f}")
 
 
 def bench_latency(base: Path, threads: int, per_thread: int) -> tuple[float, float, float, float]:
@@ -253,10 +384,15 @@ def main() -> None:
     ap.add_argument("--verify-mb", type=int, default=256)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--paths-only", action="store_true",
+                    help="only the user paths from 1 and 16 threads (and the latency)")
+    ap.add_argument("--paths-scale", type=float, default=1.0, help="scale the events per path and round")
+    ap.add_argument("--busy", action="store_true", help="keep the second core busy with a spinning process")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the RSS run, in a fresh process (nothing else allocated before it)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-append-", dir=args.dir))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     ev_len = len(orjson.dumps(EVENT))
     print(f"# hot-tier benchmark  ({os.cpu_count()} cores, event {ev_len} bytes of JSON, "
           f"record line ~{ev_len + 215} bytes)")
@@ -267,6 +403,12 @@ def main() -> None:
             print("  " + "  ".join(f"{k // 1000}k:{m:.0f}" for k, m in samples))
             print(f"  max {max(m for _, m in samples):.0f} MB, growth after first sample "
                   f"{samples[-1][1] - samples[1][1]:+.1f} MB")
+            return
+        if args.paths_only:
+            print_paths(run_paths(base, args.rounds, args.paths_scale), args.rounds, args.busy)
+            p50, p99, pmax, rate = bench_latency(base, 16, 2000)
+            print("\n## group-mode ack latency, 16 threads appending with wait=True")
+            print(f"  p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {pmax:.2f} ms   ({rate:,.0f} events/s)")
             return
         n = args.events
         contenders = [
@@ -283,12 +425,14 @@ def main() -> None:
             for name, run in contenders:
                 results[name].append(run())
         fsync_rate = bench_hotlog(base, min(n, 3000), "fsync", True)
+        paths = run_paths(base, args.rounds, args.paths_scale)
         print(f"\n## append, one thread, {n:,} events, median of {args.rounds} interleaved rounds "
               f"[{_accel.describe()}]")
         for name, rates in results.items():
             print(f"  {name:<50} {statistics.median(rates):>12,.0f} events/s   "
                   f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
         print(f"  {'HotLog fsync mode (fsync per append)':<50} {fsync_rate:>12,.0f} events/s")
+        print_paths(paths, args.rounds, args.busy)
         p50, p99, pmax, rate = bench_latency(base, 16, max(500, n // 64))
         print("\n## group-mode ack latency, 16 threads appending with wait=True")
         print(f"  p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {pmax:.2f} ms   ({rate:,.0f} events/s)")
@@ -317,6 +461,9 @@ def main() -> None:
             print(f"  max {max(m for _, m in samples):.0f} MB, growth after first sample "
                   f"{samples[-1][1] - samples[1][1]:+.1f} MB")
     finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
         rm_tree(base)
 
 

@@ -10,6 +10,7 @@ which one is in use.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 native: ModuleType | None
@@ -31,13 +32,18 @@ def describe() -> str:
     return "pure Python (C accelerator not built)"
 
 
-def fsync(fd: int, data_only: bool = False) -> None:
-    """``os.fsync`` (``os.fdatasync`` with ``data_only``).  With the accelerator, the C one,
-    which hands the GIL back from appending threads at once (see _native.c, gil_waiters):
-    the writer's background flush must not wait a switch interval after every sync."""
-    if native is not None:
-        native.fsync(fd, data_only)
-    elif data_only:
+def _py_fsync(fd: int, data_only: bool, /) -> None:
+    if data_only:
         os.fdatasync(fd)
     else:
         os.fsync(fd)
+
+
+# bound once: with the accelerator the C one, a single call without the GIL
+_fsync: Callable[[int, bool], None] = native.fsync if native is not None else _py_fsync
+
+
+def fsync(fd: int, data_only: bool = False) -> None:
+    """``os.fsync`` (``os.fdatasync`` with ``data_only``).  Callers look it up here at call
+    time (tests replace it to simulate a failing disk)."""
+    _fsync(fd, data_only)

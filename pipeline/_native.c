@@ -27,7 +27,6 @@
 #include <stdint.h>
 #include <errno.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -40,20 +39,6 @@
 
 static const char HEX[] = "0123456789abcdef";
 
-/*
- * Handing the GIL to the writer's background work.  An appending thread holds the GIL
- * almost all the time, so a thread coming back from GIL-free work waits for it until the
- * interpreter's switch interval (5 ms) forces a switch, every time; the writer's flush
- * comes back several times per cycle (hashing, writing, syncing), and those waits, not the
- * work, made its cycle long enough for the queue to fill.  The writer's GIL-free calls
- * (hash_lines, append_collect, write_lines, fsync) count themselves in gil_waiters while
- * they wait for the GIL, and Lane.append, seeing the count, lets the GIL go at once
- * (lane_yield).  Other code is unaffected: it keeps the interpreter's own scheduling.
- */
-static atomic_int gil_waiters;
-#define END_ALLOW_THREADS_HANDED_OVER                                                                                 \
-    atomic_fetch_add_explicit(&gil_waiters, 1, memory_order_relaxed);                                                  \
-    Py_END_ALLOW_THREADS atomic_fetch_sub_explicit(&gil_waiters, 1, memory_order_relaxed);
 
 /* decimal digits of v into out (no terminator); returns the length */
 static int put_u64(unsigned long long v, char *out)
@@ -368,7 +353,7 @@ static PyObject *hash_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         if (stream_cr)
             cr_push(stream_cr, lh);
     }
-    END_ALLOW_THREADS_HANDED_OVER
+    Py_END_ALLOW_THREADS
     PyMem_RawFree(ptrs);
     PyMem_RawFree(lens);
     PyObject *result = PyList_New(count);
@@ -455,7 +440,7 @@ static PyObject *append_collect(PyObject *Py_UNUSED(mod), PyObject *const *args,
         cr->depth++;
         cr->size++;
     }
-    END_ALLOW_THREADS_HANDED_OVER
+    Py_END_ALLOW_THREADS
     PyMem_RawFree(in);
     PyObject *out = PyDict_New();
     for (size_t j = 0; out != NULL && j < produced; j++) {
@@ -489,22 +474,6 @@ static const char HASH_KEY[] = ",\"hash\":\"";
 static const char TAIL[] = "\"}\n";
 #define LIT(s) (sizeof(s) - 1)
 
-static int u64_digits(unsigned long long v)
-{
-    int n = 1;
-    while (v >= 10) {
-        v /= 10;
-        n++;
-    }
-    return n;
-}
-
-/* the length of a record line with these part lengths */
-static Py_ssize_t line_length(Py_ssize_t lp, unsigned long long seq, Py_ssize_t lt, Py_ssize_t lk, Py_ssize_t ld)
-{
-    return lp + u64_digits(seq) + LIT(TS_KEY) + lt + LIT(KIND_KEY) + lk + LIT(PREV_KEY) + HEX_LEN + LIT(DATA_KEY) + ld +
-           LIT(HASH_KEY) + HEX_LEN + LIT(TAIL);
-}
 
 /* Build one record line for ``data`` into a new bytes object and hash it.  *hex_out gets the
  * record hash in hex, lh (unless NULL) the leaf hash.  NULL (and no exception) when longer
@@ -2349,459 +2318,11 @@ out:
     return result;
 }
 
-/* --------------------------------------------------------------------------- Lane ---- */
-
-/*
- * Lane: the writer's lock and its per-event fast path in one object.
- *
- * HotLog uses a Lane as its ``_lock`` (it has acquire/release/__enter__/__exit__, so
- * threading.Condition works over it) and as the home of its chain state: ``seq``, ``prev``
- * and ``pending`` here are HotLog's _seq, _prev and _pending_bytes (properties there).
- * ``append(event)`` is HotLog.append's common case in one call: the sanitiser's fast path
- * (prepare_core, before the lock is taken), then under the lock the record line, its hash,
- * the receipt, the line queued on the current run, the chain state advanced and the current
- * segment's size and count updated, exactly as HotLog._append_locked does.
- *
- * The fast path only runs while the lane is *armed*, and the lane disarms itself whenever
- * the lock is acquired from Python (acquire / __enter__, which is how every other path of
- * the writer takes it).  So any code that might change what the fast path relies on (the
- * run list, the segment, a failure, closing) has disarmed it first, and only
- * HotLog._arm_lane_locked re-arms it, right before the slow path lets the lock go, from
- * the state as it then is.  Missing a re-arm costs speed; it can never let the fast path
- * write on stale state.
- *
- * append returns the Receipt; the prepared event bytes when the lane is disarmed or the
- * line does not fit in the segment (the caller takes the slow path with them); or None
- * when the sanitiser's Python code must decide (redaction, an invalid event, ...).
- */
-typedef struct {
-    PyObject_HEAD
-    PyThread_type_lock lock;
-    int held;
-    /* the chain state (HotLog._seq, _prev, _pending_bytes), whether armed or not */
-    unsigned long long seq;
-    char prev[HEX_LEN];
-    Py_ssize_t pending;
-    PyObject *prefix;       /* bytes: b'{"v":1,"stream":"<name>","seq":' */
-    PyObject *receipt_type; /* the Receipt NamedTuple class */
-    PyObject *settings;     /* tuple of the six prepare settings (see prepare_args) */
-    PyObject *clock;        /* NULL: utc_now; else a callable returning the timestamp bytes */
-    PrepareArgs pa;         /* borrowed from settings */
-    int armed;
-    PyObject *chunks;       /* the current run's line list (armed only) */
-    PyObject *seg;          /* the current _Segment (armed only) */
-    PyObject *seg_name;
-    PyObject *gen;
-    Py_ssize_t seg_size, seg_count, room;
-} LaneObject;
-
-static PyTypeObject LaneType;
-static PyObject *str_size, *str_count;
-
-static void lane_disarm(LaneObject *self)
-{
-    self->armed = 0;
-    Py_CLEAR(self->chunks);
-    Py_CLEAR(self->seg);
-    Py_CLEAR(self->seg_name);
-    Py_CLEAR(self->gen);
-}
-
-static int lane_traverse(LaneObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->settings);
-    Py_VISIT(self->receipt_type);
-    Py_VISIT(self->clock);
-    Py_VISIT(self->chunks);
-    Py_VISIT(self->seg);
-    return 0;
-}
-
-static int lane_clear(LaneObject *self)
-{
-    lane_disarm(self);
-    Py_CLEAR(self->prefix);
-    Py_CLEAR(self->receipt_type);
-    Py_CLEAR(self->settings);
-    Py_CLEAR(self->clock);
-    return 0;
-}
-
-static void lane_dealloc(LaneObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    lane_clear(self);
-    if (self->lock != NULL) {
-        if (self->held)
-            PyThread_release_lock(self->lock);
-        PyThread_free_lock(self->lock);
-    }
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *lane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
-{
-    LaneObject *self = (LaneObject *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    memset(self->prev, '0', HEX_LEN);
-    self->lock = PyThread_allocate_lock();
-    if (self->lock == NULL) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_MemoryError, "cannot allocate lock");
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-/* Lane(prefix, receipt_type, prepare_settings, clock=None) */
-static int lane_init(LaneObject *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *prefix, *rtype, *settings, *clock = Py_None;
-    static char *kwlist[] = {"prefix", "receipt_type", "prepare_settings", "clock", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SOO!|O:Lane", kwlist, &prefix, &rtype, &PyTuple_Type, &settings,
-                                     &clock))
-        return -1;
-    if (clock != Py_None && !PyCallable_Check(clock)) {
-        PyErr_SetString(PyExc_TypeError, "Lane: clock must be callable or None");
-        return -1;
-    }
-    if (check_receipt_type(rtype, "Lane") < 0)
-        return -1;
-    if (PyTuple_GET_SIZE(settings) != PREPARE_SETTINGS) {
-        PyErr_SetString(PyExc_TypeError, "Lane: prepare_settings must hold the six prepare_fast settings");
-        return -1;
-    }
-    PrepareArgs pa;
-    if (prepare_args(&PyTuple_GET_ITEM(settings, 0), &pa) < 0)
-        return -1;
-    lane_clear(self);
-    Py_INCREF(prefix);
-    Py_INCREF(rtype);
-    Py_INCREF(settings);
-    self->prefix = prefix;
-    self->receipt_type = rtype;
-    self->settings = settings;
-    if (clock != Py_None) {
-        Py_INCREF(clock);
-        self->clock = clock;
-    }
-    self->pa = pa;
-    return 0;
-}
-
-/* Take the lock: at once if free, else waiting without the GIL (signal handlers run while
- * waiting, as for threading.Lock).  timeout_us < 0: no limit.  1 taken, 0 timed out or
- * would block, -1 with an exception set. */
-static int lane_lock(LaneObject *self, int blocking, long long timeout_us)
-{
-    if (PyThread_acquire_lock_timed(self->lock, 0, 0) == PY_LOCK_ACQUIRED)
-        goto taken;
-    if (!blocking)
-        return 0;
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        long long wait_us = timeout_us;
-        if (timeout_us >= 0) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            long long spent = (long long)(now.tv_sec - start.tv_sec) * 1000000LL + (now.tv_nsec - start.tv_nsec) / 1000;
-            wait_us = timeout_us - spent;
-            if (wait_us < 0)
-                wait_us = 0;
-        }
-        PyLockStatus r;
-        Py_BEGIN_ALLOW_THREADS
-        r = PyThread_acquire_lock_timed(self->lock, wait_us, 1);
-        Py_END_ALLOW_THREADS
-        if (r == PY_LOCK_ACQUIRED)
-            goto taken;
-        if (r == PY_LOCK_FAILURE)
-            return 0;
-        if (Py_MakePendingCalls() < 0) /* interrupted: run the signal handlers */
-            return -1;
-    }
-taken:
-    self->held = 1;
-    return 1;
-}
-
-static void lane_unlock(LaneObject *self)
-{
-    self->held = 0;
-    PyThread_release_lock(self->lock);
-}
-
-/* acquire(blocking=True, timeout=-1) -> bool, as threading.Lock; disarms the fast path */
-static PyObject *lane_acquire(LaneObject *self, PyObject *args, PyObject *kwds)
-{
-    int blocking = 1;
-    double timeout = -1;
-    static char *kwlist[] = {"blocking", "timeout", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd:acquire", kwlist, &blocking, &timeout))
-        return NULL;
-    if (!blocking && timeout != -1) {
-        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
-        return NULL;
-    }
-    if (timeout < 0 && timeout != -1) {
-        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
-        return NULL;
-    }
-    if (timeout > (double)PY_TIMEOUT_MAX / 1e6) {
-        PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
-        return NULL;
-    }
-    int r = lane_lock(self, blocking, timeout < 0 ? -1 : (long long)(timeout * 1e6));
-    if (r < 0)
-        return NULL;
-    if (r)
-        lane_disarm(self);
-    return PyBool_FromLong(r);
-}
-
-static PyObject *lane_enter(LaneObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int r = lane_lock(self, 1, -1);
-    if (r < 0)
-        return NULL;
-    lane_disarm(self);
-    Py_RETURN_TRUE;
-}
-
-static PyObject *lane_release(LaneObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (!self->held) {
-        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
-        return NULL;
-    }
-    lane_unlock(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *lane_exit(LaneObject *self, PyObject *Py_UNUSED(args))
-{
-    return lane_release(self, NULL);
-}
-
-static PyObject *lane_locked(LaneObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return PyBool_FromLong(self->held);
-}
-
-/* arm(chunks, seg, seg_name, gen, seg_size, seg_count, room): the caller holds the lock
- * and passes the current run's line list and segment (see HotLog._arm_lane_locked) */
-static PyObject *lane_arm(LaneObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "arm takes 7 arguments");
-        return NULL;
-    }
-    if (!self->held) {
-        PyErr_SetString(PyExc_RuntimeError, "arm: the lock is not held");
-        return NULL;
-    }
-    if (!PyList_Check(args[0]) || !PyUnicode_Check(args[2]) || !PyLong_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "arm: chunks must be a list, seg_name a str, gen an int");
-        return NULL;
-    }
-    Py_ssize_t size = PyLong_AsSsize_t(args[4]), count = PyLong_AsSsize_t(args[5]), room = PyLong_AsSsize_t(args[6]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (count < 1) {
-        PyErr_SetString(PyExc_ValueError, "arm: the segment must already hold a record");
-        return NULL;
-    }
-    lane_disarm(self);
-    Py_INCREF(args[0]);
-    Py_INCREF(args[1]);
-    Py_INCREF(args[2]);
-    Py_INCREF(args[3]);
-    self->chunks = args[0];
-    self->seg = args[1];
-    self->seg_name = args[2];
-    self->gen = args[3];
-    self->seg_size = size;
-    self->seg_count = count;
-    self->room = room;
-    self->armed = 1;
-    Py_RETURN_NONE;
-}
-
-static PyObject *lane_disarm_method(LaneObject *self, PyObject *Py_UNUSED(ignored))
-{
-    lane_disarm(self);
-    Py_RETURN_NONE;
-}
-
-/* Let go of the GIL for a thread counted in gil_waiters (the writer's background work
- * coming back from hashing, writing or syncing): wait until it has taken the GIL, at most
- * a millisecond, then queue for the GIL again. */
-static void lane_yield(void)
-{
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    Py_BEGIN_ALLOW_THREADS
-    while (atomic_load_explicit(&gil_waiters, memory_order_relaxed) > 0) {
-        sched_yield();
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000000000LL + (now.tv_nsec - start.tv_nsec) > 1000000LL)
-            break;
-    }
-    Py_END_ALLOW_THREADS
-}
-
-static PyObject *lane_append(LaneObject *self, PyObject *event)
-{
-    if (atomic_load_explicit(&gil_waiters, memory_order_relaxed) > 0)
-        lane_yield();
-    if (self->prefix == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Lane not initialised");
-        return NULL;
-    }
-    PyObject *data = prepare_core(event, &self->pa);
-    if (data == NULL || data == Py_None)
-        return data; /* an error, or None: the sanitiser's Python code decides */
-    int r = lane_lock(self, 1, -1);
-    if (r < 0) {
-        Py_DECREF(data);
-        return NULL;
-    }
-    if (!self->armed)
-        goto slow;
-    /* a line that cannot fit with a timestamp of the usual 27 bytes goes to the slow path
-     * before the clock is read (which then reads it once, as without the lane) */
-    if (line_length(PyBytes_GET_SIZE(self->prefix), self->seq, 27, 5, PyBytes_GET_SIZE(data)) > self->room)
-        goto slow;
-    PyObject *ts = self->clock ? PyObject_CallNoArgs(self->clock) : utc_now(NULL, NULL);
-    if (ts == NULL)
-        goto fail;
-    if (!PyBytes_Check(ts)) {
-        Py_DECREF(ts);
-        PyErr_SetString(PyExc_TypeError, "Lane: the clock must return bytes");
-        goto fail;
-    }
-    char hex[HEX_LEN];
-    Py_ssize_t n;
-    PyObject *line = build_line(PyBytes_AS_STRING(self->prefix), PyBytes_GET_SIZE(self->prefix), self->seq,
-                                PyBytes_AS_STRING(ts), PyBytes_GET_SIZE(ts), "event", 5, self->prev,
-                                PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), self->room, hex, NULL, &n);
-    Py_DECREF(ts);
-    if (line == NULL) {
-        if (PyErr_Occurred())
-            goto fail;
-        goto slow; /* does not fit: the slow path seals and rotates */
-    }
-    PyObject *receipt = make_receipt(self->receipt_type, self->seq, hex, self->seg_name, self->gen);
-    PyObject *size = receipt ? PyLong_FromSsize_t(self->seg_size + n) : NULL;
-    PyObject *count = size ? PyLong_FromSsize_t(self->seg_count + 1) : NULL;
-    if (count == NULL || PyList_Append(self->chunks, line) < 0) {
-        Py_DECREF(line);
-        Py_XDECREF(receipt);
-        Py_XDECREF(size);
-        Py_XDECREF(count);
-        goto fail;
-    }
-    Py_DECREF(line);
-    Py_DECREF(data);
-    /* the line is queued: the state advances with it (a segment's size and count are slots
-     * of a dataclass; setting them allocates nothing and cannot fail) */
-    self->seq++;
-    memcpy(self->prev, hex, HEX_LEN);
-    self->pending += n;
-    self->seg_size += n;
-    self->seg_count++;
-    self->room -= n;
-    if (PyObject_SetAttr(self->seg, str_size, size) < 0 || PyObject_SetAttr(self->seg, str_count, count) < 0) {
-        lane_disarm(self);
-        lane_unlock(self);
-        Py_DECREF(size);
-        Py_DECREF(count);
-        Py_DECREF(receipt);
-        return NULL;
-    }
-    Py_DECREF(size);
-    Py_DECREF(count);
-    lane_unlock(self);
-    return receipt;
-slow:
-    lane_unlock(self);
-    return data;
-fail:
-    lane_unlock(self);
-    Py_DECREF(data);
-    return NULL;
-}
-
-static PyObject *lane_get_armed(LaneObject *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->armed);
-}
-
-static PyObject *lane_get_prev(LaneObject *self, void *Py_UNUSED(closure))
-{
-    return PyBytes_FromStringAndSize(self->prev, HEX_LEN);
-}
-
-static int lane_set_prev(LaneObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != HEX_LEN) {
-        PyErr_SetString(PyExc_TypeError, "prev must be 64 bytes (a hex SHA-256)");
-        return -1;
-    }
-    memcpy(self->prev, PyBytes_AS_STRING(value), HEX_LEN);
-    return 0;
-}
-
-static PyMethodDef lane_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))lane_acquire, METH_VARARGS | METH_KEYWORDS,
-     "Take the lock (as threading.Lock.acquire); disarms the fast path."},
-    {"release", (PyCFunction)lane_release, METH_NOARGS, "Release the lock."},
-    {"__enter__", (PyCFunction)lane_enter, METH_NOARGS, "acquire()"},
-    {"__exit__", (PyCFunction)lane_exit, METH_VARARGS, "release()"},
-    {"locked", (PyCFunction)lane_locked, METH_NOARGS, "Whether the lock is held."},
-    {"arm", (PyCFunction)(void (*)(void))lane_arm, METH_FASTCALL, "Enable the fast path with this state."},
-    {"disarm", (PyCFunction)lane_disarm_method, METH_NOARGS, "Disable the fast path."},
-    {"append", (PyCFunction)lane_append, METH_O, "HotLog.append's common case: Receipt, bytes or None."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef lane_getset[] = {
-    {"armed", (getter)lane_get_armed, NULL, "whether the fast path may run", NULL},
-    {"prev", (getter)lane_get_prev, (setter)lane_set_prev, "the last record's hash (64 hex bytes)", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-/* plain C fields, read and written from Python with the usual int checks */
-static PyMemberDef lane_members[] = {
-    {"seq", T_ULONGLONG, offsetof(LaneObject, seq), 0, "the next record's seq"},
-    {"pending", T_PYSSIZET, offsetof(LaneObject, pending), 0, "bytes queued and not yet written"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject LaneType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pipeline._native.Lane",
-    .tp_basicsize = sizeof(LaneObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The writer's lock and its per-event fast path (see pipeline/_native.c).",
-    .tp_new = lane_new,
-    .tp_init = (initproc)lane_init,
-    .tp_dealloc = (destructor)lane_dealloc,
-    .tp_traverse = (traverseproc)lane_traverse,
-    .tp_clear = (inquiry)lane_clear,
-    .tp_methods = lane_methods,
-    .tp_getset = lane_getset,
-    .tp_members = lane_members,
-};
-
-/* -------------------------------------------------------------------- write_lines ---- */
-
 /*
  * write_lines(fd, lines) -> None
  *
  * Write the byte strings in order to fd with writev, all of them in one call that lets go
- * of the GIL once (os.writev takes the GIL back after every 1024 lines; each time the
+ * of the GIL once (os.writev takes the GIL back after every 1024 lines; each time an
  * appending thread may hold it for a whole switch interval, 5 ms, which starved the
  * writer's background flush).  Short writes continue where they stopped; EINTR runs the
  * signal handlers and goes on; any other error raises OSError with what was written so far
@@ -2867,7 +2388,7 @@ static PyObject *write_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py
                 iov[at].iov_len -= left;
             }
         }
-        END_ALLOW_THREADS_HANDED_OVER
+        Py_END_ALLOW_THREADS
         if (err == EINTR) {
             err = 0;
             if (PyErr_CheckSignals() < 0)
@@ -2890,9 +2411,8 @@ static PyObject *write_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py
 /*
  * fsync(fd, data_only=False) -> None
  *
- * os.fsync / os.fdatasync for the writer's flush, handing the GIL back through
- * gil_waiters (see the top of this file).  EINTR runs the signal handlers and retries; any
- * other error raises OSError.
+ * os.fsync / os.fdatasync for the writer's flush, without the GIL.  EINTR runs the signal
+ * handlers and retries; any other error raises OSError.
  */
 static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2915,7 +2435,7 @@ static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ss
         Py_BEGIN_ALLOW_THREADS
         r = data_only ? fdatasync(fd) : fsync(fd);
         err = errno;
-        END_ALLOW_THREADS_HANDED_OVER
+        Py_END_ALLOW_THREADS
         if (r == 0)
             Py_RETURN_NONE;
         if (err != EINTR)
@@ -2939,7 +2459,7 @@ static PyMethodDef module_methods[] = {
     {"append_records", (PyCFunction)(void (*)(void))append_records, METH_FASTCALL,
      "append_record for a list of prepared events (one timestamp), building receipts."},
     {"fsync", (PyCFunction)(void (*)(void))fsync_fd, METH_FASTCALL,
-     "os.fsync (or fdatasync), handing the GIL back from appending threads at once."},
+     "os.fsync (or fdatasync) without the GIL."},
     {"write_lines", (PyCFunction)(void (*)(void))write_lines, METH_FASTCALL,
      "Write byte strings in order with writev, letting go of the GIL once."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
@@ -2968,19 +2488,13 @@ PyMODINIT_FUNC PyInit__native(void)
     screen_init();
     json_init();
     hex_init();
-    if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&LaneType) < 0)
-        return NULL;
-    str_size = PyUnicode_InternFromString("size");
-    str_count = PyUnicode_InternFromString("count");
-    if (!str_size || !str_count)
+    if (PyType_Ready(&CompactRangeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&CompactRangeType);
-    Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "CompactRange", (PyObject *)&CompactRangeType) < 0 ||
-        PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_NULL", SCREEN_NULL) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_HINT", SCREEN_HINT) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_DIGITS", SCREEN_DIGITS) < 0 ||

@@ -723,9 +723,8 @@ class Sanitiser:
         self._shared = shared
         self.counts = shared.counts
         # The C accelerator reads the rule-dependent state from the shared one-item list on
-        # every call, so ``reconfigure`` swaps it for every path at once (the writer's Lane too).
+        # every call, so ``reconfigure`` swaps it for every path at once.
         settings = (orjson.dumps, _OPTION_KWNAMES, _ORJSON_OPTS, self.max_event_bytes, self.max_depth, shared.box)
-        self.fast_settings: tuple[Any, ...] | None = settings if _native is not None else None
         self.fast_prepare: Callable[[Any], bytes | None] | None = (
             partial(_native.prepare_fast, *settings) if _native is not None else None)
 

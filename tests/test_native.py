@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from pipeline import _accel, sanitise
 from pipeline.format import merkle, strictjson
+from pipeline.hot import chain as hot_chain
 from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
@@ -287,11 +288,20 @@ class _Ticks:
         return b"2026-11-22T01:%02d:%02d.%06dZ" % (self.n // 60000 % 60, self.n // 1000 % 60, self.n % 1000000)
 
 
+def _force_python_writer(m: pytest.MonkeyPatch) -> None:
+    """The writer's accelerated operations, each bound once at import, set to their Python
+    references (what PIPELINE_NO_NATIVE=1 binds)."""
+    m.setattr(hot_chain, "queue_record", hot_chain._py_queue_record)
+    m.setattr(hot_chain, "queue_records", hot_chain._py_queue_records)
+    m.setattr(hot_chain, "hash_lines", hot_chain._py_hash_lines)
+    m.setattr(writer_mod, "_write_chunks", writer_mod._py_write_chunks)
+    m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
+
+
 def _write(tmp: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool) -> list[bytes]:
     with monkeypatch.context() as m:
         if not use_native:
-            m.setattr(writer_mod, "_native", None)
-            m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
+            _force_python_writer(m)
         # no time-window rotation: the fake clock's window is not the real one, and the
         # background thread would seal on its first tick
         log = HotLog(tmp, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
@@ -329,8 +339,7 @@ def test_writer_output_is_byte_identical_per_event(tmp_path: Path, monkeypatch: 
     def write(d: Path, use_native: bool) -> list[bytes]:
         with monkeypatch.context() as m:
             if not use_native:
-                m.setattr(writer_mod, "_native", None)
-                m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
+                _force_python_writer(m)
             log = HotLog(d, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0,
                          immutable="off", clock=_Ticks())
             for i in range(400):
@@ -520,7 +529,7 @@ def test_tree_store_append_is_the_same_in_c(batches: list[int], store_leaves: bo
     def build(d: Path, use_native: bool) -> tuple[dict[str, bytes], bytes, int]:
         with pytest.MonkeyPatch.context() as m:
             if not use_native:
-                m.setattr(tree_mod, "_native", None)
+                m.setattr(tree_mod, "_append_walk", tree_mod._py_append_walk)
             ts = tree_mod.TreeStore(d, store_leaves=store_leaves)
             at = 0
             for k in batches:

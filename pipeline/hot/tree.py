@@ -44,6 +44,43 @@ MAX_LEVEL = 63
 _SEQ_FIELD = b',"seq":'
 
 
+def _py_append_walk(size: int, stack: list[bytes],
+                    leaf_hashes: list[bytes]) -> tuple[int, list[bytes], dict[int, list[bytes]]]:
+    """Append leaf hashes to the compact range (size, stack): the new size and stack, and the
+    nodes completed at tile-level heights (every TILE_HEIGHT levels), per level."""
+    pending: dict[int, list[bytes]] = {}
+    stack = list(stack)
+    sha = hashlib.sha256
+    for lh in leaf_hashes:
+        if len(lh) != HASH_SIZE:
+            raise ValueError("leaf hash must be 32 bytes")
+        n = size
+        h = lh
+        level = 0
+        while n & 1:
+            h = sha(b"\x01" + stack.pop() + h).digest()
+            n >>= 1
+            level += 1
+            if level % TILE_HEIGHT == 0:
+                pending.setdefault(level, []).append(h)
+        stack.append(h)
+        size += 1
+    return size, stack, pending
+
+
+def _c_append_walk(size: int, stack: list[bytes],
+                   leaf_hashes: list[bytes]) -> tuple[int, list[bytes], dict[int, list[bytes]]]:
+    """The same walk in C (pipeline/_native.c append_collect, tested equal)."""
+    assert _native is not None
+    cr = _native.CompactRange(size, stack)
+    completed: dict[int, list[bytes]] = _native.append_collect(cr, leaf_hashes, TILE_HEIGHT)
+    return cr.size, cr.stack, completed
+
+
+# bound once (the C walk when the accelerator is built)
+_append_walk = _c_append_walk if _native is not None else _py_append_walk
+
+
 class TreeStoreError(PipelineError, RuntimeError):
     """The tree store cannot answer: a range beyond its size, or missing source data."""
 
@@ -320,39 +357,11 @@ class TreeStore:
     def append(self, leaf_hashes: Sequence[bytes]) -> None:
         """Add leaf hashes (already ``SHA-256(0x00 || line)``), contiguous, in seq order."""
         with self._lock:
-            if _native is not None:
-                # the same walk in C (pipeline/_native.c append_collect, tested equal)
-                cr = _native.CompactRange(self._size, self._stack)
-                completed = _native.append_collect(cr, list(leaf_hashes), TILE_HEIGHT)
-                if self.store_leaves and leaf_hashes:
-                    self._write(0, list(leaf_hashes))
-                for level in sorted(completed):
-                    self._write(level, completed[level])
-                self._stack, self._size = cr.stack, cr.size
-                return
-            pending: dict[int, list[bytes]] = {}
-            stack = self._stack
-            size = self._size
-            sha = hashlib.sha256
-            for lh in leaf_hashes:
-                if len(lh) != HASH_SIZE:
-                    raise ValueError("leaf hash must be 32 bytes")
-                n = size
-                h = lh
-                level = 0
-                while n & 1:
-                    h = sha(b"\x01" + stack.pop() + h).digest()
-                    n >>= 1
-                    level += 1
-                    if level % TILE_HEIGHT == 0:
-                        pending.setdefault(level, []).append(h)
-                stack.append(h)
-                size += 1
+            self._size, self._stack, completed = _append_walk(self._size, self._stack, list(leaf_hashes))
             if self.store_leaves and leaf_hashes:
                 self._write(0, list(leaf_hashes))
-            for level in sorted(pending):
-                self._write(level, pending[level])
-            self._size = size
+            for level in sorted(completed):
+                self._write(level, completed[level])
 
     def sync(self) -> None:
         """Make the stored levels durable (called right after the writer's segment fsync)."""
