@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from pipeline import __version__
 from pipeline.monitor.config import AlertmanagerChannel, EmailChannel, WebhookChannel
 from pipeline.monitor.findings import ERROR, MonitorFinding, alertname_for
 

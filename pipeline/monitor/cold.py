@@ -76,7 +76,7 @@ class ColdWatcher:
         present = self._hot_files(ledger)
         now = time.time()
         in_flight = 0
-        for e in ledger.entries(states=ACTIVE_STATES + ("quarantined",)):
+        for e in ledger.entries(states=(*ACTIVE_STATES, "quarantined")):
             if not self._watched(e.stream):
                 continue
             if e.state == "quarantined":

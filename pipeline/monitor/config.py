@@ -62,7 +62,7 @@ def _url(v: Any, env: bool) -> str:
 
 
 def _recipients(v: Any, env: bool) -> tuple[str, ...]:
-    items = _string_list("e-mail addresses")(v, env)
+    items: tuple[str, ...] = _string_list("e-mail addresses")(v, env)
     bad = [x for x in items if "@" not in x]
     if bad or not items:
         raise _Bad("a non-empty list of e-mail addresses", _show(bad[0]) if bad else "an empty list")

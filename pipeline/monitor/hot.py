@@ -159,7 +159,7 @@ class StreamTrail:
     def _stable(self, path: Path) -> bool:
         """The file has not grown for the trailing delay."""
         seen = self._sizes.get(path.name)
-        return bool(seen) and seen[-1][0] <= time.monotonic() - self.delay
+        return seen is not None and bool(seen) and seen[-1][0] <= time.monotonic() - self.delay
 
     # -- one cycle ---------------------------------------------------------------------
     def cycle(self, ledger: LedgerView | None) -> TrailResult:
@@ -224,7 +224,7 @@ class StreamTrail:
         st = self.state
         limit = self._limit(path, now)
         resume = ScanResume.from_dict(st.resume) if st.resume else None
-        if (resume is not None and limit <= resume.offset or resume is None and limit == 0) and nxt is None:
+        if ((resume is not None and limit <= resume.offset) or (resume is None and limit == 0)) and nxt is None:
             return False  # nothing new to judge
         scan = scan_segment(path, self.stream, file_hash=False, resume=resume, limit=limit)
         self._bytes += scan.size - (resume.offset if resume else 0)

@@ -80,8 +80,9 @@ class Monitor:
             return None
         from pipeline.cold import ColdSettings, open_store
 
-        settings = ColdSettings(retention_days=self.cfg.cold.retention_days, allow_unlocked=self.cfg.cold.allow_unlocked,
-                                retry_max_seconds=self.cfg.cold.retry_max_seconds)
+        c = self.cfg.cold
+        settings = ColdSettings(retention_days=c.retention_days, allow_unlocked=c.allow_unlocked,
+                                retry_max_seconds=c.retry_max_seconds)
         return open_store(self.cfg.cold.url, settings)
 
     def _streams(self) -> list[str]:
@@ -150,16 +151,16 @@ class Monitor:
             out += res.findings
             quiet = now - res.last_write if res.last_write is not None else None
             if quiet is not None and quiet > self.cfg.hot.silence_factor * hb:
-                out.append(MonitorFinding("silence", stream, "", f"no record and no heartbeat written for {quiet:.0f} s "
-                                          f"(heartbeat interval {hb:g} s x silence_factor "
+                out.append(MonitorFinding("silence", stream, "", f"no record and no heartbeat written for "
+                                          f"{quiet:.0f} s (heartbeat interval {hb:g} s x silence_factor "
                                           f"{self.cfg.hot.silence_factor:g}): the writer stopped or is suppressed",
                                           res.head_seq, "hot"))
             m = self.metrics
             if res.verified_seq is not None:
                 m.last_verified_seq.labels(stream=stream).set(res.verified_seq)
             if res.head_seq is not None:
-                m.lag_records.labels(stream=stream).set(max(0, res.head_seq - (res.verified_seq
-                                                                               if res.verified_seq is not None else -1)))
+                verified = res.verified_seq if res.verified_seq is not None else -1
+                m.lag_records.labels(stream=stream).set(max(0, res.head_seq - verified))
             if res.head_ts is not None:
                 m.lag_seconds.labels(stream=stream).set(max(0.0, res.head_ts - (res.verified_ts or res.head_ts)))
         return out

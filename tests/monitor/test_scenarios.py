@@ -114,7 +114,7 @@ def _flip(path: Path, offset: int) -> None:
 def test_the_monitor_cannot_write_what_it_watches(tmp_path: Path, alertmanager: Alertmanager,
                                                   receiver: Receiver) -> None:
     """The read-only views are real: a write through them fails, and the monitor runs on them."""
-    with _stack(tmp_path, alertmanager) as (sc, mon, hot_view, cold):
+    with _stack(tmp_path, alertmanager) as (sc, mon, hot_view, _cold):
         _feed(sc, 10)
         with pytest.raises(OSError) as e:
             (hot_view / "app" / "probe").write_text("x")
@@ -167,7 +167,7 @@ def test_sidecar_killed_is_silence_and_resolves_when_it_writes_again(tmp_path: P
 def test_cold_object_deleted_after_eviction(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
     """file:// lets root delete an object (clear the immutable attribute, unlink): with the hot
     copy evicted, the records survive nowhere."""
-    with _stack(tmp_path, alertmanager, hot_retention="0s") as (sc, mon, _hot_view, cold):
+    with _stack(tmp_path, alertmanager, hot_retention="0s") as (sc, _mon, _hot_view, cold):
         _feed(sc, 10)
         ledger = sc.hot / ".ship" / "ledger.sqlite"
         deadline = time.monotonic() + 20
@@ -206,7 +206,8 @@ def test_cold_storage_stopped_is_cold_lag(tmp_path: Path, alertmanager: Alertman
                 time.sleep(0.2)
         sc = Sidecar(tmp_path, endpoint, bucket, hot={"segment_window": "1s", "heartbeat_interval": "1s",
                                                       "hot_retention": "1h"})
-        sc.sections["cold"]["retry_max_seconds"] = "2s"
+        sc.sections["cold"] = {"url": f"s3://{bucket}/sc?endpoint_url={endpoint}&region=us-east-1",
+                               "retention_days": 1, "retry_max_seconds": "2s"}
         sc.write_config()
         sc.start()
         try:
