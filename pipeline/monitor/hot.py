@@ -158,6 +158,8 @@ class StreamTrail:
 
     def _stable(self, path: Path) -> bool:
         """The file has not grown for the trailing delay."""
+        if self.delay <= 0:
+            return True
         seen = self._sizes.get(path.name)
         return seen is not None and bool(seen) and seen[-1][0] <= time.monotonic() - self.delay
 
