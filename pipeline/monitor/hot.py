@@ -139,11 +139,12 @@ class StreamTrail:
     def _limit(self, path: Path, now: float) -> int:
         """The file's size as it was ``delay`` seconds ago (what the monitor may judge now)."""
         try:
-            size = path.stat().st_size
+            s = path.stat()
         except FileNotFoundError:
             return 0
-        if self.delay <= 0:
-            return size
+        size = s.st_size
+        if self.delay <= 0 or s.st_mtime <= time.time() - self.delay:
+            return size  # nothing was written to it within the delay
         seen = self._sizes.setdefault(path.name, collections.deque())
         if not seen or seen[-1][1] != size:
             seen.append((now, size))
