@@ -53,7 +53,7 @@ def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
     cfg = write_toml(tmp_path / "w.toml", {"monitor": {"state_dir": "s"}, "hot": {"dir": "/h"},
                                           "witness": {"locations": ["file:///w"]},
                                           "alertmanager": {"url": "http://am:9093"}})
-    with pytest.raises(ConfigError, match="witness.vkey: required"):
+    with pytest.raises(ConfigError, match=r"witness\.vkey: required"):
         load_monitor_config(cfg)
 
 
