@@ -63,6 +63,7 @@ class ColdWatcher:
         self.state = state
         self.store = store
         self._tier_opts = TierOptions(allow_unlocked=opts.allow_unlocked, retention_days=opts.retention_days)
+        self._recheck_due = 0.0  # monotonic time of the next rolling re-check
 
     def _watched(self, stream: str) -> bool:
         return not self.streams or stream in self.streams
@@ -124,7 +125,8 @@ class ColdWatcher:
                 self._check(e)
                 checked += 1
                 st.watermark = max(st.watermark, e.confirmed_at or 0.0)
-            if self.opts.recheck_batch:
+            if self.opts.recheck_batch and time.monotonic() >= self._recheck_due:
+                self._recheck_due = time.monotonic() + self.opts.recheck_interval
                 batch = [e for e in ledger.shipped_after(*st.cursor, self.opts.recheck_batch)
                          if self._watched(e.stream)]
                 for e in batch:

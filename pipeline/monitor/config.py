@@ -95,6 +95,7 @@ _SCHEMA: dict[str, dict[str, _K]] = {
         "allow_unlocked": (_boolean, False, False),
         "max_lag": (_duration(allow_zero=False), "15m", False),
         "recheck_batch": (_integer(0, 100000), 100, False),
+        "recheck_interval": (_duration(allow_zero=False), "60s", False),
         "retry_max_seconds": (_duration(allow_zero=False), "10s", False),
     },
     "witness": {
@@ -149,6 +150,7 @@ class ColdWatch:
     allow_unlocked: bool = False
     max_lag: float = 900.0
     recheck_batch: int = 100
+    recheck_interval: float = 60.0
     retry_max_seconds: float = 10.0
 
 

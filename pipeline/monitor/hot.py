@@ -62,6 +62,14 @@ def _from_summary(d: dict[str, Any]) -> SegmentScan:
     return s
 
 
+def _identity(path: Path) -> list[int] | None:
+    try:
+        s = path.stat()
+    except FileNotFoundError:
+        return None
+    return [s.st_ino, s.st_size, s.st_ctime_ns]
+
+
 def _with_seq(f: MonitorFinding) -> MonitorFinding:
     """A problem in a segment's first record has no seq from the scan (nothing was read before
     it): the file name gives it (docs/FORMAT.md §2), so the alert's evidence names a record."""
@@ -94,13 +102,14 @@ class TrailState:
     # ctime, which no user-space call can set back, so one stat per cycle tells whether a
     # verified segment must be read again
     verified_files: dict[str, list[int]] = field(default_factory=dict)
+    bad_files: dict[str, list[int]] = field(default_factory=dict)  # the same, of segments with findings
 
     def to_dict(self) -> dict[str, Any]:
         return {"current": self.current, "resume": self.resume, "prev": self.prev,
                 "prev_abandoned": self.prev_abandoned, "started": self.started,
                 "anchor": list(self.anchor) if self.anchor else None, "verified_seq": self.verified_seq,
                 "verified_ts": self.verified_ts, "fss_seen": self.fss_seen, "bad": self.bad,
-                "verified_files": self.verified_files}
+                "verified_files": self.verified_files, "bad_files": self.bad_files}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrailState:
@@ -109,7 +118,7 @@ class TrailState:
                    prev_abandoned=bool(d.get("prev_abandoned")), started=bool(d.get("started")),
                    anchor=(int(a[0]), str(a[1])) if a else None, verified_seq=d.get("verified_seq"),
                    verified_ts=d.get("verified_ts"), fss_seen=bool(d.get("fss_seen")), bad=dict(d.get("bad") or {}),
-                   verified_files=dict(d.get("verified_files") or {}))
+                   verified_files=dict(d.get("verified_files") or {}), bad_files=dict(d.get("bad_files") or {}))
 
 
 @dataclass
@@ -134,6 +143,7 @@ class StreamTrail:
         self._sizes: dict[str, collections.deque[tuple[float, int]]] = {}
         self._last_rescan = time.monotonic()
         self._bytes = 0
+        self._snap: dict[str, list[int]] = {}
 
     # -- the trailing delay ------------------------------------------------------------
     def _limit(self, path: Path, now: float) -> int:
@@ -170,6 +180,8 @@ class StreamTrail:
         self._bytes = 0
         paths = list_segments(self.dir)
         names = [p.name for p in paths]
+        # identities taken BEFORE anything is read: a change after this is a new ctime
+        self._snap = {p.name: k for p in paths if (k := _identity(p)) is not None}
         now = time.monotonic()
         if not st.started:
             self._start(paths, ledger)
@@ -225,11 +237,18 @@ class StreamTrail:
     def _advance(self, path: Path, nxt: Path | None, now: float) -> bool:
         """Verify what is new in ``path``; True when the trail moved to the next segment."""
         st = self.state
+        if path.name in st.bad and st.resume is None:
+            # damaged: the chain cannot be followed through it; its findings stand (re-judged
+            # by _rescan_bad when the file changes) and the trail waits for the next segment
+            if nxt is None:
+                return False
+            st.current, st.prev, st.prev_abandoned, st.anchor = nxt.name, None, False, None
+            return True
         limit = self._limit(path, now)
         resume = ScanResume.from_dict(st.resume) if st.resume else None
         if ((resume is not None and limit <= resume.offset) or (resume is None and limit == 0)) and nxt is None:
             return False  # nothing new to judge
-        scan = scan_segment(path, self.stream, file_hash=False, resume=resume, limit=limit)
+        scan = scan_segment(path, self.stream, file_hash=False, resume=resume, limit=limit, boundaries=False)
         self._bytes += scan.size - (resume.offset if resume else 0)
         findings = list(scan.findings)
         if not findings and (resume is None or scan.sealed):
@@ -327,6 +346,7 @@ class StreamTrail:
 
     def _mark_bad(self, segment: str, findings: list[Finding]) -> None:
         self.state.bad[segment] = [_with_seq(from_chain(f)).to_dict() for f in findings]
+        self._remember(self.dir / segment, self.state.bad_files)
 
     def _rescan_active(self) -> None:
         """Re-read the active segment's verified prefix: a record changed behind the position."""
@@ -336,7 +356,7 @@ class StreamTrail:
         resume = ScanResume.from_dict(st.resume)
         path = self.dir / st.current
         try:
-            full = scan_segment(path, self.stream, file_hash=False, limit=resume.offset)
+            full = scan_segment(path, self.stream, file_hash=False, limit=resume.offset, boundaries=False)
         except FileNotFoundError:
             return
         self._bytes += full.size
@@ -350,12 +370,12 @@ class StreamTrail:
         if findings:
             self._mark_bad(st.current, findings)
 
-    def _remember(self, path: Path) -> None:
-        try:
-            s = path.stat()
-        except FileNotFoundError:
-            return
-        self.state.verified_files[path.name] = [s.st_ino, s.st_size, s.st_ctime_ns]
+    def _remember(self, path: Path, into: dict[str, list[int]] | None = None) -> None:
+        """Note the file's identity as it was before this cycle read it (so that a change made
+        while it was being read still shows as a change)."""
+        ident = self._snap.get(path.name) or _identity(path)
+        if ident is not None:
+            (self.state.verified_files if into is None else into)[path.name] = ident
 
     def _recheck_changed(self, paths: list[Path]) -> None:
         """Verified segments whose inode, size or ctime changed are scanned again in full."""
@@ -372,7 +392,7 @@ class StreamTrail:
                 continue
             if [s.st_ino, s.st_size, s.st_ctime_ns] == st.verified_files[name]:
                 continue
-            full = scan_segment(p, self.stream, file_hash=False)
+            full = scan_segment(p, self.stream, file_hash=False, boundaries=False)
             self._bytes += full.size
             findings = list(full.findings)
             if not findings and not full.sealed:
@@ -384,17 +404,27 @@ class StreamTrail:
 
     def _rescan_bad(self, present: set[str]) -> None:
         """A segment with findings stays reported until it scans clean again (restored from a
-        copy); a file that is gone keeps its findings (what was seen remains true)."""
+        copy): it is read again when its inode, size or ctime changed.  A file that is gone
+        keeps its findings (what was seen remains true)."""
         st = self.state
-        for name in list(st.bad)[:MAX_BAD_RESCANS]:
+        changed = []
+        for name in st.bad:
             if name not in present or name == st.current:
-                continue  # the current segment is re-judged by the trail itself
-            full = scan_segment(self.dir / name, self.stream, file_hash=False)
+                continue  # the current segment is judged by the trail (in full at its seal)
+            try:
+                s = (self.dir / name).stat()
+            except FileNotFoundError:
+                continue
+            if st.bad_files.get(name) != [s.st_ino, s.st_size, s.st_ctime_ns]:
+                changed.append(name)
+        for name in changed[:MAX_BAD_RESCANS]:
+            full = scan_segment(self.dir / name, self.stream, file_hash=False, boundaries=False)
             self._bytes += full.size
             if full.findings:
                 self._mark_bad(name, full.findings)
             else:
                 del st.bad[name]
+                st.bad_files.pop(name, None)
 
     # -- what the cycle reports -----------------------------------------------------------
     def _result(self, paths: list[Path]) -> TrailResult:

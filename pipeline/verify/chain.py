@@ -169,7 +169,8 @@ def _ts_seconds(ts: str) -> float:
 
 def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
                  on_record: Callable[[Record], None] | None = None, file_hash: bool = True,
-                 resume: ScanResume | None = None, limit: int | None = None) -> SegmentScan:
+                 resume: ScanResume | None = None, limit: int | None = None,
+                 boundaries: bool = True) -> SegmentScan:
     """Check one segment file completely.  Reads it once, sequentially.
 
     ``resume`` (from an earlier scan's ``SegmentScan.resume``) checks only the bytes after
@@ -179,6 +180,8 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
     scanned again (once per segment).  ``limit`` judges only the file's first ``limit``
     bytes (what was there some time ago: the monitor's trailing delay).  Neither is
     compatible with ``on_record``; a resumed scan has no whole-file ``sha256``.
+    ``boundaries=False`` skips the map of record ends of an unsealed segment, which only the
+    check of a recovery record naming the segment needs (``stitch``), and costs a second read.
 
     ``on_record`` sees every record that passed its checks so far, in order (used by
     ``pipeline export`` to spool records from the same single pass that verifies them;
@@ -361,7 +364,7 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
             # a segment already condemned (bytes after its seal, a seal field wrong) is not
             # also blamed on its frontiers, which would be read from the wrong last line
             _check_tree(scan, stream_cr, add)
-    elif fast_used and resume is None:
+    elif fast_used and resume is None and boundaries:
         # (a resumed scan's boundaries cover only what it read: a recovery record naming the
         # segment is judged from a full scan)
         scan.boundaries = _record_ends(p, scan.valid_bytes)

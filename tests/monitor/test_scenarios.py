@@ -41,7 +41,8 @@ def _monitor_sections(tmp_path: Path, am: Alertmanager, hot_view: Path, cold_vie
     sections: dict[str, dict[str, Any]] = {
         "monitor": {"interval": "300ms", "trailing_delay": "500ms", "resend_interval": "2s", "watchdog_ttl": "2s"},
         "hot": {"dir": str(hot_view), "heartbeat_interval": "1s", "silence_factor": 3, "rescan_active": "1s"},
-        "cold": {"retention_days": 1, "max_lag": "4s", "recheck_batch": 50, "retry_max_seconds": "1s"},
+        "cold": {"retention_days": 1, "max_lag": "4s", "recheck_batch": 50, "recheck_interval": "500ms",
+                 "retry_max_seconds": "1s"},
         "alertmanager": {"url": am.url, "timeout": "2s"},
     }
     if cold_view is not None:
