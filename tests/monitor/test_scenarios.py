@@ -165,7 +165,7 @@ def test_sidecar_killed_is_silence_and_resolves_when_it_writes_again(tmp_path: P
         receiver.wait_for(_resolved("WormStreamSilent"), 20, "/am")
 
 
-def test_cold_object_deleted_after_eviction(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
+def test_cold_object_deleted_after_eviction_and_one_unlocked(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
     """file:// lets root delete an object (clear the immutable attribute, unlink): with the hot
     copy evicted, the records survive nowhere."""
     with _stack(tmp_path, alertmanager, hot_retention="0s") as (sc, _mon, _hot_view, cold):
@@ -184,7 +184,12 @@ def test_cold_object_deleted_after_eviction(tmp_path: Path, alertmanager: Alertm
         obj.unlink()
         alert = receiver.wait_for(_firing("WormEvictedWithoutColdCopy"), 20, "/am")
         assert alert["labels"]["code"] == "evicted-without-cold-copy"
-        assert evicted[0].endswith(alert["labels"]["segment"]) or alert["labels"]["segment"] in evicted[0]
+        assert f"/{alert['labels']['segment']}" in evicted[0]
+        # another object unlocked (the file:// store's lock is the immutable attribute)
+        other = next(p for p in sorted(cold.rglob("seg-*.zst")) if p != obj and ".meta" not in p.parts)
+        attr.clear_protection(other)
+        unlocked = receiver.wait_for(_firing("WormColdObjectInvalid", "not-locked"), 20, "/am")
+        assert other.name.startswith(unlocked["labels"]["segment"])
 
 
 def test_cold_storage_stopped_is_cold_lag(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
