@@ -165,7 +165,8 @@ def test_sidecar_killed_is_silence_and_resolves_when_it_writes_again(tmp_path: P
         receiver.wait_for(_resolved("WormStreamSilent"), 20, "/am")
 
 
-def test_cold_object_deleted_after_eviction_and_one_unlocked(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
+def test_cold_object_deleted_after_eviction_and_one_unlocked(tmp_path: Path, alertmanager: Alertmanager,
+                                                             receiver: Receiver) -> None:
     """file:// lets root delete an object (clear the immutable attribute, unlink): with the hot
     copy evicted, the records survive nowhere."""
     with _stack(tmp_path, alertmanager, hot_retention="0s") as (sc, _mon, _hot_view, cold):
