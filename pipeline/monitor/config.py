@@ -81,7 +81,7 @@ _SCHEMA: dict[str, dict[str, _K]] = {
         "watchdog_ttl": (_optional(_duration(allow_zero=False)), "none", False),
     },
     "hot": {
-        "dir": (_optional(_path), None, False),
+        "dir": (_optional(_path), None, False),  # required: _cross_checks says why
         "streams": (_string_list("stream names"), (), False),
         "start": (_start, "beginning", False),
         "heartbeat_interval": (_duration(allow_zero=False), "60s", False),
@@ -265,8 +265,9 @@ def load_monitor_config(path: Path) -> MonitorConfig:
 
 def _cross_checks(values: Mapping[str, Mapping[str, Any]], problems: list[str]) -> None:
     hot, cold, witness = values.get("hot", {}), values.get("cold", {}), values.get("witness", {})
-    if hot.get("dir") is None and cold.get("url") is None:
-        problems.append("hot.dir, cold.url: set at least one; the monitor has nothing to watch")
+    if hot.get("dir") is None:
+        problems.append("hot.dir: required, the hot tier mounted read-only (its segments, and the shipper's ledger "
+                        "that drives the cold checks)")
     if witness.get("locations") and witness.get("vkey") is None:
         problems.append("witness.vkey: required with witness.locations (the log's checkpoint verifier key)")
     if witness.get("locations") and hot.get("dir") is None:
