@@ -184,7 +184,10 @@ secret_file = "{base / 'secret'}"
         def flipper() -> None:
             kind = "active"
             time.sleep(4)
-            while not stop.wait(1.5):
+            while not stop.wait(1.5) and time.time() < t0 + args.seconds - 4:
+                # (no flip in the last seconds: a damaged active segment cannot be followed to
+                # its end, so the trail waits for the next segment, which an idle writer opens
+                # only at its next heartbeat; that would be measured as lag)
                 segs = list_segments(stream_dir)
                 if len(segs) < 3:
                     continue
