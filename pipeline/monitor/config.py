@@ -264,15 +264,12 @@ def load_monitor_config(path: Path) -> MonitorConfig:
 
 
 def _cross_checks(values: Mapping[str, Mapping[str, Any]], problems: list[str]) -> None:
-    hot, cold, witness = values.get("hot", {}), values.get("cold", {}), values.get("witness", {})
+    hot, witness = values.get("hot", {}), values.get("witness", {})
     if hot.get("dir") is None:
         problems.append("hot.dir: required, the hot tier mounted read-only (its segments, and the shipper's ledger "
                         "that drives the cold checks)")
     if witness.get("locations") and witness.get("vkey") is None:
         problems.append("witness.vkey: required with witness.locations (the log's checkpoint verifier key)")
-    if witness.get("locations") and hot.get("dir") is None:
-        problems.append("witness.locations: needs hot.dir (the log's own checkpoints are compared with the "
-                        "witnesses')")
     if not any(s in values for s in _OPTIONAL_SECTIONS):
         problems.append("[alertmanager], [webhook], [email]: configure at least one alert channel")
     email = values.get("email")

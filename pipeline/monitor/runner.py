@@ -161,8 +161,8 @@ class Monitor:
             if res.head_seq is not None:
                 verified = res.verified_seq if res.verified_seq is not None else -1
                 m.lag_records.labels(stream=stream).set(max(0, res.head_seq - verified))
-            if res.head_ts is not None:
-                m.lag_seconds.labels(stream=stream).set(max(0.0, res.head_ts - (res.verified_ts or res.head_ts)))
+            if res.head_ts is not None and res.verified_ts is not None:
+                m.lag_seconds.labels(stream=stream).set(max(0.0, res.head_ts - res.verified_ts))
         return out
 
     def _witnesses(self, now: float) -> list[MonitorFinding]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -112,3 +113,21 @@ def test_second_monitor_on_the_same_state_is_refused(tmp_path: Path, hot_dir: Pa
             Monitor(cfg, serve_metrics=False)
     finally:
         m.close()
+
+
+def test_docs_name_every_code_alert_and_key() -> None:
+    """docs/MONITOR.md lists every monitor-only code, every alert name and every config key."""
+    from pipeline.monitor.config import _SCHEMA
+    from pipeline.monitor.findings import _ALERTNAMES, MONITOR_CODES
+
+    doc = (REPO / "docs" / "MONITOR.md").read_text()
+    for code in MONITOR_CODES:
+        assert f"`{code}`" in doc, code
+    for name in [*_ALERTNAMES, "WormMonitorWatchdog"]:
+        assert f"`{name}`" in doc, name
+    for section, keys in _SCHEMA.items():
+        for key in keys:
+            # `monitor.interval`, `.watchdog` after a section's first key, `[email] host`, `from`
+            assert re.search(rf"(`{section}\.|`\.|\[{section}\] |`){key}`", doc), f"{section}.{key}"
+    for name in METRICS:
+        assert f"`{name}" in doc, name
