@@ -182,6 +182,8 @@ class StreamTrail:
         names = [p.name for p in paths]
         # identities taken BEFORE anything is read: a change after this is a new ctime
         self._snap = {p.name: k for p in paths if (k := _identity(p)) is not None}
+        for gone in set(self._sizes) - set(names):
+            del self._sizes[gone]  # (bounded by the segments on the hot disk)
         now = time.monotonic()
         if not st.started:
             self._start(paths, ledger)

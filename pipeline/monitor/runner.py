@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -143,7 +144,7 @@ class Monitor:
             trail = self._trail(stream)
             try:
                 res = trail.cycle(ledger)
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 out.append(MonitorFinding("hot-unreadable", stream, "", f"cannot read stream {stream}: {exc}", None,
                                           "hot"))
                 continue
