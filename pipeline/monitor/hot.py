@@ -33,6 +33,17 @@ from pipeline.verify.chain import Finding, ScanResume, SegmentScan, scan_segment
 log = logging.getLogger("pipeline.monitor")
 
 MAX_BAD_RESCANS = 16  # segments with findings re-read per cycle (to notice a repaired file)
+ABANDON_GRACE = 30.0  # seconds an unsealed segment followed by another may wait for its seal
+
+
+def _first_line(path: Path, limit: int = 1 << 20) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(limit)
+    except OSError:
+        return None
+    nl = head.find(b"\n")
+    return head[: nl + 1] if nl >= 0 else None
 
 
 def _ts_epoch(ts: str | None) -> float | None:
@@ -167,12 +178,23 @@ class StreamTrail:
             break
         return limit
 
-    def _stable(self, path: Path) -> bool:
-        """The file has not grown for the trailing delay."""
-        if self.delay <= 0:
+    def _ended(self, path: Path, nxt: Path) -> bool:
+        """Whether an unsealed segment followed by another is to be judged as abandoned now.
+        Rotation opens the next file before the old one's seal is written (and a loaded host
+        may take a while to write it), so without a recovery record at the start of the next
+        segment the old one gets ``ABANDON_GRACE`` seconds for its seal; with one (the writer
+        restarted and explained it), the trailing delay."""
+        try:
+            quiet = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if quiet >= max(ABANDON_GRACE, self.delay):
             return True
-        seen = self._sizes.get(path.name)
-        return seen is not None and bool(seen) and seen[-1][0] <= time.monotonic() - self.delay
+        if quiet < self.delay:
+            return False
+        first = _first_line(nxt)
+        fields = parse_fields(first) if first else None
+        return fields is not None and fields[3] == "recovery"
 
     # -- one cycle ---------------------------------------------------------------------
     def cycle(self, ledger: LedgerView | None) -> TrailResult:
@@ -265,7 +287,7 @@ class StreamTrail:
         if scan.sealed:
             return self._move_on(scan, nxt, abandoned=False, broken=False)
         st.resume = scan.resume.to_dict() if scan.resume else None
-        if nxt is not None and self._stable(path) and limit == path.stat().st_size:
+        if nxt is not None and limit == path.stat().st_size and self._ended(path, nxt):
             return self._abandoned(path, nxt)
         return False
 

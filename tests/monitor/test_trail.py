@@ -194,3 +194,28 @@ def test_start_at_the_end_skips_what_exists(hot_dir: Path, start: str) -> None:
     assert not res.findings
     assert res.bytes_read < 8000 * 2
     log.close()
+
+
+def test_missing_seal_waits_for_the_grace_then_is_truncated(hot_dir: Path) -> None:
+    """Rotation opens the next segment before the old one's seal is written: an unsealed
+    segment followed by one that does not start with a recovery record is judged only after
+    ABANDON_GRACE without change (then: its seal was removed, `truncated`)."""
+    log = HotLog(hot_dir, "app", segment_window=0, segment_max_bytes=6000, heartbeat_interval=0)
+    _write(log, 120)
+    log.close()
+    first = list_segments(hot_dir / "app")[0]
+    data = first.read_bytes()
+    attr.clear_protection(first)
+    first.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 1])  # the seal line removed
+    trail = StreamTrail(hot_dir, "app", HotWatch(dir=hot_dir, rescan_active=0), 0.5, TrailState())
+    old = time.time() - 5
+    for p in list_segments(hot_dir / "app"):
+        attr.clear_protection(p)  # (utime on an immutable file is refused too)
+        os.utime(p, (old, old))
+    assert trail.cycle(None).findings == []  # 5 s quiet: still within the grace
+    long_ago = time.time() - 60
+    os.utime(first, (long_ago, long_ago))
+    found = trail.cycle(None).findings
+    # as `pipeline verify` says it: the first ends without a seal, and the seal's seq is missing
+    assert ("truncated", first.name) in [(f.code, f.segment) for f in found]
+    assert {f.code for f in found} <= {"truncated", "missing-segment"}
