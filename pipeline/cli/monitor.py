@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         monitor = Monitor(cfg, serve_metrics=not args.once)
-    except (PipelineError, OSError) as exc:
+    except (PipelineError, OSError, ValueError) as exc:  # ValueError: an unreadable key (NoteError)
         err(f"monitor: cannot start: {exc}")
         return EXIT_ERROR
     try:

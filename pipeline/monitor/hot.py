@@ -215,8 +215,11 @@ class StreamTrail:
             st.current = self._after(st.prev["name"] if st.prev else None, paths)
         while st.current is not None:
             i = names.index(st.current)
-            if not self._advance(paths[i], paths[i + 1] if i + 1 < len(paths) else None, now):
-                break
+            try:
+                if not self._advance(paths[i], paths[i + 1] if i + 1 < len(paths) else None, now):
+                    break
+            except FileNotFoundError:
+                break  # evicted while being read: the next cycle's listing moves past it
         if self.opts.rescan_active > 0 and now - self._last_rescan >= self.opts.rescan_active:
             self._last_rescan = now
             self._rescan_active()
@@ -416,7 +419,10 @@ class StreamTrail:
                 continue
             if [s.st_ino, s.st_size, s.st_ctime_ns] == st.verified_files[name]:
                 continue
-            full = scan_segment(p, self.stream, file_hash=False, boundaries=False)
+            try:
+                full = scan_segment(p, self.stream, file_hash=False, boundaries=False)
+            except FileNotFoundError:
+                continue  # evicted between the stat and the read
             self._bytes += full.size
             findings = list(full.findings)
             if not findings and not full.sealed:
@@ -442,7 +448,10 @@ class StreamTrail:
             if st.bad_files.get(name) != [s.st_ino, s.st_size, s.st_ctime_ns]:
                 changed.append(name)
         for name in changed[:MAX_BAD_RESCANS]:
-            full = scan_segment(self.dir / name, self.stream, file_hash=False, boundaries=False)
+            try:
+                full = scan_segment(self.dir / name, self.stream, file_hash=False, boundaries=False)
+            except FileNotFoundError:
+                continue
             self._bytes += full.size
             if full.findings:
                 self._mark_bad(name, full.findings)
