@@ -35,16 +35,19 @@ NEW_PER_CYCLE = 1000  # newly landed objects stat'ed per cycle at most (the rest
 @dataclass
 class ColdState:
     watermark: float = 0.0  # confirmed_at of the newest row whose object was checked
+    evicted_watermark: float = 0.0  # evicted_at of the newest eviction checked
     cursor: tuple[str, int] = ("", -1)  # the rolling re-check's position (stream, first_seq)
     bad: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "stream/segment" -> findings
 
     def to_dict(self) -> dict[str, Any]:
-        return {"watermark": self.watermark, "cursor": list(self.cursor), "bad": self.bad}
+        return {"watermark": self.watermark, "evicted_watermark": self.evicted_watermark,
+                "cursor": list(self.cursor), "bad": self.bad}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ColdState:
         c = d.get("cursor") or ("", -1)
-        return cls(float(d.get("watermark", 0.0)), (str(c[0]), int(c[1])), dict(d.get("bad") or {}))
+        return cls(float(d.get("watermark", 0.0)), float(d.get("evicted_watermark", 0.0)), (str(c[0]), int(c[1])),
+                   dict(d.get("bad") or {}))
 
 
 @dataclass
@@ -114,7 +117,25 @@ class ColdWatcher:
     def _sticky(self) -> list[MonitorFinding]:
         return [MonitorFinding.from_dict(d) for fs in self.state.bad.values() for d in fs]
 
+    def _unconfirmed_evictions(self, ledger: LedgerView) -> None:
+        """Rows evicted without a confirmation (never in ``landed_since``): the hot copy is gone
+        and nothing says a cold copy was proven."""
+        st = self.state
+        for e in ledger.evicted_since(st.evicted_watermark, NEW_PER_CYCLE):
+            if self._watched(e.stream) and e.confirmed_at is None:
+                if self.store is not None:
+                    self._check(e)
+                else:
+                    st.bad[f"{e.stream}/{e.segment}"] = [_unconfirmed(e).to_dict()]
+            st.evicted_watermark = max(st.evicted_watermark, e.evicted_at or 0.0)
+
     def _check_objects(self, ledger: LedgerView, findings: list[MonitorFinding]) -> int:
+        try:
+            self._unconfirmed_evictions(ledger)
+        except ColdError as exc:
+            findings.append(MonitorFinding("cold-unreachable", "", "", f"cannot read cold storage: {exc}", None,
+                                           "cold"))
+            return 0
         if self.store is None:
             return 0
         st = self.state
@@ -164,12 +185,19 @@ class ColdWatcher:
 
                 _judge_stat(SegmentLine(e.segment, e.cold_key), stat, e.stream, e.segment, e, self._tier_opts,
                             self.opts.retention_days, None, dt.datetime.now(dt.UTC), add)
+        if e.state == "evicted" and e.confirmed_at is None:
+            out.append(_unconfirmed(e))
         # "expiring-soon" is a warning of verify-tier's audit, not a monitor alert
         out = [f for f in out if f.code != "expiring-soon"]
         if out:
             self.state.bad[name] = [f.to_dict() for f in out]
         else:
             self.state.bad.pop(name, None)
+
+
+def _unconfirmed(e: Entry) -> MonitorFinding:
+    return MonitorFinding("evicted-without-cold-copy", e.stream, e.segment, f"{e.segment} was evicted from the hot "
+                          "tier but the ledger records no confirmed cold copy", e.first_seq, "ledger")
 
 
 def _iso(t: float | None) -> str:

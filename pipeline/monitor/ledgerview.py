@@ -49,6 +49,11 @@ class LedgerView(Ledger):
         return self._query("SELECT * FROM segments WHERE confirmed_at IS NOT NULL AND confirmed_at > ? "
                            "AND state IN ('confirmed', 'evicted') ORDER BY confirmed_at LIMIT ?", (watermark, limit))
 
+    def evicted_since(self, watermark: float, limit: int) -> list[Entry]:
+        """Rows evicted after ``watermark`` (epoch s), oldest first."""
+        return self._query("SELECT * FROM segments WHERE state = 'evicted' AND evicted_at IS NOT NULL "
+                           "AND evicted_at > ? ORDER BY evicted_at LIMIT ?", (watermark, limit))
+
     def shipped_after(self, stream: str, first_seq: int, limit: int) -> list[Entry]:
         """Confirmed or evicted rows in (stream, first_seq) order after the given one: the
         rolling re-check of objects that landed earlier."""
