@@ -6,7 +6,8 @@ to run with, and would need write access it must not have.  This view shares the
 row type and queries (``Ledger.entries``, ``evicted_prefix``) and adds the incremental
 queries the monitor needs; it never writes.  SQLite reads a WAL database on a read-only
 file system as long as the writer keeps its ``-wal``/``-shm`` files (the shipper does while
-it runs); docs/LEDGER.md describes the tables.
+it runs); after a clean shutdown removed them, the file is read as immutable.  docs/LEDGER.md
+describes the tables.
 """
 
 from __future__ import annotations
@@ -31,7 +32,22 @@ class LedgerView(Ledger):
         self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True, check_same_thread=False,
+        db = self._open("mode=ro")
+        try:
+            db.execute("SELECT 1 FROM segments LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            db.close()
+            if Path(f"{self.path}-wal").exists():
+                raise
+            # No writer: the shipper stopped cleanly and removed its -wal/-shm files, which a
+            # reader on a read-only file system cannot create.  Without a WAL the database
+            # file is complete, and nothing changes it until a shipper starts (the view is
+            # opened afresh every cycle).
+            db = self._open("mode=ro&immutable=1")
+        return db
+
+    def _open(self, flags: str) -> sqlite3.Connection:
+        db = sqlite3.connect(f"file:{quote(str(self.path))}?{flags}", uri=True, check_same_thread=False,
                              isolation_level=None, timeout=10)
         db.row_factory = sqlite3.Row
         return db

@@ -52,3 +52,24 @@ def test_ledger_conditions(hot_dir: Path) -> None:
         view.close()
     assert again == found
     assert ColdState.from_dict(watcher.state.to_dict()).evicted_watermark == watcher.state.evicted_watermark
+
+
+def test_ledger_of_a_stopped_shipper_is_read_through_a_read_only_mount(hot_dir: Path, tmp_path: Path) -> None:
+    """A clean shutdown removes the WAL files, which a reader on a read-only file system cannot
+    create: the view then reads the (complete) database file as immutable."""
+    from tests.monitor.conftest import read_only_view
+
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    log.append({"i": 1})
+    log.close()
+    ledger = Ledger(hot_dir)
+    ledger.add(build_manifest(list_segments(hot_dir / "app")[0]))
+    ledger.close()
+    assert not (hot_dir / ".ship" / "ledger.sqlite-wal").exists()
+    with read_only_view(hot_dir, tmp_path / "ro") as ro:
+        view = open_ledger_view(ro)
+        assert view is not None
+        try:
+            assert [e.state for e in view.entries()] == ["sealed"]
+        finally:
+            view.close()
