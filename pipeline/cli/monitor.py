@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         heartbeats, and sends alerts to Alertmanager, a signed webhook and e-mail, plus an
         always-firing watchdog alert.  Its position is kept in monitor.state_dir, so a
         restart resumes.  --once runs one cycle and exits 0 (nothing found), 1 (findings) or
-        2 (could not run).  Configuration and alerts: docs/MONITOR.md.""",
+        2 (could not run, or an alert could not be delivered).  Configuration and alerts: docs/MONITOR.md.""",
                  examples=[("check a configuration file", "pipeline monitor --config /etc/worm/monitor.toml --check"),
                            ("run the monitor", "pipeline monitor --config /etc/worm/monitor.toml"),
                            ("one cycle, for a cron job or a test", "pipeline monitor --config monitor.toml --once")])
@@ -58,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
             findings = monitor.cycle()
             for f in findings:
                 print(f"{f.severity.upper()} {f.code} {f.stream}/{f.segment} seq={f.seq}: {f.message}")
-            return EXIT_FINDINGS if findings else EXIT_OK
+            if monitor.failed_channels:
+                err(f"monitor: could not deliver alerts to {', '.join(monitor.failed_channels)} (see the log)")
+            # findings about the data come first; with none, an alert that could not be sent
+            # (the watchdog) means the cycle did not do its job
+            if findings:
+                return EXIT_FINDINGS
+            return EXIT_ERROR if monitor.failed_channels else EXIT_OK
         stopping = False
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -53,6 +53,7 @@ class Monitor:
             self.witness = WitnessWatcher(cfg.witness, cfg.hot.dir,
                                           WitnessState.from_dict(self.state.load("witness") or {}))
         self._witness_due = 0.0
+        self.failed_channels: list[str] = []  # channels whose delivery failed in the last cycle
         self._witness_findings: dict[str, list[MonitorFinding]] = {}
         self._server: Any = None
         if serve_metrics:
@@ -193,9 +194,11 @@ class Monitor:
                             extra={"code": a.labels["code"], "stream": a.labels.get("stream")})
         self.metrics.set_active(dict(Counter(f.code for f in {f.key: f for f in findings}.values())))
         dog = watchdog_alert(now, self.cfg.watchdog_seconds, self.instance)
+        self.failed_channels = []
         for ch in self.channels:
             if not ch.deliver(self.book, now, dog):
                 self.metrics.send_failures.labels(channel=ch.transport.name).inc()
+                self.failed_channels.append(ch.transport.name)
             self.state.save(f"channel-{ch.transport.name}", ch.to_dict())
         self.state.save("alerts", self.book.to_dict())
 

@@ -25,6 +25,18 @@ def _config(tier: Tier, tmp: Path) -> str:
     return str(p)
 
 
+def _monitor_config(tier: Tier, tmp: Path) -> str:
+    """One cycle of `pipeline monitor` on the tier (a webhook nobody listens on: with nothing
+    found there is nothing to send)."""
+    from tests.netutil import free_port
+
+    (tmp / "hook.key").write_text("k")
+    p = tmp / "monitor.toml"
+    p.write_text(f'[monitor]\nstate_dir = "{tmp / "mstate"}"\ntrailing_delay = "0s"\n[hot]\ndir = "{tier.hot}"\n'
+                 f'[webhook]\nurl = "http://127.0.0.1:{free_port()}/"\nsecret_file = "{tmp / "hook.key"}"\n')
+    return str(p)
+
+
 def _sample(tmp: Path, name: str, text: str) -> str:
     """A sample NDJSON file for `pipeline sanitise --check`."""
     path = tmp / name
@@ -82,6 +94,9 @@ WALK: dict[str, dict[int, Case]] = {
     "run": {0: lambda t, d: ["run", "--check", "--config", _config(t, d)],
             2: lambda t, d: ["run", "--config", str(d / "missing.toml")]},
     "quickstart": {2: lambda t, d: ["quickstart", "--dir", str(t.hot)]},  # not empty
+    "monitor": {0: lambda t, d: ["monitor", "--once", "--config", _monitor_config(t, d)],
+                1: lambda t, d: ["monitor", "--once", "--config", _monitor_config(_tamper_tier(t), d)],
+                2: lambda t, d: ["monitor", "--once", "--config", str(d / "missing.toml")]},
     "sanitise": {0: lambda t, d: ["sanitise", "--check", _sample(d, "clean.ndjson", '{"user":"alice"}\n')],
                  1: lambda t, d: ["sanitise", "--check", _sample(d, "secret.ndjson", '{"password":"hunter2"}\n')],
                  2: lambda t, d: ["sanitise", "--check", str(d / "missing.ndjson")]},
@@ -94,6 +109,11 @@ def _tamper_hot(t: Tier) -> Path:
     with open(active, "ab") as f:
         f.write(b'{"not":"a record"}\n')
     return t.hot
+
+
+def _tamper_tier(t: Tier) -> Tier:
+    _tamper_hot(t)
+    return t
 
 
 def _tamper_cold(t: Tier) -> str:
