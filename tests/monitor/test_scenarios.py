@@ -120,7 +120,7 @@ def test_the_monitor_cannot_write_what_it_watches(tmp_path: Path, alertmanager: 
         with pytest.raises(OSError) as e:
             (hot_view / "app" / "probe").write_text("x")
         assert e.value.errno == 30  # EROFS
-        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 400, 15, stream="app")
+        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 400, 25, stream="app")
         assert mon.metric("worm_monitor_findings_active", code="hash-mismatch") in (None, 0.0)
         assert mon.proc.poll() is None
 
@@ -128,10 +128,10 @@ def test_the_monitor_cannot_write_what_it_watches(tmp_path: Path, alertmanager: 
 def test_byte_flipped_in_a_sealed_hot_segment(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
     with _stack(tmp_path, alertmanager) as (sc, mon, _hot_view, _cold):
         _feed(sc, 15)
-        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 600, 15, stream="app")
+        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 600, 25, stream="app")
         victim = _sealed_segments(sc.hot)[0]
         _flip(victim, 30)
-        alert = receiver.wait_for(_firing("WormLogTampered"), 15, "/am")
+        alert = receiver.wait_for(_firing("WormLogTampered"), 25, "/am")
         assert alert["labels"]["stream"] == "app"
         assert alert["labels"]["segment"] == victim.name, (alert, receiver.alerts("/am"))
         assert alert["labels"]["code"] in ("hash-mismatch", "bad-json", "bad-layout", "bad-field", "bad-line",
@@ -144,13 +144,13 @@ def test_record_rewritten_in_the_active_segment(tmp_path: Path, alertmanager: Al
                                                 receiver: Receiver) -> None:
     with _stack(tmp_path, alertmanager, segment_window="30s") as (sc, mon, _hot_view, _cold):
         _feed(sc, 10)
-        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 300, 15, stream="app")
+        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 300, 25, stream="app")
         active = list_segments(sc.hot / "app")[-1]
         assert not attr.is_immutable(active)
         data = active.read_bytes()
         at = data.index(b'"i":3,')
         _flip(active, at + 4)  # "i":3 -> "i":2: a valid record with a stale hash
-        alert = receiver.wait_for(_firing("WormLogTampered", "hash-mismatch"), 15, "/am")
+        alert = receiver.wait_for(_firing("WormLogTampered", "hash-mismatch"), 25, "/am")
         assert alert["labels"]["segment"] == active.name
 
 
@@ -158,12 +158,12 @@ def test_sidecar_killed_is_silence_and_resolves_when_it_writes_again(tmp_path: P
                                                                      receiver: Receiver) -> None:
     with _stack(tmp_path, alertmanager) as (sc, mon, _hot_view, _cold):
         _feed(sc, 3)
-        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 100, 15, stream="app")
+        mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 100, 25, stream="app")
         sc.stop(signal.SIGKILL)
-        alert = receiver.wait_for(_firing("WormStreamSilent"), 15, "/am")
+        alert = receiver.wait_for(_firing("WormStreamSilent"), 25, "/am")
         assert alert["labels"]["code"] == "silence" and alert["labels"]["stream"] == "app"
         sc.start()
-        receiver.wait_for(_resolved("WormStreamSilent"), 20, "/am")
+        receiver.wait_for(_resolved("WormStreamSilent"), 30, "/am")
 
 
 def test_cold_object_deleted_after_eviction_and_one_unlocked(tmp_path: Path, alertmanager: Alertmanager,
@@ -184,13 +184,13 @@ def test_cold_object_deleted_after_eviction_and_one_unlocked(tmp_path: Path, ale
         obj = next(p for p in cold.rglob("seg-*") if str(p).endswith(evicted[0]))
         attr.clear_protection(obj)
         obj.unlink()
-        alert = receiver.wait_for(_firing("WormEvictedWithoutColdCopy"), 20, "/am")
+        alert = receiver.wait_for(_firing("WormEvictedWithoutColdCopy"), 30, "/am")
         assert alert["labels"]["code"] == "evicted-without-cold-copy"
         assert f"/{alert['labels']['segment']}" in evicted[0]
         # another object unlocked (the file:// store's lock is the immutable attribute)
         other = next(p for p in sorted(cold.rglob("seg-*.zst")) if p != obj and ".meta" not in p.parts)
         attr.clear_protection(other)
-        unlocked = receiver.wait_for(_firing("WormColdObjectInvalid", "not-locked"), 20, "/am")
+        unlocked = receiver.wait_for(_firing("WormColdObjectInvalid", "not-locked"), 30, "/am")
         assert other.name.startswith(unlocked["labels"]["segment"])
 
 
@@ -224,7 +224,7 @@ def test_cold_storage_stopped_is_cold_lag(tmp_path: Path, alertmanager: Alertman
                 sections["cold"]["url"] = f"s3://{bucket}/sc?endpoint_url={endpoint}&region=us-east-1"
                 with monitor_process(tmp_path, sections) as mon:
                     _feed(sc, 3)
-                    mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 100, 15, stream="app")
+                    mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 100, 25, stream="app")
                     moto.terminate()
                     moto.wait(10)
                     _feed(sc, 3)
@@ -263,18 +263,18 @@ def test_witness_that_stops_accepting_goes_stale_then_recovers(tmp_path: Path, a
                                                   "max_lag": "2s", "interval": "300ms"})
             with monitor_process(tmp_path, sections) as mon:
                 _feed(sc, 5)
-                mon.wait_metric("worm_monitor_last_witness_check_timestamp_seconds", lambda v: v > 0, 15,
+                mon.wait_metric("worm_monitor_last_witness_check_timestamp_seconds", lambda v: v > 0, 25,
                                 stream="app")
                 # the witness stops accepting: its directory becomes read-only for the sidecar too
                 with read_only_view(witness, witness):
                     for _ in range(10):
                         _feed(sc, 1)
                         time.sleep(0.4)
-                    alert = receiver.wait_for(_firing("WormWitnessStale"), 15, "/am")
+                    alert = receiver.wait_for(_firing("WormWitnessStale"), 25, "/am")
                     assert alert["labels"]["code"] == "witness-stale"
                     assert "witness" in alert["labels"]["where"]
                 _feed(sc, 3)
-                receiver.wait_for(_resolved("WormWitnessStale"), 20, "/am")
+                receiver.wait_for(_resolved("WormWitnessStale"), 30, "/am")
     finally:
         if sc.proc is not None and sc.proc.poll() is None:
             sc.stop(signal.SIGKILL)
@@ -285,8 +285,8 @@ def test_monitor_killed_watchdog_resolves_at_the_receiver(tmp_path: Path, alertm
     """The dead-man's switch: Alertmanager holds WormMonitorWatchdog while the monitor re-sends
     it; killed, the monitor stops, the alert's endsAt passes, the receiver is told it resolved."""
     with _stack(tmp_path, alertmanager) as (_sc, mon, _hot_view, _cold):
-        receiver.wait_for(_firing("WormMonitorWatchdog"), 15, "/am")
+        receiver.wait_for(_firing("WormMonitorWatchdog"), 25, "/am")
         assert any(a["labels"]["alertname"] == "WormMonitorWatchdog" for a in alertmanager.alerts())
         os.kill(mon.proc.pid, signal.SIGKILL)
         mon.proc.wait(10)
-        receiver.wait_for(_resolved("WormMonitorWatchdog"), 20, "/am")
+        receiver.wait_for(_resolved("WormMonitorWatchdog"), 30, "/am")
