@@ -157,18 +157,20 @@ class StreamTrail:
         self._snap: dict[str, list[int]] = {}
 
     # -- the trailing delay ------------------------------------------------------------
-    def _limit(self, path: Path, now: float) -> int:
-        """The file's size as it was ``delay`` seconds ago (what the monitor may judge now)."""
+    def _limit(self, path: Path, now: float, floor: int = 0) -> int:
+        """The file's size as it was ``delay`` seconds ago (what the monitor may judge now), but
+        never less than ``floor`` (what was already verified) unless the file itself is now
+        shorter: the delay holds new bytes back, it must not hide a truncation or invent one."""
         try:
             s = path.stat()
         except FileNotFoundError:
             return 0
         size = s.st_size
-        if self.delay <= 0 or s.st_mtime <= time.time() - self.delay:
-            return size  # nothing was written to it within the delay
         seen = self._sizes.setdefault(path.name, collections.deque())
         if not seen or seen[-1][1] != size:
             seen.append((now, size))
+        if self.delay <= 0 or s.st_mtime <= time.time() - self.delay:
+            return size  # nothing was written to it within the delay
         limit = 0
         while seen and seen[0][0] <= now - self.delay:
             limit = seen[0][1]
@@ -176,7 +178,7 @@ class StreamTrail:
                 seen.popleft()
                 continue
             break
-        return limit
+        return min(size, max(limit, floor))
 
     def _ended(self, path: Path, nxt: Path) -> bool:
         """Whether an unsealed segment followed by another is to be judged as abandoned now.
@@ -271,10 +273,10 @@ class StreamTrail:
                 return False
             st.current, st.prev, st.prev_abandoned, st.anchor = nxt.name, None, False, None
             return True
-        limit = self._limit(path, now)
         resume = ScanResume.from_dict(st.resume) if st.resume else None
-        if ((resume is not None and limit <= resume.offset) or (resume is None and limit == 0)) and nxt is None:
-            return False  # nothing new to judge
+        limit = self._limit(path, now, resume.offset if resume else 0)
+        if ((resume is not None and limit == resume.offset) or (resume is None and limit == 0)) and nxt is None:
+            return False  # nothing new to judge (a file shorter than what was verified is judged below)
         scan = scan_segment(path, self.stream, file_hash=False, resume=resume, limit=limit, boundaries=False)
         self._bytes += scan.size - (resume.offset if resume else 0)
         findings = list(scan.findings)

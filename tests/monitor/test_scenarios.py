@@ -137,10 +137,12 @@ def test_byte_flipped_in_a_sealed_hot_segment(tmp_path: Path, alertmanager: Aler
                   and a["labels"].get("segment") != victim.name]
         assert not others, f"alerts about anything but the flipped segment: {others}"
         assert alert["labels"]["stream"] == "app"
-        assert alert["labels"]["code"] in ("hash-mismatch", "bad-json", "bad-layout", "bad-field", "bad-line",
-                                           "truncated")
+        from pipeline.verify.chain import REASONS
+
+        assert alert["labels"]["code"] in REASONS  # which one depends on the byte hit
         assert alert["annotations"]["reason"] == alert["labels"]["code"]
-        assert int(alert["annotations"]["seq"]) == int(victim.name.split("-")[1].split(".")[0])
+        first_seq = int(victim.name.split("-")[1].split(".")[0])
+        assert first_seq <= int(alert["annotations"]["seq"]) <= first_seq + 1000
 
 
 def test_record_rewritten_in_the_active_segment(tmp_path: Path, alertmanager: Alertmanager,

@@ -219,3 +219,25 @@ def test_missing_seal_waits_for_the_grace_then_is_truncated(hot_dir: Path) -> No
     # as `pipeline verify` says it: the first ends without a seal, and the seal's seq is missing
     assert ("truncated", first.name) in [(f.code, f.segment) for f in found]
     assert {f.code for f in found} <= {"truncated", "missing-segment"}
+
+
+def test_delay_never_invents_a_truncation(hot_dir: Path) -> None:
+    """Bytes verified through the quiet-file shortcut (mtime older than the delay) are not
+    "lost" when the file grows again within the delay (a false `truncated` once)."""
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    _write(log, 10)
+    path = list_segments(hot_dir / "app")[-1]
+    trail = StreamTrail(hot_dir, "app", HotWatch(dir=hot_dir, rescan_active=0), 0.3, TrailState())
+    time.sleep(0.4)
+    assert trail.cycle(None).verified_seq == 9  # quiet for longer than the delay: all of it
+    _write(log, 10, 10)  # grows again: its mtime is fresh
+    res = trail.cycle(None)
+    assert res.findings == [] and res.verified_seq == 9
+    time.sleep(0.4)
+    res = trail.cycle(None)
+    assert res.findings == [] and res.verified_seq == 19
+    # a real truncation below what was verified is still found
+    attr.clear_protection(path)
+    os.truncate(path, 100)
+    assert [f.code for f in trail.cycle(None).findings] == ["truncated"]
+    log.close()
