@@ -91,7 +91,9 @@ class MonitorFinding:
 
 
 def from_chain(f: chain.Finding, where: str = "hot") -> MonitorFinding:
-    return MonitorFinding(f.reason, f.stream, f.segment, f.message, f.seq, where)
+    # ``reason`` is the chain finding's code before the common model (which calls it ``code``)
+    code = getattr(f, "code", None) or f.reason
+    return MonitorFinding(code, f.stream, f.segment, f.message, f.seq, where)
 
 
 def from_tier(f: TierFinding, where: str = "cold") -> MonitorFinding:

@@ -19,6 +19,7 @@ import collections
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,10 @@ def _first_line(path: Path, limit: int = 1 << 20) -> bytes | None:
 def _ts_epoch(ts: str | None) -> float | None:
     if not ts:
         return None
-    from pipeline.verify.chain import _ts_seconds
+    from pipeline.verify.tier import ts_epoch
 
     try:
-        return _ts_seconds(ts)
+        return ts_epoch(ts)
     except ValueError:
         return None
 
@@ -71,6 +72,12 @@ def _from_summary(d: dict[str, Any]) -> SegmentScan:
                     last_ts=d.get("last_ts"), valid_bytes=d["valid_bytes"], sealed=d["sealed"], seal=d["seal"])
     s.seal_leaf_hash = bytes.fromhex(d["seal_leaf_hash"]) if d.get("seal_leaf_hash") else None
     return s
+
+
+def _own(code: str, stream: str, segment: str, message: str, seq: int | None, offset: int | None) -> MonitorFinding:
+    """A finding the trail makes itself (not one of the verifier's), as the monitor's record."""
+    return MonitorFinding(code, stream, segment, message + (f" (offset {offset})" if offset is not None else ""), seq,
+                          "hot")
 
 
 def _identity(path: Path) -> list[int] | None:
@@ -279,7 +286,7 @@ class StreamTrail:
             return False  # nothing new to judge (a file shorter than what was verified is judged below)
         scan = scan_segment(path, self.stream, file_hash=False, resume=resume, limit=limit, boundaries=False)
         self._bytes += scan.size - (resume.offset if resume else 0)
-        findings = list(scan.findings)
+        findings: list[Finding | MonitorFinding] = list(scan.findings)
         if not findings and (resume is None or scan.sealed):
             findings += self._link(scan)
         if scan.sealed and not findings:
@@ -358,7 +365,7 @@ class StreamTrail:
         rep = stitch(self.stream, scans, start_seq=start_seq, start_hash=start_hash)
         return [f for f in rep.findings if f.segment == scan.name]
 
-    def _fss(self, scan: SegmentScan) -> list[Finding]:
+    def _fss(self, scan: SegmentScan) -> list[Finding | MonitorFinding]:
         if not self.opts.fss_key or scan.seal is None:
             return []
         from pipeline.verify.chain import StreamReport
@@ -366,15 +373,16 @@ class StreamTrail:
 
         rep = StreamReport(self.stream, [scan])
         check_fss(rep, self.opts.fss_key)
-        out = list(rep.findings)
+        out: list[Finding | MonitorFinding] = list(rep.findings)
         if self.state.fss_seen and "fss" not in scan.seal and not out:
-            out.append(Finding(self.stream, scan.name, "fss-invalid", "a seal without a forward-secure MAC after "
+            out.append(_own("fss-invalid", self.stream, scan.name, "a seal without a forward-secure MAC after "
                                "forward-secure sealing began", scan.last_seq, None))
         self.state.fss_seen = self.state.fss_seen or "fss" in scan.seal
         return out
 
-    def _mark_bad(self, segment: str, findings: list[Finding]) -> None:
-        self.state.bad[segment] = [_with_seq(from_chain(f)).to_dict() for f in findings]
+    def _mark_bad(self, segment: str, findings: Sequence[Finding | MonitorFinding]) -> None:
+        self.state.bad[segment] = [_with_seq(f if isinstance(f, MonitorFinding) else from_chain(f)).to_dict()
+                                   for f in findings]
         self._remember(self.dir / segment, self.state.bad_files)
 
     def _rescan_active(self) -> None:
@@ -389,9 +397,9 @@ class StreamTrail:
         except FileNotFoundError:
             return
         self._bytes += full.size
-        findings = list(full.findings)
+        findings: list[Finding | MonitorFinding] = list(full.findings)
         if not findings and (full.last_seq != resume.last_seq or full.last_hash != resume.last_hash):
-            findings.append(Finding(self.stream, st.current, "hot-altered",
+            findings.append(_own("hot-altered", self.stream, st.current,
                                     f"the records up to offset {resume.offset} changed after the monitor verified "
                                     f"them: seq {resume.last_seq} had hash {resume.last_hash[:16]}…, now "
                                     f"{(full.last_hash or '?')[:16]}… (the chain was rewritten)", resume.last_seq,
@@ -426,9 +434,9 @@ class StreamTrail:
             except FileNotFoundError:
                 continue  # evicted between the stat and the read
             self._bytes += full.size
-            findings = list(full.findings)
+            findings: list[Finding | MonitorFinding] = list(full.findings)
             if not findings and not full.sealed:
-                findings.append(Finding(self.stream, name, "truncated", f"{name} was verified sealed but its seal "
+                findings.append(_own("truncated", self.stream, name, f"{name} was verified sealed but its seal "
                                         "is gone (the file was changed)", full.last_seq, full.valid_bytes))
             if findings:
                 self._mark_bad(name, findings)

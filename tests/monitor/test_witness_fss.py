@@ -13,7 +13,41 @@ from pipeline.monitor.config import HotWatch, WitnessWatch
 from pipeline.monitor.hot import StreamTrail, TrailState
 from pipeline.monitor.witness import WitnessState, WitnessWatcher
 from pipeline.witness import escape_origin
-from tests.test_proofs_cli import ORIGIN, run_log
+
+ORIGIN = "example.com/worm/app"
+
+
+def run_log(tmp_path: Path) -> dict[str, Any]:
+    """A log with a Merkle tile store, forward-secure seals, a checkpoint per segment and a
+    directory witness that accepted each (as `pipeline run` with [signing] writes it)."""
+    from pipeline.checkpoint import Signer
+    from pipeline.hot.checkpoints import CheckpointEmitter
+    from pipeline.hot.tree import TreeStore
+    from pipeline.hot.writer import HotLog
+    from pipeline.witness.directory import DirectoryWitness
+
+    hot = tmp_path / "hot"
+    stream_dir = hot / "app"
+    vk = FssSealer.setup(stream_dir)
+    signer = Signer.generate("example.com/worm")
+    tree = TreeStore(stream_dir)
+    sealer = FssSealer(stream_dir)
+    log = HotLog(hot, "app", tree_store=tree, seal_extension=sealer, immutable="off")
+    witness = DirectoryWitness(tmp_path / "witness", verifiers=[signer.verifier()])
+    em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin=ORIGIN, witnesses=[witness],
+                           interval=3600, fss_tick=sealer.tick).start()
+    sizes = []
+    for batch in range(3):
+        for i in range(300 + 50 * batch):
+            log.append({"batch": batch, "i": i, "msg": "x" * (i % 40)})
+        log.seal()
+        em.emit()
+        sizes.append(em.last_size)
+    log.close()
+    em.stop()  # the final checkpoint covers the close
+    sizes.append(em.last_size)
+    assert not em.errors
+    return {"hot": hot, "signer": signer, "vk": vk, "sizes": sizes}
 
 
 def _watcher(tmp_path: Path, env: dict[str, Any], max_lag: float = 300.0) -> WitnessWatcher:
@@ -30,7 +64,7 @@ def _forge_witness(tmp_path: Path, env: dict[str, Any], size: int, root: bytes) 
 
 
 def test_consistent_witness_and_valid_seals_find_nothing(tmp_path: Path) -> None:
-    env = run_log(tmp_path, tmp_path / "keys")
+    env = run_log(tmp_path)
     found, ok = _watcher(tmp_path, env).check("app")
     assert ok and found == []
     trail = StreamTrail(env["hot"], "app", HotWatch(rescan_active=0, fss_key=env["vk"].to_string()), 0.0,
@@ -39,7 +73,7 @@ def test_consistent_witness_and_valid_seals_find_nothing(tmp_path: Path) -> None
 
 
 def test_fork_rollback_and_rewritten_tree_are_found(tmp_path: Path) -> None:
-    env = run_log(tmp_path, tmp_path / "keys")
+    env = run_log(tmp_path)
     sizes: list[int] = env["sizes"]
     w = _watcher(tmp_path, env)
     _forge_witness(tmp_path, env, sizes[0], b"\x11" * 32)
@@ -55,7 +89,7 @@ def test_fork_rollback_and_rewritten_tree_are_found(tmp_path: Path) -> None:
 
 
 def test_witness_behind_for_longer_than_max_lag_is_stale(tmp_path: Path) -> None:
-    env = run_log(tmp_path, tmp_path / "keys")
+    env = run_log(tmp_path)
     sizes: list[int] = env["sizes"]
     from pipeline.checkpoint import open_checkpoint
 
@@ -73,7 +107,7 @@ def test_witness_behind_for_longer_than_max_lag_is_stale(tmp_path: Path) -> None
 
 
 def test_wrong_forward_secure_key_is_fss_invalid(tmp_path: Path) -> None:
-    env = run_log(tmp_path, tmp_path / "keys")
+    env = run_log(tmp_path)
     other = FssSealer.setup(tmp_path / "other")
     trail = StreamTrail(env["hot"], "app", HotWatch(rescan_active=0, fss_key=other.to_string()), 0.0,
                         TrailState())
