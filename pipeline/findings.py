@@ -6,7 +6,7 @@ A ``Finding`` is a fact about the data (exit code 1), never a failure to run (th
 with its severity, a one-line meaning, its check family and the verbs whose reports carry
 it; the docs' tables list the same codes (docs/FORMAT.md §8 for the chain and FSS codes,
 docs/PROOFS.md for witnesses and checkpoints, docs/VERIFY-TIER.md for verify-tier,
-docs/POSTGRES.md for the PostgreSQL layer) and
+docs/POSTGRES.md for the PostgreSQL layer, docs/MONITOR.md for the monitor) and
 tests/verify/test_findings.py checks registry and tables against each other in both
 directions.  Building a ``Finding`` with an unregistered code, or with a severity other
 than the registry's, raises ``ValueError`` (a programming error, not a finding).
@@ -21,10 +21,11 @@ Severity = Literal["error", "warning"]
 ERROR: Final = "error"  # makes the report not ok (exit code 1)
 WARNING: Final = "warning"  # listed; does not fail the run
 
-Family = Literal["chain", "fss", "witness", "tier", "pg", "pg-check"]
+Family = Literal["chain", "fss", "witness", "tier", "pg", "pg-check", "monitor"]
 VERIFY: Final = "verify"  # `pipeline verify` / pipeline.verify_log (the hot tier)
 VERIFY_TIER: Final = "verify-tier"  # `pipeline verify-tier` / pipeline.verify_tier
 PG_VERIFY: Final = "pg-verify"  # `pipeline pg verify`: an audit table against the chain and a replica
+MONITOR: Final = "monitor"  # `pipeline monitor`: conditions only a running watcher sees
 PG_CHECK: Final = "pg-check"  # `pipeline pg check`: the table's hardening as it is
 
 
@@ -43,6 +44,7 @@ _HOT = frozenset({VERIFY})
 _TIER = frozenset({VERIFY_TIER})
 _PGV = frozenset({PG_VERIFY})
 _PGC = frozenset({PG_CHECK})
+_MON = frozenset({MONITOR})
 
 _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     # --- chain: one segment's records and seal, then across segments (docs/FORMAT.md §1, §8)
@@ -157,6 +159,18 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     ("unsealed-segment", ERROR, "tier", _TIER, "a segment that is not the newest ends without a seal and the next "
      "segment does not start at its last record"),
     ("time-gap", ERROR, "tier", _TIER, "no record for longer than the heartbeat allows: possible suppression"),
+    # --- pipeline monitor (docs/MONITOR.md): conditions only a running watcher can see
+    ("silence", ERROR, "monitor", _MON,
+     "no record and no heartbeat for longer than silence_factor x the heartbeat interval: the writer is "
+     "stopped or its records are suppressed"),
+    ("cold-lag", ERROR, "monitor", _MON,
+     "a sealed segment has not been confirmed in cold storage within cold.max_lag"),
+    ("cold-unreachable", WARNING, "monitor", _MON,
+     "the monitor cannot read cold storage (the check did not run)"),
+    ("hot-unreadable", ERROR, "monitor", _MON,
+     "the monitor cannot read the hot tier or the shipper's ledger (the check did not run)"),
+    ("witness-unreadable", WARNING, "monitor", _MON,
+     "the monitor cannot read a witness or the log's checkpoint (the check did not run)"),
     # --- the PostgreSQL layer (docs/POSTGRES.md): pg verify compares data, pg check the hardening
     ("row-changed", ERROR, "pg", _PGV,
      "the row differs from the logged one; `changes` holds `{column: [logged, now]}` for every differing column"),

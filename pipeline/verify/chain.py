@@ -82,15 +82,62 @@ class SegmentScan:
     boundaries: dict[int, tuple[int, str]] = field(default_factory=dict)
     max_gap_s: float = 0.0
     max_gap_after_seq: int | None = None
+    # where a later scan of this (unsealed, so far valid) segment may resume: set only for
+    # such segments, used by ``pipeline monitor`` to read each appended byte once
+    resume: ScanResume | None = None
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
 
+@dataclass(frozen=True)
+class ScanResume:
+    """The state of a scan that stopped at the end of the valid records of an unsealed
+    segment (``offset``): passing it to ``scan_segment(resume=)`` checks only the bytes after
+    it, with exactly the checks a scan from the start would make.  The segment's Merkle
+    range is kept as its compact frontier (``seg_size`` leaves, ``seg_stack`` hashes), so the
+    state is O(log n).  JSON-safe through ``to_dict``/``from_dict`` (the monitor's position)."""
+
+    offset: int
+    stream: str
+    records: int
+    first_seq: int
+    first_prev: str
+    first_ts: str
+    first_recovery: dict[str, Any] | None
+    last_seq: int
+    last_hash: str
+    last_ts: str
+    prev_ts: float
+    max_gap_s: float
+    max_gap_after_seq: int | None
+    seg_size: int
+    seg_stack: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScanResume:
+        return cls(**{**d, "seg_stack": tuple(d["seg_stack"])})
+
+
 def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
-                 on_record: Callable[[Record], None] | None = None, file_hash: bool = True) -> SegmentScan:
+                 on_record: Callable[[Record], None] | None = None, file_hash: bool = True,
+                 resume: ScanResume | None = None, limit: int | None = None,
+                 boundaries: bool = True) -> SegmentScan:
     """Check one segment file completely.  Reads it once, sequentially.
+
+    ``resume`` (from an earlier scan's ``SegmentScan.resume``) checks only the bytes after
+    the earlier scan's valid records, continuing its chain and Merkle state: for a segment
+    that is still being written.  A seal's stream-tree frontiers can only be checked from
+    the segment's first record, so when a resumed scan meets the seal the whole file is
+    scanned again (once per segment).  ``limit`` judges only the file's first ``limit``
+    bytes (what was there some time ago: the monitor's trailing delay).  Neither is
+    compatible with ``on_record``; a resumed scan has no whole-file ``sha256``.
+    ``boundaries=False`` skips the map of record ends of an unsealed segment, which only the
+    check of a recovery record naming the segment needs (``stitch``), and costs a second read.
 
     ``on_record`` sees every record that passed its checks so far, in order (used by
     ``pipeline export`` to spool records from the same single pass that verifies them;
@@ -110,6 +157,21 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
     stream_cr = _initial_stream_range(p)
     use_fast = _native is not None and on_record is None
     fast_used = False
+    start = 0
+    if resume is not None:
+        if on_record is not None:
+            raise ValueError("scan_segment: resume and on_record cannot be combined")
+        file_hash = False
+        stream, expected_seq, prev_hash, prev_ts = resume.stream, resume.last_seq + 1, resume.last_hash, resume.prev_ts
+        seg_cr = merkle.CompactRange(resume.seg_size, [bytes.fromhex(h) for h in resume.seg_stack])
+        stream_cr = None  # a seal sends the scan back to the start (below)
+        start = resume.offset
+        scan.size = scan.valid_bytes = resume.offset
+        scan.records = resume.records
+        scan.first_seq, scan.first_prev, scan.first_ts = resume.first_seq, resume.first_prev, resume.first_ts
+        scan.first_recovery = resume.first_recovery
+        scan.last_seq, scan.last_hash, scan.last_ts = resume.last_seq, resume.last_hash, resume.last_ts
+        scan.max_gap_s, scan.max_gap_after_seq = resume.max_gap_s, resume.max_gap_after_seq
 
     def add(reason: str, message: str, seq: int | None, offset: int | None) -> None:
         scan.findings.append(Finding.of(reason, stream or "", p.name, message, seq, offset))
@@ -197,13 +259,21 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
     sha = hashlib.sha256()
     with open(p, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if limit is not None:
+            size = min(size, max(0, limit))
+        if size < start:
+            # the file is shorter than what was already verified: it was truncated or replaced
+            scan.findings.append(Finding.of("truncated", stream or "", p.name, f"{p.name} is {size} bytes, shorter "
+                                            f"than the {start} bytes of records already verified", scan.last_seq,
+                                            size))
+            return scan
         # mapped, not read: no copy, no fresh buffer per chunk (the file may still grow
         # while it is scanned: what was there when it was opened is judged)
         buf: bytes | mmap.mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
     try:
         if file_hash:
             sha.update(buf)
-        pos = 0
+        pos = start
         while True:
             if (use_fast and not stop and not scan.sealed and expected_seq is not None
                     and stream is not None and prev_hash is not None):
@@ -235,13 +305,25 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
             buf.close()
     scan.sha256 = sha.hexdigest() if file_hash else ""
     scan.merkle_root = seg_cr.root().hex()
+    if resume is not None and scan.sealed:
+        return scan_segment(p, stream, limit=limit)
+    if not scan.sealed and not scan.findings and scan.records and prev_ts is not None:
+        assert stream is not None and scan.first_seq is not None and scan.first_prev is not None
+        assert scan.first_ts is not None and scan.last_seq is not None and scan.last_hash is not None
+        assert scan.last_ts is not None
+        scan.resume = ScanResume(scan.valid_bytes, stream, scan.records, scan.first_seq, scan.first_prev,
+                                 scan.first_ts, scan.first_recovery, scan.last_seq, scan.last_hash, scan.last_ts,
+                                 prev_ts, scan.max_gap_s, scan.max_gap_after_seq, seg_cr.size,
+                                 tuple(h.hex() for h in seg_cr.stack))
     if scan.sealed:
         scan.boundaries = {}
         if scan.seal is not None and not scan.findings:
             # a segment already condemned (bytes after its seal, a seal field wrong) is not
             # also blamed on its frontiers, which would be read from the wrong last line
             _check_tree(scan, stream_cr, add)
-    elif fast_used:
+    elif fast_used and resume is None and boundaries:
+        # (a resumed scan's boundaries cover only what it read: a recovery record naming the
+        # segment is judged from a full scan)
         scan.boundaries = _record_ends(p, scan.valid_bytes)
     if scan.records == 0 and not scan.findings:
         scan.boundaries = {}

@@ -1,4 +1,5 @@
-"""Every metric name the docs mention exists in the code's registry (pipeline/ops.py).
+"""Every metric name the docs mention exists in the code's registries (pipeline/ops.py, and
+the monitor's pipeline/monitor/metrics.py).
 
 Metric names and cold-object metadata keys share the ``worm_`` prefix; a ``worm_`` name
 in the docs must be one or the other, both taken from the code.  ``pipeline_`` is the
@@ -36,8 +37,10 @@ def wired_metrics() -> Metrics:
 
 def metric_names() -> set[str]:
     """Family names and every exposed sample name (_total, _bucket, _count, _sum, _created)."""
+    from pipeline.monitor.metrics import MonitorMetrics  # `pipeline monitor`'s own (docs/MONITOR.md)
+
     names: set[str] = set()
-    for family in wired_metrics().registry.collect():
+    for family in [*wired_metrics().registry.collect(), *MonitorMetrics().registry.collect()]:
         names.add(family.name)
         names.update(s.name for s in family.samples)
         if family.type == "counter":

@@ -25,6 +25,18 @@ def _config(tier: Tier, tmp: Path) -> str:
     return str(p)
 
 
+def _monitor_config(tier: Tier, tmp: Path) -> str:
+    """One cycle of `pipeline monitor` on the tier (a webhook nobody listens on: with nothing
+    found there is nothing to send)."""
+    from tests.netutil import free_port
+
+    (tmp / "hook.key").write_text("k")
+    p = tmp / "monitor.toml"
+    p.write_text(f'[monitor]\nstate_dir = "{tmp / "mstate"}"\ntrailing_delay = "0s"\n[hot]\ndir = "{tier.hot}"\n'
+                 f'[webhook]\nurl = "http://127.0.0.1:{free_port()}/"\nsecret_file = "{tmp / "hook.key"}"\n')
+    return str(p)
+
+
 def _sample(tmp: Path, name: str, text: str) -> str:
     """A sample NDJSON file for `pipeline sanitise --check`."""
     path = tmp / name
@@ -85,6 +97,9 @@ WALK: dict[str, dict[int, Case]] = {
     # exit 1 needs a PostgreSQL server: tests/pg (check, verify) walks it
     "pg": {0: lambda t, d: ["pg", "install", "--dsn", "host=db.invalid", "--print-sql"],
            2: lambda t, d: ["pg", "verify", "--dsn", "host=db.invalid", "--hot", str(d / "typo")]},
+    "monitor": {0: lambda t, d: ["monitor", "--once", "--config", _monitor_config(t, d)],
+                1: lambda t, d: ["monitor", "--once", "--config", _monitor_config(_tamper_tier(t), d)],
+                2: lambda t, d: ["monitor", "--once", "--config", str(d / "missing.toml")]},
     "sanitise": {0: lambda t, d: ["sanitise", "--check", _sample(d, "clean.ndjson", '{"user":"alice"}\n')],
                  1: lambda t, d: ["sanitise", "--check", _sample(d, "secret.ndjson", '{"password":"hunter2"}\n')],
                  2: lambda t, d: ["sanitise", "--check", str(d / "missing.ndjson")]},
@@ -97,6 +112,11 @@ def _tamper_hot(t: Tier) -> Path:
     with open(active, "ab") as f:
         f.write(b'{"not":"a record"}\n')
     return t.hot
+
+
+def _tamper_tier(t: Tier) -> Tier:
+    _tamper_hot(t)
+    return t
 
 
 def _tamper_cold(t: Tier) -> str:

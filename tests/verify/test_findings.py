@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.findings import ERROR, PG_CHECK, PG_VERIFY, REGISTRY, VERIFY, VERIFY_TIER, WARNING, Finding, codes, info
+from pipeline.findings import (
+    ERROR,
+    MONITOR,
+    PG_CHECK,
+    PG_VERIFY,
+    REGISTRY,
+    VERIFY,
+    VERIFY_TIER,
+    WARNING,
+    Finding,
+    codes,
+    info,
+)
 from pipeline.verify.chain import REASONS
 from pipeline.verify.tier import CODES
 
@@ -43,6 +55,7 @@ HOME_TABLES = [
     ("VERIFY-TIER.md", "## Finding codes", ("tier",), 0),
     ("POSTGRES.md", "#### `pg verify` finding codes", ("pg",), 0),
     ("POSTGRES.md", "#### `pg check` finding codes", ("pg-check",), 0),
+    ("MONITOR.md", "#### Monitor finding codes", ("monitor",), 0),
 ]
 
 
@@ -84,7 +97,8 @@ def test_verify_tier_table_is_what_verify_tier_reports() -> None:
 
 def test_views_of_the_registry() -> None:
     assert {c: i.meaning for c, i in REGISTRY.items() if i.family == "chain"} == REASONS
-    assert all(i.reports <= {VERIFY, VERIFY_TIER, PG_VERIFY, PG_CHECK} and i.reports for i in REGISTRY.values())
+    reports = {VERIFY, VERIFY_TIER, PG_VERIFY, PG_CHECK, MONITOR}
+    assert all(i.reports <= reports and i.reports for i in REGISTRY.values())
     assert all(i.severity in (ERROR, WARNING) for i in REGISTRY.values())
 
 
