@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
 
+from pipeline.errors import PipelineError
 from pipeline.monitor.config import AlertmanagerChannel, EmailChannel, WebhookChannel
 from pipeline.monitor.findings import ERROR, MonitorFinding, alertname_for
 
@@ -113,7 +114,7 @@ class AlertBook:
         return cls({a["key"]: Alert.from_dict(a) for a in d.get("alerts", [])})
 
 
-class SendError(Exception):
+class SendError(PipelineError):
     pass
 
 

@@ -45,7 +45,7 @@ class WitnessState:
 
 class WitnessWatcher:
     def __init__(self, opts: WitnessWatch, hot: Path, state: WitnessState) -> None:
-        from pipeline.checkpoint import load_verifiers
+        from pipeline.format.checkpoint import load_verifiers
         from pipeline.sidecar import open_witnesses
 
         self.opts = opts
