@@ -87,13 +87,16 @@ class IngestMetrics(Protocol):
 
     def observe_request(self, transport: str, code: str) -> None: ...
 
+    def observe_ack(self, transport: str, seconds: float) -> None: ...
+
 
 class _Batch:
     """The outcome of one batch of socket lines, in input order."""
 
-    __slots__ = ("accepted", "rejected", "results", "storage_failures")
+    __slots__ = ("accepted", "rejected", "results", "started", "storage_failures")
 
     def __init__(self) -> None:
+        self.started = time.monotonic()  # for the acknowledgement latency (worm_ingest_ack_seconds)
         self.results: list[bytes] = []  # one encoded JSON object (no newline) per line
         self.accepted = 0
         self.rejected = 0
@@ -446,6 +449,7 @@ class IngestServer:
                 nbytes += n
         if self.metrics is not None and batch.accepted:
             self.metrics.observe_appended(batch.accepted, nbytes)
+            self.metrics.observe_ack("unix", time.monotonic() - batch.started)
 
     # ------------------------------------------------------------------ one HTTP request
 
@@ -456,6 +460,7 @@ class IngestServer:
         are validated, so that the body's memory is released before the events are
         appended.  Blocking (appends and the wait for durability): call it off the event
         loop, between ``_enter()`` and ``_leave()``."""
+        started = time.monotonic()
         body = holder.pop()
         packed = bytearray()  # every validated event, each followed by "\n" (never inside one)
         count = 0
@@ -493,7 +498,10 @@ class IngestServer:
         if not count:
             return RequestResult(400, {"error": "no events in the request body; nothing was stored",
                                        "accepted": 0})
-        return self._store_packed(packed, count)
+        result = self._store_packed(packed, count)
+        if self.metrics is not None and result.status == 200:
+            self.metrics.observe_ack("http", time.monotonic() - started)
+        return result
 
     def _store_packed(self, packed: bytearray, count: int) -> RequestResult:
         first: Any = None
