@@ -91,13 +91,14 @@ class Metrics:
         # Labelled, and created only for what is configured, so that a sidecar without
         # signing has no checkpoint series for an "is it stalled" alert to fire on.
         self.last_seal = Gauge("worm_last_seal_timestamp_seconds",
-                               "Unix time of the stream's newest segment seal (0 until the first).",
+                               "Unix time of the stream's newest segment seal (the process start until the first).",
                                ["stream"], registry=r)
         self.last_checkpoint = Gauge("worm_last_checkpoint_timestamp_seconds",
                                      "Unix time the origin's newest signed checkpoint was saved "
-                                     "(0 until the first).", ["origin"], registry=r)
+                                     "(the process start until the first).", ["origin"], registry=r)
         self.last_witness_publish = Gauge("worm_last_witness_publish_timestamp_seconds",
-                                          "Unix time a witness last accepted a checkpoint, by witness.",
+                                          "Unix time a witness last accepted a checkpoint (the process start until the first), "
+                                          "by witness.",
                                           ["witness"], registry=r)
         self.witness_failures = Counter("worm_witness_publish_failures_total",
                                         "Checkpoints a witness refused or could not be sent, by witness.",
@@ -123,8 +124,11 @@ class Metrics:
 
     # -- writer and checkpoints ---------------------------------------------------------
 
+    # The "last success" gauges start at the process start rather than 0, so that an alert on
+    # their age measures "no success since X" and does not fire at once on a fresh process.
+
     def declare_stream(self, stream: str) -> None:
-        self.last_seal.labels(stream=stream)
+        self.last_seal.labels(stream=stream).set_to_current_time()
 
     def observe_seal(self, info: Any) -> None:
         """A seal listener (``HotLog.add_seal_listener``): stamps the stream's last seal time."""
@@ -133,6 +137,7 @@ class Metrics:
     def checkpoint_observer(self, origin: str) -> Callable[[int], None]:
         """The ``on_checkpoint`` callback of an origin's ``CheckpointEmitter``."""
         gauge = self.last_checkpoint.labels(origin=origin)
+        gauge.set_to_current_time()
         return lambda _size: gauge.set_to_current_time()
 
     def observe_witness(self, witness: str, ok: bool) -> None:
@@ -143,9 +148,9 @@ class Metrics:
 
     def declare_witnesses(self, names: list[str]) -> None:
         """Create every configured witness's series at start, so that an alert on the age of
-        the last publish fires for a witness that has never accepted one (0 = 1970)."""
+        the last publish also fires for a witness that never accepts one."""
         for name in names:
-            self.last_witness_publish.labels(witness=name)
+            self.last_witness_publish.labels(witness=name).set_to_current_time()
             self.witness_failures.labels(witness=name)
 
     # -- shipper ------------------------------------------------------------------------
