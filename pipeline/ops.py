@@ -97,8 +97,8 @@ class Metrics:
                                      "Unix time the origin's newest signed checkpoint was saved "
                                      "(the process start until the first).", ["origin"], registry=r)
         self.last_witness_publish = Gauge("worm_last_witness_publish_timestamp_seconds",
-                                          "Unix time a witness last accepted a checkpoint (the process start until the first), "
-                                          "by witness.",
+                                          "Unix time a witness last accepted a checkpoint (the process start "
+                                          "until the first), by witness.",
                                           ["witness"], registry=r)
         self.witness_failures = Counter("worm_witness_publish_failures_total",
                                         "Checkpoints a witness refused or could not be sent, by witness.",
