@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 
@@ -34,6 +34,9 @@ log = logging.getLogger("pipeline.ops")
 SEGMENT_STATES = ("sealed", "uploading", "uploaded", "verified", "confirmed", "evicted", "quarantined")
 # Uploads of segments up to 64 MiB over a WAN: tens of milliseconds to minutes.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+# Acknowledgements wait for a group commit (an fsync): sub-millisecond to a slow disk's seconds.
+_ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 Check = Callable[[], tuple[bool, str]]
 
@@ -68,9 +71,38 @@ class Metrics:
         self.ingest_requests = Counter("worm_ingest_requests_total",
                                        "Ingest requests (HTTP) and batches (Unix socket), by transport and result.",
                                        ["transport", "code"], registry=r)
+        self.ingest_ack_seconds = Histogram(
+            "worm_ingest_ack_seconds",
+            "Time from reading an ingest request (HTTP body, Unix-socket batch) to its durable "
+            "acknowledgement, by transport: the durability latency senders see.",
+            ["transport"], buckets=_ACK_BUCKETS, registry=r)
         self.backpressure_active = Gauge("worm_backpressure_active",
                                          "1 while ingest is held back (hot disk above high water), else 0.",
                                          registry=r)
+        # What operators alert on beyond the pipeline's own counters: the process (CPU, memory,
+        # open files, start time: process_*), which build runs, and when the background work
+        # last succeeded -- a stalled seal, checkpoint or witness loop shows as an age that grows.
+        ProcessCollector(registry=r)
+        from pipeline import __version__
+
+        self.build_info = Gauge("worm_build_info", "Always 1; the running worm-pipeline version in a label.",
+                                ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        # Labelled, and created only for what is configured, so that a sidecar without
+        # signing has no checkpoint series for an "is it stalled" alert to fire on.
+        self.last_seal = Gauge("worm_last_seal_timestamp_seconds",
+                               "Unix time of the stream's newest segment seal (the process start until the first).",
+                               ["stream"], registry=r)
+        self.last_checkpoint = Gauge("worm_last_checkpoint_timestamp_seconds",
+                                     "Unix time the origin's newest signed checkpoint was saved "
+                                     "(the process start until the first).", ["origin"], registry=r)
+        self.last_witness_publish = Gauge("worm_last_witness_publish_timestamp_seconds",
+                                          "Unix time a witness last accepted a checkpoint (the process start "
+                                          "until the first), by witness.",
+                                          ["witness"], registry=r)
+        self.witness_failures = Counter("worm_witness_publish_failures_total",
+                                        "Checkpoints a witness refused or could not be sent, by witness.",
+                                        ["witness"], registry=r)
         # present from the first scrape, so that dashboards and alerts see 0, not "no data"
         for state in SEGMENT_STATES:
             self.segments.labels(state=state)
@@ -86,6 +118,40 @@ class Metrics:
 
     def observe_request(self, transport: str, code: str) -> None:
         self.ingest_requests.labels(transport=transport, code=code).inc()
+
+    def observe_ack(self, transport: str, seconds: float) -> None:
+        self.ingest_ack_seconds.labels(transport=transport).observe(seconds)
+
+    # -- writer and checkpoints ---------------------------------------------------------
+
+    # The "last success" gauges start at the process start rather than 0, so that an alert on
+    # their age measures "no success since X" and does not fire at once on a fresh process.
+
+    def declare_stream(self, stream: str) -> None:
+        self.last_seal.labels(stream=stream).set_to_current_time()
+
+    def observe_seal(self, info: Any) -> None:
+        """A seal listener (``HotLog.add_seal_listener``): stamps the stream's last seal time."""
+        self.last_seal.labels(stream=info.stream).set_to_current_time()
+
+    def checkpoint_observer(self, origin: str) -> Callable[[int], None]:
+        """The ``on_checkpoint`` callback of an origin's ``CheckpointEmitter``."""
+        gauge = self.last_checkpoint.labels(origin=origin)
+        gauge.set_to_current_time()
+        return lambda _size: gauge.set_to_current_time()
+
+    def observe_witness(self, witness: str, ok: bool) -> None:
+        if ok:
+            self.last_witness_publish.labels(witness=witness).set_to_current_time()
+        else:
+            self.witness_failures.labels(witness=witness).inc()
+
+    def declare_witnesses(self, names: list[str]) -> None:
+        """Create every configured witness's series at start, so that an alert on the age of
+        the last publish also fires for a witness that never accepts one."""
+        for name in names:
+            self.last_witness_publish.labels(witness=name).set_to_current_time()
+            self.witness_failures.labels(witness=name)
 
     # -- shipper ------------------------------------------------------------------------
 

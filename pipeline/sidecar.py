@@ -84,6 +84,8 @@ class Sidecar:
         cfg = self.config
         self.hotlog = open_configured_hotlog(cfg)  # with its [sanitise] rules, used on every path
         self.metrics.track_redactions(self.hotlog.sanitiser.counts.snapshot)
+        self.metrics.declare_stream(self.hotlog.stream)
+        self.hotlog.add_seal_listener(self.metrics.observe_seal)
         store = self._store or open_store(str(cfg.cold.url), cfg.cold.settings())
         self._store = store
         m = self.metrics
@@ -106,11 +108,15 @@ class Sidecar:
         if signer is not None:
             from pipeline.hot.checkpoints import CheckpointEmitter
 
+            witnesses = open_witnesses(cfg.signing.witnesses)
+            m.declare_witnesses([w.name for w in witnesses])
             self.emitter = CheckpointEmitter(self.hotlog, Path(cfg.hot.dir) / cfg.hot.stream, signer,
                                              tree_store=self.hotlog.tree_store,  # type: ignore[arg-type]
-                                             origin=cfg.signing.origin,
-                                             witnesses=open_witnesses(cfg.signing.witnesses),
-                                             interval=cfg.signing.checkpoint_interval).start()
+                                             origin=cfg.signing.origin, witnesses=witnesses,
+                                             interval=cfg.signing.checkpoint_interval,
+                                             on_witness=m.observe_witness)
+            self.emitter.on_checkpoint = m.checkpoint_observer(self.emitter.origin)
+            self.emitter.start()
         if cfg.ingest.socket is not None or cfg.ingest.http is not None:
             from pipeline.ingest.server import IngestServer
 

@@ -8,9 +8,10 @@ signing (and witness round trips) never delay an append.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ class CheckpointEmitter:
         witnesses: Sequence[Witness] = (),
         interval: float = DEFAULT_INTERVAL,
         fss_tick: Any = None,
+        on_witness: Callable[[str, bool], None] | None = None,
     ) -> None:
         if witnesses and tree_store is None:
             raise ValueError("witnesses need consistency proofs: pass the writer's tree_store")
@@ -68,6 +70,10 @@ class CheckpointEmitter:
         self.witnesses = list(witnesses)
         self.interval = interval
         self._fss_tick = fss_tick
+        # observers for the ops metrics (last checkpoint, witness publish results); called on
+        # this emitter's thread after the note is saved, never while a lock is held
+        self.on_checkpoint: Callable[[int], None] | None = None
+        self._on_witness = on_witness
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,7 +81,8 @@ class CheckpointEmitter:
         self._pending_lock = threading.Lock()  # never held while signing or publishing
         self._pending_seal: tuple[int, bytes] | None = None
         self.last_size = -1
-        self.errors: list[str] = []
+        # the newest problems only: a witness down for a month must not grow this list for ever
+        self.errors: collections.deque[str] = collections.deque(maxlen=100)
         latest = self.store.latest()
         if latest is not None:
             try:
@@ -144,8 +151,14 @@ class CheckpointEmitter:
             note = cp.sign([self.signer])
             self.store.save(cp, note)
             self.last_size = size
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(size)
             note = self._publish(cp, note)
             return note
+
+    def _witness_result(self, name: str, ok: bool) -> None:
+        if self._on_witness is not None:
+            self._on_witness(name, ok)
 
     def _publish(self, cp: Checkpoint, note: bytes) -> bytes:
         cosigs: list[str] = []
@@ -157,9 +170,13 @@ class CheckpointEmitter:
                 level = logging.ERROR if exc.fork else logging.WARNING
                 log.log(level, "checkpoints: witness %s refused size %d: %s", w.name, cp.size, exc)
                 self.errors.append(str(exc))
+                self._witness_result(w.name, False)
             except Exception as exc:
                 log.warning("checkpoints: witness %s failed for size %d: %s", w.name, cp.size, exc)
                 self.errors.append(str(exc))
+                self._witness_result(w.name, False)
+            else:
+                self._witness_result(w.name, True)
         if cosigs:
             note = add_signature_lines(note, cosigs)
             self.store.update_latest(note)

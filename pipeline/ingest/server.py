@@ -88,13 +88,16 @@ class IngestMetrics(Protocol):
 
     def observe_request(self, transport: str, code: str) -> None: ...
 
+    def observe_ack(self, transport: str, seconds: float) -> None: ...
+
 
 class _Batch:
     """The outcome of one batch of socket lines, in input order."""
 
-    __slots__ = ("accepted", "rejected", "results", "storage_failures")
+    __slots__ = ("accepted", "rejected", "results", "started", "storage_failures")
 
     def __init__(self) -> None:
+        self.started = time.monotonic()  # for the acknowledgement latency (worm_ingest_ack_seconds)
         self.results: list[bytes] = []  # one encoded JSON object (no newline) per line
         self.accepted = 0
         self.rejected = 0
@@ -453,6 +456,7 @@ class IngestServer:
                 nbytes += n
         if self.metrics is not None and batch.accepted:
             self.metrics.observe_appended(batch.accepted, nbytes)
+            self.metrics.observe_ack("unix", time.monotonic() - batch.started)
 
     # ------------------------------------------------------------------ one HTTP request
 
@@ -469,6 +473,7 @@ class IngestServer:
         appended.  Blocking (appends and the wait for durability): call it off the event
         loop, between ``_enter()`` and ``_leave()``.  Raises BodyError when an OTLP
         request cannot be decoded (nothing stored)."""
+        started = time.monotonic()
         body = holder.pop()
         packed = bytearray()  # every validated event, each followed by "\n" (never inside one)
         count = 0
@@ -508,6 +513,9 @@ class IngestServer:
             return RequestResult(400, {"error": "no events in the request body; nothing was stored",
                                        "accepted": 0}, no_events=True)
         result = self._store_packed(packed, count)
+        if self.metrics is not None and result.status == 200:
+            transport = "otlp" if framing in (otlp.PROTOBUF, otlp.JSON) else "http"
+            self.metrics.observe_ack(transport, time.monotonic() - started)
         if refused.count and result.status == 200:
             result.body.update({"rejected": refused.count, "reasons": refused.by_reason, "errors": refused.listed})
         return result

@@ -46,6 +46,7 @@ class Metrics:
         self.appended = [0, 0]
         self.rejected: dict[str, int] = {}
         self.requests: dict[tuple[str, str], int] = {}
+        self.acks: list[tuple[str, float]] = []
         self._lock = threading.Lock()
 
     def observe_appended(self, events: int, nbytes: int) -> None:
@@ -60,6 +61,10 @@ class Metrics:
     def observe_request(self, transport: str, code: str) -> None:
         with self._lock:
             self.requests[(transport, code)] = self.requests.get((transport, code), 0) + 1
+
+    def observe_ack(self, transport: str, seconds: float) -> None:
+        with self._lock:
+            self.acks.append((transport, seconds))
 
 
 @pytest.fixture
@@ -166,6 +171,8 @@ def test_socket_mixed_batch(hot_dir: Path, hotlog: HotLog, tmp_path: Path) -> No
     assert more[0]["ok"] and more[1] == {"ok": False, "line": 8, "error": more[1]["error"]}
     assert metrics.appended[0] == 4
     assert metrics.rejected == {"bad-json": 3, "not-an-object": 1}
+    # one acknowledgement latency per batch that stored something (two batches here)
+    assert [t for t, _s in metrics.acks] == ["unix", "unix"] and all(s >= 0 for _t, s in metrics.acks)
     assert not path.exists()  # removed at stop
 
 
