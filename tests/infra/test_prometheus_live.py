@@ -1,16 +1,21 @@
-"""Real Prometheus (Debian's package) scraping a real sidecar and evaluating the shipped rules.
+"""Real Prometheus (Debian's package) scraping a real sidecar and a real `pipeline monitor`,
+evaluating the shipped rules.
 
 The promtool unit tests (test_prometheus_rules.py) prove the rules' logic on synthetic
-series; this proves the joint: the names, labels and types the running sidecar exposes are
-the ones the rules query, every rule evaluates without error on real scrapes, and an alert
-goes pending when its condition really occurs (the sidecar killed)."""
+series; this proves the joint: the names, labels and types the running processes expose are
+the ones the rules query, every rule evaluates without error on real scrapes, and alerts go
+pending or fire when their conditions really occur: the sidecar killed (its own "down" alert,
+and the monitor's silence finding through Prometheus), then the monitor killed."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -21,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.monitor.conftest import monitor_process
 from tests.netutil import free_port
 from tests.ship.conftest import make_bucket
 from tests.ship.test_sidecar import Sidecar
@@ -105,11 +111,43 @@ def signed_sidecar(tmp_path: Path, moto_endpoint: str) -> Iterator[Sidecar]:
         sc.stop()
 
 
-def test_prometheus_scrapes_the_sidecar_and_evaluates_every_rule(tmp_path: Path, signed_sidecar: Sidecar,
-                                                                  ) -> None:
+@contextlib.contextmanager
+def webhook_sink() -> Iterator[str]:
+    """A webhook receiver that accepts every notification (the monitor needs one channel)."""
+
+    class Accept(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Accept)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+
+
+def test_prometheus_scrapes_sidecar_and_monitor_and_evaluates_every_rule(tmp_path: Path,
+                                                                          signed_sidecar: Sidecar) -> None:
     sc = signed_sidecar
     started = time.time()
-    prom = Prometheus(tmp_path / "prom", {"worm-pipeline": f"127.0.0.1:{sc.ops_port}"})
+    (tmp_path / "hook.key").write_bytes(b"k" * 32)
+    with webhook_sink() as hook, monitor_process(tmp_path, {
+        "monitor": {"interval": "300ms", "trailing_delay": "500ms"},
+        "hot": {"dir": str(sc.hot), "heartbeat_interval": "1s", "silence_factor": 3},
+        "webhook": {"url": hook, "secret_file": str(tmp_path / "hook.key")},
+    }) as mon:
+        _scrape_and_alert(tmp_path, sc, mon, started)
+
+
+def _scrape_and_alert(tmp_path: Path, sc: Sidecar, mon: Any, started: float) -> None:
+    prom = Prometheus(tmp_path / "prom", {"worm-pipeline": f"127.0.0.1:{sc.ops_port}",
+                                          "worm-monitor": f"127.0.0.1:{mon.port}"})
     try:
         for batch in range(3):
             assert sc.post([{"batch": batch, "i": i} for i in range(50)])[0] == 200
@@ -124,6 +162,11 @@ def test_prometheus_scrapes_the_sidecar_and_evaluates_every_rule(tmp_path: Path,
                       "no seal time after the start")  # segment_window is 2s in the test config
         assert prom.query('worm_build_info{job="worm-pipeline"} == 1')
         assert prom.query('process_resident_memory_bytes{job="worm-pipeline"} > 0')
+        prom.wait_for(lambda: prom.query(
+            f'worm_monitor_last_cycle_timestamp_seconds{{job="worm-monitor"}} > {started}'),
+                      "the monitor's cycles never reached Prometheus")
+        prom.wait_for(lambda: prom.query('worm_monitor_last_verified_seq{job="worm-monitor",stream="app"} > 0'),
+                      "the monitor never verified a record")
 
         # every shipped rule loads and evaluates on the real series without error
         def evaluated() -> list[dict[str, Any]]:
@@ -134,8 +177,8 @@ def test_prometheus_scrapes_the_sidecar_and_evaluates_every_rule(tmp_path: Path,
         assert {r["name"] for r in rules} >= {"WormPipelineDown", "WormPipelineColdLag", "WormMonitorDown"}
         bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
         assert not bad, bad
-        # a healthy sidecar: nothing of its own is pending or firing
-        assert not prom.query('ALERTS{alertname=~"WormPipeline.*"}')
+        # healthy processes: nothing is pending or firing
+        assert not prom.query('ALERTS{alertname=~"Worm.*"}')
 
         # the condition really occurs: the sidecar dies and its "down" alert goes pending
         sc.proc.kill()  # type: ignore[union-attr]
@@ -144,5 +187,15 @@ def test_prometheus_scrapes_the_sidecar_and_evaluates_every_rule(tmp_path: Path,
             lambda: prom.query('ALERTS{alertname="WormPipelineDown",alertstate="pending"}'),
             "WormPipelineDown never went pending after the sidecar was killed")
         assert pending[0]["metric"]["job"] == "worm-pipeline"
+        # ... and the monitor sees the silence, which Prometheus alerts on as a second path
+        prom.wait_for(lambda: prom.query('ALERTS{alertname="WormMonitorFindings",code="silence",'
+                                         'alertstate="firing"}'),
+                      "the monitor's silence finding never fired WormMonitorFindings")
+
+        # the monitor itself dies: its "down" alert goes pending
+        mon.proc.kill()
+        mon.proc.wait()
+        prom.wait_for(lambda: prom.query('ALERTS{alertname="WormMonitorDown",alertstate="pending"}'),
+                      "WormMonitorDown never went pending after the monitor was killed")
     finally:
         prom.stop()
