@@ -9,7 +9,6 @@ calls it under its lock, the flusher for the segments whose runs it has taken.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import hashlib
 import os
@@ -18,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import merkle
-from pipeline.hot import attr
+from pipeline.format import attr, merkle
+from pipeline.format.files import fsync_dir
+from pipeline.format.layout import segment_name
+from pipeline.format.record import ts_epoch
 from pipeline.hot.errors import HotLogError
-from pipeline.hot.segment import segment_name
 
+# fsync_dir is pipeline.format.files's, re-exported here for old imports
 __all__ = ["Segment", "SegmentFiles", "fsync_dir", "ts_to_epoch", "window_of"]
 
 
@@ -52,18 +53,13 @@ def window_of(epoch_s: float, window: float) -> int:
 
 
 def ts_to_epoch(ts: str) -> float:
+    """A segment's first timestamp as POSIX seconds, for its time window; now for a time
+    ``ts_epoch`` refuses (only a forged record or a broken clock has one): the segment then
+    belongs to the current window rather than stopping the writer."""
     try:
-        return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:26]) / 1e6
-    except ValueError:  # a well-formed but impossible time (only a forged record has one)
+        return ts_epoch(ts)
+    except ValueError:
         return time.time()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentFiles:

@@ -32,11 +32,11 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from pipeline import merkle
 from pipeline._accel import native
+from pipeline.format import merkle
+from pipeline.format.record import GENESIS_HASH, Kind, encode_record, record_prefix
 from pipeline.hot.active import Segment, SegmentFiles
 from pipeline.hot.errors import HotLogError
-from pipeline.record import GENESIS_HASH, Kind, encode_record
 
 __all__ = ["Anchor", "Batch", "Chain", "Receipt", "Run", "SealInfo", "Snapshot", "Taken"]
 
@@ -189,7 +189,7 @@ class TreeStoreLike(Protocol):
 
 def _py_queue_record(prefix: bytes, seq: int, ts: bytes, kind: bytes, prev: bytes, data: bytes,
                      chunks: list[bytes], limit: int, seg_name: str, gen: int) -> tuple[Receipt, bytes, int] | None:
-    """Build a record line (the same bytes as ``pipeline.record.encode_record``, with the
+    """Build a record line (the same bytes as ``pipeline.format.record.encode_record``, with the
     stream's prefix precomputed) and queue it, or None when it would exceed ``limit``."""
     body = b"".join((prefix, b"%d" % seq, b',"ts":"', ts, b'","kind":"', kind, b'","prev":"', prev,
                      b'","data":', data))
@@ -287,7 +287,7 @@ class Chain:
         self._seal_extension = seal_extension
         self._wake = wake  # the flusher's wake-up
         self._stream_b = stream.encode()
-        self._prefix = b'{"v":1,"stream":"%s","seq":' % self._stream_b
+        self._prefix = record_prefix(self._stream_b)  # what every line of the stream starts with
 
         self.seq = 0
         self.prev = GENESIS_HASH.encode()

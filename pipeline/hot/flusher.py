@@ -26,8 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from pipeline import _accel, merkle
-from pipeline.hot import attr
+from pipeline import _accel
+from pipeline.format import attr, merkle
 from pipeline.hot.active import Segment, SegmentFiles
 from pipeline.hot.chain import Anchor, Batch, Chain, Receipt, Run, Snapshot, TreeStoreLike
 from pipeline.hot.errors import HotLogError

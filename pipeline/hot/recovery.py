@@ -9,82 +9,51 @@ after a failed write).  A torn or orphaned segment is abandoned and named by a r
 record at the start of a new segment; an intact tail after an unclean shutdown is continued
 in place, after a recovery record saying so.
 
-Also here: ``head.json`` (what it holds, and writing it atomically).
+Also here: the ``head.json`` the writer stores for an anchor (``stream_head``); the file's
+format, reading and atomic writing are ``pipeline.format.layout``'s (``StreamHead``,
+``read_head``, ``write_head``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from pipeline import merkle
-from pipeline.hot import attr
-from pipeline.hot.active import Segment, SegmentFiles, fsync_dir
+from pipeline.format import attr, merkle
+from pipeline.format.layout import HEAD_FILE, HeadError, StreamHead, read_head, write_head
+from pipeline.format.record import Kind, RecordError, parse_record
+from pipeline.format.segment import iter_lines, list_segments, parse_segment_name, read_first_record, read_last_line
+from pipeline.hot.active import Segment, SegmentFiles
 from pipeline.hot.chain import Anchor, Chain, TreeStoreLike
 from pipeline.hot.errors import HotLogError
-from pipeline.hot.segment import iter_lines, list_segments, parse_segment_name, read_last_line
-from pipeline.record import Kind, RecordError, parse_record
 
-__all__ = ["HEAD_FILE", "Recovery", "head_dict", "read_first_record", "write_head"]
-
-HEAD_FILE = "head.json"
-_log = logging.getLogger("pipeline.hot")
+# HEAD_FILE, write_head and read_first_record are pipeline.format's, re-exported for old imports
+__all__ = ["HEAD_FILE", "Recovery", "head_dict", "read_first_record", "stream_head", "write_head"]
 
 
-def head_dict(stream: str, at: Anchor, *, segment: Segment | None = None, clean: bool = False) -> dict[str, Any]:
+def stream_head(stream: str, at: Anchor, *, segment: Segment | None = None, clean: bool = False) -> StreamHead:
     """The stream head (docs/FORMAT.md §6): the chain state ``at`` a seq, plus where the
     segment that continues from there starts when it is already open (a clean close)."""
-    head: dict[str, Any] = {
-        "stream": stream,
-        "next_seq": at.next_seq,
-        "last_hash": at.prev.decode(),
-        "tree_size": at.cr_size,
-        "frontier": [h.hex() for h in at.stack],
-    }
-    if segment is not None:
-        head["segment"] = segment.name
-        head["segment_first_seq"] = segment.first_seq
-        head["segment_first_prev"] = segment.first_prev.decode()
-        head["segment_start_frontier"] = [h.hex() for h in segment.start_frontier]
-    if clean:
-        head["closed_cleanly"] = True
-    return head
+    head = StreamHead(stream, at.next_seq, at.prev.decode(), at.cr_size, tuple(at.stack), closed_cleanly=clean)
+    if segment is None:
+        return head
+    return dataclasses.replace(head, segment=segment.name, segment_first_seq=segment.first_seq,
+                               segment_first_prev=segment.first_prev.decode(),
+                               segment_start_frontier=tuple(segment.start_frontier))
 
 
-def write_head(directory: Path, head: dict[str, Any]) -> None:
-    """Replace ``head.json`` atomically and durably."""
-    tmp = directory / f".{HEAD_FILE}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps(head))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / HEAD_FILE)
-    fsync_dir(directory)
-
-
-def read_first_record(path: Path) -> Any:
-    """The first record of a segment, or None if its first line is not a valid record."""
-    for _off, line in iter_lines(path):
-        try:
-            return parse_record(line)
-        except RecordError:
-            return None
-    return None
+head_dict = stream_head  # its name before the head became a StreamHead, for old imports
 
 
 class Recovery:
     """Brings a fresh ``Chain`` to the state the stream directory holds.  ``store_head``
-    writes a head dict (returns False after logging a failure); ``flush_now`` makes a queued
+    writes a head (returns False after logging a failure); ``flush_now`` makes a queued
     recovery record durable or raises."""
 
     def __init__(self, chain: Chain, files: SegmentFiles, *, tree: TreeStoreLike | None,
-                 store_head: Callable[[dict[str, Any]], bool], flush_now: Callable[[], None]) -> None:
+                 store_head: Callable[[StreamHead], bool], flush_now: Callable[[], None]) -> None:
         self.chain = chain
         self.files = files
         self.dir = files.dir
@@ -102,8 +71,8 @@ class Recovery:
         head_anchor = self._head_anchor(head)
         after_seal = segments[seal_idx + 1:]
         firsts = [(parse_segment_name(p.name) or (0, 0))[0] for p in after_seal]
-        if head_anchor is not None and head is not None and head.get("closed_cleanly") \
-                and "segment_first_seq" not in head and any(f < head_anchor.next_seq for f in firsts):
+        if head_anchor is not None and head is not None and head.closed_cleanly \
+                and head.segment_first_seq is None and any(f < head_anchor.next_seq for f in firsts):
             # written by an older version at a clean close: its next_seq may lie inside the
             # open segment, which is on disk and is replayed instead
             head_anchor = None
@@ -120,7 +89,7 @@ class Recovery:
             start = anchor.next_seq
             if anchor is seal_anchor and (head_anchor is None or head_anchor.next_seq < anchor.next_seq):
                 # the seal reached the disk but the process died before head.json followed
-                self._store_head(head_dict(self.stream, anchor))
+                self._store_head(stream_head(self.stream, anchor))
         tail = [p for p, f in zip(after_seal, firsts, strict=True) if f >= start]
         if tail:
             first = (parse_segment_name(tail[0].name) or (0, 0))[0]
@@ -130,15 +99,15 @@ class Recovery:
                 raise HotLogError(
                     f"stream {self.stream!r} in {chain.hot_dir}: {tail[0].name} starts at seq {first} but {where}: "
                     "refusing to guess the chain; restore the missing segments")
-        if head is not None and head.get("closed_cleanly"):
+        if head is not None and head.closed_cleanly:
             # the flag holds only while no writer has the stream open (docs/FORMAT.md §6)
-            self._store_head({k: v for k, v in head.items() if k != "closed_cleanly"})
+            self._store_head(dataclasses.replace(head, closed_cleanly=False))
         if not tail:
             self._sync_tree_store(segments)
             return
         self._replay_tail(tail, segments, head)
 
-    def _replay_tail(self, tail: list[Path], segments: list[Path], head: dict[str, Any] | None) -> None:
+    def _replay_tail(self, tail: list[Path], segments: list[Path], head: StreamHead | None) -> None:
         chain = self.chain
         # a recovery record at the start of a segment says where earlier abandoned segments
         # stop being valid; honour it instead of re-deriving from the bytes
@@ -179,8 +148,8 @@ class Recovery:
             chain.seg = self.files.reopen(last_valid_seg, first_seq=chain.seq - count, first_ts=first_ts,
                                           start_frontier=seg_start_frontier, size=valid_bytes, count=count,
                                           cr=seg_cr, first_prev=seg_start_prev)
-            if head is not None and head.get("closed_cleanly") and head.get("next_seq") == chain.seq \
-                    and str(head.get("last_hash")).encode() == chain.prev:
+            if head is not None and head.closed_cleanly and head.next_seq == chain.seq \
+                    and head.last_hash.encode() == chain.prev:
                 return  # closed cleanly: nothing to explain
             chain.append_own(Kind.RECOVERY.value, {"reason": "unclean-shutdown", "abandoned": []}, chain.seg)
             self._flush_now()
@@ -255,15 +224,13 @@ class Recovery:
                 tree.append(batch)
             tree.sync()
 
-    def read_head(self) -> dict[str, Any] | None:
+    def read_head(self) -> StreamHead | None:
+        """The stream's head.json, None when there is none; one that cannot be read or is
+        malformed stops the start-up: the writer must not guess where the chain continues."""
         try:
-            with open(self.dir / HEAD_FILE, "rb") as f:
-                head = orjson.loads(f.read())
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise HotLogError(f"cannot read {self.dir / HEAD_FILE}: {exc}") from exc
-        return head if isinstance(head, dict) else None
+            return read_head(self.dir)
+        except HeadError as exc:
+            raise HotLogError(f"{exc}: cannot tell where the chain continues") from exc
 
     def _newest_seal(self, segments: list[Path]) -> tuple[int, Anchor | None]:
         """The newest sealed segment on disk and the chain state right after its seal."""
@@ -289,17 +256,10 @@ class Recovery:
             return i, Anchor(rec.seq + 1, rec.hash.encode(), cr.size, cr.stack)
         return -1, None
 
-    def _head_anchor(self, head: dict[str, Any] | None) -> Anchor | None:
+    @staticmethod
+    def _head_anchor(head: StreamHead | None) -> Anchor | None:
         """Where head.json says the newest segment starts (docs/FORMAT.md §6)."""
         if head is None:
             return None
-        try:
-            if "segment_first_seq" in head:
-                first = int(head["segment_first_seq"])
-                return Anchor(first, str(head["segment_first_prev"]).encode(), first,
-                              [bytes.fromhex(h) for h in head["segment_start_frontier"]])
-            return Anchor(int(head["next_seq"]), str(head["last_hash"]).encode(), int(head["tree_size"]),
-                          [bytes.fromhex(h) for h in head["frontier"]])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HotLogError(f"{self.dir / HEAD_FILE} is malformed ({exc}): cannot tell where the chain "
-                              "continues") from exc
+        seq, prev, size, frontier = head.anchor()
+        return Anchor(seq, prev.encode(), size, list(frontier))

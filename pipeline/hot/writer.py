@@ -53,17 +53,20 @@ from typing import Any
 import orjson
 
 from pipeline._accel import native as _native
-from pipeline.hot import attr
+from pipeline.format import attr, merkle
+from pipeline.format.files import write_all
+from pipeline.format.layout import HEAD_FILE as HEAD_FILE  # re-exported for old imports
+from pipeline.format.layout import LOCK_FILE as LOCK_FILE  # re-exported for old imports
+from pipeline.format.layout import StreamHead, write_head
+from pipeline.format.record import Kind, UtcClock, validate_stream_name
+from pipeline.format.segment import read_first_record as read_first_record  # re-exported for old imports
 from pipeline.hot.active import Segment, SegmentFiles, window_of
 from pipeline.hot.chain import Anchor, Batch, Chain, Receipt, SealInfo, TreeStoreLike
 from pipeline.hot.errors import HotLogError, WriterLockedError
 from pipeline.hot.flusher import Flusher
 from pipeline.hot.options import DEFAULTS, LogOptions
 from pipeline.hot.options import DURABILITY_MODES as DURABILITY_MODES  # re-exported for old imports
-from pipeline.hot.recovery import HEAD_FILE as HEAD_FILE  # re-exported for old imports
-from pipeline.hot.recovery import Recovery, head_dict, write_head
-from pipeline.hot.recovery import read_first_record as read_first_record  # re-exported for old imports
-from pipeline.record import Kind, UtcClock, validate_stream_name
+from pipeline.hot.recovery import Recovery, stream_head
 from pipeline.sanitise import DEFAULT_SANITISER, InvalidEvent, Sanitiser
 
 # The defaults live in LogOptions (pipeline/hot/options.py); these names stay for old imports.
@@ -71,7 +74,6 @@ DEFAULT_SEGMENT_WINDOW = DEFAULTS.segment_window
 DEFAULT_SEGMENT_MAX_BYTES = DEFAULTS.segment_max_bytes
 DEFAULT_HEARTBEAT_INTERVAL = DEFAULTS.heartbeat_interval
 DEFAULT_GROUP_INTERVAL = DEFAULTS.group_interval
-LOCK_FILE = "LOCK"
 _EVENT = Kind.EVENT.value  # a plain str: Enum.value is a Python-level property
 _IOV_MAX = 1024  # Linux's limit on iovecs per writev
 
@@ -85,13 +87,6 @@ __all__ = [
     "TreeStoreLike",
     "WriterLockedError",
 ]
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _py_write_chunks(fd: int, chunks: list[bytes]) -> None:
@@ -110,7 +105,7 @@ def _py_write_chunks(fd: int, chunks: list[bytes]) -> None:
             if written >= len(chunk):
                 written -= len(chunk)
                 continue
-            _write_all(fd, memoryview(chunk)[written:])
+            write_all(fd, memoryview(chunk)[written:])
             written = 0
 
 
@@ -310,8 +305,6 @@ class HotLog:
 
     def durable_tree_head(self) -> tuple[int, bytes]:
         """(size, root) of the durable prefix of the stream's Merkle tree."""
-        from pipeline import merkle
-
         with self._chain.lock:
             snap = self._flusher.durable
         return snap.cr_size, merkle.CompactRange(snap.cr_size, snap.cr_stack).root()
@@ -361,7 +354,7 @@ class HotLog:
                 snap = chain.snapshot()
             if clean:
                 # lets the next writer continue the open segment without a recovery record
-                self._store_head(head_dict(self.stream, snap.anchor(), segment=snap.seg, clean=True))
+                self._store_head(stream_head(self.stream, snap.anchor(), segment=snap.seg, clean=True))
         finally:
             self._wake.set()
             if self._thread is not None and self._thread is not threading.current_thread():
@@ -425,10 +418,10 @@ class HotLog:
 
     # ------------------------------------------------------------------ head.json and seals
 
-    def _store_head(self, head: dict[str, Any]) -> None:
+    def _store_head(self, head: StreamHead) -> None:
         write_head(self.dir, head)
 
-    def _store_head_quietly(self, head: dict[str, Any]) -> bool:
+    def _store_head_quietly(self, head: StreamHead) -> bool:
         """Store the head; on failure (a full disk) log it and go on: until a later head is
         written the shipper evicts nothing past the old one, which is safe."""
         try:
@@ -439,7 +432,7 @@ class HotLog:
             return False
 
     def _store_head_anchor(self, at: Anchor) -> bool:
-        return self._store_head_quietly(head_dict(self.stream, at))
+        return self._store_head_quietly(stream_head(self.stream, at))
 
     def _flush_recovery_now(self) -> None:
         # called during __init__ before the background thread exists; no concurrency yet
