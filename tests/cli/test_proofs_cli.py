@@ -53,7 +53,7 @@ def run_log(tmp_path: Path, keydir: Path) -> dict[str, Any]:
     em.stop()  # final checkpoint covers the close seal
     sizes.append(em.last_size)
     return {"hot": hot, "stream_dir": stream_dir, "signer": signer, "vk": vk, "witness": witness,
-            "sizes": sizes, "tree": tree, "errors": em.errors}
+            "sizes": sizes, "tree": tree, "errors": list(em.errors)}
 
 
 def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
