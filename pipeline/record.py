@@ -53,6 +53,7 @@ class Kind(StrEnum):
     SEAL = "seal"
     HEARTBEAT = "heartbeat"
     RECOVERY = "recovery"
+    KEY = "key"  # an encrypted stream's wrapped seed (docs/FORMAT.md §9)
 
 
 KINDS = frozenset(k.value for k in Kind)

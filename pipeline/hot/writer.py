@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 
 from pipeline._accel import native as _native
+from pipeline.crypt.writer import EncryptionSettings
 from pipeline.hot import attr
 from pipeline.hot.active import Segment, SegmentFiles, window_of
 from pipeline.hot.chain import Anchor, Batch, Chain, Receipt, SealInfo, TreeStoreLike
@@ -152,6 +153,7 @@ class HotLog:
         seal_extension: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         background: bool = True,
         clock: Callable[[], bytes] | None = None,
+        encryption: EncryptionSettings | None = None,
     ) -> None:
         # Validated once, by the options type (pipeline.open_log builds the same one).
         LogOptions(durability=durability, segment_window=segment_window, segment_max_bytes=segment_max_bytes,
@@ -185,7 +187,7 @@ class HotLog:
         self._chain = Chain(stream=stream, hot_dir=self.hot_dir, files=self._files,
                             segment_max_bytes=self.segment_max_bytes,
                             now=clock if clock is not None else UtcClock().now,
-                            seal_extension=seal_extension, wake=self._wake)
+                            seal_extension=seal_extension, wake=self._wake, encryption=encryption)
         # head.json goes through self._store_head at call time (tests replace it)
         self._flusher = Flusher(self._chain, self._files, durability=durability, write_chunks=_write_chunks,
                                 tree=tree_store, store_head=self._store_head_anchor,
@@ -277,6 +279,17 @@ class HotLog:
         if receipts:
             self._after_append(receipts[-1], wait, batch)
         return receipts
+
+    def set_encryption(self, settings: EncryptionSettings | None) -> None:
+        """Encrypt to ``settings`` (None: no longer encrypt) from the next segment on; the
+        open segment keeps the recipients it started with (a reload's rotation)."""
+        with self._chain.lock:
+            self._chain.set_encryption(settings)
+
+    @property
+    def encryption(self) -> EncryptionSettings | None:
+        """The encryption settings the next segment will use."""
+        return self._chain.encryption_next
 
     def wait_durable(self, receipt: Receipt, timeout: float | None = None) -> None:
         """Block until ``receipt`` is covered by an fsync (or written, in ``os`` mode)."""
