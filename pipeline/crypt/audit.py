@@ -1,0 +1,116 @@
+"""Verify, then decrypt: what ``pipeline decrypt`` and ``pipeline disclose`` run.
+
+Integrity is checked before a single byte is decrypted, with the same code as ``pipeline
+verify`` (hot tier) or per segment file plus the links between them (exported files), so a
+decrypted event is always one the chain and the Merkle tree vouch for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.crypt.reader import SegmentReader, load_identities, seal_segment_name
+from pipeline.errors import PipelineError
+from pipeline.hot.segment import list_segments, parse_segment_name
+from pipeline.record import Kind
+from pipeline.verify.chain import Finding, scan_segment, stitch
+from pipeline.verify.hot import verify_hot
+
+
+class NotVerified(Exception):
+    """Integrity verification found problems: nothing is decrypted."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        super().__init__(f"{len(findings)} finding(s)")
+        self.findings = findings
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the segments come from: a hot directory (with an optional stream), or files."""
+
+    hot: Path | None = None
+    stream: str | None = None
+    files: tuple[Path, ...] = ()
+
+
+def _order_key(p: Path) -> tuple[int, int]:
+    parsed = parse_segment_name(p.name.removesuffix(".zst"))
+    if parsed is None:
+        raise PipelineError(f"{p}: not a segment file name (seg-<20 digits>[.<attempt>].jsonl); keep the "
+                            "names segments are shipped under")
+    return parsed
+
+
+def verified_segments(source: Source) -> list[tuple[str, list[Path]]]:
+    """(stream, segment paths in order) once everything verified; NotVerified otherwise."""
+    if source.hot is not None:
+        reports = verify_hot(source.hot, source.stream)
+        findings = [f for r in reports for f in r.findings]
+        if findings:
+            raise NotVerified(findings)
+        return [(r.stream, list_segments(source.hot / r.stream)) for r in reports]
+    for p in source.files:
+        if p.name.endswith(".zst"):
+            raise PipelineError(f"{p}: decompress cold objects first (zstd -d, docs/FORMAT.md §10)")
+        if not p.is_file():
+            raise PipelineError(f"{p}: no such file")
+    paths = sorted(source.files, key=_order_key)
+    if not paths:
+        raise PipelineError("no segment files given")
+    scans = [scan_segment(p, file_hash=False) for p in paths]
+    findings = [f for s in scans for f in s.findings]
+    if not findings:
+        first = scans[0]
+        stream = _stream_of(paths[0])
+        report = stitch(stream, scans, start_seq=first.first_seq or 0, start_hash=first.first_prev)
+        findings = report.findings
+    if findings:
+        raise NotVerified(findings)
+    return [(_stream_of(paths[0]), paths)]
+
+
+def _stream_of(path: Path) -> str:
+    with path.open("rb") as f:
+        line = f.readline()
+    from pipeline.record import parse_record
+
+    return parse_record(line).stream
+
+
+@dataclass
+class Filter:
+    since: float | None = None
+    until: float | None = None
+    matches: Callable[[dict[str, Any]], bool] | None = None
+
+
+def decrypted_events(source: Source, identity_file: str | os.PathLike[str],
+                     flt: Filter | None = None) -> Iterator[dict[str, Any]]:
+    """Every event of ``source`` (verified first), decrypted, as
+    ``{"stream", "seq", "ts", "segment", "data"}``, filtered by ``flt``."""
+    from pipeline.verify.tier import ts_epoch
+
+    identities = load_identities(identity_file)
+    flt = flt or Filter()
+    reader = SegmentReader(identities)
+    for stream, paths in verified_segments(source):
+        for path in paths:
+            for rec, data in reader.records(path, seal_segment_name(path)):
+                if rec.kind != Kind.EVENT.value or data is None:
+                    continue
+                if flt.since is not None or flt.until is not None:
+                    t = ts_epoch(rec.ts)
+                    if (flt.since is not None and t < flt.since) or (flt.until is not None and t > flt.until):
+                        continue
+                if flt.matches is not None and not flt.matches(data):
+                    continue
+                yield {"stream": stream, "seq": rec.seq, "ts": rec.ts, "segment": path.name, "data": data}
+
+
+def segment_paths_for(source: Source) -> list[Path]:
+    return [p for _, paths in verified_segments(source) for p in paths]
