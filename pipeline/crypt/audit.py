@@ -114,3 +114,49 @@ def decrypted_events(source: Source, identity_file: str | os.PathLike[str],
 
 def segment_paths_for(source: Source) -> list[Path]:
     return [p for _, paths in verified_segments(source) for p in paths]
+
+
+def disclosure(hot: Path, stream: str, seq: int, identity_file: str | os.PathLike[str], *,
+               proof: bool = True) -> dict[str, Any]:
+    """One event for a third party: the inclusion proof of record ``seq`` (its ``leaf`` is the
+    record line; ``pipeline prove``'s document), the segment it is in, and k(seq), the key
+    that opens that record and no other (docs/ENCRYPTION.md, "Selective disclosure")."""
+    from pipeline.crypt.reader import disclose
+    from pipeline.proofs import ProveError, prove_inclusion
+
+    identities = load_identities(identity_file)
+    paths = segment_paths_for(Source(hot=hot, stream=stream))
+    found = disclose(paths, seq, identities)
+    doc: dict[str, Any] = {}
+    if proof:
+        try:
+            doc = prove_inclusion(hot / stream, seq)
+        except ProveError as exc:
+            raise PipelineError(f"no inclusion proof for seq {seq}: {exc} (pass --no-proof to disclose without "
+                                "one)") from exc
+    else:
+        import base64
+
+        doc = {"index": seq, "leaf": base64.b64encode(found["record"].encode().rstrip(b"\n")).decode()}
+    doc["disclosure"] = {"v": 1, "stream": stream, "segment": found["segment"], "record_key": found["record_key"]}
+    return doc
+
+
+def open_disclosure(doc: dict[str, Any], verifiers: list[Any] | None) -> tuple[dict[str, Any], str | None]:
+    """(the event, why the proof fails or None).  With ``verifiers`` the inclusion proof and its
+    signed checkpoint are checked first; without, only that the key opens the record."""
+    import base64
+    import binascii
+
+    from pipeline.crypt.reader import open_disclosed
+    from pipeline.proofs import verify_proof_document
+
+    d = doc.get("disclosure")
+    if not isinstance(d, dict) or not isinstance(d.get("segment"), str) or not isinstance(d.get("record_key"), str):
+        raise ValueError("not a disclosure document: no disclosure.segment / disclosure.record_key")
+    problem = verify_proof_document(doc, verifiers) if verifiers is not None else None
+    try:
+        leaf = base64.b64decode(str(doc.get("leaf")), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"leaf is not base64: {exc}") from None
+    return open_disclosed(leaf.decode() + "\n", d["segment"], d["record_key"]), problem
