@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         found problems or a ciphertext does not open at its position (nothing after it is
         printed), 2 when it could not run (a missing file, an identity that is not a
         recipient).""",
-                 examples=[("every event of the hot tier", "pipeline decrypt --identity auditor.key --hot /var/lib/worm"),
+                 examples=[("every event of the hot tier",
+                            "pipeline decrypt --identity auditor.key --hot /var/lib/worm"),
                            ("exported segments, one user, one day",
                             "pipeline decrypt --identity auditor.key seg-00000000000000000000.jsonl "
                             "--from 2026-12-01 --to 2026-12-02 --match user=alice")])

@@ -153,7 +153,8 @@ class SegmentReader:
                     if enc is None:
                         yield rec, rec.data
                         continue
-                    ratchet = ratchets.get(enc.get("key_seq")) if isinstance(enc.get("key_seq"), int) else None
+                    key_seq = enc.get("key_seq")
+                    ratchet = ratchets.get(key_seq) if isinstance(key_seq, int) else None
                     if ratchet is None:
                         raise OpenError(path.name, rec.seq, f"key_seq {enc.get('key_seq')!r} names no key record "
                                         "earlier in this segment")

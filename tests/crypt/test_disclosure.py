@@ -28,7 +28,8 @@ def test_disclosure_opens_exactly_one_record(tmp_path: Path, auditor: AgeKey,
     vkey = str(keys / "example.com_worm.pub")
     with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off",
                      encryption=EncryptionSettings((auditor.recipient,))) as log:
-        em = CheckpointEmitter(log, hot / "app", signer, tree_store=log.tree_store, interval=3600).start()
+        em = CheckpointEmitter(log, hot / "app", signer, tree_store=log.tree_store,  # type: ignore[arg-type]
+                               interval=3600).start()
         receipts = [log.append({"user": f"u{i}", "action": "login"}) for i in range(12)]
         log.seal()
         receipts += [log.append({"user": f"v{i}"}) for i in range(5)]

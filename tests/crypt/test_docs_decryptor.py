@@ -96,13 +96,13 @@ def test_shipped_cold_objects_decrypt_from_the_format_document(tmp_path: Path, m
         decrypted.update(got)
     assert set(decrypted) == set(written)
     for seq, event in written.items():
-        got = decrypted[seq]
+        opened = decrypted[seq]
         if "password" in event:  # redaction ran before encryption
-            assert got["password"].startswith("[REDACTED")
-            assert {k: v for k, v in got.items() if k != "password"} == {k: v for k, v in event.items()
-                                                                        if k != "password"}
+            assert opened["password"].startswith("[REDACTED")
+            assert {k: v for k, v in opened.items() if k != "password"} == {k: v for k, v in event.items()
+                                                                           if k != "password"}
         else:
-            assert got == event
+            assert opened == event
     # the escrow identity opens the same seeds
     first = c.get_object(Bucket=bucket, Key=sorted(keys)[0])["Body"].read()
     seg0 = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(first)).read()

@@ -37,7 +37,7 @@ def test_rotation_takes_effect_at_the_next_segment(tmp_path: Path, auditor: AgeK
         log.seal()
         log.set_encryption(None)
         log.append({"n": 3})  # encryption off: clear again, from the next segment
-    first, second, third = list_segments(hot / "app")
+    first, second, _clear = list_segments(hot / "app")
     assert opened(first, auditor.identity_file) == [{"n": 0}, {"n": 1}]
     with pytest.raises(IdentityError, match="not a recipient"):
         opened(first, escrow.identity_file)
@@ -53,7 +53,8 @@ def test_rotation_takes_effect_at_the_next_segment(tmp_path: Path, auditor: AgeK
 @pytest.mark.slow
 def test_sidecar_encrypts_ingest_and_rotates_on_sighup(tmp_path: Path, moto_endpoint: str,
                                                        auditor: AgeKey, escrow: AgeKey) -> None:
-    sc = Sidecar(tmp_path, moto_endpoint, make_bucket(moto_endpoint), hot={"hot_retention": "1h", "segment_window": "1s"})
+    sc = Sidecar(tmp_path, moto_endpoint, make_bucket(moto_endpoint),
+                 hot={"hot_retention": "1h", "segment_window": "1s"})
     sc.sections["encryption"] = {"recipients": [auditor.recipient], "clear_fields": ["action"]}
     sc.write_config()
     sc.start()
