@@ -35,16 +35,24 @@ class PayloadError(ValueError):
     """An encrypted payload could not be opened: wrong key, or moved/altered bytes."""
 
 
+RATCHET_STATE = hashlib.sha256(RATCHET_DOMAIN)  # the domain prefix, hashed once and copied per step
+
+
 def ratchet_step(key: bytes | bytearray | memoryview) -> bytes:
     """K(s+1) from K(s)."""
-    h = hashlib.sha256(RATCHET_DOMAIN)
+    h = RATCHET_STATE.copy()
     h.update(key)
     return h.digest()
 
 
 def record_key(chain_key: bytes | bytearray | memoryview) -> bytes:
     """k(s) from K(s)."""
-    return hmac.new(bytes(chain_key), RECORD_KEY_LABEL, hashlib.sha256).digest()
+    return hmac.digest(chain_key, RECORD_KEY_LABEL, "sha256")
+
+
+def aad_prefix(stream: str, segment: str) -> bytes:
+    """The bytes of ``aad`` before the seqs (constant for one key record)."""
+    return b"\x00".join((AAD_DOMAIN, stream.encode(), segment.encode(), b""))
 
 
 def chain_key_at(seed: bytes, key_seq: int, seq: int) -> bytearray:

@@ -9,14 +9,18 @@ returns, so nothing the process keeps opens an event it has acknowledged
 
 from __future__ import annotations
 
+import binascii
+import hmac
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pyrage
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from pipeline.crypt import scheme
+from pipeline.crypt.scheme import RATCHET_STATE
 
 
 class EncryptionConfigError(ValueError):
@@ -76,6 +80,7 @@ class Epoch:
         self._at = key_seq  # self._k is K(self._at)
         self.wrapped = pyrage.encrypt(bytes(self._k), [parse_recipient(r) for r in settings.recipients])
         self._clear = frozenset(settings.clear_fields)
+        self._aad_prefix = scheme.aad_prefix(stream, segment)
 
     def key_record_data(self) -> dict[str, Any]:
         return {
@@ -90,28 +95,31 @@ class Epoch:
     def encrypt(self, seq: int, plaintext: bytes) -> bytes:
         """The data bytes of the event at ``seq``.  Leaves the ratchet at K(seq): call
         ``consumed(seq)`` once the record is queued (a record that did not fit is encrypted
-        again, in a new segment)."""
+        again, in a new segment).  The hot path of an encrypted stream: the scheme's steps
+        (``pipeline.crypt.scheme``) are inlined, with the same bytes."""
         if seq < self._at or seq <= self.key_seq:
             raise RuntimeError(f"the key of seq {seq} was already erased (ratchet at {self._at})")
         k = self._k
         while self._at < seq:
-            k[:] = scheme.ratchet_step(k)
+            h = RATCHET_STATE.copy()
+            h.update(k)
+            k[:] = h.digest()
             self._at += 1
-        rkey = scheme.record_key(k)
-        ct = scheme.seal_payload(rkey, plaintext, scheme.aad(self.stream, self.segment, seq, self.key_seq))
-        del rkey
-        enc = {"key_seq": self.key_seq, "ct": scheme.b64(ct)}
+        ct = ChaCha20Poly1305(hmac.digest(k, scheme.RECORD_KEY_LABEL, "sha256")).encrypt(
+            scheme.NONCE, plaintext, self._aad_prefix + b"%d\x00%d" % (seq, self.key_seq))
+        enc = b'"_enc":{"key_seq":%d,"ct":"%s"}}' % (self.key_seq, binascii.b2a_base64(ct, newline=False))
         if not self._clear:
-            return orjson.dumps({scheme.ENC_FIELD: enc})
+            return b"{" + enc
         event = orjson.loads(plaintext)
-        out = {k2: v for k2, v in event.items() if k2 in self._clear} if isinstance(event, dict) else {}
-        out[scheme.ENC_FIELD] = enc
-        return orjson.dumps(out)
+        clear = {k2: v for k2, v in event.items() if k2 in self._clear} if isinstance(event, dict) else {}
+        return orjson.dumps(clear)[:-1] + (b"," if clear else b"") + enc
 
     def consumed(self, seq: int) -> None:
         """The event at ``seq`` is queued: erase K(seq), keeping K(seq+1)."""
         if self._at == seq:
-            self._k[:] = scheme.ratchet_step(self._k)
+            h = RATCHET_STATE.copy()
+            h.update(self._k)
+            self._k[:] = h.digest()
             self._at += 1
 
     def erase(self) -> None:
