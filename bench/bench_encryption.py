@@ -113,11 +113,6 @@ def main() -> None:
     if not args.no_sidecar:
         moto, endpoint = start_moto()
         try:
-            import boto3
-
-            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="x", aws_secret_access_key="x")
-            s3.create_bucket(Bucket="bench-bucket", ObjectLockEnabledForBucket=True)
             ingest: dict[str, list[float]] = {"clear": [], "encrypted": []}
             for _ in range(max(1, args.rounds - 1)):
                 ingest["clear"].append(ingest_rate(base, endpoint, None, args.seconds))
