@@ -44,6 +44,7 @@ from pipeline.cli._common import (
 from pipeline.cli._progress import Progress, progress_bar
 from pipeline.cold import ColdError
 from pipeline.cold.errors import redact_endpoint
+from pipeline.crypt.reader import IdentityError, OpenError, RecordOpener, load_identities
 from pipeline.hot.segment import list_segments
 from pipeline.record import GENESIS_HASH, Kind, Record
 from pipeline.ship.ledger import Entry, open_ledger_readonly
@@ -75,6 +76,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
                    help="only events whose data FIELD (dotted path) equals VALUE (JSON literal or string); "
                    "repeat to require several")
+    p.add_argument("--identity", type=Path, help="decrypt encrypted events with this age identity file and print "
+                   "them as 'pipeline decrypt' does (docs/ENCRYPTION.md); --match then applies to the decrypted data")
     add_retry_arg(p)
     p.set_defaults(func=run)
 
@@ -111,22 +114,26 @@ _MISSING = object()
 
 class Exporter:
     def __init__(self, out: IO[bytes], since: float | None, until: float | None,
-                 matches: list[tuple[list[str], list[Any]]], progress: Progress | None = None) -> None:
+                 matches: list[tuple[list[str], list[Any]]], progress: Progress | None = None,
+                 opener: RecordOpener | None = None) -> None:
         self.out = out
+        self.opener = opener  # with --identity: events are decrypted (pipeline.crypt)
         self.progress = progress if progress is not None else Progress("export", enabled=False)
         self.since, self.until, self.matches = since, until, matches
         self.emitted = 0
         self.segments = 0
 
-    def wanted(self, rec: Record) -> bool:
+    def wanted(self, rec: Record, data: Any = _MISSING) -> bool:
         if rec.kind != Kind.EVENT.value:
             return False
+        if data is _MISSING:
+            data = rec.data
         if self.since is not None or self.until is not None:
             t = ts_epoch(rec.ts)
             if (self.since is not None and t < self.since) or (self.until is not None and t > self.until):
                 return False
         for path, values in self.matches:
-            v = _field(rec.data, path)
+            v = _field(data, path)
             if v is _MISSING or not any(v == w and type(v) is type(w) for w in values):
                 return False
         return True
@@ -147,9 +154,14 @@ class Exporter:
                 raise ExportFailed(name, None, problems[0][0], problems[0][1])
             spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (closed below)
 
-            def collect(rec: Record, spool: Any = spool) -> None:
-                if self.wanted(rec):
+            def collect(rec: Record, spool: Any = spool, name: str = name) -> None:
+                if self.opener is not None:
+                    self._collect_decrypted(rec, spool, name)
+                elif self.wanted(rec):
                     spool.write(rec.line)
+
+            if self.opener is not None:
+                self.opener.begin(name)
 
             scan = scan_segment(path, stream, on_record=collect)
             if scan.findings:
@@ -194,6 +206,17 @@ class Exporter:
             self.progress.note(f"export: note: {held[0].name} is the active (unsealed) segment of {stream}: its "
                                "events are verified by the hash chain only")
             self._release(held[1])
+
+    def _collect_decrypted(self, rec: Record, spool: Any, name: str) -> None:
+        assert self.opener is not None
+        try:
+            data = self.opener.open(rec)
+        except OpenError as exc:
+            raise ExportFailed(name, rec.seq, "does-not-open", str(exc)) from None
+        if data is not None and self.wanted(rec, data):
+            # the seq leads the line, as in a record line (_release reads it from there)
+            spool.write(orjson.dumps({"seq": rec.seq, "stream": rec.stream, "ts": rec.ts,
+                                      "segment": name.removesuffix(".zst"), "data": data}) + b"\n")
 
     def _release(self, spool: Any, limit_seq: int | None = None) -> None:
         spool.seek(0)
@@ -297,9 +320,16 @@ def run(args: argparse.Namespace) -> int:
     if args.ledger is not None and args.cold is None:
         err("--ledger goes with --cold (with --hot the ledger in that directory is always used)")
         return EXIT_ERROR
+    opener = None
+    if args.identity is not None:
+        try:
+            opener = RecordOpener(load_identities(args.identity))
+        except IdentityError as exc:
+            err(str(exc))
+            return EXIT_ERROR
     out = sys.stdout.buffer
     progress = progress_bar("export")
-    exporter = Exporter(out, since, until, matches, progress)
+    exporter = Exporter(out, since, until, matches, progress, opener)
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-export-"))
     try:
         if args.hot is not None:
@@ -351,6 +381,11 @@ def run(args: argparse.Namespace) -> int:
         err(f"export stopped: segment {exc.segment}{where} does not verify ({exc.reason}): {exc}; nothing from "
             "this segment or later was emitted")
         return EXIT_FINDINGS
+    except IdentityError as exc:
+        progress.close()
+        out.flush()
+        err(f"export stopped: {exc}")
+        return EXIT_ERROR
     except (ReadbackError, ColdError, OSError) as exc:
         progress.close()
         return report_read_failure(exc)

@@ -121,6 +121,43 @@ def open_event(rec: Record, ratchet: _Ratchet, segment_file: str) -> dict[str, A
 _MISSING = object()
 
 
+class RecordOpener:
+    """Opens records as they stream past, one segment after another (``pipeline export
+    --identity``): call ``begin(segment)`` at each segment's start, then ``open`` on every
+    record in order."""
+
+    def __init__(self, identities: list[pyrage.x25519.Identity]) -> None:
+        self.identities = identities
+        self._segment = ""
+        self._ratchets: dict[int, _Ratchet] = {}
+
+    def begin(self, segment: str) -> None:
+        self._segment = segment.removesuffix(".zst")
+        self._ratchets = {}
+
+    def open(self, rec: Record) -> dict[str, Any] | None:
+        """The plaintext of an encrypted event, the data of a clear one, None for the log's
+        own records.  Raises OpenError (a finding) or IdentityError (cannot run)."""
+        if rec.kind == Kind.KEY.value:
+            where = f"{self._segment} seq {rec.seq}"
+            check_key_record(rec.data, where)
+            if rec.data.get("segment") != self._segment:
+                raise OpenError(self._segment, rec.seq, f"key record names segment {rec.data.get('segment')!r}")
+            seed = unwrap_seed(rec.data, self.identities, where=where)
+            self._ratchets[rec.seq] = _Ratchet(self._segment, rec.seq, rec.seq, bytearray(seed), seed)
+            return None
+        if rec.kind != Kind.EVENT.value:
+            return None
+        enc = scheme.enc_member(rec.data)
+        if enc is None:
+            return rec.data
+        key_seq = enc.get("key_seq")
+        ratchet = self._ratchets.get(key_seq) if isinstance(key_seq, int) else None
+        if ratchet is None:
+            raise OpenError(self._segment, rec.seq, f"key_seq {key_seq!r} names no key record earlier in this segment")
+        return open_event(rec, ratchet, self._segment)
+
+
 class SegmentReader:
     """Reads one segment's records in order, unwrapping its key records and opening its
     encrypted events."""

@@ -62,7 +62,8 @@ def independent_decrypt(segment: bytes, identity: Path) -> dict[int, dict[str, A
 
 @pytest.mark.slow
 def test_shipped_cold_objects_decrypt_from_the_format_document(tmp_path: Path, moto_endpoint: str,
-                                                               auditor: AgeKey, escrow: AgeKey) -> None:
+                                                               auditor: AgeKey, escrow: AgeKey,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     hot = tmp_path / "hot"
     settings = EncryptionSettings((auditor.recipient, escrow.recipient), clear_fields=("action",))
     written: dict[int, dict[str, Any]] = {}
@@ -103,6 +104,15 @@ def test_shipped_cold_objects_decrypt_from_the_format_document(tmp_path: Path, m
                                                                            if k != "password"}
         else:
             assert opened == event
+    # pipeline export --identity reads the same objects from cold storage, verified and decrypted
+    capsys.readouterr()
+    assert main(["export", "--cold", url, "--stream", "app", "--identity", str(escrow.identity_file),
+                 "--match", "user=bulk-7"]) == 0
+    assert [json.loads(ln)["data"] for ln in capsys.readouterr().out.splitlines()] == [
+        {"user": "bulk-7", "action": "read"}]
+    assert main(["export", "--cold", url, "--stream", "app", "--identity", str(escrow.identity_file)]) == 0
+    exported = {json.loads(ln)["seq"]: json.loads(ln)["data"] for ln in capsys.readouterr().out.splitlines()}
+    assert exported == decrypted
     # the escrow identity opens the same seeds
     first = c.get_object(Bucket=bucket, Key=sorted(keys)[0])["Body"].read()
     seg0 = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(first)).read()

@@ -164,3 +164,17 @@ def test_forging_without_a_change_still_opens(log_dir: Path, tmp_path: Path, aud
     """The forger's re-chaining alone breaks nothing: the failures above are the ciphertext's."""
     seg = list_segments(log_dir / "app")[0]
     assert read_all(forge(seg, tmp_path / "forged", lambda datas: None), auditor) == read_all(seg, auditor)
+
+
+def test_export_with_identity_from_the_hot_tier(log_dir: Path, tmp_path: Path, auditor: AgeKey,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["export", "--hot", str(log_dir), "--identity", str(auditor.identity_file)]) == 0
+    lines = [orjson.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [ln["data"]["user"] for ln in lines] == [f"u{s}-{i}" for s in range(2) for i in range(6)]
+    other = make_age_key(tmp_path / "other.key")
+    assert main(["export", "--hot", str(log_dir), "--identity", str(other.identity_file)]) == 2
+    assert "not a recipient" in capsys.readouterr().err
+    # without an identity, export still streams the verified (encrypted) records
+    assert main(["export", "--hot", str(log_dir), "--match", "action=read"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 12
