@@ -98,15 +98,19 @@ def decrypted_events(source: Source, identity_file: str | os.PathLike[str],
     identities = load_identities(identity_file)
     flt = flt or Filter()
     reader = SegmentReader(identities)
+    def in_range(rec: Any) -> bool:
+        if flt.since is None and flt.until is None:
+            return True
+        t = ts_epoch(rec.ts)
+        return not ((flt.since is not None and t < flt.since) or (flt.until is not None and t > flt.until))
+
     for stream, paths in verified_segments(source):
         for path in paths:
-            for rec, data in reader.records(path, seal_segment_name(path)):
-                if rec.kind != Kind.EVENT.value or data is None:
+            # events outside the time range are not decrypted: their key records are not
+            # unwrapped, so a range wrapped to one identity needs only that identity
+            for rec, data in reader.records(path, seal_segment_name(path), want=in_range):
+                if rec.kind != Kind.EVENT.value or data is None or not in_range(rec):
                     continue
-                if flt.since is not None or flt.until is not None:
-                    t = ts_epoch(rec.ts)
-                    if (flt.since is not None and t < flt.since) or (flt.until is not None and t > flt.until):
-                        continue
                 if flt.matches is not None and not flt.matches(data):
                     continue
                 yield {"stream": stream, "seq": rec.seq, "ts": rec.ts, "segment": path.name, "data": data}

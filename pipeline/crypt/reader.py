@@ -7,7 +7,7 @@ Nothing here writes to the log or needs the host: an identity file stays with th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,29 +122,31 @@ _MISSING = object()
 
 
 class RecordOpener:
-    """Opens records as they stream past, one segment after another (``pipeline export
-    --identity``): call ``begin(segment)`` at each segment's start, then ``open`` on every
-    record in order."""
+    """Opens records as they stream past, one segment after another: call ``begin(segment)``
+    at each segment's start, then ``open`` on every record in order.  A key record is
+    unwrapped only when an event that needs it is opened, so records outside what is asked
+    for (another time range, a segment wrapped to a rotated-out identity) need no key."""
 
     def __init__(self, identities: list[pyrage.x25519.Identity]) -> None:
         self.identities = identities
         self._segment = ""
+        self._keys: dict[int, dict[str, Any]] = {}
         self._ratchets: dict[int, _Ratchet] = {}
 
     def begin(self, segment: str) -> None:
         self._segment = segment.removesuffix(".zst")
-        self._ratchets = {}
+        self._keys, self._ratchets = {}, {}
 
-    def open(self, rec: Record) -> dict[str, Any] | None:
-        """The plaintext of an encrypted event, the data of a clear one, None for the log's
-        own records.  Raises OpenError (a finding) or IdentityError (cannot run)."""
+    def open(self, rec: Record, *, decrypt: bool = True) -> dict[str, Any] | None:
+        """The plaintext of an encrypted event (None when ``decrypt`` is False), the data of a
+        clear one, None for the log's own records.  Raises OpenError (a finding) or
+        IdentityError (cannot run)."""
         if rec.kind == Kind.KEY.value:
-            where = f"{self._segment} seq {rec.seq}"
-            check_key_record(rec.data, where)
+            check_key_record(rec.data, f"{self._segment} seq {rec.seq}")
             if rec.data.get("segment") != self._segment:
-                raise OpenError(self._segment, rec.seq, f"key record names segment {rec.data.get('segment')!r}")
-            seed = unwrap_seed(rec.data, self.identities, where=where)
-            self._ratchets[rec.seq] = _Ratchet(self._segment, rec.seq, rec.seq, bytearray(seed), seed)
+                raise OpenError(self._segment, rec.seq, f"key record names segment {rec.data.get('segment')!r}, "
+                                f"not {self._segment!r}")
+            self._keys[rec.seq] = rec.data
             return None
         if rec.kind != Kind.EVENT.value:
             return None
@@ -152,52 +154,37 @@ class RecordOpener:
         if enc is None:
             return rec.data
         key_seq = enc.get("key_seq")
-        ratchet = self._ratchets.get(key_seq) if isinstance(key_seq, int) else None
-        if ratchet is None:
+        if not isinstance(key_seq, int) or key_seq not in self._keys:
             raise OpenError(self._segment, rec.seq, f"key_seq {key_seq!r} names no key record earlier in this segment")
+        if not decrypt:
+            return None
+        ratchet = self._ratchets.get(key_seq)
+        if ratchet is None:
+            seed = unwrap_seed(self._keys[key_seq], self.identities, where=f"{self._segment} seq {key_seq}")
+            ratchet = self._ratchets[key_seq] = _Ratchet(self._segment, key_seq, key_seq, bytearray(seed), seed)
         return open_event(rec, ratchet, self._segment)
 
 
 class SegmentReader:
-    """Reads one segment's records in order, unwrapping its key records and opening its
-    encrypted events."""
+    """Reads one segment's records in order, opening its encrypted events."""
 
     def __init__(self, identities: list[pyrage.x25519.Identity]) -> None:
         self.identities = identities
 
-    def records(self, path: Path, seal_segment: str | None = None) -> Iterator[tuple[Record, dict[str, Any] | None]]:
+    def records(self, path: Path, seal_segment: str | None = None, *,
+                want: Callable[[Record], bool] | None = None) -> Iterator[tuple[Record, dict[str, Any] | None]]:
         """(record, opened data) for every record; opened data is the plaintext for an
-        encrypted event, the data as stored for a clear one, None for the log's own."""
-        ratchets: dict[int, _Ratchet] = {}
-        expected_segment = seal_segment or path.name.removesuffix(".zst")
+        encrypted event (only for events ``want`` accepts, when given), the data as stored
+        for a clear one, None for the log's own."""
+        opener = RecordOpener(self.identities)
+        opener.begin(seal_segment or path.name)
         with path.open("rb") as f:
             for line in f:
                 try:
                     rec = parse_record(line)
                 except RecordError as exc:
                     raise OpenError(path.name, -1, f"unreadable record: {exc}") from None
-                if rec.kind == Kind.KEY.value:
-                    where = f"{path.name} seq {rec.seq}"
-                    check_key_record(rec.data, where)
-                    if rec.data.get("segment") != expected_segment:
-                        raise OpenError(path.name, rec.seq, f"key record names segment {rec.data.get('segment')!r}, "
-                                        f"not {expected_segment!r}")
-                    seed = unwrap_seed(rec.data, self.identities, where=where)
-                    ratchets[rec.seq] = _Ratchet(expected_segment, rec.seq, rec.seq, bytearray(seed), seed)
-                    yield rec, None
-                elif rec.kind == Kind.EVENT.value:
-                    enc = scheme.enc_member(rec.data)
-                    if enc is None:
-                        yield rec, rec.data
-                        continue
-                    key_seq = enc.get("key_seq")
-                    ratchet = ratchets.get(key_seq) if isinstance(key_seq, int) else None
-                    if ratchet is None:
-                        raise OpenError(path.name, rec.seq, f"key_seq {enc.get('key_seq')!r} names no key record "
-                                        "earlier in this segment")
-                    yield rec, open_event(rec, ratchet, path.name)
-                else:
-                    yield rec, None
+                yield rec, opener.open(rec, decrypt=want is None or want(rec))
 
 
 def seal_segment_name(path: Path) -> str | None:
@@ -221,7 +208,7 @@ def disclose(paths: Iterable[Path], seq: int, identities: list[pyrage.x25519.Ide
     """The record at ``seq`` and its record key k(seq), from the segments ``paths``."""
     reader = SegmentReader(identities)
     for path in paths:
-        for rec, opened in reader.records(path, seal_segment_name(path)):
+        for rec, opened in reader.records(path, seal_segment_name(path), want=lambda r: r.seq == seq):
             if rec.seq != seq:
                 continue
             enc = scheme.enc_member(rec.data) if rec.kind == Kind.EVENT.value else None

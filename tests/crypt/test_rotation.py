@@ -95,3 +95,35 @@ def records_of(path: Path) -> list:  # type: ignore[type-arg]
     from pipeline.record import parse_record
 
     return [parse_record(ln) for ln in path.read_bytes().splitlines(keepends=True)]
+
+
+def test_after_rotation_the_new_identity_alone_reads_the_new_segments(tmp_path: Path, auditor: AgeKey,
+                                                                      escrow: AgeKey,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipeline.cli import main
+
+    hot = tmp_path / "hot"
+    with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off",
+                     encryption=EncryptionSettings((auditor.recipient,))) as log:
+        log.append({"n": 0})
+        log.seal()
+        log.set_encryption(EncryptionSettings((escrow.recipient,)))
+        time.sleep(0.01)  # the new segment's events are strictly later
+        target = log.append({"n": 1}).seq
+    first_new = next(r for r in records(hot / "app") if r.seq == target)
+    capsys.readouterr()
+    # the whole log needs both identities ...
+    assert main(["decrypt", "--identity", str(escrow.identity_file), "--hot", str(hot)]) == 2
+    assert "not a recipient" in capsys.readouterr().err
+    # ... a time range after the rotation needs only the new one
+    assert main(["decrypt", "--identity", str(escrow.identity_file), "--hot", str(hot), "--from", first_new.ts]) == 0
+    assert [json.loads(ln)["data"] for ln in capsys.readouterr().out.splitlines()] == [{"n": 1}]
+    assert main(["disclose", "--identity", str(escrow.identity_file), "--hot", str(hot), "--seq", str(target),
+                 "--no-proof"]) == 0
+    doc = capsys.readouterr().out
+    path = tmp_path / "d.json"
+    path.write_text(doc)
+    assert main(["disclose", "--open", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"n": 1}
