@@ -17,6 +17,7 @@ from pipeline.hot.checkpoints import CheckpointEmitter
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.segment import list_segments
 from pipeline.record import parse_record
+from pipeline.witness.directory import DirectoryWitness
 from tests.crypt.conftest import AgeKey
 
 
@@ -28,14 +29,18 @@ def test_disclosure_opens_exactly_one_record(tmp_path: Path, auditor: AgeKey,
     vkey = str(keys / "example.com_worm.pub")
     with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off",
                      encryption=EncryptionSettings((auditor.recipient,))) as log:
+        witness = DirectoryWitness(tmp_path / "witness", verifiers=[signer.verifier()])
         em = CheckpointEmitter(log, hot / "app", signer, tree_store=log.tree_store,  # type: ignore[arg-type]
-                               interval=3600).start()
+                               witnesses=[witness], interval=3600).start()
         receipts = [log.append({"user": f"u{i}", "action": "login"}) for i in range(12)]
         log.seal()
         receipts += [log.append({"user": f"v{i}"}) for i in range(5)]
         log.seal()
         em.emit()
         em.stop()
+    assert em.errors == []
+    # integrity without any key: the chain, seals, and the witnessed checkpoints
+    assert main(["verify", "--hot", str(hot), "--witness-dir", str(tmp_path / "witness"), "--vkey", vkey]) == 0
     target = receipts[7].seq
     capsys.readouterr()
     assert main(["disclose", "--identity", str(auditor.identity_file), "--hot", str(hot), "--seq",
