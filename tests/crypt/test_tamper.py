@@ -178,3 +178,11 @@ def test_export_with_identity_from_the_hot_tier(log_dir: Path, tmp_path: Path, a
     # without an identity, export still streams the verified (encrypted) records
     assert main(["export", "--hot", str(log_dir), "--match", "action=read"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 12
+
+
+def test_the_independent_verifier_accepts_an_encrypted_log(log_dir: Path) -> None:
+    """Written from FORMAT §1-§4 and §8 alone, without a key: the key records and ciphertext
+    are ordinary records to it."""
+    from tests.independent_verifier import verify
+
+    assert verify(log_dir / "app") == []
