@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--identity", required=True, type=Path, help="age identity file (age-keygen's output)")
     p.add_argument("--hot", type=Path, help="hot-tier directory")
     p.add_argument("--stream", help="with --hot: one stream (default: every stream)")
-    p.add_argument("files", nargs="*", type=Path, help="segment files (downloaded and decompressed cold objects)")
+    p.add_argument("files", nargs="*", type=Path, default=[],
+                   help="segment files (downloaded and decompressed cold objects)")
     p.add_argument("--from", dest="since", help="only events at or after T (ISO 8601, or 7d/12h/30m ago)")
     p.add_argument("--to", dest="until", help="only events at or before T")
     p.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",

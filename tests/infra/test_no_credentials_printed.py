@@ -78,6 +78,7 @@ def _argv(verb: tuple[str, ...], parser: argparse.ArgumentParser, w: dict[str, P
         "vkey": str(w["pub"]), "proof": str(w["proof"]), "dir": str(w["tmp"] / "wdir"), "trust": str(w["pub"]),
         "key": str(w["wkey"] if verb[0] == "witness" else w["key"]),
         "check": str(w["pub"]),  # `sanitise --check FILE`: any readable file
+        "identity": str(w["key"]),  # `decrypt --identity FILE`: refused (not an age identity), says why
     }
     argv = list(verb)
     for action in parser._actions:
