@@ -13,6 +13,7 @@ import binascii
 import hmac
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -130,3 +131,44 @@ class Epoch:
     def held_key(self) -> tuple[int, bytes]:
         """(s, K(s)) -- what the process keeps; for tests that play the attacker."""
         return self._at, bytes(self._k)
+
+
+SETTINGS_FILE = "encryption.json"
+
+
+def stored_settings(stream_dir: Path) -> EncryptionSettings | None:
+    """The recipients a stream was last written with (``<stream>/encryption.json``), so that
+    every writer of an encrypted stream keeps encrypting, however it is opened -- as a stream
+    prepared with ``fss-setup`` is never sealed without its key.  None when there is none."""
+    try:
+        raw = (stream_dir / SETTINGS_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = orjson.loads(raw)
+        return EncryptionSettings(tuple(doc["recipients"]), tuple(doc.get("clear_fields", ())))
+    except (orjson.JSONDecodeError, KeyError, TypeError, EncryptionConfigError) as exc:
+        raise EncryptionConfigError(f"{stream_dir / SETTINGS_FILE} is unreadable ({exc}): fix it or configure "
+                                    "[encryption] explicitly") from None
+
+
+def store_settings(stream_dir: Path, settings: EncryptionSettings | None) -> None:
+    """Record (or, for None, remove) the stream's encryption settings, atomically."""
+    from pipeline.hot.active import fsync_dir
+
+    path = stream_dir / SETTINGS_FILE
+    if settings is None:
+        if path.exists():
+            path.unlink()
+            fsync_dir(stream_dir)
+        return
+    doc = orjson.dumps({"recipients": list(settings.recipients), "clear_fields": list(settings.clear_fields)})
+    if path.exists() and path.read_bytes() == doc:
+        return
+    tmp = stream_dir / f".{SETTINGS_FILE}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(doc)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(stream_dir)

@@ -438,6 +438,10 @@ class Chain:
             self._epoch.erase()
             self._epoch = None
 
+    def start_encryption(self, settings: EncryptionSettings | None) -> None:
+        """The settings of a writer being opened (before recovery: from its first segment on)."""
+        self.encryption_next = self._crypt = settings
+
     def set_encryption(self, settings: EncryptionSettings | None) -> None:
         """Encrypt to ``settings`` from the next segment on (caller holds lock)."""
         self.encryption_next = settings

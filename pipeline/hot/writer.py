@@ -53,7 +53,7 @@ from typing import Any
 import orjson
 
 from pipeline._accel import native as _native
-from pipeline.crypt.writer import EncryptionSettings
+from pipeline.crypt.writer import EncryptionSettings, store_settings, stored_settings
 from pipeline.hot import attr
 from pipeline.hot.active import Segment, SegmentFiles, window_of
 from pipeline.hot.chain import Anchor, Batch, Chain, Receipt, SealInfo, TreeStoreLike
@@ -207,6 +207,7 @@ class HotLog:
             )
         self._lock_fd = self._acquire_lock()
         try:
+            self._start_encryption(encryption)
             Recovery(self._chain, self._files, tree=tree_store, store_head=self._store_head_quietly,
                      flush_now=self._flush_recovery_now).run()
         except BaseException:
@@ -282,9 +283,21 @@ class HotLog:
 
     def set_encryption(self, settings: EncryptionSettings | None) -> None:
         """Encrypt to ``settings`` (None: no longer encrypt) from the next segment on; the
-        open segment keeps the recipients it started with (a reload's rotation)."""
+        open segment keeps the recipients it started with (a reload's rotation).  Recorded
+        in ``<stream>/encryption.json`` for every later writer of the stream."""
+        store_settings(self.dir, settings)
         with self._chain.lock:
             self._chain.set_encryption(settings)
+
+    def _start_encryption(self, settings: EncryptionSettings | None) -> None:
+        """The settings given, recorded for later writers; none given: those recorded by an
+        earlier writer, so that a stream once encrypted is never written in clear by a
+        writer opened without them (``pipeline append`` without ``--config``, a script)."""
+        if settings is None:
+            settings = stored_settings(self.dir)
+        else:
+            store_settings(self.dir, settings)
+        self._chain.start_encryption(settings)
 
     @property
     def encryption(self) -> EncryptionSettings | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.cli import main
 from pipeline.crypt.reader import SegmentReader, load_identities, seal_segment_name
 from pipeline.crypt.writer import EncryptionSettings
@@ -51,3 +53,34 @@ def test_size_rollover_in_append_many_and_heartbeats(tmp_path: Path, auditor: Ag
     assert "heartbeat" in kinds and len(list_segments(hot / "app")) > 5
     assert all_events(hot / "app", auditor) == events
     assert main(["verify", "--hot", str(hot)]) == 0
+
+
+def test_a_writer_opened_without_settings_keeps_encrypting(tmp_path: Path, auditor: AgeKey,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The stream remembers its recipients: ``pipeline append`` without ``--config`` and a
+    script's ``open_log`` without options still encrypt; ``set_encryption(None)`` stops it."""
+    import io
+    import sys
+
+    hot = tmp_path / "hot"
+    with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off",
+                     encryption=EncryptionSettings((auditor.recipient,))) as log:
+        log.append({"n": 0})
+    with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off") as log:
+        assert log.encryption is not None and log.encryption.recipients == (auditor.recipient,)
+        log.append({"n": 1})
+    stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b'{"n": 2}\n'))
+    try:
+        assert main(["append", "--hot", str(hot), "--stream", "app"]) == 0
+    finally:
+        sys.stdin = stdin
+    with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off") as log:
+        log.set_encryption(None)
+        log.append({"n": 3})  # the open segment keeps its recipients
+        log.seal()
+        log.append({"n": 4})
+    stored = [r.data for r in records(hot / "app") if r.kind == "event"]
+    assert all("_enc" in d for d in stored[:4]) and stored[4] == {"n": 4}
+    assert all_events(hot / "app", auditor) == [{"n": i} for i in range(5)]
+    assert not (hot / "app" / "encryption.json").exists()
