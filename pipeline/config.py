@@ -344,6 +344,22 @@ def _rule_problem(name: str) -> str | None:
     return f"no such rule{_suggest(name, BUILTIN_RULES)}; the built-in rules are {', '.join(BUILTIN_RULES)}"
 
 
+def _recipient_problem(text: str) -> str | None:
+    from pipeline.crypt.writer import EncryptionConfigError, parse_recipient
+
+    try:
+        parse_recipient(text)
+    except EncryptionConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _clear_field_problem(name: str) -> str | None:
+    from pipeline.crypt.scheme import ENC_FIELD
+
+    return f"{ENC_FIELD!r} is reserved for the ciphertext" if name == ENC_FIELD else None
+
+
 def _value_patterns(v: Any, env: bool) -> tuple[tuple[str, str], ...]:
     expected = 'a table of rule name = "regular expression"' + (
         ' (from the environment: a JSON object)' if env else "")
@@ -455,6 +471,12 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "poll_interval": _Key(_duration(allow_zero=False), "200ms"),
         "batch_rows": _Key(_integer(100, 1000000), 10000),
         "check_interval": _Key(_duration(allow_zero=False), "10s"),
+    },
+    # events encrypted to auditors (pipeline.crypt; docs/ENCRYPTION.md); reloadable with SIGHUP,
+    # effective from the next segment
+    "encryption": {
+        "recipients": _Key(_string_list("age X25519 public keys (age1...)", _recipient_problem), ()),
+        "clear_fields": _Key(_string_list("event field names", _clear_field_problem), ()),
     },
 }
 # configuration sections that are tables inside a table ([source.postgres]): the dotted
@@ -618,6 +640,18 @@ class PostgresSourceConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    recipients: tuple[str, ...] = ()  # age X25519 public keys; empty: events are written in clear
+    clear_fields: tuple[str, ...] = ()  # event fields also kept in clear, for routing
+
+    def settings(self) -> Any:
+        """The writer's ``pipeline.crypt.writer.EncryptionSettings``, or None (no encryption)."""
+        from pipeline.crypt.writer import EncryptionSettings
+
+        return EncryptionSettings.of(self.recipients, self.clear_fields)
+
+
+@dataclass(frozen=True)
 class Config:
     hot: HotConfig
     cold: ColdConfig
@@ -626,6 +660,7 @@ class Config:
     signing: SigningConfig
     sanitise: SanitiseConfig = field(default_factory=SanitiseConfig)
     postgres: PostgresSourceConfig = field(default_factory=PostgresSourceConfig)  # [source.postgres]
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     source: Path | None = None  # the file read, if any
     # where each key's value came from: "default", "file" or the environment variable name
     origins: tuple[tuple[str, str], ...] = ()
@@ -778,6 +813,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         signing=SigningConfig(**values["signing"]),
         sanitise=SanitiseConfig(**values["sanitise"]),
         postgres=PostgresSourceConfig(**values["source.postgres"]),
+        encryption=EncryptionConfig(**values["encryption"]),
         source=path,
         origins=tuple(origins),
     )
@@ -861,6 +897,10 @@ def _cross_checks(values: dict[str, dict[str, Any]], raw: dict[str, dict[str, tu
             problems.append(f"{label(section, key)}: expected a file readable by uid {os.getuid()}, "
                             f"got {_show(str(p))}")
     _check_sanitise(values["sanitise"], label, problems)
+    enc = values["encryption"]
+    if enc.get("clear_fields") and not enc.get("recipients", ()):
+        problems.append(f"{label('encryption', 'clear_fields')}: set, but encryption.recipients is empty "
+                        "(nothing is encrypted, so nothing needs to be kept in clear)")
     sock = ingest.get("socket")
     if sock is not None and not sock.parent.is_dir():
         problems.append(f"{label('ingest', 'socket')}: expected a path in an existing directory, "

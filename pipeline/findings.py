@@ -6,7 +6,7 @@ A ``Finding`` is a fact about the data (exit code 1), never a failure to run (th
 with its severity, a one-line meaning, its check family and the verbs whose reports carry
 it; the docs' tables list the same codes (docs/FORMAT.md §8 for the chain and FSS codes,
 docs/PROOFS.md for witnesses and checkpoints, docs/VERIFY-TIER.md for verify-tier,
-docs/POSTGRES.md for the PostgreSQL layer, docs/MONITOR.md for the monitor) and
+docs/POSTGRES.md for the PostgreSQL layer, docs/MONITOR.md for the monitor, docs/ENCRYPTION.md for decryption) and
 tests/verify/test_findings.py checks registry and tables against each other in both
 directions.  Building a ``Finding`` with an unregistered code, or with a severity other
 than the registry's, raises ``ValueError`` (a programming error, not a finding).
@@ -21,10 +21,11 @@ Severity = Literal["error", "warning"]
 ERROR: Final = "error"  # makes the report not ok (exit code 1)
 WARNING: Final = "warning"  # listed; does not fail the run
 
-Family = Literal["chain", "fss", "witness", "tier", "pg", "pg-check", "monitor"]
+Family = Literal["chain", "fss", "witness", "tier", "pg", "pg-check", "monitor", "crypt"]
 VERIFY: Final = "verify"  # `pipeline verify` / pipeline.verify_log (the hot tier)
 VERIFY_TIER: Final = "verify-tier"  # `pipeline verify-tier` / pipeline.verify_tier
 PG_VERIFY: Final = "pg-verify"  # `pipeline pg verify`: an audit table against the chain and a replica
+DECRYPT: Final = "decrypt"  # `pipeline decrypt` / `pipeline export --identity`: encrypted events opened
 MONITOR: Final = "monitor"  # `pipeline monitor`: conditions only a running watcher sees
 PG_CHECK: Final = "pg-check"  # `pipeline pg check`: the table's hardening as it is
 
@@ -45,6 +46,7 @@ _TIER = frozenset({VERIFY_TIER})
 _PGV = frozenset({PG_VERIFY})
 _PGC = frozenset({PG_CHECK})
 _MON = frozenset({MONITOR})
+_DEC = frozenset({DECRYPT})
 
 _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     # --- chain: one segment's records and seal, then across segments (docs/FORMAT.md §1, §8)
@@ -159,6 +161,9 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     ("unsealed-segment", ERROR, "tier", _TIER, "a segment that is not the newest ends without a seal and the next "
      "segment does not start at its last record"),
     ("time-gap", ERROR, "tier", _TIER, "no record for longer than the heartbeat allows: possible suppression"),
+    # --- encrypted events (docs/ENCRYPTION.md)
+    ("does-not-open", ERROR, "crypt", _DEC, "an encrypted event's ciphertext does not open with its record key: "
+     "moved, swapped, replayed or altered (docs/FORMAT.md §11)"),
     # --- pipeline monitor (docs/MONITOR.md): conditions only a running watcher can see
     ("silence", ERROR, "monitor", _MON,
      "no record and no heartbeat for longer than silence_factor x the heartbeat interval: the writer is "

@@ -32,7 +32,7 @@ log = logging.getLogger("pipeline.sidecar")
 LIVE_KEYS = {"hot.hot_retention", "hot.high_water_percent", "cold.upload_concurrency", "ops.log_format",
              "ops.shutdown_grace", "signing.checkpoint_interval", "sanitise.enabled", "sanitise.marker",
              "sanitise.extra_keys", "sanitise.key_patterns", "sanitise.value_patterns", "sanitise.keep",
-             "sanitise.disable"}
+             "sanitise.disable", "encryption.recipients", "encryption.clear_fields"}
 
 
 class Sidecar:
@@ -257,6 +257,8 @@ class Sidecar:
             self.emitter.interval = new.signing.checkpoint_interval
         if self.hotlog is not None and new.sanitise != old.sanitise:
             self.hotlog.sanitiser.reconfigure(new.sanitise.rules(), redact=new.sanitise.enabled)
+        if self.hotlog is not None and new.encryption != old.encryption:
+            self.hotlog.set_encryption(new.encryption.settings())  # from the next segment on
         from pipeline.logsetup import setup_logging
 
         setup_logging(new.ops.log_format)
@@ -313,7 +315,7 @@ def open_witnesses(locations: tuple[str, ...]) -> list[Any]:
 
 def _flatten(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for section in ("hot", "cold", "ingest", "ops", "signing", "sanitise", "postgres"):
+    for section in ("hot", "cold", "ingest", "ops", "signing", "sanitise", "postgres", "encryption"):
         obj = getattr(cfg, section)
         for k, v in vars(obj).items():
             out[f"{section}.{k}"] = v
@@ -331,6 +333,7 @@ def _merge_live(old: Config, new: Config) -> Config:
         ops=dataclasses.replace(old.ops, log_format=new.ops.log_format, shutdown_grace=new.ops.shutdown_grace),
         signing=dataclasses.replace(old.signing, checkpoint_interval=new.signing.checkpoint_interval),
         sanitise=new.sanitise,
+        encryption=new.encryption,
     )
 
 

@@ -27,7 +27,7 @@ STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.[0-9]{6}Z")
 NAME = re.compile(r"seg-([0-9]{20})(?:\.([1-9][0-9]{0,5}))?\.jsonl")
 KEYS = ["v", "stream", "seq", "ts", "kind", "prev", "data"]
-KINDS = {"event", "seal", "heartbeat", "recovery"}
+KINDS = {"event", "seal", "heartbeat", "recovery", "key"}
 GENESIS = "0" * 64
 
 

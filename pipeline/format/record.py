@@ -59,6 +59,7 @@ class Kind(StrEnum):
     SEAL = "seal"
     HEARTBEAT = "heartbeat"
     RECOVERY = "recovery"
+    KEY = "key"  # an encrypted stream's wrapped seed (docs/FORMAT.md §11)
 
 
 KINDS = frozenset(k.value for k in Kind)
@@ -206,7 +207,7 @@ def encode_record(
 # layout by construction (no escapes, whitespace, duplicate keys or alternative spellings).
 _HEADER_RE = re.compile(
     rb'\{"v":1,"stream":"([A-Za-z0-9][A-Za-z0-9._-]{0,127})","seq":(0|[1-9][0-9]{0,18}),'
-    rb'"ts":"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)","kind":"(event|seal|heartbeat|recovery)",'
+    rb'"ts":"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)","kind":"(event|seal|heartbeat|recovery|key)",'
     rb'"prev":"([0-9a-f]{64})","data":'
 )
 

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -37,6 +37,9 @@ from pipeline.format import merkle
 from pipeline.format.record import GENESIS_HASH, Kind, encode_record, record_prefix
 from pipeline.hot.active import Segment, SegmentFiles
 from pipeline.hot.errors import HotLogError
+
+if TYPE_CHECKING:
+    from pipeline.crypt.writer import EncryptionSettings, Epoch
 
 __all__ = ["Anchor", "Batch", "Chain", "Receipt", "Run", "SealInfo", "Snapshot", "Taken"]
 
@@ -276,7 +279,7 @@ class Chain:
 
     def __init__(self, *, stream: str, hot_dir: Path, files: SegmentFiles, segment_max_bytes: int,
                  now: Callable[[], bytes], seal_extension: Callable[[dict[str, Any]], dict[str, Any]] | None,
-                 wake: threading.Event) -> None:
+                 wake: threading.Event, encryption: EncryptionSettings | None = None) -> None:
         self.lock = threading.Lock()
         self._merkle_lock = threading.RLock()
         self.stream = stream
@@ -304,6 +307,11 @@ class Chain:
         # where the newest segment starts, to be stored in head.json once durable
         self.head_due: Anchor | None = None
         self.flusher_idle = False  # the flusher sleeps with nothing pending
+        # event encryption (pipeline.crypt): the settings for the next segment, those of the
+        # open one, and the open segment's key epoch (created with its first event)
+        self.encryption_next = encryption
+        self._crypt = encryption
+        self._epoch: Epoch | None = None
 
     # ------------------------------------------------------------------ appending (caller holds lock)
 
@@ -316,15 +324,23 @@ class Chain:
         seg = self.seg
         if seg is None:
             seg = self.open_segment(ts)
+        # keep room for the seal; a first record always fits (also after its key record)
+        fits_any = not seg.count
+        written = data_json
+        epoch = None
+        if kind == _EVENT and self._crypt is not None:
+            epoch = self._epoch_for(seg, ts)
+            written = epoch.encrypt(self.seq, data_json)
         run = self._tail_run(seg)
-        # keep room for the seal; a first record always fits
-        limit = self.segment_max_bytes - SEAL_ROOM - seg.size if seg.count else _NO_LIMIT
-        queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, data_json, run.chunks,
+        limit = _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size
+        queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, written, run.chunks,
                               limit, seg.name, self.gen)
         if queued is None:
             self.seal()
             self.open_segment(ts)
             return self.append(kind, data_json, ts)  # the new segment's first record
+        if epoch is not None:
+            epoch.consumed(self.seq)
         receipt, self.prev, n = queued
         seg.size += n
         seg.count += 1
@@ -363,6 +379,8 @@ class Chain:
         seg = self.seg
         if seg is None or not seg.count:
             return 0
+        if self._crypt is not None:
+            return self._append_encrypted(seg, items, start, out)
         run = self._tail_run(seg)
         count, added, last, receipts = queue_records(
             self._prefix, self.seq, self.now(), self.prev, items, start, run.chunks,
@@ -375,6 +393,62 @@ class Chain:
             self.prev = last
             out.extend(receipts)
         return int(count)
+
+    def _append_encrypted(self, seg: Segment, items: list[bytes], start: int, out: list[Any]) -> int:
+        """``_append_batch`` for an encrypted stream: each event is encrypted with its own
+        seq's key, so they are queued one by one (with one timestamp)."""
+        epoch = self._epoch
+        if epoch is None or epoch.segment != seg.name:
+            return 0  # the key record comes first: ``append`` writes it
+        ts = self.now()
+        run = self._tail_run(seg)
+        count = 0
+        for data in items[start:]:
+            queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[_EVENT], self.prev,
+                                  epoch.encrypt(self.seq, data), run.chunks,
+                                  self.segment_max_bytes - SEAL_ROOM - seg.size, seg.name, self.gen)
+            if queued is None:
+                break
+            epoch.consumed(self.seq)
+            receipt, self.prev, n = queued
+            seg.size += n
+            seg.count += 1
+            self.batch.pending += n
+            self.seq += 1
+            out.append(receipt)
+            count += 1
+        return count
+
+    def _epoch_for(self, seg: Segment, ts: bytes) -> Epoch:
+        """The key epoch of ``seg``, starting it with a key record when there is none."""
+        epoch = self._epoch
+        if epoch is not None and epoch.segment == seg.name:
+            return epoch
+        from pipeline.crypt.writer import Epoch
+
+        assert self._crypt is not None
+        self._drop_epoch()
+        epoch = Epoch(self._crypt, stream=self.stream, segment=seg.name, key_seq=self.seq)
+        self.append_own(Kind.KEY.value, epoch.key_record_data(), seg, ts=ts)
+        self._epoch = epoch
+        return epoch
+
+    def _drop_epoch(self) -> None:
+        if self._epoch is not None:
+            self._epoch.erase()
+            self._epoch = None
+
+    def start_encryption(self, settings: EncryptionSettings | None) -> None:
+        """The settings of a writer being opened (before recovery: from its first segment on)."""
+        self.encryption_next = self._crypt = settings
+
+    def set_encryption(self, settings: EncryptionSettings | None) -> None:
+        """Encrypt to ``settings`` from the next segment on (caller holds lock)."""
+        self.encryption_next = settings
+
+    def held_keys(self) -> list[tuple[int, bytes]]:
+        """Every chain key the process keeps (for tests that play the attacker)."""
+        return [] if self._epoch is None else [self._epoch.held_key()]
 
     def append_own(self, kind: str, data: dict[str, Any], seg: Segment, *, ts: bytes | None = None,
                    in_segment_tree: bool = True) -> bytes:
@@ -431,6 +505,8 @@ class Chain:
 
     def open_segment(self, ts: bytes) -> Segment:
         self.catch_up()  # the stream tree's frontier at this segment's start
+        self._drop_epoch()
+        self._crypt = self.encryption_next  # a reload's recipients take effect here
         seg = self.files.create(self.seq, ts, self.cr.stack, self.prev)
         self.seg = seg
         return seg
@@ -462,6 +538,7 @@ class Chain:
         run.finalize = True
         self.pending_seals.append((seg, self.seq - 1, self.cr.root()))
         self.seg = None
+        self._drop_epoch()
         # once this run is fsynced the seal is durable: a later failure in the same flush must
         # roll back to here, not before it (that would re-use the sealed seqs: a fork)
         after = run.after = self.snapshot()
@@ -566,6 +643,7 @@ class Chain:
                     self.abandoned.append((seg.path, valid))
         gen = self.gen
         self.gen += 1
+        self._drop_epoch()
         self.seq = snap.next_seq
         self.prev = snap.prev
         self.cr = merkle.CompactRange(snap.cr_size, snap.cr_stack)

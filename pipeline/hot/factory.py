@@ -54,4 +54,6 @@ def open_configured_hotlog(cfg: Config, **kwargs: Any) -> HotLog:
     the log applies.  ``kwargs`` override."""
     merged: dict[str, Any] = {**cfg.hot.hotlog_kwargs(), **kwargs}
     merged.setdefault("sanitiser", cfg.sanitise.sanitiser(cfg.ingest.max_event_bytes))
+    if "encryption" not in kwargs:
+        merged["encryption"] = cfg.encryption.settings()
     return open_hotlog(cfg.hot.dir, cfg.hot.stream, **merged)

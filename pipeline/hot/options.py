@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.crypt.writer import EncryptionSettings
 
 DURABILITY_MODES = ("fsync", "group", "os")
 
@@ -31,6 +34,8 @@ class LogOptions:
     # "require" (refuse to write without it), "off"; None: $PIPELINE_HOT_IMMUTABLE or "auto".
     immutable: str | None = None
     proofs: bool = True  # keep the Merkle tiles that inclusion and consistency proofs need
+    # encrypt every event to these age recipients (pipeline.crypt; docs/ENCRYPTION.md); None: clear
+    encryption: EncryptionSettings | None = None
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
@@ -45,7 +50,7 @@ class LogOptions:
 
     def writer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``HotLog`` (everything but ``proofs``, which picks the tile store)."""
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del out["proofs"]
         return out
 

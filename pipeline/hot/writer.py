@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 
 from pipeline._accel import native as _native
+from pipeline.crypt.writer import EncryptionSettings, store_settings, stored_settings
 from pipeline.format import attr, merkle
 from pipeline.format.files import write_all
 from pipeline.format.layout import HEAD_FILE as HEAD_FILE  # re-exported for old imports
@@ -147,6 +148,7 @@ class HotLog:
         seal_extension: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         background: bool = True,
         clock: Callable[[], bytes] | None = None,
+        encryption: EncryptionSettings | None = None,
     ) -> None:
         # Validated once, by the options type (pipeline.open_log builds the same one).
         LogOptions(durability=durability, segment_window=segment_window, segment_max_bytes=segment_max_bytes,
@@ -180,7 +182,7 @@ class HotLog:
         self._chain = Chain(stream=stream, hot_dir=self.hot_dir, files=self._files,
                             segment_max_bytes=self.segment_max_bytes,
                             now=clock if clock is not None else UtcClock().now,
-                            seal_extension=seal_extension, wake=self._wake)
+                            seal_extension=seal_extension, wake=self._wake, encryption=encryption)
         # head.json goes through self._store_head at call time (tests replace it)
         self._flusher = Flusher(self._chain, self._files, durability=durability, write_chunks=_write_chunks,
                                 tree=tree_store, store_head=self._store_head_anchor,
@@ -200,6 +202,7 @@ class HotLog:
             )
         self._lock_fd = self._acquire_lock()
         try:
+            self._start_encryption(encryption)
             Recovery(self._chain, self._files, tree=tree_store, store_head=self._store_head_quietly,
                      flush_now=self._flush_recovery_now).run()
         except BaseException:
@@ -272,6 +275,29 @@ class HotLog:
         if receipts:
             self._after_append(receipts[-1], wait, batch)
         return receipts
+
+    def set_encryption(self, settings: EncryptionSettings | None) -> None:
+        """Encrypt to ``settings`` (None: no longer encrypt) from the next segment on; the
+        open segment keeps the recipients it started with (a reload's rotation).  Recorded
+        in ``<stream>/encryption.json`` for every later writer of the stream."""
+        store_settings(self.dir, settings)
+        with self._chain.lock:
+            self._chain.set_encryption(settings)
+
+    def _start_encryption(self, settings: EncryptionSettings | None) -> None:
+        """The settings given, recorded for later writers; none given: those recorded by an
+        earlier writer, so that a stream once encrypted is never written in clear by a
+        writer opened without them (``pipeline append`` without ``--config``, a script)."""
+        if settings is None:
+            settings = stored_settings(self.dir)
+        else:
+            store_settings(self.dir, settings)
+        self._chain.start_encryption(settings)
+
+    @property
+    def encryption(self) -> EncryptionSettings | None:
+        """The encryption settings the next segment will use."""
+        return self._chain.encryption_next
 
     def wait_durable(self, receipt: Receipt, timeout: float | None = None) -> None:
         """Block until ``receipt`` is covered by an fsync (or written, in ``os`` mode)."""

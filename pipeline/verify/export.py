@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +43,9 @@ from pipeline.format.segment import list_segments
 from pipeline.ship.ledger import Entry, open_ledger_readonly
 from pipeline.verify.chain import SegmentScan, file_sha256, scan_segment, stitch
 from pipeline.verify.readback import ReadbackError, fetch_checked, list_streams_in, merkle_problem, stream_objects
+
+if TYPE_CHECKING:  # pipeline.crypt (and pyrage) load only when an identity is given
+    from pipeline.crypt.reader import RecordOpener
 
 SPOOL_MEMORY = 8 << 20
 
@@ -108,12 +111,23 @@ def _field(data: Any, path: list[str]) -> Any:
 _MISSING = object()
 
 
+def data_matches(data: Any, matches: Sequence[Match]) -> bool:
+    """Whether an event's ``data`` satisfies every ``--match`` (same value and JSON type)."""
+    for path, values in matches:
+        v = _field(data, path)
+        if v is _MISSING or not any(v == w and type(v) is type(w) for w in values):
+            return False
+    return True
+
+
 class Exporter:
     """Writes the matching events of verified segments to ``out``, one stream at a time."""
 
     def __init__(self, out: IO[bytes], since: float | None, until: float | None, matches: Sequence[Match],
-                 progress: ProgressFn | None = None, on_note: Callable[[str], None] | None = None) -> None:
+                 progress: ProgressFn | None = None, on_note: Callable[[str], None] | None = None,
+                 opener: RecordOpener | None = None) -> None:
         self.out = out
+        self.opener = opener  # with an identity: events are decrypted (pipeline.crypt, docs/ENCRYPTION.md)
         self.since, self.until, self.matches = since, until, list(matches)
         self.progress = progress
         self.result = ExportResult()
@@ -125,18 +139,16 @@ class Exporter:
         if self._on_note is not None:
             self._on_note(message)
 
-    def wanted(self, rec: Record) -> bool:
+    def wanted(self, rec: Record, data: Any = _MISSING) -> bool:
+        if data is _MISSING:
+            data = rec.data
         if rec.kind != Kind.EVENT.value:
             return False
         if self.since is not None or self.until is not None:
             t = ts_epoch(rec.ts)
             if (self.since is not None and t < self.since) or (self.until is not None and t > self.until):
                 return False
-        for path, values in self.matches:
-            v = _field(rec.data, path)
-            if v is _MISSING or not any(v == w and type(v) is type(w) for w in values):
-                return False
-        return True
+        return data_matches(data, self.matches)
 
     def stream(self, stream: str, segments: list[tuple[str, Callable[[], tuple[Path, list[Finding]]],
                                                          Callable[[SegmentScan], Finding | None]]],
@@ -156,9 +168,14 @@ class Exporter:
                 raise ExportFailed(problems[0])
             spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (closed below)
 
-            def collect(rec: Record, spool: Any = spool) -> None:
-                if self.wanted(rec):
+            def collect(rec: Record, spool: Any = spool, name: str = _name) -> None:
+                if self.opener is not None:
+                    self._collect_decrypted(rec, spool, name)
+                elif self.wanted(rec):
                     spool.write(rec.line)
+
+            if self.opener is not None:
+                self.opener.begin(_name)
 
             scan = scan_segment(path, stream, on_record=collect)
             if scan.findings:
@@ -201,6 +218,19 @@ class Exporter:
             self.note(f"export: note: {held[0].name} is the active (unsealed) segment of {stream}: its "
                       "events are verified by the hash chain only")
             self._release(held[1])
+
+    def _collect_decrypted(self, rec: Record, spool: Any, name: str) -> None:
+        from pipeline.crypt.reader import OpenError
+
+        assert self.opener is not None
+        try:
+            data = self.opener.open(rec)
+        except OpenError as exc:
+            raise ExportFailed(Finding.of("does-not-open", rec.stream, name, str(exc), rec.seq)) from None
+        if data is not None and self.wanted(rec, data):
+            # the seq leads the line, as in a record line (_release reads it from there)
+            spool.write(orjson.dumps({"seq": rec.seq, "stream": rec.stream, "ts": rec.ts,
+                                      "segment": name.removesuffix(".zst"), "data": data}) + b"\n")
 
     def _tick(self) -> None:
         if self.progress is not None:
@@ -300,7 +330,8 @@ def _cold_segments(store: ColdStore, stream: str, tmp: Path, since: float | None
 
 def export_hot(hot: str | os.PathLike[str], out: IO[bytes], *, stream: str | None = None,
                since: float | None = None, until: float | None = None, matches: Sequence[Match] = (),
-               progress: ProgressFn | None = None, on_note: Callable[[str], None] | None = None) -> ExportResult:
+               progress: ProgressFn | None = None, on_note: Callable[[str], None] | None = None,
+               opener: RecordOpener | None = None) -> ExportResult:
     """Export the events of ``stream`` (every stream when None) of the hot tier ``hot``.
     Segments the shipper evicted are skipped with a note (export them from cold storage).
     Raises ExportFailed at the first segment that does not verify, ReadbackError when the
@@ -309,7 +340,7 @@ def export_hot(hot: str | os.PathLike[str], out: IO[bytes], *, stream: str | Non
     problem = hot_tier_problem(hot) or (stream_problem(hot, stream) if stream else None)
     if problem:
         raise ReadbackError(problem)
-    exporter = Exporter(out, since, until, matches, progress, on_note)
+    exporter = Exporter(out, since, until, matches, progress, on_note, opener)
     ledger = open_ledger_readonly(hot)
     try:
         for name in [stream] if stream else stream_dirs(hot):
@@ -329,7 +360,8 @@ def export_hot(hot: str | os.PathLike[str], out: IO[bytes], *, stream: str | Non
 def export_cold(store: ColdStore, out: IO[bytes], *, stream: str | None = None, since: float | None = None,
                 until: float | None = None, matches: Sequence[Match] = (),
                 ledger: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
-                on_note: Callable[[str], None] | None = None, where: str | None = None) -> ExportResult:
+                on_note: Callable[[str], None] | None = None, where: str | None = None,
+                opener: RecordOpener | None = None) -> ExportResult:
     """Export the events of ``stream`` (every stream when None) from the cold ``store``.
     ``ledger``: a host's hot directory whose shipper ledger must have shipped every object,
     byte for byte.  ``where`` names the store in messages (default: its repr).  Raises
@@ -341,7 +373,7 @@ def export_cold(store: ColdStore, out: IO[bytes], *, stream: str | None = None, 
     if not streams:
         raise ReadbackError(f"no segment objects under {where}: nothing was exported; "
                             "check --cold")
-    exporter = Exporter(out, since, until, matches, progress, on_note)
+    exporter = Exporter(out, since, until, matches, progress, on_note, opener)
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-export-"))
     try:
         for name in streams:

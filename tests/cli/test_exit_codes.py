@@ -53,6 +53,16 @@ def _keys(tmp: Path) -> Path:
     return d
 
 
+def _age_identity(tmp: Path) -> str:
+    """An auditor's age identity (made by the real age-keygen)."""
+    import subprocess
+
+    path = tmp / "auditor.key"
+    if not path.exists():
+        subprocess.run(["age-keygen", "-o", str(path)], capture_output=True, check=True)
+    return str(path)
+
+
 # verb -> {exit code: argv builder}; code 1 only where a verb reports findings about the data.
 # checkpoint, prove and verify-proof need a signed log: their 0 and 1 are walked end to end in
 # tests/cli/test_proofs_cli.py::test_end_to_end (valid proof 0, altered proof 1, unreadable 2);
@@ -93,6 +103,12 @@ WALK: dict[str, dict[int, Case]] = {
                                  "--trust", str(_keys(d) / "log.pub")]},
     "run": {0: lambda t, d: ["run", "--check", "--config", _config(t, d)],
             2: lambda t, d: ["run", "--config", str(d / "missing.toml")]},
+    # decrypt and disclose on encrypted logs: tests/crypt (wrong identity 2, tampering 1, disclosure 0/1)
+    "decrypt": {0: lambda t, d: ["decrypt", "--identity", _age_identity(d), "--hot", str(t.hot)],
+                1: lambda t, d: ["decrypt", "--identity", _age_identity(d), "--hot", str(_tamper_hot(t))],
+                2: lambda t, d: ["decrypt", "--identity", str(d / "missing.key"), "--hot", str(t.hot)]},
+    "disclose": {2: lambda t, d: ["disclose", "--identity", _age_identity(d), "--hot", str(t.hot), "--stream", "app",
+                                  "--seq", "0", "--no-proof"]},  # a clear event: nothing to disclose
     "quickstart": {2: lambda t, d: ["quickstart", "--dir", str(t.hot)]},  # not empty
     # exit 1 needs a PostgreSQL server: tests/pg (check, verify) walks it
     "pg": {0: lambda t, d: ["pg", "install", "--dsn", "host=db.invalid", "--print-sql"],

@@ -80,6 +80,7 @@ def _argv(verb: tuple[str, ...], parser: argparse.ArgumentParser, w: dict[str, P
         "check": str(w["pub"]),  # `sanitise --check FILE`: any readable file
         # `pg`: a PostgreSQL URI with user-info, to a port nothing listens on
         "dsn": f"postgresql://{USER}:{PASSWORD}@127.0.0.1:9/audit?connect_timeout=2",
+        "identity": str(w["key"]),  # `decrypt --identity FILE`: refused (not an age identity), says why
     }
     argv = list(verb)
     for action in parser._actions:

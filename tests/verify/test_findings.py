@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.findings import (
+    DECRYPT,
     ERROR,
     MONITOR,
     PG_CHECK,
@@ -56,6 +57,7 @@ HOME_TABLES = [
     ("POSTGRES.md", "#### `pg verify` finding codes", ("pg",), 0),
     ("POSTGRES.md", "#### `pg check` finding codes", ("pg-check",), 0),
     ("MONITOR.md", "#### Monitor finding codes", ("monitor",), 0),
+    ("ENCRYPTION.md", "#### Finding codes", ("crypt",), 0),
 ]
 
 
@@ -97,7 +99,7 @@ def test_verify_tier_table_is_what_verify_tier_reports() -> None:
 
 def test_views_of_the_registry() -> None:
     assert {c: i.meaning for c, i in REGISTRY.items() if i.family == "chain"} == REASONS
-    reports = {VERIFY, VERIFY_TIER, PG_VERIFY, PG_CHECK, MONITOR}
+    reports = {VERIFY, VERIFY_TIER, PG_VERIFY, PG_CHECK, MONITOR, DECRYPT}
     assert all(i.reports <= reports and i.reports for i in REGISTRY.values())
     assert all(i.severity in (ERROR, WARNING) for i in REGISTRY.values())
 
