@@ -22,7 +22,7 @@ from pipeline.verify.chain import scan_segment, stitch
 from pipeline.verify.hot import verify_hot
 
 
-class NotVerified(Exception):
+class NotVerified(PipelineError):
     """Integrity verification found problems: nothing is decrypted."""
 
     def __init__(self, findings: list[Finding]) -> None:

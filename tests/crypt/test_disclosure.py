@@ -38,7 +38,7 @@ def test_disclosure_opens_exactly_one_record(tmp_path: Path, auditor: AgeKey,
         log.seal()
         em.emit()
         em.stop()
-    assert em.errors == []
+    assert list(em.errors) == []
     # integrity without any key: the chain, seals, and the witnessed checkpoints
     assert main(["verify", "--hot", str(hot), "--witness-dir", str(tmp_path / "witness"), "--vkey", vkey]) == 0
     target = receipts[7].seq
