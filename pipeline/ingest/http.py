@@ -196,10 +196,10 @@ class HttpFront:
                             max_headers=100, lingering_time=1.0)
         host, port = self._address
         tls = self.ingest.tls
+        tls_args: dict[str, Any] = {} if tls is None else {
+            "ssl": tls.front, "ssl_handshake_timeout": self.ingest.request_timeout}
         self._server = await loop.create_server(self._web, None if host in ("", "*") else host, port,
-                                                backlog=BACKLOG, reuse_address=True,
-                                                ssl=tls.front if tls is not None else None,
-                                                ssl_handshake_timeout=self.ingest.request_timeout if tls is not None else None)
+                                                backlog=BACKLOG, reuse_address=True, **tls_args)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
         self._sweeper = loop.create_task(self._sweep())
