@@ -212,16 +212,16 @@ def syslog_ng(workdir: Path, destination: str, dest_name: str) -> Iterator[int]:
     port = free_port()
     conf = workdir / "syslog-ng.conf"
     conf.write_text(f"""@version: 3.38
-options {{ stats(freq(0)); }};
-source s_local {{ network(ip("127.0.0.1") port({port}) transport(tcp) flags(no-parse)); }};
+options {{ stats_freq(0); }};
+source s_local {{ network(ip("127.0.0.1") port({port}) transport(tcp)); }};
 {destination}
 log {{ source(s_local); destination({dest_name}); }};
 """)
     root = SYSLOG_NG_ROOT
-    libdir = root / "usr" / "lib" / "x86_64-linux-gnu"
-    env = dict(os.environ, LD_LIBRARY_PATH=f"{libdir}:{libdir / 'syslog-ng'}")
+    libdir = root / "usr" / "lib" / "syslog-ng"
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libdir))
     cmd = [str(root / "usr" / "sbin" / "syslog-ng"), "-F", "-f", str(conf), "-R", str(workdir / "persist"),
-           "-p", str(workdir / "pid"), "-c", str(workdir / "ctl"), f"--module-path={libdir / 'syslog-ng'}",
+           "-p", str(workdir / "pid"), "-c", str(workdir / "ctl"), f"--module-path={libdir / '3.38'}",
            "--no-caps"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     try:
