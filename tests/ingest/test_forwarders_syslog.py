@@ -8,16 +8,29 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.ingest.transport import (Pki, doc_snippet, free_port, localise, rsyslogd, sidecar, start_sidecar,
-                                    stop_sidecar, stored_events, syslog_ng, syslog_ng_available, wait_for)
+from tests.ingest.transport import (
+    Pki,
+    doc_snippet,
+    free_port,
+    localise,
+    rsyslogd,
+    sidecar,
+    start_sidecar,
+    stop_sidecar,
+    stored_events,
+    syslog_ng,
+    syslog_ng_available,
+    wait_for,
+)
 
 CLIENT = "rsyslog.web-1.example.net"
 
 
-def _ids(events: list[dict], prefix: str) -> list[int]:
+def _ids(events: list[dict[str, Any]], prefix: str) -> list[int]:
     out = []
     for e in events:
         m = re.search(prefix + r"-(\d+)", e.get("message", ""))
@@ -44,13 +57,13 @@ def test_rsyslog_omfwd_tls_x509_name(tmp_path: Path) -> None:
                               if len(stored_events(sc.hot)) >= 500 else None, 60, "500 events")
     assert _ids(events, "fwd") == list(range(500))  # once each, in the order sent
     e = events[0]
-    assert list(e)[0] == "_sender"
+    assert next(iter(e)) == "_sender"
     assert e["_sender"] == {"auth": "x509", "id": CLIENT, "peer": "127.0.0.1"}
     assert e["syslog"] == "rfc5424" and e["facility"] == 16 and e["severity"] == 6
     assert e["hostname"] == "web-1" and e["app_name"] == "shop" and e["procid"] == "42"
 
 
-def _relp_sidecar_cfg(pki: Pki, port: int) -> dict:
+def _relp_sidecar_cfg(pki: Pki, port: int) -> dict[str, Any]:
     return {"relp": f"127.0.0.1:{port}", "tls_cert": pki.server.cert, "tls_key": pki.server.key,
             "client_ca": pki.ca.path, "allowed_clients": [f"dns:{CLIENT}"]}
 

@@ -24,7 +24,10 @@ from pipeline.logsetup import setup_logging
 def main() -> None:
     cfg = orjson.loads(sys.argv[1])
     setup_logging("json")
-    path = lambda k: Path(cfg[k]) if cfg.get(k) else None  # noqa: E731
+
+    def path(key: str) -> Path | None:
+        return Path(cfg[key]) if cfg.get(key) else None
+
     tls = TlsSettings(cert=path("tls_cert"), key=path("tls_key"), client_ca=path("client_ca"),
                       allowed_clients=tuple(cfg.get("allowed_clients", ())))
     log = HotLog(cfg["hot"], "app", durability="group", heartbeat_interval=0, segment_window=0)
