@@ -120,7 +120,15 @@ def test_rsyslog_omrelp_survives_sidecar_kill9(tmp_path: Path) -> None:
     for pos in dup_positions:
         first = ids.index(ids[pos])
         assert first < stored_at_kill <= pos, (first, stored_at_kill, pos)
-    print(f"stored at kill: {stored_at_kill}, duplicates: {len(dup_positions)}")
+    # and the log marks the place: a recovery record (unclean-shutdown) lies between the copies
+    from tests.hotutil import records
+
+    recs = records(hot / "app")
+    recovery = [r.seq for r in recs if r.kind == "recovery"]
+    assert len(recovery) == 1 and recs[recovery[0]].data["reason"] == "unclean-shutdown"
+    event_seqs = [r.seq for r in recs if r.kind == "event"]
+    for pos in dup_positions:
+        assert event_seqs[ids.index(ids[pos])] < recovery[0] < event_seqs[pos]
     assert len(dup_positions) <= 128  # at most omrelp's window of unanswered transactions (windowSize, 128)
     # each connection's order is kept: before the kill and after it, ids increase
     before, after = ids[:stored_at_kill], [i for i in ids[stored_at_kill:]]
