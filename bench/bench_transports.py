@@ -70,7 +70,10 @@ def serve(cfg: dict[str, Any]) -> None:
             pass
 
     counter = Counter()
-    tls = TlsSettings(*(Path(cfg[k]) if cfg.get(k) else None for k in ("cert", "key", "ca")))
+    def path(key: str) -> Path | None:
+        return Path(cfg[key]) if cfg.get(key) else None
+
+    tls = TlsSettings(cert=path("cert"), key=path("key"), client_ca=path("ca"))
     log = HotLog(cfg["hot"], "bench", durability="group", heartbeat_interval=0, segment_window=0)
     srv = IngestServer(log, socket_path=cfg.get("socket"), http_listen="127.0.0.1:0",
                        syslog_listen="127.0.0.1:0", relp_listen="127.0.0.1:0", tls=tls,

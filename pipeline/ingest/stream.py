@@ -279,12 +279,12 @@ class _Conn(asyncio.Protocol):
         if not ingest._enter():
             self._close(server_close=True)
             return False
-        try:
-            assert self.sender is not None
-            failure = await asyncio.get_running_loop().run_in_executor(
-                self.front.pool, ingest.store_events, events, self.sender, _refusal_record)
-        finally:
-            ingest._leave()
+        assert self.sender is not None
+        work = self.front.pool.submit(ingest.store_events, events, self.sender, _refusal_record)
+        # the batch counts as in flight until the thread is done with it, even if this task
+        # is cancelled meanwhile (stop() waits for in-flight batches before closing the log)
+        work.add_done_callback(lambda _f: ingest._leave())
+        failure = await asyncio.wrap_future(work)
         if failure is not None:
             # nothing to answer with in syslog; in RELP the unanswered transactions are
             # resent by the client: close either way, the next connection starts clean

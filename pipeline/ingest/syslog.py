@@ -94,33 +94,39 @@ def _rfc5424(pri: int, rest: bytes, head: re.Match[bytes]) -> dict[str, Any]:
     return out
 
 
+_SD_ID = re.compile(rb'\[([^= \]"\x00-\x20\x7f-\xff]{1,32})')
+_SD_PARAM = re.compile(rb' ([^= \]"\x00-\x20\x7f-\xff]{1,32})="((?:[^"\\]|\\.)*)"', re.S)
+_SD_ESCAPE = re.compile(rb'\\(["\\\]])')
+
+
 def _structured_data(body: bytes) -> tuple[dict[str, dict[str, Any]] | None, bytes]:
     """(SD-ID -> {PARAM-NAME: value}, the rest).  A name given twice keeps every value, in
-    order, as a list."""
+    order, as a list.  Escapes ``\\"``, ``\\\\`` and ``\\]`` are resolved; a backslash before
+    any other character is kept, as RFC 5424 §6.3.3 says."""
     if body.startswith(b"-"):
         return None, body[1:]
     if not body.startswith(b"["):
         raise ValueError("STRUCTURED-DATA is neither - nor [...]")
     out: dict[str, dict[str, Any]] = {}
     i = 0
-    n = len(body)
-    while i < n and body[i:i + 1] == b"[":
-        i += 1
-        sd_id, i = _sd_name(body, i, b" ]")
-        params: dict[str, Any] = out.setdefault(sd_id, {})
+    while body[i:i + 1] == b"[":
+        m = _SD_ID.match(body, i)
+        if m is None:
+            raise ValueError(f"bad SD-ID at byte {i}")
+        params: dict[str, Any] = out.setdefault(m.group(1).decode("ascii"), {})
+        i = m.end()
         while True:
-            if i >= n:
-                raise ValueError("unterminated SD-ELEMENT")
-            c = body[i:i + 1]
-            if c == b"]":
-                i += 1
+            p = _SD_PARAM.match(body, i)
+            if p is None:
                 break
-            if c != b" ":
-                raise ValueError(f"unexpected byte {c!r} in SD-ELEMENT {sd_id!r}")
-            name, i = _sd_name(body, i + 1, b"=")
-            if body[i:i + 2] != b'="':
-                raise ValueError(f"PARAM-NAME {name!r} not followed by =\"")
-            value, i = _sd_value(body, i + 2)
+            raw = p.group(2)
+            if b"\\" in raw:
+                raw = _SD_ESCAPE.sub(rb"\1", raw)
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError("PARAM-VALUE is not UTF-8") from None
+            name = p.group(1).decode("ascii")
             prev = params.get(name)
             if prev is None:
                 params[name] = value
@@ -128,38 +134,11 @@ def _structured_data(body: bytes) -> tuple[dict[str, dict[str, Any]] | None, byt
                 prev.append(value)
             else:
                 params[name] = [prev, value]
-    return out, body[i:]
-
-
-def _sd_name(body: bytes, i: int, stops: bytes) -> tuple[str, int]:
-    """An SD-ID or PARAM-NAME: 1-32 printable US-ASCII characters except = SP ] \", ended
-    by one of ``stops``."""
-    end = i
-    n = len(body)
-    while end < n and end - i <= 32 and 0x21 <= body[end] <= 0x7E and body[end] not in b'= ]"':
-        end += 1
-    if not 1 <= end - i <= 32 or end >= n or body[end] not in stops:
-        raise ValueError(f"bad SD-ID or PARAM-NAME at byte {i}")
-    return body[i:end].decode("ascii"), end
-
-
-def _sd_value(body: bytes, i: int) -> tuple[str, int]:
-    out = bytearray()
-    n = len(body)
-    while i < n:
-        c = body[i]
-        if c == 0x5C and i + 1 < n and body[i + 1] in b'"\\]':  # \" \\ \] are escapes
-            out.append(body[i + 1])
-            i += 2
-            continue
-        if c == 0x22:
-            try:
-                return out.decode("utf-8"), i + 1
-            except UnicodeDecodeError:
-                raise ValueError("PARAM-VALUE is not UTF-8") from None
-        out.append(c)
+            i = p.end()
+        if body[i:i + 1] != b"]":
+            raise ValueError(f"bad SD-ELEMENT at byte {i}")
         i += 1
-    raise ValueError("unterminated PARAM-VALUE")
+    return out, body[i:]
 
 
 def _rfc3164(pri: int, rest: bytes) -> dict[str, Any]:
