@@ -23,7 +23,9 @@ def test_pipeline_run_with_syslog_and_relp_over_mutual_tls(tmp_path: Path, moto_
     client = ca.issue("client", dns=("node-1.example.net",))
     syslog_port, relp_port = free_port(), free_port()
     sc = Sidecar(tmp_path, s3_endpoint, locked_bucket)
-    sc.sections["ingest"].update({"syslog": f"127.0.0.1:{syslog_port}", "relp": f"127.0.0.1:{relp_port}",
+    ingest = sc.sections["ingest"]
+    assert isinstance(ingest, dict)
+    ingest.update({"syslog": f"127.0.0.1:{syslog_port}", "relp": f"127.0.0.1:{relp_port}",
                                   "tls_cert": str(server.cert), "tls_key": str(server.key),
                                   "client_ca": str(ca.path), "allowed_clients": ["dns:node-1.example.net"]})
     sc.write_config()
