@@ -327,9 +327,12 @@ class IngestServer:
         """Stop accepting, let in-flight batches finish within ``grace`` seconds, then close
         every connection.  Events acknowledged before are durable; events read but not yet
         answered when grace runs out may or may not be in the log (the client retries)."""
+        deadline = time.monotonic() + max(0.0, grace)
+        if self._streams is not None:
+            # syslog has no acknowledgement: store what was read before refusing batches
+            self._streams.drain(max(0.0, grace) / 2)
         with self._lock:
             self._stopping.set()
-        deadline = time.monotonic() + max(0.0, grace)
         if self._http is not None:
             self._http.stop_listening()
         if self._streams is not None:

@@ -148,6 +148,8 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.opened = False  # RELP: "open" answered
+        self.busy = False  # a batch is being stored
+        self.draining = False  # the sidecar is stopping: no more reading, store what was read
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -247,7 +249,7 @@ class _Conn(asyncio.Protocol):
                     if not await self._batch():
                         return
                     if self.paused and self.queued_bytes < _HIGH_WATER // 2 and not self.closed \
-                            and self.transport is not None:
+                            and not self.draining and self.transport is not None:
                         self.paused = False
                         self.transport.resume_reading()
                 if self.closed and not self.queue:
@@ -263,12 +265,22 @@ class _Conn(asyncio.Protocol):
 
     async def _batch(self) -> bool:
         ingest = self.front.ingest
-        while ingest.backpressure() is not None and not ingest.stopping:
+        # (while draining for a stop, what was read is stored despite backpressure: at most
+        # _HIGH_WATER bytes per connection, and dropping it would lose acknowledged syslog)
+        while ingest.backpressure() is not None and not ingest.stopping and not self.draining:
             if not self.paused and self.transport is not None:
                 self.paused = True
                 self.transport.pause_reading()
             await asyncio.sleep(_BACKPRESSURE_POLL)
         batch = self._take()
+        self.busy = True
+        try:
+            return await self._store(batch)
+        finally:
+            self.busy = False
+
+    async def _store(self, batch: list[Any]) -> bool:
+        ingest = self.front.ingest
         if self.kind == "relp" and batch[0][1] != "syslog":
             return self._relp_command(batch[0])
         if self.kind == "relp" and not self.opened:
@@ -326,6 +338,13 @@ class _Conn(asyncio.Protocol):
         self.queue.clear()
         return False
 
+    def stop_reading(self) -> None:
+        """The sidecar is stopping: read nothing more, store what was read."""
+        self.draining = True
+        if self.transport is not None and not self.paused and not self.transport.is_closing():
+            self.paused = True
+            self.transport.pause_reading()
+
     def server_close(self) -> None:
         """The sidecar is stopping: tell a RELP client (it resends what is unanswered)."""
         self._close(server_close=True)
@@ -354,7 +373,10 @@ class StreamFront:
         failure: list[BaseException] = []
 
         def run() -> None:
+            from pipeline.ingest.http import _loop_exception
+
             loop = asyncio.new_event_loop()
+            loop.set_exception_handler(_loop_exception)
             self._loop = loop
             try:
                 loop.run_until_complete(self._open())
@@ -429,6 +451,21 @@ class StreamFront:
     async def _stop_listening(self) -> None:
         for server in self._servers.values():
             server.close()
+
+    def drain(self, timeout: float) -> None:
+        """Before the sidecar stops: no new connections, no more reading, and the messages
+        already received are stored (and, in RELP, answered) within ``timeout`` seconds.
+        Syslog has no acknowledgement, so what the sidecar read must not be dropped."""
+        self._call(self._drain(timeout), timeout + 1.0)
+
+    async def _drain(self, timeout: float) -> None:
+        await self._stop_listening()
+        for conn in list(self._conns):
+            conn.stop_reading()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(c.queue or c.busy for c in self._conns) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
     def close(self, timeout: float) -> None:
         loop = self._loop

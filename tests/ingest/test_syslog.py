@@ -173,3 +173,41 @@ def test_sender_of_token_and_unix_socket(plain: tuple[IngestServer, Path], tmp_p
     got = _events(hot, 2)
     assert got == [{"_sender": {"auth": "token", "id": "ingest-token", "peer": "127.0.0.1"}, "via": "http"},
                    {"_sender": {"auth": "local", "id": f"uid:{os.getuid()}"}, "via": "unix"}]
+
+
+class _SlowLog:
+    """A HotLog whose appends take a while, so that received messages queue up."""
+
+    def __init__(self, log: HotLog) -> None:
+        self._log = log
+        self.sanitiser = log.sanitiser
+
+    def append_prepared(self, data: bytes, *, wait: bool) -> Any:
+        return self._log.append_prepared(data, wait=wait)
+
+    def append_prepared_many(self, items: list[bytes]) -> Any:
+        time.sleep(0.5)
+        return self._log.append_prepared_many(items)
+
+    def wait_durable(self, receipt: Any, timeout: float | None = None) -> None:
+        self._log.wait_durable(receipt, timeout)
+
+
+def test_stop_stores_what_was_received(tmp_path: Path) -> None:
+    """Syslog has no acknowledgement: a message the sidecar has read must be stored even
+    when it stops right after (the listeners drain before the server refuses batches)."""
+    log = HotLog(tmp_path / "hot", "app", durability="group", heartbeat_interval=0, segment_window=0)
+    srv = IngestServer(_SlowLog(log), syslog_listen="127.0.0.1:0").start()  # type: ignore[arg-type]
+    try:
+        assert srv.syslog_address is not None
+        with socket.create_connection(srv.syslog_address) as s:
+            for i in range(5):
+                s.sendall(b"".join(b"<13>1 - h a - - - m%d-%d\n" % (i, k) for k in range(200)))
+                time.sleep(0.05)
+            # the first message's batch is being stored (slowly), the others are read and
+            # waiting in the connection's queue
+            srv.stop(10)
+    finally:
+        log.close()
+    got = [r.data["message"] for r in records(tmp_path / "hot" / "app") if r.kind == "event"]
+    assert got == [f"m{i}-{k}" for i in range(5) for k in range(200)]
