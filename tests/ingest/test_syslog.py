@@ -197,7 +197,7 @@ def test_stop_stores_what_was_received(tmp_path: Path) -> None:
     """Syslog has no acknowledgement: a message the sidecar has read must be stored even
     when it stops right after (the listeners drain before the server refuses batches)."""
     log = HotLog(tmp_path / "hot", "app", durability="group", heartbeat_interval=0, segment_window=0)
-    srv = IngestServer(_SlowLog(log), syslog_listen="127.0.0.1:0").start()  # type: ignore[arg-type]
+    srv = IngestServer(_SlowLog(log), syslog_listen="127.0.0.1:0").start()
     try:
         assert srv.syslog_address is not None
         with socket.create_connection(srv.syslog_address) as s:
