@@ -217,3 +217,28 @@ def test_run_check_finds_bad_certificates_and_plaintext(tmp_path: Path, pki: dic
     assert out.returncode == 0, out.stderr
     out = _run_check(tmp_path, 'syslog = "127.0.0.1:6514"\nrelp = "[::1]:2514"')  # loopback: plaintext is fine
     assert out.returncode == 0, out.stderr
+
+
+def test_kubernetes_secret_symlink_swap_is_reloaded(tmp_path: Path, pki: dict[str, Any]) -> None:
+    """A Secret volume: tls.crt -> ..data/tls.crt, and an update swaps the ..data symlink
+    to a new timestamped directory (what the kubelet does)."""
+    vol = tmp_path / "secret"
+    vol.mkdir()
+
+    def publish(issued: Issued, name: str) -> None:
+        d = vol / name
+        d.mkdir()
+        shutil.copy(issued.cert, d / "tls.crt")
+        shutil.copy(issued.key, d / "tls.key")
+        tmp_link = vol / "..data_tmp"
+        tmp_link.symlink_to(name)
+        os.replace(tmp_link, vol / "..data")
+
+    publish(pki["server"], "..2026_12_06_18_00_00.1")
+    for f in ("tls.crt", "tls.key"):
+        (vol / f).symlink_to(f"..data/{f}")
+    tls = ServerTls(TlsSettings(vol / "tls.crt", vol / "tls.key", pki["ca"].path))
+    assert not tls.maybe_reload(force=False)
+    publish(pki["ca"].issue("renewed", dns=("localhost",), server=True), "..2026_12_06_19_00_00.2")
+    time.sleep(1.05)
+    assert tls.maybe_reload() and tls.reloads == 1
