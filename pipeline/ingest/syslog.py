@@ -53,7 +53,7 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     if pri > 191 or (len(m.group(1)) > 1 and m.group(1)[0:1] == b"0"):
         return unparsed(raw, f"PRI {m.group(1).decode()} out of range (0-191, no leading zeros)")
     rest = raw[m.end():]
-    head = _RFC5424_HEAD.match(rest) or (_RFC5424_HEAD.match(rest + b" ") if rest.count(b" ") == 5 else None)
+    head = _RFC5424_HEAD.match(rest)
     if head is not None and head.group(1) == b"1":
         try:
             return _rfc5424(pri, rest, head)
@@ -80,7 +80,7 @@ def _rfc5424(pri: int, rest: bytes, head: re.Match[bytes]) -> dict[str, Any]:
             if len(value) > limit:
                 raise ValueError(f"{key.upper().replace('_', '-')} longer than {limit} characters")
             out[key] = value
-    body = rest[head.end():] if len(rest) >= head.end() else b""
+    body = rest[head.end():]
     sd, body = _structured_data(body)
     if sd is not None:
         out["structured_data"] = sd
