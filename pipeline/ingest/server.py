@@ -1,7 +1,11 @@
-"""Ingest for processes outside Python: events over a Unix domain socket and over HTTP.
+"""Ingest for processes outside Python: events over a Unix domain socket, HTTP, syslog and
+RELP (the last two in pipeline/ingest/stream.py), TLS for every TCP listener
+(pipeline/ingest/tls.py).
 
-docs/INGEST.md is the specification of both protocols (framings, encodings, answers, limits,
-what a 2xx promises); this docstring only summarises.
+docs/INGEST.md is the specification of the protocols (framings, encodings, answers, limits,
+what a 2xx promises); this docstring only summarises.  Every event stored gets the
+sender's authenticated identity as its first key, ``_sender`` (``stamp_sender``; an event
+that brings its own is refused).
 
 One rule for both transports: an event is acknowledged only once it is durable (per the
 log's durability mode).  Events are appended with ``wait=False`` and the server then waits
