@@ -164,9 +164,7 @@ class _Conn(asyncio.Protocol):
         else:
             self.sender, why = PeerIdentity("none", "", peer_address(transport)), ""
         if self.sender is None:
-            log.warning("ingest: %s connection refused", self.kind,
-                        extra={"peer": peer_address(transport), "error": why})
-            self.front.observe(self.kind, "403")
+            self.front.refused(self.kind, peer_address(transport), why)
             transport.abort()
             return
         if not self.front.admit(self):
@@ -364,6 +362,7 @@ class StreamFront:
         self._thread: threading.Thread | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest-stream")
         self._refused_logged = -1e9
+        self._refusals_logged: dict[tuple[str, str], float] = {}
 
     def address(self, kind: str) -> tuple[str, int] | None:
         return self._bound.get(kind)
@@ -428,6 +427,18 @@ class StreamFront:
             return False
         self._conns.add(conn)
         return True
+
+    def refused(self, kind: str, peer: str, why: str) -> None:
+        """A client let through the handshake but not allowed: counted, and logged at most
+        once per 10 s per reason (a misconfigured forwarder reconnects every second)."""
+        self.observe(kind, "403")
+        now = time.monotonic()
+        key = (kind, why)
+        if now - self._refusals_logged.get(key, -1e9) >= 10.0:
+            self._refusals_logged[key] = now
+            if len(self._refusals_logged) > 1024:
+                self._refusals_logged = {key: now}
+            log.warning("ingest: %s connection refused", kind, extra={"peer": peer, "error": why})
 
     def forget(self, conn: _Conn) -> None:
         self._conns.discard(conn)
