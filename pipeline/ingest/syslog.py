@@ -44,8 +44,28 @@ def unparsed(raw: bytes, error: str) -> dict[str, Any]:
     return out
 
 
+# the common case in one match: PRI, version 1, header fields of PRINTUSASCII within their
+# RFC 5424 lengths, a timestamp or NILVALUE; anything else takes the field-by-field path
+# below, which also says what is wrong
+_FAST_5424 = re.compile(rb"<(0|[1-9][0-9]{0,2})>1 "
+                        rb"(-|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+                        rb"(?:Z|[+-][0-9]{2}:[0-9]{2})) "
+                        rb"([!-~]{1,255}) ([!-~]{1,48}) ([!-~]{1,128}) ([!-~]{1,32}) (?=[-\[])")
+_HEADER_KEYS = ("timestamp", "hostname", "app_name", "procid", "msgid")
+
+
 def parse_message(raw: bytes) -> dict[str, Any]:
     """One syslog message (framing removed) as an event; never raises."""
+    fast = _FAST_5424.match(raw)
+    if fast is not None and int(fast.group(1)) <= 191:
+        out = _base("rfc5424", int(fast.group(1)))
+        for key, value in zip(_HEADER_KEYS, fast.groups()[1:], strict=True):
+            if value != b"-":
+                out[key] = value.decode("ascii")
+        try:
+            return _rfc5424_body(out, raw[fast.end():])
+        except ValueError as exc:
+            return unparsed(raw, f"RFC 5424: {exc}")
     m = _PRI.match(raw)
     if m is None:
         return unparsed(raw, "no PRI: a syslog message starts with <N>")
@@ -80,7 +100,11 @@ def _rfc5424(pri: int, rest: bytes, head: re.Match[bytes]) -> dict[str, Any]:
             if len(value) > limit:
                 raise ValueError(f"{key.upper().replace('_', '-')} longer than {limit} characters")
             out[key] = value
-    body = rest[head.end():]
+    return _rfc5424_body(out, rest[head.end():])
+
+
+def _rfc5424_body(out: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """STRUCTURED-DATA [SP MSG] into ``out``."""
     sd, body = _structured_data(body)
     if sd is not None:
         out["structured_data"] = sd
@@ -94,8 +118,10 @@ def _rfc5424(pri: int, rest: bytes, head: re.Match[bytes]) -> dict[str, Any]:
     return out
 
 
-_SD_ID = re.compile(rb'\[([^= \]"\x00-\x20\x7f-\xff]{1,32})')
-_SD_PARAM = re.compile(rb' ([^= \]"\x00-\x20\x7f-\xff]{1,32})="((?:[^"\\]|\\.)*)"', re.S)
+_SD_NAME = rb'[^= \]"\x00-\x20\x7f-\xff]{1,32}'  # PRINTUSASCII except = SP ] "
+_SD_VALUE = rb'(?:[^"\\]|\\.)*'  # up to the first " not escaped by a backslash
+_SD_ELEMENT = re.compile(rb"\[(" + _SD_NAME + rb")((?: " + _SD_NAME + rb'="' + _SD_VALUE + rb'")*)\]', re.S)
+_SD_PARAM = re.compile(rb" (" + _SD_NAME + rb')="(' + _SD_VALUE + rb')"', re.S)
 _SD_ESCAPE = re.compile(rb'\\(["\\\]])')
 
 
@@ -110,23 +136,18 @@ def _structured_data(body: bytes) -> tuple[dict[str, dict[str, Any]] | None, byt
     out: dict[str, dict[str, Any]] = {}
     i = 0
     while body[i:i + 1] == b"[":
-        m = _SD_ID.match(body, i)
+        m = _SD_ELEMENT.match(body, i)
         if m is None:
-            raise ValueError(f"bad SD-ID at byte {i}")
+            raise ValueError(f"bad SD-ELEMENT at byte {i}")
         params: dict[str, Any] = out.setdefault(m.group(1).decode("ascii"), {})
-        i = m.end()
-        while True:
-            p = _SD_PARAM.match(body, i)
-            if p is None:
-                break
-            raw = p.group(2)
+        for name_b, raw in _SD_PARAM.findall(m.group(2)):
             if b"\\" in raw:
                 raw = _SD_ESCAPE.sub(rb"\1", raw)
             try:
                 value = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError("PARAM-VALUE is not UTF-8") from None
-            name = p.group(1).decode("ascii")
+            name = name_b.decode("ascii")
             prev = params.get(name)
             if prev is None:
                 params[name] = value
@@ -134,10 +155,7 @@ def _structured_data(body: bytes) -> tuple[dict[str, dict[str, Any]] | None, byt
                 prev.append(value)
             else:
                 params[name] = [prev, value]
-            i = p.end()
-        if body[i:i + 1] != b"]":
-            raise ValueError(f"bad SD-ELEMENT at byte {i}")
-        i += 1
+        i = m.end()
     return out, body[i:]
 
 
