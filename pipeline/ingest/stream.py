@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -44,6 +45,9 @@ _WORKERS = 8
 _RELP_SOFTWARE = b"worm-pipeline"
 _RELP_MAX_HEADER = 64  # "TXNR SP COMMAND SP DATALEN SP": 9 + 1 + 32 + 1 + 9 + 1 digits and spaces
 _BACKPRESSURE_POLL = 0.05
+_RELP_HEAD = re.compile(rb"([0-9]{1,9}) ([A-Za-z]{1,32}) ([0-9]{1,9})[ \n]")
+# what the start of a header can look like before all of it has arrived
+_RELP_HEAD_PREFIX = re.compile(rb"[0-9]{0,9}(?: (?:[A-Za-z]{0,32}(?: [0-9]{0,9})?)?)?")
 
 
 class RelpParser:
@@ -77,27 +81,14 @@ class RelpParser:
                 pos += 1
                 self._skip_frame = None
                 continue
-            head_end = -1
-            spaces = 0
-            for i in range(pos, min(n, pos + _RELP_MAX_HEADER)):
-                c = buf[i]
-                if c == 0x20:
-                    spaces += 1
-                    if spaces == 3:
-                        head_end = i
-                        break
-                elif c == 0x0A and spaces == 2:
-                    head_end = i  # DATALEN 0 without SP
-                    break
-            if head_end < 0:
-                if n - pos >= _RELP_MAX_HEADER:
-                    raise FrameError("RELP frame header too long or malformed")
+            head = _RELP_HEAD.match(buf, pos)
+            if head is None:
+                # incomplete (wait for more) unless it can no longer become a header
+                if n - pos >= _RELP_MAX_HEADER or not _RELP_HEAD_PREFIX.fullmatch(buf, pos):
+                    raise FrameError("malformed RELP frame header")
                 break
-            parts = bytes(buf[pos:head_end]).split(b" ")
-            if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit() or len(parts[0]) > 9 \
-                    or len(parts[2]) > 9 or not parts[1].isalpha() or len(parts[1]) > 32:
-                raise FrameError("malformed RELP frame header")
-            txnr, command, length = int(parts[0]), parts[1].decode("ascii"), int(parts[2])
+            head_end = head.end() - 1  # the SP before DATA, or the LF of an empty frame
+            txnr, command, length = int(head.group(1)), head.group(2).decode("ascii"), int(head.group(3))
             if buf[head_end] == 0x0A:
                 if length != 0:
                     raise FrameError("RELP frame header ends before its data")
