@@ -69,6 +69,9 @@ def serve(cfg: dict[str, Any]) -> None:
         def observe_request(self, transport: str, code: str) -> None:
             pass
 
+    from pipeline.logsetup import setup_logging
+
+    setup_logging("json")  # warnings (refused connections, storage failures) on stderr
     counter = Counter()
     def path(key: str) -> Path | None:
         return Path(cfg[key]) if cfg.get(key) else None
@@ -165,7 +168,12 @@ def client(kind: str, target: Any, pki: dict[str, str] | None, seconds: float, b
         s = ctx.wrap_socket(raw, server_hostname="localhost") if ctx is not None else raw
         offers = b"relp_version=0\nrelp_software=bench\ncommands=syslog"
         s.sendall(b"1 open %d %s\n" % (len(offers), offers))
-        s.recv(4096)
+        answer = b""
+        while not answer.endswith(b"commands=syslog\n"):  # the open answer, whole
+            more = s.recv(4096)
+            if not more:
+                raise RuntimeError("RELP connection closed")
+            answer += more
         txnr = 2
         while time.monotonic() < end:
             t0 = time.monotonic()
@@ -176,7 +184,7 @@ def client(kind: str, target: Any, pki: dict[str, str] | None, seconds: float, b
                 chunk = s.recv(1 << 20)
                 if not chunk:
                     raise RuntimeError("RELP connection closed")
-                got += chunk.count(b" rsp ")
+                got += chunk.count(b"\n")  # one LF per "TXNR rsp 6 200 OK\n"
             lat.append(time.monotonic() - t0)
             n += batch
         s.close()
