@@ -258,6 +258,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated kinds to run besides the baseline: unix,https,syslog,relp")
     ap.add_argument("--serve", default=None)
     args = ap.parse_args()
     if args.serve is not None:
@@ -277,6 +279,9 @@ def main() -> None:
             ("RELP TLS", "relp", tuple(mtls.addr["relp"]), pki, mtls),
             ("RELP plain", "relp", tuple(plain.addr["relp"]), None, plain),
         ]
+        if args.only:
+            keep = set(args.only.split(","))
+            contenders = [c for c in contenders if c[0].startswith("HTTP plain") or c[1] in keep]
         figures: dict[str, list[tuple[float, float | None]]] = {c[0]: [] for c in contenders}
         rss_peak = 0.0
         stop = threading.Event()
