@@ -4,8 +4,10 @@ RELP (the last two in pipeline/ingest/stream.py), TLS for every TCP listener
 
 docs/INGEST.md is the specification of the protocols (framings, encodings, answers, limits,
 what a 2xx promises); this docstring only summarises.  Every event stored gets the
-sender's authenticated identity as its first key, ``_sender`` (``stamp_sender``; an event
-that brings its own is refused).
+sender's authenticated identity as its first key, ``_sender`` (``with_sender``; an event
+that brings its own is refused, ``reserved_key``).  The field is added as events are
+handed to the log, not when they are validated: a body of tiny events would otherwise
+hold ~20 times its size while it waits to be stored whole.
 
 One rule for both transports: an event is acknowledged only once it is durable (per the
 log's durability mode).  Events are appended with ``wait=False`` and the server then waits
@@ -68,16 +70,26 @@ _SENDER_NEEDLE = b'"' + SENDER_KEY.encode() + b'"'
 LOCAL_SENDER = PeerIdentity("local")
 
 
-def stamp_sender(data: bytes, field: bytes) -> bytes | InvalidEvent:
-    """The prepared event with the sender's identity as its first key (docs/FORMAT.md
-    §1.2).  An event that already has a top-level ``_sender`` is refused: the field is the
-    sidecar's word about who sent, never the sender's."""
+def reserved_key(data: bytes) -> InvalidEvent | None:
+    """The refusal of a prepared event that has a top-level ``_sender`` of its own (the
+    field is the sidecar's word about who sent, never the sender's), else None."""
     if _SENDER_NEEDLE in data and SENDER_KEY in orjson.loads(data):
         return InvalidEvent("reserved-key", f"{SENDER_KEY} is set by the sidecar (the authenticated sender); "
                                             "an event must not carry it")
+    return None
+
+
+def with_sender(data: bytes, stamp: bytes) -> bytes:
+    """The prepared event with ``stamp`` (``sender_field(...)``) as its first key
+    (docs/FORMAT.md §1.2).  Check ``reserved_key`` first."""
     if data == b"{}":
-        return b"{" + field + b"}"
-    return b"{" + field + b"," + data[1:]
+        return b"{" + stamp + b"}"
+    return b"{" + stamp + b"," + data[1:]
+
+
+def stamp_sender(data: bytes, stamp: bytes) -> bytes | InvalidEvent:
+    """``reserved_key`` then ``with_sender``: for a path that holds few events at once."""
+    return reserved_key(data) or with_sender(data, stamp)
 
 
 class ReceiptLike(Protocol):
@@ -389,7 +401,7 @@ class IngestServer:
             if self._inflight == 0:
                 self._idle.notify_all()
 
-    def _prepare(self, raws: list[bytes], sender: bytes) -> list[bytes | InvalidEvent]:
+    def _prepare(self, raws: list[bytes], stamp: bytes | None) -> list[bytes | InvalidEvent]:
         """The log's sanitiser on each raw JSON text, plus ingest's own ``max_event_bytes``.
 
         Parsing an event costs up to ~25x its text in Python objects for pathological
@@ -398,10 +410,10 @@ class IngestServer:
         multiply that cost."""
         if any(len(r) > _BIG_EVENT for r in raws):
             with _big_events:
-                return self._prepare_unlocked(raws, sender)
-        return self._prepare_unlocked(raws, sender)
+                return self._prepare_unlocked(raws, stamp)
+        return self._prepare_unlocked(raws, stamp)
 
-    def _prepare_unlocked(self, raws: list[bytes], sender: bytes) -> list[bytes | InvalidEvent]:
+    def _prepare_unlocked(self, raws: list[bytes], stamp: bytes | None) -> list[bytes | InvalidEvent]:
         limit = self.max_event_bytes
         out: list[bytes | InvalidEvent] = []
         short = [r for r in raws if len(r) <= 2 * limit]
@@ -416,7 +428,8 @@ class IngestServer:
             elif len(data) > limit:
                 data = InvalidEvent("too-large", f"event is {len(data)} bytes serialised, over the limit of {limit}")
             else:
-                data = stamp_sender(data, sender)
+                # the sender field now (stamp), or when the event is handed to the log (None)
+                data = reserved_key(data) or (with_sender(data, stamp) if stamp is not None else data)
             out.append(data)
         return out
 
@@ -451,18 +464,18 @@ class IngestServer:
         end.  Exposed for tests and embedding; keep batches to some thousands of lines."""
         batch = _Batch()
         pending: list[tuple[int, Any, int]] = []  # (index in results, receipt, data bytes)
-        field = sender_field(sender)
+        stamp = sender_field(sender)
         for at in range(0, len(lines), _PREPARE_CHUNK):
-            self._process_chunk(batch, lines, at, pending, field)
+            self._process_chunk(batch, lines, at, pending, stamp)
         if pending:
             self._wait_durable(batch, lines, pending)
         return batch
 
     def _process_chunk(self, batch: _Batch, lines: list[tuple[int, bytes]], at: int,
-                       pending: list[tuple[int, Any, int]], sender: bytes) -> None:
+                       pending: list[tuple[int, Any, int]], stamp: bytes) -> None:
         part = lines[at:at + _PREPARE_CHUNK]
         prepared: list[tuple[int, int, bytes]] = []  # (index in results, line_no, data)
-        checked = self._prepare([raw for _n, raw in part], sender)
+        checked = self._prepare([raw for _n, raw in part], stamp)
         for (line_no, _raw), data in zip(part, checked, strict=True):
             if isinstance(data, InvalidEvent):
                 batch.results.append(_err(line_no, data.reason, data.detail))
@@ -525,15 +538,15 @@ class IngestServer:
         dropped.  Returns None when every event is durable, else what failed (then some
         events may have been stored: the caller closes the connection).  Blocking: call it
         off the event loop, between ``_enter()`` and ``_leave()``."""
-        field = sender_field(sender)
+        stamp = sender_field(sender)
         prepared: list[bytes] = []
         nbytes = 0
         for event in events:
-            data = self._prepare_event(event, field)
+            data = self._prepare_event(event, stamp)
             if isinstance(data, InvalidEvent):
                 if self.metrics is not None:
                     self.metrics.observe_rejected(data.reason)
-                data = self._prepare_event(on_refused(event, data), field)
+                data = self._prepare_event(on_refused(event, data), stamp)
                 if isinstance(data, InvalidEvent):  # the record of the refusal is ours: cannot happen
                     return f"refusal record refused: {data.reason}"
             prepared.append(data)
@@ -553,7 +566,7 @@ class IngestServer:
             self.metrics.observe_appended(len(prepared), nbytes)
         return None
 
-    def _prepare_event(self, event: dict[str, Any], field: bytes) -> bytes | InvalidEvent:
+    def _prepare_event(self, event: dict[str, Any], stamp: bytes) -> bytes | InvalidEvent:
         try:
             data = self.sanitiser.prepare(event)
         except InvalidEvent as exc:
@@ -562,7 +575,7 @@ class IngestServer:
         if len(data) > self.max_event_bytes:
             return InvalidEvent("too-large", f"event is {len(data)} bytes serialised, over the limit of "
                                              f"{self.max_event_bytes}")
-        return stamp_sender(data, field)
+        return stamp_sender(data, stamp)
 
     # ------------------------------------------------------------------ one HTTP request
 
@@ -578,11 +591,10 @@ class IngestServer:
         count = 0
         refused = _Refusals()
         partial = False  # validation stopped early: more events may be refused than listed
-        field = sender_field(sender)
         try:
             max_line = 2 * min(self.max_event_bytes, self.sanitiser.max_event_bytes)
             for chunk in iter_events(body, framing, max_line):
-                checked = self._prepare([raw for _n, raw in chunk], field)
+                checked = self._prepare([raw for _n, raw in chunk], None)
                 for (n, _raw), data in zip(chunk, checked, strict=True):
                     if isinstance(data, InvalidEvent):
                         refused.add(n, data.reason, data.detail)
@@ -611,9 +623,9 @@ class IngestServer:
         if not count:
             return RequestResult(400, {"error": "no events in the request body; nothing was stored",
                                        "accepted": 0})
-        return self._store_packed(packed, count)
+        return self._store_packed(packed, count, sender_field(sender))
 
-    def _store_packed(self, packed: bytearray, count: int) -> RequestResult:
+    def _store_packed(self, packed: bytearray, count: int, stamp: bytes) -> RequestResult:
         first: Any = None
         last: Any = None
         failure: str | None = None
@@ -627,7 +639,7 @@ class IngestServer:
                 # at most _APPEND_CHUNK_EVENTS per call: the log's queue is bounded between
                 # calls (max_pending_bytes), not within one
                 for i in range(0, len(region), _APPEND_CHUNK_EVENTS):
-                    for outcome in self._append(region[i:i + _APPEND_CHUNK_EVENTS]):
+                    for outcome in self._append([with_sender(d, stamp) for d in region[i:i + _APPEND_CHUNK_EVENTS]]):
                         if isinstance(outcome, BaseException):
                             failure = _describe(outcome)
                             break
