@@ -1,7 +1,7 @@
 """Ingest transports side by side (issue 17): events/s and p99 acknowledgement latency for
-NDJSON over the Unix socket, HTTP plain, HTTP mutual TLS (keep-alive), syslog over TLS
-and RELP over TLS, each against plain NDJSON HTTP measured in the same run, and the
-sidecar's RSS.
+NDJSON over the Unix socket, HTTP plain, HTTP mutual TLS (keep-alive), OTLP/HTTP protobuf
+(plain and mutual TLS), syslog over TLS and RELP over TLS, each against plain NDJSON HTTP
+measured in the same run, and the sidecar's RSS.
 
     .venv/bin/python bench/bench_transports.py [--seconds 3] [--rounds 2] [--batch 1000] [--clients 2]
 
@@ -13,6 +13,12 @@ for --seconds with --clients client processes; the figures are the medians over 
 - Unix socket, HTTP: each client sends a batch of --batch NDJSON events and waits for the
   answer (the socket answers every line; HTTP one 200 per batch).  Latency: batch sent to
   batch acknowledged.
+- OTLP: a protobuf ExportLogsServiceRequest of --batch records as the Python SDK's
+  exporter sends it (resource with 3 attributes, one scope, records with body, 5
+  attributes, trace and span ids, severity, both timestamps) to ``POST /v1/logs``.  "HTTP
+  NDJSON of the OTLP events" sends exactly the JSON those records become (docs/FORMAT.md
+  §3.1) to ``/v1/events``: both store the same events, so the ratio of the two is what
+  decoding OTLP costs.
 - RELP: each client keeps one window of --batch ``syslog`` transactions in flight and
   waits for all their ``rsp``; latency as above.
 - Syslog over TLS has no acknowledgement: events/s is messages sent until the server
@@ -45,6 +51,63 @@ sys.path.insert(0, str(REPO))
 
 EVENT = {"actor": "svc-orders", "action": "order.update", "resource": "orders/2026/11/000123456",
          "source_ip": "10.20.30.40", "outcome": "success", "detail": "status changed to shipped"}
+# what each HTTP kind posts: (path, content type, body of --batch events)
+HTTP_KINDS = ("http", "https", "otlp", "otlps", "otlp-ndjson")
+
+
+def _kv(key: str, value: Any) -> Any:
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    kv = common_pb2.KeyValue(key=key)
+    if isinstance(value, bool):
+        kv.value.bool_value = value
+    elif isinstance(value, int):
+        kv.value.int_value = value
+    else:
+        kv.value.string_value = value
+    return kv
+
+
+def otlp_request(n: int) -> bytes:
+    """What the Python SDK's exporter sends for n records of one logger."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.extend([_kv("service.name", "orders"), _kv("service.version", "4.2.0"),
+                                   _kv("host.name", "node-17")])
+    sl = rl.scope_logs.add()
+    sl.scope.name, sl.scope.version = "orders.audit", "1.0.0"
+    now = time.time_ns()
+    for i in range(n):
+        r = sl.log_records.add(time_unix_nano=now + i, observed_time_unix_nano=now + i + 1000, severity_number=9,
+                               severity_text="INFO", trace_id=os.urandom(16), span_id=os.urandom(8), flags=1)
+        r.body.string_value = f"order {i} status changed to shipped"
+        r.attributes.extend([_kv("actor", "svc-orders"), _kv("action", "order.update"),
+                             _kv("resource", f"orders/2026/11/{i:09d}"), _kv("source_ip", "10.20.30.40"),
+                             _kv("ok", True)])
+    data: bytes = req.SerializeToString()
+    return data
+
+
+def ndjson_of(body: bytes) -> bytes:
+    """The events an OTLP request becomes, as NDJSON: the same data over /v1/events."""
+    from pipeline.ingest import otlp
+
+    lines = [item for chunk in otlp.iter_events(body, otlp.PROTOBUF, 1 << 30, 1 << 40) for _n, item in chunk]
+    if not all(isinstance(x, bytes) for x in lines):
+        raise RuntimeError("a benchmark OTLP record was refused by the decoder")
+    return b"\n".join(lines) + b"\n"  # type: ignore[arg-type]
+
+
+def http_request(kind: str, batch: int) -> tuple[str, str, bytes]:
+    if kind in ("otlp", "otlps"):
+        return "/v1/logs", "application/x-protobuf", otlp_request(batch)
+    if kind == "otlp-ndjson":
+        return "/v1/events", "application/x-ndjson", ndjson_of(otlp_request(batch))
+    return "/v1/events", "application/x-ndjson", b"".join(orjson.dumps(EVENT) + b"\n" for _ in range(batch))
+
+
 SYSLOG = (b"<134>1 2026-12-06T18:00:00.000000Z web-1 orders 811 audit "
           b'[audit@32473 actor="svc-orders" outcome="success"] order.update orders/2026/11/000123456 shipped')
 
@@ -67,6 +130,9 @@ def serve(cfg: dict[str, Any]) -> None:
             pass
 
         def observe_request(self, transport: str, code: str) -> None:
+            pass
+
+        def observe_ack(self, transport: str, seconds: float) -> None:
             pass
 
     from pipeline.logsetup import setup_logging
@@ -149,13 +215,14 @@ def client(kind: str, target: Any, pki: dict[str, str] | None, seconds: float, b
             lat.append(time.monotonic() - t0)
             n += batch
         s.close()
-    elif kind in ("http", "https"):
+    elif kind in HTTP_KINDS:
         host, port = target
+        path, ctype, body = http_request(kind, batch)
         c: http.client.HTTPConnection = (http.client.HTTPSConnection(host, port, context=ctx) if ctx is not None
                                          else http.client.HTTPConnection(host, port))
         while time.monotonic() < end:
             t0 = time.monotonic()
-            c.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/x-ndjson"})
+            c.request("POST", path, body=body, headers={"Content-Type": ctype})
             r = c.getresponse()
             r.read()
             if r.status != 200:
@@ -259,7 +326,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--only", default=None,
-                    help="comma-separated kinds to run besides the baseline: unix,https,syslog,relp")
+                    help="comma-separated kinds to run besides the baseline: "
+                         "unix,https,otlp-ndjson,otlp,otlps,syslog,relp")
     ap.add_argument("--serve", default=None)
     args = ap.parse_args()
     if args.serve is not None:
@@ -275,6 +343,9 @@ def main() -> None:
             ("HTTP plain (baseline)", "http", tuple(plain.addr["http"]), None, plain),
             ("Unix socket NDJSON", "unix", str(base / "ingest.sock"), None, plain),
             ("HTTP mutual TLS", "https", tuple(mtls.addr["http"]), pki, mtls),
+            ("HTTP NDJSON of OTLP events", "otlp-ndjson", tuple(plain.addr["http"]), None, plain),
+            ("OTLP/HTTP protobuf", "otlp", tuple(plain.addr["http"]), None, plain),
+            ("OTLP/HTTP mutual TLS", "otlps", tuple(mtls.addr["http"]), pki, mtls),
             ("syslog TLS (RFC 5425)", "syslog", tuple(mtls.addr["syslog"]), pki, mtls),
             ("RELP TLS", "relp", tuple(mtls.addr["relp"]), pki, mtls),
             ("RELP plain", "relp", tuple(plain.addr["relp"]), None, plain),
@@ -310,12 +381,12 @@ def main() -> None:
     base_rate = statistics.median(r for r, _ in figures["HTTP plain (baseline)"])
     print(f"batch {args.batch} events, {args.clients} clients, {args.seconds:g} s x {args.rounds} rounds "
           f"(medians); load average {os.getloadavg()[0]:.2f}")
-    print(f"{'transport':26} {'events/s':>10} {'vs HTTP plain':>14} {'p99 ack ms':>11}")
+    print(f"{'transport':28} {'events/s':>10} {'vs HTTP plain':>14} {'p99 ack ms':>11}")
     for name in figures:
         rate = statistics.median(r for r, _ in figures[name])
         p99s = [p for _, p in figures[name] if p is not None]
         p99 = f"{statistics.median(p99s):.1f}" if p99s else "n/a"
-        print(f"{name:26} {rate:10.0f} {rate / base_rate:13.2f}x {p99:>11}")
+        print(f"{name:28} {rate:10.0f} {rate / base_rate:13.2f}x {p99:>11}")
     print(f"sidecar RSS: peak sampled {rss_peak:.0f} MB, VmHWM {hwm:.0f} MB (largest of the two servers)")
 
 

@@ -281,6 +281,7 @@ class _Conn(asyncio.Protocol):
             self._close(server_close=True)
             return False
         assert self.sender is not None
+        started = time.monotonic()
         work = self.front.pool.submit(ingest.store_events, events, self.sender, _refusal_record)
         # the batch counts as in flight until the thread is done with it, even if this task
         # is cancelled meanwhile (stop() waits for in-flight batches before closing the log)
@@ -295,6 +296,9 @@ class _Conn(asyncio.Protocol):
                 self.transport.abort()
             return False
         self.front.observe(self.kind, "ok")
+        if ingest.metrics is not None:
+            # syslog: to durable storage (nothing is answered); RELP: to the answers
+            ingest.metrics.observe_ack(self.kind, time.monotonic() - started)
         if self.kind == "relp" and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(b"%d rsp 6 200 OK\n" % txnr for txnr, _c, _d, _e in batch))
         return True
