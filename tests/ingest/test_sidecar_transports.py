@@ -4,6 +4,7 @@ identity is stored, and the transports are counted in the metrics."""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -65,3 +66,5 @@ def test_pipeline_run_with_syslog_and_relp_over_mutual_tls(tmp_path: Path, moto_
     assert status == 200
     assert 'worm_ingest_requests_total{code="ok",transport="syslog"}' in metrics \
         or 'worm_ingest_requests_total{transport="syslog",code="ok"}' in metrics, metrics[-3000:]
+    for kind in ("syslog", "relp"):  # stored batches are timed like HTTP requests
+        assert re.search(rf'worm_ingest_ack_seconds_count\{{transport="{kind}"\}} [1-9]', metrics), kind
