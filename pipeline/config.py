@@ -439,6 +439,16 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_event_bytes": _Key(_integer(64), 1048576),
         "max_connections": _Key(_integer(1, 65536), 1024),
         "request_timeout": _Key(_duration(allow_zero=False), "30s"),
+        # TLS for every TCP listener (http, syslog, relp): pipeline/ingest/tls.py, docs/INGEST.md §6
+        "tls_cert": _Key(_optional(_path), None),
+        "tls_key": _Key(_optional(_path), None),
+        "client_ca": _Key(_optional(_path), None),
+        "allowed_clients": _Key(_string_list("client identities (uri:, dns:, cn: or a bare value)"), ()),
+        "allow_plaintext": _Key(_boolean, False),
+        # syslog over TCP/TLS (RFC 5425/6587) and RELP: pipeline/ingest/syslog.py, docs/INGEST.md §7
+        "syslog": _Key(_optional(_listen), None),
+        "relp": _Key(_optional(_listen), None),
+        "max_syslog_frame": _Key(_integer(480, 16 << 20), 65536),
     },
     "ops": {
         "listen": _Key(_listen, "127.0.0.1:9464"),
@@ -556,6 +566,21 @@ class IngestConfig:
     max_event_bytes: int = 1048576
     max_connections: int = 1024  # per transport
     request_timeout: float = 30.0  # seconds from a request's first byte to the end of its body
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    allowed_clients: tuple[str, ...] = ()
+    allow_plaintext: bool = False
+    syslog: str | None = None
+    relp: str | None = None
+    max_syslog_frame: int = 65536
+
+    def tls_settings(self) -> Any:
+        """The ``pipeline.ingest.tls.TlsSettings`` of every TCP listener."""
+        from pipeline.ingest.tls import TlsSettings
+
+        return TlsSettings(cert=self.tls_cert, key=self.tls_key, client_ca=self.client_ca,
+                           allowed_clients=self.allowed_clients, allow_plaintext=self.allow_plaintext)
 
     def read_token(self) -> str | None:
         """The bearer token from ``token_file`` (surrounding whitespace stripped), or None."""
@@ -935,6 +960,7 @@ def _ingest_safety(ingest: dict[str, Any], label: Callable[[str, str], str], pro
             if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IRWXO:
                 problems.append(f"{label('ingest', 'token_file')}: expected a file not accessible by others, "
                                 f"{token} has mode {stat.S_IMODE(st.st_mode):04o}; chmod o-rwx it (0600 or 0640)")
+    _tls_safety(ingest, label, problems)
     http = ingest.get("http")
     if http is None:
         return
@@ -955,9 +981,58 @@ def _ingest_safety(ingest: dict[str, Any], label: Callable[[str, str], str], pro
             return
         finally:
             probe.close()
-    if ingest.get("token_file") is None and not all(ipaddress.ip_address(a).is_loopback for _f, a in addresses):
+    if ingest.get("token_file") is None and ingest.get("client_ca") is None \
+            and not all(ipaddress.ip_address(a).is_loopback for _f, a in addresses):
         problems.append(f"{label('ingest', 'http')}: a listener on {host} is reachable from the network; "
-                        "set ingest.token_file (bearer token) or listen on 127.0.0.1 or [::1]")
+                        "set ingest.client_ca (mutual TLS) or ingest.token_file (bearer token), "
+                        "or listen on 127.0.0.1 or [::1]")
+    settings = _tls_settings(ingest)
+    if settings is not None:
+        from pipeline.ingest.tls import plaintext_problem
+
+        refusal = plaintext_problem(label("ingest", "http"), http, settings)
+        if refusal is not None:
+            problems.append(refusal)
+
+
+def _tls_settings(ingest: dict[str, Any]) -> Any:
+    """The ``TlsSettings`` of the parsed values, or None when a key failed to parse
+    (already reported)."""
+    from pipeline.ingest.tls import TlsSettings
+
+    keys = ("tls_cert", "tls_key", "client_ca", "allowed_clients", "allow_plaintext")
+    if not all(k in ingest for k in keys):
+        return None
+    return TlsSettings(cert=ingest["tls_cert"], key=ingest["tls_key"], client_ca=ingest["client_ca"],
+                       allowed_clients=ingest["allowed_clients"], allow_plaintext=ingest["allow_plaintext"])
+
+
+def _tls_safety(ingest: dict[str, Any], label: Callable[[str, str], str], problems: list[str]) -> None:
+    """Certificate settings (every file read and the pair checked, as at start), and the
+    plaintext rule for syslog and RELP: reachable from the network, they need TLS with
+    client certificates (syslog has no other authentication) unless ``allow_plaintext``.
+    (HTTP's plaintext rule is checked with its address, in ``_ingest_safety``.)"""
+    from pipeline.ingest.tls import is_loopback_listen, plaintext_problem
+
+    settings = _tls_settings(ingest)
+    if settings is None:
+        return
+    for problem in settings.problems():
+        where, sep, rest = problem.partition(": ")
+        key = where.removeprefix("ingest.")
+        problems.append((label("ingest", key) + sep + rest) if key in _SCHEMA["ingest"] else problem)
+    for key in ("syslog", "relp"):
+        listen = ingest.get(key)
+        if listen is None:
+            continue
+        refusal = plaintext_problem(label("ingest", key), listen, settings)
+        if refusal is not None:
+            problems.append(refusal)
+        elif settings.client_ca is None and not settings.allow_plaintext \
+                and is_loopback_listen(parse_listen(listen)[0]) is False:
+            problems.append(f"{label('ingest', key)}: a {key} listener reachable from the network needs client "
+                            "certificates (syslog has no other authentication): set ingest.client_ca, listen on "
+                            "127.0.0.1, or set ingest.allow_plaintext = true")
 
 
 def listen_addresses(host: str) -> list[tuple[socket.AddressFamily, str]]:

@@ -69,12 +69,13 @@ class Metrics:
         self.hot_disk_used_ratio = Gauge("worm_hot_disk_used_ratio",
                                          "Fraction of the hot tier's file system in use (0..1).", registry=r)
         self.ingest_requests = Counter("worm_ingest_requests_total",
-                                       "Ingest requests (HTTP) and batches (Unix socket), by transport and result.",
+                                       "Ingest requests (HTTP, OTLP) and batches (Unix socket, syslog, RELP), "
+                                       "by transport and result.",
                                        ["transport", "code"], registry=r)
         self.ingest_ack_seconds = Histogram(
             "worm_ingest_ack_seconds",
-            "Time from reading an ingest request (HTTP body, Unix-socket batch) to its durable "
-            "acknowledgement, by transport: the durability latency senders see.",
+            "Time from reading an ingest request (HTTP body, Unix-socket batch, syslog/RELP "
+            "batch) to its durable acknowledgement, by transport: the durability latency senders see.",
             ["transport"], buckets=_ACK_BUCKETS, registry=r)
         self.backpressure_active = Gauge("worm_backpressure_active",
                                          "1 while ingest is held back (hot disk above high water), else 0.",

@@ -117,16 +117,11 @@ class Sidecar:
                                              on_witness=m.observe_witness)
             self.emitter.on_checkpoint = m.checkpoint_observer(self.emitter.origin)
             self.emitter.start()
-        if cfg.ingest.socket is not None or cfg.ingest.http is not None:
+        if any(x is not None for x in (cfg.ingest.socket, cfg.ingest.http, cfg.ingest.syslog, cfg.ingest.relp)):
             from pipeline.ingest.server import IngestServer
 
-            self.ingest = IngestServer(
-                self.hotlog, socket_path=cfg.ingest.socket, socket_mode=cfg.ingest.socket_mode,
-                http_listen=cfg.ingest.http, token=cfg.ingest.read_token(),
-                max_request_bytes=cfg.ingest.max_request_bytes, max_event_bytes=cfg.ingest.max_event_bytes,
-                max_connections=cfg.ingest.max_connections, request_timeout=cfg.ingest.request_timeout,
-                backpressure=self.backpressure, metrics=m,
-            ).start()
+            self.ingest = IngestServer.from_config(self.hotlog, cfg.ingest, backpressure=self.backpressure,
+                                                   metrics=m).start()
         if cfg.postgres.dsn is not None:
             from pipeline.pg.source import PostgresSource
 

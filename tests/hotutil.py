@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,15 @@ class FsyncSpy:
     def covered(self, path: Path, end: int) -> bool:
         with self._lock:
             return any(p == str(path) and s >= end for p, s in self.calls)
+
+
+def without_sender(data: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """An ingested event's payload without the sidecar's ``_sender`` field (docs/FORMAT.md
+    §1.2), which must be there (unless not ``required``: events appended in-process have
+    none), first, and name how the sender was authenticated."""
+    if not required and "_sender" not in data:
+        return data
+    assert next(iter(data), None) == "_sender", data
+    sender = data["_sender"]
+    assert isinstance(sender, dict) and sender.get("auth") in ("x509", "token", "local", "none"), sender
+    return {k: v for k, v in data.items() if k != "_sender"}

@@ -50,6 +50,9 @@ if [ -n "$missing" ]; then
     prometheus-alertmanager age postgresql-15 iproute2 >/dev/null
 fi
 
+# syslog-ng, unpacked beside the tree (it cannot be installed next to rsyslog)
+bash tools/install-syslog-ng.sh
+
 # the C accelerator (pipeline/_native.c) needs OpenSSL's headers; pip skipped it (it is
 # optional) if they were missing when the virtual environment was made: add them, rebuild
 if [ ! -f /usr/include/openssl/sha.h ]; then

@@ -77,7 +77,8 @@ def listener_problem(config: Any) -> str | None:
 
     from pipeline.config import parse_listen
 
-    for key, value in (("ops.listen", config.ops.listen), ("ingest.http", config.ingest.http)):
+    for key, value in (("ops.listen", config.ops.listen), ("ingest.http", config.ingest.http),
+                       ("ingest.syslog", config.ingest.syslog), ("ingest.relp", config.ingest.relp)):
         if not value:
             continue
         host, port = parse_listen(value)

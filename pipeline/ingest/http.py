@@ -25,11 +25,12 @@ from aiohttp.web_protocol import RequestHandler
 
 from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, decode_content, framing_for
+from pipeline.ingest.tls import PeerIdentity, peer_address
 
 if TYPE_CHECKING:
     from pipeline.ingest.server import IngestServer, RequestResult
 
-__all__ = ["EVENTS_PATH", "LOGS_PATH", "HttpFront"]
+__all__ = ["EVENTS_PATH", "LOGS_PATH", "HttpFront", "request_sender"]
 
 log = logging.getLogger("pipeline.ingest.http")
 
@@ -56,10 +57,19 @@ class _Conn(RequestHandler):
     in_handler = False
     working = False  # the request is being stored and answered: never shed
     last_active = 0.0
+    # who is at the other end (TLS client certificate, or the address); None with a reason
+    # in `refusal` when mutual TLS is on and the certificate's identity is not allowed
+    peer: PeerIdentity | None = None
+    refusal = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.last_active = time.monotonic()
+        tls = self.front.ingest.tls
+        if tls is not None:  # the handshake is complete when asyncio calls this
+            self.peer, self.refusal = tls.identify(transport)
+        else:
+            self.peer = PeerIdentity("none", "", peer_address(transport))
         self.front.admit(self, transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -191,9 +201,11 @@ class HttpFront:
                             read_bufsize=_READ_BUFSIZE, max_line_size=8190, max_field_size=8190,
                             max_headers=100, lingering_time=1.0)
         host, port = self._address
+        tls = self.ingest.tls
+        tls_args: dict[str, Any] = {} if tls is None else {
+            "ssl": tls.front, "ssl_handshake_timeout": self.ingest.request_timeout}
         self._server = await loop.create_server(self._web, None if host in ("", "*") else host, port,
-                                                backlog=BACKLOG,
-                                                reuse_address=True)
+                                                backlog=BACKLOG, reuse_address=True, **tls_args)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
         self._sweeper = loop.create_task(self._sweep())
@@ -322,6 +334,12 @@ class HttpFront:
         ingest = self.ingest
         if request.version < (1, 0):  # HTTP/0.9 has no headers: nothing here can be checked
             return _closing(_json(400, {"error": "bad request: HTTP/1.0 or HTTP/1.1 required"}))
+        conn = request.protocol
+        assert isinstance(conn, _Conn)
+        if conn.peer is None:
+            # mutual TLS: a certificate from the right CA, but an identity not allowed;
+            # before the path check, so that it covers every route (/v1/events, /v1/logs)
+            return await self._refuse(request, deadline, 403, {"error": f"forbidden: {conn.refusal}"}, close=True)
         if request.path not in (EVENTS_PATH, LOGS_PATH):
             return await self._refuse(request, deadline, 404,
                                       {"error": f"no such path, events go to POST {EVENTS_PATH} "
@@ -382,10 +400,9 @@ class HttpFront:
                 holder = [body]
                 del body
                 loop = asyncio.get_running_loop()
-                conn = request.protocol
-                assert isinstance(conn, _Conn)
                 conn.working = True
-                result = await loop.run_in_executor(self._pool, self._work, holder, encoding, framing)
+                result = await loop.run_in_executor(self._pool, self._work, holder, encoding, framing,
+                                                    request_sender(request))
                 resp = self._result(request, framing, result)
                 # the answer goes out before the batch counts as finished: stop() waits for it
                 if ingest.metrics is not None:
@@ -398,14 +415,14 @@ class HttpFront:
         finally:
             await self._budget.release(reserve)
 
-    def _work(self, holder: list[Any], encoding: str, framing: str) -> RequestResult:
+    def _work(self, holder: list[Any], encoding: str, framing: str, sender: PeerIdentity) -> RequestResult:
         from pipeline.ingest.server import RequestResult
 
         try:
             holder.append(decode_content(holder.pop(), encoding, self.ingest.max_request_bytes))
             # OTLP: the records that pass are stored and the refused ones counted in the
             # answer (partial_success), which OTLP senders read; NDJSON requests are atomic
-            return self.ingest.ingest_body(holder, framing, partial=framing in otlp.CONTENT_TYPES)
+            return self.ingest.ingest_body(holder, framing, sender, partial=framing in otlp.CONTENT_TYPES)
         except BodyError as exc:
             return RequestResult(exc.status, {"error": exc.message, "accepted": 0})
 
@@ -464,6 +481,23 @@ class HttpFront:
         if close or budget <= 0 or not request.content.at_eof():
             resp.force_close()
         return resp
+
+
+def request_sender(request: web.BaseRequest) -> PeerIdentity:
+    """The authenticated sender of a request, for the events it stores (docs/INGEST.md §6):
+    the client certificate's identity under mutual TLS, else the bearer token's name when a
+    token is required, else ``none`` with the client's address.  Every route that stores
+    events uses this (the request has passed the 403 and 401 checks in ``_dispatch``)."""
+    conn = request.protocol
+    peer = conn.peer if isinstance(conn, _Conn) else None
+    if peer is None:
+        raise RuntimeError("request_sender on a connection that was refused")
+    if peer.auth == "x509":
+        return peer
+    ingest = conn.front.ingest if isinstance(conn, _Conn) else None
+    if ingest is not None and ingest.token_required:
+        return PeerIdentity("token", ingest.token_name, peer.peer)
+    return peer
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytearray | None:

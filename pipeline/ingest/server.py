@@ -1,9 +1,15 @@
-"""Ingest for processes outside Python: events over a Unix domain socket and over HTTP.
+"""Ingest for processes outside Python: events over a Unix domain socket, HTTP, syslog and
+RELP (the last two in pipeline/ingest/stream.py), TLS for every TCP listener
+(pipeline/ingest/tls.py).
 
-docs/INGEST.md is the specification of both protocols (framings, encodings, answers, limits,
-what a 2xx promises); this docstring only summarises.
+docs/INGEST.md is the specification of the protocols (framings, encodings, answers, limits,
+what a 2xx promises); this docstring only summarises.  Every event stored gets the
+sender's authenticated identity as its first key, ``_sender`` (``with_sender``; an event
+that brings its own is refused, ``reserved_key``).  The field is added as events are
+handed to the log, not when they are validated: a body of tiny events would otherwise
+hold ~20 times its size while it waits to be stored whole.
 
-One rule for both transports: an event is acknowledged only once it is durable (per the
+One rule for every transport: an event is acknowledged only once it is durable (per the
 log's durability mode).  Events are appended with ``wait=False`` and the server then waits
 once, on the last receipt, before it answers; one fsync covers many events.
 
@@ -14,6 +20,9 @@ once, on the last receipt, before it answers; one fsync covers many events.
 - HTTP (``POST /v1/events``, pipeline/ingest/http.py, aiohttp): a request is atomic.  Either
   every event of it is durable and the answer is ``200``, or none was stored and the answer
   says why (``422`` when some event is refused, never retried by forwarders).
+- OTLP/HTTP (``POST /v1/logs``, pipeline/ingest/otlp.py): the same route through
+  ``ingest_body``, but not atomic: the records that pass are stored and the refused ones
+  counted in the answer (``partial_success``).  Its events get ``_sender`` too.
 
 Memory is bounded by design: bodies are delimited and validated in chunks
 (pipeline/ingest/body.py), validated events are packed into one buffer, per-line errors
@@ -43,6 +52,7 @@ import orjson
 
 from pipeline.ingest import otlp
 from pipeline.ingest.body import FramingError, iter_events
+from pipeline.ingest.tls import SENDER_KEY, PeerIdentity, ServerTls, TlsSettings, sender_field
 from pipeline.sanitise import InvalidEvent, Sanitiser, sanitiser_of
 
 __all__ = ["Appender", "IngestMetrics", "IngestServer", "ReceiptLike", "RequestResult"]
@@ -60,6 +70,30 @@ _BIG_EVENT = 64 << 10  # events with more JSON text than this are sanitised one 
 _big_events = threading.Lock()
 MAX_LISTED_ERRORS = 20  # per HTTP answer: the first refused events, then counts only
 _MAX_DETAIL = 160  # characters of an error's detail (never request bytes: see _err)
+_SENDER_NEEDLE = b'"' + SENDER_KEY.encode() + b'"'
+LOCAL_SENDER = PeerIdentity("local")
+
+
+def reserved_key(data: bytes) -> InvalidEvent | None:
+    """The refusal of a prepared event that has a top-level ``_sender`` of its own (the
+    field is the sidecar's word about who sent, never the sender's), else None."""
+    if _SENDER_NEEDLE in data and SENDER_KEY in orjson.loads(data):
+        return InvalidEvent("reserved-key", f"{SENDER_KEY} is set by the sidecar (the authenticated sender); "
+                                            "an event must not carry it")
+    return None
+
+
+def with_sender(data: bytes, stamp: bytes) -> bytes:
+    """The prepared event with ``stamp`` (``sender_field(...)``) as its first key
+    (docs/FORMAT.md §1.2).  Check ``reserved_key`` first."""
+    if data == b"{}":
+        return b"{" + stamp + b"}"
+    return b"{" + stamp + b"," + data[1:]
+
+
+def stamp_sender(data: bytes, stamp: bytes) -> bytes | InvalidEvent:
+    """``reserved_key`` then ``with_sender``: for a path that holds few events at once."""
+    return reserved_key(data) or with_sender(data, stamp)
 
 
 class ReceiptLike(Protocol):
@@ -141,6 +175,18 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _unix_sender(conn: socket.socket) -> PeerIdentity:
+    """``local``, with the connecting process's uid (SO_PEERCRED: the kernel's word)."""
+    import struct
+
+    try:
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+    except OSError:
+        return LOCAL_SENDER
+    return PeerIdentity("local", f"uid:{uid}")
+
+
 class _Refusals:
     """Refused events of one request: counts per reason and the first few, compactly."""
 
@@ -184,9 +230,14 @@ class IngestServer:
         metrics: IngestMetrics | None = None,
         max_connections: int = 1024,
         request_timeout: float = 30.0,
+        token_name: str = "token",  # noqa: S107 - the name of the token, not a token
+        tls: TlsSettings | None = None,
+        syslog_listen: str | tuple[str, int] | None = None,
+        relp_listen: str | tuple[str, int] | None = None,
+        max_syslog_frame: int = 65536,
     ) -> None:
-        if socket_path is None and http_listen is None:
-            raise ValueError("IngestServer needs socket_path, http_listen or both")
+        if socket_path is None and http_listen is None and syslog_listen is None and relp_listen is None:
+            raise ValueError("IngestServer needs socket_path, http_listen, syslog_listen or relp_listen")
         if max_request_bytes < 1 or max_event_bytes < 1:
             raise ValueError("size limits must be positive")
         if max_connections < 1 or request_timeout <= 0:
@@ -196,12 +247,16 @@ class IngestServer:
         self.appender = appender
         self.socket_path = Path(socket_path) if socket_path is not None else None
         self.socket_mode = socket_mode
-        if isinstance(http_listen, str):
-            from pipeline.config import parse_listen
+        from pipeline.config import parse_listen
 
-            http_listen = parse_listen(http_listen)
-        self._http_listen = http_listen
+        self._http_listen = parse_listen(http_listen) if isinstance(http_listen, str) else http_listen
+        self._syslog_listen = parse_listen(syslog_listen) if isinstance(syslog_listen, str) else syslog_listen
+        self._relp_listen = parse_listen(relp_listen) if isinstance(relp_listen, str) else relp_listen
+        self.max_syslog_frame = max_syslog_frame
         self._token = token.encode() if token is not None else None
+        self.token_name = token_name
+        # every TCP listener's TLS (None: plaintext); building it reads and checks the files
+        self.tls: ServerTls | None = ServerTls(tls) if tls is not None and tls.enabled else None
         self.max_request_bytes = max_request_bytes
         self.max_event_bytes = max_event_bytes
         self.backpressure = backpressure
@@ -221,6 +276,7 @@ class IngestServer:
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._http: Any = None  # pipeline.ingest.http.HttpFront
+        self._streams: Any = None  # pipeline.ingest.stream.StreamFront (syslog, RELP)
 
     @classmethod
     def from_config(cls, appender: Appender, config: Any, *,
@@ -230,8 +286,11 @@ class IngestServer:
         a missing or empty token fails at start, not on the first request)."""
         return cls(appender, socket_path=config.socket, socket_mode=config.socket_mode,
                    http_listen=config.http, token=config.read_token(),
+                   token_name=config.token_file.name if config.token_file is not None else "token",
                    max_request_bytes=config.max_request_bytes, max_event_bytes=config.max_event_bytes,
                    max_connections=config.max_connections, request_timeout=config.request_timeout,
+                   tls=config.tls_settings(), syslog_listen=config.syslog, relp_listen=config.relp,
+                   max_syslog_frame=config.max_syslog_frame,
                    backpressure=backpressure, metrics=metrics)
 
     # ------------------------------------------------------------------ lifecycle
@@ -258,17 +317,31 @@ class IngestServer:
                     self._http = HttpFront(self, self._http_listen).start()
                 except OSError as exc:
                     raise _naming("ingest.http", f"cannot listen on {host}:{port}", exc) from exc
+            if self._syslog_listen is not None or self._relp_listen is not None:
+                from pipeline.ingest.stream import StreamFront
+
+                self._streams = StreamFront(self, syslog=self._syslog_listen, relp=self._relp_listen).start()
         except BaseException:
             self.stop(0)
             raise
         log.info("ingest started", extra={"socket": str(self.socket_path) if self.socket_path else None,
-                                          "http": self.http_address})
+                                          "http": self.http_address, "syslog": self.syslog_address,
+                                          "relp": self.relp_address, "tls": self.tls is not None,
+                                          "mutual_tls": self.tls is not None and self.tls.settings.mutual})
         return self
 
     @property
     def http_address(self) -> tuple[str, int] | None:
         """The bound (host, port): with port 0 in the configuration, the one the OS chose."""
         return self._http.address if self._http is not None else None
+
+    @property
+    def syslog_address(self) -> tuple[str, int] | None:
+        return self._streams.address("syslog") if self._streams is not None else None
+
+    @property
+    def relp_address(self) -> tuple[str, int] | None:
+        return self._streams.address("relp") if self._streams is not None else None
 
     @property
     def stopping(self) -> bool:
@@ -278,11 +351,16 @@ class IngestServer:
         """Stop accepting, let in-flight batches finish within ``grace`` seconds, then close
         every connection.  Events acknowledged before are durable; events read but not yet
         answered when grace runs out may or may not be in the log (the client retries)."""
+        deadline = time.monotonic() + max(0.0, grace)
+        if self._streams is not None:
+            # syslog has no acknowledgement: store what was read before refusing batches
+            self._streams.drain(max(0.0, grace) / 2)
         with self._lock:
             self._stopping.set()
-        deadline = time.monotonic() + max(0.0, grace)
         if self._http is not None:
             self._http.stop_listening()
+        if self._streams is not None:
+            self._streams.stop_listening()
         if self._unix_sock is not None:
             with contextlib.suppress(OSError):
                 self._unix_sock.close()
@@ -301,6 +379,8 @@ class IngestServer:
                 c.shutdown(socket.SHUT_RDWR)
         if self._http is not None:
             self._http.close(max(0.1, deadline - time.monotonic()))
+        if self._streams is not None:
+            self._streams.close(max(0.1, deadline - time.monotonic()))
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -329,7 +409,7 @@ class IngestServer:
             if self._inflight == 0:
                 self._idle.notify_all()
 
-    def _prepare(self, raws: list[bytes | InvalidEvent]) -> list[bytes | InvalidEvent]:
+    def _prepare(self, raws: list[bytes | InvalidEvent], stamp: bytes | None) -> list[bytes | InvalidEvent]:
         """The log's sanitiser on each raw JSON text, plus ingest's own ``max_event_bytes``.
         An item that is already an InvalidEvent (a decoder refused it: an OTLP record with
         a repeated attribute key) stays refused.
@@ -339,14 +419,14 @@ class IngestServer:
         sanitised one at a time in the process, so that concurrent requests cannot
         multiply that cost."""
         if any(type(r) is not bytes for r in raws):
-            done = iter(self._prepare([r for r in raws if type(r) is bytes]))
+            done = iter(self._prepare([r for r in raws if type(r) is bytes], stamp))
             return [next(done) if type(r) is bytes else r for r in raws]
         if any(len(r) > _BIG_EVENT for r in raws):  # type: ignore[arg-type]
             with _big_events:
-                return self._prepare_unlocked(raws)
-        return self._prepare_unlocked(raws)
+                return self._prepare_unlocked(raws, stamp)
+        return self._prepare_unlocked(raws, stamp)
 
-    def _prepare_unlocked(self, raws: list[Any]) -> list[bytes | InvalidEvent]:
+    def _prepare_unlocked(self, raws: list[Any], stamp: bytes | None) -> list[bytes | InvalidEvent]:
         limit = self.max_event_bytes
         out: list[bytes | InvalidEvent] = []
         short = [r for r in raws if len(r) <= 2 * limit]
@@ -360,6 +440,9 @@ class IngestServer:
                 data.__traceback__ = None
             elif len(data) > limit:
                 data = InvalidEvent("too-large", f"event is {len(data)} bytes serialised, over the limit of {limit}")
+            else:
+                # the sender field now (stamp), or when the event is handed to the log (None)
+                data = reserved_key(data) or (with_sender(data, stamp) if stamp is not None else data)
             out.append(data)
         return out
 
@@ -386,7 +469,7 @@ class IngestServer:
                 outcomes.append(exc)
         return outcomes
 
-    def process(self, lines: list[tuple[int, bytes]]) -> _Batch:
+    def process(self, lines: list[tuple[int, bytes]], sender: PeerIdentity = LOCAL_SENDER) -> _Batch:
         """Validate and append ``(line_no, raw)`` pairs, wait until the appended ones are
         durable, and return one result per pair (the socket's semantics: lines are
         independent).  Lines are validated and appended ``_PREPARE_CHUNK`` at a time (what
@@ -394,17 +477,18 @@ class IngestServer:
         end.  Exposed for tests and embedding; keep batches to some thousands of lines."""
         batch = _Batch()
         pending: list[tuple[int, Any, int]] = []  # (index in results, receipt, data bytes)
+        stamp = sender_field(sender)
         for at in range(0, len(lines), _PREPARE_CHUNK):
-            self._process_chunk(batch, lines, at, pending)
+            self._process_chunk(batch, lines, at, pending, stamp)
         if pending:
             self._wait_durable(batch, lines, pending)
         return batch
 
     def _process_chunk(self, batch: _Batch, lines: list[tuple[int, bytes]], at: int,
-                       pending: list[tuple[int, Any, int]]) -> None:
+                       pending: list[tuple[int, Any, int]], stamp: bytes) -> None:
         part = lines[at:at + _PREPARE_CHUNK]
         prepared: list[tuple[int, int, bytes]] = []  # (index in results, line_no, data)
-        checked = self._prepare([raw for _n, raw in part])
+        checked = self._prepare([raw for _n, raw in part], stamp)
         for (line_no, _raw), data in zip(part, checked, strict=True):
             if isinstance(data, InvalidEvent):
                 batch.results.append(_err(line_no, data.reason, data.detail))
@@ -458,9 +542,59 @@ class IngestServer:
             self.metrics.observe_appended(batch.accepted, nbytes)
             self.metrics.observe_ack("unix", time.monotonic() - batch.started)
 
+    # ------------------------------------------------------------------ stream transports
+
+    def store_events(self, events: list[dict[str, Any]], sender: PeerIdentity,
+                     on_refused: Callable[[dict[str, Any], InvalidEvent], dict[str, Any]]) -> str | None:
+        """Syslog and RELP: store ``events`` in order and wait until they are durable.
+        These protocols cannot answer per message, so an event the sanitiser refuses is
+        replaced by ``on_refused(event, error)`` (a record saying what was refused), never
+        dropped.  Returns None when every event is durable, else what failed (then some
+        events may have been stored: the caller closes the connection).  Blocking: call it
+        off the event loop, between ``_enter()`` and ``_leave()``."""
+        stamp = sender_field(sender)
+        prepared: list[bytes] = []
+        nbytes = 0
+        for event in events:
+            data = self._prepare_event(event, stamp)
+            if isinstance(data, InvalidEvent):
+                if self.metrics is not None:
+                    self.metrics.observe_rejected(data.reason)
+                data = self._prepare_event(on_refused(event, data), stamp)
+                if isinstance(data, InvalidEvent):  # the record of the refusal is ours: cannot happen
+                    return f"refusal record refused: {data.reason}"
+            prepared.append(data)
+            nbytes += len(data)
+        last: Any = None
+        for i in range(0, len(prepared), _APPEND_CHUNK_EVENTS):
+            for outcome in self._append(prepared[i:i + _APPEND_CHUNK_EVENTS]):
+                if isinstance(outcome, BaseException):
+                    return _describe(outcome)
+                last = outcome
+        if last is not None:
+            try:
+                self.appender.wait_durable(last)
+            except Exception as exc:
+                return _describe(exc)
+        if self.metrics is not None:
+            self.metrics.observe_appended(len(prepared), nbytes)
+        return None
+
+    def _prepare_event(self, event: dict[str, Any], stamp: bytes) -> bytes | InvalidEvent:
+        try:
+            data = self.sanitiser.prepare(event)
+        except InvalidEvent as exc:
+            exc.__traceback__ = None
+            return exc
+        if len(data) > self.max_event_bytes:
+            return InvalidEvent("too-large", f"event is {len(data)} bytes serialised, over the limit of "
+                                             f"{self.max_event_bytes}")
+        return stamp_sender(data, stamp)
+
     # ------------------------------------------------------------------ one HTTP request
 
-    def ingest_body(self, holder: list[bytes], framing: str, *, partial: bool = False) -> RequestResult:
+    def ingest_body(self, holder: list[bytes], framing: str, sender: PeerIdentity, *,
+                    partial: bool = False) -> RequestResult:
         """Store every event of one decoded request body, or none (docs/INGEST.md).
 
         ``partial`` (OTLP, whose answer can say how many records were refused): store the
@@ -482,7 +616,7 @@ class IngestServer:
         try:
             max_line = 2 * min(self.max_event_bytes, self.sanitiser.max_event_bytes)
             for chunk in self._chunks(body, framing, max_line):
-                checked = self._prepare([raw for _n, raw in chunk])
+                checked = self._prepare([raw for _n, raw in chunk], None)
                 for (n, _raw), data in zip(chunk, checked, strict=True):
                     if isinstance(data, InvalidEvent):
                         refused.add(n, data.reason, data.detail)
@@ -512,7 +646,7 @@ class IngestServer:
         if not count:
             return RequestResult(400, {"error": "no events in the request body; nothing was stored",
                                        "accepted": 0}, no_events=True)
-        result = self._store_packed(packed, count)
+        result = self._store_packed(packed, count, sender_field(sender))
         if self.metrics is not None and result.status == 200:
             transport = "otlp" if framing in (otlp.PROTOBUF, otlp.JSON) else "http"
             self.metrics.observe_ack(transport, time.monotonic() - started)
@@ -525,7 +659,7 @@ class IngestServer:
             return otlp.iter_events(body, framing, max_line, otlp.EXPANSION * self.max_request_bytes)
         return iter_events(body, framing, max_line)
 
-    def _store_packed(self, packed: bytearray, count: int) -> RequestResult:
+    def _store_packed(self, packed: bytearray, count: int, stamp: bytes) -> RequestResult:
         first: Any = None
         last: Any = None
         failure: str | None = None
@@ -539,7 +673,7 @@ class IngestServer:
                 # at most _APPEND_CHUNK_EVENTS per call: the log's queue is bounded between
                 # calls (max_pending_bytes), not within one
                 for i in range(0, len(region), _APPEND_CHUNK_EVENTS):
-                    for outcome in self._append(region[i:i + _APPEND_CHUNK_EVENTS]):
+                    for outcome in self._append([with_sender(d, stamp) for d in region[i:i + _APPEND_CHUNK_EVENTS]]):
                         if isinstance(outcome, BaseException):
                             failure = _describe(outcome)
                             break
@@ -660,7 +794,7 @@ class IngestServer:
     def _serve_conn(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(_SEND_TIMEOUT)
-            self._conn_loop(conn)
+            self._conn_loop(conn, _unix_sender(conn))
         except OSError as exc:
             if not self._stopping.is_set():
                 log.info("ingest: connection closed", extra={"error": _describe(exc)})
@@ -688,7 +822,7 @@ class IngestServer:
                 return True
         return False
 
-    def _conn_loop(self, conn: socket.socket) -> None:
+    def _conn_loop(self, conn: socket.socket, sender: PeerIdentity) -> None:
         buf = bytearray()
         line_no = 0
         discarding = False  # inside an over-long line: drop bytes up to its newline
@@ -729,7 +863,7 @@ class IngestServer:
                     line_no += 1
                     lines.append((line_no, raw))
                     if len(lines) >= _SOCKET_BATCH_LINES:
-                        self._answer(conn, lines)
+                        self._answer(conn, lines, sender)
                         lines = []
             del buf[:start]
             if eof and buf and not discarding:
@@ -746,9 +880,9 @@ class IngestServer:
                     discarding = True
                 buf.clear()
             if lines:
-                self._answer(conn, lines)
+                self._answer(conn, lines, sender)
 
-    def _answer(self, conn: socket.socket, lines: list[tuple[int, bytes]]) -> None:
+    def _answer(self, conn: socket.socket, lines: list[tuple[int, bytes]], sender: PeerIdentity) -> None:
         if not self._enter():
             with contextlib.suppress(OSError):
                 conn.sendall(b"\n".join(_err(n, "unavailable", "stopping: the sidecar is shutting down")
@@ -756,7 +890,7 @@ class IngestServer:
             return
         try:
             oversize = [(i, n) for i, (n, raw) in enumerate(lines) if raw == b""]
-            batch = self.process([p for p in lines if p[1] != b""])
+            batch = self.process([p for p in lines if p[1] != b""], sender)
             results = batch.results
             for i, n in oversize:  # in order, so earlier insertions keep later indexes right
                 detail = f"line longer than max_request_bytes ({self.max_request_bytes})"
@@ -772,6 +906,10 @@ class IngestServer:
             self._leave()
 
     # ------------------------------------------------------------------ HTTP authentication
+
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
 
     def check_authorization(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries the token: ``Bearer <token>``, or

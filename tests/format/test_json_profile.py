@@ -128,7 +128,11 @@ def test_ingest_socket_and_http_refuse_and_store_as_documented(hot_dir: Path, lo
             assert ans["ok"], (name, ans)
             for seq in (ans["seq"], http_stored[name]):
                 line = stored[seq].line
-                assert line[line.index(b',"data":') + 8 : line.rindex(b',"hash":"')] == want, name
+                data = line[line.index(b',"data":') + 8 : line.rindex(b',"hash":"')]
+                # ingest puts the sender first (docs/FORMAT.md §1.2); the event's bytes follow as sent
+                sender_end = data.index(b"},") + 2
+                assert data[:sender_end].startswith(b'{"_sender":{"auth":'), name
+                assert b"{" + data[sender_end:] == want, name
         else:
             assert not ans["ok"] and ans["error"].startswith(reason + ": "), (name, ans)
     assert verify_stream(hot_dir / "app", workers=1).ok

@@ -36,7 +36,7 @@ import zstandard
 
 from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
-from tests.hotutil import records
+from tests.hotutil import records, without_sender
 
 STREAM = "app"
 TOKEN = "fwd-t0ken-123"
@@ -67,7 +67,7 @@ def server(hotlog: HotLog) -> Iterator[IngestServer]:
 
 
 def stored(hot_dir: Path) -> list[dict[str, Any]]:
-    return [r.data for r in records(hot_dir / STREAM) if r.kind == "event"]
+    return [without_sender(r.data) for r in records(hot_dir / STREAM) if r.kind == "event"]
 
 
 class WireClient:

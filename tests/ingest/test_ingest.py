@@ -21,7 +21,7 @@ import pytest
 from pipeline.hot.segment import iter_lines
 from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
-from tests.hotutil import FsyncSpy, records
+from tests.hotutil import FsyncSpy, records, without_sender
 
 STREAM = "app"
 
@@ -75,7 +75,7 @@ def hotlog(hot_dir: Path) -> Iterator[HotLog]:
 
 
 def events_in_log(hot_dir: Path) -> list[dict[str, Any]]:
-    return [r.data for r in records(hot_dir / STREAM) if r.kind == "event"]
+    return [without_sender(r.data) for r in records(hot_dir / STREAM) if r.kind == "event"]
 
 
 def by_seq(hot_dir: Path) -> dict[int, Any]:

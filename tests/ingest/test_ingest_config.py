@@ -31,12 +31,17 @@ def token(tmp_path: Path, mode: int) -> Path:
 
 
 def test_network_listener_needs_a_token(tmp_path: Path) -> None:
+    # issue 13: authentication (a token); issue 17: TLS too, unless plaintext is allowed by name
     for host in ("0.0.0.0", "*", "[::]"):
         problems = problems_of(tmp_path, {"PIPELINE_INGEST_HTTP": f"{host}:8087"})
-        assert len(problems) == 1 and problems[0].startswith("PIPELINE_INGEST_HTTP: a listener on "), problems
-        assert "reachable from the network" in problems[0] and "ingest.token_file" in problems[0]
-        assert problems_of(tmp_path, {"PIPELINE_INGEST_HTTP": f"{host}:8087",
-                                      "PIPELINE_INGEST_TOKEN_FILE": str(token(tmp_path, 0o600))}) == []
+        assert len(problems) == 2 and all(p.startswith("PIPELINE_INGEST_HTTP: a listener on ") for p in problems)
+        assert any("reachable from the network" in p and "ingest.token_file" in p for p in problems), problems
+        assert any("without TLS" in p and "ingest.allow_plaintext = true" in p for p in problems), problems
+        tok = str(token(tmp_path, 0o600))
+        only_tls = problems_of(tmp_path, {"PIPELINE_INGEST_HTTP": f"{host}:8087", "PIPELINE_INGEST_TOKEN_FILE": tok})
+        assert len(only_tls) == 1 and "without TLS" in only_tls[0], only_tls
+        assert problems_of(tmp_path, {"PIPELINE_INGEST_HTTP": f"{host}:8087", "PIPELINE_INGEST_TOKEN_FILE": tok,
+                                      "PIPELINE_INGEST_ALLOW_PLAINTEXT": "true"}) == []
     for loopback in ("127.0.0.1:8087", "[::1]:8087", "localhost:8087"):
         assert problems_of(tmp_path, {"PIPELINE_INGEST_HTTP": loopback}) == []
 
@@ -81,9 +86,11 @@ http = "0.0.0.0:8087"
     lines = [ln.strip() for ln in out.stderr.splitlines()]
     assert any(ln.startswith("ingest.socket_mode: expected no access for others") for ln in lines), out.stderr
     assert any(ln.startswith("ingest.http: a listener on 0.0.0.0 is reachable from the network") for ln in lines)
+    assert any(ln.startswith("ingest.http: a listener on 0.0.0.0 without TLS") and "ingest.allow_plaintext" in ln
+               for ln in lines), out.stderr
     # the same file with the problems fixed passes the check
     tok = token(tmp_path, 0o600)
-    cfg.write_text(cfg.read_text().replace('"0666"', '"0660"') + f'token_file = "{tok}"\n')
+    cfg.write_text(cfg.read_text().replace('"0666"', '"0660"') + f'token_file = "{tok}"\nallow_plaintext = true\n')
     out = pipeline_cli("run", "--config", str(cfg), "--check")
     assert out.returncode == 0, out.stderr
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pipeline.hot.writer import HotLog
-from tests.hotutil import records
+from tests.hotutil import records, without_sender
 from tests.ingestproc import ProcServer, ingest_process, post
 
 GOOD = b'{"user":"good","action":"check"}\n'
@@ -40,7 +40,7 @@ def raw(addr: tuple[str, int], request: bytes, timeout: float = 5.0) -> bytes:
 def stored_events(hot: Path) -> list[dict[str, object]]:
     log = HotLog(hot, "app", heartbeat_interval=0, segment_window=0)  # recovers; the child has exited
     log.close(seal=False)
-    return [r.data for r in records(hot / "app") if r.kind == "event"]
+    return [without_sender(r.data, required=False) for r in records(hot / "app") if r.kind == "event"]
 
 
 HEAD = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"

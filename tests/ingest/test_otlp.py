@@ -31,7 +31,8 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from pipeline.hot.writer import HotLog
 from pipeline.ingest import otlp
 from pipeline.ingest.server import IngestServer
-from tests.hotutil import records
+from tests.hotutil import records, without_sender
+from tests.ingest.certs import CA
 from tests.ingestproc import ProcServer, ingest_process
 
 STREAM = "app"
@@ -74,8 +75,14 @@ def status(data: bytes, content_type: str = PROTOBUF) -> status_pb2.Status:
     return msg
 
 
-def stored(hot: Path) -> list[dict[str, Any]]:
+def stored_raw(hot: Path) -> list[dict[str, Any]]:
+    """The stored events as they are, ``_sender`` included."""
     return [r.data for r in records(hot / STREAM) if r.kind == "event"]
+
+
+def stored(hot: Path) -> list[dict[str, Any]]:
+    """The stored events without ``_sender`` (checked to be there and first)."""
+    return [without_sender(d) for d in stored_raw(hot)]
 
 
 def kv(key: str, value: Any) -> common_pb2.KeyValue:
@@ -158,18 +165,44 @@ class OtlpTarget:
 def _plain_target(tmp_path: Path, **kwargs: Any) -> Iterator[OtlpTarget]:
     with ingest_process(tmp_path, 4 << 20) as srv:
         host, port = srv.addr
-        yield OtlpTarget(f"http://{host}:{port}/v1/logs", kwargs, srv, srv.hot)
+        yield OtlpTarget(f"http://{host}:{port}/v1/logs", kwargs, srv, srv.hot,
+                         {"_sender": {"auth": "none", "peer": "127.0.0.1"}})
+
+
+SPIFFE = "spiffe://example.org/ns/payments/sa/exporter"
+
+
+def _mtls_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpTarget]:
+    """The sidecar with a server certificate and a client CA: the exporter presents a
+    client certificate (SPIFFE ID in its SAN), which becomes each event's ``_sender``."""
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override the exporter's
+    # certificate_file (a Session's verify loses to the environment; docs/FORWARDERS.md)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = CA(pki)
+    server, client = ca.server(), ca.issue("exporter", uris=(SPIFFE,))
+    with ingest_process(tmp_path, 4 << 20, "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                        "--client-ca", str(ca.path), "--allowed-client", f"uri:{SPIFFE}") as srv:
+        _host, port = srv.addr
+        yield OtlpTarget(f"https://127.0.0.1:{port}/v1/logs",
+                         {"certificate_file": str(ca.path), "client_key_file": str(client.key),
+                          "client_certificate_file": str(client.cert), "compression": "gzip"},
+                         srv, srv.hot, {"_sender": {"auth": "x509", "id": SPIFFE, "peer": "127.0.0.1"}})
 
 
 TARGETS = {
-    "plain": lambda tmp: _plain_target(tmp),
-    "gzip": lambda tmp: _plain_target(tmp, compression="gzip"),
+    "plain": lambda tmp, _mp: _plain_target(tmp),
+    "gzip": lambda tmp, _mp: _plain_target(tmp, compression="gzip"),
+    "mtls": _mtls_target,
 }
 
 
 @pytest.fixture(params=list(TARGETS))
-def otlp_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OtlpTarget]:
-    yield from TARGETS[request.param](tmp_path)
+def otlp_target(request: pytest.FixtureRequest, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpTarget]:
+    yield from TARGETS[request.param](tmp_path, monkeypatch)
 
 
 def test_sdk_exporter_every_record_stored_once(otlp_target: OtlpTarget) -> None:
@@ -206,7 +239,7 @@ def test_sdk_exporter_every_record_stored_once(otlp_target: OtlpTarget) -> None:
     otlp_target.server.proc.stdin.close()  # type: ignore[union-attr]
     otlp_target.server.proc.wait(30)
 
-    events = stored(otlp_target.hot)
+    events = stored_raw(otlp_target.hot)
     by_i: dict[int, list[dict[str, Any]]] = {}
     for ev in events:
         by_i.setdefault(ev["attributes"]["i"], []).append(ev)
@@ -222,6 +255,7 @@ def test_sdk_exporter_every_record_stored_once(otlp_target: OtlpTarget) -> None:
                                     "password": "[REDACTED:secret-key]"}
         for key, value in otlp_target.expect_in_event.items():
             assert ev[key] == value, key
+        assert next(iter(ev)) == "_sender"  # docs/FORMAT.md §1.2: the first key
         assert ev["trace_id"] == f"{0x5B8EFFF798038103D269B633813FC000 + i:032x}"
         assert ev["span_id"] == f"{0xEEE19B7EC3C10000 + i:016x}"
         assert ev["flags"] == 1
@@ -677,7 +711,7 @@ def test_collector_otlphttp_wire_format(hot_dir: Path) -> None:
     match), a 4xx/5xx body as google.rpc.Status.  No collector can be built here (docs/
     FORWARDERS.md says why), so its wire format is replayed."""
     log = HotLog(hot_dir, STREAM, durability="group", heartbeat_interval=0, segment_window=0)
-    srv = IngestServer(log, http_listen="127.0.0.1:0", token="coll-t0ken").start()
+    srv = IngestServer(log, http_listen="127.0.0.1:0", token="coll-t0ken", token_name="collector-token").start()
     try:
         addr = addr_of(srv)
         dup = record(2)
@@ -690,6 +724,43 @@ def test_collector_otlphttp_wire_format(hot_dir: Path) -> None:
         assert code == 401 and h["content-type"] == PROTOBUF and "www-authenticate" in h
         assert "token" in status(data).message
         assert [ev["attributes"]["i"] for ev in stored(hot_dir)] == [0, 1]
+        # the bearer token's name is the sender (docs/FORMAT.md §1.2), as for /v1/events
+        assert [ev["_sender"] for ev in stored_raw(hot_dir)] == \
+            [{"auth": "token", "id": "collector-token", "peer": "127.0.0.1"}] * 2
+    finally:
+        srv.stop(5)
+        log.close()
+
+
+def test_mutual_tls_identity_not_allowed_is_403_on_logs(tmp_path: Path, hot_dir: Path) -> None:
+    """The allow-list of client identities covers /v1/logs like /v1/events: a certificate
+    from the right CA with another identity gets a 403 (as a google.rpc.Status), and
+    nothing is stored."""
+    import ssl
+
+    from pipeline.ingest.tls import TlsSettings
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = CA(pki)
+    server, stranger = ca.server(), ca.issue("stranger", uris=("spiffe://example.org/ns/x/sa/y",))
+    log = HotLog(hot_dir, STREAM, durability="group", heartbeat_interval=0, segment_window=0)
+    srv = IngestServer(log, http_listen="127.0.0.1:0",
+                       tls=TlsSettings(server.cert, server.key, ca.path, allowed_clients=(f"uri:{SPIFFE}",))).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca.path))
+        ctx.load_cert_chain(str(stranger.cert), str(stranger.key))
+        conn = http.client.HTTPSConnection("127.0.0.1", addr_of(srv)[1], context=ctx, timeout=10)
+        try:
+            conn.request("POST", "/v1/logs", body=request(record(0)).SerializeToString(),
+                         headers={"Content-Type": PROTOBUF})
+            resp = conn.getresponse()
+            code, ctype, data = resp.status, resp.getheader("Content-Type"), resp.read()
+        finally:
+            conn.close()
+        assert code == 403 and ctype == PROTOBUF
+        assert "not allowed" in status(data).message
+        assert not (hot_dir / STREAM).exists() or stored(hot_dir) == []
     finally:
         srv.stop(5)
         log.close()

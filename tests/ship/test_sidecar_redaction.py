@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.hotutil import records
+from tests.hotutil import records, without_sender
 from tests.ship.test_sidecar import Sidecar, socket_send
 
 
@@ -24,7 +24,7 @@ def test_sanitise_section_applies_on_ingest_and_reloads_with_sighup(tmp_path: Pa
         assert all(a["ok"] for a in socket_send(sc.sock, [{"PatientMRN": "MRN-2"}]))
 
         def stored() -> list[dict[str, object]]:
-            return [r.data for r in records(sc.hot / "app") if r.kind == "event"]
+            return [without_sender(r.data, required=False) for r in records(sc.hot / "app") if r.kind == "event"]
 
         evs = stored()
         assert evs[:3] == [{"patient_mrn": "[REDACTED:secret-key]", "card": "4111 1111 1111 1111"},
