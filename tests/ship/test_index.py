@@ -313,3 +313,22 @@ def test_the_signature_covers_rows_footer_origin_and_key(side: Any, tmp_path: Pa
     # the same key signs checkpoints: an index note is never a checkpoint
     with pytest.raises(NoteError):
         Checkpoint.parse(split_note(note)[0])
+
+
+def test_pipeline_ship_signs_with_key(side: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+    from pipeline.format.checkpoint import write_key_pair
+    from pipeline.ship.index import check_part_signature, read_part_signature
+
+    key, _pub = write_key_pair(side.signer, tmp_path / "keys")
+    (tmp_path / "cold").mkdir()
+    base = ["ship", "--hot", str(side.hot), "--cold", f"file://{tmp_path / 'cold'}", "--allow-unlocked", "--once",
+            "--json", "--key", str(key)]
+    assert main([*base, "--origin", "example.com/worm/app"]) == 2  # an origin names one stream
+    assert "exactly one --stream" in capsys.readouterr().err
+    assert main([*base, "--stream", "app", "--origin", "example.com/worm/app"]) == 0
+    [f] = parts_on_disk(tmp_path)
+    note = read_part_signature(str(f))
+    assert note is not None
+    meta, _ = read_part_meta(str(f))
+    check_part_signature(str(f), note, meta, [side.signer.verifier()], "example.com/worm/app")
