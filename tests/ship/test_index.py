@@ -332,3 +332,26 @@ def test_pipeline_ship_signs_with_key(side: Any, tmp_path: Path, capsys: pytest.
     assert note is not None
     meta, _ = read_part_meta(str(f))
     check_part_signature(str(f), note, meta, [side.signer.verifier()], "example.com/worm/app")
+
+
+def test_rows_sha256_is_the_documented_jcs_digest(side: Any, tmp_path: Path) -> None:
+    """docs/INDEX.md "Signature", recomputed the way an independent verifier would: each row's
+    values as a JSON array (JCS; timestamps as microseconds since the epoch) and a newline."""
+    import datetime as dt
+    import json
+
+    from pipeline.format.checkpoint import split_note
+    from pipeline.ship.index import COLUMNS, PartNote, read_part_signature
+
+    s = shipper(side, store_at(tmp_path), signed=True)
+    s.run_once()
+    [f] = parts_on_disk(tmp_path)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    digest = hashlib.sha256()
+    for row in pq.read_table(f).to_pylist():
+        values = [(v - epoch) // dt.timedelta(microseconds=1) if isinstance(v, dt.datetime) else v
+                  for v in (row[c] for c in COLUMNS)]
+        digest.update(json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+    note = read_part_signature(str(f))
+    assert note is not None
+    assert PartNote.parse(split_note(note)[0]).rows_sha256 == digest.hexdigest()
