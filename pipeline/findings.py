@@ -120,6 +120,14 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
      "before it (a part was rewritten), or two parts claim one number"),
     ("index-part-replaced", ERROR, "tier", _TIER, "--inventory: an index part's key holds more than one version or a "
      "delete marker: the index was rewritten or hidden"),
+    ("index-signature-invalid", ERROR, "tier", _TIER, "--inventory: an index part's signed note does not verify "
+     "with the log's key or does not describe the part as read, or a part is unsigned after a signed one (or "
+     "with --require-signed-index)"),
+    ("index-part-unsigned", WARNING, "tier", _TIER, "--inventory: index parts carry no signature (a shipper "
+     "without [signing]): a rewritten part without versioning evidence, the newest in particular, is not "
+     "detectable"),
+    ("index-signature-unchecked", WARNING, "tier", _TIER, "--inventory: index parts are signed but no --vkey was "
+     "given: their signatures were not checked"),
     ("versions-unchecked", WARNING, "tier", _TIER, "object versions could not be listed (backend or permission): "
      "delete markers and overwritten versions were not checked"),
     ("ledger-missing", WARNING, "tier", _TIER, "host mode without the shipper's ledger: cold objects cannot be "

@@ -94,17 +94,19 @@ class Sidecar:
             on_upload=lambda seconds, nbytes: m.observe_upload(seconds),
             on_failure=self._on_failure,
         )
+        from pipeline.format.checkpoint import configured_signer
+
+        # [signing] key_file, or PIPELINE_SIGNING_KEY (a Kubernetes secretKeyRef): docs/PROOFS.md.
+        # It signs the checkpoints and the manifest index's parts (docs/INDEX.md "Signature").
+        signer = configured_signer(cfg.signing.key_file)
         self.shipper = Shipper(cfg.hot.dir, store, hot_retention=cfg.hot.hot_retention,
                                concurrency=cfg.cold.upload_concurrency,
                                high_water_percent=cfg.hot.high_water_percent, streams=[cfg.hot.stream],
-                               listener=listener)
+                               listener=listener, index_signer=signer,
+                               index_origin=cfg.signing.origin or cfg.hot.stream)
         shipper = self.shipper
         m.track(m.cold_lag_seconds, shipper.cold_lag)
         m.track(m.hot_disk_used_ratio, shipper.disk_used_ratio)
-        from pipeline.format.checkpoint import configured_signer
-
-        # [signing] key_file, or PIPELINE_SIGNING_KEY (a Kubernetes secretKeyRef): docs/PROOFS.md
-        signer = configured_signer(cfg.signing.key_file)
         if signer is not None:
             from pipeline.hot.checkpoints import CheckpointEmitter
 

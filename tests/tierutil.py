@@ -135,7 +135,9 @@ def build_hot(tmp_path: Path, *, segments: int = 6, events_per_segment: int = 40
 def ship_hot(side: HotSide, url: str, settings: ColdSettings, *, evict: bool = False, transport: Any = None) -> None:
     """Ship every sealed segment with the real Shipper (copy, read back, confirm)."""
     store = open_store(url, settings, transport=transport)
-    summary = Shipper(side.hot, store, hot_retention=0.0 if evict else 1e9, concurrency=4).run_once()
+    # index parts signed by the log's key, as the sidecar with [signing] does (docs/INDEX.md "Signature")
+    summary = Shipper(side.hot, store, hot_retention=0.0 if evict else 1e9, concurrency=4,
+                      index_signer=side.signer, index_origin=f"{ORIGIN_PREFIX}/app").run_once()
     assert summary.failed == 0 and summary.quarantined == 0, summary.errors
     store.close()
 

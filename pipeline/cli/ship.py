@@ -16,6 +16,7 @@ from pipeline.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from pipeline.cli._common import DURATION_HELP, add_retry_arg, add_verb, duration, err, refuse_wrong_hot
 from pipeline.cli._progress import progress_bar
 from pipeline.cold import ColdSettings, open_store
+from pipeline.format.checkpoint import NoteError, configured_signer
 from pipeline.ship.ledger import Entry
 from pipeline.ship.shipper import Shipper, ShipSummary
 
@@ -62,6 +63,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"keep confirmed segments on the hot disk this long: {DURATION_HELP} (default 24h)")
     p.add_argument("--concurrency", type=int, default=4, help="parallel uploads (default 4)")
     p.add_argument("--json", action="store_true", help="print the pass's summary as JSON (--once)")
+    p.add_argument("--key", type=Path, default=None,
+                   help="the log's checkpoint signing key: signs every manifest index part (docs/INDEX.md "
+                        "'Signature'; default: $PIPELINE_SIGNING_KEY when set, else the parts are unsigned)")
+    p.add_argument("--origin", default=None,
+                   help="the checkpoint origin named in the index parts' signed notes (with one --stream; "
+                        "default: the stream name)")
     p.set_defaults(func=run)
 
 
@@ -70,9 +77,17 @@ def run(args: argparse.Namespace) -> int:
         refused = refuse_wrong_hot(Path(args.hot), stream)
         if refused is not None:
             return refused
+    if args.origin is not None and len(args.stream or []) != 1:
+        err("--origin names one stream's origin: give exactly one --stream with it")
+        return EXIT_ERROR
+    try:
+        signer = configured_signer(args.key)
+    except NoteError as exc:
+        err(str(exc))
+        return EXIT_ERROR
     store = open_store(args.cold, settings_from(args))  # a ColdError is answered by the CLI (exit 2)
     shipper = Shipper(args.hot, store, hot_retention=args.hot_retention, concurrency=args.concurrency,
-                      streams=args.stream)
+                      streams=args.stream, index_signer=signer, index_origin=args.origin)
     bar = progress_bar("ship", json=args.json) if args.once else None
 
     def progress(entry: Entry, state: str) -> None:

@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fleet.add_argument("--sample", type=float, default=0.0001, metavar="FRACTION",
                        help="fraction of segments read and verified end to end (default 0.0001 = 0.01%%), plus the "
                        "one under each stream's newest witnessed checkpoint")
+    fleet.add_argument("--require-signed-index", action="store_true",
+                       help="an unsigned index part is an error (index-signature-invalid), not a warning: for a "
+                       "shipper that signs with the log's key ([signing] key_file; docs/INDEX.md 'Signature')")
     fleet.add_argument("--memory-limit", default="1GB", help="DuckDB's memory limit; sorts spill to disk (default 1GB)")
     add_retry_arg(p)
     p.set_defaults(func=run)
@@ -266,7 +269,7 @@ def run_inventory(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval, retention_days=args.retention_days,
         allow_unlocked=args.allow_unlocked, expiry_warning_days=args.expiry_warning_days, sample_fraction=args.sample,
         verifiers=verifiers, witness_dirs=args.witness_dir, witness_s3=witness_s3, checkpoint_files=args.checkpoint,
-        origin=args.origin, memory_limit=args.memory_limit)
+        origin=args.origin, memory_limit=args.memory_limit, require_signed_index=args.require_signed_index)
     try:
         store = open_for_reading(args.cold, args)
         try:

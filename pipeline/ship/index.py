@@ -24,6 +24,7 @@ ledger: the next pass writes it.  So no confirmed segment's row is ever lost.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -31,7 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from pipeline.errors import PipelineError
+from pipeline.format.checkpoint import NoteError, Signer, Verifier, open_note, sign_note
 from pipeline.format.layout import decode_metadata
 from pipeline.ship.ledger import Entry, IndexPart, Ledger
 
@@ -40,6 +44,8 @@ log = logging.getLogger("pipeline.ship.index")
 INDEX_DIR = "_index"
 INDEX_FORMAT = "1"
 FOOTER_KEY = b"worm.index"
+SIGNATURE_KEY = b"worm.index.signature"  # the signed note (docs/INDEX.md "Signature")
+NOTE_HEADER = "worm-pipeline/index-part/v1"
 GENESIS_PART_HASH = "0" * 64
 # the object metadata of a part (informational: the Parquet footer is authoritative)
 INDEX_METADATA_KEYS = ("worm_index_format", "worm_index_stream", "worm_index_part", "worm_index_prev_sha256")
@@ -128,17 +134,134 @@ class PartMeta:
             raise ValueError(f"index part footer metadata is not a worm.index record ({exc})") from exc
 
 
-def build_part(meta: PartMeta, rows: Sequence[dict[str, Any]]) -> bytes:
+MAX_EXACT_INT = 2**53 - 1  # RFC 8785 (JCS) numbers are IEEE doubles: larger integers are not canonical
+
+
+def rows_sha256(table: Any) -> str:
+    """docs/INDEX.md "Signature": SHA-256 over the rows in file order, each the RFC 8785
+    (JCS) serialisation of the array of its values in ``COLUMNS`` order followed by ``\\n``;
+    timestamps as integer microseconds since the Unix epoch.  Independent of the Parquet
+    encoding, so any reader recomputes it from the values it reads."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = []
+    for name in COLUMNS:
+        col = table.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        if pa.types.is_integer(col.type) and len(col) and col.null_count < len(col):
+            lo, hi = pc.min_max(col).values()
+            if max(abs(lo.as_py()), abs(hi.as_py())) > MAX_EXACT_INT:
+                raise ValueError(f"column {name} holds an integer outside the exact range of RFC 8785")
+        columns.append(col.to_pylist())
+    digest = hashlib.sha256()
+    for values in zip(*columns, strict=True):
+        # for strings, integers, booleans and null, orjson writes exactly RFC 8785's bytes (the
+        # same as json.dumps(ensure_ascii=False, separators=(",", ":")); tests/ship/test_index.py)
+        digest.update(orjson.dumps(values) + b"\n")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PartNote:
+    """The body of an index part's signed note (docs/INDEX.md "Signature")."""
+
+    origin: str
+    meta: PartMeta
+    rows_sha256: str
+
+    def body(self) -> bytes:
+        m = self.meta
+        for value in (self.origin, m.stream, m.dt):
+            if not value or any(c in value for c in "\n\r") or not value.isprintable():
+                raise NoteError(f"index note field {value!r} must be one printable line")
+        lines = [NOTE_HEADER, f"origin {self.origin}", f"format {m.format}", f"stream {m.stream}", f"dt {m.dt}",
+                 f"part {m.part}", f"prev {m.prev_sha256}", f"rows {m.rows}", f"first_seq {m.first_seq}",
+                 f"last_seq {m.last_seq}", f"rows_sha256 {self.rows_sha256}"]
+        return ("\n".join(lines) + "\n").encode()
+
+    @classmethod
+    def parse(cls, text: bytes) -> PartNote:
+        try:
+            lines = text.decode("utf-8").split("\n")
+        except UnicodeDecodeError as exc:
+            raise NoteError("index note is not UTF-8") from exc
+        names = ("origin", "format", "stream", "dt", "part", "prev", "rows", "first_seq", "last_seq", "rows_sha256")
+        if len(lines) != len(names) + 2 or lines[0] != NOTE_HEADER or lines[-1] != "":
+            raise NoteError(f"index note is not a {NOTE_HEADER} body ({len(names) + 1} lines)")
+        values: dict[str, str] = {}
+        for name, line in zip(names, lines[1:-1], strict=True):
+            key, sep, value = line.partition(" ")
+            if key != name or not sep or not value:
+                raise NoteError(f"index note line {line!r}: expected '{name} <value>'")
+            values[name] = value
+        try:
+            ints = {k: int(values[k]) for k in ("part", "rows", "first_seq", "last_seq")}
+        except ValueError as exc:
+            raise NoteError(f"index note has a non-decimal number ({exc})") from exc
+        if any(str(v) != values[k] for k, v in ints.items()):
+            raise NoteError("index note numbers must be decimal without sign or leading zeros")
+        meta = PartMeta(values["format"], values["stream"], values["dt"], ints["part"], values["prev"],
+                        ints["rows"], ints["first_seq"], ints["last_seq"])
+        return cls(values["origin"], meta, values["rows_sha256"])
+
+
+def build_part(meta: PartMeta, rows: Sequence[dict[str, Any]], *, signer: Signer | None = None,
+               origin: str | None = None) -> bytes:
     """The Parquet bytes of one part: the same rows and metadata give the same bytes (with
-    one pyarrow version), so a retry after a crash writes what the first attempt wrote."""
+    one pyarrow version), so a retry after a crash writes what the first attempt wrote.
+    With a signer, the footer also carries the signed note (Ed25519 is deterministic and
+    the note's body is a function of the rows and metadata: still the same bytes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema().with_metadata({FOOTER_KEY: meta.to_json()})
-    table = pa.Table.from_pylist(list(rows), schema=schema)
+    table = pa.Table.from_pylist(list(rows), schema=_schema())
+    footer = {FOOTER_KEY: meta.to_json()}
+    if signer is not None:
+        note = PartNote(origin or meta.stream, meta, rows_sha256(table))
+        footer[SIGNATURE_KEY] = sign_note(note.body(), [signer])
+    table = table.replace_schema_metadata(footer)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", row_group_size=MAX_ROWS_PER_PART)
     return buf.getvalue()
+
+
+def read_part_signature(path_or_bytes: str | bytes) -> bytes | None:
+    """The signed note in a part's footer, None when the part is unsigned."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        src = pa.BufferReader(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+        kv = pq.ParquetFile(src).metadata.metadata or {}
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"not a Parquet file ({exc})") from exc
+    note: bytes | None = kv.get(SIGNATURE_KEY)
+    return note
+
+
+def check_part_signature(path: str, note: bytes, meta: PartMeta, verifiers: Sequence[Verifier],
+                         origin: str | None = None) -> PartNote:
+    """docs/INDEX.md "Signature", what a verifier MUST check: a trusted key signed the note,
+    its body repeats the footer record, and its rows digest is the file's.  NoteError
+    names the first disagreement."""
+    import pyarrow.parquet as pq
+
+    opened = open_note(note, verifiers)
+    body = PartNote.parse(opened.text)
+    if body.meta != meta:
+        raise NoteError(f"the signed note describes {body.meta}, the footer says {meta}")
+    if origin is not None and body.origin != origin:
+        raise NoteError(f"the signed note names origin {body.origin!r}, expected {origin!r}")
+    try:
+        actual = rows_sha256(pq.read_table(path, columns=list(COLUMNS)))
+    except (ValueError, KeyError) as exc:
+        raise NoteError(f"the rows cannot be digested ({exc})") from exc
+    if actual != body.rows_sha256:
+        raise NoteError(f"the rows hash to {actual[:16]}…, the signed note says {body.rows_sha256[:16]}…: "
+                        "the rows were changed after signing")
+    return body
 
 
 def read_part_meta(path_or_bytes: str | bytes) -> tuple[PartMeta, int]:
@@ -167,10 +290,15 @@ def part_segments(data: bytes) -> list[str]:
 class IndexWriter:
     """Writes the index parts of every stream from the ledger (see the module docstring)."""
 
-    def __init__(self, store: Any, ledger: Ledger, *, max_rows: int = MAX_ROWS_PER_PART) -> None:
+    def __init__(self, store: Any, ledger: Ledger, *, max_rows: int = MAX_ROWS_PER_PART,
+                 signer: Signer | None = None, origin: str | None = None) -> None:
         self.store = store
         self.ledger = ledger
         self.max_rows = max(1, max_rows)
+        # the log's checkpoint key signs every part (docs/INDEX.md "Signature"); the origin
+        # is the checkpoints' (the stream name when none is configured)
+        self.signer = signer
+        self.origin = origin
 
     def flush(self, now: float) -> int:
         """Write every pending part; returns the number of parts stored.  ColdError and
@@ -222,7 +350,7 @@ class IndexWriter:
     def _store(self, part: IndexPart, rows: list[Entry], now: float) -> None:
         meta = PartMeta(INDEX_FORMAT, part.stream, part.dt, part.part, part.prev_sha256, len(rows),
                         min(e.first_seq for e in rows), max(e.last_seq for e in rows))
-        data = build_part(meta, [self._row(e, part.dt) for e in rows])
+        data = build_part(meta, [self._row(e, part.dt) for e in rows], signer=self.signer, origin=self.origin)
         obj_meta = dict(zip(INDEX_METADATA_KEYS, (INDEX_FORMAT, part.stream, str(part.part), part.prev_sha256),
                             strict=True))
         res = self.store.put_index_part(part.key, data, obj_meta)

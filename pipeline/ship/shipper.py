@@ -46,6 +46,7 @@ from pipeline.cold.errors import (
 )
 from pipeline.cold.retry import Deadline, bounded_by
 from pipeline.format import attr
+from pipeline.format.checkpoint import Signer
 from pipeline.format.layout import read_head_or_none
 from pipeline.format.record import Kind, RecordError, parse_record
 from pipeline.format.segment import (
@@ -254,6 +255,8 @@ class Shipper:
         clock: Callable[[], float] = time.time,
         index: bool = True,
         index_interval: float = 3600.0,
+        index_signer: Signer | None = None,
+        index_origin: str | None = None,
     ) -> None:
         self.hot_dir = Path(hot_dir)
         self.store = store
@@ -275,8 +278,10 @@ class Shipper:
         self._finished: list[tuple[Entry, str]] = []
         self._hold_until = 0.0  # while cold storage refuses: the next probe (time.monotonic())
         # the manifest index (docs/INDEX.md): parts written every index_interval by the
-        # continuous loop, and at the end of every run_once pass
-        self.index = IndexWriter(store, self.ledger) if index and hasattr(store, "put_index_part") else None
+        # continuous loop, and at the end of every run_once pass; signed by the log's
+        # checkpoint key when one is configured (docs/INDEX.md "Signature")
+        self.index = IndexWriter(store, self.ledger, signer=index_signer, origin=index_origin) \
+            if index and hasattr(store, "put_index_part") else None
         self.index_interval = float(index_interval)
         # the first pass writes what an earlier process left unindexed, then every interval
         self._index_flushed = float("-inf")

@@ -38,7 +38,15 @@ from pipeline.cold.base import ColdSettings, ColdStore
 from pipeline.cold.errors import ColdError
 from pipeline.findings import Finding
 from pipeline.format.checkpoint import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
-from pipeline.ship.index import GENESIS_PART_HASH, INDEX_DIR, PartMeta, index_key, read_part_meta
+from pipeline.ship.index import (
+    GENESIS_PART_HASH,
+    INDEX_DIR,
+    PartMeta,
+    check_part_signature,
+    index_key,
+    read_part_meta,
+    read_part_signature,
+)
 from pipeline.verify import chain
 from pipeline.verify import sql as sqlmod
 from pipeline.verify.coldread import fetch_segment
@@ -238,6 +246,7 @@ class LoadedPart:
     sha256: str
     meta: PartMeta
     rows: int
+    signature: bytes | None = None  # the signed note in the footer (docs/INDEX.md "Signature")
 
 
 def load_index(loc: Location, tmp: Path, requests: Requests,
@@ -269,13 +278,14 @@ def load_index(loc: Location, tmp: Path, requests: Requests,
     for key, path, sha in found:
         try:
             meta, rows = read_part_meta(str(path))
+            signature = read_part_signature(str(path))
         except ValueError as exc:
             problems("index-part-invalid", "", key, f"{key} is not an index part: {exc}")
             continue
         if rows != meta.rows:
             problems("index-part-invalid", meta.stream, key, f"{key} holds {rows} rows, its footer says {meta.rows}")
             continue
-        out.append(LoadedPart(key, path, sha, meta, rows))
+        out.append(LoadedPart(key, path, sha, meta, rows, signature))
     if not out:
         raise TierError(f"no index part under {loc.raw}: check --index (the shipper writes "
                         f"<prefix>/{INDEX_DIR}/<stream>/dt=YYYY-MM-DD/<part>.parquet)")
@@ -306,6 +316,48 @@ def check_chain(parts: Sequence[LoadedPart], prefix: str, s3: bool,
                     f"part's SHA-256 but part {p.meta.part - 1} hashes to {expected_prev[:16]}…: an index part was "
                     "rewritten")
             expected_prev, expected_part = p.sha256, p.meta.part + 1
+
+
+def check_signatures(parts: Sequence[LoadedPart], verifiers: Sequence[Verifier], origin: str | None,
+                     require: bool, add: Callable[[str, str, str, str], None]) -> None:
+    """docs/INDEX.md "Signature": every signed part's note verifies with a trusted key and
+    describes the part as read.  An unsigned part is a warning (a shipper without a signing
+    key) unless signing is required or an earlier part of its stream was signed: a
+    signature does not disappear from a stream by itself (stripped: a forged part)."""
+    by_stream: dict[str, list[LoadedPart]] = {}
+    for p in parts:
+        by_stream.setdefault(p.meta.stream, []).append(p)
+    unchecked = 0
+    for stream, ps in sorted(by_stream.items()):
+        ps.sort(key=lambda p: p.meta.part)
+        signed_before: LoadedPart | None = None
+        unsigned: list[LoadedPart] = []
+        for p in ps:
+            if p.signature is None:
+                if require or signed_before is not None:
+                    why = ("signed index parts are required (--require-signed-index)" if signed_before is None else
+                           f"part {signed_before.meta.part} before it is signed: a signature was stripped, or the "
+                           "part was written without the log's key")
+                    add("index-signature-invalid", stream, p.key, f"{p.key} is not signed, but {why}")
+                else:
+                    unsigned.append(p)
+                continue
+            signed_before = p
+            if not verifiers:
+                unchecked += 1
+                continue
+            try:
+                check_part_signature(str(p.path), p.signature, p.meta, verifiers, origin)
+            except NoteError as exc:
+                add("index-signature-invalid", stream, p.key, f"{p.key}: its signature does not prove it: {exc}")
+        if unsigned:
+            add("index-part-unsigned", stream, unsigned[0].key,
+                f"{len(unsigned)} of {len(ps)} index parts of {stream} are not signed (first: {unsigned[0].key}): "
+                "the shipper has no signing key, so a part rewritten without versioning evidence (the newest "
+                "in particular) cannot be detected; configure [signing] key_file")
+    if unchecked:
+        add("index-signature-unchecked", "", "", f"{unchecked} signed index part(s) were not checked: give --vkey "
+            "(the log's verifier key)")
 
 
 # ---------------------------------------------------------------------------- engines
@@ -457,6 +509,7 @@ class InventoryOptions:
     expiry_warning_days: float = 30.0
     sample_fraction: float = 0.0001
     verifiers: list[Verifier] = field(default_factory=list)
+    require_signed_index: bool = False  # an unsigned index part is an error, not a warning
     witness_dirs: list[Path] = field(default_factory=list)
     witness_s3: list[tuple[Any, str, str]] = field(default_factory=list)
     checkpoint_files: list[Path] = field(default_factory=list)
@@ -588,6 +641,8 @@ class InventoryVerifier:
                     raise TierError(f"no index part of stream {opts.stream!r} under {opts.index}")
             check_chain(parts, prefix, index_loc.bucket is not None,
                         lambda code, stream, key, msg: self.add(code, stream, "", msg, None, key))
+            check_signatures(parts, opts.verifiers, opts.origin, opts.require_signed_index,
+                             lambda code, stream, key, msg: self.add(code, stream, "", msg, None, key or None))
             params = sqlmod.Params(
                 opts.inventory_table, opts.index_table, inv.source_bucket, f"{prefix}/" if prefix else "",
                 inv.created, self.now, self.retention_days, int(opts.expiry_warning_days),

@@ -35,8 +35,9 @@ def store_at(tmp_path: Path) -> Any:
     return open_store(f"file://{cold}", ColdSettings(allow_unlocked=True))
 
 
-def shipper(side: Any, store: Any, max_rows: int = 100) -> Shipper:
-    s = Shipper(side.hot, store, hot_retention=1e9)
+def shipper(side: Any, store: Any, max_rows: int = 100, signed: bool = False) -> Shipper:
+    s = Shipper(side.hot, store, hot_retention=1e9, index_signer=side.signer if signed else None,
+                index_origin="example.com/worm/app" if signed else None)
     assert s.index is not None
     s.index.max_rows = max_rows
     return s
@@ -243,3 +244,114 @@ def test_index_parts_go_through_the_cold_policy(moto_endpoint: str) -> None:
     store.close()
     with pytest.raises(TypeError, match="overrides the cold policy"):
         type("Sneaky", (ColdTier,), {"put_index_part": lambda self, *a: None})
+
+
+# ---------------------------------------------------------------------------- signatures (docs/INDEX.md)
+
+
+def test_a_signed_part_retried_after_a_crash_is_byte_identical(side: Any, tmp_path: Path) -> None:
+    from pipeline.ship.index import check_part_signature, read_part_signature
+
+    store = store_at(tmp_path)
+    s = shipper(side, store, signed=True)
+    attempted: list[bytes] = []
+
+    def crash(_key: str, data: bytes, _meta: dict[str, str]) -> Any:
+        attempted.append(data)
+        raise Crash  # the PUT may or may not have happened: the retry must write the same bytes
+
+    store.put_index_part = crash
+    with pytest.raises(Crash):
+        s.run_once()
+    s.ledger.close()
+    again = shipper(side, store_at(tmp_path), signed=True)
+    again.run_once()
+    [f] = parts_on_disk(tmp_path)
+    assert f.read_bytes() == attempted[0]
+    note = read_part_signature(str(f))
+    assert note is not None and note.startswith(b"worm-pipeline/index-part/v1\norigin example.com/worm/app\n")
+    meta, _ = read_part_meta(str(f))
+    body = check_part_signature(str(f), note, meta, [side.signer.verifier()], "example.com/worm/app")
+    assert (body.meta, body.origin) == (meta, "example.com/worm/app")
+
+
+def test_the_signature_covers_rows_footer_origin_and_key(side: Any, tmp_path: Path) -> None:
+    from pipeline.format.checkpoint import Checkpoint, NoteError, Signer, split_note
+    from pipeline.ship.index import FOOTER_KEY, SIGNATURE_KEY, PartMeta, check_part_signature, read_part_signature
+
+    s = shipper(side, store_at(tmp_path), signed=True)
+    s.run_once()
+    [f] = parts_on_disk(tmp_path)
+    note = read_part_signature(str(f))
+    assert note is not None
+    meta, _ = read_part_meta(str(f))
+    trusted = [side.signer.verifier()]
+    table = pq.read_table(f)
+
+    def rewrite(t: Any, footer: bytes, name: str) -> Path:
+        out = tmp_path / name
+        pq.write_table(t.replace_schema_metadata({FOOTER_KEY: footer, SIGNATURE_KEY: note}), out)
+        return out
+
+    # one value changed, footer and signature kept
+    sizes = table.column("stored_size").to_pylist()
+    changed = table.set_column(table.schema.get_field_index("stored_size"), "stored_size",
+                               pa.array([sizes[0] + 1, *sizes[1:]], pa.int64()))
+    with pytest.raises(NoteError, match="rows were changed"):
+        check_part_signature(str(rewrite(changed, meta.to_json(), "changed.parquet")), note, meta, trusted)
+    # the footer relinked (another prev), rows and signature kept
+    relinked = PartMeta(meta.format, meta.stream, meta.dt, meta.part, "ab" * 32, meta.rows, meta.first_seq,
+                        meta.last_seq)
+    path = rewrite(table, relinked.to_json(), "relinked.parquet")
+    with pytest.raises(NoteError, match="the footer says"):
+        check_part_signature(str(path), note, relinked, trusted)
+    # another origin than the auditor was told; a key the auditor does not trust
+    with pytest.raises(NoteError, match="origin"):
+        check_part_signature(str(f), note, meta, trusted, "example.com/other/app")
+    with pytest.raises(NoteError, match="not signed by any trusted log key"):
+        check_part_signature(str(f), note, meta, [Signer.generate(side.signer.name).verifier()])
+    # the same key signs checkpoints: an index note is never a checkpoint
+    with pytest.raises(NoteError):
+        Checkpoint.parse(split_note(note)[0])
+
+
+def test_pipeline_ship_signs_with_key(side: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+    from pipeline.format.checkpoint import write_key_pair
+    from pipeline.ship.index import check_part_signature, read_part_signature
+
+    key, _pub = write_key_pair(side.signer, tmp_path / "keys")
+    (tmp_path / "cold").mkdir()
+    base = ["ship", "--hot", str(side.hot), "--cold", f"file://{tmp_path / 'cold'}", "--allow-unlocked", "--once",
+            "--json", "--key", str(key)]
+    assert main([*base, "--origin", "example.com/worm/app"]) == 2  # an origin names one stream
+    assert "exactly one --stream" in capsys.readouterr().err
+    assert main([*base, "--stream", "app", "--origin", "example.com/worm/app"]) == 0
+    [f] = parts_on_disk(tmp_path)
+    note = read_part_signature(str(f))
+    assert note is not None
+    meta, _ = read_part_meta(str(f))
+    check_part_signature(str(f), note, meta, [side.signer.verifier()], "example.com/worm/app")
+
+
+def test_rows_sha256_is_the_documented_jcs_digest(side: Any, tmp_path: Path) -> None:
+    """docs/INDEX.md "Signature", recomputed the way an independent verifier would: each row's
+    values as a JSON array (JCS; timestamps as microseconds since the epoch) and a newline."""
+    import datetime as dt
+    import json
+
+    from pipeline.format.checkpoint import split_note
+    from pipeline.ship.index import COLUMNS, PartNote, read_part_signature
+
+    s = shipper(side, store_at(tmp_path), signed=True)
+    s.run_once()
+    [f] = parts_on_disk(tmp_path)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    digest = hashlib.sha256()
+    for row in pq.read_table(f).to_pylist():
+        values = [(v - epoch) // dt.timedelta(microseconds=1) if isinstance(v, dt.datetime) else v
+                  for v in (row[c] for c in COLUMNS)]
+        digest.update(json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+    note = read_part_signature(str(f))
+    assert note is not None
+    assert PartNote.parse(split_note(note)[0]).rows_sha256 == digest.hexdigest()

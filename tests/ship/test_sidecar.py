@@ -322,6 +322,19 @@ def test_checkpoints_signed_and_published_to_a_witness(tmp_path: Path, s3_endpoi
     notes = read_witness_checkpoints(witness, "example.com/audit/app")
     assert notes, "no checkpoint reached the witness"
     assert all(n.startswith(b"example.com/audit/app\n") for n in notes)
+    # the same key signed the manifest index parts the drain wrote (docs/INDEX.md "Signature")
+    from pipeline.ship.index import check_part_signature, read_part_meta, read_part_signature
+
+    client = s3_client(s3_endpoint)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=locked_bucket, Prefix="sc/_index/").get("Contents", [])]
+    assert keys, "the drain wrote no index part"
+    for i, key in enumerate(keys):
+        path = tmp_path / f"part-{i}.parquet"
+        path.write_bytes(client.get_object(Bucket=locked_bucket, Key=key)["Body"].read())
+        note = read_part_signature(str(path))
+        assert note is not None, f"{key} is unsigned"
+        meta, _rows = read_part_meta(str(path))
+        check_part_signature(str(path), note, meta, [signer.verifier()], "example.com/audit/app")
     p = subprocess.run([sys.executable, "-m", "pipeline", "verify", "--hot", str(sc.hot), "--witness-dir",
                         str(witness), "--vkey", str(pub_path), "--origin", "example.com/audit/app", "--json"],
                        capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)

@@ -21,7 +21,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.cold import ColdSettings, open_store
 from pipeline.ship.shipper import Shipper
-from tests.tierutil import Pipeline, build_hot, new_bucket, s3_client, ship_pipeline
+from tests.tierutil import ORIGIN_PREFIX, Pipeline, build_hot, new_bucket, s3_client, ship_pipeline
 from tests.verify.inventoryutil import write_inventory
 
 # each test ships a pipeline, builds an inventory and runs both modes: 10-25 s on 2 loaded cores
@@ -194,9 +194,11 @@ def test_retention_too_short(tmp_path: Path, moto_endpoint: str, capsys: pytest.
     assert [f["key"] for f in doc["findings"] if f["code"] == "retention-too-short"] == [key]
 
 
-def _ship(side: Any, url: str, *, max_rows: int | None = None, retention_days: int = 1) -> None:
-    store = open_store(url, ColdSettings(retention_days=retention_days))
-    shipper = Shipper(side.hot, store, hot_retention=1e9)
+def _ship(side: Any, url: str, *, max_rows: int | None = None, retention_days: int = 1, sign: bool = True,
+          allow_unlocked: bool = False) -> None:
+    store = open_store(url, ColdSettings(retention_days=retention_days, allow_unlocked=allow_unlocked))
+    shipper = Shipper(side.hot, store, hot_retention=1e9, index_signer=side.signer if sign else None,
+                      index_origin=f"{ORIGIN_PREFIX}/app")
     if max_rows is not None:
         assert shipper.index is not None
         shipper.index.max_rows = max_rows
@@ -206,10 +208,10 @@ def _ship(side: Any, url: str, *, max_rows: int | None = None, retention_days: i
     store.close()
 
 
-def _pipeline(tmp_path: Path, endpoint: str, side: Any, **kw: Any) -> Pipeline:
-    bucket = new_bucket(endpoint, lock=True)
+def _pipeline(tmp_path: Path, endpoint: str, side: Any, *, lock: bool = True, **kw: Any) -> Pipeline:
+    bucket = new_bucket(endpoint, lock=lock)
     url = f"s3://{bucket}/audit?endpoint_url={endpoint}&region=us-east-1"
-    _ship(side, url, **kw)
+    _ship(side, url, allow_unlocked=not lock, **kw)
     return Pipeline(side.hot, url, bucket, "audit", s3_client(endpoint), side.signer, side.vkey, side.witness)
 
 
@@ -299,6 +301,84 @@ def test_rewritten_index_part(tmp_path: Path, moto_endpoint: str, capsys: pytest
     assert {"index-part-replaced", "index-chain-broken", "missing-segment", "unshipped-object"} <= found, found
     chain = next(f for f in doc["findings"] if f["code"] == "index-chain-broken")
     assert chain["key"] == parts[1]
+
+
+def forge_part(pl: Pipeline, key: str, original: bytes, *, signature: bytes | None) -> None:
+    """The attacker with bucket write access but not the log's key, on a bucket that keeps no
+    versions: the newest part replaced in place, one row (segment) dropped, chain link and
+    footer kept consistent, and the footer's signature set to ``signature``."""
+    from pipeline.ship.index import FOOTER_KEY, SIGNATURE_KEY, PartMeta
+
+    table = pq.read_table(pa.BufferReader(original))
+    meta = PartMeta.from_json(table.schema.metadata[FOOTER_KEY])
+    keep = table.take(list(range(table.num_rows - 1)))
+    meta = PartMeta(meta.format, meta.stream, meta.dt, meta.part, meta.prev_sha256, keep.num_rows,
+                    min(keep.column("first_seq").to_pylist()), max(keep.column("last_seq").to_pylist()))
+    footer = {FOOTER_KEY: meta.to_json()}
+    if signature is not None:
+        footer[SIGNATURE_KEY] = signature
+    buf = io.BytesIO()
+    pq.write_table(keep.replace_schema_metadata(footer), buf, compression="zstd")
+    meta_obj = pl.head(key)["Metadata"]
+    pl.client.delete_object(Bucket=pl.bucket, Key=key)
+    pl.put(key, buf.getvalue(), meta_obj)
+
+
+UNLOCKED = ("--allow-unlocked",)
+
+
+def test_forged_newest_part_without_versioning_evidence(tmp_path: Path, moto_endpoint: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """No second version, no later part to break the chain: only the signature tells."""
+    from pipeline.format.checkpoint import Signer, sign_note, split_note
+    from pipeline.ship.index import SIGNATURE_KEY
+
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side, lock=False, max_rows=2)  # no Object Lock, no versioning
+    parts = index_keys(pl)
+    assert len(parts) == 2
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 0 and not {f["code"] for f in doc["findings"] if f["code"].startswith("index-")}, doc["findings"]
+    newest = pl.get(parts[-1])
+    original = pq.read_schema(pa.BufferReader(newest)).metadata[SIGNATURE_KEY]
+    outsider = Signer.generate(side.signer.name)  # the same name, another key
+    for label, signature in (
+            ("the original signature kept", original),
+            ("the signature stripped", None),
+            ("re-signed with another key", sign_note(split_note(original)[0], [outsider]))):
+        forge_part(pl, parts[-1], newest, signature=signature)
+        assert len(pl.client.list_object_versions(Bucket=pl.bucket, Prefix=parts[-1])["Versions"]) == 1
+        code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+        found = codes(doc)
+        assert code == 1 and "index-signature-invalid" in found, (label, doc["findings"])
+        assert not {"index-part-replaced", "index-chain-broken"} & found, (label, found)
+        bad = [f for f in doc["findings"] if f["code"] == "index-signature-invalid"]
+        assert [f["key"] for f in bad] == [parts[-1]], (label, bad)
+
+
+def test_unsigned_index_is_a_warning_never_silently_ok(tmp_path: Path, moto_endpoint: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side, sign=False, max_rows=2)  # a shipper without [signing]
+    code, doc = inventory(pl, moto_endpoint, capsys)
+    assert code == 0, doc["findings"]
+    [warn] = [f for f in doc["findings"] if f["code"] == "index-part-unsigned"]
+    assert warn["severity"] == "warning" and warn["stream"] == "app" and "2 of 2 index parts" in warn["message"]
+    # an auditor who knows the shipper signs requires it
+    code, doc = inventory(pl, moto_endpoint, capsys, "--require-signed-index")
+    assert code == 1 and len([f for f in doc["findings"] if f["code"] == "index-signature-invalid"]) == 2
+
+
+def test_signed_index_without_vkey_is_unchecked(tmp_path: Path, moto_endpoint: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pl = locked(tmp_path, moto_endpoint)
+    dest = new_bucket(moto_endpoint)
+    manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=moto_endpoint)
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={moto_endpoint}&region=us-east-1"
+    code, doc = run(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index,
+                     "--heartbeat-interval", "0", "--retention-days", "1", "--sample", "0"], capsys)
+    assert code == 0, doc["findings"]
+    assert "index-signature-unchecked" in codes(doc, "warning")
 
 
 def test_bad_arguments_exit_2(tmp_path: Path, moto_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
