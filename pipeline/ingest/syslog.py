@@ -19,6 +19,8 @@ import base64
 import re
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 __all__ = ["FrameError", "Framer", "parse_message"]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -185,7 +187,7 @@ def _rfc3164(pri: int, rest: bytes) -> dict[str, Any]:
     return out
 
 
-class FrameError(ValueError):
+class FrameError(PipelineError, ValueError):
     pass
 
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import PipelineError
+
 __all__ = ["PeerIdentity", "ServerTls", "TlsConfigError", "TlsSettings", "is_loopback_listen", "sender_field"]
 
 log = logging.getLogger("pipeline.ingest.tls")
@@ -45,7 +47,7 @@ _KINDS = ("uri", "dns", "cn")
 SENDER_KEY = "_sender"  # the reserved event key ingest sets (docs/FORMAT.md §1.2)
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(PipelineError, ValueError):
     """Certificate settings that cannot work; the message names the key."""
 
 
