@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, decode_content, framing_for
+from pipeline.ingest.loops import new_loop, serve_in_thread
 from pipeline.ingest.tls import PeerIdentity, peer_address
 
 if TYPE_CHECKING:
@@ -163,34 +164,12 @@ class HttpFront:
 
     def start(self) -> HttpFront:
         _route_aiohttp_logs()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            loop.set_exception_handler(_loop_exception)
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._open())
-            except BaseException as exc:
-                failure.append(exc)
-                loop.close()
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(self._close_all())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="ingest-http-loop", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
+        self._loop = new_loop()
+        try:
+            self._thread = serve_in_thread(self._loop, "ingest-http-loop", self._open, self._close_all)
+        except BaseException:
             self._pool.shutdown(wait=False)
-            raise failure[0]
+            raise
         return self
 
     async def _open(self) -> None:
@@ -556,9 +535,3 @@ def _route_aiohttp_logs() -> None:
         lg.propagate = False
 
 
-def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    # into the structured log, never as a raw traceback on stderr
-    exc = context.get("exception")
-    log.error("ingest: event loop error", extra={"error": context.get("message"),
-                                                 "exception": type(exc).__name__ if exc else None},
-              exc_info=exc if isinstance(exc, BaseException) else None)

@@ -28,6 +28,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pipeline.ingest.loops import new_loop, serve_in_thread
 from pipeline.ingest.syslog import FrameError, Framer, frame_event
 from pipeline.ingest.tls import PeerIdentity, peer_address
 from pipeline.sanitise import InvalidEvent
@@ -363,36 +364,12 @@ class StreamFront:
         return self._bound.get(kind)
 
     def start(self) -> StreamFront:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            from pipeline.ingest.http import _loop_exception
-
-            loop = asyncio.new_event_loop()
-            loop.set_exception_handler(_loop_exception)
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._open())
-            except BaseException as exc:
-                failure.append(exc)
-                loop.close()
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(self._close_all())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="ingest-stream-loop", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
+        self._loop = new_loop()
+        try:
+            self._thread = serve_in_thread(self._loop, "ingest-stream-loop", self._open, self._close_all)
+        except BaseException:
             self.pool.shutdown(wait=False)
-            raise failure[0]
+            raise
         return self
 
     async def _open(self) -> None:
