@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, decode_content, framing_for
-from pipeline.ingest.loops import new_loop, serve_in_thread
+from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread
 from pipeline.ingest.tls import PeerIdentity, peer_address
 
 if TYPE_CHECKING:
@@ -194,13 +194,7 @@ class HttpFront:
         return self.bound
 
     def _call(self, coro: Any, timeout: float) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            return
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout)
+        call_on_loop(self._loop, coro, timeout)
 
     def stop_listening(self) -> None:
         """No new connections; open ones keep being served (stop drains them)."""

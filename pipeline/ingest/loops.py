@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["new_loop", "serve_in_thread"]
+__all__ = ["call_on_loop", "new_loop", "serve_in_thread"]
 
 log = logging.getLogger("pipeline.ingest")
 
@@ -61,3 +61,14 @@ def serve_in_thread(loop: asyncio.AbstractEventLoop, name: str, open_: Callable[
     if failure:
         raise failure[0]
     return thread
+
+
+def call_on_loop(loop: asyncio.AbstractEventLoop | None, coro: Any, timeout: float) -> None:
+    """Run ``coro`` on ``loop`` from another thread and wait up to ``timeout`` s; a loop that
+    is gone (never started, or stopped) means there is nothing left to do."""
+    if loop is None or loop.is_closed():
+        coro.close()
+        return
+    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    with contextlib.suppress(Exception):
+        fut.result(timeout)

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pipeline.ingest.loops import new_loop, serve_in_thread
+from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread
 from pipeline.ingest.syslog import FrameError, Framer, frame_event
 from pipeline.ingest.tls import PeerIdentity, peer_address
 from pipeline.sanitise import InvalidEvent
@@ -420,13 +420,7 @@ class StreamFront:
             self.ingest.metrics.observe_request(kind, code)
 
     def _call(self, coro: Any, timeout: float) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            return
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout)
+        call_on_loop(self._loop, coro, timeout)
 
     def stop_listening(self) -> None:
         self._call(self._stop_listening(), 5.0)
