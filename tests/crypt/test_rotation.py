@@ -86,13 +86,16 @@ def test_sidecar_encrypts_ingest_and_rotates_on_sighup(tmp_path: Path, moto_endp
             events += opened(p, auditor.identity_file)
         elif kinds == {escrow.recipient}:
             events += opened(p, escrow.identity_file)
+    for e in events:  # ingested events carry the sidecar's sender field (FORMAT §1.2), encrypted with the rest
+        assert isinstance(e.get("_sender"), dict), e
+    events = [{k: v for k, v in e.items() if k != "_sender"} for e in events]
     assert events[:2] == [{"action": "login", "user": "alice-secret", "password": "[REDACTED:secret-key]"},
                           {"action": "read", "user": "bob-secret"}]
     assert {"user": "carol-secret"} in events
 
 
 def records_of(path: Path) -> list:  # type: ignore[type-arg]
-    from pipeline.record import parse_record
+    from pipeline.format.record import parse_record
 
     return [parse_record(ln) for ln in path.read_bytes().splitlines(keepends=True)]
 

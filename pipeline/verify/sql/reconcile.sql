@@ -26,14 +26,17 @@ WITH per_key AS (
            MAX(object_lock_retain_until_date) FILTER (WHERE is_latest AND NOT COALESCE(is_delete_marker, FALSE))
                AS retain_until,
            -- the first version is the one the shipper stored (create-only): later ones are PUTs over it
-           arg_min(e_tag, last_modified_date) FILTER (WHERE NOT COALESCE(is_delete_marker, FALSE)) AS original_e_tag
+           arg_min(e_tag, last_modified_date) FILTER (WHERE NOT COALESCE(is_delete_marker, FALSE)) AS original_e_tag,
+           -- versions PUT within one Last-Modified tick tie, and arg_min may then pick the
+           -- newest: different contents under one key prove a replacement whatever the order
+           COUNT(DISTINCT e_tag) FILTER (WHERE NOT COALESCE(is_delete_marker, FALSE)) AS n_contents
     FROM $inventory
     WHERE bucket = $bucket AND starts_with(key, $prefix)
     GROUP BY key
 ), j AS MATERIALIZED (
     SELECT i.stream, i.segment, i.key, i.first_seq, i.stored_size, i.stored_md5,
            p.n_versions, p.n_markers, p.latest_key, p.size, p.last_modified, p.e_tag,
-           p.object_lock_mode, p.retain_until, p.original_e_tag
+           p.object_lock_mode, p.retain_until, p.original_e_tag, p.n_contents
     FROM $index i
     LEFT JOIN per_key p ON p.key = i.key
     WHERE i.confirmed_at <= $inventory_time AND $stream_filter
@@ -57,7 +60,7 @@ FROM j WHERE latest_key IS NOT NULL AND size < stored_size
 UNION ALL
 SELECT 'object-replaced', stream, segment, key, first_seq, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), e_tag
 FROM j WHERE latest_key IS NOT NULL AND size = stored_size
-     AND ((original_e_tag IS NOT NULL AND e_tag <> original_e_tag)
+     AND ((original_e_tag IS NOT NULL AND e_tag <> original_e_tag) OR n_contents > 1
           OR (stored_md5 IS NOT NULL AND length(e_tag) = 32 AND lower(e_tag) <> lower(stored_md5)))
 UNION ALL
 SELECT 'not-locked', stream, segment, key, first_seq, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),
