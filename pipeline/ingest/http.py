@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, decode_content, framing_for
-from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread
+from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread, stop_loop_thread
 from pipeline.ingest.tls import PeerIdentity, peer_address
 
 if TYPE_CHECKING:
@@ -206,13 +205,7 @@ class HttpFront:
 
     def close(self, timeout: float) -> None:
         """Close every connection and end the loop's thread."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            self._call(self._close_all(), timeout)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=max(0.1, timeout))
+        stop_loop_thread(self._loop, self._thread, self._close_all(), timeout)
         self._pool.shutdown(wait=False)
 
     async def _close_all(self) -> None:

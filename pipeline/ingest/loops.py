@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["call_on_loop", "new_loop", "serve_in_thread"]
+__all__ = ["call_on_loop", "new_loop", "serve_in_thread", "stop_loop_thread"]
 
 log = logging.getLogger("pipeline.ingest")
 
@@ -72,3 +72,17 @@ def call_on_loop(loop: asyncio.AbstractEventLoop | None, coro: Any, timeout: flo
     fut = asyncio.run_coroutine_threadsafe(coro, loop)
     with contextlib.suppress(Exception):
         fut.result(timeout)
+
+
+def stop_loop_thread(loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None, close: Any,
+                     timeout: float) -> None:
+    """Run the ``close`` coroutine on ``loop`` (up to ``timeout`` s), stop the loop and join
+    its thread: the end of ``serve_in_thread``."""
+    if loop is not None and not loop.is_closed():
+        call_on_loop(loop, close, timeout)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+    else:
+        close.close()
+    if thread is not None:
+        thread.join(timeout=max(0.1, timeout))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import re
 import threading
@@ -28,7 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread
+from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread, stop_loop_thread
 from pipeline.ingest.syslog import FrameError, Framer, frame_event
 from pipeline.ingest.tls import PeerIdentity, peer_address
 from pipeline.sanitise import InvalidEvent
@@ -445,13 +444,7 @@ class StreamFront:
             await asyncio.sleep(0.02)
 
     def close(self, timeout: float) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            self._call(self._close_all(), timeout)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=max(0.1, timeout))
+        stop_loop_thread(self._loop, self._thread, self._close_all(), timeout)
         self.pool.shutdown(wait=False)
 
     async def _close_all(self) -> None:
