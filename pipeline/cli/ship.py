@@ -90,11 +90,17 @@ def run(args: argparse.Namespace) -> int:
                       streams=args.stream, index_signer=signer, index_origin=args.origin)
     bar = progress_bar("ship", json=args.json) if args.once else None
 
+    # the shipper reports from its upload threads: print() writes the text and the newline
+    # separately, so two threads could interleave their lines; one lock, one write each
+    report_lock = threading.Lock()
+
     def progress(entry: Entry, state: str) -> None:
-        if bar is not None and bar.enabled:
-            bar.advance()
-        elif not args.json:
-            print(f"{entry.stream}/{entry.segment} {state}", flush=True)
+        with report_lock:
+            if bar is not None and bar.enabled:
+                bar.advance()
+            elif not args.json:
+                sys.stdout.write(f"{entry.stream}/{entry.segment} {state}\n")
+                sys.stdout.flush()
 
     if not args.once:
         # the handler only sets a flag (see pipeline/sidecar.py: no threading locks in
