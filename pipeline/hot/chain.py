@@ -22,6 +22,7 @@ else the Python reference next to them (``PIPELINE_NO_NATIVE=1`` forces these).
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import threading
@@ -109,40 +110,59 @@ class Run:
 
 class Completion:
     """A one-shot event for many waiters, cheaper than ``threading.Event`` when 16 threads
-    wait for every flush: each waiter blocks on a lock of its own, and ``set`` releases them
-    all, so a woken waiter needs no shared lock to return (``Event.wait`` re-acquires the
-    event's condition lock after waking, one waiter after another).
+    wait for every flush.  Each waiter blocks on a lock of its own, and the waiters are woken
+    one after another, like a baton: ``set`` releases the first, and each waiter, once it
+    has seen the flag, releases the next.  Woken all at once (``Event.set``), the waiters
+    would wake together only to queue for the GIL, each sleeping a second time; passed on
+    one at a time, a waiter mostly finds the GIL free (measured with 16 appending threads:
+    3.3 context switches per event down to 2.1, and ~20% more events/s; docs/BENCHMARKS.md).
 
-    Correctness rests on the GIL's ordering: ``set`` sets the flag before it releases the
-    waiters it finds, and a waiter registers before it reads the flag, so a waiter that
-    reads False is in the list ``set`` walks."""
+    Correctness rests on the GIL making each deque operation atomic, and on one rule: a
+    waiter whose lock was taken from the queue passes the baton on, however it returns.
+    ``set`` sets the flag before it takes the first lock, and a waiter queues before it
+    reads the flag, so a waiter that reads False is in the queue the baton walks.  A waiter
+    that times out takes itself out of the queue; if it is no longer there, the baton
+    reached it meanwhile and it passes it on."""
 
     __slots__ = ("_flag", "_waiters")
 
     def __init__(self) -> None:
         self._flag = False
-        self._waiters: list[Any] = []
+        self._waiters: collections.deque[Any] = collections.deque()
 
     def is_set(self) -> bool:
         return self._flag
 
     def set(self) -> None:
         self._flag = True
-        waiters, self._waiters = self._waiters, []
-        for lock in waiters:
-            lock.release()
+        self._pass()
+
+    def _pass(self) -> None:
+        """Wake the next waiter (a lock taken from the queue is released exactly once)."""
+        try:
+            lock = self._waiters.popleft()
+        except IndexError:
+            return
+        lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
         if self._flag:
+            self._pass()  # a waiter arriving late helps the baton along
             return True
         lock = threading.Lock()
         lock.acquire()
         self._waiters.append(lock)
-        if self._flag:
-            # set() ran meanwhile; it may or may not have released this lock: never wait on it
-            return True
-        lock.acquire(True, -1 if timeout is None else timeout)
-        return self._flag
+        if not self._flag:
+            lock.acquire(True, -1 if timeout is None else timeout)
+            if not self._flag:
+                try:
+                    self._waiters.remove(lock)
+                    return False
+                except ValueError:
+                    pass  # taken from the queue by a pass meanwhile: the flag is set
+        # the baton may have reached this waiter (or be on its way): pass it on
+        self._pass()
+        return True
 
 
 class Batch:

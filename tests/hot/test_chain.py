@@ -137,3 +137,30 @@ def test_completion_wakes_every_waiter_and_times_out_without_one() -> None:
         t.join(5)
     assert woke == [True] * 32
     assert done.wait() is True  # after set: at once, no lock left behind
+
+
+def test_completion_baton_reaches_every_waiter_when_some_time_out() -> None:
+    """The baton (each woken waiter wakes the next) must not stop at a waiter that timed out
+    or arrived while ``set`` ran: every waiter without a timeout returns, many times over."""
+    import random
+
+    rng = random.Random(7)
+    for _round in range(200):
+        done = chain_mod.Completion()
+        woke: list[bool] = []
+        timed = [threading.Thread(target=done.wait, args=(rng.choice((0.0, 0.0005, 0.002)),))
+                 for _ in range(rng.randrange(0, 6))]
+        patient = [threading.Thread(target=lambda: woke.append(done.wait())) for _ in range(rng.randrange(1, 12))]
+        everyone = timed + patient
+        rng.shuffle(everyone)
+        for i, t in enumerate(everyone):
+            t.start()
+            if i == len(everyone) // 2:
+                done.set()  # some waiters arrive after set, racing with the baton
+        if not done.is_set():
+            done.set()
+        for t in everyone:
+            t.join(5)
+            assert not t.is_alive(), "a waiter without a timeout was never woken"
+        assert woke == [True] * len(patient)
+        assert not done._waiters  # every queued lock was taken: none left to wake later
