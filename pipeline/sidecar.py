@@ -225,6 +225,8 @@ class Sidecar:
             if self.shipper.in_flight():
                 log.warning("grace period over with %d upload(s) in flight; the next start resumes them",
                             self.shipper.in_flight())
+            else:
+                self.shipper.close()
         emitter = self.emitter
         if emitter is not None:
             # the final checkpoint is signed and saved locally at once, but publishing it to

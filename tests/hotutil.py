@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,19 @@ def without_sender(data: dict[str, Any], *, required: bool = True) -> dict[str, 
     sender = data["_sender"]
     assert isinstance(sender, dict) and sender.get("auth") in ("x509", "token", "local", "none"), sender
     return {k: v for k, v in data.items() if k != "_sender"}
+
+
+@contextlib.contextmanager
+def read_only_view(src: Path, dst: Path) -> Iterator[Path]:
+    """``dst``: a read-only bind mount of ``src`` (the monitor's view of the hot tier or a
+    file:// cold store).  Writes through it fail with EROFS, even as root."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for cmd in (["mount", "--bind", str(src), str(dst)], ["mount", "-o", "remount,bind,ro", str(dst)]):
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            subprocess.run(["umount", "-l", str(dst)], check=False)
+            pytest.fail(f"cannot make a read-only bind mount (the suite runs as root): {res.stderr}")
+    try:
+        yield dst
+    finally:
+        subprocess.run(["umount", "-l", str(dst)], check=False)

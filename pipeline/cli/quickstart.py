@@ -131,6 +131,7 @@ def _ship_if_available(hot: Path, stream: str, base: Path) -> int:
         store = open_store(url, settings)
         shipper = Shipper(hot, store, hot_retention=0.0, streams=[stream])
         summary = shipper.run_once()
+        shipper.close()
         for seg, key, lock in summary.confirmed_keys:
             st = store.stat(key)
             print(f"   confirmed {seg} -> {key}")

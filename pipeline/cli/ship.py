@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         stop.set()
         loop.join()
+        shipper.close()
         store.close()
         return EXIT_OK
     if bar is not None and bar.enabled:
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"FAILED {e}")
         print(f"confirmed {summary.confirmed}, failed {summary.failed}, quarantined {summary.quarantined}, "
               f"evicted {summary.evicted}, pending {summary.pending}")
+    shipper.close()
     store.close()
     return once_exit_code(summary, status)
 

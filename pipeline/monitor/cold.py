@@ -23,8 +23,7 @@ from pipeline.cold.errors import ColdError, ObjectNotFoundError
 from pipeline.format.segment import list_segments
 from pipeline.monitor.config import ColdWatch
 from pipeline.monitor.findings import MonitorFinding
-from pipeline.monitor.ledgerview import ACTIVE_STATES, LedgerView
-from pipeline.ship.ledger import Entry
+from pipeline.ship.ledger import ACTIVE_STATES, Entry, LedgerView
 from pipeline.verify.tier import SegmentLine, TierOptions, _judge_stat
 
 log = logging.getLogger("pipeline.monitor")

@@ -29,7 +29,7 @@ from pipeline.format.record import GENESIS_HASH, parse_fields
 from pipeline.format.segment import list_segments, read_last_line
 from pipeline.monitor.config import HotWatch
 from pipeline.monitor.findings import MonitorFinding, from_chain
-from pipeline.monitor.ledgerview import LedgerView
+from pipeline.ship.ledger import LedgerView
 from pipeline.verify.chain import ScanResume, SegmentScan, scan_segment, stitch
 
 log = logging.getLogger("pipeline.monitor")

@@ -25,10 +25,10 @@ from pipeline.monitor.cold import ColdState, ColdWatcher
 from pipeline.monitor.config import MonitorConfig
 from pipeline.monitor.findings import MonitorFinding
 from pipeline.monitor.hot import StreamTrail, TrailState
-from pipeline.monitor.ledgerview import LedgerView, open_ledger_view
 from pipeline.monitor.metrics import MonitorMetrics
 from pipeline.monitor.state import StateDir
 from pipeline.monitor.witness import WitnessState, WitnessWatcher
+from pipeline.ship.ledger import LedgerView, open_ledger_readonly
 
 log = logging.getLogger("pipeline.monitor")
 
@@ -115,7 +115,7 @@ class Monitor:
         try:
             if hot is not None:
                 try:
-                    ledger = open_ledger_view(hot)
+                    ledger = open_ledger_readonly(hot)
                 except Exception as exc:
                     findings.append(MonitorFinding("hot-unreadable", "", "", f"cannot read the shipper's ledger: "
                                                    f"{exc}", None, "ledger"))

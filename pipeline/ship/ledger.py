@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from pipeline.errors import PipelineError
 from pipeline.format.layout import LEDGER_DIR as LEDGER_DIR  # the layout owns the names
@@ -481,8 +482,81 @@ def _entry(row: sqlite3.Row) -> Entry:
     return Entry(**d)
 
 
-def open_ledger_readonly(hot_dir: str | Path) -> Ledger | None:
-    path = ledger_path(hot_dir)
-    if not path.exists():
+class LedgerView(Ledger):
+    """The shipper's ledger, opened strictly read-only (SQLite ``mode=ro``), for readers:
+    ``verify``, ``verify-tier``, ``status``, ``export`` and the monitor, which an auditor or
+    a monitor runs on a read-only mount of the hot tier and without write access.
+
+    ``Ledger`` creates the schema, migrates and sets the journal mode: all writes, which
+    fail on a read-only file system (``pipeline verify`` once exited 2 there).  This view
+    shares the ledger's row type and queries and never writes.  SQLite reads a WAL database
+    on a read-only file system as long as the writer keeps its ``-wal``/``-shm`` files (the
+    shipper does while it runs); after a clean shutdown removed them, the file is read as
+    immutable.  A ledger written before a column was added reads with that column's default
+    (``Entry``'s defaults), without migrating it."""
+
+    def __init__(self, hot_dir: str | Path) -> None:  # no super().__init__: that creates and writes
+        self.path = ledger_path(hot_dir)
+        self.reserve_bytes = 0
+        self.write_error = None
+        self._reserve_short = False
+        self._lock = threading.Lock()
+        self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = self._open("mode=ro")
+        try:
+            db.execute("SELECT 1 FROM segments LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            db.close()
+            if Path(f"{self.path}-wal").exists():
+                raise
+            # No writer: the shipper stopped cleanly and removed its -wal/-shm files, which a
+            # reader on a read-only file system cannot create.  Without a WAL the database
+            # file is complete, and nothing changes it until a shipper starts (the view is
+            # opened afresh every cycle).
+            db = self._open("mode=ro&immutable=1")
+        return db
+
+    def _open(self, flags: str) -> sqlite3.Connection:
+        db = sqlite3.connect(f"file:{quote(str(self.path))}?{flags}", uri=True, check_same_thread=False,
+                             isolation_level=None, timeout=10)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def ensure_reserve(self) -> bool:
+        return True
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[Entry]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [_entry(r) for r in rows]
+
+    def landed_since(self, watermark: float, limit: int) -> list[Entry]:
+        """Rows whose cold copy was confirmed after ``watermark`` (epoch s), oldest first."""
+        return self._query("SELECT * FROM segments WHERE confirmed_at IS NOT NULL AND confirmed_at > ? "
+                           "AND state IN ('confirmed', 'evicted') ORDER BY confirmed_at LIMIT ?", (watermark, limit))
+
+    def evicted_since(self, watermark: float, limit: int) -> list[Entry]:
+        """Rows evicted after ``watermark`` (epoch s), oldest first."""
+        return self._query("SELECT * FROM segments WHERE state = 'evicted' AND evicted_at IS NOT NULL "
+                           "AND evicted_at > ? ORDER BY evicted_at LIMIT ?", (watermark, limit))
+
+    def shipped_after(self, stream: str, first_seq: int, limit: int) -> list[Entry]:
+        """Confirmed or evicted rows in (stream, first_seq) order after the given one: the
+        rolling re-check of objects that landed earlier."""
+        return self._query("SELECT * FROM segments WHERE state IN ('confirmed', 'evicted') AND "
+                           "(stream > ? OR (stream = ? AND first_seq > ?)) ORDER BY stream, first_seq LIMIT ?",
+                           (stream, stream, first_seq, limit))
+
+    def not_evicted(self) -> list[Entry]:
+        """Rows whose hot copy should still exist (bounded by the hot retention)."""
+        return self._query("SELECT * FROM segments WHERE state != 'evicted' ORDER BY stream, first_seq", ())
+
+
+def open_ledger_readonly(hot_dir: str | Path) -> LedgerView | None:
+    """The ledger read-only; None when the hot tier has no ledger (nothing was shipped yet,
+    or no shipper)."""
+    if not ledger_path(hot_dir).exists():
         return None
-    return Ledger(hot_dir, reserve_bytes=0)  # a reader takes no space (the shipper tops the reserve up)
+    return LedgerView(hot_dir)

@@ -260,6 +260,7 @@ class Shipper:
     ) -> None:
         self.hot_dir = Path(hot_dir)
         self.store = store
+        self._owns_ledger = ledger is None
         self.ledger = ledger or Ledger(self.hot_dir)
         self.hot_retention = float(hot_retention)
         self.concurrency = max(1, int(concurrency))
@@ -578,6 +579,12 @@ class Shipper:
     def in_flight(self) -> int:
         with self._cv:
             return len(self._inflight)
+
+    def close(self) -> None:
+        """Close the ledger this shipper opened (one passed in belongs to the caller).  Call
+        it once no upload is in flight: a closed ledger cannot record their outcome."""
+        if self._owns_ledger:
+            self.ledger.close()
 
     def _collect(self, summary: ShipSummary) -> None:
         with self._cv:

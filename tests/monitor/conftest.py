@@ -210,19 +210,3 @@ def monitor_process(tmp_path: Path, sections: dict[str, dict[str, Any]]) -> Iter
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-@contextlib.contextmanager
-def read_only_view(src: Path, dst: Path) -> Iterator[Path]:
-    """``dst``: a read-only bind mount of ``src`` (the monitor's view of the hot tier or a
-    file:// cold store).  Writes through it fail with EROFS, even as root."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for cmd in (["mount", "--bind", str(src), str(dst)], ["mount", "-o", "remount,bind,ro", str(dst)]):
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            subprocess.run(["umount", "-l", str(dst)], check=False)
-            pytest.fail(f"cannot make a read-only bind mount (the suite runs as root): {res.stderr}")
-    try:
-        yield dst
-    finally:
-        subprocess.run(["umount", "-l", str(dst)], check=False)

@@ -12,8 +12,7 @@ from pipeline.hot.segment import build_manifest, list_segments
 from pipeline.hot.writer import HotLog
 from pipeline.monitor.cold import ColdState, ColdWatcher
 from pipeline.monitor.config import ColdWatch
-from pipeline.monitor.ledgerview import open_ledger_view
-from pipeline.ship.ledger import Ledger
+from pipeline.ship.ledger import Ledger, open_ledger_readonly
 
 
 def test_ledger_conditions(hot_dir: Path) -> None:
@@ -33,7 +32,7 @@ def test_ledger_conditions(hot_dir: Path) -> None:
     attr.clear_protection(segs[2])
     segs[2].unlink()  # deleted on the host, outside eviction
     watcher = ColdWatcher(ColdWatch(max_lag=60), hot_dir, (), ColdState(), None)
-    view = open_ledger_view(hot_dir)
+    view = open_ledger_readonly(hot_dir)
     assert view is not None
     try:
         found = {(f.code, f.segment) for f in watcher.cycle(view).findings}
@@ -44,7 +43,7 @@ def test_ledger_conditions(hot_dir: Path) -> None:
     assert ("hot-segment-missing", deleted) in found
     assert ("evicted-without-cold-copy", unconfirmed) in found
     # the unconfirmed eviction stays reported (sticky), the rest is re-read each cycle
-    view = open_ledger_view(hot_dir)
+    view = open_ledger_readonly(hot_dir)
     assert view is not None
     try:
         again = {(f.code, f.segment) for f in watcher.cycle(view).findings}
@@ -57,7 +56,7 @@ def test_ledger_conditions(hot_dir: Path) -> None:
 def test_ledger_of_a_stopped_shipper_is_read_through_a_read_only_mount(hot_dir: Path, tmp_path: Path) -> None:
     """A clean shutdown removes the WAL files, which a reader on a read-only file system cannot
     create: the view then reads the (complete) database file as immutable."""
-    from tests.monitor.conftest import read_only_view
+    from tests.hotutil import read_only_view
 
     log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
     log.append({"i": 1})
@@ -67,7 +66,7 @@ def test_ledger_of_a_stopped_shipper_is_read_through_a_read_only_mount(hot_dir: 
     ledger.close()
     assert not (hot_dir / ".ship" / "ledger.sqlite-wal").exists()
     with read_only_view(hot_dir, tmp_path / "ro") as ro:
-        view = open_ledger_view(ro)
+        view = open_ledger_readonly(ro)
         assert view is not None
         try:
             assert [e.state for e in view.entries()] == ["sealed"]

@@ -21,7 +21,8 @@ import pytest
 
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments
-from tests.monitor.conftest import Alertmanager, MonitorProc, Receiver, monitor_process, read_only_view
+from tests.hotutil import read_only_view
+from tests.monitor.conftest import Alertmanager, MonitorProc, Receiver, monitor_process
 from tests.netutil import free_port
 from tests.ship.test_sidecar import Sidecar
 
