@@ -204,7 +204,10 @@ def _sidecar_cfg(pki: Pki, port: int, ca: Path | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------ tests
 
 
-def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["proto", "json"])
+def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, encoding: str) -> None:
+    """As configured (protobuf), and with the exporter's other encoding, OTLP/JSON as the
+    Collector writes it: the same events."""
     binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     port = free_port()
@@ -214,8 +217,10 @@ def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path) -
     source.write_text("".join(audit_line(i) for i in range(n)) + "not json: refund by hand\n")
     sc = start_sidecar(tmp_path / "hot", **_sidecar_cfg(pki, port))
     try:
-        with collector(tmp_path / "otelcol", binary, exporter_config(port=port, ca=pki.ca.path, cert=pki.client.cert,
-                                                                     key=pki.client.key), source) as col:
+        exporter = exporter_config(port=port, ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key)
+        assert exporter.count("encoding: proto") == 1
+        with collector(tmp_path / "otelcol", binary, exporter.replace("encoding: proto", f"encoding: {encoding}"),
+                       source) as col:
             wait_for(lambda: len(stored_events(sc.hot)) >= n + 1, 60, f"{n + 1} events")
             time.sleep(1.5)  # one batch timeout more: anything extra would land now
             sent = col.metrics()
