@@ -708,8 +708,9 @@ def test_collector_otlphttp_wire_format(hot_dir: Path) -> None:
     """What the Collector's otlphttp exporter sends (exporter/otlphttpexporter/otlp.go: a
     protobuf ExportLogsServiceRequest, gzip by default, the configured headers) and what it
     reads back: a 2xx body parsed as ExportLogsServiceResponse by its Content-Type (exact
-    match), a 4xx/5xx body as google.rpc.Status.  No collector can be built here (docs/
-    FORWARDERS.md says why), so its wire format is replayed."""
+    match), a 4xx/5xx body as google.rpc.Status.  A real Collector runs in
+    tests/ingest/test_otelcol.py (mutual TLS); this replay covers what that one does not:
+    a bearer token, a partial success, a 401."""
     log = HotLog(hot_dir, STREAM, durability="group", heartbeat_interval=0, segment_window=0)
     srv = IngestServer(log, http_listen="127.0.0.1:0", token="coll-t0ken", token_name="collector-token").start()
     try:
