@@ -89,7 +89,8 @@ class CollectorHome:
     root, 0755, like everything in it but the client key: a copy of the binary, the tailed
     file (which the test writes), ``tls/`` and, per Collector started, a directory of
     rendered configurations and its log; the Collector's working directory inside that
-    (``work/``, 0700) is the one place uid 65534 may write."""
+    (``work/``, 0700) is the one place uid 65534 may write (besides the log, which it gets
+    as an open stdout).  Modes are set explicitly, whatever the umask."""
     root: Path
     binary: Path
     source: Path
@@ -97,7 +98,8 @@ class CollectorHome:
     def tls(self, *, ca: Path, cert: Path, key: Path) -> dict[str, Path]:
         """Copies of the certificate files in ``tls/``: the client key 0400, owned by 65534."""
         tls = self.root / "tls"
-        tls.mkdir(mode=0o755, exist_ok=True)
+        tls.mkdir(exist_ok=True)
+        tls.chmod(0o755)
         copies = {"ca": tls / "ca.pem", "cert": tls / "client.crt", "key": tls / "client.key"}
         for original, copy in ((ca, copies["ca"]), (cert, copies["cert"])):
             shutil.copyfile(original, copy)
@@ -112,15 +114,18 @@ class CollectorHome:
     def run_dir(self, name: str) -> tuple[Path, Path]:
         """(configurations and log, root-owned; working directory, owned by 65534)."""
         run = self.root / name
-        run.mkdir(mode=0o755)
+        run.mkdir()
+        run.chmod(0o755)
         work = run / "work"
-        work.mkdir(mode=0o700)
+        work.mkdir()
+        work.chmod(0o700)
         os.chown(work, COLLECTOR_UID, COLLECTOR_GID)
         return run, work
 
 
 @pytest.fixture
 def home() -> Iterator[CollectorHome]:
+    """A CollectorHome for this test, removed afterwards."""
     assert os.geteuid() == 0, "these tests start the Collector as uid 65534: run them as root (as CI does)"
     root = Path(tempfile.mkdtemp(prefix="otelcol-"))
     try:
@@ -218,6 +223,7 @@ def collector(home: CollectorHome, exporter_yaml: str, name: str = "run") -> Ite
     for file, text in (("worm-exporter.yaml", exporter_yaml), ("filelog-pipeline.yaml", pipeline_config(home.source)),
                        ("telemetry.yaml", telemetry_config(metrics_port := free_port()))):
         (run / file).write_text(text)
+        (run / file).chmod(0o644)
         files += ["--config", str(run / file)]
     log_path = run / "otelcol.log"
     with log_path.open("wb") as log_file:
@@ -318,6 +324,7 @@ def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, h
             wait_for(lambda: len(stored_events(sc.hot)) >= n + 1, 60, f"{n + 1} events")
             time.sleep(1.5)  # one batch timeout more: anything extra would land now
             sent = col.metrics()
+            assert not any(col.work.iterdir()), "this configuration writes no file (docs/FORWARDERS.md)"
     finally:
         stop_sidecar(sc)
     *events, raw = stored_events(tmp_path / "hot")
