@@ -111,6 +111,8 @@ def main() -> None:
               f"ratio {encrypted / clear:.2f}")
 
     if not args.no_sidecar:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")  # moto's server accepts any (as bench_sidecar)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
         moto, endpoint = start_moto()
         try:
             ingest: dict[str, list[float]] = {"clear": [], "encrypted": []}
