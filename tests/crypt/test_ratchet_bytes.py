@@ -10,12 +10,13 @@ reference functions, so a pinned value that was itself wrong could not pass."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from pipeline.crypt import scheme, writer
+from pipeline.crypt import scheme
 from pipeline.crypt.writer import EncryptionSettings, Epoch
 
 SEED = bytes(range(32))
@@ -37,7 +38,7 @@ K_1001 = "2146eee396a2be53adb6a130d0445966dafc5d0ab5b472308809a69ec9d6057b"
 
 @pytest.fixture
 def fixed_seed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(writer.os, "urandom", lambda n: SEED[:n])
+    monkeypatch.setattr(os, "urandom", lambda n: SEED[:n])  # the seed Epoch draws
     yield
 
 
