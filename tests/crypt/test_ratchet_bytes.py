@@ -1,9 +1,9 @@
 """The exact bytes an encrypted event's ``data`` is written as, pinned.
 
 The expected values were produced by the pure-Python writer (``Epoch.encrypt`` as it was
-before the C accelerator took over the per-event work) from a fixed seed: any path that
-encrypts events -- the C one or the Python one -- MUST reproduce them byte for byte, since
-an independent decryptor (docs/FORMAT.md §11, tests/crypt/test_docs_decryptor.py) reads
+before the C accelerator took over the per-event work, commit a9001b2) from a fixed seed:
+both ratchets -- ``pipeline._native.Ratchet`` and ``PyRatchet`` -- MUST reproduce them byte
+for byte, since an independent decryptor (docs/FORMAT.md §11, tests/crypt/test_docs_decryptor.py) reads
 what was written years ago.  The ciphertexts are also opened here with ``scheme``'s
 reference functions, so a pinned value that was itself wrong could not pass."""
 
@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from pipeline.crypt import scheme
+from pipeline import _accel
+from pipeline.crypt import scheme, writer
 from pipeline.crypt.writer import EncryptionSettings, Epoch
 
 SEED = bytes(range(32))
@@ -36,8 +37,15 @@ CT_1000 = (b'"_enc":{"key_seq":7,"ct":"TaYCud6WPrjUIKV6LwNyipUXP9udSyy0NG29l39QX
 K_1001 = "2146eee396a2be53adb6a130d0445966dafc5d0ab5b472308809a69ec9d6057b"
 
 
-@pytest.fixture
-def fixed_seed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+@pytest.fixture(params=["native", "python"])
+def fixed_seed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fixed seed, with each ratchet: the C one (when built) and the Python one."""
+    if request.param == "native":
+        if _accel.native is None:
+            pytest.skip("C accelerator not built (see test_accelerator_is_built)")
+        monkeypatch.setattr(writer, "Ratchet", _accel.native.Ratchet)
+    else:
+        monkeypatch.setattr(writer, "Ratchet", writer.PyRatchet)
     monkeypatch.setattr(os, "urandom", lambda n: SEED[:n])  # the seed Epoch draws
     yield
 
