@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdint.h>
 #include <errno.h>
@@ -570,16 +571,24 @@ static void ratchet_release(RatchetObject *r)
     }
 }
 
+static void ratchet_wipe(RatchetObject *self)
+{
+    OPENSSL_cleanse(self->k, KEY_LEN);
+    self->at = RATCHET_ERASED;
+}
+
+/* Ratchet(seed, key_seq, aad_prefix): seed None draws a fresh one from OpenSSL's CSPRNG into
+ * the C buffer (the writer's case: the seed then never is a Python object, see wrap()). */
 static int ratchet_init(RatchetObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"seed", "key_seq", "aad_prefix", NULL};
-    Py_buffer seed;
+    Py_buffer seed = {0};
     unsigned long long key_seq;
     PyObject *prefix;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*KS", kwlist, &seed, &key_seq, &prefix))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "z*KS", kwlist, &seed, &key_seq, &prefix))
         return -1;
     int rc = -1;
-    if (seed.len != KEY_LEN) {
+    if (seed.buf != NULL && seed.len != KEY_LEN) {
         PyErr_Format(PyExc_ValueError, "Ratchet: the seed must be %d bytes", KEY_LEN);
         goto done;
     }
@@ -601,18 +610,19 @@ static int ratchet_init(RatchetObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     ratchet_release(self);
-    memcpy(self->k, seed.buf, KEY_LEN);
+    if (seed.buf != NULL) {
+        memcpy(self->k, seed.buf, KEY_LEN);
+    } else if (RAND_bytes(self->k, KEY_LEN) != 1) {
+        ratchet_wipe(self);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's RAND_bytes failed: no seed for the key record");
+        goto done;
+    }
     self->at = self->key_seq = key_seq;
     rc = 0;
 done:
-    PyBuffer_Release(&seed);
+    if (seed.obj != NULL)
+        PyBuffer_Release(&seed);
     return rc;
-}
-
-static void ratchet_wipe(RatchetObject *self)
-{
-    OPENSSL_cleanse(self->k, KEY_LEN);
-    self->at = RATCHET_ERASED;
 }
 
 static PyObject *ratchet_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
@@ -735,6 +745,31 @@ static PyObject *ratchet_seal(RatchetObject *self, PyObject *const *args, Py_ssi
     return data ? PyBytes_FromStringAndSize(data, n) : NULL;
 }
 
+/* wrap(encrypt) -> encrypt(seed): the key record's wrapped seed, while the ratchet is still
+ * at its seed.  The seed is handed over in a temporary bytes object that is cleansed as soon
+ * as encrypt returns, unless encrypt kept a reference to it (then it is left alone: bytes are
+ * immutable to everyone else); what encrypt copies internally is its own. */
+static PyObject *ratchet_wrap(RatchetObject *self, PyObject *encrypt)
+{
+    if (self->at != self->key_seq || self->at == RATCHET_ERASED) {
+        PyErr_SetString(PyExc_RuntimeError, "the seed was already erased: wrap() comes first");
+        return NULL;
+    }
+    PyObject *seed = PyBytes_FromStringAndSize((const char *)self->k, KEY_LEN);
+    if (seed == NULL)
+        return NULL;
+    PyObject *out = PyObject_CallOneArg(encrypt, seed);
+    if (Py_REFCNT(seed) == 1)
+        OPENSSL_cleanse(PyBytes_AS_STRING(seed), KEY_LEN);
+    Py_DECREF(seed);
+    if (out != NULL && !PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "wrap: encrypt must return bytes");
+        return NULL;
+    }
+    return out;
+}
+
 /* consumed(seq): the event at seq is queued; K(seq) -> K(seq+1) when the ratchet is at seq. */
 static PyObject *ratchet_consumed(RatchetObject *self, PyObject *arg)
 {
@@ -760,6 +795,7 @@ static PyObject *ratchet_held(RatchetObject *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef ratchet_methods[] = {
     {"seal", (PyCFunction)(void (*)(void))ratchet_seal, METH_FASTCALL,
      "The data bytes of the event at seq (head, then the _enc member); the ratchet stays at K(seq)."},
+    {"wrap", (PyCFunction)ratchet_wrap, METH_O, "encrypt(seed) for the key record, the seed's temporary cleansed."},
     {"consumed", (PyCFunction)ratchet_consumed, METH_O, "The event at seq is queued: erase K(seq), keep K(seq+1)."},
     {"erase", (PyCFunction)ratchet_erase, METH_NOARGS, "Cleanse the chain key; nothing encrypts after this."},
     {"held", (PyCFunction)ratchet_held, METH_NOARGS, "(s, K(s)): the key kept (for tests that play the attacker)."},
@@ -771,7 +807,7 @@ static PyTypeObject RatchetType = {
     .tp_name = "pipeline._native.Ratchet",
     .tp_basicsize = sizeof(RatchetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ratchet(seed, key_seq, aad_prefix): one key record's chain key, in C memory.",
+    .tp_doc = "Ratchet(seed | None, key_seq, aad_prefix): one key record's chain key, in C memory.",
     .tp_new = ratchet_new,
     .tp_init = (initproc)ratchet_init,
     .tp_dealloc = (destructor)ratchet_dealloc,
@@ -884,16 +920,22 @@ static int check_bytes_args(PyObject *const *args, const int *which, int count, 
  * (either may be None) and appends the line to ``chunks`` and the leaf hash to ``leaves``.
  * Returns None, with nothing changed, when the line is longer than ``limit`` bytes.  The
  * receipt is built as in append_records.
+ *
+ * With two more arguments, ratchet (a Ratchet) and head (bytes), data is the plaintext of an
+ * encrypted event: the line holds ratchet.seal(seq, data, head), and the ratchet steps past
+ * seq once the line is queued (None leaves it at K(seq), as seal does).
  */
 static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int bytes_args[] = {0, 2, 3, 4, 5};
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "append_record takes 14 arguments");
+    static const int bytes_args[] = {0, 2, 3, 4, 5, 15};
+    if (nargs != 14 && nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "append_record takes 14 or 16 arguments");
         return NULL;
     }
-    if (check_bytes_args(args, bytes_args, 5, "append_record") < 0 || check_receipt_type(args[11], "append_record") < 0)
+    if (check_bytes_args(args, bytes_args, nargs == 16 ? 6 : 5, "append_record") < 0 ||
+        check_receipt_type(args[11], "append_record") < 0 || (nargs == 16 && ratchet_check(args[14], "append_record") < 0))
         return NULL;
+    RatchetObject *ratchet = nargs == 16 ? (RatchetObject *)args[14] : NULL;
     unsigned long long seq = PyLong_AsUnsignedLongLong(args[1]);
     if (seq == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
@@ -916,11 +958,17 @@ static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     }
     char hex[HEX_LEN];
     unsigned char lh[HASH_LEN];
-    Py_ssize_t n;
+    Py_ssize_t n, dn = PyBytes_GET_SIZE(args[5]);
+    const char *dp = PyBytes_AS_STRING(args[5]);
+    if (ratchet != NULL) {
+        dp = ratchet_seal_buf(ratchet, seq, dp, dn, PyBytes_AS_STRING(args[15]), PyBytes_GET_SIZE(args[15]), &dn);
+        ratchet_release(ratchet);
+        if (dp == NULL)
+            return NULL;
+    }
     PyObject *line = build_line(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), seq, PyBytes_AS_STRING(args[2]),
                                 PyBytes_GET_SIZE(args[2]), PyBytes_AS_STRING(args[3]), PyBytes_GET_SIZE(args[3]),
-                                PyBytes_AS_STRING(args[4]), PyBytes_AS_STRING(args[5]), PyBytes_GET_SIZE(args[5]), limit,
-                                hex, merkle ? lh : NULL, &n);
+                                PyBytes_AS_STRING(args[4]), dp, dn, limit, hex, merkle ? lh : NULL, &n);
     if (line == NULL) {
         if (PyErr_Occurred())
             return NULL;
@@ -951,6 +999,8 @@ static PyObject *append_record(PyObject *Py_UNUSED(mod), PyObject *const *args, 
         cr_push(seg_cr, lh);
     if (stream_cr)
         cr_push(stream_cr, lh);
+    if (ratchet != NULL && ratchet->at == seq)
+        ratchet_step(ratchet); /* queued: K(seq) is erased */
 done:
     Py_DECREF(line);
     Py_XDECREF(leaf);

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,11 @@ class PyRatchet:
 
     __slots__ = ("_aad_prefix", "_at", "_enc_head", "_k", "_key_seq")
 
-    def __init__(self, seed: bytes, key_seq: int, aad_prefix: bytes) -> None:
-        self._k = bytearray(seed)  # K(self._at)
+    def __init__(self, seed: bytes | None, key_seq: int, aad_prefix: bytes) -> None:
+        """``seed`` None draws a fresh one (the writer's case)."""
+        self._k = bytearray(os.urandom(scheme.KEY_BYTES) if seed is None else seed)  # K(self._at)
+        if len(self._k) != scheme.KEY_BYTES:
+            raise ValueError(f"Ratchet: the seed must be {scheme.KEY_BYTES} bytes")
         self._at = self._key_seq = key_seq
         self._aad_prefix = aad_prefix
         self._enc_head = b'"_enc":{"key_seq":%d,"ct":"' % key_seq
@@ -100,6 +104,12 @@ class PyRatchet:
         ct = ChaCha20Poly1305(hmac.digest(k, scheme.RECORD_KEY_LABEL, "sha256")).encrypt(
             scheme.NONCE, plaintext, self._aad_prefix + b"%d\x00%d" % (seq, self._key_seq))
         return b"".join((head, self._enc_head, binascii.b2a_base64(ct, newline=False), b'"}}'))
+
+    def wrap(self, encrypt: Callable[[bytes], bytes]) -> bytes:
+        """``encrypt(seed)``, for the key record, while the ratchet is still at its seed."""
+        if self._at != self._key_seq:
+            raise RuntimeError("the seed was already erased: wrap() comes first")
+        return encrypt(bytes(self._k))
 
     def consumed(self, seq: int) -> None:
         if self._at == seq:
@@ -128,15 +138,16 @@ class Epoch:
     """The keys of one key record: created with a fresh seed, it gives the key record's data
     and then encrypts the events after it, in seq order."""
 
-    def __init__(self, settings: EncryptionSettings, *, stream: str, segment: str, key_seq: int) -> None:
+    def __init__(self, settings: EncryptionSettings, *, stream: str, segment: str, key_seq: int,
+                 seed: bytes | None = None) -> None:
+        """A fresh seed K(key_seq), drawn inside the ratchet (``seed`` is for tests)."""
         self.settings = settings
         self.stream = stream
         self.segment = segment
         self.key_seq = key_seq
-        seed = os.urandom(scheme.KEY_BYTES)  # K(key_seq)
-        self.wrapped = pyrage.encrypt(seed, [parse_recipient(r) for r in settings.recipients])
         self.ratchet = Ratchet(seed, key_seq, scheme.aad_prefix(stream, segment))
-        del seed
+        recipients = [parse_recipient(r) for r in settings.recipients]
+        self.wrapped = self.ratchet.wrap(lambda k: pyrage.encrypt(k, recipients))
         self._clear = frozenset(settings.clear_fields)
 
     def key_record_data(self) -> dict[str, Any]:
@@ -154,9 +165,10 @@ class Epoch:
         members (FORMAT §11.3); None when no field is kept in clear (every head is ``{``)."""
         if not self._clear:
             return None
-        return [self._head(p) for p in plaintexts[start:]]
+        return [self.head(p) for p in plaintexts[start:]]
 
-    def _head(self, plaintext: bytes) -> bytes:
+    def head(self, plaintext: bytes) -> bytes:
+        """What the event's data starts with: ``{`` and its clear members, if any."""
         if not self._clear:
             return b"{"
         event = orjson.loads(plaintext)
@@ -167,7 +179,7 @@ class Epoch:
         """The data bytes of the event at ``seq``.  Leaves the ratchet at K(seq): call
         ``consumed(seq)`` once the record is queued (a record that did not fit is encrypted
         again, in a new segment)."""
-        return self.ratchet.seal(seq, plaintext, self._head(plaintext))
+        return self.ratchet.seal(seq, plaintext, self.head(plaintext))
 
     def consumed(self, seq: int) -> None:
         """The event at ``seq`` is queued: erase K(seq), keeping K(seq+1)."""

@@ -222,6 +222,18 @@ def _py_queue_records(prefix: bytes, seq: int, ts: bytes, prev: bytes, items: li
     return count, added, prev, receipts
 
 
+def _py_queue_sealed_record(prefix: bytes, seq: int, ts: bytes, prev: bytes, plaintext: bytes,
+                            chunks: list[bytes], limit: int, seg_name: str, gen: int, ratchet: Ratchet,
+                            head: bytes) -> tuple[Receipt, bytes, int] | None:
+    """``_py_queue_record`` for one encrypted event: the line holds ``ratchet.seal(seq,
+    plaintext, head)``, and the ratchet steps past ``seq`` once it is queued."""
+    out = _py_queue_record(prefix, seq, ts, b"event", prev, ratchet.seal(seq, plaintext, head), chunks, limit,
+                           seg_name, gen)
+    if out is not None:
+        ratchet.consumed(seq)
+    return out
+
+
 def _py_queue_sealed(prefix: bytes, seq: int, ts: bytes, prev: bytes, items: list[bytes], start: int,
                      chunks: list[bytes], room: int, seg_name: str, gen: int, ratchet: Ratchet,
                      heads: list[bytes] | None) -> tuple[int, int, bytes, list[Receipt]]:
@@ -276,6 +288,14 @@ if native is not None:
             return 0, 0, prev, []
         return out
 
+    def _c_queue_sealed_record(prefix: bytes, seq: int, ts: bytes, prev: bytes, plaintext: bytes,
+                               chunks: list[bytes], limit: int, seg_name: str, gen: int, ratchet: Ratchet,
+                               head: bytes) -> tuple[Receipt, bytes, int] | None:
+        out: tuple[Receipt, bytes, int] | None = _c.append_record(
+            prefix, seq, ts, b"event", prev, plaintext, None, None, chunks, None, limit, Receipt, seg_name, gen,
+            ratchet, head)
+        return out
+
     def _c_queue_sealed(prefix: bytes, seq: int, ts: bytes, prev: bytes, items: list[bytes], start: int,
                         chunks: list[bytes], room: int, seg_name: str, gen: int, ratchet: Ratchet,
                         heads: list[bytes] | None) -> tuple[int, int, bytes, list[Receipt]]:
@@ -290,12 +310,14 @@ if native is not None:
     queue_record = _c_queue_record
     queue_records = _c_queue_records
     queue_sealed = _c_queue_sealed
+    queue_sealed_record = _c_queue_sealed_record
     hash_lines: Callable[[list[bytes], int, merkle.CompactRange, merkle.CompactRange], list[bytes]] = \
         native.hash_lines
 else:
     queue_record = _py_queue_record
     queue_records = _py_queue_records
     queue_sealed = _py_queue_sealed
+    queue_sealed_record = _py_queue_sealed_record
     hash_lines = _py_hash_lines
 
 
@@ -361,21 +383,21 @@ class Chain:
             seg = self.open_segment(ts)
         # keep room for the seal; a first record always fits (also after its key record)
         fits_any = not seg.count
-        written = data_json
-        epoch = None
         if kind == _EVENT and self._crypt is not None:
             epoch = self._epoch_for(seg, ts)
-            written = epoch.encrypt(self.seq, data_json)
-        run = self._tail_run(seg)
-        limit = _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size
-        queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, written, run.chunks,
-                              limit, seg.name, self.gen)
+            run = self._tail_run(seg)
+            queued = queue_sealed_record(self._prefix, self.seq, ts, self.prev, data_json, run.chunks,
+                                         _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size,
+                                         seg.name, self.gen, epoch.ratchet, epoch.head(data_json))
+        else:
+            run = self._tail_run(seg)
+            queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, data_json, run.chunks,
+                                  _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size,
+                                  seg.name, self.gen)
         if queued is None:
             self.seal()
             self.open_segment(ts)
             return self.append(kind, data_json, ts)  # the new segment's first record
-        if epoch is not None:
-            epoch.consumed(self.seq)
         receipt, self.prev, n = queued
         seg.size += n
         seg.count += 1

@@ -5,7 +5,6 @@ written without it (what ``PIPELINE_NO_NATIVE=1`` binds)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -133,17 +132,22 @@ def _write(base: Path, recipient: str, use_native: bool, wrapped: dict[bytes, by
         # same wrapped seed in both runs keeps the segments' sizes, and so their bounds, equal
         return wrapped.setdefault(seed, real_encrypt(seed, recipients))
 
+    impl: Any = native.Ratchet if use_native and native is not None else PyRatchet
+
+    def fixed_seed(seed: bytes | None, key_seq: int, aad_prefix: bytes) -> Any:
+        return impl(SEED, key_seq, aad_prefix)  # every key record's seed: the same in both runs
+
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(os, "urandom", lambda n: SEED[:n])  # every key record's seed: the same in both runs
+        m.setattr(crypt_writer, "Ratchet", fixed_seed)
         m.setattr(pyrage, "encrypt", same_wrap)
         if not use_native:  # what PIPELINE_NO_NATIVE=1 binds
             m.setattr(hot_chain, "queue_record", hot_chain._py_queue_record)
             m.setattr(hot_chain, "queue_records", hot_chain._py_queue_records)
             m.setattr(hot_chain, "queue_sealed", hot_chain._py_queue_sealed)
+            m.setattr(hot_chain, "queue_sealed_record", hot_chain._py_queue_sealed_record)
             m.setattr(hot_chain, "hash_lines", hot_chain._py_hash_lines)
             m.setattr(writer_mod, "_write_chunks", writer_mod._py_write_chunks)
             m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
-            m.setattr(crypt_writer, "Ratchet", PyRatchet)
         log = HotLog(base, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
                      clock=_Ticks(), encryption=EncryptionSettings((recipient,), ("action",)))
         for i in range(60):
@@ -167,3 +171,31 @@ def test_encrypted_stream_is_identical_with_and_without_the_accelerator(tmp_path
     for p in list_segments(tmp_path / "native" / "app"):
         events = [d for r, d in reader.records(p, seal_segment_name(p)) if r.kind == "event"]
         assert events and all(d is not None for d in events), f"{p.name} does not open"
+
+
+@pytest.mark.parametrize("impl", ["native", "python"])
+def test_a_fresh_ratchet_hands_its_seed_to_the_wrapper_only(impl: str) -> None:
+    """The writer's ratchet draws its own seed; ``wrap`` gives it to age (and the C one wipes
+    the temporary afterwards, unless the callee kept it: a kept object is never altered)."""
+    if impl == "native" and native is None:
+        pytest.skip("C accelerator not built (see test_accelerator_is_built)")
+    make: Any = native.Ratchet if impl == "native" and native is not None else PyRatchet
+    r, other = make(None, 5, PREFIX), make(None, 5, PREFIX)
+    kept: list[bytes] = []
+    copies: list[bytes] = []
+
+    def copy(k: bytes) -> bytes:
+        copies.append(bytes(bytearray(k)))
+        return b"wrapped"
+
+    def keep(k: bytes) -> bytes:
+        kept.append(k)
+        return b"w"
+
+    assert r.wrap(copy) == b"wrapped"
+    assert other.wrap(keep) == b"w"
+    seed = copies[0]
+    assert len(seed) == 32 and r.held() == (5, seed) and kept[0] == other.held()[1] != seed
+    assert r.seal(7, b"{}", b"{") == PyRatchet(seed, 5, PREFIX).seal(7, b"{}", b"{")
+    with pytest.raises(RuntimeError, match="wrap"):
+        r.wrap(lambda k: b"")
