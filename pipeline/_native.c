@@ -488,13 +488,18 @@ static const char TAIL[] = "\"}\n";
  *   data  = head || "_enc":{"key_seq":S,"ct":"<base64(ct)>"}}
  *
  * The chain key lives only in this object's C buffer, overwritten in place at every step and
- * cleansed on erase and on deallocation; record keys live on the C stack and are cleansed
- * after use, and the cipher context is reset (OpenSSL cleanses it) after every record.  So,
- * unlike the Python reference, no key ever becomes a Python object.  HMAC is computed over
- * the low-level SHA256_* functions (RFC 2104 with a 32-byte key, which is shorter than the
- * 64-byte block and so only zero-padded) for the reason given at sha256() above: HMAC() and
- * EVP_MAC fetch or re-key heavier contexts per call, and would also keep the keyed pads of the
- * last k(s) in a long-lived context.  The cipher is fetched once, at module initialisation.
+ * cleansed on erase and on deallocation; the seed is drawn into it with RAND_bytes and leaves
+ * it only through wrap(), in a temporary that is cleansed after age has wrapped it.  Record
+ * keys live on the C stack and are cleansed after use; the cipher context is re-keyed between
+ * the records of one batch and reset (OpenSSL cleanses it) before the call returns.  So,
+ * unlike the Python reference, no chain or record key ever becomes a Python object.
+ *
+ * HMAC is computed over the low-level SHA256_* functions (RFC 2104 with a 32-byte key, which
+ * is shorter than the 64-byte block and so only zero-padded) for the reason given at sha256()
+ * above: HMAC() and EVP_MAC fetch or re-key heavier contexts per call (measured here: HMAC()
+ * 1.0 us, a reused EVP_MAC_CTX 0.37 us, these two hashes 0.15 us, against a clear append of
+ * about 2.5 us per event), and EVP_MAC would keep the keyed pads of the last k(s) in a
+ * long-lived context.  The cipher is fetched once, at module initialisation.
  */
 
 #define KEY_LEN 32
