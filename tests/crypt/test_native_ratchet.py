@@ -18,15 +18,14 @@ from pipeline.crypt import scheme
 from pipeline.crypt import writer as crypt_writer
 from pipeline.crypt.reader import SegmentReader, load_identities, seal_segment_name
 from pipeline.crypt.writer import EncryptionSettings, PyRatchet
-from pipeline.format import merkle
 from pipeline.hot import chain as hot_chain
-from pipeline.hot import writer as writer_mod
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog, Receipt
 from pipeline.record import GENESIS_HASH
 from tests.crypt.conftest import AgeKey
 from tests.crypt.test_ratchet_bytes import SEED
 from tests.hotutil import needs_native
+from tests.test_native import _force_python_writer
 
 native = _accel.native
 PREFIX = scheme.aad_prefix("app", "seg-00000000000000000000.jsonl")
@@ -138,16 +137,11 @@ def _write(base: Path, recipient: str, use_native: bool, wrapped: dict[bytes, by
         return impl(SEED, key_seq, aad_prefix)  # every key record's seed: the same in both runs
 
     with pytest.MonkeyPatch.context() as m:
+        if not use_native:
+            _force_python_writer(m)  # what PIPELINE_NO_NATIVE=1 binds
         m.setattr(crypt_writer, "Ratchet", fixed_seed)
         m.setattr(pyrage, "encrypt", same_wrap)
-        if not use_native:  # what PIPELINE_NO_NATIVE=1 binds
-            m.setattr(hot_chain, "queue_record", hot_chain._py_queue_record)
-            m.setattr(hot_chain, "queue_records", hot_chain._py_queue_records)
-            m.setattr(hot_chain, "queue_sealed", hot_chain._py_queue_sealed)
-            m.setattr(hot_chain, "queue_sealed_record", hot_chain._py_queue_sealed_record)
-            m.setattr(hot_chain, "hash_lines", hot_chain._py_hash_lines)
-            m.setattr(writer_mod, "_write_chunks", writer_mod._py_write_chunks)
-            m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
+        assert (hot_chain.queue_sealed is hot_chain._py_queue_sealed) is not use_native
         log = HotLog(base, "app", heartbeat_interval=0, segment_max_bytes=20_000, segment_window=0, immutable="off",
                      clock=_Ticks(), encryption=EncryptionSettings((recipient,), ("action",)))
         for i in range(60):
