@@ -681,7 +681,7 @@ static const char *ratchet_seal_buf(RatchetObject *r, unsigned long long seq, co
         PyErr_Format(PyExc_RuntimeError, "the key of seq %llu was already erased (ratchet at %llu)", seq, r->at);
         return NULL;
     }
-    if (n > (INT_MAX - TAG_LEN) / 2 || lh > INT_MAX) {
+    if (n > (INT_MAX - TAG_LEN) / 2 || lh > INT_MAX || r->aad_prefix_len > INT_MAX - 48) {
         PyErr_SetString(PyExc_OverflowError, "event too large to encrypt");
         return NULL;
     }
@@ -717,7 +717,7 @@ static const char *ratchet_seal_buf(RatchetObject *r, unsigned long long seq, co
     PUT(ENC_HEAD, LIT(ENC_HEAD));
     PUT(ks, lks);
     PUT(ENC_CT, LIT(ENC_CT));
-    p += EVP_EncodeBlock((unsigned char *)p, ct, (int)lc);
+    p += EVP_EncodeBlock((unsigned char *)p, ct, (int)lc); /* and a NUL, which the tail overwrites */
     PUT(ENC_TAIL, LIT(ENC_TAIL));
 #undef PUT
     *n_out = (Py_ssize_t)total;
