@@ -26,7 +26,7 @@ else:
 def describe() -> str:
     """One line for status output and benchmarks."""
     if native is not None:
-        return "native (C accelerator, OpenSSL SHA-256)"
+        return "native (C accelerator, OpenSSL SHA-256 and ChaCha20-Poly1305)"
     if os.environ.get("PIPELINE_NO_NATIVE") == "1":
         return "pure Python (PIPELINE_NO_NATIVE=1)"
     return "pure Python (C accelerator not built)"

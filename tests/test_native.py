@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import _accel, sanitise
+from pipeline.crypt import writer as crypt_writer
 from pipeline.format import merkle, strictjson
 from pipeline.hot import chain as hot_chain
 from pipeline.hot import writer as writer_mod
@@ -293,9 +294,12 @@ def _force_python_writer(m: pytest.MonkeyPatch) -> None:
     references (what PIPELINE_NO_NATIVE=1 binds)."""
     m.setattr(hot_chain, "queue_record", hot_chain._py_queue_record)
     m.setattr(hot_chain, "queue_records", hot_chain._py_queue_records)
+    m.setattr(hot_chain, "queue_sealed", hot_chain._py_queue_sealed)
+    m.setattr(hot_chain, "queue_sealed_record", hot_chain._py_queue_sealed_record)
     m.setattr(hot_chain, "hash_lines", hot_chain._py_hash_lines)
     m.setattr(writer_mod, "_write_chunks", writer_mod._py_write_chunks)
     m.setattr(merkle, "CompactRange", merkle.PyCompactRange)
+    m.setattr(crypt_writer, "Ratchet", crypt_writer.PyRatchet)
 
 
 def _write(tmp: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool) -> list[bytes]:

@@ -1,10 +1,11 @@
 """What the hot log keeps to encrypt events: one key epoch per key record.
 
 The process holds, per stream, at most one chain key: K(s) for the next seq s it may
-encrypt (a bytearray, overwritten in place at every step and zeroed when the segment is
-sealed).  Once the event at seq s is queued, K(s) is replaced by K(s+1) before the append
-returns, so nothing the process keeps opens an event it has acknowledged
-(docs/ENCRYPTION.md states what Python cannot promise about copies).
+encrypt (in the C accelerator's memory, or a bytearray without it; overwritten in place at
+every step and zeroed when the segment is sealed).  Once the event at seq s is queued, K(s)
+is replaced by K(s+1) before the append returns, so nothing the process keeps opens an
+event it has acknowledged (docs/ENCRYPTION.md states what Python cannot promise about
+copies, and what the C path removes).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import binascii
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import orjson
 import pyrage
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from pipeline._accel import native
 from pipeline.crypt import scheme
 from pipeline.crypt.scheme import RATCHET_STATE
 from pipeline.errors import PipelineError
@@ -69,20 +72,83 @@ def parse_recipient(text: str) -> pyrage.x25519.Recipient:
         raise EncryptionConfigError(f"recipient {text!r} is not a valid age X25519 public key: {exc}") from None
 
 
+class PyRatchet:
+    """One key record's chain key and the per-event steps of the scheme, in Python: the
+    reference for ``pipeline._native.Ratchet`` (same bytes; tests/crypt/test_ratchet_bytes.py),
+    used when the accelerator is not built or ``PIPELINE_NO_NATIVE=1``.  The chain key is a
+    bytearray overwritten in place; the hash and HMAC results are transient ``bytes``
+    (docs/ENCRYPTION.md, "What Python cannot guarantee")."""
+
+    __slots__ = ("_aad_prefix", "_at", "_enc_head", "_k", "_key_seq")
+
+    def __init__(self, seed: bytes | None, key_seq: int, aad_prefix: bytes) -> None:
+        """``seed`` None draws a fresh one (the writer's case)."""
+        self._k = bytearray(os.urandom(scheme.KEY_BYTES) if seed is None else seed)  # K(self._at)
+        if len(self._k) != scheme.KEY_BYTES:
+            raise ValueError(f"Ratchet: the seed must be {scheme.KEY_BYTES} bytes")
+        self._at = self._key_seq = key_seq
+        self._aad_prefix = aad_prefix
+        self._enc_head = b'"_enc":{"key_seq":%d,"ct":"' % key_seq
+
+    def seal(self, seq: int, plaintext: bytes, head: bytes) -> bytes:
+        """``head`` followed by the ``_enc`` member of the event at ``seq``; leaves the ratchet
+        at K(seq) (``consumed`` steps past it once the record is queued)."""
+        if seq < self._at or seq <= self._key_seq:
+            raise RuntimeError(f"the key of seq {seq} was already erased (ratchet at {self._at})")
+        k = self._k
+        while self._at < seq:
+            h = RATCHET_STATE.copy()
+            h.update(k)
+            k[:] = h.digest()
+            self._at += 1
+        ct = ChaCha20Poly1305(hmac.digest(k, scheme.RECORD_KEY_LABEL, "sha256")).encrypt(
+            scheme.NONCE, plaintext, self._aad_prefix + b"%d\x00%d" % (seq, self._key_seq))
+        return b"".join((head, self._enc_head, binascii.b2a_base64(ct, newline=False), b'"}}'))
+
+    def wrap(self, encrypt: Callable[[bytes], bytes]) -> bytes:
+        """``encrypt(seed)``, for the key record, while the ratchet is still at its seed."""
+        if self._at != self._key_seq:
+            raise RuntimeError("the seed was already erased: wrap() comes first")
+        return encrypt(bytes(self._k))
+
+    def consumed(self, seq: int) -> None:
+        if self._at == seq:
+            h = RATCHET_STATE.copy()
+            h.update(self._k)
+            self._k[:] = h.digest()
+            self._at += 1
+
+    def erase(self) -> None:
+        for i in range(len(self._k)):
+            self._k[i] = 0
+        self._at = _ERASED  # seal() refuses every seq from now on
+
+    def held(self) -> tuple[int, bytes]:
+        return self._at, bytes(self._k)
+
+
+_ERASED = 1 << 62
+
+# bound once (pipeline._accel): the C ratchet keeps the chain key in C memory, cleansed as it
+# advances, and never makes a key a Python object
+Ratchet: type[PyRatchet] = native.Ratchet if native is not None else PyRatchet
+
+
 class Epoch:
     """The keys of one key record: created with a fresh seed, it gives the key record's data
     and then encrypts the events after it, in seq order."""
 
-    def __init__(self, settings: EncryptionSettings, *, stream: str, segment: str, key_seq: int) -> None:
+    def __init__(self, settings: EncryptionSettings, *, stream: str, segment: str, key_seq: int,
+                 seed: bytes | None = None) -> None:
+        """A fresh seed K(key_seq), drawn inside the ratchet (``seed`` is for tests)."""
         self.settings = settings
         self.stream = stream
         self.segment = segment
         self.key_seq = key_seq
-        self._k = bytearray(os.urandom(scheme.KEY_BYTES))  # K(key_seq), the seed
-        self._at = key_seq  # self._k is K(self._at)
-        self.wrapped = pyrage.encrypt(bytes(self._k), [parse_recipient(r) for r in settings.recipients])
+        self.ratchet = Ratchet(seed, key_seq, scheme.aad_prefix(stream, segment))
+        recipients = [parse_recipient(r) for r in settings.recipients]
+        self.wrapped = self.ratchet.wrap(lambda k: pyrage.encrypt(k, recipients))
         self._clear = frozenset(settings.clear_fields)
-        self._aad_prefix = scheme.aad_prefix(stream, segment)
 
     def key_record_data(self) -> dict[str, Any]:
         return {
@@ -94,44 +160,37 @@ class Epoch:
             "wrapped": scheme.b64(self.wrapped),
         }
 
+    def heads(self, plaintexts: list[bytes], start: int) -> list[bytes] | None:
+        """What each event's data starts with, for ``plaintexts[start:]``: ``{`` and its clear
+        members (FORMAT §11.3); None when no field is kept in clear (every head is ``{``)."""
+        if not self._clear:
+            return None
+        return [self.head(p) for p in plaintexts[start:]]
+
+    def head(self, plaintext: bytes) -> bytes:
+        """What the event's data starts with: ``{`` and its clear members, if any."""
+        if not self._clear:
+            return b"{"
+        event = orjson.loads(plaintext)
+        clear = {k: v for k, v in event.items() if k in self._clear} if isinstance(event, dict) else {}
+        return orjson.dumps(clear)[:-1] + (b"," if clear else b"")
+
     def encrypt(self, seq: int, plaintext: bytes) -> bytes:
         """The data bytes of the event at ``seq``.  Leaves the ratchet at K(seq): call
         ``consumed(seq)`` once the record is queued (a record that did not fit is encrypted
-        again, in a new segment).  The hot path of an encrypted stream: the scheme's steps
-        (``pipeline.crypt.scheme``) are inlined, with the same bytes."""
-        if seq < self._at or seq <= self.key_seq:
-            raise RuntimeError(f"the key of seq {seq} was already erased (ratchet at {self._at})")
-        k = self._k
-        while self._at < seq:
-            h = RATCHET_STATE.copy()
-            h.update(k)
-            k[:] = h.digest()
-            self._at += 1
-        ct = ChaCha20Poly1305(hmac.digest(k, scheme.RECORD_KEY_LABEL, "sha256")).encrypt(
-            scheme.NONCE, plaintext, self._aad_prefix + b"%d\x00%d" % (seq, self.key_seq))
-        enc = b'"_enc":{"key_seq":%d,"ct":"%s"}}' % (self.key_seq, binascii.b2a_base64(ct, newline=False))
-        if not self._clear:
-            return b"{" + enc
-        event = orjson.loads(plaintext)
-        clear = {k2: v for k2, v in event.items() if k2 in self._clear} if isinstance(event, dict) else {}
-        return orjson.dumps(clear)[:-1] + (b"," if clear else b"") + enc
+        again, in a new segment)."""
+        return self.ratchet.seal(seq, plaintext, self.head(plaintext))
 
     def consumed(self, seq: int) -> None:
         """The event at ``seq`` is queued: erase K(seq), keeping K(seq+1)."""
-        if self._at == seq:
-            h = RATCHET_STATE.copy()
-            h.update(self._k)
-            self._k[:] = h.digest()
-            self._at += 1
+        self.ratchet.consumed(seq)
 
     def erase(self) -> None:
-        for i in range(len(self._k)):
-            self._k[i] = 0
-        self._at = 1 << 62  # encrypt() refuses every seq from now on
+        self.ratchet.erase()
 
     def held_key(self) -> tuple[int, bytes]:
         """(s, K(s)) -- what the process keeps; for tests that play the attacker."""
-        return self._at, bytes(self._k)
+        return self.ratchet.held()
 
 
 SETTINGS_FILE = "encryption.json"

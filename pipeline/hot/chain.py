@@ -41,6 +41,7 @@ from pipeline.hot.errors import HotLogError
 
 if TYPE_CHECKING:
     from pipeline.crypt.writer import EncryptionSettings, Epoch
+    from pipeline.crypt.writer import PyRatchet as Ratchet
 
 __all__ = ["Anchor", "Batch", "Chain", "Receipt", "Run", "SealInfo", "Snapshot", "Taken"]
 
@@ -241,6 +242,39 @@ def _py_queue_records(prefix: bytes, seq: int, ts: bytes, prev: bytes, items: li
     return count, added, prev, receipts
 
 
+def _py_queue_sealed_record(prefix: bytes, seq: int, ts: bytes, prev: bytes, plaintext: bytes,
+                            chunks: list[bytes], limit: int, seg_name: str, gen: int, ratchet: Ratchet,
+                            head: bytes) -> tuple[Receipt, bytes, int] | None:
+    """``_py_queue_record`` for one encrypted event: the line holds ``ratchet.seal(seq,
+    plaintext, head)``, and the ratchet steps past ``seq`` once it is queued."""
+    out = _py_queue_record(prefix, seq, ts, b"event", prev, ratchet.seal(seq, plaintext, head), chunks, limit,
+                           seg_name, gen)
+    if out is not None:
+        ratchet.consumed(seq)
+    return out
+
+
+def _py_queue_sealed(prefix: bytes, seq: int, ts: bytes, prev: bytes, items: list[bytes], start: int,
+                     chunks: list[bytes], room: int, seg_name: str, gen: int, ratchet: Ratchet,
+                     heads: list[bytes] | None) -> tuple[int, int, bytes, list[Receipt]]:
+    """``_py_queue_records`` for an encrypted stream: each item is the plaintext of an event,
+    written as ``ratchet.seal(seq, item, head)``; the ratchet steps past each queued seq."""
+    count = added = 0
+    receipts: list[Receipt] = []
+    for i in range(start, len(items)):
+        s = seq + count
+        data = ratchet.seal(s, items[i], b"{" if heads is None else heads[i - start])
+        out = _py_queue_record(prefix, s, ts, b"event", prev, data, chunks, room - added, seg_name, gen)
+        if out is None:
+            break
+        ratchet.consumed(s)
+        receipt, prev, n = out
+        receipts.append(receipt)
+        added += n
+        count += 1
+    return count, added, prev, receipts
+
+
 def _py_hash_lines(chunks: list[bytes], start: int, seg_cr: merkle.CompactRange,
                    stream_cr: merkle.CompactRange) -> list[bytes]:
     """Leaf-hash ``chunks[start:]`` into both compact ranges; returns the leaf hashes."""
@@ -274,13 +308,36 @@ if native is not None:
             return 0, 0, prev, []
         return out
 
+    def _c_queue_sealed_record(prefix: bytes, seq: int, ts: bytes, prev: bytes, plaintext: bytes,
+                               chunks: list[bytes], limit: int, seg_name: str, gen: int, ratchet: Ratchet,
+                               head: bytes) -> tuple[Receipt, bytes, int] | None:
+        out: tuple[Receipt, bytes, int] | None = _c.append_record(
+            prefix, seq, ts, b"event", prev, plaintext, None, None, chunks, None, limit, Receipt, seg_name, gen,
+            ratchet, head)
+        return out
+
+    def _c_queue_sealed(prefix: bytes, seq: int, ts: bytes, prev: bytes, items: list[bytes], start: int,
+                        chunks: list[bytes], room: int, seg_name: str, gen: int, ratchet: Ratchet,
+                        heads: list[bytes] | None) -> tuple[int, int, bytes, list[Receipt]]:
+        try:
+            out: tuple[int, int, bytes, list[Receipt]] = _c.append_records(
+                prefix, seq, ts, b"event", prev, items, start, None, None, chunks, None, room, 1,
+                Receipt, seg_name, gen, ratchet, heads)
+        except Exception:  # nothing was queued; the per-record path raises the precise error
+            return 0, 0, prev, []
+        return out
+
     queue_record = _c_queue_record
     queue_records = _c_queue_records
+    queue_sealed = _c_queue_sealed
+    queue_sealed_record = _c_queue_sealed_record
     hash_lines: Callable[[list[bytes], int, merkle.CompactRange, merkle.CompactRange], list[bytes]] = \
         native.hash_lines
 else:
     queue_record = _py_queue_record
     queue_records = _py_queue_records
+    queue_sealed = _py_queue_sealed
+    queue_sealed_record = _py_queue_sealed_record
     hash_lines = _py_hash_lines
 
 
@@ -346,21 +403,21 @@ class Chain:
             seg = self.open_segment(ts)
         # keep room for the seal; a first record always fits (also after its key record)
         fits_any = not seg.count
-        written = data_json
-        epoch = None
         if kind == _EVENT and self._crypt is not None:
             epoch = self._epoch_for(seg, ts)
-            written = epoch.encrypt(self.seq, data_json)
-        run = self._tail_run(seg)
-        limit = _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size
-        queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, written, run.chunks,
-                              limit, seg.name, self.gen)
+            run = self._tail_run(seg)
+            queued = queue_sealed_record(self._prefix, self.seq, ts, self.prev, data_json, run.chunks,
+                                         _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size,
+                                         seg.name, self.gen, epoch.ratchet, epoch.head(data_json))
+        else:
+            run = self._tail_run(seg)
+            queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, data_json, run.chunks,
+                                  _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size,
+                                  seg.name, self.gen)
         if queued is None:
             self.seal()
             self.open_segment(ts)
             return self.append(kind, data_json, ts)  # the new segment's first record
-        if epoch is not None:
-            epoch.consumed(self.seq)
         receipt, self.prev, n = queued
         seg.size += n
         seg.count += 1
@@ -416,28 +473,23 @@ class Chain:
 
     def _append_encrypted(self, seg: Segment, items: list[bytes], start: int, out: list[Any]) -> int:
         """``_append_batch`` for an encrypted stream: each event is encrypted with its own
-        seq's key, so they are queued one by one (with one timestamp)."""
+        seq's key as it is queued (with one timestamp)."""
         epoch = self._epoch
         if epoch is None or epoch.segment != seg.name:
             return 0  # the key record comes first: ``append`` writes it
-        ts = self.now()
         run = self._tail_run(seg)
-        count = 0
-        for data in items[start:]:
-            queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[_EVENT], self.prev,
-                                  epoch.encrypt(self.seq, data), run.chunks,
-                                  self.segment_max_bytes - SEAL_ROOM - seg.size, seg.name, self.gen)
-            if queued is None:
-                break
-            epoch.consumed(self.seq)
-            receipt, self.prev, n = queued
-            seg.size += n
-            seg.count += 1
-            self.batch.pending += n
-            self.seq += 1
-            out.append(receipt)
-            count += 1
-        return count
+        count, added, last, receipts = queue_sealed(
+            self._prefix, self.seq, self.now(), self.prev, items, start, run.chunks,
+            self.segment_max_bytes - SEAL_ROOM - seg.size, seg.name, self.gen, epoch.ratchet,
+            epoch.heads(items, start))
+        if count:
+            seg.size += added
+            seg.count += count
+            self.batch.pending += added
+            self.seq += count
+            self.prev = last
+            out.extend(receipts)
+        return int(count)
 
     def _epoch_for(self, seg: Segment, ts: bytes) -> Epoch:
         """The key epoch of ``seg``, starting it with a key record when there is none."""
