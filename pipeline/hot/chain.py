@@ -173,7 +173,7 @@ class Batch:
     wait for ``done`` alone, so records appended concurrently share one group commit and
     no waiter needs the chain's lock to be woken."""
 
-    __slots__ = ("done", "first_seq", "pending", "runs", "taken")
+    __slots__ = ("done", "first_seq", "gathered", "pending", "runs", "taken", "waiters", "want")
 
     def __init__(self, first_seq: int) -> None:
         self.first_seq = first_seq
@@ -181,6 +181,17 @@ class Batch:
         self.pending = 0  # bytes queued
         self.taken = threading.Event()
         self.done = Completion()
+        # group commit's gathering (HotLog._gather): appenders that will wait for this
+        # batch's commit, and how many the flusher waits for before it takes the batch
+        self.waiters = 0
+        self.want = 0
+        self.gathered: Completion | None = None
+
+    def add_waiter(self) -> None:
+        """One more appender will wait for this batch (caller holds the chain's lock)."""
+        self.waiters += 1
+        if self.waiters == self.want and self.gathered is not None:
+            self.gathered.set()
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ waiter reads it together with the chain's generation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -67,6 +68,10 @@ class Flusher:
         # failed after its bytes were written), up to the rollback cut
         self.unknown: dict[int, int] = {}
         self.last_flush_mono = 0.0
+        # group commit's gathering (HotLog._gather): how many appenders waited for each of
+        # the last commits, and how long the last segment fsync took
+        self.recent_waiters: collections.deque[int] = collections.deque(maxlen=8)
+        self.last_sync_seconds = 0.0
 
     def start(self) -> None:
         """Everything on disk now is durable (after start-up recovery)."""
@@ -82,6 +87,8 @@ class Flusher:
             taken = chain.take(sync=sync)
             if taken is None:
                 return
+            if sync:
+                self.recent_waiters.append(taken.batch.waiters)
             try:
                 seals = list(taken.seals)
                 self._write(taken.batch, taken.upto, taken.candidate, taken.seg_now, taken.head_due, sync)
@@ -106,7 +113,9 @@ class Flusher:
                 self._feed_tree(run.leaves)
                 stage = "sync"
                 if run.finalize or sync:
+                    started = time.monotonic()
                     self.files.sync(seg, _accel.fsync)
+                    self.last_sync_seconds = time.monotonic() - started
                     stage = "done"
                 if run.finalize:
                     os.close(seg.fd)

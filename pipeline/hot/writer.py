@@ -19,7 +19,10 @@ which is called
   every ``os_sync_interval`` seconds),
 - by the background thread in ``group`` mode, at most every ``group_interval`` seconds
   and at once when a caller waits, covering every append queued so far with one fsync;
-  ``append`` waits for it.
+  ``append`` waits for it.  When the last commits each carried several waiting
+  appenders, the flusher first gathers as many again, for at most one fsync's time
+  (``HotLog._gather``), so that concurrent appenders share one commit instead of
+  alternating between two.
 
 Failure model.  If a write or fsync fails (ENOSPC, EIO), the segment being written is
 abandoned: it may hold torn bytes, and a file under the append-only attribute cannot be
@@ -62,7 +65,7 @@ from pipeline.format.layout import StreamHead, write_head
 from pipeline.format.record import Kind, UtcClock, validate_stream_name
 from pipeline.format.segment import read_first_record as read_first_record  # re-exported for old imports
 from pipeline.hot.active import Segment, SegmentFiles, window_of
-from pipeline.hot.chain import Anchor, Batch, Chain, Receipt, SealInfo, TreeStoreLike
+from pipeline.hot.chain import Anchor, Batch, Chain, Completion, Receipt, SealInfo, TreeStoreLike
 from pipeline.hot.errors import HotLogError, WriterLockedError
 from pipeline.hot.flusher import Flusher
 from pipeline.hot.options import DEFAULTS, LogOptions
@@ -231,6 +234,8 @@ class HotLog:
         with chain.lock:
             receipt = chain.append(_EVENT, data)
             batch = chain.batch
+            if wait:
+                batch.add_waiter()
         if wait or self._after_every_append or batch.pending >= self.max_pending_bytes:
             self._after_append(receipt, wait, batch)
         return receipt
@@ -564,7 +569,33 @@ class HotLog:
             elif pending:
                 self._flusher.flush(sync=False)
         elif pending:
+            if self.durability == "group":
+                self._gather()
             self._flusher.flush(sync=True)
+
+    def _gather(self) -> None:
+        """Before a group commit: if the last commits each carried several waiting appenders,
+        wait until as many are queued again, for at most one fsync's time (and never past
+        ``group_interval``).
+
+        Without it, appenders woken by one commit queue while the next fsync runs, and the
+        commits alternate between two halves of the threads: a commit carries about half of
+        them, and every commit pays the flusher's own work again.  Waiting for the other half
+        costs at most the time of one fsync, and only while several threads append; a single
+        appender never waits (docs/BENCHMARKS.md, issue 15, measured with
+        bench/commit_profile.py).  The appender that completes the count wakes the flusher."""
+        target = max(self._flusher.recent_waiters, default=0)
+        budget = min(self._flusher.last_sync_seconds, self.group_interval)
+        if target < 2 or budget <= 0:
+            return
+        chain = self._chain
+        with chain.lock:
+            batch = chain.batch
+            if batch.waiters >= target or chain.closed:
+                return
+            batch.want = target
+            gathered = batch.gathered = Completion()
+        gathered.wait(budget)
 
     def _tick_seal_key(self) -> None:
         if self._seal_key_tick is None:

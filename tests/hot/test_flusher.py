@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,73 @@ def test_durability_unknown_when_the_fsync_fails(tmp_path: Path, monkeypatch: py
     p.flusher.flush(sync=True)
     with pytest.raises(HotLogError, match="durability unknown"):
         p.flusher.wait(r, timeout=1)
+
+
+def _gathering_log(tmp_path: Path, *, recent: list[int], sync_seconds: float, group_interval: float = 0.010) -> Any:
+    """A log whose flusher remembers ``recent`` waiters per commit and an fsync of
+    ``sync_seconds``; its own background thread is idle (nothing is appended)."""
+    log = open_hotlog(tmp_path / "hot", "s", heartbeat_interval=0, segment_window=0, group_interval=group_interval)
+    log._flusher.recent_waiters.extend(recent)
+    log._flusher.last_sync_seconds = sync_seconds
+    return log
+
+
+def test_gather_does_not_wait_for_a_single_appender(tmp_path: Path) -> None:
+    log = _gathering_log(tmp_path, recent=[1, 1, 1], sync_seconds=1.0, group_interval=1.0)
+    try:
+        started = time.monotonic()
+        log._gather()
+        assert time.monotonic() - started < 0.1
+    finally:
+        log.close()
+
+
+def test_gather_waits_until_as_many_appenders_as_last_time_are_queued(tmp_path: Path) -> None:
+    """The commit before carried 4 waiting appenders: the flusher waits for 4 again, and the
+    appender that completes the count wakes it at once (long before the 2 s budget)."""
+    log = _gathering_log(tmp_path, recent=[3, 4], sync_seconds=2.0, group_interval=2.0)
+    chain = log._chain
+    try:
+        def add_waiters() -> None:
+            for _ in range(4):
+                time.sleep(0.02)
+                with chain.lock:
+                    chain.batch.add_waiter()
+
+        helper = threading.Thread(target=add_waiters)
+        started = time.monotonic()
+        helper.start()
+        log._gather()
+        waited = time.monotonic() - started
+        helper.join()
+        assert chain.batch.waiters == 4
+        assert 0.05 < waited < 1.0, waited
+    finally:
+        log.close()
+
+
+def test_gather_waits_at_most_one_fsync_and_never_past_group_interval(tmp_path: Path) -> None:
+    log = _gathering_log(tmp_path, recent=[16], sync_seconds=0.05, group_interval=1.0)
+    try:
+        started = time.monotonic()
+        log._gather()  # nobody appends: the budget is the last fsync's 50 ms
+        assert 0.04 < time.monotonic() - started < 0.5
+        log._flusher.last_sync_seconds = 5.0  # a very slow disk: group_interval bounds it
+        log.group_interval = 0.05
+        started = time.monotonic()
+        log._gather()
+        assert 0.04 < time.monotonic() - started < 0.5
+    finally:
+        log.close()
+
+
+def test_waiting_appends_are_counted_per_batch(tmp_path: Path) -> None:
+    """``append(wait=True)`` counts itself on the batch it waits for; ``wait=False`` does not."""
+    log = open_hotlog(tmp_path / "hot", "s", heartbeat_interval=0, segment_window=0)
+    try:
+        log.append({"a": 1}, wait=False)
+        assert log._chain.batch.waiters == 0
+        log.append({"a": 2})
+        assert log._flusher.recent_waiters[-1] >= 1
+    finally:
+        log.close()
