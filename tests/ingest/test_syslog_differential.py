@@ -360,3 +360,28 @@ def test_binding_follows_pipeline_no_native() -> None:
         assert syslog._frame_events is syslog._py_frame_events
     else:
         assert syslog._frame_events is not syslog._py_frame_events
+
+
+# ---------------------------------------------------------------------- RELP framing
+
+@settings(max_examples=max(50, EXAMPLES // 3), deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 5, 200, 70_000, 600_000]), min_size=1, max_size=4),
+       st.lists(st.integers(1, 300_000), min_size=1, max_size=30))
+def test_relp_frames_whatever_the_reads(sizes: list[int], reads: list[int]) -> None:
+    """RelpParser gives the same frames however the stream is cut into reads, for frames
+    below and above max_frame and buffers below and above the size it parses a copy of."""
+    from pipeline.ingest.stream import RelpParser
+
+    stream = b"".join(b"%d syslog %d %s\n" % (i + 1, n, bytes([65 + i % 26]) * n) if n else b"%d syslog 0\n" % (i + 1)
+                      for i, n in enumerate(sizes))
+    whole = RelpParser(65_536).feed(stream)
+    parser, got, pos, k = RelpParser(65_536), [], 0, 0
+    while pos < len(stream):
+        step = reads[k % len(reads)]
+        got += parser.feed(stream[pos:pos + step])
+        pos += step
+        k += 1
+    assert got == whole
+    assert [t for t, _c, _d, _e in whole] == list(range(1, len(sizes) + 1))
+    for (_t, _c, data, err), n in zip(whole, sizes, strict=True):
+        assert (err is None) == (n <= 65_536 + 64) and len(data) == min(n, 65_536) and type(data) is bytes
