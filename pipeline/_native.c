@@ -2466,6 +2466,7 @@ static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ss
 static PyObject *sl_str_syslog, *sl_str_rfc5424, *sl_str_facility, *sl_str_severity, *sl_str_sd,
     *sl_str_message, *sl_header_keys[5];
 static unsigned char sl_sd_name_char[256];
+static PyObject *sl_relp_syslog;
 
 static int syslog_init(void)
 {
@@ -2483,7 +2484,7 @@ static int syslog_init(void)
     for (int k = 0; k < 5; k++)
         if ((sl_header_keys[k] = PyUnicode_InternFromString(header[k])) == NULL)
             return -1;
-    return 0;
+    return (sl_relp_syslog = PyUnicode_InternFromString("syslog")) == NULL ? -1 : 0;
 }
 
 #define SL_DIGIT(c) ((unsigned)((c) - '0') < 10u)
@@ -2852,6 +2853,83 @@ fail:
     return NULL;
 }
 
+/*
+ * relp_frames(buf, pos, max_data) -> (frames, pos)
+ *
+ * RELP frames (TXNR SP COMMAND SP DATALEN SP DATA LF) from buf[pos:], as the
+ * (txnr, command, data, None) tuples of pipeline.ingest.stream.RelpParser.feed, for as long
+ * as they are complete, well-formed and carry DATALEN 1..max_data; returns them and the
+ * position of the first byte not taken.  Anything else (an incomplete frame, an empty or
+ * over-long one, a malformed header) is left for RelpParser's own loop to decide.
+ */
+static PyObject *relp_frames(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "relp_frames(buf: bytes, pos, max_data)");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), max_data = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || max_data == -1) && PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "relp_frames: pos out of range");
+        return NULL;
+    }
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    while (pos < n) {
+        Py_ssize_t i = pos;
+        long txnr = 0, length = 0;
+        int digits = 0;
+        while (i < n && digits < 10 && SL_DIGIT(p[i]))
+            txnr = txnr * 10 + (p[i++] - '0'), digits++;
+        if (digits == 0 || digits > 9 || i >= n || p[i] != ' ')
+            break;
+        Py_ssize_t cmd = ++i;
+        while (i < n && i - cmd < 33 && ((p[i] | 0x20) >= 'a' && (p[i] | 0x20) <= 'z'))
+            i++;
+        Py_ssize_t cmd_len = i - cmd;
+        if (cmd_len == 0 || cmd_len > 32 || i >= n || p[i] != ' ')
+            break;
+        i++;
+        digits = 0;
+        while (i < n && digits < 10 && SL_DIGIT(p[i]))
+            length = length * 10 + (p[i++] - '0'), digits++;
+        if (digits == 0 || digits > 9 || i >= n || p[i] != ' ' || length == 0 || length > max_data)
+            break;
+        Py_ssize_t start = i + 1;
+        if (n - start < (Py_ssize_t)length + 1 || p[start + length] != '\n')
+            break;
+        PyObject *command;
+        if (cmd_len == 6 && memcmp(p + cmd, "syslog", 6) == 0) {
+            command = sl_relp_syslog;
+            Py_INCREF(command);
+        } else if ((command = PyUnicode_DecodeASCII((const char *)p + cmd, cmd_len, NULL)) == NULL) {
+            goto fail;
+        }
+        PyObject *t = PyLong_FromLong(txnr), *data = PyBytes_FromStringAndSize((const char *)p + start, length);
+        PyObject *frame = t && data ? PyTuple_Pack(4, t, command, data, Py_None) : NULL;
+        Py_XDECREF(t);
+        Py_XDECREF(data);
+        Py_DECREF(command);
+        if (frame == NULL)
+            goto fail;
+        int r = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (r < 0)
+            goto fail;
+        pos = start + length + 1;
+    }
+    PyObject *result = Py_BuildValue("(Nn)", frames, pos);
+    return result;
+fail:
+    Py_DECREF(frames);
+    return NULL;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -2883,6 +2961,8 @@ static PyMethodDef module_methods[] = {
     /* syslog (RFC 5424) */
     {"syslog_events", (PyCFunction)(void (*)(void))syslog_events, METH_FASTCALL,
      "The events of a batch of syslog frames; the Python reference decides the unusual ones."},
+    {"relp_frames", (PyCFunction)(void (*)(void))relp_frames, METH_FASTCALL,
+     "Complete, well-formed RELP frames from a buffer; RelpParser decides the rest."},
     {NULL, NULL, 0, NULL},
 };
 

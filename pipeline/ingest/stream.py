@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pipeline._accel import native
 from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread, stop_loop_thread
 from pipeline.ingest.syslog import FrameError, Framer, frame_events
 from pipeline.ingest.tls import PeerIdentity, peer_address
@@ -49,6 +50,8 @@ _RELP_HEAD = re.compile(rb"([0-9]{1,9}) ([A-Za-z]{1,32}) ([0-9]{1,9})[ \n]")
 # what the start of a header can look like before all of it has arrived
 _RELP_COMMANDS = {c.encode(): c for c in ("syslog", "open", "close", "rsp", "serverclose")}
 _RELP_COPY_LIMIT = 1 << 19  # bytes: RelpParser.feed parses a copy of a buffer up to this size
+# bound once: None without the C accelerator (or with PIPELINE_NO_NATIVE=1)
+_relp_frames = native.relp_frames if native is not None else None
 _RELP_HEAD_PREFIX = re.compile(rb"[0-9]{0,9}(?: (?:[A-Za-z]{0,32}(?: [0-9]{0,9})?)?)?")
 
 
@@ -76,7 +79,15 @@ class RelpParser:
         out: list[tuple[int, str, bytes, str | None]] = []
         pos = 0
         match = _RELP_HEAD.match
+        fast = _relp_frames if type(view) is bytes else None
         while pos < n:
+            if fast is not None and not self._skip and self._skip_frame is None:
+                # the C accelerator takes the run of complete, ordinary frames; what it stops
+                # at (incomplete, empty, too large, malformed) is decided below
+                frames, pos = fast(view, pos, self.max_frame + _RELP_MAX_HEADER)
+                out += frames
+                if pos >= n:
+                    break
             if self._skip:
                 k = min(self._skip, n - pos)
                 self._skip -= k

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pipeline import _accel
 from pipeline.ingest import syslog
-from pipeline.ingest.syslog import frame_events, parse_message, unparsed
+from pipeline.ingest.syslog import FrameError, frame_events, parse_message, unparsed
 
 native = _accel.native
 EXAMPLES = int(os.environ.get("SYSLOG_DIFF_EXAMPLES", "300"))
@@ -385,3 +385,63 @@ def test_relp_frames_whatever_the_reads(sizes: list[int], reads: list[int]) -> N
     assert [t for t, _c, _d, _e in whole] == list(range(1, len(sizes) + 1))
     for (_t, _c, data, err), n in zip(whole, sizes, strict=True):
         assert (err is None) == (n <= 65_536 + 64) and len(data) == min(n, 65_536) and type(data) is bytes
+
+
+@st.composite
+def relp_stream(draw: st.DrawFn) -> bytes:
+    parts = []
+    for txnr in range(1, draw(st.integers(1, 8)) + 1):
+        kind = draw(st.integers(0, 9))
+        data = draw(st.sampled_from([b"<13>1 - - - - - - x", b"a", b"x" * 70, b"x" * 100, b"\n", b"a b\nc", b""]))
+        command = draw(st.sampled_from([b"syslog", b"syslog", b"open", b"close", b"SysLog", b"x" * 32, b"x" * 33]))
+        t = draw(st.sampled_from([b"%d" % txnr, b"0%d" % txnr, b"999999999", b"1234567890"]))
+        if kind == 0:  # an empty frame
+            parts.append(t + b" " + command + b" 0\n")
+        elif kind == 1:  # a broken one: wrong length, no LF, odd bytes
+            parts.append(t + b" " + command + b" %d " % (len(data) + draw(st.integers(-2, 2))) + data
+                         + draw(st.sampled_from([b"\n", b"", b"x", b" "])))
+        elif kind == 2:
+            parts.append(draw(st.binary(max_size=12)))
+        else:
+            parts.append(t + b" " + command + b" %d " % len(data) + data + b"\n")
+    return b"".join(parts)
+
+
+def _relp_run(stream: bytes, reads: list[int], max_frame: int) -> list[Any]:
+    from pipeline.ingest.stream import RelpParser
+
+    parser, pos, k = RelpParser(max_frame), 0, 0
+    got: list[Any] = []
+    while pos < len(stream):
+        step = reads[k % len(reads)]
+        try:
+            got.append(parser.feed(stream[pos:pos + step]))
+        except FrameError as exc:
+            got.append(("error", str(exc)))
+            break
+        pos += step
+        k += 1
+    return got
+
+
+@pytest.mark.skipif(native is None, reason="C accelerator not built")
+@SETTINGS
+@given(relp_stream(), st.lists(st.integers(1, 200), min_size=1, max_size=10), st.sampled_from([16, 64, 65_536]))
+def test_relp_native_frames_like_python(stream: bytes, reads: list[int], max_frame: int) -> None:
+    """RelpParser with the C accelerator's relp_frames gives the same frames, errors and
+    their places as without it, however the stream is cut."""
+    from pipeline.ingest import stream as stream_mod
+
+    with_c = _relp_run(stream, reads, max_frame)
+    saved = stream_mod._relp_frames
+    stream_mod._relp_frames = None
+    try:
+        without = _relp_run(stream, reads, max_frame)
+    finally:
+        stream_mod._relp_frames = saved
+    assert with_c == without
+    for feed in with_c:
+        if isinstance(feed, list):
+            for frame in feed:
+                assert type(frame) is tuple and type(frame[0]) is int and type(frame[1]) is str \
+                    and type(frame[2]) is bytes
