@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections import deque
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from pipeline._accel import native
@@ -153,6 +154,7 @@ class _Conn(asyncio.Protocol):
         self.sender: PeerIdentity | None = None
         self.framer = Framer(front.ingest.max_syslog_frame)
         self.relp = RelpParser(front.ingest.max_syslog_frame)
+        self.at = 0 if kind == "syslog" else 2  # where a queued item holds its frame
         # syslog: (frame, error); RELP: (txnr, command, data, error)
         self.queue: deque[Any] = deque()
         self.queued_bytes = 0
@@ -206,9 +208,8 @@ class _Conn(asyncio.Protocol):
     def _enqueue(self, items: list[Any]) -> None:
         if not items:
             return
-        for item in items:
-            self.queue.append(item)
-            self.queued_bytes += len(item[0] if self.kind == "syslog" else item[2])
+        self.queue.extend(items)
+        self.queued_bytes += sum(map(len, map(itemgetter(self.at), items)))
         if self.queued_bytes > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -229,16 +230,17 @@ class _Conn(asyncio.Protocol):
     def _take(self) -> list[Any]:
         batch: list[Any] = []
         size = 0
-        while self.queue and len(batch) < _BATCH_EVENTS and size < _HIGH_WATER:
-            item = self.queue.popleft()
-            if self.kind == "relp" and item[1] != "syslog":
-                if batch:
-                    self.queue.appendleft(item)
-                    break
-                batch.append(item)
+        queue, at, relp = self.queue, self.at, self.kind == "relp"
+        while queue and len(batch) < _BATCH_EVENTS and size < _HIGH_WATER:
+            item = queue[0]
+            if relp and item[1] != "syslog":
+                # a command other than syslog is handled alone
+                if not batch:
+                    batch.append(queue.popleft())
+                    size += len(item[2])
                 break
-            batch.append(item)
-            size += len(item[0] if self.kind == "syslog" else item[2])
+            batch.append(queue.popleft())
+            size += len(item[at])
         self.queued_bytes -= size
         return batch
 
@@ -296,7 +298,7 @@ class _Conn(asyncio.Protocol):
             self._relp_answer(batch[0][0], b"500 session not opened")
             return self._close()
         # syslog items are (frame, error), RELP ones (txnr, command, data, error)
-        events = frame_events(batch, 0 if self.kind == "syslog" else 2)
+        events = frame_events(batch, self.at)
         if not ingest._enter():
             self._close(server_close=True)
             return False
