@@ -2930,6 +2930,82 @@ fail:
     return NULL;
 }
 
+/*
+ * syslog_frames(buf, pos, max_frame) -> (frames, pos)
+ *
+ * RFC 6587 frames from buf[pos:] as the (msg, None) pairs of
+ * pipeline.ingest.syslog.Framer.feed, for as long as they are complete and within
+ * max_frame: octet-counted (LEN SP MSG) when a frame starts with a digit, else ended by LF
+ * (a CR before it dropped); LFs and NULs between frames are skipped.  Returns them and the
+ * position of the first byte not taken; anything else (an incomplete frame, an over-long
+ * one, a bad octet count) is left for Framer's own loop to decide.
+ */
+static PyObject *syslog_frames(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "syslog_frames(buf: bytes, pos, max_frame)");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), max_frame = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || max_frame == -1) && PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "syslog_frames: pos out of range");
+        return NULL;
+    }
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    while (pos < n) {
+        Py_ssize_t start, end, next;
+        unsigned char c = p[pos];
+        if (SL_DIGIT(c)) {
+            /* Framer: a space within the next 11 bytes, only digits before it */
+            Py_ssize_t i = pos, stop = n - pos > 11 ? pos + 11 : n;
+            long long length = 0;
+            while (i < stop && SL_DIGIT(p[i]))
+                length = length * 10 + (p[i++] - '0');
+            if (i >= stop || p[i] != ' ' || length > max_frame)
+                break;
+            start = i + 1;
+            if (n - start < length)
+                break;
+            end = start + (Py_ssize_t)length;
+            next = end;
+        } else if (c == '\n' || c == 0) {
+            pos++;
+            continue;
+        } else {
+            const unsigned char *lf = memchr(p + pos, '\n', (size_t)(n - pos));
+            if (lf == NULL)
+                break;
+            start = pos;
+            end = lf - p;
+            next = end + 1;
+            if (end > pos && p[end - 1] == '\r')
+                end--;
+            if (end - start > max_frame)
+                break;
+        }
+        PyObject *msg = PyBytes_FromStringAndSize((const char *)p + start, end - start);
+        PyObject *frame = msg ? PyTuple_Pack(2, msg, Py_None) : NULL;
+        Py_XDECREF(msg);
+        if (frame == NULL)
+            goto fail;
+        int r = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (r < 0)
+            goto fail;
+        pos = next;
+    }
+    return Py_BuildValue("(Nn)", frames, pos);
+fail:
+    Py_DECREF(frames);
+    return NULL;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -2963,6 +3039,8 @@ static PyMethodDef module_methods[] = {
      "The events of a batch of syslog frames; the Python reference decides the unusual ones."},
     {"relp_frames", (PyCFunction)(void (*)(void))relp_frames, METH_FASTCALL,
      "Complete, well-formed RELP frames from a buffer; RelpParser decides the rest."},
+    {"syslog_frames", (PyCFunction)(void (*)(void))syslog_frames, METH_FASTCALL,
+     "Complete RFC 6587 frames within max_frame from a buffer; Framer decides the rest."},
     {NULL, NULL, 0, NULL},
 };
 

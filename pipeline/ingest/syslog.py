@@ -189,6 +189,11 @@ def _rfc3164(pri: int, rest: bytes) -> dict[str, Any]:
     return out
 
 
+# bound once: None without the C accelerator (or with PIPELINE_NO_NATIVE=1)
+_syslog_frames = native.syslog_frames if native is not None else None
+_COPY_LIMIT = 1 << 19  # bytes: Framer.feed gives the C path a copy of a buffer up to this size
+
+
 class FrameError(PipelineError, ValueError):
     pass
 
@@ -219,7 +224,17 @@ class Framer:
         frames: list[tuple[bytes, str | None]] = []
         pos = 0
         n = len(buf)
+        # with the C accelerator: the runs of complete frames within max_frame are taken by
+        # syslog_frames from a bytes copy of a small buffer (the usual: one read and a
+        # partial frame); everything else is decided below, in this loop
+        split = _syslog_frames if n <= _COPY_LIMIT else None
+        view = bytes(buf) if split is not None else b""
         while pos < n:
+            if split is not None and not self._skip and not self._skip_to_lf:
+                fast, pos = split(view, pos, self.max_frame)
+                frames += fast
+                if pos >= n:
+                    break
             if self._skip:
                 k = min(self._skip, n - pos)
                 self._skip -= k

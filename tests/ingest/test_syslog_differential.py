@@ -445,3 +445,60 @@ def test_relp_native_frames_like_python(stream: bytes, reads: list[int], max_fra
             for frame in feed:
                 assert type(frame) is tuple and type(frame[0]) is int and type(frame[1]) is str \
                     and type(frame[2]) is bytes
+
+
+# ---------------------------------------------------------------------- RFC 6587 framing
+
+@st.composite
+def syslog_stream(draw: st.DrawFn) -> bytes:
+    parts = []
+    for _ in range(draw(st.integers(1, 10))):
+        msg = draw(st.sampled_from([b"<13>1 - - - - - - x", b"a", b"x" * 40, b"x" * 100, b"a b", b"", b"\r", b"1",
+                                    b"12 ", b"\x00", b"caf\xe9"]))
+        kind = draw(st.integers(0, 6))
+        if kind <= 2:
+            parts.append(b"%d %s" % (len(msg), msg))
+        elif kind == 3:
+            parts.append(b"%d %s" % (len(msg) + draw(st.integers(-3, 3)), msg))
+        elif kind == 4:
+            parts.append(draw(st.sampled_from([b"\n", b"\x00", b"\r\n", b"12345678901 ", b"12x ", b"9999999999 "])))
+        else:
+            parts.append(msg.replace(b"\n", b"") + draw(st.sampled_from([b"\n", b"\r\n", b"\n\n", b""])))
+    return b"".join(parts)
+
+
+def _framer_run(stream: bytes, reads: list[int], max_frame: int) -> list[Any]:
+    from pipeline.ingest.syslog import Framer
+
+    framer, pos, k = Framer(max_frame), 0, 0
+    got: list[Any] = []
+    while pos < len(stream):
+        step = reads[k % len(reads)]
+        try:
+            got.append(framer.feed(stream[pos:pos + step]))
+        except FrameError as exc:
+            got.append(("error", str(exc)))
+            return got
+        pos += step
+        k += 1
+    got.append(("finish", framer.finish(), framer.buffered))
+    return got
+
+
+@pytest.mark.skipif(native is None, reason="C accelerator not built")
+@SETTINGS
+@given(syslog_stream(), st.lists(st.integers(1, 120), min_size=1, max_size=10), st.sampled_from([8, 50, 65_536]))
+def test_framer_native_like_python(stream: bytes, reads: list[int], max_frame: int) -> None:
+    """Framer with the C accelerator's syslog_frames gives the same frames, errors and
+    their places as without it, however the stream is cut."""
+    with_c = _framer_run(stream, reads, max_frame)
+    saved = syslog._syslog_frames
+    syslog._syslog_frames = None
+    try:
+        without = _framer_run(stream, reads, max_frame)
+    finally:
+        syslog._syslog_frames = saved
+    assert with_c == without
+    for feed in with_c:
+        if isinstance(feed, list):
+            assert all(type(f) is tuple and type(f[0]) is bytes for f in feed)
