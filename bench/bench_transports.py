@@ -179,6 +179,12 @@ class Server:
                     return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (/proc/PID/stat)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -274,12 +280,13 @@ def client(kind: str, target: Any, pki: dict[str, str] | None, seconds: float, b
 
 
 def run(kind: str, target: Any, pki: dict[str, str] | None, args: argparse.Namespace,
-        server: Server) -> tuple[float, float | None]:
+        server: Server) -> tuple[float, float | None, float]:
     # spawned, not forked: a forked client would inherit the servers' stdin pipes (and the
     # sampler thread's state), so a server could not see its stdin close
     ctx = mp.get_context("spawn")
     out: Any = ctx.Queue()
     before = server.count()
+    cpu0 = server.cpu_seconds()
     t0 = time.monotonic()
     procs = [ctx.Process(target=client, args=(kind, target, pki, args.seconds, args.batch, out))
              for _ in range(args.clients)]
@@ -293,9 +300,10 @@ def run(kind: str, target: Any, pki: dict[str, str] | None, args: argparse.Names
         while server.count() - before < sent:
             time.sleep(0.02)
     elapsed = time.monotonic() - t0
+    cpu_per_event = (server.cpu_seconds() - cpu0) / max(1, server.count() - before)
     lat = sorted(x for r in results for x in r[1])
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else None
-    return sent / elapsed, p99
+    return sent / elapsed, p99, cpu_per_event
 
 
 def remove_tree(path: Path) -> None:
@@ -353,7 +361,7 @@ def main() -> None:
         if args.only:
             keep = set(args.only.split(","))
             contenders = [c for c in contenders if c[0].startswith("HTTP plain") or c[1] in keep]
-        figures: dict[str, list[tuple[float, float | None]]] = {c[0]: [] for c in contenders}
+        figures: dict[str, list[tuple[float, float | None, float]]] = {c[0]: [] for c in contenders}
         rss_peak = 0.0
         stop = threading.Event()
 
@@ -378,15 +386,16 @@ def main() -> None:
             mtls.stop()
     finally:
         remove_tree(Path(tmp))
-    base_rate = statistics.median(r for r, _ in figures["HTTP plain (baseline)"])
+    base_rate = statistics.median(r for r, _p, _c in figures["HTTP plain (baseline)"])
     print(f"batch {args.batch} events, {args.clients} clients, {args.seconds:g} s x {args.rounds} rounds "
           f"(medians); load average {os.getloadavg()[0]:.2f}")
-    print(f"{'transport':28} {'events/s':>10} {'vs HTTP plain':>14} {'p99 ack ms':>11}")
+    print(f"{'transport':28} {'events/s':>10} {'vs HTTP plain':>14} {'p99 ack ms':>11} {'server CPU us/event':>20}")
     for name in figures:
-        rate = statistics.median(r for r, _ in figures[name])
-        p99s = [p for _, p in figures[name] if p is not None]
+        rate = statistics.median(r for r, _p, _c in figures[name])
+        p99s = [p for _r, p, _c in figures[name] if p is not None]
         p99 = f"{statistics.median(p99s):.1f}" if p99s else "n/a"
-        print(f"{name:28} {rate:10.0f} {rate / base_rate:13.2f}x {p99:>11}")
+        cpu = statistics.median(c for _r, _p, c in figures[name]) * 1e6
+        print(f"{name:28} {rate:10.0f} {rate / base_rate:13.2f}x {p99:>11} {cpu:20.1f}")
     print(f"sidecar RSS: peak sampled {rss_peak:.0f} MB, VmHWM {hwm:.0f} MB (largest of the two servers)")
 
 

@@ -2845,6 +2845,565 @@ static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ss
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+/* ---------------------------------------------------------------- syslog (RFC 5424) ---- */
+
+/*
+ * syslog_events(items, at, parse, unparsed) -> list[dict]
+ *
+ * The events of a batch of syslog frames (pipeline.ingest.syslog.frame_events): item[at] is
+ * a frame's bytes, item[at + 1] its framing error or None.  A frame with an error becomes
+ * unparsed(frame, error).  A well-formed RFC 5424 message -- exactly what the reference's
+ * _FAST_5424 expression matches, followed by structured data and MSG that parse without
+ * error and are UTF-8 -- is parsed here into the same dict (same keys in the same order,
+ * same values) as pipeline.ingest.syslog.parse_message; every other frame (RFC 3164,
+ * anything malformed, bytes that are not UTF-8) is handed to parse(frame), the Python
+ * reference, so the two can never disagree on the unusual cases.  Reads stay within the
+ * frame's bytes for every input.
+ */
+
+static PyObject *sl_str_syslog, *sl_str_rfc5424, *sl_str_facility, *sl_str_severity, *sl_str_sd,
+    *sl_str_message, *sl_header_keys[5];
+static unsigned char sl_sd_name_char[256];
+static PyObject *sl_relp_syslog;
+
+static int syslog_init(void)
+{
+    static const char *const header[5] = {"timestamp", "hostname", "app_name", "procid", "msgid"};
+    for (int c = 0x21; c < 0x7f; c++)
+        sl_sd_name_char[c] = c != '=' && c != ']' && c != '"';
+    sl_str_syslog = PyUnicode_InternFromString("syslog");
+    sl_str_rfc5424 = PyUnicode_InternFromString("rfc5424");
+    sl_str_facility = PyUnicode_InternFromString("facility");
+    sl_str_severity = PyUnicode_InternFromString("severity");
+    sl_str_sd = PyUnicode_InternFromString("structured_data");
+    sl_str_message = PyUnicode_InternFromString("message");
+    if (!sl_str_syslog || !sl_str_rfc5424 || !sl_str_facility || !sl_str_severity || !sl_str_sd || !sl_str_message)
+        return -1;
+    for (int k = 0; k < 5; k++)
+        if ((sl_header_keys[k] = PyUnicode_InternFromString(header[k])) == NULL)
+            return -1;
+    return (sl_relp_syslog = PyUnicode_InternFromString("syslog")) == NULL ? -1 : 0;
+}
+
+#define SL_DIGIT(c) ((unsigned)((c) - '0') < 10u)
+#define SL_PRINT(c) ((c) >= 0x21 && (c) <= 0x7e)
+
+/* n ASCII digits at p[i..] (bounds checked); advances *i */
+static int sl_digits(const unsigned char *p, Py_ssize_t len, Py_ssize_t *i, int n)
+{
+    if (len - *i < n)
+        return 0;
+    for (int k = 0; k < n; k++)
+        if (!SL_DIGIT(p[*i + k]))
+            return 0;
+    *i += n;
+    return 1;
+}
+
+static int sl_byte(const unsigned char *p, Py_ssize_t len, Py_ssize_t *i, unsigned char c)
+{
+    if (*i >= len || p[*i] != c)
+        return 0;
+    (*i)++;
+    return 1;
+}
+
+/* the RFC 3339 timestamp of _FAST_5424: YYYY-MM-DDThh:mm:ss[.1-6 digits](Z|+hh:mm|-hh:mm) */
+static int sl_timestamp(const unsigned char *p, Py_ssize_t len, Py_ssize_t *i)
+{
+    if (!(sl_digits(p, len, i, 4) && sl_byte(p, len, i, '-') && sl_digits(p, len, i, 2) && sl_byte(p, len, i, '-') &&
+          sl_digits(p, len, i, 2) && sl_byte(p, len, i, 'T') && sl_digits(p, len, i, 2) && sl_byte(p, len, i, ':') &&
+          sl_digits(p, len, i, 2) && sl_byte(p, len, i, ':') && sl_digits(p, len, i, 2)))
+        return 0;
+    if (*i < len && p[*i] == '.') {
+        Py_ssize_t j = *i + 1;
+        while (j < len && j - *i <= 7 && SL_DIGIT(p[j]))
+            j++;
+        if (j - *i == 1 || j - *i == 8)  /* no digit, or a 7th: the expression cannot match */
+            return 0;
+        *i = j;
+    }
+    if (*i >= len)
+        return 0;
+    if (p[*i] == 'Z') {
+        (*i)++;
+        return 1;
+    }
+    if (p[*i] != '+' && p[*i] != '-')
+        return 0;
+    (*i)++;
+    return sl_digits(p, len, i, 2) && sl_byte(p, len, i, ':') && sl_digits(p, len, i, 2);
+}
+
+/* a run of 1..limit printable ASCII bytes followed by a space; sets *start, *end (exclusive) */
+static int sl_field(const unsigned char *p, Py_ssize_t len, Py_ssize_t *i, Py_ssize_t limit, Py_ssize_t *start,
+                    Py_ssize_t *end)
+{
+    Py_ssize_t j = *i, stop = len - *i > limit ? *i + limit : len;
+    while (j < stop && SL_PRINT(p[j]))
+        j++;
+    if (j == *i || j >= len || p[j] != ' ')
+        return 0;
+    *start = *i;
+    *end = j;
+    *i = j + 1;
+    return 1;
+}
+
+/* UTF-8 text, or 0 with no error set when the bytes are not UTF-8 (the caller falls back) */
+static int sl_utf8(const char *s, Py_ssize_t n, PyObject **out)
+{
+    *out = PyUnicode_DecodeUTF8(s, n, NULL);
+    if (*out != NULL)
+        return 1;
+    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* one PARAM-VALUE (between the quotes, escapes \" \\ \] resolved, other backslashes kept) */
+static int sl_param_value(const unsigned char *v, Py_ssize_t n, int escaped, PyObject **out)
+{
+    if (!escaped)
+        return sl_utf8((const char *)v, n, out);
+    char small[256];
+    char *buf = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t m = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (v[k] == '\\' && k + 1 < n && (v[k + 1] == '"' || v[k + 1] == '\\' || v[k + 1] == ']')) {
+            buf[m++] = (char)v[k + 1];
+            k++;
+        } else {
+            buf[m++] = (char)v[k];
+        }
+    }
+    int r = sl_utf8(buf, m, out);
+    if (buf != small)
+        PyMem_Free(buf);
+    return r;
+}
+
+/* params[name] = value, or a list of every value when the name is given again */
+static int sl_add_param(PyObject *params, PyObject *name, PyObject *value)
+{
+    PyObject *prev = PyDict_GetItemWithError(params, name);
+    if (prev == NULL)
+        return PyErr_Occurred() ? -1 : PyDict_SetItem(params, name, value);
+    if (PyList_CheckExact(prev))
+        return PyList_Append(prev, value);
+    PyObject *both = PyList_New(2);
+    if (both == NULL)
+        return -1;
+    Py_INCREF(prev);
+    Py_INCREF(value);
+    PyList_SET_ITEM(both, 0, prev);
+    PyList_SET_ITEM(both, 1, value);
+    int r = PyDict_SetItem(params, name, both);
+    Py_DECREF(both);
+    return r;
+}
+
+/* an SD-NAME: 1..32 bytes of PRINTUSASCII except = ] " ; *i is left on the byte after it */
+static Py_ssize_t sl_sd_name(const unsigned char *p, Py_ssize_t len, Py_ssize_t *i)
+{
+    Py_ssize_t j = *i, stop = len - *i > 33 ? *i + 33 : len;
+    while (j < stop && sl_sd_name_char[p[j]])
+        j++;
+    Py_ssize_t n = j - *i;
+    if (n < 1 || n > 32)
+        return 0;
+    *i = j;
+    return n;
+}
+
+/* SD-ELEMENTs from p[*i] == '[' into sd; 1 parsed, 0 fall back, -1 error */
+static int sl_structured_data(const unsigned char *p, Py_ssize_t len, Py_ssize_t *i, PyObject *sd)
+{
+    while (*i < len && p[*i] == '[') {
+        Py_ssize_t j = *i + 1, id_start = j, id_len = sl_sd_name(p, len, &j);
+        if (id_len == 0 || j >= len || (p[j] != ' ' && p[j] != ']'))
+            return 0;
+        PyObject *id = PyUnicode_DecodeASCII((const char *)p + id_start, id_len, NULL);
+        if (id == NULL)
+            return -1;
+        PyObject *params = PyDict_GetItemWithError(sd, id);  /* a repeated SD-ID adds to the first */
+        if (params == NULL) {
+            if (PyErr_Occurred() || (params = PyDict_New()) == NULL) {
+                Py_DECREF(id);
+                return -1;
+            }
+            int r = PyDict_SetItem(sd, id, params);
+            Py_DECREF(params);  /* sd holds it */
+            if (r < 0) {
+                Py_DECREF(id);
+                return -1;
+            }
+        }
+        Py_DECREF(id);
+        for (;;) {
+            if (j >= len)
+                return 0;
+            if (p[j] == ']') {
+                j++;
+                break;
+            }
+            if (p[j] != ' ')
+                return 0;
+            j++;
+            Py_ssize_t name_start = j, name_len = sl_sd_name(p, len, &j);
+            if (name_len == 0 || len - j < 2 || p[j] != '=' || p[j + 1] != '"')
+                return 0;
+            j += 2;
+            Py_ssize_t value_start = j;
+            int escaped = 0;
+            while (j < len && p[j] != '"') {
+                if (p[j] == '\\') {
+                    escaped = 1;
+                    j++;  /* the escaped byte, whatever it is, does not end the value */
+                }
+                j++;
+            }
+            if (j >= len)
+                return 0;
+            PyObject *value;
+            int r = sl_param_value(p + value_start, j - value_start, escaped, &value);
+            if (r <= 0)
+                return r;
+            j++;  /* the closing quote */
+            PyObject *name = PyUnicode_DecodeASCII((const char *)p + name_start, name_len, NULL);
+            if (name == NULL) {
+                Py_DECREF(value);
+                return -1;
+            }
+            r = sl_add_param(params, name, value);
+            Py_DECREF(name);
+            Py_DECREF(value);
+            if (r < 0)
+                return -1;
+        }
+        *i = j;
+    }
+    return 1;
+}
+
+static int sl_set(PyObject *d, PyObject *key, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, key, value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* one message: 1 with *out the event, 0 when the reference must decide, -1 error */
+static int sl_parse(const unsigned char *p, Py_ssize_t len, PyObject **out)
+{
+    Py_ssize_t i = 1;
+    int pri = 0;
+    if (len < 1 || p[0] != '<')
+        return 0;
+    if (i < len && p[i] == '0') {
+        i++;
+    } else {
+        while (i < len && i < 4 && SL_DIGIT(p[i]))
+            pri = pri * 10 + (p[i++] - '0');
+        if (i == 1)
+            return 0;
+    }
+    if (!sl_byte(p, len, &i, '>') || pri > 191 || !sl_byte(p, len, &i, '1') || !sl_byte(p, len, &i, ' '))
+        return 0;
+    Py_ssize_t spans[5][2];
+    if (len - i >= 2 && p[i] == '-' && p[i + 1] == ' ') {
+        spans[0][0] = i;
+        spans[0][1] = i + 1;
+        i += 2;
+    } else {
+        spans[0][0] = i;
+        if (!sl_timestamp(p, len, &i))
+            return 0;
+        spans[0][1] = i;
+        if (!sl_byte(p, len, &i, ' '))
+            return 0;
+    }
+    static const Py_ssize_t limits[5] = {0, 255, 48, 128, 32};
+    for (int k = 1; k < 5; k++)
+        if (!sl_field(p, len, &i, limits[k], &spans[k][0], &spans[k][1]))
+            return 0;
+    if (i >= len || (p[i] != '-' && p[i] != '['))
+        return 0;
+
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return -1;
+    if (PyDict_SetItem(d, sl_str_syslog, sl_str_rfc5424) < 0 || sl_set(d, sl_str_facility, PyLong_FromLong(pri >> 3)) < 0 ||
+        sl_set(d, sl_str_severity, PyLong_FromLong(pri & 7)) < 0)
+        goto error;
+    for (int k = 0; k < 5; k++) {
+        Py_ssize_t n = spans[k][1] - spans[k][0];
+        if (n == 1 && p[spans[k][0]] == '-')
+            continue;
+        if (sl_set(d, sl_header_keys[k], PyUnicode_DecodeASCII((const char *)p + spans[k][0], n, NULL)) < 0)
+            goto error;
+    }
+    if (p[i] == '-') {
+        i++;
+    } else {
+        PyObject *sd = PyDict_New();
+        if (sd == NULL)
+            goto error;
+        int r = sl_structured_data(p, len, &i, sd);
+        if (r <= 0) {
+            Py_DECREF(sd);
+            if (r < 0)
+                goto error;
+            Py_DECREF(d);
+            return 0;
+        }
+        if (sl_set(d, sl_str_sd, sd) < 0)
+            goto error;
+    }
+    if (i < len) {
+        if (p[i] != ' ') {
+            Py_DECREF(d);
+            return 0;
+        }
+        i++;
+        if (len - i >= 3 && p[i] == 0xef && p[i + 1] == 0xbb && p[i + 2] == 0xbf)
+            i += 3;
+        PyObject *msg;
+        int r = sl_utf8((const char *)p + i, len - i, &msg);
+        if (r <= 0) {
+            if (r < 0)
+                goto error;
+            Py_DECREF(d);
+            return 0;
+        }
+        if (sl_set(d, sl_str_message, msg) < 0)
+            goto error;
+    }
+    *out = d;
+    return 1;
+error:
+    Py_DECREF(d);
+    return -1;
+}
+
+static PyObject *syslog_events(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "syslog_events(items, at, parse, unparsed)");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred())
+        return NULL;
+    if (at < 0) {
+        PyErr_SetString(PyExc_ValueError, "syslog_events: at must be >= 0");
+        return NULL;
+    }
+    PyObject *parse = args[2], *unparsed_fn = args[3];
+    PyObject *items = PySequence_Fast(args[0], "syslog_events: items must be a sequence");
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        goto fail;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PySequence_Fast_ITEMS(items)[k];
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "syslog_events: each item must be a tuple");
+            goto fail;
+        }
+        if (PyTuple_GET_SIZE(item) < at + 2) {
+            PyErr_SetString(PyExc_IndexError, "syslog_events: item has no frame and error at that index");
+            goto fail;
+        }
+        PyObject *frame = PyTuple_GET_ITEM(item, at), *err = PyTuple_GET_ITEM(item, at + 1), *event = NULL;
+        if (!PyBytes_Check(frame)) {
+            PyErr_SetString(PyExc_TypeError, "syslog_events: a frame must be bytes");
+            goto fail;
+        }
+        if (err != Py_None) {
+            event = PyObject_CallFunctionObjArgs(unparsed_fn, frame, err, NULL);
+        } else {
+            int r = sl_parse((const unsigned char *)PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), &event);
+            if (r < 0)
+                goto fail;
+            if (r == 0)
+                event = PyObject_CallOneArg(parse, frame);
+        }
+        if (event == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, k, event);
+    }
+    Py_DECREF(items);
+    return out;
+fail:
+    Py_XDECREF(out);
+    Py_DECREF(items);
+    return NULL;
+}
+
+/*
+ * relp_frames(buf, pos, max_data) -> (frames, pos)
+ *
+ * RELP frames (TXNR SP COMMAND SP DATALEN SP DATA LF) from buf[pos:], as the
+ * (txnr, command, data, None) tuples of pipeline.ingest.stream.RelpParser.feed, for as long
+ * as they are complete, well-formed and carry DATALEN 1..max_data; returns them and the
+ * position of the first byte not taken.  Anything else (an incomplete frame, an empty or
+ * over-long one, a malformed header) is left for RelpParser's own loop to decide.
+ */
+static PyObject *relp_frames(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "relp_frames(buf: bytes, pos, max_data)");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), max_data = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || max_data == -1) && PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "relp_frames: pos out of range");
+        return NULL;
+    }
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    while (pos < n) {
+        Py_ssize_t i = pos;
+        long txnr = 0, length = 0;
+        int digits = 0;
+        while (i < n && digits < 10 && SL_DIGIT(p[i]))
+            txnr = txnr * 10 + (p[i++] - '0'), digits++;
+        if (digits == 0 || digits > 9 || i >= n || p[i] != ' ')
+            break;
+        Py_ssize_t cmd = ++i;
+        while (i < n && i - cmd < 33 && ((p[i] | 0x20) >= 'a' && (p[i] | 0x20) <= 'z'))
+            i++;
+        Py_ssize_t cmd_len = i - cmd;
+        if (cmd_len == 0 || cmd_len > 32 || i >= n || p[i] != ' ')
+            break;
+        i++;
+        digits = 0;
+        while (i < n && digits < 10 && SL_DIGIT(p[i]))
+            length = length * 10 + (p[i++] - '0'), digits++;
+        if (digits == 0 || digits > 9 || i >= n || p[i] != ' ' || length == 0 || length > max_data)
+            break;
+        Py_ssize_t start = i + 1;
+        if (n - start < (Py_ssize_t)length + 1 || p[start + length] != '\n')
+            break;
+        PyObject *command;
+        if (cmd_len == 6 && memcmp(p + cmd, "syslog", 6) == 0) {
+            command = sl_relp_syslog;
+            Py_INCREF(command);
+        } else if ((command = PyUnicode_DecodeASCII((const char *)p + cmd, cmd_len, NULL)) == NULL) {
+            goto fail;
+        }
+        PyObject *t = PyLong_FromLong(txnr), *data = PyBytes_FromStringAndSize((const char *)p + start, length);
+        PyObject *frame = t && data ? PyTuple_Pack(4, t, command, data, Py_None) : NULL;
+        Py_XDECREF(t);
+        Py_XDECREF(data);
+        Py_DECREF(command);
+        if (frame == NULL)
+            goto fail;
+        int r = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (r < 0)
+            goto fail;
+        pos = start + length + 1;
+    }
+    PyObject *result = Py_BuildValue("(Nn)", frames, pos);
+    return result;
+fail:
+    Py_DECREF(frames);
+    return NULL;
+}
+
+/*
+ * syslog_frames(buf, pos, max_frame) -> (frames, pos)
+ *
+ * RFC 6587 frames from buf[pos:] as the (msg, None) pairs of
+ * pipeline.ingest.syslog.Framer.feed, for as long as they are complete and within
+ * max_frame: octet-counted (LEN SP MSG) when a frame starts with a digit, else ended by LF
+ * (a CR before it dropped); LFs and NULs between frames are skipped.  Returns them and the
+ * position of the first byte not taken; anything else (an incomplete frame, an over-long
+ * one, a bad octet count) is left for Framer's own loop to decide.
+ */
+static PyObject *syslog_frames(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "syslog_frames(buf: bytes, pos, max_frame)");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), max_frame = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || max_frame == -1) && PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "syslog_frames: pos out of range");
+        return NULL;
+    }
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    while (pos < n) {
+        Py_ssize_t start, end, next;
+        unsigned char c = p[pos];
+        if (SL_DIGIT(c)) {
+            /* Framer: a space within the next 11 bytes, only digits before it */
+            Py_ssize_t i = pos, stop = n - pos > 11 ? pos + 11 : n;
+            long long length = 0;
+            while (i < stop && SL_DIGIT(p[i]))
+                length = length * 10 + (p[i++] - '0');
+            if (i >= stop || p[i] != ' ' || length > max_frame)
+                break;
+            start = i + 1;
+            if (n - start < length)
+                break;
+            end = start + (Py_ssize_t)length;
+            next = end;
+        } else if (c == '\n' || c == 0) {
+            pos++;
+            continue;
+        } else {
+            const unsigned char *lf = memchr(p + pos, '\n', (size_t)(n - pos));
+            if (lf == NULL)
+                break;
+            start = pos;
+            end = lf - p;
+            next = end + 1;
+            if (end > pos && p[end - 1] == '\r')
+                end--;
+            if (end - start > max_frame)
+                break;
+        }
+        PyObject *msg = PyBytes_FromStringAndSize((const char *)p + start, end - start);
+        PyObject *frame = msg ? PyTuple_Pack(2, msg, Py_None) : NULL;
+        Py_XDECREF(msg);
+        if (frame == NULL)
+            goto fail;
+        int r = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (r < 0)
+            goto fail;
+        pos = next;
+    }
+    return Py_BuildValue("(Nn)", frames, pos);
+fail:
+    Py_DECREF(frames);
+    return NULL;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -2873,6 +3432,13 @@ static PyMethodDef module_methods[] = {
      "Whether parsed JSON bytes are shown to be within the log's JSON profile."},
     {"profile_loads", (PyCFunction)(void (*)(void))profile_loads, METH_FASTCALL,
      "loads(raw), or ValueError when the text is not shown to be within the JSON profile."},
+    /* syslog (RFC 5424) */
+    {"syslog_events", (PyCFunction)(void (*)(void))syslog_events, METH_FASTCALL,
+     "The events of a batch of syslog frames; the Python reference decides the unusual ones."},
+    {"relp_frames", (PyCFunction)(void (*)(void))relp_frames, METH_FASTCALL,
+     "Complete, well-formed RELP frames from a buffer; RelpParser decides the rest."},
+    {"syslog_frames", (PyCFunction)(void (*)(void))syslog_frames, METH_FASTCALL,
+     "Complete RFC 6587 frames within max_frame from a buffer; Framer decides the rest."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2886,6 +3452,8 @@ PyMODINIT_FUNC PyInit__native(void)
     screen_init();
     json_init();
     hex_init();
+    if (syslog_init() < 0)
+        return NULL;
     if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&RatchetType) < 0)
         return NULL;
     if (chacha_poly == NULL && (chacha_poly = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL)) == NULL) {

@@ -25,10 +25,12 @@ import re
 import threading
 import time
 from collections import deque
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from pipeline._accel import native
 from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread, stop_loop_thread
-from pipeline.ingest.syslog import FrameError, Framer, frame_event
+from pipeline.ingest.syslog import FrameError, Framer, frame_events
 from pipeline.ingest.tls import PeerIdentity, peer_address
 from pipeline.sanitise import InvalidEvent
 
@@ -47,6 +49,10 @@ _RELP_MAX_HEADER = 64  # "TXNR SP COMMAND SP DATALEN SP": 9 + 1 + 32 + 1 + 9 + 1
 _BACKPRESSURE_POLL = 0.05
 _RELP_HEAD = re.compile(rb"([0-9]{1,9}) ([A-Za-z]{1,32}) ([0-9]{1,9})[ \n]")
 # what the start of a header can look like before all of it has arrived
+_RELP_COMMANDS = {c.encode(): c for c in ("syslog", "open", "close", "rsp", "serverclose")}
+_RELP_COPY_LIMIT = 1 << 19  # bytes: RelpParser.feed parses a copy of a buffer up to this size
+# bound once: None without the C accelerator (or with PIPELINE_NO_NATIVE=1)
+_relp_frames = native.relp_frames if native is not None else None
 _RELP_HEAD_PREFIX = re.compile(rb"[0-9]{0,9}(?: (?:[A-Za-z]{0,32}(?: [0-9]{0,9})?)?)?")
 
 
@@ -66,10 +72,23 @@ class RelpParser:
     def feed(self, data: bytes) -> list[tuple[int, str, bytes, str | None]]:
         buf = self._buf
         buf += data
+        n = len(buf)
+        # parse a bytes copy when the buffer is small (the usual: one read plus a partial
+        # frame), so that each frame's data is sliced once; a large buffer (a big frame
+        # arriving read by read) is parsed in place, so the copying stays linear
+        view: bytes | bytearray = bytes(buf) if n <= _RELP_COPY_LIMIT else buf
         out: list[tuple[int, str, bytes, str | None]] = []
         pos = 0
-        n = len(buf)
+        match = _RELP_HEAD.match
+        fast = _relp_frames if type(view) is bytes else None
         while pos < n:
+            if fast is not None and not self._skip and self._skip_frame is None:
+                # the C accelerator takes the run of complete, ordinary frames; what it stops
+                # at (incomplete, empty, too large, malformed) is decided below
+                frames, pos = fast(view, pos, self.max_frame + _RELP_MAX_HEADER)
+                out += frames
+                if pos >= n:
+                    break
             if self._skip:
                 k = min(self._skip, n - pos)
                 self._skip -= k
@@ -81,14 +100,16 @@ class RelpParser:
                 pos += 1
                 self._skip_frame = None
                 continue
-            head = _RELP_HEAD.match(buf, pos)
+            head = match(view, pos)
             if head is None:
                 # incomplete (wait for more) unless it can no longer become a header
                 if n - pos >= _RELP_MAX_HEADER or not _RELP_HEAD_PREFIX.fullmatch(buf, pos):
                     raise FrameError("malformed RELP frame header")
                 break
             head_end = head.end() - 1  # the SP before DATA, or the LF of an empty frame
-            txnr, command, length = int(head.group(1)), head.group(2).decode("ascii"), int(head.group(3))
+            txnr_b, command_b, length_b = head.groups()
+            txnr, length = int(txnr_b), int(length_b)
+            command = _RELP_COMMANDS.get(command_b) or command_b.decode("ascii")
             if buf[head_end] == 0x0A:
                 if length != 0:
                     raise FrameError("RELP frame header ends before its data")
@@ -110,7 +131,7 @@ class RelpParser:
                 break
             if buf[start + length] != 0x0A:
                 raise FrameError("RELP frame not ended by LF")
-            out.append((txnr, command, bytes(buf[start:start + length]), None))
+            out.append((txnr, command, bytes(view[start:start + length]), None))
             pos = start + length + 1
         del buf[:pos]
         return out
@@ -133,6 +154,7 @@ class _Conn(asyncio.Protocol):
         self.sender: PeerIdentity | None = None
         self.framer = Framer(front.ingest.max_syslog_frame)
         self.relp = RelpParser(front.ingest.max_syslog_frame)
+        self.at = 0 if kind == "syslog" else 2  # where a queued item holds its frame
         # syslog: (frame, error); RELP: (txnr, command, data, error)
         self.queue: deque[Any] = deque()
         self.queued_bytes = 0
@@ -186,9 +208,8 @@ class _Conn(asyncio.Protocol):
     def _enqueue(self, items: list[Any]) -> None:
         if not items:
             return
-        for item in items:
-            self.queue.append(item)
-            self.queued_bytes += len(item[0] if self.kind == "syslog" else item[2])
+        self.queue.extend(items)
+        self.queued_bytes += sum(map(len, map(itemgetter(self.at), items)))
         if self.queued_bytes > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -209,16 +230,17 @@ class _Conn(asyncio.Protocol):
     def _take(self) -> list[Any]:
         batch: list[Any] = []
         size = 0
-        while self.queue and len(batch) < _BATCH_EVENTS and size < _HIGH_WATER:
-            item = self.queue.popleft()
-            if self.kind == "relp" and item[1] != "syslog":
-                if batch:
-                    self.queue.appendleft(item)
-                    break
-                batch.append(item)
+        queue, at, relp = self.queue, self.at, self.kind == "relp"
+        while queue and len(batch) < _BATCH_EVENTS and size < _HIGH_WATER:
+            item = queue[0]
+            if relp and item[1] != "syslog":
+                # a command other than syslog is handled alone
+                if not batch:
+                    batch.append(queue.popleft())
+                    size += len(item[2])
                 break
-            batch.append(item)
-            size += len(item[0] if self.kind == "syslog" else item[2])
+            batch.append(queue.popleft())
+            size += len(item[at])
         self.queued_bytes -= size
         return batch
 
@@ -275,8 +297,8 @@ class _Conn(asyncio.Protocol):
         if self.kind == "relp" and not self.opened:
             self._relp_answer(batch[0][0], b"500 session not opened")
             return self._close()
-        events = [frame_event(frame, err) for frame, err in batch] if self.kind == "syslog" else \
-            [frame_event(data, err) for _t, _c, data, err in batch]
+        # syslog items are (frame, error), RELP ones (txnr, command, data, error)
+        events = frame_events(batch, self.at)
         if not ingest._enter():
             self._close(server_close=True)
             return False

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline._accel import native
 from pipeline.errors import PipelineError
 
-__all__ = ["FrameError", "Framer", "parse_message"]
+__all__ = ["FrameError", "Framer", "frame_events", "parse_message"]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _PRI = re.compile(rb"<(\d{1,3})>")
@@ -187,6 +189,11 @@ def _rfc3164(pri: int, rest: bytes) -> dict[str, Any]:
     return out
 
 
+# bound once: None without the C accelerator (or with PIPELINE_NO_NATIVE=1)
+_syslog_frames = native.syslog_frames if native is not None else None
+_COPY_LIMIT = 1 << 19  # bytes: Framer.feed gives the C path a copy of a buffer up to this size
+
+
 class FrameError(PipelineError, ValueError):
     pass
 
@@ -217,7 +224,17 @@ class Framer:
         frames: list[tuple[bytes, str | None]] = []
         pos = 0
         n = len(buf)
+        # with the C accelerator: the runs of complete frames within max_frame are taken by
+        # syslog_frames from a bytes copy of a small buffer (the usual: one read and a
+        # partial frame); everything else is decided below, in this loop
+        split = _syslog_frames if n <= _COPY_LIMIT else None
+        view = bytes(buf) if split is not None else b""
         while pos < n:
+            if split is not None and not self._skip and not self._skip_to_lf:
+                fast, pos = split(view, pos, self.max_frame)
+                frames += fast
+                if pos >= n:
+                    break
             if self._skip:
                 k = min(self._skip, n - pos)
                 self._skip -= k
@@ -297,3 +314,27 @@ def frame_event(msg: bytes, error: str | None) -> dict[str, Any]:
     if error is not None:
         return unparsed(msg, error)
     return parse_message(msg)
+
+
+def _py_frame_events(items: Sequence[Sequence[Any]], at: int) -> list[dict[str, Any]]:
+    return [frame_event(item[at], item[at + 1]) for item in items]
+
+
+def _native_frame_events(items: Sequence[Sequence[Any]], at: int) -> list[dict[str, Any]]:
+    assert native is not None
+    # the C parser takes the common RFC 5424 message itself and hands everything else to
+    # the Python reference, so both paths give the same events (tests/ingest/test_syslog_differential.py)
+    events: list[dict[str, Any]] = native.syslog_events(items, at, parse_message, unparsed)
+    return events
+
+
+# bound once: the C batch parser when the accelerator is loaded (PIPELINE_NO_NATIVE=1: Python)
+_frame_events: Callable[[Sequence[Sequence[Any]], int], list[dict[str, Any]]] = \
+    _native_frame_events if native is not None else _py_frame_events
+
+
+def frame_events(items: Sequence[Sequence[Any]], at: int) -> list[dict[str, Any]]:
+    """The events for a batch of frames, in order: ``items[i][at]`` is a frame's bytes and
+    ``items[i][at + 1]`` its framing error or None (``Framer.feed``'s pairs with ``at=0``,
+    ``RelpParser.feed``'s 4-tuples with ``at=2``).  The same as ``frame_event`` on each."""
+    return _frame_events(items, at)

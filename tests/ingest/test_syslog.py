@@ -157,6 +157,29 @@ def test_relp_plain_session(plain: tuple[IngestServer, Path]) -> None:
     assert len(_events(hot, 10)) == 10  # answered: already durable
 
 
+def test_relp_many_other_commands_do_not_stall_the_session(plain: tuple[IngestServer, Path]) -> None:
+    """The bytes of commands other than syslog leave the connection's count of waiting
+    bytes when they are handled: 3 MB of them (over the 1 MiB at which reading pauses)
+    and the session still answers the syslog transaction that follows."""
+    srv, hot = plain
+    assert srv.relp_address is not None
+    n = 3000
+    with socket.create_connection(srv.relp_address, timeout=20) as s:
+        offers = b"relp_version=0\nrelp_software=test\ncommands=syslog"
+        s.sendall(b"1 open %d %s\n" % (len(offers), offers))
+        assert s.recv(200).startswith(b"1 rsp ")
+        msg = b"<13>1 - h a - - - after"
+        s.sendall(b"".join(b"%d junk 1000 %s\n" % (i, b"j" * 1000) for i in range(2, n + 2))
+                  + b"%d syslog %d %s\n" % (n + 2, len(msg), msg))
+        answers = b""
+        while not answers.endswith(b"%d rsp 6 200 OK\n" % (n + 2)):
+            chunk = s.recv(1 << 16)
+            assert chunk, answers[-200:]
+            answers += chunk
+        assert answers.count(b" rsp 19 500 unknown command\n") == n
+    assert [e["message"] for e in _events(hot, 1)] == ["after"]
+
+
 def test_sender_of_token_and_unix_socket(plain: tuple[IngestServer, Path], tmp_path: Path) -> None:
     srv, hot = plain
     assert srv.http_address is not None
