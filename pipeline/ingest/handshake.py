@@ -75,8 +75,9 @@ def classify(exc: BaseException | None) -> tuple[str, str]:
     if exc is None:
         return "closed", "the client closed the connection during the handshake"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        words = f"client certificate: {exc.verify_message}" if exc.verify_message else _words(exc.reason or "")
+        code = getattr(exc, "verify_code", None)
+        message = getattr(exc, "verify_message", None)
+        words = f"client certificate: {message}" if message else _words(getattr(exc, "reason", None) or "")
         if code in _EXPIRED_CODES:
             return "expired", words
         if code in _NOT_YET_VALID_CODES:
@@ -87,7 +88,7 @@ def classify(exc: BaseException | None) -> tuple[str, str]:
     if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return "closed", "the client closed the connection during the handshake"
     if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or ""
+        reason = str(getattr(exc, "reason", None) or "")  # absent on an SSLError not made by OpenSSL
         words = _words(reason) if reason else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if reason in _NO_CERT_REASONS:
             return "no_certificate", "the client sent no certificate (mutual TLS requires one)"
