@@ -255,7 +255,8 @@ def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, e
 def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, refusal: str) -> None:
     """A Collector whose client certificate is not on the allow-list gets 403 (permanent:
     it drops the batch and logs an error); one whose certificate another CA issued is
-    refused at the handshake (retried, logged each time).  Nothing is stored either way."""
+    refused at the handshake (retried, logged each time by the Collector; the sidecar logs
+    the refusal once, naming the address and the reason).  Nothing is stored either way."""
     binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     if refusal == "identity-not-allowed":
@@ -290,6 +291,14 @@ def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, refusal:
         assert "Will retry the request after interval" in failure, failure
         assert "failed to make an HTTP request" in failure, failure
         assert any(s in failure for s in ("EOF", "connection reset by peer", "tls:")), failure
+        # the sidecar's side says why (docs/INGEST.md 6.4): one WARNING however often the
+        # Collector retried, naming its address and the reason
+        time.sleep(0.2)  # the last stderr lines of the stopped sidecar
+        refusals = [json.loads(line) for line in b"".join(sc.stderr).splitlines() if b"TLS handshake" in line]
+        assert len(refusals) == 1, refusals
+        assert {k: refusals[0].get(k) for k in ("level", "listener", "peer", "reason")} == {
+            "level": "WARNING", "listener": "http", "peer": "127.0.0.1", "reason": "unknown_ca"}, refusals
+        assert "unable to get local issuer certificate" in refusals[0]["msg"], refusals
 
 
 @pytest.mark.slow

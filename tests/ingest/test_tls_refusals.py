@@ -36,7 +36,7 @@ def pki(tmp_path: Path) -> dict[str, Any]:
     d.mkdir()
     ca = CA(d)
     other = CA(d, "other-ca")
-    return {"ca": ca, "server": ca.server(), "good": ca.issue("good", uris=(SPIFFE,)),
+    return {"ca": ca, "other": other, "server": ca.server(), "good": ca.issue("good", uris=(SPIFFE,)),
             "expired": ca.issue("expired", uris=(SPIFFE,), expired=True),
             "foreign": other.issue("foreign", uris=(SPIFFE,))}
 
@@ -140,12 +140,16 @@ CASES = {  # who -> (reason label, words the log line must hold)
     "expired": ("expired", "certificate has expired"),
     "none": ("no_certificate", "the client sent no certificate"),
     "tls10": ("protocol", "TLS 1.2 is the minimum"),
+    # the client does not trust the sidecar's certificate: it sends the alert, the sidecar counts it
+    "distrust": ("server_cert_rejected", "unknown ca"),
 }
 
 
 def ctx_for(pki: dict[str, Any], who: str) -> ssl.SSLContext:
     if who == "tls10":
         return client_ctx(pki["ca"], pki["good"], tls10=True)
+    if who == "distrust":
+        return client_ctx(pki["other"], pki["good"])
     return client_ctx(pki["ca"], None if who == "none" else pki[who])
 
 
