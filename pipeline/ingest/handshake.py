@@ -225,18 +225,111 @@ class _Handoff(asyncio.Protocol):
             app.connection_lost(self.lost[0])
 
 
+class AlertingSSLObject(ssl.SSLObject):
+    """The server-side TLS object of a listener connection (the front context's
+    ``sslobject_class``).  When OpenSSL refuses the handshake it has written a fatal alert
+    (``unknown ca``, ``certificate required``, ``certificate expired``, ``protocol
+    version``) that asyncio would drop: asyncio sends what OpenSSL wrote only while a
+    handshake waits for more data.  So the refusal is kept, reported to ``on_refused``, and
+    the first time answered with "want read": asyncio sends the alert; the next call raises
+    the refusal."""
+
+    refusal: ssl.SSLError | None = None
+    on_refused: Callable[[ssl.SSLError], None] | None = None
+
+    def do_handshake(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                ssl.SSLSyscallError):
+            raise
+        except ssl.SSLError as exc:
+            if self.on_refused is None:
+                raise
+            self.refusal = exc
+            self.on_refused(exc)
+            raise ssl.SSLWantReadError("the refusal's alert is being sent") from exc
+
+
+class _Carrier(ssl.SSLContext):
+    """What ``start_tls`` is given in place of the front context: its ``wrap_bio`` makes the
+    front context's TLS object and ties it to the connection's attempt.  Pooled: building an
+    ``SSLContext`` costs ~0.4 ms, and a carrier is needed only until ``wrap_bio`` ran."""
+
+    front: ssl.SSLContext
+    pool: list[_Carrier]
+    owner: _Attempt | None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        sslobj = self.front.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
+                                     session=session)
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            if isinstance(sslobj, AlertingSSLObject):
+                sslobj.on_refused = owner.refused
+            _give_back(self)
+        return sslobj
+
+
+_POOL_MAX = 64
+
+
+def _take_carrier(pool: list[_Carrier], front: ssl.SSLContext, owner: _Attempt) -> _Carrier:
+    carrier = pool.pop() if pool else _Carrier(ssl.PROTOCOL_TLS_SERVER)
+    carrier.front, carrier.pool, carrier.owner = front, pool, owner
+    return carrier
+
+
+def _give_back(carrier: _Carrier) -> None:
+    carrier.owner = None
+    if len(carrier.pool) < _POOL_MAX:
+        carrier.pool.append(carrier)
+
+
+LINGER = 1.0  # seconds a refused connection stays half-closed, so that the client reads the alert
+
+
+class _Attempt:
+    """One connection's handshake: the refusal OpenSSL made, if any."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.refusal: ssl.SSLError | None = None
+
+    def refused(self, exc: ssl.SSLError) -> None:
+        self.refusal = exc
+        # after asyncio has written the alert: end our side, let the client read it and
+        # close (its close or more data end the handshake at once), else close in LINGER s
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._half_close, loop)
+
+    def _half_close(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.transport.is_closing():
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
+
+
 class TlsAcceptor(asyncio.Protocol):
     """The protocol a TLS listener accepts plain TCP with: runs the handshake, reports a
-    refusal, or gives the TLS transport to ``make_app()``'s protocol."""
+    refusal (after sending the client its alert), or gives the TLS transport to
+    ``make_app()``'s protocol."""
 
     def __init__(self, make_app: Callable[[], asyncio.BaseProtocol], tls: ServerTls, refusals: HandshakeRefusals,
-                 listener: str, timeout: float, pending: set[asyncio.Task[None]]) -> None:
+                 listener: str, timeout: float, pending: set[asyncio.Task[None]], carriers: list[_Carrier]) -> None:
         self._make_app = make_app
         self._tls = tls
         self._refusals = refusals
         self._listener = listener
         self._timeout = timeout
         self._pending = pending
+        self._carriers = carriers
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -248,18 +341,23 @@ class TlsAcceptor(asyncio.Protocol):
     async def _handshake(self, transport: asyncio.Transport) -> None:
         peer = peer_address(transport)
         handoff = _Handoff()
+        attempt = _Attempt(transport)
+        carrier = _take_carrier(self._carriers, self._tls.front, attempt)
         loop = asyncio.get_running_loop()
         try:
-            tls_transport = await loop.start_tls(transport, handoff, self._tls.front, server_side=True,
+            tls_transport = await loop.start_tls(transport, handoff, carrier, server_side=True,
                                                  ssl_handshake_timeout=self._timeout)
         except asyncio.CancelledError:  # the listener is closing
             transport.abort()
             raise
         except Exception as exc:  # start_tls has closed the connection
-            self._refusals.refused(self._listener, peer, exc)
+            self._refusals.refused(self._listener, peer, attempt.refusal or exc)
             return
-        if tls_transport is None:  # the connection was lost (the client left) before it was ready
-            self._refusals.refused(self._listener, peer, None)
+        finally:
+            if carrier.owner is attempt:  # wrap_bio never ran (cancelled early)
+                _give_back(carrier)
+        if tls_transport is None:  # the connection was closed (by the client, or after the alert)
+            self._refusals.refused(self._listener, peer, attempt.refusal)
             return
         handoff.hand_over(self._make_app(), tls_transport)
 
@@ -270,4 +368,6 @@ def listen_factory(make_app: Callable[[], asyncio.BaseProtocol], tls: ServerTls 
     """The protocol factory for ``loop.create_server``: ``make_app`` itself without TLS."""
     if tls is None:
         return make_app
-    return lambda: TlsAcceptor(make_app, tls, refusals, listener, timeout, pending)
+    tls.front.sslobject_class = AlertingSSLObject  # the same for every listener of this ServerTls
+    carriers: list[_Carrier] = []  # this listener's (one event loop's) idle carriers
+    return lambda: TlsAcceptor(make_app, tls, refusals, listener, timeout, pending, carriers)

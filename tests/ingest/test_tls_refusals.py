@@ -104,8 +104,9 @@ def address(srv: IngestServer, listener: str) -> tuple[str, int]:
     return addr
 
 
-def attempt(srv: IngestServer, listener: str, ctx: ssl.SSLContext, source: str = "127.0.0.1") -> bytes:
-    """One connection as that listener's real clients make it: the answer, b"" when closed."""
+def attempt(srv: IngestServer, listener: str, ctx: ssl.SSLContext, source: str = "127.0.0.1") -> bytes | str:
+    """One connection as that listener's real clients make it: the answer (b"" when closed
+    without a word), or the client's error as text."""
     host, port = address(srv, listener)
     raw = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
     try:
@@ -118,8 +119,8 @@ def attempt(srv: IngestServer, listener: str, ctx: ssl.SSLContext, source: str =
                 offers = b"relp_version=0\nrelp_software=test\ncommands=syslog"
                 s.sendall(b"1 open %d %s\n2 syslog 9 <13>hello\n" % (len(offers), offers))
             return s.recv(4096)
-    except (ssl.SSLError, ConnectionError):
-        return b""
+    except (ssl.SSLError, ConnectionError) as exc:
+        return str(exc)
     finally:
         raw.close()
 
@@ -135,13 +136,13 @@ def wait_for(metrics: Metrics, listener: str, reason: str, n: float, timeout: fl
     assert count(metrics, listener, reason) == n, (listener, reason, count(metrics, listener, reason))
 
 
-CASES = {  # who -> (reason label, words the log line must hold)
-    "foreign": ("unknown_ca", "unable to get local issuer certificate"),
-    "expired": ("expired", "certificate has expired"),
-    "none": ("no_certificate", "the client sent no certificate"),
-    "tls10": ("protocol", "TLS 1.2 is the minimum"),
+CASES = {  # who -> (reason label, words the log line must hold, the TLS alert the client reports)
+    "foreign": ("unknown_ca", "unable to get local issuer certificate", "alert unknown ca"),
+    "expired": ("expired", "certificate has expired", "alert certificate expired"),
+    "none": ("no_certificate", "the client sent no certificate", "alert certificate required"),
+    "tls10": ("protocol", "TLS 1.2 is the minimum", "alert protocol version"),
     # the client does not trust the sidecar's certificate: it sends the alert, the sidecar counts it
-    "distrust": ("server_cert_rejected", "unknown ca"),
+    "distrust": ("server_cert_rejected", "unknown ca", "certificate verify failed"),
 }
 
 
@@ -157,9 +158,10 @@ def ctx_for(pki: dict[str, Any], who: str) -> ssl.SSLContext:
 def test_refused_handshake_is_counted_and_logged(served: tuple[IngestServer, Path, Metrics], pki: dict[str, Any],
                                                  lines: Lines, who: str) -> None:
     srv, hot, metrics = served
-    reason, words = CASES[who]
+    reason, words, alert = CASES[who]
     for listener in LISTENERS:
-        assert attempt(srv, listener, ctx_for(pki, who)) == b""  # refused: no answer of any kind
+        seen = attempt(srv, listener, ctx_for(pki, who))
+        assert isinstance(seen, str) and alert in seen, seen  # the client is told why, not just EOF
         wait_for(metrics, listener, reason, 1)
         logged = [r for r in lines.warnings() if getattr(r, "listener", None) == listener]
         assert len(logged) == 1, [r.getMessage() for r in logged]
@@ -173,8 +175,9 @@ def test_refused_handshake_is_counted_and_logged(served: tuple[IngestServer, Pat
     assert events(hot) == []
     # the good client still gets in, on every listener, and its identity is stored
     good = client_ctx(pki["ca"], pki["good"])
-    assert attempt(srv, "http", good).startswith(b"HTTP/1.1 200")
-    assert attempt(srv, "relp", good).startswith(b"1 rsp ")
+    http_answer, relp_answer = attempt(srv, "http", good), attempt(srv, "relp", good)
+    assert isinstance(http_answer, bytes) and http_answer.startswith(b"HTTP/1.1 200"), http_answer
+    assert isinstance(relp_answer, bytes) and relp_answer.startswith(b"1 rsp "), relp_answer
     deadline = time.monotonic() + 10
     while len(events(hot)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -245,7 +248,7 @@ def test_a_client_that_leaves_or_stalls_during_the_handshake(served: tuple[Inges
     wait_for(metrics, "relp", "closed", 1)
     with socket.create_connection(address(srv, "http"), timeout=10) as s:  # plain HTTP on the TLS port
         s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert s.recv(100) == b""
+        assert not s.recv(100).startswith(b"HTTP")
     wait_for(metrics, "http", "not_tls", 1)
     with socket.create_connection(address(srv, "syslog"), timeout=10) as s:  # says nothing for too long
         s.settimeout(10)
