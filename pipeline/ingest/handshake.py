@@ -14,10 +14,18 @@ public ``loop.start_tls(..., server_side=True)``, which raises when the handshak
   flood the log; the table of addresses is capped.
 
 After a successful handshake the TLS transport is given to the listener's protocol
-(``connection_made``), exactly as ``create_server(ssl=...)`` would have done.  What stays
-out of reach without asyncio's private parts: the TLS alert OpenSSL writes when it refuses
-the client's certificate is not sent (asyncio closes the socket without flushing it), so
-the client still sees the connection closed rather than ``unknown ca``.
+(``connection_made``), exactly as ``create_server(ssl=...)`` would have done.
+
+The client is told why.  When OpenSSL refuses a handshake it writes a fatal alert
+(``unknown ca``, ``certificate required``, ...), which asyncio drops: on a failed handshake
+it closes the socket without sending what OpenSSL wrote.  With public APIs only
+(``SSLContext.sslobject_class``, ``SSLContext.wrap_bio``): the front context's TLS objects
+are ``AlertingSSLObject``s, which answer a refusal once with "want read" (asyncio then sends
+the pending bytes, the alert) and raise it on the next call; the connection is half-closed
+so the client reads the alert, and closed after ``LINGER`` seconds if the client does not
+close first.  A per-connection ``_Carrier`` context, handed to ``start_tls``, ties the TLS
+object to its connection, so that the refusal reported is OpenSSL's, whichever way the
+connection then ends.
 """
 
 from __future__ import annotations

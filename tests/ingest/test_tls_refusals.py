@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import time
@@ -256,6 +257,28 @@ def test_a_client_that_leaves_or_stalls_during_the_handshake(served: tuple[Inges
     wait_for(metrics, "syslog", "timeout", 1)
     assert [getattr(r, "reason", None) for r in lines.warnings()] == ["not_tls", "timeout"]
     assert [getattr(r, "reason", None) for r in lines.records if r.levelno == logging.DEBUG] == ["closed"]
+
+
+def test_a_refused_client_that_does_not_close_is_closed_after_the_alert(
+        served: tuple[IngestServer, Path, Metrics], pki: dict[str, Any], lines: Lines) -> None:
+    """TLS 1.3: the client's handshake completes before the sidecar checks its certificate.
+    It reads the alert, then the end of the stream (the sidecar half-closed), and the sidecar
+    closes the connection itself about LINGER (1 s) later although the client stays."""
+    srv, _hot, metrics = served
+    s = client_ctx(pki["ca"], None).wrap_socket(  # no certificate
+        socket.create_connection(address(srv, "relp"), timeout=10), server_hostname="localhost")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ssl.SSLError, match="alert certificate required"):
+            s.recv(100)
+        with socket.socket(fileno=os.dup(s.fileno())) as plain:
+            assert plain.recv(100) == b""  # FIN after the alert
+        assert count(metrics, "relp", "no_certificate") == 0  # the connection is still open...
+        wait_for(metrics, "relp", "no_certificate", 1, timeout=5)  # ...until the sidecar closes it
+        assert 0.9 < time.monotonic() - started < 4
+    finally:
+        s.close()
+    assert [getattr(r, "reason", None) for r in lines.warnings()] == ["no_certificate"]
 
 
 # ---------------------------------------------------------------- units
