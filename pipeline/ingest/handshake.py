@@ -138,15 +138,17 @@ class HandshakeRefusals:
         self._window_start = -1e18
         self._window_lines = 0
         self._suppressed_elsewhere = 0  # refusals not logged because of the overall limit
-        self.counts: dict[tuple[str, str], int] = {}
 
     def refused(self, listener: str, peer: str, exc: BaseException | None) -> str:
         """Record one failed handshake; returns its reason label."""
         reason, words = classify(exc)
         if self.metrics is not None:
             self.metrics.observe_tls_handshake_failure(listener, reason)
+        if reason in QUIET_REASONS:  # not a refusal: never takes a WARNING's place in the limits
+            log.debug("ingest: %s TLS handshake with %s not completed (%s): %s", listener, peer or "?", reason, words,
+                      extra={"listener": listener, "peer": peer, "reason": reason, "detail": words})
+            return reason
         with self._lock:
-            self.counts[(listener, reason)] = self.counts.get((listener, reason), 0) + 1
             line = self._admit(listener, peer, reason)
         if line is None:
             return reason
@@ -156,9 +158,8 @@ class HandshakeRefusals:
             extra["suppressed"] = suppressed  # refusals of this address not logged since its last line
         if suppressed_elsewhere:
             extra["suppressed_other_peers"] = suppressed_elsewhere
-        level = logging.DEBUG if reason in QUIET_REASONS else logging.WARNING
-        log.log(level, "ingest: %s TLS handshake with %s refused (%s): %s", listener, peer or "?", reason, words,
-                extra=extra)
+        log.warning("ingest: %s TLS handshake with %s refused (%s): %s", listener, peer or "?", reason, words,
+                    extra=extra)
         return reason
 
     def _admit(self, listener: str, peer: str, reason: str) -> tuple[int, int] | None:
