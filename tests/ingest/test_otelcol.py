@@ -255,8 +255,7 @@ def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, e
 def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, refusal: str) -> None:
     """A Collector whose client certificate is not on the allow-list gets 403 (permanent:
     it drops the batch and logs an error); one whose certificate another CA issued is
-    refused at the handshake (retried, logged each time by the Collector; the sidecar logs
-    the refusal once, naming the address and the reason).  Nothing is stored either way."""
+    refused at the handshake (retried, logged each time).  Nothing is stored either way."""
     binary = otelcol_binary(tmp_path)
     pki = Pki.make(tmp_path / "pki", CLIENT)
     if refusal == "identity-not-allowed":
