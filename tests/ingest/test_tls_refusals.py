@@ -272,6 +272,7 @@ def test_a_refused_client_that_does_not_close_is_closed_after_the_alert(
         with pytest.raises(ssl.SSLError, match="alert certificate required"):
             s.recv(100)
         with socket.socket(fileno=os.dup(s.fileno())) as plain:
+            plain.settimeout(10)  # the descriptor is non-blocking (the SSL socket's timeout)
             assert plain.recv(100) == b""  # FIN after the alert
         # the connection is still open (the count comes when it ends)...
         assert count(metrics, "relp", "no_certificate") == 0, [r.getMessage() for r in lines.records]
