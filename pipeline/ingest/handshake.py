@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from pipeline.ingest.server import IngestMetrics
     from pipeline.ingest.tls import ServerTls
 
-__all__ = ["REASONS", "HandshakeRefusals", "TlsAcceptor", "classify"]
+__all__ = ["REASONS", "AlertingSSLObject", "HandshakeRefusals", "TlsAcceptor", "classify", "listen_factory"]
 
 log = logging.getLogger("pipeline.ingest.tls")
 

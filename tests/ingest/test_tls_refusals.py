@@ -370,3 +370,16 @@ def test_early_data_is_replayed_in_order_to_the_listeners_protocol() -> None:
     transport, app = Transport(), App()
     handoff.hand_over(app, transport)
     assert got == ["made", b"a", b"b", "eof"] and transport.protocol is app and transport.closed
+
+
+def test_the_carrier_pool_is_bounded() -> None:
+    from pipeline.ingest import handshake
+
+    pool: list[Any] = []
+    front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    carriers = [handshake._take_carrier(pool, front, None) for _ in range(handshake._POOL_MAX + 10)]  # type: ignore[arg-type]
+    for carrier in carriers:
+        handshake._give_back(carrier)
+    assert len(pool) == handshake._POOL_MAX
+    again = handshake._take_carrier(pool, front, None)  # type: ignore[arg-type]
+    assert again in carriers and len(pool) == handshake._POOL_MAX - 1
