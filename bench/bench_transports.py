@@ -135,6 +135,9 @@ def serve(cfg: dict[str, Any]) -> None:
         def observe_ack(self, transport: str, seconds: float) -> None:
             pass
 
+        def observe_tls_handshake_failure(self, listener: str, reason: str) -> None:
+            pass
+
     from pipeline.logsetup import setup_logging
 
     setup_logging("json")  # warnings (refused connections, storage failures) on stderr

@@ -77,6 +77,11 @@ class Metrics:
             "Time from reading an ingest request (HTTP body, Unix-socket batch, syslog/RELP "
             "batch) to its durable acknowledgement, by transport: the durability latency senders see.",
             ["transport"], buckets=_ACK_BUCKETS, registry=r)
+        self.tls_handshake_failures = Counter(
+            "worm_ingest_tls_handshake_failures_total",
+            "TLS handshakes the sidecar refused or that did not complete, by listener (http, syslog, relp) "
+            "and reason (unknown_ca, expired, no_certificate, ...; docs/INGEST.md section 6.4).",
+            ["listener", "reason"], registry=r)
         self.backpressure_active = Gauge("worm_backpressure_active",
                                          "1 while ingest is held back (hot disk above high water), else 0.",
                                          registry=r)
@@ -122,6 +127,18 @@ class Metrics:
 
     def observe_ack(self, transport: str, seconds: float) -> None:
         self.ingest_ack_seconds.labels(transport=transport).observe(seconds)
+
+    def observe_tls_handshake_failure(self, listener: str, reason: str) -> None:
+        self.tls_handshake_failures.labels(listener=listener, reason=reason).inc()
+
+    def declare_tls_listeners(self, listeners: list[str]) -> None:
+        """Create the refusal series of each TLS listener at 0, so that the first refusal is
+        an increase a rate() sees (a series born at 1 is not)."""
+        from pipeline.ingest.handshake import REASONS
+
+        for listener in listeners:
+            for reason in REASONS:
+                self.tls_handshake_failures.labels(listener=listener, reason=reason)
 
     # -- writer and checkpoints ---------------------------------------------------------
 

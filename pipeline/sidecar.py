@@ -124,6 +124,9 @@ class Sidecar:
 
             self.ingest = IngestServer.from_config(self.hotlog, cfg.ingest, backpressure=self.backpressure,
                                                    metrics=m).start()
+            if self.ingest.tls is not None:
+                m.declare_tls_listeners([k for k, v in (("http", cfg.ingest.http), ("syslog", cfg.ingest.syslog),
+                                                        ("relp", cfg.ingest.relp)) if v is not None])
         if cfg.postgres.dsn is not None:
             from pipeline.pg.source import PostgresSource
 

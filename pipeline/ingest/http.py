@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, decode_content, framing_for
+from pipeline.ingest.handshake import listen_factory
 from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread, stop_loop_thread
 from pipeline.ingest.tls import PeerIdentity, peer_address
 
@@ -155,6 +156,7 @@ class HttpFront:
         self._pool = concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest-http")
         self._budget: _Budget | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self.bound: tuple[str, int] | None = None
         self._refused = 0  # connections refused at the cap since the last log line
         self._refused_logged = -1e9
@@ -179,11 +181,11 @@ class HttpFront:
                             read_bufsize=_READ_BUFSIZE, max_line_size=8190, max_field_size=8190,
                             max_headers=100, lingering_time=1.0)
         host, port = self._address
-        tls = self.ingest.tls
-        tls_args: dict[str, Any] = {} if tls is None else {
-            "ssl": tls.front, "ssl_handshake_timeout": self.ingest.request_timeout}
-        self._server = await loop.create_server(self._web, None if host in ("", "*") else host, port,
-                                                backlog=BACKLOG, reuse_address=True, **tls_args)
+        # with TLS, the handshake is run per connection so that a refused one is seen
+        factory = listen_factory(self._web, self.ingest.tls, self.ingest.handshake_refusals, "http",
+                                 self.ingest.request_timeout, self._handshakes)
+        self._server = await loop.create_server(factory, None if host in ("", "*") else host, port,
+                                                backlog=BACKLOG, reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
         self._sweeper = loop.create_task(self._sweep())
@@ -213,6 +215,8 @@ class HttpFront:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
         for transport in list(self._conns.values()):
             transport.close()
 

@@ -124,6 +124,8 @@ class IngestMetrics(Protocol):
 
     def observe_ack(self, transport: str, seconds: float) -> None: ...
 
+    def observe_tls_handshake_failure(self, listener: str, reason: str) -> None: ...
+
 
 class _Batch:
     """The outcome of one batch of socket lines, in input order."""
@@ -261,6 +263,10 @@ class IngestServer:
         self.max_event_bytes = max_event_bytes
         self.backpressure = backpressure
         self.metrics = metrics
+        from pipeline.ingest.handshake import HandshakeRefusals
+
+        # refused TLS handshakes: counted and logged, rate-limited (pipeline/ingest/handshake.py)
+        self.handshake_refusals = HandshakeRefusals(metrics)
         # the log's own sanitiser (HotLog.sanitiser), so ingest stores what append would
         self.sanitiser: Sanitiser = sanitiser_of(appender, max_event_bytes)
         self.max_connections = max_connections

@@ -29,6 +29,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from pipeline._accel import native
+from pipeline.ingest.handshake import listen_factory
 from pipeline.ingest.loops import call_on_loop, new_loop, serve_in_thread, stop_loop_thread
 from pipeline.ingest.syslog import FrameError, Framer, frame_events
 from pipeline.ingest.tls import PeerIdentity, peer_address
@@ -380,6 +381,7 @@ class StreamFront:
         self.pool = concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest-stream")
         self._refused_logged = -1e9
         self._refusals_logged: dict[tuple[str, str], float] = {}
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
 
     def address(self, kind: str) -> tuple[str, int] | None:
         return self._bound.get(kind)
@@ -395,13 +397,14 @@ class StreamFront:
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
-        tls = self.ingest.tls
         for kind, (host, port) in self._listen.items():
+            # with TLS, the handshake is run per connection so that a refused one is seen
+            factory = listen_factory(lambda kind=kind: _Conn(self, kind),  # type: ignore[misc]
+                                     self.ingest.tls, self.ingest.handshake_refusals, kind,
+                                     self.ingest.request_timeout, self._handshakes)
             try:
-                server = await loop.create_server(
-                    lambda kind=kind: _Conn(self, kind), None if host in ("", "*") else host, port,
-                    backlog=1024, reuse_address=True, ssl=tls.front if tls is not None else None,
-                    ssl_handshake_timeout=self.ingest.request_timeout if tls is not None else None)
+                server = await loop.create_server(factory, None if host in ("", "*") else host, port,
+                                                  backlog=1024, reuse_address=True)
             except OSError as exc:
                 from pipeline.ingest.server import _naming
 
@@ -472,6 +475,8 @@ class StreamFront:
     async def _close_all(self) -> None:
         for server in self._servers.values():
             server.close()
+        for task in list(self._handshakes):
+            task.cancel()
         for conn in list(self._conns):
             conn.server_close()
             if conn.task is not None:

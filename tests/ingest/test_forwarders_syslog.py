@@ -5,6 +5,7 @@ client certificate's identity in ``_sender``."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.ingest.certs import CA
 from tests.ingest.transport import (
     Pki,
     doc_snippet,
@@ -161,3 +163,33 @@ def test_syslog_ng_network_tls(tmp_path: Path) -> None:
     assert _ids(events, "sng") == list(range(500))
     assert events[0]["_sender"]["id"] == "syslog-ng.web-2.example.net"
     assert events[0]["syslog"] == "rfc5424" and events[0]["app_name"] == "shop"
+
+
+@pytest.mark.slow
+def test_rsyslog_with_a_certificate_from_another_ca_is_refused_and_the_sidecar_says_so(tmp_path: Path) -> None:
+    """rsyslog (GnuTLS) retrying with a client certificate another CA issued: nothing
+    stored; the sidecar logs the refusal once, naming rsyslog's address and the reason,
+    however often rsyslog retries (docs/INGEST.md §6.4)."""
+    pki = Pki.make(tmp_path / "pki", CLIENT)
+    other = CA(tmp_path / "pki", "other-ca")
+    foreign = other.issue("foreign", dns=(CLIENT,), cn=CLIENT)
+    files = {**pki.files("/etc/rsyslog.d/worm"), "/etc/rsyslog.d/worm/client.crt": foreign.cert,
+             "/etc/rsyslog.d/worm/client.key": foreign.key}
+    with sidecar(tmp_path / "hot", syslog="127.0.0.1:0", tls_cert=pki.server.cert, tls_key=pki.server.key,
+                 client_ca=pki.ca.path, allowed_clients=[f"dns:{CLIENT}"]) as sc:
+        action = localise(doc_snippet("rsyslog-omfwd-tls"), port=sc.port("syslog"), files=files)
+        with rsyslogd(tmp_path / "rsyslog", action) as rs:
+            for _ in range(3):  # rsyslog reconnects for each new batch after a failure
+                rs.send(_app_lines(5, "refused"))
+                time.sleep(1.5)
+
+            def refusals() -> list[dict[str, Any]]:
+                return [json.loads(line) for line in b"".join(sc.stderr).splitlines() if b"TLS handshake" in line]
+
+            wait_for(refusals, 20, "the sidecar's refusal line")
+            time.sleep(1)
+    assert stored_events(sc.hot) == []
+    lines = refusals()
+    assert len(lines) == 1, lines
+    assert {k: lines[0].get(k) for k in ("level", "listener", "peer", "reason")} == {
+        "level": "WARNING", "listener": "syslog", "peer": "127.0.0.1", "reason": "unknown_ca"}, lines

@@ -47,6 +47,7 @@ class Metrics:
         self.rejected: dict[str, int] = {}
         self.requests: dict[tuple[str, str], int] = {}
         self.acks: list[tuple[str, float]] = []
+        self.handshake_failures: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def observe_appended(self, events: int, nbytes: int) -> None:
@@ -65,6 +66,10 @@ class Metrics:
     def observe_ack(self, transport: str, seconds: float) -> None:
         with self._lock:
             self.acks.append((transport, seconds))
+
+    def observe_tls_handshake_failure(self, listener: str, reason: str) -> None:
+        with self._lock:
+            self.handshake_failures.append((listener, reason))
 
 
 @pytest.fixture

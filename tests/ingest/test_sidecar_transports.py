@@ -4,6 +4,7 @@ identity is stored, and the transports are counted in the metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -32,6 +33,12 @@ def test_pipeline_run_with_syslog_and_relp_over_mutual_tls(tmp_path: Path, moto_
     sc.write_config()
     sc.start()
     try:
+        # a client without a certificate: refused at the handshake, counted (docs/INGEST.md 6.4)
+        anonymous = ssl.create_default_context(cafile=str(ca.path))
+        with anonymous.wrap_socket(socket.create_connection(("127.0.0.1", relp_port)),
+                                   server_hostname="localhost") as s, contextlib.suppress(ssl.SSLError, OSError):
+            s.sendall(b"1 open 0\n")
+            assert s.recv(100) == b""
         ctx = ssl.create_default_context(cafile=str(ca.path))
         ctx.load_cert_chain(str(client.cert), str(client.key))
         with ctx.wrap_socket(socket.create_connection(("127.0.0.1", syslog_port)), server_hostname="localhost") as s:
@@ -66,5 +73,11 @@ def test_pipeline_run_with_syslog_and_relp_over_mutual_tls(tmp_path: Path, moto_
     assert status == 200
     assert 'worm_ingest_requests_total{code="ok",transport="syslog"}' in metrics \
         or 'worm_ingest_requests_total{transport="syslog",code="ok"}' in metrics, metrics[-3000:]
+    failures = {(m["listener"], m["reason"]): float(m["value"]) for m in re.finditer(
+        r'worm_ingest_tls_handshake_failures_total\{listener="(?P<listener>\w+)",reason="(?P<reason>\w+)"\} '
+        r'(?P<value>[0-9.e+]+)', metrics)}
+    # every reason of each TLS listener is there from the start; the refusal is counted once
+    assert {k: v for k, v in failures.items() if v} == {("relp", "no_certificate"): 1.0}, failures
+    assert {("syslog", "unknown_ca"), ("http", "timeout"), ("relp", "closed")} <= set(failures), failures
     for kind in ("syslog", "relp"):  # stored batches are timed like HTTP requests
         assert re.search(rf'worm_ingest_ack_seconds_count\{{transport="{kind}"\}} [1-9]', metrics), kind
