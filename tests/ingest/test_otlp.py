@@ -593,10 +593,10 @@ def _reference_events(req: logs_service_pb2.ExportLogsServiceRequest) -> list[An
 
 def _walked(body: bytes) -> list[Any]:
     out = []
-    for chunk in otlp.iter_events(body, otlp.PROTOBUF, 1 << 20, 1 << 30):
+    for chunk in otlp.iter_events(body, otlp.PROTOBUF, 1 << 20):
         for _n, item in chunk:
-            assert isinstance(item, bytes), item
-            out.append(orjson.loads(item))
+            assert isinstance(item, dict), item
+            out.append(orjson.loads(orjson.dumps(item)))
     return out
 
 
