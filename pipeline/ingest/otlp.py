@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pipeline._accel import native as _native
 from pipeline.errors import PipelineError
 from pipeline.format import strictjson
 from pipeline.ingest.body import CHUNK_BYTES, CHUNK_EVENTS, BodyError, _value_end
@@ -255,6 +256,7 @@ def iter_events(body: bytes, framing: str,
     refused as too-large without being parsed."""
     pb = _pb()
     walk = _walk_protobuf if framing == PROTOBUF else _walk_json
+    fast = _native.otlp_event if _native is not None else None
     clock = _Clock()
     chunk: list[tuple[int, dict[str, Any] | bytes | InvalidEvent]] = []
     size = 0  # encoded size of the chunk's records: their objects are some multiple of it
@@ -269,6 +271,10 @@ def iter_events(body: bytes, framing: str,
                     raise rec
                 if isinstance(group, InvalidEvent):
                     item = group
+                elif type(rec) is tuple:  # a protobuf record, body[start:end]: C when it can
+                    converted = fast(body, *rec, *group) if fast is not None else None
+                    item = converted if converted is not None else \
+                        _event(_parse_pb(pb.LogRecord, body[rec[0]:rec[1]], "log record"), clock, *group)
                 elif type(rec) is _Big:
                     with _big_lock():  # parsed and converted one at a time in the process
                         item = orjson.dumps(_event(rec.parse(), clock, *group))
@@ -297,8 +303,9 @@ def _group(resource: Callable[[], Any], scope: Callable[[], Any]) -> tuple[Any, 
 
 
 # (resource, scope, log records): the first two parse and convert when called; the records
-# are (encoded size, record): a parsed LogRecord, or a _Refused, or a _Big to parse under
-# the lock (size 0: these two leave as an InvalidEvent or as JSON text, not as objects)
+# are (encoded size, record): a parsed LogRecord (JSON), the (start, end) of a protobuf
+# record in the body, or a _Refused, or a _Big to parse under the lock (size 0: these two
+# leave as an InvalidEvent or as JSON text, not as objects)
 _Group = tuple[Callable[[], Any], Callable[[], Any], Iterator[tuple[int, Any]]]
 
 
@@ -460,15 +467,14 @@ def _protobuf_group(body: bytes, ss: int, se: int, resource: bytes, res_url: str
         return _guarded(len(scope), lambda: _scope(_parse_pb(pb.Scope, bytes(scope), "scope"), scope_url))
 
     def records() -> Iterator[tuple[int, Any]]:
-        cls = pb.LogRecord
         for g, gwt, s, e in fields(body, ss, se):
             if g == 2 and gwt == 2:
                 if e - s <= _BIG_PIECE:
-                    yield e - s, _parse_pb(cls, body[s:e], "log record")
+                    yield e - s, (s, e)  # parsed (or not) by iter_events
                 elif e - s > max_piece:
                     yield 0, _too_large("log record", e - s, max_piece)
                 else:
-                    yield 0, _Big(lambda s=s, e=e: _parse_pb(cls, body[s:e], "log record"))  # type: ignore[misc]
+                    yield 0, _Big(lambda s=s, e=e: _parse_pb(pb.LogRecord, body[s:e], "log record"))  # type: ignore[misc]
 
     return parse_resource, parse_scope, records()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
+from pipeline import _accel
 from pipeline.hot.writer import HotLog
 from pipeline.ingest import otlp
 from pipeline.ingest.server import IngestServer
@@ -177,8 +179,17 @@ def stored_data(hot: Path) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("use_c", [True, False], ids=["C", "python"])
 @pytest.mark.parametrize("framing", [otlp.PROTOBUF, otlp.JSON])
-def test_stored_bytes_are_pinned(tmp_path: Path, framing: str) -> None:
+def test_stored_bytes_are_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, framing: str,
+                                 use_c: bool) -> None:
+    """With and without the C conversion of protobuf records (pipeline._native.otlp_event)."""
+    if use_c:
+        if os.environ.get("PIPELINE_NO_NATIVE") == "1":
+            pytest.skip("the C accelerator is off on purpose (PIPELINE_NO_NATIVE=1)")
+        assert _accel.native is not None, "the C accelerator is not built"
+    else:
+        monkeypatch.setattr(otlp, "_native", None)
     req = fixed_request()
     body = req.SerializeToString() if framing == otlp.PROTOBUF else json_body(req)
     log = HotLog(tmp_path, STREAM, durability="group", heartbeat_interval=0, segment_window=0)
