@@ -170,6 +170,17 @@ class _Clock:
         return f"{self.prefix}.{frac:09d}Z"
 
 
+def _declined(body: bytes, start: int, end: int, resource: Any, scope: Any) -> dict[str, Any] | None:
+    """Without the C accelerator every record is parsed by protobuf and converted below."""
+    return None
+
+
+# The event of the protobuf record body[start:end] when it is shown to be simple, else None
+# (then protobuf's parse and _event decide): pipeline/_native.c, exact on what it accepts.
+_fast_event: Callable[[bytes, int, int, Any, Any], dict[str, Any] | None] = (
+    _native.otlp_event if _native is not None else _declined)
+
+
 def _event(rec: Any, clock: _Clock, resource: Any, scope: Any) -> dict[str, Any]:
     ev: dict[str, Any] = {}
     if rec.time_unix_nano:
@@ -256,7 +267,6 @@ def iter_events(body: bytes, framing: str,
     refused as too-large without being parsed."""
     pb = _pb()
     walk = _walk_protobuf if framing == PROTOBUF else _walk_json
-    fast = _native.otlp_event if _native is not None else None
     clock = _Clock()
     chunk: list[tuple[int, dict[str, Any] | bytes | InvalidEvent]] = []
     size = 0  # encoded size of the chunk's records: their objects are some multiple of it
@@ -270,11 +280,14 @@ def iter_events(body: bytes, framing: str,
                 if type(rec) is _Refused:
                     raise rec
                 if isinstance(group, InvalidEvent):
+                    if type(rec) is tuple:  # refused with its group, but an undecodable one is a 400
+                        _parse_pb(pb.LogRecord, body[rec[0]:rec[1]], "log record")
                     item = group
                 elif type(rec) is tuple:  # a protobuf record, body[start:end]: C when it can
-                    converted = fast(body, *rec, *group) if fast is not None else None
+                    start, end = rec
+                    converted = _fast_event(body, start, end, *group)
                     item = converted if converted is not None else \
-                        _event(_parse_pb(pb.LogRecord, body[rec[0]:rec[1]], "log record"), clock, *group)
+                        _event(_parse_pb(pb.LogRecord, body[start:end], "log record"), clock, *group)
                 elif type(rec) is _Big:
                     with _big_lock():  # parsed and converted one at a time in the process
                         item = orjson.dumps(_event(rec.parse(), clock, *group))
