@@ -2638,11 +2638,24 @@ static PyObject *ot_time(uint64_t ns)
     unsigned mp = (5 * doy + 2) / 153;
     unsigned day = doy - (153 * mp + 2) / 5 + 1;
     unsigned month = mp < 10 ? mp + 3 : mp - 9;
-    long long year = (long long)yoe + era * 400 + (month <= 2);
-    char buf[64];
-    int len = snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02u:%02u:%02u.%09uZ", year, month, day, sod / 3600,
-                       sod / 60 % 60, sod % 60, frac);
-    return PyUnicode_FromStringAndSize(buf, len);
+    unsigned year = (unsigned)((int64_t)yoe + era * 400 + (month <= 2)); /* 1970..2554: four digits */
+    PyObject *out = PyUnicode_New(30, 127);
+    if (out == NULL)
+        return NULL;
+    char *d = (char *)PyUnicode_1BYTE_DATA(out); /* YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ */
+    const unsigned parts[5] = {month, day, sod / 3600, sod / 60 % 60, sod % 60};
+    d[0] = (char)('0' + year / 1000), d[1] = (char)('0' + year / 100 % 10);
+    d[2] = (char)('0' + year / 10 % 10), d[3] = (char)('0' + year % 10);
+    for (int i = 0; i < 5; i++) {
+        d[4 + 3 * i] = "--T::"[i];
+        d[5 + 3 * i] = (char)('0' + parts[i] / 10);
+        d[6 + 3 * i] = (char)('0' + parts[i] % 10);
+    }
+    d[19] = '.';
+    for (int i = 28; i >= 20; i--, frac /= 10)
+        d[i] = (char)('0' + frac % 10);
+    d[29] = 'Z';
+    return out;
 }
 
 static int ot_any(const unsigned char *p, const unsigned char *end, int depth, PyObject **out);

@@ -302,3 +302,16 @@ def test_span_and_argument_errors() -> None:
     with pytest.raises(TypeError):
         native.otlp_event(bytearray(b""), 0, 0, None, None)
     assert native.otlp_event(b"xyz", 1, 1, None, None) == {}
+
+
+def test_timestamps_over_the_whole_fixed64_range() -> None:
+    """RFC 3339 text of every kind of nanosecond count: leap days, century years, the last
+    nanosecond of a day and of the range (year 2554), as otlp._Clock writes it."""
+    rng = random.Random(64)
+    days = [0, 59, 60, 365, 10_957, 11_016, 11_017, 47_541, 47_542, 2**64 // 86_400_000_000_000]
+    values = [d * 86_400_000_000_000 + off for d in days for off in (0, 1, 86_399_999_999_999)]
+    values += [rng.randrange(2**64) for _ in range(5000)] + [2**64 - 1]
+    for ns in values:
+        if 0 < ns < 2**64:
+            data = tag(11, 1) + struct.pack("<Q", ns)
+            assert check(data), ns
