@@ -2931,6 +2931,95 @@ fail:
     return NULL;
 }
 
+/* wire_fields(buf, pos, end, max_fields) -> ([(field, wire type, start, stop), ...], pos) | None
+ *
+ * pipeline.ingest.otlp._Wire.fields for up to max_fields fields from pos, and where the
+ * next field starts; None at the first field it leaves to the Python walk, which then
+ * goes on from the position returned before (a group, a field number 0, a varint of 10
+ * bytes or more, a wire type 3, 4, 6 or 7, or a field that runs past end: the walk
+ * skips, or refuses with its own message). */
+static int wf_varint(const unsigned char *b, Py_ssize_t *pos, Py_ssize_t end, uint64_t *v)
+{
+    uint64_t r = 0;
+    for (int i = 0; i < 9 && *pos < end; i++) {
+        unsigned char c = b[(*pos)++];
+        r |= (uint64_t)(c & 0x7F) << (7 * i);
+        if (c < 0x80) {
+            *v = r;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *wire_fields(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wire_fields(buf: bytes, pos, end, max_fields)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_fields = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || end < pos || end > PyBytes_GET_SIZE(args[0]) || max_fields < 1) {
+        PyErr_SetString(PyExc_ValueError, "wire_fields: span outside the buffer");
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t n = 0;
+    while (pos < end && n < max_fields) {
+        Py_ssize_t p = pos, start, stop;
+        uint64_t key, v;
+        if (!wf_varint(b, &p, end, &key) || (key >> 3) == 0)
+            goto decline;
+        int wt = (int)(key & 7);
+        if (wt == 2) {
+            if (!wf_varint(b, &p, end, &v) || v > (uint64_t)(end - p))
+                goto decline;
+            start = p;
+            stop = p + (Py_ssize_t)v;
+        } else if (wt == 0) {
+            start = p;
+            if (!wf_varint(b, &p, end, &v))
+                goto decline;
+            stop = p;
+        } else if (wt == 1 || wt == 5) {
+            start = p;
+            stop = p + (wt == 1 ? 8 : 4);
+            if (stop > end)
+                goto decline;
+        } else {
+            goto decline;
+        }
+        PyObject *t = PyTuple_New(4);
+        if (t != NULL) {
+            PyTuple_SET_ITEM(t, 0, PyLong_FromUnsignedLongLong(key >> 3));
+            PyTuple_SET_ITEM(t, 1, PyLong_FromLong(wt));
+            PyTuple_SET_ITEM(t, 2, PyLong_FromSsize_t(start));
+            PyTuple_SET_ITEM(t, 3, PyLong_FromSsize_t(stop));
+        }
+        int bad = t == NULL || !PyTuple_GET_ITEM(t, 0) || !PyTuple_GET_ITEM(t, 1) || !PyTuple_GET_ITEM(t, 2) ||
+                  !PyTuple_GET_ITEM(t, 3) || PyList_Append(list, t) < 0;
+        Py_XDECREF(t);
+        if (bad) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        pos = stop;
+        n++;
+    }
+    return Py_BuildValue("(Nn)", list, pos);
+decline:
+    if (n > 0) /* the fields before it, and the Python walk takes over from pos */
+        return Py_BuildValue("(Nn)", list, pos);
+    Py_DECREF(list);
+    Py_RETURN_NONE;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -2959,6 +3048,8 @@ static PyMethodDef module_methods[] = {
      "Whether parsed JSON bytes are shown to be within the log's JSON profile."},
     {"profile_loads", (PyCFunction)(void (*)(void))profile_loads, METH_FASTCALL,
      "loads(raw), or ValueError when the text is not shown to be within the JSON profile."},
+    {"wire_fields", (PyCFunction)(void (*)(void))wire_fields, METH_FASTCALL,
+     "Protobuf fields of a span (pipeline.ingest.otlp._Wire.fields), or None where Python must walk."},
     {"otlp_event", (PyCFunction)(void (*)(void))otlp_event, METH_FASTCALL,
      "One protobuf LogRecord as its event object (pipeline.ingest.otlp._event), or None."},
     {NULL, NULL, 0, NULL},

@@ -24,6 +24,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 
 from pipeline._accel import native
 from pipeline.ingest import otlp
+from pipeline.ingest.body import BodyError
 
 if native is None:
     pytestmark = pytest.mark.skip(reason="the C accelerator is not built or is off (PIPELINE_NO_NATIVE=1)")
@@ -315,3 +316,61 @@ def test_timestamps_over_the_whole_fixed64_range() -> None:
         if 0 < ns < 2**64:
             data = tag(11, 1) + struct.pack("<Q", ns)
             assert check(data), ns
+
+
+# ------------------------------------------------------------------ the wire walk
+
+
+def walk(fields: Any, buf: bytes) -> tuple[list[tuple[int, int, int, int]], str | None]:
+    """The fields a walk yields, and the error it ends with (None: none)."""
+    out: list[tuple[int, int, int, int]] = []
+    try:
+        for f in fields(buf, 0, len(buf)):
+            out.append(f)
+    except BodyError as exc:
+        return out, str(exc)
+    return out, None
+
+
+def rand_message(rng: random.Random) -> bytes:
+    parts = []
+    for _ in range(rng.randint(0, 12)):
+        field = rng.choice([1, 2, 3, 15, 16, 2047, 2**29 - 1])
+        kind = rng.randrange(8)
+        if kind == 0:
+            parts.append(tag(field, 0) + varint(rng.choice([0, 1, 300, 2**63, 2**64 - 1])))
+        elif kind == 1:
+            parts.append(tag(field, 1) + rng.randbytes(8))
+        elif kind == 2:
+            parts.append(tag(field, 5) + rng.randbytes(4))
+        elif kind == 3:
+            parts.append(ld(field, rng.randbytes(rng.choice([0, 1, 127, 128, 300]))))
+        elif kind == 4:
+            parts.append(tag(field, 3) + tag(1, 0) + b"\x01" + tag(field, 4))  # a group
+        elif kind == 5:
+            parts.append(tag(field, 0) + b"\x80" * 9 + b"\x01")  # a 10-byte varint
+        elif kind == 6:
+            parts.append(b"\x80" * 9 + bytes([field << 3 & 0x7F | 2]) + b"\x00")  # a 10-byte key
+        else:
+            parts.append(bytes([rng.choice([0x00, 0x06, 0x07, 0x0C, 0x0E])]) + b"\x00")  # field 0, bad types
+    return b"".join(parts)
+
+
+def test_wire_fields_walk_like_python() -> None:
+    """Same fields, same positions, same refusal at the same place, on valid and corrupted
+    messages (batches cut anywhere: 256 fields per C call)."""
+    rng = random.Random(5)
+    for i in range(6000):
+        buf = bytearray(rand_message(rng))
+        if i % 2:
+            for _m in range(rng.randint(1, 3)):
+                at = rng.randint(0, len(buf))
+                if rng.random() < 0.5 and buf:
+                    buf[min(at, len(buf) - 1)] = rng.randrange(256)
+                else:
+                    del buf[at:]
+        data = bytes(buf)
+        assert walk(otlp._fields_native, data) == walk(otlp._Wire.fields, data), data.hex()
+    many = ld(2, b"") * 1000 + tag(3, 0) + b"\x80" * 9 + b"\x01" + ld(2, b"x")  # C hands over at field 1001
+    assert walk(otlp._fields_native, many) == walk(otlp._Wire.fields, many)
+    assert len(walk(otlp._fields_native, many)[0]) == 1002
