@@ -374,3 +374,47 @@ def test_wire_fields_walk_like_python() -> None:
     many = ld(2, b"") * 1000 + tag(3, 0) + b"\x80" * 9 + b"\x01" + ld(2, b"x")  # C hands over at field 1001
     assert walk(otlp._fields_native, many) == walk(otlp._Wire.fields, many)
     assert len(walk(otlp._fields_native, many)[0]) == 1002
+
+
+# ------------------------------------------------------------------ the hand-over to the sanitiser
+
+
+def test_sanitiser_takes_events_as_objects_exactly_as_their_json_text() -> None:
+    """``prepare_events_many`` (what OTLP ingest uses) gives the bytes, or the refusal,
+    that ``prepare_json_many`` gives for the same event as JSON text: redaction included
+    (secrets in values, keys and nested lists), size and depth limits included."""
+    from pipeline.sanitise import InvalidEvent, Sanitiser
+
+    assert native is not None
+    rng = random.Random(11)
+    secrets = ["password=hunter2", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "AKIAIOSFODNN7EXAMPLE",
+               "4111 1111 1111 1111", "postgres://u:p4ss@h/db", "ghp_" + "a" * 36, "plain", ""]
+    events = []
+    for _ in range(1500):
+        rec = rand_record(rng)
+        for kv in rec.attributes:
+            if rng.random() < 0.3:
+                kv.value.string_value = rng.choice(secrets)
+        if rng.random() < 0.2:
+            rec.attributes.add(key=rng.choice(["api_key", "token", "x-auth-token", "note"])).value.string_value = \
+                rng.choice(secrets)
+        if rng.random() < 0.1:
+            rec.attributes.add(key="card").value.int_value = 4111111111111111
+        data = rec.SerializeToString()
+        ev = native.otlp_event(data, 0, len(data), RESOURCE, SCOPE)
+        assert ev is not None
+        events.append(ev)
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    events += [{"body": deep}, {"body": "y" * 5000}]
+    for san in (Sanitiser(), Sanitiser(max_event_bytes=4096)):
+        as_objects = san.prepare_events_many(events)
+        as_text = san.prepare_json_many([orjson.dumps(e) for e in events])
+        for got, want in zip(as_objects, as_text, strict=True):
+            if isinstance(want, InvalidEvent):
+                assert isinstance(got, InvalidEvent) and got.reason == want.reason, (got, want)
+            else:
+                assert got == want
+        assert any(isinstance(x, InvalidEvent) for x in as_text)
+        assert any(isinstance(x, bytes) and b"[REDACTED:" in x for x in as_text)
