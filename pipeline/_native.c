@@ -11,6 +11,10 @@
  * cryptographic is implemented here.  Tree hashing follows RFC 6962 section 2.1:
  * leaf = SHA-256(0x00 || line), node = SHA-256(0x01 || left || right).
  *
+ * The OTLP decoder's fast path (otlp_event) converts a protobuf log record only when its
+ * meaning is free of protobuf's choices (see its section); anything else goes to
+ * protobuf's own parser and pipeline.ingest.otlp._event, the reference.
+ *
  * The verifier's fast path (scan_lines) only ever accepts a line that the Python verifier
  * would accept with the same result; anything unusual (a seal, a recovery record, the first
  * record of a segment, any deviation at all) stops it, and the Python code judges that line
@@ -31,6 +35,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -3404,6 +3409,574 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- OTLP log records ---- */
+/*
+ * otlp_event: one protobuf LogRecord, as the event JSON object that pipeline.ingest.otlp's
+ * _event builds from protobuf's own parse of it (docs/FORMAT.md section 3.1), or None.
+ *
+ * None means "not shown to be simple": the caller then parses the record with protobuf
+ * and converts it in Python, whose answer is the reference.  So this only has to be exact
+ * on what it accepts, and it accepts only records whose meaning under protobuf's rules
+ * has no choice in it: every field known to this version of the schema, with its declared
+ * wire type, every singular field and every AnyValue at most once (protobuf lets a later
+ * one win or merge), integers that fit their declared type without truncation, valid
+ * UTF-8, keys unique within each list, and nesting no deeper than OT_MAX_DEPTH values
+ * (far inside protobuf's own limit of 100 messages and the sanitiser's 64 levels).
+ * Anything else - unknown fields, string-table references, groups, a malformed or
+ * truncated encoding, a repeated key - is declined and judged by the Python path.
+ */
+
+#define OT_MAX_DEPTH 16
+
+typedef struct {
+    uint32_t field;
+    int wt;
+    uint64_t v;             /* wire types 0, 1, 5 */
+    const unsigned char *s; /* wire type 2: the payload */
+    Py_ssize_t n;
+} OtField;
+
+static PyObject *ot_keys[13];
+enum { OK_TIME, OK_OBSERVED, OK_SEV_NUM, OK_SEV_TEXT, OK_EVENT_NAME, OK_BODY, OK_ATTRS, OK_DROPPED, OK_TRACE,
+       OK_SPAN, OK_FLAGS, OK_RESOURCE, OK_SCOPE };
+static const char *const ot_key_names[13] = {
+    "time", "observed_time", "severity_number", "severity_text", "event_name", "body", "attributes",
+    "dropped_attributes_count", "trace_id", "span_id", "flags", "resource", "scope"};
+static PyObject *ot_nan, *ot_inf, *ot_ninf, *ot_empty;
+
+static int ot_init(void)
+{
+    for (int i = 0; i < 13; i++)
+        if ((ot_keys[i] = PyUnicode_InternFromString(ot_key_names[i])) == NULL)
+            return -1;
+    ot_nan = PyUnicode_InternFromString("NaN");
+    ot_inf = PyUnicode_InternFromString("Infinity");
+    ot_ninf = PyUnicode_InternFromString("-Infinity");
+    ot_empty = PyUnicode_FromStringAndSize("", 0);
+    return ot_nan && ot_inf && ot_ninf && ot_empty ? 0 : -1;
+}
+
+/* a varint of at most 10 bytes whose value fits in 64 bits; 0: decline */
+static int ot_varint(const unsigned char **pp, const unsigned char *end, uint64_t *v)
+{
+    const unsigned char *p = *pp;
+    uint64_t r = 0;
+    for (int i = 0; i < 10 && p < end; i++) {
+        unsigned char b = *p++;
+        if (i == 9 && b > 1)
+            return 0;
+        r |= (uint64_t)(b & 0x7F) << (7 * i);
+        if (b < 0x80) {
+            *v = r;
+            *pp = p;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* the next field of a message; 0: decline (malformed, or a wire type we never accept) */
+static int ot_next(const unsigned char **pp, const unsigned char *end, OtField *f)
+{
+    uint64_t tag;
+    if (!ot_varint(pp, end, &tag) || tag > 0xFFFFFFFFu || (tag >> 3) == 0)
+        return 0;
+    f->field = (uint32_t)(tag >> 3);
+    f->wt = (int)(tag & 7);
+    const unsigned char *p = *pp;
+    switch (f->wt) {
+    case 0:
+        if (!ot_varint(&p, end, &f->v))
+            return 0;
+        break;
+    case 1:
+        if (end - p < 8)
+            return 0;
+        f->v = 0;
+        for (int i = 7; i >= 0; i--)
+            f->v = (f->v << 8) | p[i];
+        p += 8;
+        break;
+    case 5:
+        if (end - p < 4)
+            return 0;
+        f->v = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24;
+        p += 4;
+        break;
+    case 2: {
+        uint64_t n;
+        if (!ot_varint(&p, end, &n) || n > (uint64_t)(end - p))
+            return 0;
+        f->s = p;
+        f->n = (Py_ssize_t)n;
+        p += n;
+        break;
+    }
+    default:
+        return 0;
+    }
+    *pp = p;
+    return 1;
+}
+
+/* 1: *out is a new str; 0: not valid UTF-8 (declined); -1: error */
+static int ot_str(const unsigned char *s, Py_ssize_t n, PyObject **out)
+{
+    if (n == 0) {
+        *out = Py_NewRef(ot_empty);
+        return 1;
+    }
+    *out = PyUnicode_DecodeUTF8((const char *)s, n, "strict");
+    if (*out != NULL)
+        return 1;
+    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+static PyObject *ot_hex(const unsigned char *s, Py_ssize_t n)
+{
+    PyObject *out = PyUnicode_New(2 * n, 127);
+    if (out == NULL)
+        return NULL;
+    char *d = (char *)PyUnicode_1BYTE_DATA(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        d[2 * i] = hex_pairs[s[i]][0];
+        d[2 * i + 1] = hex_pairs[s[i]][1];
+    }
+    return out;
+}
+
+static PyObject *ot_base64(const unsigned char *s, Py_ssize_t n)
+{
+    static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    PyObject *out = PyUnicode_New(4 * ((n + 2) / 3), 127);
+    if (out == NULL)
+        return NULL;
+    char *d = (char *)PyUnicode_1BYTE_DATA(out);
+    Py_ssize_t i = 0;
+    for (; i + 2 < n; i += 3) {
+        uint32_t w = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+        *d++ = B64[w >> 18];
+        *d++ = B64[(w >> 12) & 63];
+        *d++ = B64[(w >> 6) & 63];
+        *d++ = B64[w & 63];
+    }
+    if (n - i == 1) {
+        uint32_t w = (uint32_t)s[i] << 16;
+        *d++ = B64[w >> 18];
+        *d++ = B64[(w >> 12) & 63];
+        *d++ = '=';
+        *d++ = '=';
+    } else if (n - i == 2) {
+        uint32_t w = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
+        *d++ = B64[w >> 18];
+        *d++ = B64[(w >> 12) & 63];
+        *d++ = B64[(w >> 6) & 63];
+        *d++ = '=';
+    }
+    return out;
+}
+
+/* Unix nanoseconds as RFC 3339 UTC with nine fractional digits (otlp._Clock.text); the
+ * civil date by H. Hinnant's days_from_civil inverse (proleptic Gregorian, as gmtime) */
+static PyObject *ot_time(uint64_t ns)
+{
+    uint64_t secs = ns / 1000000000u;
+    unsigned frac = (unsigned)(ns % 1000000000u);
+    int64_t z = (int64_t)(secs / 86400) + 719468;
+    unsigned sod = (unsigned)(secs % 86400);
+    int64_t era = z / 146097; /* z >= 0 */
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    unsigned day = doy - (153 * mp + 2) / 5 + 1;
+    unsigned month = mp < 10 ? mp + 3 : mp - 9;
+    unsigned year = (unsigned)((int64_t)yoe + era * 400 + (month <= 2)); /* 1970..2554: four digits */
+    PyObject *out = PyUnicode_New(30, 127);
+    if (out == NULL)
+        return NULL;
+    char *d = (char *)PyUnicode_1BYTE_DATA(out); /* YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ */
+    const unsigned parts[5] = {month, day, sod / 3600, sod / 60 % 60, sod % 60};
+    d[0] = (char)('0' + year / 1000), d[1] = (char)('0' + year / 100 % 10);
+    d[2] = (char)('0' + year / 10 % 10), d[3] = (char)('0' + year % 10);
+    for (int i = 0; i < 5; i++) {
+        d[4 + 3 * i] = "--T::"[i];
+        d[5 + 3 * i] = (char)('0' + parts[i] / 10);
+        d[6 + 3 * i] = (char)('0' + parts[i] % 10);
+    }
+    d[19] = '.';
+    for (int i = 28; i >= 20; i--, frac /= 10)
+        d[i] = (char)('0' + frac % 10);
+    d[29] = 'Z';
+    return out;
+}
+
+static int ot_any(const unsigned char *p, const unsigned char *end, int depth, PyObject **out);
+
+/* one KeyValue into d; 1 ok, 0 declined, -1 error */
+static int ot_kv_into(PyObject *d, const unsigned char *p, const unsigned char *end, int depth)
+{
+    OtField f;
+    const unsigned char *key_s = NULL, *val_s = NULL, *val_e = NULL;
+    Py_ssize_t key_n = 0;
+    int have_key = 0, have_val = 0;
+    while (p < end) {
+        if (!ot_next(&p, end, &f) || f.wt != 2)
+            return 0;
+        if (f.field == 1 && !have_key) {
+            have_key = 1;
+            key_s = f.s;
+            key_n = f.n;
+        } else if (f.field == 2 && !have_val) {
+            have_val = 1;
+            val_s = f.s;
+            val_e = f.s + f.n;
+        } else {
+            return 0; /* key_strindex, unknown, or repeated */
+        }
+    }
+    PyObject *key, *val;
+    int r = ot_str(key_s, key_n, &key);
+    if (r <= 0)
+        return r;
+    if (have_val) {
+        r = ot_any(val_s, val_e, depth, &val);
+        if (r <= 0) {
+            Py_DECREF(key);
+            return r;
+        }
+    } else {
+        val = Py_NewRef(Py_None);
+    }
+    Py_ssize_t before = PyDict_GET_SIZE(d);
+    r = PyDict_SetItem(d, key, val);
+    Py_DECREF(key);
+    Py_DECREF(val);
+    if (r < 0)
+        return -1;
+    return PyDict_GET_SIZE(d) > before; /* a repeated key: the Python path refuses it */
+}
+
+/* the KeyValues of a KeyValueList, as a new dict */
+static int ot_kvlist(const unsigned char *p, const unsigned char *end, int depth, PyObject **out)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return -1;
+    OtField f;
+    while (p < end) {
+        int r = ot_next(&p, end, &f) && f.field == 1 && f.wt == 2 ? ot_kv_into(d, f.s, f.s + f.n, depth) : 0;
+        if (r <= 0) {
+            Py_DECREF(d);
+            return r;
+        }
+    }
+    *out = d;
+    return 1;
+}
+
+static int ot_array(const unsigned char *p, const unsigned char *end, int depth, PyObject **out)
+{
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return -1;
+    OtField f;
+    while (p < end) {
+        PyObject *item;
+        int r = ot_next(&p, end, &f) && f.field == 1 && f.wt == 2 ? ot_any(f.s, f.s + f.n, depth, &item) : 0;
+        if (r > 0) {
+            r = PyList_Append(list, item) < 0 ? -1 : 1;
+            Py_DECREF(item);
+        }
+        if (r <= 0) {
+            Py_DECREF(list);
+            return r;
+        }
+    }
+    *out = list;
+    return 1;
+}
+
+/* an AnyValue at nesting level depth (1: a body or an attribute's value) */
+static int ot_any(const unsigned char *p, const unsigned char *end, int depth, PyObject **out)
+{
+    OtField f;
+    if (depth > OT_MAX_DEPTH)
+        return 0;
+    if (p == end) {
+        *out = Py_NewRef(Py_None); /* no value set */
+        return 1;
+    }
+    if (!ot_next(&p, end, &f) || p != end)
+        return 0; /* malformed, or more than one field: protobuf's oneof rules decide */
+    switch (f.field) {
+    case 1:
+        return f.wt == 2 ? ot_str(f.s, f.n, out) : 0;
+    case 2:
+        if (f.wt != 0 || f.v > 1)
+            return 0;
+        *out = PyBool_FromLong((long)f.v);
+        return 1;
+    case 3:
+        if (f.wt != 0)
+            return 0;
+        *out = PyLong_FromLongLong((long long)(int64_t)f.v);
+        return *out ? 1 : -1;
+    case 4: {
+        if (f.wt != 1)
+            return 0;
+        double d;
+        memcpy(&d, &f.v, sizeof d);
+        if (isnan(d))
+            *out = Py_NewRef(ot_nan);
+        else if (isinf(d))
+            *out = Py_NewRef(d > 0 ? ot_inf : ot_ninf);
+        else
+            *out = PyFloat_FromDouble(d);
+        return *out ? 1 : -1;
+    }
+    case 5:
+        return f.wt == 2 ? ot_array(f.s, f.s + f.n, depth + 1, out) : 0;
+    case 6:
+        return f.wt == 2 ? ot_kvlist(f.s, f.s + f.n, depth + 1, out) : 0;
+    case 7:
+        if (f.wt != 2)
+            return 0;
+        *out = ot_base64(f.s, f.n);
+        return *out ? 1 : -1;
+    default:
+        return 0; /* string_value_strindex, or unknown */
+    }
+}
+
+/* set d[key] = value (a new reference, consumed); -1 on error */
+static int ot_set(PyObject *d, int key, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, ot_keys[key], value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* otlp_event(body, start, end, resource, scope) -> dict | None */
+static PyObject *otlp_event(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "otlp_event(body: bytes, start, end, resource, scope)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), stop = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (start < 0 || stop < start || stop > PyBytes_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "otlp_event: span outside the body");
+        return NULL;
+    }
+    const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *p = base + start, *end = base + stop;
+
+    /* pass 1: the singular fields (each at most once, with its declared wire type) */
+    OtField f, one[13];
+    uint32_t seen = 0;
+    Py_ssize_t attributes = 0;
+    while (p < end) {
+        if (!ot_next(&p, end, &f))
+            Py_RETURN_NONE;
+        int want, slot;
+        switch (f.field) {
+        case 1: want = 1, slot = OK_TIME; break;
+        case 11: want = 1, slot = OK_OBSERVED; break;
+        case 2: want = 0, slot = OK_SEV_NUM; break;
+        case 3: want = 2, slot = OK_SEV_TEXT; break;
+        case 12: want = 2, slot = OK_EVENT_NAME; break;
+        case 5: want = 2, slot = OK_BODY; break;
+        case 6: want = 2, slot = OK_ATTRS; break;
+        case 7: want = 0, slot = OK_DROPPED; break;
+        case 9: want = 2, slot = OK_TRACE; break;
+        case 10: want = 2, slot = OK_SPAN; break;
+        case 8: want = 5, slot = OK_FLAGS; break;
+        default: Py_RETURN_NONE;
+        }
+        if (f.wt != want)
+            Py_RETURN_NONE;
+        if (slot == OK_ATTRS) {
+            attributes++;
+            continue;
+        }
+        if (seen & (1u << slot))
+            Py_RETURN_NONE;
+        seen |= 1u << slot;
+        one[slot] = f;
+    }
+    /* int32 (an open enum: any value, sign-extended to 64 bits on the wire) and uint32 */
+    if (seen & (1u << OK_SEV_NUM) && one[OK_SEV_NUM].v > 0x7FFFFFFFu &&
+        one[OK_SEV_NUM].v < 0xFFFFFFFF80000000u)
+        Py_RETURN_NONE;
+    if (seen & (1u << OK_DROPPED) && one[OK_DROPPED].v > 0xFFFFFFFFu)
+        Py_RETURN_NONE;
+
+    /* the event, keys in the order of docs/FORMAT.md section 3.1; absent when default */
+    PyObject *ev = PyDict_New(), *v;
+    if (ev == NULL)
+        return NULL;
+    int r;
+#define OT_HAS(slot) (seen & (1u << (slot)))
+#define OT_FAIL_IF(cond) do { if (cond) goto fail; } while (0)
+    if (OT_HAS(OK_TIME) && one[OK_TIME].v)
+        OT_FAIL_IF(ot_set(ev, OK_TIME, ot_time(one[OK_TIME].v)) < 0);
+    if (OT_HAS(OK_OBSERVED) && one[OK_OBSERVED].v)
+        OT_FAIL_IF(ot_set(ev, OK_OBSERVED, ot_time(one[OK_OBSERVED].v)) < 0);
+    if (OT_HAS(OK_SEV_NUM) && one[OK_SEV_NUM].v)
+        OT_FAIL_IF(ot_set(ev, OK_SEV_NUM, PyLong_FromLong((long)(int32_t)(uint32_t)one[OK_SEV_NUM].v)) < 0);
+    for (int slot = OK_SEV_TEXT; slot <= OK_EVENT_NAME; slot++) { /* severity_text, event_name */
+        if (!OT_HAS(slot) || one[slot].n == 0)
+            continue;
+        r = ot_str(one[slot].s, one[slot].n, &v);
+        if (r == 0)
+            goto decline;
+        OT_FAIL_IF(r < 0 || ot_set(ev, slot, v) < 0);
+    }
+    if (OT_HAS(OK_BODY)) {
+        r = ot_any(one[OK_BODY].s, one[OK_BODY].s + one[OK_BODY].n, 1, &v);
+        if (r == 0)
+            goto decline;
+        OT_FAIL_IF(r < 0 || ot_set(ev, OK_BODY, v) < 0);
+    }
+    if (attributes) {
+        PyObject *attrs = PyDict_New();
+        OT_FAIL_IF(attrs == NULL);
+        p = base + start;
+        r = 1;
+        while (p < end && r > 0) {
+            ot_next(&p, end, &f); /* shown well-formed by pass 1 */
+            if (f.field == 6)
+                r = ot_kv_into(attrs, f.s, f.s + f.n, 1);
+        }
+        if (r <= 0) {
+            Py_DECREF(attrs);
+            if (r == 0)
+                goto decline;
+            goto fail;
+        }
+        OT_FAIL_IF(ot_set(ev, OK_ATTRS, attrs) < 0);
+    }
+    if (OT_HAS(OK_DROPPED) && one[OK_DROPPED].v)
+        OT_FAIL_IF(ot_set(ev, OK_DROPPED, PyLong_FromUnsignedLongLong(one[OK_DROPPED].v)) < 0);
+    if (OT_HAS(OK_TRACE) && one[OK_TRACE].n)
+        OT_FAIL_IF(ot_set(ev, OK_TRACE, ot_hex(one[OK_TRACE].s, one[OK_TRACE].n)) < 0);
+    if (OT_HAS(OK_SPAN) && one[OK_SPAN].n)
+        OT_FAIL_IF(ot_set(ev, OK_SPAN, ot_hex(one[OK_SPAN].s, one[OK_SPAN].n)) < 0);
+    if (OT_HAS(OK_FLAGS) && one[OK_FLAGS].v)
+        OT_FAIL_IF(ot_set(ev, OK_FLAGS, PyLong_FromUnsignedLongLong(one[OK_FLAGS].v)) < 0);
+    if (args[3] != Py_None)
+        OT_FAIL_IF(PyDict_SetItem(ev, ot_keys[OK_RESOURCE], args[3]) < 0);
+    if (args[4] != Py_None)
+        OT_FAIL_IF(PyDict_SetItem(ev, ot_keys[OK_SCOPE], args[4]) < 0);
+#undef OT_HAS
+#undef OT_FAIL_IF
+    return ev;
+decline:
+    Py_DECREF(ev);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(ev);
+    return NULL;
+}
+
+/* wire_fields(buf, pos, end, max_fields) -> ([(field, wire type, start, stop), ...], pos) | None
+ *
+ * pipeline.ingest.otlp._Wire.fields for up to max_fields fields from pos, and where the
+ * next field starts; None at the first field it leaves to the Python walk, which then
+ * goes on from the position returned before (a group, a field number 0, a varint of 10
+ * bytes or more, a wire type 3, 4, 6 or 7, or a field that runs past end: the walk
+ * skips, or refuses with its own message). */
+static int wf_varint(const unsigned char *b, Py_ssize_t *pos, Py_ssize_t end, uint64_t *v)
+{
+    uint64_t r = 0;
+    for (int i = 0; i < 9 && *pos < end; i++) {
+        unsigned char c = b[(*pos)++];
+        r |= (uint64_t)(c & 0x7F) << (7 * i);
+        if (c < 0x80) {
+            *v = r;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *wire_fields(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wire_fields(buf: bytes, pos, end, max_fields)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_fields = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || end < pos || end > PyBytes_GET_SIZE(args[0]) || max_fields < 1) {
+        PyErr_SetString(PyExc_ValueError, "wire_fields: span outside the buffer");
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t n = 0;
+    while (pos < end && n < max_fields) {
+        Py_ssize_t p = pos, start, stop;
+        uint64_t key, v;
+        if (!wf_varint(b, &p, end, &key) || (key >> 3) == 0)
+            goto decline;
+        int wt = (int)(key & 7);
+        if (wt == 2) {
+            if (!wf_varint(b, &p, end, &v) || v > (uint64_t)(end - p))
+                goto decline;
+            start = p;
+            stop = p + (Py_ssize_t)v;
+        } else if (wt == 0) {
+            start = p;
+            if (!wf_varint(b, &p, end, &v))
+                goto decline;
+            stop = p;
+        } else if (wt == 1 || wt == 5) {
+            start = p;
+            stop = p + (wt == 1 ? 8 : 4);
+            if (stop > end)
+                goto decline;
+        } else {
+            goto decline;
+        }
+        PyObject *t = PyTuple_New(4);
+        if (t != NULL) {
+            PyTuple_SET_ITEM(t, 0, PyLong_FromUnsignedLongLong(key >> 3));
+            PyTuple_SET_ITEM(t, 1, PyLong_FromLong(wt));
+            PyTuple_SET_ITEM(t, 2, PyLong_FromSsize_t(start));
+            PyTuple_SET_ITEM(t, 3, PyLong_FromSsize_t(stop));
+        }
+        int bad = t == NULL || !PyTuple_GET_ITEM(t, 0) || !PyTuple_GET_ITEM(t, 1) || !PyTuple_GET_ITEM(t, 2) ||
+                  !PyTuple_GET_ITEM(t, 3) || PyList_Append(list, t) < 0;
+        Py_XDECREF(t);
+        if (bad) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        pos = stop;
+        n++;
+    }
+    return Py_BuildValue("(Nn)", list, pos);
+decline:
+    if (n > 0) /* the fields before it, and the Python walk takes over from pos */
+        return Py_BuildValue("(Nn)", list, pos);
+    Py_DECREF(list);
+    Py_RETURN_NONE;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -3439,6 +4012,10 @@ static PyMethodDef module_methods[] = {
      "Complete, well-formed RELP frames from a buffer; RelpParser decides the rest."},
     {"syslog_frames", (PyCFunction)(void (*)(void))syslog_frames, METH_FASTCALL,
      "Complete RFC 6587 frames within max_frame from a buffer; Framer decides the rest."},
+    {"wire_fields", (PyCFunction)(void (*)(void))wire_fields, METH_FASTCALL,
+     "Protobuf fields of a span (pipeline.ingest.otlp._Wire.fields), or None where Python must walk."},
+    {"otlp_event", (PyCFunction)(void (*)(void))otlp_event, METH_FASTCALL,
+     "One protobuf LogRecord as its event object (pipeline.ingest.otlp._event), or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -3453,6 +4030,8 @@ PyMODINIT_FUNC PyInit__native(void)
     json_init();
     hex_init();
     if (syslog_init() < 0)
+        return NULL;
+    if (ot_init() < 0)
         return NULL;
     if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&RatchetType) < 0)
         return NULL;

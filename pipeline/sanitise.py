@@ -861,6 +861,26 @@ class Sanitiser:
             out.append(done)
         return out
 
+    def prepare_events_many(self, events: list[Any]) -> list[bytes | InvalidEvent]:
+        """``prepare`` for each event object: its prepared bytes, or the InvalidEvent it
+        raised (``prepare_json_many`` for events built in memory, e.g. by a decoder, that
+        would otherwise be serialised only to be parsed again).  Every rule of ``prepare``
+        applies; what ``prepare_json`` adds is about JSON text (its size before parsing, and
+        the profile's rules on what parsing cannot show: duplicate keys, integer range, lone
+        surrogates), which a dict of Python values shows or breaks itself: keys are unique,
+        and an integer orjson cannot write or a lone surrogate makes ``prepare`` refuse."""
+        fast = self._fast_many(events, None)
+        out: list[bytes | InvalidEvent] = []
+        for event, done in zip(events, fast, strict=True):
+            if done is None:
+                try:
+                    done = self.prepare(event)
+                except InvalidEvent as exc:
+                    out.append(exc)
+                    continue
+            out.append(done)
+        return out
+
     def prepare_many(self, events: list[Any]) -> list[bytes]:
         """``prepare`` for each event; raises the first InvalidEvent (with its index in
         ``index``).  With the C accelerator the common case is one call for the batch."""

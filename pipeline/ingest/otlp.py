@@ -11,10 +11,17 @@ object is some hundred, so 10 MiB of them would cost gigabytes.  The request is 
 at the wire level instead (protobuf: tags and lengths; JSON: the three levels of
 objects and arrays above the records, delimited without being parsed), and each log
 record, resource and scope is parsed alone and converted, in chunks of at most
-``CHUNK_EVENTS`` records, so what is alive at once is the body plus one chunk.  A piece
-larger than twice the event limit is refused without being parsed (its event could not
-be stored anyway), and the events a request expands to (resource and scope are copied
-into every event) are limited to ``EXPANSION`` times ``max_request_bytes``.
+``CHUNK_EVENTS`` records and ``CHUNK_BYTES`` of their encoding, so what is alive at once
+is the body plus one chunk.  A piece larger than twice the event limit is refused without
+being parsed (its event could not be stored anyway), and the events a request expands to
+(resource and scope are copied into every event) are limited to ``EXPANSION`` times
+``max_request_bytes`` (counted by ``IngestServer.ingest_body`` on the sanitised events).
+
+Speed is the reason events leave this module as Python objects, not JSON text: the
+sanitiser takes them as they are (``Sanitiser.prepare_events_many``) and serialises each
+once, where JSON text would be serialised here and parsed again there.  Only a record
+larger than ``_BIG_PIECE`` leaves as JSON text, so that ingest sanitises it one at a time
+in the process like any big event.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pipeline._accel import native as _native
 from pipeline.errors import PipelineError
 from pipeline.format import strictjson
 from pipeline.ingest.body import CHUNK_BYTES, CHUNK_EVENTS, BodyError, _value_end
@@ -162,6 +170,17 @@ class _Clock:
         return f"{self.prefix}.{frac:09d}Z"
 
 
+def _declined(body: bytes, start: int, end: int, resource: Any, scope: Any) -> dict[str, Any] | None:
+    """Without the C accelerator every record is parsed by protobuf and converted below."""
+    return None
+
+
+# The event of the protobuf record body[start:end] when it is shown to be simple, else None
+# (then protobuf's parse and _event decide): pipeline/_native.c, exact on what it accepts.
+_fast_event: Callable[[bytes, int, int, Any, Any], dict[str, Any] | None] = (
+    _native.otlp_event if _native is not None else _declined)
+
+
 def _event(rec: Any, clock: _Clock, resource: Any, scope: Any) -> dict[str, Any]:
     ev: dict[str, Any] = {}
     if rec.time_unix_nano:
@@ -193,7 +212,7 @@ def _event(rec: Any, clock: _Clock, resource: Any, scope: Any) -> dict[str, Any]
     return ev
 
 
-def _resource(res: Any, schema_url: str) -> orjson.Fragment | None:
+def _resource(res: Any, schema_url: str) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     if res is not None:
         if res.attributes:
@@ -204,7 +223,8 @@ def _resource(res: Any, schema_url: str) -> orjson.Fragment | None:
             out["entity_refs"] = [_entity_ref(e) for e in res.entity_refs]
     if schema_url:
         out["schema_url"] = schema_url
-    return orjson.Fragment(orjson.dumps(out)) if out else None
+    # one object shared by the group's events: the sanitiser reads it, never alters it
+    return out or None
 
 
 def _entity_ref(e: Any) -> dict[str, Any]:
@@ -216,7 +236,7 @@ def _entity_ref(e: Any) -> dict[str, Any]:
     return ref
 
 
-def _scope(scope: Any, schema_url: str) -> orjson.Fragment | None:
+def _scope(scope: Any, schema_url: str) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     if scope is not None:
         if scope.name:
@@ -229,51 +249,54 @@ def _scope(scope: Any, schema_url: str) -> orjson.Fragment | None:
             out["dropped_attributes_count"] = scope.dropped_attributes_count
     if schema_url:
         out["schema_url"] = schema_url
-    return orjson.Fragment(orjson.dumps(out)) if out else None
+    # one object shared by the group's events: the sanitiser reads it, never alters it
+    return out or None
 
 
 # ------------------------------------------------------------------ the request, piece by piece
 
 
-def iter_events(body: bytes, framing: str, max_piece: int,
-                max_expanded: int) -> Iterator[list[tuple[int, bytes | InvalidEvent]]]:
-    """Yield ``[(record number from 1, event JSON text or why it is refused), ...]``
-    chunks in request order.  Raises BodyError (400) when the request cannot be decoded
-    and (413) when its events would exceed ``max_expanded`` bytes.
+def iter_events(body: bytes, framing: str,
+                max_piece: int) -> Iterator[list[tuple[int, dict[str, Any] | bytes | InvalidEvent]]]:
+    """Yield ``[(record number from 1, event), ...]`` chunks in request order, each event
+    a JSON object (a dict of JSON values, for ``Sanitiser.prepare_events_many``), or JSON
+    text for a record larger than ``_BIG_PIECE`` on the wire, or why it is refused.  Raises
+    BodyError (400) when the request cannot be decoded.
 
     ``max_piece``: a log record, resource or scope longer than this on the wire is
     refused as too-large without being parsed."""
     pb = _pb()
     walk = _walk_protobuf if framing == PROTOBUF else _walk_json
     clock = _Clock()
-    chunk: list[tuple[int, bytes | InvalidEvent]] = []
-    size = 0
-    expanded = 0
+    chunk: list[tuple[int, dict[str, Any] | bytes | InvalidEvent]] = []
+    size = 0  # encoded size of the chunk's records: their objects are some multiple of it
     n = 0
     for resource, scope, records in walk(body, pb, max_piece):
         group = _group(resource, scope)
-        for rec in records:
+        for wire_size, rec in records:
             n += 1
-            item: bytes | InvalidEvent
+            item: dict[str, Any] | bytes | InvalidEvent
             try:
                 if type(rec) is _Refused:
                     raise rec
                 if isinstance(group, InvalidEvent):
+                    if type(rec) is tuple:  # refused with its group, but an undecodable one is a 400
+                        _parse_pb(pb.LogRecord, body[rec[0]:rec[1]], "log record")
                     item = group
+                elif type(rec) is tuple:  # a protobuf record, body[start:end]: C when it can
+                    start, end = rec
+                    converted = _fast_event(body, start, end, *group)
+                    item = converted if converted is not None else \
+                        _event(_parse_pb(pb.LogRecord, body[start:end], "log record"), clock, *group)
                 elif type(rec) is _Big:
                     with _big_lock():  # parsed and converted one at a time in the process
                         item = orjson.dumps(_event(rec.parse(), clock, *group))
                 else:
-                    item = orjson.dumps(_event(rec, clock, *group))
-                if type(item) is bytes:
-                    expanded += len(item) + 1
+                    item = _event(rec, clock, *group)
             except _Refused as exc:
                 item = InvalidEvent(exc.reason, exc.detail)
-            if expanded > max_expanded:
-                raise BodyError(413, f"the request's log records make more than {max_expanded} bytes of events "
-                                     "(resource and scope are copied into each); send smaller batches")
             chunk.append((n, item))
-            size += len(item) if type(item) is bytes else 0
+            size += len(item) if type(item) is bytes else wire_size
             if len(chunk) >= CHUNK_EVENTS or size >= CHUNK_BYTES:
                 yield chunk
                 chunk, size = [], 0
@@ -293,8 +316,10 @@ def _group(resource: Callable[[], Any], scope: Callable[[], Any]) -> tuple[Any, 
 
 
 # (resource, scope, log records): the first two parse and convert when called; the records
-# are parsed LogRecords, or a _Refused, or a _Big to parse under the lock
-_Group = tuple[Callable[[], Any], Callable[[], Any], Iterator[Any]]
+# are (encoded size, record): a parsed LogRecord (JSON), the (start, end) of a protobuf
+# record in the body, or a _Refused, or a _Big to parse under the lock (size 0: these two
+# leave as an InvalidEvent or as JSON text, not as objects)
+_Group = tuple[Callable[[], Any], Callable[[], Any], Iterator[tuple[int, Any]]]
 
 
 class _Big:
@@ -414,8 +439,25 @@ class _Wire:
         raise BodyError(400, "the request is not valid protobuf: an unterminated group")
 
 
+def _fields_native(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """``_Wire.fields`` with the common fields read in C, some hundred at a time (bounded:
+    a body of empty records has millions); from the first one C leaves to it, the Python
+    walk goes on (and skips or refuses as it does)."""
+    assert _native is not None
+    while pos < end:
+        got = _native.wire_fields(buf, pos, end, 256)
+        if got is None:
+            yield from _Wire.fields(buf, pos, end)
+            return
+        batch, pos = got
+        yield from batch
+
+
+_fields = _fields_native if _native is not None else _Wire.fields
+
+
 def _walk_protobuf(body: bytes, pb: Any, max_piece: int) -> Iterator[_Group]:
-    fields = _Wire.fields
+    fields = _fields
     for f, wt, rs, re_ in fields(body, 0, len(body)):
         if f != 1 or wt != 2:
             continue  # unknown fields are skipped, as protobuf parsers do
@@ -435,7 +477,7 @@ def _walk_protobuf(body: bytes, pb: Any, max_piece: int) -> Iterator[_Group]:
 
 def _protobuf_group(body: bytes, ss: int, se: int, resource: bytes, res_url: str, pb: Any,
                     max_piece: int) -> _Group:
-    fields = _Wire.fields
+    fields = _fields
     scope = bytearray()
     scope_url = ""
     for g, gwt, s, e in fields(body, ss, se):
@@ -454,16 +496,15 @@ def _protobuf_group(body: bytes, ss: int, se: int, resource: bytes, res_url: str
             raise _too_large("scope", len(scope), max_piece)
         return _guarded(len(scope), lambda: _scope(_parse_pb(pb.Scope, bytes(scope), "scope"), scope_url))
 
-    def records() -> Iterator[Any]:
-        cls = pb.LogRecord
+    def records() -> Iterator[tuple[int, Any]]:
         for g, gwt, s, e in fields(body, ss, se):
             if g == 2 and gwt == 2:
                 if e - s <= _BIG_PIECE:
-                    yield _parse_pb(cls, body[s:e], "log record")
+                    yield e - s, (s, e)  # parsed (or not) by iter_events
                 elif e - s > max_piece:
-                    yield _too_large("log record", e - s, max_piece)
+                    yield 0, _too_large("log record", e - s, max_piece)
                 else:
-                    yield _Big(lambda s=s, e=e: _parse_pb(cls, body[s:e], "log record"))  # type: ignore[misc]
+                    yield 0, _Big(lambda s=s, e=e: _parse_pb(pb.LogRecord, body[s:e], "log record"))  # type: ignore[misc]
 
     return parse_resource, parse_scope, records()
 
@@ -646,16 +687,16 @@ def _json_group(body: bytes, pb: Any, max_piece: int, res_span: tuple[int, int] 
         size = span[1] - span[0] if span is not None else 0
         return _guarded(size, lambda: _from_json(pb, cls, _json_value(body, span), what))
 
-    def records() -> Iterator[Any]:
+    def records() -> Iterator[tuple[int, Any]]:
         for s, e in _elements(body, sl.get("log_records")):
             if e - s > max_piece:
-                yield _too_large("log record", e - s, max_piece)
+                yield 0, _too_large("log record", e - s, max_piece)
                 continue
             try:
                 parse = functools.partial(_from_json_piece, pb, body, s, e)
-                yield parse() if e - s <= _BIG_PIECE else _Big(parse)
+                yield (e - s, parse()) if e - s <= _BIG_PIECE else (0, _Big(parse))
             except _Refused as exc:
-                yield exc
+                yield 0, exc
 
     return (lambda: _resource(piece(res_span, pb.Resource, "resource"), res_url),
             lambda: _scope(piece(scope_span, pb.Scope, "scope"), scope_url), records())

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.ingest import otlp
-from pipeline.ingest.body import FramingError, iter_events
+from pipeline.ingest.body import BodyError, FramingError, iter_events
 from pipeline.ingest.tls import SENDER_KEY, PeerIdentity, ServerTls, TlsSettings, sender_field
 from pipeline.sanitise import InvalidEvent, Sanitiser, sanitiser_of
 
@@ -415,30 +415,37 @@ class IngestServer:
             if self._inflight == 0:
                 self._idle.notify_all()
 
-    def _prepare(self, raws: list[bytes | InvalidEvent], stamp: bytes | None) -> list[bytes | InvalidEvent]:
-        """The log's sanitiser on each raw JSON text, plus ingest's own ``max_event_bytes``.
-        An item that is already an InvalidEvent (a decoder refused it: an OTLP record with
-        a repeated attribute key) stays refused.
+    def _prepare(self, raws: list[Any], stamp: bytes | None) -> list[bytes | InvalidEvent]:
+        """The log's sanitiser on each raw JSON text or event object (a dict: what the OTLP
+        decoder builds), plus ingest's own ``max_event_bytes``.  An item that is already an
+        InvalidEvent (a decoder refused it: an OTLP record with a repeated attribute key)
+        stays refused.
 
         Parsing an event costs up to ~25x its text in Python objects for pathological
         shapes (a list of a million one-character strings): chunks holding a big event are
         sanitised one at a time in the process, so that concurrent requests cannot
-        multiply that cost."""
+        multiply that cost.  (A decoder hands a big event over as text for this reason.)"""
         if any(type(r) is not bytes for r in raws):
-            done = iter(self._prepare([r for r in raws if type(r) is bytes], stamp))
-            return [next(done) if type(r) is bytes else r for r in raws]
-        if any(len(r) > _BIG_EVENT for r in raws):  # type: ignore[arg-type]
+            texts = [r for r in raws if type(r) is bytes]
+            objects = [r for r in raws if type(r) is dict]
+            done = iter(self._prepare(texts, stamp)) if texts else iter(())
+            built = iter(self._finish(self.sanitiser.prepare_events_many(objects), stamp)) if objects else iter(())
+            return [next(done) if type(r) is bytes else next(built) if type(r) is dict else r for r in raws]
+        if any(len(r) > _BIG_EVENT for r in raws):
             with _big_events:
                 return self._prepare_unlocked(raws, stamp)
         return self._prepare_unlocked(raws, stamp)
 
     def _prepare_unlocked(self, raws: list[Any], stamp: bytes | None) -> list[bytes | InvalidEvent]:
+        short = [r for r in raws if len(r) <= 2 * self.max_event_bytes]
+        return self._finish(self.sanitiser.prepare_json_many(short) if len(short) == len(raws) else
+                            [self._prepare_one(r) for r in raws], stamp)
+
+    def _finish(self, prepared: list[bytes | InvalidEvent], stamp: bytes | None) -> list[bytes | InvalidEvent]:
+        """Ingest's own rules on the sanitiser's output: its size limit, and the sender field."""
         limit = self.max_event_bytes
         out: list[bytes | InvalidEvent] = []
-        short = [r for r in raws if len(r) <= 2 * limit]
-        done = iter(self.sanitiser.prepare_json_many(short) if len(short) == len(raws) else
-                    [self._prepare_one(r) for r in raws])
-        for data in done:
+        for data in prepared:
             if isinstance(data, InvalidEvent):
                 # The traceback holds the sanitiser's frame, whose list holds the exception:
                 # a cycle only the garbage collector frees.  A body of bad lines would pile
@@ -612,13 +619,17 @@ class IngestServer:
         are validated, so that the body's memory is released before the events are
         appended.  Blocking (appends and the wait for durability): call it off the event
         loop, between ``_enter()`` and ``_leave()``.  Raises BodyError when an OTLP
-        request cannot be decoded (nothing stored)."""
+        request cannot be decoded (400) or expands to too many bytes of events (413):
+        nothing stored."""
         started = time.monotonic()
         body = holder.pop()
         packed = bytearray()  # every validated event, each followed by "\n" (never inside one)
         count = 0
         refused = _Refusals()
         stopped = False  # validation stopped early: more events may be refused than listed
+        # OTLP copies resource and scope into every event: what a request expands to is
+        # limited (docs/INGEST.md §5.4), counted as the events are kept
+        max_expanded = otlp.EXPANSION * self.max_request_bytes if framing in (otlp.PROTOBUF, otlp.JSON) else None
         try:
             max_line = 2 * min(self.max_event_bytes, self.sanitiser.max_event_bytes)
             for chunk in self._chunks(body, framing, max_line):
@@ -631,6 +642,9 @@ class IngestServer:
                         packed += b"\n"
                         count += 1
                 del checked, chunk
+                if max_expanded is not None and len(packed) > max_expanded:
+                    raise BodyError(413, f"the request's log records make more than {max_expanded} bytes of events "
+                                         "(resource and scope are copied into each); send smaller batches")
                 if refused.count >= MAX_LISTED_ERRORS and not partial:
                     # nothing will be stored: enough to tell the sender what to fix, without
                     # spending CPU on every line of a body of garbage
@@ -662,7 +676,7 @@ class IngestServer:
 
     def _chunks(self, body: bytes, framing: str, max_line: int) -> Iterator[list[tuple[int, Any]]]:
         if framing in (otlp.PROTOBUF, otlp.JSON):
-            return otlp.iter_events(body, framing, max_line, otlp.EXPANSION * self.max_request_bytes)
+            return otlp.iter_events(body, framing, max_line)
         return iter_events(body, framing, max_line)
 
     def _store_packed(self, packed: bytearray, count: int, stamp: bytes) -> RequestResult:

@@ -593,10 +593,10 @@ def _reference_events(req: logs_service_pb2.ExportLogsServiceRequest) -> list[An
 
 def _walked(body: bytes) -> list[Any]:
     out = []
-    for chunk in otlp.iter_events(body, otlp.PROTOBUF, 1 << 20, 1 << 30):
+    for chunk in otlp.iter_events(body, otlp.PROTOBUF, 1 << 20):
         for _n, item in chunk:
-            assert isinstance(item, bytes), item
-            out.append(orjson.loads(item))
+            assert isinstance(item, dict), item
+            out.append(orjson.loads(orjson.dumps(item)))
     return out
 
 
@@ -779,3 +779,22 @@ def test_a_refused_resource_refuses_its_records_only(server: tuple[IngestServer,
     assert msg.partial_success.rejected_log_records == 2
     assert "#1: duplicate-key: the record's resource cannot be stored" in msg.partial_success.error_message
     assert [ev["attributes"]["i"] for ev in stored(hot)] == [2]
+
+
+def test_an_undecodable_record_under_a_refused_resource_is_still_400(server: tuple[IngestServer, Path]) -> None:
+    """A record refused with its resource is still decoded: a request with an undecodable
+    record is undecodable (400, nothing stored), whatever else is wrong with it."""
+    srv, hot = server
+    req = request(record(0))
+    req.resource_logs[0].resource.attributes.append(kv("service.name", "again"))
+    good = request(record(1))
+    req.resource_logs.extend(good.resource_logs)
+    body = req.SerializeToString()
+    rec = record(0).SerializeToString()
+    at = body.index(rec)
+    broken = body[:at] + b"\x1a\x7f" + body[at + 2:]  # a severity_text of 127 bytes: past the record
+    assert len(broken) == len(body)
+    code, _, data = post(addr_of(srv), broken)
+    assert code == 400, data
+    assert "cannot be decoded" in status(data).message
+    assert stored(hot) == []
