@@ -183,8 +183,8 @@ def test_kept_segments_do_not_grow_with_the_checkpoints(tmp_path: Path, monkeypa
     opts = TierOptions(cold_only=True, heartbeat_interval=0, workers=4, verifiers=[signer.verifier()],
                        checkpoint_files=files)
     store: Any = _UnreadableStore(n)
-    with out.open("wb") as f:
-        StreamingVerifier(store, opts, f).run()
+    with out.open("wb") as sink:
+        StreamingVerifier(store, opts, sink).run()
     lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     cps = next(x for x in lines if x["type"] == "checkpoints")
     assert cps["notes"] == n and cps["signatures_verified"] == n and cps["log_latest_size"] == n * 10
