@@ -163,7 +163,8 @@ def describe(r: dict[str, Any]) -> str:
     t = r.get("totals") or {}
     per = {k: q.get(k, 0) / n for k in ("total", "list", "head", "get", "other")}
     return (f"{n:>9,} segments  --{r['mode']:<6} exit {r['exit']}  {r['elapsed_s']:7.1f} s "
-            f"({n / r['elapsed_s']:.0f}/s, {r['cpu_s'] * 1000 / n:.2f} ms CPU/segment)  peak RSS {r['peak_rss_mb']:7.1f} MB  valid {t.get('valid')}  "
+            f"({n / r['elapsed_s']:.0f}/s, {r['cpu_s'] * 1000 / n:.2f} ms CPU/segment)  "
+            f"peak RSS {r['peak_rss_mb']:7.1f} MB  valid {t.get('valid')}  "
             f"requests {q.get('total')} = {q.get('list')} list + {q.get('head')} HEAD + {q.get('get')} GET + "
             f"{q.get('other')} other: {per['total']:.4f}/segment ({per['list']:.4f} list, {per['head']:.4f} HEAD, "
             f"{per['get']:.6f} GET)")
