@@ -23,6 +23,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,13 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 def make_segments(n: int) -> list[tuple[str, bytes, dict[str, str]]]:
     """n chained segments: (segment name, stored body, metadata)."""
+    return list(iter_segments(n))
+
+
+def iter_segments(n: int, head: dict[str, object] | None = None) -> Iterator[tuple[str, bytes, dict[str, str]]]:
+    """n chained segments, generated one at a time; at the end ``head`` (if given) receives the
+    stream's tree head after the last seal: ``size`` (records) and ``root`` (bytes)."""
     cctx = zstandard.ZstdCompressor(level=3, write_content_size=True)
-    out = []
     prev = GENESIS_HASH.encode()
     stream_cr = merkle.CompactRange()
     seq = 0
@@ -101,8 +107,10 @@ def make_segments(n: int) -> list[tuple[str, bytes, dict[str, str]]]:
         m = SegmentManifest(STREAM, segment_name(first), first, seq - 1, EVENTS + 1, len(raw),
                             hashlib.sha256(raw).hexdigest(), seg_cr.root().hex(), first_prev, prev.decode(), True,
                             opened, ts.decode())
-        out.append((m.segment, body, encode_metadata(m, "zstd", len(body), hashlib.sha256(body).hexdigest())))
-    return out
+        yield m.segment, body, encode_metadata(m, "zstd", len(body), hashlib.sha256(body).hexdigest())
+    if head is not None:
+        head["size"] = seq
+        head["root"] = stream_cr.root()
 
 
 def upload(client: Any, bucket: str, segs: list[tuple[str, bytes, dict[str, str]]], workers: int) -> float:

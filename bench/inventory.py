@@ -17,6 +17,9 @@ direct mode's one HEAD per segment plus a listing page per 1,000 (docs/VERIFY-TI
 (bench/bench_verify_tier.py's generator) and runs cold-only direct mode twice per size: the
 in-process report (tracemalloc peak) and ``--ndjson`` streaming (tracemalloc peak), so the
 growth per segment of each is printed with the requests per segment.
+It uploads over HTTP (~50-80 objects/s here), so it only fits small sizes; the 10,000 to
+1,000,000-segment measurement is bench/direct_memory.py (moto populated in its own process,
+the verifier's RSS measured as a separate process).
 
 Targets (issue 22): 10 M segments reconciled in under 5 minutes with peak RSS under 2 GB.
 """

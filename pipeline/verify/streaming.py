@@ -7,8 +7,9 @@ object as ``TierVerifier`` does (the same functions: ``_judge_stat``, ``judge_en
 ``_continuity``, ``_checkpoints``) and writes each segment's line and each finding as one
 NDJSON object the moment it is known.  What it keeps is bounded: the previous segment of
 the current stream, a reorder window of the listing (a key's versions and delete markers
-may arrive up to two listing pages apart), the HEADs in flight, the stream's checkpoints
-and the few segments that cover them.  The last line is the summary (schema, ok, totals,
+may arrive up to two listing pages apart), the HEADs in flight, the stream's checkpoint
+notes (which grow with the checkpoints, not the segments) and the segments that cover the
+newest checkpoint of each source.  The last line is the summary (schema, ok, totals,
 requests), so ``tail -1`` is the verdict.
 
 Cold-only: host mode compares every hot file and ledger row, which are local and read in
@@ -52,6 +53,7 @@ from pipeline.verify.tier import (
     _stray_finding,
     _Versions,
     judge_encryption,
+    recomputed_without_deep,
     summarise_requests,
 )
 
@@ -231,11 +233,14 @@ class _StreamRun:
         self.first_of_group: int | None = None
         owner.totals.streams += 1
         opts = owner.opts
-        self.notes = _collect_checkpoints(stream, opts, self.res.checkpoints,
-                                          lambda code, msg, seq: self.add_finding(code, "", msg, seq))
-        self.cps = owner.tier._open_checkpoints(self.res, self.notes, self.add_finding)
-        self.wanted = sorted({c.cp.size for c in self.cps if c.cp is not None})
-        # for each witnessed size: the segments holding seq size-1 (its root) and seq size
+        notes = _collect_checkpoints(stream, opts, self.res.checkpoints,
+                                     lambda code, msg, seq: self.add_finding(code, "", msg, seq))
+        # every checkpoint is kept (forks: one size, two roots, across all sources), but only
+        # the sizes whose root default mode recomputes (the newest of each source) need their
+        # segments: keeping the segments of every size would grow with the checkpoints
+        self.cps = owner.tier._open_checkpoints(self.res, notes, self.add_finding)
+        self.wanted = sorted(recomputed_without_deep(self.cps))
+        # for each of those sizes: the segments holding seq size-1 (its root) and seq size
         self.kept: dict[str, SegmentManifest] = {}
         self.kept_lines: dict[str, SegmentLine] = {}
         self.newest: SegmentManifest | None = None

@@ -431,6 +431,24 @@ class _CpNote:
     witness: bool = False
 
 
+def newest_per_source(cps: Sequence[_CpNote]) -> tuple[int | None, dict[str, int]]:
+    """The newest checkpoint size of the log (None without log checkpoints) and of each witness."""
+    log = [c.cp.size for c in cps if not c.witness and c.cp is not None]
+    latest_by_source: dict[str, int] = {}
+    for c in cps:
+        if c.witness and c.cp is not None:
+            latest_by_source[c.source] = max(latest_by_source.get(c.source, -1), c.cp.size)
+    return (max(log) if log else None), latest_by_source
+
+
+def recomputed_without_deep(cps: Sequence[_CpNote]) -> set[int]:
+    """The checkpoint sizes whose root default mode recomputes whatever segment is local: the
+    newest of each source (at most one GET each).  Other sizes are recomputed only from
+    segments on the hot disk, or by --deep."""
+    log_latest, latest_by_source = newest_per_source(cps)
+    return ({log_latest} if log_latest is not None else set()) | set(latest_by_source.values())
+
+
 def _origin_matches(origin: str, stream: str) -> bool:
     return origin == stream or origin.endswith("/" + stream)
 
@@ -1333,13 +1351,7 @@ class TierVerifier:
                 desc = "; ".join(f"{r.hex()[:16]}… from {', '.join(sorted(set(s)))}" for r, s in variants.items())
                 add("checkpoint-fork", "", f"size {size} was signed with {len(variants)} different roots: {desc}",
                     size)
-        log_cps = [c for c in cps if not c.witness]
-        if log_cps:
-            summary.log_latest = max(c.cp.size for c in log_cps if c.cp is not None)
-        latest_by_source: dict[str, int] = {}
-        for c in cps:
-            if c.witness and c.cp is not None:
-                latest_by_source[c.source] = max(latest_by_source.get(c.source, -1), c.cp.size)
+        summary.log_latest, latest_by_source = newest_per_source(cps)
         for w in summary.witness_latest:
             summary.witness_latest[w] = latest_by_source.get(w)
 
@@ -1349,10 +1361,7 @@ class TierVerifier:
         if self.opts.deep:
             select = set(by_size)
         else:
-            select = {s for s in by_size if roots.local(s)}
-            if summary.log_latest is not None:
-                select.add(summary.log_latest)
-            select |= set(latest_by_source.values())
+            select = {s for s in by_size if roots.local(s)} | recomputed_without_deep(cps)
         select = {s for s in select if s <= res.log_size}
         if span is not None:
             # in a time window only the window's segments were judged: recompute what they cover

@@ -146,3 +146,47 @@ def test_memory_does_not_grow_with_the_listing() -> None:
     # segment (about 25 MB more at the larger size)
     small, large = _peak(3_000), _peak(30_000)
     assert large - small < 200_000, (small, large)
+
+
+class _UnreadableStore(_FakeStore):
+    """No segment bytes: a root recomputation fails (a finding), which is not what is tested."""
+
+    def open(self, key: str) -> Any:
+        from pipeline.cold.errors import ObjectNotFoundError
+
+        raise ObjectNotFoundError(f"{key}: no bytes in this fake store")
+
+
+def test_kept_segments_do_not_grow_with_the_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a checkpoint at every segment boundary: default mode recomputes only the newest one, so
+    # only the segments around that size may be kept (keeping the segments of every size grew
+    # with the checkpoints, and checking each segment against every size cost O(N x C) time)
+    from pipeline.format.checkpoint import Checkpoint, Signer
+    from pipeline.verify import streaming
+
+    n = 400
+    signer = Signer.generate("test")
+    files = []
+    for i in range(1, n + 1):
+        f = tmp_path / f"{i}.note"
+        f.write_bytes(Checkpoint("app", i * 10, bytes([i % 256]) * 32).sign([signer]))
+        files.append(f)
+    kept: list[int] = []
+    finish = streaming._StreamRun.finish
+
+    def recording(run: Any) -> None:
+        finish(run)
+        kept.append(len(run.kept))
+
+    monkeypatch.setattr(streaming._StreamRun, "finish", recording)
+    out = tmp_path / "out.ndjson"
+    opts = TierOptions(cold_only=True, heartbeat_interval=0, workers=4, verifiers=[signer.verifier()],
+                       checkpoint_files=files)
+    store: Any = _UnreadableStore(n)
+    with out.open("wb") as sink:
+        StreamingVerifier(store, opts, sink).run()
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    cps = next(x for x in lines if x["type"] == "checkpoints")
+    assert cps["notes"] == n and cps["signatures_verified"] == n and cps["log_latest_size"] == n * 10
+    assert sum(1 for x in lines if x["type"] == "segment") == n
+    assert kept == [1], kept  # the last segment: it ends at the newest checkpoint's size
