@@ -473,14 +473,7 @@ class Chain:
         count, added, last, receipts = queue_records(
             self._prefix, self.seq, self.now(), self.prev, items, start, run.chunks,
             self.segment_max_bytes - SEAL_ROOM - seg.size, seg.count, seg.name, self.gen)
-        if count:
-            seg.size += added
-            seg.count += count
-            self.batch.pending += added
-            self.seq += count
-            self.prev = last
-            out.extend(receipts)
-        return int(count)
+        return self._queued(seg, count, added, last, receipts, out)
 
     def _append_encrypted(self, seg: Segment, items: list[bytes], start: int, out: list[Any]) -> int:
         """``_append_batch`` for an encrypted stream: each event is encrypted with its own
@@ -493,6 +486,11 @@ class Chain:
             self._prefix, self.seq, self.now(), self.prev, items, start, run.chunks,
             self.segment_max_bytes - SEAL_ROOM - seg.size, seg.name, self.gen, epoch.ratchet,
             epoch.heads(items, start))
+        return self._queued(seg, count, added, last, receipts, out)
+
+    def _queued(self, seg: Segment, count: int, added: int, last: bytes, receipts: list[Receipt],
+                out: list[Any]) -> int:
+        """Advance the chain over ``count`` lines (``added`` bytes) just queued in ``seg``."""
         if count:
             seg.size += added
             seg.count += count
