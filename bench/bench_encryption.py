@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_append import EVENT, rm_tree  # noqa: E402
+from bench_append import EVENT, _threads, rm_tree  # noqa: E402
 from bench_sidecar import run_ingest_clients, socket_batch_client, start_moto, start_sidecar, write_config  # noqa: E402
 
 from pipeline.crypt.writer import EncryptionSettings  # noqa: E402
@@ -74,25 +73,11 @@ def durable_rate(base: Path, n: int, enc: EncryptionSettings | None, threads: in
     durable, from ``threads`` threads (events per second of wall time)."""
     d = Path(tempfile.mkdtemp(prefix="enc-durable-", dir=base))
     log = open_hotlog(d, "bench", heartbeat_interval=0, encryption=enc)
-    per = max(1, n // threads)
-    start = threading.Barrier(threads + 1)
-
-    def worker() -> None:
-        start.wait()
-        for i in range(per):
-            log.append(dict(EVENT, n=i))
-
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in workers:
-        t.join()
-    dt = time.perf_counter() - t0
-    log.close()
-    rm_tree(d)
-    return per * threads / dt
+    try:
+        return _threads(threads, max(1, n // threads), lambda i: log.append(dict(EVENT, n=i)))
+    finally:
+        log.close()
+        rm_tree(d)
 
 
 def ingest_rate(base: Path, endpoint: str, rcpt: str | None, seconds: float) -> float:

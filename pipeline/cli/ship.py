@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         stop.set()
         loop.join()
-        shipper.close()
+        if not shipper.in_flight():  # an upload still running records its outcome in the ledger
+            shipper.close()
         store.close()
         return EXIT_OK
     if bar is not None and bar.enabled:
