@@ -206,8 +206,11 @@ def build_manifest(path: str | os.PathLike[str], *, valid_bytes: int | None = No
         hash_mapped(sha, buf)
         if end < size:
             buf = buf[:end]  # the records are judged in [0, V) only (a copy: abandoned segments are rare)
-        pos = 0
+        pos = dropped = 0
         while pos < end:
+            if pos - dropped >= MAP_WINDOW:  # the line-by-line path drops the pages behind too
+                drop_pages(buf, pos)
+                dropped = pos
             if count and not sealed:
                 run = fast_record_run(buf, pos, stream, last_seq, last_hash, cr)
                 if run is not None:
