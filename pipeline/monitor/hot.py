@@ -122,13 +122,19 @@ class TrailState:
     # verified segment must be read again
     verified_files: dict[str, list[int]] = field(default_factory=dict)
     bad_files: dict[str, list[int]] = field(default_factory=dict)  # the same, of segments with findings
+    # completed segments still on the hot disk -> [last seq, last record hash] as verified: a
+    # segment re-read after a change must end in the same record.  A file re-written with a
+    # recomputed chain and seal verifies on its own (its broken link to the next segment is
+    # not re-read), but it cannot end in the hash the monitor saw.
+    verified_ends: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"current": self.current, "resume": self.resume, "prev": self.prev,
                 "prev_abandoned": self.prev_abandoned, "started": self.started,
                 "anchor": list(self.anchor) if self.anchor else None, "verified_seq": self.verified_seq,
                 "verified_ts": self.verified_ts, "fss_seen": self.fss_seen, "bad": self.bad,
-                "verified_files": self.verified_files, "bad_files": self.bad_files}
+                "verified_files": self.verified_files, "bad_files": self.bad_files,
+                "verified_ends": self.verified_ends}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrailState:
@@ -137,7 +143,8 @@ class TrailState:
                    prev_abandoned=bool(d.get("prev_abandoned")), started=bool(d.get("started")),
                    anchor=(int(a[0]), str(a[1])) if a else None, verified_seq=d.get("verified_seq"),
                    verified_ts=d.get("verified_ts"), fss_seen=bool(d.get("fss_seen")), bad=dict(d.get("bad") or {}),
-                   verified_files=dict(d.get("verified_files") or {}), bad_files=dict(d.get("bad_files") or {}))
+                   verified_files=dict(d.get("verified_files") or {}), bad_files=dict(d.get("bad_files") or {}),
+                   verified_ends=dict(d.get("verified_ends") or {}))
 
 
 @dataclass
@@ -311,6 +318,7 @@ class StreamTrail:
             return False  # stays on the bad segment (re-judged by _rescan_bad) until another appears
         if not broken:
             self._remember(Path(scan.path))
+            st.verified_ends[scan.name] = [scan.last_seq, scan.last_hash]
         if nxt is None:
             st.resume = None
             st.prev, st.prev_abandoned = _summary(scan), abandoned
@@ -423,6 +431,7 @@ class StreamTrail:
             p = present.get(name)
             if p is None:
                 del st.verified_files[name]  # evicted or deleted: the ledger and cold watch judge which
+                st.verified_ends.pop(name, None)
                 continue
             try:
                 s = p.stat()
@@ -439,9 +448,22 @@ class StreamTrail:
             if not findings and not full.sealed:
                 findings.append(_own("truncated", self.stream, name, f"{name} was verified sealed but its seal "
                                         "is gone (the file was changed)", full.last_seq, full.valid_bytes))
+            if not findings and (altered := self._altered(name, full)) is not None:
+                findings.append(altered)
             if findings:
                 self._mark_bad(name, findings)
             st.verified_files[name] = [s.st_ino, s.st_size, s.st_ctime_ns]
+
+    def _altered(self, name: str, full: SegmentScan) -> MonitorFinding | None:
+        """A completed segment that verifies on its own but no longer ends in the record the
+        monitor verified: re-written with a recomputed chain (and seal) after verification."""
+        want = self.state.verified_ends.get(name)
+        if want is None or [full.last_seq, full.last_hash] == want:
+            return None
+        return _own("hot-altered", self.stream, name,
+                    f"{name} changed after the monitor verified it: it ended in seq {want[0]} with hash "
+                    f"{str(want[1])[:16]}…, now in seq {full.last_seq} with hash {(full.last_hash or '?')[:16]}… "
+                    "(the records were re-written and re-chained; the file alone still verifies)", want[0], None)
 
     def _rescan_bad(self, present: set[str]) -> None:
         """A segment with findings stays reported until it scans clean again (restored from a
@@ -466,6 +488,8 @@ class StreamTrail:
             self._bytes += full.size
             if full.findings:
                 self._mark_bad(name, full.findings)
+            elif (altered := self._altered(name, full)) is not None:
+                self._mark_bad(name, [altered])  # valid on its own, but not what was verified
             else:
                 del st.bad[name]
                 st.bad_files.pop(name, None)

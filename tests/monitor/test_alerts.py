@@ -134,3 +134,39 @@ def test_email_to_a_closed_port_fails_without_losing_the_alert() -> None:
     book.update([_finding()], 1.0)
     assert not ch.deliver(book, 1.0, None)
     assert ch.due(book, 2.0)  # still due
+
+
+@pytest.mark.slow
+def test_alertmanager_gets_labels_evidence_and_the_real_ends_at_on_resolution(alertmanager: Any,
+                                                                             receiver: Receiver) -> None:
+    """Debian's Alertmanager (API v2): a firing alert is held with an endsAt four re-send intervals
+    ahead (here four hours), so the prompt "resolved" at the receiver can only come from the
+    monitor sending the real endsAt when the condition cleared."""
+    from pipeline.monitor.alerts import AlertmanagerTransport, iso
+    from pipeline.monitor.config import AlertmanagerChannel
+
+    ch = Channel(AlertmanagerTransport(AlertmanagerChannel(url=alertmanager.url), 3600.0, "worm-pipeline-monitor://t"))
+    book = AlertBook()
+    t0 = time.time()
+    book.update([_finding(seq=41)], t0)
+    assert ch.deliver(book, t0, None)
+    fired = receiver.wait_for(lambda a: a["status"] == "firing", 20, "/am")
+    assert fired["labels"] == {"alertname": "WormLogTampered", "severity": "critical", "stream": "app",
+                               "code": "hash-mismatch", "service": "worm-pipeline",
+                               "segment": "seg-00000000000000000000.jsonl", "where": "hot"}
+    ev = fired["annotations"]
+    assert (ev["stream"], ev["segment"], ev["seq"], ev["reason"]) == ("app", "seg-00000000000000000000.jsonl",
+                                                                      "41", "hash-mismatch")
+    held = [a for a in alertmanager.alerts() if a["labels"].get("alertname") == "WormLogTampered"]
+    assert len(held) == 1 and held[0]["status"]["state"] == "active"
+    assert held[0]["endsAt"] > iso(t0 + 3 * 3600)  # kept while the monitor re-sends
+    # re-sent at the next cycle? no: de-duplicated until resend_interval
+    assert ch.due(book, t0 + 60) == []
+    t1 = time.time()
+    book.update([], t1)
+    assert [a.key for a in ch.due(book, t1)] == [_finding().key]
+    assert ch.deliver(book, t1, None)
+    resolved = receiver.wait_for(lambda a: a["status"] == "resolved", 20, "/am")
+    assert resolved["labels"]["code"] == "hash-mismatch"
+    assert resolved["endsAt"].startswith(iso(t1)[:19])  # the time it cleared, not the four hours ahead
+    assert ch.due(book, t1 + 1) == []  # resolved once

@@ -1,11 +1,13 @@
 """The ledger side of the cold watch, against a real ledger read through the read-only view:
 cold lag, quarantine, a hot file deleted outside eviction, an eviction without a confirmed
-cold copy.  (Objects in cold storage: tests/monitor/test_scenarios.py.)"""
+cold copy.  (Objects in cold storage: on moto's S3 server below, and tests/monitor/test_scenarios.py on file://.)"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+
+import pytest
 
 from pipeline.hot import attr
 from pipeline.hot.segment import build_manifest, list_segments
@@ -72,3 +74,69 @@ def test_ledger_of_a_stopped_shipper_is_read_through_a_read_only_mount(hot_dir: 
             assert [e.state for e in view.entries()] == ["sealed"]
         finally:
             view.close()
+
+
+@pytest.mark.slow
+def test_cold_objects_deleted_replaced_and_retention_shortened_on_s3(hot_dir: Path, moto_endpoint: str) -> None:
+    """Objects the real shipper uploaded to moto's S3 server (over HTTP), changed afterwards the
+    ways moto allows (it does not enforce COMPLIANCE): the current version deleted (a delete
+    marker) while the hot copy still exists, a new version put over one, the retention of a third
+    shortened.  New objects are checked once each; the rolling re-check finds the changes."""
+    import datetime as dt
+
+    from pipeline.cold import ColdSettings, open_store
+    from pipeline.ship.shipper import Shipper
+    from tests.ship.conftest import make_bucket, s3_client
+    from tests.ship.test_shipper import write_events
+
+    s3_endpoint, locked_bucket = moto_endpoint, make_bucket(moto_endpoint)
+    write_events(hot_dir, 3000, max_bytes=64 * 1024)
+    url = f"s3://{locked_bucket}/audit?endpoint_url={s3_endpoint}&region=us-east-1"
+    shipper = Shipper(hot_dir, open_store(url, ColdSettings(retention_days=30)), hot_retention=3600.0)
+    summary = shipper.run_once()
+    shipper.ledger.close()
+    n = summary.confirmed
+    assert n >= 4 and summary.evicted == 0
+    store = open_store(url, ColdSettings(retention_days=30))
+    # first only what lands (recheck_batch 0), then with the rolling re-check, from the same state
+    watchers = [ColdWatcher(ColdWatch(retention_days=30, recheck_batch=0), hot_dir, (), ColdState(), store)]
+
+    def cycle() -> tuple[set[tuple[str, str]], int]:
+        view = open_ledger_readonly(hot_dir)
+        assert view is not None
+        try:
+            res = watchers[-1].cycle(view)
+        finally:
+            view.close()
+        return {(f.code, f.segment) for f in res.findings}, res.checked
+
+    try:
+        found, checked = cycle()
+        assert found == set() and checked == n  # each new object once
+        found, checked = cycle()
+        assert found == set() and checked == 0  # nothing new: no request
+        view = open_ledger_readonly(hot_dir)
+        assert view is not None
+        try:
+            rows = [e for e in view.entries() if e.state == "confirmed"][:3]
+        finally:
+            view.close()
+        deleted, replaced, shortened = rows
+        s3 = s3_client(s3_endpoint)
+        s3.delete_object(Bucket=locked_bucket, Key=deleted.cold_key)
+        s3.put_object(Bucket=locked_bucket, Key=replaced.cold_key, Body=b"not the segment")
+        s3.put_object_retention(Bucket=locked_bucket, Key=shortened.cold_key, BypassGovernanceRetention=True,
+                                Retention={"Mode": "COMPLIANCE",
+                                           "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=2)})
+        found, checked = cycle()
+        assert found == set() and checked == 0  # (only new objects are checked here)
+        watchers.append(ColdWatcher(ColdWatch(retention_days=30, recheck_batch=100), hot_dir, (), watchers[0].state,
+                                    store))
+        found, checked = cycle()
+        assert checked == n  # the rolling re-check: every object once more, nothing new
+        assert ("missing-object", deleted.segment) in found
+        assert ("object-replaced", replaced.segment) in found or ("truncated-object", replaced.segment) in found
+        assert ("retention-too-short", shortened.segment) in found
+        assert {seg for _code, seg in found} == {deleted.segment, replaced.segment, shortened.segment}
+    finally:
+        store.close()

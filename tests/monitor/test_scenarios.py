@@ -207,11 +207,18 @@ def test_cold_object_deleted_after_eviction_and_one_unlocked(tmp_path: Path, ale
         assert other.name.startswith(unlocked["labels"]["segment"])
 
 
-def test_cold_storage_stopped_is_cold_lag(tmp_path: Path, alertmanager: Alertmanager, receiver: Receiver) -> None:
-    """moto's server (its own process) stopped: uploads fail, the ledger's rows stay in flight."""
+def test_cold_storage_stopped_is_cold_lag_and_resolves_when_it_returns(tmp_path: Path, alertmanager: Alertmanager,
+                                                                      receiver: Receiver) -> None:
+    """moto's server (its own process) stopped: uploads fail, the ledger's rows stay in flight.
+    Started again (on the same port, with the same bucket: moto keeps nothing), the shipper's
+    retries land the segments and the cold-lag alert resolves at the receiver."""
     port = free_port()
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_moto() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    moto = start_moto()
     try:
         endpoint = f"http://127.0.0.1:{port}"
         from tests.ship.conftest import make_bucket
@@ -244,6 +251,24 @@ def test_cold_storage_stopped_is_cold_lag(tmp_path: Path, alertmanager: Alertman
                     alert = receiver.wait_for(_firing("WormColdLag"), 25, "/am")
                     assert alert["labels"]["code"] == "cold-lag"
                     assert "still" in alert["annotations"]["description"]
+                    lagging = alert["labels"]["segment"]
+                    # cold storage returns (empty: moto keeps nothing; the same bucket is made again, with
+                    # Object Lock; the shipper sets each object's retention itself)
+                    moto = start_moto()
+                    from tests.ship.conftest import s3_client
+
+                    deadline = time.monotonic() + 20
+                    while True:
+                        try:
+                            c = s3_client(endpoint)
+                            c.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+                            break
+                        except Exception:
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.1)
+                    receiver.wait_for(lambda a: _resolved("WormColdLag")(a) and a["labels"]["segment"] == lagging,
+                                      90, "/am")
         finally:
             if sc.proc is not None and sc.proc.poll() is None:
                 sc.stop(signal.SIGKILL)

@@ -241,3 +241,104 @@ def test_delay_never_invents_a_truncation(hot_dir: Path) -> None:
     os.truncate(path, 100)
     assert [f.code for f in trail.cycle(None).findings] == ["truncated"]
     log.close()
+
+
+def _rechain_one(hot: Path, victim: Path, index: int, data: dict[str, object]) -> None:
+    """Re-write ONE already verified sealed segment as an attacker with root but no keys does:
+    change record ``index``'s data, then re-hash every record after it and re-seal the segment
+    (seal counts, Merkle root, tree root and frontiers recomputed, as the writer would).  The
+    file alone then verifies; only its links to the next segment (and the hash the monitor saw)
+    tell.  (tests/tierutil.rechain on a copy, of which only ``victim`` is put back.)"""
+    import shutil
+
+    from tests.tierutil import rechain
+
+    copy = hot.parent / "rechain-copy"
+    shutil.copytree(hot / "app", copy, ignore=shutil.ignore_patterns("LOCK"))
+    for p in copy.iterdir():
+        if p.is_file():
+            attr.clear_protection(p)
+    rechain(copy, (victim.name, index, data))
+    forged = (copy / victim.name).read_bytes()
+    assert forged != victim.read_bytes()
+    assert not scan_segment(copy / victim.name, "app", file_hash=False).findings  # alone it verifies
+    attr.clear_protection(victim)
+    victim.write_bytes(forged)
+    attr.protect_immutable(victim)
+
+
+def test_a_verified_sealed_segment_rechained_is_found(hot_dir: Path) -> None:
+    """A sealed segment the monitor already verified, re-written with a consistent chain and
+    seal: its new content is valid on its own, so the re-read after its ctime changed must
+    compare it with what was verified (and its links), or the rewrite goes unseen."""
+    log = HotLog(hot_dir, "app", segment_window=0, segment_max_bytes=6000, heartbeat_interval=0)
+    _write(log, 300)
+    log.close()
+    trail = _trail(hot_dir, TrailState())
+    assert trail.cycle(None).findings == []
+    segs = list_segments(hot_dir / "app")
+    assert len(segs) >= 3
+    victim = segs[1]
+    original = victim.read_bytes()
+    _rechain_one(hot_dir, victim, 3, {"i": -1, "msg": "forged"})
+    found = trail.cycle(None).findings
+    assert [(f.code, f.segment) for f in found] == [("hot-altered", victim.name)], [f.to_dict() for f in found]
+    assert trail.cycle(None).findings  # sticky
+    # and after a restart from the saved position, as well
+    again = _trail(hot_dir, TrailState.from_dict(trail.state.to_dict()))
+    assert victim.name in {f.segment for f in again.cycle(None).findings}
+    # restored from a good copy: the next read finds what was verified, and clears it
+    attr.clear_protection(victim)
+    victim.write_bytes(original)
+    attr.protect_immutable(victim)
+    assert again.cycle(None).findings == []
+
+
+def test_every_sealed_segment_rechained_after_verification_is_found(hot_dir: Path) -> None:
+    """The whole log re-chained from one record on (tests/tierutil.rechain: every later record,
+    seal and head.json recomputed): no link is broken any more, yet every segment the monitor
+    verified now holds other records than it verified."""
+    from tests.tierutil import rechain
+
+    log = HotLog(hot_dir, "app", segment_window=0, segment_max_bytes=6000, heartbeat_interval=0)
+    _write(log, 300)
+    log.close()
+    trail = _trail(hot_dir, TrailState())
+    assert trail.cycle(None).findings == []
+    segs = list_segments(hot_dir / "app")
+    for p in segs:
+        attr.clear_protection(p)
+    rechain(hot_dir / "app", (segs[1].name, 2, {"i": -1}))
+    for p in segs:
+        attr.protect_immutable(p)
+    found = {f.segment for f in trail.cycle(None).findings}
+    assert {p.name for p in segs[1:]} <= found, found
+    assert segs[0].name not in found
+
+
+@pytest.mark.parametrize("field", ["merkle_root", "tree_root"])
+def test_a_seal_whose_merkle_root_does_not_match_is_found(hot_dir: Path, field: str) -> None:
+    """The seal line re-hashed (so the chain holds) with another segment Merkle root or stream
+    tree root: the seal and Merkle checks of the trail find it, when the trail reaches the seal."""
+    import orjson
+
+    from pipeline.format.record import encode_record, parse_record
+
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    _write(log, 60)
+    trail = _trail(hot_dir, TrailState())
+    assert trail.cycle(None).findings == []  # the active segment, verified up to here
+    log.close()
+    path = list_segments(hot_dir / "app")[-1]
+    lines = path.read_bytes().splitlines(keepends=True)
+    seal, before = parse_record(lines[-1]), parse_record(lines[-2])
+    assert seal.kind == "seal"
+    data = dict(seal.data, **{field: "ab" * 32})
+    line, _digest = encode_record(seal.stream, seal.seq, seal.ts.encode(), seal.kind, before.hash.encode(),
+                                  orjson.dumps(data))
+    attr.clear_protection(path)
+    path.write_bytes(b"".join(lines[:-1]) + line)
+    attr.protect_immutable(path)
+    found = trail.cycle(None).findings
+    assert [(f.code, f.segment) for f in found] == [("seal-mismatch", path.name)], [f.to_dict() for f in found]
+    assert field in found[0].message

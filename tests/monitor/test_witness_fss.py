@@ -113,3 +113,28 @@ def test_wrong_forward_secure_key_is_fss_invalid(tmp_path: Path) -> None:
                         TrailState())
     found = trail.cycle(None).findings
     assert found and {f.code for f in found} == {"fss-invalid"}
+
+
+def test_a_seal_stripped_of_its_forward_secure_mac_is_fss_invalid(tmp_path: Path) -> None:
+    """The newest seal re-written without its MAC (and re-hashed, so the chain holds): once
+    forward-secure sealing began, a seal without it is a failure, not an older format."""
+    import orjson
+
+    from pipeline.format.record import encode_record, parse_record
+    from pipeline.hot import attr
+    from pipeline.hot.segment import list_segments
+
+    env = run_log(tmp_path)
+    path = list_segments(env["hot"] / "app")[-1]
+    lines = path.read_bytes().splitlines(keepends=True)
+    seal, before = parse_record(lines[-1]), parse_record(lines[-2])
+    assert seal.kind == "seal" and "fss" in seal.data
+    data = {k: v for k, v in seal.data.items() if k != "fss"}
+    line, _ = encode_record(seal.stream, seal.seq, seal.ts.encode(), seal.kind, before.hash.encode(),
+                            orjson.dumps(data))
+    attr.clear_protection(path)
+    path.write_bytes(b"".join(lines[:-1]) + line)
+    trail = StreamTrail(env["hot"], "app", HotWatch(rescan_active=0, fss_key=env["vk"].to_string()), 0.0,
+                        TrailState())
+    found = trail.cycle(None).findings
+    assert [(f.code, f.segment) for f in found] == [("fss-invalid", path.name)], [f.to_dict() for f in found]
