@@ -434,3 +434,74 @@ def test_local_copies_give_the_same_findings(tmp_path: Path, moto_endpoint: str,
     # only the segment under the newest witnessed checkpoint is read (one HEAD + one GET)
     assert local["requests"]["get"] == local["requests"]["head"] == 1
     assert {"missing-object", "delete-marker"} <= codes(local)
+
+
+# ---------------------------------------------------------------------------- sampled deep checks
+
+
+def _same_size_rewrite(segment: bytes, stored_size: int) -> bytes:
+    """``segment`` with one hex digit of an event's hash changed, compressed as the shipper
+    compresses, such that the stored object stays exactly ``stored_size`` bytes: an in-place
+    rewrite that neither the size nor (on a bucket without versions) a second version shows.
+    (A hash digit is a zstd literal: another digit usually codes to the same length.)"""
+    from pipeline.cold.codec import zstd_compressor
+
+    lines = segment.splitlines(keepends=True)
+    for i in range(1, len(lines) - 1):  # an event, not the first record or the seal
+        start = lines[i].rfind(b'"hash":"') + len(b'"hash":"')
+        for j in range(start, start + 64):
+            for digit in b"0123456789abcdef":
+                if lines[i][j] == digit:
+                    continue
+                candidate = b"".join([*lines[:i], lines[i][:j] + bytes([digit]) + lines[i][j + 1:], *lines[i + 1:]])
+                body = zstd_compressor(ColdSettings(), len(candidate)).compress(candidate)
+                if len(body) == stored_size:
+                    return body
+    raise AssertionError("no same-size rewrite found")
+
+
+def test_sampling_reads_what_the_inventory_cannot_show(tmp_path: Path, moto_endpoint: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A bucket without versions (no Object Lock): an object rewritten in place with bytes of
+    the same size leaves one version, its size and no MD5 to compare; only reading it does."""
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side, lock=False)
+    key = seg_keys(pl)[1]  # not the segment under the newest witnessed checkpoint (the last)
+    original = pl.get(key)
+    body = _same_size_rewrite(pl.segment_bytes(key), len(original))
+    assert body != original
+    pl.put(key, body, pl.head(key)["Metadata"])
+    assert len(pl.client.list_object_versions(Bucket=pl.bucket, Prefix=key)["Versions"]) == 1
+    # not sampled: the inventory shows one version of the right size, nothing to tell
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 0 and doc["totals"]["sampled"] == 1, doc["findings"]
+    # every segment sampled (--sample 1): the read bytes disagree with the index's SHA-256
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED, "--sample", "1")
+    assert code == 1 and doc["totals"]["sampled"] == SEGMENTS
+    bad = {(f["code"], f["key"]) for f in doc["findings"] if f["severity"] == "error"}
+    assert ("object-replaced", key) in bad and ("content-mismatch", key) in bad, bad
+    assert {k for _c, k in bad} == {key}, bad
+
+
+def test_the_witnessed_segment_exposes_a_rebuilt_bucket_and_index(tmp_path: Path, moto_endpoint: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The attacker with write access to a bucket without versions replaces every segment
+    AND the index with an internally perfect forgery (its own chain, an unsigned index whose
+    rows match the new objects): the inventory, the index chain and the rows all agree.
+    The segment under the newest witnessed checkpoint is read on every run and its root
+    recomputed: the witness holds the real root."""
+    victim = build_hot(tmp_path / "v", segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path / "v", moto_endpoint, victim, lock=False)
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 0, doc["findings"]
+    forged_side = build_hot(tmp_path / "f", segments=SEGMENTS, events_per_segment=EVENTS, salt="forged")
+    forged = _pipeline(tmp_path / "f", moto_endpoint, forged_side, lock=False, sign=False)
+    keys = forged.object_keys() + forged.object_keys(index=True)
+    assert sorted(keys) == sorted(pl.object_keys() + pl.object_keys(index=True))  # the same keys
+    for k in keys:
+        pl.put(k, forged.get(k), forged.head(k)["Metadata"])
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 1
+    assert codes(doc) == {"witness-root-mismatch"}, doc["findings"]
+    assert "index-part-unsigned" in codes(doc, "warning")
+    assert doc["totals"]["sampled"] == 1 and doc["streams"][0]["checkpoints"]["recomputed"] == 1
