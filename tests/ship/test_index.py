@@ -355,3 +355,80 @@ def test_rows_sha256_is_the_documented_jcs_digest(side: Any, tmp_path: Path) -> 
     note = read_part_signature(str(f))
     assert note is not None
     assert PartNote.parse(split_note(note)[0]).rows_sha256 == digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- a real crash (kill -9)
+
+CRASHING_SHIPPER = r"""
+import os, signal, sys
+from pipeline.cold import ColdSettings, open_store
+from pipeline.ship.index import IndexWriter
+from pipeline.ship.ledger import Ledger
+from pipeline.ship.shipper import Shipper
+
+hot, cold, point = sys.argv[1:4]
+
+
+def die(*_a, **_k):
+    os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit, no ledger close
+
+
+store = open_store(f"file://{cold}", ColdSettings(allow_unlocked=True))
+if point == "confirmed":  # every segment confirmed, no index row chosen yet
+    IndexWriter.flush = die
+elif point == "rows-chosen":  # the part's rows chosen in the ledger, nothing uploaded
+    store.put_index_part = die
+elif point == "part-stored":  # the part uploaded and verified, the ledger not told
+    Ledger.finish_index_part = die
+Shipper(hot, store, hot_retention=1e9).run_once()
+print("not killed", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["confirmed", "rows-chosen", "part-stored"])
+def test_kill_9_between_confirmation_and_index_row_loses_no_row(side: Any, tmp_path: Path, point: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/INDEX.md "Crash safety", with a real process killed by SIGKILL at each step
+    after the segments are confirmed: the next `pipeline ship` writes every row, once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    script = tmp_path / "crashing_shipper.py"
+    script.write_text(CRASHING_SHIPPER)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run([sys.executable, str(script), str(side.hot), str(cold), point], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+    ledger = Ledger(side.hot)
+    entries = ledger.entries()
+    assert [e.state for e in entries] == ["confirmed"] * 3  # confirmed before the crash: durable
+    parts = ledger.index_parts("app")
+    if point == "confirmed":
+        assert parts == [] and all(e.index_part is None for e in entries)
+    else:
+        assert [(p.state, p.rows) for p in parts] == [("writing", 3)]
+    assert len(parts_on_disk(tmp_path)) == (1 if point == "part-stored" else 0)
+    ledger.close()
+
+    assert main(["ship", "--hot", str(side.hot), "--cold", f"file://{cold}", "--allow-unlocked", "--once",
+                 "--json"]) == 0
+    capsys.readouterr()
+    [f] = parts_on_disk(tmp_path)
+    meta, rows = read_part_meta(str(f))
+    assert (meta.part, meta.prev_sha256, rows) == (0, GENESIS_PART_HASH, 3)
+    ledger = Ledger(side.hot)
+    try:
+        assert segments_in(f) == [e.segment for e in ledger.entries()]  # every confirmed segment, once
+        [part] = ledger.index_parts("app")
+        assert part.state == "stored" and part.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert all(e.index_part == part.key for e in ledger.entries())
+    finally:
+        ledger.close()
