@@ -432,3 +432,42 @@ def test_kill_9_between_confirmation_and_index_row_loses_no_row(side: Any, tmp_p
         assert all(e.index_part == part.key for e in ledger.entries())
     finally:
         ledger.close()
+
+
+def test_parts_are_per_utc_day_of_the_first_record(tmp_path: Path) -> None:
+    """docs/INDEX.md: one part holds rows of one day only, ``dt`` the UTC day of each
+    segment's first record (a segment that runs over midnight stays with its first day); the
+    parts of one stream chain across days."""
+    import datetime as dt
+
+    from pipeline.hot.writer import HotLog
+
+    t = [dt.datetime(2026, 12, 5, 23, 59, 0, tzinfo=dt.UTC)]
+
+    def clock() -> bytes:
+        t[0] += dt.timedelta(seconds=5)
+        return t[0].strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+
+    hot = tmp_path / "hot"
+    log = HotLog(hot, "app", clock=clock, heartbeat_interval=0, segment_window=0, immutable="off")
+    for events in (3, 3, 3, 3, 3):  # 4 records (+ seal) of 5 s each: midnight falls inside segment 3
+        for i in range(events):
+            log.append({"n": i})
+        log.seal()
+    log.close()
+    s = Shipper(hot, store_at(tmp_path), hot_retention=1e9)
+    s.run_once()
+    files = parts_on_disk(tmp_path)
+    assert [(f.parent.name, f.name) for f in files] == [
+        ("dt=2026-12-05", "0000000000.parquet"), ("dt=2026-12-06", "0000000001.parquet")]
+    entries = s.ledger.entries()
+    first_days = [e.first_ts[:10] for e in entries]
+    assert first_days == ["2026-12-05"] * 3 + ["2026-12-06"] * 2
+    assert entries[2].last_ts[:10] == "2026-12-06"  # runs over midnight: indexed under its first day
+    assert segments_in(files[0]) == [e.segment for e in entries[:3]]
+    assert segments_in(files[1]) == [e.segment for e in entries[3:]]
+    for f in files:
+        meta, _n = read_part_meta(str(f))
+        assert {str(d) for d in pq.read_table(f, columns=["dt"]).column(0).to_pylist()} == {meta.dt}
+        assert f.parent.name == f"dt={meta.dt}"
+    assert read_part_meta(str(files[1]))[0].prev_sha256 == hashlib.sha256(files[0].read_bytes()).hexdigest()
