@@ -471,3 +471,16 @@ def test_parts_are_per_utc_day_of_the_first_record(tmp_path: Path) -> None:
         assert {str(d) for d in pq.read_table(f, columns=["dt"]).column(0).to_pylist()} == {meta.dt}
         assert f.parent.name == f"dt={meta.dt}"
     assert read_part_meta(str(files[1]))[0].prev_sha256 == hashlib.sha256(files[0].read_bytes()).hexdigest()
+
+
+def test_the_documented_columns_are_the_written_ones() -> None:
+    """docs/INDEX.md's column table (what a third-party reader relies on) is the schema the
+    writer uses, name for name and in order."""
+    import re
+
+    from pipeline.ship.index import COLUMNS, _schema
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "INDEX.md").read_text()
+    table = text.split("| column | Parquet / Arrow type |", 1)[1].split("\n\n", 1)[0]
+    documented = [name for row in table.splitlines()[2:] for name in re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])]
+    assert documented == list(COLUMNS) == _schema().names

@@ -108,7 +108,7 @@ def test_clean_locked_pipeline(tmp_path: Path, moto_endpoint: str, capsys: pytes
 
 
 def test_index_rows_match_the_ledger(tmp_path: Path, moto_endpoint: str) -> None:
-    from pipeline.ship.index import read_part_meta
+    from pipeline.ship.index import COLUMNS, read_part_meta
     from pipeline.ship.ledger import Ledger
 
     pl = locked(tmp_path, moto_endpoint)
@@ -128,6 +128,14 @@ def test_index_rows_match_the_ledger(tmp_path: Path, moto_endpoint: str) -> None
         assert (r["first_seq"], r["last_seq"], r["sha256"], r["stored_sha256"], r["stored_size"], r["tree_size"]) == \
             (e.first_seq, e.last_seq, e.sha256, e.stored_sha256, e.stored_size, e.tree_size)
         assert r["key"] == e.cold_key and r["tree_root"] == e.tree_root and r["tree_size"] == e.last_seq
+        # every other column docs/INDEX.md lists, against the ledger row at confirmation
+        assert (r["stream"], r["dt"], r["records"], r["size"], r["merkle_root"], r["first_prev"], r["last_hash"],
+                r["sealed"], r["stored_md5"], r["compression"]) == \
+            (e.stream, e.first_ts[:10], e.records, e.size, e.merkle_root, e.first_prev, e.last_hash, e.sealed, None,
+             "zstd")
+        assert r["last_ts"].isoformat().replace("+00:00", "Z") == e.last_ts
+        assert e.confirmed_at is not None and r["confirmed_at"].timestamp() == pytest.approx(e.confirmed_at, abs=1e-6)
+    assert pq.read_schema(pa.BufferReader(data)).names == list(COLUMNS)  # every column, in the documented order
     [part] = ledger.index_parts("app")
     assert part.state == "stored" and part.sha256 == __import__("hashlib").sha256(data).hexdigest()
     ledger.close()
