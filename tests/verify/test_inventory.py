@@ -105,6 +105,15 @@ def test_clean_locked_pipeline(tmp_path: Path, moto_endpoint: str, capsys: pytes
     # direct mode ignores the index objects (not strays)
     dcode, d = direct(pl, capsys)
     assert dcode == 0 and codes(d, None) <= {"expiring-soon"}, d["findings"]
+    # one JSON schema for both modes: every key direct mode writes, at every level, is there
+    code, doc = inventory(pl, moto_endpoint, capsys)
+    assert doc.keys() == d.keys() and doc["schema"] == d["schema"]
+    s_inv, s_dir = doc["streams"][0], d["streams"][0]
+    assert s_inv.keys() == s_dir.keys() and s_inv["checkpoints"].keys() == s_dir["checkpoints"].keys()
+    assert set(s_dir["totals"]) <= set(s_inv["totals"]) and set(d["totals"]) <= set(doc["totals"])
+    assert set(d["requests"]) <= set(doc["requests"])
+    assert s_inv["segments"] and s_inv["segments"][0].keys() == s_dir["segments"][0].keys()
+    assert {tuple(f) for f in doc["findings"]} == {tuple(f) for f in d["findings"]}  # the finding's keys
 
 
 def test_index_rows_match_the_ledger(tmp_path: Path, moto_endpoint: str) -> None:
