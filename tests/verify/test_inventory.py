@@ -414,6 +414,10 @@ def test_bad_arguments_exit_2(tmp_path: Path, moto_endpoint: str, capsys: pytest
     assert "the inventory lists bucket" in capsys.readouterr().err
     # a damaged data file (size or MD5 disagree with manifest.json) stops the run
     manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=moto_endpoint)
+    # --engine athena submits to a workgroup: without one nothing is submitted
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index, "--engine",
+                 "athena"]) == 2
+    assert "--engine athena needs --workgroup" in capsys.readouterr().err
     man = orjson.loads(pl.client.get_object(Bucket=dest, Key=manifest.split(dest + "/", 1)[1].split("?")[0])["Body"]
                        .read())
     pl.client.put_object(Bucket=dest, Key=man["files"][0]["key"], Body=b"PAR1 not the report")
