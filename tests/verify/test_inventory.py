@@ -526,3 +526,53 @@ def test_the_witnessed_segment_exposes_a_rebuilt_bucket_and_index(tmp_path: Path
     assert codes(doc) == {"witness-root-mismatch"}, doc["findings"]
     assert "index-part-unsigned" in codes(doc, "warning")
     assert doc["totals"]["sampled"] == 1 and doc["streams"][0]["checkpoints"]["recomputed"] == 1
+
+
+# ---------------------------------------------------------------------------- what the report cannot know yet
+
+
+def test_segments_confirmed_after_the_report_are_not_missing(tmp_path: Path, moto_endpoint: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """S3 Inventory is daily: segments the index lists but the report predates are counted
+    (``newer_than_inventory``), never reported missing, and still checked for continuity."""
+    from pipeline.hot.tree import TreeStore
+    from pipeline.hot.writer import HotLog
+
+    side = build_hot(tmp_path, segments=2, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side)
+    manifest = write_inventory(pl.client, pl.bucket, new_bucket(moto_endpoint), endpoint=moto_endpoint)
+    # the log goes on after the report was taken: two more segments, shipped and indexed
+    log = HotLog(side.hot, "app", tree_store=TreeStore(side.hot / "app"), heartbeat_interval=0, segment_window=0,
+                 immutable="off")
+    for i in range(2 * EVENTS):
+        log.append({"n": i, "after": "the report"})
+        if i % EVENTS == EVENTS - 1:
+            log.seal()
+    log.close()
+    _ship(side, pl.url)
+    assert len(index_keys(pl)) == 2 and len(seg_keys(pl)) == 4
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={moto_endpoint}&region=us-east-1"
+    code, doc = run(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index, "--vkey",
+                     str(pl.vkey), "--witness-dir", str(pl.witness), "--heartbeat-interval", "0",
+                     "--retention-days", "1", "--sample", "0"], capsys)
+    assert code == 0, doc["findings"]
+    t = doc["totals"]
+    assert (t["segments"], t["newer_than_inventory"], t["records"]) == (4, 2, 4 * (EVENTS + 1)), t
+
+
+def test_a_deleted_newest_index_part_is_caught(tmp_path: Path, moto_endpoint: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The index truncated (its newest part deleted, no later part to break the chain): on a
+    versioned bucket the delete marker shows; on any bucket the witnesses hold checkpoints
+    past what the index still lists."""
+    for lock in (True, False):
+        side = build_hot(tmp_path / str(lock), segments=SEGMENTS, events_per_segment=EVENTS)
+        pl = _pipeline(tmp_path / str(lock), moto_endpoint, side, lock=lock, max_rows=2)
+        parts = index_keys(pl)
+        assert len(parts) == 2
+        pl.client.delete_object(Bucket=pl.bucket, Key=parts[-1])
+        code, doc = inventory(pl, moto_endpoint, capsys, *(() if lock else UNLOCKED))
+        assert code == 1
+        found = codes(doc)
+        assert "witness-ahead" in found, (lock, doc["findings"])
+        assert ("index-part-replaced" in found) == lock, (lock, found)
