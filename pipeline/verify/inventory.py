@@ -522,7 +522,8 @@ class InventoryOptions:
 
 class InventoryStream(StreamTier):
     """A stream of an inventory-mode report: ``segments`` lists only the segments with
-    findings (and the sampled ones); the totals count every indexed segment."""
+    findings (a sampled segment without findings is counted in ``sampled``, not listed); the
+    totals count every indexed segment."""
 
     counted: dict[str, int]
 

@@ -22,12 +22,10 @@ import heapq
 import shutil
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import orjson
 
@@ -52,13 +50,12 @@ from pipeline.verify.tier import (
     _RootSource,
     _stray_finding,
     _Versions,
+    bounded_map,
     judge_encryption,
     recomputed_without_deep,
     summarise_requests,
 )
 
-T = TypeVar("T")
-R = TypeVar("R")
 # S3 returns at most 1,000 entries a page, a page's versions before its delete markers: all
 # entries of one key arrive within two pages of its first one.
 REORDER_WINDOW = 2000
@@ -67,19 +64,6 @@ REORDER_WINDOW = 2000
 def finding_dict(f: Finding) -> dict[str, Any]:
     """The one place this mode turns a finding into its NDJSON object."""
     return {"type": "finding", **f.to_dict()}
-
-
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
-    """``map`` in order with at most ``window`` calls pending (``Executor.map`` would submit
-    the whole iterable at once)."""
-    pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def grouped_versions(versions: Iterable[ObjectVersion], window: int = REORDER_WINDOW
@@ -300,7 +284,7 @@ class _StreamRun:
             except ColdError as exc:
                 return ln, key, None, exc.summary
 
-        for ln, key, st, problem in bounded_map(head, batch, self.o.opts.workers, self.o.opts.workers * 4):
+        for ln, key, st, problem in bounded_map(head, batch, self.o.opts.workers):
             self._lines = {ln.segment: ln}
             if st is None:
                 self.add_finding("unreadable-object", ln.segment, f"{key}: {problem}", key=key)

@@ -37,11 +37,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.cold.base import ColdStore, ObjectStat, ObjectVersion, VersionsUnavailable
 from pipeline.cold.checks import LOCK_MODES_ACCEPTED
@@ -264,6 +265,30 @@ class TierOptions:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+T = TypeVar("T")
+R = TypeVar("R")
+# requests queued or in flight per worker: enough to keep every worker busy while the
+# caller judges a result, few enough that memory does not grow with the listing
+WINDOW_PER_WORKER = 4
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None) -> Iterator[R]:
+    """``map`` in order on ``workers`` threads with at most ``window`` calls submitted and
+    not yet taken by the caller (default ``WINDOW_PER_WORKER`` × ``workers``).
+    ``Executor.map`` would submit the whole iterable at once: one pending future, and once
+    done its result, per item until the caller reaches it (docs/SCALING.md, "Direct mode's
+    memory")."""
+    workers = max(1, workers)
+    window = max(1, window if window is not None else WINDOW_PER_WORKER * workers)
+    pending: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _iso(t: float | None) -> str | None:
@@ -891,23 +916,24 @@ class TierVerifier:
             finally:
                 self._tick("stat")
 
-        with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
-            for o, st, problem in pool.map(head, todo):
-                ln = lines.setdefault(o.name, SegmentLine(o.name, o.key))
-                ln.key = o.key
-                ln.uploaded = o.last_modified.timestamp() if o.last_modified else None
-                entry = entries.get(o.name)
-                ln.hot_state = entry.state if entry else None
-                if st is None:
-                    add("unreadable-object", o.name, f"{o.key}: {problem}", key=o.key)
-                    continue
-                m = _judge_stat(ln, st, stream, o.name, entry, opts, self.retention_days, worm, self.now,
-                                _bind(add, o.name, o.key))
-                judge_encryption(st, self._expected_encryption, _bind(add, o.name, o.key))
-                if m is not None:
-                    manifests[o.name] = m
-                if opts.deep or st.archived:
-                    stats[o.name] = st
+        # a bounded window of HEADs: submitting the whole listing at once held one future
+        # (and, once done, its ObjectStat) per segment until judged, ~5 KB each
+        for o, st, problem in bounded_map(head, todo, opts.workers):
+            ln = lines.setdefault(o.name, SegmentLine(o.name, o.key))
+            ln.key = o.key
+            ln.uploaded = o.last_modified.timestamp() if o.last_modified else None
+            entry = entries.get(o.name)
+            ln.hot_state = entry.state if entry else None
+            if st is None:
+                add("unreadable-object", o.name, f"{o.key}: {problem}", key=o.key)
+                continue
+            m = _judge_stat(ln, st, stream, o.name, entry, opts, self.retention_days, worm, self.now,
+                            _bind(add, o.name, o.key))
+            judge_encryption(st, self._expected_encryption, _bind(add, o.name, o.key))
+            if m is not None:
+                manifests[o.name] = m
+            if opts.deep or st.archived:
+                stats[o.name] = st
 
         # the log's size is the whole stream's, whatever the window
         full_size = max([m.last_seq + 1 for m in manifests.values()] + [0])
@@ -1272,16 +1298,16 @@ class TierVerifier:
                 self._tick("deep")
 
         scans: list[chain.SegmentScan] = []
-        with ThreadPoolExecutor(max_workers=max(1, min(opts.workers, os.cpu_count() or 1) * 2)) as pool:
-            for m, scan, problems, sroots, kept in pool.map(work, ordered):
-                for code, msg in problems:
-                    add(code, m.segment, msg, m.first_seq, stats[m.segment].key if m.segment in stats else None)
-                roots.update(sroots)
-                if kept is not None:
-                    keep[m.segment] = kept
-                if scan is not None:
-                    scan.boundaries = {} if scan.sealed else scan.boundaries
-                    scans.append(scan)
+        for m, scan, problems, sroots, kept in bounded_map(work, ordered,
+                                                          max(1, min(opts.workers, os.cpu_count() or 1) * 2)):
+            for code, msg in problems:
+                add(code, m.segment, msg, m.first_seq, stats[m.segment].key if m.segment in stats else None)
+            roots.update(sroots)
+            if kept is not None:
+                keep[m.segment] = kept
+            if scan is not None:
+                scan.boundaries = {} if scan.sealed else scan.boundaries
+                scans.append(scan)
         if scans:
             start = scans[0].first_seq or 0
             rep = chain.stitch(res.stream, scans, start_seq=start if window else 0,

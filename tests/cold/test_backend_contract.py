@@ -190,6 +190,35 @@ def test_copy_then_verify_detects_a_corrupted_upload(harness: Harness, tmp_path:
     assert "stored-size-mismatch" in ei.value.result.reasons
 
 
+@pytest.mark.parametrize("corrupt", ["size", "bytes"])
+def test_index_parts_are_created_once_and_copied_then_verified(harness: Harness, corrupt: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest index part (docs/INDEX.md) goes through the same policy as a segment:
+    create-only (a second put returns the stored part, never replaces it) and copy-then-verify
+    (a stored part whose size or SHA-256 differs from what was sent is refused)."""
+    from pipeline.ship.index import index_key
+
+    store = harness.worm()
+    data = b"PAR1 the index part as sent PAR1"
+    stored = b"not the part" if corrupt == "size" else data[:-1] + b"X"  # shorter / same size, other bytes
+    first = store.put_index_part(index_key(store.prefix, "app", "2026-12-01", 0), data, {"worm_index_part": "0"})
+    assert first.created and first.size == len(data)
+    again = store.put_index_part(first.key, b"another part", {})
+    assert not again.created and again.existing == data and again.sha256 == first.sha256
+    real = store.create_object
+
+    def create_then_corrupt(obj: NewObject) -> bool:
+        created = real(obj)
+        harness.tamper(store, obj.key, stored)
+        return created
+
+    monkeypatch.setattr(store, "create_object", create_then_corrupt)
+    with pytest.raises(VerificationError) as ei:
+        store.put_index_part(index_key(store.prefix, "app", "2026-12-01", 1), data, {"worm_index_part": "1"})
+    want = "stored-size-mismatch" if corrupt == "size" else "stored-sha256-mismatch"
+    assert want in ei.value.result.reasons, ei.value.result.reasons
+
+
 def test_deep_verify_rereads_the_segment(harness: Harness, tmp_path: Path) -> None:
     """An object consistent with its own metadata (size, stored SHA-256, manifest fields)
     but holding another segment passes a normal verification; only deep verification,

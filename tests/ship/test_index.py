@@ -355,3 +355,132 @@ def test_rows_sha256_is_the_documented_jcs_digest(side: Any, tmp_path: Path) -> 
     note = read_part_signature(str(f))
     assert note is not None
     assert PartNote.parse(split_note(note)[0]).rows_sha256 == digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- a real crash (kill -9)
+
+CRASHING_SHIPPER = r"""
+import os, signal, sys
+from pipeline.cold import ColdSettings, open_store
+from pipeline.ship.index import IndexWriter
+from pipeline.ship.ledger import Ledger
+from pipeline.ship.shipper import Shipper
+
+hot, cold, point = sys.argv[1:4]
+
+
+def die(*_a, **_k):
+    os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit, no ledger close
+
+
+store = open_store(f"file://{cold}", ColdSettings(allow_unlocked=True))
+if point == "confirmed":  # every segment confirmed, no index row chosen yet
+    IndexWriter.flush = die
+elif point == "rows-chosen":  # the part's rows chosen in the ledger, nothing uploaded
+    store.put_index_part = die
+elif point == "part-stored":  # the part uploaded and verified, the ledger not told
+    Ledger.finish_index_part = die
+Shipper(hot, store, hot_retention=1e9).run_once()
+print("not killed", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["confirmed", "rows-chosen", "part-stored"])
+def test_kill_9_between_confirmation_and_index_row_loses_no_row(side: Any, tmp_path: Path, point: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/INDEX.md "Crash safety", with a real process killed by SIGKILL at each step
+    after the segments are confirmed: the next `pipeline ship` writes every row, once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    script = tmp_path / "crashing_shipper.py"
+    script.write_text(CRASHING_SHIPPER)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run([sys.executable, str(script), str(side.hot), str(cold), point], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+    ledger = Ledger(side.hot)
+    entries = ledger.entries()
+    assert [e.state for e in entries] == ["confirmed"] * 3  # confirmed before the crash: durable
+    parts = ledger.index_parts("app")
+    if point == "confirmed":
+        assert parts == [] and all(e.index_part is None for e in entries)
+    else:
+        assert [(p.state, p.rows) for p in parts] == [("writing", 3)]
+    assert len(parts_on_disk(tmp_path)) == (1 if point == "part-stored" else 0)
+    ledger.close()
+
+    assert main(["ship", "--hot", str(side.hot), "--cold", f"file://{cold}", "--allow-unlocked", "--once",
+                 "--json"]) == 0
+    capsys.readouterr()
+    [f] = parts_on_disk(tmp_path)
+    meta, rows = read_part_meta(str(f))
+    assert (meta.part, meta.prev_sha256, rows) == (0, GENESIS_PART_HASH, 3)
+    ledger = Ledger(side.hot)
+    try:
+        assert segments_in(f) == [e.segment for e in ledger.entries()]  # every confirmed segment, once
+        [part] = ledger.index_parts("app")
+        assert part.state == "stored" and part.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert all(e.index_part == part.key for e in ledger.entries())
+    finally:
+        ledger.close()
+
+
+def test_parts_are_per_utc_day_of_the_first_record(tmp_path: Path) -> None:
+    """docs/INDEX.md: one part holds rows of one day only, ``dt`` the UTC day of each
+    segment's first record (a segment that runs over midnight stays with its first day); the
+    parts of one stream chain across days."""
+    import datetime as dt
+
+    from pipeline.hot.writer import HotLog
+
+    t = [dt.datetime(2026, 12, 5, 23, 59, 0, tzinfo=dt.UTC)]
+
+    def clock() -> bytes:
+        t[0] += dt.timedelta(seconds=5)
+        return t[0].strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+
+    hot = tmp_path / "hot"
+    log = HotLog(hot, "app", clock=clock, heartbeat_interval=0, segment_window=0, immutable="off")
+    for events in (3, 3, 3, 3, 3):  # 4 records (+ seal) of 5 s each: midnight falls inside segment 3
+        for i in range(events):
+            log.append({"n": i})
+        log.seal()
+    log.close()
+    s = Shipper(hot, store_at(tmp_path), hot_retention=1e9)
+    s.run_once()
+    files = parts_on_disk(tmp_path)
+    assert [(f.parent.name, f.name) for f in files] == [
+        ("dt=2026-12-05", "0000000000.parquet"), ("dt=2026-12-06", "0000000001.parquet")]
+    entries = s.ledger.entries()
+    first_days = [e.first_ts[:10] for e in entries]
+    assert first_days == ["2026-12-05"] * 3 + ["2026-12-06"] * 2
+    assert entries[2].last_ts[:10] == "2026-12-06"  # runs over midnight: indexed under its first day
+    assert segments_in(files[0]) == [e.segment for e in entries[:3]]
+    assert segments_in(files[1]) == [e.segment for e in entries[3:]]
+    for f in files:
+        meta, _n = read_part_meta(str(f))
+        assert {str(d) for d in pq.read_table(f, columns=["dt"]).column(0).to_pylist()} == {meta.dt}
+        assert f.parent.name == f"dt={meta.dt}"
+    assert read_part_meta(str(files[1]))[0].prev_sha256 == hashlib.sha256(files[0].read_bytes()).hexdigest()
+
+
+def test_the_documented_columns_are_the_written_ones() -> None:
+    """docs/INDEX.md's column table (what a third-party reader relies on) is the schema the
+    writer uses, name for name and in order."""
+    import re
+
+    from pipeline.ship.index import COLUMNS, _schema
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "INDEX.md").read_text()
+    table = text.split("| column | Parquet / Arrow type |", 1)[1].split("\n\n", 1)[0]
+    documented = [name for row in table.splitlines()[2:] for name in re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])]
+    assert documented == list(COLUMNS) == _schema().names

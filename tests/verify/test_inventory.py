@@ -105,10 +105,19 @@ def test_clean_locked_pipeline(tmp_path: Path, moto_endpoint: str, capsys: pytes
     # direct mode ignores the index objects (not strays)
     dcode, d = direct(pl, capsys)
     assert dcode == 0 and codes(d, None) <= {"expiring-soon"}, d["findings"]
+    # one JSON schema for both modes: every key direct mode writes, at every level, is there
+    code, doc = inventory(pl, moto_endpoint, capsys)
+    assert doc.keys() == d.keys() and doc["schema"] == d["schema"]
+    s_inv, s_dir = doc["streams"][0], d["streams"][0]
+    assert s_inv.keys() == s_dir.keys() and s_inv["checkpoints"].keys() == s_dir["checkpoints"].keys()
+    assert set(s_dir["totals"]) <= set(s_inv["totals"]) and set(d["totals"]) <= set(doc["totals"])
+    assert set(d["requests"]) <= set(doc["requests"])
+    assert s_inv["segments"] and s_inv["segments"][0].keys() == s_dir["segments"][0].keys()
+    assert {tuple(f) for f in doc["findings"]} == {tuple(f) for f in d["findings"]}  # the finding's keys
 
 
 def test_index_rows_match_the_ledger(tmp_path: Path, moto_endpoint: str) -> None:
-    from pipeline.ship.index import read_part_meta
+    from pipeline.ship.index import COLUMNS, read_part_meta
     from pipeline.ship.ledger import Ledger
 
     pl = locked(tmp_path, moto_endpoint)
@@ -128,6 +137,14 @@ def test_index_rows_match_the_ledger(tmp_path: Path, moto_endpoint: str) -> None
         assert (r["first_seq"], r["last_seq"], r["sha256"], r["stored_sha256"], r["stored_size"], r["tree_size"]) == \
             (e.first_seq, e.last_seq, e.sha256, e.stored_sha256, e.stored_size, e.tree_size)
         assert r["key"] == e.cold_key and r["tree_root"] == e.tree_root and r["tree_size"] == e.last_seq
+        # every other column docs/INDEX.md lists, against the ledger row at confirmation
+        assert (r["stream"], r["dt"], r["records"], r["size"], r["merkle_root"], r["first_prev"], r["last_hash"],
+                r["sealed"], r["stored_md5"], r["compression"]) == \
+            (e.stream, e.first_ts[:10], e.records, e.size, e.merkle_root, e.first_prev, e.last_hash, e.sealed, None,
+             "zstd")
+        assert r["last_ts"].isoformat().replace("+00:00", "Z") == e.last_ts
+        assert e.confirmed_at is not None and r["confirmed_at"].timestamp() == pytest.approx(e.confirmed_at, abs=1e-6)
+    assert pq.read_schema(pa.BufferReader(data)).names == list(COLUMNS)  # every column, in the documented order
     [part] = ledger.index_parts("app")
     assert part.state == "stored" and part.sha256 == __import__("hashlib").sha256(data).hexdigest()
     ledger.close()
@@ -397,6 +414,10 @@ def test_bad_arguments_exit_2(tmp_path: Path, moto_endpoint: str, capsys: pytest
     assert "the inventory lists bucket" in capsys.readouterr().err
     # a damaged data file (size or MD5 disagree with manifest.json) stops the run
     manifest = write_inventory(pl.client, pl.bucket, dest, endpoint=moto_endpoint)
+    # --engine athena submits to a workgroup: without one nothing is submitted
+    assert main(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index, "--engine",
+                 "athena"]) == 2
+    assert "--engine athena needs --workgroup" in capsys.readouterr().err
     man = orjson.loads(pl.client.get_object(Bucket=dest, Key=manifest.split(dest + "/", 1)[1].split("?")[0])["Body"]
                        .read())
     pl.client.put_object(Bucket=dest, Key=man["files"][0]["key"], Body=b"PAR1 not the report")
@@ -434,3 +455,124 @@ def test_local_copies_give_the_same_findings(tmp_path: Path, moto_endpoint: str,
     # only the segment under the newest witnessed checkpoint is read (one HEAD + one GET)
     assert local["requests"]["get"] == local["requests"]["head"] == 1
     assert {"missing-object", "delete-marker"} <= codes(local)
+
+
+# ---------------------------------------------------------------------------- sampled deep checks
+
+
+def _same_size_rewrite(segment: bytes, stored_size: int) -> bytes:
+    """``segment`` with one hex digit of an event's hash changed, compressed as the shipper
+    compresses, such that the stored object stays exactly ``stored_size`` bytes: an in-place
+    rewrite that neither the size nor (on a bucket without versions) a second version shows.
+    (A hash digit is a zstd literal: another digit usually codes to the same length.)"""
+    from pipeline.cold.codec import zstd_compressor
+
+    lines = segment.splitlines(keepends=True)
+    for i in range(1, len(lines) - 1):  # an event, not the first record or the seal
+        start = lines[i].rfind(b'"hash":"') + len(b'"hash":"')
+        for j in range(start, start + 64):
+            for digit in b"0123456789abcdef":
+                if lines[i][j] == digit:
+                    continue
+                candidate = b"".join([*lines[:i], lines[i][:j] + bytes([digit]) + lines[i][j + 1:], *lines[i + 1:]])
+                body = zstd_compressor(ColdSettings(), len(candidate)).compress(candidate)
+                if len(body) == stored_size:
+                    return body
+    raise AssertionError("no same-size rewrite found")
+
+
+def test_sampling_reads_what_the_inventory_cannot_show(tmp_path: Path, moto_endpoint: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A bucket without versions (no Object Lock): an object rewritten in place with bytes of
+    the same size leaves one version, its size and no MD5 to compare; only reading it does."""
+    side = build_hot(tmp_path, segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side, lock=False)
+    key = seg_keys(pl)[1]  # not the segment under the newest witnessed checkpoint (the last)
+    original = pl.get(key)
+    body = _same_size_rewrite(pl.segment_bytes(key), len(original))
+    assert body != original
+    pl.put(key, body, pl.head(key)["Metadata"])
+    assert len(pl.client.list_object_versions(Bucket=pl.bucket, Prefix=key)["Versions"]) == 1
+    # not sampled: the inventory shows one version of the right size, nothing to tell
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 0 and doc["totals"]["sampled"] == 1, doc["findings"]
+    # every segment sampled (--sample 1): the read bytes disagree with the index's SHA-256
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED, "--sample", "1")
+    assert code == 1 and doc["totals"]["sampled"] == SEGMENTS
+    bad = {(f["code"], f["key"]) for f in doc["findings"] if f["severity"] == "error"}
+    assert ("object-replaced", key) in bad and ("content-mismatch", key) in bad, bad
+    assert {k for _c, k in bad} == {key}, bad
+
+
+def test_the_witnessed_segment_exposes_a_rebuilt_bucket_and_index(tmp_path: Path, moto_endpoint: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The attacker with write access to a bucket without versions replaces every segment
+    AND the index with an internally perfect forgery (its own chain, an unsigned index whose
+    rows match the new objects): the inventory, the index chain and the rows all agree.
+    The segment under the newest witnessed checkpoint is read on every run and its root
+    recomputed: the witness holds the real root."""
+    victim = build_hot(tmp_path / "v", segments=SEGMENTS, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path / "v", moto_endpoint, victim, lock=False)
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 0, doc["findings"]
+    forged_side = build_hot(tmp_path / "f", segments=SEGMENTS, events_per_segment=EVENTS, salt="forged")
+    forged = _pipeline(tmp_path / "f", moto_endpoint, forged_side, lock=False, sign=False)
+    keys = forged.object_keys() + forged.object_keys(index=True)
+    assert sorted(keys) == sorted(pl.object_keys() + pl.object_keys(index=True))  # the same keys
+    for k in keys:
+        pl.put(k, forged.get(k), forged.head(k)["Metadata"])
+    code, doc = inventory(pl, moto_endpoint, capsys, *UNLOCKED)
+    assert code == 1
+    assert codes(doc) == {"witness-root-mismatch"}, doc["findings"]
+    assert "index-part-unsigned" in codes(doc, "warning")
+    assert doc["totals"]["sampled"] == 1 and doc["streams"][0]["checkpoints"]["recomputed"] == 1
+
+
+# ---------------------------------------------------------------------------- what the report cannot know yet
+
+
+def test_segments_confirmed_after_the_report_are_not_missing(tmp_path: Path, moto_endpoint: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """S3 Inventory is daily: segments the index lists but the report predates are counted
+    (``newer_than_inventory``), never reported missing, and still checked for continuity."""
+    from pipeline.hot.tree import TreeStore
+    from pipeline.hot.writer import HotLog
+
+    side = build_hot(tmp_path, segments=2, events_per_segment=EVENTS)
+    pl = _pipeline(tmp_path, moto_endpoint, side)
+    manifest = write_inventory(pl.client, pl.bucket, new_bucket(moto_endpoint), endpoint=moto_endpoint)
+    # the log goes on after the report was taken: two more segments, shipped and indexed
+    log = HotLog(side.hot, "app", tree_store=TreeStore(side.hot / "app"), heartbeat_interval=0, segment_window=0,
+                 immutable="off")
+    for i in range(2 * EVENTS):
+        log.append({"n": i, "after": "the report"})
+        if i % EVENTS == EVENTS - 1:
+            log.seal()
+    log.close()
+    _ship(side, pl.url)
+    assert len(index_keys(pl)) == 2 and len(seg_keys(pl)) == 4
+    index = f"s3://{pl.bucket}/{pl.prefix}/_index/?endpoint_url={moto_endpoint}&region=us-east-1"
+    code, doc = run(["verify-tier", "--cold", pl.url, "--inventory", manifest, "--index", index, "--vkey",
+                     str(pl.vkey), "--witness-dir", str(pl.witness), "--heartbeat-interval", "0",
+                     "--retention-days", "1", "--sample", "0"], capsys)
+    assert code == 0, doc["findings"]
+    t = doc["totals"]
+    assert (t["segments"], t["newer_than_inventory"], t["records"]) == (4, 2, 4 * (EVENTS + 1)), t
+
+
+def test_a_deleted_newest_index_part_is_caught(tmp_path: Path, moto_endpoint: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The index truncated (its newest part deleted, no later part to break the chain): on a
+    versioned bucket the delete marker shows; on any bucket the witnesses hold checkpoints
+    past what the index still lists."""
+    for lock in (True, False):
+        side = build_hot(tmp_path / str(lock), segments=SEGMENTS, events_per_segment=EVENTS)
+        pl = _pipeline(tmp_path / str(lock), moto_endpoint, side, lock=lock, max_rows=2)
+        parts = index_keys(pl)
+        assert len(parts) == 2
+        pl.client.delete_object(Bucket=pl.bucket, Key=parts[-1])
+        code, doc = inventory(pl, moto_endpoint, capsys, *(() if lock else UNLOCKED))
+        assert code == 1
+        found = codes(doc)
+        assert "witness-ahead" in found, (lock, doc["findings"])
+        assert ("index-part-replaced" in found) == lock, (lock, found)

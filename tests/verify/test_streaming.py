@@ -19,8 +19,8 @@ from pipeline.cli import main
 from pipeline.cold.base import ColdSettings, ObjectStat, ObjectVersion, encode_metadata
 from pipeline.hot.segment import SegmentManifest, segment_name
 from pipeline.record import GENESIS_HASH
-from pipeline.verify.streaming import StreamingVerifier, bounded_map, grouped_versions
-from pipeline.verify.tier import TierOptions
+from pipeline.verify.streaming import StreamingVerifier, grouped_versions
+from pipeline.verify.tier import TierOptions, bounded_map
 from tests.tierutil import ship_pipeline
 
 

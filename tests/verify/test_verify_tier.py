@@ -351,3 +351,50 @@ def test_s3_witness_and_time_window(tmp_path: Path, moto_endpoint: str,
     segs = doc["streams"][0]["segments"]
     assert [s["first_seq"] for s in segs] == [11, 22] and doc["totals"]["outside_window"] == 2
     assert doc["window"]["since"] == "2026-11-21T00:00:00Z"
+
+
+# ---------------------------------------------------------------------------- memory of the in-process report
+
+
+def test_heads_in_flight_are_bounded_by_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process report submits HEADs in a bounded window (4 per worker), not the whole
+    listing at once: every HEAD submitted and not yet judged holds its future and, once done,
+    its ObjectStat (the ~5 KB per segment docs/SCALING.md measured).  Counted, not timed:
+    ``Executor.map`` submits every item before it yields the first result, so without the
+    bound all ``n`` are outstanding when the first is judged."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.verify import tier
+    from tests.verify.test_streaming import _FakeStore
+
+    n, workers = 200, 2
+    lock = threading.Lock()
+    counts = {"submitted": 0, "judged": 0, "peak": 0}
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                counts["submitted"] += 1
+                counts["peak"] = max(counts["peak"], counts["submitted"] - counts["judged"])
+            return super().submit(fn, *args, **kwargs)
+
+    judge = tier._judge_stat
+
+    def judged(*a: Any, **k: Any) -> Any:
+        with lock:
+            counts["judged"] += 1
+        return judge(*a, **k)
+
+    monkeypatch.setattr(tier, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(tier, "_judge_stat", judged)
+    store: Any = _FakeStore(n)
+    report = tier.verify_tier(store, tier.TierOptions(cold_only=True, heartbeat_interval=0, workers=workers))
+    assert counts["judged"] == counts["submitted"] == n
+    assert counts["peak"] <= tier.WINDOW_PER_WORKER * workers, counts
+    # the report is the whole listing's, every segment judged valid, in order, as before
+    t = report.totals()
+    assert report.ok and (t["segments"], t["valid"]) == (n, n), (t, report.findings)
+    names = [s.segment for s in report.streams[0].segments]
+    assert len(names) == n and names == sorted(names)
+    assert report.requests["head"] == n
