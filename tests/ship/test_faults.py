@@ -97,7 +97,8 @@ def test_deadline_bounds_a_hanging_request_and_the_retry_budget(gate: Gate, lock
 
     with bounded_by(deadline), pytest.raises(ColdUnavailableError):
         store.stat("p/app/seg-00000000000000000000.jsonl.zst")
-    assert time.monotonic() - t0 < 2.0  # not 60 s of read timeout, not 120 s of retries
+    # a 1 s deadline, not 60 s of read timeout nor 120 s of retries (the margin is for a loaded machine)
+    assert time.monotonic() - t0 < 10.0
     # down (connection reset every time): the retry budget ends with the deadline too
     gate.mode = "reset"
     gate.release()
@@ -105,7 +106,7 @@ def test_deadline_bounds_a_hanging_request_and_the_retry_budget(gate: Gate, lock
     t0 = time.monotonic()
     with bounded_by(deadline), pytest.raises(ColdUnavailableError):
         store.stat("p/app/seg-00000000000000000000.jsonl.zst")
-    assert 0.5 < time.monotonic() - t0 < 2.0
+    assert 0.5 < time.monotonic() - t0 < 10.0
     store.close()
 
 
