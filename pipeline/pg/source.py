@@ -389,10 +389,13 @@ class PostgresSource:
                 if state != "A":
                     bad.append(f"{table}.{name} " + ("missing" if state is None else f"not enabled ALWAYS ({state})"))
         evt = self.settings.target.event_trigger
-        for name, enabled in conn.execute("SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname IN (%s, %s)",
-                                          (evt, evt + "_drop")).fetchall():
-            if enabled != "A":
-                bad.append(f"event trigger {name} not enabled ALWAYS ({enabled})")
+        events = dict(conn.execute("SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname IN (%s, %s)",
+                                   (evt, evt + "_drop")).fetchall())
+        for name in (evt, evt + "_drop"):
+            enabled = events.get(name)
+            if enabled != "A":  # dropped (DROP EVENT TRIGGER is not itself recorded) or switched off
+                bad.append(f"event trigger {name} " + ("missing" if enabled is None else
+                                                       f"not enabled ALWAYS ({enabled})"))
         self._set_problem("triggers-disabled", None if not bad else
                           "audit table triggers disabled or missing: " + ", ".join(bad))
         row = self._slot_row(conn)

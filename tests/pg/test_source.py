@@ -223,3 +223,21 @@ def test_a_truncate_past_the_trigger_reaches_the_chain(audit_db: AuditDb, tmp_pa
         assert wait_for(lambda: any(e["op"] == "truncate" for e in chain_events(hot)), 10)
     truncate = next(e for e in chain_events(hot) if e["op"] == "truncate")
     assert truncate["tables"] == ["audit.events"] and truncate["table"] == "audit.events"
+
+
+def test_a_dropped_event_trigger_is_reported(audit_db: AuditDb, tmp_path: Path) -> None:
+    """DROP EVENT TRIGGER is not recorded by event triggers (they do not fire for their own
+    DDL): the source's trigger check is the only layer that sees it, so a missing one counts."""
+    evt = audit_db.target.event_trigger
+    with tailing(audit_db, tmp_path / "hot") as src:
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        assert src.problem() is None
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute(f"DROP EVENT TRIGGER {evt}_drop")
+        assert wait_for(lambda: "triggers-disabled" in src._problems, 10)
+        assert f"event trigger {evt}_drop missing" in str(src.problem())
+        assert src.metrics.problem.labels(problem="triggers-disabled")._value.get() == 1
+        with contextlib.closing(audit_db.connect()) as su:
+            install(su, audit_db.target)  # puts it back
+        assert wait_for(lambda: src.problem() is None, 10)
