@@ -73,6 +73,7 @@ MESSAGE_PREFIX = "worm-pipeline"
 # the slot to it once read (the only LSNs it ever advances to are ones it has read)
 IDLE_ADVANCE_BYTES = 1 << 20
 _WRITE_CHUNK = 4096
+_NOT_OURS = -1  # _advanced_xid when the slot's position was found, not set by this process
 PROBLEMS = ("wal-level", "slot-missing", "slot-lost", "behind-retention", "triggers-disabled", "decode-error",
             "chain-write", "read-error")
 
@@ -160,6 +161,9 @@ class PostgresSource:
         self._problems: dict[str, str] = {}
         self.position: Position | None = None
         self._advanced_to: int | None = None  # the LSN this process last moved the slot to
+        # what lies at _advanced_to: the xid of the transaction whose commit record ends there,
+        # None for the source's own message, _NOT_OURS when the slot was found there
+        self._advanced_xid: int | None = _NOT_OURS
         self._end_lsn: int | None = None  # end of the last transaction made durable
         self._last_seq: int | None = None  # the chain seq of the newest event written
         self._timeline: str | None = None  # the WAL timeline the positions belong to
@@ -352,6 +356,13 @@ class PostgresSource:
             self._record_mark("reset", self.position.lsn if self.position else 0, confirmed,
                               f"the database's WAL timeline changed from {before} to {timeline} (a restore or a "
                               f"promotion): reading restarts at slot {self.slot}'s {format_lsn(confirmed)}")
+        elif self._advanced_to is not None and confirmed < self._advanced_to and self._same_history(conn):
+            # PostgreSQL writes a slot moved with pg_replication_slot_advance to disk only at
+            # the next checkpoint: after a crash the slot is back there, and the WAL still holds
+            # what was read. The positions stand: the transactions come again and are skipped.
+            log.warning("postgres source: slot %s went back from %s to %s after a database crash (the WAL still "
+                        "holds what was read): its transactions are read again and skipped", self.slot,
+                        format_lsn(self._advanced_to), format_lsn(confirmed))
         elif self._advanced_to is not None and confirmed < self._advanced_to:
             self._record_mark("reset", self._advanced_to, confirmed,
                               f"slot {self.slot} went back from {format_lsn(self._advanced_to)} to "
@@ -360,7 +371,40 @@ class PostgresSource:
             self._record_mark("gap", known, confirmed, f"slot {self.slot} starts at {format_lsn(confirmed)}, past the "
                                                        f"end of the last transaction in the chain ({format_lsn(known)})"
                                                        ": it was recreated or advanced by someone else")
-        self._advanced_to = confirmed
+        if confirmed != self._advanced_to:
+            self._advanced_to, self._advanced_xid = confirmed, _NOT_OURS
+
+    def _same_history(self, conn: Any) -> bool:
+        """Whether the WAL from the slot on still holds what this process read up to where it
+        last moved the slot: the commit record of the same transaction (xid) ending exactly
+        there, or the source's own message there.  True after a crash of PostgreSQL; false
+        when the slot was recreated on a database restored to an earlier point (the WAL
+        there is another history).  Only Begin, Commit and Message messages are sent."""
+        target, xid = self._advanced_to, self._advanced_xid
+        assert target is not None
+        if xid == _NOT_OURS:
+            # this process has not moved the slot: as at a start, the position file and the
+            # chain decide what is already logged
+            return True
+        sql = ("SELECT pg_wal_lsn_diff(lsn, '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, "
+               "%s::pg_lsn, NULL, 'proto_version', '1', 'publication_names', %s, 'messages', 'true') "
+               "WHERE get_byte(data, 0) IN (66, 67, 77)")  # B, C, M
+        decoder = Decoder()
+        begin_xid: int | None = None
+        with conn.transaction(), conn.cursor(name="worm_pg_history", binary=True) as cur:
+            cur.itersize = 5000
+            cur.execute(sql, (self.slot, format_lsn(target + 1), self.publication))
+            for row_lsn, data in cur:
+                item = decoder.decode(data)
+                if isinstance(item, Begin):
+                    begin_xid = item.xid
+                elif isinstance(item, Commit):
+                    if item.end_lsn == target and xid is not None and begin_xid == xid:
+                        return True
+                elif isinstance(item, Change) and item.prefix == MESSAGE_PREFIX and int(row_lsn) == target \
+                        and xid is None:
+                    return True
+        return False
 
     def _record_mark(self, op: str, from_lsn: int, to_lsn: int, reason: str) -> None:
         """A gap (WAL the source could not read) or a reset (positions start over) in the
@@ -422,6 +466,7 @@ class PostgresSource:
         pending: list[tuple[dict[str, Any], Position]] = []
         n_messages = 0
         advance_to: int | None = None
+        advance_xid: int | None = None
         begin: Begin | None = None
         index = 0
         newest_commit_time: str | None = None
@@ -439,11 +484,13 @@ class PostgresSource:
                     if begin is None:
                         raise ProtocolError("COMMIT without BEGIN")
                     newest_commit_time = item.commit_time
-                    begin = None
                     advance_to = item.end_lsn  # once everything read so far is durable
+                    advance_xid = begin.xid
+                    begin = None
                 elif item.op == "message":
                     if begin is None and item.prefix == MESSAGE_PREFIX:
                         advance_to = int(row_lsn)  # our idle mark: everything before it was read
+                        advance_xid = None
                 else:
                     if begin is None:
                         raise ProtocolError(f"{item.op} outside a transaction")
@@ -462,7 +509,7 @@ class PostgresSource:
             self._end_lsn = advance_to
             self._save_position()
             conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(advance_to)))
-            self._advanced_to = advance_to
+            self._advanced_to, self._advanced_xid = advance_to, advance_xid
         self._after_poll(conn, n_messages, newest_commit_time)
         return n_messages
 
