@@ -328,12 +328,13 @@ class PostgresSource:
     def _slot_row(self, conn: Any) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = conn.execute(
             "SELECT confirmed_flush_lsn::text, wal_status, plugin, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+            "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
             "FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)).fetchone()
         return row
 
     def _judge_slot(self, conn: Any, row: tuple[Any, ...]) -> None:
-        confirmed_text, wal_status, plugin, lag = row
+        confirmed_text, wal_status, plugin, lag, timeline = row
         if plugin != "pgoutput":
             raise ProtocolError(f"slot {self.slot} uses {plugin}; the source reads pgoutput")
         self.metrics.lag_bytes.set(lag or 0)
@@ -347,7 +348,6 @@ class PostgresSource:
                           "needs may be removed at the next checkpoint")
         confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
         known = self._advanced_to if self._advanced_to is not None else self._end_lsn
-        timeline = conn.execute("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").fetchone()[0]
         before, self._timeline = self._timeline, timeline
         if before is not None and timeline != before:
             # a point-in-time restore or a promotion: LSNs after the fork do not order against
@@ -408,10 +408,14 @@ class PostgresSource:
 
     def _record_mark(self, op: str, from_lsn: int, to_lsn: int, reason: str) -> None:
         """A gap (WAL the source could not read) or a reset (positions start over) in the
-        chain; the chain's position becomes (to_lsn, -1)."""
+        chain; the chain's position becomes (to_lsn, -1), never lower for a gap."""
         event = {"source": "postgres", "slot": self.slot, "op": op, "from_lsn": format_lsn(from_lsn),
                  "to_lsn": format_lsn(to_lsn), "lsn": format_lsn(to_lsn), "n": -1, "reason": reason}
-        self._write([(event, Position(to_lsn, -1))])
+        pos = Position(to_lsn, -1)
+        if op == "gap" and self.position is not None and self.position > pos:
+            # a gap noticed after rows past it were written: what is in the chain stays skipped
+            pos = self.position
+        self._write([(event, pos)])
         self._end_lsn = to_lsn
         self._save_position()
         self.metrics.gaps.inc()
@@ -459,6 +463,15 @@ class PostgresSource:
         conn = self._connection()
         if self._problems.keys() & {"slot-missing", "slot-lost", "wal-level"}:
             return 0
+        # where the slot is, before reading: moved by someone else (or recreated) since this
+        # process last moved it, rows were skipped: the gap goes into the chain first
+        slot_row = self._slot_row(conn)
+        if slot_row is None:
+            self._slot_missing()
+            return 0
+        self._judge_slot(conn, slot_row)
+        if "slot-lost" in self._problems:
+            return 0
         # binary results: bytea as bytes without hex decoding, the LSN as a plain integer
         sql = ("SELECT pg_wal_lsn_diff(lsn, '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
                "'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
@@ -504,16 +517,25 @@ class PostgresSource:
                         pending = []
         if pending:
             self._write(pending)
+        if advance_to is not None:
+            # moved by someone else while this read began: the gap is recorded (after the rows)
+            again = self._slot_row(conn)
+            if again is None:
+                self._slot_missing()
+                return n_messages
+            if again[0] != slot_row[0]:
+                self._judge_slot(conn, again)
         if advance_to is not None and (self._advanced_to is None or advance_to > self._advanced_to):
             # every change read is durable now: first the position file, then the slot
             self._end_lsn = advance_to
             self._save_position()
             conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(advance_to)))
             self._advanced_to, self._advanced_xid = advance_to, advance_xid
-        self._after_poll(conn, n_messages, newest_commit_time)
+        self._after_poll(conn, n_messages, newest_commit_time, slot_row)
         return n_messages
 
-    def _after_poll(self, conn: Any, n_messages: int, newest_commit_time: str | None) -> None:
+    def _after_poll(self, conn: Any, n_messages: int, newest_commit_time: str | None,
+                    slot_row: tuple[Any, ...]) -> None:
         if n_messages >= self.settings.batch_rows and newest_commit_time is not None:
             from datetime import datetime
 
@@ -522,12 +544,7 @@ class PostgresSource:
             return
         self.metrics.lag_seconds.set(0.0)
         if n_messages == 0:
-            row = self._slot_row(conn)
-            if row is None:
-                self._slot_missing()
-                return
-            lag = int(row[3] or 0)
-            self.metrics.lag_bytes.set(lag)
+            lag = int(slot_row[3] or 0)  # where the slot was when the empty read began
             if lag > IDLE_ADVANCE_BYTES and self._clock() - self._emitted_at > 1.0:
                 # the table is idle and the database is not: a mark of our own to move to
                 conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (MESSAGE_PREFIX, self.slot))

@@ -291,3 +291,66 @@ def test_a_slot_gone_back_to_another_history_is_a_reset(audit_db: AuditDb, tmp_p
     with contextlib.closing(audit_db.connect()) as su:  # (a crash makes the sequence skip ahead)
         table = {r[0] for r in su.execute("SELECT id FROM audit.events")}
     assert len(table) == 11 and set(logged_ids(hot)) == table
+
+
+def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb, tmp_path: Path) -> None:
+    """Someone moves the slot past committed rows while the source runs (its trigger and
+    slot check is minutes away): the next read finds the slot where the source did not put
+    it and records the gap, before the next rows."""
+    hot = tmp_path / "hot"
+    log = open_log(hot, "app")
+    src = PostgresSource(SourceSettings(dsn=audit_db.dsn, check_interval=3600.0), log, registry=CollectorRegistry())
+    src.position, src._end_lsn, src._last_seq = src._find_position()
+    try:
+        audit_db.insert(2)
+        src.poll_once()
+        assert src.rows_written == 2
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
+            su.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (audit_db.target.slot,))
+        last = audit_db.insert(1)
+        src.poll_once()
+        src.poll_once()
+    finally:
+        src._close()
+        log.close()
+    ops = [(e["op"], e.get("pk")) for e in chain_events(hot)]
+    assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last[0]})]
+    assert src.metrics.gaps._value.get() == 1
+
+
+def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot is moved past a row after the source looked at it and while it writes what
+    it read: the look before the advance finds it, the gap is recorded after those rows, and
+    the slot is not moved back over it."""
+    hot = tmp_path / "hot"
+    log = open_log(hot, "app")
+    src = PostgresSource(SourceSettings(dsn=audit_db.dsn, check_interval=3600.0), log, registry=CollectorRegistry())
+    src.position, src._end_lsn, src._last_seq = src._find_position()
+    write = src._write
+
+    moved: list[bool] = []
+
+    def write_then_move(items: list[Any]) -> None:
+        write(items)
+        if moved:
+            return
+        moved.append(True)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
+            su.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (audit_db.target.slot,))
+
+    try:
+        audit_db.insert(2)
+        monkeypatch.setattr(src, "_write", write_then_move)
+        src.poll_once()
+        monkeypatch.setattr(src, "_write", write)
+        last = audit_db.insert(1)
+        src.poll_once()
+        src.poll_once()
+    finally:
+        src._close()
+        log.close()
+    ops = [(e["op"], e.get("pk")) for e in chain_events(hot)]
+    assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last[0]})]
