@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline import open_log
-from pipeline.pg.install import ROW_TRIGGER, install
+from pipeline.pg.install import ROW_TRIGGER, Target, install
 from pipeline.pg.source import PostgresSource, SourceSettings
 from tests.pg.conftest import AuditDb, chain_events, logged_ids
 from tests.pg.server import wait_for
@@ -354,3 +354,79 @@ def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_pa
         log.close()
     ops = [(e["op"], e.get("pk")) for e in chain_events(hot)]
     assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last[0]})]
+
+
+def test_a_slot_behind_retention_is_reported_then_lost_and_recreated_with_a_gap(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """max_slot_wal_keep_size: a slot further behind is "unreserved" (its WAL goes at the
+    next checkpoint), then PostgreSQL invalidates it ("lost").  The source reports both
+    (metric, log, readiness) instead of waiting quietly; pg check names them; pg install
+    recreates the lost slot and the source records the gap; pg verify names the rows that
+    never reached the chain."""
+    import json
+    import logging
+
+    from pipeline.cli import main
+    from pipeline.pg.reconcile import connect
+    from tests.pg.server import running
+
+    # 1 MB WAL segments; no checkpoint unless asked for (max_wal_size, checkpoint_timeout)
+    settings = {"max_slot_wal_keep_size": "'1MB'", "max_wal_size": "'1GB'", "checkpoint_timeout": "'1h'"}
+    caplog.set_level(logging.INFO, logger="pipeline.pg.source")
+    with running(extra=settings, wal_segsize_mb=1) as inst:
+        name = inst.create_database()
+        db = AuditDb(inst, name, Target())
+        with contextlib.closing(connect(db.dsn)) as su:
+            install(su, db.target)
+        hot = tmp_path / "hot"
+        with tailing(db, hot) as src:
+            db.insert(3)
+            assert wait_for(lambda: src.rows_written >= 3, 10)
+        lost = db.insert(2)  # committed while the source is stopped
+        with contextlib.closing(connect(db.dsn)) as su:
+            su.execute("CREATE TABLE filler (pad text)")
+
+            def wal_status() -> str:
+                return str(su.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                                      (db.target.slot,)).fetchone()[0])
+
+            su.execute("INSERT INTO filler SELECT repeat('x', 500) FROM generate_series(1, 8000)")  # ~4 MB
+            assert wal_status() == "unreserved"
+            assert main(["pg", "check", "--dsn", db.dsn]) == 1
+            assert "slot-behind-retention: slot audit_events_chain is past max_slot_wal_keep_size" in \
+                capsys.readouterr().out
+            # the source finds it so when it starts (here: its steps by hand, no thread)
+            log = open_log(tmp_path / "hot-unreserved", "app")
+            behind = PostgresSource(SourceSettings(dsn=db.dsn), log, registry=CollectorRegistry())
+            try:
+                behind._connection()
+                assert "past max_slot_wal_keep_size (wal_status unreserved)" in str(behind.problem())
+                assert behind.metrics.problem.labels(problem="behind-retention")._value.get() == 1
+                assert any("wal_status unreserved" in r.getMessage() and r.levelno == logging.ERROR
+                           for r in caplog.records)
+            finally:
+                behind._close()
+                log.close()
+            su.execute("CHECKPOINT")  # removes the WAL: the slot is invalidated
+            assert wal_status() == "lost"
+        assert main(["pg", "check", "--dsn", db.dsn]) == 1
+        assert "slot-lost: slot audit_events_chain was invalidated" in capsys.readouterr().out
+        with tailing(db, hot, check_interval=0.2) as src:
+            assert wait_for(lambda: "slot-lost" in src._problems, 10)
+            assert "WAL it needed is gone" in str(src.problem())  # readiness
+            assert src.metrics.problem.labels(problem="slot-lost")._value.get() == 1
+            assert any("was invalidated" in r.getMessage() for r in caplog.records)
+            with contextlib.closing(connect(db.dsn)) as su:
+                install(su, db.target)  # drops the lost slot and creates it anew
+            assert wait_for(lambda: src.problem() is None, 15), src.problem()
+            assert src.metrics.problem.labels(problem="slot-lost")._value.get() == 0
+            later = db.insert(1)
+            assert wait_for(lambda: src.rows_written >= 2, 10)  # the gap mark and the new row
+        gaps = [e for e in chain_events(hot) if e["op"] == "gap"]
+        assert len(gaps) == 1 and src.metrics.gaps._value.get() == 1
+        assert main(["pg", "verify", "--dsn", db.dsn, "--hot", str(hot), "--json", "--wait", "10s"]) == 1
+        doc = json.loads(capsys.readouterr().out)
+        events = {(f["code"], f["key"]) for f in doc["findings"] if f["stream"] == "audit.events"}
+        # (the DDL of the second pg install, committed before its new slot, is not logged either)
+        assert events == {("gap-logged", None)} | {("row-not-logged", str(i)) for i in lost}
+        assert doc["tables"]["audit.events"]["logged"] == 4 and later[0] not in lost
