@@ -231,7 +231,7 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     ("slot-lost", ERROR, "pg-check", _PGC, "the slot was invalidated: WAL it needed is gone"),
     ("slot-behind-retention", ERROR, "pg-check", _PGC, "the slot is past max_slot_wal_keep_size"),
     ("can-bypass", WARNING, "pg-check", _PGC, "a role that could get past the triggers (one per superuser, "
-     "BYPASSRLS or REPLICATION role)"),
+     "BYPASSRLS or REPLICATION role, non-superuser table owner, and member of a table's owner)"),
 )
 
 REGISTRY: Final[dict[str, CodeInfo]] = {

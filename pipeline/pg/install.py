@@ -458,19 +458,36 @@ def _check_slot(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
 
 
 def _check_bypass(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
-    """Who could get past the triggers: superusers (disable them), the table owner (ALTER
-    TABLE ... DISABLE TRIGGER, DROP), roles with BYPASSRLS (row security), REPLICATION
-    roles (read the WAL; with a slot of their own, skip what the source reads)."""
+    """Who could get past the triggers: superusers (disable them), the owner of each table
+    and every role that is a member of the owner (ALTER TABLE ... DISABLE TRIGGER, DROP),
+    roles with BYPASSRLS (row security), REPLICATION roles (read the WAL; with a slot of
+    their own, skip what the source reads).  Each is a ``can-bypass`` warning."""
     rows = conn.execute("SELECT rolname, rolsuper, rolbypassrls, rolreplication, rolcanlogin FROM pg_roles "
                         "WHERE (rolsuper OR rolbypassrls OR rolreplication) AND rolname NOT LIKE 'pg\\_%%' "
                         "ORDER BY rolname").fetchall()
-    owner = conn.execute(f"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = {REL_OID}",
-                         (t.qualified, t.qualified)).fetchone()
+    supers = {name for name, sup, *_ in rows if sup}
     for name, sup, bypass, repl, login in rows:
         what = [w for w, on in (("superuser", sup), ("BYPASSRLS", bypass), ("REPLICATION", repl)) if on]
         rep.facts.append(("bypass", f"{name}: {', '.join(what)}{'' if login else ' (no login)'}"))
         finding("can-bypass", f"{name} ({', '.join(what)}) could get past the triggers: the chain and the replica "
                               "are the layers that catch it", severity="warning")
-    if owner is not None:
-        rep.facts.append(("bypass", f"{owner[0]}: owner of {t.qualified} (can disable its triggers)"))
-
+    for table in t.tables():
+        owner = conn.execute(f"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = {REL_OID}",
+                             (table, table)).fetchone()
+        if owner is None:
+            continue
+        rep.facts.append(("bypass", f"{owner[0]}: owner of {table} (can disable its triggers)"))
+        if owner[0] not in supers:
+            finding("can-bypass", f"{owner[0]} (owner of {table}) could disable its triggers: the chain and the "
+                                  "replica are the layers that catch it", table=table, severity="warning")
+        # a member of the owner role acts as the owner (inherited, or after SET ROLE)
+        members = conn.execute("SELECT r.rolname, r.rolcanlogin FROM pg_roles r WHERE r.rolname <> %s AND NOT "
+                               "r.rolsuper AND r.rolname NOT LIKE 'pg\\_%%' AND pg_has_role(r.oid, "
+                               "(SELECT oid FROM pg_roles WHERE rolname = %s), 'MEMBER') ORDER BY 1",
+                               (owner[0], owner[0])).fetchall()
+        for member, login in members:
+            rep.facts.append(("bypass", f"{member}: member of {owner[0]}, the owner of {table}"
+                                        f"{'' if login else ' (no login)'}"))
+            finding("can-bypass", f"{member} (member of {owner[0]}, the owner of {table}) could disable its "
+                                  "triggers: the chain and the replica are the layers that catch it", table=table,
+                    severity="warning")

@@ -156,3 +156,57 @@ def test_check_runs_as_a_role_without_privileges(audit_db: AuditDb, capsys: pyte
     assert main(["pg", "check", "--dsn", audit_db.inst.dsn(audit_db.name, "checker")]) == 0
     out = capsys.readouterr().out
     assert "trigger append_only_no_update_delete: enabled ALWAYS" in out and "OK: audit.events" in out
+
+
+def test_check_names_who_could_bypass_owner_members_and_bypassrls(audit_db: AuditDb,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-superuser owner, a login that is a member of it (it can act as the owner and
+    disable the triggers) and a BYPASSRLS role are each named (roles are cluster-wide: names
+    of this test only)."""
+    with contextlib.closing(audit_db.connect()) as su:
+        for stmt in ("CREATE ROLE bp_owner NOLOGIN", "CREATE ROLE bp_dba LOGIN IN ROLE bp_owner",
+                     "CREATE ROLE bp_rls LOGIN BYPASSRLS"):
+            name = stmt.split()[2]
+            su.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN "
+                       f"{stmt}; END IF; END $$")
+        su.execute("ALTER TABLE audit.events OWNER TO bp_owner")
+        su.execute("GRANT USAGE ON SCHEMA audit TO bp_owner")  # an owner that can reach its table
+    try:
+        assert main(["pg", "check", "--dsn", audit_db.dsn, "--json"]) == 0  # warnings only
+        doc = json.loads(capsys.readouterr().out)
+        bypass = [f["message"] for f in doc["findings"] if f["code"] == "can-bypass"]
+        assert any(m.startswith("bp_owner (owner of audit.events)") for m in bypass), bypass
+        assert any(m.startswith("bp_dba (member of bp_owner, the owner of audit.events)") for m in bypass), bypass
+        assert any(m.startswith("bp_rls (BYPASSRLS)") for m in bypass), bypass
+        assert any(m.startswith("audit_tail (REPLICATION)") for m in bypass), bypass
+        facts = [f["fact"] for f in doc["facts"] if f["topic"] == "bypass"]
+        assert "bp_owner: owner of audit.events (can disable its triggers)" in facts
+        with psycopg.connect(audit_db.inst.dsn(audit_db.name, "bp_dba"), autocommit=True) as dba:
+            dba.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")  # what it is named for
+        assert main(["pg", "check", "--dsn", audit_db.dsn]) == 1
+        assert "trigger-disabled" in capsys.readouterr().out
+    finally:
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("ALTER TABLE audit.events OWNER TO postgres")
+            su.execute("DROP ROLE bp_dba")
+            su.execute("DROP ROLE bp_rls")
+            su.execute("DROP OWNED BY bp_owner")
+            su.execute("DROP ROLE bp_owner")
+
+
+def test_ddl_is_recorded_under_session_replication_role_replica(audit_db: AuditDb,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The event triggers are enabled ALWAYS too: a superuser who switches ordinary
+    triggers off for the session still leaves the DISABLE TRIGGER in the DDL log."""
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute("SET session_replication_role = replica")
+        su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
+        rows = su.execute("SELECT command FROM audit.ddl_log WHERE command LIKE '%DISABLE TRIGGER%'").fetchall()
+        assert len(rows) == 1
+        su.execute("SET session_replication_role = origin")
+        su.execute(f"ALTER TABLE audit.events ENABLE ALWAYS TRIGGER {ROW_TRIGGER}")
+        su.execute(f"ALTER EVENT TRIGGER {audit_db.target.event_trigger} ENABLE")  # no longer ALWAYS
+    assert main(["pg", "check", "--dsn", audit_db.dsn]) == 1
+    out = capsys.readouterr().out
+    assert f"event-trigger-disabled: event trigger {audit_db.target.event_trigger} is enabled (origin and local " \
+           "only), not enabled ALWAYS" in out
