@@ -210,3 +210,30 @@ def test_ddl_is_recorded_under_session_replication_role_replica(audit_db: AuditD
     out = capsys.readouterr().out
     assert f"event-trigger-disabled: event trigger {audit_db.target.event_trigger} is enabled (origin and local " \
            "only), not enabled ALWAYS" in out
+
+
+def test_install_again_repairs_what_was_loosened(audit_db: AuditDb, capsys: pytest.CaptureFixture[str]) -> None:
+    """Idempotent means re-applying the same state: privileges given away, a trigger
+    switched off or back to ordinary firing are put back by a second run; the rows stay."""
+    from pipeline.pg.install import TRUNCATE_TRIGGER
+
+    audit_db.insert(2)
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute("GRANT UPDATE, DELETE ON audit.events TO audit_writer")
+        su.execute("GRANT SELECT ON audit.events TO PUBLIC")
+        su.execute(f"ALTER TABLE audit.events DISABLE TRIGGER {ROW_TRIGGER}")
+        su.execute(f"ALTER TABLE audit.events ENABLE TRIGGER {TRUNCATE_TRIGGER}")  # origin only
+    assert main(["pg", "check", "--dsn", audit_db.dsn]) == 1
+    out = capsys.readouterr().out
+    for code in ("writer-privilege", "public-privilege", "trigger-disabled"):
+        assert f"INVALID: {code}:" in out
+    assert main(["pg", "install", "--dsn", audit_db.dsn]) == 0
+    capsys.readouterr()
+    assert main(["pg", "check", "--dsn", audit_db.dsn, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    facts = {(f["topic"], f["fact"]) for f in doc["facts"]}
+    assert ("audit.events", "audit_writer: INSERT") in facts and ("audit.events", "audit_reader: SELECT") in facts
+    assert ("audit.events", f"trigger {TRUNCATE_TRIGGER}: enabled ALWAYS") in facts
+    assert not any(f["fact"].startswith("PUBLIC") for f in doc["facts"])
+    with contextlib.closing(audit_db.connect()) as su:
+        assert su.execute("SELECT count(*) FROM audit.events").fetchone() == (2,)
