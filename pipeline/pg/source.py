@@ -62,7 +62,14 @@ from pipeline.pg.decode import (
     parse_lsn,
     row_json,
 )
-from pipeline.pg.install import ROW_TRIGGER, TRUNCATE_TRIGGER, Target, primary_key
+from pipeline.pg.install import (
+    ROW_TRIGGER,
+    TRUNCATE_TRIGGER,
+    Target,
+    event_trigger_states,
+    primary_key,
+    trigger_states,
+)
 
 log = logging.getLogger("pipeline.pg.source")
 
@@ -424,28 +431,31 @@ class PostgresSource:
     def _check(self, conn: Any) -> None:
         """The periodic look at what the source cannot see in the WAL: the triggers'
         state (a superuser may disable them), the slot's retention and lag."""
-        rows = conn.execute(
-            "SELECT n.nspname || '.' || c.relname, t.tgname, t.tgenabled FROM pg_trigger t "
-            "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE t.tgname IN (%s, %s) AND n.nspname || '.' || c.relname = ANY(%s)",
-            (ROW_TRIGGER, TRUNCATE_TRIGGER, sorted(self.tables))).fetchall()
-        found = {(table, name): enabled for table, name, enabled in rows}
+        target = self.settings.target
+        found = trigger_states(conn, target)
         bad = []
-        for table in sorted(self.tables):
+        for table in target.tables():
             for name in (ROW_TRIGGER, TRUNCATE_TRIGGER):
                 state = found.get((table, name))
-                if state != "A":
-                    bad.append(f"{table}.{name} " + ("missing" if state is None else f"not enabled ALWAYS ({state})"))
-        evt = self.settings.target.event_trigger
-        events = dict(conn.execute("SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname IN (%s, %s)",
-                                   (evt, evt + "_drop")).fetchall())
-        for name in (evt, evt + "_drop"):
-            enabled = events.get(name)
-            if enabled != "A":  # dropped (DROP EVENT TRIGGER is not itself recorded) or switched off
-                bad.append(f"event trigger {name} " + ("missing" if enabled is None else
-                                                       f"not enabled ALWAYS ({enabled})"))
+                if state is None:
+                    bad.append(f"{table}.{name} missing")
+                    continue
+                if state[0] != "A":
+                    bad.append(f"{table}.{name} not enabled ALWAYS ({state[0]})")
+                if state[1]:  # e.g. its function replaced by one that lets the change through
+                    bad.append(f"{table}.{name} altered ({'; '.join(state[1])})")
+        events = event_trigger_states(conn, target)
+        for name in (target.event_trigger, target.event_trigger + "_drop"):
+            evt = events.get(name)
+            if evt is None:  # dropped: DROP EVENT TRIGGER is not itself recorded
+                bad.append(f"event trigger {name} missing")
+                continue
+            if evt[0] != "A":
+                bad.append(f"event trigger {name} not enabled ALWAYS ({evt[0]})")
+            if evt[1]:
+                bad.append(f"event trigger {name} altered ({'; '.join(evt[1])})")
         self._set_problem("triggers-disabled", None if not bad else
-                          "audit table triggers disabled or missing: " + ", ".join(bad))
+                          "audit table triggers disabled, missing or altered: " + ", ".join(bad))
         row = self._slot_row(conn)
         if row is None:
             self._slot_missing()

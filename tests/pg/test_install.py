@@ -237,3 +237,38 @@ def test_install_again_repairs_what_was_loosened(audit_db: AuditDb, capsys: pyte
     assert not any(f["fact"].startswith("PUBLIC") for f in doc["facts"])
     with contextlib.closing(audit_db.connect()) as su:
         assert su.execute("SELECT count(*) FROM audit.events").fetchone() == (2,)
+
+
+def test_a_neutered_trigger_or_ddl_record_fails_check(audit_db: AuditDb, capsys: pytest.CaptureFixture[str]) -> None:
+    """Triggers that stay "enabled ALWAYS" but no longer refuse (their function replaced, a
+    WHEN condition), and an event trigger recreated with a tag filter, are not the hardening
+    install made: pg check fails on each, and a second install restores it."""
+    ids = audit_db.insert(1)
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute("CREATE OR REPLACE FUNCTION audit.append_only_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$BEGIN RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END; END$$")
+        su.execute("UPDATE audit.events SET actor = 'mallory' WHERE id = %s", (ids[0],))  # now let through
+        assert su.execute("SELECT count(*) FROM audit.ddl_log WHERE command_tag = 'CREATE FUNCTION'").fetchone()[0]
+    assert main(["pg", "check", "--dsn", audit_db.dsn]) == 1
+    out = capsys.readouterr().out
+    assert f"trigger-altered: trigger {ROW_TRIGGER} on audit.events may not refuse what it should" in out
+    assert "function audit.append_only_refuse was replaced" in out
+    assert "trigger-disabled" not in out  # still "enabled ALWAYS": that alone said nothing
+    assert main(["pg", "install", "--dsn", audit_db.dsn]) == 0
+    capsys.readouterr()
+    assert main(["pg", "check", "--dsn", audit_db.dsn]) == 0
+    capsys.readouterr()
+    evt = audit_db.target.event_trigger
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute(f"CREATE OR REPLACE TRIGGER {ROW_TRIGGER} BEFORE UPDATE OR DELETE ON audit.events FOR EACH ROW "
+                   "WHEN (false) EXECUTE FUNCTION audit.append_only_refuse()")
+        su.execute(f"ALTER TABLE audit.events ENABLE ALWAYS TRIGGER {ROW_TRIGGER}")
+        su.execute(f"DROP EVENT TRIGGER {evt}")
+        su.execute(f"CREATE EVENT TRIGGER {evt} ON ddl_command_end WHEN TAG IN ('CREATE INDEX') "
+                   "EXECUTE FUNCTION audit.record_ddl()")
+        su.execute(f"ALTER EVENT TRIGGER {evt} ENABLE ALWAYS")
+    assert main(["pg", "check", "--dsn", audit_db.dsn]) == 1
+    out = capsys.readouterr().out
+    assert "has a WHEN condition" in out
+    assert f"event-trigger-altered: event trigger {evt} no longer records every DDL command on schema audit: " \
+           "fires only for some command tags" in out

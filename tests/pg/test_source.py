@@ -430,3 +430,21 @@ def test_a_slot_behind_retention_is_reported_then_lost_and_recreated_with_a_gap(
         # (the DDL of the second pg install, committed before its new slot, is not logged either)
         assert events == {("gap-logged", None)} | {("row-not-logged", str(i)) for i in lost}
         assert doc["tables"]["audit.events"]["logged"] == 4 and later[0] not in lost
+
+
+def test_a_replaced_trigger_function_is_reported(audit_db: AuditDb, tmp_path: Path) -> None:
+    """The trigger stays enabled ALWAYS, but its function now lets UPDATE through: the
+    source reports it like a disabled trigger."""
+    with tailing(audit_db, tmp_path / "hot") as src:
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        assert src.problem() is None
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("CREATE OR REPLACE FUNCTION audit.append_only_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$BEGIN RETURN NEW; END$$")
+        assert wait_for(lambda: "triggers-disabled" in src._problems, 10)
+        assert f"audit.events.{ROW_TRIGGER} altered (function audit.append_only_refuse was replaced" \
+            in str(src.problem())
+        with contextlib.closing(audit_db.connect()) as su:
+            install(su, audit_db.target)
+        assert wait_for(lambda: src.problem() is None, 10)
