@@ -80,6 +80,7 @@ MESSAGE_PREFIX = "worm-pipeline"
 # the slot to it once read (the only LSNs it ever advances to are ones it has read)
 IDLE_ADVANCE_BYTES = 1 << 20
 _WRITE_CHUNK = 4096
+SLOT_BUSY_GRACE = 10.0  # seconds the slot may be held by another process before it is a read-error
 _NOT_OURS = -1  # _advanced_xid when the slot's position was found, not set by this process
 PROBLEMS = ("wal-level", "slot-missing", "slot-lost", "behind-retention", "triggers-disabled", "decode-error",
             "chain-write", "read-error")
@@ -179,6 +180,7 @@ class PostgresSource:
         self.rows_written = 0
         self._up = True
         self._pkeys: dict[str, list[str]] = {}
+        self._busy_since: float | None = None  # since when the slot has been in use by another process
         self.decoder = Decoder()
 
     # ------------------------------------------------------------------ lifecycle
@@ -234,6 +236,7 @@ class PostgresSource:
                     continue
                 got = self.poll_once()
                 self._set_problem("read-error", None)
+                self._busy_since = None
                 self._set_problem("decode-error", None)
                 backoff = 0.5
                 if got < self.settings.batch_rows:
@@ -269,6 +272,21 @@ class PostgresSource:
             return
         if sqlstate == "55000" and "wal_level" in text:
             self._set_problem("wal-level", text)
+            return
+        if sqlstate == "55006" and "replication slot" in text:
+            # "is active for PID n": held by another process for a moment (pg verify peeking
+            # it; the backend of a killed sidecar finishing its advance); only a holder that
+            # stays is a problem (a consumer of its own reads and moves it)
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+                log.info("postgres source: slot %s in use by another process, retrying: %s", self.slot, text)
+            if now - self._busy_since < SLOT_BUSY_GRACE:
+                return
+            # (psycopg calls it an OperationalError, which below would only mean an outage)
+            self._set_problem("read-error", f"cannot read slot {self.slot}: {text} (for more than "
+                                            f"{SLOT_BUSY_GRACE:g} s: another consumer holds the slot; what it "
+                                            "confirms is recorded as a gap)")
             return
         psycopg = require_psycopg()
         if not isinstance(exc, psycopg.OperationalError):
@@ -354,7 +372,10 @@ class PostgresSource:
                           f"slot {self.slot} is past max_slot_wal_keep_size (wal_status unreserved): the WAL it "
                           "needs may be removed at the next checkpoint")
         confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
-        known = self._advanced_to if self._advanced_to is not None else self._end_lsn
+        # the chain accounts for everything up to the later of where this process moved the
+        # slot and the end of the last durable transaction (or mark): a slot moved up to there
+        # skipped nothing (e.g. the advance of a killed process's backend, finishing late)
+        known = max((x for x in (self._advanced_to, self._end_lsn) if x is not None), default=None)
         before, self._timeline = self._timeline, timeline
         if before is not None and timeline != before:
             # a point-in-time restore or a promotion: LSNs after the fork do not order against

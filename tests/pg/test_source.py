@@ -4,6 +4,7 @@ order, across restarts of the source and of the database; problems are reported.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -448,3 +449,97 @@ def test_a_replaced_trigger_function_is_reported(audit_db: AuditDb, tmp_path: Pa
         with contextlib.closing(audit_db.connect()) as su:
             install(su, audit_db.target)
         assert wait_for(lambda: src.problem() is None, 10)
+
+
+def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_path: Path) -> None:
+    """SIGKILL right after the position file was written: the killed process's backend may
+    still finish its pg_replication_slot_advance after the next source has looked at the
+    slot.  The slot then moves to the end of what the chain holds: nothing was skipped, so
+    no gap may be recorded (pg verify would report one)."""
+    hot = tmp_path / "hot"
+    log = open_log(hot, "app")
+    first = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
+    first.position, first._end_lsn, first._last_seq = first._find_position()
+    conn = first._connection()
+
+    class Killed(Exception):
+        pass
+
+    class NoAdvance:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(conn, name)
+
+        def execute(self, sql: str, *a: Any) -> Any:
+            if "pg_replication_slot_advance" in sql:
+                raise Killed
+            return conn.execute(sql, *a)
+
+    first._conn = NoAdvance()
+    audit_db.insert(3)
+    with pytest.raises(Killed):
+        first.poll_once()
+    end = first._end_lsn
+    assert end is not None
+    conn.close()
+    second = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
+    second.position, second._end_lsn, second._last_seq = second._find_position()
+    try:
+        second._connection()  # the slot is still behind the position file's end
+        from pipeline.pg.decode import format_lsn
+
+        with contextlib.closing(audit_db.connect()) as su:  # the killed backend's advance lands now
+            su.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (audit_db.target.slot, format_lsn(end)))
+        audit_db.insert(1)
+        second.poll_once()
+    finally:
+        second._close()
+        log.close()
+    assert [e["op"] for e in chain_events(hot)] == ["insert"] * 4
+    assert second.metrics.gaps._value.get() == 0
+
+
+def test_a_consumer_holding_the_slot_is_reported_and_its_moves_recorded(
+        audit_db: AuditDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Another process streams from the source's slot (pg_recvlogical): for a moment that is
+    only retried (pg verify peeks the slot, a killed sidecar's backend finishes), past the
+    grace it is a read-error; what the intruder consumed and confirmed is a gap."""
+    import logging
+    import subprocess
+
+    from tests.pg.server import BIN
+
+    monkeypatch.setattr("pipeline.pg.source.SLOT_BUSY_GRACE", 3.0)
+    caplog.set_level(logging.INFO, logger="pipeline.pg.source")
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot, check_interval=3600.0) as src:
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        t = audit_db.target
+        intruder = subprocess.Popen([str(BIN / "pg_recvlogical"), "-d", audit_db.dsn, "--slot", t.slot, "--start",
+                                     "-o", "proto_version=1", "-o", f"publication_names={t.publication}",
+                                     "-F", "0", "-s", "1", "-f", str(tmp_path / "intruder.out")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            with contextlib.closing(audit_db.connect()) as su:
+                assert wait_for(lambda: su.execute("SELECT active_pid IS NOT NULL FROM pg_replication_slots "
+                                                   "WHERE slot_name = %s", (t.slot,)).fetchone()[0], 10)
+            skipped = audit_db.insert(2)  # streamed to the intruder
+            assert wait_for(lambda: any("in use by another process" in r.getMessage() for r in caplog.records), 10)
+            busy_since = src._busy_since
+            if busy_since is not None and time.monotonic() - busy_since < 2.0:
+                assert src.problem() is None  # within the grace: retried, not reported
+            assert wait_for(lambda: "read-error" in src._problems, 15)
+            assert "is active for PID" in str(src.problem())
+            with contextlib.closing(audit_db.connect()) as su:  # it confirms what it received
+                assert wait_for(lambda: su.execute("SELECT confirmed_flush_lsn >= pg_current_wal_lsn() FROM "
+                                                   "pg_replication_slots WHERE slot_name = %s",
+                                                   (t.slot,)).fetchone()[0], 15)
+        finally:
+            intruder.terminate()
+            intruder.wait(10)
+        assert wait_for(lambda: src.problem() is None, 15), src.problem()
+        later = audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 3, 10)  # the gap mark and the new row
+    events = chain_events(hot)
+    assert [e["op"] for e in events] == ["insert", "gap", "insert"]
+    assert events[-1]["pk"] == {"id": later[0]} and set(logged_ids(hot)).isdisjoint(skipped)
