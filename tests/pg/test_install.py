@@ -72,10 +72,14 @@ def test_disabling_a_trigger_leaves_evidence_and_check_fails(audit_db: AuditDb,
                           "WHERE command LIKE '%DISABLE TRIGGER%'").fetchall()
         assert rows and rows[-1][0] == "ALTER TABLE" and rows[-1][1] == "audit.events"
         su.execute("GRANT UPDATE ON audit.events TO PUBLIC")
+        su.execute("DROP TRIGGER append_only_no_truncate ON audit.ddl_log")  # sql_drop: recorded too
+        assert su.execute("SELECT object_type, object_identity FROM audit.ddl_log WHERE command_tag = "
+                          "'DROP TRIGGER'").fetchall() == [("trigger", "append_only_no_truncate on audit.ddl_log")]
     assert main(["pg", "check", "--dsn", audit_db.dsn]) == 1
     out = capsys.readouterr().out
     assert f"trigger-disabled: trigger {ROW_TRIGGER} on audit.events is DISABLED" in out
     assert "public-privilege: PUBLIC holds UPDATE on audit.events" in out
+    assert "trigger-missing: trigger append_only_no_truncate on audit.ddl_log (refuses TRUNCATE) is missing" in out
 
 
 def test_print_sql_changes_nothing_and_names_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
