@@ -89,8 +89,12 @@ def render(report: PgReport) -> str:
     for f in report.findings:
         where = f"{f.table} id {f.row}" if f.row is not None else f.table
         out.append(f"{'INVALID' if f.severity == ERROR else 'warning'}: {f.code}: {where}: {f.message}")
+        # [logged, now] against the chain; [replica, primary] against the replica; [old, new]
+        # for a change the chain recorded
+        first, second = {"replica": ("replica", "primary"), "change": ("old", "new")}.get(
+            f.code.split("-")[0], ("logged", "now"))
         for col, (was, now) in sorted(f.changes.items()):
-            out.append(f"    {col}: logged {_short(was)}, now {_short(now)}")
+            out.append(f"    {col}: {first} {_short(was)}, {second} {_short(now)}")
     for table, counts in report.tables.items():
         out.append(f"{table}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     t = report.totals()

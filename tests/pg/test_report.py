@@ -25,3 +25,17 @@ def test_report_top_level_keys_and_ok() -> None:
     doc = rep.to_dict()
     assert not rep.ok and doc["totals"]["errors"] == 1
     assert set(doc) >= {"schema", "ok", "mode", "findings", "totals", "elapsed_s"}
+
+
+def test_text_output_names_the_sides_of_each_change() -> None:
+    from pipeline.pg.report import render
+
+    rep = PgReport(mode="chain+replica")
+    rep.findings.append(PgFinding("row-changed", "audit.events", "differs", row="4", changes={"actor": ["a", "m"]}))
+    rep.findings.append(PgFinding("replica-row-differs", "audit.events", "differ", row="4",
+                                  changes={"actor": ["a", "m"]}))
+    rep.findings.append(PgFinding("change-logged", "audit.events", "UPDATE", row="4", changes={"actor": ["a", "m"]}))
+    lines = render(rep).splitlines()
+    assert "    actor: logged 'a', now 'm'" in lines
+    assert "    actor: replica 'a', primary 'm'" in lines
+    assert "    actor: old 'a', new 'm'" in lines
