@@ -221,9 +221,13 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
      "a role other than the owner holds UPDATE, DELETE, TRUNCATE or TRIGGER"),
     ("trigger-missing", ERROR, "pg-check", _PGC, "a refusing trigger is missing"),
     ("trigger-disabled", ERROR, "pg-check", _PGC, "a refusing trigger is disabled or not enabled ALWAYS"),
+    ("trigger-altered", ERROR, "pg-check", _PGC, "a refusing trigger is not as install made it: another or "
+     "replaced function, a WHEN condition, a column list or other events"),
     ("event-trigger-missing", ERROR, "pg-check", _PGC, "the DDL-recording event trigger is missing"),
     ("event-trigger-disabled", ERROR, "pg-check", _PGC,
      "the DDL-recording event trigger is disabled or not enabled ALWAYS"),
+    ("event-trigger-altered", ERROR, "pg-check", _PGC, "the DDL-recording event trigger is not as install made "
+     "it: another event, a tag filter, another or replaced function"),
     ("publication-missing", ERROR, "pg-check", _PGC, "the publication the source reads does not exist"),
     ("publication-incomplete", ERROR, "pg-check", _PGC, "the publication lacks a table"),
     ("slot-missing", ERROR, "pg-check", _PGC, "the source's replication slot does not exist"),
@@ -231,7 +235,7 @@ _TABLE: tuple[tuple[str, Severity, Family, frozenset[str], str], ...] = (
     ("slot-lost", ERROR, "pg-check", _PGC, "the slot was invalidated: WAL it needed is gone"),
     ("slot-behind-retention", ERROR, "pg-check", _PGC, "the slot is past max_slot_wal_keep_size"),
     ("can-bypass", WARNING, "pg-check", _PGC, "a role that could get past the triggers (one per superuser, "
-     "BYPASSRLS or REPLICATION role)"),
+     "BYPASSRLS or REPLICATION role, non-superuser table owner, and member of a table's owner)"),
 )
 
 REGISTRY: Final[dict[str, CodeInfo]] = {

@@ -171,33 +171,9 @@ def install_statements(t: Target) -> list[str]:
         f"GRANT INSERT ON TABLE {q} TO {WRITER_ROLE}",
         f"GRANT USAGE ON SEQUENCE {t.sequence} TO {WRITER_ROLE}",
         f"""CREATE OR REPLACE FUNCTION {t.refuse_function}() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $worm$
-BEGIN
-    RAISE EXCEPTION 'worm-pipeline: % on %.% refused: audit rows are append-only', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
-        USING ERRCODE = 'insufficient_privilege';
-END
-$worm$""",
+LANGUAGE plpgsql SET search_path = pg_catalog AS $worm${refuse_body()}$worm$""",
         f"""CREATE OR REPLACE FUNCTION {t.ddl_function}() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $worm$
-DECLARE r record;
-BEGIN
-    IF TG_EVENT = 'sql_drop' THEN
-        FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
-            IF r.schema_name = '{s}' OR (r.object_type = 'schema' AND r.object_identity = '{s}') THEN
-                INSERT INTO {ddl} (event, command_tag, object_type, object_identity, command)
-                VALUES (TG_EVENT, TG_TAG, r.object_type, r.object_identity, current_query());
-            END IF;
-        END LOOP;
-    ELSE
-        FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-            IF r.schema_name = '{s}' OR (r.object_type = 'schema' AND r.object_identity = '{s}') THEN
-                INSERT INTO {ddl} (event, command_tag, object_type, object_identity, command)
-                VALUES (TG_EVENT, r.command_tag, r.object_type, r.object_identity, current_query());
-            END IF;
-        END LOOP;
-    END IF;
-END
-$worm$""",
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $worm${ddl_body(t)}$worm$""",
         f"REVOKE ALL ON FUNCTION {t.ddl_function}() FROM PUBLIC",
     ]
     for table in (q, ddl):
@@ -232,6 +208,100 @@ END $worm$""",
         f"ALTER PUBLICATION {t.publication} SET (publish = 'insert, update, delete, truncate')",
     ]
     return stmts
+
+
+# The bodies of the two functions install creates: check and the source compare what the
+# server holds with them (a function replaced by one that lets the change through leaves
+# its trigger "enabled ALWAYS").
+def refuse_body() -> str:
+    return """
+BEGIN
+    RAISE EXCEPTION 'worm-pipeline: % on %.% refused: audit rows are append-only', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+"""
+
+
+def ddl_body(t: Target) -> str:
+    s, ddl = t.schema, t.ddl_log
+    return f"""
+DECLARE r record;
+BEGIN
+    IF TG_EVENT = 'sql_drop' THEN
+        FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+            IF r.schema_name = '{s}' OR (r.object_type = 'schema' AND r.object_identity = '{s}') THEN
+                INSERT INTO {ddl} (event, command_tag, object_type, object_identity, command)
+                VALUES (TG_EVENT, TG_TAG, r.object_type, r.object_identity, current_query());
+            END IF;
+        END LOOP;
+    ELSE
+        FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+            IF r.schema_name = '{s}' OR (r.object_type = 'schema' AND r.object_identity = '{s}') THEN
+                INSERT INTO {ddl} (event, command_tag, object_type, object_identity, command)
+                VALUES (TG_EVENT, r.command_tag, r.object_type, r.object_identity, current_query());
+            END IF;
+        END LOOP;
+    END IF;
+END
+"""
+
+
+# pg_trigger.tgtype of the refusing triggers: ROW(1) | BEFORE(2) | DELETE(8) | UPDATE(16),
+# and BEFORE(2) | TRUNCATE(32) for each statement
+TRIGGER_TYPES = {ROW_TRIGGER: 1 | 2 | 8 | 16, TRUNCATE_TRIGGER: 2 | 32}
+
+
+def trigger_states(conn: Any, t: Target) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """The refusing triggers found on the tables: (table, trigger) -> (tgenabled, what in
+    its definition differs from what install made: another function, a changed function
+    body or language, a WHEN condition, a column list, other events)."""
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, tg.tgname, tg.tgenabled::text, tg.tgtype::int, tg.tgqual IS NOT NULL, "
+        "coalesce(array_length(tg.tgattr::int2[], 1), 0), pn.nspname || '.' || p.proname, p.prosrc, l.lanname "
+        "FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_proc p ON p.oid = tg.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace "
+        "JOIN pg_language l ON l.oid = p.prolang "
+        "WHERE tg.tgname IN (%s, %s) AND NOT tg.tgisinternal AND n.nspname || '.' || c.relname = ANY(%s)",
+        (ROW_TRIGGER, TRUNCATE_TRIGGER, t.tables())).fetchall()
+    out: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    for table, name, enabled, tgtype, has_when, ncols, func, src, lang in rows:
+        altered = []
+        if func != t.refuse_function:
+            altered.append(f"calls {func}, not {t.refuse_function}")
+        elif src != refuse_body() or lang != "plpgsql":
+            altered.append(f"function {func} was replaced (its body is not the one pg install wrote)")
+        if tgtype != TRIGGER_TYPES[name]:
+            altered.append(f"fires on other events (tgtype {tgtype}, not {TRIGGER_TYPES[name]})")
+        if has_when:
+            altered.append("has a WHEN condition")
+        if ncols:
+            altered.append("fires only for UPDATE OF some columns")
+        out[(table, name)] = (enabled, altered)
+    return out
+
+
+def event_trigger_states(conn: Any, t: Target) -> dict[str, tuple[str, list[str]]]:
+    """The DDL-recording event triggers found: name -> (evtenabled, what differs from what
+    install made: event, a tag filter, another function, a changed function body)."""
+    rows = conn.execute(
+        "SELECT e.evtname, e.evtenabled::text, e.evtevent, e.evttags IS NOT NULL, pn.nspname || '.' || p.proname, "
+        "p.prosrc FROM pg_event_trigger e JOIN pg_proc p ON p.oid = e.evtfoid "
+        "JOIN pg_namespace pn ON pn.oid = p.pronamespace WHERE e.evtname IN (%s, %s)",
+        (t.event_trigger, f"{t.event_trigger}_drop")).fetchall()
+    out: dict[str, tuple[str, list[str]]] = {}
+    for name, enabled, event, has_tags, func, src in rows:
+        altered = []
+        want = "sql_drop" if name.endswith("_drop") else "ddl_command_end"
+        if event != want:
+            altered.append(f"fires on {event}, not {want}")
+        if has_tags:
+            altered.append("fires only for some command tags (WHEN TAG IN)")
+        if func != t.ddl_function:
+            altered.append(f"calls {func}, not {t.ddl_function}")
+        elif src != ddl_body(t):
+            altered.append(f"function {func} was replaced (its body is not the one pg install wrote)")
+        out[name] = (enabled, altered)
+    return out
 
 
 def slot_statement(t: Target) -> str:
@@ -387,17 +457,21 @@ def _check_table(conn: Any, t: Target, table: str, rep: CheckReport, finding: An
             finding("public-privilege", f"PUBLIC holds {', '.join(sorted(sacl['PUBLIC']))} on {seq}", table=table)
         if table == t.qualified and "USAGE" not in sacl.get(WRITER_ROLE, set()):
             finding("writer-cannot-insert", f"{WRITER_ROLE} lacks USAGE on {seq}", table=table)
-    triggers = {name: (enabled, tgtype) for name, enabled, tgtype in conn.execute(
-        "SELECT tgname, tgenabled, tgtype FROM pg_trigger WHERE tgrelid = %s AND NOT tgisinternal", (oid,))}
+    triggers = {r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = %s AND NOT tgisinternal",
+                                           (oid,))}
+    states = trigger_states(conn, t)
     for tg, what in ((ROW_TRIGGER, "refuses UPDATE and DELETE"), (TRUNCATE_TRIGGER, "refuses TRUNCATE")):
-        state = triggers.get(tg)
+        state = states.get((table, tg))
         if state is None:
             finding("trigger-missing", f"trigger {tg} on {table} ({what}) is missing", table=table)
             continue
-        enabled = _ENABLED.get(str(state[0]), str(state[0]))
-        rep.facts.append((table, f"trigger {tg}: {enabled}"))
+        enabled = _ENABLED.get(state[0], state[0])
+        rep.facts.append((table, f"trigger {tg}: {enabled}" + "".join(f"; {a}" for a in state[1])))
         if state[0] != "A":
             finding("trigger-disabled", f"trigger {tg} on {table} is {enabled}, not enabled ALWAYS", table=table)
+        if state[1]:
+            finding("trigger-altered", f"trigger {tg} on {table} may not refuse what it should ({what}): "
+                                       f"{'; '.join(state[1])}", table=table)
     others = sorted(set(triggers) - {ROW_TRIGGER, TRUNCATE_TRIGGER})
     if others:
         rep.facts.append((table, f"other triggers: {', '.join(others)}"))
@@ -417,15 +491,19 @@ _ENABLED = {"O": "enabled (origin and local only)", "D": "DISABLED", "R": "enabl
 
 
 def _check_event_triggers(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
+    states = event_trigger_states(conn, t)
     for name in (t.event_trigger, f"{t.event_trigger}_drop"):
-        row = conn.execute("SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s", (name,)).fetchone()
-        if row is None:
+        state = states.get(name)
+        if state is None:
             finding("event-trigger-missing", f"event trigger {name} (records DDL on schema {t.schema}) is missing")
             continue
-        enabled = _ENABLED.get(str(row[0]), str(row[0]))
-        rep.facts.append(("ddl", f"event trigger {name}: {enabled}"))
-        if row[0] != "A":
+        enabled = _ENABLED.get(state[0], state[0])
+        rep.facts.append(("ddl", f"event trigger {name}: {enabled}" + "".join(f"; {a}" for a in state[1])))
+        if state[0] != "A":
             finding("event-trigger-disabled", f"event trigger {name} is {enabled}, not enabled ALWAYS")
+        if state[1]:
+            finding("event-trigger-altered", f"event trigger {name} no longer records every DDL command on schema "
+                                             f"{t.schema}: {'; '.join(state[1])}")
 
 
 def _check_slot(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
@@ -458,19 +536,36 @@ def _check_slot(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
 
 
 def _check_bypass(conn: Any, t: Target, rep: CheckReport, finding: Any) -> None:
-    """Who could get past the triggers: superusers (disable them), the table owner (ALTER
-    TABLE ... DISABLE TRIGGER, DROP), roles with BYPASSRLS (row security), REPLICATION
-    roles (read the WAL; with a slot of their own, skip what the source reads)."""
+    """Who could get past the triggers: superusers (disable them), the owner of each table
+    and every role that is a member of the owner (ALTER TABLE ... DISABLE TRIGGER, DROP),
+    roles with BYPASSRLS (row security), REPLICATION roles (read the WAL; with a slot of
+    their own, skip what the source reads).  Each is a ``can-bypass`` warning."""
     rows = conn.execute("SELECT rolname, rolsuper, rolbypassrls, rolreplication, rolcanlogin FROM pg_roles "
                         "WHERE (rolsuper OR rolbypassrls OR rolreplication) AND rolname NOT LIKE 'pg\\_%%' "
                         "ORDER BY rolname").fetchall()
-    owner = conn.execute(f"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = {REL_OID}",
-                         (t.qualified, t.qualified)).fetchone()
+    supers = {name for name, sup, *_ in rows if sup}
     for name, sup, bypass, repl, login in rows:
         what = [w for w, on in (("superuser", sup), ("BYPASSRLS", bypass), ("REPLICATION", repl)) if on]
         rep.facts.append(("bypass", f"{name}: {', '.join(what)}{'' if login else ' (no login)'}"))
         finding("can-bypass", f"{name} ({', '.join(what)}) could get past the triggers: the chain and the replica "
                               "are the layers that catch it", severity="warning")
-    if owner is not None:
-        rep.facts.append(("bypass", f"{owner[0]}: owner of {t.qualified} (can disable its triggers)"))
-
+    for table in t.tables():
+        owner = conn.execute(f"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = {REL_OID}",
+                             (table, table)).fetchone()
+        if owner is None:
+            continue
+        rep.facts.append(("bypass", f"{owner[0]}: owner of {table} (can disable its triggers)"))
+        if owner[0] not in supers:
+            finding("can-bypass", f"{owner[0]} (owner of {table}) could disable its triggers: the chain and the "
+                                  "replica are the layers that catch it", table=table, severity="warning")
+        # a member of the owner role acts as the owner (inherited, or after SET ROLE)
+        members = conn.execute("SELECT r.rolname, r.rolcanlogin FROM pg_roles r WHERE r.rolname <> %s AND NOT "
+                               "r.rolsuper AND r.rolname NOT LIKE 'pg\\_%%' AND pg_has_role(r.oid, "
+                               "(SELECT oid FROM pg_roles WHERE rolname = %s), 'MEMBER') ORDER BY 1",
+                               (owner[0], owner[0])).fetchall()
+        for member, login in members:
+            rep.facts.append(("bypass", f"{member}: member of {owner[0]}, the owner of {table}"
+                                        f"{'' if login else ' (no login)'}"))
+            finding("can-bypass", f"{member} (member of {owner[0]}, the owner of {table}) could disable its "
+                                  "triggers: the chain and the replica are the layers that catch it", table=table,
+                    severity="warning")

@@ -1,9 +1,9 @@
 """Findings and the report of ``pipeline pg verify`` / ``pg check``, in verify-tier's shape.
 
-``PgFinding.to_dict`` writes exactly the keys of ``pipeline.verify.tier.TierFinding``
-(``code``, ``severity``, ``stream``, ``segment``, ``key``, ``seq``, ``message``) plus
-``changes`` (column -> [logged, now]); ``as_finding`` is the thin adapter to the
-shared finding type, so that whatever unifies findings later changes one function.  The
+``PgFinding.to_dict`` writes exactly the keys of verify-tier's findings (``code``,
+``severity``, ``stream``, ``segment``, ``key``, ``seq``, ``message``, ``offset``,
+``reason``: ``pipeline.findings.Finding.to_dict`` through ``as_finding``, the one adapter
+to the shared finding type) plus ``changes`` (column -> [logged, now]).  The
 mapping: ``stream`` = the table (``audit.events``), ``key`` = the row's primary key as
 text, ``seq`` = the chain record holding the row (when there is one), ``segment`` = its
 segment file.  The report has verify-tier's top-level keys (``schema``, ``ok``, ``mode``,
@@ -46,8 +46,11 @@ class PgFinding:
             raise ValueError(f"finding {self.code!r} is registered as {registered}, not {self.severity}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity, "stream": self.table, "segment": self.segment,
-                "key": self.row, "seq": self.seq, "message": self.message, "changes": self.changes}
+        """verify-tier's finding keys, written by the shared type itself (``offset`` null,
+        ``reason`` = ``code``), plus ``changes``."""
+        out = self.as_finding().to_dict()
+        out["changes"] = self.changes
+        return out
 
     def as_finding(self) -> Finding:
         """The same finding in the one findings model (without ``changes``)."""
@@ -86,8 +89,12 @@ def render(report: PgReport) -> str:
     for f in report.findings:
         where = f"{f.table} id {f.row}" if f.row is not None else f.table
         out.append(f"{'INVALID' if f.severity == ERROR else 'warning'}: {f.code}: {where}: {f.message}")
+        # [logged, now] against the chain; [replica, primary] against the replica; [old, new]
+        # for a change the chain recorded
+        first, second = {"replica": ("replica", "primary"), "change": ("old", "new")}.get(
+            f.code.split("-")[0], ("logged", "now"))
         for col, (was, now) in sorted(f.changes.items()):
-            out.append(f"    {col}: logged {_short(was)}, now {_short(now)}")
+            out.append(f"    {col}: {first} {_short(was)}, {second} {_short(now)}")
     for table, counts in report.tables.items():
         out.append(f"{table}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     t = report.totals()

@@ -62,7 +62,14 @@ from pipeline.pg.decode import (
     parse_lsn,
     row_json,
 )
-from pipeline.pg.install import ROW_TRIGGER, TRUNCATE_TRIGGER, Target, primary_key
+from pipeline.pg.install import (
+    ROW_TRIGGER,
+    TRUNCATE_TRIGGER,
+    Target,
+    event_trigger_states,
+    primary_key,
+    trigger_states,
+)
 
 log = logging.getLogger("pipeline.pg.source")
 
@@ -73,6 +80,8 @@ MESSAGE_PREFIX = "worm-pipeline"
 # the slot to it once read (the only LSNs it ever advances to are ones it has read)
 IDLE_ADVANCE_BYTES = 1 << 20
 _WRITE_CHUNK = 4096
+SLOT_BUSY_GRACE = 10.0  # seconds the slot may be held by another process before it is a read-error
+_NOT_OURS = -1  # _advanced_xid when the slot's position was found, not set by this process
 PROBLEMS = ("wal-level", "slot-missing", "slot-lost", "behind-retention", "triggers-disabled", "decode-error",
             "chain-write", "read-error")
 
@@ -160,6 +169,9 @@ class PostgresSource:
         self._problems: dict[str, str] = {}
         self.position: Position | None = None
         self._advanced_to: int | None = None  # the LSN this process last moved the slot to
+        # what lies at _advanced_to: the xid of the transaction whose commit record ends there,
+        # None for the source's own message, _NOT_OURS when the slot was found there
+        self._advanced_xid: int | None = _NOT_OURS
         self._end_lsn: int | None = None  # end of the last transaction made durable
         self._last_seq: int | None = None  # the chain seq of the newest event written
         self._timeline: str | None = None  # the WAL timeline the positions belong to
@@ -168,6 +180,7 @@ class PostgresSource:
         self.rows_written = 0
         self._up = True
         self._pkeys: dict[str, list[str]] = {}
+        self._busy_since: float | None = None  # since when the slot has been in use by another process
         self.decoder = Decoder()
 
     # ------------------------------------------------------------------ lifecycle
@@ -223,6 +236,7 @@ class PostgresSource:
                     continue
                 got = self.poll_once()
                 self._set_problem("read-error", None)
+                self._busy_since = None
                 self._set_problem("decode-error", None)
                 backoff = 0.5
                 if got < self.settings.batch_rows:
@@ -258,6 +272,21 @@ class PostgresSource:
             return
         if sqlstate == "55000" and "wal_level" in text:
             self._set_problem("wal-level", text)
+            return
+        if sqlstate == "55006" and "replication slot" in text:
+            # "is active for PID n": held by another process for a moment (pg verify peeking
+            # it; the backend of a killed sidecar finishing its advance); only a holder that
+            # stays is a problem (a consumer of its own reads and moves it)
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+                log.info("postgres source: slot %s in use by another process, retrying: %s", self.slot, text)
+            if now - self._busy_since < SLOT_BUSY_GRACE:
+                return
+            # (psycopg calls it an OperationalError, which below would only mean an outage)
+            self._set_problem("read-error", f"cannot read slot {self.slot}: {text} (for more than "
+                                            f"{SLOT_BUSY_GRACE:g} s: another consumer holds the slot; what it "
+                                            "confirms is recorded as a gap)")
             return
         psycopg = require_psycopg()
         if not isinstance(exc, psycopg.OperationalError):
@@ -324,12 +353,13 @@ class PostgresSource:
     def _slot_row(self, conn: Any) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = conn.execute(
             "SELECT confirmed_flush_lsn::text, wal_status, plugin, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+            "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
             "FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)).fetchone()
         return row
 
     def _judge_slot(self, conn: Any, row: tuple[Any, ...]) -> None:
-        confirmed_text, wal_status, plugin, lag = row
+        confirmed_text, wal_status, plugin, lag, timeline = row
         if plugin != "pgoutput":
             raise ProtocolError(f"slot {self.slot} uses {plugin}; the source reads pgoutput")
         self.metrics.lag_bytes.set(lag or 0)
@@ -342,8 +372,10 @@ class PostgresSource:
                           f"slot {self.slot} is past max_slot_wal_keep_size (wal_status unreserved): the WAL it "
                           "needs may be removed at the next checkpoint")
         confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
-        known = self._advanced_to if self._advanced_to is not None else self._end_lsn
-        timeline = conn.execute("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").fetchone()[0]
+        # the chain accounts for everything up to the later of where this process moved the
+        # slot and the end of the last durable transaction (or mark): a slot moved up to there
+        # skipped nothing (e.g. the advance of a killed process's backend, finishing late)
+        known = max((x for x in (self._advanced_to, self._end_lsn) if x is not None), default=None)
         before, self._timeline = self._timeline, timeline
         if before is not None and timeline != before:
             # a point-in-time restore or a promotion: LSNs after the fork do not order against
@@ -352,6 +384,13 @@ class PostgresSource:
             self._record_mark("reset", self.position.lsn if self.position else 0, confirmed,
                               f"the database's WAL timeline changed from {before} to {timeline} (a restore or a "
                               f"promotion): reading restarts at slot {self.slot}'s {format_lsn(confirmed)}")
+        elif self._advanced_to is not None and confirmed < self._advanced_to and self._same_history(conn):
+            # PostgreSQL writes a slot moved with pg_replication_slot_advance to disk only at
+            # the next checkpoint: after a crash the slot is back there, and the WAL still holds
+            # what was read. The positions stand: the transactions come again and are skipped.
+            log.warning("postgres source: slot %s went back from %s to %s after a database crash (the WAL still "
+                        "holds what was read): its transactions are read again and skipped", self.slot,
+                        format_lsn(self._advanced_to), format_lsn(confirmed))
         elif self._advanced_to is not None and confirmed < self._advanced_to:
             self._record_mark("reset", self._advanced_to, confirmed,
                               f"slot {self.slot} went back from {format_lsn(self._advanced_to)} to "
@@ -360,14 +399,51 @@ class PostgresSource:
             self._record_mark("gap", known, confirmed, f"slot {self.slot} starts at {format_lsn(confirmed)}, past the "
                                                        f"end of the last transaction in the chain ({format_lsn(known)})"
                                                        ": it was recreated or advanced by someone else")
-        self._advanced_to = confirmed
+        if confirmed != self._advanced_to:
+            self._advanced_to, self._advanced_xid = confirmed, _NOT_OURS
+
+    def _same_history(self, conn: Any) -> bool:
+        """Whether the WAL from the slot on still holds what this process read up to where it
+        last moved the slot: the commit record of the same transaction (xid) ending exactly
+        there, or the source's own message there.  True after a crash of PostgreSQL; false
+        when the slot was recreated on a database restored to an earlier point (the WAL
+        there is another history).  Only Begin, Commit and Message messages are sent."""
+        target, xid = self._advanced_to, self._advanced_xid
+        assert target is not None
+        if xid == _NOT_OURS:
+            # this process has not moved the slot: as at a start, the position file and the
+            # chain decide what is already logged
+            return True
+        sql = ("SELECT pg_wal_lsn_diff(lsn, '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, "
+               "%s::pg_lsn, NULL, 'proto_version', '1', 'publication_names', %s, 'messages', 'true') "
+               "WHERE get_byte(data, 0) IN (66, 67, 77)")  # B, C, M
+        decoder = Decoder()
+        begin_xid: int | None = None
+        with conn.transaction(), conn.cursor(name="worm_pg_history", binary=True) as cur:
+            cur.itersize = 5000
+            cur.execute(sql, (self.slot, format_lsn(target + 1), self.publication))
+            for row_lsn, data in cur:
+                item = decoder.decode(data)
+                if isinstance(item, Begin):
+                    begin_xid = item.xid
+                elif isinstance(item, Commit):
+                    if item.end_lsn == target and xid is not None and begin_xid == xid:
+                        return True
+                elif isinstance(item, Change) and item.prefix == MESSAGE_PREFIX and int(row_lsn) == target \
+                        and xid is None:
+                    return True
+        return False
 
     def _record_mark(self, op: str, from_lsn: int, to_lsn: int, reason: str) -> None:
         """A gap (WAL the source could not read) or a reset (positions start over) in the
-        chain; the chain's position becomes (to_lsn, -1)."""
+        chain; the chain's position becomes (to_lsn, -1), never lower for a gap."""
         event = {"source": "postgres", "slot": self.slot, "op": op, "from_lsn": format_lsn(from_lsn),
                  "to_lsn": format_lsn(to_lsn), "lsn": format_lsn(to_lsn), "n": -1, "reason": reason}
-        self._write([(event, Position(to_lsn, -1))])
+        pos = Position(to_lsn, -1)
+        if op == "gap" and self.position is not None and self.position > pos:
+            # a gap noticed after rows past it were written: what is in the chain stays skipped
+            pos = self.position
+        self._write([(event, pos)])
         self._end_lsn = to_lsn
         self._save_position()
         self.metrics.gaps.inc()
@@ -376,25 +452,31 @@ class PostgresSource:
     def _check(self, conn: Any) -> None:
         """The periodic look at what the source cannot see in the WAL: the triggers'
         state (a superuser may disable them), the slot's retention and lag."""
-        rows = conn.execute(
-            "SELECT n.nspname || '.' || c.relname, t.tgname, t.tgenabled FROM pg_trigger t "
-            "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE t.tgname IN (%s, %s) AND n.nspname || '.' || c.relname = ANY(%s)",
-            (ROW_TRIGGER, TRUNCATE_TRIGGER, sorted(self.tables))).fetchall()
-        found = {(table, name): enabled for table, name, enabled in rows}
+        target = self.settings.target
+        found = trigger_states(conn, target)
         bad = []
-        for table in sorted(self.tables):
+        for table in target.tables():
             for name in (ROW_TRIGGER, TRUNCATE_TRIGGER):
                 state = found.get((table, name))
-                if state != "A":
-                    bad.append(f"{table}.{name} " + ("missing" if state is None else f"not enabled ALWAYS ({state})"))
-        evt = self.settings.target.event_trigger
-        for name, enabled in conn.execute("SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname IN (%s, %s)",
-                                          (evt, evt + "_drop")).fetchall():
-            if enabled != "A":
-                bad.append(f"event trigger {name} not enabled ALWAYS ({enabled})")
+                if state is None:
+                    bad.append(f"{table}.{name} missing")
+                    continue
+                if state[0] != "A":
+                    bad.append(f"{table}.{name} not enabled ALWAYS ({state[0]})")
+                if state[1]:  # e.g. its function replaced by one that lets the change through
+                    bad.append(f"{table}.{name} altered ({'; '.join(state[1])})")
+        events = event_trigger_states(conn, target)
+        for name in (target.event_trigger, target.event_trigger + "_drop"):
+            evt = events.get(name)
+            if evt is None:  # dropped: DROP EVENT TRIGGER is not itself recorded
+                bad.append(f"event trigger {name} missing")
+                continue
+            if evt[0] != "A":
+                bad.append(f"event trigger {name} not enabled ALWAYS ({evt[0]})")
+            if evt[1]:
+                bad.append(f"event trigger {name} altered ({'; '.join(evt[1])})")
         self._set_problem("triggers-disabled", None if not bad else
-                          "audit table triggers disabled or missing: " + ", ".join(bad))
+                          "audit table triggers disabled, missing or altered: " + ", ".join(bad))
         row = self._slot_row(conn)
         if row is None:
             self._slot_missing()
@@ -412,6 +494,15 @@ class PostgresSource:
         conn = self._connection()
         if self._problems.keys() & {"slot-missing", "slot-lost", "wal-level"}:
             return 0
+        # where the slot is, before reading: moved by someone else (or recreated) since this
+        # process last moved it, rows were skipped: the gap goes into the chain first
+        slot_row = self._slot_row(conn)
+        if slot_row is None:
+            self._slot_missing()
+            return 0
+        self._judge_slot(conn, slot_row)
+        if "slot-lost" in self._problems:
+            return 0
         # binary results: bytea as bytes without hex decoding, the LSN as a plain integer
         sql = ("SELECT pg_wal_lsn_diff(lsn, '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
                "'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
@@ -419,6 +510,7 @@ class PostgresSource:
         pending: list[tuple[dict[str, Any], Position]] = []
         n_messages = 0
         advance_to: int | None = None
+        advance_xid: int | None = None
         begin: Begin | None = None
         index = 0
         newest_commit_time: str | None = None
@@ -436,11 +528,13 @@ class PostgresSource:
                     if begin is None:
                         raise ProtocolError("COMMIT without BEGIN")
                     newest_commit_time = item.commit_time
-                    begin = None
                     advance_to = item.end_lsn  # once everything read so far is durable
+                    advance_xid = begin.xid
+                    begin = None
                 elif item.op == "message":
                     if begin is None and item.prefix == MESSAGE_PREFIX:
                         advance_to = int(row_lsn)  # our idle mark: everything before it was read
+                        advance_xid = None
                 else:
                     if begin is None:
                         raise ProtocolError(f"{item.op} outside a transaction")
@@ -454,16 +548,25 @@ class PostgresSource:
                         pending = []
         if pending:
             self._write(pending)
+        if advance_to is not None:
+            # moved by someone else while this read began: the gap is recorded (after the rows)
+            again = self._slot_row(conn)
+            if again is None:
+                self._slot_missing()
+                return n_messages
+            if again[0] != slot_row[0]:
+                self._judge_slot(conn, again)
         if advance_to is not None and (self._advanced_to is None or advance_to > self._advanced_to):
             # every change read is durable now: first the position file, then the slot
             self._end_lsn = advance_to
             self._save_position()
             conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(advance_to)))
-            self._advanced_to = advance_to
-        self._after_poll(conn, n_messages, newest_commit_time)
+            self._advanced_to, self._advanced_xid = advance_to, advance_xid
+        self._after_poll(conn, n_messages, newest_commit_time, slot_row)
         return n_messages
 
-    def _after_poll(self, conn: Any, n_messages: int, newest_commit_time: str | None) -> None:
+    def _after_poll(self, conn: Any, n_messages: int, newest_commit_time: str | None,
+                    slot_row: tuple[Any, ...]) -> None:
         if n_messages >= self.settings.batch_rows and newest_commit_time is not None:
             from datetime import datetime
 
@@ -472,12 +575,7 @@ class PostgresSource:
             return
         self.metrics.lag_seconds.set(0.0)
         if n_messages == 0:
-            row = self._slot_row(conn)
-            if row is None:
-                self._slot_missing()
-                return
-            lag = int(row[3] or 0)
-            self.metrics.lag_bytes.set(lag)
+            lag = int(slot_row[3] or 0)  # where the slot was when the empty read began
             if lag > IDLE_ADVANCE_BYTES and self._clock() - self._emitted_at > 1.0:
                 # the table is idle and the database is not: a mark of our own to move to
                 conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (MESSAGE_PREFIX, self.slot))

@@ -36,7 +36,8 @@ def _as_server_user(argv: list[str]) -> list[str]:
 class PgInstance:
     """One initdb'd cluster.  ``dsn(db)`` connects as the superuser ``postgres``."""
 
-    def __init__(self, *, wal_level: str = "logical", fsync: bool = False, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, *, wal_level: str = "logical", fsync: bool = False, extra: dict[str, str] | None = None,
+                 wal_segsize_mb: int | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="worm-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -44,6 +45,7 @@ class PgInstance:
         self.wal_level = wal_level
         self.fsync = fsync
         self.extra = dict(extra or {})
+        self.wal_segsize_mb = wal_segsize_mb  # initdb --wal-segsize (default 16): small, to outrun retention
         if os.geteuid() == 0:
             pw = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
@@ -53,7 +55,8 @@ class PgInstance:
 
     def init(self) -> PgInstance:
         subprocess.run(_as_server_user([str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-                                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+                                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+                                        *([f"--wal-segsize={self.wal_segsize_mb}"] if self.wal_segsize_mb else [])]),
                        check=True, capture_output=True)
         self.configure()
         return self

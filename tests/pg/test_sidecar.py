@@ -91,17 +91,22 @@ def test_sigkill_during_concurrent_inserts_every_row_once(audit_db: AuditDb, tmp
     for t in threads:
         t.start()
     kills = 0
+    hot = tmp_path / "hot"
+    logged = 0
     try:
         while any(t.is_alive() for t in threads) and kills < 3:
             time.sleep(0.4 + random.random())
+            # killed while it tails: this process has written rows (on a loaded machine it
+            # may not have within the sleep, and then it would resume from nothing)
+            assert wait_for(lambda: len(logged_ids(hot)) > logged or logged >= ROWS, 60, interval=0.2)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             kills += 1
+            logged = len(logged_ids(hot))
             proc = _start(cfg, port, sidecar_log)
         for t in threads:
             t.join(120)
         assert not errors and sum(inserted) == ROWS
-        hot = tmp_path / "hot"
         assert wait_for(lambda: len(logged_ids(hot)) >= ROWS, 90), len(logged_ids(hot))
         # while the sidecar runs: pg verify waits for the source to pass its snapshot
         assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(hot),

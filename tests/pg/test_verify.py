@@ -160,3 +160,29 @@ def test_verify_on_an_idle_table_with_other_wal_after_it(audit_db: AuditDb, tmp_
         su.execute("INSERT INTO other VALUES (2)")
     assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(hot), "--wait", "3s"]) == 0
     assert "OK: 3 rows, 3 logged" in capsys.readouterr().out
+
+
+def test_chain_and_replica_in_one_run(pg_pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented combined run: the superuser's edit is named against the chain and
+    against the replica; each instance's DDL log is its own, so only the audit table is
+    compared with the replica (the primary's DISABLE/ENABLE TRIGGER rows are not replica
+    differences)."""
+    primary, replica = pg_pair.primary, pg_pair.replica
+    hot = tmp_path / "hot"
+    with tailing(primary, hot) as src:
+        ids = primary.insert(6)
+        assert wait_for(lambda: src.rows_written >= 6, 10)
+        assert pg_pair.wait_replicated()
+        code, doc = _verify(capsys, "--dsn", primary.dsn, "--hot", str(hot), "--replica", replica.dsn)
+        assert code == 0 and doc["mode"] == "chain+replica" and doc["findings"] == [], doc
+        _tamper(primary, ids[1])
+        code, doc = _verify(capsys, "--dsn", primary.dsn, "--hot", str(hot), "--replica", replica.dsn)
+    assert code == 1
+    assert set(doc["tables"]) == {"audit.events", "audit.ddl_log", "audit.events (replica)"}
+    assert not [f for f in doc["findings"] if f["code"].startswith("replica-") and f["stream"] != "audit.events"]
+    keys = {(f["code"], f["key"]) for f in doc["findings"]}
+    assert {("row-changed", str(ids[1])), ("row-deleted", str(ids[2])), ("replica-row-differs", str(ids[1])),
+            ("replica-row-extra", str(ids[2]))} <= keys
+    with contextlib.closing(primary.connect()) as su:  # the primary's DDL log holds the evidence...
+        assert su.execute("SELECT count(*) FROM audit.ddl_log WHERE command LIKE '%DISABLE TRIGGER%'").fetchone()[0]
+    assert doc["tables"]["audit.ddl_log"]["logged"] == doc["tables"]["audit.ddl_log"]["rows"] > 0  # ...and the chain
