@@ -5,7 +5,12 @@
 flush), feeds the Merkle tile store and stores ``head.json`` once a seal or a recovery is
 durable.  A record's waiter waits for its batch's ``done`` event, not for a lock: records
 appended concurrently by many threads share one flush, and a flush starts as soon as a
-waiter wants one (the background thread in ``pipeline.hot.writer`` runs it).
+waiter wants one (the background thread in ``pipeline.hot.writer`` runs it).  With the C
+accelerator the common commit (one run, no seal, synced) is one call without the GIL,
+``_native.write_sync``: it writes, fsyncs and only then sets ``done`` durable, which wakes
+the first waiter before this thread has the GIL back; a waiter returns on that flag alone
+(``wait``), and ``durable_seq``/``mark`` and the Merkle tiles follow when the flusher has
+the GIL again.
 
 Failure model (docs/FORMAT.md §5).  If a write or fsync fails, the complete lines the
 failed write left in the file are kept (fsynced and acknowledged, or answered "durability
