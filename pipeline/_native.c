@@ -2865,7 +2865,7 @@ static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ss
 
 /*
  * Completion(): the one-shot event a group commit's waiters wait for
- * (pipeline.hot.chain.Completion is the Python reference, with the same behaviour).
+ * (pipeline.hot.chain.PyCompletion is the Python reference, with the same behaviour).
  *
  * wait(timeout=None) -> bool blocks with the GIL let go on a mutex and condition variable of
  * C; set(durable=False) sets the flag and wakes one waiter, and every waiter that leaves
@@ -2940,7 +2940,7 @@ static PyObject *completion_set(CompletionObject *self, PyObject *const *args, P
 {
     int durable = 0;
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 1 || (nkw == 1 && !_PyUnicode_EqualToASCIIString(PyTuple_GET_ITEM(kwnames, 0), "durable"))) {
+    if (nargs + nkw > 1 || (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "durable") != 0)) {
         PyErr_SetString(PyExc_TypeError, "set(durable=False)");
         return NULL;
     }
@@ -2961,8 +2961,14 @@ static PyObject *completion_wait(CompletionObject *self, PyObject *const *args, 
         timeout = PyFloat_AsDouble(args[0]);
         if (timeout == -1.0 && PyErr_Occurred())
             return NULL;
+        if (isnan(timeout)) {
+            PyErr_SetString(PyExc_ValueError, "wait: timeout must be a number");
+            return NULL;
+        }
         if (timeout < 0)
             timeout = 0;
+        if (timeout > 1e9) /* (a deadline in ~30 years: as good as none, and no overflow) */
+            timeout = 1e9;
     }
     int state, others;
     Py_BEGIN_ALLOW_THREADS

@@ -642,3 +642,16 @@ def test_write_sync_leaves_its_completion_alone_when_the_write_or_the_fsync_fail
     assert not done.is_set() and not done.durable and done.wait(0.01) is False
     with pytest.raises(TypeError):
         native.write_sync(1, [b"z\n"], threading.Event())
+
+
+@needs_native
+def test_completion_refuses_a_timeout_that_is_not_a_number() -> None:
+    assert _accel.native is not None
+    done = _accel.native.Completion()
+    with pytest.raises(ValueError):
+        done.wait(float("nan"))
+    with pytest.raises(TypeError):
+        done.set(fsynced=True)
+    assert done.wait(-1) is False  # a negative timeout is no wait, as with threading.Lock
+    done.set(True)
+    assert done.durable and done.wait(1e300)
