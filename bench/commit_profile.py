@@ -2,8 +2,7 @@
 from N threads, with the flusher's steps timed (issue 15's 40,000 events/s target).
 
 Prints events/s; records per commit; per commit, the wall and CPU time of each flusher
-step (take the batch and hash it, write, feed the Merkle tiles, fsync, sync the tiles; with
-the C accelerator a commit's write, fsync and release of its waiters are one call);
+step (take the batch and hash it, write, feed the Merkle tiles, fsync, sync the tiles);
 per event, user and system CPU and voluntary context switches (getrusage); and the raw
 fsync latency of this disk for an append, measured alone, for comparison.
 
@@ -80,17 +79,12 @@ def main() -> None:
     try:
         p50, p90 = raw_fsync_us(base)
         _accel.fsync = timed("fsync (segment and tiles)", _accel.fsync)
-        # the wrapped fsync is still the accelerator's: keep the one-call commit path on
-        flusher_mod._NATIVE_FSYNC = _accel.fsync  # type: ignore[assignment]
-        if flusher_mod._write_sync is not None:
-            flusher_mod._write_sync = timed("write + fsync + release (one C call)", flusher_mod._write_sync)
         chain_mod.Chain.take = timed("take + Merkle hashing", chain_mod.Chain.take)  # type: ignore[method-assign]
         flusher_mod.Flusher._feed_tree = timed("feed tiles", flusher_mod.Flusher._feed_tree)  # type: ignore[method-assign]
         flusher_mod.Flusher._sync_tree = timed("sync tiles", flusher_mod.Flusher._sync_tree)  # type: ignore[method-assign]
         flusher_mod.Flusher.flush = timed("whole flush", flusher_mod.Flusher.flush)  # type: ignore[method-assign]
         log = open_hotlog(base / "hot", "bench", heartbeat_interval=0)
-        if flusher_mod._write_sync is None:  # (wrapped, it would turn the one-call path off)
-            log._flusher._write_chunks = timed("write", log._flusher._write_chunks)
+        log._flusher._write_chunks = timed("write", log._flusher._write_chunks)
         per = args.events // args.threads
         start = threading.Barrier(args.threads + 1)
 
@@ -116,8 +110,8 @@ def main() -> None:
               f"{elapsed / max(1, commits) * 1e6:.0f} µs per commit")
         print(f"  raw fsync after a 4 KB append, alone: p50 {p50:.0f} µs, p90 {p90:.0f} µs")
         print("  per commit (flusher thread):                wall µs    CPU µs")
-        for name in ("take + Merkle hashing", "write", "write + fsync + release (one C call)", "feed tiles",
-                     "fsync (segment and tiles)", "sync tiles", "whole flush"):
+        for name in ("take + Merkle hashing", "write", "feed tiles", "fsync (segment and tiles)", "sync tiles",
+                     "whole flush"):
             scale = max(1, commits)
             print(f"    {name:<40} {WALL[name] / scale * 1e6:8.1f}  {CPU[name] / scale * 1e6:8.1f}")
         print(f"  per event (whole process): user {(r1.ru_utime - r0.ru_utime) / n * 1e6:.1f} µs, "

@@ -37,7 +37,6 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
-#include <pthread.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -2722,36 +2721,6 @@ out:
     return result;
 }
 
-/* writev every iovec from *at on (no GIL needed): 0, or the errno that stopped it. */
-static int writev_all(int fd, struct iovec *iov, Py_ssize_t n, Py_ssize_t *at_io)
-{
-    Py_ssize_t at = *at_io;
-    int err = 0;
-    while (at < n) {
-        if (iov[at].iov_len == 0) {
-            at++;
-            continue;
-        }
-        int count = n - at > IOV_MAX ? IOV_MAX : (int)(n - at);
-        ssize_t w = writev(fd, iov + at, count);
-        if (w < 0) {
-            err = errno;
-            break;
-        }
-        size_t left = (size_t)w;
-        while (at < n && left >= iov[at].iov_len) {
-            left -= iov[at].iov_len;
-            at++;
-        }
-        if (left) {
-            iov[at].iov_base = (char *)iov[at].iov_base + left;
-            iov[at].iov_len -= left;
-        }
-    }
-    *at_io = at;
-    return err;
-}
-
 /*
  * write_lines(fd, lines) -> None
  *
@@ -2801,7 +2770,27 @@ static PyObject *write_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py
     int err = 0;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        err = writev_all(fd, iov, n, &at);
+        while (at < n) {
+            if (iov[at].iov_len == 0) {
+                at++;
+                continue;
+            }
+            int count = n - at > IOV_MAX ? IOV_MAX : (int)(n - at);
+            ssize_t w = writev(fd, iov + at, count);
+            if (w < 0) {
+                err = errno;
+                break;
+            }
+            size_t left = (size_t)w;
+            while (at < n && left >= iov[at].iov_len) {
+                left -= iov[at].iov_len;
+                at++;
+            }
+            if (left) {
+                iov[at].iov_base = (char *)iov[at].iov_base + left;
+                iov[at].iov_len -= left;
+            }
+        }
         Py_END_ALLOW_THREADS
         if (err == EINTR) {
             err = 0;
@@ -2859,257 +2848,6 @@ static PyObject *fsync_fd(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ss
     }
     errno = err;
     return PyErr_SetFromErrno(PyExc_OSError);
-}
-
-/* ------------------------------------------------ group commit: Completion, write_sync ---- */
-
-/*
- * Completion(): the one-shot event a group commit's waiters wait for
- * (pipeline.hot.chain.PyCompletion is the Python reference, with the same behaviour).
- *
- * wait(timeout=None) -> bool blocks with the GIL let go on a mutex and condition variable of
- * C; set(durable=False) sets the flag and wakes one waiter, and every waiter that leaves
- * having seen the flag wakes the next (a baton, so the 16 threads of a commit do not all
- * wake at once to queue for the GIL).  ``durable`` says the batch was fsynced: write_sync
- * sets it and wakes the first waiter without the GIL, so a commit's waiters are released
- * without the flusher waiting for the GIL first.  A plain set() (a failure, an os-mode
- * write) leaves the waiters to read the flusher's state.  A set flag is never cleared or
- * downgraded.  Every waiter that times out or is woken re-reads the flag under the mutex,
- * so a signal that raced with a timeout is passed on, never lost.
- */
-typedef struct {
-    PyObject_HEAD
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int state; /* 0: not set; 1: set; 2: set, and the batch is durable */
-    int waiting;
-} CompletionObject;
-
-static PyTypeObject CompletionType;
-
-static PyObject *completion_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
-        PyErr_SetString(PyExc_TypeError, "Completion() takes no arguments");
-        return NULL;
-    }
-    CompletionObject *self = (CompletionObject *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    pthread_condattr_t attr;
-    if (pthread_mutex_init(&self->mu, NULL) != 0 || pthread_condattr_init(&attr) != 0) {
-        Py_TYPE(self)->tp_free((PyObject *)self);
-        return PyErr_NoMemory();
-    }
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int r = pthread_cond_init(&self->cv, &attr);
-    pthread_condattr_destroy(&attr);
-    if (r != 0) {
-        pthread_mutex_destroy(&self->mu);
-        Py_TYPE(self)->tp_free((PyObject *)self);
-        return PyErr_NoMemory();
-    }
-    self->state = 0;
-    self->waiting = 0;
-    return (PyObject *)self;
-}
-
-static void completion_dealloc(CompletionObject *self)
-{
-    /* no thread can be waiting: each holds a reference while it waits */
-    pthread_cond_destroy(&self->cv);
-    pthread_mutex_destroy(&self->mu);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Set the flag and wake one waiter (the baton); safe without the GIL. */
-static void completion_set_state(CompletionObject *self, int state)
-{
-    pthread_mutex_lock(&self->mu);
-    if (state > self->state)
-        self->state = state;
-    int waiting = self->waiting;
-    pthread_mutex_unlock(&self->mu);
-    /* signalled after the mutex is let go, so that the woken waiter does not wait for it */
-    if (waiting)
-        pthread_cond_signal(&self->cv);
-}
-
-static PyObject *completion_set(CompletionObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                PyObject *kwnames)
-{
-    int durable = 0;
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 1 || (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "durable") != 0)) {
-        PyErr_SetString(PyExc_TypeError, "set(durable=False)");
-        return NULL;
-    }
-    if (nargs + nkw == 1 && (durable = PyObject_IsTrue(args[0])) < 0)
-        return NULL;
-    completion_set_state(self, durable ? 2 : 1);
-    Py_RETURN_NONE;
-}
-
-static PyObject *completion_wait(CompletionObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "wait(timeout=None)");
-        return NULL;
-    }
-    double timeout = -1.0;
-    if (nargs == 1 && args[0] != Py_None) {
-        timeout = PyFloat_AsDouble(args[0]);
-        if (timeout == -1.0 && PyErr_Occurred())
-            return NULL;
-        if (isnan(timeout)) {
-            PyErr_SetString(PyExc_ValueError, "wait: timeout must be a number");
-            return NULL;
-        }
-        if (timeout < 0)
-            timeout = 0;
-        if (timeout > 1e9) /* (a deadline in ~30 years: as good as none, and no overflow) */
-            timeout = 1e9;
-    }
-    int state, others;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mu);
-    if (self->state == 0 && timeout != 0) {
-        struct timespec until;
-        if (timeout > 0) {
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            double whole = floor(timeout);
-            until.tv_sec += (time_t)whole;
-            until.tv_nsec += (long)((timeout - whole) * 1e9);
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec += 1;
-                until.tv_nsec -= 1000000000L;
-            }
-        }
-        self->waiting++;
-        while (self->state == 0) {
-            if (timeout < 0)
-                pthread_cond_wait(&self->cv, &self->mu);
-            else if (pthread_cond_timedwait(&self->cv, &self->mu, &until) == ETIMEDOUT)
-                break;
-        }
-        self->waiting--;
-    }
-    state = self->state;
-    others = self->waiting;
-    pthread_mutex_unlock(&self->mu);
-    Py_END_ALLOW_THREADS
-    /* Having seen the flag, pass the baton on (a wake-up this waiter took is never lost),
-     * once this thread has the GIL: the next waiter then wakes while this one works and
-     * mostly finds the GIL free when this one lets it go.  (Passed on before taking the GIL,
-     * every waiter of a commit wakes at once and queues for it: measured, ~2.6 instead of
-     * ~2.0 voluntary context switches per event and no more events/s.) */
-    if (state && others)
-        pthread_cond_signal(&self->cv);
-    return PyBool_FromLong(state != 0);
-}
-
-static PyObject *completion_is_set(CompletionObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return PyBool_FromLong(self->state != 0);
-}
-
-static PyObject *completion_get_durable(CompletionObject *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->state == 2);
-}
-
-static PyMethodDef completion_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))completion_wait, METH_FASTCALL,
-     "Block (without the GIL) until set; False on timeout."},
-    {"set", (PyCFunction)(void (*)(void))completion_set, METH_FASTCALL | METH_KEYWORDS,
-     "Set the flag (durable: the batch was fsynced) and start waking the waiters."},
-    {"is_set", (PyCFunction)completion_is_set, METH_NOARGS, "Whether the flag is set."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef completion_getset[] = {
-    {"durable", (getter)completion_get_durable, NULL, "set by a successful write_sync", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject CompletionType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pipeline._native.Completion",
-    .tp_basicsize = sizeof(CompletionObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One-shot event for a group commit's waiters, woken one after another (a baton).",
-    .tp_new = completion_new,
-    .tp_dealloc = (destructor)completion_dealloc,
-    .tp_methods = completion_methods,
-    .tp_getset = completion_getset,
-};
-
-/*
- * write_sync(fd, lines, done) -> int
- *
- * A group commit's I/O in one call without the GIL: write the lines in order (as
- * write_lines), fsync, and set ``done`` durable, which starts waking its waiters before
- * this thread takes the GIL back.  Returns 0, or the errno that stopped it: positive when
- * the write failed (what was written so far stays in the file), negative when the fsync
- * failed (everything was written); ``done`` is then left alone.  EINTR retries without
- * running the signal handlers (they run when the call returns: writes to a regular file and
- * fsync are not interrupted in practice).
- */
-static PyObject *write_sync(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3 || !PyObject_TypeCheck(args[2], &CompletionType)) {
-        PyErr_SetString(PyExc_TypeError, "write_sync(fd, lines, done: Completion)");
-        return NULL;
-    }
-    long fd_long = PyLong_AsLong(args[0]);
-    if (fd_long == -1 && PyErr_Occurred())
-        return NULL;
-    if (fd_long < 0 || fd_long > INT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "write_sync: bad file descriptor");
-        return NULL;
-    }
-    int fd = (int)fd_long;
-    CompletionObject *done = (CompletionObject *)args[2];
-    PyObject *lines = PySequence_Tuple(args[1]); /* holds every line alive and unchanged */
-    if (lines == NULL)
-        return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(lines);
-    struct iovec *iov = PyMem_New(struct iovec, n > 0 ? n : 1);
-    if (iov == NULL) {
-        Py_DECREF(lines);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *line = PyTuple_GET_ITEM(lines, i);
-        if (!PyBytes_Check(line)) {
-            PyMem_Free(iov);
-            Py_DECREF(lines);
-            PyErr_SetString(PyExc_TypeError, "write_sync: every line must be bytes");
-            return NULL;
-        }
-        iov[i].iov_base = PyBytes_AS_STRING(line);
-        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(line);
-    }
-    Py_ssize_t at = 0;
-    int result;
-    Py_BEGIN_ALLOW_THREADS
-    int err;
-    while ((err = writev_all(fd, iov, n, &at)) == EINTR)
-        ;
-    if (err) {
-        result = err;
-    } else {
-        int r;
-        while ((r = fsync(fd)) != 0 && errno == EINTR)
-            ;
-        result = r == 0 ? 0 : -errno;
-        if (r == 0)
-            completion_set_state(done, 2);
-    }
-    Py_END_ALLOW_THREADS
-    PyMem_Free(iov);
-    Py_DECREF(lines);
-    return PyLong_FromLong(result);
 }
 
 /* ---------------------------------------------------------------- syslog (RFC 5424) ---- */
@@ -4254,8 +3992,6 @@ static PyMethodDef module_methods[] = {
      "os.fsync (or fdatasync) without the GIL."},
     {"write_lines", (PyCFunction)(void (*)(void))write_lines, METH_FASTCALL,
      "Write byte strings in order with writev, letting go of the GIL once."},
-    {"write_sync", (PyCFunction)(void (*)(void))write_sync, METH_FASTCALL,
-     "A group commit's write, fsync and release of its waiters, without the GIL."},
     {"utc_now", (PyCFunction)utc_now, METH_NOARGS, "The record timestamp for now, as bytes."},
     {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL, "Screen serialised event bytes for the sanitiser."},
     {"card_in", (PyCFunction)py_card_in, METH_O, "Whether a Luhn-valid card-number shape occurs (sanitise._card_in)."},
@@ -4297,8 +4033,7 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     if (ot_init() < 0)
         return NULL;
-    if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&RatchetType) < 0 ||
-        PyType_Ready(&CompletionType) < 0)
+    if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&RatchetType) < 0)
         return NULL;
     if (chacha_poly == NULL && (chacha_poly = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL)) == NULL) {
         PyErr_SetString(PyExc_ImportError, "OpenSSL has no ChaCha20-Poly1305");
@@ -4309,9 +4044,7 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     Py_INCREF(&CompactRangeType);
     Py_INCREF(&RatchetType);
-    Py_INCREF(&CompletionType);
     if (PyModule_AddObject(m, "CompactRange", (PyObject *)&CompactRangeType) < 0 ||
-        PyModule_AddObject(m, "Completion", (PyObject *)&CompletionType) < 0 ||
         PyModule_AddObject(m, "Ratchet", (PyObject *)&RatchetType) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_NULL", SCREEN_NULL) < 0 ||
         PyModule_AddIntConstant(m, "SCREEN_HINT", SCREEN_HINT) < 0 ||
@@ -4320,7 +4053,6 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "SCREEN_SHIFT", SCREEN_SHIFT) < 0) {
         Py_DECREF(&CompactRangeType);
         Py_DECREF(&RatchetType);
-        Py_DECREF(&CompletionType);
         Py_DECREF(m);
         return NULL;
     }

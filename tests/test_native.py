@@ -5,14 +5,12 @@ written without it)."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import pickle
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -604,54 +602,3 @@ def test_deferred_merkle_under_concurrent_appends_seals_and_rotation(tmp_path: P
     for size, root in heads:  # every durable head ever reported is a prefix of the final tree
         assert root == merkle.root_from_leaves(lines[:size])
     assert len(list_segments(stream_dir)) > 10
-
-
-@needs_native
-def test_write_sync_writes_fsyncs_and_then_sets_its_completion_durable(tmp_path: Path) -> None:
-    assert _accel.native is not None
-    done = _accel.native.Completion()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        lines = [b"a" * 100 + b"\n", b"", b"b\n"] * 700  # more than IOV_MAX iovecs
-        assert _accel.native.write_sync(fd, lines, done) == 0
-        assert done.is_set() and done.durable and done.wait(0)
-    finally:
-        os.close(fd)
-    assert (tmp_path / "seg").read_bytes() == b"".join(lines)
-
-
-@needs_native
-def test_write_sync_leaves_its_completion_alone_when_the_write_or_the_fsync_fails(tmp_path: Path) -> None:
-    """A failed write answers its errno (positive), a failed fsync minus its errno, and the
-    completion stays unset: only an fsync that succeeded may release the waiters."""
-    assert _accel.native is not None
-    native = _accel.native
-    done = native.Completion()
-    fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        assert native.write_sync(fd, [b"x\n"], done) == errno.EBADF  # not open for writing
-    finally:
-        os.close(fd)
-    r, w = os.pipe()  # writes work, fsync of a pipe fails (EINVAL)
-    try:
-        assert native.write_sync(w, [b"y\n"], done) == -errno.EINVAL
-        assert os.read(r, 10) == b"y\n"
-    finally:
-        os.close(r)
-        os.close(w)
-    assert not done.is_set() and not done.durable and done.wait(0.01) is False
-    with pytest.raises(TypeError):
-        native.write_sync(1, [b"z\n"], threading.Event())
-
-
-@needs_native
-def test_completion_refuses_a_timeout_that_is_not_a_number() -> None:
-    assert _accel.native is not None
-    done = _accel.native.Completion()
-    with pytest.raises(ValueError):
-        done.wait(float("nan"))
-    with pytest.raises(TypeError):
-        done.set(fsynced=True)
-    assert done.wait(-1) is False  # a negative timeout is no wait, as with threading.Lock
-    done.set(True)
-    assert done.durable and done.wait(1e300)

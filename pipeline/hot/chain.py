@@ -109,17 +109,14 @@ class Run:
     hashed: int = 0  # chunks already in the Merkle trees (see Chain._hash_runs)
 
 
-class PyCompletion:
+class Completion:
     """A one-shot event for many waiters, cheaper than ``threading.Event`` when 16 threads
-    wait for every flush (the Python reference of ``pipeline._native.Completion``, which
-    ``Completion`` names when the accelerator is built).  Each waiter blocks on a lock of its
-    own, and the waiters are woken one after another, like a baton: ``set`` releases the
-    first, and each waiter, once it has seen the flag, releases the next.  Woken all at once
-    (``Event.set``), the waiters would wake together only to queue for the GIL, each sleeping
-    a second time; passed on one at a time, a waiter mostly finds the GIL free (measured with
-    16 appending threads: 3.3 context switches per event down to 2.1, and ~20% more
-    events/s; docs/BENCHMARKS.md).  ``set(durable=True)`` also says that the batch it
-    completes was fsynced (the C one is set so by ``write_sync``, without the GIL).
+    wait for every flush.  Each waiter blocks on a lock of its own, and the waiters are woken
+    one after another, like a baton: ``set`` releases the first, and each waiter, once it
+    has seen the flag, releases the next.  Woken all at once (``Event.set``), the waiters
+    would wake together only to queue for the GIL, each sleeping a second time; passed on
+    one at a time, a waiter mostly finds the GIL free (measured with 16 appending threads:
+    3.3 context switches per event down to 2.1, and ~20% more events/s; docs/BENCHMARKS.md).
 
     Correctness rests on the GIL making each deque operation atomic, and on one rule: a
     waiter whose lock was taken from the queue passes the baton on, however it returns.
@@ -128,19 +125,16 @@ class PyCompletion:
     that times out takes itself out of the queue; if it is no longer there, the baton
     reached it meanwhile and it passes it on."""
 
-    __slots__ = ("_flag", "_waiters", "durable")
+    __slots__ = ("_flag", "_waiters")
 
     def __init__(self) -> None:
         self._flag = False
-        self.durable = False
         self._waiters: collections.deque[Any] = collections.deque()
 
     def is_set(self) -> bool:
         return self._flag
 
-    def set(self, durable: bool = False) -> None:
-        if durable:
-            self.durable = True
+    def set(self) -> None:
         self._flag = True
         self._pass()
 
@@ -172,9 +166,6 @@ class PyCompletion:
         return True
 
 
-Completion: Callable[[], PyCompletion] = native.Completion if native is not None else PyCompletion
-
-
 class Batch:
     """What one flush writes: the runs queued since the previous flush took its batch.
     ``taken`` is set when a flush takes it, ``done`` when that flush has finished (written,
@@ -182,21 +173,19 @@ class Batch:
     wait for ``done`` alone, so records appended concurrently share one group commit and
     no waiter needs the chain's lock to be woken."""
 
-    __slots__ = ("done", "first_seq", "gathered", "gen", "pending", "runs", "taken", "upto", "waiters", "want")
+    __slots__ = ("done", "first_seq", "gathered", "pending", "runs", "taken", "waiters", "want")
 
-    def __init__(self, first_seq: int, gen: int) -> None:
+    def __init__(self, first_seq: int) -> None:
         self.first_seq = first_seq
-        self.gen = gen  # the chain's generation: every record queued here carries it
-        self.upto = -1  # the last seq in the batch, once a flush took it
         self.runs: list[Run] = []
         self.pending = 0  # bytes queued
-        self.taken = Completion()
+        self.taken = threading.Event()
         self.done = Completion()
         # group commit's gathering (HotLog._gather): appenders that will wait for this
         # batch's commit, and how many the flusher waits for before it takes the batch
         self.waiters = 0
         self.want = 0
-        self.gathered: PyCompletion | None = None  # (or the C one: the same interface)
+        self.gathered: Completion | None = None
 
     def add_waiter(self) -> None:
         """One more appender will wait for this batch (caller holds the chain's lock)."""
@@ -395,7 +384,7 @@ class Chain:
         self.prev = GENESIS_HASH.encode()
         self.cr = merkle.CompactRange()
         self.seg: Segment | None = None
-        self.batch = Batch(0, 0)  # the open batch: lines queued and not yet taken by a flush
+        self.batch = Batch(0)  # the open batch: lines queued and not yet taken by a flush
         self.taken: Batch | None = None  # the batch the newest flush took
         self.pending_seals: list[tuple[Segment, int, bytes]] = []
         self.gen = 0  # bumped by every rollback; receipts carry it
@@ -688,8 +677,7 @@ class Chain:
             if self.failure is not None:
                 return None
             batch = self.batch
-            batch.upto = self.seq - 1
-            self.batch = Batch(self.seq, self.gen)
+            self.batch = Batch(self.seq)
             self.taken = batch
             batch.taken.set()  # appenders waiting for room
             candidate = self.snapshot(tree=False)
@@ -742,7 +730,7 @@ class Chain:
         self.cr = merkle.CompactRange(snap.cr_size, snap.cr_stack)
         self.seg = None
         dropped = self.batch
-        self.batch = Batch(self.seq, self.gen)
+        self.batch = Batch(self.seq)
         dropped.taken.set()
         dropped.done.set()
         self.pending_seals = []

@@ -5,12 +5,7 @@
 flush), feeds the Merkle tile store and stores ``head.json`` once a seal or a recovery is
 durable.  A record's waiter waits for its batch's ``done`` event, not for a lock: records
 appended concurrently by many threads share one flush, and a flush starts as soon as a
-waiter wants one (the background thread in ``pipeline.hot.writer`` runs it).  With the C
-accelerator the common commit (one run, no seal, synced) is one call without the GIL,
-``_native.write_sync``: it writes, fsyncs and only then sets ``done`` durable, which wakes
-the first waiter before this thread has the GIL back; a waiter returns on that flag alone
-(``wait``), and ``durable_seq``/``mark`` and the Merkle tiles follow when the flusher has
-the GIL again.
+waiter wants one (the background thread in ``pipeline.hot.writer`` runs it).
 
 Failure model (docs/FORMAT.md §5).  If a write or fsync fails, the complete lines the
 failed write left in the file are kept (fsynced and acknowledged, or answered "durability
@@ -41,14 +36,6 @@ from pipeline.hot.errors import HotLogError
 __all__ = ["Flusher"]
 
 _log = logging.getLogger("pipeline.hot")
-
-# The group commit's I/O in one C call (write, fsync, release the waiters, without the GIL),
-# used while the writer's write and fsync are exactly the accelerator's (tests replace them
-# to simulate failing disks; those runs take the step-by-step path).
-_NATIVE_FSYNC = _accel.fsync
-_write_sync: Callable[[int, list[bytes], object], int] | None = \
-    _accel.native.write_sync if _accel.native is not None else None
-_native_write = _accel.native.write_lines if _accel.native is not None else None
 
 
 class Flusher:
@@ -118,26 +105,10 @@ class Flusher:
             return
         failing: Run | None = None
         stage = ""  # how far the failing run got: write, sync (bytes written) or done (fsynced)
-        # the common group commit (one run, no seal, synced) in one C call that also releases
-        # the waiters; the Merkle tiles are fed after it (derived data, not part of the ack)
-        one = (sync and _write_sync is not None and len(runs) == 1 and not runs[0].finalize
-               and runs[0].seg.dir_synced and self._write_chunks is _native_write and _accel.fsync is _NATIVE_FSYNC)
         try:
             for run in runs:
                 failing, stage = run, "write"
                 seg = run.seg
-                if one and _write_sync is not None:
-                    started = time.monotonic()
-                    err = _write_sync(seg.fd, run.chunks, batch.done)
-                    if err < 0:
-                        stage = "sync"
-                        self._feed_tree(run.leaves)  # written: as on the step-by-step path
-                    if err:
-                        raise OSError(abs(err), os.strerror(abs(err)))
-                    self.last_sync_seconds = time.monotonic() - started
-                    stage = "done"
-                    self._feed_tree(run.leaves)
-                    continue
                 self._write_chunks(seg.fd, run.chunks)
                 self._feed_tree(run.leaves)
                 stage = "sync"
@@ -309,13 +280,8 @@ class Flusher:
         while True:
             if batch is not None:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                done = batch.done
-                done.wait(0.05 if remaining is None else max(0.0, min(remaining, 0.05)))
-                # the common case, without the chain's lock: the batch was fsynced (set by
-                # write_sync before the flusher has the GIL back to publish ``mark``) ...
-                if done.durable and batch.gen == receipt.generation and receipt.seq <= batch.upto:
-                    return
-                gen, upto = self.mark  # ... or the flusher's published state covers it
+                batch.done.wait(0.05 if remaining is None else max(0.0, min(remaining, 0.05)))
+                gen, upto = self.mark  # the common case, without the chain's lock
                 if gen == receipt.generation and upto >= receipt.seq:
                     return
             with chain.lock:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from pipeline import merkle
-from pipeline._accel import native
 from pipeline.hot import chain as chain_mod
 from pipeline.hot.active import SegmentFiles
 from pipeline.hot.chain import Chain, Receipt
@@ -127,14 +125,9 @@ def test_python_and_bound_operations_build_the_same_lines() -> None:
     assert (s1.root(), t1.root()) == (s2.root(), t2.root())
 
 
-# the Python reference and, when built, the C one (what Batch uses then)
-COMPLETIONS = [chain_mod.PyCompletion] + ([native.Completion] if native is not None else [])
-
-
-@pytest.mark.parametrize("completion", COMPLETIONS)
-def test_completion_wakes_every_waiter_and_times_out_without_one(completion: Any) -> None:
-    done = completion()
-    assert done.wait(0.01) is False and not done.is_set() and not done.durable
+def test_completion_wakes_every_waiter_and_times_out_without_one() -> None:
+    done = chain_mod.Completion()
+    assert done.wait(0.01) is False and not done.is_set()
     woke: list[bool] = []
     threads = [threading.Thread(target=lambda: woke.append(done.wait(5))) for _ in range(32)]
     for t in threads:
@@ -144,26 +137,16 @@ def test_completion_wakes_every_waiter_and_times_out_without_one(completion: Any
         t.join(5)
     assert woke == [True] * 32
     assert done.wait() is True  # after set: at once, no lock left behind
-    assert not done.durable  # a plain set: the waiters read the flusher's state
 
 
-@pytest.mark.parametrize("completion", COMPLETIONS)
-def test_completion_durable_is_set_once_and_never_downgraded(completion: Any) -> None:
-    done = completion()
-    done.set(durable=True)
-    done.set()  # the flusher's ``finally`` after write_sync already set it durable
-    assert done.is_set() and done.durable and done.wait(0) is True
-
-
-@pytest.mark.parametrize("completion", COMPLETIONS)
-def test_completion_baton_reaches_every_waiter_when_some_time_out(completion: Any) -> None:
+def test_completion_baton_reaches_every_waiter_when_some_time_out() -> None:
     """The baton (each woken waiter wakes the next) must not stop at a waiter that timed out
     or arrived while ``set`` ran: every waiter without a timeout returns, many times over."""
     import random
 
     rng = random.Random(7)
     for _round in range(200):
-        done = completion()
+        done = chain_mod.Completion()
         woke: list[bool] = []
         timed = [threading.Thread(target=done.wait, args=(rng.choice((0.0, 0.0005, 0.002)),))
                  for _ in range(rng.randrange(0, 6))]
@@ -180,5 +163,4 @@ def test_completion_baton_reaches_every_waiter_when_some_time_out(completion: An
             t.join(5)
             assert not t.is_alive(), "a waiter without a timeout was never woken"
         assert woke == [True] * len(patient)
-        if completion is chain_mod.PyCompletion:
-            assert not done._waiters  # every queued lock was taken: none left to wake later
+        assert not done._waiters  # every queued lock was taken: none left to wake later

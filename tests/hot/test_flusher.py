@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from pipeline import _accel
-from pipeline.hot import flusher as flusher_mod
 from pipeline.hot.active import SegmentFiles
 from pipeline.hot.chain import Anchor, Chain, Receipt
 from pipeline.hot.errors import HotLogError
@@ -229,49 +228,3 @@ def test_waiting_appends_are_counted_per_batch(tmp_path: Path) -> None:
         assert log._flusher.recent_waiters[-1] >= 1
     finally:
         log.close()
-
-
-@pytest.mark.skipif(flusher_mod._write_sync is None, reason="needs the C accelerator")
-def test_a_group_commit_is_one_native_call_that_releases_its_waiters(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the segment's directory entry is synced, a group commit writes, fsyncs and marks
-    its batch durable in one C call; the appenders it wakes return with their records in the
-    file."""
-    real = flusher_mod._write_sync
-    assert real is not None
-    calls: list[tuple[bool, bool]] = []
-
-    def spy(fd: int, lines: list[bytes], done: Any) -> int:
-        before = done.is_set()
-        r = real(fd, lines, done)
-        calls.append((before, done.durable))
-        return r
-
-    monkeypatch.setattr(flusher_mod, "_write_sync", spy)
-    log = open_hotlog(tmp_path / "hot", "s", heartbeat_interval=0, segment_window=0)
-    try:
-        receipts = [log.append({"i": i}) for i in range(5)]
-        seg = log.active_segment
-        assert seg is not None
-        seqs = [parse_record(line).seq for line in seg.read_bytes().splitlines(keepends=True)]
-        assert [r.seq for r in receipts] == seqs[-5:]
-    finally:
-        log.close()
-    # the first commit of a segment also syncs its directory (the step-by-step path)
-    assert len(calls) >= 4 and all(c == (False, True) for c in calls)
-
-
-def test_a_waiter_returns_once_its_batch_is_durable_before_the_flusher_publishes(tmp_path: Path) -> None:
-    """write_sync sets the batch durable before the flusher has the GIL back to publish its
-    state: a waiter of that batch returns on the flag alone, a receipt of another generation
-    does not."""
-    p = Parts(tmp_path / "s")
-    r = p.append(2)[-1]
-    batch = p.chain.batch
-    batch.upto = r.seq
-    batch.done.set(durable=True)
-    assert p.flusher.mark[1] < r.seq  # nothing published
-    p.flusher.wait(r, timeout=1, batch=batch)  # returns at once
-    stale = r._replace(generation=r.generation + 1)
-    with pytest.raises(TimeoutError):
-        p.flusher.wait(stale, timeout=0.2, batch=batch)
