@@ -11,9 +11,10 @@ Two ways to reach the log:
   trail.
 - ``log=``: a ``HotLog`` in the same process: the record is appended directly.  By default
   (``wait=True``) the logging call returns once the record is durable, like in socket
-  mode.  The wait happens *outside* ``logging``'s handler lock, which guards only building
-  the event from the record (the log is thread-safe): records logged concurrently from many threads share one group
-  commit (one fsync), instead of waiting for an fsync each, one after the other.
+  mode.  The wait happens *outside* ``logging``'s handler lock, which guards only the
+  formatter (taken only to format a record's exception; the log is thread-safe): records
+  logged concurrently from many threads share one group commit (one fsync), instead of
+  waiting for an fsync each, one after the other.
   ``wait=False`` is the non-waiting mode: the logging call returns once the record is
   queued in the log (in group mode it is durable within ``group_interval``, 10 ms by
   default); ``flush()`` -- which ``logging.shutdown()`` calls at exit -- waits until every
@@ -103,8 +104,8 @@ def record_to_event(record: logging.LogRecord, formatter: logging.Formatter | No
 
 class AuditLogHandler(logging.Handler):
     """A ``logging.Handler`` writing each record as an audit event.  Thread-safe.  With
-    ``log=`` the handler lock covers building the event, never appending it or waiting for
-    its durability (see the module docstring)."""
+    ``log=`` the handler lock covers only formatting a record's exception, never appending
+    it or waiting for its durability (see the module docstring)."""
 
     def __init__(
         self,
@@ -150,15 +151,19 @@ class AuditLogHandler(logging.Handler):
     # ------------------------------------------------------------------ logging API
 
     def handle(self, record: logging.LogRecord) -> Any:
-        """``logging.Handler.handle``, with the handler lock around building the event only:
-        appending (the log is thread-safe) and waiting for durability happen outside it."""
+        """``logging.Handler.handle``, with the handler lock only around formatting an
+        exception (the formatter is what it guards): building the event, appending (the log
+        is thread-safe) and waiting for durability happen outside it."""
         if self.log is None:
             return super().handle(record)  # socket: one request and answer at a time
         rv: Any = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may return a record
             record = rv
         if rv:
-            with self.lock:  # type: ignore[union-attr]  # (created by createLock) guards the formatter
+            if record.exc_info:
+                with self.lock:  # type: ignore[union-attr]  # (created by createLock) guards the formatter
+                    event = self._event(record)
+            else:  # the formatter is not used: no lock for 16 threads to queue on
                 event = self._event(record)
             if event is not None:
                 self._append(event, record)

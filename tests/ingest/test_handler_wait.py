@@ -118,3 +118,33 @@ def test_timestamps_match_datetime() -> None:
     values += [int(v) + f for v in values[:200] for f in (0.0, 0.9999995, 0.0000005, 0.5, 0.1234565)]
     for v in values:
         assert _rfc3339(v) == dt.datetime.fromtimestamp(v, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), v
+
+
+def test_the_handler_lock_is_taken_only_to_format_an_exception(hot_dir: Path, hotlog: HotLog) -> None:
+    """The handler lock guards the formatter alone: while another thread holds it, a plain
+    record is still stored, and a record with an exception waits for it, then carries the
+    formatted traceback."""
+    handler = AuditLogHandler(log=hotlog, raise_on_error=True)
+    logger = logger_for(handler, "test.handler.lock")
+    assert handler.lock is not None
+    with handler.lock:
+        plain = threading.Thread(target=logger.info, args=("plain",))
+        plain.start()
+        plain.join(10)
+        assert not plain.is_alive()
+
+        def failing() -> None:
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logger.exception("failed")
+
+        formatted = threading.Thread(target=failing)
+        formatted.start()
+        formatted.join(0.2)
+        assert formatted.is_alive()  # waiting for the lock this thread holds
+    formatted.join(10)
+    assert not formatted.is_alive()
+    events = [r.data for r in records(hot_dir / "app") if r.kind == "event"]
+    assert [e["message"] for e in events] == ["plain", "failed"]
+    assert "ValueError: boom" in events[1]["exception"] and "exception" not in events[0]
