@@ -1002,7 +1002,7 @@ typedef struct {
     size_t *off;              /* the data bytes of record i at buf + off[i], dn[i] long */
     Py_ssize_t *dn;
     size_t total;
-    char *buf;                /* the data bytes, then the ciphertext scratch */
+    char *buf;                /* the data bytes, then the ciphertext scratch (the Ratchet's buf) */
     unsigned char *keys;      /* K(seq + i) for i in 0..m */
     int err;                  /* why no more records were prepared, or sealed */
     unsigned long long at;    /* the ratchet's position for SB_ERASED */
@@ -1069,9 +1069,19 @@ static int sealed_batch_prepare(SealedBatch *sb, RatchetObject *r, unsigned long
     }
     if (sb->m == 0)
         return 0;
-    sb->buf = PyMem_RawMalloc(sb->total + (size_t)maxn + TAG_LEN);
+    size_t need = sb->total + (size_t)maxn + TAG_LEN;
+    if (need > r->buf_size) {
+        unsigned char *nb = PyMem_Realloc(r->buf, need);
+        if (nb == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->buf = nb;
+        r->buf_size = need;
+    }
+    sb->buf = (char *)r->buf; /* the Ratchet's scratch buffer, reused from call to call */
     sb->keys = PyMem_RawMalloc(((size_t)sb->m + 1) * KEY_LEN);
-    if (sb->buf == NULL || sb->keys == NULL) {
+    if (sb->keys == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1131,7 +1141,6 @@ static void sealed_batch_free(SealedBatch *sb)
     if (sb->keys != NULL)
         OPENSSL_cleanse(sb->keys, ((size_t)sb->held + 1) * KEY_LEN);
     PyMem_RawFree(sb->keys);
-    PyMem_RawFree(sb->buf);
     PyMem_Free(sb->refs);
     PyMem_Free(sb->off);
     PyMem_Free(sb->dn);
