@@ -564,8 +564,10 @@ static const char TAIL[] = "\"}\n";
  * cleansed on erase and on deallocation; the seed is drawn into it with RAND_bytes and leaves
  * it only through wrap(), in a temporary that is cleansed after age has wrapped it.  Record
  * keys live on the C stack and are cleansed after use; the cipher context is re-keyed between
- * the records of one batch and reset (OpenSSL cleanses it) before the call returns.  So,
- * unlike the Python reference, no chain or record key ever becomes a Python object.
+ * the records of one batch and freed (OpenSSL cleanses it) before the call returns; a batch
+ * sealed without the GIL keeps K(s) of its records in a C buffer, cleansed before the call
+ * returns (see SealedBatch).  So, unlike the Python reference, no chain or record key ever
+ * becomes a Python object.
  *
  * HMAC is computed over the low-level SHA-256 compression function (RFC 2104 with a 32-byte
  * key, which is shorter than the 64-byte block and so only zero-padded) for the reason given
@@ -677,7 +679,8 @@ static PyTypeObject RatchetType;
  * padding is known in advance: they run the compression function (SHA256_Transform, which
  * takes the same SHA-NI / AVX code path as SHA256_Update) over pre-padded blocks, without
  * the buffering of SHA256_Update/Final.  Same bytes as SHA-256 (FIPS 180-4 section 5.1.1
- * padding); tests/crypt/test_ratchet_bytes.py compares them with hashlib and hmac.
+ * padding); tests/crypt/test_ratchet_bytes.py and test_native_ratchet.py compare them with the
+ * Python reference, which uses hashlib and hmac.
  *
  *   step:  "worm-pipeline/ratchet/v1" 0x00 || K          57 bytes: block 1 = message || 0x80 || 0^6,
  *                                                         block 2 = 0^56 || be64(456)
@@ -1523,6 +1526,9 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
             Py_DECREF(receipts);
             return NULL;
         }
+        if (sb.m == 0 && sb.err == SB_FULL)
+            while (ratchet->at < seq) /* as sealing the first record would have (nothing is queued) */
+                ratchet_step(ratchet);
         if (sb.m > 0) {
             ratchet->busy = 1;
             Py_BEGIN_ALLOW_THREADS

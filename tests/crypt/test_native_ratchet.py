@@ -153,6 +153,22 @@ def test_long_runs_match_python_record_for_record() -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("room", [10, 600, 1300, 2000])
+def test_a_batch_that_does_not_fit_stops_where_the_python_reference_stops(room: int) -> None:
+    """Room for none, some or all of the records (the first sealed record is seq 5 after the
+    key record at 3): the same lines, and the ratchet left at the same key."""
+    items = [b'{"a":%d}' % i for i in range(5)]
+    c, p = pair(SEED, 3)
+    args = (b'{"v":1,"stream":"app","seq":', 5, b"2026-12-06T00:00:00.000000Z", GENESIS_HASH.encode(), items, 0)
+    fast: list[bytes] = []
+    slow: list[bytes] = []
+    out = hot_chain.queue_sealed(*args, fast, room, "seg", 0, c, None)
+    ref = hot_chain._py_queue_sealed(*args, slow, room, "seg", 0, p, None)
+    assert out[:3] == ref[:3] and fast == slow
+    assert c.held() == p.held()
+
+
+@needs_native
 def test_a_batch_sealed_without_the_gil_uses_what_it_was_given() -> None:
     """``append_records`` seals with the GIL released.  Meanwhile another thread grows and
     shrinks the list it was given and tries the same Ratchet: the Ratchet refuses to be used
