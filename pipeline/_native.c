@@ -564,10 +564,8 @@ static const char TAIL[] = "\"}\n";
  * cleansed on erase and on deallocation; the seed is drawn into it with RAND_bytes and leaves
  * it only through wrap(), in a temporary that is cleansed after age has wrapped it.  Record
  * keys live on the C stack and are cleansed after use; the cipher context is re-keyed between
- * the records of one batch and freed (OpenSSL cleanses it) before the call returns; a batch
- * sealed without the GIL keeps K(s) of its records in a C buffer, cleansed before the call
- * returns (see SealedBatch).  So, unlike the Python reference, no chain or record key ever
- * becomes a Python object.
+ * the records of one batch and freed (OpenSSL cleanses it) before the call returns.  So,
+ * unlike the Python reference, no chain or record key ever becomes a Python object.
  *
  * HMAC is computed over the low-level SHA-256 compression function (RFC 2104 with a 32-byte
  * key, which is shorter than the 64-byte block and so only zero-padded) for the reason given
@@ -669,7 +667,6 @@ typedef struct {
     Py_ssize_t aad_prefix_len;
     unsigned char *buf;       /* scratch: the ciphertext, then the data bytes (nothing secret) */
     size_t buf_size;
-    int busy;                 /* append_records is sealing with the GIL released */
 } RatchetObject;
 
 static PyTypeObject RatchetType;
@@ -775,15 +772,6 @@ static void ratchet_release(RatchetObject *r)
     }
 }
 
-static int ratchet_busy(RatchetObject *r)
-{
-    if (r->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the Ratchet is in use by another thread");
-        return -1;
-    }
-    return 0;
-}
-
 static void ratchet_wipe(RatchetObject *self)
 {
     OPENSSL_cleanse(self->k, KEY_LEN);
@@ -795,8 +783,6 @@ static void ratchet_wipe(RatchetObject *self)
 static int ratchet_init(RatchetObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"seed", "key_seq", "aad_prefix", NULL};
-    if (ratchet_busy(self) < 0)
-        return -1;
     Py_buffer seed = {0};
     unsigned long long key_seq;
     PyObject *prefix;
@@ -855,8 +841,8 @@ static void ratchet_dealloc(RatchetObject *self)
 
 /* ChaCha20-Poly1305 of pt under key (zero nonce) and aad into out (n + TAG_LEN bytes).  The
  * context keeps the key until ratchet_release(); re-keying a keyed context is cheaper than
- * setting the cipher up again for every record of a batch.  Needs no GIL: -1 on failure
- * (the context is then released), with no Python exception set. */
+ * setting the cipher up again for every record of a batch.  -1 on failure (the context is
+ * then released), without a Python exception: seal_into sets it. */
 static int seal_core(RatchetObject *r, const unsigned char *key, int la, const unsigned char *pt, int n,
                      unsigned char *out)
 {
@@ -979,181 +965,12 @@ static int ratchet_check(PyObject *o, const char *fn)
         PyErr_Format(PyExc_TypeError, "%s: expected a Ratchet", fn);
         return -1;
     }
-    return ratchet_busy((RatchetObject *)o);
-}
-
-/*
- * The encrypted records of one append_records call are sealed in three steps, so that the
- * cryptography runs without the GIL (other threads -- the flusher, other producers -- go on
- * meanwhile):
- *   sealed_batch_prepare (GIL held): which records fit (their line lengths are known before
- *       encryption), with new references to their plaintexts and heads;
- *   sealed_batch_run (GIL released): for each, k(s), ChaCha20-Poly1305 and the data bytes into
- *       one buffer, and K(s) kept, so that the ratchet is left exactly where it would be had
- *       each record been sealed and queued one at a time;
- *   append_records then queues the lines and, as each is queued, moves the ratchet to
- *       K(s+1), erasing K(s).  sealed_batch_free cleanses the kept keys before the call
- *       returns (they are keys of records this call is queueing, as the ratchet's own K(s)).
- * The Ratchet is marked busy meanwhile: any other use of it raises.
- */
-enum { SB_FULL, SB_END, SB_ITEM_TYPE, SB_HEAD_TYPE, SB_TOO_LARGE, SB_ERASED, SB_CRYPTO };
-
-typedef struct {
-    Py_ssize_t m;             /* records prepared, then sealed */
-    Py_ssize_t held;          /* references held in refs (2 per prepared record) */
-    PyObject **refs;          /* plaintext, head (or NULL: "{") of each */
-    size_t *off;              /* the data bytes of record i at buf + off[i], dn[i] long */
-    Py_ssize_t *dn;
-    size_t total;
-    char *buf;                /* the data bytes, then the ciphertext scratch (the Ratchet's buf) */
-    unsigned char *keys;      /* K(seq + i) for i in 0..m */
-    int err;                  /* why no more records were prepared, or sealed */
-    unsigned long long at;    /* the ratchet's position for SB_ERASED */
-} SealedBatch;
-
-static Py_ssize_t line_len(Py_ssize_t lp, unsigned long long seq, Py_ssize_t lt, Py_ssize_t lk, Py_ssize_t ld);
-
-/* -1 with an exception (memory); else 0 with sb->m records prepared (maybe none). */
-static int sealed_batch_prepare(SealedBatch *sb, RatchetObject *r, unsigned long long seq, PyObject *datas,
-                                PyObject *heads, Py_ssize_t start, Py_ssize_t lp, Py_ssize_t lt, Py_ssize_t lk,
-                                Py_ssize_t room, Py_ssize_t seg_count)
-{
-    memset(sb, 0, sizeof *sb);
-    sb->err = SB_END;
-    Py_ssize_t avail = PyList_GET_SIZE(datas) - start;
-    if (avail <= 0)
-        return 0;
-    if (seq < r->at || seq <= r->key_seq || r->at == RATCHET_ERASED) {
-        sb->err = SB_ERASED;
-        sb->at = r->at;
-        return 0;
-    }
-    sb->refs = PyMem_Malloc((size_t)avail * 2 * sizeof(PyObject *));
-    sb->off = PyMem_Malloc((size_t)avail * sizeof(size_t));
-    sb->dn = PyMem_Malloc((size_t)avail * sizeof(Py_ssize_t));
-    if (sb->refs == NULL || sb->off == NULL || sb->dn == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    Py_ssize_t maxn = 0;
-    for (Py_ssize_t i = 0; i < avail; i++) {
-        PyObject *item = PyList_GET_ITEM(datas, start + i);
-        PyObject *head = heads ? PyList_GET_ITEM(heads, i) : NULL;
-        if (!PyBytes_Check(item)) {
-            sb->err = SB_ITEM_TYPE;
-            break;
-        }
-        if (head && !PyBytes_Check(head)) {
-            sb->err = SB_HEAD_TYPE;
-            break;
-        }
-        Py_ssize_t n = PyBytes_GET_SIZE(item), lh = head ? PyBytes_GET_SIZE(head) : 1;
-        if (n > (INT_MAX - TAG_LEN) / 2 || lh > INT_MAX || r->aad_prefix_len > INT_MAX - 48) {
-            sb->err = SB_TOO_LARGE;
-            break;
-        }
-        Py_ssize_t ld = (Py_ssize_t)sealed_len(r, n, lh), ll = line_len(lp, seq + (unsigned long long)i, lt, lk, ld);
-        if (ll > (seg_count > 0 ? room : PY_SSIZE_T_MAX)) {
-            sb->err = SB_FULL;
-            break;
-        }
-        room -= ll;
-        seg_count++;
-        sb->off[i] = sb->total;
-        sb->dn[i] = ld;
-        sb->total += (size_t)ld;
-        if (n > maxn)
-            maxn = n;
-        Py_INCREF(item);
-        Py_XINCREF(head);
-        sb->refs[2 * i] = item;
-        sb->refs[2 * i + 1] = head;
-        sb->m = sb->held = i + 1;
-    }
-    if (sb->m == 0)
-        return 0;
-    size_t need = sb->total + (size_t)maxn + TAG_LEN;
-    if (need > r->buf_size) {
-        unsigned char *nb = PyMem_Realloc(r->buf, need);
-        if (nb == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        r->buf = nb;
-        r->buf_size = need;
-    }
-    sb->buf = (char *)r->buf; /* the Ratchet's scratch buffer, reused from call to call */
-    sb->keys = PyMem_RawMalloc(((size_t)sb->m + 1) * KEY_LEN);
-    if (sb->keys == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
     return 0;
-}
-
-/* Seal the prepared records (needs no GIL; the Ratchet is busy).  Leaves r->k at K(seq); on a
- * failure, sb->m becomes the count sealed before it. */
-static void sealed_batch_run(SealedBatch *sb, RatchetObject *r, unsigned long long seq)
-{
-    while (r->at < seq)
-        ratchet_step(r);
-    unsigned char k[KEY_LEN], rk[HASH_LEN];
-    memcpy(k, r->k, KEY_LEN);
-    unsigned char *ct = (unsigned char *)sb->buf + sb->total;
-    Py_ssize_t i;
-    for (i = 0; i < sb->m; i++) {
-        PyObject *item = sb->refs[2 * i], *head = sb->refs[2 * i + 1];
-        Py_ssize_t n = PyBytes_GET_SIZE(item);
-        memcpy(sb->keys + (size_t)i * KEY_LEN, k, KEY_LEN);
-        record_key(k, rk);
-        if (seal_core(r, rk, put_aad(r, seq + (unsigned long long)i), (const unsigned char *)PyBytes_AS_STRING(item),
-                      (int)n, ct) < 0) {
-            sb->err = SB_CRYPTO;
-            break;
-        }
-        put_sealed(r, sb->buf + sb->off[i], head ? PyBytes_AS_STRING(head) : "{", head ? PyBytes_GET_SIZE(head) : 1,
-                   ct, (size_t)n + TAG_LEN);
-        chain_step(k);
-    }
-    memcpy(sb->keys + (size_t)i * KEY_LEN, k, KEY_LEN);
-    sb->m = i;
-    OPENSSL_cleanse(k, sizeof k);
-    OPENSSL_cleanse(rk, sizeof rk);
-    ratchet_release(r);
-}
-
-/* The exception for why the batch stopped, if it is an error (0: it is not). */
-static int sealed_batch_raise(const SealedBatch *sb, unsigned long long seq)
-{
-    switch (sb->err) {
-    case SB_ITEM_TYPE: PyErr_SetString(PyExc_TypeError, "append_records: every item must be bytes"); return 1;
-    case SB_HEAD_TYPE: PyErr_SetString(PyExc_TypeError, "append_records: every head must be bytes"); return 1;
-    case SB_TOO_LARGE: PyErr_SetString(PyExc_OverflowError, "event too large to encrypt"); return 1;
-    case SB_ERASED:
-        PyErr_Format(PyExc_RuntimeError, "the key of seq %llu was already erased (ratchet at %llu)", seq, sb->at);
-        return 1;
-    case SB_CRYPTO: PyErr_SetString(PyExc_RuntimeError, SEAL_FAILED); return 1;
-    default: return 0;
-    }
-}
-
-static void sealed_batch_free(SealedBatch *sb)
-{
-    for (Py_ssize_t i = 0; i < 2 * sb->held; i++)
-        Py_XDECREF(sb->refs[i]);
-    if (sb->keys != NULL)
-        OPENSSL_cleanse(sb->keys, ((size_t)sb->held + 1) * KEY_LEN);
-    PyMem_RawFree(sb->keys);
-    PyMem_Free(sb->refs);
-    PyMem_Free(sb->off);
-    PyMem_Free(sb->dn);
 }
 
 /* seal(seq, plaintext, head) -> data bytes */
 static PyObject *ratchet_seal(RatchetObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (ratchet_busy(self) < 0)
-        return NULL;
     if (nargs != 3 || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError, "seal(seq: int, plaintext: bytes, head: bytes)");
         return NULL;
@@ -1174,8 +991,6 @@ static PyObject *ratchet_seal(RatchetObject *self, PyObject *const *args, Py_ssi
  * immutable to everyone else); what encrypt copies internally is its own. */
 static PyObject *ratchet_wrap(RatchetObject *self, PyObject *encrypt)
 {
-    if (ratchet_busy(self) < 0)
-        return NULL;
     if (self->at != self->key_seq || self->at == RATCHET_ERASED) {
         PyErr_SetString(PyExc_RuntimeError, "the seed was already erased: wrap() comes first");
         return NULL;
@@ -1198,8 +1013,6 @@ static PyObject *ratchet_wrap(RatchetObject *self, PyObject *encrypt)
 /* consumed(seq): the event at seq is queued; K(seq) -> K(seq+1) when the ratchet is at seq. */
 static PyObject *ratchet_consumed(RatchetObject *self, PyObject *arg)
 {
-    if (ratchet_busy(self) < 0)
-        return NULL;
     unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
     if (seq == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
@@ -1210,16 +1023,12 @@ static PyObject *ratchet_consumed(RatchetObject *self, PyObject *arg)
 
 static PyObject *ratchet_erase(RatchetObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (ratchet_busy(self) < 0)
-        return NULL;
     ratchet_wipe(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *ratchet_held(RatchetObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (ratchet_busy(self) < 0)
-        return NULL;
     return Py_BuildValue("(Ky#)", self->at, (const char *)self->k, (Py_ssize_t)KEY_LEN);
 }
 
@@ -1247,14 +1056,6 @@ static PyTypeObject RatchetType = {
 
 
 
-/* The length of a record line (build_line) with ld bytes of data. */
-static Py_ssize_t line_len(Py_ssize_t lp, unsigned long long seq, Py_ssize_t lt, Py_ssize_t lk, Py_ssize_t ld)
-{
-    char seqbuf[24];
-    return lp + put_u64(seq, seqbuf) + LIT(TS_KEY) + lt + LIT(KIND_KEY) + lk + LIT(PREV_KEY) + HEX_LEN +
-           LIT(DATA_KEY) + ld + LIT(HASH_KEY) + HEX_LEN + LIT(TAIL);
-}
-
 /* Build one record line for ``data`` into a new bytes object and hash it.  *hex_out gets the
  * record hash in hex, lh (unless NULL) the leaf hash.  NULL (and no exception) when longer
  * than limit. */
@@ -1264,8 +1065,9 @@ static PyObject *build_line(const char *prefix, Py_ssize_t lp, unsigned long lon
 {
     char seqbuf[24];
     int seqlen = put_u64(seq, seqbuf);
-    Py_ssize_t n = line_len(lp, seq, lt, lk, ld);
-    Py_ssize_t body_len = n - (Py_ssize_t)(LIT(HASH_KEY) + HEX_LEN + LIT(TAIL));
+    Py_ssize_t body_len = lp + seqlen + LIT(TS_KEY) + lt + LIT(KIND_KEY) + lk + LIT(PREV_KEY) + HEX_LEN +
+                          LIT(DATA_KEY) + ld;
+    Py_ssize_t n = body_len + LIT(HASH_KEY) + HEX_LEN + LIT(TAIL);
     *n_out = n;
     if (n > limit)
         return NULL;
@@ -1519,41 +1321,12 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
     Py_ssize_t lp = PyBytes_GET_SIZE(args[0]), lt = PyBytes_GET_SIZE(args[2]), lk = PyBytes_GET_SIZE(args[3]);
     Py_ssize_t count = 0, added = 0;
     int failed = 0;
-    SealedBatch sb = {0};
-    if (ratchet != NULL) { /* seal what fits first, without the GIL (see SealedBatch) */
-        if (sealed_batch_prepare(&sb, ratchet, seq, datas, heads, start, lp, lt, lk, room, seg_count) < 0) {
-            sealed_batch_free(&sb);
-            Py_DECREF(receipts);
-            return NULL;
-        }
-        if (sb.m == 0 && sb.err == SB_FULL)
-            while (ratchet->at < seq) /* as sealing the first record would have (nothing is queued) */
-                ratchet_step(ratchet);
-        if (sb.m > 0) {
-            ratchet->busy = 1;
-            Py_BEGIN_ALLOW_THREADS
-            sealed_batch_run(&sb, ratchet, seq);
-            Py_END_ALLOW_THREADS
-            ratchet->busy = 0;
-        }
-    }
-    /* the encrypted path reads nothing more from datas or heads: another thread may have
-     * changed them while the GIL was released (sb holds what was sealed) */
-    for (Py_ssize_t i = start; ratchet != NULL ? i - start < sb.m : i < PyList_GET_SIZE(datas); i++) {
-        const char *dp;
-        Py_ssize_t dn;
-        if (ratchet != NULL) {
-            dp = sb.buf + sb.off[i - start];
-            dn = sb.dn[i - start];
-        } else {
-            PyObject *data = PyList_GET_ITEM(datas, i);
-            if (!PyBytes_Check(data)) {
-                PyErr_SetString(PyExc_TypeError, "append_records: every item must be bytes");
-                failed = 1;
-                break;
-            }
-            dp = PyBytes_AS_STRING(data);
-            dn = PyBytes_GET_SIZE(data);
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(datas); i++) {
+        PyObject *data = PyList_GET_ITEM(datas, i);
+        if (!PyBytes_Check(data)) {
+            PyErr_SetString(PyExc_TypeError, "append_records: every item must be bytes");
+            failed = 1;
+            break;
         }
         if ((seg_cr && seg_cr->size >= CR_MAX_SIZE) || (stream_cr && stream_cr->size >= CR_MAX_SIZE)) {
             PyErr_SetString(PyExc_OverflowError, "compact range is full");
@@ -1564,6 +1337,22 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
         unsigned char lh[HASH_LEN];
         Py_ssize_t n;
         Py_ssize_t limit = seg_count > 0 ? room : PY_SSIZE_T_MAX;
+        const char *dp = PyBytes_AS_STRING(data);
+        Py_ssize_t dn = PyBytes_GET_SIZE(data);
+        if (ratchet != NULL) {
+            PyObject *head = heads ? PyList_GET_ITEM(heads, i - start) : NULL;
+            if (head && !PyBytes_Check(head)) {
+                PyErr_SetString(PyExc_TypeError, "append_records: every head must be bytes");
+                failed = 1;
+                break;
+            }
+            dp = ratchet_seal_buf(ratchet, seq, dp, dn, head ? PyBytes_AS_STRING(head) : "{",
+                                  head ? PyBytes_GET_SIZE(head) : 1, &dn);
+            if (dp == NULL) {
+                failed = 1;
+                break;
+            }
+        }
         PyObject *line = build_line(prefix, lp, seq, ts, lt, kind, lk, prev, dp, dn, limit, hex, merkle ? lh : NULL, &n);
         if (line == NULL) {
             failed = PyErr_Occurred() != NULL;
@@ -1593,10 +1382,8 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
             cr_push(seg_cr, lh);
         if (stream_cr)
             cr_push(stream_cr, lh);
-        if (ratchet != NULL) { /* queued: K(seq) is erased, the ratchet is at K(seq + 1) */
-            memcpy(ratchet->k, sb.keys + (size_t)(i - start + 1) * KEY_LEN, KEY_LEN);
-            ratchet->at = seq + 1;
-        }
+        if (ratchet != NULL && ratchet->at == seq)
+            ratchet_step(ratchet); /* queued: K(seq) is erased */
         memcpy(prev, hex, HEX_LEN);
         seq++;
         count++;
@@ -1604,12 +1391,8 @@ static PyObject *append_records(PyObject *Py_UNUSED(mod), PyObject *const *args,
         room -= n;
         seg_count++;
     }
-    if (ratchet != NULL) {
-        if (!failed && count == sb.m && sealed_batch_raise(&sb, seq))
-            failed = 1; /* what stopped the batch is an error (else it was full, or done) */
-        sealed_batch_free(&sb);
+    if (ratchet != NULL)
         ratchet_release(ratchet);
-    }
     if (failed && count == 0) {
         Py_DECREF(receipts);
         return NULL;

@@ -6,7 +6,6 @@ written without it (what ``PIPELINE_NO_NATIVE=1`` binds)."""
 from __future__ import annotations
 
 import random
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -165,47 +164,6 @@ def test_a_batch_that_does_not_fit_stops_where_the_python_reference_stops(room: 
     out = hot_chain.queue_sealed(*args, fast, room, "seg", 0, c, None)
     ref = hot_chain._py_queue_sealed(*args, slow, room, "seg", 0, p, None)
     assert out[:3] == ref[:3] and fast == slow
-    assert c.held() == p.held()
-
-
-@needs_native
-def test_a_batch_sealed_without_the_gil_uses_what_it_was_given() -> None:
-    """``append_records`` seals with the GIL released.  Meanwhile another thread grows and
-    shrinks the list it was given and tries the same Ratchet: the Ratchet refuses to be used
-    ("in use"), and the lines are the Python reference's for the items the call was given."""
-    items = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 100)) for i in range(2000)]
-    extra = [b'{"extra":%d}' % i for i in range(50)]
-    given = list(items)
-    c, p = pair(SEED, 3)
-    stop = threading.Event()
-    answers: list[str] = []
-
-    def meddle() -> None:
-        while not stop.is_set():
-            given.extend(extra)
-            del given[len(items):]
-            try:
-                c.held()
-                answers.append("held")
-            except RuntimeError as exc:
-                answers.append(str(exc))
-
-    t = threading.Thread(target=meddle)
-    t.start()
-    try:
-        chunks, (count, _, last, _) = _queue(c, given, None)
-    finally:
-        stop.set()
-        t.join()
-    assert set(answers) <= {"held", "the Ratchet is in use by another thread"}
-    seen = items + extra if count > len(items) else items  # the call may begin with the extras in
-    assert count == len(seen)
-    slow: list[bytes] = []
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(hot_chain, "queue_record", hot_chain._py_queue_record)
-        ref = hot_chain._py_queue_sealed(b'{"v":1,"stream":"app","seq":', 11, b"2026-12-06T00:00:00.000000Z",
-                                         GENESIS_HASH.encode(), seen, 0, slow, 1 << 30, "seg", 0, p, None)
-    assert chunks == slow and last == ref[2]
     assert c.held() == p.held()
 
 
