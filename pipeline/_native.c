@@ -841,15 +841,16 @@ static void ratchet_dealloc(RatchetObject *self)
 
 /* ChaCha20-Poly1305 of pt under key (zero nonce) and aad into out (n + TAG_LEN bytes).  The
  * context keeps the key until ratchet_release(); re-keying a keyed context is cheaper than
- * setting the cipher up again for every record of a batch.  -1 on failure (the context is
- * then released), without a Python exception: seal_into sets it. */
-static int seal_core(RatchetObject *r, const unsigned char *key, int la, const unsigned char *pt, int n,
+ * setting the cipher up again for every record of a batch.  -1 with a Python exception. */
+static int seal_into(RatchetObject *r, const unsigned char *key, int la, const unsigned char *pt, int n,
                      unsigned char *out)
 {
     static const unsigned char nonce[12] = {0};
     size_t len = 0;
-    if (r->cctx == NULL && (r->cctx = aead.newctx(aead.provctx)) == NULL)
+    if (r->cctx == NULL && (r->cctx = aead.newctx(aead.provctx)) == NULL) {
+        PyErr_NoMemory();
         return -1;
+    }
     /* what EVP_EncryptInit_ex2, EVP_EncryptUpdate (AAD, then the plaintext), EVP_EncryptFinal_ex
      * and EVP_CTRL_AEAD_GET_TAG call, with the same arguments */
     int ok = aead.einit(r->cctx, key, KEY_LEN, nonce, sizeof nonce, NULL) == 1 &&
@@ -863,19 +864,7 @@ static int seal_core(RatchetObject *r, const unsigned char *key, int la, const u
     }
     if (!ok) {
         ratchet_release(r);
-        return -1;
-    }
-    return 0;
-}
-
-static const char SEAL_FAILED[] = "ChaCha20-Poly1305 encryption failed in OpenSSL";
-
-/* seal_core, with a Python exception on failure */
-static int seal_into(RatchetObject *r, const unsigned char *key, int la, const unsigned char *pt, int n,
-                     unsigned char *out)
-{
-    if (seal_core(r, key, la, pt, n, out) < 0) {
-        PyErr_SetString(PyExc_RuntimeError, SEAL_FAILED);
+        PyErr_SetString(PyExc_RuntimeError, "ChaCha20-Poly1305 encryption failed in OpenSSL");
         return -1;
     }
     return 0;
