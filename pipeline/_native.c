@@ -27,8 +27,13 @@
 #include <pythread.h>
 #include <structmember.h>
 #include <stddef.h>
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdint.h>
@@ -76,6 +81,69 @@ static void to_hex(const unsigned char *in, char *out)
 {
     for (int i = 0; i < HASH_LEN; i++)
         memcpy(out + 2 * i, hex_pairs[in[i]], 2);
+}
+
+/* Standard base64 (RFC 4648 section 4, with '=' padding; the bytes of EVP_EncodeBlock and of
+ * Python's base64.b64encode), two output characters per 12-bit lookup. */
+static const char B64_ALPHABET[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static char b64_pairs[4096][2];
+
+static void b64_init(void)
+{
+    for (int i = 0; i < 4096; i++) {
+        b64_pairs[i][0] = B64_ALPHABET[i >> 6];
+        b64_pairs[i][1] = B64_ALPHABET[i & 63];
+    }
+}
+
+static inline uint64_t load_be64(const unsigned char *p)
+{
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+#else
+    uint64_t v = 0;
+    for (int j = 0; j < 8; j++)
+        v = v << 8 | p[j];
+    return v;
+#endif
+}
+
+/* base64 of s[0:n] into out (4 * ((n + 2) / 3) bytes, no terminator); returns the length */
+static size_t b64_encode(const unsigned char *s, size_t n, char *out)
+{
+    char *d = out;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 6) { /* six bytes (read as eight) -> eight characters, one store */
+        uint64_t w = load_be64(s + i);
+        char quad[8];
+        memcpy(quad, b64_pairs[(w >> 52) & 4095], 2);
+        memcpy(quad + 2, b64_pairs[(w >> 40) & 4095], 2);
+        memcpy(quad + 4, b64_pairs[(w >> 28) & 4095], 2);
+        memcpy(quad + 6, b64_pairs[(w >> 16) & 4095], 2);
+        memcpy(d, quad, 8);
+        d += 8;
+    }
+    for (; i + 3 <= n; i += 3) {
+        uint32_t w = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+        memcpy(d, b64_pairs[w >> 12], 2);
+        memcpy(d + 2, b64_pairs[w & 4095], 2);
+        d += 4;
+    }
+    if (n - i == 1) {
+        uint32_t w = (uint32_t)s[i] << 16;
+        memcpy(d, b64_pairs[w >> 12], 2);
+        d[2] = d[3] = '=';
+        d += 4;
+    } else if (n - i == 2) {
+        uint32_t w = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
+        memcpy(d, b64_pairs[w >> 12], 2);
+        d[2] = B64_ALPHABET[(w >> 6) & 63];
+        d[3] = '=';
+        d += 4;
+    }
+    return (size_t)(d - out);
 }
 
 /*
@@ -496,15 +564,15 @@ static const char TAIL[] = "\"}\n";
  * cleansed on erase and on deallocation; the seed is drawn into it with RAND_bytes and leaves
  * it only through wrap(), in a temporary that is cleansed after age has wrapped it.  Record
  * keys live on the C stack and are cleansed after use; the cipher context is re-keyed between
- * the records of one batch and reset (OpenSSL cleanses it) before the call returns.  So,
+ * the records of one batch and freed (OpenSSL cleanses it) before the call returns.  So,
  * unlike the Python reference, no chain or record key ever becomes a Python object.
  *
- * HMAC is computed over the low-level SHA256_* functions (RFC 2104 with a 32-byte key, which
- * is shorter than the 64-byte block and so only zero-padded) for the reason given at sha256()
- * above: HMAC() and EVP_MAC fetch or re-key heavier contexts per call (measured here: HMAC()
- * 1.0 us, a reused EVP_MAC_CTX 0.37 us, these two hashes 0.15 us, against a clear append of
- * about 2.5 us per event), and EVP_MAC would keep the keyed pads of the last k(s) in a
- * long-lived context.  The cipher is fetched once, at module initialisation.
+ * HMAC is computed over the low-level SHA-256 compression function (RFC 2104 with a 32-byte
+ * key, which is shorter than the 64-byte block and so only zero-padded) for the reason given
+ * at sha256() above: HMAC() and EVP_MAC fetch or re-key heavier contexts per call (measured
+ * here: HMAC() 1.0 us, a reused EVP_MAC_CTX 0.37 us, these two hashes 0.15 us, against a
+ * clear append of about 2.5 us per event), and EVP_MAC would keep the keyed pads of the last
+ * k(s) in a long-lived context.  The cipher is fetched once, at module initialisation.
  */
 
 #define KEY_LEN 32
@@ -517,15 +585,84 @@ static const char ENC_HEAD[] = "\"_enc\":{\"key_seq\":";
 static const char ENC_CT[] = ",\"ct\":\"";
 static const char ENC_TAIL[] = "\"}}";
 
+/*
+ * ChaCha20-Poly1305 is called through the functions of the provider that implements it (the
+ * OpenSSL 3 provider interface: provider-cipher(7), found with OSSL_PROVIDER_query_operation
+ * for the cipher EVP_CIPHER_fetch returned), not through EVP_EncryptInit/Update/Final.  Same
+ * implementation, same bytes; EVP's wrappers add ~1,100 instructions per record here (the key
+ * and IV lengths are looked up through OSSL_PARAM name searches at every init).  The fetched
+ * cipher is kept for the life of the process, and with it the provider these functions
+ * belong to.
+ */
 static EVP_CIPHER *chacha_poly; /* fetched once in PyInit__native */
+static struct {
+    void *provctx;
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx; /* OPENSSL_clear_free: the key and state are cleansed */
+    OSSL_FUNC_cipher_encrypt_init_fn *einit;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_cipher_final_fn *final;
+    OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+} aead;
+
+static int has_name(const char *names, const char *want)
+{
+    size_t lw = strlen(want);
+    for (const char *p = names; *p;) {
+        const char *e = strchr(p, ':');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == lw && OPENSSL_strncasecmp(p, want, lw) == 0)
+            return 1;
+        if (e == NULL)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* chacha_poly and aead, once; -1 with ImportError. */
+static int aead_init(void)
+{
+    if (chacha_poly == NULL && (chacha_poly = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL)) == NULL) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL has no ChaCha20-Poly1305");
+        return -1;
+    }
+    const OSSL_PROVIDER *prov = EVP_CIPHER_get0_provider(chacha_poly);
+    int no_store = 0;
+    const OSSL_ALGORITHM *alg = prov ? OSSL_PROVIDER_query_operation(prov, OSSL_OP_CIPHER, &no_store) : NULL;
+    for (const OSSL_ALGORITHM *a = alg; a != NULL && a->algorithm_names != NULL; a++) {
+        if (!has_name(a->algorithm_names, "ChaCha20-Poly1305"))
+            continue;
+        for (const OSSL_DISPATCH *d = a->implementation; d->function_id != 0; d++) {
+            switch (d->function_id) {
+            case OSSL_FUNC_CIPHER_NEWCTX: aead.newctx = OSSL_FUNC_cipher_newctx(d); break;
+            case OSSL_FUNC_CIPHER_FREECTX: aead.freectx = OSSL_FUNC_cipher_freectx(d); break;
+            case OSSL_FUNC_CIPHER_ENCRYPT_INIT: aead.einit = OSSL_FUNC_cipher_encrypt_init(d); break;
+            case OSSL_FUNC_CIPHER_UPDATE: aead.update = OSSL_FUNC_cipher_update(d); break;
+            case OSSL_FUNC_CIPHER_FINAL: aead.final = OSSL_FUNC_cipher_final(d); break;
+            case OSSL_FUNC_CIPHER_GET_CTX_PARAMS: aead.get_ctx_params = OSSL_FUNC_cipher_get_ctx_params(d); break;
+            default: break;
+            }
+        }
+        break;
+    }
+    if (alg != NULL)
+        OSSL_PROVIDER_unquery_operation(prov, OSSL_OP_CIPHER, alg);
+    aead.provctx = prov ? OSSL_PROVIDER_get0_provider_ctx(prov) : NULL;
+    if (!aead.newctx || !aead.freectx || !aead.einit || !aead.update || !aead.final || !aead.get_ctx_params) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL's provider of ChaCha20-Poly1305 lacks a cipher function");
+        return -1;
+    }
+    return 0;
+}
 
 typedef struct {
     PyObject_HEAD
     unsigned char k[KEY_LEN]; /* K(at) */
     unsigned long long at;    /* RATCHET_ERASED once erased */
     unsigned long long key_seq;
-    EVP_CIPHER_CTX *cctx;
-    int cctx_keyed;           /* cctx holds a record key: cleanse with ratchet_release() */
+    void *cctx;               /* the provider's cipher context while it holds a record key,
+                                 else NULL: freed (cleansed) by ratchet_release() */
     char *aad;                /* aad_prefix, then room for DEC(seq) 0x00 DEC(key_seq) */
     Py_ssize_t aad_prefix_len;
     unsigned char *buf;       /* scratch: the ciphertext, then the data bytes (nothing secret) */
@@ -534,50 +671,104 @@ typedef struct {
 
 static PyTypeObject RatchetType;
 
+/*
+ * The ratchet step and the record-key HMAC hash fixed-length messages, so their SHA-256
+ * padding is known in advance: they run the compression function (SHA256_Transform, which
+ * takes the same SHA-NI / AVX code path as SHA256_Update) over pre-padded blocks, without
+ * the buffering of SHA256_Update/Final.  Same bytes as SHA-256 (FIPS 180-4 section 5.1.1
+ * padding); tests/crypt/test_ratchet_bytes.py and test_native_ratchet.py compare them with the
+ * Python reference, which uses hashlib and hmac.
+ *
+ *   step:  "worm-pipeline/ratchet/v1" 0x00 || K          57 bytes: block 1 = message || 0x80 || 0^6,
+ *                                                         block 2 = 0^56 || be64(456)
+ *   inner: (K ^ ipad) || RECORD_KEY_LABEL                 block 1 = K ^ 0x36.., block 2 = label || 0x80 || 0.. || be64(728)
+ *   outer: (K ^ opad) || inner digest                     block 1 = K ^ 0x5c.., block 2 = digest || 0x80 || 0.. || be64(768)
+ */
+static const SHA_LONG SHA256_H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                      0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+static unsigned char step_block2[64], hmac_inner_block2[64], hmac_outer_block2[64];
+
+static void be64_at_end(unsigned char *block, uint64_t bits)
+{
+    for (int i = 0; i < 8; i++)
+        block[63 - i] = (unsigned char)(bits >> (8 * i));
+}
+
+static void ratchet_blocks_init(void)
+{
+    memset(step_block2, 0, 64);
+    be64_at_end(step_block2, (LIT(RATCHET_DOMAIN) + 1 + KEY_LEN) * 8);
+    memset(hmac_inner_block2, 0, 64);
+    memcpy(hmac_inner_block2, RECORD_KEY_LABEL, LIT(RECORD_KEY_LABEL));
+    hmac_inner_block2[LIT(RECORD_KEY_LABEL)] = 0x80;
+    be64_at_end(hmac_inner_block2, (64 + LIT(RECORD_KEY_LABEL)) * 8);
+    memset(hmac_outer_block2, 0, 64);
+    hmac_outer_block2[HASH_LEN] = 0x80;
+    be64_at_end(hmac_outer_block2, (64 + HASH_LEN) * 8);
+}
+
+/* SHA-256 of the two blocks b1, b2 (the message already padded) into out. */
+static void sha256_two_blocks(const unsigned char *b1, const unsigned char *b2, unsigned char *out)
+{
+    SHA256_CTX ctx;
+    memcpy(ctx.h, SHA256_H0, sizeof SHA256_H0);
+    SHA256_Transform(&ctx, b1);
+    SHA256_Transform(&ctx, b2);
+    for (int i = 0; i < 8; i++) {
+        SHA_LONG v = ctx.h[i];
+        out[4 * i] = (unsigned char)(v >> 24);
+        out[4 * i + 1] = (unsigned char)(v >> 16);
+        out[4 * i + 2] = (unsigned char)(v >> 8);
+        out[4 * i + 3] = (unsigned char)v;
+    }
+    OPENSSL_cleanse(ctx.h, sizeof ctx.h); /* the only member SHA256_Transform writes */
+}
+
+/* K -> SHA-256(RATCHET_DOMAIN 0x00 || K), in place (k may be any KEY_LEN buffer). */
+static void chain_step(unsigned char *k)
+{
+    unsigned char block[64];
+    memcpy(block, RATCHET_DOMAIN, LIT(RATCHET_DOMAIN));
+    block[LIT(RATCHET_DOMAIN)] = 0;
+    memcpy(block + LIT(RATCHET_DOMAIN) + 1, k, KEY_LEN);
+    block[LIT(RATCHET_DOMAIN) + 1 + KEY_LEN] = 0x80;
+    memset(block + LIT(RATCHET_DOMAIN) + 2 + KEY_LEN, 0, 64 - (LIT(RATCHET_DOMAIN) + 2 + KEY_LEN));
+    sha256_two_blocks(block, step_block2, k);
+    OPENSSL_cleanse(block, sizeof block);
+}
+
 /* K(at) -> K(at+1), in place; the intermediate state is cleansed. */
 static void ratchet_step(RatchetObject *r)
 {
-    static const unsigned char zero = 0;
-    SHA256_CTX ctx;
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, RATCHET_DOMAIN, LIT(RATCHET_DOMAIN));
-    SHA256_Update(&ctx, &zero, 1);
-    SHA256_Update(&ctx, r->k, KEY_LEN);
-    SHA256_Final(r->k, &ctx);
-    OPENSSL_cleanse(&ctx, sizeof ctx);
+    chain_step(r->k);
     r->at++;
 }
 
-/* k = HMAC-SHA-256(K, RECORD_KEY_LABEL) for a KEY_LEN-byte K (RFC 2104). */
+/* k = HMAC-SHA-256(K, RECORD_KEY_LABEL) for a KEY_LEN-byte K (RFC 2104: a key shorter than
+ * the 64-byte block is zero-padded). */
 static void record_key(const unsigned char *chain_key, unsigned char *out)
 {
-    unsigned char pad[64];
-    SHA256_CTX ctx;
-    memset(pad, 0x36, sizeof pad);
+    unsigned char pad[64], outer2[64];
     for (int i = 0; i < KEY_LEN; i++)
-        pad[i] ^= chain_key[i];
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, pad, sizeof pad);
-    SHA256_Update(&ctx, RECORD_KEY_LABEL, LIT(RECORD_KEY_LABEL));
-    SHA256_Final(out, &ctx);
-    memset(pad, 0x5c, sizeof pad);
+        pad[i] = chain_key[i] ^ 0x36;
+    memset(pad + KEY_LEN, 0x36, 64 - KEY_LEN);
+    memcpy(outer2, hmac_outer_block2, 64);
+    sha256_two_blocks(pad, hmac_inner_block2, outer2); /* the inner digest, into the outer message */
     for (int i = 0; i < KEY_LEN; i++)
-        pad[i] ^= chain_key[i];
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, pad, sizeof pad);
-    SHA256_Update(&ctx, out, HASH_LEN);
-    SHA256_Final(out, &ctx);
+        pad[i] = chain_key[i] ^ 0x5c;
+    memset(pad + KEY_LEN, 0x5c, 64 - KEY_LEN);
+    sha256_two_blocks(pad, outer2, out);
     OPENSSL_cleanse(pad, sizeof pad);
-    OPENSSL_cleanse(&ctx, sizeof ctx);
+    OPENSSL_cleanse(outer2, sizeof outer2);
 }
 
-/* Cleanse the cipher context (EVP_CIPHER_CTX_reset frees the provider's context with
- * OPENSSL_clear_free): called before any call that sealed returns to Python. */
+/* Free the cipher context (the provider frees it with OPENSSL_clear_free, which cleanses the
+ * record key and the cipher state): called before any call that sealed returns to Python. */
 static void ratchet_release(RatchetObject *r)
 {
-    if (r->cctx_keyed) {
-        EVP_CIPHER_CTX_reset(r->cctx);
-        r->cctx_keyed = 0;
+    if (r->cctx != NULL) {
+        aead.freectx(r->cctx);
+        r->cctx = NULL;
     }
 }
 
@@ -615,10 +806,6 @@ static int ratchet_init(RatchetObject *self, PyObject *args, PyObject *kwds)
     self->aad = aad;
     memcpy(aad, PyBytes_AS_STRING(prefix), (size_t)lp);
     self->aad_prefix_len = lp;
-    if (self->cctx == NULL && (self->cctx = EVP_CIPHER_CTX_new()) == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
     ratchet_release(self);
     if (seed.buf != NULL) {
         memcpy(self->k, seed.buf, KEY_LEN);
@@ -646,7 +833,7 @@ static PyObject *ratchet_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyOb
 static void ratchet_dealloc(RatchetObject *self)
 {
     ratchet_wipe(self);
-    EVP_CIPHER_CTX_free(self->cctx); /* cleanses the cipher state */
+    ratchet_release(self);
     PyMem_Free(self->aad);
     PyMem_Free(self->buf);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -659,19 +846,64 @@ static int seal_into(RatchetObject *r, const unsigned char *key, int la, const u
                      unsigned char *out)
 {
     static const unsigned char nonce[12] = {0};
-    int len;
-    int ok = EVP_EncryptInit_ex2(r->cctx, r->cctx_keyed ? NULL : chacha_poly, key, nonce, NULL) == 1;
-    r->cctx_keyed = 1;
-    ok = ok && EVP_EncryptUpdate(r->cctx, NULL, &len, (const unsigned char *)r->aad, la) == 1 &&
-         EVP_EncryptUpdate(r->cctx, out, &len, pt, n) == 1 && len == n &&
-         EVP_EncryptFinal_ex(r->cctx, out + n, &len) == 1 && len == 0 &&
-         EVP_CIPHER_CTX_ctrl(r->cctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, out + n) == 1;
+    size_t len = 0;
+    if (r->cctx == NULL && (r->cctx = aead.newctx(aead.provctx)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* what EVP_EncryptInit_ex2, EVP_EncryptUpdate (AAD, then the plaintext), EVP_EncryptFinal_ex
+     * and EVP_CTRL_AEAD_GET_TAG call, with the same arguments */
+    int ok = aead.einit(r->cctx, key, KEY_LEN, nonce, sizeof nonce, NULL) == 1 &&
+             (la == 0 || aead.update(r->cctx, NULL, &len, (size_t)la, (const unsigned char *)r->aad, (size_t)la) == 1) &&
+             (n == 0 || (aead.update(r->cctx, out, &len, (size_t)n, pt, (size_t)n) == 1 && len == (size_t)n)) &&
+             aead.final(r->cctx, out + n, &len, TAG_LEN) == 1 && len == 0;
+    if (ok) {
+        OSSL_PARAM tag[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, out + n, TAG_LEN),
+                             OSSL_PARAM_construct_end()};
+        ok = aead.get_ctx_params(r->cctx, tag) == 1;
+    }
     if (!ok) {
         ratchet_release(r);
         PyErr_SetString(PyExc_RuntimeError, "ChaCha20-Poly1305 encryption failed in OpenSSL");
         return -1;
     }
     return 0;
+}
+
+/* The aad of the record at seq into r->aad after its prefix; returns its length. */
+static int put_aad(RatchetObject *r, unsigned long long seq)
+{
+    char *a = r->aad + r->aad_prefix_len;
+    a += put_u64(seq, a);
+    *a++ = 0;
+    a += put_u64(r->key_seq, a);
+    return (int)(a - r->aad);
+}
+
+/* The length of the data bytes of an event with an n-byte plaintext and an lh-byte head. */
+static size_t sealed_len(const RatchetObject *r, Py_ssize_t n, Py_ssize_t lh)
+{
+    char ks[24];
+    size_t lc = (size_t)n + TAG_LEN;
+    return (size_t)lh + LIT(ENC_HEAD) + (size_t)put_u64(r->key_seq, ks) + LIT(ENC_CT) + 4 * ((lc + 2) / 3) +
+           LIT(ENC_TAIL);
+}
+
+/* The data bytes (head, then the _enc member) for ciphertext ct[0:lc] into p; returns the end. */
+static char *put_sealed(const RatchetObject *r, char *p, const char *head, Py_ssize_t lh, const unsigned char *ct,
+                        size_t lc)
+{
+    char ks[24];
+    int lks = put_u64(r->key_seq, ks);
+#define PUT(src, len) do { memcpy(p, (src), (size_t)(len)); p += (len); } while (0)
+    PUT(head, lh);
+    PUT(ENC_HEAD, LIT(ENC_HEAD));
+    PUT(ks, lks);
+    PUT(ENC_CT, LIT(ENC_CT));
+    p += b64_encode(ct, lc, p);
+    PUT(ENC_TAIL, LIT(ENC_TAIL));
+#undef PUT
+    return p;
 }
 
 /* The data bytes of the event at seq (see the section comment) into the scratch buffer,
@@ -690,10 +922,7 @@ static const char *ratchet_seal_buf(RatchetObject *r, unsigned long long seq, co
         PyErr_SetString(PyExc_OverflowError, "event too large to encrypt");
         return NULL;
     }
-    char ks[24];
-    int lks = put_u64(r->key_seq, ks);
-    size_t lc = (size_t)n + TAG_LEN, lb = 4 * ((lc + 2) / 3);
-    size_t total = (size_t)lh + LIT(ENC_HEAD) + (size_t)lks + LIT(ENC_CT) + lb + LIT(ENC_TAIL);
+    size_t lc = (size_t)n + TAG_LEN, total = sealed_len(r, n, lh);
     if (lc + total > r->buf_size) {
         unsigned char *nb = PyMem_Realloc(r->buf, lc + total);
         if (nb == NULL) {
@@ -705,26 +934,16 @@ static const char *ratchet_seal_buf(RatchetObject *r, unsigned long long seq, co
     }
     while (r->at < seq)
         ratchet_step(r);
-    char *a = r->aad + r->aad_prefix_len;
-    a += put_u64(seq, a);
-    *a++ = 0;
-    a += put_u64(r->key_seq, a);
+    int la = put_aad(r, seq);
     unsigned char key[HASH_LEN];
     record_key(r->k, key);
     unsigned char *ct = r->buf;
-    int rc = seal_into(r, key, (int)(a - r->aad), (const unsigned char *)pt, (int)n, ct);
+    int rc = seal_into(r, key, la, (const unsigned char *)pt, (int)n, ct);
     OPENSSL_cleanse(key, sizeof key);
     if (rc < 0)
         return NULL;
-    char *data = (char *)r->buf + lc, *p = data;
-#define PUT(src, len) do { memcpy(p, (src), (size_t)(len)); p += (len); } while (0)
-    PUT(head, lh);
-    PUT(ENC_HEAD, LIT(ENC_HEAD));
-    PUT(ks, lks);
-    PUT(ENC_CT, LIT(ENC_CT));
-    p += EVP_EncodeBlock((unsigned char *)p, ct, (int)lc); /* and a NUL, which the tail overwrites */
-    PUT(ENC_TAIL, LIT(ENC_TAIL));
-#undef PUT
+    char *data = (char *)r->buf + lc;
+    put_sealed(r, data, head, lh, ct, lc);
     *n_out = (Py_ssize_t)total;
     return data;
 }
@@ -4029,16 +4248,16 @@ PyMODINIT_FUNC PyInit__native(void)
     screen_init();
     json_init();
     hex_init();
+    ratchet_blocks_init();
+    b64_init();
     if (syslog_init() < 0)
         return NULL;
     if (ot_init() < 0)
         return NULL;
     if (PyType_Ready(&CompactRangeType) < 0 || PyType_Ready(&RatchetType) < 0)
         return NULL;
-    if (chacha_poly == NULL && (chacha_poly = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL)) == NULL) {
-        PyErr_SetString(PyExc_ImportError, "OpenSSL has no ChaCha20-Poly1305");
+    if (aead_init() < 0)
         return NULL;
-    }
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
         return NULL;

@@ -149,6 +149,7 @@ class Epoch:
         recipients = [parse_recipient(r) for r in settings.recipients]
         self.wrapped = self.ratchet.wrap(lambda k: pyrage.encrypt(k, recipients))
         self._clear = frozenset(settings.clear_fields)
+        self.has_clear = bool(self._clear)  # else every event's data starts with b"{" (see head)
 
     def key_record_data(self) -> dict[str, Any]:
         return {

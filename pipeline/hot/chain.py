@@ -415,11 +415,14 @@ class Chain:
         # keep room for the seal; a first record always fits (also after its key record)
         fits_any = not seg.count
         if kind == _EVENT and self._crypt is not None:
-            epoch = self._epoch_for(seg, ts)
+            epoch = self._epoch
+            if epoch is None or epoch.segment != seg.name:
+                epoch = self._epoch_for(seg, ts)
             run = self._tail_run(seg)
             queued = queue_sealed_record(self._prefix, self.seq, ts, self.prev, data_json, run.chunks,
                                          _NO_LIMIT if fits_any else self.segment_max_bytes - SEAL_ROOM - seg.size,
-                                         seg.name, self.gen, epoch.ratchet, epoch.head(data_json))
+                                         seg.name, self.gen, epoch.ratchet,
+                                         epoch.head(data_json) if epoch.has_clear else b"{")
         else:
             run = self._tail_run(seg)
             queued = queue_record(self._prefix, self.seq, ts, _KIND_BYTES[kind], self.prev, data_json, run.chunks,
