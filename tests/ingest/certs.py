@@ -73,3 +73,21 @@ class CA:
 
     def server(self, name: str = "server", **kw: object) -> Issued:
         return self.issue(name, dns=("localhost",), ips=("127.0.0.1",), server=True, **kw)  # type: ignore[arg-type]
+
+
+SPIFFE = "spiffe://example.org/ns/shop/sa/api"
+
+
+def standard_pki(tmp_path: Path) -> dict[str, object]:
+    """The TLS tests' certificates under ``tmp_path/pki``: a CA and its server certificate,
+    clients ``good`` (SAN URI ``SPIFFE``), ``stranger`` (another SPIFFE ID), ``expired``, and
+    ``foreign`` from another CA (``other``)."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    ca = CA(d)
+    other = CA(d, "other-ca")
+    return {"ca": ca, "other": other, "server": ca.server(),
+            "good": ca.issue("good", uris=(SPIFFE,)),
+            "stranger": ca.issue("stranger", uris=("spiffe://example.org/ns/x/sa/y",)),
+            "expired": ca.issue("expired", uris=(SPIFFE,), expired=True),
+            "foreign": other.issue("foreign", uris=(SPIFFE,))}

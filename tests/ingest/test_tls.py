@@ -23,23 +23,14 @@ from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
 from pipeline.ingest.tls import ServerTls, TlsConfigError, TlsSettings
 from tests.hotutil import records
-from tests.ingest.certs import CA, Issued
+from tests.ingest.certs import CA, SPIFFE, Issued, standard_pki
 
 REPO = Path(__file__).resolve().parents[2]
-SPIFFE = "spiffe://example.org/ns/shop/sa/api"
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Any]:
-    d = tmp_path / "pki"
-    d.mkdir()
-    ca = CA(d)
-    other = CA(d, "other-ca")
-    return {"ca": ca, "other": other, "server": ca.server(),
-            "good": ca.issue("good", uris=(SPIFFE,)),
-            "stranger": ca.issue("stranger", uris=("spiffe://example.org/ns/x/sa/y",)),
-            "expired": ca.issue("expired", uris=(SPIFFE,), expired=True),
-            "foreign": other.issue("foreign", uris=(SPIFFE,))}
+    return standard_pki(tmp_path)
 
 
 @pytest.fixture

@@ -24,22 +24,15 @@ from pipeline.ingest.server import IngestServer
 from pipeline.ingest.tls import TlsSettings
 from pipeline.ops import Metrics
 from tests.hotutil import records
-from tests.ingest.certs import CA, Issued
+from tests.ingest.certs import CA, SPIFFE, Issued, standard_pki
 
-SPIFFE = "spiffe://example.org/ns/shop/sa/api"
 LISTENERS = ("http", "syslog", "relp")
 METRIC = "worm_ingest_tls_handshake_failures_total"
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Any]:
-    d = tmp_path / "pki"
-    d.mkdir()
-    ca = CA(d)
-    other = CA(d, "other-ca")
-    return {"ca": ca, "other": other, "server": ca.server(), "good": ca.issue("good", uris=(SPIFFE,)),
-            "expired": ca.issue("expired", uris=(SPIFFE,), expired=True),
-            "foreign": other.issue("foreign", uris=(SPIFFE,))}
+    return standard_pki(tmp_path)
 
 
 class Lines(logging.Handler):
