@@ -33,6 +33,7 @@ from pipeline.ingest import otlp
 from pipeline.ingest.server import IngestServer
 from tests.hotutil import records, without_sender
 from tests.ingest.certs import CA
+from tests.ingest.otlputil import kv
 from tests.ingestproc import ProcServer, ingest_process
 
 STREAM = "app"
@@ -84,30 +85,6 @@ def stored(hot: Path) -> list[dict[str, Any]]:
     """The stored events without ``_sender`` (checked to be there and first)."""
     return [without_sender(d) for d in stored_raw(hot)]
 
-
-def kv(key: str, value: Any) -> common_pb2.KeyValue:
-    out = common_pb2.KeyValue(key=key)
-    out.value.CopyFrom(any_value(value))
-    return out
-
-
-def any_value(value: Any) -> common_pb2.AnyValue:
-    v = common_pb2.AnyValue()
-    if isinstance(value, bool):
-        v.bool_value = value
-    elif isinstance(value, int):
-        v.int_value = value
-    elif isinstance(value, float):
-        v.double_value = value
-    elif isinstance(value, str):
-        v.string_value = value
-    elif isinstance(value, bytes):
-        v.bytes_value = value
-    elif isinstance(value, list):
-        v.array_value.values.extend(any_value(x) for x in value)
-    elif isinstance(value, dict):
-        v.kvlist_value.values.extend(kv(k, x) for k, x in value.items())
-    return v
 
 
 def request(*records_: logs_pb2.LogRecord, resource: dict[str, Any] | None = None,

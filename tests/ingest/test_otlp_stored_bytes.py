@@ -30,40 +30,10 @@ from pipeline.ingest import otlp
 from pipeline.ingest.server import IngestServer
 from pipeline.ingest.tls import PeerIdentity
 from tests.hotutil import records
+from tests.ingest.otlputil import any_value, kv
 
 STREAM = "app"
 T0 = 1_765_000_000_123_456_789  # 2025-12-06T05:46:40.123456789Z
-
-
-def any_value(value: Any) -> common_pb2.AnyValue:
-    v = common_pb2.AnyValue()
-    if value is None:
-        pass  # an AnyValue with no value set
-    elif isinstance(value, bool):
-        v.bool_value = value
-    elif isinstance(value, int):
-        v.int_value = value
-    elif isinstance(value, float):
-        v.double_value = value
-    elif isinstance(value, str):
-        v.string_value = value
-    elif isinstance(value, bytes):
-        v.bytes_value = value
-    elif isinstance(value, list):
-        v.array_value.values.extend(any_value(x) for x in value)
-        if not value:
-            v.array_value.SetInParent()  # an empty array, set
-    elif isinstance(value, dict):
-        v.kvlist_value.values.extend(kv(k, x) for k, x in value.items())
-        if not value:
-            v.kvlist_value.SetInParent()  # an empty kvlist, set
-    return v
-
-
-def kv(key: str, value: Any) -> common_pb2.KeyValue:
-    out = common_pb2.KeyValue(key=key)
-    out.value.CopyFrom(any_value(value))
-    return out
 
 
 def kvs(items: dict[str, Any]) -> list[common_pb2.KeyValue]:
