@@ -70,6 +70,7 @@ from pipeline.pg.install import (
     primary_key,
     trigger_states,
 )
+from pipeline.pg.stream import ReplicationStream
 
 log = logging.getLogger("pipeline.pg.source")
 
@@ -80,6 +81,9 @@ MESSAGE_PREFIX = "worm-pipeline"
 # the slot to it once read (the only LSNs it ever advances to are ones it has read)
 IDLE_ADVANCE_BYTES = 1 << 20
 _WRITE_CHUNK = 4096
+# how long one read waits for the server to reach the WAL position of the read's start
+# (normally a round trip; bounded so that a stuck server cannot hold the loop)
+READ_WAIT = 2.0
 SLOT_BUSY_GRACE = 10.0  # seconds the slot may be held by another process before it is a read-error
 _NOT_OURS = -1  # _advanced_xid when the slot's position was found, not set by this process
 PROBLEMS = ("wal-level", "slot-missing", "slot-lost", "behind-retention", "triggers-disabled", "decode-error",
@@ -182,6 +186,9 @@ class PostgresSource:
         self._pkeys: dict[str, list[str]] = {}
         self._busy_since: float | None = None  # since when the slot has been in use by another process
         self.decoder = Decoder()
+        self._stream: ReplicationStream | None = None  # the slot's stream, while this process holds it
+        self._begin: Begin | None = None  # the transaction being read (a read may end inside one)
+        self._index = 0  # the next change's index in it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -240,7 +247,7 @@ class PostgresSource:
                 self._set_problem("decode-error", None)
                 backoff = 0.5
                 if got < self.settings.batch_rows:
-                    self._stop.wait(self.settings.poll_interval)
+                    self.wait_for_data(self.settings.poll_interval)
             except ProtocolError as exc:
                 self._set_problem("decode-error", f"cannot decode the slot's changes: {exc}")
                 self._stop.wait(5.0)
@@ -320,6 +327,10 @@ class PostgresSource:
         return conn
 
     def _close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -354,12 +365,13 @@ class PostgresSource:
         row: tuple[Any, ...] | None = conn.execute(
             "SELECT confirmed_flush_lsn::text, wal_status, plugin, "
             "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
-            "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
+            "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), "
+            "pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::int8 "
             "FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)).fetchone()
         return row
 
     def _judge_slot(self, conn: Any, row: tuple[Any, ...]) -> None:
-        confirmed_text, wal_status, plugin, lag, timeline = row
+        confirmed_text, wal_status, plugin, lag, timeline = row[:5]
         if plugin != "pgoutput":
             raise ProtocolError(f"slot {self.slot} uses {plugin}; the source reads pgoutput")
         self.metrics.lag_bytes.set(lag or 0)
@@ -371,6 +383,10 @@ class PostgresSource:
         self._set_problem("behind-retention", None if wal_status != "unreserved" else
                           f"slot {self.slot} is past max_slot_wal_keep_size (wal_status unreserved): the WAL it "
                           "needs may be removed at the next checkpoint")
+        if self._stream is not None:
+            # held by this process's stream: nobody else can move it, and it shows the
+            # confirmations the server has taken so far, which may trail those sent
+            return
         confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
         # the chain accounts for everything up to the later of where this process moved the
         # slot and the end of the last durable transaction (or mark): a slot moved up to there
@@ -385,11 +401,13 @@ class PostgresSource:
                               f"the database's WAL timeline changed from {before} to {timeline} (a restore or a "
                               f"promotion): reading restarts at slot {self.slot}'s {format_lsn(confirmed)}")
         elif self._advanced_to is not None and confirmed < self._advanced_to and self._same_history(conn):
-            # PostgreSQL writes a slot moved with pg_replication_slot_advance to disk only at
-            # the next checkpoint: after a crash the slot is back there, and the WAL still holds
-            # what was read. The positions stand: the transactions come again and are skipped.
-            log.warning("postgres source: slot %s went back from %s to %s after a database crash (the WAL still "
-                        "holds what was read): its transactions are read again and skipped", self.slot,
+            # PostgreSQL writes a slot's confirmed position to disk only at the next
+            # checkpoint: after a crash the slot is back there, and the WAL still holds what
+            # was read (so too when the stream ended before the server took the last
+            # confirmation). The positions stand: the transactions come again and are skipped.
+            log.warning("postgres source: slot %s went back from %s to %s (a database crash, or a confirmation the "
+                        "server did not take; the WAL still holds what was read): its transactions are read again "
+                        "and skipped", self.slot,
                         format_lsn(self._advanced_to), format_lsn(confirmed))
         elif self._advanced_to is not None and confirmed < self._advanced_to:
             self._record_mark("reset", self._advanced_to, confirmed,
@@ -488,82 +506,129 @@ class PostgresSource:
     # ------------------------------------------------------------------ reading
 
     def poll_once(self) -> int:
-        """Read what the slot holds (up to ``batch_rows`` changes, whole transactions),
-        write it to the chain, make it durable, move the slot.  Returns the number of
-        messages read."""
+        """Read what the slot's stream holds, up to where the WAL was flushed when the call
+        began (at most ``batch_rows`` messages), write it to the chain, make it durable and
+        confirm it to the slot.  Returns the number of messages read."""
+        try:
+            return self._poll()
+        except BaseException:
+            # what was read and not made durable must come again: only a new stream (from
+            # the slot's confirmed position) sends it again
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+            raise
+
+    def _poll(self) -> int:
         conn = self._connection()
         if self._problems.keys() & {"slot-missing", "slot-lost", "wal-level"}:
             return 0
-        # where the slot is, before reading: moved by someone else (or recreated) since this
-        # process last moved it, rows were skipped: the gap goes into the chain first
         slot_row = self._slot_row(conn)
         if slot_row is None:
             self._slot_missing()
             return 0
+        # not streaming: where the slot is, before reading: moved by someone else (or
+        # recreated) since this process last moved it, rows were skipped: the gap goes into
+        # the chain first.  Streaming: only retention and lag (the slot is held by the stream)
         self._judge_slot(conn, slot_row)
         if "slot-lost" in self._problems:
             return 0
-        # binary results: bytea as bytes without hex decoding, the LSN as a plain integer
-        sql = ("SELECT pg_wal_lsn_diff(lsn, '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
-               "'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
-        self.decoder = Decoder()  # every call re-sends its Relation messages
+        stream = self._stream
+        if stream is None:
+            stream = self._open_stream(conn, slot_row)
+            if stream is None:
+                return 0
+        target = int(slot_row[5])  # everything committed before this call began is read in it
         pending: list[tuple[dict[str, Any], Position]] = []
         n_messages = 0
         advance_to: int | None = None
         advance_xid: int | None = None
-        begin: Begin | None = None
-        index = 0
         newest_commit_time: str | None = None
-        with conn.transaction(), conn.cursor(name="worm_pg_peek", binary=True) as cur:
-            cur.itersize = 5000
-            cur.execute(sql, (self.slot, self.settings.batch_rows, self.publication))
-            for row_lsn, data in cur:
-                n_messages += 1
-                item = self.decoder.decode(data)
-                if item is None:
+        give_up = time.monotonic() + READ_WAIT
+        decode = self.decoder.decode
+        while n_messages < self.settings.batch_rows:
+            got = stream.read(0.0)
+            if got is None:
+                if stream.sent_lsn >= target or time.monotonic() >= give_up:
+                    break
+                stream.request_position()  # how far the server has decoded: its answer ends the wait
+                got = stream.read(min(0.05, max(0.0, give_up - time.monotonic())))
+                if got is None:
                     continue
-                if isinstance(item, Begin):
-                    begin, index = item, 0
-                elif isinstance(item, Commit):
-                    if begin is None:
-                        raise ProtocolError("COMMIT without BEGIN")
-                    newest_commit_time = item.commit_time
-                    advance_to = item.end_lsn  # once everything read so far is durable
-                    advance_xid = begin.xid
-                    begin = None
-                elif item.op == "message":
-                    if begin is None and item.prefix == MESSAGE_PREFIX:
-                        advance_to = int(row_lsn)  # our idle mark: everything before it was read
-                        advance_xid = None
-                else:
-                    if begin is None:
-                        raise ProtocolError(f"{item.op} outside a transaction")
-                    pos = Position(begin.commit_lsn, index)
-                    index += 1
-                    if self.position is not None and pos <= self.position:
-                        continue  # already in the chain: written before a crash, before the advance
-                    pending.append((self._event(item, begin, pos), pos))
-                    if len(pending) >= _WRITE_CHUNK:  # bounded memory; durable in parts
-                        self._write(pending)
-                        pending = []
+            n_messages += 1
+            lsn, data = got
+            item = decode(data)
+            if item is None:
+                continue
+            if isinstance(item, Begin):
+                self._begin, self._index = item, 0
+            elif isinstance(item, Commit):
+                begin = self._begin
+                if begin is None:
+                    raise ProtocolError("COMMIT without BEGIN")
+                newest_commit_time = item.commit_time
+                advance_to = item.end_lsn  # once everything read so far is durable
+                advance_xid = begin.xid
+                self._begin = None
+                stream.sent_lsn = max(stream.sent_lsn, item.end_lsn)
+            elif item.op == "message":
+                if self._begin is None and item.prefix == MESSAGE_PREFIX:
+                    advance_to = item.message_lsn  # our idle mark: everything before it was read
+                    advance_xid = None
+                    stream.sent_lsn = max(stream.sent_lsn, lsn)
+            else:
+                begin = self._begin
+                if begin is None:
+                    raise ProtocolError(f"{item.op} outside a transaction")
+                pos = Position(begin.commit_lsn, self._index)
+                self._index += 1
+                if self.position is not None and pos <= self.position:
+                    continue  # already in the chain: written before a crash, before the confirmation
+                pending.append((self._event(item, begin, pos), pos))
+                if len(pending) >= _WRITE_CHUNK:  # bounded memory; durable in parts
+                    self._write(pending)
+                    pending = []
         if pending:
             self._write(pending)
-        if advance_to is not None:
-            # moved by someone else while this read began: the gap is recorded (after the rows)
-            again = self._slot_row(conn)
-            if again is None:
-                self._slot_missing()
-                return n_messages
-            if again[0] != slot_row[0]:
-                self._judge_slot(conn, again)
         if advance_to is not None and (self._advanced_to is None or advance_to > self._advanced_to):
             # every change read is durable now: first the position file, then the slot
             self._end_lsn = advance_to
             self._save_position()
-            conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(advance_to)))
+            self._confirm(advance_to)
             self._advanced_to, self._advanced_xid = advance_to, advance_xid
         self._after_poll(conn, n_messages, newest_commit_time, slot_row)
         return n_messages
+
+    def _open_stream(self, conn: Any, slot_row: tuple[Any, ...]) -> ReplicationStream | None:
+        """START_REPLICATION on the slot (from its confirmed position).  From then on the
+        slot is held by this process: only a move between the look above and the start
+        remains to be caught, by looking again."""
+        stream = ReplicationStream(self.settings.dsn, self.slot, self.publication, SESSION_SETTINGS)
+        again = self._slot_row(conn)
+        if again is None:
+            stream.close()
+            self._slot_missing()
+            return None
+        if again[0] != slot_row[0]:
+            self._judge_slot(conn, again)  # (moved forward by someone else: a gap)
+        stream.confirmed = parse_lsn(again[0]) if again[0] else 0  # never confirm behind the slot
+        self._stream = stream
+        self.decoder = Decoder()  # a stream sends each relation's Relation message before its first change
+        self._begin, self._index = None, 0
+        return stream
+
+    def _confirm(self, lsn: int) -> None:
+        """Tell the server the chain holds everything up to ``lsn``: the slot may move there."""
+        assert self._stream is not None
+        self._stream.confirm(lsn)
+
+    def wait_for_data(self, timeout: float) -> None:
+        """Until the stream has something to read, or ``timeout`` seconds."""
+        if self._stream is None:
+            self._stop.wait(timeout)
+        else:
+            self._stream.wait(timeout)
 
     def _after_poll(self, conn: Any, n_messages: int, newest_commit_time: str | None,
                     slot_row: tuple[Any, ...]) -> None:

@@ -132,3 +132,24 @@ def chain_events(hot: Path, stream: str = "app") -> list[dict[str, Any]]:
 
 def logged_ids(hot: Path, stream: str = "app", table: str = "audit.events") -> list[int]:
     return [e["pk"]["id"] for e in chain_events(hot, stream) if e.get("op") == "insert" and e.get("table") == table]
+
+
+def on_held_slot(su: Any, slot: str, sql: str, timeout: float = 10.0) -> None:
+    """Run ``sql`` (with ``slot`` as its parameter) on a slot the source's stream holds, as
+    a DBA must: terminate the process holding it, then act before the source reconnects
+    (retried: the source comes back after half a second)."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        su.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                   "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+        try:
+            su.execute(sql, (slot,))
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from pipeline import open_log
 from pipeline.pg.install import ROW_TRIGGER, Target, install
 from pipeline.pg.source import PostgresSource, SourceSettings
-from tests.pg.conftest import AuditDb, chain_events, logged_ids
+from tests.pg.conftest import AuditDb, chain_events, logged_ids, on_held_slot
 from tests.pg.server import wait_for
 
 
@@ -103,7 +103,7 @@ def test_dropped_slot_is_reported_and_the_gap_recorded_when_recreated(audit_db: 
         audit_db.insert(3)
         assert wait_for(lambda: src.rows_written >= 3, 10)
         with contextlib.closing(audit_db.connect()) as su:
-            su.execute("SELECT pg_drop_replication_slot(%s)", (audit_db.target.slot,))
+            on_held_slot(su, audit_db.target.slot, "SELECT pg_drop_replication_slot(%s)")
         audit_db.insert(2)  # never decoded: committed while no slot existed
         assert wait_for(lambda: "slot-missing" in src._problems, 10)
         assert "does not exist" in str(src.problem())
@@ -294,10 +294,19 @@ def test_a_slot_gone_back_to_another_history_is_a_reset(audit_db: AuditDb, tmp_p
     assert len(table) == 11 and set(logged_ids(hot)) == table
 
 
+def _poll_through(src: PostgresSource, times: int = 3) -> None:
+    """``poll_once`` a few times, through the error of a stream someone terminated."""
+    import psycopg
+
+    for _ in range(times):
+        with contextlib.suppress(psycopg.OperationalError):
+            src.poll_once()
+
+
 def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb, tmp_path: Path) -> None:
-    """Someone moves the slot past committed rows while the source runs (its trigger and
-    slot check is minutes away): the next read finds the slot where the source did not put
-    it and records the gap, before the next rows."""
+    """Someone ends the source's stream and moves the slot past committed rows while the
+    source runs (its trigger and slot check is minutes away): the next read finds the slot
+    where the source did not put it and records the gap, before the next rows."""
     hot = tmp_path / "hot"
     log = open_log(hot, "app")
     src = PostgresSource(SourceSettings(dsn=audit_db.dsn, check_interval=3600.0), log, registry=CollectorRegistry())
@@ -308,10 +317,9 @@ def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb,
         assert src.rows_written == 2
         with contextlib.closing(audit_db.connect()) as su:
             su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
-            su.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (audit_db.target.slot,))
+            on_held_slot(su, audit_db.target.slot, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())")
         last = audit_db.insert(1)
-        src.poll_once()
-        src.poll_once()
+        _poll_through(src)
     finally:
         src._close()
         log.close()
@@ -320,11 +328,28 @@ def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb,
     assert src.metrics.gaps._value.get() == 1
 
 
+def test_a_slot_held_by_the_stream_cannot_be_moved(audit_db: AuditDb, tmp_path: Path) -> None:
+    """While the source streams, PostgreSQL refuses to move its slot: a move needs the
+    stream ended first (the test above)."""
+    import psycopg
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
+            with pytest.raises(psycopg.errors.ObjectInUse, match="is active for PID"):
+                su.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (audit_db.target.slot,))
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+    assert [e["op"] for e in chain_events(hot)] == ["insert", "insert"]
+
+
 def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The slot is moved past a row after the source looked at it and while it writes what
-    it read: the look before the advance finds it, the gap is recorded after those rows, and
-    the slot is not moved back over it."""
+    """The stream is ended and the slot moved past a row while the source writes what it
+    read: the confirmation cannot reach the server, the next read finds the slot where the
+    source did not put it, and the gap is recorded after those rows."""
     hot = tmp_path / "hot"
     log = open_log(hot, "app")
     src = PostgresSource(SourceSettings(dsn=audit_db.dsn, check_interval=3600.0), log, registry=CollectorRegistry())
@@ -340,16 +365,15 @@ def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_pa
         moved.append(True)
         with contextlib.closing(audit_db.connect()) as su:
             su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
-            su.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (audit_db.target.slot,))
+            on_held_slot(su, audit_db.target.slot, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())")
 
     try:
         audit_db.insert(2)
         monkeypatch.setattr(src, "_write", write_then_move)
-        src.poll_once()
+        _poll_through(src, 1)
         monkeypatch.setattr(src, "_write", write)
         last = audit_db.insert(1)
-        src.poll_once()
-        src.poll_once()
+        _poll_through(src)
     finally:
         src._close()
         log.close()
@@ -451,36 +475,30 @@ def test_a_replaced_trigger_function_is_reported(audit_db: AuditDb, tmp_path: Pa
         assert wait_for(lambda: src.problem() is None, 10)
 
 
-def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_path: Path) -> None:
-    """SIGKILL right after the position file was written: the killed process's backend may
-    still finish its pg_replication_slot_advance after the next source has looked at the
-    slot.  The slot then moves to the end of what the chain holds: nothing was skipped, so
-    no gap may be recorded (pg verify would report one)."""
+def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL right after the position file was written: the killed process's last
+    confirmation may still reach the slot after the next source has looked at it.  The
+    slot then moves to the end of what the chain holds: nothing was skipped, so no gap may
+    be recorded (pg verify would report one)."""
     hot = tmp_path / "hot"
     log = open_log(hot, "app")
     first = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
     first.position, first._end_lsn, first._last_seq = first._find_position()
-    conn = first._connection()
 
     class Killed(Exception):
         pass
 
-    class NoAdvance:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(conn, name)
+    def killed(lsn: int) -> None:
+        raise Killed
 
-        def execute(self, sql: str, *a: Any) -> Any:
-            if "pg_replication_slot_advance" in sql:
-                raise Killed
-            return conn.execute(sql, *a)
-
-    first._conn = NoAdvance()
+    monkeypatch.setattr(first, "_confirm", killed)  # the process dies before its confirmation leaves
     audit_db.insert(3)
     with pytest.raises(Killed):
         first.poll_once()
     end = first._end_lsn
     assert end is not None
-    conn.close()
+    first._close()
     second = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
     second.position, second._end_lsn, second._last_seq = second._find_position()
     try:
@@ -500,9 +518,10 @@ def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_p
 
 def test_a_consumer_holding_the_slot_is_reported_and_its_moves_recorded(
         audit_db: AuditDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """Another process streams from the source's slot (pg_recvlogical): for a moment that is
-    only retried (pg verify peeks the slot, a killed sidecar's backend finishes), past the
-    grace it is a read-error; what the intruder consumed and confirmed is a gap."""
+    """Another process streams from the source's slot (pg_recvlogical) when the source
+    starts: for a moment that is only retried (pg verify peeks the slot, a killed sidecar's
+    stream is ending), past the grace it is a read-error; what the intruder consumed and
+    confirmed is a gap."""
     import logging
     import subprocess
 
@@ -514,15 +533,16 @@ def test_a_consumer_holding_the_slot_is_reported_and_its_moves_recorded(
     with tailing(audit_db, hot, check_interval=3600.0) as src:
         audit_db.insert(1)
         assert wait_for(lambda: src.rows_written >= 1, 10)
-        t = audit_db.target
-        intruder = subprocess.Popen([str(BIN / "pg_recvlogical"), "-d", audit_db.dsn, "--slot", t.slot, "--start",
-                                     "-o", "proto_version=1", "-o", f"publication_names={t.publication}",
-                                     "-F", "0", "-s", "1", "-f", str(tmp_path / "intruder.out")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            with contextlib.closing(audit_db.connect()) as su:
-                assert wait_for(lambda: su.execute("SELECT active_pid IS NOT NULL FROM pg_replication_slots "
-                                                   "WHERE slot_name = %s", (t.slot,)).fetchone()[0], 10)
+    t = audit_db.target
+    intruder = subprocess.Popen([str(BIN / "pg_recvlogical"), "-d", audit_db.dsn, "--slot", t.slot, "--start",
+                                 "-o", "proto_version=1", "-o", f"publication_names={t.publication}",
+                                 "-F", "0", "-s", "1", "-f", str(tmp_path / "intruder.out")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with contextlib.closing(audit_db.connect()) as su:
+            assert wait_for(lambda: su.execute("SELECT active_pid IS NOT NULL FROM pg_replication_slots "
+                                               "WHERE slot_name = %s", (t.slot,)).fetchone()[0], 10)
+        with tailing(audit_db, hot, check_interval=3600.0) as src:
             skipped = audit_db.insert(2)  # streamed to the intruder
             assert wait_for(lambda: any("in use by another process" in r.getMessage() for r in caplog.records), 10)
             busy_since = src._busy_since
@@ -534,12 +554,15 @@ def test_a_consumer_holding_the_slot_is_reported_and_its_moves_recorded(
                 assert wait_for(lambda: su.execute("SELECT confirmed_flush_lsn >= pg_current_wal_lsn() FROM "
                                                    "pg_replication_slots WHERE slot_name = %s",
                                                    (t.slot,)).fetchone()[0], 15)
-        finally:
             intruder.terminate()
             intruder.wait(10)
-        assert wait_for(lambda: src.problem() is None, 15), src.problem()
-        later = audit_db.insert(1)
-        assert wait_for(lambda: src.rows_written >= 3, 10)  # the gap mark and the new row
+            assert wait_for(lambda: src.problem() is None, 15), src.problem()
+            later = audit_db.insert(1)
+            assert wait_for(lambda: src.rows_written >= 2, 10)  # the gap mark and the new row
+    finally:
+        if intruder.poll() is None:
+            intruder.terminate()
+            intruder.wait(10)
     events = chain_events(hot)
     assert [e["op"] for e in events] == ["insert", "gap", "insert"]
     assert events[-1]["pk"] == {"id": later[0]} and set(logged_ids(hot)).isdisjoint(skipped)
