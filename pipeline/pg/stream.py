@@ -25,6 +25,7 @@ A stream decodes every WAL record once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import select
 import struct
@@ -141,25 +142,27 @@ class ReplicationStream:
         if pg is None:
             return
         try:
-            if pg.status == self._pq.ConnStatus.OK and pg.put_copy_end() == 1:
-                deadline = time.monotonic() + timeout
-                while pg.flush() == 1 and _wait(pg.socket, select.POLLOUT, deadline - time.monotonic()):
-                    pass
-                while time.monotonic() < deadline:
-                    n, _data = pg.get_copy_data(1)
-                    if n == 0:
-                        if _wait(pg.socket, select.POLLIN, deadline - time.monotonic()):
-                            pg.consume_input()
-                        continue
-                    if n < 0:  # the server ended its side: the command's results follow
-                        while time.monotonic() < deadline and not _results_done(pg):
-                            _wait(pg.socket, select.POLLIN, deadline - time.monotonic())
-                            pg.consume_input()
-                        break
-        except Exception:  # closing: the connection goes either way
-            pass
+            with contextlib.suppress(self._psycopg.Error, OSError):  # closing: it goes either way
+                self._end_copy(pg, time.monotonic() + timeout)
         finally:
             pg.finish()
+
+    def _end_copy(self, pg: Any, deadline: float) -> None:
+        if pg.status != self._pq.ConnStatus.OK or pg.put_copy_end() != 1:
+            return
+        while pg.flush() == 1 and _wait(pg.socket, select.POLLOUT, deadline - time.monotonic()):
+            pass
+        while time.monotonic() < deadline:
+            n, _data = pg.get_copy_data(1)
+            if n == 0:
+                if _wait(pg.socket, select.POLLIN, deadline - time.monotonic()):
+                    pg.consume_input()
+                continue
+            if n < 0:  # the server ended its side: the command's results follow
+                while time.monotonic() < deadline and not _results_done(pg):
+                    _wait(pg.socket, select.POLLIN, deadline - time.monotonic())
+                    pg.consume_input()
+                return
 
     @property
     def closed(self) -> bool:
@@ -183,8 +186,9 @@ class ReplicationStream:
             from psycopg.errors import error_from_result
 
             error: Exception = error_from_result(res, encoding="utf-8")
-            return error
-        return self._psycopg.OperationalError(self._message() or "replication stream ended")
+        else:
+            error = self._psycopg.OperationalError(self._message() or "replication stream ended")
+        return error
 
 
 def _results_done(pg: Any) -> bool:

@@ -1,0 +1,142 @@
+"""The source's replication stream (pipeline/pg/stream.py) where it meets the slot: a read
+sees every commit made before it began, a stream ended inside a transaction repeats
+nothing, the slot is free the moment the source stops, and an idle read does not wait."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline import open_log
+from pipeline.pg.decode import parse_lsn
+from pipeline.pg.source import PostgresSource, SourceSettings
+from tests.pg.conftest import AuditDb, chain_events, logged_ids, on_held_slot
+from tests.pg.server import wait_for
+from tests.pg.test_source import tailing
+
+
+def _source(db: AuditDb, hot: Path, **kw: object) -> PostgresSource:
+    log = open_log(hot, "app")
+    src = PostgresSource(SourceSettings(dsn=db.dsn, check_interval=3600.0, **kw),  # type: ignore[arg-type]
+                         log, registry=CollectorRegistry())
+    src.position, src._end_lsn, src._last_seq = src._find_position()
+    return src
+
+
+def _slot(db: AuditDb, conn: psycopg.Connection[tuple[object, ...]] | None = None) -> tuple[bool, int]:
+    with contextlib.closing(db.connect()) if conn is None else contextlib.nullcontext(conn) as su:
+        row = su.execute("SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots "
+                         "WHERE slot_name = %s", (db.target.slot,)).fetchone()
+    assert row is not None
+    return bool(row[0]), parse_lsn(str(row[1]))
+
+
+def test_one_read_holds_every_commit_made_before_it(audit_db: AuditDb, tmp_path: Path) -> None:
+    """Rows committed before poll_once began are in the chain when it returns, on the
+    stream's first read and on later ones (the server's position answer ends the read)."""
+    src = _source(audit_db, tmp_path / "hot")
+    try:
+        total = 0
+        for n in (1, 7, 300):
+            audit_db.insert(n)
+            total += n
+            src.poll_once()
+            assert len(logged_ids(tmp_path / "hot")) == total
+    finally:
+        src._close()
+        src.hotlog.close()
+
+
+def test_an_idle_read_ends_on_the_servers_answer_not_on_the_timeout(audit_db: AuditDb, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to read: the keepalive answering the position request ends the read.  The
+    bounded wait (here 30 s) is only for a server that does not answer."""
+    monkeypatch.setattr("pipeline.pg.source.READ_WAIT", 30.0)
+    src = _source(audit_db, tmp_path / "hot")
+    try:
+        audit_db.insert(1)
+        src.poll_once()
+        for _ in range(5):
+            started = time.monotonic()
+            assert src.poll_once() == 0
+            assert time.monotonic() - started < 10.0
+    finally:
+        src._close()
+        src.hotlog.close()
+
+
+def test_a_stream_ended_inside_a_transaction_repeats_and_skips_nothing(audit_db: AuditDb, tmp_path: Path) -> None:
+    """A read that stops inside a transaction (batch_rows) writes its first rows; the stream
+    is then ended by someone else; the new stream sends the whole transaction again from the
+    slot's position, and only the rows the chain lacks are written."""
+    hot = tmp_path / "hot"
+    src = _source(audit_db, hot, batch_rows=4)  # BEGIN, the Relation message, two rows
+    try:
+        ids = audit_db.insert(10)  # one transaction
+        src.poll_once()
+        assert 0 < src.rows_written < 10
+        with contextlib.closing(audit_db.connect()) as su:
+            on_held_slot(su, audit_db.target.slot, "SELECT %s")  # only ends the stream
+        for _ in range(8):
+            with contextlib.suppress(psycopg.OperationalError):
+                src.poll_once()
+    finally:
+        src._close()
+        src.hotlog.close()
+    assert logged_ids(hot) == list(ids)
+    assert [e["n"] for e in chain_events(hot)] == list(range(10))
+
+
+def test_the_slot_is_free_when_the_source_stops_and_holds_what_it_confirmed(audit_db: AuditDb,
+                                                                             tmp_path: Path) -> None:
+    """stop() ends the stream and waits for the server's end of it: the slot is released
+    when it returns (pg verify and pg install may act on it at once, with no "is active
+    for PID")."""
+    hot = tmp_path / "hot"
+    with contextlib.closing(audit_db.connect()) as su:
+        with tailing(audit_db, hot) as src:
+            audit_db.insert(20)
+            assert wait_for(lambda: src.rows_written >= 20, 10)
+            assert wait_for(lambda: _slot(audit_db, su)[0], 5)
+            end = src._end_lsn
+        # asked on a connection already open: the very next statement after stop()
+        su.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (audit_db.target.slot,))
+    assert end is not None
+
+
+def test_nothing_is_confirmed_before_it_is_durable(audit_db: AuditDb, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain write fails: the slot stays where it was, the stream is ended (what it sent
+    must come again), and once the chain takes writes again every row arrives once."""
+    from pipeline.pg import PgError
+
+    hot = tmp_path / "hot"
+    src = _source(audit_db, hot)
+    write = src._write
+    try:
+        audit_db.insert(2)
+        src.poll_once()
+        _active, before = _slot(audit_db)
+
+        def failing(items: object) -> None:
+            raise PgError("could not write to the hot chain: disk full (simulated)")
+
+        monkeypatch.setattr(src, "_write", failing)
+        audit_db.insert(3)
+        with pytest.raises(PgError):
+            src.poll_once()
+        assert src._stream is None
+        assert _slot(audit_db)[1] == before
+        monkeypatch.setattr(src, "_write", write)
+        src.poll_once()
+        src.poll_once()
+    finally:
+        src._close()
+        src.hotlog.close()
+    ids = logged_ids(hot)
+    assert len(ids) == 5 and len(set(ids)) == 5
