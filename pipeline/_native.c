@@ -4196,6 +4196,98 @@ decline:
     Py_RETURN_NONE;
 }
 
+/* --------------------------------------------------------------------- pgoutput ---- */
+
+/* pg_insert_row(msg, names, kinds) -> dict | None: the new tuple of a pgoutput (protocol 1)
+ * INSERT message rendered as pipeline.pg.decode.row_json does, in one pass.  ``names`` is
+ * the relation's column names (a tuple of str), ``kinds`` one byte per column: 0 text (the
+ * value as it is), 1 an integer type (int(text)), 2 bool (text == "t"), 3 json/jsonb (the
+ * text; the caller renders it with render_value).  None whenever Python must decide: a
+ * column count that does not match, a value that is not text or NULL, an integer or a
+ * boolean not spelled as PostgreSQL's output function spells it, a truncated message.
+ * Message layout: 'I', Int32 relation OID, 'N', Int16 column count, then per column 'n'
+ * (NULL), 'u' (unchanged TOAST) or 't' Int32 length and that many bytes. */
+static PyObject *pg_insert_row(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer msg;
+    if (nargs != 3 || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "pg_insert_row(msg, names: tuple, kinds: bytes)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &msg, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *names = args[1];
+    const unsigned char *kinds = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    Py_ssize_t ncols = PyTuple_GET_SIZE(names);
+    const unsigned char *p = msg.buf;
+    Py_ssize_t len = msg.len, pos = 8;
+    PyObject *row = NULL;
+    if (PyBytes_GET_SIZE(args[2]) != ncols || len < 8 || p[0] != 'I' || p[5] != 'N' ||
+        (((Py_ssize_t)p[6] << 8) | p[7]) != ncols)
+        goto decline;
+    row = PyDict_New();
+    if (row == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        PyObject *value;
+        if (pos >= len)
+            goto decline;
+        unsigned char tag = p[pos++];
+        if (tag == 'n') {
+            value = Py_NewRef(Py_None);
+        } else if (tag == 't') {
+            if (len - pos < 4)
+                goto decline;
+            uint32_t size = ((uint32_t)p[pos] << 24) | ((uint32_t)p[pos + 1] << 16) | ((uint32_t)p[pos + 2] << 8) |
+                            (uint32_t)p[pos + 3];
+            pos += 4;
+            if ((Py_ssize_t)size > len - pos)
+                goto decline;
+            const char *text = (const char *)p + pos;
+            pos += (Py_ssize_t)size;
+            if (kinds[i] == 1) {
+                /* PostgreSQL's integer output: an optional '-' and 1 to 20 digits */
+                char digits[24];
+                Py_ssize_t start = (size > 0 && text[0] == '-') ? 1 : 0;
+                if ((Py_ssize_t)size <= start || (Py_ssize_t)size - start > 20)
+                    goto decline;
+                for (Py_ssize_t k = start; k < (Py_ssize_t)size; k++)
+                    if (text[k] < '0' || text[k] > '9')
+                        goto decline;
+                memcpy(digits, text, size);
+                digits[size] = '\0';
+                value = PyLong_FromString(digits, NULL, 10);
+            } else if (kinds[i] == 2) {
+                if (size != 1 || (text[0] != 't' && text[0] != 'f'))
+                    goto decline;
+                value = Py_NewRef(text[0] == 't' ? Py_True : Py_False);
+            } else {
+                value = PyUnicode_DecodeUTF8(text, (Py_ssize_t)size, "replace");
+            }
+        } else {
+            goto decline; /* 'u' (only an UPDATE leaves a value out) or binary: Python decides */
+        }
+        if (value == NULL)
+            goto fail;
+        int rc = PyDict_SetItem(row, PyTuple_GET_ITEM(names, i), value);
+        Py_DECREF(value);
+        if (rc < 0)
+            goto fail;
+    }
+    if (pos != len)
+        goto decline;
+    PyBuffer_Release(&msg);
+    return row;
+decline:
+    Py_XDECREF(row);
+    PyBuffer_Release(&msg);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(row);
+    PyBuffer_Release(&msg);
+    return NULL;
+}
+
 /* -------------------------------------------------------------------------- module ---- */
 
 static PyMethodDef module_methods[] = {
@@ -4235,6 +4327,9 @@ static PyMethodDef module_methods[] = {
      "Protobuf fields of a span (pipeline.ingest.otlp._Wire.fields), or None where Python must walk."},
     {"otlp_event", (PyCFunction)(void (*)(void))otlp_event, METH_FASTCALL,
      "One protobuf LogRecord as its event object (pipeline.ingest.otlp._event), or None."},
+    /* PostgreSQL source */
+    {"pg_insert_row", (PyCFunction)(void (*)(void))pg_insert_row, METH_FASTCALL,
+     "The row of a pgoutput INSERT message (pipeline.pg.decode.row_json), or None where Python must decide."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from pipeline._accel import native as _native
 from pipeline.errors import PipelineError
 
 # Output functions of timestamptz, date, interval, float and bytea depend on these: the
@@ -40,7 +41,8 @@ SESSION_SETTINGS = (
 # type OIDs rendered as JSON values rather than as their text
 BOOL, INT8, INT2, INT4, OID, JSON, JSONB = 16, 20, 21, 23, 26, 114, 3802
 _INTEGERS = frozenset({INT8, INT2, INT4, OID})
-_PG_EPOCH_US = 946684800 * 1_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
+PG_EPOCH = 946684800  # 2000-01-01T00:00:00Z, PostgreSQL's epoch, in Unix seconds
+_PG_EPOCH_US = PG_EPOCH * 1_000_000
 
 
 def format_lsn(lsn: int) -> str:
@@ -135,6 +137,61 @@ def row_json(columns: Sequence[Column], values: Sequence[str | None]) -> dict[st
 
 _CONVERTED = frozenset({BOOL, INT8, INT2, INT4, OID, JSON, JSONB})
 
+# the kinds of pg_insert_row (pipeline/_native.c): 0 text as it is, 1 int(text), 2 text == "t",
+# 3 text, then render_value
+_KIND_TEXT, _KIND_INT, _KIND_BOOL, _KIND_RENDER = 0, 1, 2, 3
+
+
+def _kind(type_oid: int) -> int:
+    if type_oid in _INTEGERS:
+        return _KIND_INT
+    if type_oid == BOOL:
+        return _KIND_BOOL
+    return _KIND_RENDER if type_oid in _CONVERTED else _KIND_TEXT
+
+
+def _py_insert_row(msg: bytes, names: tuple[str, ...], kinds: bytes, /) -> dict[str, Any] | None:
+    """The Python reference of ``pg_insert_row``: the row of an INSERT message with every
+    value text or NULL, integers and booleans converted, kind-3 values left as text; None
+    where ``Decoder.decode`` must decide."""
+    if len(msg) < 8 or msg[0] != 73 or msg[5] != 78 or ((msg[6] << 8) | msg[7]) != len(names) \
+            or len(kinds) != len(names):
+        return None
+    pos, end = 8, len(msg)
+    row: dict[str, Any] = {}
+    for name, kind in zip(names, kinds):  # noqa: B905 - the caller builds both from one relation
+        if pos >= end:
+            return None
+        tag = msg[pos]
+        pos += 1
+        if tag == 110:  # 'n'
+            row[name] = None
+            continue
+        if tag != 116 or end - pos < 4:  # 't'
+            return None
+        size = int.from_bytes(msg[pos:pos + 4], "big")
+        pos += 4
+        if size > end - pos:
+            return None
+        raw = msg[pos:pos + size]
+        pos += size
+        if kind == _KIND_INT:
+            if _PG_INTEGER.fullmatch(raw) is None:
+                return None
+            row[name] = int(raw)
+        elif kind == _KIND_BOOL:
+            if raw not in (b"t", b"f"):
+                return None
+            row[name] = raw == b"t"
+        else:
+            row[name] = raw.decode("utf-8", "replace")
+    return row if pos == end else None
+
+
+_PG_INTEGER = re.compile(rb"-?[0-9]{1,20}")
+# bound once: the C accelerator's or the Python reference (same results; tests/pg/test_decode.py)
+_insert_row = _native.pg_insert_row if _native is not None else _py_insert_row
+
 
 @dataclass(frozen=True, slots=True)
 class Column:
@@ -149,10 +206,21 @@ class Relation:
     schema: str
     name: str
     columns: list[Column] = field(default_factory=list)
+    # for Decoder.insert_row: the column names, their kinds, the columns render_value decides
+    names: tuple[str, ...] = ()
+    kinds: bytes = b""
+    rendered: tuple[Column, ...] = ()
+    qualified_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.names = tuple(c.name for c in self.columns)
+        self.kinds = bytes(_kind(c.type_oid) for c in self.columns)
+        self.rendered = tuple(c for c in self.columns if _kind(c.type_oid) == _KIND_RENDER)
+        self.qualified_name = f"{self.schema}.{self.name}"
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return self.qualified_name
 
     @property
     def key_columns(self) -> list[Column]:
@@ -193,7 +261,11 @@ class Begin:
 class Commit:
     commit_lsn: int
     end_lsn: int  # the end of the commit record: where the slot may be advanced to
-    commit_time: str
+    ts: int  # pgoutput's commit timestamp (microseconds since 2000-01-01 UTC)
+
+    @property
+    def commit_time(self) -> str:
+        return pg_time(self.ts)
 
 
 class ProtocolError(PipelineError, ValueError):
@@ -219,7 +291,7 @@ class Decoder:
             return Begin(final_lsn, pg_time(ts), xid)
         if kind == b"C":
             _flags, commit_lsn, end_lsn, ts = struct.unpack_from(">BQQq", msg, 1)
-            return Commit(commit_lsn, end_lsn, pg_time(ts))
+            return Commit(commit_lsn, end_lsn, ts)
         if kind == b"R":
             self._relation(msg)
             return None
@@ -253,6 +325,21 @@ class Decoder:
         if kind in (b"Y", b"O"):  # a type's name, a replication origin: nothing to log
             return None
         raise ProtocolError(f"unknown pgoutput message {kind!r}")
+
+    def insert_row(self, msg: bytes) -> tuple[Relation, dict[str, Any]] | None:
+        """An INSERT's relation and its row as ``row_json`` renders it, in one pass (the
+        common message); None for anything ``decode`` must decide (then call it)."""
+        rel = self.relations.get(int.from_bytes(msg[1:5], "big"))
+        if rel is None:
+            return None
+        row = _insert_row(msg, rel.names, rel.kinds)
+        if row is None:
+            return None
+        for c in rel.rendered:
+            text = row[c.name]
+            if text is not None:
+                row[c.name] = render_value(c.type_oid, text)
+        return rel, row
 
     def _rel(self, relid: int) -> Relation:
         rel = self.relations.get(relid)

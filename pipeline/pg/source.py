@@ -51,6 +51,7 @@ import orjson
 
 from pipeline.pg import PgError, require_psycopg
 from pipeline.pg.decode import (
+    PG_EPOCH,
     SESSION_SETTINGS,
     UNCHANGED_TOAST,
     Begin,
@@ -544,9 +545,10 @@ class PostgresSource:
         n_messages = 0
         advance_to: int | None = None
         advance_xid: int | None = None
-        newest_commit_time: str | None = None
+        newest_commit: Commit | None = None
         give_up = time.monotonic() + READ_WAIT
         decode = self.decoder.decode
+        insert_row = self.decoder.insert_row
         while n_messages < self.settings.batch_rows:
             got = stream.read(0.0)
             if got is None:
@@ -558,6 +560,25 @@ class PostgresSource:
                     continue
             n_messages += 1
             lsn, data = got
+            if data[0] == 73 and self._begin is not None:  # "I": the common message, in one pass
+                fast = insert_row(data)
+                if fast is not None:
+                    txn = self._begin
+                    pos = Position(txn.commit_lsn, self._index)
+                    self._index += 1
+                    if self.position is not None and pos <= self.position:
+                        continue  # already in the chain
+                    rel, row = fast
+                    table = rel.qualified_name
+                    # the same event, key for key, as _event builds for an insert
+                    pending.append(({"source": "postgres", "slot": self.slot, "table": table, "op": "insert",
+                                     "pk": {k: row.get(k) for k in self._primary_key(table, rel.columns)},
+                                     "lsn": txn.lsn_text, "n": pos.n, "commit_time": txn.commit_time,
+                                     "xid": txn.xid, "row": row}, pos))
+                    if len(pending) >= _WRITE_CHUNK:
+                        self._write(pending)
+                        pending = []
+                    continue
             item = decode(data)
             if item is None:
                 continue
@@ -567,7 +588,7 @@ class PostgresSource:
                 begin = self._begin
                 if begin is None:
                     raise ProtocolError("COMMIT without BEGIN")
-                newest_commit_time = item.commit_time
+                newest_commit = item
                 advance_to = item.end_lsn  # once everything read so far is durable
                 advance_xid = begin.xid
                 self._begin = None
@@ -597,7 +618,7 @@ class PostgresSource:
             self._save_position()
             self._confirm(advance_to)
             self._advanced_to, self._advanced_xid = advance_to, advance_xid
-        self._after_poll(conn, n_messages, newest_commit_time, slot_row)
+        self._after_poll(conn, n_messages, newest_commit, slot_row)
         return n_messages
 
     def _open_stream(self, conn: Any, slot_row: tuple[Any, ...]) -> ReplicationStream | None:
@@ -630,12 +651,10 @@ class PostgresSource:
         else:
             self._stream.wait(timeout)
 
-    def _after_poll(self, conn: Any, n_messages: int, newest_commit_time: str | None,
+    def _after_poll(self, conn: Any, n_messages: int, newest_commit: Commit | None,
                     slot_row: tuple[Any, ...]) -> None:
-        if n_messages >= self.settings.batch_rows and newest_commit_time is not None:
-            from datetime import datetime
-
-            t = datetime.fromisoformat(newest_commit_time.replace("Z", "+00:00")).timestamp()
+        if n_messages >= self.settings.batch_rows and newest_commit is not None:
+            t = newest_commit.ts / 1e6 + PG_EPOCH  # pgoutput's microseconds since 2000-01-01 UTC
             self.metrics.lag_seconds.set(max(0.0, self._clock() - t))
             return
         self.metrics.lag_seconds.set(0.0)
