@@ -33,8 +33,8 @@ import time
 from typing import Any
 
 from pipeline.pg import require_psycopg
+from pipeline.pg.decode import PG_EPOCH
 
-_PG_EPOCH = 946684800  # 2000-01-01T00:00:00Z in Unix seconds
 _XLOGDATA = struct.Struct(">QQq")  # after the b"w"
 _KEEPALIVE = struct.Struct(">QqB")  # after the b"k"
 _STATUS = struct.Struct(">cQQQqB")
@@ -108,12 +108,6 @@ class ReplicationStream:
             if _wait(self.pg.socket, select.POLLIN, left):
                 consumed = False
 
-    def wait(self, timeout: float) -> None:
-        """Until the server sends something, or ``timeout`` seconds (call after ``read``
-        returned None: libpq then holds no whole message)."""
-        if self.pg is not None:
-            _wait(self.pg.socket, select.POLLIN, timeout)
-
     def request_position(self) -> None:
         """Ask the server how far it has decoded: its keepalive answer sets ``sent_lsn``."""
         if not self._reply_pending:
@@ -123,7 +117,7 @@ class ReplicationStream:
     def confirm(self, lsn: int, *, reply: bool = False) -> None:
         """Send ``lsn`` as written, flushed and applied: the slot may move there."""
         self.confirmed = max(self.confirmed, lsn)
-        now = int((time.time() - _PG_EPOCH) * 1_000_000)
+        now = int((time.time() - PG_EPOCH) * 1_000_000)
         msg = _STATUS.pack(b"r", self.confirmed, self.confirmed, self.confirmed, now, 1 if reply else 0)
         while (sent := self.pg.put_copy_data(msg)) != 1:
             if sent < 0:
