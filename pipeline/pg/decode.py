@@ -1,11 +1,12 @@
 """pgoutput (protocol version 1) messages, and the one rendering of a row as JSON.
 
-The source reads the slot with ``pg_logical_slot_peek_binary_changes(slot, NULL, n,
-'proto_version', '1', 'publication_names', pub, 'messages', 'true')``; each row's
-``data`` is one pgoutput message (PostgreSQL documentation, "Logical Replication Message
-Formats").  A fresh decoding context is made for every SQL call, so every call sends a
-Relation message before the first change of each table: the column names and type OIDs
-are always known.
+The source streams the slot (``START_REPLICATION ... (proto_version '1',
+publication_names pub, messages 'true')``, pipeline/pg/stream.py); each XLogData message
+carries one pgoutput message (PostgreSQL documentation, "Logical Replication Message
+Formats").  A stream sends a Relation message before the first change of each table (and
+again when the table changes), so the column names and type OIDs are always known; the
+source starts a new ``Decoder`` with every stream.  (``pg verify`` and the source's crash
+check still peek with ``pg_logical_slot_peek_binary_changes``, one message per row.)
 
 Values arrive as the text their type's output function writes, exactly what ``SELECT``
 returns in text format, so ``row_json`` can render a row read from the WAL and a row read

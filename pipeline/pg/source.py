@@ -1,28 +1,30 @@
 """``[source.postgres]``: every committed row of the audit table into the hot chain, once.
 
 How it reads.  A logical replication slot (plugin ``pgoutput``, the publication that
-``pipeline pg install`` creates) is read with ``pg_logical_slot_peek_binary_changes``,
-which returns the changes of transactions in commit order, each transaction whole, and
-does NOT move the slot.  The events are appended to the hot log and waited for until they
-are durable (fsynced), and only then is the slot moved past them with
-``pg_replication_slot_advance(slot, <end LSN of the last transaction written>)``.
+``pipeline pg install`` creates) is streamed (``pipeline/pg/stream.py``: START_REPLICATION
+from the slot's confirmed position), which sends the changes of transactions in commit
+order, each transaction whole.  One read ends where the WAL was flushed when it began, so
+every commit before it is in it.  The events are appended to the hot log and waited for
+until they are durable (fsynced), and only then is the end of the last transaction written
+confirmed to the server (a standby status update), which moves the slot.
 
-Why it cannot skip.  The slot decides what is read again, by LSN: a transaction is
+Why it cannot skip.  The slot decides what is sent again, by LSN: a transaction is
 delivered again as long as the slot's ``confirmed_flush_lsn`` is not past its commit
 record, whatever its rows' ids are (rows of a BIGSERIAL table commit out of id order; a
-slot does not care).  The slot only moves to the end of a commit record (or of a logical
-message of our own, for idle periods) that was read and made durable before, so every
-transaction committed before that point is in the chain.  PostgreSQL keeps the WAL the
-slot needs across its own restarts; a slot that is dropped, invalidated
-(``max_slot_wal_keep_size``) or moved by someone else is reported, and the gap recorded in
-the chain, never skipped silently.
+slot does not care).  The slot is only confirmed to the end of a commit record (or a
+logical message of our own, for idle periods) that was read and made durable before, so
+every transaction committed before that point is in the chain.  A write that fails ends
+the stream: what it sent comes again on the next one.  PostgreSQL keeps the WAL the slot
+needs across its own restarts; a slot that is dropped, invalidated
+(``max_slot_wal_keep_size``) or moved by someone else (possible only while no stream holds
+it) is reported, and the gap recorded in the chain, never skipped silently.
 
-Why it cannot duplicate.  Between "durable" and "advanced" the process can die; the next
-read then returns transactions that are already in the chain.  Every event carries its
+Why it cannot duplicate.  Between "durable" and "confirmed" the process can die; the next
+stream then sends transactions that are already in the chain.  Every event carries its
 transaction's commit LSN and its index ``n`` within the transaction; the source starts
 from the newest such position it finds in the chain itself (scanning the stream's hot
 segments from the newest) and in its position file (``<hot>/.pg-source/<slot>.json``,
-written after each durable batch, before the advance), and skips every change at or
+written after each durable batch, before the confirmation), and skips every change at or
 before it.  The position only ever comes from what is durable, so it is never ahead of
 the chain.
 
