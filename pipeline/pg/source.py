@@ -101,7 +101,7 @@ class SourceSettings:
     slot: str | None = None
     publication: str | None = None
     poll_interval: float = 0.2
-    batch_rows: int = 10000  # pgoutput messages per read (upto_nchanges): BEGIN, rows, COMMIT
+    batch_rows: int = 10000  # pgoutput messages per read at most: BEGIN, Relation, rows, COMMIT
     check_interval: float = 10.0
 
     @property
@@ -287,7 +287,7 @@ class PostgresSource:
             return
         if sqlstate == "55006" and "replication slot" in text:
             # "is active for PID n": held by another process for a moment (pg verify peeking
-            # it; the backend of a killed sidecar finishing its advance); only a holder that
+            # it; the stream of a killed sidecar still ending); only a holder that
             # stays is a problem (a consumer of its own reads and moves it)
             now = time.monotonic()
             if self._busy_since is None:
@@ -395,7 +395,7 @@ class PostgresSource:
         confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
         # the chain accounts for everything up to the later of where this process moved the
         # slot and the end of the last durable transaction (or mark): a slot moved up to there
-        # skipped nothing (e.g. the advance of a killed process's backend, finishing late)
+        # skipped nothing (e.g. a killed process's last confirmation, arriving late)
         known = max((x for x in (self._advanced_to, self._end_lsn) if x is not None), default=None)
         before, self._timeline = self._timeline, timeline
         if before is not None and timeline != before:
