@@ -31,6 +31,14 @@ def tailing(db: AuditDb, hot: Path, **kw: Any) -> Iterator[PostgresSource]:
         log.close()
 
 
+def stepped(db: AuditDb, log: Any, **kw: Any) -> PostgresSource:
+    """A source driven by hand (``poll_once``), not started: its position found as
+    ``start()`` finds it."""
+    src = PostgresSource(SourceSettings(dsn=db.dsn, **kw), log, registry=CollectorRegistry())
+    src.position, src._end_lsn, src._last_seq = src._find_position()
+    return src
+
+
 def test_rows_committed_out_of_id_order_are_all_tailed_in_commit_order(audit_db: AuditDb, tmp_path: Path) -> None:
     hot = tmp_path / "hot"
     with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as slow, \
@@ -56,8 +64,7 @@ def test_crash_after_durable_before_advance_writes_nothing_twice(audit_db: Audit
     hot = tmp_path / "hot"
     audit_db.insert(50)
     log = open_log(hot, "app")
-    src = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
-    src.position, src._end_lsn, src._last_seq = src._find_position()
+    src = stepped(audit_db, log)
 
     class Crash(Exception):
         pass
@@ -309,8 +316,7 @@ def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb,
     where the source did not put it and records the gap, before the next rows."""
     hot = tmp_path / "hot"
     log = open_log(hot, "app")
-    src = PostgresSource(SourceSettings(dsn=audit_db.dsn, check_interval=3600.0), log, registry=CollectorRegistry())
-    src.position, src._end_lsn, src._last_seq = src._find_position()
+    src = stepped(audit_db, log, check_interval=3600.0)
     try:
         audit_db.insert(2)
         src.poll_once()
@@ -352,8 +358,7 @@ def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_pa
     source did not put it, and the gap is recorded after those rows."""
     hot = tmp_path / "hot"
     log = open_log(hot, "app")
-    src = PostgresSource(SourceSettings(dsn=audit_db.dsn, check_interval=3600.0), log, registry=CollectorRegistry())
-    src.position, src._end_lsn, src._last_seq = src._find_position()
+    src = stepped(audit_db, log, check_interval=3600.0)
     write = src._write
 
     moved: list[bool] = []
@@ -483,8 +488,7 @@ def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_p
     be recorded (pg verify would report one)."""
     hot = tmp_path / "hot"
     log = open_log(hot, "app")
-    first = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
-    first.position, first._end_lsn, first._last_seq = first._find_position()
+    first = stepped(audit_db, log)
 
     class Killed(Exception):
         pass
@@ -499,8 +503,7 @@ def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_p
     end = first._end_lsn
     assert end is not None
     first._close()
-    second = PostgresSource(SourceSettings(dsn=audit_db.dsn), log, registry=CollectorRegistry())
-    second.position, second._end_lsn, second._last_seq = second._find_position()
+    second = stepped(audit_db, log)
     try:
         second._connection()  # the slot is still behind the position file's end
         from pipeline.pg.decode import format_lsn

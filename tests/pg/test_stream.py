@@ -10,22 +10,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
 
 from pipeline import open_log
 from pipeline.pg.decode import parse_lsn
-from pipeline.pg.source import PostgresSource, SourceSettings
+from pipeline.pg.source import PostgresSource
 from tests.pg.conftest import AuditDb, chain_events, logged_ids, on_held_slot
 from tests.pg.server import wait_for
-from tests.pg.test_source import tailing
+from tests.pg.test_source import stepped, tailing
 
 
 def _source(db: AuditDb, hot: Path, **kw: object) -> PostgresSource:
-    log = open_log(hot, "app")
-    src = PostgresSource(SourceSettings(dsn=db.dsn, check_interval=3600.0, **kw),  # type: ignore[arg-type]
-                         log, registry=CollectorRegistry())
-    src.position, src._end_lsn, src._last_seq = src._find_position()
-    return src
+    return stepped(db, open_log(hot, "app"), check_interval=3600.0, **kw)
 
 
 def _slot(db: AuditDb, conn: psycopg.Connection[tuple[object, ...]] | None = None) -> tuple[bool, int]:
