@@ -158,6 +158,7 @@ class AuditLogHandler(logging.Handler):
         # refusals of other threads' records, for flush() (raise_on_error)
         self._queued: collections.deque[_Queued] = collections.deque()
         self._append_lock = threading.Lock()
+        self._appender: int | None = None  # the thread holding _append_lock
         self._refused: list[tuple[Exception, logging.LogRecord]] = []
         self._sock: socket.socket | None = None
         self._rfile: Any = None
@@ -214,6 +215,8 @@ class AuditLogHandler(logging.Handler):
         that could not be stored is reported (``AuditLogError`` with ``raise_on_error``)."""
         if self.log is None:
             return
+        if self._appender == threading.get_ident():
+            return  # called while this thread appends (the log logged): the append finishes first
         with self._append_lock:  # everything queued goes into the log first
             self._append_queued()
             receipt, self._unflushed = self._unflushed, None
@@ -271,6 +274,7 @@ class AuditLogHandler(logging.Handler):
         if not queued and lock.acquire(blocking=False):
             # nobody else is appending or waiting to: this record alone, without the queue
             failure: Exception | None = None
+            self._appender = threading.get_ident()
             try:
                 self._last = self._unflushed = self.log.append_prepared(data, wait=False)
             except RecursionError:
@@ -278,6 +282,7 @@ class AuditLogHandler(logging.Handler):
             except Exception as exc:
                 failure = exc
             finally:
+                self._appender = None
                 lock.release()
             if queued:
                 self._take_queued()
@@ -295,13 +300,17 @@ class AuditLogHandler(logging.Handler):
         queued = self._queued
         lock = self._append_lock
         while queued:
-            if len(queued) > MAX_QUEUED:
+            if len(queued) > MAX_QUEUED and self._appender != threading.get_ident():
                 lock.acquire()  # bounded: wait for the appending thread, then take the rest
             elif not lock.acquire(blocking=False):
-                break  # another thread appends, and takes this record with the others
+                # another thread appends, and takes this record with the others (or this
+                # one does, further up the stack: the log logged while appending)
+                break
+            self._appender = threading.get_ident()
             try:
                 self._append_queued()
             finally:
+                self._appender = None
                 lock.release()
             # records queued while this thread appended, by threads that then found the lock
             # taken: the loop takes them (they rely on it)

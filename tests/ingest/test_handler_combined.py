@@ -174,3 +174,30 @@ def test_a_refusal_found_by_another_thread_goes_to_handle_error(hotlog: HotLog,
     handler._append_lock.release()
     logger.info("fine")  # this thread appends both
     assert reported == [("REFUSE queued", "refused (test)")]
+
+
+def test_a_record_logged_while_this_thread_appends_does_not_deadlock(hot_dir: Path, hotlog: HotLog,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log itself logs (a warning) while the handler's thread appends, to a logger this
+    handler serves, with the queue past its bound and flush() called: the inner calls
+    queue and return; the outer append takes the record."""
+    monkeypatch.setattr("pipeline.ingest.handler.MAX_QUEUED", 0)
+    handler = AuditLogHandler(log=hotlog, wait=False)
+    logger = logger_for(handler, "test.handler.combined.reentrant")
+    one = hotlog.append_prepared
+    inner: list[bool] = []
+
+    def logging_append(data: bytes, *, wait: bool = True) -> Any:
+        if not inner:
+            inner.append(True)
+            logger.warning("inner")  # the log's own warning, back into this handler
+            handler.flush()
+        return one(data, wait=wait)
+
+    monkeypatch.setattr(hotlog, "append_prepared", logging_append)
+    t = threading.Thread(target=lambda: logger.info("outer"))
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "deadlocked"
+    handler.flush()
+    assert sorted(_messages(hot_dir)) == ["inner", "outer"]
