@@ -140,3 +140,38 @@ def test_nothing_is_confirmed_before_it_is_durable(audit_db: AuditDb, tmp_path: 
         src.hotlog.close()
     ids = logged_ids(hot)
     assert len(ids) == 5 and len(set(ids)) == 5
+
+
+def test_a_synchronous_standby_setting_does_not_stall_other_tables(audit_db: AuditDb, tmp_path: Path) -> None:
+    """The source's stream is a walsender, so ``synchronous_standby_names = '*'`` (a common
+    setting on a primary with one physical standby) can pick it as the synchronous standby:
+    every commit in the cluster then waits until the source confirms a position past it.
+    A commit to another table is never sent on the stream (pgoutput skips it; PostgreSQL
+    15 sends a keepalive with its end instead, "to avoid delaying such transactions"), so
+    the source must confirm the server's position when it has nothing pending, or that
+    commit waits until the audit table happens to get a row."""
+    import threading
+
+    hot = tmp_path / "hot"
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute("CREATE TABLE public.other (x int)")
+    with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as su:
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        su.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        su.execute("SELECT pg_reload_conf()")
+        try:
+            assert wait_for(lambda: su.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name "
+                                               "= 'worm-pipeline source'").fetchone() == ("sync",), 10)
+            done = threading.Event()
+
+            def other() -> None:
+                with contextlib.closing(audit_db.connect()) as c:
+                    c.execute("INSERT INTO public.other VALUES (1)")
+                done.set()
+
+            threading.Thread(target=other, daemon=True).start()
+            assert done.wait(5.0), "a commit to another table waits for the source"
+        finally:
+            su.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            su.execute("SELECT pg_reload_conf()")
