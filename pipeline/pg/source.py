@@ -12,8 +12,10 @@ Why it cannot skip.  The slot decides what is sent again, by LSN: a transaction 
 delivered again as long as the slot's ``confirmed_flush_lsn`` is not past its commit
 record, whatever its rows' ids are (rows of a BIGSERIAL table commit out of id order; a
 slot does not care).  The slot is only confirmed to the end of a commit record (or a
-logical message of our own, for idle periods) that was read and made durable before, so
-every transaction committed before that point is in the chain.  A write that fails ends
+logical message of our own, for idle periods) that was read and made durable before, or,
+with no transaction open, to the server's keepalive position (every commit record before it
+was decoded and sent ahead of the keepalive), so every transaction committed before that
+point is in the chain.  A write that fails ends
 the stream: what it sent comes again on the next one.  PostgreSQL keeps the WAL the slot
 needs across its own restarts; a slot that is dropped, invalidated
 (``max_slot_wal_keep_size``) or moved by someone else (possible only while no stream holds
@@ -397,6 +399,10 @@ class PostgresSource:
         # slot and the end of the last durable transaction (or mark): a slot moved up to there
         # skipped nothing (e.g. a killed process's last confirmation, arriving late)
         known = max((x for x in (self._advanced_to, self._end_lsn) if x is not None), default=None)
+        # the slot where this process last confirmed the server's decoded position (past its
+        # last commit or mark): _advanced_to keeps naming the record _same_history can check
+        at_own_keepalive = self._advanced_to is not None and confirmed == self._end_lsn \
+            and confirmed > self._advanced_to
         before, self._timeline = self._timeline, timeline
         if before is not None and timeline != before:
             # a point-in-time restore or a promotion: LSNs after the fork do not order against
@@ -422,7 +428,7 @@ class PostgresSource:
             self._record_mark("gap", known, confirmed, f"slot {self.slot} starts at {format_lsn(confirmed)}, past the "
                                                        f"end of the last transaction in the chain ({format_lsn(known)})"
                                                        ": it was recreated or advanced by someone else")
-        if confirmed != self._advanced_to:
+        if confirmed != self._advanced_to and not at_own_keepalive:
             self._advanced_to, self._advanced_xid = confirmed, _NOT_OURS
 
     def _same_history(self, conn: Any) -> bool:
@@ -616,12 +622,24 @@ class PostgresSource:
                     pending = []
         if pending:
             self._write(pending)
+        # how far the server has decoded, when no transaction is open on the stream: every
+        # commit record starting before it was decoded and so sent before it (walsender.c:
+        # sentPtr is the end of the last record decoded, and a keepalive follows the data
+        # queued before it), and all of that is durable now.  Confirming it skips nothing,
+        # and a commit to another table (pgoutput skips it, and PostgreSQL sends a keepalive
+        # at its end for a synchronous standby) does not wait for the audit table's next row.
+        reached = stream.sent_lsn if self._begin is None else 0
         if advance_to is not None and (self._advanced_to is None or advance_to > self._advanced_to):
             # every change read is durable now: first the position file, then the slot
-            self._end_lsn = advance_to
+            self._end_lsn = max(advance_to, reached)
             self._save_position()
-            self._confirm(advance_to)
+            self._confirm(self._end_lsn)
+            # (the record there, for _same_history: the commit or the mark, not the keepalive)
             self._advanced_to, self._advanced_xid = advance_to, advance_xid
+        elif reached > max(stream.confirmed, self._end_lsn or 0):
+            self._end_lsn = reached
+            self._save_position()
+            self._confirm(reached)
         self._after_poll(conn, n_messages, newest_commit, slot_row)
         return n_messages
 

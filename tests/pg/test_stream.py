@@ -175,3 +175,25 @@ def test_a_synchronous_standby_setting_does_not_stall_other_tables(audit_db: Aud
         finally:
             su.execute("ALTER SYSTEM RESET synchronous_standby_names")
             su.execute("SELECT pg_reload_conf()")
+
+
+def test_a_confirmed_server_position_keeps_the_record_the_crash_check_needs(audit_db: AuditDb,
+                                                                            tmp_path: Path) -> None:
+    """Idle, the source confirms how far the server has decoded (past its last commit); a
+    stream started again at that position must still know which commit it last moved the
+    slot past (its xid), or a slot later gone back to another history would be taken for a
+    crash and the new history's rows skipped."""
+    from pipeline.pg.source import _NOT_OURS
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as su:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3 and src._advanced_xid not in (_NOT_OURS, None), 10)
+        commit_end, xid = src._advanced_to, src._advanced_xid
+        su.execute("CREATE TABLE public.other AS SELECT g FROM generate_series(1, 1000) g")  # WAL, no audit row
+        assert wait_for(lambda: (src._end_lsn or 0) > (commit_end or 0) and _slot(audit_db, su)[1] == src._end_lsn, 10)
+        su.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+                   (audit_db.target.slot,))
+        assert wait_for(lambda: src._stream is None, 10)
+        assert wait_for(lambda: src._stream is not None and _slot(audit_db, su)[0], 10)
+        assert (src._advanced_to, src._advanced_xid) == (commit_end, xid)
