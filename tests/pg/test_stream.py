@@ -197,3 +197,33 @@ def test_a_confirmed_server_position_keeps_the_record_the_crash_check_needs(audi
         assert wait_for(lambda: src._stream is None, 10)
         assert wait_for(lambda: src._stream is not None and _slot(audit_db, su)[0], 10)
         assert (src._advanced_to, src._advanced_xid) == (commit_end, xid)
+
+
+def test_a_failure_right_after_the_stream_starts_releases_the_slot(audit_db: AuditDb, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look at the slot after START_REPLICATION fails (the connection lost, or the gap
+    it finds cannot be written): the stream just started must be ended there, not left to
+    the garbage collector while the error (and its traceback) lives, as it does through
+    the source loop's backoff: until then the slot is "active for PID"."""
+    src = _source(audit_db, tmp_path / "hot")
+    looks: list[int] = []
+    real = src._slot_row
+
+    def second_look_fails(conn: object) -> tuple[object, ...] | None:
+        looks.append(1)
+        if len(looks) == 2:
+            raise psycopg.OperationalError("connection lost (simulated)")
+        return real(conn)
+
+    src._connection()  # (its own look at the slot, before the read's two)
+    monkeypatch.setattr(src, "_slot_row", second_look_fails)
+    active = None
+    try:
+        try:
+            src.poll_once()
+        except psycopg.OperationalError:  # as the source loop holds it: through its backoff
+            active = _slot(audit_db)[0]
+    finally:
+        src._close()
+        src.hotlog.close()
+    assert len(looks) == 2 and active is False
