@@ -648,13 +648,17 @@ class PostgresSource:
         slot is held by this process: only a move between the look above and the start
         remains to be caught, by looking again."""
         stream = ReplicationStream(self.settings.dsn, self.slot, self.publication, SESSION_SETTINGS)
-        again = self._slot_row(conn)
+        try:
+            again = self._slot_row(conn)
+            if again is not None and again[0] != slot_row[0]:
+                self._judge_slot(conn, again)  # (moved forward by someone else: a gap)
+        except BaseException:
+            stream.close()  # not yet self._stream: nothing else would end it (the slot stays held)
+            raise
         if again is None:
             stream.close()
             self._slot_missing()
             return None
-        if again[0] != slot_row[0]:
-            self._judge_slot(conn, again)  # (moved forward by someone else: a gap)
         stream.confirmed = parse_lsn(again[0]) if again[0] else 0  # never confirm behind the slot
         self._stream = stream
         self.decoder = Decoder()  # a stream sends each relation's Relation message before its first change
