@@ -227,3 +227,26 @@ def test_a_failure_right_after_the_stream_starts_releases_the_slot(audit_db: Aud
         src._close()
         src.hotlog.close()
     assert len(looks) == 2 and active is False
+
+
+def test_a_read_that_ends_behind_the_server_reports_its_lag(audit_db: AuditDb, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that gives up waiting for the server (READ_WAIT: the walsender is still
+    decoding a backlog) ended with more to read: worm_pg_source_lag_seconds is the age of
+    the newest commit it wrote, not 0 ("0 when caught up")."""
+    monkeypatch.setattr("pipeline.pg.source.READ_WAIT", 0.0)
+    src = _source(audit_db, tmp_path / "hot")
+    try:
+        with contextlib.closing(audit_db.connect()) as su:
+            audit_db.insert(1)
+            time.sleep(1.5)
+            su.execute("CREATE TABLE public.filler AS SELECT repeat('x', 200) AS pad FROM generate_series(1, 300000)")
+            audit_db.insert(1)
+        deadline = time.monotonic() + 10
+        while src.rows_written == 0 and time.monotonic() < deadline:
+            src.poll_once()
+        assert src.rows_written == 1, "the read did not end behind the server (nothing to measure)"
+        assert src.metrics.lag_seconds._value.get() >= 1.0
+    finally:
+        src._close()
+        src.hotlog.close()
