@@ -640,7 +640,10 @@ class PostgresSource:
             self._end_lsn = reached
             self._save_position()
             self._confirm(reached)
-        self._after_poll(conn, n_messages, newest_commit, slot_row)
+        # more to read: the batch was full, or the server had not decoded to where the WAL
+        # was when the read began (READ_WAIT ran out: it is still working through a backlog)
+        behind = n_messages >= self.settings.batch_rows or stream.sent_lsn < target
+        self._after_poll(conn, n_messages, newest_commit, slot_row, behind)
         return n_messages
 
     def _open_stream(self, conn: Any, slot_row: tuple[Any, ...]) -> ReplicationStream | None:
@@ -671,10 +674,11 @@ class PostgresSource:
         self._stream.confirm(lsn)
 
     def _after_poll(self, conn: Any, n_messages: int, newest_commit: Commit | None,
-                    slot_row: tuple[Any, ...]) -> None:
-        if n_messages >= self.settings.batch_rows and newest_commit is not None:
-            t = newest_commit.ts / 1e6 + PG_EPOCH  # pgoutput's microseconds since 2000-01-01 UTC
-            self.metrics.lag_seconds.set(max(0.0, self._clock() - t))
+                    slot_row: tuple[Any, ...], behind: bool) -> None:
+        if behind:
+            if newest_commit is not None:  # (else: the lag last measured stands)
+                t = newest_commit.ts / 1e6 + PG_EPOCH  # pgoutput's microseconds since 2000-01-01 UTC
+                self.metrics.lag_seconds.set(max(0.0, self._clock() - t))
             return
         self.metrics.lag_seconds.set(0.0)
         if n_messages == 0:
