@@ -12,8 +12,10 @@ Why it cannot skip.  The slot decides what is sent again, by LSN: a transaction 
 delivered again as long as the slot's ``confirmed_flush_lsn`` is not past its commit
 record, whatever its rows' ids are (rows of a BIGSERIAL table commit out of id order; a
 slot does not care).  The slot is only confirmed to the end of a commit record (or a
-logical message of our own, for idle periods) that was read and made durable before, so
-every transaction committed before that point is in the chain.  A write that fails ends
+logical message of our own, for idle periods) that was read and made durable before, or,
+with no transaction open, to the server's keepalive position (every commit record before it
+was decoded and sent ahead of the keepalive), so every transaction committed before that
+point is in the chain.  A write that fails ends
 the stream: what it sent comes again on the next one.  PostgreSQL keeps the WAL the slot
 needs across its own restarts; a slot that is dropped, invalidated
 (``max_slot_wal_keep_size``) or moved by someone else (possible only while no stream holds
@@ -397,6 +399,10 @@ class PostgresSource:
         # slot and the end of the last durable transaction (or mark): a slot moved up to there
         # skipped nothing (e.g. a killed process's last confirmation, arriving late)
         known = max((x for x in (self._advanced_to, self._end_lsn) if x is not None), default=None)
+        # the slot where this process last confirmed the server's decoded position (past its
+        # last commit or mark): _advanced_to keeps naming the record _same_history can check
+        at_own_keepalive = self._advanced_to is not None and confirmed == self._end_lsn \
+            and confirmed > self._advanced_to
         before, self._timeline = self._timeline, timeline
         if before is not None and timeline != before:
             # a point-in-time restore or a promotion: LSNs after the fork do not order against
@@ -422,7 +428,7 @@ class PostgresSource:
             self._record_mark("gap", known, confirmed, f"slot {self.slot} starts at {format_lsn(confirmed)}, past the "
                                                        f"end of the last transaction in the chain ({format_lsn(known)})"
                                                        ": it was recreated or advanced by someone else")
-        if confirmed != self._advanced_to:
+        if confirmed != self._advanced_to and not at_own_keepalive:
             self._advanced_to, self._advanced_xid = confirmed, _NOT_OURS
 
     def _same_history(self, conn: Any) -> bool:
@@ -616,13 +622,28 @@ class PostgresSource:
                     pending = []
         if pending:
             self._write(pending)
+        # how far the server has decoded, when no transaction is open on the stream: every
+        # commit record starting before it was decoded and so sent before it (walsender.c:
+        # sentPtr is the end of the last record decoded, and a keepalive follows the data
+        # queued before it), and all of that is durable now.  Confirming it skips nothing,
+        # and a commit to another table (pgoutput skips it, and PostgreSQL sends a keepalive
+        # at its end for a synchronous standby) does not wait for the audit table's next row.
+        reached = stream.sent_lsn if self._begin is None else 0
         if advance_to is not None and (self._advanced_to is None or advance_to > self._advanced_to):
             # every change read is durable now: first the position file, then the slot
-            self._end_lsn = advance_to
+            self._end_lsn = max(advance_to, reached)
             self._save_position()
-            self._confirm(advance_to)
+            self._confirm(self._end_lsn)
+            # (the record there, for _same_history: the commit or the mark, not the keepalive)
             self._advanced_to, self._advanced_xid = advance_to, advance_xid
-        self._after_poll(conn, n_messages, newest_commit, slot_row)
+        elif reached > max(stream.confirmed, self._end_lsn or 0):
+            self._end_lsn = reached
+            self._save_position()
+            self._confirm(reached)
+        # more to read: the batch was full, or the server had not decoded to where the WAL
+        # was when the read began (READ_WAIT ran out: it is still working through a backlog)
+        behind = n_messages >= self.settings.batch_rows or stream.sent_lsn < target
+        self._after_poll(conn, n_messages, newest_commit, slot_row, behind)
         return n_messages
 
     def _open_stream(self, conn: Any, slot_row: tuple[Any, ...]) -> ReplicationStream | None:
@@ -630,13 +651,17 @@ class PostgresSource:
         slot is held by this process: only a move between the look above and the start
         remains to be caught, by looking again."""
         stream = ReplicationStream(self.settings.dsn, self.slot, self.publication, SESSION_SETTINGS)
-        again = self._slot_row(conn)
+        try:
+            again = self._slot_row(conn)
+            if again is not None and again[0] != slot_row[0]:
+                self._judge_slot(conn, again)  # (moved forward by someone else: a gap)
+        except BaseException:
+            stream.close()  # not yet self._stream: nothing else would end it (the slot stays held)
+            raise
         if again is None:
             stream.close()
             self._slot_missing()
             return None
-        if again[0] != slot_row[0]:
-            self._judge_slot(conn, again)  # (moved forward by someone else: a gap)
         stream.confirmed = parse_lsn(again[0]) if again[0] else 0  # never confirm behind the slot
         self._stream = stream
         self.decoder = Decoder()  # a stream sends each relation's Relation message before its first change
@@ -649,10 +674,11 @@ class PostgresSource:
         self._stream.confirm(lsn)
 
     def _after_poll(self, conn: Any, n_messages: int, newest_commit: Commit | None,
-                    slot_row: tuple[Any, ...]) -> None:
-        if n_messages >= self.settings.batch_rows and newest_commit is not None:
-            t = newest_commit.ts / 1e6 + PG_EPOCH  # pgoutput's microseconds since 2000-01-01 UTC
-            self.metrics.lag_seconds.set(max(0.0, self._clock() - t))
+                    slot_row: tuple[Any, ...], behind: bool) -> None:
+        if behind:
+            if newest_commit is not None:  # (else: the lag last measured stands)
+                t = newest_commit.ts / 1e6 + PG_EPOCH  # pgoutput's microseconds since 2000-01-01 UTC
+                self.metrics.lag_seconds.set(max(0.0, self._clock() - t))
             return
         self.metrics.lag_seconds.set(0.0)
         if n_messages == 0:

@@ -135,3 +135,113 @@ def test_nothing_is_confirmed_before_it_is_durable(audit_db: AuditDb, tmp_path: 
         src.hotlog.close()
     ids = logged_ids(hot)
     assert len(ids) == 5 and len(set(ids)) == 5
+
+
+def test_a_synchronous_standby_setting_does_not_stall_other_tables(audit_db: AuditDb, tmp_path: Path) -> None:
+    """The source's stream is a walsender, so ``synchronous_standby_names = '*'`` (a common
+    setting on a primary with one physical standby) can pick it as the synchronous standby:
+    every commit in the cluster then waits until the source confirms a position past it.
+    A commit to another table is never sent on the stream (pgoutput skips it; PostgreSQL
+    15 sends a keepalive with its end instead, "to avoid delaying such transactions"), so
+    the source must confirm the server's position when it has nothing pending, or that
+    commit waits until the audit table happens to get a row."""
+    import threading
+
+    hot = tmp_path / "hot"
+    with contextlib.closing(audit_db.connect()) as su:
+        su.execute("CREATE TABLE public.other (x int)")
+    with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as su:
+        audit_db.insert(1)
+        assert wait_for(lambda: src.rows_written >= 1, 10)
+        su.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        su.execute("SELECT pg_reload_conf()")
+        try:
+            assert wait_for(lambda: su.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name "
+                                               "= 'worm-pipeline source'").fetchone() == ("sync",), 10)
+            done = threading.Event()
+
+            def other() -> None:
+                with contextlib.closing(audit_db.connect()) as c:
+                    c.execute("INSERT INTO public.other VALUES (1)")
+                done.set()
+
+            threading.Thread(target=other, daemon=True).start()
+            assert done.wait(5.0), "a commit to another table waits for the source"
+        finally:
+            su.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            su.execute("SELECT pg_reload_conf()")
+
+
+def test_a_confirmed_server_position_keeps_the_record_the_crash_check_needs(audit_db: AuditDb,
+                                                                            tmp_path: Path) -> None:
+    """Idle, the source confirms how far the server has decoded (past its last commit); a
+    stream started again at that position must still know which commit it last moved the
+    slot past (its xid), or a slot later gone back to another history would be taken for a
+    crash and the new history's rows skipped."""
+    from pipeline.pg.source import _NOT_OURS
+
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as su:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3 and src._advanced_xid not in (_NOT_OURS, None), 10)
+        commit_end, xid = src._advanced_to, src._advanced_xid
+        su.execute("CREATE TABLE public.other AS SELECT g FROM generate_series(1, 1000) g")  # WAL, no audit row
+        assert wait_for(lambda: (src._end_lsn or 0) > (commit_end or 0) and _slot(audit_db, su)[1] == src._end_lsn, 10)
+        su.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+                   (audit_db.target.slot,))
+        assert wait_for(lambda: src._stream is None, 10)
+        assert wait_for(lambda: src._stream is not None and _slot(audit_db, su)[0], 10)
+        assert (src._advanced_to, src._advanced_xid) == (commit_end, xid)
+
+
+def test_a_failure_right_after_the_stream_starts_releases_the_slot(audit_db: AuditDb, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look at the slot after START_REPLICATION fails (the connection lost, or the gap
+    it finds cannot be written): the stream just started must be ended there, not left to
+    the garbage collector while the error (and its traceback) lives, as it does through
+    the source loop's backoff: until then the slot is "active for PID"."""
+    src = _source(audit_db, tmp_path / "hot")
+    looks: list[int] = []
+    real = src._slot_row
+
+    def second_look_fails(conn: object) -> tuple[object, ...] | None:
+        looks.append(1)
+        if len(looks) == 2:
+            raise psycopg.OperationalError("connection lost (simulated)")
+        return real(conn)
+
+    src._connection()  # (its own look at the slot, before the read's two)
+    monkeypatch.setattr(src, "_slot_row", second_look_fails)
+    active = None
+    try:
+        try:
+            src.poll_once()
+        except psycopg.OperationalError:  # as the source loop holds it: through its backoff
+            active = _slot(audit_db)[0]
+    finally:
+        src._close()
+        src.hotlog.close()
+    assert len(looks) == 2 and active is False
+
+
+def test_a_read_that_ends_behind_the_server_reports_its_lag(audit_db: AuditDb, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that gives up waiting for the server (READ_WAIT: the walsender is still
+    decoding a backlog) ended with more to read: worm_pg_source_lag_seconds is the age of
+    the newest commit it wrote, not 0 ("0 when caught up")."""
+    monkeypatch.setattr("pipeline.pg.source.READ_WAIT", 0.0)
+    src = _source(audit_db, tmp_path / "hot")
+    try:
+        with contextlib.closing(audit_db.connect()) as su:
+            audit_db.insert(1)
+            time.sleep(1.5)
+            su.execute("CREATE TABLE public.filler AS SELECT repeat('x', 200) AS pad FROM generate_series(1, 300000)")
+            audit_db.insert(1)
+        deadline = time.monotonic() + 10
+        while src.rows_written == 0 and time.monotonic() < deadline:
+            src.poll_once()
+        assert src.rows_written == 1, "the read did not end behind the server (nothing to measure)"
+        assert src.metrics.lag_seconds._value.get() >= 1.0
+    finally:
+        src._close()
+        src.hotlog.close()
