@@ -215,7 +215,7 @@ def stored_settings(stream_dir: Path) -> EncryptionSettings | None:
 
 def store_settings(stream_dir: Path, settings: EncryptionSettings | None) -> None:
     """Record (or, for None, remove) the stream's encryption settings, atomically."""
-    from pipeline.hot.active import fsync_dir
+    from pipeline.format.files import atomic_write, fsync_dir
 
     path = stream_dir / SETTINGS_FILE
     if settings is None:
@@ -226,10 +226,4 @@ def store_settings(stream_dir: Path, settings: EncryptionSettings | None) -> Non
     doc = orjson.dumps({"recipients": list(settings.recipients), "clear_fields": list(settings.clear_fields)})
     if path.exists() and path.read_bytes() == doc:
         return
-    tmp = stream_dir / f".{SETTINGS_FILE}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(doc)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(stream_dir)
+    atomic_write(path, doc, mode=0o644)

@@ -53,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.format.files import atomic_write
 from pipeline.pg import PgError, require_psycopg
 from pipeline.pg.decode import (
     PG_EPOCH,
@@ -92,7 +93,7 @@ READ_WAIT = 2.0
 SLOT_BUSY_GRACE = 10.0  # seconds the slot may be held by another process before it is a read-error
 _NOT_OURS = -1  # _advanced_xid when the slot's position was found, not set by this process
 PROBLEMS = ("wal-level", "slot-missing", "slot-lost", "behind-retention", "triggers-disabled", "decode-error",
-            "chain-write", "read-error")
+            "chain-write", "position-file", "read-error")
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,8 @@ class PostgresSource:
                 self._set_problem("decode-error", f"cannot decode the slot's changes: {exc}")
                 self._stop.wait(5.0)
             except PgError as exc:
-                self._set_problem("chain-write", str(exc))
+                if not self._problems.keys() & {"chain-write", "position-file"}:
+                    self._set_problem("chain-write", str(exc))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as exc:
@@ -789,23 +791,20 @@ class PostgresSource:
         if self.position is None:
             return
         path = self._position_file()
-        path.parent.mkdir(mode=0o700, exist_ok=True)
         body = orjson.dumps({"slot": self.slot, "stream": self.hotlog.stream, "lsn": format_lsn(self.position.lsn),
                              "n": self.position.n, "end_lsn": format_lsn(self._end_lsn or 0), "seq": self._last_seq,
                              "timeline": self._timeline})
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(path, body, mode=0o600)
+        except OSError as exc:
+            # the slot cannot move until it is written: rows keep reaching the chain (the
+            # stream sends them again after a restart, and the chain's events decide), but
+            # the WAL piles up behind the slot; readiness says so
+            self._set_problem("position-file", f"cannot write the position file {path}: {exc}; the slot is not "
+                                               "moved until it can be written")
+            raise PgError(f"cannot write the position file {path}: {exc}") from exc
+        self._set_problem("position-file", None)
 
     def _find_position(self) -> tuple[Position | None, int | None, int | None]:
         """The newest change of this slot that is durable: the later of the chain's newest

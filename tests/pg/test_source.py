@@ -569,3 +569,37 @@ def test_a_consumer_holding_the_slot_is_reported_and_its_moves_recorded(
     events = chain_events(hot)
     assert [e["op"] for e in events] == ["insert", "gap", "insert"]
     assert events[-1]["pk"] == {"id": later[0]} and set(logged_ids(hot)).isdisjoint(skipped)
+
+
+def test_a_position_file_that_cannot_be_written_is_reported_and_the_slot_kept(
+        audit_db: AuditDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The position file is written before every confirmation: when it cannot be (a full
+    disk), the slot must not move, and readiness must say why; once it can, the problem
+    clears and every row is in the chain once."""
+    import errno
+
+    from pipeline.format import files
+
+    hot = tmp_path / "hot"
+    real = files.atomic_write
+
+    def full(path: Any, data: bytes, *, mode: int = 0o666) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with tailing(audit_db, hot) as src, contextlib.closing(audit_db.connect()) as su:
+        audit_db.insert(2)
+        assert wait_for(lambda: src.rows_written >= 2, 10)
+        monkeypatch.setattr("pipeline.pg.source.atomic_write", full)
+        before = su.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots").fetchone()[0]
+        audit_db.insert(3)
+        assert wait_for(lambda: "position-file" in src._problems, 10)
+        assert "No space left" in str(src.problem())
+        assert src.metrics.problem.labels(problem="position-file")._value.get() == 1
+        time.sleep(0.5)
+        assert su.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots").fetchone()[0] == before
+        monkeypatch.setattr("pipeline.pg.source.atomic_write", real)
+        assert wait_for(lambda: src.problem() is None, 15), src.problem()
+        assert wait_for(lambda: su.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+                        .fetchone()[0] != before, 10)
+    ids = logged_ids(hot)
+    assert len(ids) == 5 and len(set(ids)) == 5
