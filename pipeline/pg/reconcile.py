@@ -44,6 +44,7 @@ from pipeline.pg import PgError, require_psycopg
 from pipeline.pg.decode import SESSION_SETTINGS, Column, parse_lsn, row_json
 from pipeline.pg.install import Target, primary_key, table_columns
 from pipeline.pg.report import PgFinding, PgReport
+from pipeline.pg.stream import with_timeouts
 
 
 @dataclass
@@ -72,7 +73,7 @@ class _Logged:
 
 def connect(dsn: str) -> Any:
     psycopg = require_psycopg()
-    conn = psycopg.connect(dsn, autocommit=True, application_name="worm-pipeline pg verify")
+    conn = psycopg.connect(with_timeouts(dsn), autocommit=True, application_name="worm-pipeline pg verify")
     for stmt in SESSION_SETTINGS:
         conn.execute(stmt)
     return conn
@@ -150,7 +151,7 @@ def _nudge(dsn: str, slot: str) -> None:
 
     psycopg = require_psycopg()
     try:
-        with psycopg.connect(dsn, autocommit=True, application_name="worm-pipeline pg verify") as conn:
+        with psycopg.connect(with_timeouts(dsn), autocommit=True, application_name="worm-pipeline pg verify") as conn:
             conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (MESSAGE_PREFIX, slot))
     except psycopg.Error:
         pass
@@ -181,7 +182,7 @@ def _no_changes_before(dsn: str, slot: str, publication: str, wal: int) -> bool:
     without it answers False and waits for the source instead."""
     psycopg = require_psycopg()
     try:
-        with psycopg.connect(dsn, autocommit=True, application_name="worm-pipeline pg verify") as peek:
+        with psycopg.connect(with_timeouts(dsn), autocommit=True, application_name="worm-pipeline pg verify") as peek:
             row = peek.execute(
                 "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, 'proto_version', '1', "
                 "'publication_names', %s) WHERE get_byte(data, 0) IN (73, 85, 68, 84)",  # I, U, D, T

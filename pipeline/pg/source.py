@@ -76,7 +76,7 @@ from pipeline.pg.install import (
     primary_key,
     trigger_states,
 )
-from pipeline.pg.stream import ReplicationStream
+from pipeline.pg.stream import ReplicationStream, with_timeouts
 
 log = logging.getLogger("pipeline.pg.source")
 
@@ -325,7 +325,8 @@ class PostgresSource:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         psycopg = require_psycopg()
-        conn = psycopg.connect(self.settings.dsn, autocommit=True, application_name="worm-pipeline source")
+        conn = psycopg.connect(with_timeouts(self.settings.dsn), autocommit=True,
+                               application_name="worm-pipeline source")
         for stmt in SESSION_SETTINGS:
             conn.execute(stmt)
         self._conn = conn

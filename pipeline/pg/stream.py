@@ -52,7 +52,7 @@ class ReplicationStream:
 
         self._psycopg = psycopg
         self._pq = pq
-        info = make_conninfo(dsn, replication="database", application_name=application_name)
+        info = make_conninfo(with_timeouts(dsn), replication="database", application_name=application_name)
         self.pg: Any = pq.PGconn.connect(info.encode())
         self.sent_lsn = 0  # how far the server has decoded (its last keepalive)
         self.confirmed = 0  # the flushed position last sent
@@ -183,6 +183,21 @@ class ReplicationStream:
         else:
             error = self._psycopg.OperationalError(self._message() or "replication stream ended")
         return error
+
+
+# a server that vanishes without a reset (a network partition) must not hold the source for
+# the kernel's ~15 minutes of retransmissions: TCP keepalives on an idle connection, and a
+# limit on unacknowledged data (libpq parameters; a DSN that sets its own keeps them)
+TIMEOUTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3",
+            "tcp_user_timeout": "30000"}
+
+
+def with_timeouts(dsn: str) -> str:
+    """``dsn`` with ``TIMEOUTS`` for every parameter it does not set itself."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    given = conninfo_to_dict(dsn)
+    return make_conninfo(dsn, **{k: v for k, v in TIMEOUTS.items() if k not in given})
 
 
 def _results_done(pg: Any) -> bool:

@@ -245,3 +245,23 @@ def test_a_read_that_ends_behind_the_server_reports_its_lag(audit_db: AuditDb, t
     finally:
         src._close()
         src.hotlog.close()
+
+
+def test_both_connections_give_up_on_a_vanished_server(audit_db: AuditDb, tmp_path: Path) -> None:
+    """TCP keepalives and tcp_user_timeout on the source's SQL connection and on its stream
+    (a partition without a reset must not hold the source for the kernel's retransmissions),
+    unless the DSN sets its own."""
+    from pipeline.pg.stream import with_timeouts
+
+    src = _source(audit_db, tmp_path / "hot")
+    try:
+        src.poll_once()
+        assert src._conn is not None and src._stream is not None
+        for pgconn in (src._conn.pgconn, src._stream.pg):
+            options = {o.keyword: o.val for o in pgconn.info}
+            assert options[b"tcp_user_timeout"] == b"30000" and options[b"keepalives_idle"] == b"10"
+    finally:
+        src._close()
+        src.hotlog.close()
+    assert "tcp_user_timeout=5000" in with_timeouts(audit_db.dsn + " tcp_user_timeout=5000")
+    assert with_timeouts(audit_db.dsn + " tcp_user_timeout=5000").count("tcp_user_timeout") == 1
