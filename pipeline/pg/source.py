@@ -64,6 +64,7 @@ from pipeline.pg.decode import (
     Commit,
     Decoder,
     ProtocolError,
+    Relation,
     format_lsn,
     parse_lsn,
     row_json,
@@ -581,13 +582,7 @@ class PostgresSource:
                     self._index += 1
                     if self.position is not None and pos <= self.position:
                         continue  # already in the chain
-                    rel, row = fast
-                    table = rel.qualified_name
-                    # the same event, key for key, as _event builds for an insert
-                    pending.append(({"source": "postgres", "slot": self.slot, "table": table, "op": "insert",
-                                     "pk": {k: row.get(k) for k in self._primary_key(table, rel.columns)},
-                                     "lsn": txn.lsn_text, "n": pos.n, "commit_time": txn.commit_time,
-                                     "xid": txn.xid, "row": row}, pos))
+                    pending.append((self._insert_event(fast[0], fast[1], txn, pos), pos))
                     if len(pending) >= _WRITE_CHUNK:
                         self._write(pending)
                         pending = []
@@ -690,6 +685,14 @@ class PostgresSource:
                 # the table is idle and the database is not: a mark of our own to move to
                 conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (MESSAGE_PREFIX, self.slot))
                 self._emitted_at = self._clock()
+
+    def _insert_event(self, rel: Relation, row: dict[str, Any], begin: Begin, pos: Position) -> dict[str, Any]:
+        """``_event`` for an INSERT whose row ``Decoder.insert_row`` rendered: the same
+        event, key for key (tests/pg/test_decode_insert.py compares them)."""
+        table = rel.qualified_name
+        return {"source": "postgres", "slot": self.slot, "table": table, "op": "insert",
+                "pk": {k: row.get(k) for k in self._primary_key(table, rel.columns)},
+                "lsn": begin.lsn_text, "n": pos.n, "commit_time": begin.commit_time, "xid": begin.xid, "row": row}
 
     def _event(self, ch: Change, begin: Begin, pos: Position) -> dict[str, Any]:
         rel = ch.relation

@@ -137,3 +137,33 @@ def test_the_accelerator_checks_its_arguments() -> None:
     with pytest.raises(TypeError):
         native.pg_insert_row(b"I", ["c0"], b"\x00")  # type: ignore[union-attr]
     assert native.pg_insert_row(b"I", ("c0",), b"") is None  # type: ignore[union-attr]
+
+
+def test_the_one_pass_event_is_the_general_event_key_for_key(tmp_path: Any) -> None:
+    """The source's INSERT event from the one-pass row and from decode()+_event: the same
+    keys in the same order (the stored bytes follow the order) and the same values."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline import open_log
+    from pipeline.pg.decode import Begin
+    from pipeline.pg.source import Position, PostgresSource, SourceSettings
+
+    d = _decoder([INT8, BOOL, JSONB, TEXT])
+    d.relations[RELID].columns[0] = Column("c0", INT8, key=True)
+    rel = d.relations[RELID] = Relation(RELID, "audit", "events", d.relations[RELID].columns)
+    msg = _message([b"7", b"f", b'{"n": 1}', b"host"])
+    log = open_log(tmp_path / "hot", "app")
+    try:
+        src = PostgresSource(SourceSettings(dsn="host=unused"), log, registry=CollectorRegistry())
+        src._pkeys["audit.events"] = ["c0"]
+        begin, pos = Begin(0x16B374D848, "2026-12-07T04:00:00.000000Z", 1234), Position(0x16B374D848, 0)
+        fast = d.insert_row(msg)
+        assert fast is not None
+        general = d.decode(msg)
+        assert isinstance(general, Change)
+        one = src._insert_event(fast[0], fast[1], begin, pos)
+        other = src._event(general, begin, pos)
+        assert list(one.items()) == list(other.items())
+        assert list(one["row"].items()) == list(other["row"].items()) and rel.qualified == "audit.events"
+    finally:
+        log.close()
