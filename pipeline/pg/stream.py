@@ -158,10 +158,6 @@ class ReplicationStream:
                     pg.consume_input()
                 return
 
-    @property
-    def closed(self) -> bool:
-        return self.pg is None
-
     # ------------------------------------------------------------------ errors
 
     def _exec(self, sql: str) -> None:
