@@ -20,7 +20,7 @@ import datetime as _dt
 import json
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,10 +264,6 @@ class Commit:
     end_lsn: int  # the end of the commit record: where the slot may be advanced to
     ts: int  # pgoutput's commit timestamp (microseconds since 2000-01-01 UTC)
 
-    @property
-    def commit_time(self) -> str:
-        return pg_time(self.ts)
-
 
 class ProtocolError(PipelineError, ValueError):
     """A message this decoder does not understand (a newer protocol, a corrupt row)."""
@@ -390,8 +386,3 @@ class Decoder:
 def _cstring(msg: bytes, pos: int) -> tuple[str, int]:
     end = msg.index(b"\x00", pos)
     return bytes(msg[pos:end]).decode("utf-8", "replace"), end + 1
-
-
-def iter_messages(rows: Sequence[tuple[Any, ...]]) -> Iterator[bytes]:
-    for row in rows:
-        yield bytes(row[0])

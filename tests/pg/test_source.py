@@ -310,6 +310,19 @@ def _poll_through(src: PostgresSource, times: int = 3) -> None:
             src.poll_once()
 
 
+def _ghost_past_the_slot(db: AuditDb) -> None:
+    """A row inserted behind the source's back: its stream ended and the slot moved past it."""
+    with contextlib.closing(db.connect()) as su:
+        su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
+        on_held_slot(su, db.target.slot, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())")
+
+
+def _inserts_gap_insert(hot: Path, last: int) -> None:
+    """The chain of the slot-moved tests: the two rows read, the gap, the row after it."""
+    ops = [(e["op"], e.get("pk")) for e in chain_events(hot)]
+    assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last})]
+
+
 def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb, tmp_path: Path) -> None:
     """Someone ends the source's stream and moves the slot past committed rows while the
     source runs (its trigger and slot check is minutes away): the next read finds the slot
@@ -321,16 +334,13 @@ def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb,
         audit_db.insert(2)
         src.poll_once()
         assert src.rows_written == 2
-        with contextlib.closing(audit_db.connect()) as su:
-            su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
-            on_held_slot(su, audit_db.target.slot, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())")
+        _ghost_past_the_slot(audit_db)
         last = audit_db.insert(1)
         _poll_through(src)
     finally:
         src._close()
         log.close()
-    ops = [(e["op"], e.get("pk")) for e in chain_events(hot)]
-    assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last[0]})]
+    _inserts_gap_insert(hot, last[0])
     assert src.metrics.gaps._value.get() == 1
 
 
@@ -368,9 +378,7 @@ def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_pa
         if moved:
             return
         moved.append(True)
-        with contextlib.closing(audit_db.connect()) as su:
-            su.execute("INSERT INTO audit.events (actor, action) VALUES ('ghost', 'x')")
-            on_held_slot(su, audit_db.target.slot, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())")
+        _ghost_past_the_slot(audit_db)
 
     try:
         audit_db.insert(2)
@@ -382,8 +390,7 @@ def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_pa
     finally:
         src._close()
         log.close()
-    ops = [(e["op"], e.get("pk")) for e in chain_events(hot)]
-    assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last[0]})]
+    _inserts_gap_insert(hot, last[0])
 
 
 def test_a_slot_behind_retention_is_reported_then_lost_and_recreated_with_a_gap(
