@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 import zstandard
 
 from pipeline.cold import ColdSettings, open_store
+from pipeline.format.layout import ledger_path
 from pipeline.hot import attr
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog
@@ -185,6 +187,22 @@ def test_high_water_reports_backpressure_and_deletes_nothing(hot_dir: Path, s3_e
     assert Shipper(hot_dir, store, high_water_percent=99.9).backpressure() is None
 
 
+def _progress(hot_dir: Path) -> tuple[int, ...]:
+    """How many segments stand in each state past sealed, evicted last.  Read-only, so
+    polling it does not touch the ledger's reserve or take a writer's lock."""
+    path = ledger_path(hot_dir)
+    if not path.exists():
+        return (0,) * 5
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        counts = dict(db.execute("SELECT state, COUNT(*) FROM segments GROUP BY state").fetchall())
+    except sqlite3.OperationalError:  # the first run has not created the table yet
+        return (0,) * 5
+    finally:
+        db.close()
+    return tuple(counts.get(s, 0) for s in ("uploading", "uploaded", "verified", "confirmed", "evicted"))
+
+
 SHIP_LOOP = r"""
 import sys, time
 from pipeline.cold import ColdSettings, open_store
@@ -215,14 +233,20 @@ def test_shipper_killed_at_random_points_converges(hot_dir: Path, tmp_path: Path
     rng = random.Random(7)
     kills = 0
     for _ in range(25):
+        before = _progress(hot_dir)
         proc = subprocess.Popen([sys.executable, str(script), str(hot_dir), url], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.2))
+        # Kill only once this run has moved some segment on, then at a random moment after:
+        # a wall-clock kill alone lets a fast machine finish in one or two runs.
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _progress(hot_dir) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.15))
         if proc.poll() is None:
             proc.kill()
             kills += 1
         proc.wait()
-        if Ledger(hot_dir).counts()["evicted"] == len(segments):
+        if _progress(hot_dir)[-1] == len(segments):
             break
     final = subprocess.run([sys.executable, str(script), str(hot_dir), url], env=env, capture_output=True,
                            timeout=300)
