@@ -12,7 +12,7 @@ Why it cannot skip.  The slot decides what is sent again, by LSN: a transaction 
 delivered again as long as the slot's ``confirmed_flush_lsn`` is not past its commit
 record, whatever its rows' ids are (rows of a BIGSERIAL table commit out of id order; a
 slot does not care).  The slot is only confirmed to the end of a commit record (or a
-logical message of our own, for idle periods) that was read and made durable before, or,
+logical message of our own prefix, which ``pg verify`` writes) that was read and made durable before, or,
 with no transaction open, to the server's keepalive position (every commit record before it
 was decoded and sent ahead of the keepalive), so every transaction committed before that
 point is in the chain.  A write that fails ends
@@ -83,10 +83,6 @@ log = logging.getLogger("pipeline.pg.source")
 
 POSITION_DIR = ".pg-source"
 MESSAGE_PREFIX = "worm-pipeline"
-# when the table is idle but the database is not, the slot would hold WAL back forever:
-# past this many bytes behind, the source writes a logical message of its own and moves
-# the slot to it once read (the only LSNs it ever advances to are ones it has read)
-IDLE_ADVANCE_BYTES = 1 << 20
 _WRITE_CHUNK = 4096
 # how long one read waits for the server to reach the WAL position of the read's start
 # (normally a round trip; bounded so that a stuck server cannot hold the loop)
@@ -187,7 +183,6 @@ class PostgresSource:
         self._last_seq: int | None = None  # the chain seq of the newest event written
         self._timeline: str | None = None  # the WAL timeline the positions belong to
         self._last_check = 0.0
-        self._emitted_at = 0.0
         self.rows_written = 0
         self._up = True
         self._pkeys: dict[str, list[str]] = {}
@@ -603,7 +598,7 @@ class PostgresSource:
                 stream.sent_lsn = max(stream.sent_lsn, item.end_lsn)
             elif item.op == "message":
                 if self._begin is None and item.prefix == MESSAGE_PREFIX:
-                    advance_to = item.message_lsn  # our idle mark: everything before it was read
+                    advance_to = item.message_lsn  # pg verify's mark: everything before it was read
                     advance_xid = None
                     stream.sent_lsn = max(stream.sent_lsn, lsn)
             else:
@@ -641,7 +636,7 @@ class PostgresSource:
         # more to read: the batch was full, or the server had not decoded to where the WAL
         # was when the read began (READ_WAIT ran out: it is still working through a backlog)
         behind = n_messages >= self.settings.batch_rows or stream.sent_lsn < target
-        self._after_poll(conn, n_messages, newest_commit, slot_row, behind)
+        self._after_poll(newest_commit, behind)
         return n_messages
 
     def _open_stream(self, conn: Any, slot_row: tuple[Any, ...]) -> ReplicationStream | None:
@@ -671,20 +666,13 @@ class PostgresSource:
         assert self._stream is not None
         self._stream.confirm(lsn)
 
-    def _after_poll(self, conn: Any, n_messages: int, newest_commit: Commit | None,
-                    slot_row: tuple[Any, ...], behind: bool) -> None:
+    def _after_poll(self, newest_commit: Commit | None, behind: bool) -> None:
         if behind:
             if newest_commit is not None:  # (else: the lag last measured stands)
                 t = newest_commit.ts / 1e6 + PG_EPOCH  # pgoutput's microseconds since 2000-01-01 UTC
                 self.metrics.lag_seconds.set(max(0.0, self._clock() - t))
             return
         self.metrics.lag_seconds.set(0.0)
-        if n_messages == 0:
-            lag = int(slot_row[3] or 0)  # where the slot was when the empty read began
-            if lag > IDLE_ADVANCE_BYTES and self._clock() - self._emitted_at > 1.0:
-                # the table is idle and the database is not: a mark of our own to move to
-                conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (MESSAGE_PREFIX, self.slot))
-                self._emitted_at = self._clock()
 
     def _insert_event(self, rel: Relation, row: dict[str, Any], begin: Begin, pos: Position) -> dict[str, Any]:
         """``_event`` for an INSERT whose row ``Decoder.insert_row`` rendered: the same

@@ -160,7 +160,8 @@ def test_the_sidecar_reports_disabled_triggers_in_readyz_and_metrics(audit_db: A
 
 
 def test_an_idle_table_in_a_busy_database_does_not_hold_wal(audit_db: AuditDb, tmp_path: Path) -> None:
-    """The slot moves past other tables' WAL through the source's own logical message."""
+    """The slot moves past other tables' WAL on the server's keepalive position, to within
+    64 KiB of the WAL's end."""
     from tests.pg.test_source import tailing
 
     with tailing(audit_db, tmp_path / "hot") as src, contextlib.closing(audit_db.connect()) as su:
@@ -172,5 +173,5 @@ def test_an_idle_table_in_a_busy_database_does_not_hold_wal(audit_db: AuditDb, t
                                   "pg_replication_slots WHERE slot_name = %s", (audit_db.target.slot,)).fetchone()[0])
 
         assert lag() > 1 << 20
-        assert wait_for(lambda: lag() < 1 << 20, 15)
+        assert wait_for(lambda: lag() < 64 << 10, 15)
         assert src.rows_written == 0  # nothing of the other table went into the chain
