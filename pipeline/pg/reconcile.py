@@ -142,11 +142,11 @@ class _Snapshot:
 
 
 def _nudge(dsn: str, slot: str) -> None:
-    """Write the source's own logical message after the snapshot's WAL position: on an idle
-    table the slot only moves at the next commit it reads, and the WAL also holds records
-    no one tails (other tables, checkpoints), so without it the slot might never reach W.
-    The source moves its slot past the message once everything before it is durable.  A
-    role that may not write messages just waits (``--wait``)."""
+    """Write the source's own logical message after the snapshot's WAL position: a record
+    after W that the source reads, and moves its slot past once everything before it is
+    durable, whatever the audit table does.  (A running source also confirms the server's
+    keepalive position at the end of each read, which passes W as well, so a role that may
+    not write messages just waits, ``--wait``.)"""
     from pipeline.pg.source import MESSAGE_PREFIX
 
     psycopg = require_psycopg()
