@@ -162,6 +162,27 @@ def test_verify_on_an_idle_table_with_other_wal_after_it(audit_db: AuditDb, tmp_
     assert "OK: 3 rows, 3 logged" in capsys.readouterr().out
 
 
+def test_verify_without_its_message_waits_for_the_sources_keepalive_confirmation(
+        audit_db: AuditDb, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A role that may not write the message: the running source still moves its slot past
+    W on an idle table (it confirms the server's keepalive position), so pg verify's wait
+    ends in OK, not in 'is the sidecar running?'."""
+    from pipeline.pg import reconcile
+
+    written: list[str] = []
+    monkeypatch.setattr(reconcile, "_nudge", lambda dsn, slot: written.append(slot))
+    hot = tmp_path / "hot"
+    with tailing(audit_db, hot) as src:
+        audit_db.insert(3)
+        assert wait_for(lambda: src.rows_written >= 3, 10)
+        with contextlib.closing(audit_db.connect()) as su:
+            su.execute("CREATE TABLE other (x int)")
+            su.execute("INSERT INTO other SELECT g FROM generate_series(1, 1000) g")
+        assert main(["pg", "verify", "--dsn", audit_db.dsn, "--hot", str(hot), "--wait", "10s"]) == 0
+    assert written == [audit_db.target.slot]  # (the nudge was the one thing left out)
+    assert "OK: 3 rows, 3 logged" in capsys.readouterr().out
+
+
 def test_chain_and_replica_in_one_run(pg_pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The documented combined run: the superuser's edit is named against the chain and
     against the replica; each instance's DDL log is its own, so only the audit table is
