@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.crypt import scheme
 from pipeline.crypt.reader import SegmentReader, load_identities, seal_segment_name
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
@@ -58,6 +59,8 @@ def verified_segments(source: Source) -> list[tuple[str, list[Path]]]:
     for p in source.files:
         if p.name.endswith(".zst"):
             raise PipelineError(f"{p}: decompress cold objects first (zstd -d, docs/FORMAT.md §10)")
+        if p.is_dir():
+            raise PipelineError(f"{p}: a directory, not a segment file (for a hot tier: --hot {p})")
         if not p.is_file():
             raise PipelineError(f"{p}: no such file")
     paths = sorted(source.files, key=_order_key)
@@ -91,9 +94,11 @@ class Filter:
 
 
 def decrypted_events(source: Source, identity_file: str | os.PathLike[str],
-                     flt: Filter | None = None) -> Iterator[dict[str, Any]]:
+                     flt: Filter | None = None, tally: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """Every event of ``source`` (verified first), decrypted, as
-    ``{"stream", "seq", "ts", "segment", "data"}``, filtered by ``flt``."""
+    ``{"stream", "seq", "ts", "segment", "data"}``, filtered by ``flt``.  ``tally`` counts
+    the events yielded under "encrypted" (opened with the identity) and "clear" (written
+    while encryption was off: nothing to open)."""
     from pipeline.format.record import ts_epoch
 
     identities = load_identities(identity_file)
@@ -114,6 +119,9 @@ def decrypted_events(source: Source, identity_file: str | os.PathLike[str],
                     continue
                 if flt.matches is not None and not flt.matches(data):
                     continue
+                if tally is not None:
+                    kind = "clear" if scheme.enc_member(rec.data) is None else "encrypted"
+                    tally[kind] = tally.get(kind, 0) + 1
                 yield {"stream": stream, "seq": rec.seq, "ts": rec.ts, "segment": path.name, "data": data}
 
 

@@ -186,3 +186,25 @@ def test_the_independent_verifier_accepts_an_encrypted_log(log_dir: Path) -> Non
     from tests.independent_verifier import verify
 
     assert verify(log_dir / "app") == []
+
+
+def test_decrypt_says_how_many_events_it_opened_and_names_a_directory(
+        tmp_path: Path, auditor: AgeKey, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stream written in clear before encryption was turned on passes through: the summary
+    says how many events were opened and how many were stored in clear, not "decrypted" for
+    all.  A directory given as a segment file is named as one (exit 2)."""
+    hot = tmp_path / "hot"
+    with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off") as log:
+        log.append_many([{"user": "before"}, {"user": "before"}])
+        log.seal()
+    with open_hotlog(hot, "app", heartbeat_interval=0, immutable="off",
+                     encryption=EncryptionSettings((auditor.recipient,))) as log:
+        log.append_many([{"user": f"after-{i}"} for i in range(3)])
+    capsys.readouterr()
+    assert main(["decrypt", "--identity", str(auditor.identity_file), "--hot", str(hot)]) == 0
+    out, err = capsys.readouterr()
+    assert [orjson.loads(ln)["data"]["user"] for ln in out.splitlines()] == ["before"] * 2 + [
+        f"after-{i}" for i in range(3)]
+    assert "5 event(s): 3 decrypted, 2 stored in clear" in err
+    assert main(["decrypt", "--identity", str(auditor.identity_file), str(hot)]) == 2
+    assert f"{hot}: a directory, not a segment file (for a hot tier: --hot {hot})" in capsys.readouterr().err
