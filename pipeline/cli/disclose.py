@@ -75,7 +75,11 @@ def open_document(args: argparse.Namespace) -> int:
 
     try:
         raw = sys.stdin.read() if args.open_doc == "-" else Path(args.open_doc).read_text()
-        doc = json.loads(raw)
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            where = "standard input" if args.open_doc == "-" else args.open_doc
+            raise ValueError(f"{where} is not JSON ({exc}): pass the document 'pipeline disclose' printed") from None
         if not isinstance(doc, dict):
             raise ValueError("a disclosure document is a JSON object")
         verifiers = load_verifiers(args.vkey) if args.vkey else None

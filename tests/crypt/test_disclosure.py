@@ -71,3 +71,19 @@ def test_disclosure_opens_exactly_one_record(tmp_path: Path, auditor: AgeKey,
     path.write_text(json.dumps(forged))
     assert main(["disclose", "--open", str(path), "--vkey", vkey]) == 1
     assert "INVALID" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "No such file"),
+    ("xx", "is not JSON"),
+    ("[1]", "a disclosure document is a JSON object"),
+    ("{}", "not a disclosure document"),
+])
+def test_open_names_what_is_wrong_with_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     content: str | None, says: str) -> None:
+    path = tmp_path / "doc.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["disclose", "--open", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "could not check the disclosure" in err and says in err
