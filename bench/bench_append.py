@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,19 @@ def rm_tree(path: Path) -> None:
             with contextlib.suppress(OSError):
                 attr.clear_protection(Path(dirpath) / f)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def busy_second_core(busy: bool) -> Iterator[None]:
+    """With ``busy``, a process spinning on the other core while the block runs: figures
+    taken on an idle core hide what the appending and flushing threads cost each other."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
 
 
 def rss_mb() -> float:
@@ -392,7 +406,8 @@ def main() -> None:
                     help="only the RSS run, in a fresh process (nothing else allocated before it)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-append-", dir=args.dir))
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    spinning = contextlib.ExitStack()
+    spinning.enter_context(busy_second_core(args.busy))
     ev_len = len(orjson.dumps(EVENT))
     print(f"# hot-tier benchmark  ({os.cpu_count()} cores, event {ev_len} bytes of JSON, "
           f"record line ~{ev_len + 215} bytes)")
@@ -461,9 +476,7 @@ def main() -> None:
             print(f"  max {max(m for _, m in samples):.0f} MB, growth after first sample "
                   f"{samples[-1][1] - samples[1][1]:+.1f} MB")
     finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
+        spinning.close()
         rm_tree(base)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_append import EVENT, rm_tree  # noqa: E402
+from bench_append import EVENT, busy_second_core, rm_tree  # noqa: E402
 from bench_encryption import append_rate, recipient  # noqa: E402
 
 from pipeline.crypt.writer import EncryptionSettings  # noqa: E402
@@ -88,7 +89,8 @@ def main() -> None:
     ap.add_argument("--busy", action="store_true", help="spin the second core for the whole run")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-floor-"))
-    spinner = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None)
+    spinning = contextlib.ExitStack()
+    spinning.enter_context(busy_second_core(args.busy))
     try:
         enc = EncryptionSettings((recipient(base),))
         exe = build_floor(base)
@@ -124,9 +126,7 @@ def main() -> None:
             print(f"| {name} | {clear:.2f} | {sealed:.2f} | {sealed - clear:.2f} | {budget:.2f} "
                   f"| {chacha:.2f} ({chacha / budget:.0%} of budget) | {aes:.2f} ({aes / budget:.0%} of budget) |")
     finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
+        spinning.close()
         rm_tree(base)
 
 
