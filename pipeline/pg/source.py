@@ -83,7 +83,11 @@ log = logging.getLogger("pipeline.pg.source")
 
 POSITION_DIR = ".pg-source"
 MESSAGE_PREFIX = "worm-pipeline"
+# a read's changes are written (appended, made durable) in parts of at most this many rows
+# or, counting the pgoutput messages they came in, this many bytes: a backlog of large rows
+# (pgoutput sends a value of up to 1 GB whole) must not all be held at once
 _WRITE_CHUNK = 4096
+WRITE_BYTES = 2 << 20
 # how long one read waits for the server to reach the WAL position of the read's start
 # (normally a round trip; bounded so that a stuck server cannot hold the loop)
 READ_WAIT = 2.0
@@ -551,6 +555,7 @@ class PostgresSource:
                 return 0
         target = int(slot_row[5])  # everything committed before this call began is read in it
         pending: list[tuple[dict[str, Any], Position]] = []
+        pending_bytes = 0
         n_messages = 0
         advance_to: int | None = None
         advance_xid: int | None = None
@@ -578,9 +583,10 @@ class PostgresSource:
                     if self.position is not None and pos <= self.position:
                         continue  # already in the chain
                     pending.append((self._insert_event(fast[0], fast[1], txn, pos), pos))
-                    if len(pending) >= _WRITE_CHUNK:
+                    pending_bytes += len(data)
+                    if len(pending) >= _WRITE_CHUNK or pending_bytes >= WRITE_BYTES:
                         self._write(pending)
-                        pending = []
+                        pending, pending_bytes = [], 0
                     continue
             item = decode(data)
             if item is None:
@@ -610,9 +616,10 @@ class PostgresSource:
                 if self.position is not None and pos <= self.position:
                     continue  # already in the chain: written before a crash, before the confirmation
                 pending.append((self._event(item, begin, pos), pos))
-                if len(pending) >= _WRITE_CHUNK:  # bounded memory; durable in parts
+                pending_bytes += len(data)
+                if len(pending) >= _WRITE_CHUNK or pending_bytes >= WRITE_BYTES:  # bounded memory
                     self._write(pending)
-                    pending = []
+                    pending, pending_bytes = [], 0
         if pending:
             self._write(pending)
         # how far the server has decoded, when no transaction is open on the stream: every
