@@ -61,9 +61,11 @@ from pipeline.sanitise import DEFAULT_SANITISER, Sanitiser
 
 __all__ = ["AuditLogError", "AuditLogHandler", "record_to_event"]
 
-# non-waiting mode: records queued beyond this, a logging call appends them itself (waiting
-# for the thread appending now): the queue's memory stays bounded
+# non-waiting mode: records queued beyond this many, or beyond this many bytes of prepared
+# events, a logging call appends them itself (waiting for the thread appending now): the
+# queue's memory stays bounded, also with events of up to max_event_bytes each
 MAX_QUEUED = 4096
+MAX_QUEUED_BYTES = 8 << 20
 
 
 class AuditLogError(PipelineError, RuntimeError):
@@ -157,6 +159,9 @@ class AuditLogHandler(logging.Handler):
         # wait=False: records waiting to be appended by whichever thread holds _append_lock;
         # refusals of other threads' records, for flush() (raise_on_error)
         self._queued: collections.deque[_Queued] = collections.deque()
+        # bytes of the events in _queued; its own lock, as += is not atomic across threads
+        self._queued_bytes = 0
+        self._queued_bytes_lock = threading.Lock()
         self._append_lock = threading.Lock()
         self._appender: int | None = None  # the thread holding _append_lock
         self._refused: list[tuple[Exception, logging.LogRecord]] = []
@@ -290,6 +295,8 @@ class AuditLogHandler(logging.Handler):
                 self._report(failure, record)
             return
         item = _Queued(data, record, threading.get_ident())
+        with self._queued_bytes_lock:
+            self._queued_bytes += len(data)
         queued.append(item)
         self._take_queued()
         if item.refusal is not None:
@@ -300,7 +307,8 @@ class AuditLogHandler(logging.Handler):
         queued = self._queued
         lock = self._append_lock
         while queued:
-            if len(queued) > MAX_QUEUED and self._appender != threading.get_ident():
+            if ((len(queued) > MAX_QUEUED or self._queued_bytes > MAX_QUEUED_BYTES)
+                    and self._appender != threading.get_ident()):
                 lock.acquire()  # bounded: wait for the appending thread, then take the rest
             elif not lock.acquire(blocking=False):
                 # another thread appends, and takes this record with the others (or this
@@ -323,6 +331,8 @@ class AuditLogHandler(logging.Handler):
             items.append(queued.popleft())
         if not items:
             return
+        with self._queued_bytes_lock:
+            self._queued_bytes -= sum(len(item.data) for item in items)
         try:
             results: list[Any] = self.log.append_prepared_many([item.data for item in items])
         except Exception as exc:  # e.g. the log closed: none of them is in it

@@ -54,6 +54,7 @@ def test_sixteen_threads_every_record_once_each_thread_in_order(hot_dir: Path, h
     for th in threads:
         th.join()
     assert not handler._queued  # the last appending thread took everything queued behind it
+    assert handler._queued_bytes == 0  # and the byte count, kept by many threads, agrees
     handler.flush()
     got = _messages(hot_dir)
     assert len(got) == 32000 and len(set(got)) == 32000
@@ -106,6 +107,36 @@ def test_the_queue_is_bounded(hot_dir: Path, hotlog: HotLog, monkeypatch: pytest
     t.join(10)
     handler.flush()
     assert _messages(hot_dir) == [f"n {i}" for i in range(200)]
+
+
+def test_the_queue_is_bounded_in_bytes(hot_dir: Path, hotlog: HotLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large records reach MAX_QUEUED_BYTES long before MAX_QUEUED: a logging call waits
+    there, so the queue never holds thousands of large events (4,096 of 1 MiB: 4 GiB)."""
+    monkeypatch.setattr("pipeline.ingest.handler.MAX_QUEUED_BYTES", 1 << 20)
+    handler = AuditLogHandler(log=hotlog, wait=False)
+    logger = logger_for(handler, "test.handler.combined.bytes")
+    big = "x" * (100 << 10)
+    handler._append_lock.acquire()
+
+    def log_40() -> None:
+        for i in range(40):
+            logger.info("n %d %s", i, big)
+
+    t = threading.Thread(target=log_40)
+    try:
+        t.start()
+        deadline = time.monotonic() + 5
+        while handler._queued_bytes <= 1 << 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        # blocked at the first record over the bound, not growing: 11 of ~100 KiB
+        assert t.is_alive() and len(handler._queued) == 11 and handler._queued_bytes > 1 << 20
+    finally:
+        handler._append_lock.release()
+    t.join(10)
+    handler.flush()
+    assert [m.split()[1] for m in _messages(hot_dir)] == [str(i) for i in range(40)]
+    assert not handler._queued and handler._queued_bytes == 0
 
 
 def _refuse_marked(hotlog: HotLog, monkeypatch: pytest.MonkeyPatch) -> None:
