@@ -54,28 +54,44 @@ def list_streams(hot_dir: str | os.PathLike[str]) -> list[str]:
     return stream_dirs(hot_dir)
 
 
-def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+_join = b"".join  # (a name of its own: tests count the joins)
+
+
+def iter_lines(path: str | os.PathLike[str], limit: int | None = None) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, line)`` for each ``\\n``-terminated line, then the unterminated
-    tail (if any) as a final line without a newline.  Reads in bounded chunks."""
+    tail (if any) as a final line without a newline.  Reads in bounded chunks, and with
+    ``limit`` only the file's first ``limit`` bytes (what follows is never read)."""
     with open(path, "rb") as f:
         offset = 0
-        pending = b""
-        while True:
-            chunk = f.read(READ_CHUNK)
+        left = -1 if limit is None else max(0, limit)
+        # the start of a line longer than a chunk, in parts: joined once, when its newline
+        # comes (joining at every chunk would copy a long line once per chunk: quadratic)
+        parts: list[bytes] = []
+        while left:
+            chunk = f.read(READ_CHUNK if left < 0 else min(READ_CHUNK, left))
             if not chunk:
                 break
-            buf = pending + chunk if pending else chunk
+            if left > 0:
+                left -= len(chunk)
             start = 0
-            while True:
-                nl = buf.find(b"\n", start)
-                if nl < 0:
-                    break
-                yield offset, buf[start : nl + 1]
+            nl = chunk.find(b"\n")
+            if nl >= 0 and parts:
+                parts.append(chunk[: nl + 1])
+                line = _join(parts)
+                parts = []
+                yield offset, line
+                offset += len(line)
+                start = nl + 1
+                nl = chunk.find(b"\n", start)
+            while nl >= 0:
+                yield offset, chunk[start : nl + 1]
                 offset += nl + 1 - start
                 start = nl + 1
-            pending = buf[start:]
-        if pending:
-            yield offset, pending
+                nl = chunk.find(b"\n", start)
+            if start < len(chunk):
+                parts.append(chunk[start:])
+        if parts:
+            yield offset, _join(parts)
 
 
 def read_first_record(path: str | os.PathLike[str]) -> Record | None:

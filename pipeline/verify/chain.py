@@ -293,13 +293,26 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
                     assert last is not None  # scan_lines accepted it
                     scan.last_seq, scan.last_hash, scan.last_ts = last[1], last[6], last[2]
                     pos = new_pos
+            if stop or scan.sealed:
+                # nothing after a seal or a finding is parsed: counted, never copied out of
+                # the mapping (a gigabyte appended after a seal costs no memory to report)
+                if pos < size:
+                    if scan.sealed and not stop:
+                        add("after-seal", f"{size - pos} bytes follow the seal at offset {pos}", scan.last_seq, pos)
+                        stop = True
+                    scan.size += size - pos
+                    pos = size
+                break
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
             check_line(pos, buf[pos : nl + 1])
             pos = nl + 1
         if pos < size:
-            check_line(pos, buf[pos:])  # the unterminated tail
+            # the unterminated tail: torn (parse_record's first judgement of a line without
+            # its newline), judged by stitch (a recovery record, or the active segment);
+            # counted without copying it out of the mapping
+            scan.size += size - pos
     finally:
         if isinstance(buf, mmap.mmap):
             buf.close()
@@ -335,7 +348,8 @@ def _record_ends(path: Path, valid_bytes: int) -> dict[int, tuple[int, str]]:
     verified): what the line-by-line scan records as it goes, rebuilt for an unsealed
     segment whose records the fast path checked."""
     ends: dict[int, tuple[int, str]] = {}
-    for offset, line in iter_lines(path):
+    # (only up to valid_bytes: a torn tail after it may be huge, and is not a record)
+    for offset, line in iter_lines(path, limit=valid_bytes):
         end = offset + len(line)
         if end > valid_bytes:
             break
