@@ -68,6 +68,16 @@ def make_audit_db(inst: PgInstance, *, slot: bool = True) -> AuditDb:
 
 
 @pytest.fixture
+def patient_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that assert what one read by hand (``poll_once``) returned.  A read ends on
+    the server's answer to its position request; READ_WAIT (2 s) only bounds a server that
+    does not answer, and a walsender slow to start on a loaded machine could outlast it, so
+    that the read returned with rows still to come.  A generous bound ends nothing sooner
+    or later on a machine that answers."""
+    monkeypatch.setattr("pipeline.pg.source.READ_WAIT", 60.0)
+
+
+@pytest.fixture
 def audit_db(pg: PgInstance) -> Iterator[AuditDb]:
     db = make_audit_db(pg)
     try:

@@ -59,6 +59,7 @@ def test_rows_committed_out_of_id_order_are_all_tailed_in_commit_order(audit_db:
     assert ev["commit_time"].endswith("Z") and "/" in ev["lsn"] and isinstance(ev["xid"], int)
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_crash_after_durable_before_advance_writes_nothing_twice(audit_db: AuditDb, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     hot = tmp_path / "hot"
@@ -323,6 +324,7 @@ def _inserts_gap_insert(hot: Path, last: int) -> None:
     assert ops == [("insert", {"id": 1}), ("insert", {"id": 2}), ("gap", None), ("insert", {"id": last})]
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_a_slot_moved_by_someone_else_between_checks_is_a_gap(audit_db: AuditDb, tmp_path: Path) -> None:
     """Someone ends the source's stream and moves the slot past committed rows while the
     source runs (its trigger and slot check is minutes away): the next read finds the slot
@@ -361,6 +363,7 @@ def test_a_slot_held_by_the_stream_cannot_be_moved(audit_db: AuditDb, tmp_path: 
     assert [e["op"] for e in chain_events(hot)] == ["insert", "insert"]
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_a_slot_moved_while_a_read_is_written_is_a_gap(audit_db: AuditDb, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The stream is ended and the slot moved past a row while the source writes what it
@@ -487,6 +490,7 @@ def test_a_replaced_trigger_function_is_reported(audit_db: AuditDb, tmp_path: Pa
         assert wait_for(lambda: src.problem() is None, 10)
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_an_advance_finishing_after_a_kill_is_not_a_gap(audit_db: AuditDb, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL right after the position file was written: the killed process's last

@@ -31,6 +31,7 @@ def _slot(db: AuditDb, conn: psycopg.Connection[tuple[object, ...]] | None = Non
     return bool(row[0]), parse_lsn(str(row[1]))
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_one_read_holds_every_commit_made_before_it(audit_db: AuditDb, tmp_path: Path) -> None:
     """Rows committed before poll_once began are in the chain when it returns, on the
     stream's first read and on later ones (the server's position answer ends the read)."""
@@ -65,6 +66,7 @@ def test_an_idle_read_ends_on_the_servers_answer_not_on_the_timeout(audit_db: Au
         src.hotlog.close()
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_a_stream_ended_inside_a_transaction_repeats_and_skips_nothing(audit_db: AuditDb, tmp_path: Path) -> None:
     """A read that stops inside a transaction (batch_rows) writes its first rows; the stream
     is then ended by someone else; the new stream sends the whole transaction again from the
@@ -104,6 +106,7 @@ def test_the_slot_is_free_when_the_source_stops_and_holds_what_it_confirmed(audi
     assert end is not None
 
 
+@pytest.mark.usefixtures("patient_reads")
 def test_nothing_is_confirmed_before_it_is_durable(audit_db: AuditDb, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The chain write fails: the slot stays where it was, the stream is ended (what it sent
