@@ -184,8 +184,11 @@ def test_sigterm_drains_and_the_next_start_resumes(tmp_path: Path, s3_endpoint: 
 def test_backpressure_above_high_water_returns_429(tmp_path: Path, s3_endpoint: str, locked_bucket: str) -> None:
     sc = Sidecar(tmp_path, s3_endpoint, locked_bucket, hot={"high_water_percent": 1})
     sc.start(wait_ready=False)
+    # /healthz answers as soon as the ops server is up; /readyz says "starting" until the
+    # sidecar's start() has returned a moment later: wait for both before reading its verdict
     deadline = time.monotonic() + 30
-    while sc.get("/healthz")[0] != 200 and time.monotonic() < deadline:
+    while (sc.get("/healthz")[0] != 200 or sc.get("/readyz")[1].strip() == "starting") \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     status, body = sc.get("/readyz")
     assert status == 503 and "high-water" in body
