@@ -23,6 +23,7 @@ import pytest
 
 from pipeline.ship.ledger import Ledger
 from pipeline.verify.chain import verify_stream
+from tests.hotutil import wait_for
 from tests.netutil import free_port
 from tests.ship.conftest import s3_client
 from tests.ship.test_shipper import download_stream
@@ -232,20 +233,34 @@ def test_kill_9_storm_while_ingest_continues(tmp_path: Path, s3_endpoint: str, l
                 acked.append((ack["seq"], ack["hash"], ev["n"]))
             counter[0] += 10
 
+    def acknowledged_more() -> None:
+        """Wait until this run of the sidecar has acknowledged a batch of its own."""
+        since = len(acked)
+        wait_for(lambda: len(acked) > since, timeout=60, what="the sidecar to acknowledge a batch")
+
     sc.start()
     t = threading.Thread(target=client, daemon=True)
     t.start()
     rng = random.Random(1234)
     kills = 0
+    ready = True
     try:
         for _ in range(50):
+            if ready:
+                # a run started ready is killed once it has acknowledged something, then at a
+                # random moment after: with wall-clock kill points alone a slow machine can kill
+                # the runs before they acknowledge anything (and len(acked) > 100 fails).  The
+                # runs not waited for are still killed at any point of start-up and recovery.
+                acknowledged_more()
             time.sleep(rng.uniform(0.05, 0.6))
             assert sc.proc is not None
             sc.proc.kill()
             sc.proc.wait()
             kills += 1
-            sc.start(wait_ready=rng.random() < 0.5)
-        time.sleep(1.0)
+            ready = rng.random() < 0.5
+            sc.start(wait_ready=ready)
+        # the last run takes events too, and is up (its SIGTERM handler in place) for the drain
+        acknowledged_more()
     finally:
         stop.set()
         t.join(timeout=30)
