@@ -54,10 +54,17 @@ def test_sanitise_section_applies_on_ingest_and_reloads_with_sighup(tmp_path: Pa
         sc.sections["sanitise"] = {"disable": ["no-such-rule"]}
         sc.write_config()
         sc.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        # the sidecar looks at the signal's flag every 0.2 s: wait for the refusal itself (a
+        # fixed sleep could end before it on a loaded machine, and the first reload's
+        # "configuration reloaded" line already names sanitise.disable as changed)
+        deadline = time.monotonic() + 60
+        while b"configuration reload refused" not in sc.log.read_bytes():
+            assert time.monotonic() < deadline, "the bad rule was never refused:\n" + sc.log.read_text()[-2000:]
+            time.sleep(0.1)
         sc.post([{"ward": "again"}])
         assert stored()[-1] == {"ward": "[REDACTED:secret-key]"}
-        assert b"sanitise.disable" in sc.log.read_bytes()
+        refused = next(line for line in sc.log.read_text().splitlines() if "configuration reload refused" in line)
+        assert "sanitise.disable" in refused, refused
         assert b"MRN-1" not in b"".join(p.read_bytes() for p in (sc.hot / "app").glob("seg-*"))
     finally:
         assert sc.stop() == 0
