@@ -21,7 +21,7 @@ import pytest
 from pipeline.hot.segment import iter_lines
 from pipeline.hot.writer import HotLog
 from pipeline.ingest.server import IngestServer
-from tests.hotutil import FsyncSpy, records, without_sender
+from tests.hotutil import FsyncSpy, records, wait_for, without_sender
 
 STREAM = "app"
 
@@ -210,12 +210,16 @@ class GatedLog:
     def __init__(self, log: HotLog) -> None:
         self.log = log
         self.gate = threading.Event()
+        self.waiting = 0  # calls held at the gate so far
+        self._lock = threading.Lock()
 
     def append_prepared(self, data_json: bytes, *, wait: bool) -> Any:
         return self.log.append_prepared(data_json, wait=wait)
 
     def wait_durable(self, receipt: Any, timeout: float | None = None) -> None:
-        assert self.gate.wait(10)
+        with self._lock:
+            self.waiting += 1
+        assert self.gate.wait(60)
         self.log.wait_durable(receipt, timeout)
 
 
@@ -480,15 +484,16 @@ def test_stop_lets_inflight_batches_finish(hot_dir: Path, hotlog: HotLog, tmp_pa
     t.start()
     s = connect(path)
     s.sendall(b'{"late":2}\n')
-    time.sleep(0.3)  # both batches are now waiting for durability
-    stopper = threading.Thread(target=srv.stop, args=(10,))
+    # both batches are now waiting for durability (waited for: a fixed sleep could end first
+    # on a loaded machine, and a batch arriving after stop() began would be refused)
+    wait_for(lambda: gated.waiting == 2, timeout=30, what="both batches to wait for durability")
+    stopper = threading.Thread(target=srv.stop, args=(30,))
     stopper.start()
-    time.sleep(0.3)
-    assert stopper.is_alive()  # waiting for the in-flight batches
-    assert not path.exists()  # but no longer accepting
+    wait_for(lambda: not path.exists(), timeout=30, what="stop() to close the socket")  # no longer accepting
+    assert stopper.is_alive()  # but waiting for the in-flight batches
     gated.gate.set()
-    stopper.join(10)
-    t.join(10)
+    stopper.join(30)
+    t.join(30)
     assert got[0][0] == 200 and got[0][2]["accepted"] == 1
     assert read_answers(s, 1)[0]["ok"]
     s.close()
