@@ -322,6 +322,10 @@ def test_every_record_stored_once_with_the_collectors_identity(tmp_path: Path, h
         assert exporter.count("encoding: proto") == 1
         with collector(home, exporter.replace("encoding: proto", f"encoding: {encoding}")) as col:
             wait_for(lambda: len(stored_events(sc.hot)) >= n + 1, 60, f"{n + 1} events")
+            # the Collector counts a request as sent when its answer arrives, a moment after the
+            # sidecar stored it: waited for, not assumed to have happened within a fixed sleep
+            wait_for(lambda: col.metrics().get("otelcol_exporter_sent_log_records", 0) >= n + 1, 60,
+                     "the Collector to count every record sent")
             time.sleep(1.5)  # one batch timeout more: anything extra would land now
             sent = col.metrics()
             assert not any(col.work.iterdir()), "this configuration writes no file (docs/FORWARDERS.md)"
@@ -392,8 +396,8 @@ def test_a_refused_collector_stores_nothing_and_says_so(tmp_path: Path, home: Co
         assert "remote error: tls: unknown certificate authority" in failure, failure
         # the sidecar's side says why (docs/INGEST.md 6.4): one WARNING however often the
         # Collector retried, naming its address and the reason
-        time.sleep(0.2)  # the last stderr lines of the stopped sidecar
-        refusals = [json.loads(line) for line in b"".join(sc.stderr).splitlines() if b"TLS handshake" in line]
+        # the stopped sidecar's last stderr lines, read to the end of the pipe
+        refusals = [json.loads(line) for line in sc.all_stderr().splitlines() if b"TLS handshake" in line]
         assert len(refusals) == 1, refusals
         assert {k: refusals[0].get(k) for k in ("level", "listener", "peer", "reason")} == {
             "level": "WARNING", "listener": "http", "peer": "127.0.0.1", "reason": "unknown_ca"}, refusals
@@ -439,6 +443,10 @@ def test_sidecar_kill9_mid_stream_loses_nothing_the_collector_accepted(tmp_path:
             sc = start_sidecar(hot, **_sidecar_cfg(pki, port))
             writer.join(60)
             wait_for(lambda: set(ids_of(stored_events(hot))) >= set(range(total)), 120, "every record")
+            # every record is in, but the request the kill cut off may have been durable already:
+            # the Collector counts it sent only when a retry, after its backoff, is answered
+            wait_for(lambda: col.metrics().get("otelcol_exporter_sent_log_records", 0) >= total, 120,
+                     "the Collector to count every record sent")
             time.sleep(2.0)  # a batch still in flight would land now
             counters = col.metrics()
             log = col.log()

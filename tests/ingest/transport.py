@@ -73,9 +73,19 @@ class Sidecar:
     addresses: dict[str, Any]
     hot: Path
     stderr: list[bytes] = field(default_factory=list)
+    reader: threading.Thread | None = None  # drains stderr into ``stderr`` while it runs
 
     def port(self, kind: str) -> int:
         return int(self.addresses[kind][1])
+
+    def all_stderr(self, timeout: float = 30) -> bytes:
+        """Everything the stopped process wrote on stderr: the reader has reached the pipe's
+        end (lines are still being read for a moment after the process exits)."""
+        assert self.proc.poll() is not None, "the sidecar is still running"
+        if self.reader is not None:
+            self.reader.join(timeout)
+            assert not self.reader.is_alive(), "stderr still open"
+        return b"".join(self.stderr)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -93,7 +103,8 @@ def start_sidecar(hot: Path, **cfg: Any) -> Sidecar:
         proc.wait(10)
         raise RuntimeError("sidecar failed: " + proc.stderr.read().decode(errors="replace"))
     sc = Sidecar(proc, json.loads(line), hot)
-    threading.Thread(target=lambda: sc.stderr.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+    sc.reader = threading.Thread(target=lambda: sc.stderr.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    sc.reader.start()
     return sc
 
 
