@@ -48,7 +48,6 @@ def test_concurrent_records_share_fsyncs(hot_dir: Path, hotlog: HotLog, monkeypa
     handler = AuditLogHandler(log=hotlog, raise_on_error=True)
     logger = logger_for(handler, "test.handler.shared")
     per = 10
-    t0 = time.monotonic()
 
     def worker(k: int) -> None:
         for i in range(per):
@@ -59,10 +58,9 @@ def test_concurrent_records_share_fsyncs(hot_dir: Path, hotlog: HotLog, monkeypa
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - t0
-    # one fsync per record would take >= 160 x 10 ms; shared group commits a fraction
+    # one fsync per record would be 160 of them; shared group commits a fraction.  (Counted,
+    # not timed: how long 160 records take depends on the machine; speed belongs in bench/.)
     assert calls["n"] < 16 * per / 4, calls["n"]
-    assert elapsed < 16 * per * 0.01 / 2, elapsed
     events = [r.data for r in records(hot_dir / "app") if r.kind == "event"]
     assert sorted((e["audit"]["thread"], e["audit"]["i"]) for e in events) == \
         [(k, i) for k in range(16) for i in range(per)]
