@@ -99,7 +99,8 @@ def test_slowloris_cannot_hold_slots(tmp_path: Path) -> None:
             slow.append(s)
         t0 = time.monotonic()
         closed_at: dict[int, float] = {}
-        while time.monotonic() - t0 < 8 and len(closed_at) < len(slow):
+        open_at: dict[int, float] = {}  # when each was last seen still open
+        while time.monotonic() - t0 < 30 and len(closed_at) < len(slow):
             for i, s in enumerate(slow):
                 if i in closed_at:
                     continue
@@ -110,7 +111,7 @@ def test_slowloris_cannot_hold_slots(tmp_path: Path) -> None:
                         if s.recv(4096) == b"":
                             closed_at[i] = time.monotonic() - t0
                     except BlockingIOError:
-                        pass
+                        open_at[i] = time.monotonic() - t0
                     except OSError:
                         closed_at[i] = time.monotonic() - t0
                     finally:
@@ -123,7 +124,10 @@ def test_slowloris_cannot_hold_slots(tmp_path: Path) -> None:
         for s in slow:
             s.close()
         assert len(closed_at) == len(slow), f"{len(slow) - len(closed_at)} slow connections still open"
-        assert max(closed_at.values()) < 2 + 3  # the timeout plus the sweep interval and slack
+        # none still open past the timeout plus the sweep interval and slack.  Judged by when each
+        # was last seen open, not when a later look found it closed: how often this loop looks
+        # (a good client served between looks) depends on the machine's speed.
+        assert max(open_at.values(), default=0.0) < 2 + 3, sorted(open_at.values())[-5:]
         good_client_served(srv)
 
 
