@@ -14,6 +14,7 @@ from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog
 from pipeline.monitor.config import MonitorConfig, load_monitor_config
 from pipeline.monitor.runner import Monitor
+from tests.hotutil import backdate
 from tests.monitor.conftest import Receiver, write_toml
 
 
@@ -98,8 +99,12 @@ def test_lag_metrics_follow_the_trailing_delay(tmp_path: Path, hot_dir: Path, re
     for i in range(50):
         log.append({"i": i})
     log.sync()
-    time.sleep(0.7)  # older than the trailing delay: verified at the first cycle
-    m = Monitor(_config(tmp_path, hot_dir, receiver, delay="500ms"), serve_metrics=False)
+    # a trailing delay a write, its fsync and the next cycle always fit inside on a loaded
+    # machine; "older than the delay" is made by moving the segment's mtime back, not slept
+    # through (the silence alert, 3 heartbeat intervals of 60 s, stays far off)
+    segment = list_segments(hot_dir / "app")[-1]
+    backdate(segment, 61)  # older than the trailing delay: verified at the first cycle
+    m = Monitor(_config(tmp_path, hot_dir, receiver, delay="60s"), serve_metrics=False)
     try:
         assert m.cycle() == []
         assert _sample(m, "worm_monitor_last_verified_seq", stream="app") == 49.0
@@ -114,7 +119,7 @@ def test_lag_metrics_follow_the_trailing_delay(tmp_path: Path, hot_dir: Path, re
         assert _sample(m, "worm_monitor_lag_records", stream="app") == 10.0
         lag_s = _sample(m, "worm_monitor_lag_seconds", stream="app")
         assert lag_s is not None and lag_s >= 0.3  # record 59 was written at least 0.3 s after 49
-        time.sleep(0.7)
+        backdate(segment, 61)
         assert m.cycle() == []
         assert _sample(m, "worm_monitor_last_verified_seq", stream="app") == 59.0
         assert _sample(m, "worm_monitor_lag_records", stream="app") == 0.0

@@ -15,6 +15,12 @@ from pipeline.hot.writer import HotLog
 from pipeline.monitor.config import HotWatch
 from pipeline.monitor.hot import StreamTrail, TrailState
 from pipeline.verify.chain import ScanResume, scan_segment
+from tests.hotutil import backdate
+
+# The trailing delay of the tests about it: long enough that a write, its fsync and the next
+# cycle always fit inside it on a loaded machine; "older than the delay" is made by moving
+# the segment's mtime back (tests/hotutil.backdate), not by sleeping through it.
+DELAY = 60.0
 
 
 def _write(log: HotLog, n: int, start: int = 0) -> None:
@@ -113,9 +119,9 @@ def test_trailing_delay_holds_back_fresh_bytes(hot_dir: Path) -> None:
     log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
     _write(log, 10)
     opts = HotWatch(dir=hot_dir, rescan_active=0)
-    trail = StreamTrail(hot_dir, "app", opts, 0.4, TrailState())
+    trail = StreamTrail(hot_dir, "app", opts, DELAY, TrailState())
     assert trail.cycle(None).verified_seq is None  # first seen now: not yet older than the delay
-    time.sleep(0.5)
+    backdate(list_segments(hot_dir / "app")[-1], DELAY + 1)
     assert trail.cycle(None).verified_seq == 9
     log.close()
 
@@ -227,13 +233,13 @@ def test_delay_never_invents_a_truncation(hot_dir: Path) -> None:
     log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
     _write(log, 10)
     path = list_segments(hot_dir / "app")[-1]
-    trail = StreamTrail(hot_dir, "app", HotWatch(dir=hot_dir, rescan_active=0), 0.3, TrailState())
-    time.sleep(0.4)
+    trail = StreamTrail(hot_dir, "app", HotWatch(dir=hot_dir, rescan_active=0), DELAY, TrailState())
+    backdate(path, DELAY + 1)
     assert trail.cycle(None).verified_seq == 9  # quiet for longer than the delay: all of it
     _write(log, 10, 10)  # grows again: its mtime is fresh
     res = trail.cycle(None)
     assert res.findings == [] and res.verified_seq == 9
-    time.sleep(0.4)
+    backdate(path, DELAY + 1)
     res = trail.cycle(None)
     assert res.findings == [] and res.verified_seq == 19
     # a real truncation below what was verified is still found
