@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from pipeline.crypt.writer import EncryptionSettings
 from pipeline.hot.factory import open_hotlog
 from pipeline.hot.segment import list_segments
 from tests.crypt.conftest import AgeKey
-from tests.hotutil import records
+from tests.hotutil import records, wait_for
 
 
 def all_events(stream_dir: Path, key: AgeKey) -> list[dict[str, object]]:
@@ -46,7 +45,9 @@ def test_size_rollover_in_append_many_and_heartbeats(tmp_path: Path, auditor: Ag
     with open_hotlog(hot, "app", heartbeat_interval=0.05, segment_max_bytes=8192, immutable="off",
                      encryption=EncryptionSettings((auditor.recipient,))) as log:
         log.append_many(events[:100])
-        time.sleep(0.3)  # heartbeats between events: seqs the ratchet steps over
+        # heartbeats between events: seqs the ratchet steps over (waited for: a sleep of a few
+        # heartbeat intervals may pass without the writer's thread getting to one on a loaded host)
+        wait_for(lambda: "heartbeat" in [r.kind for r in records(hot / "app")], timeout=30, what="a heartbeat")
         for e in events[100:]:
             log.append(e)
     kinds = [r.kind for r in records(hot / "app")]
