@@ -4,8 +4,6 @@ the one a single pass over the whole mapping gives."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,17 +11,10 @@ import pytest
 from pipeline.format import segment
 from pipeline.format.segment import build_manifest, list_segments
 from pipeline.hot.writer import HotLog
+from tests.rss import rss_growth
 
 EVENT = {"actor": "svc-orders", "action": "order.update", "resource": "orders/2026/11/000123456",
          "detail": "status changed to shipped"}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _segments(hot: Path, n: int, max_bytes: int) -> list[Path]:
@@ -51,21 +42,7 @@ def test_describing_a_large_segment_does_not_hold_it_in_memory(tmp_path: Path) -
     segs = _segments(tmp_path / "hot", 150_000, 48 << 20)
     big = max(segs, key=lambda p: p.stat().st_size)
     assert big.stat().st_size > 40 << 20
-    base = _rss_mb()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    try:
+    with rss_growth() as growth:
         build_manifest(big)
-    finally:
-        stop.set()
-        t.join()
     # a whole-file mapping added the segment's size (~45 MiB); windows add about two
-    assert peak[0] - base < 3 * segment.MAP_WINDOW / (1 << 20), (base, peak[0])
+    assert growth.mib < 3 * segment.MAP_WINDOW / (1 << 20), (growth.base, growth.peak)

@@ -5,7 +5,6 @@ under the event limit, or over it and logged as unloggable) is written in parts 
 from __future__ import annotations
 
 import contextlib
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,10 @@ from pipeline.pg import source as source_module
 from pipeline.pg.source import Position
 from tests.pg.conftest import AuditDb, chain_events, logged_ids
 from tests.pg.test_source import stepped
+from tests.rss import rss_growth
 
 ROWS = 160
 ROW_TEXT = 600_000  # bytes of text per row: under the 1 MiB event limit
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 def _insert_large(db: AuditDb, rows: int, size: int) -> None:
@@ -56,23 +48,11 @@ def test_a_backlog_of_large_rows_is_written_in_parts_bounded_by_bytes(
             write(items)
 
         monkeypatch.setattr(src, "_write", counted)
-        base = _rss_mib()
-        peak = [base]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _rss_mib())
-                stop.wait(0.005)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         try:
-            while src.rows_written < ROWS:
-                assert src.poll_once() > 0
+            with rss_growth() as growth:
+                while src.rows_written < ROWS:
+                    assert src.poll_once() > 0
         finally:
-            stop.set()
-            sampler.join()
             src.stop()
     finally:
         log.close()
@@ -80,8 +60,7 @@ def test_a_backlog_of_large_rows_is_written_in_parts_bounded_by_bytes(
     assert sum(parts) == ROWS and max(parts) <= bound // size + 1, parts
     # a part's messages, rows, events and lines, a few times over (35 MiB measured), not the
     # backlog (280 MiB measured with the parts bounded by rows alone)
-    growth = peak[0] - base
-    assert growth < 64, (growth, parts)
+    assert growth.mib < 64, (growth.mib, parts)
     assert logged_ids(tmp_path / "hot") == list(range(1, ROWS + 1))
     events = chain_events(tmp_path / "hot")
     if size > 1 << 20:
