@@ -165,3 +165,19 @@ def read_only_view(src: Path, dst: Path) -> Iterator[Path]:
         yield dst
     finally:
         subprocess.run(["umount", "-l", str(dst)], check=False)
+
+
+def writable_first_segment(hot: Path, *, sealed: bool) -> Path:
+    """A stream "app" of five events in ``hot``; its first segment, sealed or still active
+    (closed without its seal, as a writer that died leaves it), with its protection lifted
+    so that a test can append to it as a root attacker would."""
+    from pipeline.hot.factory import open_hotlog
+
+    log = open_hotlog(hot, "app", heartbeat_interval=0, immutable="off")
+    log.append_many([{"n": i} for i in range(5)])
+    if sealed:
+        log.seal()
+    log.close(seal=False)
+    seg = list_segments(hot / "app")[0]
+    attr.clear_protection(seg)
+    return seg

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hot import attr
-from pipeline.hot.factory import open_hotlog
-from pipeline.hot.segment import list_segments
+from tests.hotutil import writable_first_segment
 
 ROOT = Path(__file__).resolve().parents[2]
 BIG = 160 << 20
@@ -47,19 +45,6 @@ sys.exit(rc)
 """
 
 
-def _log(hot: Path, *, sealed: bool) -> Path:
-    """The stream's first segment: sealed, or still active (closed without its seal, as a
-    writer that died leaves it)."""
-    log = open_hotlog(hot, "app", heartbeat_interval=0, immutable="off")
-    log.append_many([{"n": i} for i in range(5)])
-    if sealed:
-        log.seal()
-    log.close(seal=False)
-    seg = list_segments(hot / "app")[0]
-    attr.clear_protection(seg)
-    return seg
-
-
 def _append(path: Path, n: int, byte: bytes) -> None:
     block = byte * (1 << 20)
     with path.open("ab") as f:
@@ -82,7 +67,7 @@ def test_a_huge_tail_is_judged_like_a_short_one_in_bounded_memory(tmp_path: Path
     judged = []
     for size in (10, BIG):
         hot = tmp_path / f"hot-{size}"
-        _append(_log(hot, sealed=sealed), size, b"x")
+        _append(writable_first_segment(hot, sealed=sealed), size, b"x")
         rc, findings, peak_kib = _verify(hot)
         judged.append((rc, [(code, msg.replace(str(size), "N")) for code, msg in findings]))
         if size == BIG:

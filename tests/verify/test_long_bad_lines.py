@@ -13,24 +13,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import _accel
-from pipeline.hot import attr
-from pipeline.hot.factory import open_hotlog
-from pipeline.hot.segment import list_segments
 from pipeline.verify import chain
 from pipeline.verify.chain import scan_segment
+from tests.hotutil import writable_first_segment
 
 BIG = 48 << 20
-
-
-def _segment(hot: Path, *, sealed: bool) -> Path:
-    log = open_hotlog(hot, "app", heartbeat_interval=0, immutable="off")
-    log.append_many([{"n": i} for i in range(5)])
-    if sealed:
-        log.seal()
-    log.close(seal=False)
-    seg = list_segments(hot / "app")[0]
-    attr.clear_protection(seg)
-    return seg
 
 
 def _garbage(n: int, suffix: str) -> bytes:
@@ -66,7 +53,7 @@ def test_a_long_condemned_line_is_judged_in_place(tmp_path: Path, monkeypatch: p
         pytest.skip("the C accelerator is not in use")
     judged = []
     for n in (100, BIG):
-        seg = _segment(tmp_path / f"hot-{n}", sealed=False)
+        seg = writable_first_segment(tmp_path / f"hot-{n}", sealed=False)
         with seg.open("ab") as f:
             f.write(_garbage(n, suffix))
         findings, size, valid, peak = _judge(seg)
@@ -82,7 +69,7 @@ def test_a_long_condemned_line_is_judged_in_place(tmp_path: Path, monkeypatch: p
 
 
 def test_a_long_line_that_hashes_is_still_parsed(tmp_path: Path) -> None:
-    seg = _segment(tmp_path / "hot", sealed=False)
+    seg = writable_first_segment(tmp_path / "hot", sealed=False)
     with seg.open("ab") as f:
         f.write(_garbage(BIG, "right-hash"))
     findings, size, valid, _ = _judge(seg)
