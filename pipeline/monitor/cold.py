@@ -76,7 +76,7 @@ class ColdWatcher:
             return ColdResult(self._sticky(), 0, 0)
         # the hot listing BEFORE the ledger read: the shipper records `evicted` before it
         # unlinks, so a file missing here has its eviction in the rows read after
-        present = self._hot_files(ledger)
+        present = self._hot_files()
         now = time.time()
         in_flight = 0
         for e in ledger.entries(states=(*ACTIVE_STATES, "quarantined")):
@@ -107,10 +107,16 @@ class ColdWatcher:
         checked = self._check_objects(ledger, findings)
         return ColdResult(findings + self._sticky(), checked, in_flight)
 
-    def _hot_files(self, ledger: LedgerView) -> set[tuple[str, str]] | None:
+    def _hot_files(self) -> set[tuple[str, str]] | None:
         if self.hot is None:
             return None
-        streams = {e.stream for e in ledger.not_evicted()}
+        # every stream directory, not the streams the ledger names: a stream whose first
+        # segment is sealed between this listing and the ledger read below would otherwise
+        # not be listed, and its segment reported missing
+        try:
+            streams = [d.name for d in self.hot.iterdir() if not d.name.startswith(".") and d.is_dir()]
+        except FileNotFoundError:
+            streams = []
         return {(s, p.name) for s in streams for p in list_segments(self.hot / s)}
 
     def _sticky(self) -> list[MonitorFinding]:

@@ -140,3 +140,42 @@ def test_cold_objects_deleted_replaced_and_retention_shortened_on_s3(hot_dir: Pa
         assert {seg for _code, seg in found} == {deleted.segment, replaced.segment, shortened.segment}
     finally:
         store.close()
+
+
+def test_first_segment_sealed_between_the_listing_and_the_ledger_read_is_not_missing(hot_dir: Path) -> None:
+    """A stream's first segment enters the ledger after the watcher listed the hot tier but
+    before it read the ledger: its file was there all along (a segment exists before it is
+    sealed), so nothing is missing.  (Listing only the streams the ledger named lost it.)"""
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    log.append({"i": 1})
+    log.close()
+    first = list_segments(hot_dir / "app")[0]
+    Ledger(hot_dir).close()  # the ledger exists, still empty
+    opened = open_ledger_readonly(hot_dir)
+    assert opened is not None
+    view = opened
+
+    class SealedMeanwhile:
+        """The read-only view, with the shipper recording the segment just before the first read
+        that follows the hot listing."""
+
+        def __init__(self) -> None:
+            self.added = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(view, name)
+
+        def entries(self, **kw: object) -> object:
+            if not self.added:
+                writer = Ledger(hot_dir)
+                writer.add(build_manifest(first))
+                writer.close()
+                self.added = True
+            return view.entries(**kw)  # type: ignore[arg-type]
+
+    watcher = ColdWatcher(ColdWatch(max_lag=60), hot_dir, (), ColdState(), None)
+    try:
+        found = [(f.code, f.segment) for f in watcher.cycle(SealedMeanwhile()).findings]  # type: ignore[arg-type]
+    finally:
+        view.close()
+    assert found == []
