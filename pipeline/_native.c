@@ -2292,6 +2292,10 @@ static PyObject *prepare_many(PyObject *Py_UNUSED(mod), PyObject *const *args, P
 
 #define PROFILE_MAX_DEPTH 64 /* pipeline.strictjson.MAX_DEPTH */
 
+/* the longest record line, newline included (docs/FORMAT.md section 1, check 2): a longer
+ * one is left to Python, which judges it without copying it */
+#define MAX_LINE_BYTES ((Py_ssize_t)32 << 20) /* pipeline.format.record.MAX_LINE_BYTES */
+
 /* the keys of the objects being checked, innermost last: a duplicate key is left to Python */
 #define KEY_STACK 512
 
@@ -2920,7 +2924,7 @@ static PyObject *scan_lines(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         if (nl == NULL)
             break;
         Py_ssize_t n = nl - (base + pos) + 1;
-        if (!scan_one(&st, base + pos, n))
+        if (n > MAX_LINE_BYTES || !scan_one(&st, base + pos, n))
             break;
         last_start = pos;
         pos += n;

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pipeline.errors import PipelineError
+from pipeline.format.record import MAX_EVENT_BYTES
 from pipeline.hot.options import DEFAULTS as LOG_DEFAULTS
 from pipeline.hot.options import LogOptions
 
@@ -436,7 +437,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "http": _Key(_optional(_listen), None),
         "token_file": _Key(_optional(_path), None),
         "max_request_bytes": _Key(_integer(1024), 10485760),
-        "max_event_bytes": _Key(_integer(64), 1048576),
+        "max_event_bytes": _Key(_integer(64, MAX_EVENT_BYTES), 1048576),
         "max_connections": _Key(_integer(1, 65536), 1024),
         "request_timeout": _Key(_duration(allow_zero=False), "30s"),
         # TLS for every TCP listener (http, syslog, relp): pipeline/ingest/tls.py, docs/INGEST.md §6

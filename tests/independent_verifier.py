@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 SUFFIX = 76
+MAX_LINE = 33_554_432  # §1 check 2, the newline included
 HEX64 = re.compile(r"[0-9a-f]{64}")
 STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.[0-9]{6}Z")
@@ -166,7 +167,7 @@ def check_line(line: bytes) -> Line:
     if not line.endswith(b"\n"):
         raise Reject("torn")
     tail = line[-SUFFIX:]
-    if (len(line) < 78 or not tail.startswith(b',"hash":"') or not tail.endswith(b'"}\n')
+    if (len(line) < 78 or len(line) > MAX_LINE or not tail.startswith(b',"hash":"') or not tail.endswith(b'"}\n')
             or not HEX64.fullmatch(tail[9:73].decode("latin-1")) or b"\n" in line[:-SUFFIX]):
         raise Reject("bad-line")
     body = line[:-SUFFIX]

@@ -24,7 +24,7 @@ import zstandard
 from pipeline.cold.base import ColdSettings, ReadStream, VerifyResult
 from pipeline.cold.errors import SourceMismatchError
 from pipeline.format import merkle
-from pipeline.format.record import Kind, RecordError, parse_record
+from pipeline.format.record import MAX_LINE_BYTES, Kind, RecordError, overlong, parse_record
 from pipeline.format.segment import SegmentManifest, fast_record_run, parse_segment_name
 
 CHUNK = 1 << 20
@@ -398,6 +398,9 @@ class SegmentScanner:
         self.size = 0
         self.count = 0
         self.pending = b""
+        # bytes of the current line past the format's longest line: counted, not held
+        # (docs/FORMAT.md §1, check 2); 0 while the line is within it
+        self.overlong = 0
         self.stream = ""
         self.first_seq = self.last_seq = -1
         self.first_prev = self.last_hash = self.first_ts = self.last_ts = ""
@@ -406,6 +409,12 @@ class SegmentScanner:
     def feed(self, data: bytes) -> None:
         self.sha.update(data)
         self.size += len(data)
+        if self.overlong:
+            nl = data.find(b"\n")
+            if nl >= 0:
+                raise RecordError("bad-line", overlong(self.overlong + nl + 1))
+            self.overlong += len(data)
+            return
         buf = self.pending + data if self.pending else data
         start = 0
         while True:
@@ -418,9 +427,13 @@ class SegmentScanner:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
+            if nl + 1 - start > MAX_LINE_BYTES:
+                raise RecordError("bad-line", overlong(nl + 1 - start))
             self._line(buf[start : nl + 1])
             start = nl + 1
         self.pending = buf[start:]
+        if len(self.pending) > MAX_LINE_BYTES:
+            self.overlong, self.pending = len(self.pending), b""
 
     def _line(self, line: bytes) -> None:
         rec = parse_record(line)
@@ -443,14 +456,14 @@ class SegmentScanner:
     def finish(self) -> SegmentManifest:
         if self.count == 0:
             parsed = parse_segment_name(self.segment)
-            if not self.pending or parsed is None:
+            if not self.torn_bytes or parsed is None:
                 raise RecordError("empty", "no complete record")
             # an abandoned segment whose first line was torn (docs/FORMAT.md §5): only torn
             # bytes; stream and links are not in its content (the neighbours' are checked)
             return SegmentManifest(stream="", segment=self.segment, first_seq=parsed[0], last_seq=parsed[0] - 1,
                                    records=0, size=self.size, sha256=self.sha.hexdigest(),
                                    merkle_root=self.cr.root().hex(), first_prev="", last_hash="", sealed=False,
-                                   first_ts="", last_ts="", torn_bytes=len(self.pending))
+                                   first_ts="", last_ts="", torn_bytes=self.torn_bytes)
         return SegmentManifest(
             stream=self.stream,
             segment=self.segment,
@@ -465,8 +478,13 @@ class SegmentScanner:
             sealed=self.sealed,
             first_ts=self.first_ts,
             last_ts=self.last_ts,
-            torn_bytes=len(self.pending),
+            torn_bytes=self.torn_bytes,
         )
+
+    @property
+    def torn_bytes(self) -> int:
+        """The bytes after the last complete line so far."""
+        return self.overlong or len(self.pending)
 
 
 def hash_stream(opener: Callable[[], ReadStream]) -> tuple[str, int]:

@@ -21,7 +21,7 @@ from pipeline._accel import native as _native
 from pipeline.format import merkle
 from pipeline.format.layout import SEGMENT_RE, parse_segment_name, segment_name, stream_dirs
 from pipeline.format.manifest import SegmentManifest
-from pipeline.format.record import Kind, Record, RecordError, parse_record
+from pipeline.format.record import MAX_LINE_BYTES, Kind, Record, RecordError, overlong, parse_record
 
 __all__ = [
     "MAP_WINDOW", "READ_CHUNK", "SEGMENT_RE", "SegmentManifest", "build_manifest", "drop_pages", "fast_record_run",
@@ -57,16 +57,25 @@ def list_streams(hot_dir: str | os.PathLike[str]) -> list[str]:
 _join = b"".join  # (a name of its own: tests count the joins)
 
 
-def iter_lines(path: str | os.PathLike[str], limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+def iter_lines(path: str | os.PathLike[str], limit: int | None = None,
+               max_line: int | None = None) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, line)`` for each ``\\n``-terminated line, then the unterminated
     tail (if any) as a final line without a newline.  Reads in bounded chunks, and with
-    ``limit`` only the file's first ``limit`` bytes (what follows is never read)."""
+    ``limit`` only the file's first ``limit`` bytes (what follows is never read).
+
+    With ``max_line``, a line longer than that is not held: its first ``max_line + 1``
+    bytes are yielded (more than a line may hold, so no parser takes them for a record) and
+    the iteration ends there.  Callers that stop at the first line that is not a record pass
+    ``MAX_LINE_BYTES`` (docs/FORMAT.md §1): their memory is then bounded whatever the file
+    holds."""
+    cap = -1 if max_line is None else max(0, max_line)
     with open(path, "rb") as f:
         offset = 0
         left = -1 if limit is None else max(0, limit)
         # the start of a line longer than a chunk, in parts: joined once, when its newline
         # comes (joining at every chunk would copy a long line once per chunk: quadratic)
         parts: list[bytes] = []
+        pending = 0
         while left:
             chunk = f.read(READ_CHUNK if left < 0 else min(READ_CHUNK, left))
             if not chunk:
@@ -76,27 +85,40 @@ def iter_lines(path: str | os.PathLike[str], limit: int | None = None) -> Iterat
             start = 0
             nl = chunk.find(b"\n")
             if nl >= 0 and parts:
+                if 0 <= cap < pending + nl + 1:
+                    yield offset, _join([*parts, chunk[: cap + 1 - pending]])  # (pending <= cap here)
+                    return
                 parts.append(chunk[: nl + 1])
                 line = _join(parts)
                 parts = []
+                pending = 0
                 yield offset, line
                 offset += len(line)
                 start = nl + 1
                 nl = chunk.find(b"\n", start)
             while nl >= 0:
+                if 0 <= cap < nl + 1 - start:
+                    yield offset, chunk[start : start + cap + 1]
+                    return
                 yield offset, chunk[start : nl + 1]
                 offset += nl + 1 - start
                 start = nl + 1
                 nl = chunk.find(b"\n", start)
             if start < len(chunk):
                 parts.append(chunk[start:])
+                pending += len(chunk) - start
+                if 0 <= cap < pending:
+                    # the last part cut first: one join of cap + 1 bytes, no cut of the join
+                    parts[-1] = parts[-1][: len(parts[-1]) - (pending - cap - 1)]
+                    yield offset, _join(parts)
+                    return
         if parts:
             yield offset, _join(parts)
 
 
 def read_first_record(path: str | os.PathLike[str]) -> Record | None:
     """The first record of a segment, or None if its first line is not a valid record."""
-    for _off, line in iter_lines(path):
+    for _off, line in iter_lines(path, max_line=MAX_LINE_BYTES):
         try:
             return parse_record(line)
         except RecordError:
@@ -239,6 +261,8 @@ def build_manifest(path: str | os.PathLike[str], *, valid_bytes: int | None = No
             if nl < 0:
                 torn = size - pos
                 break
+            if nl + 1 - pos > MAX_LINE_BYTES:  # judged before a copy (docs/FORMAT.md §1)
+                raise RecordError("bad-line", f"{overlong(nl + 1 - pos)} at offset {pos} of {p.name}")
             line = buf[pos : nl + 1]
             pos = nl + 1
             rec = parse_record(line)

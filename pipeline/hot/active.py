@@ -143,16 +143,21 @@ class SegmentFiles:
                     continue
                 except OSError:
                     pass
+            # hashed in chunks: the torn bytes may be anything a crash or an attacker left
+            # (a gigabyte line), and the writer's start-up memory stays bounded
+            torn_sha, torn_bytes = hashlib.sha256(), 0
             with open(path, "rb") as f:
                 f.seek(valid)
-                torn = f.read()
+                while chunk := f.read(1 << 20):
+                    torn_sha.update(chunk)
+                    torn_bytes += len(chunk)
             with contextlib.suppress(OSError, attr.AppendOnlyError):
                 attr.protect_immutable(path, self.policy)
             entries.append({
                 "segment": path.name,
                 "valid_bytes": valid,
-                "torn_bytes": len(torn),
-                "torn_sha256": hashlib.sha256(torn).hexdigest(),
+                "torn_bytes": torn_bytes,
+                "torn_sha256": torn_sha.hexdigest(),
             })
             keep.append((path, valid))
         return entries, keep

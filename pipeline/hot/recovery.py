@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline.format import attr, merkle
 from pipeline.format.layout import HEAD_FILE, HeadError, StreamHead, read_head, write_head
-from pipeline.format.record import Kind, RecordError, parse_record
+from pipeline.format.record import MAX_LINE_BYTES, Kind, RecordError, parse_record
 from pipeline.format.segment import iter_lines, list_segments, parse_segment_name, read_first_record, read_last_line
 from pipeline.hot.active import Segment, SegmentFiles
 from pipeline.hot.chain import Anchor, Chain, TreeStoreLike
@@ -169,7 +169,8 @@ class Recovery:
         valid_bytes = count = 0
         seg_cr = merkle.CompactRange()
         first_ts = ""
-        for offset, line in iter_lines(path):
+        # (a line over the format's limit ends the records: not held, whatever its size)
+        for offset, line in iter_lines(path, max_line=MAX_LINE_BYTES):
             if limit is not None and offset >= limit:
                 break
             try:
@@ -208,7 +209,7 @@ class Recovery:
         elif have < want:
             batch: list[bytes] = []
             for path in segments:
-                for _off, line in iter_lines(path):
+                for _off, line in iter_lines(path, max_line=MAX_LINE_BYTES):
                     if not line.endswith(b"\n"):
                         break
                     try:

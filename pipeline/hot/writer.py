@@ -62,7 +62,7 @@ from pipeline.format.files import write_all
 from pipeline.format.layout import HEAD_FILE as HEAD_FILE  # re-exported for old imports
 from pipeline.format.layout import LOCK_FILE as LOCK_FILE  # re-exported for old imports
 from pipeline.format.layout import StreamHead, write_head
-from pipeline.format.record import Kind, UtcClock, validate_stream_name
+from pipeline.format.record import MAX_EVENT_BYTES, Kind, UtcClock, validate_stream_name
 from pipeline.format.segment import read_first_record as read_first_record  # re-exported for old imports
 from pipeline.hot.active import Segment, SegmentFiles, window_of
 from pipeline.hot.chain import Anchor, Batch, Chain, Completion, Receipt, SealInfo, TreeStoreLike
@@ -172,6 +172,11 @@ class HotLog:
         self.os_sync_interval = float(os_sync_interval)
         self.max_pending_bytes = int(max_pending_bytes)
         self._sanitiser = sanitiser or DEFAULT_SANITISER
+        if self._sanitiser.max_event_bytes > MAX_EVENT_BYTES:
+            # every event's line must stay under the format's MAX_LINE_BYTES, which a
+            # verifier rejects unread (docs/FORMAT.md §1)
+            raise ValueError(f"the sanitiser takes events of up to {self._sanitiser.max_event_bytes} bytes; "
+                             f"a log takes at most {MAX_EVENT_BYTES} (ingest.max_event_bytes)")
         self._policy = attr.immutable_policy(immutable)
         self._tree = tree_store
         # A forward-secure sealer erases the keys of past epochs also while the stream is
@@ -242,6 +247,7 @@ class HotLog:
 
     def append_prepared(self, data_json: bytes, *, wait: bool = True) -> Receipt:
         """Append an event already validated by ``Sanitiser.prepare`` (JSON object bytes)."""
+        _check_prepared_size(len(data_json))
         chain = self._chain
         with chain.lock:
             receipt = chain.append(_EVENT, data_json)
@@ -255,6 +261,8 @@ class HotLog:
         Never raises for an individual item: each result is its Receipt, or the HotLogError
         that kept it out of the log (later items are still tried).  Ingest uses this to
         answer every line of a batch."""
+        if items:
+            _check_prepared_size(max(map(len, items)))
         out: list[Receipt | HotLogError] = []
         chain = self._chain
         with chain.lock:
@@ -612,3 +620,11 @@ class HotLog:
             self._seal_key_tick_failed = True
         else:
             self._seal_key_tick_failed = False
+
+
+def _check_prepared_size(n: int) -> None:
+    """Prepared events come from a sanitiser with ingest's limit, which is at most
+    MAX_EVENT_BYTES; a larger one was prepared by another (nothing of the call is written)."""
+    if n > MAX_EVENT_BYTES:
+        raise ValueError(f"a prepared event of {n} bytes is over the log's limit of {MAX_EVENT_BYTES} "
+                         "(ingest.max_event_bytes)")

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipeline.format.record import MAX_EVENT_BYTES
 from pipeline.ingest import otlp
 from pipeline.ingest.body import BodyError, FramingError, iter_events
 from pipeline.ingest.tls import SENDER_KEY, PeerIdentity, ServerTls, TlsSettings, sender_field
@@ -242,6 +243,8 @@ class IngestServer:
             raise ValueError("IngestServer needs socket_path, http_listen, syslog_listen or relp_listen")
         if max_request_bytes < 1 or max_event_bytes < 1:
             raise ValueError("size limits must be positive")
+        if max_event_bytes > MAX_EVENT_BYTES:
+            raise ValueError(f"max_event_bytes {max_event_bytes} is over the log's limit of {MAX_EVENT_BYTES}")
         if max_connections < 1 or request_timeout <= 0:
             raise ValueError("max_connections and request_timeout must be positive")
         if token is not None and not token:

@@ -33,10 +33,12 @@ from pipeline.format.record import (
     GENESIS_HASH,
     HASH_FIELD,
     HEX64_RE,
+    MAX_LINE_BYTES,
     SUFFIX_LEN,
     Kind,
     Record,
     RecordError,
+    overlong,
     parse_fields,
     parse_record,
     ts_epoch,
@@ -309,8 +311,9 @@ def scan_segment(path: str | os.PathLike[str], stream: str | None = None, *,
             if nl < 0:
                 break
             if nl + 1 - pos > _IN_PLACE:
-                # a long line: what its own last bytes and hash already condemn is judged on
-                # the mapping (a root attacker's gigabyte ending in a newline is not copied)
+                # a long line: what its length, its own last bytes and hash already condemn
+                # is judged on the mapping (a root attacker's gigabyte ending in a newline
+                # is not copied)
                 bad = _condemned_line(buf, pos, nl + 1)
                 if bad is not None:
                     scan.size += nl + 1 - pos
@@ -363,8 +366,10 @@ _IN_PLACE = 1 << 20
 def _condemned_line(buf: bytes | mmap.mmap, start: int, end: int) -> tuple[str, str] | None:
     """``(reason, detail)`` of ``parse_record`` for the line ``buf[start:end]`` (its only
     newline its last byte, at least ``SUFFIX_LEN + 2`` bytes) when one of the checks that
-    precede parsing fails, which ``parse_fields`` also rejects: the hash field at its end, its
-    hex digits, the hash of its bytes.  None: parse it.  Nothing of the line is copied."""
+    precede parsing fails, which ``parse_fields`` also rejects: its length, the hash field at
+    its end, its hex digits, the hash of its bytes.  None: parse it.  Nothing of the line is copied."""
+    if end - start > MAX_LINE_BYTES:
+        return "bad-line", overlong(end - start)
     body_end = end - SUFFIX_LEN
     if buf[body_end : body_end + 9] != HASH_FIELD or buf[end - 3 : end] != b'"}\n':
         return "bad-line", 'line does not end with ,"hash":"<64 hex>"}'

@@ -63,3 +63,59 @@ def test_limit_reads_only_the_first_bytes(tmp_path: Path, monkeypatch: pytest.Mo
     for limit in range(len(data) + 3):
         assert list(iter_lines(path, limit=limit)) == _reference(data[:limit])
     assert list(iter_lines(path, limit=None)) == _reference(data)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_max_line_yields_what_a_cap_allows_and_stops_at_the_first_longer_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Against the reference: every line up to the first longer than ``max_line``, then that
+    line's first ``max_line + 1`` bytes, then nothing; never more than a chunk and the cap
+    held at once."""
+    monkeypatch.setattr(segment, "READ_CHUNK", chunk)
+    rng = random.Random(chunk * 7)
+    path = tmp_path / "seg"
+    for _ in range(150):
+        cap = rng.choice([0, 1, 5, 20, 60])
+        n = rng.choice([0, 1, 5, 50, 200])
+        data = b"".join(rng.choice([b"\n", b"a", b"bb", b"x" * rng.randint(0, 80)]) for _ in range(n))
+        path.write_bytes(data)
+        want: list[tuple[int, bytes]] = []
+        for offset, line in _reference(data):
+            if len(line) > cap:
+                want.append((offset, line[: cap + 1]))
+                break
+            want.append((offset, line))
+        assert list(iter_lines(path, max_line=cap)) == want, (cap, data)
+        limit = rng.randint(0, len(data) + 1)
+        assert list(iter_lines(path, limit=limit, max_line=cap)) == [
+            (o, ln) for o, ln in _iter_reference_capped(data[:limit], cap)]
+
+
+def _iter_reference_capped(data: bytes, cap: int) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for offset, line in _reference(data):
+        if len(line) > cap:
+            out.append((offset, line[: cap + 1]))
+            break
+        out.append((offset, line))
+    return out
+
+
+def test_a_gigantic_line_is_not_held(tmp_path: Path) -> None:
+    """100 MiB without a newline, then a newline: with max_line 1 MiB, the peak is about the
+    cap and a chunk, not the line."""
+    import tracemalloc
+
+    path = tmp_path / "seg"
+    with path.open("wb") as f:
+        for _ in range(100):
+            f.write(b"q" * (1 << 20))
+        f.write(b"\nnext\n")
+    tracemalloc.start()
+    try:
+        got = [(o, len(ln)) for o, ln in iter_lines(path, max_line=1 << 20)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == [(0, (1 << 20) + 1)]
+    assert peak < 8 << 20, peak  # the parts (cap + a chunk), their join and the cut: ~5 MiB

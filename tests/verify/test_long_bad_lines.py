@@ -17,7 +17,9 @@ from pipeline.verify import chain
 from pipeline.verify.chain import scan_segment
 from tests.hotutil import writable_first_segment
 
-BIG = 48 << 20
+# over the 1 MiB that is parsed at once, under the format's longest line (32 MiB), whose
+# own test is tests/format/test_line_limit.py
+BIG = 30 << 20
 
 
 def _garbage(n: int, suffix: str) -> bytes:
@@ -61,8 +63,8 @@ def test_a_long_condemned_line_is_judged_in_place(tmp_path: Path, monkeypatch: p
         judged.append((findings, valid))
         if n == BIG:
             # not a copy of the line (old: two); what stays is the seal probe's read of the
-            # last line, bounded at a few MiB (read_last_line)
-            assert peak < BIG // 2, peak
+            # last line, bounded at 16 MiB (read_last_line reads back up to 4 MiB, doubling)
+            assert peak < BIG * 2 // 3, peak
     assert judged[0] == judged[1]
     assert len(judged[0][0]) == 1
     assert judged[0][0][0][0] == ("hash-mismatch" if suffix == "wrong-hash" else "bad-line")
