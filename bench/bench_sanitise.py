@@ -9,7 +9,11 @@
    per event (every thread: ingest, sanitising, writing, flushing), in pairs of rounds
    (full and off back to back, order alternating);
 3. recall on the secret corpus and false-positive rate on the look-alike corpus
-   (tests/redaction_corpus.py).
+   (tests/redaction_corpus.py);
+4. long strings (1 MiB of hex, of base64, of prose, ...; ``--long-only`` runs just this
+   part): CPU per event of ``prepare_json_many`` with this tree's sanitiser beside the one of
+   ``--old-rev`` (default 74e4d78, before the long-string fix), loaded from git into the same
+   process, and whether both stored the same bytes.
 
 The target: the full rule set costs at most 15% of ingest throughput.  The verdict uses the
 rules' CPU cost per event (1) against the server's CPU per event with redaction off (2):
@@ -18,6 +22,7 @@ throughput pairs are printed beside it; on a shared 2-core machine they swing by
 round to round and cannot resolve a few percent.
 
     .venv/bin/python bench/bench_sanitise.py [--seconds 2] [--rounds 5] [--events 20000]
+                                             [--long-only] [--old-rev 74e4d78]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import random
 import resource
 import shutil
 import socket
@@ -33,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -43,7 +51,7 @@ sys.path.insert(0, str(REPO))
 from pipeline._accel import native  # noqa: E402
 from pipeline.hot.writer import HotLog  # noqa: E402
 from pipeline.ingest.server import IngestServer  # noqa: E402
-from pipeline.sanitise import Sanitiser  # noqa: E402
+from pipeline.sanitise import DEFAULT_MAX_EVENT_BYTES, Sanitiser  # noqa: E402
 
 WORKLOAD = REPO.parent.parent / "shared" / "workload" / "gen_events.py"
 BATCH = 200
@@ -161,15 +169,90 @@ def corpus_quality() -> tuple[float, int, float, int]:
     return hits / total, total, fp / cases, cases
 
 
+def old_sanitiser_class(rev: str) -> Any:
+    """``Sanitiser`` of pipeline/sanitise.py as of ``rev``, loaded from git beside this tree's
+    (the rest of the package is this tree's), or None when git cannot show it."""
+    try:
+        src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipeline/sanitise.py"], capture_output=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    mod = types.ModuleType("pipeline._sanitise_old")
+    mod.__file__ = f"{rev}:pipeline/sanitise.py"
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)  # our own file at another commit
+    return mod.Sanitiser
+
+
+def long_lines() -> dict[str, bytes]:
+    """One-event NDJSON lines holding one long string each, at most the default event size."""
+    rnd = random.Random(7)
+    n = DEFAULT_MAX_EVENT_BYTES - 64
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    words = ["the", "request", "from", "upstream", "service", "failed", "after", "three", "retries", "while",
+             "cache", "was", "being", "refreshed", "and", "operator", "restarted", "worker", "pool"]
+    prose = " ".join(rnd.choice(words) for _ in range(n // 4))[:n]
+    hexs = "".join(rnd.choices("0123456789abcdef", k=n))
+    cases = {
+        "hex, 1 MiB": hexs,
+        "base64, 1 MiB": "".join(rnd.choices(b64, k=n)),
+        "base64url, 1 MiB": "".join(rnd.choices(b64[:62] + "-_", k=n)),
+        "prose, 1 MiB (screen: clean)": prose,
+        "prose + 'basic auth', 1 MiB": prose[:n - 20] + " basic auth enabled",
+        "hex + a URL with credentials, 64 KiB": hexs[:65536] + " https://u:p@h",
+        "dense triggers (eyJ ), 1 MiB": ("eyJ " * (n // 4))[:n],
+        "dense card numbers, 1 MiB": ("4111111111111111 " * (n // 17))[:n],
+    }
+    return {name: orjson.dumps({"msg": text}) for name, text in cases.items()}
+
+
+def cpu_ms(sanitiser: Any, line: bytes, repeat: int) -> tuple[float, bytes]:
+    best, out = float("inf"), b""
+    for _ in range(repeat):
+        t0 = time.process_time()
+        done = sanitiser.prepare_json_many([line])[0]
+        best = min(best, time.process_time() - t0)
+        out = done if isinstance(done, bytes) else repr(done).encode()
+    return best * 1e3, out
+
+
+def long_strings(old_rev: str, workloads: dict[str, list[bytes]]) -> None:
+    old_cls = old_sanitiser_class(old_rev)
+    new = Sanitiser()
+    old = old_cls() if old_cls is not None else None
+    print(f"\nlong strings: CPU per event (prepare_json_many, one event, best of 3), this tree against "
+          f"{old_rev if old is not None else '(git show failed: no old figures)'}:")
+    print(f"  {'':40s} {'old ms':>9s} {'new ms':>9s} {'speed-up':>9s} {'new MB/s':>9s}  same bytes")
+    for name, line in long_lines().items():
+        new_ms, new_out = cpu_ms(new, line, 3)
+        if old is not None:
+            old_ms, old_out = cpu_ms(old, line, 3 if "URL" not in name else 1)
+            print(f"  {name:40s} {old_ms:9.2f} {new_ms:9.2f} {old_ms / max(new_ms, 1e-3):8.1f}x "
+                  f"{len(line) / 1e3 / max(new_ms, 1e-3):9.1f}  {'yes' if old_out == new_out else 'NO'}")
+        else:
+            print(f"  {name:40s} {'-':>9s} {new_ms:9.2f} {'-':>9s} {len(line) / 1e3 / max(new_ms, 1e-3):9.1f}")
+    if old is not None:
+        print("  typical events, CPU per event (batches of 200, best of 3):")
+        for name, lines in workloads.items():
+            o, n = per_event_us(old, lines), per_event_us(new, lines)
+            same = old.prepare_json_many(lines) == new.prepare_json_many(lines)
+            print(f"  {name:40s} {o:7.2f} us {n:7.2f} us {o / n:8.2f}x {'':9s}  {'yes' if same else 'NO'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--long-only", action="store_true", help="only the long-string comparison (part 4)")
+    ap.add_argument("--old-rev", default="74e4d78", help="the commit whose sanitiser part 4 compares against")
     a = ap.parse_args()
     print(f"C accelerator: {'yes' if native is not None else 'no'}"
           f"{' (PIPELINE_NO_NATIVE)' if os.environ.get('PIPELINE_NO_NATIVE') else ''}; cpus: {os.cpu_count()}")
     workloads = {"realistic (gen_events.py)": realistic_lines(a.events), "300-byte flat": flat_lines(a.events)}
+    if a.long_only:
+        long_strings(a.old_rev, workloads)
+        return
     full, off = Sanitiser(), Sanitiser(redact=False)
     print("\nsanitiser CPU per event, prepare_json_many in batches of 200 (best of 3):")
     added: dict[str, float] = {}
@@ -203,6 +286,7 @@ def main() -> None:
     recall, n, fpr, m = corpus_quality()
     print(f"\ncorpus: recall {recall * 100:.1f}% of {n} secret placements; "
           f"false positives {fpr * 100:.1f}% of {m} look-alike placements")
+    long_strings(a.old_rev, workloads)
 
 
 if __name__ == "__main__":
