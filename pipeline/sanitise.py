@@ -192,9 +192,14 @@ _VALUE_PATTERNS: dict[str, list[tuple[re.Pattern[str], int | str]]] = {
                            0)],
     # aws-secret-access-key: see _redact_aws_secret (needs context in the same string)
     "aws-secret-access-key": [],
-    # user:password@ in a URL or connection string (detect-secrets: BasicAuthDetector); the user is kept
-    "url-credentials": [(_rx(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/\\\"?#@:\x00-\x20]*:"
-                             r"(?P<secret>[^/\\\"?#@\x00-\x20]+)@"), "secret")],
+    # user:password@ in a URL or connection string (detect-secrets: BasicAuthDetector); the user is kept.
+    # The scheme is [A-Za-z][A-Za-z0-9+.\-]*: the match is taken from the start of the run of
+    # such characters (the digits, "+", "." and "-" before its first letter are kept as they
+    # are), so each run is scanned once; from every letter of the run, as the plain pattern
+    # would, costs its length squared (1 MiB of hex: minutes).  No part can give back what
+    # it took and match otherwise (the next character is never one it takes): possessive.
+    "url-credentials": [(_rx(r"(?<![A-Za-z0-9+.\-])[0-9+.\-]*+[A-Za-z][A-Za-z0-9+.\-]*+://"
+                             r"[^/\\\"?#@:\x00-\x20]*+:(?P<secret>[^/\\\"?#@\x00-\x20]++)@"), "secret")],
     "bearer-credential": [(_rx(r"(?i:\b(?:bearer|basic)\s+)(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)"), "secret")],
     # kv-secret and card-number: see _redact_kv and _redact_cards
     "kv-secret": [],
