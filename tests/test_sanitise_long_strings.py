@@ -1,16 +1,19 @@
 """Long strings (hex, base64, ...) are sanitised fast and exactly as before.
 
-The value rules were rewritten for speed (the url-credentials pattern anchored at the start
-of the scheme's run).  The oracle is the code of 74e4d78, kept verbatim in
-tests/sanitise_reference.py: for every input the redacted string and the per-rule counts
-must be the same, including where one secret shape hides another (a trigger between "://"
-and "@" is not seen by the one scan, so its rule does not run)."""
+The value rules were rewritten for speed (``_triggers_in`` instead of one ``_RULE_TRIGGERS``
+scan, the url-credentials pattern anchored at the start of the scheme's run).  The oracle is
+the code of 74e4d78, kept verbatim in tests/sanitise_reference.py: for every input the
+redacted string and the per-rule counts must be the same, including where one secret shape
+hides another (a trigger between "://" and "@" is not seen by the one scan, so its rule does
+not run)."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import string
+import sys
 import time
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import sanitise
 from pipeline.sanitise import Rules, Sanitiser
 from tests.redaction_corpus import LOOKALIKE_KEYS, LOOKALIKES, SECRETS
 from tests.sanitise_reference import Reference
@@ -113,6 +117,9 @@ def test_differential_random(chunk: int) -> None:
     names = list(RULE_SETS)
     for i in range(1000):
         text = random_text(rnd, rnd.choice([3, 12, 40]), rnd.choice([300, 2000, 8000]))
+        want = old_triggers(text)
+        assert sanitise._triggers_in(text) == want, text[:300]
+        assert {m.lastgroup for m in sanitise._RULE_TRIGGERS.finditer(text)} == want, text[:300]
         assert_same(text, names[i % len(names)])
 
 
@@ -126,6 +133,7 @@ pieces = st.one_of(st.sampled_from(TRIGGERISH), st.sampled_from(SEEDS), st.sampl
 @given(parts=st.lists(pieces, max_size=30), rule_set=st.sampled_from(sorted(RULE_SETS)))
 def test_differential_hypothesis(parts: list[str], rule_set: str) -> None:
     text = "".join(parts)
+    assert sanitise._triggers_in(text) == old_triggers(text)
     assert_same(text, rule_set)
 
 
@@ -150,6 +158,7 @@ def test_differential_long(alphabet: str) -> None:
     rnd = random.Random(alphabet)
     for size in (5_000, 60_000, 200_000):
         text = long_text(rnd, size, alphabet)
+        assert sanitise._triggers_in(text) == old_triggers(text)
         for rule_set in RULE_SETS:
             assert_same(text, rule_set)
 
@@ -161,15 +170,29 @@ def test_hidden_trigger_stays_hidden() -> None:
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
     for pad in (0, 100, 5000):
         text = f"see https://example.com/{'0' * pad} {jwt} mail me@example.org"
-        assert old_triggers(text) == {"url_credentials"}
+        assert sanitise._triggers_in(text) == old_triggers(text) == {"url_credentials"}
         assert_same(text)
         assert jwt in COMPILED["default"]._redact_text(text, None)
         text = f"{jwt} see https://example.com/{'0' * pad} mail me@example.org"  # before "://": seen
-        assert old_triggers(text) == {"jwt", "url_credentials"}
+        assert sanitise._triggers_in(text) == {"jwt", "url_credentials"}
         assert_same(text)
     card = "4111 1111 1111 1111"
     for text in (f"x://{card}@", f"{card}://a:b@c", f"://{card}", "1234567890123" * 50 + "://x@" + card):
+        assert sanitise._triggers_in(text) == old_triggers(text)
         assert_same(text)
+
+
+def test_rewritten_patterns_assumptions() -> None:
+    """What the rewritten patterns rely on, checked on this Python: "(?i:b)" and "(?i:a)"
+    match only "b", "B" and "a", "A" (the literal-first alternatives); in Latin-1 only 0-9
+    match \\d (the digit runs are found in a Latin-1 copy), and ``_NON_ASCII_DIGIT`` finds
+    every other \\d."""
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    assert re.findall("(?i:b)", every) == ["B", "b"]
+    assert re.findall("(?i:a)", every) == ["A", "a"]
+    digits = re.findall(r"\d", every)
+    assert [d for d in digits if d <= "\xff"] == list(string.digits)
+    assert sanitise._NON_ASCII_DIGIT.findall(every) == digits[10:]
 
 
 def cpu(fn: Any, *args: Any) -> float:
