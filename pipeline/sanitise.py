@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -161,8 +162,11 @@ _VALUE_PATTERNS: dict[str, list[tuple[re.Pattern[str], int | str]]] = {
     # without its END line is redacted to the end of the string
     "private-key": [(_rx(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?"
                          r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)", re.DOTALL), 0)],
-    # JWT / JWS / JWE: a base64url JSON header ("eyJ") and at least one more dotted part (gitleaks: jwt)
-    "jwt": [(_rx(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]*){0,3}"), 0)],
+    # JWT / JWS / JWE: a base64url JSON header ("eyJ") and at least one more dotted part (gitleaks: jwt).
+    # "eyJ" not after a base64url character, written literal first so that the engine looks
+    # for "eyJ" rather than trying the look-behind at every position; possessive where the
+    # next character ('.') is never one the part takes.
+    "jwt": [(_rx(r"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]*){0,3}"), 0)],
     # (gitleaks: github-pat, github-oauth, github-app-token, github-refresh-token, github-fine-grained-pat)
     "github-token": [(_rx(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{30,255}(?![A-Za-z0-9_])"), 0),
                      (_rx(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}"), 0)],
@@ -311,16 +315,23 @@ def _triggers_in(text: str) -> set[str]:
 # AWS secret access keys have no prefix: 40 base64 characters, accepted only with context in
 # the same string (an AWS key id, or "aws" written anywhere in it) and with both letter cases,
 # which rules out hex digests (detect-secrets: AWSKeyDetector does the same with context).
-_AWS_SECRET_RE = re.compile(rf"(?<![{_B64}])[{_B64}]{{40}}(?![{_B64}])")
-_AWS_CONTEXT_RE = re.compile(r"(?i:aws)|(?:AKIA|ASIA)[A-Z0-9]{16}")
+# Their candidates are exactly the runs of base64 characters 40 long (no base64 character on
+# either side); they are found as runs of "0" in a bytes copy of the text (_B64_RUN_BYTES, one
+# byte per character) rather than by trying the look-behind at every position.
+_AWS_SECRET_RE = re.compile(rf"(?<![{_B64}])[{_B64}]{{40}}(?![{_B64}])")  # what _redact_aws_secret finds
+_B64_RUN_BYTES = bytes(0x30 if chr(b) in string.ascii_letters + string.digits + "+/" else 0x78 for b in range(256))
+# (each alternative starts with a literal, "(?i:a)" matching only "a" and "A": the engine
+# tries them only there)
+_AWS_CONTEXT_RE = re.compile(r"a(?i:ws)|A(?i:ws)|A(?:KIA|SIA)[A-Z0-9]{16}")
 
 # key=value and key: value in free text: a secret-looking key (judged like a field name),
 # optionally quoted, not itself after a ':', '=', '/' or '@' ("system:serviceaccount:auth:x"
 # and paths are not key-value text), then the value (an auth scheme and its token, a quoted string, or up
 # to the next space, quote, & ; , < > or backslash).  Only spaces around the separator:
 # a tab or newline is escaped in the serialised bytes, where the screen could not see it.
+# The key is possessive: no key character can be the quote, space, ':' or '=' after it.
 _KV_RE = re.compile(
-    rf"(?<![{_ID}\u0080-\U0010ffff:=/@])(?P<q>[\"']?)(?P<key>(?:[{_ID}]|[^\x00-\x7f])+)(?P=q) *[:=] *"
+    rf"(?<![{_ID}\u0080-\U0010ffff:=/@])(?P<q>[\"']?)(?P<key>[{_ID}\u0080-\U0010ffff]++)(?P=q) *[:=] *"
     r"(?:\"(?P<dq>[^\"]+)\"|'(?P<sq>[^']+)'|(?P<bare>(?i:(?:bearer|basic|token|digest|negotiate|ntlm) +)?"
     r"[^\s\"'&;,<>\\]+))")
 
@@ -437,12 +448,22 @@ def _screen_python(out: bytes, stems: tuple[bytes, ...] = (), flags: int = 0) ->
 
 def _card_in(out: bytes) -> bool:
     """Whether the serialised bytes hold a card-number shape with a valid Luhn digit, also
-    as a float ("4111111111111111.0").  A superset of what the card rule redacts."""
-    for m in _CARD_RE_BYTES.finditer(out):  # ASCII only: the same matches as on the decoded text
-        text = m.group(0).decode()
-        if _is_card(text) or (text.endswith(".0") and _is_card(text[:-2])):
-            return True
+    as a float ("4111111111111111.0").  A superset of what the card rule redacts.  (C:
+    ``_native.card_in``, tested equal.)"""
+    runs = out.translate(_RUN_BYTES)
+    pos = 0
+    while (start := runs.find(b"0" * 12, pos)) >= 0:  # as in _in_runs: a match holds 12 digits or more
+        pos = runs.find(b"x", start + 12)
+        if pos < 0:
+            pos = len(runs)
+        for m in _CARD_RE_BYTES.finditer(out, start, pos):  # ASCII only: the same matches as on the decoded text
+            text = m.group(0).decode()
+            if _is_card(text) or (text.endswith(".0") and _is_card(text[:-2])):
+                return True
     return False
+
+
+_card_check: Callable[[bytes], bool] = _native.card_in if _native is not None else _card_in
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -725,14 +746,23 @@ class _Compiled:
     def _redact_aws_secret(self, text: str, counts: dict[str, int] | None) -> str:
         if len(text) < 40 or _AWS_CONTEXT_RE.search(text) is None:
             return text
-
-        def sub(m: re.Match[str]) -> str:
-            s = m.group(0)
-            if any(c.isupper() for c in s) and any(c.islower() for c in s):
-                return self._mark("aws-secret-access-key", counts)
-            return s
-
-        return _AWS_SECRET_RE.sub(sub, text)
+        # _AWS_SECRET_RE.sub: each run of exactly 40 base64 characters
+        runs = text.encode("latin-1", "replace").translate(_B64_RUN_BYTES)
+        parts: list[str] = []
+        last = pos = 0
+        while (start := runs.find(b"0" * 40, pos)) >= 0:
+            pos = runs.find(b"x", start + 40)
+            if pos < 0:
+                pos = len(runs)
+            if pos - start == 40:
+                s = text[start:pos]
+                if any(c.isupper() for c in s) and any(c.islower() for c in s):
+                    parts += (text[last:start], self._mark("aws-secret-access-key", counts))
+                    last = pos
+        if not parts:
+            return text
+        parts.append(text[last:])
+        return "".join(parts)
 
     def _redact_kv(self, text: str, counts: dict[str, int] | None) -> str:
         if ":" not in text and "=" not in text:
@@ -752,10 +782,17 @@ class _Compiled:
         return _KV_RE.sub(sub, text)
 
     def _redact_cards(self, text: str, counts: dict[str, int] | None) -> str:
-        def sub(m: re.Match[str]) -> str:
-            return self._mark("card-number", counts) if _is_card(m.group(0)) else m.group(0)
-
-        return _CARD_RE.sub(sub, text)
+        # _CARD_RE.sub, searching only the runs of 12 or more digits and separators
+        parts: list[str] = []
+        last = 0
+        for m in _in_runs(_CARD_RE, text, _digit_runs(text, False), 0, 12):
+            if _is_card(m.group(0)):
+                parts += (text[last:m.start()], self._mark("card-number", counts))
+                last = m.end()
+        if not parts:
+            return text
+        parts.append(text[last:])
+        return "".join(parts)
 
     def card_number(self, value: int | float) -> bool:
         """Whether a JSON number is a card number (an integer, or a float with an integral
@@ -1003,7 +1040,7 @@ class Sanitiser:
         this says yes); false positives only cost time.  Values (and keys holding secret
         values) through the screen of the serialised bytes; key names through a per-key-set
         cache."""
-        if c.redact_values and (screened & SCREEN_HINT or (screened & SCREEN_DIGITS and _card_in(out))):
+        if c.redact_values and (screened & SCREEN_HINT or (screened & SCREEN_DIGITS and _card_check(out))):
             return True
         if screened & SCREEN_FLAT and type(event) is dict:
             return self._keyset_secret(c, event)

@@ -126,6 +126,7 @@ def _is_card(text: str) -> bool:
     digits = _CARD_SEPS.sub("", text)
     return 13 <= len(digits) <= 19 and luhn_ok(digits)
 
+
 def _card_in(out: bytes) -> bool:
     """Whether the serialised bytes hold a card-number shape with a valid Luhn digit, also
     as a float ("4111111111111111.0").  A superset of what the card rule redacts."""

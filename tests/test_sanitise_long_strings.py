@@ -1,11 +1,12 @@
 """Long strings (hex, base64, ...) are sanitised fast and exactly as before.
 
 The value rules were rewritten for speed (``_triggers_in`` instead of one ``_RULE_TRIGGERS``
-scan, the url-credentials pattern anchored at the start of the scheme's run).  The oracle is
-the code of 74e4d78, kept verbatim in tests/sanitise_reference.py: for every input the
-redacted string and the per-rule counts must be the same, including where one secret shape
-hides another (a trigger between "://" and "@" is not seen by the one scan, so its rule does
-not run)."""
+scan, the url-credentials pattern anchored at the start of the scheme's run, the jwt pattern
+literal first, a possessive kv key, the card and AWS secret rules searched in runs only).
+The oracle is the code of 74e4d78, kept verbatim in tests/sanitise_reference.py: for every
+input the redacted string and the per-rule counts must be the same, including where one
+secret shape hides another (a trigger between "://" and "@" is not seen by the one scan, so
+its rule does not run)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import sanitise
+from pipeline._accel import native
 from pipeline.sanitise import Rules, Sanitiser
 from tests.redaction_corpus import LOOKALIKE_KEYS, LOOKALIKES, SECRETS
 from tests.sanitise_reference import Reference
@@ -135,6 +137,7 @@ def test_differential_hypothesis(parts: list[str], rule_set: str) -> None:
     text = "".join(parts)
     assert sanitise._triggers_in(text) == old_triggers(text)
     assert_same(text, rule_set)
+    assert sanitise._card_in(text.encode()) == Reference.card_in(text.encode())
 
 
 def long_text(rnd: random.Random, size: int, alphabet: str) -> str:
@@ -228,3 +231,21 @@ def test_one_mib_strings_are_prepared_as_before(alphabet: str) -> None:
     want, counts = REFERENCES["default"].redact_text(text)
     assert orjson.loads(s.prepare(event)) == {"msg": want}
     assert s.explain(event)[1] == counts
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "python"])
+def test_card_in_matches_reference(use_native: bool) -> None:
+    """``_card_in`` (digit runs only) and the C ``card_in`` used by ``_needs_redaction``
+    answer as the old ``_card_in`` did."""
+    if use_native and native is None:
+        pytest.skip("no C accelerator")
+    check = native.card_in if use_native and native is not None else sanitise._card_in
+    for shape in ("4222222222222", "4222222222222.0", "36148900647913", "4111 1111 1111 1111", "4111111111111112",
+                  "422222222222", "x4222222222222x", "14222222222222", "4222-2222-2222-2"):
+        for data in (shape.encode(), orjson.dumps({"msg": f"paid {shape}"}), f"{shape}é".encode()):
+            assert check(data) == Reference.card_in(data), data
+    rnd = random.Random(17)
+    for _ in range(3000):
+        data = orjson.dumps({"msg": random_text(rnd, 12, 2000), "n": rnd.choice([1, 4111111111111111, 3.5,
+                                                                                   4111111111111111.0])})
+        assert check(data) == Reference.card_in(data), data[:300]
