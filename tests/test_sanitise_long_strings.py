@@ -186,13 +186,14 @@ def test_hidden_trigger_stays_hidden() -> None:
 
 
 def test_rewritten_patterns_assumptions() -> None:
-    """What the rewritten patterns rely on, checked on this Python: "(?i:b)" and "(?i:a)"
-    match only "b", "B" and "a", "A" (the literal-first alternatives); in Latin-1 only 0-9
+    """What the rewritten patterns rely on, checked on this Python: "(?i:b)", "(?i:a)" and
+    "(?i:h)" match only "b", "B", "a", "A", "h", "H" (the literal-first patterns); in Latin-1 only 0-9
     match \\d (the digit runs are found in a Latin-1 copy), and ``_NON_ASCII_DIGIT`` finds
     every other \\d."""
     every = "".join(map(chr, range(sys.maxunicode + 1)))
     assert re.findall("(?i:b)", every) == ["B", "b"]
     assert re.findall("(?i:a)", every) == ["A", "a"]
+    assert re.findall("(?i:h)", every) == ["H", "h"]
     digits = re.findall(r"\d", every)
     assert [d for d in digits if d <= "\xff"] == list(string.digits)
     assert sanitise._NON_ASCII_DIGIT.findall(every) == digits[10:]
