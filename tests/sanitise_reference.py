@@ -3,7 +3,9 @@ long-string speed-up: the oracle of the differential test (tests/test_sanitise_l
 and nothing else.  The module-level code and the methods below are copied verbatim; only the
 class around the methods is new: it takes what is not value redaction (the key judge, the
 markers, the rules in force) from a ``_Compiled`` of today's sanitiser.  Do not "fix" or
-speed up anything here: this file is what the new code must agree with, byte for byte."""
+speed up anything here: this file is what the new code must agree with, byte for byte.  A
+rule added or changed on purpose later is added or changed here too, written plainly
+(docs/REDACTION.md, "Adding a built-in rule")."""
 
 from __future__ import annotations
 
