@@ -78,6 +78,8 @@ SCHEMA = "worm-pipeline/verify-tier/v1"
 # tests/verify/test_findings.py checks the two agree).  Errors make the exit code 1;
 # warnings are listed but do not fail the run.
 CODES: dict[str, tuple[str, str]] = {c: (i.severity, i.meaning) for c, i in codes(report=VERIFY_TIER).items()}
+_DELETED = "deleted between listing and reading"
+_SHIPPED = ("uploaded", "verified", "confirmed", "evicted")  # the object was stored before the row said so
 # findings about what lies BETWEEN segments: listed as gaps, they do not mark a segment INVALID
 GAP_CODES = frozenset({"missing-segment", "missing-start", "time-gap"})
 
@@ -895,6 +897,16 @@ class TierVerifier:
         by_name: dict[str, list[_Obj]] = {}
         for o in objs:
             by_name.setdefault(o.name, []).append(o)
+        # The listing was taken BEFORE the ledger was read (a listed object's row exists: the
+        # shipper adds the row before it uploads), so a segment uploaded in between is in the
+        # ledger as shipped but not in the listing.  Its object is HEADed (a read after the
+        # ledger read, so a deleted object still shows as missing below) and judged as listed.
+        late: set[str] = set()
+        for name, e in entries.items():
+            parsed = segment_of_key(e.cold_key) if e.cold_key else None
+            if name not in by_name and parsed is not None and e.state in _SHIPPED:
+                late.add(name)
+                by_name[name] = [_Obj(name, str(e.cold_key), parsed[2], 0, None)]
         for name, group in by_name.items():
             if len(group) > 1:
                 lines[name] = SegmentLine(name, group[0].key)
@@ -910,7 +922,7 @@ class TierVerifier:
                 st = self.store.stat(o.key)
                 return o, st, None
             except ObjectNotFoundError:
-                return o, None, "deleted between listing and reading"
+                return o, None, _DELETED
             except ColdError as exc:
                 return o, None, exc.summary
             finally:
@@ -924,6 +936,9 @@ class TierVerifier:
             ln.uploaded = o.last_modified.timestamp() if o.last_modified else None
             entry = entries.get(o.name)
             ln.hot_state = entry.state if entry else None
+            if st is None and o.name in late and problem == _DELETED:
+                del lines[o.name], by_name[o.name]  # not there after all: missing (judged below)
+                continue
             if st is None:
                 add("unreadable-object", o.name, f"{o.key}: {problem}", key=o.key)
                 continue
