@@ -827,7 +827,11 @@ def verify_stream(stream_dir: str | os.PathLike[str], *, workers: int | None = N
                   start_seq: int = 0, start_hash: str | None = None, file_hashes: bool = True,
                   on_scanned: Callable[[int], None] | None = None) -> StreamReport:
     d = Path(stream_dir)
+    # head.json BEFORE the segments: the writer stores it after the seal it names is durable,
+    # so what it names is on disk when the listing and scans follow; read after them, a seal
+    # written in between made it name records the scans never saw (a false missing-tail)
+    head = read_head_or_none(d)
     paths = list_segments(d)
     # the directory names the stream: a record that names another is wrong-stream (FORMAT §2)
     scans = scan_all(paths, workers, file_hashes=file_hashes, stream=d.name, on_scanned=on_scanned)
-    return stitch(d.name, scans, head=read_head_or_none(d), start_seq=start_seq, start_hash=start_hash)
+    return stitch(d.name, scans, head=head, start_seq=start_seq, start_hash=start_hash)

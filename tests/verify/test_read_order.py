@@ -57,3 +57,35 @@ def test_segment_shipped_between_the_cold_listing_and_the_ledger_read_is_not_mis
     doc = orjson.loads(capsys.readouterr().out)
     assert shipped == [1]
     assert rc == 0, doc["findings"]
+
+
+def test_seal_written_between_the_scan_and_the_head_read_is_not_a_missing_tail(
+        hot_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pipeline verify`` of an active stream: the writer appends and seals after the
+    segments were scanned and before head.json was read.  head.json is written after the
+    seal it names is durable, so it then names records the (older) scan never saw: that is
+    not a removed tail."""
+    from pipeline.verify import chain
+
+    log = HotLog(hot_dir, "app", heartbeat_interval=0, segment_window=0, immutable="off")
+    try:
+        for i in range(3):
+            log.append({"n": i})
+        log.seal()
+        log.append({"n": 3})
+        real = chain.scan_all
+        sealed: list[Path | None] = []
+
+        def scan_then_seal(paths: Any, *a: Any, **kw: Any) -> Any:
+            out = real(paths, *a, **kw)
+            if not sealed:
+                log.append({"n": 4})
+                sealed.append(log.seal())
+            return out
+
+        monkeypatch.setattr(chain, "scan_all", scan_then_seal)
+        assert main(["verify", "--hot", str(hot_dir)]) == 0
+        assert sealed and sealed[0] is not None
+    finally:
+        log.close()
+
