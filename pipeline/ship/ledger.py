@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -460,17 +460,22 @@ class Ledger:
         out.update({r[0]: r[1] for r in rows})
         return out
 
-    def evicted_prefix(self, stream: str) -> tuple[int, str] | None:
+    def evicted_prefix(self, stream: str, present: Collection[str] | None = None) -> tuple[int, str] | None:
         """(next seq, last hash) after the evicted segments at the start of ``stream``:
         where the hot tier legitimately begins.  None if nothing was evicted.  A segment whose
         hot file is still there (a crash between recording the eviction and the unlink, which
-        the next pass repeats) is still part of the hot tier: the prefix ends before it."""
+        the next pass repeats) is still part of the hot tier: the prefix ends before it.
+        ``present``: the segment names a listing of the stream taken BEFORE this call (then
+        "still there" means listed): the shipper records ``evicted`` before it unlinks, so a
+        file the listing lacks has its eviction in the rows read here, and the prefix agrees
+        with that listing whatever the shipper evicts meanwhile."""
         last: tuple[int, str] | None = None
         stream_dir = self.path.parent.parent / stream
         # stream order is (first seq, attempt): seg-N.1.jsonl follows seg-N.jsonl, which
         # the text order of the names does not give
         for e in sorted(self.entries(stream=stream), key=lambda x: parse_segment_name(x.segment) or (x.first_seq, 0)):
-            if e.state != "evicted" or (stream_dir / e.segment).exists():
+            there = (stream_dir / e.segment).exists() if present is None else e.segment in present
+            if e.state != "evicted" or there:
                 break
             last = (e.last_seq + 1, e.last_hash)
         return last

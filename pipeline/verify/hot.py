@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
 from pipeline.format.record import ts_epoch
-from pipeline.verify.chain import Note, StreamReport, verify_stream
+from pipeline.verify.chain import Note, StreamReport
 
 
 class VerifyError(PipelineError):
@@ -57,7 +57,10 @@ def verify_hot(
     stream name.
 
     Raises VerifyError when verification could not run: never a finding."""
+    from pipeline.format.layout import read_head_or_none
+    from pipeline.format.segment import list_segments
     from pipeline.ship.ledger import open_ledger_readonly
+    from pipeline.verify.chain import scan_all, stitch
 
     hot = Path(hot_dir)
     wdirs = [Path(w) for w in witness_dirs]
@@ -69,15 +72,28 @@ def verify_hot(
     ledger = open_ledger_readonly(hot)
     try:
         for name in streams:
-            # segments the shipper evicted after confirming their cold copies are not missing:
-            # the hot tier legitimately starts after them (verify-tier checks the cold side)
-            start = ledger.evicted_prefix(name) if ledger else None
-            try:
-                report = verify_stream(hot / name, workers=workers, start_seq=start[0] if start else 0,
-                                       start_hash=start[1] if start else None, file_hashes=file_hashes,
-                                       on_scanned=on_scanned)
-            except OSError as exc:
-                raise VerifyError(f"cannot read stream {name!r}: {exc}") from exc
+            d = hot / name
+            for attempt in range(5):
+                try:
+                    # verify_stream's reads, in this order: head.json, the listing, then the ledger
+                    # (below), so that what each names is on disk or recorded when the next is read
+                    head = read_head_or_none(d)
+                    paths = list_segments(d)
+                    # segments the shipper evicted after confirming their cold copies are not missing:
+                    # the hot tier legitimately starts after them (verify-tier checks the cold side).
+                    # Read AFTER the listing and judged against it: read before, an eviction in
+                    # between removed a file the prefix still counted (a false missing-start)
+                    start = ledger.evicted_prefix(name, {p.name for p in paths}) if ledger else None
+                    scans = scan_all(paths, workers, file_hashes=file_hashes, stream=name, on_scanned=on_scanned)
+                    report = stitch(name, scans, head=head, start_seq=start[0] if start else 0,
+                                    start_hash=start[1] if start else None)
+                    break
+                except FileNotFoundError as exc:
+                    # a listed segment was evicted before it was read: list again (bounded)
+                    if ledger is None or attempt == 4 or not d.is_dir():
+                        raise VerifyError(f"cannot read stream {name!r}: {exc}") from exc
+                except OSError as exc:
+                    raise VerifyError(f"cannot read stream {name!r}: {exc}") from exc
             if start:
                 report.notes.append(Note(name, "", "evicted", f"records before seq {start[0]} were shipped, "
                                          "confirmed and evicted (see the shipper ledger)"))

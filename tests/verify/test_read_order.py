@@ -89,3 +89,45 @@ def test_seal_written_between_the_scan_and_the_head_read_is_not_a_missing_tail(
     finally:
         log.close()
 
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_segment_evicted_around_the_listing_is_not_a_missing_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """``pipeline verify`` with the sidecar running: the shipper evicts the oldest segment
+    just before the stream is listed (so after a ledger read that preceded the listing: the
+    evicted prefix did not include it, a false missing-start) or just after it (the listed
+    file is gone when it is scanned).  The hot tier legitimately starts after it."""
+    from pipeline.format import segment as segment_mod
+    from pipeline.verify import chain
+
+    side = build_hot(tmp_path, segments=2, events_per_segment=5)
+    url = f"file://{tmp_path / 'cold'}"
+    settings = ColdSettings(allow_unlocked=True)
+    ship_hot(side, url, settings)
+    log = HotLog(side.hot, "app", heartbeat_interval=0, segment_window=0, immutable="off")
+    log.append({"n": 100})  # the active segment: head.json has moved past both sealed ones
+    log.close(seal=False)
+    real = segment_mod.list_segments
+    evicted: list[int] = []
+
+    def evict() -> None:
+        if not evicted:
+            store = open_store(url, settings)
+            shipper = Shipper(side.hot, store, hot_retention=0.0, index=False)
+            evicted.append(shipper.evict())
+            shipper.close()
+            store.close()
+
+    def listing(d: Any) -> Any:
+        if when == "before":
+            evict()
+        out = real(d)
+        if when == "after":
+            evict()
+        return out
+
+    monkeypatch.setattr(chain, "list_segments", listing)
+    monkeypatch.setattr(segment_mod, "list_segments", listing)
+    assert main(["verify", "--hot", str(side.hot)]) == 0
+    assert evicted == [2]
