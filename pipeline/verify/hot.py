@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.findings import Finding
 from pipeline.format.record import ts_epoch
-from pipeline.verify.chain import Note, StreamReport
+from pipeline.verify.chain import Note, SegmentScan, StreamReport
 
 
 class VerifyError(PipelineError):
@@ -85,6 +85,7 @@ def verify_hot(
                     # between removed a file the prefix still counted (a false missing-start)
                     start = ledger.evicted_prefix(name, {p.name for p in paths}) if ledger else None
                     scans = scan_all(paths, workers, file_hashes=file_hashes, stream=name, on_scanned=on_scanned)
+                    scans = reread_unsealed(scans, file_hashes=file_hashes, stream=name)
                     report = stitch(name, scans, head=head, start_seq=start[0] if start else 0,
                                     start_hash=start[1] if start else None)
                     break
@@ -111,6 +112,19 @@ def verify_hot(
     except (OSError, ValueError) as exc:
         raise VerifyError(str(exc)) from exc
     return reports
+
+
+def reread_unsealed(scans: list[SegmentScan], *, file_hashes: bool, stream: str | None) -> list[SegmentScan]:
+    """``scans`` with every segment that was unsealed when read but is followed by another
+    read again.  Rotation opens the next segment before the old one's seal is written, and
+    one flush writes that seal before the next segment's first records; so the old segment
+    may have been read before its seal and the next one after its records (a false
+    ``truncated``).  Read again now, AFTER the later segments, a segment still unsealed
+    really was abandoned (its recovery record, or the lack of one, judges it)."""
+    from pipeline.verify import chain
+
+    return [chain.scan_segment(s.path, stream, file_hash=file_hashes) if not s.sealed and i + 1 < len(scans) else s
+            for i, s in enumerate(scans)]
 
 
 def check_fss(report: StreamReport, key_arg: str) -> None:

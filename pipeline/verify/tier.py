@@ -70,6 +70,7 @@ from pipeline.ship.index import is_index_key
 from pipeline.ship.ledger import Entry, Ledger, open_ledger_readonly
 from pipeline.verify import chain
 from pipeline.verify.coldread import discard, fetch_segment
+from pipeline.verify.hot import reread_unsealed
 
 SCHEMA = "worm-pipeline/verify-tier/v1"
 
@@ -1140,7 +1141,9 @@ class TierVerifier:
         for _attempt in range(5):
             paths = [hot_files[n] for n in sorted(hot_files, key=_seg_sort_key)]
             try:
-                return chain.scan_all(paths, workers=workers)
+                # an old segment read before its seal and the next one after its records: read
+                # the unsealed ones again, after the later ones (see reread_unsealed)
+                return reread_unsealed(chain.scan_all(paths, workers=workers), file_hashes=True, stream=None)
             except FileNotFoundError:
                 for name in [n for n, p in hot_files.items() if not p.exists()]:
                     del hot_files[name]

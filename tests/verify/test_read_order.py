@@ -131,3 +131,82 @@ def test_segment_evicted_around_the_listing_is_not_a_missing_start(
     monkeypatch.setattr(segment_mod, "list_segments", listing)
     assert main(["verify", "--hot", str(side.hot)]) == 0
     assert evicted == [2]
+
+
+def _rotation_halfway(tmp_path: Path, hot: Path) -> tuple[Path, bytes, Path, bytes]:
+    """A stream caught in rotation: the writer has opened the next segment but not yet written
+    the old one's seal (it writes the seal, then the next segment's records, in one flush).
+    Returns (old segment, its seal line, next segment, its records) still to be written."""
+    src = tmp_path / "src"
+    log = HotLog(src, "app", heartbeat_interval=0, segment_window=0, immutable="off")
+    for i in range(3):
+        log.append({"n": i})
+    log.seal()
+    log.append({"n": 3})
+    log.append({"n": 4})
+    log.close(seal=False)
+    from pipeline.format.segment import list_segments
+
+    old_src, new_src = list_segments(src / "app")
+    *records, seal = old_src.read_bytes().splitlines(keepends=True)
+    (hot / "app").mkdir(parents=True)
+    old, new = hot / "app" / old_src.name, hot / "app" / new_src.name
+    old.write_bytes(b"".join(records))
+    new.write_bytes(b"")
+    return old, seal, new, new_src.read_bytes()
+
+
+def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pipeline verify`` during a rotation: the old segment is read before its seal is
+    written, the next one after the flush that wrote the seal and then its first records.
+    The old segment is not truncated: read again after the next one, it is sealed."""
+    from pipeline.verify import chain
+
+    old, seal, new, records = _rotation_halfway(tmp_path, tmp_path / "hot")
+    real = chain.scan_segment
+    flushed: list[bool] = []
+
+    def scan_then_flush(path: Any, *a: Any, **kw: Any) -> Any:
+        out = real(path, *a, **kw)
+        if Path(path) == old and not flushed:
+            with open(old, "ab") as f:
+                f.write(seal)
+            with open(new, "ab") as f:
+                f.write(records)
+            flushed.append(True)
+        return out
+
+    monkeypatch.setattr(chain, "scan_segment", scan_then_flush)
+    assert main(["verify", "--hot", str(tmp_path / "hot")]) == 0
+    assert flushed
+
+
+def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation_in_verify_tier(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same rotation while verify-tier (host mode) reads the hot files."""
+    from pipeline.ship.ledger import Ledger
+    from pipeline.verify import chain
+
+    hot = tmp_path / "hot"
+    old, seal, new, records = _rotation_halfway(tmp_path, hot)
+    Ledger(hot).close()  # a shipper that has not shipped anything yet
+    (tmp_path / "cold").mkdir()
+    real = chain.scan_segment
+    flushed: list[bool] = []
+
+    def scan_then_flush(path: Any, *a: Any, **kw: Any) -> Any:
+        out = real(path, *a, **kw)
+        if Path(path) == old and not flushed:
+            with open(old, "ab") as f:
+                f.write(seal)
+            with open(new, "ab") as f:
+                f.write(records)
+            flushed.append(True)
+        return out
+
+    monkeypatch.setattr(chain, "scan_segment", scan_then_flush)
+    rc = main(_tier(hot, f"file://{tmp_path / 'cold'}"))
+    doc = orjson.loads(capsys.readouterr().out)
+    assert flushed
+    assert rc == 0, doc["findings"]
