@@ -445,10 +445,15 @@ class StreamTrail:
                 continue  # evicted between the stat and the read
             self._bytes += full.size
             findings: list[Finding | MonitorFinding] = list(full.findings)
-            if not findings and not full.sealed:
+            altered = None if findings else self._altered(name, full)
+            # unsealed but still ending in the record that was verified: it was unsealed then too
+            # (abandoned, explained by a recovery record), and its ctime changed because the
+            # shipper clears the attribute before it unlinks an evicted segment; a sealed segment
+            # that lost its seal no longer ends in the seal
+            if not findings and not full.sealed and (altered is not None or name not in st.verified_ends):
                 findings.append(_own("truncated", self.stream, name, f"{name} was verified sealed but its seal "
                                         "is gone (the file was changed)", full.last_seq, full.valid_bytes))
-            if not findings and (altered := self._altered(name, full)) is not None:
+            elif altered is not None:
                 findings.append(altered)
             if findings:
                 self._mark_bad(name, findings)

@@ -1,0 +1,72 @@
+"""Read-order races in the monitor: a legitimate action of the writer or the shipper landing
+between two of the monitor's reads must not raise an alert.  Each test injects the action
+deterministically between the reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.cold import ColdSettings, open_store
+from pipeline.hot.segment import list_segments
+from pipeline.hot.writer import HotLog
+from pipeline.monitor.config import HotWatch
+from pipeline.monitor.findings import MonitorFinding
+from pipeline.monitor.hot import StreamTrail, TrailState
+from pipeline.ship import shipper as shipper_mod
+from pipeline.ship.ledger import open_ledger_readonly
+from pipeline.ship.shipper import Shipper
+
+
+def test_abandoned_segment_evicted_while_the_trail_rechecks_it_is_not_truncated(
+        hot_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipper evicts an abandoned segment (kept as evidence, shipped, confirmed): it
+    clears the immutable attribute, then unlinks.  A trail cycle in between sees the verified
+    segment's ctime changed and reads it again: it is unsealed, as it was when it was verified
+    (its recovery record explains it), which is not a seal that went missing."""
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    for i in range(25):
+        log.append({"i": i})
+    path = list_segments(hot_dir / "app")[-1]
+    log.close(seal=False)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b'{"v":1,"stream":"app","seq":25,"ts":"2026')  # a crash in the middle of a line
+    os.close(fd)
+    log2 = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)  # explains it (recovery record)
+    for i in range(10):
+        log2.append({"i": 100 + i})
+    log2.seal()
+    log2.append({"i": 200})  # the active segment: head.json has moved past the others
+    trail = StreamTrail(hot_dir, "app", HotWatch(dir=hot_dir, rescan_active=0), 0.0, TrailState())
+    assert not trail.cycle(None).findings
+    assert path.name in trail.state.verified_files  # verified, as abandoned
+
+    real = shipper_mod.attr.clear_protection
+    during: list[list[MonitorFinding]] = []
+
+    def clear_then_cycle(p: Any) -> None:
+        real(p)
+        if Path(p) == path:
+            ledger = open_ledger_readonly(hot_dir)
+            try:
+                during.append(trail.cycle(ledger).findings)
+            finally:
+                if ledger is not None:
+                    ledger.close()
+
+    monkeypatch.setattr(shipper_mod.attr, "clear_protection", clear_then_cycle)
+    store = open_store(f"file://{tmp_path / 'cold'}", ColdSettings(allow_unlocked=True))
+    shipper = Shipper(hot_dir, store, hot_retention=0.0, index=False)
+    try:
+        summary = shipper.run_once()
+    finally:
+        shipper.close()
+        store.close()
+        log2.close()
+    assert summary.failed == 0 and summary.quarantined == 0, summary.errors
+    assert not path.exists() and len(during) == 1
+    assert [(f.code, f.segment) for f in during[0]] == []
+    assert [(f.code, f.segment) for f in trail.cycle(None).findings] == []  # and nothing sticky
