@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from pipeline.cold import ColdSettings, open_store
+from pipeline.format import attr
 from pipeline.hot.segment import list_segments
 from pipeline.hot.writer import HotLog
 from pipeline.monitor.config import HotWatch
 from pipeline.monitor.findings import MonitorFinding
 from pipeline.monitor.hot import StreamTrail, TrailState
-from pipeline.ship import shipper as shipper_mod
 from pipeline.ship.ledger import open_ledger_readonly
 from pipeline.ship.shipper import Shipper
 
@@ -44,7 +44,7 @@ def test_abandoned_segment_evicted_while_the_trail_rechecks_it_is_not_truncated(
     assert not trail.cycle(None).findings
     assert path.name in trail.state.verified_files  # verified, as abandoned
 
-    real = shipper_mod.attr.clear_protection
+    real = attr.clear_protection
     during: list[list[MonitorFinding]] = []
 
     def clear_then_cycle(p: Any) -> None:
@@ -57,7 +57,7 @@ def test_abandoned_segment_evicted_while_the_trail_rechecks_it_is_not_truncated(
                 if ledger is not None:
                     ledger.close()
 
-    monkeypatch.setattr(shipper_mod.attr, "clear_protection", clear_then_cycle)
+    monkeypatch.setattr("pipeline.ship.shipper.attr.clear_protection", clear_then_cycle)
     store = open_store(f"file://{tmp_path / 'cold'}", ColdSettings(allow_unlocked=True))
     shipper = Shipper(hot_dir, store, hot_retention=0.0, index=False)
     try:
@@ -70,3 +70,5 @@ def test_abandoned_segment_evicted_while_the_trail_rechecks_it_is_not_truncated(
     assert not path.exists() and len(during) == 1
     assert [(f.code, f.segment) for f in during[0]] == []
     assert [(f.code, f.segment) for f in trail.cycle(None).findings] == []  # and nothing sticky
+
+
