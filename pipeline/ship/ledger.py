@@ -500,15 +500,34 @@ class LedgerView(Ledger):
     immutable.  A ledger written before a column was added reads with that column's default
     (``Entry``'s defaults), without migrating it."""
 
+    _conn: sqlite3.Connection
+
     def __init__(self, hot_dir: str | Path) -> None:  # no super().__init__: that creates and writes
         self.path = ledger_path(hot_dir)
         self.reserve_bytes = 0
         self.write_error = None
         self._reserve_short = False
         self._lock = threading.Lock()
+        self._immutable = False
         self._db = self._connect()
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        # Opened as immutable (no shipper ran), the connection never reads the WAL of a shipper
+        # that started since: its rows would be missing from reads made after it wrote them (a
+        # monitor cycle's hot listing, then this view: an eviction looked like a deletion).  So
+        # once a WAL exists, every read goes through a connection that reads it.
+        if self._immutable and Path(f"{self.path}-wal").exists():
+            stale, self._conn = self._conn, self._connect()
+            stale.close()
+        return self._conn
+
+    @_db.setter
+    def _db(self, db: sqlite3.Connection) -> None:
+        self._conn = db
+
     def _connect(self) -> sqlite3.Connection:
+        self._immutable = False
         db = self._open("mode=ro")
         try:
             db.execute("SELECT 1 FROM segments LIMIT 1").fetchall()
@@ -518,9 +537,10 @@ class LedgerView(Ledger):
                 raise
             # No writer: the shipper stopped cleanly and removed its -wal/-shm files, which a
             # reader on a read-only file system cannot create.  Without a WAL the database
-            # file is complete, and nothing changes it until a shipper starts (the view is
-            # opened afresh every cycle).
+            # file is complete, and nothing changes it until a shipper starts (``_db`` then
+            # reconnects).
             db = self._open("mode=ro&immutable=1")
+            self._immutable = True
         return db
 
     def _open(self, flags: str) -> sqlite3.Connection:

@@ -72,3 +72,42 @@ def test_abandoned_segment_evicted_while_the_trail_rechecks_it_is_not_truncated(
     assert [(f.code, f.segment) for f in trail.cycle(None).findings] == []  # and nothing sticky
 
 
+
+def test_shipper_started_after_the_ledger_was_opened_then_evicting_is_not_a_deletion(hot_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """The monitor, on a read-only mount of the hot tier, opens the ledger of a stopped shipper
+    (no WAL files: read as immutable) at the start of its cycle; the sidecar starts, and its
+    shipper's first pass evicts a confirmed segment (``evicted`` recorded, then the unlink)
+    before the cold watch lists the hot tier.  The listing lacks the file; the ledger, read
+    after it, must say evicted."""
+    import time
+
+    from pipeline.hot.segment import build_manifest
+    from pipeline.monitor.cold import ColdState, ColdWatcher
+    from pipeline.monitor.config import ColdWatch
+    from pipeline.ship.ledger import Ledger
+    from tests.hotutil import read_only_view
+
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    for i in range(5):
+        log.append({"i": i})
+    log.close()
+    seg = list_segments(hot_dir / "app")[0]
+    ledger = Ledger(hot_dir)
+    ledger.add(build_manifest(seg))
+    ledger.set_state("app", seg.name, "confirmed", confirmed_at=time.time())
+    ledger.close()  # a clean shutdown: the WAL files are gone
+    with read_only_view(hot_dir, tmp_path / "ro") as ro:
+        view = open_ledger_readonly(ro)  # the cycle's view, opened before the trails run
+        assert view is not None
+        shipper_ledger = Ledger(hot_dir)  # the sidecar starts; its first pass evicts
+        try:
+            shipper_ledger.set_state("app", seg.name, "evicted", evicted_at=time.time(), expect=("confirmed",))
+            attr.clear_protection(seg)
+            seg.unlink()
+            watcher = ColdWatcher(ColdWatch(max_lag=60), ro, (), ColdState(), None)
+            found = [(f.code, f.segment) for f in watcher.cycle(view).findings]
+        finally:
+            view.close()
+            shipper_ledger.close()
+    assert found == []
