@@ -329,7 +329,9 @@ class Ledger:
     def set_state(self, stream: str, segment: str, state: str, *, detail: str | None = None,
                   expect: tuple[str, ...] | None = None, **fields: Any) -> None:
         """Move a segment to ``state``.  With ``expect``, only from one of those states (a
-        compare-and-set inside the transaction), else StateConflict."""
+        compare-and-set inside the transaction), else StateConflict.  A callable field value
+        (a clock) is called inside the write transaction, so that values taken that way are in
+        commit order."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         allowed = {"cold_key", "stored_sha256", "stored_size", "lock_status", "attempts", "last_error",
@@ -340,12 +342,12 @@ class Ledger:
         t = time.time()
         cols = ["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields]
         where = "stream = ? AND segment = ?"
-        args: list[Any] = [state, t, *fields.values(), stream, segment]
         if expect:
             where += f" AND state IN ({','.join('?' * len(expect))})"
-            args.extend(expect)
 
         def body(db: sqlite3.Connection) -> None:
+            values = [v() if callable(v) else v for v in fields.values()]
+            args: list[Any] = [state, t, *values, stream, segment, *(expect or ())]
             cur = db.execute(f"UPDATE segments SET {', '.join(cols)} WHERE {where}", args)  # noqa: S608
             if not cur.rowcount:
                 row = db.execute("SELECT state FROM segments WHERE stream = ? AND segment = ?",

@@ -365,7 +365,11 @@ class Shipper:
                     raise VerificationError("stored object failed verification", verify, segment=entry.segment)
             self._set(entry, "verified", lock_status=verify.lock_status, cold_key=key,
                       expect=("uploading", "uploaded", "verified"))
-            self._set(entry, "confirmed", confirmed_at=self.clock(), last_error=None, expect=("verified",))
+            # the clock is read inside the ledger's write transaction: confirmed_at then follows
+            # commit order, which the monitor's landing watermark relies on (read before the
+            # transaction, another upload thread could commit a later time first, and a monitor
+            # cycle in between moved its watermark past this segment for good)
+            self._set(entry, "confirmed", confirmed_at=self.clock, last_error=None, expect=("verified",))
             return "confirmed"
         except StateConflict as exc:
             log.warning("%s", exc)

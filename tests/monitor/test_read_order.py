@@ -111,3 +111,60 @@ def test_shipper_started_after_the_ledger_was_opened_then_evicting_is_not_a_dele
             view.close()
             shipper_ledger.close()
     assert found == []
+
+
+def test_segment_confirmed_while_a_later_one_was_confirmed_and_seen_is_still_checked(
+        hot_dir: Path, tmp_path: Path) -> None:
+    """Two upload threads confirm A and B: A takes its ``confirmed_at`` first, B commits first,
+    and a monitor cycle in between reads B and moves its landing watermark to B's time.  A,
+    committed next, must still be HEADed when it lands (not only by the rolling re-check)."""
+    from pipeline.cold.errors import ObjectNotFoundError
+    from pipeline.monitor.cold import ColdState, ColdWatcher
+    from pipeline.monitor.config import ColdWatch
+
+    log = HotLog(hot_dir, "app", segment_window=0, heartbeat_interval=0)
+    for seg in range(2):
+        for i in range(3):
+            log.append({"i": seg * 10 + i})
+        log.seal()
+    log.close()
+    store = open_store(f"file://{tmp_path / 'cold'}", ColdSettings(allow_unlocked=True))
+    shipper = Shipper(hot_dir, store, hot_retention=1e9, concurrency=1, index=False)
+
+    class Gone:
+        """The monitor's view of cold storage: every object gone (so each HEAD is a finding)."""
+
+        def stat(self, key: str) -> Any:
+            raise ObjectNotFoundError(f"{key}: gone")
+
+    watcher = ColdWatcher(ColdWatch(max_lag=3600, recheck_batch=0), hot_dir, (), ColdState(), Gone())
+
+    def monitor_cycle() -> None:
+        view = open_ledger_readonly(hot_dir)
+        assert view is not None
+        try:
+            watcher.cycle(view)
+        finally:
+            view.close()
+
+    try:
+        shipper.discover()
+        a, b = shipper.due()
+        real = shipper.ledger.set_state
+        interleaved: list[bool] = []
+
+        def set_state(stream: str, segment: str, state: str, **kw: Any) -> None:
+            if state == "confirmed" and segment == a.segment and not interleaved:
+                interleaved.append(True)
+                assert shipper.ship_one(b) == "confirmed"  # the other thread commits first
+                monitor_cycle()
+            real(stream, segment, state, **kw)
+
+        shipper.ledger.set_state = set_state  # type: ignore[method-assign]
+        assert shipper.ship_one(a) == "confirmed"
+        monitor_cycle()
+    finally:
+        shipper.close()
+        store.close()
+    assert interleaved
+    assert sorted(watcher.state.bad) == [f"app/{a.segment}", f"app/{b.segment}"]
