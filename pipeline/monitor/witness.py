@@ -16,6 +16,7 @@ the classes the sidecar publishes with):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,14 @@ class WitnessWatcher:
                                               f"checkpoint that does not verify with the log's key: {exc}", None,
                                               where))
                     continue
+            if wcp is not None and wcp.size > log_cp.size:
+                # the emitter stores the log's checkpoint BEFORE it hands it to the witnesses, so
+                # one emitted since the log's was read is at the witness already: read the log's
+                # again, after the witness's, before calling it a rollback
+                newer = store.latest()
+                with contextlib.suppress(NoteError):
+                    if newer is not None:
+                        log_cp = open_checkpoint(newer, self.verifiers)[0]
             out += self._compare(stream, stream_dir, store, log_cp, wcp, loc, where, now)
         return out, ok
 

@@ -168,3 +168,50 @@ def test_segment_confirmed_while_a_later_one_was_confirmed_and_seen_is_still_che
         store.close()
     assert interleaved
     assert sorted(watcher.state.bad) == [f"app/{a.segment}", f"app/{b.segment}"]
+
+
+def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rollback(tmp_path: Path) -> None:
+    """The emitter stores the log's new checkpoint, then hands it to the witnesses.  The witness
+    watch reads the log's latest checkpoint, then the witness's: a checkpoint emitted in between
+    is newer at the witness than the log's copy that was read, which is not a rollback."""
+    from pipeline.checkpoint import Signer, write_key_pair
+    from pipeline.hot.checkpoints import CheckpointEmitter
+    from pipeline.hot.tree import TreeStore
+    from pipeline.monitor.config import WitnessWatch
+    from pipeline.monitor.witness import WitnessState, WitnessWatcher
+    from pipeline.witness.directory import DirectoryWitness
+
+    hot = tmp_path / "hot"
+    stream_dir = hot / "app"
+    signer = Signer.generate("example.com/worm")
+    tree = TreeStore(stream_dir)
+    log = HotLog(hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
+    em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin="example.com/worm/app",
+                           witnesses=[DirectoryWitness(tmp_path / "witness", verifiers=[signer.verifier()])],
+                           interval=3600)
+    try:
+        for i in range(5):
+            log.append({"i": i})
+        log.seal()
+        assert em.emit() is not None
+        _key, pub = write_key_pair(signer, tmp_path / "pub")
+        watcher = WitnessWatcher(WitnessWatch(locations=(f"file://{tmp_path / 'witness'}",), vkey=pub), hot,
+                                 WitnessState())
+        (_loc, witness), = watcher.witnesses
+        real = witness.latest
+        emitted: list[bool] = []
+
+        def emit_then_read(origin: str) -> Any:
+            if not emitted:
+                for i in range(5):
+                    log.append({"i": 10 + i})
+                log.seal()
+                emitted.append(em.emit() is not None)
+            return real(origin)
+
+        witness.latest = emit_then_read
+        found, ok = watcher.check("app")
+    finally:
+        log.close()
+    assert emitted == [True] and ok
+    assert [(f.code, f.seq) for f in found] == []
