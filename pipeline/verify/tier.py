@@ -485,6 +485,7 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
                          add: Callable[..., None]) -> list[_CpNote]:
     notes: list[_CpNote] = []
     origin = opts.origin
+    log_note: bytes | None = None
     if opts.hot is not None:
         d = opts.hot / stream / CHECKPOINT_DIR
         hist = d / CHECKPOINT_HISTORY
@@ -501,6 +502,7 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
         latest = d / CHECKPOINT_LATEST
         if latest.exists():
             notes.append(_CpNote("log", latest.read_bytes()))
+            log_note = notes[-1].note
         if origin is None:
             for n in notes:
                 try:
@@ -539,6 +541,14 @@ def _collect_checkpoints(stream: str, opts: TierOptions, summary: CheckpointSumm
         for o in sorted(origins):
             if o == origin if origin else _origin_matches(o, stream):
                 notes.extend(_CpNote(w.name, n, witness=True) for n in w.checkpoints(o))
+    if opts.hot is not None and (opts.witness_dirs or opts.witness_s3):
+        # the emitter stores the log's checkpoint BEFORE it hands it to the witnesses: one emitted
+        # after the log's was read above may be at a witness already (a false checkpoint-rollback);
+        # the log's latest read again AFTER the witnesses' holds it
+        with contextlib.suppress(FileNotFoundError):
+            again = (opts.hot / stream / CHECKPOINT_DIR / CHECKPOINT_LATEST).read_bytes()
+            if again != log_note:
+                notes.append(_CpNote("log", again))
     return notes
 
 

@@ -210,3 +210,53 @@ def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation_in_v
     doc = orjson.loads(capsys.readouterr().out)
     assert flushed
     assert rc == 0, doc["findings"]
+
+
+def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rollback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """verify-tier reads the log's checkpoints, then the witness's; the emitter stores a new
+    checkpoint, then hands it to the witness, in between: the witness holds a newer one than
+    the log's that was read, which is not a rollback."""
+    from pipeline.checkpoint import Signer, write_key_pair
+    from pipeline.hot.checkpoints import CheckpointEmitter
+    from pipeline.verify import tier
+    from pipeline.witness.directory import DirectoryWitness
+
+    hot = tmp_path / "hot"
+    stream_dir = hot / "app"
+    signer = Signer.generate("example.com/worm")
+    _key, pub = write_key_pair(signer, tmp_path / "pub")
+    tree = TreeStore(stream_dir)
+    log = HotLog(hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
+    em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin="example.com/worm/app",
+                           witnesses=[DirectoryWitness(tmp_path / "witness", verifiers=[signer.verifier()])],
+                           interval=3600)
+    url = f"file://{tmp_path / 'cold'}"
+    try:
+        for seg in range(2):
+            for i in range(5):
+                log.append({"i": seg * 10 + i})
+            log.seal()
+            em.emit()
+        store = open_store(url, ColdSettings(allow_unlocked=True))
+        shipper = Shipper(hot, store, hot_retention=1e9, index=False)
+        assert shipper.run_once().confirmed == 2
+        shipper.close()
+        store.close()
+        real = tier.unescape_origin
+        emitted: list[bool] = []
+
+        def emit_then_read(name: str) -> str:  # the first step of reading the witness directory
+            if not emitted:
+                log.append({"i": 100})
+                log.seal()
+                emitted.append(em.emit() is not None)
+            return real(name)
+
+        monkeypatch.setattr(tier, "unescape_origin", emit_then_read)
+        rc = main([*_tier(hot, url), "--vkey", str(pub), "--witness-dir", str(tmp_path / "witness")])
+        doc = orjson.loads(capsys.readouterr().out)
+    finally:
+        log.close()
+    assert emitted == [True]
+    assert rc == 0, doc["findings"]
