@@ -1211,7 +1211,16 @@ class TierVerifier:
         if hot_dir is None:
             return 0
         head = read_head_or_none(hot_dir)
-        return head.next_seq if head is not None else 0
+        n = head.next_seq if head is not None else 0
+        # head.json moves only at seals, but a checkpoint covers every durable record (the
+        # emitter signs each interval): the newest segment's last record counts too.  Read
+        # AFTER the checkpoints were, so it holds every record they cover.
+        segs = list_segments(hot_dir)
+        last = read_last_line(segs[-1]) if segs else None
+        if last:
+            with contextlib.suppress(RecordError):
+                n = max(n, parse_record(last).seq + 1)
+        return n
 
     def _continuity(self, res: StreamTier, ordered: list[SegmentManifest],
                     add: Callable[..., None], window: bool) -> None:

@@ -260,3 +260,42 @@ def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rol
         log.close()
     assert emitted == [True]
     assert rc == 0, doc["findings"]
+
+
+def test_checkpoint_of_the_active_segment_is_not_ahead_of_the_log(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The emitter signs the durable tree every interval, sealed or not; head.json moves only at
+    seals.  A checkpoint (and its witness) covering records of the active segment is not ahead
+    of a log whose active segment holds those records."""
+    from pipeline.checkpoint import Signer, write_key_pair
+    from pipeline.hot.checkpoints import CheckpointEmitter
+    from pipeline.witness.directory import DirectoryWitness
+
+    hot = tmp_path / "hot"
+    stream_dir = hot / "app"
+    signer = Signer.generate("example.com/worm")
+    _key, pub = write_key_pair(signer, tmp_path / "pub")
+    tree = TreeStore(stream_dir)
+    log = HotLog(hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
+    em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin="example.com/worm/app",
+                           witnesses=[DirectoryWitness(tmp_path / "witness", verifiers=[signer.verifier()])],
+                           interval=3600)
+    url = f"file://{tmp_path / 'cold'}"
+    try:
+        for i in range(5):
+            log.append({"i": i})
+        log.seal()
+        em.emit()
+        store = open_store(url, ColdSettings(allow_unlocked=True))
+        shipper = Shipper(hot, store, hot_retention=1e9, index=False)
+        assert shipper.run_once().confirmed == 1
+        shipper.close()
+        store.close()
+        log.append({"i": 100})
+        log.sync()
+        assert em.emit() is not None  # an interval's checkpoint: the active segment's record included
+        rc = main([*_tier(hot, url), "--vkey", str(pub), "--witness-dir", str(tmp_path / "witness")])
+        doc = orjson.loads(capsys.readouterr().out)
+    finally:
+        log.close()
+    assert rc == 0, doc["findings"]
