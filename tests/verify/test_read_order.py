@@ -218,8 +218,8 @@ def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rol
     checkpoint, then hands it to the witness, in between: the witness holds a newer one than
     the log's that was read, which is not a rollback."""
     from pipeline.checkpoint import Signer, write_key_pair
+    from pipeline.format.layout import unescape_origin
     from pipeline.hot.checkpoints import CheckpointEmitter
-    from pipeline.verify import tier
     from pipeline.witness.directory import DirectoryWitness
 
     hot = tmp_path / "hot"
@@ -243,7 +243,7 @@ def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rol
         assert shipper.run_once().confirmed == 2
         shipper.close()
         store.close()
-        real = tier.unescape_origin
+        real = unescape_origin
         emitted: list[bool] = []
 
         def emit_then_read(name: str) -> str:  # the first step of reading the witness directory
@@ -253,7 +253,7 @@ def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rol
                 emitted.append(em.emit() is not None)
             return real(name)
 
-        monkeypatch.setattr(tier, "unescape_origin", emit_then_read)
+        monkeypatch.setattr("pipeline.verify.tier.unescape_origin", emit_then_read)
         rc = main([*_tier(hot, url), "--vkey", str(pub), "--witness-dir", str(tmp_path / "witness")])
         doc = orjson.loads(capsys.readouterr().out)
     finally:
@@ -299,3 +299,4 @@ def test_checkpoint_of_the_active_segment_is_not_ahead_of_the_log(tmp_path: Path
     finally:
         log.close()
     assert rc == 0, doc["findings"]
+
