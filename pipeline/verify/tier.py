@@ -716,6 +716,18 @@ class _Versions:
                         + ", ".join(str(v.version_id) for v in objects[:5]) + ")"))
 
 
+def _filled(lo: int, hi: int, spans: Sequence[tuple[int, int]]) -> bool:
+    """Whether the seq ranges ``spans`` cover ``lo..hi`` without a hole (an empty range: no)."""
+    if hi < lo:
+        return False
+    at = lo
+    for first, last in sorted(spans):
+        if first > at:
+            break
+        at = max(at, last + 1)
+    return at > hi
+
+
 def _stray_finding(key: str, streams: set[str]) -> TierFinding:
     """A key that is not a segment object: an error when it sits in a stream's prefix and
     looks like a segment (a renamed or hand-made object someone may take for evidence),
@@ -1029,7 +1041,11 @@ class TierVerifier:
 
         # continuity from metadata, in key order
         ordered = sorted(manifests.values(), key=lambda m: _seg_sort_key(m.segment))
-        self._continuity(res, ordered, add, window)
+        # uploads run in parallel (a later segment can land first): the ledger, read after the
+        # listing, holds the ones still in flight, and their hot copies are here
+        pending = [(e.first_seq, e.last_seq) for e in entries.values()
+                   if e.state in ("sealed", "uploading") and e.segment in hot_files]
+        self._continuity(res, ordered, add, window, pending)
         if hot_dir is not None and not window:
             self._tail(res, ordered, entries, hot_dir, add)
 
@@ -1223,18 +1239,24 @@ class TierVerifier:
         return n
 
     def _continuity(self, res: StreamTier, ordered: list[SegmentManifest],
-                    add: Callable[..., None], window: bool) -> None:
+                    add: Callable[..., None], window: bool, pending: Sequence[tuple[int, int]] = ()) -> None:
+        """``pending``: (first, last seq) of segments the ledger holds in flight with their hot
+        copy present: a hole in the cold listing they fill is not missing (yet)."""
         prev: SegmentManifest | None = None
         hb = self.opts.heartbeat_interval
         for m in ordered:
             if prev is None:
-                if not window and (m.first_seq != 0 or m.first_prev != GENESIS_HASH):
+                if _filled(0, m.first_seq - 1, pending):
+                    pass
+                elif not window and (m.first_seq != 0 or m.first_prev != GENESIS_HASH):
                     res.gaps.append(Gap("seq", None, m.segment, 0, m.first_seq - 1))
                     add("missing-start", m.segment, f"the first cold object starts at seq {m.first_seq}: records "
                         f"0..{m.first_seq - 1} are not in cold storage", m.first_seq)
             else:
                 exp = prev.last_seq + 1
-                if m.first_seq > exp:
+                if m.first_seq > exp and _filled(exp, m.first_seq - 1, pending):
+                    pass
+                elif m.first_seq > exp:
                     res.gaps.append(Gap("seq", prev.segment, m.segment, exp, m.first_seq - 1))
                     add("missing-segment", m.segment, f"records {exp}..{m.first_seq - 1} "
                         f"({m.first_seq - exp} records) are missing between {prev.segment} and {m.segment}",
