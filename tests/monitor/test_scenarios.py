@@ -164,7 +164,10 @@ def test_byte_flipped_in_a_sealed_hot_segment(tmp_path: Path, alertmanager: Aler
 
 def test_record_rewritten_in_the_active_segment(tmp_path: Path, alertmanager: Alertmanager,
                                                 receiver: Receiver) -> None:
-    with _stack(tmp_path, alertmanager, QUIET_ELSEWHERE, segment_window="30s") as (sc, mon, _hot_view, _cold):
+    # windows are aligned to the clock: with 30 s the active segment could be sealed between
+    # the listing below and the flip (a sealed segment then, and another alert); 6 h windows
+    # make a rotation during the test rare, and the check below names it if one happens
+    with _stack(tmp_path, alertmanager, QUIET_ELSEWHERE, segment_window="6h") as (sc, mon, _hot_view, _cold):
         _feed(sc, 10)
         mon.wait_metric("worm_monitor_last_verified_seq", lambda v: v >= 300, 25, stream="app")
         active = list_segments(sc.hot / "app")[-1]
