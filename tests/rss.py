@@ -1,12 +1,27 @@
 """The growth of this process's resident memory while a block runs, sampled by a thread:
 what the memory tests assert on (``tracemalloc`` would count untouched over-allocations,
-such as orjson's output buffer, and miss C allocations)."""
+such as orjson's output buffer, and miss C allocations).  ``traced_peak`` is for the tests
+that assert no Python copy of a large input is made, where tracemalloc is exact."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def traced_peak(fn: Callable[[], T]) -> tuple[T, int]:
+    """``fn()`` and the peak bytes of Python allocations while it ran."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def rss_mib(field: str = "VmRSS") -> float:

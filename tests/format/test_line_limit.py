@@ -7,7 +7,6 @@ line that long (tests/crypt/test_line_limit.py measures its largest line, encryp
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from pipeline.verify import chain
 from pipeline.verify.chain import scan_segment
 from tests import independent_verifier as iv
 from tests.hotutil import writable_first_segment
+from tests.rss import traced_peak
 
 TS = b"2026-12-07T08:00:00.000000Z"
 
@@ -101,11 +101,6 @@ def test_a_hash_valid_line_far_over_the_limit_is_judged_without_holding_it(
     elif _accel.native is None:
         pytest.skip("the C accelerator is not in use")
     seg, at = _stream_with(tmp_path, 160 << 20)
-    tracemalloc.start()
-    try:
-        scan = scan_segment(seg, "app")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    scan, peak = traced_peak(lambda: scan_segment(seg, "app"))
     assert [(f.code, f.where) for f in scan.findings] == [("bad-line", at)]
     assert peak < 8 << 20, peak

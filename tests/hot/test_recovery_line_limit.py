@@ -7,7 +7,6 @@ most about twice the limit, whatever the line's size."""
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pipeline.format.segment import list_segments, read_first_record
 from pipeline.hot.factory import open_hotlog
 from pipeline.verify.chain import verify_stream
 from tests.hotutil import writable_first_segment
+from tests.rss import traced_peak
 
 TS = b"2026-12-07T08:00:00.000000Z"
 
@@ -36,12 +36,7 @@ def _append_record(seg: Path, n: int) -> int:
 
 def _restart(hot: Path) -> int:
     """Open the writer (its recovery), append one event, close; the recovery's traced peak."""
-    tracemalloc.start()
-    try:
-        log = open_hotlog(hot, "app", heartbeat_interval=0, immutable="off")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    log, peak = traced_peak(lambda: open_hotlog(hot, "app", heartbeat_interval=0, immutable="off"))
     log.append({"after": "restart"})
     log.close()
     return peak

@@ -7,7 +7,6 @@ line, and no memory in proportion to the line."""
 from __future__ import annotations
 
 import hashlib
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from pipeline import _accel
 from pipeline.verify import chain
 from pipeline.verify.chain import scan_segment
 from tests.hotutil import writable_first_segment
+from tests.rss import traced_peak
 
 # over the 1 MiB that is parsed at once, under the format's longest line (32 MiB), whose
 # own test is tests/format/test_line_limit.py
@@ -35,12 +35,7 @@ def _garbage(n: int, suffix: str) -> bytes:
 
 
 def _judge(seg: Path) -> tuple[list[tuple[str, int | None, int | str | None, str]], int, int, int]:
-    tracemalloc.start()
-    try:
-        scan = scan_segment(seg, "app")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    scan, peak = traced_peak(lambda: scan_segment(seg, "app"))
     findings = [(f.code, f.seq, f.where, f.message) for f in scan.findings]
     return findings, scan.size, scan.valid_bytes, peak
 
