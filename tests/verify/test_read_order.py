@@ -156,14 +156,12 @@ def _rotation_halfway(tmp_path: Path, hot: Path) -> tuple[Path, bytes, Path, byt
     return old, seal, new, new_src.read_bytes()
 
 
-def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``pipeline verify`` during a rotation: the old segment is read before its seal is
-    written, the next one after the flush that wrote the seal and then its first records.
-    The old segment is not truncated: read again after the next one, it is sealed."""
+def _flush_after_scanning(monkeypatch: pytest.MonkeyPatch, old: Path, seal: bytes, new: Path,
+                          records: bytes) -> list[bool]:
+    """The writer's flush (the old segment's seal, then the next one's first records) right
+    after the verifier has scanned the old segment; the list says it happened."""
     from pipeline.verify import chain
 
-    old, seal, new, records = _rotation_halfway(tmp_path, tmp_path / "hot")
     real = chain.scan_segment
     flushed: list[bool] = []
 
@@ -178,6 +176,17 @@ def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation(
         return out
 
     monkeypatch.setattr(chain, "scan_segment", scan_then_flush)
+    return flushed
+
+
+def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pipeline verify`` during a rotation: the old segment is read before its seal is
+    written, the next one after the flush that wrote the seal and then its first records.
+    The old segment is not truncated: read again after the next one, it is sealed."""
+
+    old, seal, new, records = _rotation_halfway(tmp_path, tmp_path / "hot")
+    flushed = _flush_after_scanning(monkeypatch, old, seal, new, records)
     assert main(["verify", "--hot", str(tmp_path / "hot")]) == 0
     assert flushed
 
@@ -186,26 +195,12 @@ def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation_in_v
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The same rotation while verify-tier (host mode) reads the hot files."""
     from pipeline.ship.ledger import Ledger
-    from pipeline.verify import chain
 
     hot = tmp_path / "hot"
     old, seal, new, records = _rotation_halfway(tmp_path, hot)
     Ledger(hot).close()  # a shipper that has not shipped anything yet
     (tmp_path / "cold").mkdir()
-    real = chain.scan_segment
-    flushed: list[bool] = []
-
-    def scan_then_flush(path: Any, *a: Any, **kw: Any) -> Any:
-        out = real(path, *a, **kw)
-        if Path(path) == old and not flushed:
-            with open(old, "ab") as f:
-                f.write(seal)
-            with open(new, "ab") as f:
-                f.write(records)
-            flushed.append(True)
-        return out
-
-    monkeypatch.setattr(chain, "scan_segment", scan_then_flush)
+    flushed = _flush_after_scanning(monkeypatch, old, seal, new, records)
     rc = main(_tier(hot, f"file://{tmp_path / 'cold'}"))
     doc = orjson.loads(capsys.readouterr().out)
     assert flushed
