@@ -219,12 +219,17 @@ _VALUE_PATTERNS: dict[str, list[tuple[re.Pattern[str], int | str]]] = {
 
 # The literal trigger of each rule that has one, in decoded strings (the rule's pattern
 # cannot match without it).  The other rules (aws-secret-access-key, kv-secret, custom
-# patterns) check their own preconditions.  What fires is what one scan of ``_RULE_TRIGGERS``
-# finds (``finditer``: a trigger inside another trigger's match, e.g. between "://" and "@",
-# does not count); ``_triggers_in`` computes exactly that set, fast.  Every alternative but
-# the card one starts with one literal character ("(?i:b)" matches only "b" and "B"), and no
-# two alternatives can start at the same position (their first characters differ, or their
-# next ones do), so their order does not matter.
+# patterns) check their own preconditions.  Every rule whose trigger occurs anywhere in the
+# string runs, in two passes: first the rules whose trigger one scan of ``_RULE_TRIGGERS``
+# finds (``finditer``, as 74e4d78 decided which rules run), then, on what they left, the
+# rules whose trigger occurs only inside another trigger's match (between "://" and a later
+# "@": "see https://x.example/docs then eyJ... ask me@x.example"; in a token prefix's match:
+# "glpat-----BEGIN ...", "AKIAIza...").  The second pass only adds redactions: running those
+# rules in the first pass could change what a later rule of it matches (a JWT redacted before
+# the AWS rule splits a 40-character run that rule would redact).  ``_triggers_in`` computes
+# both sets, fast.  Every alternative but the card one starts with one literal character
+# ("(?i:b)" matches only "b" and "B"), and no two alternatives can start at the same position
+# (their first characters differ, or their next ones do), so their order does not matter.
 _TRIGGERED: dict[str, str] = {name: name.replace("-", "_") for name in (
     "private-key", "jwt", "github-token", "gitlab-token", "slack-token", "slack-webhook", "stripe-key",
     "google-api-key", "azure-storage-key", "azure-sas-token", "npm-token", "pypi-token", "aws-access-key-id",
@@ -237,18 +242,19 @@ _TRIGGER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("npm-token", ("npm_",)), ("pypi-token", ("AgEIcHlwaS5vcmc",)),
     ("aws-access-key-id", ("A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)",)), ("url-credentials", ("://[^@]*@",)),
     ("bearer-credential", ("b(?i:earer|asic)", "B(?i:earer|asic)")), ("card-number", (r"\d(?:[ .\-_/]?\d){12}",)))
-# The definition of what fires (``_triggers_in`` computes the same, faster; tests compare):
+# The definition of the first pass (``_triggers_in`` computes the same, faster; tests compare):
 # one group per rule, after its alternatives (an alternative that starts with a literal lets
 # the engine skip it at a glance).
 _RULE_TRIGGERS = re.compile("|".join(f"(?:{'|'.join(alts)})(?P<{_TRIGGERED[name]}>)"
                                      for name, alts in _TRIGGER_PATTERNS))
-# every trigger but the card one as alternatives that all start with a literal character, so
-# that the engine only tries them where one of those characters is (an empty group after each
-# names it: ``lastindex``)
-_LITERAL_TRIGGERS = re.compile("|".join(f"{alt}()" for name, alts in _TRIGGER_PATTERNS if name != "card-number"
-                                        for alt in alts))
-_LITERAL_TRIGGER_GROUP: tuple[str, ...] = ("", *(_TRIGGERED[name] for name, alts in _TRIGGER_PATTERNS
-                                                 if name != "card-number" for _ in alts))
+# Where each literal trigger (all but the card and url-credentials ones) starts, also inside
+# another's match: each alternative's first character, the rest a look-ahead whose group ends
+# where the trigger's match would (``lastindex`` names the alternative).  All start with a
+# literal character, so the engine only tries them where one of those characters is.
+_LITERAL_STARTS = re.compile("|".join(f"{alt[0]}(?=({alt[1:]}))" for name, alts in _TRIGGER_PATTERNS
+                                      if name not in ("card-number", "url-credentials") for alt in alts))
+_LITERAL_START_GROUP: tuple[str, ...] = ("", *(_TRIGGERED[name] for name, alts in _TRIGGER_PATTERNS
+                                               if name not in ("card-number", "url-credentials") for _ in alts))
 _CARD_TRIGGER = re.compile(dict(_TRIGGER_PATTERNS)["card-number"][0])
 # Digits and card separators as "0", every other character as "x", in a bytes copy of a
 # string (one byte per character: Latin-1, anything else as "?"): a card shape (13 or more
@@ -287,36 +293,63 @@ def _in_runs(rx: re.Pattern[str], text: str, runs: bytes, pos: int, shortest: in
         pos = end
 
 
-def _triggers_in(text: str) -> set[str]:
-    """The groups of ``_RULE_TRIGGERS`` that match in ``text``: exactly
-    ``{m.lastgroup for m in _RULE_TRIGGERS.finditer(text)}``, found as two streams merged in
-    order, the literal triggers (``_LITERAL_TRIGGERS``) and the card trigger (``_in_runs``).
-    Where one stream's match starts inside the other's, the scan would not have seen it: that
-    stream searches again from where the match ended.  (74e4d78 ran the one scan, trying
-    every alternative at every position: ~4 MB/s; this: 40-80 MB/s on hex, base64 or prose.)"""
-    fired: set[str] = set()
+def _triggers_in(text: str) -> tuple[set[str], set[str]]:
+    """The rules (their groups in ``_RULE_TRIGGERS``) that run on ``text``, as ``(first,
+    then)``: ``first`` is exactly ``{m.lastgroup for m in _RULE_TRIGGERS.finditer(text)}``
+    (what 74e4d78 ran), ``then`` every other rule whose trigger occurs in ``text`` (inside
+    another trigger's match, where that scan did not look: between "://" and a later "@", a
+    "-----BEGIN" after "glpat-" or an "AccountKey=" after "AKI").
+
+    Three streams merged in order: where each literal trigger starts (``_LITERAL_STARTS``,
+    every one), the card trigger (``_in_runs``) and url-credentials' ("://" with an "@" after
+    it: ``str.find``).  A match that starts where the scan is (not inside the last match it
+    took) is one the scan takes, and it goes on from its end; the card and url-credentials
+    streams search again from there, and a literal start inside it is one the scan did not
+    see.  (74e4d78 ran the one scan, trying every alternative at every position, and each
+    "://" to the end of the string when no "@" followed: ~4 MB/s, and minutes for 1 MiB of
+    "://"; this: 40-80 MB/s on hex, base64 or prose.)"""
+    first: set[str] = set()
+    every: set[str] = set()
+    none = len(text) + 1
     runs = _digit_runs(text, True)
-    literals = _LITERAL_TRIGGERS.finditer(text)
-    lit = next(literals, None)
+    last_at = text.rfind("@")  # "://" matches where it ends at or before the last "@"
+    starts = _LITERAL_STARTS.finditer(text)
+    lit = next(starts, None)
     cards = _in_runs(_CARD_TRIGGER, text, runs, 0, 13)
     card = next(cards, None)
+    url = text.find("://", 0, last_at) if last_at >= 0 else -1
+    if card is not None:
+        every.add("card_number")
+    if url >= 0:
+        every.add("url_credentials")
+    pos = 0  # where the one scan is
     while True:
-        if lit is not None and (card is None or lit.start() <= card.start()):  # (the card trigger is last)
-            fired.add(_LITERAL_TRIGGER_GROUP[lit.lastindex or 0])
-            end = lit.end()
-            lit = next(literals, None)  # finditer goes on from ``end``, as the one scan would
-            if card is not None and card.start() < end:
-                cards = _in_runs(_CARD_TRIGGER, text, runs, end, 13)
-                card = next(cards, None)
-        elif card is not None:
-            fired.add("card_number")
-            end = card.end()
+        ls = lit.start() if lit is not None else none
+        cs = card.start() if card is not None else none
+        us = url if url >= 0 else none
+        if ls < cs and ls < us:  # (no two streams start at one position: "://", a digit, a letter or "-")
+            assert lit is not None
+            group = _LITERAL_START_GROUP[lit.lastindex or 0]
+            every.add(group)
+            if ls >= pos:
+                first.add(group)
+                pos = lit.end(lit.lastindex or 0)
+            lit = next(starts, None)
+        elif cs < us:
+            assert card is not None
+            first.add("card_number")
+            pos = card.end()
             card = next(cards, None)
-            if lit is not None and lit.start() < end:  # (cannot happen with today's triggers)
-                literals = _LITERAL_TRIGGERS.finditer(text, end)
-                lit = next(literals, None)
+        elif us < none:
+            first.add("url_credentials")
+            pos = text.index("@", url + 3) + 1
         else:
-            return fired
+            return first, every - first
+        if card is not None and card.start() < pos:
+            cards = _in_runs(_CARD_TRIGGER, text, runs, pos, 13)
+            card = next(cards, None)
+        if 0 <= url < pos:
+            url = text.find("://", pos, last_at)
 
 
 # AWS secret access keys have no prefix: 40 base64 characters, accepted only with context in
@@ -586,7 +619,6 @@ class RedactionCounts:
 
 _ValueRule = Callable[[str, dict[str, int] | None], str]
 
-
 @dataclass(frozen=True, eq=False)
 class _Compiled:
     """Everything derived from one rule set; replaced as a whole by ``reconfigure``."""
@@ -716,17 +748,22 @@ class _Compiled:
         return hit[0]
 
     def _redact_text(self, text: str, counts: dict[str, int] | None) -> str:
-        """A rule with a literal trigger (_RULE_TRIGGERS) runs only when the trigger occurs:
-        one scan of the string decides which rules can fire."""
-        fired = _triggers_in(text)
-        if not fired:  # the common case: only the rules without a literal trigger
+        """A rule with a literal trigger (_TRIGGER_PATTERNS) runs only when the trigger
+        occurs: first the rules whose trigger one scan finds, then, on their result, those
+        whose trigger occurs only inside another trigger's match (see _triggers_in)."""
+        first, then = _triggers_in(text)
+        if not first:  # the common case: only the rules without a literal trigger
             for rule in self.untriggered_rules:
                 text = rule(text, counts)
             return text
         for name, rule in self.value_rules:
-            if name in _TRIGGERED and _TRIGGERED[name] not in fired:
+            if name in _TRIGGERED and _TRIGGERED[name] not in first:
                 continue
             text = rule(text, counts)
+        if then:  # only adds redactions to what the first pass left
+            for name, rule in self.value_rules:
+                if name in _TRIGGERED and _TRIGGERED[name] in then:
+                    text = rule(text, counts)
         return text
 
     def _mark(self, name: str, counts: dict[str, int] | None) -> str:

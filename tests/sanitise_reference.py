@@ -5,7 +5,12 @@ class around the methods is new: it takes what is not value redaction (the key j
 markers, the rules in force) from a ``_Compiled`` of today's sanitiser.  Do not "fix" or
 speed up anything here: this file is what the new code must agree with, byte for byte.  A
 rule added or changed on purpose later is added or changed here too, written plainly
-(docs/REDACTION.md, "Adding a built-in rule")."""
+(docs/REDACTION.md, "Adding a built-in rule").
+
+Changed on purpose since (marked "since 74e4d78" below, the old code left as it was):
+every rule whose trigger occurs anywhere in the string runs; a rule whose trigger the one
+scan did not see (it lay inside another trigger's match, between "://" and a later "@")
+runs after the others, on what they left (``redact_text_every``)."""
 
 from __future__ import annotations
 
@@ -84,6 +89,27 @@ _RULE_TRIGGERS = re.compile("|".join(f"(?P<{_TRIGGERED[name]}>{pattern})" for na
     ("npm-token", "npm_"), ("pypi-token", "AgEIcHlwaS5vcmc"),
     ("aws-access-key-id", "A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)"), ("url-credentials", "://[^@]*@"),
     ("bearer-credential", "(?i:bearer|basic)"), ("card-number", r"\d(?:[ .\-_/]?\d){12}"))))
+
+# since 74e4d78: a rule runs when any alternative of its trigger is found anywhere in the string
+TRIGGER_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "private_key": ("-----BEGIN",), "jwt": ("eyJ",), "github_token": ("gh[pousr]_", "github_pat_"),
+    "gitlab_token": ("gl(?:pat|ptt|rt|dt)-",), "slack_token": ("xox[baprse]-", "xapp-"),
+    "slack_webhook": (r"hooks\.slack\.com/",), "stripe_key": ("[sr]k_(?:live|test)_", "whsec_"),
+    "google_api_key": ("AIza",), "azure_storage_key": ("AccountKey=",), "azure_sas_token": ("sig=",),
+    "npm_token": ("npm_",), "pypi_token": ("AgEIcHlwaS5vcmc",),
+    "aws_access_key_id": ("A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)",), "url_credentials": ("://[^@]*@",),
+    "bearer_credential": ("(?i:bearer|basic)",), "card_number": (r"\d(?:[ .\-_/]?\d){12}",)}
+
+
+def every_trigger(text: str) -> set[str]:
+    """Since 74e4d78: the rules (their trigger groups) whose trigger occurs anywhere in ``text``."""
+    return {group for group, alts in TRIGGER_ALTERNATIVES.items() if any(re.search(alt, text) for alt in alts)}
+
+
+def first_scan_triggers(text: str) -> set[str]:
+    """The rules (their trigger groups) that 74e4d78 ran: what one scan finds."""
+    return {m.lastgroup for m in _RULE_TRIGGERS.finditer(text) if m.lastgroup is not None}
+
 
 # AWS secret access keys have no prefix: 40 base64 characters, accepted only with context in
 # the same string (an AWS key id, or "aws" written anywhere in it) and with both letter cases,
@@ -172,6 +198,17 @@ class Reference:
     def redact_text(self, text: str) -> tuple[str, dict[str, int]]:
         counts: dict[str, int] = {}
         return self._redact_text(text, counts), counts
+
+    def redact_text_every(self, text: str) -> tuple[str, dict[str, int]]:
+        """Since 74e4d78: ``redact_text``, then each rule whose trigger occurs in ``text`` but
+        that it did not run, in their order, on its result."""
+        counts: dict[str, int] = {}
+        out = self._redact_text(text, counts)
+        hidden = every_trigger(text) - first_scan_triggers(text)
+        for name, rule in self.value_rules:
+            if _TRIGGERED.get(name) in hidden:
+                out = rule(out, counts)
+        return out, counts
 
     @staticmethod
     def card_in(out: bytes) -> bool:
