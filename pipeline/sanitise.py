@@ -619,6 +619,26 @@ class RedactionCounts:
 
 _ValueRule = Callable[[str, dict[str, int] | None], str]
 
+# The key verdicts are cached (``key_cache``, ``key_verdicts``: 65,536 keys; ``keyset_cache``:
+# 4,096 key sets) only for a key of at most _CACHED_KEY_LEN characters and a key set of at
+# most _CACHED_KEYSET_KEYS keys and _CACHED_KEYSET_CHARS characters in all.  A longer key (a
+# 500 KB "xxxx...=v" in free text, or a JSON key of that size) or a larger key set is judged
+# again each time it comes (linear in its length like every rule: ~7 ms for 512 KiB), and an
+# event with one takes the Python path.  Unbounded, each entry held its key: 65,536 keys of
+# up to 8 MiB, tens of GiB.  Bounded, every entry of every cache at its limit with distinct
+# keys (tracemalloc): ASCII 21 + 21 + 45 MiB, 4-byte characters 71 + 71 + 106 MiB.  Real key
+# names are far shorter (the realistic workload: at most 17 characters, 15 keys and 200
+# characters a key set), and the text cache keeps strings of at most 256 characters too.
+_CACHED_KEY_LEN = 256
+_CACHED_KEYSET_KEYS = 128
+_CACHED_KEYSET_CHARS = 4096
+
+
+def _cacheable_keyset(keys: tuple[str, ...]) -> bool:
+    return len(keys) <= _CACHED_KEYSET_KEYS and sum(map(len, keys)) <= _CACHED_KEYSET_CHARS \
+        and all(len(k) <= _CACHED_KEY_LEN for k in keys)
+
+
 @dataclass(frozen=True, eq=False)
 class _Compiled:
     """Everything derived from one rule set; replaced as a whole by ``reconfigure``."""
@@ -698,6 +718,8 @@ class _Compiled:
     # -- keys ---------------------------------------------------------------------------------
 
     def is_secret_key(self, key: str) -> bool:
+        if len(key) > _CACHED_KEY_LEN:
+            return self._judge_key(key)  # not cached (see _CACHED_KEY_LEN)
         hit = self.key_cache.get(key)
         if hit is None:
             hit = self._judge_key(key)
@@ -1095,9 +1117,10 @@ class Sanitiser:
         hit = c.keyset_cache.get(keys)
         if hit is None:
             hit = c.key_rule_on and any(k not in c.keep and c.is_secret_key(k) for k in keys)
-            if len(c.keyset_cache) >= 4096:
-                c.keyset_cache.clear()
-            c.keyset_cache[keys] = hit
+            if _cacheable_keyset(keys):  # (see _CACHED_KEY_LEN)
+                if len(c.keyset_cache) >= 4096:
+                    c.keyset_cache.clear()
+                c.keyset_cache[keys] = hit
         return hit
 
     def _keys_suspect(self, c: _Compiled, node: Any, depth: int) -> bool:
@@ -1111,9 +1134,10 @@ class Sanitiser:
                 hit = verdicts.get(k)
                 if hit is None:
                     hit = c.key_rule_on and k not in c.keep and c.is_secret_key(k)
-                    if len(verdicts) >= 65536:
-                        verdicts.clear()
-                    verdicts[k] = hit
+                    if len(k) <= _CACHED_KEY_LEN:  # (a longer key: judged each time)
+                        if len(verdicts) >= 65536:
+                            verdicts.clear()
+                        verdicts[k] = hit
                 if hit:
                     return True
             values: Iterable[Any] = node.values()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -342,3 +343,70 @@ def _dumpable(d: Any) -> bool:
         return True
     except orjson.JSONEncodeError:
         return False
+
+
+# ------------------------------------------------------------------ key caches
+
+
+def _cached_keys(s: Sanitiser) -> list[str]:
+    c = s._c
+    return [*c.key_cache, *c.key_verdicts, *(k for keys in c.keyset_cache for k in keys)]
+
+
+def _huge_key_event(place: str, i: int, secret: bool) -> dict[str, Any]:
+    key = f"{i:06d}{'password' if secret else 'id'}" + "x" * (512 << 10)
+    if place == "text":
+        return {"msg": f"{key}=v-1"}
+    return {key: "v-1", "n": 1} if place == "flat" else {"a": {key: "v-1"}, "n": 1}
+
+
+@pytest.mark.parametrize("place", ["text", "flat", "nested"])
+def test_huge_keys_are_judged_each_time_not_cached(place: str) -> None:
+    """A 512 KiB key name (free text "xxxx...=v", a JSON key, a nested one) is judged each
+    time it comes and never kept by the key caches: 64 distinct ones grow memory by the few
+    MiB one event takes, not by 32 MiB (each key kept: ~0.5 MiB an event, up to 65,536 of
+    them).  Their verdicts are as before: a secret-looking one is redacted every time."""
+    from tests.rss import rss_growth
+
+    s = Sanitiser()
+    s.prepare(_huge_key_event(place, 0, False))  # warm up
+    tracemalloc.start()
+    try:
+        with rss_growth() as growth:
+            for i in range(1, 65):
+                s.prepare(_huge_key_event(place, i, False))
+        kept, _ = tracemalloc.get_traced_memory()  # what the 64 events left allocated
+    finally:
+        tracemalloc.stop()
+    assert kept < 1 << 20, (place, kept)
+    assert growth.mib < 12, (place, growth.base, growth.peak)
+    assert all(len(k) <= 256 for k in _cached_keys(s)), place
+    for _ in range(2):
+        event = _huge_key_event(place, 99, True)
+        out = orjson.loads(s.prepare(event))
+        assert "v-1" not in orjson.dumps(out).decode(), place
+        clean = _huge_key_event(place, 98, False)
+        assert s.prepare(clean) == orjson.dumps(clean)
+    assert all(len(k) <= 256 for k in _cached_keys(s)), place
+
+
+def test_key_cache_bounds() -> None:
+    """Keys of up to 256 characters are cached, longer ones not; key sets of up to 128 keys
+    and 4,096 characters are, larger ones not.  Either way the event is stored the same."""
+    s = Sanitiser()
+    c = s._c
+    for n in (256, 257):
+        key = "k" * n
+        for event in ({key: 1}, {"a": {key: 1}}, {"m": f"{key}=v"}):
+            assert s.prepare(event) == orjson.dumps(event) == s.prepare(event)
+        assert (key in c.key_cache, key in c.key_verdicts, (key,) in c.keyset_cache) == ((n == 256,) * 3)
+    sets = {"128 keys": tuple(f"k{i:03d}" for i in range(128)), "129 keys": tuple(f"k{i:03d}" for i in range(129)),
+            "4096 chars": tuple(f"{i:02d}".ljust(256, "k") for i in range(16)),
+            "4097 chars": tuple(f"{i:02d}".ljust(241, "k") for i in range(17))}
+    assert sum(map(len, sets["4097 chars"])) == 4097
+    for name, keys in sets.items():
+        event = dict.fromkeys(keys, 1)
+        assert s.prepare(event) == orjson.dumps(event) == s.prepare(event)
+        assert (keys in c.keyset_cache) == (name in ("128 keys", "4096 chars")), name
+        secret = {**dict.fromkeys(keys[1:], 1), "password": "hunter2"}
+        assert s.prepare(secret) == s.prepare(secret) == orjson.dumps({**secret, "password": REDACTED})
