@@ -248,13 +248,20 @@ _TRIGGER_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _RULE_TRIGGERS = re.compile("|".join(f"(?:{'|'.join(alts)})(?P<{_TRIGGERED[name]}>)"
                                      for name, alts in _TRIGGER_PATTERNS))
 # Where each literal trigger (all but the card and url-credentials ones) starts, also inside
-# another's match: each alternative's first character, the rest a look-ahead whose group ends
-# where the trigger's match would (``lastindex`` names the alternative).  All start with a
-# literal character, so the engine only tries them where one of those characters is.
-_LITERAL_STARTS = re.compile("|".join(f"{alt[0]}(?=({alt[1:]}))" for name, alts in _TRIGGER_PATTERNS
-                                      if name not in ("card-number", "url-credentials") for alt in alts))
-_LITERAL_START_GROUP: tuple[str, ...] = ("", *(_TRIGGERED[name] for name, alts in _TRIGGER_PATTERNS
-                                               if name not in ("card-number", "url-credentials") for _ in alts))
+# another's match: one alternative per first character, the rest of each trigger starting
+# with it a group in a look-ahead, which ends where the trigger's match would (``lastindex``
+# names the trigger).  Every alternative starts with a literal character, so the engine only
+# tries them where one of those characters is (one look-ahead there: as fast as the plain
+# alternation).
+_LITERAL_ALTERNATIVES: tuple[tuple[str, str], ...] = tuple(
+    (_TRIGGERED[name], alt) for name, alts in _TRIGGER_PATTERNS if name not in ("card-number", "url-credentials")
+    for alt in alts)
+_LITERAL_FIRSTS: tuple[str, ...] = tuple(dict.fromkeys(alt[0] for _, alt in _LITERAL_ALTERNATIVES))
+_LITERAL_STARTS = re.compile("|".join(
+    f"{first}(?=(?:{'|'.join(f'({alt[1:]})' for _, alt in _LITERAL_ALTERNATIVES if alt[0] == first)}))"
+    for first in _LITERAL_FIRSTS))
+_LITERAL_START_GROUP: tuple[str, ...] = ("", *(group for first in _LITERAL_FIRSTS
+                                               for group, alt in _LITERAL_ALTERNATIVES if alt[0] == first))
 _CARD_TRIGGER = re.compile(dict(_TRIGGER_PATTERNS)["card-number"][0])
 # Digits and card separators as "0", every other character as "x", in a bytes copy of a
 # string (one byte per character: Latin-1, anything else as "?"): a card shape (13 or more
@@ -309,47 +316,60 @@ def _triggers_in(text: str) -> tuple[set[str], set[str]]:
     "://" to the end of the string when no "@" followed: ~4 MB/s, and minutes for 1 MiB of
     "://"; this: 40-80 MB/s on hex, base64 or prose.)"""
     first: set[str] = set()
-    every: set[str] = set()
+    hidden: set[str] = set()
     none = len(text) + 1
     runs = _digit_runs(text, True)
     last_at = text.rfind("@")  # "://" matches where it ends at or before the last "@"
-    starts = _LITERAL_STARTS.finditer(text)
-    lit = next(starts, None)
+    url = text.find("://", 0, last_at) if last_at >= 0 else -1
     cards = _in_runs(_CARD_TRIGGER, text, runs, 0, 13)
     card = next(cards, None)
-    url = text.find("://", 0, last_at) if last_at >= 0 else -1
-    if card is not None:
-        every.add("card_number")
-    if url >= 0:
-        every.add("url_credentials")
+    every = {name for name, found in (("card_number", card), ("url_credentials", url >= 0)) if found}
     pos = 0  # where the one scan is
-    while True:
-        ls = lit.start() if lit is not None else none
-        cs = card.start() if card is not None else none
-        us = url if url >= 0 else none
-        if ls < cs and ls < us:  # (no two streams start at one position: "://", a digit, a letter or "-")
-            assert lit is not None
-            group = _LITERAL_START_GROUP[lit.lastindex or 0]
-            every.add(group)
-            if ls >= pos:
-                first.add(group)
-                pos = lit.end(lit.lastindex or 0)
-            lit = next(starts, None)
-        elif cs < us:
-            assert card is not None
-            first.add("card_number")
-            pos = card.end()
-            card = next(cards, None)
-        elif us < none:
-            first.add("url_credentials")
-            pos = text.index("@", url + 3) + 1
+
+    def others(before: int) -> int:
+        """Take the card and url-credentials matches that start before ``before`` (no two
+        streams start at one position: a digit, "://", a letter or "-"); the next one's start."""
+        nonlocal card, cards, url, pos
+        while True:
+            if card is not None and (url < 0 or card.start() < url):
+                if card.start() >= before:
+                    return card.start()
+                if card.start() < pos:  # inside a literal trigger's match (none today)
+                    cards = _in_runs(_CARD_TRIGGER, text, runs, pos, 13)
+                    card = next(cards, None)
+                    continue
+                first.add("card_number")
+                pos = card.end()
+                card = next(cards, None)  # (finditer goes on from ``pos``)
+            elif url >= 0:
+                if url >= before:
+                    return url
+                if url < pos:  # inside a literal trigger's match (none today)
+                    url = text.find("://", pos, last_at)
+                    continue
+                first.add("url_credentials")
+                pos = text.index("@", url + 3) + 1
+                url = text.find("://", pos, last_at)
+                if card is not None and card.start() < pos:
+                    cards = _in_runs(_CARD_TRIGGER, text, runs, pos, 13)
+                    card = next(cards, None)
+            else:
+                return none
+
+    group, take, skip = _LITERAL_START_GROUP, first.add, hidden.add
+    other = others(0)
+    for m in _LITERAL_STARTS.finditer(text):
+        i = m.lastindex or 0
+        start, end = m.span(i)  # the look-ahead's: from the trigger's second character to its end
+        if other < start:
+            other = others(start)
+        if start > pos:
+            take(group[i])
+            pos = end
         else:
-            return first, every - first
-        if card is not None and card.start() < pos:
-            cards = _in_runs(_CARD_TRIGGER, text, runs, pos, 13)
-            card = next(cards, None)
-        if 0 <= url < pos:
-            url = text.find("://", pos, last_at)
+            skip(group[i])
+    others(none)
+    return first, (every | hidden) - first
 
 
 # AWS secret access keys have no prefix: 40 base64 characters, accepted only with context in
