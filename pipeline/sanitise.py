@@ -639,24 +639,30 @@ class RedactionCounts:
 
 _ValueRule = Callable[[str, dict[str, int] | None], str]
 
-# The key verdicts are cached (``key_cache``, ``key_verdicts``: 65,536 keys; ``keyset_cache``:
-# 4,096 key sets) only for a key of at most _CACHED_KEY_LEN characters and a key set of at
-# most _CACHED_KEYSET_KEYS keys and _CACHED_KEYSET_CHARS characters in all.  A longer key (a
-# 500 KB "xxxx...=v" in free text, or a JSON key of that size) or a larger key set is judged
-# again each time it comes (linear in its length like every rule: ~7 ms for 512 KiB), and an
-# event with one takes the Python path.  Unbounded, each entry held its key: 65,536 keys of
-# up to 8 MiB, tens of GiB.  Bounded, every entry of every cache at its limit with distinct
-# keys (tracemalloc): ASCII 21 + 21 + 45 MiB, 4-byte characters 71 + 71 + 106 MiB.  Real key
-# names are far shorter (the realistic workload: at most 17 characters, 15 keys and 200
-# characters a key set), and the text cache keeps strings of at most 256 characters too.
+# The key verdicts are cached (``key_cache``, ``key_verdicts``: 65,536 keys each) only for a
+# key of at most _CACHED_KEY_LEN characters: a longer key (a 500 KB "xxxx...=v" in free text,
+# or a JSON key of that size) is judged again each time it comes (linear in its length like
+# every rule: ~7 ms for 512 KiB, 7 us for 300 characters) and its event takes the Python path.
+# ``keyset_cache`` (4,096 key sets) holds only key sets of such keys, and at most
+# _KEYSET_CACHE_BUDGET in all, counting a key set as its characters plus _KEYSET_KEY_COST
+# per key (about its bytes for ASCII keys: the string object and the tuple's pointer); it is
+# cleared when a key set would take it over, and a key set of more than a sixteenth of it
+# (~6,000 short keys) is not cached.  Unbounded, each entry held its keys: 65,536 keys of up
+# to 8 MiB, tens of GiB.  Bounded, every entry of every cache at its limit with distinct keys
+# (tracemalloc): ASCII 21 + 21 + 8 MiB, 4-byte characters 71 + 71 + 27 MiB.  Real key names
+# are far shorter (the realistic workload: at most 17 characters, 15 keys and 200 characters
+# a key set), and the text cache keeps strings of at most 256 characters too.
 _CACHED_KEY_LEN = 256
-_CACHED_KEYSET_KEYS = 128
-_CACHED_KEYSET_CHARS = 4096
+_KEYSET_KEY_COST = 64
+_KEYSET_CACHE_BUDGET = 8 << 20
 
 
-def _cacheable_keyset(keys: tuple[str, ...]) -> bool:
-    return len(keys) <= _CACHED_KEYSET_KEYS and sum(map(len, keys)) <= _CACHED_KEYSET_CHARS \
-        and all(len(k) <= _CACHED_KEY_LEN for k in keys)
+def _keyset_cost(keys: tuple[str, ...]) -> int:
+    """What caching a key set counts against _KEYSET_CACHE_BUDGET, or -1: not cached."""
+    if any(len(k) > _CACHED_KEY_LEN for k in keys):
+        return -1
+    cost = sum(map(len, keys)) + _KEYSET_KEY_COST * len(keys)
+    return cost if cost <= _KEYSET_CACHE_BUDGET // 16 else -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -684,6 +690,7 @@ class _Compiled:
     key_verdicts: dict[str, bool] = field(default_factory=dict)  # per key, for nested events
     text_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = field(default_factory=dict)
     last_clean: list[tuple[str, ...] | None] = field(default_factory=lambda: [None])
+    keyset_cache_cost: list[int] = field(default_factory=lambda: [0])  # see _KEYSET_CACHE_BUDGET
 
     @classmethod
     def build(cls, rules: Rules, *, secret_keys: Iterable[str] | None, redact: bool,
@@ -1137,10 +1144,14 @@ class Sanitiser:
         hit = c.keyset_cache.get(keys)
         if hit is None:
             hit = c.key_rule_on and any(k not in c.keep and c.is_secret_key(k) for k in keys)
-            if _cacheable_keyset(keys):  # (see _CACHED_KEY_LEN)
-                if len(c.keyset_cache) >= 4096:
+            cost = _keyset_cost(keys)
+            if cost >= 0:
+                total = c.keyset_cache_cost
+                if len(c.keyset_cache) >= 4096 or total[0] + cost > _KEYSET_CACHE_BUDGET:
                     c.keyset_cache.clear()
+                    total[0] = 0
                 c.keyset_cache[keys] = hit
+                total[0] += cost
         return hit
 
     def _keys_suspect(self, c: _Compiled, node: Any, depth: int) -> bool:

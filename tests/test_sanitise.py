@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import sanitise
 from pipeline.sanitise import DEFAULT_SANITISER, REDACTED, InvalidEvent, Sanitiser, luhn_ok
 
 S = DEFAULT_SANITISER
@@ -391,8 +392,9 @@ def test_huge_keys_are_judged_each_time_not_cached(place: str) -> None:
 
 
 def test_key_cache_bounds() -> None:
-    """Keys of up to 256 characters are cached, longer ones not; key sets of up to 128 keys
-    and 4,096 characters are, larger ones not.  Either way the event is stored the same."""
+    """Keys of up to 256 characters are cached, longer ones not; a key set is cached when its
+    keys are, up to a sixteenth of the key-set budget, and the key-set cache is cleared
+    before it would hold more than the budget.  Either way the event is stored the same."""
     s = Sanitiser()
     c = s._c
     for n in (256, 257):
@@ -400,13 +402,22 @@ def test_key_cache_bounds() -> None:
         for event in ({key: 1}, {"a": {key: 1}}, {"m": f"{key}=v"}):
             assert s.prepare(event) == orjson.dumps(event) == s.prepare(event)
         assert (key in c.key_cache, key in c.key_verdicts, (key,) in c.keyset_cache) == ((n == 256,) * 3)
-    sets = {"128 keys": tuple(f"k{i:03d}" for i in range(128)), "129 keys": tuple(f"k{i:03d}" for i in range(129)),
-            "4096 chars": tuple(f"{i:02d}".ljust(256, "k") for i in range(16)),
-            "4097 chars": tuple(f"{i:02d}".ljust(241, "k") for i in range(17))}
-    assert sum(map(len, sets["4097 chars"])) == 4097
+    entry_max = sanitise._KEYSET_CACHE_BUDGET // 16
+    per_key = 10 + sanitise._KEYSET_KEY_COST
+    sets = {"200 keys": tuple(f"k{i:09d}" for i in range(200)),
+            "a sixteenth": tuple(f"k{i:09d}" for i in range(entry_max // per_key)),
+            "more": tuple(f"k{i:09d}" for i in range(entry_max // per_key + 1)),
+            "a long key": ("a", "k" * 257)}
     for name, keys in sets.items():
         event = dict.fromkeys(keys, 1)
         assert s.prepare(event) == orjson.dumps(event) == s.prepare(event)
-        assert (keys in c.keyset_cache) == (name in ("128 keys", "4096 chars")), name
+        assert (keys in c.keyset_cache) == (name in ("200 keys", "a sixteenth")), name
         secret = {**dict.fromkeys(keys[1:], 1), "password": "hunter2"}
         assert s.prepare(secret) == s.prepare(secret) == orjson.dumps({**secret, "password": REDACTED})
+    for i in range(80):  # wide key sets (2,000 keys): cleared by cost long before 4,096 entries
+        keys = tuple(f"{i:03d}{j:07d}" for j in range(2000))
+        assert s.prepare(dict.fromkeys(keys, 1)) == orjson.dumps(dict.fromkeys(keys, 1))
+        assert keys in c.keyset_cache
+        assert c.keyset_cache_cost[0] == sum(sanitise._keyset_cost(k) for k in c.keyset_cache)
+        assert c.keyset_cache_cost[0] <= sanitise._KEYSET_CACHE_BUDGET
+    assert len(c.keyset_cache) < 60
