@@ -207,13 +207,12 @@ def test_seal_written_between_the_scans_of_two_segments_is_not_a_truncation_in_v
     assert rc == 0, doc["findings"]
 
 
-def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rollback(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """verify-tier reads the log's checkpoints, then the witness's; the emitter stores a new
-    checkpoint, then hands it to the witness, in between: the witness holds a newer one than
-    the log's that was read, which is not a rollback."""
+def _witnessed_and_shipped(tmp_path: Path, *, segments: int) -> tuple[Path, HotLog, Any, Path, str]:
+    """Stream "app" under ``tmp_path/hot`` with a checkpoint emitter and a directory witness:
+    ``segments`` sealed segments of five events, a checkpoint after each, all shipped to a
+    file:// store and confirmed.  (hot, the open log, the emitter, the public key file, the
+    store's URL); the caller closes the log."""
     from pipeline.checkpoint import Signer, write_key_pair
-    from pipeline.format.layout import unescape_origin
     from pipeline.hot.checkpoints import CheckpointEmitter
     from pipeline.witness.directory import DirectoryWitness
 
@@ -228,16 +227,31 @@ def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rol
                            interval=3600)
     url = f"file://{tmp_path / 'cold'}"
     try:
-        for seg in range(2):
+        for seg in range(segments):
             for i in range(5):
                 log.append({"i": seg * 10 + i})
             log.seal()
             em.emit()
         store = open_store(url, ColdSettings(allow_unlocked=True))
         shipper = Shipper(hot, store, hot_retention=1e9, index=False)
-        assert shipper.run_once().confirmed == 2
+        assert shipper.run_once().confirmed == segments
         shipper.close()
         store.close()
+    except BaseException:
+        log.close()
+        raise
+    return hot, log, em, pub, url
+
+
+def test_checkpoint_published_between_the_log_and_the_witness_reads_is_not_a_rollback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """verify-tier reads the log's checkpoints, then the witness's; the emitter stores a new
+    checkpoint, then hands it to the witness, in between: the witness holds a newer one than
+    the log's that was read, which is not a rollback."""
+    from pipeline.format.layout import unescape_origin
+
+    hot, log, em, pub, url = _witnessed_and_shipped(tmp_path, segments=2)
+    try:
         real = unescape_origin
         emitted: list[bool] = []
 
@@ -262,30 +276,8 @@ def test_checkpoint_of_the_active_segment_is_not_ahead_of_the_log(tmp_path: Path
     """The emitter signs the durable tree every interval, sealed or not; head.json moves only at
     seals.  A checkpoint (and its witness) covering records of the active segment is not ahead
     of a log whose active segment holds those records."""
-    from pipeline.checkpoint import Signer, write_key_pair
-    from pipeline.hot.checkpoints import CheckpointEmitter
-    from pipeline.witness.directory import DirectoryWitness
-
-    hot = tmp_path / "hot"
-    stream_dir = hot / "app"
-    signer = Signer.generate("example.com/worm")
-    _key, pub = write_key_pair(signer, tmp_path / "pub")
-    tree = TreeStore(stream_dir)
-    log = HotLog(hot, "app", tree_store=tree, heartbeat_interval=0, segment_window=0, immutable="off")
-    em = CheckpointEmitter(log, stream_dir, signer, tree_store=tree, origin="example.com/worm/app",
-                           witnesses=[DirectoryWitness(tmp_path / "witness", verifiers=[signer.verifier()])],
-                           interval=3600)
-    url = f"file://{tmp_path / 'cold'}"
+    hot, log, em, pub, url = _witnessed_and_shipped(tmp_path, segments=1)
     try:
-        for i in range(5):
-            log.append({"i": i})
-        log.seal()
-        em.emit()
-        store = open_store(url, ColdSettings(allow_unlocked=True))
-        shipper = Shipper(hot, store, hot_retention=1e9, index=False)
-        assert shipper.run_once().confirmed == 1
-        shipper.close()
-        store.close()
         log.append({"i": 100})
         log.sync()
         assert em.emit() is not None  # an interval's checkpoint: the active segment's record included
