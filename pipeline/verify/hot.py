@@ -120,10 +120,13 @@ def reread_unsealed(scans: list[SegmentScan], *, file_hashes: bool, stream: str 
     one flush writes that seal before the next segment's first records; so the old segment
     may have been read before its seal and the next one after its records (a false
     ``truncated``).  Read again now, AFTER the later segments, a segment still unsealed
-    really was abandoned (its recovery record, or the lack of one, judges it)."""
+    really was abandoned (its recovery record, or the lack of one, judges it).  Only a file
+    that grew since its scan is read again: the seal adds bytes, and an abandoned segment
+    (immutable, the usual case here) is then not read and hashed twice."""
     from pipeline.verify import chain
 
-    return [chain.scan_segment(s.path, stream, file_hash=file_hashes) if not s.sealed and i + 1 < len(scans) else s
+    return [chain.scan_segment(s.path, stream, file_hash=file_hashes)
+            if not s.sealed and i + 1 < len(scans) and os.stat(s.path).st_size != s.size else s
             for i, s in enumerate(scans)]
 
 
