@@ -260,7 +260,9 @@ class HotLog:
 
         Never raises for an individual item: each result is its Receipt, or the HotLogError
         that kept it out of the log (later items are still tried).  Ingest uses this to
-        answer every line of a batch."""
+        answer every line of a batch.  One exception, before anything is written: an item
+        over MAX_EVENT_BYTES (which only a sanitiser other than ingest's can prepare) raises
+        ValueError for the whole call."""
         if items:
             _check_prepared_size(max(map(len, items)))
         out: list[Receipt | HotLogError] = []
